@@ -1,0 +1,161 @@
+/*
+ * CKVMScope — the C shim of kvmscope.
+ *
+ * Everything here exists for one of three reasons: the kernel's ring-buffer pages are walked with
+ * libtraceevent's kbuffer, tracefs instances are driven through libtracefs, and real guests are run
+ * through the KVM ioctl API. Only POD types cross into Swift; handles are opaque. Every exported symbol
+ * is prefixed `ckvmscope_`. Only the Swift module KVMTrace imports this header.
+ */
+#ifndef CKVMSCOPE_H
+#define CKVMSCOPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- records */
+
+#define CKVMSCOPE_NO_VCPU 0xffffffffu
+
+/* What the decoder pulls out of an event. Fields of each role are looked up by name. */
+enum {
+    CKVMSCOPE_ROLE_COUNT = 0,          /* counted only */
+    CKVMSCOPE_ROLE_EXIT = 1,           /* kvm_exit: reason, isa, rip, detail=info1, vcpu */
+    CKVMSCOPE_ROLE_ENTRY = 2,          /* kvm_entry: vcpu, rip */
+    CKVMSCOPE_ROLE_USERSPACE_EXIT = 3, /* kvm_userspace_exit: reason, aux=errno */
+    CKVMSCOPE_ROLE_PIO = 4,            /* kvm_pio: detail=port, aux=size, aux2=rw */
+    CKVMSCOPE_ROLE_MMIO = 5,           /* kvm_mmio: detail=gpa, aux=len, aux2=type */
+};
+
+/* isa of an exit record (matches the kernel's KVM_ISA_VMX/KVM_ISA_SVM; arm64 is ours). */
+enum { CKVMSCOPE_ISA_UNKNOWN = 0, CKVMSCOPE_ISA_VMX = 1, CKVMSCOPE_ISA_SVM = 2, CKVMSCOPE_ISA_ARM64 = 3 };
+
+/* Record flags. */
+#define CKVMSCOPE_REC_AFTER_LOSS 0x01u /* the kernel dropped events on this CPU just before this record */
+
+/* One decoded event: fixed size, no pointers. Filled by the decoder in batches. */
+struct ckvmscope_record {
+    uint64_t ts;     /* trace clock, ns */
+    uint64_t rip;    /* exit: guest_rip / vcpu_pc; entry: rip / vcpu_pc */
+    uint64_t detail; /* exit: info1 (arm64: ret); pio: port; mmio: gpa */
+    int32_t tid;     /* common_pid: the vCPU thread */
+    uint16_t event;  /* index into the caller's event table (not the kernel id) */
+    uint16_t cpu;    /* host CPU whose buffer held the event */
+    uint32_t reason; /* exit: exit_reason raw (arm64: esr_ec); userspace exit: KVM_EXIT_* */
+    uint32_t vcpu;   /* vcpu_id, or CKVMSCOPE_NO_VCPU when the event has none */
+    uint32_t aux;    /* userspace exit: errno; pio: size; mmio: len */
+    uint16_t aux2;   /* pio: rw; mmio: type */
+    uint8_t isa;     /* exit: CKVMSCOPE_ISA_* */
+    uint8_t flags;   /* CKVMSCOPE_REC_* */
+};
+_Static_assert(sizeof(struct ckvmscope_record) == 48, "record is 48 bytes");
+
+/* Where a field sits in an event's payload; size 0 means the event has no such field. */
+struct ckvmscope_field {
+    int16_t offset;
+    uint8_t size;
+    uint8_t is_signed;
+};
+
+/* How to decode one kernel event. Built once at start from format files. */
+struct ckvmscope_event_layout {
+    int32_t kernel_id; /* common_type */
+    uint16_t index;    /* written to record.event */
+    uint8_t role;      /* CKVMSCOPE_ROLE_* */
+    uint8_t isa;       /* constant isa for exit records when the event has no isa field */
+    struct ckvmscope_field vcpu, reason, isa_field, rip, detail, aux, aux2;
+};
+
+/* ---------------------------------------------------------------- formats (libtraceevent) */
+
+struct ckvmscope_formats;
+
+struct ckvmscope_formats *ckvmscope_formats_new(void);
+void ckvmscope_formats_free(struct ckvmscope_formats *f);
+/* Parse one event `format` file. Returns the event's kernel id, or -1 if it does not parse. */
+int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, const char *text, size_t len);
+/* Look a field up by name in the event with that kernel id. Returns 0, or -1 when absent. */
+int ckvmscope_formats_field(struct ckvmscope_formats *f, int kernel_id, const char *name,
+                            struct ckvmscope_field *out);
+
+/* ---------------------------------------------------------------- sub-buffer decoder (kbuffer) */
+
+struct ckvmscope_decoder;
+
+struct ckvmscope_decode_stats {
+    uint64_t records;        /* records written */
+    uint64_t ignored;        /* events whose id is not in the table (counted, not decoded) */
+    uint64_t missed_events;  /* events the kernel reported lost before a sub-buffer (exact counts) */
+    uint64_t missed_unknown; /* sub-buffers flagged "events lost" without a count */
+    uint64_t subbufs;        /* sub-buffers walked */
+    uint64_t corrupt;        /* sub-buffers rejected as malformed */
+};
+
+/* long_size: 4 or 8 (the traced kernel's); big_endian: 0 or 1. The table is copied. */
+struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_layout *layouts, size_t count,
+                                                int long_size, int big_endian);
+void ckvmscope_decoder_free(struct ckvmscope_decoder *d);
+/* Most records one sub-buffer of that size can hold. */
+uint32_t ckvmscope_max_records(uint32_t subbuf_size);
+/* Decode one sub-buffer (header + data, as read from trace_pipe_raw or a trace.dat page).
+ * Returns the number of records written to out (at most cap), or -1 when the sub-buffer is malformed. */
+int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uint32_t subbuf_size, uint16_t cpu,
+                            struct ckvmscope_record *out, uint32_t cap, struct ckvmscope_decode_stats *stats);
+
+/* ---------------------------------------------------------------- tracefs instances */
+
+/* The tracefs mount point, mounting it at /sys/kernel/tracing when needed. NULL when impossible. */
+const char *ckvmscope_tracing_dir(void);
+/* Create (or reuse) instance `name`, sized buffer_kb per CPU, with the given trace clock ("mono", "local"...). */
+int ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock, char *err, size_t errlen);
+/* Enable one event (system, event) in the instance; event NULL enables the whole system. */
+int ckvmscope_instance_enable(const char *name, const char *system, const char *event);
+int ckvmscope_instance_tracing_on(const char *name, int on);
+/* Remove the instance (disables its events first). 0 on success, -1 with errno. */
+int ckvmscope_instance_destroy(const char *name);
+
+/* ---------------------------------------------------------------- per-CPU live reader (libtracefs) */
+
+struct ckvmscope_reader;
+
+/* Open cpu's trace_pipe_raw of the instance. The decoder is used only by this reader. */
+struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, struct ckvmscope_decoder *decoder,
+                                               uint32_t max_subbufs_per_read);
+void ckvmscope_reader_close(struct ckvmscope_reader *r);
+/* Records `out` must hold for one read call. */
+uint32_t ckvmscope_reader_capacity(struct ckvmscope_reader *r);
+uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r);
+/* Read up to max_subbufs_per_read sub-buffers (the first one blocking unless nonblock) and decode them.
+ * Returns records written, 0 when nothing was there (or the reader was stopped), -1 on error (errno). */
+int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *out, int nonblock,
+                          struct ckvmscope_decode_stats *stats);
+/* Read one raw sub-buffer into buf (ckvmscope_reader_subbuf_size bytes) without decoding. Returns bytes. */
+int ckvmscope_reader_read_raw(struct ckvmscope_reader *r, void *buf, int nonblock);
+/* Wake a reader blocked in read (from another thread). */
+void ckvmscope_reader_stop(struct ckvmscope_reader *r);
+/* After stop: decode what is left, including the partial sub-buffer. Returns records, 0 when drained. */
+int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *out,
+                           struct ckvmscope_decode_stats *stats);
+int ckvmscope_reader_flush_raw(struct ckvmscope_reader *r, void *buf);
+
+/* ---------------------------------------------------------------- KVM guest generator (storm) */
+
+enum { CKVMSCOPE_STORM_IO = 0, CKVMSCOPE_STORM_MMIO = 1, CKVMSCOPE_STORM_HLT = 2 };
+
+struct ckvmscope_storm_result {
+    uint64_t exits;  /* exits of the requested kind seen by userspace (KVM_RUN returns), all vCPUs */
+    double seconds;  /* wall time from the first KVM_RUN to the last vCPU done */
+};
+
+/* Run a real VM through /dev/kvm with `vcpus` threads (named "CPU N/KVM"), each causing exactly
+ * exits_per_vcpu exits of `kind`. Returns 0, or -1 with a one-line message in err. */
+int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struct ckvmscope_storm_result *res,
+                        char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,41 @@
+# kvmscope — build, test, demo. Every target installs what it needs on a fresh Debian machine.
+SWIFT ?= swift
+CONFIG ?= release
+BIN = .build/$(CONFIG)/kvmscope
+DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzstd-dev zlib1g-dev \
+               libncurses-dev pkg-config tmux prometheus linux-perf
+STAMP = .build/.deps-installed
+
+.PHONY: all deps build test demo bench clean tracefs
+
+all: build
+
+# Debian packages (apt-get update once), and tracefs mounted.
+$(STAMP):
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p .build && touch $@
+
+deps: $(STAMP) tracefs
+
+tracefs:
+	@[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+
+build: deps
+	$(SWIFT) build -c $(CONFIG) --product kvmscope
+
+# The live view of every VM on this host; where none runs, the built-in demo guest is started.
+demo: build
+	$(BIN) demo
+
+test: build
+	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test --parallel --num-workers 1
+
+bench: build
+	$(MAKE) -C benchmarks
+
+clean:
+	rm -rf .build

@@ -1,0 +1,165 @@
+import Synchronization
+
+/// Pairs each vCPU thread's `kvm_exit` with its next `kvm_entry` and records the gap as exit latency.
+///
+/// Feed it events in timestamp order (sources merge per-CPU streams first), so pairs whose exit and entry
+/// sit in different CPUs' buffers (the thread migrated) pair like any other. Pairing is by thread id,
+/// which works on every kernel and architecture. One thread owns a Pairer; the series and counters it
+/// writes are readable from any thread.
+public struct Pairer {
+    public static let threadCapacity = 8192
+    static let threadMask = threadCapacity - 1
+    public static let seriesCapacity = 4096
+
+    struct Pending {
+        var tid: Int32 = 0
+        var used = false
+        var open = false
+        var ts: UInt64 = 0
+        var reason: UInt32 = 0
+        var isa: UInt8 = 0
+        var cpu: UInt16 = 0
+        var rip: UInt64 = 0
+    }
+
+    public let counters: PairingCounters
+    public let store: SeriesStore
+    var threads = [Pending](repeating: Pending(), count: Pairer.threadCapacity)
+    /// Per CPU: timestamp of the first event after the kernel last reported losses there.
+    @usableFromInline var lastLoss = [UInt64](repeating: 0, count: 1024)
+    var seriesSlots: SeriesSlots
+
+    public init(store: SeriesStore = SeriesStore(), counters: PairingCounters = PairingCounters()) {
+        self.store = store
+        self.counters = counters
+        seriesSlots = SeriesSlots(store: store)
+    }
+
+    /// Notes a loss on a CPU (an event with ``TraceEvent/afterLoss``); call for every event so flagged.
+    @inlinable
+    public mutating func noteLoss(cpu: UInt16, at ts: UInt64) {
+        lastLoss[Int(cpu) & 1023] = ts
+    }
+
+    mutating func pendingIndex(_ tid: Int32) -> Int? {
+        var i = Int(truncatingIfNeeded: UInt32(bitPattern: tid) &* 0x9E37_79B9) & Self.threadMask
+        for _ in 0..<64 {
+            if threads[i].used {
+                if threads[i].tid == tid { return i }
+            } else {
+                threads[i].used = true
+                threads[i].tid = tid
+                return i
+            }
+            i = (i + 1) & Self.threadMask
+        }
+        return nil
+    }
+
+    /// An exit: remembered until the thread's next entry.
+    public mutating func exit(_ e: TraceEvent) {
+        if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
+        guard let i = pendingIndex(e.tid) else {
+            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        if threads[i].open { counters.orphanExitCount.wrappingAdd(1, ordering: .relaxed) }
+        threads[i].open = true
+        threads[i].ts = e.timestamp
+        threads[i].reason = e.reason
+        threads[i].isa = e.isa
+        threads[i].cpu = e.cpu
+        threads[i].rip = e.rip
+        seriesSlots.series(tid: e.tid, isa: e.isa, reason: e.reason)?.topRIPs.record(e.rip)
+    }
+
+    /// An entry: closes the thread's pending exit, if any, and records the latency.
+    public mutating func entry(_ e: TraceEvent) {
+        if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
+        guard let i = pendingIndex(e.tid) else {
+            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        guard threads[i].open else {
+            counters.orphanEntryCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        threads[i].open = false
+        let x = threads[i]
+        let lossOnExitCPU = lastLoss[Int(x.cpu) & 1023]
+        let lossOnEntryCPU = lastLoss[Int(e.cpu) & 1023]
+        if (lossOnExitCPU > x.ts && lossOnExitCPU <= e.timestamp)
+            || (lossOnEntryCPU > x.ts && lossOnEntryCPU <= e.timestamp) {
+            counters.invalidatedCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        guard e.timestamp >= x.ts else {
+            counters.negativeCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        guard let s = seriesSlots.series(tid: e.tid, isa: x.isa, reason: x.reason) else {
+            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            return
+        }
+        s.histogram.record(e.timestamp - x.ts)
+        counters.pairedCount.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// At the end of a trace: exits still waiting for an entry become orphans.
+    public mutating func finish() {
+        for i in threads.indices where threads[i].open {
+            threads[i].open = false
+            counters.orphanExitCount.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+}
+
+/// Every latency series, published for readers. Appending (a new thread × reason) takes the lock;
+/// recording into a series does not.
+public final class SeriesStore: Sendable {
+    let list = Mutex<[LatencySeries]>([])
+    let droppedCount = Atomic<UInt64>(0)
+
+    public init() {}
+
+    public var all: [LatencySeries] { list.withLock { $0 } }
+    func append(_ s: LatencySeries) { list.withLock { $0.append(s) } }
+}
+
+/// The pairer's private index of its series: open addressing on (tid, isa, reason).
+struct SeriesSlots {
+    let store: SeriesStore
+    var keys = [UInt64](repeating: 0, count: Pairer.seriesCapacity * 2)
+    var slots = [LatencySeries?](repeating: nil, count: Pairer.seriesCapacity * 2)
+    var count = 0
+    var lastKey: UInt64 = 0
+    var last: LatencySeries?
+
+    init(store: SeriesStore) { self.store = store }
+
+    mutating func series(tid: Int32, isa: UInt8, reason: UInt32) -> LatencySeries? {
+        // tid (32) | isa (8, high byte of the reason word is never used by VMX/SVM/arm64 codes shown) | reason
+        let key = UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
+        if key == lastKey, let last { return last }
+        let mask = keys.count - 1
+        var i = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
+        for _ in 0..<keys.count {
+            if keys[i] == key, let s = slots[i], s.tid == tid, s.reason == reason, s.isa == isa {
+                lastKey = key; last = s
+                return s
+            }
+            if keys[i] == 0 {
+                guard count < Pairer.seriesCapacity else { return nil }
+                let s = LatencySeries(tid: tid, isa: isa, reason: reason)
+                keys[i] = key
+                slots[i] = s
+                count += 1
+                store.append(s)
+                lastKey = key; last = s
+                return s
+            }
+            i = (i + 1) & mask
+        }
+        return nil
+    }
+}

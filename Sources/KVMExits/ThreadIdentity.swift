@@ -1,0 +1,27 @@
+/// Who a traced thread is: the VM (process) it belongs to and, when known, its vCPU number.
+public struct ThreadIdentity: Sendable, Equatable, Codable {
+    /// The VM's process id (the thread group id of the vCPU thread).
+    public var vm: Int32
+    /// The guest's name (QEMU `-name`, libvirt domain) or the process's comm, when known.
+    public var vmName: String?
+    /// The vCPU number, from `kvm_exit`'s vcpu_id or the thread name ("CPU N/KVM").
+    public var vcpu: UInt32?
+    /// The thread's own name.
+    public var comm: String?
+
+    public init(vm: Int32, vmName: String? = nil, vcpu: UInt32? = nil, comm: String? = nil) {
+        self.vm = vm
+        self.vmName = vmName
+        self.vcpu = vcpu
+        self.comm = comm
+    }
+
+    /// The vCPU number in a QEMU-style thread name: "CPU 3/KVM" → 3.
+    public static func vcpu(fromThreadName name: String) -> UInt32? {
+        guard name.hasPrefix("CPU "), name.hasSuffix("/KVM") else { return nil }
+        return UInt32(name.dropFirst(4).dropLast(4))
+    }
+}
+
+/// Resolves a thread id to its identity. Called once per new thread, never per event.
+public typealias ThreadResolver = @Sendable (_ tid: Int32) -> ThreadIdentity?

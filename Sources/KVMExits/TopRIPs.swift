@@ -1,0 +1,147 @@
+import Synchronization
+
+/// A guest RIP with its (over)estimated count.
+public struct RIPCount: Sendable, Equatable, Codable {
+    public var rip: UInt64
+    /// Estimated occurrences; never below the true count.
+    public var count: UInt64
+    /// Overestimate bound: the true count is in `count - error ... count`.
+    public var error: UInt64
+
+    public init(rip: UInt64, count: UInt64, error: UInt64 = 0) {
+        self.rip = rip
+        self.count = count
+        self.error = error
+    }
+}
+
+/// The most frequent guest RIPs of a stream, in bounded memory: the space-saving algorithm (Metwally, Agrawal,
+/// El Abbadi, 2005) over `capacity` slots.
+///
+/// ## Algorithm
+///
+/// Each slot holds a RIP, a count and an error. For each RIP:
+/// - if a slot holds it, its count goes up by one;
+/// - else if a slot is free, the RIP takes it with count 1, error 0;
+/// - else the slot with the smallest count `m` is taken over: RIP replaced, count `m + 1`, error `m`.
+///
+/// Guarantees, with `N` RIPs recorded and `K` slots: the counts sum to `N`; for every slot
+/// `count - error ≤ true count ≤ count`; every RIP occurring more than `N / K` times holds a slot; while at most
+/// `K` distinct RIPs have been seen, counts are exact (error 0).
+///
+/// Cost per record: a linear scan of the used slots' RIPs (contiguous words, K ≤ 64), plus a scan of the counts
+/// when a new RIP evicts one. No allocation, no read-modify-write (single writer).
+///
+/// ## Threads
+///
+/// One writer (``record(_:)``), any number of readers (``snapshot()``), like ``LatencyHistogram``. The writer
+/// fills a slot's count and error before its RIP (releasing), and the reader loads the RIP (acquiring) before
+/// them, so a reader never pairs a RIP with counts older than its own. A snapshot racing an eviction may pair
+/// the evicted RIP with its successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
+///
+/// Memory: 3 × 64 words (1.5 KB) inline in the object, whatever the capacity.
+public final class TopRIPs: Sendable {
+    /// The largest capacity.
+    public static let maxCapacity = 64
+
+    public let capacity: Int
+    @usableFromInline let _used = Atomic<Int>(0)
+    @usableFromInline let _rips: InlineArray<64, Atomic<UInt64>>
+    @usableFromInline let _counts: InlineArray<64, Atomic<UInt64>>
+    @usableFromInline let _errors: InlineArray<64, Atomic<UInt64>>
+
+    /// - Parameter capacity: slots, 1 ... ``maxCapacity``.
+    public init(capacity: Int = 16) {
+        precondition(capacity >= 1 && capacity <= Self.maxCapacity, "TopRIPs capacity must be in 1...64")
+        self.capacity = capacity
+        _rips = InlineArray { _ in Atomic<UInt64>(0) }
+        _counts = InlineArray { _ in Atomic<UInt64>(0) }
+        _errors = InlineArray { _ in Atomic<UInt64>(0) }
+    }
+
+    /// Counts one occurrence of `rip`. Single writer only.
+    @inlinable
+    public func record(_ rip: UInt64) {
+        let used = _used.load(ordering: .relaxed)
+        // Hit: bump the count. Relaxed: the RIP is not changing, nothing to order. The scan has no early exit
+        // (a conditional move per slot) so that which slot hits costs no branch misprediction.
+        var hit = -1
+        for i in 0..<used where _rips[i].load(ordering: .relaxed) == rip { hit = i }
+        if hit >= 0 {
+            _counts[hit].store(_counts[hit].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            return
+        }
+        if used < capacity {
+            // Free slot: fill it, then publish it by the releasing store of `used`.
+            _counts[used].store(1, ordering: .relaxed)
+            _errors[used].store(0, ordering: .relaxed)
+            _rips[used].store(rip, ordering: .relaxed)
+            _used.store(used + 1, ordering: .releasing)
+        } else {
+            _evictMinimum(for: rip)
+        }
+    }
+
+    /// Space-saving replacement: the slot with the smallest count (the first such) goes to `rip`.
+    @usableFromInline
+    func _evictMinimum(for rip: UInt64) {
+        var slot = 0
+        var minimum = _counts[0].load(ordering: .relaxed)
+        for i in 1..<capacity {
+            let c = _counts[i].load(ordering: .relaxed)
+            if c < minimum {
+                minimum = c
+                slot = i
+            }
+        }
+        _errors[slot].store(minimum, ordering: .relaxed)
+        _counts[slot].store(minimum &+ 1, ordering: .relaxed)
+        // Releasing: a reader seeing the new RIP sees its count and error.
+        _rips[slot].store(rip, ordering: .releasing)
+    }
+
+    /// The slots, by count descending then RIP ascending. Callable from any thread while the writer runs.
+    public func snapshot() -> [RIPCount] {
+        let used = _used.load(ordering: .acquiring)
+        var out: [RIPCount] = []
+        out.reserveCapacity(used)
+        for i in 0..<used {
+            let rip = _rips[i].load(ordering: .acquiring)
+            let count = _counts[i].load(ordering: .relaxed)
+            let error = _errors[i].load(ordering: .relaxed)
+            // A racing eviction can momentarily show one RIP in two slots: keep the larger count.
+            if let j = out.firstIndex(where: { $0.rip == rip }) {
+                if count > out[j].count { out[j] = RIPCount(rip: rip, count: count, error: error) }
+            } else {
+                out.append(RIPCount(rip: rip, count: count, error: error))
+            }
+        }
+        out.sort(by: Self.ranksBefore)
+        return out
+    }
+
+    /// Combines two snapshots (e.g. of several vCPUs): counts and errors summed per RIP, top `limit` kept, by
+    /// count descending then RIP ascending. A RIP missing from one side contributes nothing from it, so its
+    /// merged count is a lower bound there: `count - error ≤ true` still holds, `true ≤ count` only holds when
+    /// each side tracked the RIP (or never filled up).
+    public static func merge(_ a: [RIPCount], _ b: [RIPCount], limit: Int) -> [RIPCount] {
+        var byRIP: [UInt64: RIPCount] = [:]
+        byRIP.reserveCapacity(a.count + b.count)
+        for r in a + b {
+            if var m = byRIP[r.rip] {
+                m.count &+= r.count
+                m.error &+= r.error
+                byRIP[r.rip] = m
+            } else {
+                byRIP[r.rip] = r
+            }
+        }
+        var out = Array(byRIP.values)
+        out.sort(by: ranksBefore)
+        return Array(out.prefix(Swift.max(0, limit)))
+    }
+
+    static func ranksBefore(_ x: RIPCount, _ y: RIPCount) -> Bool {
+        x.count != y.count ? x.count > y.count : x.rip < y.rip
+    }
+}

@@ -1,0 +1,52 @@
+import KVMExits
+
+/// The JSON summary: the contract that scripts, tests and later features rely on. Extend, don't break.
+public enum SummaryJSON {
+    public static func render(_ s: Summary, durationSeconds: Double, pretty: Bool = true,
+                              extra: [(String, JSONValue)] = []) -> String {
+        value(s, durationSeconds: durationSeconds, extra: extra).serialized(pretty: pretty)
+    }
+
+    public static func value(_ s: Summary, durationSeconds: Double, extra: [(String, JSONValue)] = []) -> JSONValue {
+        var top: [(String, JSONValue)] = [
+            ("duration_s", .double((durationSeconds * 1000).rounded() / 1000)),
+            ("lost_events", .uint(s.lostEvents)),
+        ]
+        if s.lostUnknownSubbuffers > 0 { top.append(("lost_unknown_subbuffers", .uint(s.lostUnknownSubbuffers))) }
+        if s.overflowEvents > 0 { top.append(("overflow_events", .uint(s.overflowEvents))) }
+        top.append(("events", .object(s.events.filter { $0.total > 0 }.map { ($0.name, .uint($0.total)) })))
+        top.append(("exits", .array(s.exits.map(exitRow))))
+        top.append(("userspace_exits", .array(s.userspaceExits.map { r in
+            .object([("vm", .int(Int64(r.vm))), ("vm_name", .optional(r.vmName)), ("vcpu", .optional(r.vcpu)),
+                     ("reason", .string(r.reason)), ("count", .uint(r.count))])
+        })))
+        top.append(("pairing", .object([
+            ("paired", .uint(s.pairing.paired)), ("orphan_exits", .uint(s.pairing.orphanExits)),
+            ("orphan_entries", .uint(s.pairing.orphanEntries)),
+            ("invalidated_by_loss", .uint(s.pairing.invalidatedByLoss)),
+            ("negative_gaps", .uint(s.pairing.negativeGaps)),
+        ])))
+        top.append(contentsOf: extra)
+        return .object(top)
+    }
+
+    public static func latency(_ l: LatencySummary?) -> JSONValue {
+        guard let l else { return .null }
+        return .object([
+            ("count", .uint(l.count)), ("min", .uint(l.min)), ("mean", .double((l.mean * 10).rounded() / 10)),
+            ("stddev", .double((l.stddev * 10).rounded() / 10)), ("p50", .uint(l.p50)), ("p90", .uint(l.p90)),
+            ("p99", .uint(l.p99)), ("p999", .uint(l.p999)), ("max", .uint(l.max)),
+        ])
+    }
+
+    static func exitRow(_ r: ExitRow) -> JSONValue {
+        .object([
+            ("vm", .int(Int64(r.vm))), ("vm_name", .optional(r.vmName)), ("vcpu", .optional(r.vcpu)),
+            ("reason", .string(r.reason)), ("isa", .optional(r.isa.jsonName)), ("count", .uint(r.count)),
+            ("blocking", .bool(r.blocking)),
+            ("latency_ns", latency(r.latency)),
+            ("top_rips", .array(r.topRIPs.map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),
+                                                         ("count", .uint($0.count))]) })),
+        ])
+    }
+}

@@ -1,0 +1,106 @@
+import CKVMScope
+import KVMExits
+
+/// Event formats parsed by libtraceevent, and the decoder layouts built from them by field name.
+///
+/// Built once at start: from the running kernel's tracefs files, from a trace.dat's format section, or
+/// from format files in tests. Nothing per event happens here.
+public final class EventFormats {
+    let handle: OpaquePointer
+    public private(set) var catalog = EventCatalog()
+    var layouts: [ckvmscope_event_layout] = []
+    /// kernel id by "system:name"
+    public private(set) var kernelIDs: [String: Int32] = [:]
+    /// Print formats of events, by name (for reason tables).
+    public private(set) var printFormats: [String: String] = [:]
+
+    public init() {
+        guard let h = ckvmscope_formats_new() else { fatalError("out of memory") }
+        handle = h
+    }
+
+    deinit { ckvmscope_formats_free(handle) }
+
+    /// Parses one `format` file and adds the event to the catalog. Returns its catalog index.
+    @discardableResult
+    public func add(system: String, format text: String) throws -> UInt16 {
+        var text = text
+        let id = text.withUTF8 { buf in
+            buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, system, $0.baseAddress, $0.count) }
+        }
+        guard id >= 0, let name = Self.value(of: "name:", in: text) else {
+            throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
+        }
+        if let fmt = Self.value(of: "print fmt:", in: text) { printFormats[name] = fmt }
+        if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitPrintFormat: printFormats[name]) }
+        if name == "kvm_userspace_exit" {
+            catalog.userspaceExitReasons = UserspaceExitNames(printFormat: printFormats[name])
+        }
+        kernelIDs["\(system):\(name)"] = id
+        let index = catalog.add(system: system, name: name)
+        layouts.append(layout(kernelID: id, index: index, role: catalog[index].role))
+        return index
+    }
+
+    /// Test and benchmark hook: decode events of `kernelID` (e.g. ftrace:raw_data written through
+    /// trace_marker_raw) as if they were `asEvent`, whose payload they carry at the same offsets.
+    public func alias(kernelID: Int32, as asEvent: String) throws {
+        guard let index = catalog.index(of: asEvent), let l = layouts.first(where: { $0.index == index }) else {
+            throw KVMScopeError.badFormat("no format for \(asEvent)")
+        }
+        var copy = l
+        copy.kernel_id = kernelID
+        layouts.append(copy)
+    }
+
+    func field(_ id: Int32, _ names: String...) -> ckvmscope_field {
+        var f = ckvmscope_field()
+        for n in names where ckvmscope_formats_field(handle, id, n, &f) == 0 { return f }
+        return ckvmscope_field()
+    }
+
+    func layout(kernelID id: Int32, index: UInt16, role: EventRole) -> ckvmscope_event_layout {
+        var l = ckvmscope_event_layout()
+        l.kernel_id = id
+        l.index = index
+        l.role = role.rawValue
+        switch role {
+        case .exit:
+            l.reason = field(id, "exit_reason", "esr_ec")
+            l.isa_field = field(id, "isa")
+            l.rip = field(id, "guest_rip", "vcpu_pc")
+            l.detail = field(id, "info1", "ret")
+            l.vcpu = field(id, "vcpu_id")
+            if l.isa_field.size == 0, field(id, "esr_ec").size != 0 { l.isa = UInt8(CKVMSCOPE_ISA_ARM64) }
+        case .entry:
+            l.vcpu = field(id, "vcpu_id")
+            l.rip = field(id, "rip", "vcpu_pc")
+        case .userspaceExit:
+            l.reason = field(id, "reason")
+            l.aux = field(id, "errno")
+        case .pio:
+            l.detail = field(id, "port")
+            l.aux = field(id, "size")
+            l.aux2 = field(id, "rw")
+        case .mmio:
+            l.detail = field(id, "gpa")
+            l.aux = field(id, "len")
+            l.aux2 = field(id, "type")
+        case .count:
+            break
+        }
+        return l
+    }
+
+    /// A decoder for sub-buffers of a kernel with that long size and byte order.
+    public func makeDecoder(longSize: Int = 8, bigEndian: Bool = false) -> SubbufferDecoder {
+        SubbufferDecoder(layouts: layouts, longSize: longSize, bigEndian: bigEndian)
+    }
+
+    static func value(of key: String, in text: String) -> String? {
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) where line.hasPrefix(key) {
+            return line.dropFirst(key.count).trimmingCharacters(in: .whitespaces)
+        }
+        return nil
+    }
+}

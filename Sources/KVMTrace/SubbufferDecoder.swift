@@ -1,0 +1,61 @@
+import CKVMScope
+import KVMExits
+
+/// Decodes ring-buffer sub-buffers (from trace_pipe_raw, a trace.dat, or bytes built in a test) into events.
+/// Owned by one thread at a time.
+public final class SubbufferDecoder {
+    let handle: OpaquePointer
+    public private(set) var stats = ckvmscope_decode_stats()
+    var records: [ckvmscope_record] = []
+
+    init(layouts: [ckvmscope_event_layout], longSize: Int, bigEndian: Bool) {
+        guard let h = layouts.withUnsafeBufferPointer({
+            ckvmscope_decoder_new($0.baseAddress, $0.count, Int32(longSize), bigEndian ? 1 : 0)
+        }) else { fatalError("out of memory") }
+        handle = h
+    }
+
+    deinit { ckvmscope_decoder_free(handle) }
+
+    public var missedEvents: UInt64 { stats.missed_events }
+    public var missedUnknown: UInt64 { stats.missed_unknown }
+    public var corruptSubbuffers: UInt64 { stats.corrupt }
+    public var ignoredEvents: UInt64 { stats.ignored }
+
+    /// Decodes one sub-buffer and hands each event to `body`. Returns false if the sub-buffer is malformed.
+    @discardableResult
+    public func decode(_ bytes: UnsafeRawBufferPointer, cpu: UInt16, _ body: (TraceEvent) -> Void) -> Bool {
+        let cap = Int(ckvmscope_max_records(UInt32(bytes.count)))
+        if records.count < cap { records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap) }
+        let n = records.withUnsafeMutableBufferPointer {
+            ckvmscope_decode_subbuf(handle, bytes.baseAddress, UInt32(bytes.count), cpu, $0.baseAddress, UInt32(cap),
+                                    &stats)
+        }
+        guard n >= 0 else { return false }
+        records.withUnsafeBufferPointer { buf in
+            for i in 0..<Int(n) { body(TraceEvent(buf[i])) }
+        }
+        return true
+    }
+
+    /// Convenience for tests: every event of the sub-buffers in `data`, each `subbufSize` bytes, of one CPU.
+    public func decodeAll(_ data: [UInt8], subbufSize: Int, cpu: UInt16) -> [TraceEvent] {
+        var out: [TraceEvent] = []
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off + subbufSize <= raw.count {
+                decode(UnsafeRawBufferPointer(rebasing: raw[off..<off + subbufSize]), cpu: cpu) { out.append($0) }
+                off += subbufSize
+            }
+        }
+        return out
+    }
+}
+
+extension TraceEvent {
+    @inlinable
+    init(_ r: ckvmscope_record) {
+        self.init(timestamp: r.ts, rip: r.rip, detail: r.detail, tid: r.tid, event: r.event, cpu: r.cpu,
+                  reason: r.reason, vcpu: r.vcpu, aux: r.aux, aux2: r.aux2, isa: r.isa, flags: r.flags)
+    }
+}

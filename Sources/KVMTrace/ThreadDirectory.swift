@@ -1,0 +1,38 @@
+import Foundation
+import KVMExits
+
+/// Who a thread is, read from /proc once per thread: its process (the VM), the guest's name, its vCPU.
+public enum ThreadDirectory {
+    public static func identity(of tid: Int32) -> ThreadIdentity? {
+        guard let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8) else { return nil }
+        var tgid = tid
+        for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
+            tgid = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) ?? tid
+        }
+        let comm = (try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .newlines)
+        return ThreadIdentity(vm: tgid, vmName: guestName(pid: tgid), vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
+                              comm: comm)
+    }
+
+    /// The guest's name like kvm_stat finds it: QEMU's `-name guest=NAME,...` or `-name NAME`, else the comm.
+    public static func guestName(pid: Int32) -> String? {
+        if let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") {
+            let args = data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+            if let name = GuestName.fromQEMUArguments(args) { return name }
+        }
+        return (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+    }
+
+    /// Every process whose cmdline-derived guest name is `name`.
+    public static func pids(ofGuest name: String) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let args = data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+            return GuestName.fromQEMUArguments(args) == name
+        }.sorted()
+    }
+
+    public static func processExists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+}

@@ -1,0 +1,91 @@
+import CKVMScope
+import Foundation
+import KVMExits
+
+/// The tracefs file system: where it is, which kvm events it has, their formats, per-CPU statistics,
+/// and the clean-up of instances left behind by dead kvmscope processes.
+public enum TraceFS {
+    public static let instancePrefix = "kvmscope-"
+
+    /// The tracefs mount point, mounting it when needed. Throws the errors users see.
+    public static func root() throws -> String {
+        guard geteuid() == 0 else { throw KVMScopeError.notRoot }
+        guard let dir = ckvmscope_tracing_dir() else {
+            throw KVMScopeError.noTracefs(String(cString: strerror(errno)))
+        }
+        let path = String(cString: dir)
+        guard FileManager.default.fileExists(atPath: path + "/events") else {
+            throw KVMScopeError.noTracefs("\(path)/events is missing")
+        }
+        return path
+    }
+
+    /// Every event of a system, sorted by name.
+    public static func events(system: String, root: String) throws -> [String] {
+        let dir = "\(root)/events/\(system)"
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
+            if system == "kvm" { throw KVMScopeError.noKVMEvents }
+            throw KVMScopeError.unknownEvent("no event system \(system) in \(root)/events")
+        }
+        return names.filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }.sorted()
+    }
+
+    public static func format(system: String, event: String, root: String) throws -> String {
+        let path = "\(root)/events/\(system)/\(event)/format"
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw KVMScopeError.unknownEvent("no event \(system):\(event) (\(path) unreadable)")
+        }
+        return text
+    }
+
+    /// The CPUs that have a buffer in the instance.
+    public static func cpus(instance: String, root: String) -> [Int] {
+        let dir = "\(root)/instances/\(instance)/per_cpu"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.compactMap { $0.hasPrefix("cpu") ? Int($0.dropFirst(3)) : nil }.sorted()
+    }
+
+    /// Events the kernel lost on a CPU: `overrun` (overwritten) plus `dropped events` (buffer full).
+    public static func lostEvents(instance: String, cpu: Int, root: String) -> UInt64 {
+        let path = "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats"
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+        var lost: UInt64 = 0
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let key = parts[0].trimmingCharacters(in: .whitespaces)
+            if key == "overrun" || key == "dropped events" {
+                lost += UInt64(parts[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+        }
+        return lost
+    }
+
+    /// Removes `kvmscope-<pid>` instances whose process is gone. Returns the names removed.
+    @discardableResult
+    public static func removeStaleInstances(root: String) -> [String] {
+        let dir = "\(root)/instances"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix(instancePrefix) {
+            guard let pid = Int32(name.dropFirst(instancePrefix.count)), pid != getpid() else { continue }
+            if kill(pid, 0) == 0 || errno == EPERM { continue }
+            if ckvmscope_instance_destroy(name) == 0 { removed.append(name) }
+        }
+        return removed
+    }
+
+    public static func instanceExists(_ name: String, root: String) -> Bool {
+        FileManager.default.fileExists(atPath: "\(root)/instances/\(name)")
+    }
+
+    /// Writes a value to a file of the instance.
+    static func write(_ value: String, to file: String, instance: String, root: String) throws {
+        let path = "\(root)/instances/\(instance)/\(file)"
+        let fd = open(path, O_WRONLY | O_TRUNC)
+        guard fd >= 0 else { throw KVMScopeError.instance("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let ok = value.withCString { Glibc.write(fd, $0, strlen($0)) >= 0 }
+        guard ok else { throw KVMScopeError.instance("cannot write \(path): \(String(cString: strerror(errno)))") }
+    }
+}
