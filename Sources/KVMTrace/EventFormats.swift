@@ -1,4 +1,5 @@
 import CKVMScope
+import Foundation
 import KVMExits
 
 /// Event formats parsed by libtraceevent, and the decoder layouts built from them by field name.
@@ -13,6 +14,8 @@ public final class EventFormats {
     public private(set) var kernelIDs: [String: Int32] = [:]
     /// Print formats of events, by name (for reason tables).
     public private(set) var printFormats: [String: String] = [:]
+    /// The format files as parsed, by event name.
+    public private(set) var formatTexts: [String: String] = [:]
 
     public init() {
         guard let h = ckvmscope_formats_new() else { fatalError("out of memory") }
@@ -32,6 +35,7 @@ public final class EventFormats {
             throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
         }
         if let fmt = Self.value(of: "print fmt:", in: text) { printFormats[name] = fmt }
+        formatTexts[name] = text
         if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitPrintFormat: printFormats[name]) }
         if name == "kvm_userspace_exit" {
             catalog.userspaceExitReasons = UserspaceExitNames(printFormat: printFormats[name])
@@ -51,6 +55,24 @@ public final class EventFormats {
         var copy = l
         copy.kernel_id = kernelID
         layouts.append(copy)
+    }
+
+    /// Offset and size of every field of an event, by name (common fields included).
+    public func fieldTable(kernelID id: Int32) -> [String: (offset: Int, size: Int)] {
+        var out: [String: (offset: Int, size: Int)] = [:]
+        guard let name = kernelIDs.first(where: { $0.value == id })?.key.split(separator: ":").last,
+              let text = formatTexts[String(name)] else { return out }
+        for line in text.split(separator: "\n") where line.contains("field:") {
+            // "\tfield:unsigned int exit_reason;\toffset:8;\tsize:4;\tsigned:0;"
+            let parts = line.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count >= 3, let decl = parts.first?.dropFirst("field:".count),
+                  var fieldName = decl.split(separator: " ").last.map(String.init),
+                  let off = Int(parts[1].replacingOccurrences(of: "offset:", with: "")),
+                  let size = Int(parts[2].replacingOccurrences(of: "size:", with: "")) else { continue }
+            if let b = fieldName.firstIndex(of: "[") { fieldName = String(fieldName[..<b]) }
+            out[fieldName] = (off, size)
+        }
+        return out
     }
 
     func field(_ id: Int32, _ names: String...) -> ckvmscope_field {

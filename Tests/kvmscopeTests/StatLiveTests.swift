@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+
+/// Known answers from a real guest: the storm generator's exits, counted by the kernel's tracepoints.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct StatLiveTests {
+    static let n = 20_000
+
+    func stat(kind: String, vcpus: Int = 2, extra: [String] = []) throws -> [String: Any] {
+        let r = try CLI.run(["stat", "--json"] + extra + ["--", CLI.binary, "storm", "--kind", kind, "--vcpus", "\(vcpus)",
+                                                         "--exits", "\(Self.n)"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        return try CLI.json(r.stdout)
+    }
+
+    @Test func ioStormCountsExactly() throws {
+        let j = try stat(kind: "io")
+        let events = try #require(j["events"] as? [String: Int])
+        #expect(events["kvm_pio"] == 2 * Self.n)
+        #expect(events["kvm_userspace_exit"] == 2 * Self.n)
+        #expect(events["kvm_mmio"] == nil)
+        #expect(j["lost_events"] as? Int == 0)
+        let rows = try #require(j["userspace_exits"] as? [[String: Any]])
+        #expect(rows.count == 2)
+        #expect(rows.map { $0["reason"] as? String } == ["KVM_EXIT_IO", "KVM_EXIT_IO"])
+        #expect(rows.map { $0["count"] as? Int } == [Self.n, Self.n])
+        #expect(rows.map { $0["vcpu"] as? Int } == [0, 1])
+    }
+
+    @Test func mmioStormCountsExactly() throws {
+        let j = try stat(kind: "mmio")
+        let events = try #require(j["events"] as? [String: Int])
+        #expect(events["kvm_mmio"] == 2 * Self.n)
+        #expect(events["kvm_userspace_exit"] == 2 * Self.n)
+        #expect(events["kvm_pio"] == nil)
+        #expect(j["lost_events"] as? Int == 0)
+        let rows = try #require(j["userspace_exits"] as? [[String: Any]])
+        #expect(rows.map { $0["reason"] as? String } == ["KVM_EXIT_MMIO", "KVM_EXIT_MMIO"])
+        #expect(rows.map { $0["count"] as? Int } == [Self.n, Self.n])
+    }
+
+    @Test func stormOutsideTheCommandIsNotCounted() throws {
+        // A second storm runs during the traced one, outside the traced command.
+        let outside = Process()
+        outside.executableURL = URL(fileURLWithPath: CLI.binary)
+        outside.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "3"]
+        outside.standardOutput = FileHandle.nullDevice
+        try outside.run()
+        defer { outside.waitUntilExit() }
+        let j = try stat(kind: "io")
+        let events = try #require(j["events"] as? [String: Int])
+        #expect(events["kvm_pio"] == 2 * Self.n)
+        #expect(events["kvm_userspace_exit"] == 2 * Self.n)
+        #expect(events["kvm_mmio"] == nil)
+        #expect(outside.isRunning, "the outside storm must overlap the traced one")
+    }
+}
