@@ -32,7 +32,7 @@ demo: build
 	$(BIN) demo
 
 test: build
-	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test --parallel --num-workers 1
+	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test
 
 bench: build
 	$(MAKE) -C benchmarks

@@ -13,7 +13,7 @@ public enum KVMScopeError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .notRoot: "kvmscope needs root to read tracefs (run it with sudo)"
+        case .notRoot: "root is needed to read tracefs (run it with sudo)"
         case .noTracefs(let why): "tracefs is not mounted and could not be mounted: \(why)"
         case .noKVMEvents: "no kvm events in tracefs: is the kvm module loaded? (modprobe kvm_intel, kvm_amd or kvm)"
         case .badFormat(let s), .unknownEvent(let s), .instance(let s), .io(let s), .noKVM(let s), .usage(let s),

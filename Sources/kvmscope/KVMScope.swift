@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct KVMScope: ParsableCommand {
@@ -17,4 +18,19 @@ struct KVMScope: ParsableCommand {
         subcommands: [StatCommand.self, StormCommand.self],
         defaultSubcommand: StatCommand.self
     )
+
+    /// Like ArgumentParser's main, but a bad argument is one line on stderr (no usage dump), and
+    /// `--help` still prints help.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            let message = Self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("kvmscope: \(message)\n".utf8))
+            Foundation.exit(code.rawValue)
+        }
+    }
 }

@@ -152,8 +152,13 @@ struct StatCommand: ParsableCommand {
             while !finished() {
                 _ = stop.sleep(min(delay, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? delay))
                 let current = reportingErrors { try Summary(session.snapshot(), filter: filter) }
-                if formatter == nil || linesSinceHeader >= 20 && !csv {
-                    if formatter == nil { formatter = LogFormatter(fields: LogFormatter.fields(of: current, skipZero: false), csv: csv) }
+                // Columns: every event (and child) seen so far; a new one re-prints the header, as does
+                // every 20th line (kvm_stat's habit) outside CSV.
+                let seen = LogFormatter.fields(of: current, skipZero: true)
+                let known = formatter?.fields ?? []
+                let added = seen.filter { !known.contains($0) }
+                if formatter == nil || !added.isEmpty || (linesSinceHeader >= 20 && !csv) {
+                    formatter = LogFormatter(fields: known + added, csv: csv)
                     out.write(Data((formatter!.header() + "\n").utf8))
                     linesSinceHeader = 0
                 }
@@ -179,7 +184,11 @@ struct StatCommand: ParsableCommand {
         let final = reportingErrors { try Summary(session.snapshot(), filter: filter) }
         let seconds = session.elapsedSeconds
         if json {
-            writeStdout(SummaryJSON.render(final, durationSeconds: seconds) + "\n")
+            let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
+            let extra: [(String, JSONValue)] = [
+                ("lost_by_cpu", .object(perCPU.map { (String($0.key), .uint($0.value)) })),
+            ]
+            writeStdout(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {
             let lines = StatTable.render(final, previous: nil, seconds: seconds)
             writeStdout(lines.joined(separator: "\n") + "\n")

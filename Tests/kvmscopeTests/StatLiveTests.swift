@@ -43,10 +43,10 @@ struct StatLiveTests {
         // A second storm runs during the traced one, outside the traced command.
         let outside = Process()
         outside.executableURL = URL(fileURLWithPath: CLI.binary)
-        outside.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "3"]
+        outside.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"]
         outside.standardOutput = FileHandle.nullDevice
         try outside.run()
-        defer { outside.waitUntilExit() }
+        defer { outside.terminate(); outside.waitUntilExit() }
         let j = try stat(kind: "io")
         let events = try #require(j["events"] as? [String: Int])
         #expect(events["kvm_pio"] == 2 * Self.n)

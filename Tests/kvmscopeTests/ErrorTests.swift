@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+
+/// Bad input: one line on stderr, a non-zero status, nothing on stdout, never a stack trace.
+@Suite struct ErrorTests {
+    func expectOneLineError(_ args: [String], _ expected: String, status: Int32, runAs user: String? = nil) throws {
+        let r: CLI.Result
+        if let user {
+            r = try CLI.Result.runuser(user, [CLI.binary] + args)
+        } else {
+            r = try CLI.run(args)
+        }
+        #expect(r.status == status)
+        #expect(r.stderr == "kvmscope: \(expected)\n")
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test func badRegex() throws {
+        try expectOneLineError(["stat", "-f", "("], "bad regular expression for -f/--fields: '('", status: 64)
+    }
+
+    @Test func badStormKind() throws {
+        try expectOneLineError(["storm", "--kind", "foo"], "--kind must be io, mmio or hlt (got 'foo')", status: 64)
+    }
+
+    @Test func badDelay() throws {
+        try expectOneLineError(["stat", "-s", "30"], "-s/--set-delay must be between 0.1 and 25.5", status: 64)
+    }
+
+    @Test func unknownOption() throws {
+        try expectOneLineError(["stat", "--frobnicate"], "Unknown option '--frobnicate'", status: 64)
+    }
+
+    @Test(.enabled(if: KVMTest.canRun)) func unknownPid() throws {
+        try expectOneLineError(["stat", "-1", "-p", "999999"], "no process with pid 999999", status: 1)
+    }
+
+    @Test(.enabled(if: KVMTest.canRun)) func unknownGuest() throws {
+        try expectOneLineError(["stat", "-1", "-g", "no-such-guest"], "no guest named 'no-such-guest' is running", status: 1)
+    }
+
+    @Test(.enabled(if: KVMTest.canRun)) func unknownEvent() throws {
+        try expectOneLineError(["stat", "-1", "--event", "kvm_nonsense"], "no event kvm:kvm_nonsense on this kernel", status: 1)
+    }
+
+    @Test(.enabled(if: KVMTest.canRun)) func notRoot() throws {
+        try expectOneLineError(["stat", "-1"], "root is needed to read tracefs (run it with sudo)", status: 1, runAs: "nobody")
+    }
+
+    @Test(.enabled(if: KVMTest.canRun)) func stormWithoutKVMDevice() throws {
+        // As nobody, /dev/kvm (mode 0600 root) cannot be opened: the same path as a host without KVM.
+        let r = try CLI.Result.runuser("nobody", [CLI.binary, "storm", "--exits", "1"])
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("kvmscope: /dev/kvm: Permission denied"))
+        #expect(r.stderr.filter { $0 == "\n" }.count == 1)
+    }
+}
+
+extension CLI.Result {
+    /// Runs a command as another user (runuser), for the errors of unprivileged users.
+    /// The binary is copied to a world-readable directory first: CI's clone may live where others can't enter.
+    static func runuser(_ user: String, _ argv: [String]) throws -> CLI.Result {
+        var argv = argv
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-runuser-\(getpid())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
+                                                 attributes: [.posixPermissions: 0o755])
+        let copy = dir.appendingPathComponent("kvmscope")
+        if !FileManager.default.fileExists(atPath: copy.path) {
+            try FileManager.default.copyItem(atPath: CLI.binary, toPath: copy.path)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy.path)
+        }
+        if argv.first == CLI.binary { argv[0] = copy.path }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+        p.arguments = ["-u", user, "--"] + argv
+        p.environment = ["SWIFT_BACKTRACE": "enable=no", "PATH": "/usr/bin:/bin"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                          stderr: String(decoding: e, as: UTF8.self))
+    }
+}
