@@ -31,8 +31,9 @@ build: deps
 demo: build
 	$(BIN) demo
 
+# Tests run against the same release build (one compilation), the binary included.
 test: build
-	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test
+	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test -c $(CONFIG)
 
 bench: build
 	$(MAKE) -C benchmarks

@@ -21,3 +21,11 @@ public enum KVMScopeError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+extension String {
+    /// The message a C function wrote into a NUL-terminated buffer.
+    init(cMessage buffer: [CChar]) {
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        self.init(decoding: bytes, as: UTF8.self)
+    }
+}

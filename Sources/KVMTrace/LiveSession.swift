@@ -74,7 +74,7 @@ public final class LiveSession: @unchecked Sendable {
 
         var err = [CChar](repeating: 0, count: 512)
         guard ckvmscope_instance_create(instance, config.bufferKB, "mono", &err, err.count) == 0 else {
-            throw KVMScopeError.instance(String(cString: err))
+            throw KVMScopeError.instance(String(cMessage: err))
         }
         do {
             if let pid = config.onlyPid {

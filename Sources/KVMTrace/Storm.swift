@@ -24,7 +24,7 @@ public enum Storm {
         var res = ckvmscope_storm_result()
         var err = [CChar](repeating: 0, count: 512)
         guard ckvmscope_storm_run(kind.cValue, vcpus, exitsPerVCPU, &res, &err, err.count) == 0 else {
-            throw KVMScopeError.noKVM(String(cString: err))
+            throw KVMScopeError.noKVM(String(cMessage: err))
         }
         return Result(exits: res.exits, seconds: res.seconds)
     }
