@@ -9,6 +9,8 @@ public final class Aggregator: Sendable {
     public let series: SeriesStore
     public let pairing: PairingCounters
     let threads = Mutex<[Int32: ThreadIdentity]>([:])
+    /// Threads the resolver did not know (gone before first sight): resolved later from the trace's own records.
+    let unresolved = Mutex<Set<Int32>>([])
     let resolver: ThreadResolver?
 
     public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil) {
@@ -36,9 +38,28 @@ public final class Aggregator: Sendable {
             }
             return
         }
-        var identity = resolver?(tid) ?? ThreadIdentity(vm: tid)
+        let resolved = resolver?(tid)
+        if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
+        var identity = resolved ?? ThreadIdentity(vm: tid)
         if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
         threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
+    }
+
+    /// Resolves, with `lookup`, the threads that were already gone when first seen. Returns how many it named.
+    @discardableResult
+    public func resolveUnresolved(_ lookup: (Int32) -> ThreadIdentity?) -> Int {
+        let pending = unresolved.withLock { $0 }
+        var named = 0
+        for tid in pending {
+            guard var identity = lookup(tid) else { continue }
+            threads.withLock {
+                if identity.vcpu == nil { identity.vcpu = $0[tid]?.vcpu }
+                $0[tid] = identity
+            }
+            unresolved.withLock { _ = $0.remove(tid) }
+            named += 1
+        }
+        return named
     }
 
     /// Sets identities known from elsewhere (a trace file's saved cmdlines and tgids).

@@ -77,6 +77,8 @@ public final class LiveSession: @unchecked Sendable {
             throw KVMScopeError.instance(String(cMessage: err))
         }
         do {
+            // The kernel keeps tid → tgid for traced threads: names threads that exit before we look.
+            try? TraceFS.write("1", to: "options/record-tgid", instance: instance, root: root)
             if let pid = config.onlyPid {
                 try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
                 try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
@@ -184,6 +186,13 @@ public final class LiveSession: @unchecked Sendable {
             while !pairingThread.isFinished { usleep(1000) }
         }
         for h in readerHandles { ckvmscope_reader_close(h.reader) }
+        let saved = TraceFS.savedThreads(root: root)
+        aggregator.resolveUnresolved { tid in
+            guard let tgid = saved.tgids[tid] else { return nil }
+            let comm = saved.comms[tid]
+            return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
+                                  vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+        }
         for attempt in 0..<200 {
             if ckvmscope_instance_destroy(instance) == 0 || errno == ENOENT { break }
             if attempt == 199 { logger.error("could not remove tracefs instance \(instance): \(String(cString: strerror(errno)))") }

@@ -75,6 +75,25 @@ public enum TraceFS {
         return removed
     }
 
+    /// The kernel's saved tid → tgid (with record-tgid) and tid → comm maps.
+    public static func savedThreads(root: String) -> (tgids: [Int32: Int32], comms: [Int32: String]) {
+        var tgids: [Int32: Int32] = [:]
+        var comms: [Int32: String] = [:]
+        if let text = try? String(contentsOfFile: "\(root)/saved_tgids", encoding: .utf8) {
+            for line in text.split(separator: "\n") {
+                let p = line.split(separator: " ")
+                if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
+            }
+        }
+        if let text = try? String(contentsOfFile: "\(root)/saved_cmdlines", encoding: .utf8) {
+            for line in text.split(separator: "\n") {
+                guard let sp = line.firstIndex(of: " "), let t = Int32(line[..<sp]) else { continue }
+                comms[t] = String(line[line.index(after: sp)...])
+            }
+        }
+        return (tgids, comms)
+    }
+
     public static func instanceExists(_ name: String, root: String) -> Bool {
         FileManager.default.fileExists(atPath: "\(root)/instances/\(name)")
     }
