@@ -136,8 +136,9 @@ public final class LiveSession: @unchecked Sendable {
             let lanes = self.lanes
             let count = readerHandles.count
             let exitEvent = formats.catalog.index(of: "kvm_exit") ?? 0
+            let entryEvent = formats.catalog.index(of: "kvm_entry") ?? 0
             let t = Thread { [self] in
-                PairingLoop(lanes: lanes, exitEvent: exitEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
+                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
             }
             t.name = "kvmscope-pair"
             pairingThread = t
@@ -255,7 +256,9 @@ struct ReaderLoop {
                     let e = TraceEvent(buf[i])
                     let k = Int(e.event) & 255
                     writer.add(e, hasReason: hasReason[k])
-                    if pairs && isPairing[k] { pending.append(e) }
+                    // Exits and entries go to the pairer, and so does any event flagged as following a loss
+                    // (whatever its kind): the pairer must know the CPU lost events there.
+                    if pairs && (isPairing[k] || e.flags & TraceEvent.afterLoss != 0) { pending.append(e) }
                 }
             }
             if stats.missed_events != lastMissed || stats.missed_unknown != lastUnknown {
@@ -329,7 +332,11 @@ struct PairingLoop {
             if cut > 0 {
                 for e in held[..<cut] {
                     if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-                    if e.event == exitEvent { pairer.exit(e) } else { pairer.entry(e) }
+                    if e.event == exitEvent {
+                        pairer.exit(e)
+                    } else if e.event == entryEvent {
+                        pairer.entry(e)
+                    }
                 }
                 held.removeFirst(cut)
             }
@@ -340,6 +347,7 @@ struct PairingLoop {
             usleep(10_000)
         }
     }
-    /// The catalog index of kvm_exit; everything else handed over is kvm_entry.
+    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
     let exitEvent: UInt16
+    let entryEvent: UInt16
 }
