@@ -16,6 +16,10 @@ public struct LiveConfig: Sendable {
     public var onlyPid: Int32?
     /// Test and benchmark hook: decode ftrace:raw_data records (written to trace_marker_raw) as this event.
     public var markerAs: String?
+    /// Test and benchmark hook: decode ftrace:raw_data records as each of these events, told apart by their
+    /// size (``EventFormats/markerSize(of:)``; the sizes must differ, as kvm_exit's and kvm_entry's do). Write
+    /// an event's record bytes 8..<size to trace_marker_raw to inject it. Never a product feature.
+    public var markerEvents: [String] = []
     /// Instance name; default kvmscope-<pid>.
     public var instanceName: String?
 
@@ -59,15 +63,22 @@ public final class LiveSession: @unchecked Sendable {
             try formats.add(system: "kvm", format: try TraceFS.format(system: "kvm", event: name, root: root))
         }
         var markerID: Int32?
-        if let target = config.markerAs {
+        let markerTargets = (config.markerAs.map { [$0] } ?? []) + config.markerEvents
+        if !markerTargets.isEmpty {
             let raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
             guard let id = EventFormats.value(of: "ID:", in: raw).flatMap({ Int32($0) }) else {
                 throw KVMScopeError.badFormat("ftrace:raw_data has no ID")
             }
-            if formats.catalog.index(of: target) == nil {
-                throw KVMScopeError.unknownEvent("marker alias: \(target) is not traced")
+            var sizes: Set<Int> = []
+            for target in markerTargets {
+                guard formats.catalog.index(of: target) != nil, let size = formats.markerSize(of: target) else {
+                    throw KVMScopeError.unknownEvent("marker alias: \(target) is not traced")
+                }
+                guard sizes.insert(size).inserted else {
+                    throw KVMScopeError.badFormat("marker alias: \(target) has the size of another aliased event")
+                }
+                try formats.alias(kernelID: id, as: target, matchSize: markerTargets.count > 1 ? size : nil)
             }
-            try formats.alias(kernelID: id, as: target)
             markerID = id
         }
         self.formats = formats
