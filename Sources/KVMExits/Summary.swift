@@ -77,6 +77,8 @@ public struct ExitRow: Sendable, Equatable {
     /// Whether the reason is the guest halting (time blocked, not handling time).
     public var blocking: Bool
     public var histogram: HistogramSnapshot?
+    /// Every RIP the row's series tracked, merged (count descending, RIP ascending), not truncated: merging
+    /// truncated lists (per vCPU, then per VM) would undercount RIPs cut from one side. Views show a prefix.
     public var topRIPs: [RIPCount]
     public var latency: LatencySummary? { histogram.flatMap { $0.count > 0 ? LatencySummary($0) : nil } }
 }
@@ -159,7 +161,7 @@ public struct Summary: Sendable {
             } else {
                 exitRows[key]!.histogram!.merge(s.histogram)
             }
-            exitRows[key]!.topRIPs = TopRIPs.merge(exitRows[key]!.topRIPs, s.topRIPs, limit: 10)
+            exitRows[key]!.topRIPs = TopRIPs.merge(exitRows[key]!.topRIPs, s.topRIPs, limit: .max)
         }
 
         for (i, entry) in catalog.entries.enumerated() {
@@ -192,7 +194,7 @@ public struct Summary: Sendable {
                 if let h = r.histogram {
                     if m.histogram == nil { m.histogram = h } else { m.histogram!.merge(h) }
                 }
-                m.topRIPs = TopRIPs.merge(m.topRIPs, r.topRIPs, limit: 10)
+                m.topRIPs = TopRIPs.merge(m.topRIPs, r.topRIPs, limit: .max)
                 merged[k] = m
             } else {
                 var m = r

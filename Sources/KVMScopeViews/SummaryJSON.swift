@@ -39,6 +39,9 @@ public enum SummaryJSON {
         ])
     }
 
+    /// RIPs listed per exit row.
+    public static let topRIPsShown = 10
+
     static func exitRow(_ r: ExitRow) -> JSONValue {
         var fields: [(String, JSONValue)] = [
             ("vm", .int(Int64(r.vm))), ("vm_name", .optional(r.vmName)), ("vcpu", .optional(r.vcpu)),
@@ -50,7 +53,7 @@ public enum SummaryJSON {
             ("isa", .optional(r.isa.jsonName)), ("count", .uint(r.count)),
             ("blocking", .bool(r.blocking)),
             ("latency_ns", latency(r.latency)),
-            ("top_rips", .array(r.topRIPs.map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),
+            ("top_rips", .array(r.topRIPs.prefix(topRIPsShown).map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),
                                                          ("count", .uint($0.count))]) })),
         ]
         return .object(fields)
