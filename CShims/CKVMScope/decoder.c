@@ -17,7 +17,8 @@ struct ckvmscope_decoder {
     int long_size;
     size_t count;
     struct ckvmscope_event_layout *layouts;
-    uint16_t slot[CKVMSCOPE_ID_SLOTS]; /* kernel id -> layouts index */
+    uint16_t slot[CKVMSCOPE_ID_SLOTS]; /* kernel id -> layouts index (the first layout of that id) */
+    uint16_t *next;                    /* layouts index -> next layout of the same kernel id */
 };
 
 struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_layout *layouts, size_t count,
@@ -33,6 +34,9 @@ struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_lay
                             big_endian ? KBUFFER_ENDIAN_BIG : KBUFFER_ENDIAN_LITTLE);
     if (!d->kbuf)
         goto error_layouts;
+    d->next = malloc((count ? count : 1) * sizeof(*d->next));
+    if (!d->next)
+        goto error_kbuf;
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     d->swap = big_endian;
 #else
@@ -42,11 +46,20 @@ struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_lay
     d->count = count;
     d->long_size = long_size == 4 ? 4 : 8;
     memset(d->slot, 0xff, sizeof(d->slot));
-    for (size_t i = 0; i < count; i++)
-        if (layouts[i].kernel_id >= 0 && layouts[i].kernel_id < CKVMSCOPE_ID_SLOTS)
-            d->slot[layouts[i].kernel_id] = (uint16_t)i;
+    for (size_t i = 0; i < count; i++) {
+        d->next[i] = CKVMSCOPE_NO_SLOT;
+        if (layouts[i].kernel_id < 0 || layouts[i].kernel_id >= CKVMSCOPE_ID_SLOTS)
+            continue;
+        /* Layouts sharing a kernel id (size-matched aliases) are chained in table order. */
+        uint16_t *link = &d->slot[layouts[i].kernel_id];
+        while (*link != CKVMSCOPE_NO_SLOT)
+            link = &d->next[*link];
+        *link = (uint16_t)i;
+    }
     return d;
 
+error_kbuf:
+    kbuffer_free(d->kbuf);
 error_layouts:
     free(d->layouts);
 error_free:
@@ -60,6 +73,7 @@ void ckvmscope_decoder_free(struct ckvmscope_decoder *d)
     if (!d)
         return;
     kbuffer_free(d->kbuf);
+    free(d->next);
     free(d->layouts);
     free(d);
 }
@@ -166,6 +180,8 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
         if (d->swap)
             type = __builtin_bswap16(type);
         uint16_t slot = d->slot[type];
+        while (slot != CKVMSCOPE_NO_SLOT && d->layouts[slot].match_size && d->layouts[slot].match_size != esize)
+            slot = d->next[slot];
         if (slot == CKVMSCOPE_NO_SLOT) {
             stats->ignored++;
             continue;

@@ -72,6 +72,7 @@ public struct ShardWriter {
     /// Called with a thread id the first time this writer publishes a key for it.
     @usableFromInline let onNewThread: (Int32, UInt32) -> Void
     @usableFromInline var knownThreads = Set<Int32>()
+    @usableFromInline var threadsWithVCPU = Set<Int32>()
 
     public init(shard: AggregateShard, onNewThread: @escaping (_ tid: Int32, _ vcpu: UInt32) -> Void = { _, _ in }) {
         self.shard = shard
@@ -108,7 +109,14 @@ public struct ShardWriter {
 
     @usableFromInline
     mutating func publish(slot i: Int, a: UInt64, b: UInt64, tid: Int32, vcpu: UInt32) {
-        if knownThreads.insert(tid).inserted { onNewThread(tid, vcpu) }
+        // Tell the aggregator about a thread once, and again once its vCPU number shows up (4.19's kvm_exit has no
+        // vcpu_id, its kvm_entry has one). Cold path: once per new key.
+        if knownThreads.insert(tid).inserted {
+            onNewThread(tid, vcpu)
+            if vcpu != TraceEvent.noVCPU { threadsWithVCPU.insert(tid) }
+        } else if vcpu != TraceEvent.noVCPU, threadsWithVCPU.insert(tid).inserted {
+            onNewThread(tid, vcpu)
+        }
         shard.keyB[i].store(b, ordering: .relaxed)
         shard.counts[i].store(1, ordering: .relaxed)
         // Release: a reader that sees key A also sees key B and the first count.

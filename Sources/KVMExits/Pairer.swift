@@ -140,7 +140,8 @@ struct SeriesSlots {
     mutating func series(tid: Int32, isa: UInt8, reason: UInt32) -> LatencySeries? {
         // tid (32) | isa (8, high byte of the reason word is never used by VMX/SVM/arm64 codes shown) | reason
         let key = UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
-        if key == lastKey, let last { return last }
+        // The key mixes tid, isa and reason (it can collide), so even the cached series is checked field by field.
+        if key == lastKey, let last, last.tid == tid, last.reason == reason, last.isa == isa { return last }
         let mask = keys.count - 1
         var i = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
         for _ in 0..<keys.count {

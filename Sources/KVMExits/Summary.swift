@@ -69,11 +69,16 @@ public struct ExitRow: Sendable, Equatable {
     public var vmName: String?
     public var vcpu: UInt32?
     public var reason: String
+    /// VMX flag bits of the raw exit reason (e.g. ["FAILED_VMENTRY"]), masked off `reason` and kept apart: a
+    /// failed VM entry is its own row. Empty for SVM, arm64 and ordinary VMX exits.
+    public var flags: [String] = []
     public var isa: ISA
     public var count: UInt64
     /// Whether the reason is the guest halting (time blocked, not handling time).
     public var blocking: Bool
     public var histogram: HistogramSnapshot?
+    /// Every RIP the row's series tracked, merged (count descending, RIP ascending), not truncated: merging
+    /// truncated lists (per vCPU, then per VM) would undercount RIPs cut from one side. Views show a prefix.
     public var topRIPs: [RIPCount]
     public var latency: LatencySummary? { histogram.flatMap { $0.count > 0 ? LatencySummary($0) : nil } }
 }
@@ -114,7 +119,7 @@ public struct Summary: Sendable {
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
         var childTotals: [String: [String: UInt64]] = [:]
-        struct RowKey: Hashable { var vm: Int32; var vcpu: UInt32?; var isa: UInt8; var reason: String }
+        struct RowKey: Hashable { var vm: Int32; var vcpu: UInt32?; var isa: UInt8; var reason: String; var flags = [String]() }
         var exitRows: [RowKey: ExitRow] = [:]
         var userRows: [RowKey: UserspaceExitRow] = [:]
 
@@ -130,13 +135,15 @@ public struct Summary: Sendable {
             else { continue }
             if let reasons = filter.reasons, !reasons.contains(reason) { continue }
             childTotals[event.name, default: [:]][reason, default: 0] += row.count
-            let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason)
             if event.role == .exit {
                 let isa = ISA(rawValue: row.key.isa) ?? .unknown
-                exitRows[key, default: ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason, isa: isa,
+                let flags = catalog.exitReasons.flags(isa: isa, rawReason: row.key.reason)
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason, flags: flags)
+                exitRows[key, default: ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason, flags: flags, isa: isa,
                                                count: 0, blocking: ExitReasonNames.isBlocking(isa: isa, reasonName: reason),
                                                histogram: nil, topRIPs: [])].count += row.count
             } else {
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason)
                 userRows[key, default: UserspaceExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason,
                                                         count: 0)].count += row.count
             }
@@ -146,14 +153,15 @@ public struct Summary: Sendable {
             guard filter.keeps(tid: s.tid, identity: id),
                   let exitEvent = catalog.index(of: "kvm_exit"),
                   let reason = catalog.reasonName(event: exitEvent, reason: s.reason, isa: s.isa) else { continue }
-            let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, reason: reason)
+            let flags = catalog.exitReasons.flags(isa: ISA(rawValue: s.isa) ?? .unknown, rawReason: s.reason)
+            let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, reason: reason, flags: flags)
             guard exitRows[key] != nil else { continue }
             if exitRows[key]!.histogram == nil {
                 exitRows[key]!.histogram = s.histogram
             } else {
                 exitRows[key]!.histogram!.merge(s.histogram)
             }
-            exitRows[key]!.topRIPs = TopRIPs.merge(exitRows[key]!.topRIPs, s.topRIPs, limit: 10)
+            exitRows[key]!.topRIPs = TopRIPs.merge(exitRows[key]!.topRIPs, s.topRIPs, limit: .max)
         }
 
         for (i, entry) in catalog.entries.enumerated() {
@@ -165,7 +173,8 @@ public struct Summary: Sendable {
             }
         }
         exits = exitRows.values.sorted {
-            ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
+            ($0.vm, $0.vcpu ?? .max, $0.reason, $0.flags.joined(separator: "|"))
+                < ($1.vm, $1.vcpu ?? .max, $1.reason, $1.flags.joined(separator: "|"))
         }
         userspaceExits = userRows.values.sorted {
             ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
@@ -179,13 +188,13 @@ public struct Summary: Sendable {
         var merged: [String: ExitRow] = [:]
         var order: [String] = []
         for r in exits {
-            let k = "\(r.vm)\u{0}\(r.isa.rawValue)\u{0}\(r.reason)"
+            let k = "\(r.vm)\u{0}\(r.isa.rawValue)\u{0}\(r.reason)\u{0}\(r.flags.joined(separator: "|"))"
             if var m = merged[k] {
                 m.count += r.count
                 if let h = r.histogram {
                     if m.histogram == nil { m.histogram = h } else { m.histogram!.merge(h) }
                 }
-                m.topRIPs = TopRIPs.merge(m.topRIPs, r.topRIPs, limit: 10)
+                m.topRIPs = TopRIPs.merge(m.topRIPs, r.topRIPs, limit: .max)
                 merged[k] = m
             } else {
                 var m = r

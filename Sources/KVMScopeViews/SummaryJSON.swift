@@ -39,14 +39,23 @@ public enum SummaryJSON {
         ])
     }
 
+    /// RIPs listed per exit row.
+    public static let topRIPsShown = 10
+
     static func exitRow(_ r: ExitRow) -> JSONValue {
-        .object([
+        var fields: [(String, JSONValue)] = [
             ("vm", .int(Int64(r.vm))), ("vm_name", .optional(r.vmName)), ("vcpu", .optional(r.vcpu)),
-            ("reason", .string(r.reason)), ("isa", .optional(r.isa.jsonName)), ("count", .uint(r.count)),
+            ("reason", .string(r.reason)),
+        ]
+        // VMX flag bits (FAILED_VMENTRY) masked off the reason: only on rows that have them.
+        if !r.flags.isEmpty { fields.append(("flags", .array(r.flags.map(JSONValue.string)))) }
+        fields += [
+            ("isa", .optional(r.isa.jsonName)), ("count", .uint(r.count)),
             ("blocking", .bool(r.blocking)),
             ("latency_ns", latency(r.latency)),
-            ("top_rips", .array(r.topRIPs.map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),
+            ("top_rips", .array(r.topRIPs.prefix(topRIPsShown).map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),
                                                          ("count", .uint($0.count))]) })),
-        ])
+        ]
+        return .object(fields)
     }
 }

@@ -48,13 +48,26 @@ public final class EventFormats {
 
     /// Test and benchmark hook: decode events of `kernelID` (e.g. ftrace:raw_data written through
     /// trace_marker_raw) as if they were `asEvent`, whose payload they carry at the same offsets.
-    public func alias(kernelID: Int32, as asEvent: String) throws {
+    ///
+    /// - Parameter matchSize: when set, only records of exactly this payload size (rounded up to 4, as the ring
+    ///   buffer stores it) decode as `asEvent`, so that one raw_data id can carry several events told apart by
+    ///   size (``markerSize(of:)``): e.g. kvm_exit (72 bytes on 6.x) and kvm_entry (36). Test-only.
+    public func alias(kernelID: Int32, as asEvent: String, matchSize: Int? = nil) throws {
         guard let index = catalog.index(of: asEvent), let l = layouts.first(where: { $0.index == index }) else {
             throw KVMScopeError.badFormat("no format for \(asEvent)")
         }
         var copy = l
         copy.kernel_id = kernelID
+        copy.match_size = UInt16(clamping: matchSize ?? 0)
         layouts.append(copy)
+    }
+
+    /// The payload size of an event as its records occupy the ring buffer (the end of its last field, rounded
+    /// up to 4): what a record written through trace_marker_raw with that event's bytes 8..< measures.
+    public func markerSize(of event: String) -> Int? {
+        guard let id = kernelIDs.first(where: { $0.key.hasSuffix(":" + event) })?.value else { return nil }
+        guard let end = fieldTable(kernelID: id).values.map({ $0.offset + $0.size }).max() else { return nil }
+        return (end + 3) & ~3
     }
 
     /// Offset and size of every field of an event, by name (common fields included).

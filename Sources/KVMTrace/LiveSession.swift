@@ -16,6 +16,10 @@ public struct LiveConfig: Sendable {
     public var onlyPid: Int32?
     /// Test and benchmark hook: decode ftrace:raw_data records (written to trace_marker_raw) as this event.
     public var markerAs: String?
+    /// Test and benchmark hook: decode ftrace:raw_data records as each of these events, told apart by their
+    /// size (``EventFormats/markerSize(of:)``; the sizes must differ, as kvm_exit's and kvm_entry's do). Write
+    /// an event's record bytes 8..<size to trace_marker_raw to inject it. Never a product feature.
+    public var markerEvents: [String] = []
     /// Instance name; default kvmscope-<pid>.
     public var instanceName: String?
 
@@ -59,15 +63,22 @@ public final class LiveSession: @unchecked Sendable {
             try formats.add(system: "kvm", format: try TraceFS.format(system: "kvm", event: name, root: root))
         }
         var markerID: Int32?
-        if let target = config.markerAs {
+        let markerTargets = (config.markerAs.map { [$0] } ?? []) + config.markerEvents
+        if !markerTargets.isEmpty {
             let raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
             guard let id = EventFormats.value(of: "ID:", in: raw).flatMap({ Int32($0) }) else {
                 throw KVMScopeError.badFormat("ftrace:raw_data has no ID")
             }
-            if formats.catalog.index(of: target) == nil {
-                throw KVMScopeError.unknownEvent("marker alias: \(target) is not traced")
+            var sizes: Set<Int> = []
+            for target in markerTargets {
+                guard formats.catalog.index(of: target) != nil, let size = formats.markerSize(of: target) else {
+                    throw KVMScopeError.unknownEvent("marker alias: \(target) is not traced")
+                }
+                guard sizes.insert(size).inserted else {
+                    throw KVMScopeError.badFormat("marker alias: \(target) has the size of another aliased event")
+                }
+                try formats.alias(kernelID: id, as: target, matchSize: markerTargets.count > 1 ? size : nil)
             }
-            try formats.alias(kernelID: id, as: target)
             markerID = id
         }
         self.formats = formats
@@ -138,8 +149,9 @@ public final class LiveSession: @unchecked Sendable {
             let lanes = self.lanes
             let count = readerHandles.count
             let exitEvent = formats.catalog.index(of: "kvm_exit") ?? 0
+            let entryEvent = formats.catalog.index(of: "kvm_entry") ?? 0
             let t = Thread { [self] in
-                PairingLoop(lanes: lanes, exitEvent: exitEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
+                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
             }
             t.name = "kvmscope-pair"
             pairingThread = t
@@ -264,7 +276,9 @@ struct ReaderLoop {
                     let e = TraceEvent(buf[i])
                     let k = Int(e.event) & 255
                     writer.add(e, hasReason: hasReason[k])
-                    if pairs && isPairing[k] { pending.append(e) }
+                    // Exits and entries go to the pairer, and so does any event flagged as following a loss
+                    // (whatever its kind): the pairer must know the CPU lost events there.
+                    if pairs && (isPairing[k] || e.flags & TraceEvent.afterLoss != 0) { pending.append(e) }
                 }
             }
             if stats.missed_events != lastMissed || stats.missed_unknown != lastUnknown {
@@ -338,7 +352,11 @@ struct PairingLoop {
             if cut > 0 {
                 for e in held[..<cut] {
                     if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-                    if e.event == exitEvent { pairer.exit(e) } else { pairer.entry(e) }
+                    if e.event == exitEvent {
+                        pairer.exit(e)
+                    } else if e.event == entryEvent {
+                        pairer.entry(e)
+                    }
                 }
                 held.removeFirst(cut)
             }
@@ -349,6 +367,7 @@ struct PairingLoop {
             usleep(10_000)
         }
     }
-    /// The catalog index of kvm_exit; everything else handed over is kvm_entry.
+    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
     let exitEvent: UInt16
+    let entryEvent: UInt16
 }

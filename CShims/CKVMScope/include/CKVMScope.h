@@ -67,6 +67,10 @@ struct ckvmscope_event_layout {
     uint8_t role;      /* CKVMSCOPE_ROLE_* */
     uint8_t isa;       /* constant isa for exit records when the event has no isa field */
     struct ckvmscope_field vcpu, reason, isa_field, rip, detail, aux, aux2;
+    /* Test hook (several events aliased to ftrace:raw_data): when non-zero, this layout takes only events whose
+     * payload is match_size bytes (as kbuffer reports it, rounded up to 4); the next layout of the same kernel
+     * id is tried otherwise. 0 = any size (every real event). */
+    uint16_t match_size;
 };
 
 /* ---------------------------------------------------------------- formats (libtraceevent) */
