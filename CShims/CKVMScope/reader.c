@@ -3,14 +3,25 @@
  * max_subbufs sub-buffers from trace_pipe_raw (blocking for the first) and decodes them into the
  * caller's record array, so Swift crosses into C once per batch, never once per event.
  */
+#define _GNU_SOURCE
 #include "CKVMScope.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <tracefs.h>
+#include <unistd.h>
 
+/*
+ * The trace_pipe_raw fd is always non-blocking: waiting is ours (poll with a timeout and a stop pipe), so
+ * an idle reader still wakes regularly and can tell the pairing thread how far its CPU's stream is complete.
+ */
 struct ckvmscope_reader {
     struct tracefs_cpu *tcpu;
+    int fd;
+    int stop_pipe[2];
     struct ckvmscope_decoder *decoder;
     int cpu;
     uint32_t subbuf_size;
@@ -25,15 +36,25 @@ struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, st
     struct tracefs_instance *inst = NULL;
     if (!r)
         goto error;
+    char path[64];
+    r->fd = -1;
+    r->stop_pipe[0] = r->stop_pipe[1] = -1;
     inst = tracefs_instance_alloc(NULL, instance);
     if (!inst)
         goto error_free;
-    r->tcpu = tracefs_cpu_open(inst, cpu, false);
+    /* libtracefs works the sub-buffer size out of header_page; take it from a throw-away handle. */
+    struct tracefs_cpu *probe = tracefs_cpu_open(inst, cpu, true);
+    int size = probe ? tracefs_cpu_read_size(probe) : -1;
+    tracefs_cpu_close(probe);
+    snprintf(path, sizeof(path), "per_cpu/cpu%d/trace_pipe_raw", cpu);
+    r->fd = size > 0 ? tracefs_instance_file_open(inst, path, O_RDONLY | O_NONBLOCK) : -1;
     tracefs_instance_free(inst);
-    if (!r->tcpu)
+    if (r->fd < 0)
         goto error_free;
-    int size = tracefs_cpu_read_size(r->tcpu);
-    if (size <= 0)
+    r->tcpu = tracefs_cpu_alloc_fd(r->fd, size, true);
+    if (!r->tcpu)
+        goto error_fd;
+    if (pipe2(r->stop_pipe, O_NONBLOCK | O_CLOEXEC) < 0)
         goto error_close;
     r->subbuf_size = (uint32_t)size;
     r->page = malloc(r->subbuf_size);
@@ -45,7 +66,13 @@ struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, st
     return r;
 
 error_close:
-    tracefs_cpu_close(r->tcpu);
+    if (r->stop_pipe[0] >= 0) {
+        close(r->stop_pipe[0]);
+        close(r->stop_pipe[1]);
+    }
+    tracefs_cpu_free_fd(r->tcpu);
+error_fd:
+    close(r->fd);
 error_free:
     free(r);
 error:
@@ -56,7 +83,10 @@ void ckvmscope_reader_close(struct ckvmscope_reader *r)
 {
     if (!r)
         return;
-    tracefs_cpu_close(r->tcpu);
+    tracefs_cpu_free_fd(r->tcpu);
+    close(r->fd);
+    close(r->stop_pipe[0]);
+    close(r->stop_pipe[1]);
     free(r->page);
     free(r);
 }
@@ -69,6 +99,24 @@ uint32_t ckvmscope_reader_capacity(struct ckvmscope_reader *r)
 uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r)
 {
     return r->subbuf_size;
+}
+
+/**
+ * ckvmscope_reader_wait - wait until the CPU's buffer has data, the timeout passes, or the reader is stopped
+ * @r: the reader
+ * @timeout_ms: at most this long; -1 for no limit
+ *
+ * Returns 1 when there is data, 0 on timeout (or EINTR), -1 when stopped.
+ */
+int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms)
+{
+    struct pollfd fds[2] = { { .fd = r->fd, .events = POLLIN }, { .fd = r->stop_pipe[0], .events = POLLIN } };
+    int ret = poll(fds, 2, timeout_ms);
+    if (ret <= 0)
+        return 0;
+    if (fds[1].revents)
+        return -1;
+    return 1;
 }
 
 static int decode_page(struct ckvmscope_reader *r, int bytes, struct ckvmscope_record *out, uint32_t cap,
@@ -93,8 +141,10 @@ int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *o
     uint32_t per_page = ckvmscope_max_records(r->subbuf_size);
     uint32_t total = 0;
 
+    if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
+        return 0;
     for (uint32_t i = 0; i < r->max_subbufs; i++) {
-        int bytes = tracefs_cpu_read(r->tcpu, r->page, i == 0 ? (bool)nonblock : true);
+        int bytes = tracefs_cpu_read(r->tcpu, r->page, true);
         if (bytes < 0)
             return total ? (int)total : -1;
         if (bytes == 0)
@@ -106,12 +156,17 @@ int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *o
 
 int ckvmscope_reader_read_raw(struct ckvmscope_reader *r, void *buf, int nonblock)
 {
-    return tracefs_cpu_read(r->tcpu, buf, (bool)nonblock);
+    if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
+        return 0;
+    return tracefs_cpu_read(r->tcpu, buf, true);
 }
 
 void ckvmscope_reader_stop(struct ckvmscope_reader *r)
 {
-    tracefs_cpu_stop(r->tcpu);
+    char c = 1;
+    if (write(r->stop_pipe[1], &c, 1) < 0) {
+        /* The pipe is full: a stop is already pending. */
+    }
 }
 
 int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *out,

@@ -235,8 +235,6 @@ final class PairingLane: Sendable {
     let outbox = Mutex<[TraceEvent]>([])
     /// Every event of this CPU with a timestamp ≤ watermark has been handed over (trace clock = mono).
     let watermark = Atomic<UInt64>(0)
-    /// Set while the reader waits for data: its CPU's stream is then complete up to "now".
-    let waiting = Atomic<Bool>(false)
 }
 
 enum MonotonicClock {
@@ -296,19 +294,17 @@ struct ReaderLoop {
         }
 
         while !stopping.load(ordering: .acquiring) {
+            // Everything stamped before `before` (less the commit margin) is in the buffer by now, so a read
+            // that drains the buffer makes this CPU's stream complete up to there.
             let before = MonotonicClock.now()
-            lane.waiting.store(true, ordering: .releasing)
             let subbufsBefore = stats.subbufs
-            let n = Int(ckvmscope_reader_read(r, &records, 0, &stats))
-            lane.waiting.store(false, ordering: .releasing)
-            if n < 0 {
-                if errno == EINTR { continue }
-                break
-            }
-            // A read that took fewer sub-buffers than it could drained the buffer as of `before`.
+            let n = Int(ckvmscope_reader_read(r, &records, 1, &stats))
+            if n < 0 && errno != EINTR && errno != EAGAIN { break }
             let drained = stats.subbufs - subbufsBefore < UInt64(handle.maxSubbufs)
             let wm = drained ? before &- visibilityMargin : (n > 0 ? records[n - 1].ts : before &- visibilityMargin)
-            consume(n, watermark: wm)
+            consume(max(0, n), watermark: wm)
+            // An idle CPU still wakes every 50 ms to move its watermark on: pairing never waits on it for long.
+            if drained && ckvmscope_reader_wait(r, 50) < 0 { break }
         }
         // Stopped: drain what is left, including partial sub-buffers.
         while true {
@@ -330,13 +326,8 @@ struct PairingLoop {
         while true {
             let finished = readersDone()
             // The stream is complete up to the smallest watermark of any CPU.
-            let now = MonotonicClock.now()
             var limit = UInt64.max
-            for lane in lanes {
-                let w = lane.waiting.load(ordering: .acquiring) ? now &- visibilityMargin
-                    : lane.watermark.load(ordering: .acquiring)
-                limit = min(limit, w)
-            }
+            for lane in lanes { limit = min(limit, lane.watermark.load(ordering: .acquiring)) }
             for lane in lanes {
                 lane.outbox.withLock { box in
                     batch.append(contentsOf: box)

@@ -132,7 +132,9 @@ void ckvmscope_reader_close(struct ckvmscope_reader *r);
 /* Records `out` must hold for one read call. */
 uint32_t ckvmscope_reader_capacity(struct ckvmscope_reader *r);
 uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r);
-/* Read up to max_subbufs_per_read sub-buffers (the first one blocking unless nonblock) and decode them.
+/* Wait until the buffer has data (1), timeout_ms passes (0; -1 waits forever) or the reader is stopped (-1). */
+int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms);
+/* Read up to max_subbufs_per_read sub-buffers (waiting for the first one unless nonblock) and decode them.
  * Returns records written, 0 when nothing was there (or the reader was stopped), -1 on error (errno). */
 int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *out, int nonblock,
                           struct ckvmscope_decode_stats *stats);
