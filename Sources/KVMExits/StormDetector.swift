@@ -29,6 +29,14 @@ public struct StormActivity: Sendable, Equatable {
     public var vmName: String?
     public var reason: String
     public var active: Bool
+
+    public init(rule: String, vm: Int32, vmName: String?, reason: String, active: Bool) {
+        self.rule = rule
+        self.vm = vm
+        self.vmName = vmName
+        self.reason = reason
+        self.active = active
+    }
 }
 
 /// Evaluates storm rules over successive summaries of one trace.
