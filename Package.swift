@@ -37,6 +37,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "FlyingFox", package: "FlyingFox"),
+            .product(name: "FlyingSocks", package: "FlyingFox"),
         ], path: "Sources/kvmscope"),
         .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits"], path: "Tests/KVMExitsTests"),
         .testTarget(name: "KVMTraceTests", dependencies: ["KVMTrace", "KVMExits"], path: "Tests/KVMTraceTests"),
