@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         // libtracefs + libtraceevent (kbuffer, event parsing) + ncursesw, via pkg-config.
@@ -35,6 +36,8 @@ let package = Package(
             "KVMTrace", "KVMExits", "KVMScopeViews",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "FlyingFox", package: "FlyingFox"),
+            .product(name: "FlyingSocks", package: "FlyingFox"),
         ], path: "Sources/kvmscope"),
         .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits"], path: "Tests/KVMExitsTests"),
         .testTarget(name: "KVMTraceTests", dependencies: ["KVMTrace", "KVMExits"], path: "Tests/KVMTraceTests"),

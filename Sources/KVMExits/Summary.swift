@@ -91,6 +91,15 @@ public struct UserspaceExitRow: Sendable, Equatable {
     public var count: UInt64
 }
 
+/// One event's count for a VM × vCPU (every event, with or without reasons: `kvm_pio` per vCPU).
+public struct EventRow: Sendable, Equatable {
+    public var vm: Int32
+    public var vmName: String?
+    public var vcpu: UInt32?
+    public var event: String
+    public var count: UInt64
+}
+
 /// The reduced view of a snapshot that every output (stat, live view, report, /metrics) prints.
 public struct Summary: Sendable {
     /// (event name, total), in catalog order, only events with a non-zero total or a filter match.
@@ -106,6 +115,8 @@ public struct Summary: Sendable {
     public var timestamp: UInt64 = 0
     /// VM pid → name, for every VM kept.
     public var vms: [Int32: String?] = [:]
+    /// Every event counted per VM × vCPU, sorted by VM, vCPU, event (storm rules on event names per VM).
+    public var eventRows: [EventRow] = []
 
     public init() {}
 
@@ -122,6 +133,7 @@ public struct Summary: Sendable {
         struct RowKey: Hashable { var vm: Int32; var vcpu: UInt32?; var isa: UInt8; var reason: String; var flags = [String]() }
         var exitRows: [RowKey: ExitRow] = [:]
         var userRows: [RowKey: UserspaceExitRow] = [:]
+        var perThreadEvents: [RowKey: EventRow] = [:]
 
         for row in snap.counters {
             let tid = row.key.tid
@@ -130,6 +142,8 @@ public struct Summary: Sendable {
             let event = catalog[row.key.event]
             if filter.isThreadFiltered { totals[Int(row.key.event)] += row.count }
             vms[id.vm] = id.vmName
+            perThreadEvents[RowKey(vm: id.vm, vcpu: id.vcpu, isa: 0, reason: event.name), default: EventRow(
+                vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, event: event.name, count: 0)].count += row.count
             guard event.role.hasReasons,
                   let reason = catalog.reasonName(event: row.key.event, reason: row.key.reason, isa: row.key.isa)
             else { continue }
@@ -178,6 +192,9 @@ public struct Summary: Sendable {
         }
         userspaceExits = userRows.values.sorted {
             ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
+        }
+        eventRows = perThreadEvents.values.sorted {
+            ($0.vm, $0.vcpu ?? .max, $0.event) < ($1.vm, $1.vcpu ?? .max, $1.event)
         }
     }
 

@@ -1,0 +1,183 @@
+import ArgumentParser
+import FlyingFox
+import FlyingSocks
+import Foundation
+import KVMExits
+import KVMScopeViews
+import KVMTrace
+import Synchronization
+
+/// kvmscope's version, as `kvmscope_build_info{version}` shows it.
+let kvmscopeVersion = "0.1.0"
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Trace continuously and serve Prometheus metrics on /metrics (and /healthz).",
+        discussion: """
+            Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks
+            for application/openmetrics-text. Listens on loopback unless --listen names another address.
+            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service).
+              kvmscope serve                                  http://127.0.0.1:9477/metrics
+              kvmscope serve --listen 0.0.0.0:9477 --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
+              kvmscope serve --listen [::1]:9477 --max-series 2000
+            With --alert, each rule's fire and resolve is printed as one JSON line on stdout (see `kvmscope
+            watch`) and kvmscope_storm_active{vm,reason,rule} is 1 while it fires.
+            """)
+
+    @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT or localhost:PORT.")
+    var listen = "127.0.0.1:9477"
+
+    @Option(name: .customLong("max-series"), help: "Most label sets per per-VM metric; the rest are summed into vm=\"other\".")
+    var maxSeries = 10_000
+
+    @Option(name: .customLong("alert"), help: "A storm rule (repeatable; grammar in `kvmscope watch --help`).")
+    var alerts: [String] = []
+
+    @Option(name: [.customShort("s"), .customLong("interval")], help: "Seconds between storm rule evaluations (0.1 to 60).")
+    var interval: Double = 1
+
+    @Option(name: [.customShort("p"), .long], help: "Trace only this process and what it starts (a VMM).")
+    var pid: Int32?
+
+    @OptionGroup(title: "Tracing") var trace: TraceOptions
+
+    func validate() throws {
+        guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
+        guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
+    }
+
+    func run() {
+        let rules = StormAlerts.rules(alerts)
+        let address: any SocketAddress
+        do { address = try ListenAddress.parse(listen) } catch { fail(error.description) }
+        if let pid, !StormAlerts.isAlive(pid) { fail("no process with pid \(pid)") }
+        let stop = StopSignal()
+        let session = reportingErrors { try LiveSession(config: trace.config(onlyPid: pid)) }
+        let state = MetricsState(session: session, maxSeries: maxSeries)
+        let server = HTTPServer(address: address, timeout: 15, logger: StderrLogger(), handler: MetricsHandler(state: state))
+
+        // The server runs on Swift concurrency's threads; this thread evaluates rules and waits for signals.
+        let failure = Mutex<String?>(nil)
+        let listening = Atomic<Bool>(false)
+        let serverTask = Task {
+            do { try await server.run() } catch {
+                failure.withLock { $0 = ListenAddress.describe(error) }
+            }
+        }
+        Task {
+            if (try? await server.waitUntilListening(timeout: 30)) != nil { listening.store(true, ordering: .releasing) }
+        }
+        while !listening.load(ordering: .acquiring) {
+            if let why = failure.withLock({ $0 }) {
+                session.stop()
+                fail("cannot listen on \(listen): \(why)")
+            }
+            if stop.sleep(0.01) { break }
+        }
+        FileHandle.standardError.write(Data("kvmscope: serving http://\(listen)/metrics\n".utf8))
+
+        var detector = StormDetector(rules: rules)
+        func evaluate() {
+            guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
+            StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary))
+            state.storms.withLock { $0 = detector.activity }
+        }
+        evaluate()
+        while !stop.sleep(interval) {
+            if let why = failure.withLock({ $0 }) {
+                session.stop()
+                fail("HTTP server stopped: \(why)")
+            }
+            evaluate()
+        }
+        serverTask.cancel()
+        session.stop()
+    }
+}
+
+/// What the HTTP handler reads: the live session and the storm gauges the main loop writes.
+final class MetricsState: Sendable {
+    let session: LiveSession
+    let maxSeries: Int
+    let storms = Mutex<[StormActivity]>([])
+
+    init(session: LiveSession, maxSeries: Int) {
+        self.session = session
+        self.maxSeries = maxSeries
+    }
+
+    /// Renders a scrape from a fresh snapshot: cost ∝ series, not events.
+    func render(_ format: ExpositionFormat) throws -> String {
+        let summary = try Summary(session.snapshot())
+        let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
+                                      storms: storms.withLock { $0 }, maxSeries: maxSeries)
+        return PrometheusExposition.render(summary, format: format, extras: extras)
+    }
+}
+
+struct MetricsHandler: HTTPHandler {
+    let state: MetricsState
+
+    func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
+        guard request.method == .GET || request.method == .HEAD else {
+            return HTTPResponse(statusCode: .methodNotAllowed, headers: [.contentType: "text/plain"],
+                                body: Data("only GET and HEAD\n".utf8))
+        }
+        switch request.path {
+        case "/metrics":
+            let format = ExpositionFormat.negotiate(accept: request.headers[HTTPHeader("Accept")])
+            let text = try state.render(format)
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: format.contentType], body: Data(text.utf8))
+        case "/healthz":
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"], body: Data("ok\n".utf8))
+        case "/":
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"],
+                                body: Data("kvmscope \(kvmscopeVersion): /metrics, /healthz\n".utf8))
+        default:
+            return HTTPResponse(statusCode: .notFound, headers: [.contentType: "text/plain"],
+                                body: Data("not found\n".utf8))
+        }
+    }
+}
+
+/// `--listen` values: `127.0.0.1:9477`, `[::1]:9477`, `localhost:9477`, `0.0.0.0:9477`.
+enum ListenAddress {
+    struct Bad: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static func parse(_ text: String) throws(Bad) -> any SocketAddress {
+        let bad = { (why: String) in Bad(description: "bad --listen address '\(text)': \(why)") }
+        guard let colon = text.lastIndex(of: ":") else { throw bad("expected HOST:PORT") }
+        var host = String(text[..<colon])
+        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else {
+            throw bad("the port must be a number from 1 to 65535")
+        }
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+            do { return try sockaddr_in6.inet6(ip6: host, port: port) } catch { throw bad("'\(host)' is not an IPv6 address") }
+        }
+        if host == "localhost" { host = "127.0.0.1" }
+        guard !host.isEmpty else { throw bad("give the host explicitly (e.g. 0.0.0.0:\(port) for every address)") }
+        do { return try sockaddr_in.inet(ip4: host, port: port) } catch {
+            throw bad("'\(host)' is not an IPv4 address (IPv6: [ADDRESS]:PORT)")
+        }
+    }
+
+    /// A socket error as users read it: "Address already in use".
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? SocketError, case .failed(_, _, let message) = e { return message }
+        return "\(error)"
+    }
+}
+
+/// FlyingFox's log, on stderr, warnings and worse only (stdout carries alert lines).
+struct StderrLogger: FlyingSocks.Logging {
+    func logDebug(_ debug: @autoclosure () -> String) {}
+    func logInfo(_ info: @autoclosure () -> String) {}
+    func logWarning(_ warning: @autoclosure () -> String) { write("warning: \(warning())") }
+    func logError(_ error: @autoclosure () -> String) { write("error: \(error())") }
+    func logCritical(_ critical: @autoclosure () -> String) {}  // run() throws it; reported once by the command
+    func write(_ s: String) { FileHandle.standardError.write(Data("kvmscope: http: \(s)\n".utf8)) }
+}

@@ -1,0 +1,33 @@
+import Foundation
+import KVMExits
+import KVMScopeViews
+
+/// The storm rules of `--alert`, shared by `watch` and `serve`.
+enum StormAlerts {
+    /// Parses every rule, or exits with the parser's one-line error.
+    static func rules(_ texts: [String]) -> [StormRule] {
+        texts.map { text in
+            do { return try StormRule(parsing: text) } catch let e as StormRuleError { fail(e.description) } catch {
+                fail("\(error)")
+            }
+        }
+    }
+
+    /// Prints each alert as one JSON line on stdout (cold path: alerts are rare).
+    static func print(_ alerts: [StormAlert]) {
+        let timestamp = ISO8601DateFormatter()
+        timestamp.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        for a in alerts {
+            let ts = timestamp.string(from: Date(timeIntervalSince1970: a.time))
+            writeStdout(StormAlertJSON.line(a, timestamp: ts) + "\n")
+        }
+    }
+
+    /// Whether a process is alive (not gone, not a zombie).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(after: close)...].drop { $0 == " " }.first
+        return state != "Z" && state != "X"
+    }
+}

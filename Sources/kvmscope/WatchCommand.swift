@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import KVMExits
+import KVMTrace
+
+struct WatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Watch for VM-exit storms: one JSON line when a rule fires and one when it resolves.",
+        discussion: """
+            RULE := rate(REASON) > N/s | pNN(REASON) > LATENCY, then optionally `for DURATION` and `per vm|vcpu`.
+            REASON is a kvm_exit reason (EPT_MISCONFIG, MSR_WRITE, HLT), a KVM_EXIT_* reason, an event name
+            (kvm_pio, rates only) or * (every kvm_exit reason). pNN is p50, p90, p99 or p999. Units: /s; ns, us,
+            µs, ms, s; durations ms, s, m. Latency rules on * leave out HLT (time the guest sleeps) unless named.
+              kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
+              kvmscope watch --alert 'p99(MSR_WRITE) > 20us for 10s per vcpu' --exit-on-alert
+              kvmscope watch --alert 'rate(kvm_pio) > 1000/s' -- kvmscope storm --kind io --exits 100000
+            Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with
+            --exit-on-alert, 1 on errors.
+            """)
+
+    @Option(name: .customLong("alert"), help: "A storm rule (repeatable).")
+    var alerts: [String] = []
+
+    @Option(name: [.customShort("s"), .customLong("interval")], help: "Seconds between rule evaluations (0.1 to 60).")
+    var interval: Double = 1
+
+    @Flag(name: .customLong("exit-on-alert"), help: "Exit with status 2 after the first rule fires.")
+    var exitOnAlert = false
+
+    @Option(name: [.customShort("p"), .long],
+            help: "Trace only this process and what it starts (a VMM); stop when it ends.")
+    var pid: Int32?
+
+    @OptionGroup(title: "Tracing") var trace: TraceOptions
+
+    @Argument(parsing: .postTerminator, help: "Trace while this command runs, only its processes and threads.")
+    var command: [String] = []
+
+    static let alertStatus: Int32 = 2
+
+    func validate() throws {
+        guard !alerts.isEmpty else { throw ValidationError("give at least one --alert RULE") }
+        guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
+        if pid != nil && !command.isEmpty { throw ValidationError("-p/--pid and a COMMAND cannot be used together") }
+    }
+
+    func run() {
+        let rules = StormAlerts.rules(alerts)
+        if let pid, !StormAlerts.isAlive(pid) { fail("no process with pid \(pid)") }
+        let stop = StopSignal()
+        let session = reportingErrors {
+            try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
+        }
+        var child: Process?
+        if !command.isEmpty {
+            child = reportingErrors {
+                do { return try Process.run(URL(fileURLWithPath: StatCommand.which(command[0]) ?? command[0]),
+                                            arguments: Array(command.dropFirst())) } catch {
+                    throw KVMScopeError.usage("cannot run \(command[0]): \(error.localizedDescription)")
+                }
+            }
+        }
+        let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
+        FileHandle.standardError.write(Data("kvmscope: watching \(what) for \(rules.count) rule(s)\n".utf8))
+        var detector = StormDetector(rules: rules)
+        func evaluate() -> Bool {
+            let summary = reportingErrors { try Summary(session.snapshot()) }
+            let alerts = detector.evaluate(time: Date().timeIntervalSince1970, summary: summary)
+            StormAlerts.print(alerts)
+            return alerts.contains { $0.state == .firing }
+        }
+        _ = evaluate()
+        // After the watched process ends: one evaluation for its last events, one to resolve what still fires.
+        var roundsAfterEnd = 0
+        while !stop.sleep(interval) {
+            if evaluate() && exitOnAlert {
+                session.stop()
+                child?.interrupt()
+                Foundation.exit(Self.alertStatus)
+            }
+            let ended = (pid.map { !StormAlerts.isAlive($0) } ?? false) || (child.map { !$0.isRunning } ?? false)
+            if ended {
+                roundsAfterEnd += 1
+                if roundsAfterEnd >= 2 { break }
+            }
+        }
+        if let child, child.isRunning { child.interrupt() }
+        session.stop()
+    }
+}

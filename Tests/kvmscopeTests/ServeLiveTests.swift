@@ -1,0 +1,184 @@
+import Foundation
+import Testing
+
+/// `serve` scraped by a real Prometheus server, `watch` on a real storm, and the one-line errors.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct ServeLiveTests {
+    static let n = 20_000
+
+    /// `sh -c 'read x; exec kvmscope storm …'`: its pid is known before the storm starts; release() starts it.
+    static func heldStorm(_ args: String) throws -> Spawned {
+        try Spawned("/bin/sh", ["-c", "read x; exec '\(CLI.binary)' storm \(args)"])
+    }
+
+    /// A Prometheus instant query's single value (nil: no sample yet, or Prometheus not up).
+    static func query(_ prometheus: UInt16, _ promql: String) -> Double? {
+        let q = promql.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? promql
+        guard let r = httpGet("http://127.0.0.1:\(prometheus)/api/v1/query?query=\(q)"), r.status == 200,
+              let json = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],
+              let data = json["data"] as? [String: Any], let result = data["result"] as? [[String: Any]],
+              result.count == 1, let value = result[0]["value"] as? [Any], value.count == 2,
+              let text = value[1] as? String else { return nil }
+        return Double(text)
+    }
+
+    /// Polls a query until it returns `expected` (true) or `timeout` s pass (false).
+    static func poll(_ prometheus: UInt16, _ promql: String, equals expected: Double, timeout: Double = 60) -> Bool {
+        let end = Date().addingTimeInterval(timeout)
+        while Date() < end {
+            if query(prometheus, promql) == expected { return true }
+            usleep(250_000)
+        }
+        return false
+    }
+
+    @Test func prometheusSeesExactlyTheStormsEvents() throws {
+        let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n)")
+        defer { storm.stop() }
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(storm.pid)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+
+        // A live scrape is valid exposition text, by Prometheus' own linter.
+        let scrape = try #require(httpGet("http://127.0.0.1:\(port)/metrics"))
+        #expect(scrape.status == 200)
+        #expect(scrape.contentType == "text/plain; version=0.0.4; charset=utf-8")
+        let lint = try Self.promtool(["check", "metrics"], stdin: scrape.body)
+        #expect(lint.status == 0, "promtool: \(lint.output)")
+        let om = try #require(httpGet("http://127.0.0.1:\(port)/metrics", accept: "application/openmetrics-text; version=1.0.0"))
+        #expect(om.contentType == "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        #expect(om.body.hasSuffix("# EOF\n"))
+        #expect(httpGet("http://127.0.0.1:\(port)/healthz")?.body == "ok\n")
+        #expect(httpGet("http://127.0.0.1:\(port)/nope")?.status == 404)
+
+        // Prometheus, on loopback, scraping every second.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-prom-\(getpid())-\(port)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let config = dir.appendingPathComponent("prometheus.yml")
+        try """
+            global:
+              scrape_interval: 1s
+              evaluation_interval: 1s
+            scrape_configs:
+              - job_name: kvmscope
+                static_configs:
+                  - targets: ['127.0.0.1:\(port)']
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let promPort = freeLoopbackPort()
+        let prometheus = try Spawned("/usr/bin/prometheus", [
+            "--config.file=\(config.path)", "--storage.tsdb.path=\(dir.appendingPathComponent("data").path)",
+            "--web.listen-address=127.0.0.1:\(promPort)", "--log.level=warn",
+        ])
+        defer { prometheus.stop() }
+
+        let series = #"kvmscope_events_total{event="kvm_pio",job="kvmscope"}"#
+        #expect(Self.poll(promPort, series, equals: 0), "no baseline scrape; prometheus: \(prometheus.stderr.suffix(500))")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(Self.poll(promPort, series, equals: Double(2 * Self.n)),
+                "last value: \(String(describing: Self.query(promPort, series)))")
+        // The whole increase Prometheus stored, from its first to its last sample.
+        #expect(Self.query(promPort, "max_over_time(\(series)[5m]) - min_over_time(\(series)[5m])") == Double(2 * Self.n))
+        #expect(Self.query(promPort, #"sum(kvmscope_userspace_exits_total{reason="KVM_EXIT_IO"})"#) == Double(2 * Self.n))
+        #expect(Self.query(promPort, #"count(kvmscope_userspace_exits_total{reason="KVM_EXIT_IO"})"#) == 2)
+        #expect(Self.query(promPort, #"sum(kvmscope_lost_events_total)"#) == 0)
+    }
+
+    static func promtool(_ args: [String], stdin: String) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
+        p.arguments = args
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        p.standardError = output
+        try p.run()
+        input.fileHandleForWriting.write(Data(stdin.utf8))
+        try input.fileHandleForWriting.close()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func alertLines(_ stdout: String) throws -> [[String: Any]] {
+        try stdout.split(separator: "\n").map {
+            try #require(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+    }
+
+    @Test func watchFiresOnceAndResolvesAfterTheStorm() throws {
+        // 2 vCPUs of io exits, repeated for 3 s: far above 1000/s while it runs.
+        let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 3")
+        defer { storm.stop() }
+        let rule = "rate(kvm_pio) > 1000/s for 1s"
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", rule, "-s", "0.5", "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
+        let lines = try Self.alertLines(watch.stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(watch.stdout)")
+        for l in lines {
+            #expect(l["rule"] as? String == rule)
+            #expect(l["vm"] as? Int == Int(storm.pid))
+            #expect(l["reason"] as? String == "kvm_pio")
+            #expect(l["threshold"] as? Double == 1000)
+            #expect(l["unit"] as? String == "/s")
+            #expect(l["vcpu"] is NSNull)
+        }
+        #expect((lines.first?["value"] as? Double ?? 0) > 1000)
+        #expect(lines.last?["value"] as? Double == 0)
+    }
+
+    @Test func watchBelowThresholdPrintsNothing() throws {
+        let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 2")
+        defer { storm.stop() }
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(kvm_pio) > 10000000/s", "-s", "0.5",
+                                             "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(watch.wait() == 0)
+        #expect(watch.stdout == "")
+    }
+
+    @Test func exitOnAlertExitsWithStatus2AfterTheFirstFiring() throws {
+        let storm = try Self.heldStorm("--kind io --vcpus 1 --exits \(Self.n) --seconds 5")
+        defer { storm.stop() }
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(KVM_EXIT_IO) > 1000/s", "-s", "0.5",
+                                             "--exit-on-alert", "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(watch.wait() == 2)
+        let lines = try Self.alertLines(watch.stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing"])
+        #expect(lines.first?["reason"] as? String == "KVM_EXIT_IO")
+    }
+
+    @Test func malformedRuleIsOneLineAndNonZero() throws {
+        let r = try CLI.run(["watch", "--alert", "rate(HLT) >> 5"])
+        #expect(r.status == 1)
+        #expect(r.stderr == "kvmscope: bad rule 'rate(HLT) >> 5': expected a comparison '>' or '<' at column 11\n")
+        let s = try CLI.run(["serve", "--alert", "p99(MSR_WRITE) > 20 parsecs"])
+        #expect(s.status == 1)
+        #expect(s.stderr == "kvmscope: bad rule 'p99(MSR_WRITE) > 20 parsecs': expected a latency unit (ns, us, µs, ms, s) at column 21\n")
+        let a = try CLI.run(["serve", "--listen", "example.org:80"])
+        #expect(a.status == 1)
+        #expect(a.stderr == "kvmscope: bad --listen address 'example.org:80': 'example.org' is not an IPv4 address (IPv6: [ADDRESS]:PORT)\n")
+    }
+
+    @Test func portInUseIsAClearError() throws {
+        let port = freeLoopbackPort()
+        let first = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)"])
+        defer { first.stop() }
+        #expect(first.waitForStderr("kvmscope: serving"), "first serve: \(first.stderr)")
+        let r = try CLI.run(["serve", "--listen", "127.0.0.1:\(port)"])
+        #expect(r.status == 1)
+        #expect(r.stderr == "kvmscope: cannot listen on 127.0.0.1:\(port): Address already in use\n")
+    }
+}
