@@ -92,8 +92,9 @@ struct TextTraceParser {
             } else if p[f] == 35 {  // '#': comment
                 flush(&self)
                 skipped += 1
-            } else if lossNote(p, f, e) {
+            } else if Self.isLossNote(p, f, e) {
                 flush(&self)
+                lossNote(p, f, e)
             } else if let h = Self.header(p, i, e) {
                 flush(&self)
                 pending = h
@@ -117,12 +118,17 @@ struct TextTraceParser {
     }
 
     /// `CPU:N [LOST n EVENTS]` (kernel), `CPU:N [n EVENTS DROPPED]`, `CPU:N [EVENTS DROPPED]` (trace-cmd).
-    mutating func lossNote(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
+    static func isLossNote(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
         guard e - s > 8, p[s] == 67, p[s + 1] == 80, p[s + 2] == 85, p[s + 3] == 58 else { return false }  // "CPU:"
+        var k = s + 4
+        while k < e && isDigit(p[k]) { k += 1 }
+        return k > s + 4 && k < e - 1 && p[k] == 32 && p[k + 1] == 91  // " ["
+    }
+
+    mutating func lossNote(_ p: Buffer, _ s: Int, _ e: Int) {
         var k = s + 4
         var cpu = 0
         while k < e && Self.isDigit(p[k]) { cpu = cpu &* 10 &+ Int(p[k] - 48); k += 1 }
-        guard k < e - 1, p[k] == 32, p[k + 1] == 91 else { return false }  // " ["
         k += 2
         if Self.tokenIs(p, k, min(e, k + 5), "LOST ") { k += 5 }
         var count: UInt64 = 0
@@ -130,7 +136,6 @@ struct TextTraceParser {
         while k < e && Self.isDigit(p[k]) { count = count &* 10 &+ UInt64(p[k] - 48); k += 1; digits += 1 }
         if digits > 0 { lost &+= count } else { lostUnknown += 1 }
         lossPending[cpu & 1023] = true
-        return true
     }
 
     // MARK: Record header
@@ -522,8 +527,9 @@ struct TextTraceParser {
         var out: [Int32: ThreadIdentity] = [:]
         for (tid, t) in threads {
             let vm = t.tgid ?? tid
+            // The main thread's comm names the VM; a vCPU thread's own "CPU N/KVM" does not.
             var name: String? = threads[vm]?.comm
-            if name == nil, t.tgid == nil, let c = t.comm, ThreadIdentity.vcpu(fromThreadName: c) == nil { name = c }
+            if let n = name, ThreadIdentity.vcpu(fromThreadName: n) != nil { name = nil }
             out[tid] = ThreadIdentity(vm: vm, vmName: name, vcpu: t.vcpu, comm: t.comm)
         }
         return out
