@@ -14,6 +14,11 @@ public struct ExitTimeline: Sendable {
         public var tid: Int32
         public var isa: UInt8
         public var reason: UInt32
+        public init(tid: Int32, isa: UInt8, reason: UInt32) {
+            self.tid = tid
+            self.isa = isa
+            self.reason = reason
+        }
         public static func < (a: Key, b: Key) -> Bool { (a.tid, a.isa, a.reason) < (b.tid, b.isa, b.reason) }
     }
 
