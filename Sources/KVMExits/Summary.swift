@@ -20,7 +20,7 @@ public struct SummaryFilter: Sendable {
 
     var isThreadFiltered: Bool { vms != nil || tids != nil || vcpus != nil }
 
-    func keeps(tid: Int32, identity: ThreadIdentity) -> Bool {
+    public func keeps(tid: Int32, identity: ThreadIdentity) -> Bool {
         if let tids, !tids.contains(tid) { return false }
         if let vms, !vms.contains(identity.vm) { return false }
         if let vcpus {

@@ -1,0 +1,27 @@
+/// Duration text without Foundation: perf-style microseconds, and adaptive units for axes and charts.
+public enum Durations {
+    /// "12.34us": microseconds with two decimals, like `perf kvm stat report`.
+    public static func us(_ ns: Double) -> String { fixed2(ns / 1000) + "us" }
+
+    /// "850ns", "12.34us", "5.67ms", "1.23s".
+    public static func adaptive(_ ns: UInt64) -> String {
+        if ns < 1000 { return "\(ns)ns" }
+        if ns < 1_000_000 { return fixed2(Double(ns) / 1e3) + "us" }
+        if ns < 1_000_000_000 { return fixed2(Double(ns) / 1e6) + "ms" }
+        return fixed2(Double(ns) / 1e9) + "s"
+    }
+
+    /// Two decimals, rounded half away from zero.
+    public static func fixed2(_ v: Double) -> String {
+        let hundredths = Int64((v * 100).rounded())
+        let sign = hundredths < 0 ? "-" : ""
+        let a = hundredths.magnitude
+        let frac = a % 100
+        return "\(sign)\(a / 100)." + (frac < 10 ? "0" : "") + "\(frac)"
+    }
+
+    /// "12.34%" of part in whole (two decimals).
+    public static func percent(_ part: Double, of whole: Double) -> String {
+        whole > 0 ? fixed2(part * 100 / whole) + "%" : "0.00%"
+    }
+}

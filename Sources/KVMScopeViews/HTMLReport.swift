@@ -1,0 +1,165 @@
+import KVMExits
+
+/// One self-contained HTML page (inline CSS, JS and SVG; nothing fetched): the exit rate per reason over time
+/// and a heatmap of exit→entry latencies (time × latency bucket), for all VMs, each VM, or each VM × vCPU
+/// (a selector). The data is embedded as JSON in `<script id="kvmscope-data">`; the page draws it.
+public enum HTMLReport {
+    /// One selectable view: exits per bin per reason, and the latency heatmap (blocking reasons excluded).
+    public struct Group {
+        public var label: String
+        public var series: [(reason: String, counts: [UInt64])]
+        /// bins × ExitTimeline.latencyBuckets, bin-major.
+        public var heat: [UInt64]
+    }
+
+    /// The groups of a timeline: "All VMs", then each VM, then each VM × vCPU; only rows the filter keeps.
+    public static func groups(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter) -> [Group] {
+        guard let exitEvent = snapshot.catalog.index(of: "kvm_exit") else { return [] }
+        struct GKey: Hashable, Comparable {
+            var vm: Int32
+            var vcpu: Int64  // -1: all vCPUs; -2: all VMs
+            static func < (a: GKey, b: GKey) -> Bool { (a.vm, a.vcpu) < (b.vm, b.vcpu) }
+        }
+        var names: [GKey: String] = [GKey(vm: .min, vcpu: -2): "All VMs"]
+        var series: [GKey: [String: [UInt64]]] = [:]
+        var heat: [GKey: [UInt64]] = [:]
+        let lb = ExitTimeline.latencyBuckets
+        let keys = Set(t.exits.keys).union(t.latencies.keys).sorted()
+        for k in keys {
+            let id = snapshot.identity(of: k.tid)
+            guard filter.keeps(tid: k.tid, identity: id),
+                  let reason = snapshot.catalog.reasonName(event: exitEvent, reason: k.reason, isa: k.isa) else { continue }
+            if let reasons = filter.reasons, !reasons.contains(reason) { continue }
+            let blocking = ExitReasonNames.isBlocking(isa: ISA(rawValue: k.isa) ?? .unknown, reasonName: reason)
+            let vmLabel = "VM \(id.vm)" + (id.vmName.map { " (\($0))" } ?? "")
+            let targets = [GKey(vm: .min, vcpu: -2), GKey(vm: id.vm, vcpu: -1),
+                           GKey(vm: id.vm, vcpu: id.vcpu.map { Int64($0) } ?? Int64(Int32.max))]
+            names[targets[1]] = vmLabel + ", all vCPUs"
+            names[targets[2]] = vmLabel + (id.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown")
+            let counts = t.exitCounts(k)
+            let lat = t.latencyCounts(k)
+            for g in targets {
+                var s = series[g, default: [:]][reason] ?? [UInt64](repeating: 0, count: t.binCount)
+                for (i, c) in counts.enumerated() { s[i] += UInt64(c) }
+                series[g, default: [:]][reason] = s
+                var h = heat[g] ?? [UInt64](repeating: 0, count: t.binCount * lb)
+                if !blocking { for (i, c) in lat.enumerated() { h[i] += UInt64(c) } }
+                heat[g] = h
+            }
+        }
+        return names.keys.sorted().compactMap { g in
+            guard let s = series[g] else { return nil }
+            let ordered = s.map { ($0.key, $0.value) }.sorted {
+                ($0.1.reduce(0, +), $1.0) > ($1.1.reduce(0, +), $0.0)
+            }
+            return Group(label: names[g]!, series: ordered, heat: heat[g] ?? [])
+        }
+    }
+
+    public static func dataJSON(_ t: ExitTimeline, groups: [Group], title: String) -> JSONValue {
+        .object([
+            ("title", .string(title)),
+            ("bin_ns", .uint(t.binWidth)),
+            ("bins", .uint(UInt64(t.binCount))),
+            ("latency_buckets", .array((0..<ExitTimeline.latencyBuckets).map {
+                .string($0 == 0 ? "<256ns" : Durations.adaptive(ExitTimeline.latencyLowerBound($0)))
+            })),
+            ("groups", .array(groups.map { g in
+                .object([
+                    ("label", .string(g.label)),
+                    ("series", .object(g.series.map { ($0.reason, .array($0.counts.map { .uint($0) })) })),
+                    ("heat", .array(g.heat.map { .uint($0) })),
+                ])
+            })),
+        ])
+    }
+
+    public static func render(timeline: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter,
+                              title: String) -> String {
+        let data = dataJSON(timeline, groups: groups(timeline, snapshot: snapshot, filter: filter), title: title)
+        // "<" never appears raw inside the script element.
+        let json = data.serialized().map { $0 == "<" ? "\\u003c" : String($0) }.joined()
+        let safeTitle = title.map { c -> String in
+            switch c {
+            case "<": "&lt;"
+            case ">": "&gt;"
+            case "&": "&amp;"
+            default: String(c)
+            }
+        }.joined()
+        return page.replacingPlaceholder("@TITLE@", with: safeTitle).replacingPlaceholder("@DATA@", with: json)
+    }
+
+    static let page = #"""
+        <!DOCTYPE html>
+        <html lang="en"><head><meta charset="utf-8"><title>kvmscope: @TITLE@</title>
+        <style>
+        body{font:14px system-ui,sans-serif;margin:16px 24px;color:#222;background:#fff}
+        h1{font-size:18px;margin:0 0 8px} h2{font-size:15px;margin:18px 0 4px}
+        .note{color:#666;font-size:12px} svg{display:block;background:#fafafa;border:1px solid #ddd}
+        .legend span{display:inline-block;margin-right:14px;font-size:12px}
+        .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}
+        text{font:11px system-ui,sans-serif;fill:#444}
+        </style></head><body>
+        <h1>kvmscope report: @TITLE@</h1>
+        <label>Show: <select id="group"></select></label>
+        <h2>Exit rate per reason (exits/s)</h2><div id="legend" class="legend"></div><svg id="rate" width="1100" height="300"></svg>
+        <h2>Exit→entry latency heatmap</h2><div class="note">exits per time bin and latency bucket (darker: more); blocking exits (HLT) excluded</div>
+        <svg id="heat" width="1100" height="330"></svg>
+        <script id="kvmscope-data" type="application/json">@DATA@</script>
+        <script>
+        (function(){
+        const D=JSON.parse(document.getElementById('kvmscope-data').textContent);
+        const NS='http://www.w3.org/2000/svg', C=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
+        const sel=document.getElementById('group');
+        D.groups.forEach((g,i)=>{const o=document.createElement('option');o.value=i;o.textContent=g.label;sel.appendChild(o);});
+        function el(p,n,a,t){const e=document.createElementNS(NS,n);for(const k in a)e.setAttribute(k,a[k]);if(t!==undefined)e.textContent=t;p.appendChild(e);return e;}
+        function fmtS(s){return s<1?(s*1000).toFixed(s<0.01?2:1)+'ms':s.toFixed(2)+'s';}
+        function axisX(svg,L,W,H,T){const n=D.bins,bs=D.bin_ns/1e9;for(let i=0;i<=5;i++){const x=L+W*i/5;el(svg,'line',{x1:x,x2:x,y1:T+H,y2:T+H+4,stroke:'#444'});el(svg,'text',{x:x,y:T+H+16,'text-anchor':'middle'},fmtS(n*bs*i/5));}}
+        function draw(){
+          const g=D.groups[+sel.value], bs=D.bin_ns/1e9, n=D.bins;
+          const rate=document.getElementById('rate'); rate.innerHTML='';
+          const L=70,T=10,W=1010,H=250; let max=1;
+          g_series=Object.entries(g.series);
+          g_series.forEach(([r,c])=>c.forEach(v=>{max=Math.max(max,v/bs);}));
+          el(rate,'line',{x1:L,x2:L+W,y1:T+H,y2:T+H,stroke:'#444'});el(rate,'line',{x1:L,x2:L,y1:T,y2:T+H,stroke:'#444'});
+          for(let i=0;i<=4;i++){const y=T+H-H*i/4;el(rate,'text',{x:L-6,y:y+4,'text-anchor':'end'},Math.round(max*i/4).toLocaleString('en-US'));el(rate,'line',{x1:L,x2:L+W,y1:y,y2:y,stroke:'#e4e4e4'});}
+          axisX(rate,L,W,H,T);
+          const leg=document.getElementById('legend'); leg.innerHTML='';
+          g_series.forEach(([r,c],k)=>{const col=C[k%C.length];
+            const pts=c.map((v,i)=>(L+W*(i+0.5)/n).toFixed(1)+','+(T+H-H*(v/bs)/max).toFixed(1)).join(' ');
+            el(rate,'polyline',{points:pts,fill:'none',stroke:col,'stroke-width':1.5});
+            const s=document.createElement('span');s.innerHTML='<i style="background:'+col+'"></i>'+r+' ('+c.reduce((a,b)=>a+b,0)+')';leg.appendChild(s);});
+          const heat=document.getElementById('heat'); heat.innerHTML='';
+          const B=D.latency_buckets.length; let lo=B,hi=-1,hm=0;
+          for(let i=0;i<g.heat.length;i++){const v=g.heat[i];if(v>0){const b=i%B;lo=Math.min(lo,b);hi=Math.max(hi,b);hm=Math.max(hm,v);}}
+          const HL=70,HT=10,HW=1010,HH=280;
+          el(heat,'line',{x1:HL,x2:HL+HW,y1:HT+HH,y2:HT+HH,stroke:'#444'});
+          if(hi<0){el(heat,'text',{x:HL+20,y:HT+40},'no paired exits (no kvm_entry after the exits)');axisX(heat,HL,HW,HH,HT);return;}
+          const rows=hi-lo+1,rh=HH/rows,cw=HW/n;
+          for(let b=lo;b<=hi;b++){const y=HT+HH-(b-lo+1)*rh;el(heat,'text',{x:HL-6,y:y+rh/2+4,'text-anchor':'end'},D.latency_buckets[b]);}
+          for(let i=0;i<n;i++)for(let b=lo;b<=hi;b++){const v=g.heat[i*B+b];if(!v)continue;
+            const a=0.15+0.85*Math.log(1+v)/Math.log(1+hm);
+            el(heat,'rect',{x:(HL+i*cw).toFixed(2),y:(HT+HH-(b-lo+1)*rh).toFixed(2),width:Math.max(cw,1).toFixed(2),height:rh.toFixed(2),fill:'rgba(49,54,149,'+a.toFixed(3)+')'},undefined).appendChild(document.createElementNS(NS,'title')).textContent=v+' exits, '+D.latency_buckets[b];}
+          axisX(heat,HL,HW,HH,HT);
+        }
+        let g_series=[];
+        sel.addEventListener('change',draw); draw();
+        })();
+        </script></body></html>
+        """#
+}
+
+extension String {
+    /// Replaces the one occurrence of a placeholder (no Foundation).
+    func replacingPlaceholder(_ placeholder: String, with value: String) -> String {
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.firstRange(of: placeholder) {
+            out += rest[..<r.lowerBound]
+            out += value
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+}

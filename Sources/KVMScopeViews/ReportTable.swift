@@ -1,0 +1,127 @@
+import KVMExits
+
+/// `kvmscope report`'s tables, modelled on `perf kvm stat report`: per VM (or VM × vCPU), one row per exit
+/// reason with Samples, Samples%, Time%, Min, Max, Avg ± stddev, p50, p99 and p99.9 (microseconds, two
+/// decimals), sorted by samples. Blocking reasons (the guest halted: HLT, hlt, WFx) are marked `*`: the time
+/// until their entry is the guest idling, so it stays out of the Time% total and is shown apart.
+public enum ReportTable {
+    public static let header = StatTable.pad("Reason", 24) + StatTable.lpad("Samples", 9) + StatTable.lpad("Samples%", 10)
+        + StatTable.lpad("Time%", 9) + StatTable.lpad("Min", 10) + StatTable.lpad("Max", 12)
+        + StatTable.lpad("Avg ± stddev", 26) + StatTable.lpad("p50", 10) + StatTable.lpad("p99", 11)
+        + StatTable.lpad("p99.9", 12)
+
+    /// The tables for every VM (byVCPU: every VM × vCPU) of a summary; at most `top` rows each.
+    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil) -> [String] {
+        let rows = byVCPU ? s.exits : s.exitsByVM()
+        struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
+        var order: [GroupKey] = []
+        var groups: [GroupKey: [ExitRow]] = [:]
+        for r in rows {
+            let k = GroupKey(vm: r.vm, vcpu: byVCPU ? r.vcpu : nil)
+            if groups[k] == nil { order.append(k) }
+            groups[k, default: []].append(r)
+        }
+        var lines: [String] = []
+        if order.isEmpty { lines.append("No kvm_exit events.") }
+        for k in order {
+            let g = groups[k]!
+            var title = "VM \(k.vm)"
+            if let name = g[0].vmName { title += " (\(name))" }
+            if byVCPU { title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown" } else { title += ", all vCPUs" }
+            if !lines.isEmpty { lines.append("") }
+            lines.append(title)
+            lines.append(contentsOf: table(g, top: top))
+        }
+        return lines
+    }
+
+    /// One table: header, rows (by samples, then name), total, and the note on blocking time.
+    public static func table(_ rows: [ExitRow], top: Int? = nil) -> [String] {
+        let sorted = rows.sorted { ($0.count, $1.reason) > ($1.count, $0.reason) }
+        let total = rows.reduce(0) { $0 + $1.count }
+        var handling: UInt64 = 0
+        var handlingPairs: UInt64 = 0
+        var blocking: UInt64 = 0
+        var blockingPairs: UInt64 = 0
+        var hasBlocking = false
+        for r in rows {
+            if r.blocking { hasBlocking = true }
+            guard let h = r.histogram, h.count > 0 else { continue }
+            if r.blocking {
+                blocking &+= h.sum
+                blockingPairs += h.count
+            } else {
+                handling &+= h.sum
+                handlingPairs += h.count
+            }
+        }
+        var lines = [header]
+        for r in sorted.prefix(top ?? .max) {
+            lines.append(row(r, total: total, handling: handling))
+        }
+        if let top, sorted.count > top {
+            let rest = sorted.dropFirst(top).reduce(0) { $0 + $1.count }
+            lines.append(StatTable.pad("(\(sorted.count - top) more)", 24) + StatTable.lpad(String(rest), 9)
+                         + StatTable.lpad(Durations.percent(Double(rest), of: Double(total)), 10))
+        }
+        lines.append(StatTable.pad("Total", 24) + StatTable.lpad(String(total), 9) + StatTable.lpad("100.00%", 10)
+                     + StatTable.lpad(handling > 0 ? "100.00%" : "-", 9))
+        var note = "handling time \(Durations.adaptive(handling)) over \(handlingPairs) paired exits"
+        if hasBlocking {
+            note += "; * blocking (guest halted): \(Durations.adaptive(blocking)) over \(blockingPairs) paired exits, not in Time%"
+        }
+        lines.append(note)
+        return lines
+    }
+
+    static func row(_ r: ExitRow, total: UInt64, handling: UInt64) -> String {
+        let name = r.reason + (r.blocking ? " *" : "")
+        var line = StatTable.pad(name, 24) + StatTable.lpad(String(r.count), 9)
+            + StatTable.lpad(Durations.percent(Double(r.count), of: Double(total)), 10)
+        guard let l = r.latency else {
+            return line + StatTable.lpad("-", 9) + StatTable.lpad("-", 10) + StatTable.lpad("-", 12)
+                + StatTable.lpad("-", 26) + StatTable.lpad("-", 10) + StatTable.lpad("-", 11) + StatTable.lpad("-", 12)
+        }
+        line += StatTable.lpad(r.blocking ? "-" : Durations.percent(Double(l.sum), of: Double(handling)), 9)
+        line += StatTable.lpad(Durations.us(Double(l.min)), 10) + StatTable.lpad(Durations.us(Double(l.max)), 12)
+        line += StatTable.lpad(Durations.us(l.mean) + " ± " + Durations.us(l.stddev), 26)
+        line += StatTable.lpad(Durations.us(Double(l.p50)), 10) + StatTable.lpad(Durations.us(Double(l.p99)), 11)
+            + StatTable.lpad(Durations.us(Double(l.p999)), 12)
+        return line
+    }
+
+    /// The lines under the tables, always shown: pairing and losses.
+    public static func footer(_ s: Summary) -> [String] {
+        let p = s.pairing
+        var lost = "lost events: \(s.lostEvents)"
+        if s.lostUnknownSubbuffers > 0 { lost += ", loss notes without a count: \(s.lostUnknownSubbuffers)" }
+        if s.overflowEvents > 0 { lost += ", events beyond the row table: \(s.overflowEvents)" }
+        return [
+            "pairing: paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
+                + "invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
+            lost,
+        ]
+    }
+
+    /// CSV: one row per VM × vCPU × reason, latencies in ns.
+    public static let csvHeader = "file,vm,vm_name,vcpu,reason,isa,blocking,count,paired,min_ns,mean_ns,stddev_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns,total_ns"
+
+    public static func csvRows(_ s: Summary, file: String) -> [String] {
+        s.exits.map { r in
+            var f = [csvField(file), String(r.vm), csvField(r.vmName ?? ""), r.vcpu.map(String.init) ?? "",
+                     csvField(r.reason), r.isa.jsonName ?? "", r.blocking ? "1" : "0", String(r.count)]
+            if let l = r.latency {
+                f += [String(l.count), String(l.min), Durations.fixed2(l.mean), Durations.fixed2(l.stddev),
+                      String(l.p50), String(l.p90), String(l.p99), String(l.p999), String(l.max), String(l.sum)]
+            } else {
+                f += ["0"] + Array(repeating: "", count: 9)
+            }
+            return f.joined(separator: ",")
+        }
+    }
+
+    static func csvField(_ s: String) -> String {
+        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" })
+            ? "\"" + s.map { $0 == "\"" ? "\"\"" : String($0) }.joined() + "\"" : s
+    }
+}
