@@ -3,7 +3,7 @@ SWIFT ?= swift
 CONFIG ?= release
 BIN = .build/$(CONFIG)/kvmscope
 DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzstd-dev zlib1g-dev \
-               libncurses-dev pkg-config tmux prometheus linux-perf
+               libncurses-dev pkg-config tmux prometheus linux-perf chromium
 STAMP = .build/.deps-installed
 
 .PHONY: all deps build test demo bench clean tracefs

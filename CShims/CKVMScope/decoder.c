@@ -14,6 +14,7 @@
 struct ckvmscope_decoder {
     struct kbuffer *kbuf;
     int swap;
+    uint8_t pending_flags; /* a loss flag not yet carried by a record */
     int long_size;
     size_t count;
     struct ckvmscope_event_layout *layouts;
@@ -159,7 +160,8 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
     }
     stats->subbufs++;
     int missed = kbuffer_missed_events(d->kbuf);
-    uint8_t flags = 0;
+    /* A loss before a sub-buffer that holds none of our events marks the next one we decode. */
+    uint8_t flags = d->pending_flags;
     if (missed > 0) {
         stats->missed_events += (uint64_t)missed;
         flags = CKVMSCOPE_REC_AFTER_LOSS;
@@ -208,6 +210,7 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
         r->aux2 = (uint16_t)get_field(d, data, (uint32_t)esize, l->aux2);
         r->isa = l->isa_field.size ? (uint8_t)get_field(d, data, (uint32_t)esize, l->isa_field) : l->isa;
     }
+    d->pending_flags = flags;
     stats->records += n;
     return (int)n;
 }

@@ -25,7 +25,7 @@ public enum SummaryJSON {
             ("orphan_entries", .uint(s.pairing.orphanEntries)),
             ("invalidated_by_loss", .uint(s.pairing.invalidatedByLoss)),
             ("negative_gaps", .uint(s.pairing.negativeGaps)),
-        ])))
+        ] + (s.pairing.overflow > 0 ? [("overflow", .uint(s.pairing.overflow))] : []))))
         top.append(contentsOf: extra)
         return .object(top)
     }

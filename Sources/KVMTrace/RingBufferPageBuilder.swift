@@ -26,6 +26,11 @@ public struct RingBufferPageBuilder {
         missedNext = count
     }
 
+    /// Ends the current page: the next event starts a new one.
+    public mutating func breakPage() {
+        closePage()
+    }
+
     /// Appends one event whose payload (starting with the 8-byte common header) is `payload`.
     public mutating func append(timestamp: UInt64, payload: [UInt8]) {
         let dataLen = (payload.count + 3) & ~3

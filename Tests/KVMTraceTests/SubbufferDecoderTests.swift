@@ -43,6 +43,27 @@ import Testing
         #expect(d.missedEvents == 37)
     }
 
+    @Test func lossBeforeASubbufferWithoutOurEventsMarksTheNextRecord() throws {
+        let all = try Fixtures.formats("6.18-x86", events: ["kvm_exit", "kvm_entry", "kvm_pio"])
+        let pio = try EventPayloadBuilder(formats: all, event: "kvm_pio")
+        let entry = try EventPayloadBuilder(formats: all, event: "kvm_entry")
+        var b = RingBufferPageBuilder()
+        b.markLost(5)
+        b.append(timestamp: 10, payload: pio.payload(pid: 1, ["port": 0x10]))
+        b.breakPage()
+        b.append(timestamp: 20, payload: entry.payload(pid: 1, ["vcpu_id": 0]))
+        let pages = b.finish()
+        #expect(pages.count == 2)
+        // This decoder knows only exits and entries: the pio carrying the loss is not one of its events.
+        let exitsOnly = try Fixtures.formats("6.18-x86")
+        let d = exitsOnly.makeDecoder()
+        let events = d.decodeAll(pages.flatMap { $0 }, subbufSize: 4096, cpu: 0)
+        #expect(events.map(\.timestamp) == [20])
+        #expect(events.map(\.flags) == [TraceEvent.afterLoss])
+        #expect(d.missedEvents == 5)
+        #expect(d.ignoredEvents == 1)
+    }
+
     @Test func olderLayoutWithoutVCPUField() throws {
         let formats = try Fixtures.formats("4.19-x86")
         let exit = try EventPayloadBuilder(formats: formats, event: "kvm_exit")

@@ -105,6 +105,8 @@ void ckvmscope_decoder_free(struct ckvmscope_decoder *d);
 /* Most records one sub-buffer of that size can hold. */
 uint32_t ckvmscope_max_records(uint32_t subbuf_size);
 /* Decode one sub-buffer (header + data, as read from trace_pipe_raw or a trace.dat page).
+ * A decoder serves one CPU's stream: a loss reported before a sub-buffer with none of the table's events
+ * is carried to the next record it decodes (CKVMSCOPE_REC_AFTER_LOSS).
  * Returns the number of records written to out (at most cap), or -1 when the sub-buffer is malformed. */
 int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uint32_t subbuf_size, uint16_t cpu,
                             struct ckvmscope_record *out, uint32_t cap, struct ckvmscope_decode_stats *stats);
