@@ -28,6 +28,7 @@ let package = Package(
             "BenchSupport",
             .product(name: "KVMTrace", package: mainPackage),
             .product(name: "KVMExits", package: mainPackage),
+            .product(name: "KVMScopeViews", package: mainPackage),
             .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
         ], path: "Sources/kvmscope-bench"),
         // `swift package benchmark`: micro suites (throughput, wall clock, mallocs).

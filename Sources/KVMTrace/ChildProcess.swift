@@ -22,12 +22,16 @@ public final class ChildProcess {
         public var cpuSeconds: Double { userSeconds + systemSeconds }
     }
 
-    /// Starts argv[0] (searched in PATH) with stdout and stderr sent to temporary files.
-    public init(_ argv: [String], environment: [String: String]? = nil) throws {
+    let ownsStdout: Bool
+
+    /// Starts argv[0] (searched in PATH) with stderr, and stdout unless `stdoutTo` names a file
+    /// (e.g. /dev/null), sent to temporary files.
+    public init(_ argv: [String], stdoutTo: String? = nil, environment: [String: String]? = nil) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         let base = "\(NSTemporaryDirectory())kvmscope-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        stdoutPath = base + ".out"
+        stdoutPath = stdoutTo ?? base + ".out"
+        ownsStdout = stdoutTo == nil
         stderrPath = base + ".err"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -52,7 +56,7 @@ public final class ChildProcess {
             kill(pid, SIGKILL)
             _ = try? wait()
         }
-        unlink(stdoutPath)
+        if ownsStdout { unlink(stdoutPath) }
         unlink(stderrPath)
     }
 
