@@ -64,7 +64,7 @@ struct LiveCeiling {
         let t = try ChildProcess(["trace-cmd", "record", "-B", tag, "-b", "\(bufferKB)", "-d", "--no-filter",
                                   "-e", "kvm:kvm_exit", "-e", "kvm:kvm_entry", "-o", dat])
         defer { TraceFS.removeInstance(tag, root: root) }
-        try Self.waitForInstance(tag, of: t, root: root)
+        try Self.waitForInstance(tag, of: t, root: root, settle: 1.5)
         let (written, secs, cpu) = try push(into: "\(root)/instances/\(tag)", tracer: t, rate: rate)
         t.signal(SIGINT)
         _ = try t.wait()
@@ -96,11 +96,13 @@ struct LiveCeiling {
         return (written, secs, cpu)
     }
 
-    static func waitForInstance(_ name: String, of t: ChildProcess, root: String) throws {
+    /// Waits until the instance is tracing, then `settle` seconds more (trace-cmd clears its buffers and
+    /// starts its recorders after switching tracing on; kvmscope switches it on last).
+    static func waitForInstance(_ name: String, of t: ChildProcess, root: String, settle: Double = 0.3) throws {
         let path = "\(root)/instances/\(name)/tracing_on"
         for _ in 0..<1000 {
             if let on = try? String(contentsOfFile: path, encoding: .utf8), on.hasPrefix("1") {
-                usleep(300_000)
+                usleep(UInt32(settle * 1e6))
                 return
             }
             guard t.isRunning else { throw KVMScopeError.usage("\(t.argv[0]) ended: \(t.stderr.prefix(300))") }
