@@ -10,16 +10,18 @@ struct HarnessOptions {
     var decodeSeconds = 3.0
     var reportEvents = 20_000_000
     var liveSeconds = 3.0
-    var rates: [Double?] = [100_000, 250_000, 500_000, 1_000_000, nil]
+    var rates: [Double?] = [100_000, 250_000, 500_000, 1_000_000, 1_500_000, nil]
     var writers = 2
     var overheadExits = 200_000
     var overheadRepeat = 5
     var memoryCheckpoints: [UInt64] = [10_000_000, 50_000_000, 100_000_000]
+    var memoryRate = 1_000_000.0
 
     static let usage = """
         usage: kvmscope-bench [--quick] [--only decode,report,live,overhead,memory] [--kvmscope PATH]
                               [--results DIR | --no-results] [--report-events N] [--live-seconds S]
                               [--rates 100000,500000,max] [--writers N] [--overhead-exits N] [--overhead-repeat N]
+                              [--memory-rate EVENTS_PER_S]
         """
 
     func wants(_ section: String) -> Bool { only.isEmpty || only.contains(section) }
@@ -56,6 +58,7 @@ struct HarnessOptions {
             case "--live-seconds": o.liveSeconds = Double(value()) ?? o.liveSeconds
             case "--rates": o.rates = value().split(separator: ",").map { $0 == "max" ? nil : Double(number(String($0))) }
             case "--writers": o.writers = max(1, number(value()))
+            case "--memory-rate": o.memoryRate = Double(number(value()))
             case "--overhead-exits": o.overheadExits = number(value())
             case "--overhead-repeat": o.overheadRepeat = number(value())
             case "-h", "--help":

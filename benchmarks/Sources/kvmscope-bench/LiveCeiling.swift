@@ -25,6 +25,8 @@ struct LiveCeiling {
         var lost: UInt64
         var seconds: Double
         var windowCPU: Double
+        /// CPU of the tracer's whole life (wait4 rusage: every child it reaped included), start-up and exit too.
+        var wholeCPU: Double
         var note = ""
         var achievedRate: Double { Double(written) / seconds }
         var nsPerEvent: Double { written > 0 ? windowCPU * 1e9 / Double(written) : 0 }
@@ -53,7 +55,7 @@ struct LiveCeiling {
         let reported = (j["lost_events"] as? NSNumber)?.uint64Value ?? 0
         let lost = max(reported, written > counted ? written - counted : 0)
         return Step(tool: "kvmscope", targetRate: rate, written: written, counted: counted, lost: lost, seconds: secs,
-                    windowCPU: cpu, note: counted > written ? "counted \(counted - written) more than written" : "")
+                    windowCPU: cpu, wholeCPU: end.cpuSeconds, note: counted > written ? "counted \(counted - written) more than written" : "")
     }
 
     func runTraceCmd(rate: Double?) throws -> Step {
@@ -67,7 +69,7 @@ struct LiveCeiling {
         try Self.waitForInstance(tag, of: t, root: root, settle: 1.5)
         let (written, secs, cpu) = try push(into: "\(root)/instances/\(tag)", tracer: t, rate: rate)
         t.signal(SIGINT)
-        _ = try t.wait()
+        let end = try t.wait()
         let stat = try ChildProcess(["trace-cmd", "report", "--stat", dat])
         _ = try stat.wait()
         var read: UInt64 = 0
@@ -79,7 +81,8 @@ struct LiveCeiling {
         }
         let lost = max(overrun, written > read ? written - read : 0)
         return Step(tool: "trace-cmd", targetRate: rate, written: written, counted: read, lost: lost, seconds: secs,
-                    windowCPU: cpu)
+                    windowCPU: cpu, wholeCPU: end.cpuSeconds,
+                    note: lost > 0 ? "kernel-reported overrun/dropped: \(overrun)" : "")
     }
 
     /// Writes for `seconds` at `rate`, then lets the tracer drain 0.5 s. Returns (written, seconds, tracer CPU).

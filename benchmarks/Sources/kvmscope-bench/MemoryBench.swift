@@ -1,13 +1,14 @@
 import Foundation
 import KVMTrace
 
-/// Memory of `kvmscope stat` over a long trace: unpaced marker writers push kvm_exit-shaped records
+/// Memory of `kvmscope stat` over a long trace: a marker writer pushes kvm_exit-shaped records at a rate the
+/// reader sustains on this machine (unpaced writers starve the reader of CPU on 2 cores)
 /// (through the pairing lanes: kvm_exit and kvm_entry are both traced), and VmRSS / VmHWM of the tracer
 /// are read from /proc when the count of events written passes each checkpoint.
 struct MemoryBench {
     var kvmscope: String
     var checkpoints: [UInt64]
-    var writers: Int
+    var rate: Double
 
     struct Sample { var events: UInt64; var rssKB: Int; var hwmKB: Int; var seconds: Double }
 
@@ -17,10 +18,10 @@ struct MemoryBench {
                                   "--marker-as", "kvm_exit"])
         let name = "\(TraceFS.instancePrefix)\(t.pid)"
         try LiveCeiling.waitForInstance(name, of: t, root: root)
-        let w = try MarkerWriter(instanceDir: "\(root)/instances/\(name)", writers: writers, formats: try LiveCeiling.loadFormats())
+        let w = try MarkerWriter(instanceDir: "\(root)/instances/\(name)", writers: 1, formats: try LiveCeiling.loadFormats())
         var samples: [Sample] = []
         let t0 = MarkerWriter.now()
-        try w.start(rate: nil)
+        try w.start(rate: rate)
         for c in checkpoints {
             while w.count < c {
                 guard t.isRunning else { _ = w.stop(); throw KVMScopeError.usage("kvmscope stat ended: \(t.stderr.prefix(300))") }

@@ -111,10 +111,10 @@ if options.wants("live") {
             }
         }
     }
-    out("| tracer | target/s | written/s | written | counted | lost | tracer CPU s | CPU ns/event |")
-    out("|---|---:|---:|---:|---:|---:|---:|---:|")
+    out("| tracer | target/s | written/s | written | counted | lost | tracer CPU s (window) | CPU ns/event | CPU s (whole run) |")
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in steps {
-        out("| \(s.tool) | \(s.targetRate.map { mega($0) } ?? "max") | \(mega(s.achievedRate)) | \(s.written) | \(s.counted) | \(s.lost) | \(f(s.windowCPU, 2)) | \(f(s.nsPerEvent, 0)) |\(s.note.isEmpty ? "" : " " + s.note)")
+        out("| \(s.tool) | \(s.targetRate.map { mega($0) } ?? "max") | \(mega(s.achievedRate)) | \(s.written) | \(s.counted) | \(s.lost) | \(f(s.windowCPU, 2)) | \(f(s.nsPerEvent, 0)) | \(f(s.wholeCPU, 2)) |\(s.note.isEmpty ? "" : " " + s.note)")
     }
     out()
     func ceiling(_ tool: String) -> LiveCeiling.Step? {
@@ -128,7 +128,7 @@ if options.wants("live") {
     sections.append(("live", .array(steps.map { s in .object([
         ("tool", .string(s.tool)), ("target_rate", s.targetRate.map { .double($0) } ?? .string("max")),
         ("written", .uint(s.written)), ("counted", .uint(s.counted)), ("lost", .uint(s.lost)),
-        ("seconds", .double(s.seconds)), ("tracer_cpu_s", .double(s.windowCPU)),
+        ("seconds", .double(s.seconds)), ("tracer_cpu_s", .double(s.windowCPU)), ("whole_run_cpu_s", .double(s.wholeCPU)),
         ("ns_per_event", .double((s.nsPerEvent * 10).rounded() / 10)),
     ]) })))
 }
@@ -167,10 +167,10 @@ if options.wants("overhead") {
 
 // MARK: memory
 if options.wants("memory") {
-    out("## memory of kvmscope stat over a long trace (marker writers, unpaced)")
+    out("## memory of kvmscope stat over a long trace (1 marker writer at \(mega(options.memoryRate))/s)")
     out()
     do {
-        let r = try MemoryBench(kvmscope: options.kvmscope, checkpoints: options.memoryCheckpoints, writers: options.writers).run(progress: say)
+        let r = try MemoryBench(kvmscope: options.kvmscope, checkpoints: options.memoryCheckpoints, rate: options.memoryRate).run(progress: say)
         out("| events written | elapsed s | VmRSS KiB | VmHWM KiB |")
         out("|---:|---:|---:|---:|")
         for s in r.samples { out("| \(s.events) | \(f(s.seconds)) | \(s.rssKB) | \(s.hwmKB) |") }
