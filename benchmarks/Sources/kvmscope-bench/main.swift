@@ -12,7 +12,7 @@ var sections: [(String, JSONValue)] = []
 func say(_ s: String) { FileHandle.standardError.write(Data("kvmscope-bench: \(s)\n".utf8)) }
 func out(_ s: String = "") { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
 func f(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
-func mega(_ v: Double) -> String { String(format: "%.1f M", v / 1e6) }
+func mega(_ v: Double) -> String { String(format: "%.2f M", v / 1e6) }
 func met(_ ok: Bool?) -> String { ok.map { $0 ? "yes" : "**no**" } ?? "pending" }
 
 out("# kvmscope benchmarks")
