@@ -57,6 +57,14 @@ public struct RingBufferPageBuilder {
         lastTS = timestamp
     }
 
+    /// The pages closed so far, handed over and forgotten (the open page stays): lets a generator stream
+    /// any number of events through one page of memory.
+    public mutating func takeFinishedPages() -> [[UInt8]] {
+        guard !pages.isEmpty else { return [] }
+        defer { pages.removeAll(keepingCapacity: true) }
+        return pages
+    }
+
     /// All pages, the last one closed. Each is exactly `subbufSize` bytes.
     public mutating func finish() -> [[UInt8]] {
         closePage()

@@ -94,6 +94,14 @@ public enum TraceFS {
         return (tgids, comms)
     }
 
+    /// Removes an instance that another tool left behind (trace-cmd record -B keeps its instance): tracing
+    /// off, events disabled, directory removed. True if it is gone.
+    @discardableResult
+    public static func removeInstance(_ name: String, root: String) -> Bool {
+        guard instanceExists(name, root: root) else { return true }
+        return ckvmscope_instance_destroy(name) == 0 || errno == ENOENT
+    }
+
     public static func instanceExists(_ name: String, root: String) -> Bool {
         FileManager.default.fileExists(atPath: "\(root)/instances/\(name)")
     }

@@ -15,7 +15,8 @@ struct KVMScope: ParsableCommand {
               kvmscope stat --json -- ./my-vmm      trace while a command runs, JSON summary
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
-        subcommands: [StatCommand.self, StormCommand.self, ReportCommand.self, ServeCommand.self, WatchCommand.self],
+        subcommands: [StatCommand.self, StormCommand.self, ReportCommand.self, ServeCommand.self, WatchCommand.self,
+                      BenchCommand.self],
         defaultSubcommand: StatCommand.self
     )
 

@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import KVMExits
+import KVMScopeViews
+import KVMTrace
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure what tracing costs a guest on this host, against perf and trace-cmd.",
+        discussion: """
+            The user-facing part of kvmscope's benchmark harness (the full one is `make bench`).
+              kvmscope bench                                   overhead table for the storm guest
+              kvmscope bench overhead --kind io --repeat 5     another exit kind, more runs
+              kvmscope bench synth -o big.dat --events 20000000   a synthetic trace.dat for report benchmarks
+            """,
+        subcommands: [BenchOverheadCommand.self, BenchSynthCommand.self],
+        defaultSubcommand: BenchOverheadCommand.self)
+}
+
+struct BenchOverheadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "overhead",
+        abstract: "Storm exit throughput untraced, under kvmscope stat, perf stat and trace-cmd record.",
+        discussion: """
+            Each tracer traces every kvm event system-wide, is started before the storm and stopped with
+            SIGINT after it. Tracer CPU is its whole process tree (children included) from start to exit.
+            Tools that are not installed are shown as such. Medians of --repeat runs, interleaved.
+            """)
+
+    @Option(help: "Kind of exit: io, mmio or hlt.")
+    var kind: String = "hlt"
+
+    @Option(help: "Number of vCPU threads.")
+    var vcpus: UInt32 = 2
+
+    @Option(help: "Exits per vCPU per run.")
+    var exits: UInt64 = 200_000
+
+    @Option(name: .customLong("repeat"), help: "Runs of each configuration (the median is shown).")
+    var repeats: Int = 3
+
+    @Option(name: .customLong("tracer"), help: "A tracer to compare: kvmscope, perf, trace-cmd (repeatable; default all).")
+    var tracers: [String] = []
+
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    func validate() throws {
+        guard Storm.Kind(rawValue: kind) != nil else { throw ValidationError("--kind must be io, mmio or hlt (got '\(kind)')") }
+        guard (1...256).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 256") }
+        guard exits > 0 else { throw ValidationError("--exits must be > 0") }
+        guard (1...100).contains(repeats) else { throw ValidationError("--repeat must be 1 to 100") }
+        for t in tracers where GuestOverhead.Tracer(rawValue: t) == nil || t == "none" {
+            throw ValidationError("--tracer must be kvmscope, perf or trace-cmd (got '\(t)')")
+        }
+    }
+
+    func run() {
+        let chosen = tracers.isEmpty ? [.kvmscope, .perf, .traceCmd] : tracers.compactMap(GuestOverhead.Tracer.init(rawValue:))
+        let bench = GuestOverhead(kind: kind, vcpus: vcpus, exits: exits, repeats: repeats, tracers: chosen)
+        let rows = reportingErrors {
+            try bench.run { FileHandle.standardError.write(Data("kvmscope bench: \($0)\n".utf8)) }
+        }
+        if json {
+            writeStdout(bench.json(rows).serialized(pretty: true) + "\n")
+            return
+        }
+        let uname = Self.uname()
+        writeStdout("""
+            Guest overhead: storm --kind \(kind) --vcpus \(vcpus) --exits \(exits), median of \(repeats) runs
+            host: \(uname), \(ProcessInfo.processInfo.activeProcessorCount) CPUs
+
+            \(bench.markdown(rows).joined(separator: "\n"))
+
+            | benchmark | kvmscope | peer | ratio | target | met? |
+            |---|---:|---:|---:|---|---|
+            \(bench.verdict(rows))
+
+            """)
+    }
+
+    static func uname() -> String {
+        var u = utsname()
+        Foundation.uname(&u)
+        func s<T>(_ v: T) -> String { withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) } }
+        return "\(s(u.sysname)) \(s(u.release)) \(s(u.machine))"
+    }
+}
+
+struct BenchSynthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth",
+        abstract: "Write a synthetic trace.dat of kvm_exit/kvm_entry pairs (a real reason mix, many vCPUs).",
+        discussion: """
+            Pages are built byte for byte as the kernel writes them, from this kernel's kvm_exit and
+            kvm_entry formats (or --formats DIR with kvm_exit.format and kvm_entry.format). trace-cmd opens the file.
+            """)
+
+    @Option(name: [.customShort("o"), .long], help: "The trace.dat to write.")
+    var output: String
+
+    @Option(help: "Events in all (each exit and each entry counts one).")
+    var events: Int = 20_000_000
+
+    @Option(help: "vCPU threads.")
+    var threads: Int = 16
+
+    @Option(help: "Host CPUs (per-CPU buffers in the file).")
+    var cpus: Int = 2
+
+    @Option(help: "A directory with kvm_exit.format and kvm_entry.format (default: this kernel's tracefs).")
+    var formats: String?
+
+    func validate() throws {
+        guard events >= 2 else { throw ValidationError("--events must be at least 2") }
+        guard (1...4096).contains(threads) else { throw ValidationError("--threads must be 1 to 4096") }
+        guard (1...1024).contains(cpus) else { throw ValidationError("--cpus must be 1 to 1024") }
+    }
+
+    func run() {
+        let f = reportingErrors { () throws -> EventFormats in
+            let f = EventFormats()
+            for e in ["kvm_exit", "kvm_entry"] {
+                let text: String
+                if let dir = formats {
+                    guard let t = try? String(contentsOfFile: "\(dir)/\(e).format", encoding: .utf8) else {
+                        throw KVMScopeError.usage("cannot read \(dir)/\(e).format")
+                    }
+                    text = t
+                } else {
+                    text = try TraceFS.format(system: "kvm", event: e, root: try TraceFS.root())
+                }
+                try f.add(system: "kvm", format: text)
+            }
+            return f
+        }
+        let workload = SyntheticWorkload(threads: threads, hostCPUs: cpus, vcpusPerVM: min(threads, 4))
+        reportingErrors {
+            try SyntheticTraceDat.write(to: output, formats: f, workload: workload, eventsPerCPU: events / cpus)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+import Foundation
+import KVMScopeViews
+import KVMTrace
+
+/// The guest-overhead benchmark: the storm guest's exit throughput untraced and under each tracer, every
+/// tracer tracing every kvm event system-wide, as a separate process started before the storm and stopped
+/// (SIGINT) after it. Tracer CPU is the tracer's whole process tree from start to exit (wait4), so
+/// trace-cmd's recorder children and its final merge are included.
+struct GuestOverhead {
+    enum Tracer: String, CaseIterable {
+        case none, kvmscope, perf, traceCmd = "trace-cmd"
+
+        /// The row label, with the exact command.
+        var label: String {
+            switch self {
+            case .none: "untraced"
+            case .kvmscope: "kvmscope stat"
+            case .perf: "perf stat -a -e 'kvm:*'"
+            case .traceCmd: "trace-cmd record -d --no-filter -e kvm"
+            }
+        }
+    }
+
+    struct Row {
+        var tracer: Tracer
+        var available: Bool
+        var note: String = ""
+        var exitsPerSecond: [Double] = []
+        var tracerCPU: [Double] = []
+        var events: [UInt64] = []
+        var lost: [UInt64] = []
+
+        var medianRate: Double? { Self.median(exitsPerSecond) }
+        var medianCPU: Double? { Self.median(tracerCPU) }
+        var medianEvents: UInt64? { events.isEmpty ? nil : events.sorted()[events.count / 2] }
+        var totalLost: UInt64? { lost.isEmpty ? nil : lost.reduce(0, +) }
+
+        static func median(_ v: [Double]) -> Double? { v.isEmpty ? nil : v.sorted()[v.count / 2] }
+    }
+
+    var kind: String
+    var vcpus: UInt32
+    var exits: UInt64
+    var repeats: Int
+    var tracers: [Tracer]
+    let selfPath = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    let root = (try? TraceFS.root()) ?? "/sys/kernel/tracing"
+
+    /// Runs every configuration `repeats` times, interleaved so drift hits them alike.
+    func run(progress: (String) -> Void) throws -> [Row] {
+        var rows = ([.none] + tracers.filter { $0 != .none }).map { t in
+            Row(tracer: t, available: t == .none || t == .kvmscope || ChildProcess.which(t.rawValue) != nil,
+                note: t == .none || t == .kvmscope || ChildProcess.which(t.rawValue) != nil ? "" : "not installed")
+        }
+        for r in 0..<repeats {
+            for i in rows.indices where rows[i].available {
+                progress("run \(r + 1)/\(repeats): \(rows[i].tracer.label)")
+                do {
+                    try measure(&rows[i])
+                } catch {
+                    rows[i].available = false
+                    rows[i].note = "\(error)"
+                }
+            }
+        }
+        return rows
+    }
+
+    func stormArgs() -> [String] {
+        [selfPath, "storm", "--kind", kind, "--vcpus", "\(vcpus)", "--exits", "\(exits)"]
+    }
+
+    func measure(_ row: inout Row) throws {
+        let tag = "kvmbench-\(getpid())"
+        let datPath = "\(NSTemporaryDirectory())\(tag).dat"
+        var tracer: ChildProcess?
+        switch row.tracer {
+        case .none: break
+        case .kvmscope:
+            let t = try ChildProcess([selfPath, "stat", "--json"])
+            try waitForInstance("\(TraceFS.instancePrefix)\(t.pid)", of: t)
+            tracer = t
+        case .perf:
+            let t = try ChildProcess(["perf", "stat", "-a", "-e", "kvm:*"])
+            usleep(1_500_000)  // perf has no readiness signal; it opens every kvm tracepoint within this
+            guard t.isRunning else { throw KVMScopeError.usage("perf stat failed: \(t.stderr.prefix(200))") }
+            tracer = t
+        case .traceCmd:
+            // Its own instance (-B), never the global buffer; -d --no-filter: the kernel here is locked down.
+            let t = try ChildProcess(["trace-cmd", "record", "-B", tag, "-d", "--no-filter", "-e", "kvm", "-o", datPath])
+            try waitForInstance(tag, of: t)
+            tracer = t
+        }
+        let storm = try ChildProcess(stormArgs())
+        let st = try storm.wait()
+        guard st.status == 0, let json = Self.jsonObject(storm.stdout),
+              let rate = (json["exits_per_second"] as? NSNumber)?.doubleValue else {
+            tracer?.signal(SIGINT)
+            _ = try? tracer?.wait()
+            if row.tracer == .traceCmd { TraceFS.removeInstance(tag, root: root) }
+            throw KVMScopeError.usage("storm failed: \(storm.stderr.prefix(200))")
+        }
+        row.exitsPerSecond.append(rate)
+        guard let tracer else { return }
+        tracer.signal(SIGINT)
+        let t = try tracer.wait()
+        row.tracerCPU.append(t.cpuSeconds)
+        switch row.tracer {
+        case .kvmscope:
+            if let j = Self.jsonObject(tracer.stdout) {
+                let events = (j["events"] as? [String: Any])?.values.compactMap { ($0 as? NSNumber)?.uint64Value } ?? []
+                row.events.append(events.reduce(0, +))
+                row.lost.append((j["lost_events"] as? NSNumber)?.uint64Value ?? 0)
+            }
+        case .perf:
+            // "      400000      kvm:kvm_fpu"
+            var sum: UInt64 = 0
+            for line in tracer.stderr.split(separator: "\n") where line.contains("kvm:") {
+                sum += UInt64(line.split(separator: " ").first?.replacingOccurrences(of: ",", with: "") ?? "") ?? 0
+            }
+            row.events.append(sum)
+        case .traceCmd:
+            let stat = try ChildProcess(["trace-cmd", "report", "--stat", datPath])
+            _ = try stat.wait()
+            var read: UInt64 = 0
+            var lost: UInt64 = 0
+            for line in stat.stdout.split(separator: "\n") {
+                if line.hasPrefix("read events:") { read += UInt64(line.split(separator: " ").last ?? "") ?? 0 }
+                if line.hasPrefix("overrun:") || line.hasPrefix("dropped events:") {
+                    lost += UInt64(line.split(separator: " ").last ?? "") ?? 0
+                }
+            }
+            row.events.append(read)
+            row.lost.append(lost)
+            unlink(datPath)
+            TraceFS.removeInstance(tag, root: root)
+        case .none: break
+        }
+    }
+
+    /// Waits until the tracer's instance exists and is tracing (at most 10 s).
+    func waitForInstance(_ name: String, of t: ChildProcess) throws {
+        let path = "\(root)/instances/\(name)/tracing_on"
+        for _ in 0..<1000 {
+            if let on = try? String(contentsOfFile: path, encoding: .utf8), on.hasPrefix("1") {
+                usleep(200_000)  // its readers open their buffers right after
+                return
+            }
+            guard t.isRunning else { throw KVMScopeError.usage("\(t.argv[0]) ended: \(t.stderr.prefix(200))") }
+            usleep(10_000)
+        }
+        t.signal(SIGKILL)
+        _ = try? t.wait()
+        TraceFS.removeInstance(name, root: root)
+        throw KVMScopeError.usage("\(t.argv[0]) did not start tracing within 10 s")
+    }
+
+    static func jsonObject(_ text: String) -> [String: Any]? {
+        guard let data = text.data(using: .utf8),
+              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return o
+    }
+
+    // MARK: output
+
+    func markdown(_ rows: [Row]) -> [String] {
+        let base = rows.first { $0.tracer == .none }?.medianRate
+        var out = ["| tracer | exits/s | vs untraced | tracer CPU s | tracer CPU ns/event | events traced | lost |",
+                   "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows {
+            guard r.available, let rate = r.medianRate else {
+                out.append("| \(r.tracer.label) | — | — | — | — | — | \(r.note.isEmpty ? "n/a" : r.note) |")
+                continue
+            }
+            let ratio = base.map { String(format: "%.2f×", rate / $0) } ?? "—"
+            let cpu = r.medianCPU.map { String(format: "%.2f", $0) } ?? "—"
+            let perEvent = r.medianCPU.flatMap { c in r.medianEvents.flatMap { $0 > 0 ? String(format: "%.0f", c * 1e9 / Double($0)) : nil } } ?? "—"
+            out.append("| \(r.tracer.label) | \(Int(rate)) | \(ratio) | \(cpu) | \(perEvent) | \(r.medianEvents.map(String.init) ?? "—") | \(r.totalLost.map(String.init) ?? "—") |")
+        }
+        return out
+    }
+
+    /// The one-line verdict in the harness's table format: kvmscope's slowdown against trace-cmd's.
+    func verdict(_ rows: [Row]) -> String {
+        let base = rows.first { $0.tracer == .none }?.medianRate
+        let ours = rows.first { $0.tracer == .kvmscope }?.medianRate
+        let peer = rows.first { $0.tracer == .traceCmd && $0.available }?.medianRate
+        guard let base, let ours else { return "| guest overhead | — | — | — | ≤ trace-cmd | pending |" }
+        let o = ours / base
+        guard let peer else {
+            return String(format: "| guest overhead (exits/s vs untraced) | %.2f× | n/a | — | ≤ trace-cmd | n/a |", o)
+        }
+        let p = peer / base
+        return String(format: "| guest overhead (exits/s vs untraced) | %.2f× | %.2f× (trace-cmd) | %.2f | ≥ trace-cmd | %@ |",
+                      o, p, o / p, o >= p * 0.98 ? "yes" : "no")
+    }
+
+    func json(_ rows: [Row]) -> JSONValue {
+        let base = rows.first { $0.tracer == .none }?.medianRate
+        return .object([
+            ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))), ("exits_per_vcpu", .uint(exits)),
+            ("repeat", .uint(UInt64(repeats))),
+            ("results", .array(rows.map { r in
+                var o: [(String, JSONValue)] = [("tracer", .string(r.tracer.rawValue)), ("command", .string(r.tracer.label)),
+                                                ("available", .bool(r.available && r.medianRate != nil))]
+                if !r.note.isEmpty { o.append(("note", .string(r.note))) }
+                if let rate = r.medianRate {
+                    o.append(("exits_per_second", .double(rate.rounded())))
+                    if let base { o.append(("ratio_to_untraced", .double((rate / base * 1000).rounded() / 1000))) }
+                    o.append(("runs_exits_per_second", .array(r.exitsPerSecond.map { .double($0.rounded()) })))
+                }
+                if let c = r.medianCPU { o.append(("tracer_cpu_s", .double((c * 1000).rounded() / 1000))) }
+                if let e = r.medianEvents { o.append(("events", .uint(e))) }
+                if let l = r.totalLost { o.append(("lost", .uint(l))) }
+                return .object(o)
+            })),
+        ])
+    }
+}

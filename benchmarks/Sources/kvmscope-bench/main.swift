@@ -1,0 +1,213 @@
+// `make bench`: kvmscope measured against its targets and its peers in one run. Prints markdown tables
+// and writes results/<date>.json. See benchmarks/README.md for what each section measures.
+import Foundation
+import KVMScopeViews
+import KVMTrace
+
+let options = HarnessOptions.parse(Array(CommandLine.arguments.dropFirst()))
+let machine = Machine.current()
+var summary: [String] = []
+var sections: [(String, JSONValue)] = []
+
+func say(_ s: String) { FileHandle.standardError.write(Data("kvmscope-bench: \(s)\n".utf8)) }
+func out(_ s: String = "") { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
+func f(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
+func mega(_ v: Double) -> String { String(format: "%.2f M", v / 1e6) }
+func met(_ ok: Bool?) -> String { ok.map { $0 ? "yes" : "**no**" } ?? "pending" }
+
+out("# kvmscope benchmarks")
+out()
+out("\(machine.date) · \(machine.cpu) · \(machine.cores) cores · Linux \(machine.kernel) · load average at start \(machine.load)")
+out()
+
+// MARK: decode + aggregate
+if options.wants("decode") {
+    say("decode: building \(options.decodeEvents) events of pages")
+    do {
+        let interposer = DecodeBench.interposerWorks()
+        let (source, threads, results) = try DecodeBench(events: options.decodeEvents, seconds: options.decodeSeconds).run()
+        out("## decode + aggregate, one core")
+        out()
+        out("Synthetic pages (\(options.decodeEvents) events per pass, \(threads) vCPU threads, corpus reason mix, formats: \(source)); rates per CPU-second of the benchmark thread.")
+        out()
+        out("| stage | events | events/s | ns/event | wall events/s | allocations/event |")
+        out("|---|---:|---:|---:|---:|---:|")
+        for r in results {
+            let name = switch r.stage {
+            case .decode: "decode (C decoder → records)"
+            case .count: "+ count (ShardWriter.add)"
+            case .pair: "+ pair (Pairer: histograms, top RIPs)"
+            }
+            out("| \(name) | \(r.events) | \(mega(r.eventsPerCPUSecond)) | \(f(r.nsPerEvent, 2)) | \(mega(Double(r.events) / r.wallSeconds)) | \(interposer ? String(format: "%.6f", r.mallocsPerEvent) : "n/a") |")
+        }
+        out()
+        if let full = results.last {
+            summary.append("| decode + aggregate + pair, 1 core | \(mega(full.eventsPerCPUSecond)) events/s | — | — | ≥ 50 M events/s | \(met(full.eventsPerCPUSecond >= 50e6)) |")
+            summary.append("| allocations per event (hot path) | \(interposer ? String(full.mallocs) + " in " + String(full.events) : "n/a") | — | — | 0 | \(interposer ? met(full.mallocs == 0) : "pending") |")
+        }
+        sections.append(("decode", .object([
+            ("format_source", .string(source)), ("threads", .uint(UInt64(threads))),
+            ("events_per_pass", .uint(UInt64(options.decodeEvents))), ("malloc_counting", .bool(interposer)),
+            ("stages", .array(results.map { r in .object([
+                ("stage", .string(r.stage.rawValue)), ("events", .uint(r.events)),
+                ("cpu_s", .double(r.cpuSeconds)), ("wall_s", .double(r.wallSeconds)),
+                ("events_per_cpu_second", .double(r.eventsPerCPUSecond.rounded())),
+                ("ns_per_event", .double((r.nsPerEvent * 100).rounded() / 100)),
+                ("mallocs", .uint(UInt64(r.mallocs))), ("paired", .uint(r.paired)),
+            ]) })),
+        ])))
+    } catch {
+        out("decode: failed: \(error)")
+    }
+}
+
+// MARK: offline report
+if options.wants("report") {
+    out("## offline report")
+    out()
+    do {
+        switch try OfflineReport(kvmscope: options.kvmscope, events: options.reportEvents).run(progress: say) {
+        case .pending(let why):
+            out("pending: \(why)")
+            summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat | pending | pending | — | ≥ 20× trace-cmd | pending |")
+            sections.append(("report", .object([("pending", .string(why))])))
+        case let .done(_, bytes, ks, tc, counted):
+            let n = Double(options.reportEvents)
+            out("| tool | wall s | CPU s | events/s | exit status |")
+            out("|---|---:|---:|---:|---:|")
+            out("| kvmscope report | \(f(ks.wall, 2)) | \(f(ks.cpu, 2)) | \(mega(n / ks.wall)) | \(ks.status) |")
+            if let tc { out("| trace-cmd report > /dev/null | \(f(tc.wall, 2)) | \(f(tc.cpu, 2)) | \(mega(n / tc.wall)) | \(tc.status) |") }
+            out()
+            out("File: \(options.reportEvents) events, \(bytes / 1_048_576) MiB. kvmscope counted \(counted.map(String.init) ?? "n/a (no --json)").")
+            let ratio = tc.map { $0.wall / ks.wall }
+            summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat | \(mega(n / ks.wall)) events/s | \(tc.map { mega(n / $0.wall) + " events/s" } ?? "n/a") | \(ratio.map { f($0) + "×" } ?? "—") | ≥ 20× trace-cmd, same counts | \(met(ratio.map { $0 >= 20 && (counted == nil || counted == UInt64(n)) })) |")
+            var o: [(String, JSONValue)] = [("events", .uint(UInt64(n))), ("bytes", .uint(bytes)),
+                                            ("kvmscope_wall_s", .double(ks.wall)), ("kvmscope_cpu_s", .double(ks.cpu))]
+            if let counted { o.append(("kvmscope_counted", .uint(counted))) }
+            if let tc { o += [("trace_cmd_wall_s", .double(tc.wall)), ("trace_cmd_cpu_s", .double(tc.cpu))] }
+            if let ratio { o.append(("ratio", .double(ratio))) }
+            sections.append(("report", .object(o)))
+        }
+    } catch {
+        out("report: failed: \(error)")
+    }
+    out()
+}
+
+// MARK: live reader ceiling
+if options.wants("live") {
+    out("## live reader ceiling (trace_marker_raw, \(options.writers) writer threads, \(f(options.liveSeconds)) s per rate, 1024 KiB per CPU)")
+    out()
+    let bench = LiveCeiling(kvmscope: options.kvmscope, rates: options.rates, seconds: options.liveSeconds, writers: options.writers)
+    var steps: [LiveCeiling.Step] = []
+    let tools = ChildProcess.which("trace-cmd") != nil ? ["kvmscope", "trace-cmd"] : ["kvmscope"]
+    for rate in options.rates {
+        for tool in tools {
+            say("live: \(tool) at \(rate.map { mega($0) } ?? "max") events/s")
+            do {
+                steps.append(tool == "kvmscope" ? try bench.runKVMScope(rate: rate) : try bench.runTraceCmd(rate: rate))
+            } catch {
+                out("live: \(tool) at \(rate.map { mega($0) } ?? "max"): failed: \(error)")
+            }
+        }
+    }
+    out("| tracer | target/s | written/s | written | counted | lost | tracer CPU s (window) | CPU ns/event | CPU s (whole run) |")
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in steps {
+        out("| \(s.tool) | \(s.targetRate.map { mega($0) } ?? "max") | \(mega(s.achievedRate)) | \(s.written) | \(s.counted) | \(s.lost) | \(f(s.windowCPU, 2)) | \(f(s.nsPerEvent, 0)) | \(f(s.wholeCPU, 2)) |\(s.note.isEmpty ? "" : " " + s.note)")
+    }
+    out()
+    func ceiling(_ tool: String) -> LiveCeiling.Step? {
+        steps.filter { $0.tool == tool && $0.lost == 0 }.max { $0.achievedRate < $1.achievedRate }
+    }
+    let ks = ceiling("kvmscope")
+    let tc = ceiling("trace-cmd")
+    let allClean = steps.filter { $0.tool == "kvmscope" }.allSatisfy { $0.lost == 0 }
+    summary.append("| live: highest rate with 0 lost | \(ks.map { mega($0.achievedRate) + "/s" } ?? "none") | \(tc.map { mega($0.achievedRate) + "/s (trace-cmd)" } ?? "n/a") | \(ks.flatMap { k in tc.map { f(k.achievedRate / $0.achievedRate, 2) } } ?? "—") | 0 lost at every rate | \(met(steps.isEmpty ? nil : allClean)) |")
+    summary.append("| live: tracer CPU per event at that rate | \(ks.map { f($0.nsPerEvent, 0) + " ns" } ?? "—") | \(tc.map { f($0.nsPerEvent, 0) + " ns (trace-cmd)" } ?? "n/a") | \(ks.flatMap { k in tc.map { f(k.nsPerEvent / $0.nsPerEvent, 2) } } ?? "—") | ≤ 50 ns/event | \(met(ks.map { $0.nsPerEvent <= 50 })) |")
+    sections.append(("live", .array(steps.map { s in .object([
+        ("tool", .string(s.tool)), ("target_rate", s.targetRate.map { .double($0) } ?? .string("max")),
+        ("written", .uint(s.written)), ("counted", .uint(s.counted)), ("lost", .uint(s.lost)),
+        ("seconds", .double(s.seconds)), ("tracer_cpu_s", .double(s.windowCPU)), ("whole_run_cpu_s", .double(s.wholeCPU)),
+        ("ns_per_event", .double((s.nsPerEvent * 10).rounded() / 10)),
+    ]) })))
+}
+
+// MARK: guest overhead
+if options.wants("overhead") {
+    out("## guest overhead (storm --kind hlt --vcpus 2 --exits \(options.overheadExits), median of \(options.overheadRepeat))")
+    out()
+    do {
+        let c = try ChildProcess([options.kvmscope, "bench", "overhead", "--json", "--kind", "hlt", "--vcpus", "2",
+                                  "--exits", "\(options.overheadExits)", "--repeat", "\(options.overheadRepeat)"])
+        let st = try c.wait()
+        guard st.status == 0, let j = LiveCeiling.json(c.stdout), let results = j["results"] as? [[String: Any]] else {
+            throw KVMScopeError.usage("kvmscope bench overhead failed: \(c.stderr.suffix(300))")
+        }
+        out("| tracer | exits/s | vs untraced | tracer CPU s | events traced | lost |")
+        out("|---|---:|---:|---:|---:|---:|")
+        var ratios: [String: Double] = [:]
+        for r in results {
+            let tracer = r["tracer"] as? String ?? "?"
+            let num = { (k: String) in (r[k] as? NSNumber)?.doubleValue }
+            if let ratio = num("ratio_to_untraced") { ratios[tracer] = ratio }
+            out("| \(r["command"] as? String ?? tracer) | \(num("exits_per_second").map { String(Int($0)) } ?? "—") | \(num("ratio_to_untraced").map { f($0, 2) + "×" } ?? "—") | \(num("tracer_cpu_s").map { f($0, 2) } ?? "—") | \(num("events").map { String(Int($0)) } ?? "—") | \(num("lost").map { String(Int($0)) } ?? (r["note"] as? String ?? "—")) |")
+        }
+        out()
+        out("Every tracer traces all kvm events system-wide (other guests on the host are traced too).")
+        out()
+        let k = ratios["kvmscope"], t = ratios["trace-cmd"]
+        summary.append("| guest overhead (exits/s vs untraced) | \(k.map { f($0, 2) + "×" } ?? "—") | \(t.map { f($0, 2) + "× (trace-cmd)" } ?? "n/a") | \(k.flatMap { k in t.map { f(k / $0, 2) } } ?? "—") | no worse than trace-cmd | \(met(k.flatMap { k in t.map { k >= $0 * 0.98 } })) |")
+        sections.append(("overhead", .string(c.stdout)))
+    } catch {
+        out("overhead: failed: \(error)")
+        out()
+    }
+}
+
+// MARK: memory
+if options.wants("memory") {
+    out("## memory of kvmscope stat over a long trace (1 marker writer at \(mega(options.memoryRate))/s)")
+    out()
+    do {
+        let r = try MemoryBench(kvmscope: options.kvmscope, checkpoints: options.memoryCheckpoints, rate: options.memoryRate).run(progress: say)
+        out("| events written | elapsed s | VmRSS KiB | VmHWM KiB |")
+        out("|---:|---:|---:|---:|")
+        for s in r.samples { out("| \(s.events) | \(f(s.seconds)) | \(s.rssKB) | \(s.hwmKB) |") }
+        out()
+        out("Written \(r.written), counted \(r.counted), lost \(r.lost).")
+        out()
+        if let first = r.samples.first, let last = r.samples.last {
+            let flat = Double(last.hwmKB) <= Double(first.hwmKB) * 1.05 + 1024
+            summary.append("| memory: VmHWM at \(first.events / 1_000_000) M → \(last.events / 1_000_000) M events | \(first.hwmKB / 1024) → \(last.hwmKB / 1024) MiB | — | \(f(Double(last.hwmKB) / Double(max(1, first.hwmKB)), 2)) | flat (≤ +5 % + 1 MiB) | \(met(flat)) |")
+        }
+        sections.append(("memory", .object([
+            ("written", .uint(r.written)), ("counted", .uint(r.counted)), ("lost", .uint(r.lost)),
+            ("samples", .array(r.samples.map { .object([("events", .uint($0.events)), ("rss_kb", .int(Int64($0.rssKB))),
+                                                        ("hwm_kb", .int(Int64($0.hwmKB))), ("seconds", .double($0.seconds))]) })),
+        ])))
+    } catch {
+        out("memory: failed: \(error)")
+        out()
+    }
+}
+
+// MARK: summary and results file
+out("## summary")
+out()
+out("| benchmark | kvmscope | peer | ratio | target | met? |")
+out("|---|---:|---:|---:|---|---|")
+summary.forEach { out($0) }
+out()
+
+let result = JSONValue.object([
+    ("date", .string(machine.date)), ("cpu", .string(machine.cpu)), ("cores", .uint(UInt64(machine.cores))),
+    ("kernel", .string(machine.kernel)), ("load_average_at_start", .string(machine.load)),
+    ("quick", .bool(options.quick)), ("summary", .array(summary.map { .string($0) })),
+] + sections)
+if let dir = options.resultsDir {
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let path = "\(dir)/\(machine.date.prefix(10))\(options.quick ? "-quick" : "").json"
+    FileManager.default.createFile(atPath: path, contents: Data((result.serialized(pretty: true) + "\n").utf8))
+    out("Results written to \(path).")
+}
