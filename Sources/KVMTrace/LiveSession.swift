@@ -245,6 +245,9 @@ enum MonotonicClock {
     }
 }
 
+/// How long a reader that drained its buffer waits before reading again.
+let batchMicroseconds: UInt32 = 5_000
+
 /// How long after "now" an event may still become visible in a buffer (commit in flight, wake-up delay).
 let visibilityMargin: UInt64 = 5_000_000
 
@@ -303,8 +306,14 @@ struct ReaderLoop {
             let drained = stats.subbufs - subbufsBefore < UInt64(handle.maxSubbufs)
             let wm = drained ? before &- visibilityMargin : (n > 0 ? records[n - 1].ts : before &- visibilityMargin)
             consume(max(0, n), watermark: wm)
-            // An idle CPU still wakes every 50 ms to move its watermark on: pairing never waits on it for long.
-            if drained && ckvmscope_reader_wait(r, 50) < 0 { break }
+            if drained {
+                // Let events gather for a few ms before the next read: one wake-up and a few syscalls then
+                // carry hundreds of events, not a handful (a 1 MiB buffer takes far longer than that to fill).
+                usleep(batchMicroseconds)
+                if stopping.load(ordering: .acquiring) { break }
+                // An idle CPU still wakes every 50 ms to move its watermark on: pairing never waits on it long.
+                if ckvmscope_reader_wait(r, 50) < 0 { break }
+            }
         }
         // Stopped: drain what is left, including partial sub-buffers.
         while true {
@@ -317,39 +326,49 @@ struct ReaderLoop {
     }
 }
 
+/// Merges the CPUs' exit/entry streams by timestamp and feeds the pairer. Each lane's events are already
+/// in time order (one CPU's buffer), so this is a k-way merge of sorted runs, cut at the smallest watermark:
+/// no sorting, and memory bounded by the events not yet complete on every CPU.
 struct PairingLoop {
     let lanes: [PairingLane]
+    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
+    let exitEvent: UInt16
+    let entryEvent: UInt16
 
     func run(pairer: inout Pairer, readersDone: () -> Bool) {
-        var held: [TraceEvent] = []
-        var batch: [TraceEvent] = []
+        var queues: [[TraceEvent]] = lanes.map { _ in [] }
+        var heads = [Int](repeating: 0, count: lanes.count)
         while true {
             let finished = readersDone()
-            // The stream is complete up to the smallest watermark of any CPU.
+            // Load the watermarks before taking the outboxes: everything at or below them is then in hand.
             var limit = UInt64.max
             for lane in lanes { limit = min(limit, lane.watermark.load(ordering: .acquiring)) }
-            for lane in lanes {
+            for (i, lane) in lanes.enumerated() {
                 lane.outbox.withLock { box in
-                    batch.append(contentsOf: box)
+                    queues[i].append(contentsOf: box)
                     box.removeAll(keepingCapacity: true)
                 }
             }
-            if !batch.isEmpty {
-                held.append(contentsOf: batch)
-                batch.removeAll(keepingCapacity: true)
-                held.sort { $0.timestamp < $1.timestamp }
-            }
-            let cut = finished ? held.count : (held.firstIndex { $0.timestamp > limit } ?? held.count)
-            if cut > 0 {
-                for e in held[..<cut] {
-                    if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-                    if e.event == exitEvent {
-                        pairer.exit(e)
-                    } else if e.event == entryEvent {
-                        pairer.entry(e)
-                    }
+            while true {
+                var best = -1
+                var bestTS = UInt64.max
+                for i in queues.indices where heads[i] < queues[i].count {
+                    let ts = queues[i][heads[i]].timestamp
+                    if ts < bestTS { best = i; bestTS = ts }
                 }
-                held.removeFirst(cut)
+                if best < 0 || (!finished && bestTS > limit) { break }
+                let e = queues[best][heads[best]]
+                heads[best] += 1
+                if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
+                if e.event == exitEvent {
+                    pairer.exit(e)
+                } else if e.event == entryEvent {
+                    pairer.entry(e)
+                }
+            }
+            for i in queues.indices where heads[i] > 0 {
+                queues[i].removeFirst(heads[i])
+                heads[i] = 0
             }
             if finished {
                 pairer.finish()
@@ -358,7 +377,4 @@ struct PairingLoop {
             usleep(10_000)
         }
     }
-    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
-    let exitEvent: UInt16
-    let entryEvent: UInt16
 }
