@@ -67,7 +67,7 @@ public struct HistogramSnapshot: Sendable, Equatable {
     /// The value reported for a rank falling in bucket `i` (before clamping into `[min, max]`): its midpoint,
     /// within 1/128 of every value of the bucket relative to that value.
     @inlinable
-    static func representative(ofBucket i: Int) -> UInt64 {
+    public static func representative(ofBucket i: Int) -> UInt64 {
         let lo = lowerBound(ofBucket: i)
         let hi = upperBound(ofBucket: i)
         return lo + (hi - lo) / 2

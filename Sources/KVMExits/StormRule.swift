@@ -83,6 +83,7 @@ public struct StormRule: Sendable, Equatable, CustomStringConvertible {
 /// A malformed rule: `bad rule 'TEXT': PROBLEM at column N` (or `at end of rule`).
 public struct StormRuleError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 /// The rule parser: a hand-written lexer over Unicode scalars (so `µs` is one unit) and a recursive descent.

@@ -81,6 +81,20 @@ public struct ExitRow: Sendable, Equatable {
     /// truncated lists (per vCPU, then per VM) would undercount RIPs cut from one side. Views show a prefix.
     public var topRIPs: [RIPCount]
     public var latency: LatencySummary? { histogram.flatMap { $0.count > 0 ? LatencySummary($0) : nil } }
+
+    public init(vm: Int32, vmName: String?, vcpu: UInt32?, reason: String, flags: [String] = [], isa: ISA, count: UInt64,
+                blocking: Bool, histogram: HistogramSnapshot?, topRIPs: [RIPCount]) {
+        self.vm = vm
+        self.vmName = vmName
+        self.vcpu = vcpu
+        self.reason = reason
+        self.flags = flags
+        self.isa = isa
+        self.count = count
+        self.blocking = blocking
+        self.histogram = histogram
+        self.topRIPs = topRIPs
+    }
 }
 
 public struct UserspaceExitRow: Sendable, Equatable {
@@ -89,6 +103,14 @@ public struct UserspaceExitRow: Sendable, Equatable {
     public var vcpu: UInt32?
     public var reason: String
     public var count: UInt64
+
+    public init(vm: Int32, vmName: String?, vcpu: UInt32?, reason: String, count: UInt64) {
+        self.vm = vm
+        self.vmName = vmName
+        self.vcpu = vcpu
+        self.reason = reason
+        self.count = count
+    }
 }
 
 /// One event's count for a VM × vCPU (every event, with or without reasons: `kvm_pio` per vCPU).
@@ -98,6 +120,14 @@ public struct EventRow: Sendable, Equatable {
     public var vcpu: UInt32?
     public var event: String
     public var count: UInt64
+
+    public init(vm: Int32, vmName: String?, vcpu: UInt32?, event: String, count: UInt64) {
+        self.vm = vm
+        self.vmName = vmName
+        self.vcpu = vcpu
+        self.event = event
+        self.count = count
+    }
 }
 
 /// The reduced view of a snapshot that every output (stat, live view, report, /metrics) prints.

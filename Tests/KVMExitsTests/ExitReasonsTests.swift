@@ -1,6 +1,6 @@
 import Testing
 import Foundation
-@testable import KVMExits
+import KVMExits
 
 private let formatsDir = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent()

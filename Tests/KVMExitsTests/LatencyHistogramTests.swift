@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import KVMExits
+import KVMExits
 
 /// HistTestSplitMix64: small, deterministic, good enough for test data.
 struct HistTestSplitMix64 {

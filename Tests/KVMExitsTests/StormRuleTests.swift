@@ -1,5 +1,5 @@
 import Testing
-@testable import KVMExits
+import KVMExits
 
 @Suite("StormRule")
 struct StormRuleTests {

@@ -1,6 +1,6 @@
 import Synchronization
 import Testing
-@testable import KVMExits
+import KVMExits
 
 @Suite("TopRIPs")
 struct TopRIPsTests {

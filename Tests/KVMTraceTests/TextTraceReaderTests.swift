@@ -1,6 +1,6 @@
 import Foundation
 import KVMExits
-@testable import KVMTrace
+import KVMTrace
 import Testing
 
 /// Text traces: the real corpus (exact counts from ../shared/corpus/README.md) and golden inputs per format.
