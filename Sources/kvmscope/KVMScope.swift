@@ -14,7 +14,7 @@ struct KVMScope: ParsableCommand {
               kvmscope stat --json -- ./my-vmm      trace while a command runs, JSON summary
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
-        subcommands: [StatCommand.self, StormCommand.self],
-        defaultSubcommand: StatCommand.self
+        subcommands: [LiveCommand.self, StatCommand.self, StormCommand.self],
+        defaultSubcommand: LiveCommand.self
     )
 }
