@@ -59,6 +59,11 @@ public struct ScreenLine: Sendable, Equatable {
         public var column: Int
         public var text: String
         public var style: ScreenStyle
+        public init(column: Int, text: String, style: ScreenStyle) {
+            self.column = column
+            self.text = text
+            self.style = style
+        }
     }
 
     public var text: String
@@ -89,6 +94,10 @@ public struct LiveScreen: Sendable, Equatable {
     public struct Cursor: Sendable, Equatable {
         public var row: Int
         public var column: Int
+        public init(row: Int, column: Int) {
+            self.row = row
+            self.column = column
+        }
     }
 
     public var text: [String] { lines.map(\.text) }
@@ -222,9 +231,10 @@ public enum LiveView {
         let right = "sort: \(state.sortByTotal ? "Total" : "CurAvg/s")  delay: \(StatTable.format1(state.delay))s  " + lost
         var left = ""
         if let f = state.fields {
+            // kvm_stat cuts the regex at 44 characters; here also where it would reach the status.
             let room = max(4, width - right.count - 2 - 17 - "regex filter: ".count)
-            let limit = min(44, room)
-            left = String(repeating: " ", count: 17) + "regex filter: " + (f.count > limit ? String(f.prefix(limit)) + "..." : f)
+            let shown = f.count <= min(44, room) ? f : String(f.prefix(max(1, min(44, room - 3)))) + "..."
+            left = String(repeating: " ", count: 17) + "regex filter: " + shown
         }
         let text = pad(left, width - right.count) + right
         var spans: [ScreenLine.Span] = []
