@@ -34,7 +34,8 @@ struct LiveCommand: ParsableCommand {
 
     func run() {
         let filter = reportingErrors { try filters.filter() }
-        let stop = StopSignal()
+        // SIGHUP too: a closed terminal (tmux kill-session, ssh drop) must end the view and its trace.
+        let stop = StopSignal(signals: [SIGINT, SIGTERM, SIGHUP])
         let demoGuests = demo ? DemoGuests.startIfNoVM() : nil
         defer { demoGuests?.stop() }
         func bail(_ message: String) -> Never {
