@@ -4,15 +4,28 @@ import Testing
 /// The real binary in a real terminal (tmux), driven by keys while a storm guest runs.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
 struct LiveTUITests {
-    /// Runs tmux and returns its stdout.
+    /// Runs tmux and returns its stdout. The first command starts the tmux server, which daemonizes and
+    /// would inherit every descriptor Foundation's Process leaves open (its stdout pipe, its exit-watch
+    /// socket) and keep them open forever: bash closes all but 0-2 before running tmux, and only
+    /// commands that print get a pipe.
     @discardableResult
     static func tmux(_ args: [String]) throws -> String {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["tmux"] + args
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", """
+            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
+            exec tmux "$@"
+            """, "tmux"] + args
+        p.standardInput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard args.first == "capture-pane" else {
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            p.waitUntilExit()
+            return ""
+        }
         let out = Pipe()
         p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
         try p.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
