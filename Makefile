@@ -29,7 +29,7 @@ build: deps
 
 # The live view of every VM on this host; where none runs, the built-in demo guest is started.
 demo: build
-	$(BIN) demo
+	$(BIN) live --demo
 
 # Tests run against the same release build (one compilation), the binary included.
 test: build

@@ -11,13 +11,19 @@ struct KVMScope: ParsableCommand {
             vCPU, the count of every exit reason and the distribution of exit latencies.
 
             Examples:
+              kvmscope                              the live view (kvm_stat's keys), every VM
+              kvmscope live --demo                  the same, with a demo guest if no VM runs
               kvmscope stat -1                      one kvm_stat-style snapshot of all VMs
               kvmscope stat --json -- ./my-vmm      trace while a command runs, JSON summary
+              kvmscope record -o t.dat -- ./my-vmm  a trace.dat that trace-cmd and KernelShark open
+              kvmscope report t.dat                 perf kvm stat-style report with latency percentiles
+              kvmscope serve                        Prometheus /metrics on 127.0.0.1:9477
+              kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
-        subcommands: [StatCommand.self, StormCommand.self, ReportCommand.self, ServeCommand.self, WatchCommand.self,
-                      BenchCommand.self],
-        defaultSubcommand: StatCommand.self
+        subcommands: [LiveCommand.self, StatCommand.self, ReportCommand.self, ServeCommand.self,
+                      WatchCommand.self, StormCommand.self, BenchCommand.self],
+        defaultSubcommand: LiveCommand.self
     )
 
     /// Like ArgumentParser's main, but a bad argument is one line on stderr (no usage dump), and

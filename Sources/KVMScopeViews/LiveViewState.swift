@@ -1,0 +1,153 @@
+import KVMExits
+
+/// What the live view shows and how: everything the keys change. Pure data; the command owns one.
+public struct LiveViewState: Sendable {
+    /// The body of the screen.
+    public enum Mode: Sendable, Equatable {
+        /// kvm_stat's table of events with their children.
+        case events
+        /// `b`: one row per VM (kvm_stat's "by guest"); Enter picks one.
+        case guests
+        /// `v`: the selected VM's rows per vCPU.
+        case vcpus
+    }
+
+    /// A question at the bottom of the screen (kvm_stat's `f`, `p`, `g`, `s` masks).
+    public struct Prompt: Sendable, Equatable {
+        public enum Kind: Sendable, Equatable { case regex, pid, guest, delay }
+        public var kind: Kind
+        public var input = ""
+        /// Why the last answer was refused.
+        public var message = ""
+        public init(kind: Kind) { self.kind = kind }
+    }
+
+    /// kvm_stat's `-f` / `f`: a regular expression on event names (nil: everything).
+    public var fields: String?
+    /// `-p` / `p` / `g` / Enter in the guest list: the VM shown (nil: all).
+    public var pid: Int32?
+    /// The guest's name when `pid` is set, kept to find the guest again after it restarts.
+    public var guestName: String?
+    /// The process `pid` has exited (kvm_stat: "Guest is DEAD"); cleared when the name resolves again.
+    public var guestDead = false
+    /// `o`: sort by Total instead of CurAvg/s.
+    public var sortByTotal = false
+    /// `x`: show child rows such as `kvm_exit(HLT)`.
+    public var showChildren = true
+    public var mode: Mode = .events
+    /// The row under the cursor (arrow keys), counted from the first body row.
+    public var selected = 0
+    /// `s`: the refresh interval, seconds.
+    public var delay: Double = 3
+    /// `h`: the help screen is up.
+    public var showingHelp = false
+    public var prompt: Prompt?
+    /// A line shown at the bottom until the next key (refused input, "no VM selected").
+    public var message: String?
+    /// A permanent notice at the bottom (the demo guest).
+    public var notice: String?
+    public var history = RateHistory()
+
+    public init(fields: String? = nil, pid: Int32? = nil, guestName: String? = nil, delay: Double = 3) {
+        self.fields = fields
+        self.pid = pid
+        self.guestName = guestName
+        self.delay = delay
+        history.capacity = RateHistory.capacity(forDelay: delay)
+    }
+
+    /// The summary filter this state asks for.
+    public var filter: SummaryFilter {
+        SummaryFilter(vms: pid.map { [$0] }, fields: fields)
+    }
+
+    /// `c`: kvm_stat clears the regex and the pid.
+    public mutating func clearFilters() {
+        fields = nil
+        pid = nil
+        guestName = nil
+        guestDead = false
+        if mode == .vcpus { mode = .events }
+        selected = 0
+    }
+
+    /// `f`: sets the regex filter; empty clears it. Returns a message when the regex does not compile.
+    public mutating func setRegex(_ text: String) -> String? {
+        if text.isEmpty {
+            fields = nil
+            return nil
+        }
+        do { _ = try Regex(text) } catch { return "\"\(text)\": Not a valid regular expression" }
+        fields = text
+        selected = 0
+        return nil
+    }
+
+    /// `s`: kvm_stat's rules: empty → default 3 s, else 0.1 to 25.5.
+    public mutating func setDelay(_ text: String) -> String? {
+        if text.isEmpty {
+            delay = 3
+        } else {
+            guard let d = Double(text) else { return "\"\(text)\": Invalid value" }
+            if d < 0.1 { return "\"\(text)\": Value must be >=0.1" }
+            if d > 25.5 { return "\"\(text)\": Value must be <=25.5" }
+            delay = d
+        }
+        history.capacity = RateHistory.capacity(forDelay: delay)
+        return nil
+    }
+
+    /// Moves the cursor by `by` rows within `count` rows.
+    public mutating func moveSelection(by: Int, count: Int) {
+        selected = Swift.max(0, Swift.min(Swift.max(0, count - 1), selected + by))
+    }
+}
+
+/// The exit rate of each row over the last minute, one sample per refresh, for the sparklines.
+public struct RateHistory: Sendable, Equatable {
+    public var samples: [String: [Double]] = [:]
+    /// Samples kept per row (a minute's worth).
+    public var capacity = 20 {
+        didSet { for k in samples.keys where samples[k]!.count > capacity { samples[k]!.removeFirst(samples[k]!.count - capacity) } }
+    }
+
+    public init() {}
+
+    public static func capacity(forDelay delay: Double) -> Int { Swift.max(2, Swift.min(600, Int((60 / delay).rounded()))) }
+
+    /// Adds one sample per row; rows absent from `rates` get 0, rows never seen start now.
+    public mutating func record(_ rates: [String: Double]) {
+        for k in Set(samples.keys).union(rates.keys) {
+            var s = samples[k] ?? []
+            s.append(rates[k] ?? 0)
+            if s.count > capacity { s.removeFirst(s.count - capacity) }
+            samples[k] = s
+        }
+    }
+
+    /// `width` cells of ▁▂▃▄▅▆▇█ (blank for zero), newest at the right, scaled to the row's own maximum.
+    /// Older samples are grouped when there are more than `width`.
+    public func sparkline(_ id: String, width: Int) -> String {
+        guard width > 0 else { return "" }
+        let s = samples[id] ?? []
+        var cells: [Double] = []
+        if s.count <= width {
+            cells = s
+        } else {
+            // Group consecutive samples into `width` cells (average), oldest first.
+            for i in 0..<width {
+                let lo = i * s.count / width
+                let hi = (i + 1) * s.count / width
+                let part = s[lo..<Swift.max(hi, lo + 1)]
+                cells.append(part.reduce(0, +) / Double(part.count))
+            }
+        }
+        let top = cells.max() ?? 0
+        let bars: [Character] = ["▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"]
+        let drawn = cells.map { v -> Character in
+            guard v > 0, top > 0 else { return " " }
+            return bars[Swift.min(7, Swift.max(0, Int((v / top * 8).rounded(.up)) - 1))]
+        }
+        return String(repeating: " ", count: width - drawn.count) + String(drawn)
+    }
+}

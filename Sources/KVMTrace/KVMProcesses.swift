@@ -1,0 +1,17 @@
+import Foundation
+
+/// Which processes run VMs: those holding /dev/kvm or a KVM VM file descriptor open.
+public enum KVMProcesses {
+    /// Pids with an fd on /dev/kvm or `anon_inode:kvm-vm`, except `excluding`. Reads /proc/*/fd (root sees all).
+    public static func running(excluding: Set<Int32> = []) -> [Int32] {
+        let fm = FileManager.default
+        let pids = ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init)
+        return pids.filter { pid in
+            guard !excluding.contains(pid), let fds = try? fm.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return false }
+            return fds.contains { fd in
+                guard let target = try? fm.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)") else { return false }
+                return target == "/dev/kvm" || target.hasPrefix("anon_inode:kvm-vm")
+            }
+        }.sorted()
+    }
+}

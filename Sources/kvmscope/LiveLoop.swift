@@ -1,0 +1,237 @@
+import Foundation
+import KVMExits
+import KVMScopeViews
+import KVMTrace
+
+/// The live view's loop: a snapshot and two summaries per refresh (cost independent of the event rate),
+/// keys handled as they come, the screen redrawn after either.
+struct LiveLoop {
+    let session: LiveSession
+    let terminal: Terminal
+    let stop: StopSignal
+    var state: LiveViewState
+
+    /// `r`: later snapshots are shown minus this one.
+    var baseline: AggregateSnapshot?
+    var snapshot: AggregateSnapshot
+    var previousSnapshot: AggregateSnapshot?
+    var seconds = 1.0
+    var frame = LiveFrame(current: Summary(), previous: nil, seconds: 1)
+
+    init(session: LiveSession, terminal: Terminal, stop: StopSignal, state: LiveViewState) {
+        self.session = session
+        self.terminal = terminal
+        self.stop = stop
+        self.state = state
+        snapshot = session.snapshot()
+    }
+
+    mutating func run() throws {
+        try rebuild()
+        // kvm_stat shows the first numbers after 0.25 s, then every delay.
+        var nextRefresh = Date().addingTimeInterval(0.25)
+        var dirty = true
+        while !stop.isRaised {
+            if dirty {
+                draw()
+                dirty = false
+            }
+            let key = terminal.key(timeout: min(0.1, max(0, nextRefresh.timeIntervalSinceNow)))
+            if let key {
+                switch try handle(key) {
+                case .quit: return
+                case .refresh: nextRefresh = .distantPast
+                case .redraw: break
+                }
+                dirty = true
+            }
+            if Date() >= nextRefresh {
+                try refresh()
+                nextRefresh = Date().addingTimeInterval(state.delay)
+                dirty = true
+            }
+        }
+    }
+
+    func draw() {
+        let size = terminal.size
+        let screen = LiveView.render(frame, state: state, width: size.columns, height: size.rows)
+        terminal.draw(screen.lines.map { line in
+            (line.text, line.spans.map { ($0.column, $0.text, Self.attributes($0.style)) })
+        }, cursor: screen.cursor.map { ($0.row, $0.column) })
+    }
+
+    static func attributes(_ s: ScreenStyle) -> Terminal.Attributes {
+        var a: Terminal.Attributes = []
+        if s.contains(.bold) { a.insert(.bold) }
+        if s.contains(.reverse) { a.insert(.reverse) }
+        if s.contains(.red) { a.insert(.red) }
+        if s.contains(.underline) { a.insert(.underline) }
+        return a
+    }
+
+    /// A new snapshot: rates over the time since the last one.
+    mutating func refresh() throws {
+        previousSnapshot = snapshot
+        snapshot = session.snapshot()
+        seconds = Double(snapshot.timestamp &- previousSnapshot!.timestamp) / 1e9
+        checkGuest()
+        try rebuild()
+        state.history.record(LiveView.rates(frame, state: state))
+    }
+
+    /// The frame for the current snapshots and filters.
+    mutating func rebuild() throws {
+        let current = baseline.map { snapshot.subtracting($0) } ?? snapshot
+        let previous = previousSnapshot.map { p in baseline.map { p.subtracting($0) } ?? p }
+        frame = LiveFrame(current: try Summary(current, filter: state.filter),
+                          previous: try previous.map { try Summary($0, filter: state.filter) },
+                          seconds: seconds, guests: GuestTotal.of(current),
+                          previousGuests: previous.map(GuestTotal.of) ?? [])
+    }
+
+    /// kvm_stat: a guest that exits is DEAD until a process with its name appears again.
+    mutating func checkGuest() {
+        guard let pid = state.pid else {
+            state.guestDead = false
+            return
+        }
+        if ThreadDirectory.processExists(pid) {
+            state.guestDead = false
+            return
+        }
+        state.guestDead = true
+        if let name = state.guestName {
+            let pids = ThreadDirectory.pids(ofGuest: name).filter { $0 != pid }
+            if pids.count == 1 {
+                state.pid = pids[0]
+                state.guestDead = false
+            }
+        }
+    }
+
+    enum Outcome { case quit, refresh, redraw }
+
+    mutating func handle(_ key: Terminal.Key) throws -> Outcome {
+        if state.showingHelp {
+            state.showingHelp = false
+            return .redraw
+        }
+        if state.prompt != nil { return try handlePrompt(key) }
+        state.message = nil
+        let rows = LiveView.rows(frame, state: state, width: terminal.size.columns)
+        switch key {
+        case .up: state.moveSelection(by: -1, count: rows.count)
+        case .down: state.moveSelection(by: 1, count: rows.count)
+        case .pageUp: state.moveSelection(by: -10, count: rows.count)
+        case .pageDown: state.moveSelection(by: 10, count: rows.count)
+        case .resize: break
+        case .enter:
+            if state.mode == .guests, rows.indices.contains(state.selected), let pid = rows[state.selected].pid {
+                choose(pid: pid)
+                state.mode = .events
+                try rebuild()
+            }
+        case .escape, .backspace: return .refresh
+        case .character(let c):
+            switch c {
+            case "b":
+                state.mode = state.mode == .guests ? .events : .guests
+                state.selected = 0
+            case "c":
+                state.clearFilters()
+                try rebuild()
+            case "f": state.prompt = .init(kind: .regex)
+            case "g": state.prompt = .init(kind: .guest)
+            case "p": state.prompt = .init(kind: .pid)
+            case "s": state.prompt = .init(kind: .delay)
+            case "h": state.showingHelp = true
+            case "o": state.sortByTotal.toggle()
+            case "q": return .quit
+            case "r":
+                snapshot = session.snapshot()
+                baseline = snapshot
+                previousSnapshot = snapshot
+                try rebuild()
+            case "x": state.showChildren.toggle()
+            case "v":
+                if state.mode == .vcpus {
+                    state.mode = .events
+                } else if state.mode == .guests, rows.indices.contains(state.selected), let pid = rows[state.selected].pid {
+                    choose(pid: pid)
+                    state.mode = .vcpus
+                    try rebuild()
+                } else if LiveView.vcpuVM(frame, state: state) != nil {
+                    state.mode = .vcpus
+                } else {
+                    state.message = "v: choose a guest first (p, g, or b then Enter)"
+                }
+                state.selected = 0
+            default: return .refresh
+            }
+        }
+        return .redraw
+    }
+
+    mutating func choose(pid: Int32?) {
+        state.pid = pid
+        state.guestName = pid.flatMap(ThreadDirectory.guestName(pid:))
+        state.guestDead = false
+        state.selected = 0
+    }
+
+    mutating func handlePrompt(_ key: Terminal.Key) throws -> Outcome {
+        guard var p = state.prompt else { return .redraw }
+        switch key {
+        case .escape:
+            state.prompt = nil
+            return .redraw
+        case .backspace:
+            if !p.input.isEmpty { p.input.removeLast() }
+        case .character(let c):
+            if c.isASCII, let v = c.asciiValue, v >= 32 { p.input.append(c) }
+        case .enter:
+            if let refused = submit(p) {
+                p.message = refused
+                p.input = ""
+            } else {
+                state.prompt = nil
+                try rebuild()
+                return .redraw
+            }
+        default: break
+        }
+        state.prompt = p
+        return .redraw
+    }
+
+    /// Applies a prompt's answer, or says why not (kvm_stat's messages).
+    mutating func submit(_ p: LiveViewState.Prompt) -> String? {
+        let text = p.input.trimmingCharacters(in: .whitespaces)
+        switch p.kind {
+        case .regex: return state.setRegex(text)
+        case .delay: return state.setDelay(text)
+        case .pid:
+            if text.isEmpty || text == "0" {
+                choose(pid: nil)
+                return nil
+            }
+            guard let pid = Int32(text), pid > 0 else { return "\"\(text)\": Not a valid pid" }
+            guard ThreadDirectory.processExists(pid) else { return "\"\(text)\": Not a running process" }
+            choose(pid: pid)
+            return nil
+        case .guest:
+            if text.isEmpty {
+                choose(pid: nil)
+                return nil
+            }
+            var pids = ThreadDirectory.pids(ofGuest: text)
+            if pids.isEmpty { pids = frame.guests.filter { $0.name == text }.map(\.pid) }
+            if pids.isEmpty { return "\"\(text)\": Not an active guest" }
+            if pids.count > 1 { return "\"\(text)\": Multiple matches found, use pid filter instead" }
+            choose(pid: pids[0])
+            state.guestName = text
+            return nil
+        }
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import Testing
+
+/// The real binary in a real terminal (tmux), driven by keys while a storm guest runs.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
+struct LiveTUITests {
+    /// Runs tmux and returns its stdout. The first command starts the tmux server, which daemonizes and
+    /// would inherit every descriptor Foundation's Process leaves open (its stdout pipe, its exit-watch
+    /// socket) and keep them open forever: bash closes all but 0-2 before running tmux, and only
+    /// commands that print get a pipe.
+    @discardableResult
+    static func tmux(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", """
+            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
+            exec tmux "$@"
+            """, "tmux"] + args
+        p.standardInput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard args.first == "capture-pane" else {
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            p.waitUntilExit()
+            return ""
+        }
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    struct Pane {
+        let name: String
+
+        func keys(_ keys: String...) throws { try tmux(["send-keys", "-t", name] + keys) }
+        func type(_ text: String) throws { try tmux(["send-keys", "-t", name, "-l", text]) }
+        func capture() throws -> [String] { try tmux(["capture-pane", "-p", "-t", name]).components(separatedBy: "\n") }
+
+        /// Polls the screen until `condition` holds; records the last screen when the deadline passes.
+        @discardableResult
+        func wait(_ what: String, timeout: Double = 30, _ condition: ([String]) -> Bool) throws -> [String] {
+            let deadline = Date().addingTimeInterval(timeout)
+            var screen: [String] = []
+            while Date() < deadline {
+                screen = try capture()
+                if condition(screen) { return screen }
+                usleep(100_000)
+            }
+            Issue.record("timed out waiting for \(what); screen:\n\(screen.joined(separator: "\n"))")
+            throw Timeout()
+        }
+    }
+
+    struct Timeout: Error {}
+
+    /// The body rows: (name, Total) of the lines between the column titles and the Total row.
+    static func rows(_ screen: [String]) -> [(name: String, total: Int)] {
+        guard let titles = screen.firstIndex(where: { $0.hasPrefix(" Event ") }) else { return [] }
+        var out: [(String, Int)] = []
+        for line in screen[(titles + 1)...] {
+            let parts = line.dropFirst().split(separator: " ")
+            guard parts.count >= 2, let total = Int(parts[1]) else { break }
+            if parts[0] == "Total" { break }
+            out.append((String(parts[0]), total))
+        }
+        return out
+    }
+
+    static func total(_ screen: [String], _ name: String) -> Int? { rows(screen).first { $0.name == name }?.total }
+
+    @Test func kvmStatKeysDriveTheRealBinary() throws {
+        let storm = Process()
+        storm.executableURL = URL(fileURLWithPath: CLI.binary)
+        storm.arguments = ["storm", "--kind", "io", "--vcpus", "2", "--exits", "50000000", "--seconds", "60"]
+        storm.standardOutput = FileHandle.nullDevice
+        try storm.run()
+        defer {
+            kill(storm.processIdentifier, SIGKILL)
+            storm.waitUntilExit()
+        }
+        let pid = storm.processIdentifier
+        let name = "kvmscope-live-\(getpid())"
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "40",
+                       "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? Self.tmux(["kill-session", "-t", name]) }
+        let pane = Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        try pane.type("stty -g > \(dir.path)/before; clear; \(CLI.binary) live -s 0.5 -p \(pid)")
+        try pane.keys("Enter")
+
+        // The first screen: header, kvm_pio counting, the KVM_EXIT_IO child under kvm_userspace_exit.
+        let first = try pane.wait("the storm's rows") { s in
+            s.first == "kvm statistics - pid \(pid) (kvmscope)" && (Self.total(s, "kvm_pio") ?? 0) > 0
+                && Self.rows(s).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)")
+        }
+        let names = Self.rows(first).map(\.name)
+        let parent = try #require(names.firstIndex(of: "kvm_userspace_exit"))
+        #expect(names[parent + 1] == "kvm_userspace_exit(KVM_EXIT_IO)")
+        #expect(first[1].hasSuffix("sort: CurAvg/s  delay: 0.5s  lost 0"))
+        #expect(first[2].hasPrefix(" Event                                         Total %Total CurAvg/s      Avg      p99      Max  Rate 60s"))
+
+        // f: kvm_stat's regex mask, then only matching events.
+        try pane.keys("f")
+        try pane.wait("the regex prompt") { $0.first == "Show statistics for events matching a regex." }
+        try pane.type("pio")
+        try pane.keys("Enter")
+        try pane.wait("the filtered rows") { s in
+            s[1].hasPrefix("                 regex filter: pio ") && Self.rows(s).map(\.name) == ["kvm_pio"]
+        }
+        try pane.keys("f")
+        try pane.wait("the regex prompt") { $0.first == "Show statistics for events matching a regex." }
+        try pane.keys("Enter")
+        try pane.wait("the unfiltered rows") { s in
+            !s[1].contains("regex filter") && Self.rows(s).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)")
+        }
+
+        // p: 0 shows every VM (summary), a pid shows that VM again.
+        try pane.keys("p")
+        try pane.wait("the pid prompt") { $0.contains { $0.hasPrefix("Pid [0 or pid]:") } }
+        try pane.type("0")
+        try pane.keys("Enter")
+        try pane.wait("the summary header") { $0.first == "kvm statistics - summary" }
+        try pane.keys("p")
+        try pane.wait("the pid prompt") { $0.contains { $0.hasPrefix("Pid [0 or pid]:") } }
+        try pane.type("\(pid)")
+        try pane.keys("Enter")
+        try pane.wait("the pid header") { $0.first == "kvm statistics - pid \(pid) (kvmscope)" }
+
+        // x: no child rows; x again brings them back.
+        try pane.keys("x")
+        try pane.wait("rows without children") { s in
+            let n = Self.rows(s).map(\.name)
+            return n.contains("kvm_userspace_exit") && !n.contains { $0.contains("(") }
+        }
+        try pane.keys("x")
+        try pane.wait("the child rows again") { Self.rows($0).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)") }
+
+        // o: the sort label changes.
+        try pane.keys("o")
+        try pane.wait("sorting by Total") { $0[1].hasSuffix("sort: Total  delay: 0.5s  lost 0") }
+
+        // r: totals restart below what they had reached.
+        let before = try #require(Self.total(try pane.capture(), "kvm_pio"))
+        try pane.keys("r")
+        try pane.wait("totals counted from the reset") { s in
+            guard let t = Self.total(s, "kvm_pio") else { return false }
+            return t > 0 && t < before
+        }
+
+        // q: the shell prompt is back, the screen no longer shows the view, and the tty modes are restored.
+        try pane.keys("q")
+        try pane.wait("the shell prompt after q") { s in
+            !s.contains { $0.contains("kvm statistics") } && s.contains { $0.hasPrefix("kvmscope-test$") }
+        }
+        try pane.type("stty -g > \(dir.path)/after; echo restored-$((6*7))")
+        try pane.keys("Enter")
+        try pane.wait("the shell answering") { $0.contains("restored-42") }
+        let a = try String(contentsOf: dir.appendingPathComponent("before"), encoding: .utf8)
+        let b = try String(contentsOf: dir.appendingPathComponent("after"), encoding: .utf8)
+        #expect(!a.isEmpty)
+        #expect(a == b)
+    }
+
+    /// SIGTERM ends the view and restores the terminal too.
+    @Test func sigtermRestoresTheTerminal() throws {
+        let name = "kvmscope-live-term-\(getpid())"
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.tmux(["new-session", "-d", "-s", name, "-x", "100", "-y", "30",
+                       "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? Self.tmux(["kill-session", "-t", name]) }
+        let pane = Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        try pane.type("stty -g > \(dir.path)/before; clear; \(CLI.binary) live -s 0.5 & echo $! > \(dir.path)/pid; fg")
+        try pane.keys("Enter")
+        try pane.wait("the live view") { $0.first == "kvm statistics - summary" }
+        let pidText = try String(contentsOf: dir.appendingPathComponent("pid"), encoding: .utf8)
+        let pid = try #require(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(pid, SIGTERM)
+        try pane.wait("the shell prompt after SIGTERM") { s in
+            !s.contains { $0.contains("kvm statistics") } && s.contains { $0.hasPrefix("kvmscope-test$") }
+        }
+        try pane.type("stty -g > \(dir.path)/after; echo restored-$((6*7))")
+        try pane.keys("Enter")
+        try pane.wait("the shell answering") { $0.contains("restored-42") }
+        let a = try String(contentsOf: dir.appendingPathComponent("before"), encoding: .utf8)
+        let b = try String(contentsOf: dir.appendingPathComponent("after"), encoding: .utf8)
+        #expect(a == b)
+    }
+
+    /// Not a terminal: the log instead, with one line saying so.
+    @Test func notATerminalFallsBackToTheLog() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-live-log-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("out"), err = dir.appendingPathComponent("err")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        FileManager.default.createFile(atPath: err.path, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["live", "-s", "0.2", "--event", "kvm_pio"]
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        p.standardError = try FileHandle(forWritingTo: err)
+        try p.run()
+        defer {
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        let deadline = Date().addingTimeInterval(30)
+        var lines: [String] = []
+        while Date() < deadline {
+            lines = (try String(contentsOf: out, encoding: .utf8)).split(separator: "\n").map(String.init)
+            if lines.count >= 2 { break }
+            usleep(100_000)
+        }
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(try String(contentsOf: err, encoding: .utf8)
+                == "kvmscope: not a terminal: showing the log (kvmscope stat -l) instead of the full screen\n")
+        #expect(lines.first == "timestamp                kvm_pio")
+        #expect(lines.count >= 2)
+    }
+}

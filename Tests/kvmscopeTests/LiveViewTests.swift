@@ -1,0 +1,275 @@
+import Foundation
+import KVMExits
+import KVMScopeViews
+import Testing
+
+/// Golden screens of the live view, from an aggregate fed hand-made events.
+///
+/// Two VMs: "web" (pid 100; vCPU 0 = tid 101 does port I/O, vCPU 1 = tid 102 halts and faults) and
+/// "db" (pid 200; vCPU 0 = tid 201 does port I/O). Every exit is paired with an entry a known time later.
+/// The same batch is fed twice: the previous summary is taken after the first, so every delta is half
+/// the total, over 2 s.
+struct LiveViewTests {
+    static let exitID: UInt16 = 0, entryID: UInt16 = 1, pioID: UInt16 = 2, userID: UInt16 = 3
+
+    static func catalog() -> EventCatalog {
+        var c = EventCatalog()
+        c.add(system: "kvm", name: "kvm_exit")
+        c.add(system: "kvm", name: "kvm_entry")
+        c.add(system: "kvm", name: "kvm_pio")
+        c.add(system: "kvm", name: "kvm_userspace_exit")
+        return c
+    }
+
+    static let identities: [Int32: ThreadIdentity] = [
+        101: ThreadIdentity(vm: 100, vmName: "web", vcpu: 0, comm: "CPU 0/KVM"),
+        102: ThreadIdentity(vm: 100, vmName: "web", vcpu: 1, comm: "CPU 1/KVM"),
+        201: ThreadIdentity(vm: 200, vmName: "db", vcpu: 0, comm: "CPU 0/KVM"),
+    ]
+
+    /// (previous, current) snapshots.
+    static func snapshots(lost: UInt64 = 0, earlyPIO: Int = 0) -> (AggregateSnapshot, AggregateSnapshot) {
+        let agg = Aggregator(catalog: catalog(), shardCount: 1, resolver: { identities[$0] })
+        var w = agg.writer(shard: 0)
+        var pairer = agg.makePairer()
+        var ts: UInt64 = 1_000_000
+        func exit(_ tid: Int32, reason: UInt32, latency: UInt64, rip: UInt64) {
+            let x = TraceEvent(timestamp: ts, rip: rip, tid: tid, event: exitID, reason: reason, vcpu: identities[tid]!.vcpu!, isa: 1)
+            w.add(x, hasReason: true)
+            pairer.exit(x)
+            let e = TraceEvent(timestamp: ts + latency, rip: rip, tid: tid, event: entryID, vcpu: identities[tid]!.vcpu!)
+            w.add(e, hasReason: false)
+            pairer.entry(e)
+            ts += latency + 1000
+        }
+        func io(_ tid: Int32) {
+            w.add(TraceEvent(timestamp: ts, tid: tid, event: pioID), hasReason: false)
+            w.add(TraceEvent(timestamp: ts, tid: tid, event: userID, reason: 2), hasReason: true)
+        }
+        func batch() {
+            for _ in 0..<10 { exit(101, reason: 30, latency: 2000, rip: 0x1000); io(101) }
+            for _ in 0..<4 { exit(102, reason: 12, latency: 1_000_000, rip: 0x2000) }
+            for i in 0..<6 { exit(102, reason: 48, latency: 5000, rip: i < 4 ? 0x3000 : 0x3008) }
+            for _ in 0..<5 { exit(201, reason: 30, latency: 3000, rip: 0x1000); io(201) }
+        }
+        batch()
+        for _ in 0..<earlyPIO { w.add(TraceEvent(timestamp: ts, tid: 201, event: pioID), hasReason: false) }
+        let previous = agg.snapshot(timestamp: 1_000_000_000)
+        batch()
+        w.addLost(lost)
+        return (previous, agg.snapshot(timestamp: 3_000_000_000))
+    }
+
+    static func frame(_ state: LiveViewState, lost: UInt64 = 0, earlyPIO: Int = 0) throws -> LiveFrame {
+        let (p, c) = snapshots(lost: lost, earlyPIO: earlyPIO)
+        return LiveFrame(current: try Summary(c, filter: state.filter), previous: try Summary(p, filter: state.filter),
+                         seconds: 2, guests: GuestTotal.of(c), previousGuests: GuestTotal.of(p))
+    }
+
+    static func screen(_ state: LiveViewState, width: Int = 120, height: Int = 40, lost: UInt64 = 0) throws -> LiveScreen {
+        LiveView.render(try frame(state, lost: lost), state: state, width: width, height: height)
+    }
+
+    /// The screen without the blank filler lines.
+    static func shown(_ s: LiveScreen) -> [String] { s.text.filter { !$0.isEmpty } }
+
+    static let hint = "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  r reset  s delay  h help  q quit"
+
+    @Test func summaryScreen() throws {
+        let s = try Self.screen(LiveViewState(delay: 2))
+        #expect(s.lines.count == 40)
+        #expect(Self.shown(s) == [
+            "kvm statistics - summary",
+            "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Event                                         Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">kvm_entry                                        50   31.3       13",
+            " kvm_exit                                         50   31.3       13    3.1us    5.0us    5.0us",
+            "   kvm_exit(IO_INSTRUCTION)                       30   60.0        8    2.3us    3.0us    3.0us",
+            "   kvm_exit(EPT_VIOLATION)                        12   24.0        3    5.0us    5.0us    5.0us",
+            "   kvm_exit(HLT) (blocked)                         8   16.0        2    1.0ms    1.0ms    1.0ms",
+            " kvm_pio                                          30   18.8        8",
+            " kvm_userspace_exit                               30   18.8        8",
+            "   kvm_userspace_exit(KVM_EXIT_IO)                30  100.0        8",
+            " Total                                           160              40",
+            Self.hint,
+        ])
+        // kvm_stat's styles: bold header and Total, reverse column titles; nothing lost, nothing red.
+        #expect(s.lines[0].spans.map(\.style) == [.bold])
+        #expect(s.lines[2].spans.map(\.style) == [.reverse])
+        #expect(s.lines[2].spans[0].text.count == 120)
+        #expect(s.lines[11].text.hasPrefix(" Total"))
+        #expect(s.lines[11].spans.map(\.style) == [.bold])
+        #expect(s.lines[1].spans.isEmpty)
+    }
+
+    /// The handling summary of kvm_exit leaves the halts out: (20 × 2 µs + 10 × 3 µs + 12 × 5 µs) / 42 = 3.1 µs.
+    @Test func blockedTimeIsNotMixedIntoHandlingTime() throws {
+        let f = try Self.frame(LiveViewState())
+        let rows = LiveView.rows(f, state: LiveViewState(), width: 120)
+        let exit = try #require(rows.first { $0.id == "e:kvm_exit" })
+        #expect(exit.latency?.count == 42)
+        #expect(exit.latency?.max == 5000)
+        let hlt = try #require(rows.first { $0.id == "c:kvm_exit(HLT)" })
+        #expect(hlt.blocked)
+        #expect(hlt.latency?.count == 8)
+    }
+
+    @Test func filteredByRegex() throws {
+        var state = LiveViewState(delay: 2)
+        #expect(state.setRegex("pio|userspace") == nil)
+        let shown = Self.shown(try Self.screen(state))
+        #expect(shown == [
+            "kvm statistics - summary",
+            "                 regex filter: pio|userspace                                         sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Event                                         Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">kvm_pio                                          30   50.0        8",
+            " kvm_userspace_exit                               30   50.0        8",
+            "   kvm_userspace_exit(KVM_EXIT_IO)                30  100.0        8",
+            " Total                                            60              15",
+            Self.hint,
+        ])
+        #expect(state.setRegex("(") == "\"(\": Not a valid regular expression")
+        #expect(state.fields == "pio|userspace")
+    }
+
+    @Test func perGuest() throws {
+        var state = LiveViewState(delay: 2)
+        state.mode = .guests
+        let shown = Self.shown(try Self.screen(state))
+        #expect(shown == [
+            "kvm statistics - summary - by guest",
+            "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">web (pid 100)                                   120   75.0       30",
+            " db (pid 200)                                     40   25.0       10",
+            " Total                                           160              40",
+            "Enter show guest  " + Self.hint,
+        ])
+    }
+
+    @Test func perVCPUOfTheSelectedGuest() throws {
+        var state = LiveViewState(pid: 100, guestName: "web", delay: 2)
+        state.mode = .vcpus
+        state.selected = 4
+        let shown = Self.shown(try Self.screen(state))
+        #expect(shown == [
+            "kvm statistics - pid 100 (web) - per vCPU",
+            "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
+            " vCPU / Event                                  Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            " vCPU 0                                           40   66.7       10    2.0us    2.0us    2.0us",
+            "   kvm_exit(IO_INSTRUCTION)                       20   50.0        5    2.0us    2.0us    2.0us",
+            "   kvm_userspace_exit(KVM_EXIT_IO)                20   50.0        5",
+            " vCPU 1                                           20   33.3        5    5.0us    5.0us    5.0us",
+            ">  kvm_exit(EPT_VIOLATION)                        12   60.0        3    5.0us    5.0us    5.0us",
+            "   kvm_exit(HLT) (blocked)                         8   40.0        2    1.0ms    1.0ms    1.0ms",
+            " Total                                            60              15",
+            "Top guest RIPs of kvm_exit(EPT_VIOLATION):  0x3000 66.7%  0x3008 33.3%",
+            Self.hint,
+        ])
+    }
+
+    @Test func childrenHidden() throws {
+        var state = LiveViewState(delay: 2)
+        state.showChildren = false
+        let shown = Array(Self.shown(try Self.screen(state)).dropFirst(3))
+        #expect(shown == [
+            ">kvm_entry                                        50   31.3       13",
+            " kvm_exit                                         50   31.3       13    3.1us    5.0us    5.0us",
+            " kvm_pio                                          30   18.8        8",
+            " kvm_userspace_exit                               30   18.8        8",
+            " Total                                           160              40",
+            Self.hint,
+        ])
+    }
+
+    /// 40 kvm_pio before the previous snapshot: kvm_pio has the largest Total (70) but a small CurAvg/s (8).
+    @Test func sortedByTotal() throws {
+        var state = LiveViewState(delay: 2)
+        state.showChildren = false
+        let byRate = LiveView.render(try Self.frame(state, earlyPIO: 40), state: state, width: 120, height: 40)
+        #expect(byRate.text[1].hasSuffix("sort: CurAvg/s  delay: 2.0s  lost 0"))
+        #expect(byRate.text[3...6].map { String($0.prefix(24)) } == [
+            ">kvm_entry", " kvm_exit", " kvm_pio", " kvm_userspace_exit",
+        ].map { $0.padding(toLength: 24, withPad: " ", startingAt: 0) })
+        state.sortByTotal = true
+        let byTotal = LiveView.render(try Self.frame(state, earlyPIO: 40), state: state, width: 120, height: 40)
+        #expect(byTotal.text[1].hasSuffix("sort: Total  delay: 2.0s  lost 0"))
+        #expect(Array(byTotal.text[3...7]) == [
+            ">kvm_pio                                          70   35.0        8",
+            " kvm_entry                                        50   25.0       13",
+            " kvm_exit                                         50   25.0       13    3.1us    5.0us    5.0us",
+            " kvm_userspace_exit                               30   15.0        8",
+            " Total                                           200              40",
+        ])
+    }
+
+    @Test func lostEventsTurnRed() throws {
+        let s = try Self.screen(LiveViewState(delay: 2), lost: 123)
+        #expect(s.lines[1].text.hasSuffix("sort: CurAvg/s  delay: 2.0s  lost 123"))
+        #expect(s.lines[1].spans == [ScreenLine.Span(column: 120 - 8, text: "lost 123", style: [.red, .bold])])
+    }
+
+    @Test func narrow80x24() throws {
+        var state = LiveViewState(delay: 2)
+        state.selected = 3
+        state.history.record(["c:kvm_exit(HLT)": 1])
+        state.history.record(["c:kvm_exit(HLT)": 4])
+        state.history.record(["c:kvm_exit(HLT)": 8])
+        let s = try Self.screen(state, width: 80, height: 24)
+        #expect(s.lines.count == 24)
+        #expect(s.text.allSatisfy { $0.count <= 80 })
+        #expect(Self.shown(s) == [
+            "kvm statistics - summary",
+            "                                             sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Event                         Total %Total CurAvg/s      Avg      p99 Rate 60s",
+            " kvm_entry                        50   31.3       13",
+            " kvm_exit                         50   31.3       13    3.1us    5.0us",
+            "   IO_INSTRUCTION                 30   60.0        8    2.3us    3.0us",
+            ">  EPT_VIOLATION                  12   24.0        3    5.0us    5.0us",
+            "   HLT (blocked)                   8   16.0        2    1.0ms    1.0ms      ▁▄█",
+            " kvm_pio                          30   18.8        8",
+            " kvm_userspace_exit               30   18.8        8",
+            "   KVM_EXIT_IO                    30  100.0        8",
+            " Total                           160              40",
+            "Top guest RIPs of EPT_VIOLATION:  0x3000 66.7%  0x3008 33.3%",
+            "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  r reset  s del…",
+        ])
+    }
+
+    @Test func sparklineScalesToTheRowMaximum() {
+        var h = RateHistory()
+        h.capacity = 4
+        for r in [0.0, 1, 2, 4, 8] { h.record(["a": r]) }
+        #expect(h.samples["a"] == [1, 2, 4, 8])
+        #expect(h.sparkline("a", width: 6) == "  ▁▂▄█")
+        #expect(h.sparkline("a", width: 2) == "▂█")
+        #expect(h.sparkline("none", width: 3) == "   ")
+    }
+
+    @Test func resetSubtractsTheBaseline() throws {
+        let (p, c) = Self.snapshots()
+        let s = try Summary(c.subtracting(p))
+        #expect(s.events.map(\.total) == [25, 25, 15, 15])
+        let hlt = try #require(s.exitsByVM().first { $0.reason == "HLT" })
+        #expect(hlt.histogram?.count == 4)
+        #expect(hlt.latency?.sum == 4_000_000)
+        let zero = try Summary(c.subtracting(c))
+        #expect(zero.events.map(\.total) == [0, 0, 0, 0])
+    }
+
+    @Test func promptsFollowKvmStat() throws {
+        var state = LiveViewState(delay: 2)
+        #expect(state.setDelay("0.05") == "\"0.05\": Value must be >=0.1")
+        #expect(state.setDelay("30") == "\"30\": Value must be <=25.5")
+        #expect(state.setDelay("x") == "\"x\": Invalid value")
+        #expect(state.setDelay("0.5") == nil)
+        #expect(state.delay == 0.5)
+        #expect(state.history.capacity == 120)
+        state.prompt = .init(kind: .pid)
+        state.prompt?.input = "12"
+        let s = try Self.screen(state)
+        #expect(Self.shown(s) == ["Show statistics for specific pid.", "Pid [0 or pid]: 12", "       Pid  Guest Name",
+                                  "       100  web", "       200  db"])
+        #expect(s.cursor == LiveScreen.Cursor(row: 3, column: 18))
+    }
+}
