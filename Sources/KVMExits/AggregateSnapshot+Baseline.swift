@@ -38,22 +38,7 @@ extension AggregateSnapshot {
     }
 }
 
-extension HistogramSnapshot {
-    /// The values recorded after `base` was taken (`base` must be an earlier snapshot of the same
-    /// histogram). Counts, sum and sum of squares are exact; min and max are the bounds of the lowest
-    /// and highest remaining buckets, clamped to this snapshot's min and max.
-    public func subtracting(_ base: HistogramSnapshot) -> HistogramSnapshot {
-        guard base.count > 0 else { return self }
-        let buckets = bucketCounts.indices.map { bucketCounts[$0] &- base.bucketCounts[$0] }
-        guard let lo = buckets.firstIndex(where: { $0 > 0 }), let hi = buckets.lastIndex(where: { $0 > 0 }) else {
-            return HistogramSnapshot()
-        }
-        return HistogramSnapshot(bucketCounts: buckets, sum: sum &- base.sum,
-                                 min: Swift.max(min, Self.lowerBound(ofBucket: lo)),
-                                 max: Swift.min(max, Self.upperBound(ofBucket: hi)),
-                                 sumOfSquares: exactSumOfSquares &- base.exactSumOfSquares)
-    }
-}
+// HistogramSnapshot.subtracting(_:) is in HistogramSnapshot+Delta.swift.
 
 extension TopRIPs {
     /// Counts of `now` minus those of `base`, dropping RIPs that did not recur, most frequent first.
