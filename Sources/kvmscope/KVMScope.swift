@@ -14,7 +14,7 @@ struct KVMScope: ParsableCommand {
               kvmscope stat --json -- ./my-vmm      trace while a command runs, JSON summary
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
-        subcommands: [StatCommand.self, StormCommand.self],
+        subcommands: [StatCommand.self, StormCommand.self, RecordCommand.self],
         defaultSubcommand: StatCommand.self
     )
 }
