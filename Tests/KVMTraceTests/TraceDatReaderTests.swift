@@ -47,7 +47,7 @@ import Testing
 /// Writer → reader round trips and what trace-cmd makes of our files.
 @Suite struct TraceDatWriterTests {
     static func tempPath(_ name: String) -> String {
-        FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-test-\(getpid())-\(name)").path
+        FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)").path
     }
 
     @Test func knownEventsRoundTripExactly() throws {
