@@ -31,6 +31,8 @@ extension TraceDatReader {
         var dataCompressed = false
         var sections: [UInt16: UInt64] = [:]
         var sawHeader = false
+        /// Version 6: instance buffers (BUFFER options), each a flyrecord block elsewhere in the file.
+        var v6Buffers: [(name: String, offset: UInt64)] = []
 
         init(path: String, bigEndian: Bool) {
             self.path = path
@@ -70,6 +72,19 @@ extension TraceDatReader {
                 try addCPU(cpu: cpu, offset: off, size: size)
             }
             if cpuCount == nil { cpuCount = Int(cpus) }
+            // Recorded into instances only (trace-cmd record -B): the top buffer is empty; read the first instance.
+            if cpuData.allSatisfy({ $0.size == 0 }), let buffer = v6Buffers.first {
+                guard buffer.offset <= UInt64(r.block.count) else {
+                    throw bad("buffer \(buffer.name.prefix(40)) offset \(buffer.offset) is beyond the end of the file")
+                }
+                var b = ByteReader(r.block, from: Int(buffer.offset), bigEndian: bigEndian, what: "buffer \(buffer.name.prefix(40))")
+                guard try b.text(10).hasPrefix("flyrecord") else { throw bad("buffer \(buffer.name.prefix(40)) is not a flyrecord") }
+                cpuData = []
+                for cpu in 0..<Int(cpus) {
+                    let off = try b.u64(), size = try b.u64()
+                    try addCPU(cpu: cpu, offset: off, size: size)
+                }
+            }
         }
 
         mutating func addCPU(cpu: Int, offset: UInt64, size: UInt64) throws {
@@ -129,8 +144,9 @@ extension TraceDatReader {
                 default: break
                 }
             }
-            // The top instance's buffer; else the first one.
-            guard let buffer = buffers.first(where: { $0.name.isEmpty }) ?? buffers.first else { return }
+            // The top instance's buffer when it has data; else the first instance with data (trace-cmd record -B).
+            let withData = buffers.filter { $0.cpus.contains { $0.2 > 0 } }
+            guard let buffer = withData.first(where: { $0.name.isEmpty }) ?? withData.first ?? buffers.first else { return }
             guard let file else { return }
             var h = ByteReader(file, from: 0, bigEndian: bigEndian, what: "buffer section")
             guard buffer.offset <= UInt64(file.count) else { throw bad("buffer section offset \(buffer.offset) is beyond the end of the file") }
@@ -192,6 +208,9 @@ extension TraceDatReader {
                     traceClock = String(s[s.index(after: open)..<close])
                 }
             case .uname: uname = try text(&o)
+            case .buffer:
+                let off = try o.u64()
+                v6Buffers.append((try o.cString(), off))
             case .cpuCount: cpuCount = Int(try o.u32())
             case .tsc2nsec:
                 guard o.remaining >= 16 else { return }

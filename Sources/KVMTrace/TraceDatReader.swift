@@ -239,7 +239,9 @@ final class CPUStream {
     /// Compressed data: decompresses the next chunk. Uncompressed: nothing more.
     func nextBlock() throws -> Bool {
         guard reader.dataCompressed else { return false }
-        var r = ByteReader(reader.file, from: data.offset, to: data.offset + data.size, bigEndian: reader.bigEndian,
+        // Chunks are bounded by the file, not by the CPU's size: trace-cmd 3.1.6 records that size without the
+        // 4-byte chunk count (3.2 with it).
+        var r = ByteReader(reader.file, from: data.offset, to: reader.file.count, bigEndian: reader.bigEndian,
                            what: "compressed data of cpu \(data.cpu)")
         if nextChunk == 0 {
             let count = try r.u32()
