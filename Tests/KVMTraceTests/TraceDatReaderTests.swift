@@ -42,6 +42,26 @@ import Testing
                             "PREEMPTION_TIMER": 145, "EPT_VIOLATION": 40, "EXTERNAL_INTERRUPT": 18,
                             "EOI_INDUCED": 16, "CPUID": 10, "PAUSE_INSTRUCTION": 9, "MSR_READ": 7])
     }
+
+    @Test func corpusPairing() throws {
+        let r = try TraceDatReader(path: Self.corpusPath)
+        var first: UInt64 = .max, last: UInt64 = 0
+        var tids = Set<Int32>(), cpus = Set<UInt16>()
+        try r.forEachEvent { e in
+            first = min(first, e.timestamp); last = max(last, e.timestamp)
+            tids.insert(e.tid); cpus.insert(e.cpu)
+        }
+        let summary = try Summary(try OfflineAnalysis.run(r))
+        // Not the recording of hip24_sigmatek_test_host_report.txt (qemu pid 150750 on CPU 19, 16062–16067 s,
+        // kernel 6.8.0-rt7): other threads, other CPUs, other times, kernel 6.5.0-21-generic.
+        #expect(tids == [453_724, 453_725, 483_882])
+        #expect(tids.sorted().map { r.comms[$0] } == ["CPU 0/KVM", "CPU 1/KVM", "qemu-system-x86"])
+        #expect(cpus == [0, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17])
+        #expect(first == 22_149_949_585_938)
+        #expect(last == 22_152_202_639_674)
+        #expect(r.uname?.contains("6.5.0-21-generic") == true)
+        #expect(summary.pairing == PairingStats(paired: 5_858, orphanExits: 2, orphanEntries: 3))
+    }
 }
 
 /// Writer → reader round trips and what trace-cmd makes of our files.
