@@ -82,12 +82,13 @@ struct RecordCommand: ParsableCommand {
             }
             usleep(20_000)
         }
+        // Stop tracing first (--max-size, --duration or Ctrl-C end the recording, not the command).
+        let p = session.progress()
+        session.stop()
         if let child {
             if child.isRunning && stop.isRaised { child.interrupt() }
             child.waitUntilExit()
         }
-        let p = session.progress()
-        session.stop()
         let result = reportingErrors { try session.write(to: output) }
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceDatReader.lost(inStats: $1) }
         if tty {
