@@ -228,11 +228,10 @@ public final class RecordSession: @unchecked Sendable {
         }
         m.pageSize = subbufSize
         m.cpuStats = finalStats
-        var dropped = pagesDropped
+        let dropped = pagesDropped
         if dropped > 0 {
-            // Pages beyond --max-size: say so in the stats of CPU 0 (their events are not in the file).
+            // Pages beyond --max-size: say so in the stats of the first CPU (their events are not in the file).
             m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope dropped pages: \(dropped)\n"
-            dropped = 0
         }
         try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) })
         return (tids, unnamed)

@@ -44,6 +44,8 @@ public final class TraceDatReader: TraceSource {
     public var catalog: EventCatalog { formats.catalog }
     public let identities: [Int32: ThreadIdentity]
     public var lostEvents: UInt64 { lostPerCPU.values.reduce(0, +) }
+    /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
+    public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
 
     struct CPUData {
         var cpu: Int

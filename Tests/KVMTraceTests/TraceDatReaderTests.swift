@@ -5,8 +5,7 @@ import Testing
 
 /// trace.dat files: the real corpus file, synthetic round trips, and bad input.
 @Suite struct TraceDatReaderTests {
-    static let corpus = "/work/shared/corpus/real/hip24_host_trace_v7_zlib.dat"
-
+    /// The corpus file (KVMSCOPE_CORPUS overrides /work/shared/corpus).
     static var corpusPath: String {
         let env = ProcessInfo.processInfo.environment["KVMSCOPE_CORPUS"] ?? "/work/shared/corpus"
         return env + "/real/hip24_host_trace_v7_zlib.dat"

@@ -112,4 +112,42 @@ struct RecordTests {
         // The storm's two vCPU threads are in it with exactly n each (other helpers' storms may be too).
         #expect(ours.values.filter { $0 == Self.n }.count >= 2)
     }
+
+    @Test func maxSizeIsHonoured() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/m.dat"
+        let r = try CLI.run(["record", "-o", path, "--max-size", "64K", "--", CLI.binary, "storm", "--kind", "io",
+                             "--vcpus", "2", "--exits", "20000"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.hasPrefix("kvmscope: --max-size reached: "))
+        let reader = try TraceDatReader(path: path)
+        let data = reader.dataBytes
+        #expect(data > 0 && data <= 65_536)
+        #expect(data % reader.pageSize == 0)
+    }
+
+    @Test func sigintEndsWithAValidFile() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/s.dat"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["record", "-o", path, "--duration", "60", "-e", "kvm_pio"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(1_500_000)
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.catalog.entries.map(\.name) == ["kvm_pio"])
+        try reader.forEachEvent { _ in }
+        #expect(!TraceFSInstances.exists("kvmscope-\(p.processIdentifier)"))
+    }
+}
+
+enum TraceFSInstances {
+    static func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances/\(name)") }
 }
