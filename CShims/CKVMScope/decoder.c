@@ -177,6 +177,11 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
         if (esize < 8)
             continue;
         const uint8_t *data = ev;
+        /* A corrupt length must not send field reads past the sub-buffer. */
+        if (data < (const uint8_t *)subbuf || data + esize > (const uint8_t *)subbuf + subbuf_size) {
+            stats->corrupt++;
+            return -1;
+        }
         uint16_t type;
         memcpy(&type, data, 2);
         if (d->swap)

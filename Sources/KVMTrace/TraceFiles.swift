@@ -23,10 +23,7 @@ public enum TraceFiles {
     public static func open(_ path: String) throws -> TraceSource {
         switch try kind(of: FileBytes.read(path, limit: 4096), path: path) {
         case .traceDat:
-            guard let opener = TraceDatOpener.open else {
-                throw KVMScopeError.badFile("\(path): trace.dat support not built")
-            }
-            return try opener(path)
+            return try TraceDatReader(path: path)
         case .text:
             return try TextTraceReader(path: path)
         }

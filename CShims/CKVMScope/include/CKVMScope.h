@@ -149,6 +149,16 @@ int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *
                            struct ckvmscope_decode_stats *stats);
 int ckvmscope_reader_flush_raw(struct ckvmscope_reader *r, void *buf);
 
+/* ---------------------------------------------------------------- trace.dat compression (zlib, zstd) */
+
+enum { CKVMSCOPE_COMPRESS_ZLIB = 1, CKVMSCOPE_COMPRESS_ZSTD = 2 };
+
+/* Decompress one block into dst. Returns bytes written, or -1 when corrupt or too big for dst. */
+long ckvmscope_decompress(int algo, const void *src, size_t src_len, void *dst, size_t dst_len);
+/* Compress one block into dst (room: ckvmscope_compress_bound). Returns bytes written, or -1. */
+long ckvmscope_compress(int algo, const void *src, size_t src_len, void *dst, size_t dst_len);
+size_t ckvmscope_compress_bound(size_t src_len);
+
 /* ---------------------------------------------------------------- KVM guest generator (storm) */
 
 enum { CKVMSCOPE_STORM_IO = 0, CKVMSCOPE_STORM_MMIO = 1, CKVMSCOPE_STORM_HLT = 2 };

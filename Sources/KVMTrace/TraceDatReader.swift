@@ -1,0 +1,335 @@
+import CKVMScope
+import Foundation
+import KVMExits
+
+/// A trace-cmd `trace.dat` file, version 6 or 7 (sections, options, zlib or zstd compression), as written
+/// by trace-cmd ≥ 2.9 and by kvmscope: its metadata read at open, its events streamed in time order.
+///
+/// Metadata (formats, saved cmdlines, options) is read once in `init`. ``forEachEvent(_:)`` walks each
+/// CPU's pages (one page — or one decompressed chunk — per CPU in memory at a time), decodes them with
+/// ``SubbufferDecoder`` and merges the CPUs by timestamp. Every size in the file is checked against the
+/// file before use; malformed input throws ``KVMScopeError/badFile(_:)`` with one line.
+public final class TraceDatReader: TraceSource {
+    public let path: String
+    /// File version: 6 or 7.
+    public let version: Int
+    public let bigEndian: Bool
+    /// The traced kernel's long size (from header_page's `commit` field), 4 or 8.
+    public let longSize: Int
+    /// The ring buffer's page (sub-buffer) size.
+    public let pageSize: Int
+    /// "zlib", "zstd", or nil when uncompressed.
+    public let compression: String?
+    /// CPUs of the traced machine (CPUCOUNT option, or the flyrecord's count).
+    public let cpuCount: Int
+    /// The trace clock ("mono", "x86-tsc", ...) when the file names it.
+    public let traceClock: String?
+    /// TSC2NSEC option: timestamps are converted as trace-cmd does, `(ts * mult) >> shift` (then offsets).
+    public let tsc2nsec: (mult: UInt32, shift: UInt32, offset: UInt64)?
+    /// Nanoseconds added to every timestamp (OFFSET and DATE options), as trace-cmd report does.
+    public let timeOffset: Int64
+    /// The kernel's per-CPU `stats` text saved in the file (CPUSTAT options), by CPU.
+    public let cpuStats: [Int: String]
+    /// Losses per CPU from those stats: `overrun` + `dropped events`.
+    public let lostPerCPU: [Int: UInt64]
+    /// Comm per tid (saved cmdlines).
+    public let comms: [Int32: String]
+    /// The formats of the file's kvm events (the catalog is the kvm events present).
+    public let formats: EventFormats
+    /// Names of every event the file has a format for, "system:name".
+    public let allEvents: [String]
+    /// Metadata strings of interest: uname, trace-cmd version.
+    public let uname: String?
+
+    public var catalog: EventCatalog { formats.catalog }
+    public let identities: [Int32: ThreadIdentity]
+    public var lostEvents: UInt64 { lostPerCPU.values.reduce(0, +) }
+    /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
+    public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
+
+    struct CPUData {
+        var cpu: Int
+        var offset: Int
+        var size: Int
+    }
+    let cpuData: [CPUData]
+    let dataCompressed: Bool
+    let algo: Int32
+    let file: ByteBlock
+
+    /// Opens and reads the metadata. Throws one-line ``KVMScopeError/badFile(_:)`` errors.
+    public init(path: String) throws {
+        self.path = path
+        file = try ByteBlock(mapping: path)
+        var r = ByteReader(file, what: "trace.dat header")
+        let magic = try r.bytes(10)
+        guard magic.elementsEqual([0x17, 0x08, 0x44] + Array("tracing".utf8)) else {
+            throw KVMScopeError.badFile("\(path) is not a trace.dat file (bad magic)")
+        }
+        let versionText = try r.cString(max: 16)
+        guard let v = Int(versionText), v == 6 || v == 7 else {
+            throw KVMScopeError.badFile("\(path): unsupported trace.dat version '\(versionText.prefix(16))' (6 and 7 are)")
+        }
+        version = v
+        let endian = try r.u8()
+        guard endian <= 1 else { throw KVMScopeError.badFile("\(path): bad endianness byte \(endian)") }
+        bigEndian = endian == 1
+        let userLong = try r.u8()
+        guard userLong == 4 || userLong == 8 else { throw KVMScopeError.badFile("\(path): bad long size \(userLong)") }
+        r = ByteReader(file, from: r.pos, bigEndian: bigEndian, what: "trace.dat header")
+        let ps = try r.u32()
+        guard ps >= 64 && ps <= 1 << 24 && ps.nonzeroBitCount == 1 else {
+            throw KVMScopeError.badFile("\(path): bad page size \(ps)")
+        }
+
+        var meta = Metadata(path: path, bigEndian: bigEndian)
+        if v == 6 {
+            try meta.readV6(&r)
+            compression = nil
+            algo = 0
+            dataCompressed = false
+        } else {
+            let name = try r.cString(max: 64)
+            _ = try r.cString(max: 64)
+            switch name {
+            case "none", "": compression = nil; algo = 0
+            case "zlib": compression = name; algo = Int32(CKVMSCOPE_COMPRESS_ZLIB)
+            case "zstd": compression = name; algo = Int32(CKVMSCOPE_COMPRESS_ZSTD)
+            default: throw KVMScopeError.badFile("\(path): unsupported compression '\(name.prefix(32))'")
+            }
+            let optionsAt = try r.u64()
+            meta.file = file
+            meta.algo = algo
+            try meta.readV7(optionsAt: optionsAt)
+            dataCompressed = meta.dataCompressed
+        }
+        pageSize = meta.bufferPageSize ?? Int(ps)
+        longSize = meta.kernelLongSize ?? Int(userLong)
+        cpuCount = meta.cpuCount ?? meta.cpuData.count
+        traceClock = meta.traceClock
+        tsc2nsec = meta.tsc2nsec
+        timeOffset = meta.timeOffset
+        cpuStats = meta.cpuStats
+        comms = meta.comms
+        uname = meta.uname
+        allEvents = meta.allEvents
+        var lost: [Int: UInt64] = [:]
+        for (cpu, text) in meta.cpuStats { lost[cpu] = Self.lost(inStats: text) }
+        lostPerCPU = lost
+        cpuData = meta.cpuData
+        let f = EventFormats()
+        for text in meta.kvmFormats { try f.add(system: "kvm", format: text) }
+        formats = f
+        var ids: [Int32: ThreadIdentity] = [:]
+        for (tid, comm) in meta.comms {
+            let tgid = meta.tgids[tid] ?? tid
+            ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid].flatMap { meta.comms[$0] },
+                                      vcpu: ThreadIdentity.vcpu(fromThreadName: comm), comm: comm)
+        }
+        identities = ids
+    }
+
+    /// `overrun` + `dropped events` of a per_cpu/cpuN/stats text.
+    public static func lost(inStats text: String) -> UInt64 {
+        var lost: UInt64 = 0
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let key = parts[0].trimmingCharacters(in: .whitespaces)
+            if key == "overrun" || key == "dropped events" {
+                lost += UInt64(parts[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+        }
+        return lost
+    }
+
+    /// A raw timestamp of the file converted to nanoseconds as `trace-cmd report` does.
+    @inlinable
+    public func nanoseconds(_ ts: UInt64) -> UInt64 {
+        var t = ts
+        if let c = tsc2nsec, c.mult != 0 {
+            let lo = t & 0xffff_ffff, hi = t >> 32
+            var n = (lo &* UInt64(c.mult)) >> UInt64(c.shift)
+            if hi != 0 { n &+= (hi &* UInt64(c.mult)) &<< (32 &- UInt64(c.shift)) }
+            t = n
+        }
+        return UInt64(bitPattern: Int64(bitPattern: t) &+ timeOffset)
+    }
+
+    /// Streams every kvm event of the file in timestamp order (CPUs merged; ties by CPU order).
+    public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
+        let decoder = formats.makeDecoder(longSize: longSize, bigEndian: bigEndian)
+        var streams: [CPUStream] = []
+        for d in cpuData where d.size > 0 {
+            streams.append(CPUStream(data: d, reader: self))
+        }
+        var heap = MergeHeap()
+        for (i, s) in streams.enumerated() where try s.refill(decoder) { heap.push(s.events[0].timestamp, i) }
+        while let (_, i) = heap.top {
+            let s = streams[i]
+            try body(s.events[s.index])
+            s.index += 1
+            if try s.index < s.events.count || s.refill(decoder) {
+                heap.replaceTop(s.events[s.index].timestamp, i)
+            } else {
+                heap.pop()
+            }
+        }
+        decodedMissed = decoder.missedEvents
+    }
+
+    /// Events the pages themselves flagged as lost (missed-events counts), after ``forEachEvent(_:)``.
+    public private(set) var decodedMissed: UInt64 = 0
+}
+
+/// One CPU's pages, decoded a page at a time.
+final class CPUStream {
+    let data: TraceDatReader.CPUData
+    unowned let reader: TraceDatReader
+    var events: [TraceEvent] = []
+    var index = 0
+    /// Next byte of the CPU's (uncompressed) data to decode, relative to the current block.
+    var pos: Int
+    var blockEnd: Int
+    var block: ByteBlock
+    /// Compressed data: the next chunk header's offset, chunks left.
+    var nextChunk = 0
+    var chunksLeft = 0
+    let scratch: ByteBlock
+
+    init(data: TraceDatReader.CPUData, reader: TraceDatReader) {
+        self.data = data
+        self.reader = reader
+        block = reader.file
+        // Compressed data starts with no block: the first refill decompresses the first chunk.
+        pos = reader.dataCompressed ? 0 : data.offset
+        blockEnd = reader.dataCompressed ? 0 : data.offset + data.size
+        scratch = ByteBlock(capacity: reader.pageSize + 64)
+        events.reserveCapacity(Int(ckvmscope_max_records(UInt32(reader.pageSize))))
+    }
+
+    /// Decodes pages until at least one event is ready. Returns false when the CPU's data is exhausted.
+    func refill(_ decoder: SubbufferDecoder) throws -> Bool {
+        events.removeAll(keepingCapacity: true)
+        index = 0
+        let ps = reader.pageSize
+        while events.isEmpty {
+            if pos >= blockEnd {
+                guard try nextBlock() else { return false }
+                continue
+            }
+            let n = min(ps, blockEnd - pos)
+            let page = scratch.mutableBytes
+            page.copyMemory(from: UnsafeRawBufferPointer(rebasing: block.bytes[pos..<pos + n]))
+            if n < ps { UnsafeMutableRawBufferPointer(rebasing: page[n..<ps]).initializeMemory(as: UInt8.self, repeating: 0) }
+            let at = pos
+            pos += n
+            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]), cpu: UInt16(truncatingIfNeeded: data.cpu)) {
+                events.append($0)
+            }
+            guard ok else {
+                let whereText = reader.dataCompressed ? "byte \(at) of a decompressed chunk" : "file offset \(at)"
+                throw KVMScopeError.badFile("\(reader.path): corrupt ring-buffer page of cpu \(data.cpu) at \(whereText)")
+            }
+        }
+        if reader.tsc2nsec != nil || reader.timeOffset != 0 {
+            for i in events.indices { events[i].timestamp = reader.nanoseconds(events[i].timestamp) }
+        }
+        return true
+    }
+
+    /// Compressed data: decompresses the next chunk. Uncompressed: nothing more.
+    func nextBlock() throws -> Bool {
+        guard reader.dataCompressed else { return false }
+        // Chunks are bounded by the file, not by the CPU's size: trace-cmd 3.1.6 records that size without the
+        // 4-byte chunk count (3.2 with it).
+        var r = ByteReader(reader.file, from: data.offset, to: reader.file.count, bigEndian: reader.bigEndian,
+                           what: "compressed data of cpu \(data.cpu)")
+        if nextChunk == 0 {
+            let count = try r.u32()
+            guard UInt64(count) * 8 <= UInt64(r.remaining) else {
+                throw KVMScopeError.badFile("\(reader.path): cpu \(data.cpu) claims \(count) compressed chunks in \(r.remaining) bytes")
+            }
+            chunksLeft = Int(count)
+            nextChunk = r.pos
+        }
+        guard chunksLeft > 0 else { return false }
+        r.pos = nextChunk
+        let (b, _) = try Decompression.block(&r, algo: reader.algo, path: reader.path)
+        chunksLeft -= 1
+        nextChunk = r.pos
+        block = b
+        pos = 0
+        blockEnd = b.count
+        return true
+    }
+}
+
+/// A binary min-heap of (timestamp, stream) for the k-way merge; ties go to the lower stream index.
+struct MergeHeap {
+    var items: [(UInt64, Int)] = []
+
+    var top: (UInt64, Int)? { items.first }
+
+    func less(_ a: (UInt64, Int), _ b: (UInt64, Int)) -> Bool { a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
+
+    mutating func push(_ ts: UInt64, _ i: Int) {
+        items.append((ts, i))
+        var c = items.count - 1
+        while c > 0 {
+            let p = (c - 1) / 2
+            guard less(items[c], items[p]) else { break }
+            items.swapAt(c, p)
+            c = p
+        }
+    }
+
+    mutating func replaceTop(_ ts: UInt64, _ i: Int) {
+        items[0] = (ts, i)
+        siftDown()
+    }
+
+    mutating func pop() {
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            siftDown()
+        }
+    }
+
+    mutating func siftDown() {
+        var p = 0
+        let n = items.count
+        while true {
+            let l = 2 * p + 1, r = l + 1
+            var m = p
+            if l < n && less(items[l], items[m]) { m = l }
+            if r < n && less(items[r], items[m]) { m = r }
+            if m == p { return }
+            items.swapAt(p, m)
+            p = m
+        }
+    }
+}
+
+/// Compressed blocks of a v7 file: `u32 compressed size, u32 uncompressed size, data`.
+enum Decompression {
+    /// Uncompressed sizes above this need a matching compressed size (no unbounded allocation).
+    static let freeLimit = 16 << 20
+    static let maxRatio = 4096
+
+    static func block(_ r: inout ByteReader, algo: Int32, path: String) throws -> (ByteBlock, Int) {
+        let zsize = try r.size(UInt64(try r.u32()), of: "compressed block")
+        let usize = Int(try r.u32())
+        guard usize <= max(freeLimit, zsize * maxRatio) else {
+            throw KVMScopeError.badFile("\(path): compressed block of \(zsize) bytes claims \(usize) uncompressed bytes")
+        }
+        let src = try r.bytes(zsize)
+        let out = ByteBlock(capacity: usize)
+        let n = ckvmscope_decompress(algo, src.baseAddress, src.count, out.mutableBytes.baseAddress, usize)
+        guard n == usize else {
+            throw KVMScopeError.badFile("\(path): corrupt compressed block at offset \(r.pos - zsize - 8) (\(n < 0 ? "does not decompress" : "decompresses to \(n) bytes, not \(usize)"))")
+        }
+        return (out, zsize)
+    }
+}

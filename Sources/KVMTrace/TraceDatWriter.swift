@@ -1,0 +1,236 @@
+import Foundation
+import KVMExits
+
+/// What a trace.dat carries besides the per-CPU pages.
+public struct TraceDatMetadata: Sendable {
+    public struct System: Sendable {
+        public var name: String
+        public var formats: [String]
+        public init(name: String, formats: [String]) {
+            self.name = name
+            self.formats = formats
+        }
+    }
+
+    public var pageSize = 4096
+    /// The traced kernel's long size (ring-buffer page header `commit`).
+    public var longSize = 8
+    /// events/header_page and events/header_event of the traced kernel.
+    public var headerPage = TraceDatMetadata.defaultHeaderPage
+    public var headerEvent = TraceDatMetadata.defaultHeaderEvent
+    /// events/ftrace/*/format texts.
+    public var ftraceFormats: [String] = []
+    /// Event systems and the format texts of their recorded events.
+    public var systems: [System] = []
+    public var kallsyms = ""
+    public var printkFormats = ""
+    /// Comm per tid (saved cmdlines): `trace-cmd report` prints these names.
+    public var cmdlines: [Int32: String] = [:]
+    /// The trace clock, e.g. "mono".
+    public var traceClock = "mono"
+    /// per_cpu/cpuN/stats texts, by CPU (CPUSTAT options).
+    public var cpuStats: [Int: String] = [:]
+    public var uname: String?
+
+    public init() {}
+
+    /// A 64-bit kernel's header_page for 4 KiB sub-buffers (the kernel's text, for synthetic files).
+    public static let defaultHeaderPage = """
+        \tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
+        \tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;
+        \tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;
+        \tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;
+
+        """
+    /// The kernel's events/header_event (unchanged since 2.6.3x).
+    public static let defaultHeaderEvent = """
+        # compressed entry header
+        \ttype_len    :    5 bits
+        \ttime_delta  :   27 bits
+        \tarray       :   32 bits
+
+        \tpadding     : type == 29
+        \ttime_extend : type == 30
+        \ttime_stamp : type == 31
+        \tdata max type_len  == 28
+
+        """
+
+    /// The metadata of the running kernel's tracefs for the given events of each system.
+    public static func fromTracefs(root: String, events: [String: [String]]) throws -> TraceDatMetadata {
+        var m = TraceDatMetadata()
+        if let hp = try? String(contentsOfFile: "\(root)/events/header_page", encoding: .utf8) { m.headerPage = hp }
+        if let he = try? String(contentsOfFile: "\(root)/events/header_event", encoding: .utf8) { m.headerEvent = he }
+        for (system, names) in events.sorted(by: { $0.key < $1.key }) {
+            m.systems.append(System(name: system, formats: try names.map { try TraceFS.format(system: system, event: $0, root: root) }))
+        }
+        if let ftrace = try? TraceFS.events(system: "ftrace", root: root) {
+            m.ftraceFormats = ftrace.compactMap { try? TraceFS.format(system: "ftrace", event: $0, root: root) }
+        }
+        m.printkFormats = (try? String(contentsOfFile: "\(root)/printk_formats", encoding: .utf8)) ?? ""
+        m.pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var u = utsname()
+        Glibc.uname(&u)
+        func field<T>(_ v: T) -> String {
+            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        m.uname = "\(field(u.sysname)) \(field(u.nodename)) \(field(u.release)) \(field(u.version)) \(field(u.machine))"
+        return m
+    }
+}
+
+/// One CPU's raw ring-buffer pages for a trace.dat: a file of whole pages, or pages in memory.
+public enum TraceDatCPUData {
+    case file(String)
+    case pages([[UInt8]])
+}
+
+/// Writes trace-cmd `trace.dat` files, version 6, uncompressed: what Debian's `trace-cmd report` 3.1.6 and
+/// KernelShark open. Pages are copied as the kernel wrote them; nothing is decoded.
+public enum TraceDatWriter {
+    /// Writes `path`: header, formats, cmdlines, options (trace clock, uname, per-CPU stats), then each
+    /// CPU's pages (CPU i = cpus[i]) page-aligned. Throws one-line io errors.
+    public static func write(path: String, metadata m: TraceDatMetadata, cpus: [TraceDatCPUData]) throws {
+        var h = HeaderBytes()
+        h.raw([0x17, 0x08, 0x44])
+        h.string("tracing6")
+        h.raw([0, UInt8(m.longSize)])
+        h.u32(UInt32(m.pageSize))
+        h.string("header_page")
+        h.blob64(m.headerPage)
+        h.string("header_event")
+        h.blob64(m.headerEvent)
+        h.u32(UInt32(m.ftraceFormats.count))
+        for f in m.ftraceFormats { h.blob64(f) }
+        h.u32(UInt32(m.systems.count))
+        for s in m.systems {
+            h.string(s.name)
+            h.u32(UInt32(s.formats.count))
+            for f in s.formats { h.blob64(f) }
+        }
+        h.blob32(m.kallsyms)
+        h.blob32(m.printkFormats)
+        h.blob64(m.cmdlines.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined())
+        h.u32(UInt32(cpus.count))
+        h.raw(Array("options  ".utf8) + [0])
+        h.option(4, "[\(m.traceClock)]")
+        if let uname = m.uname { h.option(5, uname) }
+        for (cpu, stats) in m.cpuStats.sorted(by: { $0.key < $1.key }) { h.option(2, "CPU: \(cpu)\n\(stats)") }
+        h.u16(0)
+        h.raw(Array("flyrecord".utf8) + [0])
+
+        var sizes: [Int] = []
+        for c in cpus {
+            switch c {
+            case .pages(let p): sizes.append(p.reduce(0) { $0 + $1.count })
+            case .file(let f):
+                let s = (try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil
+                guard let s else { throw KVMScopeError.io("cannot read \(f)") }
+                sizes.append(s)
+            }
+        }
+        let align = { (x: Int) in (x + m.pageSize - 1) / m.pageSize * m.pageSize }
+        var offset = align(h.bytes.count + 16 * cpus.count)
+        var offsets: [Int] = []
+        for s in sizes {
+            offsets.append(offset)
+            h.u64(UInt64(offset))
+            h.u64(UInt64(s))
+            offset = align(offset + s)
+        }
+
+        let out = try OutputFile(path: path)
+        try out.write(h.bytes)
+        for (i, c) in cpus.enumerated() {
+            try out.pad(to: offsets[i])
+            switch c {
+            case .pages(let pages): for p in pages { try out.write(p) }
+            case .file(let f): try out.copy(from: f)
+            }
+        }
+        try out.pad(to: offset)
+        try out.close()
+    }
+}
+
+/// The header of a file being written, in the file's byte order (little-endian).
+struct HeaderBytes {
+    var bytes: [UInt8] = []
+    mutating func raw(_ b: [UInt8]) { bytes += b }
+    mutating func string(_ s: String) { bytes += Array(s.utf8) + [0] }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func blob64(_ s: String) {
+        u64(UInt64(s.utf8.count))
+        bytes += Array(s.utf8)
+    }
+    mutating func blob32(_ s: String) {
+        u32(UInt32(s.utf8.count))
+        bytes += Array(s.utf8)
+    }
+    /// A v6 option: id, size, NUL-terminated text.
+    mutating func option(_ id: UInt16, _ text: String) {
+        u16(id)
+        u32(UInt32(text.utf8.count + 1))
+        string(text)
+    }
+}
+
+/// A file written sequentially with plain write(2) calls; errors are one line.
+final class OutputFile {
+    let fd: Int32
+    let path: String
+    var offset = 0
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw KVMScopeError.io("cannot create \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    var closed = false
+
+    deinit { if !closed { Glibc.close(fd) } }
+
+    func write(_ b: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < b.count {
+            let n = Glibc.write(fd, b.baseAddress! + done, b.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw KVMScopeError.io("cannot write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+        offset += b.count
+    }
+
+    func write(_ b: [UInt8]) throws {
+        try b.withUnsafeBytes { try write($0) }
+    }
+
+    func pad(to target: Int) throws {
+        if target > offset { try write([UInt8](repeating: 0, count: target - offset)) }
+    }
+
+    func copy(from source: String) throws {
+        let src = open(source, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else { throw KVMScopeError.io("cannot open \(source): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(src) }
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = read(src, buf.baseAddress, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw KVMScopeError.io("cannot read \(source): \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            try write(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+        }
+    }
+
+    func close() throws {
+        closed = true
+        guard Glibc.close(fd) == 0 else {
+            throw KVMScopeError.io("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import KVMExits
+import KVMTrace
+import Testing
+
+/// `kvmscope record` on the real kernel, and trace.dat files written by trace-cmd on this machine.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct RecordTests {
+    static let n = 5_000
+
+    static func tempDir() throws -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-rec-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    /// Runs a program with outputs in files; returns status, stdout, stderr.
+    static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let base = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        FileManager.default.createFile(atPath: base + "/out", contents: nil)
+        FileManager.default.createFile(atPath: base + "/err", contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0])
+        p.arguments = Array(argv.dropFirst())
+        p.standardOutput = FileHandle(forWritingAtPath: base + "/out")
+        p.standardError = FileHandle(forWritingAtPath: base + "/err")
+        try p.run()
+        p.waitUntilExit()
+        return (p.terminationStatus, (try? String(contentsOfFile: base + "/out", encoding: .utf8)) ?? "",
+                (try? String(contentsOfFile: base + "/err", encoding: .utf8)) ?? "")
+    }
+
+    static let traceCmd = "/usr/bin/trace-cmd"
+
+    /// kvm_pio lines of `trace-cmd report` per thread id ("CPU 0/KVM-1234 [001] ...").
+    static func traceCmdPioPerTID(_ path: String) throws -> [Int32: Int] {
+        let r = try run([traceCmd, "report", "-i", path])
+        #expect(r.status == 0, "trace-cmd report: \(r.stderr)")
+        var out: [Int32: Int] = [:]
+        let re = /-(\d+) +\[\d+\] +[0-9.]+: kvm_pio:/
+        for line in r.stdout.split(separator: "\n") {
+            if let m = line.firstMatch(of: re), let tid = Int32(m.1) { out[tid, default: 0] += 1 }
+        }
+        return out
+    }
+
+    /// kvm_pio events per thread id as TraceDatReader reads them.
+    static func readerPioPerTID(_ path: String) throws -> [Int32: Int] {
+        let reader = try TraceDatReader(path: path)
+        guard let pio = reader.catalog.index(of: "kvm_pio") else { return [:] }
+        var out: [Int32: Int] = [:]
+        try reader.forEachEvent { e in if e.event == pio { out[e.tid, default: 0] += 1 } }
+        return out
+    }
+
+    @Test func recordStormThenTraceCmdAndOfflineAnalysisAgree() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/t.dat"
+        let r = try CLI.run(["record", "-o", path, "--", CLI.binary, "storm", "--kind", "io", "--vcpus", "2",
+                             "--exits", "\(Self.n)"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.isEmpty, "quiet when not a terminal: \(r.stderr)")
+
+        let tc = try Self.run([Self.traceCmd, "report", "-i", path])
+        #expect(tc.status == 0, "\(tc.stderr)")
+        let pioLines = tc.stdout.split(separator: "\n").filter { $0.contains("kvm_pio") }
+        #expect(pioLines.count == 2 * Self.n)
+        #expect(pioLines.filter { $0.contains("CPU 0/KVM-") }.count == Self.n)
+        #expect(pioLines.filter { $0.contains("CPU 1/KVM-") }.count == Self.n)
+
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.version == 6)
+        #expect(reader.lostEvents == 0)
+        #expect(reader.lostPerCPU.count == reader.cpuCount)
+        #expect(reader.lostPerCPU.values.allSatisfy { $0 == 0 })
+        let summary = try Summary(try OfflineAnalysis.run(reader))
+        let events = Dictionary(uniqueKeysWithValues: summary.events.map { ($0.name, $0.total) })
+        #expect(events["kvm_pio"] == UInt64(2 * Self.n))
+        #expect(events["kvm_userspace_exit"] == UInt64(2 * Self.n))
+        #expect((events["kvm_mmio"] ?? 0) == 0)
+        let rows = summary.userspaceExits.sorted { ($0.vcpu ?? 99) < ($1.vcpu ?? 99) }
+        #expect(rows.map(\.reason) == ["KVM_EXIT_IO", "KVM_EXIT_IO"])
+        #expect(rows.map(\.count) == [UInt64(Self.n), UInt64(Self.n)])
+        #expect(rows.map(\.vcpu) == [0, 1])
+    }
+
+    @Test(arguments: [6, 7]) func traceCmdRecordedFilesReadLikeTraceCmd(version: Int) throws {
+        let dir = try Self.tempDir()
+        let instance = "kvmscopetc\(getpid())v\(version)"
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            rmdir("/sys/kernel/tracing/instances/\(instance)")
+        }
+        let path = dir + "/x.dat"
+        // Not -F: with it, trace-cmd 3.1.6 waits forever once the command has exited (ptrace_wait).
+        // It exits 1 after writing the file (it cannot write the instance's set_ftrace_filter here).
+        // env --default-signal: the test runner's signal dispositions must not reach trace-cmd.
+        var argv = ["/usr/bin/env", "--default-signal", "/usr/bin/timeout", "-k", "5", "60", Self.traceCmd, "record", "--file-version", "\(version)"]
+        if version == 7 { argv += ["--compression", "zstd"] }
+        argv += ["-B", instance, "-d", "--no-filter", "-e", "kvm", "-o", path,
+                 CLI.binary, "storm", "--kind", "io", "--vcpus", "2", "--exits", "\(Self.n)"]
+        let rec = try Self.run(argv)
+        #expect(rec.status != 124, "trace-cmd record timed out")
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.version == version)
+        #expect(reader.compression == (version == 7 ? "zstd" : nil))
+        let ours = try Self.readerPioPerTID(path)
+        let theirs = try Self.traceCmdPioPerTID(path)
+        #expect(ours == theirs)
+        // The storm's two vCPU threads are in it with exactly n each (other helpers' storms may be too).
+        #expect(ours.values.filter { $0 == Self.n }.count >= 2)
+    }
+
+    @Test func maxSizeIsHonoured() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/m.dat"
+        let r = try CLI.run(["record", "-o", path, "--max-size", "64K", "--", CLI.binary, "storm", "--kind", "io",
+                             "--vcpus", "2", "--exits", "20000"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.hasPrefix("kvmscope: --max-size reached: "))
+        let reader = try TraceDatReader(path: path)
+        let data = reader.dataBytes
+        #expect(data > 0 && data <= 65_536)
+        #expect(data % reader.pageSize == 0)
+    }
+
+    @Test func sigintEndsWithAValidFile() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/s.dat"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["record", "-o", path, "--duration", "60", "-e", "kvm_pio"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(1_500_000)
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.catalog.entries.map(\.name) == ["kvm_pio"])
+        try reader.forEachEvent { _ in }
+        #expect(!TraceFSInstances.exists("kvmscope-\(p.processIdentifier)"))
+    }
+}
+
+enum TraceFSInstances {
+    static func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances/\(name)") }
+}
