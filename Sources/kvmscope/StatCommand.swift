@@ -152,9 +152,11 @@ struct StatCommand: ParsableCommand {
             while !finished() {
                 _ = stop.sleep(min(delay, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? delay))
                 let current = reportingErrors { try Summary(session.snapshot(), filter: filter) }
-                // Columns: every event (and child) seen so far; a new one re-prints the header, as does
-                // every 20th line (kvm_stat's habit) outside CSV.
-                let seen = LogFormatter.fields(of: current, skipZero: true)
+                // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
+                // whether or not they fire); otherwise the events seen so far, not all ~90 kvm events. A new
+                // column re-prints the header, as does every 20th line (kvm_stat's habit) outside CSV.
+                let chosen = !trace.events.isEmpty || filters.fields != nil
+                let seen = LogFormatter.fields(of: current, skipZero: !chosen)
                 let known = formatter?.fields ?? []
                 let added = seen.filter { !known.contains($0) }
                 if formatter == nil || !added.isEmpty || (linesSinceHeader >= 20 && !csv) {
