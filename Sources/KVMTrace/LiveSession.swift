@@ -52,16 +52,7 @@ public final class LiveSession: @unchecked Sendable {
         TraceFS.removeStaleInstances(root: root)
         instance = config.instanceName ?? "\(TraceFS.instancePrefix)\(getpid())"
 
-        let available = try TraceFS.events(system: "kvm", root: root)
-        guard !available.isEmpty else { throw KVMScopeError.noKVMEvents }
-        let wanted = config.events.isEmpty ? available : config.events
-        for name in wanted where !available.contains(name) {
-            throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")
-        }
-        let formats = EventFormats()
-        for name in wanted {
-            try formats.add(system: "kvm", format: try TraceFS.format(system: "kvm", event: name, root: root))
-        }
+        let (wanted, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
         var markerID: Int32?
         let markerTargets = (config.markerAs.map { [$0] } ?? []) + config.markerEvents
         if !markerTargets.isEmpty {

@@ -45,16 +45,7 @@ public final class RecordSession: @unchecked Sendable {
         root = try TraceFS.root()
         TraceFS.removeStaleInstances(root: root)
         instance = config.instanceName ?? "\(TraceFS.instancePrefix)\(getpid())"
-        let available = try TraceFS.events(system: "kvm", root: root)
-        guard !available.isEmpty else { throw KVMScopeError.noKVMEvents }
-        let wanted = config.events.isEmpty ? available : config.events
-        for name in wanted where !available.contains(name) {
-            throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")
-        }
-        events = wanted
-        let f = EventFormats()
-        for name in wanted { try f.add(system: "kvm", format: try TraceFS.format(system: "kvm", event: name, root: root)) }
-        formats = f
+        (events, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-record-\(getpid())").path
         try? FileManager.default.removeItem(atPath: directory)
         do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
@@ -69,12 +60,12 @@ public final class RecordSession: @unchecked Sendable {
                 try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
                 try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
             }
-            for name in wanted where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
+            for name in events where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
                 throw KVMScopeError.instance("cannot enable kvm:\(name) in \(instance): \(String(cString: strerror(errno)))")
             }
             cpus = TraceFS.cpus(instance: instance, root: root)
             for cpu in cpus {
-                let decoder = f.makeDecoder()
+                let decoder = formats.makeDecoder()
                 guard let r = ckvmscope_reader_open(instance, Int32(cpu), decoder.handle, 1) else {
                     throw KVMScopeError.instance("cannot open cpu\(cpu)/trace_pipe_raw of \(instance): \(String(cString: strerror(errno)))")
                 }
@@ -158,7 +149,7 @@ public final class RecordSession: @unchecked Sendable {
         var events: UInt64 = 0, lost: UInt64 = 0
         for cpu in cpus {
             let text = (try? String(contentsOfFile: "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats", encoding: .utf8)) ?? ""
-            lost += TraceDatReader.lost(inStats: text)
+            lost += TraceFS.lost(inStats: text)
             for line in text.split(separator: "\n") where line.hasPrefix("read events:") {
                 events += UInt64(line.dropFirst("read events:".count).trimmingCharacters(in: .whitespaces)) ?? 0
             }

@@ -114,7 +114,7 @@ public final class TraceDatReader: TraceSource {
         uname = meta.uname
         allEvents = meta.allEvents
         var lost: [Int: UInt64] = [:]
-        for (cpu, text) in meta.cpuStats { lost[cpu] = Self.lost(inStats: text) }
+        for (cpu, text) in meta.cpuStats { lost[cpu] = TraceFS.lost(inStats: text) }
         lostPerCPU = lost
         cpuData = meta.cpuData
         let f = EventFormats()
@@ -127,20 +127,6 @@ public final class TraceDatReader: TraceSource {
                                       vcpu: ThreadIdentity.vcpu(fromThreadName: comm), comm: comm)
         }
         identities = ids
-    }
-
-    /// `overrun` + `dropped events` of a per_cpu/cpuN/stats text.
-    public static func lost(inStats text: String) -> UInt64 {
-        var lost: UInt64 = 0
-        for line in text.split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2 else { continue }
-            let key = parts[0].trimmingCharacters(in: .whitespaces)
-            if key == "overrun" || key == "dropped events" {
-                lost += UInt64(parts[1].trimmingCharacters(in: .whitespaces)) ?? 0
-            }
-        }
-        return lost
     }
 
     /// A raw timestamp of the file converted to nanoseconds as `trace-cmd report` does.

@@ -49,6 +49,11 @@ public enum TraceFS {
     public static func lostEvents(instance: String, cpu: Int, root: String) -> UInt64 {
         let path = "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats"
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+        return lost(inStats: text)
+    }
+
+    /// `overrun` + `dropped events` of a per_cpu/cpuN/stats text (live, or saved in a trace.dat).
+    public static func lost(inStats text: String) -> UInt64 {
         var lost: UInt64 = 0
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 1)
@@ -59,6 +64,19 @@ public enum TraceFS {
             }
         }
         return lost
+    }
+
+    /// The formats of the chosen kvm events (all of them when `events` is empty), checked against the kernel.
+    public static func kvmFormats(events: [String], root: String) throws -> (events: [String], formats: EventFormats) {
+        let available = try Self.events(system: "kvm", root: root)
+        guard !available.isEmpty else { throw KVMScopeError.noKVMEvents }
+        let wanted = events.isEmpty ? available : events
+        for name in wanted where !available.contains(name) {
+            throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")
+        }
+        let formats = EventFormats()
+        for name in wanted { try formats.add(system: "kvm", format: try format(system: "kvm", event: name, root: root)) }
+        return (wanted, formats)
     }
 
     /// Removes `kvmscope-<pid>` instances whose process is gone. Returns the names removed.

@@ -14,30 +14,10 @@ public protocol TraceSource {
 }
 
 /// The same analysis as live — counts per event, exits per VM/vCPU/reason, pairing, latency, top RIPs —
-/// over a recorded trace: one shard, one pairer, events in order.
+/// over a recorded trace: one shard, one pairer, events in order. ``ReportAnalysis`` adds the time window
+/// and the timeline; this is its plain form.
 public enum OfflineAnalysis {
-    /// - Parameters:
-    ///   - from/to: keep events with from ≤ timestamp < to (ns, the source's clock).
-    public static func run(_ source: TraceSource, from: UInt64 = 0, to: UInt64 = .max) throws -> AggregateSnapshot {
-        let identities = source.identities
-        let aggregator = Aggregator(catalog: source.catalog, shardCount: 1) { identities[$0] }
-        var writer = aggregator.writer(shard: 0)
-        var pairer = aggregator.makePairer()
-        let roles = source.catalog.entries.map(\.role)
-        var last: UInt64 = 0
-        try source.forEachEvent { e in
-            guard e.timestamp >= from && e.timestamp < to else { return }
-            let role = roles[Int(e.event)]
-            writer.add(e, hasReason: role.hasReasons)
-            switch role {
-            case .exit: pairer.exit(e)
-            case .entry: pairer.entry(e)
-            default: if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-            }
-            last = e.timestamp
-        }
-        pairer.finish()
-        writer.addLost(source.lostEvents)
-        return aggregator.snapshot(timestamp: last)
+    public static func run(_ source: TraceSource) throws -> AggregateSnapshot {
+        try ReportAnalysis.run(source).snapshot
     }
 }

@@ -90,7 +90,7 @@ struct RecordCommand: ParsableCommand {
             child.waitUntilExit()
         }
         let result = reportingErrors { try session.write(to: output) }
-        let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceDatReader.lost(inStats: $1) }
+        let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
         if tty {
             FileHandle.standardError.write(Data(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
                                                        output, p.events, Double(session.bytesWritten) / 1048576, lost,
