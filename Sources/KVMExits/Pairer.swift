@@ -42,6 +42,14 @@ public struct Pairer {
     }
 
     mutating func pendingIndex(_ tid: Int32) -> Int? {
+        if let i = probe(tid) { return i }
+        // The table is crowded (threads come and go on a long-running host): keep only the threads with an
+        // exit waiting for its entry, and try again. Memory stays fixed; a closed thread loses nothing.
+        compact()
+        return probe(tid)
+    }
+
+    mutating func probe(_ tid: Int32) -> Int? {
         var i = Int(truncatingIfNeeded: UInt32(bitPattern: tid) &* 0x9E37_79B9) & Self.threadMask
         for _ in 0..<64 {
             if threads[i].used {
@@ -54,6 +62,15 @@ public struct Pairer {
             i = (i + 1) & Self.threadMask
         }
         return nil
+    }
+
+    mutating func compact() {
+        let open = threads.filter { $0.used && $0.open }
+        for i in threads.indices { threads[i] = Pending() }
+        for p in open {
+            guard let i = probe(p.tid) else { continue }
+            threads[i] = p
+        }
     }
 
     /// An exit: remembered until the thread's next entry.

@@ -47,3 +47,37 @@ import Testing
         #expect(vm[0].topRIPs == want)
     }
 }
+
+@Suite struct PairerCapacityTests {
+    /// Far more threads than the pairer's table holds, each pairing once: none overflows, every pair counts.
+    @Test func threadsComingAndGoingNeverOverflow() {
+        var pairer = Pairer()
+        let threads = Pairer.threadCapacity * 3
+        for t in 0..<threads {
+            let tid = Int32(100_000 + t)
+            pairer.exit(TraceEvent(timestamp: UInt64(t) * 10, tid: tid, event: 0, reason: 30, isa: 1))
+            pairer.entry(TraceEvent(timestamp: UInt64(t) * 10 + 5, tid: tid, event: 1))
+        }
+        pairer.finish()
+        let s = pairer.counters.snapshot
+        #expect(s.paired == UInt64(threads))
+        #expect(s.overflow == 0)
+        #expect(s.orphanExits == 0)
+        #expect(s.orphanEntries == 0)
+    }
+
+    /// Compaction keeps the threads whose exit still waits for its entry.
+    @Test func compactionKeepsOpenExits() {
+        var pairer = Pairer()
+        pairer.exit(TraceEvent(timestamp: 1, tid: 7, event: 0, reason: 12, isa: 1))
+        for t in 0..<(Pairer.threadCapacity * 2) {
+            let tid = Int32(200_000 + t)
+            pairer.exit(TraceEvent(timestamp: 2, tid: tid, event: 0, reason: 30, isa: 1))
+            pairer.entry(TraceEvent(timestamp: 3, tid: tid, event: 1))
+        }
+        pairer.entry(TraceEvent(timestamp: 1_000, tid: 7, event: 1))
+        let s = pairer.counters.snapshot
+        #expect(s.paired == UInt64(Pairer.threadCapacity * 2 + 1))
+        #expect(s.orphanEntries == 0)
+    }
+}
