@@ -17,6 +17,11 @@ public final class SubbufferDecoder {
 
     deinit { ckvmscope_decoder_free(handle) }
 
+    /// Tests: walk every sub-buffer with libtraceevent's kbuffer, the reference for the inline walk.
+    public func useKbuffer(_ on: Bool) {
+        ckvmscope_decoder_use_kbuffer(handle, on ? 1 : 0)
+    }
+
     public var missedEvents: UInt64 { stats.missed_events }
     public var missedUnknown: UInt64 { stats.missed_unknown }
     public var corruptSubbuffers: UInt64 { stats.corrupt }

@@ -108,6 +108,8 @@ uint32_t ckvmscope_max_records(uint32_t subbuf_size);
  * A decoder serves one CPU's stream: a loss reported before a sub-buffer with none of the table's events
  * is carried to the next record it decodes (CKVMSCOPE_REC_AFTER_LOSS).
  * Returns the number of records written to out (at most cap), or -1 when the sub-buffer is malformed. */
+/* Tests: walk with libtraceevent's kbuffer even where the inline walk applies (on != 0). */
+void ckvmscope_decoder_use_kbuffer(struct ckvmscope_decoder *d, int on);
 int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uint32_t subbuf_size, uint16_t cpu,
                             struct ckvmscope_record *out, uint32_t cap, struct ckvmscope_decode_stats *stats);
 
