@@ -20,6 +20,8 @@ public struct Pairer {
         var isa: UInt8 = 0
         var cpu: UInt16 = 0
         var rip: UInt64 = 0
+        /// The exit's series (index in the pairer's series slots), looked up once at the exit; -1 when none.
+        var series: Int32 = -1
     }
 
     public let counters: PairingCounters
@@ -87,7 +89,9 @@ public struct Pairer {
         threads[i].isa = e.isa
         threads[i].cpu = e.cpu
         threads[i].rip = e.rip
-        seriesSlots.series(tid: e.tid, isa: e.isa, reason: e.reason)?.topRIPs.record(e.rip)
+        let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
+        threads[i].series = Int32(si)
+        if si >= 0 { seriesSlots.slots[si].unsafelyUnwrapped.topRIPs.record(e.rip) }
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.
@@ -114,7 +118,7 @@ public struct Pairer {
             counters.negativeCount.wrappingAdd(1, ordering: .relaxed)
             return
         }
-        guard let s = seriesSlots.series(tid: e.tid, isa: x.isa, reason: x.reason) else {
+        guard x.series >= 0, let s = seriesSlots.slots[Int(x.series)] else {
             counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
             return
         }
@@ -150,34 +154,37 @@ struct SeriesSlots {
     var slots = [LatencySeries?](repeating: nil, count: Pairer.seriesCapacity * 2)
     var count = 0
     var lastKey: UInt64 = 0
-    var last: LatencySeries?
+    var lastSlot = -1
 
     init(store: SeriesStore) { self.store = store }
 
-    mutating func series(tid: Int32, isa: UInt8, reason: UInt32) -> LatencySeries? {
+    /// The slot of the (tid, isa, reason) series, created on first use; -1 when the table is full.
+    mutating func index(tid: Int32, isa: UInt8, reason: UInt32) -> Int {
         // tid (32) | isa (8, high byte of the reason word is never used by VMX/SVM/arm64 codes shown) | reason
         let key = UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
-        // The key mixes tid, isa and reason (it can collide), so even the cached series is checked field by field.
-        if key == lastKey, let last, last.tid == tid, last.reason == reason, last.isa == isa { return last }
+        // The key mixes tid, isa and reason (it can collide), so even the cached slot is checked field by field.
+        if key == lastKey, lastSlot >= 0, let s = slots[lastSlot], s.tid == tid, s.reason == reason, s.isa == isa {
+            return lastSlot
+        }
         let mask = keys.count - 1
         var i = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
         for _ in 0..<keys.count {
             if keys[i] == key, let s = slots[i], s.tid == tid, s.reason == reason, s.isa == isa {
-                lastKey = key; last = s
-                return s
+                lastKey = key; lastSlot = i
+                return i
             }
             if keys[i] == 0 {
-                guard count < Pairer.seriesCapacity else { return nil }
+                guard count < Pairer.seriesCapacity else { return -1 }
                 let s = LatencySeries(tid: tid, isa: isa, reason: reason)
                 keys[i] = key
                 slots[i] = s
                 count += 1
                 store.append(s)
-                lastKey = key; last = s
-                return s
+                lastKey = key; lastSlot = i
+                return i
             }
             i = (i + 1) & mask
         }
-        return nil
+        return -1
     }
 }

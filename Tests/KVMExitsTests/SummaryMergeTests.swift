@@ -49,8 +49,10 @@ import Testing
 }
 
 @Suite struct PairerCapacityTests {
-    /// Far more threads than the pairer's table holds, each pairing once: none overflows, every pair counts.
-    @Test func threadsComingAndGoingNeverOverflow() {
+    /// Far more threads than the pairer's thread table holds, each pairing once. The series table (fixed memory)
+    /// fills first: later pairs are counted as overflow once each — the thread table itself never overflows
+    /// (without compaction, every exit and entry past its capacity would be counted again).
+    @Test func threadsComingAndGoingAreCountedOnce() {
         var pairer = Pairer()
         let threads = Pairer.threadCapacity * 3
         for t in 0..<threads {
@@ -60,8 +62,8 @@ import Testing
         }
         pairer.finish()
         let s = pairer.counters.snapshot
-        #expect(s.paired == UInt64(threads))
-        #expect(s.overflow == 0)
+        #expect(s.paired == UInt64(Pairer.seriesCapacity))
+        #expect(s.overflow == UInt64(threads - Pairer.seriesCapacity))
         #expect(s.orphanExits == 0)
         #expect(s.orphanEntries == 0)
     }
@@ -77,7 +79,11 @@ import Testing
         }
         pairer.entry(TraceEvent(timestamp: 1_000, tid: 7, event: 1))
         let s = pairer.counters.snapshot
-        #expect(s.paired == UInt64(Pairer.threadCapacity * 2 + 1))
+        // Thread 7's series came first; 4095 others fit beside it.
+        #expect(s.paired == UInt64(Pairer.seriesCapacity))
         #expect(s.orphanEntries == 0)
+        #expect(s.orphanExits == 0)
+        let seven = pairer.store.all.first { $0.tid == 7 }
+        #expect(seven?.histogram.snapshot().max == 999)
     }
 }
