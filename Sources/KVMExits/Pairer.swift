@@ -91,7 +91,7 @@ public struct Pairer {
         threads[i].rip = e.rip
         let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
         threads[i].series = Int32(si)
-        if si >= 0 { seriesSlots.slots[si].unsafelyUnwrapped.topRIPs.record(e.rip) }
+        if si >= 0, let s = seriesSlots.slots[si] { s.topRIPs.record(e.rip) }
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.

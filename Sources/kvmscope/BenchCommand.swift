@@ -80,11 +80,19 @@ struct BenchOverheadCommand: ParsableCommand {
             """)
     }
 
+    /// "Linux 6.18.44 x86_64", from /proc (no C structures here).
     static func uname() -> String {
-        var u = utsname()
-        Foundation.uname(&u)
-        func s<T>(_ v: T) -> String { withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) } }
-        return "\(s(u.sysname)) \(s(u.release)) \(s(u.machine))"
+        func read(_ path: String) -> String {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #if arch(x86_64)
+        let machine = "x86_64"
+        #elseif arch(arm64)
+        let machine = "aarch64"
+        #else
+        let machine = "unknown"
+        #endif
+        return "\(read("/proc/sys/kernel/ostype")) \(read("/proc/sys/kernel/osrelease")) \(machine)"
     }
 }
 
