@@ -85,16 +85,16 @@ public struct ShardWriter {
         let isa = hasReason ? e.isa : 0
         let a = AggregateShard.packA(tid: e.tid, event: e.event, isa: isa)
         let b = hasReason ? UInt64(e.reason) : 0
-        shard.eventTotals[Int(e.event) & (AggregateShard.maxEvents - 1)].wrappingAdd(1, ordering: .relaxed)
+        shard.eventTotals[Int(e.event) & (AggregateShard.maxEvents - 1)].singleWriterAdd(1)
         if a == lastA && b == lastB && lastSlot >= 0 {
-            shard.counts[lastSlot].wrappingAdd(1, ordering: .relaxed)
+            shard.counts[lastSlot].singleWriterAdd(1)
             return
         }
         var i = AggregateShard.slot(a, b)
         for _ in 0..<AggregateShard.capacity {
             let ka = shard.keyA[i].load(ordering: .relaxed)  // only this thread writes keys
             if ka == a && shard.keyB[i].load(ordering: .relaxed) == b {
-                shard.counts[i].wrappingAdd(1, ordering: .relaxed)
+                shard.counts[i].singleWriterAdd(1)
                 lastA = a; lastB = b; lastSlot = i
                 return
             }
@@ -104,7 +104,7 @@ public struct ShardWriter {
             }
             i = (i + 1) & AggregateShard.mask
         }
-        shard.overflowCount.wrappingAdd(1, ordering: .relaxed)
+        shard.overflowCount.singleWriterAdd(1)
     }
 
     @usableFromInline
@@ -126,7 +126,7 @@ public struct ShardWriter {
 
     /// Adds events the kernel reported lost.
     public func addLost(_ n: UInt64, unknownSubbuffers: UInt64 = 0) {
-        if n > 0 { shard.lostCount.wrappingAdd(n, ordering: .relaxed) }
-        if unknownSubbuffers > 0 { shard.lostUnknownCount.wrappingAdd(unknownSubbuffers, ordering: .relaxed) }
+        if n > 0 { shard.lostCount.singleWriterAdd(n) }
+        if unknownSubbuffers > 0 { shard.lostUnknownCount.singleWriterAdd(unknownSubbuffers) }
     }
 }

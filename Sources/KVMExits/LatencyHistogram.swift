@@ -18,7 +18,8 @@ import Synchronization
 /// ## Memory orderings
 ///
 /// Writer, per value: (1) statistics with relaxed stores; the square sum's low word with a *releasing* store
-/// (see below); (2) the bucket with one relaxed `wrappingAdd`; (3) `count` with a releasing store.
+/// (see below); (2) the bucket with one relaxed `singleWriterAdd` (load + store, no locked RMW); (3) `count`
+/// with a releasing store.
 /// Reader: buckets with relaxed loads, then `count` with an acquiring load, then the statistics.
 ///
 /// - Each counter is monotonic and read-read coherent, so successive snapshots taken by one thread never see
@@ -68,7 +69,7 @@ public final class LatencyHistogram: Sendable {
             _addSquareHigh(hiDelta, low: lo)
         }
         // (2) The bucket: the one read-modify-write. Relaxed: it orders nothing, readers only need atomicity.
-        _buckets[HistogramSnapshot.bucketIndex(for: ns)].wrappingAdd(1, ordering: .relaxed)
+        _buckets[HistogramSnapshot.bucketIndex(for: ns)].singleWriterAdd(1)
         // (3) Publish: a reader acquiring this count sees all of this value's statistics and bucket.
         _count.store(_count.load(ordering: .relaxed) &+ 1, ordering: .releasing)
     }

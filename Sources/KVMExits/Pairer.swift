@@ -79,10 +79,10 @@ public struct Pairer {
     public mutating func exit(_ e: TraceEvent) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
         guard let i = pendingIndex(e.tid) else {
-            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            counters.overflowCount.singleWriterAdd(1)
             return
         }
-        if threads[i].open { counters.orphanExitCount.wrappingAdd(1, ordering: .relaxed) }
+        if threads[i].open { counters.orphanExitCount.singleWriterAdd(1) }
         threads[i].open = true
         threads[i].ts = e.timestamp
         threads[i].reason = e.reason
@@ -98,11 +98,11 @@ public struct Pairer {
     public mutating func entry(_ e: TraceEvent) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
         guard let i = pendingIndex(e.tid) else {
-            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            counters.overflowCount.singleWriterAdd(1)
             return
         }
         guard threads[i].open else {
-            counters.orphanEntryCount.wrappingAdd(1, ordering: .relaxed)
+            counters.orphanEntryCount.singleWriterAdd(1)
             return
         }
         threads[i].open = false
@@ -111,26 +111,26 @@ public struct Pairer {
         let lossOnEntryCPU = lastLoss[Int(e.cpu) & 1023]
         if (lossOnExitCPU > x.ts && lossOnExitCPU <= e.timestamp)
             || (lossOnEntryCPU > x.ts && lossOnEntryCPU <= e.timestamp) {
-            counters.invalidatedCount.wrappingAdd(1, ordering: .relaxed)
+            counters.invalidatedCount.singleWriterAdd(1)
             return
         }
         guard e.timestamp >= x.ts else {
-            counters.negativeCount.wrappingAdd(1, ordering: .relaxed)
+            counters.negativeCount.singleWriterAdd(1)
             return
         }
         guard x.series >= 0, let s = seriesSlots.slots[Int(x.series)] else {
-            counters.overflowCount.wrappingAdd(1, ordering: .relaxed)
+            counters.overflowCount.singleWriterAdd(1)
             return
         }
         s.histogram.record(e.timestamp - x.ts)
-        counters.pairedCount.wrappingAdd(1, ordering: .relaxed)
+        counters.pairedCount.singleWriterAdd(1)
     }
 
     /// At the end of a trace: exits still waiting for an entry become orphans.
     public mutating func finish() {
         for i in threads.indices where threads[i].open {
             threads[i].open = false
-            counters.orphanExitCount.wrappingAdd(1, ordering: .relaxed)
+            counters.orphanExitCount.singleWriterAdd(1)
         }
     }
 }
