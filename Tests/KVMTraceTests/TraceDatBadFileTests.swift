@@ -20,7 +20,7 @@ import Testing
 
     static func write(_ bytes: [UInt8], _ name: String) -> String {
         let path = TraceDatWriterTests.tempPath(name)
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
         return path
     }
 
@@ -54,7 +54,7 @@ import Testing
         #expect(Self.badFileMessage(path) == nil)
         var checked = 0
         for n in stride(from: 0, to: bytes.count, by: 97) {
-            FileManager.default.createFile(atPath: path, contents: Data(bytes[..<n]))
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes[..<n])))
             let m = Self.badFileMessage(path)
             #expect(m != nil && !m!.contains("\n") && !m!.hasPrefix("not badFile"), "truncated at \(n): \(m ?? "read fine")")
             checked += 1
@@ -67,7 +67,7 @@ import Testing
         let path = TraceDatWriterTests.tempPath("trunc7.dat")
         defer { unlink(path) }
         for n in stride(from: 0, to: 65_536, by: 97) {
-            FileManager.default.createFile(atPath: path, contents: Data(bytes[..<n]))
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes[..<n])))
             let m = Self.badFileMessage(path)
             #expect(m != nil && !m!.contains("\n") && !m!.hasPrefix("not badFile"), "truncated at \(n): \(m ?? "read fine")")
         }

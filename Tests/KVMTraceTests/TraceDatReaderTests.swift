@@ -165,8 +165,8 @@ enum TraceCmd {
     /// Runs argv with stdout and stderr in temporary files (no pipe can fill up).
     static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-tc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        FileManager.default.createFile(atPath: base + ".out", contents: nil)
-        FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        #expect(FileManager.default.createFile(atPath: base + ".out", contents: nil))
+        #expect(FileManager.default.createFile(atPath: base + ".err", contents: nil))
         defer { unlink(base + ".out"); unlink(base + ".err") }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0])

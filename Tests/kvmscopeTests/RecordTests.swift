@@ -18,8 +18,8 @@ struct RecordTests {
     static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         let base = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: base) }
-        FileManager.default.createFile(atPath: base + "/out", contents: nil)
-        FileManager.default.createFile(atPath: base + "/err", contents: nil)
+        #expect(FileManager.default.createFile(atPath: base + "/out", contents: nil))
+        #expect(FileManager.default.createFile(atPath: base + "/err", contents: nil))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0])
         p.arguments = Array(argv.dropFirst())

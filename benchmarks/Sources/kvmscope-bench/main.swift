@@ -208,6 +208,6 @@ let result = JSONValue.object([
 if let dir = options.resultsDir {
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let path = "\(dir)/\(machine.date.prefix(10))\(options.quick ? "-quick" : "").json"
-    FileManager.default.createFile(atPath: path, contents: Data((result.serialized(pretty: true) + "\n").utf8))
+    if !FileManager.default.createFile(atPath: path, contents: Data((result.serialized(pretty: true) + "\n").utf8)) { out("cannot write \(path)") }
     out("Results written to \(path).")
 }
