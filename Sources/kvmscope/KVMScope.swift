@@ -7,17 +7,18 @@ struct KVMScope: ParsableCommand {
         commandName: "kvmscope",
         abstract: "What KVM virtual machines cost their host, exit by exit.",
         discussion: """
-            Reads the kernel's kvm:* tracepoints from a private tracefs instance and shows, per VM and per
-            vCPU, the count of every exit reason and the distribution of exit latencies.
+            Reads the kernel's kvm:* tracepoints from a private tracefs instance and
+            shows, per VM and per vCPU, the count of every exit reason and the
+            distribution of exit latencies.
 
             Examples:
-              kvmscope                              the live view (kvm_stat's keys), every VM
-              kvmscope live --demo                  the same, with a demo guest if no VM runs
-              kvmscope stat -1                      one kvm_stat-style snapshot of all VMs
-              kvmscope stat --json -- ./my-vmm      trace while a command runs, JSON summary
-              kvmscope record -o t.dat -- ./my-vmm  a trace.dat that trace-cmd and KernelShark open
-              kvmscope report t.dat                 perf kvm stat-style report with latency percentiles
-              kvmscope serve                        Prometheus /metrics on 127.0.0.1:9477
+              kvmscope                          the live view, kvm_stat's keys
+              kvmscope live --demo              the same, with a demo guest
+              kvmscope stat -1                  one kvm_stat-style snapshot
+              kvmscope stat --json -- ./vmm     trace while a command runs
+              kvmscope record -o t.dat          a trace.dat for trace-cmd
+              kvmscope report t.dat             perf kvm stat-style report
+              kvmscope serve                    Prometheus on 127.0.0.1:9477
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,

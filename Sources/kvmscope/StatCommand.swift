@@ -192,7 +192,9 @@ struct StatCommand: ParsableCommand {
             ]
             writeStdout(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {
-            let lines = StatTable.render(final, previous: nil, seconds: seconds)
+            var lines = StatTable.render(final, previous: nil, seconds: seconds)
+            // Where exits were seen, the latency table of `kvmscope report` follows (per VM × vCPU).
+            if !final.exits.isEmpty { lines += [""] + ReportTable.render(final, byVCPU: true) }
             writeStdout(lines.joined(separator: "\n") + "\n")
             writeStdout(StatTable.footer(final) + "\n")
         }

@@ -1,0 +1,40 @@
+import Testing
+
+/// The help users read first, pinned.
+@Suite struct HelpTests {
+    @Test func rootHelp() throws {
+        let r = try CLI.run(["--help"])
+        #expect(r.status == 0)
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(Array(lines.prefix(17)) == [
+            "OVERVIEW: What KVM virtual machines cost their host, exit by exit.",
+            "",
+            "Reads the kernel's kvm:* tracepoints from a private tracefs instance and",
+            "shows, per VM and per vCPU, the count of every exit reason and the",
+            "distribution of exit latencies.",
+            "",
+            "Examples:",
+            "  kvmscope                          the live view, kvm_stat's keys",
+            "  kvmscope live --demo              the same, with a demo guest",
+            "  kvmscope stat -1                  one kvm_stat-style snapshot",
+            "  kvmscope stat --json -- ./vmm     trace while a command runs",
+            "  kvmscope record -o t.dat          a trace.dat for trace-cmd",
+            "  kvmscope report t.dat             perf kvm stat-style report",
+            "  kvmscope serve                    Prometheus on 127.0.0.1:9477",
+            "  kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'",
+            "  kvmscope storm --kind io --vcpus 2 --exits 100000",
+            "",
+        ])
+        let subcommands = lines.drop { $0 != "SUBCOMMANDS:" }.dropFirst().prefix { !$0.isEmpty }
+            .compactMap { $0.hasPrefix("  ") && !$0.hasPrefix("    ") ? $0.split(separator: " ").first.map(String.init) : nil }
+        #expect(subcommands == ["live", "stat", "record", "report", "serve", "watch", "storm", "bench"])
+    }
+
+    @Test func statOptionsAreKVMStats() throws {
+        let r = try CLI.run(["stat", "--help"])
+        for option in ["-1, --once", "-l, --log", "-L, --log-to-file", "-c, --csv", "-z, --skip-zero-records",
+                       "-s, --set-delay", "-p, --pid", "-g, --guest", "-f, --fields"] {
+            #expect(r.stdout.contains(option), "stat --help lacks \(option)")
+        }
+    }
+}
