@@ -3,9 +3,7 @@ import KVMTrace
 
 /// `kvmscope report` against `trace-cmd report > /dev/null` on one synthetic trace.dat of N events
 /// (`kvmscope bench synth`), in the same run. Wall time and CPU (rusage) of each.
-///
-/// TODO(tracedat, report; merge): needs `kvmscope bench synth` wired to the trace.dat writer and the
-/// `report` command. Until both answer, this section says "pending" and why.
+/// A kvmscope build without `bench synth` or `report` makes this section say "pending" and why.
 struct OfflineReport {
     var kvmscope: String
     var events: Int
