@@ -27,6 +27,9 @@ struct StormCommand: ParsableCommand {
     @Option(help: "Repeat the storm for this many seconds (0: run once).")
     var seconds: Double = 0
 
+    @Option(help: "A guest name, found like QEMU's -name (kvm_stat -g, kvmscope -g).")
+    var name: String?
+
     func validate() throws {
         guard Storm.Kind(rawValue: kind) != nil else {
             throw ValidationError("--kind must be io, mmio or hlt (got '\(kind)')")
@@ -47,7 +50,7 @@ struct StormCommand: ParsableCommand {
             elapsed += r.seconds
         } while seconds > 0 && Date().timeIntervalSince(start) < seconds && !(stop?.isRaised ?? false)
         let json = JSONValue.object([
-            ("pid", .int(Int64(getpid()))), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
+            ("pid", .int(Int64(getpid()))), ("name", .optional(name)), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
             ("exits", .uint(total)), ("seconds", .double((elapsed * 1e6).rounded() / 1e6)),
             ("exits_per_second", .uint(elapsed > 0 ? UInt64(Double(total) / elapsed) : 0)),
         ])

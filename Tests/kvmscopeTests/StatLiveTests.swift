@@ -55,3 +55,36 @@ struct StatLiveTests {
         #expect(outside.isRunning, "the outside storm must overlap the traced one")
     }
 }
+
+/// kvm_stat's -g: a guest found by its name (`--name` on the command line, like QEMU's -name).
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct GuestFilterLiveTests {
+    @Test func guestByNameKeepsOnlyThatGuest() throws {
+        let name = "kvmscope-test-guest-\(getpid())"
+        let guest = Process()
+        guest.executableURL = URL(fileURLWithPath: CLI.binary)
+        guest.arguments = ["storm", "--name", name, "--kind", "io", "--vcpus", "2", "--exits", "5000", "--seconds", "60"]
+        guest.standardOutput = FileHandle.nullDevice
+        try guest.run()
+        defer { guest.terminate(); guest.waitUntilExit() }
+        // Another guest at the same time, which -g must leave out.
+        let other = Process()
+        other.executableURL = URL(fileURLWithPath: CLI.binary)
+        other.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"]
+        other.standardOutput = FileHandle.nullDevice
+        try other.run()
+        defer { other.terminate(); other.waitUntilExit() }
+
+        let r = try CLI.run(["stat", "--json", "--duration", "1.5", "-g", name])
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try CLI.json(r.stdout)
+        let rows = try #require(j["userspace_exits"] as? [[String: Any]])
+        #expect(Set(rows.compactMap { $0["vm"] as? Int }) == [Int(guest.processIdentifier)])
+        #expect(Set(rows.compactMap { $0["vm_name"] as? String }) == [name])
+        #expect(Set(rows.compactMap { $0["reason"] as? String }) == ["KVM_EXIT_IO"])
+        #expect(Set(rows.compactMap { $0["vcpu"] as? Int }) == [0, 1])
+        let events = try #require(j["events"] as? [String: Int])
+        #expect((events["kvm_pio"] ?? 0) > 0)
+        #expect(events["kvm_mmio"] == nil, "the other guest leaked in")
+    }
+}
