@@ -91,7 +91,7 @@ public struct Pairer {
         threads[i].rip = e.rip
         let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
         threads[i].series = Int32(si)
-        if si >= 0, let s = seriesSlots.slots[si] { s.topRIPs.record(e.rip) }
+        if si >= 0 { seriesSlots.dense[si].topRIPs.record(e.rip) }
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.
@@ -118,11 +118,11 @@ public struct Pairer {
             counters.negativeCount.singleWriterAdd(1)
             return
         }
-        guard x.series >= 0, let s = seriesSlots.slots[Int(x.series)] else {
+        guard x.series >= 0 else {
             counters.overflowCount.singleWriterAdd(1)
             return
         }
-        s.histogram.record(e.timestamp - x.ts)
+        seriesSlots.dense[Int(x.series)].histogram.record(e.timestamp - x.ts)
         counters.pairedCount.singleWriterAdd(1)
     }
 
@@ -150,41 +150,50 @@ public final class SeriesStore: Sendable {
 /// The pairer's private index of its series: open addressing on (tid, isa, reason).
 struct SeriesSlots {
     let store: SeriesStore
+    /// Open addressing on the key: the dense index + 1 of the series (0: empty).
     var keys = [UInt64](repeating: 0, count: Pairer.seriesCapacity * 2)
-    var slots = [LatencySeries?](repeating: nil, count: Pairer.seriesCapacity * 2)
-    var count = 0
+    var table = [Int32](repeating: 0, count: Pairer.seriesCapacity * 2)
+    /// Every series, in creation order; what the hot path indexes (no optionals, no copies of references).
+    var dense: ContiguousArray<LatencySeries> = []
     var lastKey: UInt64 = 0
-    var lastSlot = -1
+    var lastIndex = -1
 
-    init(store: SeriesStore) { self.store = store }
+    init(store: SeriesStore) {
+        self.store = store
+        dense.reserveCapacity(Pairer.seriesCapacity)
+    }
 
-    /// The slot of the (tid, isa, reason) series, created on first use; -1 when the table is full.
+    /// The dense index of the (tid, isa, reason) series, created on first use; -1 when the table is full.
     mutating func index(tid: Int32, isa: UInt8, reason: UInt32) -> Int {
         // tid (32) | isa (8, high byte of the reason word is never used by VMX/SVM/arm64 codes shown) | reason
         let key = UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
-        // The key mixes tid, isa and reason (it can collide), so even the cached slot is checked field by field.
-        if key == lastKey, lastSlot >= 0, let s = slots[lastSlot], s.tid == tid, s.reason == reason, s.isa == isa {
-            return lastSlot
-        }
+        // The key mixes tid, isa and reason (it can collide), so even the cached index is checked field by field.
+        if key == lastKey, lastIndex >= 0, matches(lastIndex, tid, isa, reason) { return lastIndex }
         let mask = keys.count - 1
         var i = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
         for _ in 0..<keys.count {
-            if keys[i] == key, let s = slots[i], s.tid == tid, s.reason == reason, s.isa == isa {
-                lastKey = key; lastSlot = i
-                return i
-            }
             if keys[i] == 0 {
-                guard count < Pairer.seriesCapacity else { return -1 }
+                guard dense.count < Pairer.seriesCapacity else { return -1 }
                 let s = LatencySeries(tid: tid, isa: isa, reason: reason)
                 keys[i] = key
-                slots[i] = s
-                count += 1
+                dense.append(s)
+                table[i] = Int32(dense.count)
                 store.append(s)
-                lastKey = key; lastSlot = i
-                return i
+                lastKey = key
+                lastIndex = dense.count - 1
+                return lastIndex
+            }
+            if keys[i] == key, matches(Int(table[i]) - 1, tid, isa, reason) {
+                lastKey = key
+                lastIndex = Int(table[i]) - 1
+                return lastIndex
             }
             i = (i + 1) & mask
         }
         return -1
+    }
+
+    func matches(_ d: Int, _ tid: Int32, _ isa: UInt8, _ reason: UInt32) -> Bool {
+        dense[d].tid == tid && dense[d].reason == reason && dense[d].isa == isa
     }
 }
