@@ -107,14 +107,17 @@ public final class RecordSession: @unchecked Sendable {
         defer { page.deallocate() }
         guard let out = try? OutputFile(path: path) else { return }
         func put() {
-            // Every page is written whole: the trace.dat's per-CPU data is an array of pages.
-            if let max = config.maxBytes, full.load(ordering: .relaxed) || bytes.load(ordering: .relaxed) + UInt64(size) > max {
+            // Every page is written whole: the trace.dat's per-CPU data is an array of pages. Its bytes are
+            // reserved before it is written, so two CPUs' threads never both take the last room under --max-size.
+            let before = bytes.wrappingAdd(UInt64(size), ordering: .relaxed).oldValue
+            if let max = config.maxBytes, full.load(ordering: .relaxed) || before + UInt64(size) > max {
+                bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
                 full.store(true, ordering: .relaxed)
                 droppedPages.wrappingAdd(1, ordering: .relaxed)
                 return
             }
-            if (try? out.write(UnsafeRawBufferPointer(page))) != nil {
-                bytes.wrappingAdd(UInt64(size), ordering: .relaxed)
+            if (try? out.write(UnsafeRawBufferPointer(page))) == nil {
+                bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
             }
         }
         while !stopped.withLock({ $0 }) {
