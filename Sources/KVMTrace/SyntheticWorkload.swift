@@ -134,16 +134,3 @@ public struct SyntheticWorkload: Sendable {
 
     static func rip(reason: Int, k: Int) -> UInt64 { 0xffff_ffff_8100_0000 + UInt64(reason) * 0x1000 + UInt64(k) * 0x40 }
 }
-
-/// A small, fast, deterministic generator (Steele, Lea, Flood: SplitMix64).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -3,17 +3,7 @@ import Synchronization
 import Testing
 import KVMExits
 
-/// HistTestSplitMix64: small, deterministic, good enough for test data.
-struct HistTestSplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
     /// Uniform in [0, 1).
     mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
@@ -28,14 +18,14 @@ final class HistTestDoneFlag: Sendable {
 enum HistTestSamples {
     /// Log-uniform from 10 ns to 100 s.
     static func logUniform(seed: UInt64, count: Int) -> [UInt64] {
-        var rng = HistTestSplitMix64(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let lo = log(10.0), hi = log(100e9)
         return (0..<count).map { _ in Swift.min(UInt64(exp(lo + rng.unit() * (hi - lo))), 100_000_000_000) }
     }
 
     /// 90 % fast exits around 300–900 ns, 10 % slow ones around 20–200 µs.
     static func bimodal(seed: UInt64, count: Int) -> [UInt64] {
-        var rng = HistTestSplitMix64(seed: seed)
+        var rng = SplitMix64(seed: seed)
         return (0..<count).map { _ in
             rng.next() % 10 == 0 ? 20_000 + rng.next() % 180_000 : 300 + rng.next() % 600
         }
@@ -124,7 +114,7 @@ struct LatencyHistogramTests {
             let p = UInt64(1) << k
             sweep += [p - 1, p, p + 1]
         }
-        var rng = HistTestSplitMix64(seed: 7)
+        var rng = SplitMix64(seed: 7)
         for _ in 0..<100_000 { sweep.append(rng.next() >> (rng.next() % 64)) }
         sweep.sort()
 
@@ -216,7 +206,7 @@ struct LatencyHistogramTests {
 
     @Test func concurrentSnapshotsWhileWriting() async {
         let total = 1_000_000
-        var rng = HistTestSplitMix64(seed: 1234)
+        var rng = SplitMix64(seed: 1234)
         let values = (0..<total).map { _ in 50 + rng.next() % 5_000_000 }
         let h = LatencyHistogram()
         let done = HistTestDoneFlag()

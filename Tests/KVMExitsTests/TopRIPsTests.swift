@@ -12,7 +12,7 @@ struct TopRIPsTests {
     static func heavyHitterStream(seed: UInt64) -> [UInt64] {
         var stream = Array(repeating: a, count: 5_000) + Array(repeating: b, count: 3_000)
             + Array(repeating: c, count: 1_000) + (0..<2_000).map { 0x1000 + UInt64($0) * 3 }
-        var rng = HistTestSplitMix64(seed: seed)
+        var rng = SplitMix64(seed: seed)
         for i in stride(from: stream.count - 1, to: 0, by: -1) {
             stream.swapAt(i, Int(rng.next() % UInt64(i + 1)))
         }
@@ -46,7 +46,7 @@ struct TopRIPsTests {
     @Test func exactWhenFewDistinct() {
         let top = TopRIPs(capacity: 16)
         var truth: [UInt64: UInt64] = [:]
-        var rng = HistTestSplitMix64(seed: 5)
+        var rng = SplitMix64(seed: 5)
         for _ in 0..<50_000 {
             let rip = 0x4000 + (rng.next() % 16) * 8  // 16 distinct ≤ K
             truth[rip, default: 0] += 1

@@ -73,17 +73,6 @@ import Testing
 
     // MARK: - The known workload
 
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     struct Thread {
         var tid: Int32
         var vm: Int32
@@ -129,7 +118,7 @@ import Testing
         #expect(exitB.has("vcpu_id") == (k.dir != "4.19-x86" && k.dir != "5.15-arm64"))
         #expect(exitB.has("requests") == (k.dir == "6.18-x86"))
 
-        var rng = SplitMix(state: 0x5eed_0000 &+ UInt64(k.label.utf8.count))
+        var rng = SplitMix64(seed: 0x5eed_0000 &+ UInt64(k.label.utf8.count))
         var perCPU: [[Placed]] = [[], []]
         var seq = 0
         var expected: [RowKey: Expected] = [:]
