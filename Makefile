@@ -1,4 +1,5 @@
 # kvmscope — build, test, demo. Every target installs what it needs on a fresh Debian machine.
+SHELL := /bin/bash
 SWIFT ?= swift
 CONFIG ?= release
 BIN = .build/$(CONFIG)/kvmscope
@@ -31,9 +32,20 @@ build: deps
 demo: build
 	$(BIN) live --demo
 
-# Tests run against the same release build (one compilation), the binary included.
+# Tests run against the same release build (one compilation), the binary included. The whole run takes
+# under a minute here; past TEST_TIMEOUT seconds it is stopped and the tests that never finished are named,
+# so a hang fails fast with its culprit instead of eating CI's time.
+TEST_TIMEOUT ?= 1200
 test: build
-	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no $(SWIFT) test -c $(CONFIG)
+	@set -o pipefail; \
+	KVMSCOPE_BIN=$(CURDIR)/$(BIN) SWIFT_BACKTRACE=enable=no timeout -k 30 $(TEST_TIMEOUT) \
+		$(SWIFT) test -c $(CONFIG) 2>&1 | tee .build/test.log; rc=$$?; \
+	if [ $$rc -ne 0 ]; then \
+		[ $$rc -eq 124 ] && echo "make test: stopped after $(TEST_TIMEOUT) s"; \
+		awk '/^◇ Test .* started\.$$/ && !/^◇ Test case / { n = $$0; sub(/^◇ Test /, "", n); sub(/ started\.$$/, "", n); open[n]++ } \
+		     /^(✔|✘) Test / { n = $$0; sub(/^(✔|✘) Test /, "", n); sub(/ (with [0-9]+ test cases? )?(passed|failed) after.*/, "", n); done[n]++ } \
+		     END { for (n in open) if (!(n in done)) print "make test: never finished: " n }' .build/test.log; \
+	fi; exit $$rc
 
 bench: build
 	$(MAKE) -C benchmarks

@@ -39,9 +39,11 @@ let package = Package(
             .product(name: "FlyingFox", package: "FlyingFox"),
             .product(name: "FlyingSocks", package: "FlyingFox"),
         ], path: "Sources/kvmscope"),
-        .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits"], path: "Tests/KVMExitsTests"),
-        .testTarget(name: "KVMTraceTests", dependencies: ["KVMTrace", "KVMExits"], path: "Tests/KVMTraceTests"),
-        .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMTrace", "KVMScopeViews"],
+        // What the tests share: processes and threads with bounded waits, a loopback HTTP client.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits", "TestSupport"], path: "Tests/KVMExitsTests"),
+        .testTarget(name: "KVMTraceTests", dependencies: ["KVMTrace", "KVMExits", "TestSupport"], path: "Tests/KVMTraceTests"),
+        .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMTrace", "KVMScopeViews", "TestSupport"],
                     path: "Tests/kvmscopeTests"),
     ],
     swiftLanguageModes: [.v6]

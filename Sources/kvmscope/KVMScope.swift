@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVMTrace
 
 @main
 struct KVMScope: ParsableCommand {
@@ -30,6 +31,7 @@ struct KVMScope: ParsableCommand {
     /// Like ArgumentParser's main, but a bad argument is one line on stderr (no usage dump), and
     /// `--help` still prints help.
     static func main() {
+        StandardDescriptors.ensureOpen()
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import TestSupport
 import KVMExits
 
 extension SplitMix64 {
@@ -204,14 +205,15 @@ struct LatencyHistogramTests {
         #expect(HistogramSnapshot.rank(forPercentile: 50, count: 0) == 0)
     }
 
-    @Test func concurrentSnapshotsWhileWriting() async {
+    @Test func concurrentSnapshotsWhileWriting() {
         let total = 1_000_000
         var rng = SplitMix64(seed: 1234)
         let values = (0..<total).map { _ in 50 + rng.next() % 5_000_000 }
         let h = LatencyHistogram()
         let done = HistTestDoneFlag()
 
-        let reader = Task.detached { () -> (snapshots: Int, monotonic: Bool, consistent: Bool) in
+        // (snapshots, monotonic, consistent) from the reader; the writer returns nil.
+        let results = onThreads([{ @Sendable () -> (Int, Bool, Bool)? in
             var last: HistogramSnapshot? = nil
             var snapshots = 0
             var monotonic = true
@@ -229,16 +231,16 @@ struct LatencyHistogramTests {
                 snapshots += 1
             }
             return (snapshots, monotonic, consistent)
-        }
-        let writer = Task.detached {
+        }, { @Sendable () -> (Int, Bool, Bool)? in
             for v in values { h.record(v) }
             done.set()
-        }
-        await writer.value
-        let result = await reader.value
-        #expect(result.monotonic)
-        #expect(result.consistent)
-        #expect(result.snapshots >= 10)
+            return nil
+        }])
+        let result = results[0]!
+        let (snapshots, monotonic, consistent) = result
+        #expect(monotonic)
+        #expect(consistent)
+        #expect(snapshots >= 10)
         #expect(h.snapshot() == HistogramSnapshot(recording: values))
         #expect(h.snapshot().count == UInt64(total))
     }

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import TestSupport
 import KVMExits
 
 @Suite("TopRIPs")
@@ -98,11 +99,11 @@ struct TopRIPsTests {
         #expect(merged.prefix(3).map { $0.count - $0.error }.elementsEqual([5_000, 3_000, 1_000]) { $0 <= $1 })
     }
 
-    @Test func concurrentSnapshotsWhileWriting() async {
+    @Test func concurrentSnapshotsWhileWriting() {
         let stream = Self.heavyHitterStream(seed: 4) + Self.heavyHitterStream(seed: 6)
         let top = TopRIPs(capacity: 16)
         let done = HistTestDoneFlag()
-        let reader = Task.detached { () -> Bool in
+        let ok = onThreads([{ @Sendable () -> Bool in
             var ok = true
             var rounds = 0
             while !done.isSet || rounds < 10 {
@@ -111,13 +112,12 @@ struct TopRIPsTests {
                 rounds += 1
             }
             return ok
-        }
-        let writer = Task.detached {
+        }, { @Sendable () -> Bool in
             for r in stream { top.record(r) }
             done.set()
-        }
-        await writer.value
-        #expect(await reader.value)
+            return true
+        }])
+        #expect(ok == [true, true])
         let reference = TopRIPs(capacity: 16)
         for r in stream { reference.record(r) }
         #expect(top.snapshot() == reference.snapshot())

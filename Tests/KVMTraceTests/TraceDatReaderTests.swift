@@ -1,6 +1,7 @@
 import Foundation
 import KVMExits
 import Testing
+import TestSupport
 @testable import KVMTrace
 
 /// trace.dat files: the real corpus file, synthetic round trips, and bad input.
@@ -162,21 +163,8 @@ enum TraceCmd {
         ["/usr/bin/trace-cmd", "/usr/local/bin/trace-cmd"].first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    /// Runs argv with stdout and stderr in temporary files (no pipe can fill up).
+    /// Runs argv to its end (at most 120 s), its output collected as it comes (no pipe can fill up).
     static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-tc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        #expect(FileManager.default.createFile(atPath: base + ".out", contents: nil))
-        #expect(FileManager.default.createFile(atPath: base + ".err", contents: nil))
-        defer { unlink(base + ".out"); unlink(base + ".err") }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        p.standardOutput = FileHandle(forWritingAtPath: base + ".out")
-        p.standardError = FileHandle(forWritingAtPath: base + ".err")
-        try p.run()
-        p.waitUntilExit()
-        let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-        let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-        return (p.terminationStatus, o, e)
+        try Spawned.run(argv[0], Array(argv.dropFirst()))
     }
 }

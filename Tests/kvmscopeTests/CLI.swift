@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// Runs the real kvmscope binary, as users do.
 enum CLI {
@@ -18,40 +19,12 @@ enum CLI {
         var stderr: String
     }
 
-    /// Runs kvmscope with arguments; waits at most `timeout` seconds (then kills it and records a failure).
+    /// Runs kvmscope with arguments, stdin /dev/null; waits at most `timeout` seconds (then kills it and
+    /// records a failure).
     @discardableResult
     static func run(_ args: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["SWIFT_BACKTRACE"] = "enable=no"
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        // Read both pipes concurrently so a full pipe never blocks the child.
-        let outData = Locked(Data())
-        let errData = Locked(Data())
-        let group = DispatchGroup()
-        for (pipe, sink) in [(out, outData), (err, errData)] {
-            group.enter()
-            DispatchQueue.global().async {
-                sink.set(pipe.fileHandleForReading.readDataToEndOfFile())
-                group.leave()
-            }
-        }
-        if group.wait(timeout: .now() + timeout) == .timedOut {
-            p.terminate()
-            Issue.record("kvmscope \(args.joined(separator: " ")) timed out after \(timeout) s")
-            group.wait()
-        }
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
-                      stderr: String(decoding: errData.get(), as: UTF8.self))
+        let r = try Spawned.run(binary, args, timeout: timeout, environment: environment)
+        return Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
     /// Parses a JSON document printed by kvmscope (the last JSON object in the output).
@@ -65,14 +38,6 @@ enum CLI {
     }
 
     enum CLIError: Error { case noJSON(String) }
-}
-
-final class Locked<T>: @unchecked Sendable {
-    private var value: T
-    private let lock = NSLock()
-    init(_ v: T) { value = v }
-    func get() -> T { lock.withLock { value } }
-    func set(_ v: T) { lock.withLock { value = v } }
 }
 
 /// Whether tests that need root, /dev/kvm and tracefs can run. With KVMSCOPE_REQUIRE_KVM=1 (CI) they

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The fleet pieces: Prometheus rules that promtool accepts, and queries on metric names kvmscope exports.
 @Suite("Contrib")
@@ -21,16 +22,10 @@ struct ContribTests {
     }
 
     @Test func promtoolAcceptsTheAlertRules() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
-        p.arguments = ["check", "rules", Self.contrib.appendingPathComponent("prometheus/alerts.yml").path]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "\(text)")
+        let r = try Spawned.run("/usr/bin/promtool", ["check", "rules", Self.contrib.appendingPathComponent("prometheus/alerts.yml").path],
+                                timeout: 60)
+        let text = r.stdout + r.stderr
+        #expect(r.status == 0, "\(text)")
         #expect(text.contains("SUCCESS: 8 rules found"))
     }
 

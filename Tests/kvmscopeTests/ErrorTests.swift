@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// Bad input: one line on stderr, a non-zero status, nothing on stdout, never a stack trace.
 @Suite struct ErrorTests {
@@ -66,22 +67,17 @@ extension CLI.Result {
                                                  attributes: [.posixPermissions: 0o755])
         let copy = dir.appendingPathComponent("kvmscope")
         if !FileManager.default.fileExists(atPath: copy.path) {
-            try FileManager.default.copyItem(atPath: CLI.binary, toPath: copy.path)
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy.path)
+            // Copied by cp, not in this process: a file this process had open for writing would be inherited
+            // by the children other tests fork meanwhile, and executing it would fail with "Text file busy".
+            let partial = copy.path + ".\(UInt32.random(in: 0...UInt32.max))"
+            let cp = try Spawned.run("/bin/cp", [CLI.binary, partial], timeout: 60)
+            #expect(cp.status == 0, "cp: \(cp.stderr)")
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: partial)
+            #expect(rename(partial, copy.path) == 0)
         }
         if argv.first == CLI.binary { argv[0] = copy.path }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
-        p.arguments = ["-u", user, "--"] + argv
-        p.environment = ["SWIFT_BACKTRACE": "enable=no", "PATH": "/usr/bin:/bin"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                          stderr: String(decoding: e, as: UTF8.self))
+        let r = try Spawned.run("/usr/sbin/runuser", ["-u", user, "--"] + argv, timeout: 60,
+                                environment: ["PATH": "/usr/bin:/bin"], inheritEnvironment: false)
+        return CLI.Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 }

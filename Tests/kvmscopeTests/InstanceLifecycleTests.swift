@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The private tracefs instance is removed on every way out, and stale ones of dead processes are cleaned.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root and tracefs"))
@@ -10,27 +11,18 @@ struct InstanceLifecycleTests {
 
     /// Starts `kvmscope stat --duration 60`, waits until its instance exists, sends `signal`, and checks the end.
     func endWith(signal: Int32) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["stat", "--duration", "60", "--json"]
-        p.environment = ["SWIFT_BACKTRACE": "enable=no"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let name = "kvmscope-\(p.processIdentifier)"
+        let p = try Spawned(CLI.binary, ["stat", "--duration", "60", "--json"], stdinNull: true)
+        defer { p.stop() }
+        let name = "kvmscope-\(p.pid)"
         let deadline = Date().addingTimeInterval(20)
         while !Self.exists(name) && Date() < deadline { usleep(20_000) }
         #expect(Self.exists(name), "instance \(name) never appeared")
         usleep(200_000)
-        kill(p.processIdentifier, signal)
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        #expect(p.terminationReason == .exit)
-        #expect(p.terminationStatus == 0)
+        p.signal(signal)
+        #expect(p.wait(timeout: 30) == 0, "\(p.stderr)")
         #expect(!Self.exists(name), "instance \(name) left behind after signal \(signal)")
         // It still printed its summary.
-        let j = try CLI.json(String(decoding: data, as: UTF8.self))
+        let j = try CLI.json(p.stdout)
         #expect(j["lost_events"] as? Int == 0)
     }
 
@@ -39,24 +31,16 @@ struct InstanceLifecycleTests {
     @Test func removedAfterSIGTERM() throws { try endWith(signal: SIGTERM) }
 
     @Test func removedAfterNormalEnd() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["stat", "--duration", "0.3", "--json"]
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        let pid = p.processIdentifier
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
-        #expect(!Self.exists("kvmscope-\(pid)"))
+        let p = try Spawned(CLI.binary, ["stat", "--duration", "0.3", "--json"], stdinNull: true)
+        #expect(p.wait(timeout: 60) == 0, "\(p.stderr)")
+        #expect(!Self.exists("kvmscope-\(p.pid)"))
     }
 
     @Test func staleInstanceOfDeadProcessIsRemoved() throws {
         // A pid that is certainly dead: a process that has been reaped.
-        let t = Process()
-        t.executableURL = URL(fileURLWithPath: "/bin/true")
-        try t.run()
-        t.waitUntilExit()
-        let stale = "kvmscope-\(t.processIdentifier)"
+        let t = try Spawned("/bin/true", [], stdinNull: true, quiet: true)
+        #expect(t.wait(timeout: 30) == 0)
+        let stale = "kvmscope-\(t.pid)"
         try FileManager.default.createDirectory(atPath: "\(Self.instances)/\(stale)", withIntermediateDirectories: false)
         #expect(Self.exists(stale))
         // A live process's instance must survive: use this test process's pid.

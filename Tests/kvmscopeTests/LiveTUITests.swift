@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The real binary in a real terminal (tmux), driven by keys while a storm guest runs.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
@@ -10,26 +11,15 @@ struct LiveTUITests {
     /// commands that print get a pipe.
     @discardableResult
     static func tmux(_ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = ["-c", """
+        let argv = ["-c", """
             for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
             exec tmux "$@"
             """, "tmux"] + args
-        p.standardInput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
         guard args.first == "capture-pane" else {
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
-            p.waitUntilExit()
+            try Spawned("/bin/bash", argv, stdinNull: true, quiet: true).wait(timeout: 30)
             return ""
         }
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        return try Spawned.run("/bin/bash", argv, timeout: 30).stdout
     }
 
     struct Pane {
@@ -72,16 +62,10 @@ struct LiveTUITests {
     static func total(_ screen: [String], _ name: String) -> Int? { rows(screen).first { $0.name == name }?.total }
 
     @Test func kvmStatKeysDriveTheRealBinary() throws {
-        let storm = Process()
-        storm.executableURL = URL(fileURLWithPath: CLI.binary)
-        storm.arguments = ["storm", "--kind", "io", "--vcpus", "2", "--exits", "50000000", "--seconds", "60"]
-        storm.standardOutput = FileHandle.nullDevice
-        try storm.run()
-        defer {
-            kill(storm.processIdentifier, SIGKILL)
-            storm.waitUntilExit()
-        }
-        let pid = storm.processIdentifier
+        let storm = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "2", "--exits", "50000000", "--seconds", "60"],
+                                stdinNull: true, quiet: true)
+        defer { storm.stop() }
+        let pid = storm.pid
         let name = "kvmscope-live-\(getpid())"
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -197,34 +181,13 @@ struct LiveTUITests {
 
     /// Not a terminal: the log instead, with one line saying so.
     @Test func notATerminalFallsBackToTheLog() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-live-log-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let out = dir.appendingPathComponent("out"), err = dir.appendingPathComponent("err")
-        #expect(FileManager.default.createFile(atPath: out.path, contents: nil))
-        #expect(FileManager.default.createFile(atPath: err.path, contents: nil))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["live", "-s", "0.2", "--event", "kvm_pio"]
-        p.standardOutput = try FileHandle(forWritingTo: out)
-        p.standardError = try FileHandle(forWritingTo: err)
-        try p.run()
-        defer {
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-            p.waitUntilExit()
-        }
-        let deadline = Date().addingTimeInterval(30)
-        var lines: [String] = []
-        while Date() < deadline {
-            lines = (try String(contentsOf: out, encoding: .utf8)).split(separator: "\n").map(String.init)
-            if lines.count >= 2 { break }
-            usleep(100_000)
-        }
-        kill(p.processIdentifier, SIGINT)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
-        #expect(try String(contentsOf: err, encoding: .utf8)
-                == "kvmscope: not a terminal: showing the log (kvmscope stat -l) instead of the full screen\n")
+        let p = try Spawned(CLI.binary, ["live", "-s", "0.2", "--event", "kvm_pio"], stdinNull: true)
+        defer { p.stop() }
+        #expect(p.waitForStdout(timeout: 30) { $0.split(separator: "\n").count >= 2 }, "stdout: \(p.stdout)")
+        p.signal(SIGINT)
+        #expect(p.wait(timeout: 30) == 0)
+        let lines = p.stdout.split(separator: "\n").map(String.init)
+        #expect(p.stderr == "kvmscope: not a terminal: showing the log (kvmscope stat -l) instead of the full screen\n")
         #expect(lines.first == "timestamp                kvm_pio")
         #expect(lines.count >= 2)
     }

@@ -3,6 +3,7 @@ import Glibc
 import KVMExits
 import KVMTrace
 import Testing
+import TestSupport
 
 /// The real-kernel path of exit latency: kvm_exit/kvm_entry-shaped records written to the instance's
 /// trace_marker_raw (ftrace:raw_data, decoded as kvm_exit or kvm_entry by size through LiveConfig.markerEvents)
@@ -67,7 +68,7 @@ struct MarkerLiveTests {
             done.signal()
         }
         t.start()
-        done.wait()
+        precondition(done.wait(timeout: .now() + 300) == .success, "a marker-writing thread did not finish in 300 s")
         return out.get()!
     }
 

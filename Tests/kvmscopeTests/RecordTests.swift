@@ -2,6 +2,7 @@ import Foundation
 import KVMExits
 import KVMTrace
 import Testing
+import TestSupport
 
 /// `kvmscope record` on the real kernel, and trace.dat files written by trace-cmd on this machine.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
@@ -14,21 +15,9 @@ struct RecordTests {
         return d
     }
 
-    /// Runs a program with outputs in files; returns status, stdout, stderr.
+    /// Runs a program to its end (at most 120 s); returns status, stdout, stderr.
     static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let base = try tempDir()
-        defer { try? FileManager.default.removeItem(atPath: base) }
-        #expect(FileManager.default.createFile(atPath: base + "/out", contents: nil))
-        #expect(FileManager.default.createFile(atPath: base + "/err", contents: nil))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        p.standardOutput = FileHandle(forWritingAtPath: base + "/out")
-        p.standardError = FileHandle(forWritingAtPath: base + "/err")
-        try p.run()
-        p.waitUntilExit()
-        return (p.terminationStatus, (try? String(contentsOfFile: base + "/out", encoding: .utf8)) ?? "",
-                (try? String(contentsOfFile: base + "/err", encoding: .utf8)) ?? "")
+        try Spawned.run(argv[0], Array(argv.dropFirst()))
     }
 
     static let traceCmd = "/usr/bin/trace-cmd"
@@ -131,20 +120,15 @@ struct RecordTests {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/s.dat"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["record", "-o", path, "--duration", "60", "-e", "kvm_pio"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let p = try Spawned(CLI.binary, ["record", "-o", path, "--duration", "60", "-e", "kvm_pio"], stdinNull: true)
+        defer { p.stop() }
         usleep(1_500_000)
-        kill(p.processIdentifier, SIGINT)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        p.signal(SIGINT)
+        #expect(p.wait(timeout: 30) == 0, "\(p.stderr)")
         let reader = try TraceDatReader(path: path)
         #expect(reader.catalog.entries.map(\.name) == ["kvm_pio"])
         try reader.forEachEvent { _ in }
-        #expect(!TraceFSInstances.exists("kvmscope-\(p.processIdentifier)"))
+        #expect(!TraceFSInstances.exists("kvmscope-\(p.pid)"))
     }
 }
 

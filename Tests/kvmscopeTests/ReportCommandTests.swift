@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// `kvmscope report` as users run it: the real corpus, errors, and the HTML page rendered by headless Chromium.
 @Suite struct ReportCommandTests {
@@ -78,15 +79,11 @@ import Testing
             return
         }
         let png = dir.appendingPathComponent("host.png").path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: chromium)
-        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + dir.appendingPathComponent("profile").path,
-                       "--screenshot=" + png, "--window-size=1200,900", "file://" + html]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        let shot = try Spawned.run(chromium, ["--headless", "--no-sandbox", "--disable-gpu",
+                                           "--user-data-dir=" + dir.appendingPathComponent("profile").path,
+                                           "--screenshot=" + png, "--window-size=1200,900", "file://" + html],
+                                timeout: 120)
+        #expect(shot.status == 0, "chromium: \(shot.stderr.suffix(1000))")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: png))
         #expect(bytes.prefix(8) == Data([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))
         // A blank 1200×900 page compresses to a few KB; the charts make it tens of KB.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// `serve` scraped by a real Prometheus server, `watch` on a real storm, and the one-line errors.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
@@ -87,19 +88,8 @@ struct ServeLiveTests {
     }
 
     static func promtool(_ args: [String], stdin: String) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
-        p.arguments = args
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        p.standardError = output
-        try p.run()
-        input.fileHandleForWriting.write(Data(stdin.utf8))
-        try input.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        let r = try Spawned.run("/usr/bin/promtool", args, input: Data(stdin.utf8), timeout: 60)
+        return (r.status, r.stdout + r.stderr)
     }
 
     static func alertLines(_ stdout: String) throws -> [[String: Any]] {
@@ -130,7 +120,9 @@ struct ServeLiveTests {
             #expect(l["vcpu"] is NSNull)
         }
         #expect((lines.first?["value"] as? Double ?? 0) > 1000)
-        #expect(lines.last?["value"] as? Double == 0)
+        // Resolved in the first interval back under the threshold: often 0, but on a loaded machine the
+        // storm's last exits can share that interval.
+        #expect((lines.last?["value"] as? Double ?? .infinity) <= 1000, "stdout: \(watch.stdout)")
     }
 
     @Test func watchBelowThresholdPrintsNothing() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// Known answers from a real guest: the storm generator's exits, counted by the kernel's tracepoints.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
@@ -27,6 +28,15 @@ struct StatLiveTests {
         #expect(rows.map { $0["vcpu"] as? Int } == [0, 1])
     }
 
+    /// Started with stdin closed (as CI and some service managers do), kvmscope puts /dev/null there first:
+    /// its ring buffers and pipes never become the traced command's stdin.
+    @Test func closedStdinBecomesDevNull() throws {
+        let r = try Spawned.run("/bin/sh", ["-c", "exec \"$0\" stat --duration 0.2 --json -- readlink /proc/self/fd/0 <&-",
+                                            CLI.binary])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.hasPrefix("/dev/null\n"), "stdout: \(r.stdout)")
+    }
+
     @Test func mmioStormCountsExactly() throws {
         let j = try stat(kind: "mmio")
         let events = try #require(j["events"] as? [String: Int])
@@ -41,12 +51,9 @@ struct StatLiveTests {
 
     @Test func stormOutsideTheCommandIsNotCounted() throws {
         // A second storm runs during the traced one, outside the traced command.
-        let outside = Process()
-        outside.executableURL = URL(fileURLWithPath: CLI.binary)
-        outside.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"]
-        outside.standardOutput = FileHandle.nullDevice
-        try outside.run()
-        defer { outside.terminate(); outside.waitUntilExit() }
+        let outside = try Spawned(CLI.binary, ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"],
+                                  stdinNull: true, quiet: true)
+        defer { outside.stop() }
         let j = try stat(kind: "io")
         let events = try #require(j["events"] as? [String: Int])
         #expect(events["kvm_pio"] == 2 * Self.n)
@@ -61,25 +68,19 @@ struct StatLiveTests {
 struct GuestFilterLiveTests {
     @Test func guestByNameKeepsOnlyThatGuest() throws {
         let name = "kvmscope-test-guest-\(getpid())"
-        let guest = Process()
-        guest.executableURL = URL(fileURLWithPath: CLI.binary)
-        guest.arguments = ["storm", "--name", name, "--kind", "io", "--vcpus", "2", "--exits", "5000", "--seconds", "60"]
-        guest.standardOutput = FileHandle.nullDevice
-        try guest.run()
-        defer { guest.terminate(); guest.waitUntilExit() }
+        let guest = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "io", "--vcpus", "2", "--exits", "5000",
+                                             "--seconds", "60"], stdinNull: true, quiet: true)
+        defer { guest.stop() }
         // Another guest at the same time, which -g must leave out.
-        let other = Process()
-        other.executableURL = URL(fileURLWithPath: CLI.binary)
-        other.arguments = ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"]
-        other.standardOutput = FileHandle.nullDevice
-        try other.run()
-        defer { other.terminate(); other.waitUntilExit() }
+        let other = try Spawned(CLI.binary, ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"],
+                                stdinNull: true, quiet: true)
+        defer { other.stop() }
 
         let r = try CLI.run(["stat", "--json", "--duration", "1.5", "-g", name])
         #expect(r.status == 0, "\(r.stderr)")
         let j = try CLI.json(r.stdout)
         let rows = try #require(j["userspace_exits"] as? [[String: Any]])
-        #expect(Set(rows.compactMap { $0["vm"] as? Int }) == [Int(guest.processIdentifier)])
+        #expect(Set(rows.compactMap { $0["vm"] as? Int }) == [Int(guest.pid)])
         #expect(Set(rows.compactMap { $0["vm_name"] as? String }) == [name])
         #expect(Set(rows.compactMap { $0["reason"] as? String }) == ["KVM_EXIT_IO"])
         #expect(Set(rows.compactMap { $0["vcpu"] as? Int }) == [0, 1])
