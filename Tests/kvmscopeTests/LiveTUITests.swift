@@ -132,7 +132,7 @@ struct LiveTUITests {
         // r: totals restart below what they had reached.
         let before = try #require(Self.total(try pane.capture(), "kvm_pio"))
         try pane.keys("r")
-        try pane.wait("totals counted from the reset") { s in
+        try pane.wait("kvm_pio's total counted from the reset, below \(before)") { s in
             guard let t = Self.total(s, "kvm_pio") else { return false }
             return t > 0 && t < before
         }
