@@ -70,19 +70,25 @@ struct WatchCommand: ParsableCommand {
             StormAlerts.print(alerts)
             return alerts.contains { $0.state == .firing }
         }
+        func alertExit() -> Never {
+            session.stop()
+            child?.interrupt()
+            Foundation.exit(Self.alertStatus)
+        }
         _ = evaluate()
-        // After the watched process ends: one evaluation for its last events, one to resolve what still fires.
-        var roundsAfterEnd = 0
         while !stop.sleep(interval) {
-            if evaluate() && exitOnAlert {
-                session.stop()
-                child?.interrupt()
-                Foundation.exit(Self.alertStatus)
-            }
+            if evaluate() && exitOnAlert { alertExit() }
             let ended = (pid.map { !StormAlerts.isAlive($0) } ?? false) || (child.map { !$0.isRunning } ?? false)
             if ended {
-                roundsAfterEnd += 1
-                if roundsAfterEnd >= 2 { break }
+                // Every event the process caused is in the buffers now: stop drains them all. Then its last
+                // interval is counted, and one interval later (nothing new can come) whatever still fires
+                // resolves. Not before stopping: readers on a loaded host may trail by more than an interval.
+                session.stop()
+                for _ in 0..<2 {
+                    if stop.sleep(interval) { break }
+                    if evaluate() && exitOnAlert { alertExit() }
+                }
+                break
             }
         }
         if let child, child.isRunning { child.interrupt() }

@@ -5,21 +5,19 @@ import TestSupport
 /// The real binary in a real terminal (tmux), driven by keys while a storm guest runs.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
 struct LiveTUITests {
-    /// Runs tmux and returns its stdout. The first command starts the tmux server, which daemonizes and
-    /// would inherit every descriptor Foundation's Process leaves open (its stdout pipe, its exit-watch
-    /// socket) and keep them open forever: bash closes all but 0-2 before running tmux, and only
-    /// commands that print get a pipe.
+    /// Runs tmux and returns its stdout; a failing tmux command is recorded (a key that never reached the
+    /// pane must not pass for a view that ignored it). bash closes every descriptor above 2 before running
+    /// tmux: the server it may start daemonizes and would otherwise keep Foundation's descriptors open.
     @discardableResult
-    static func tmux(_ args: [String]) throws -> String {
-        let argv = ["-c", """
+    static func tmux(_ args: [String], check: Bool = true) throws -> String {
+        let r = try Spawned.run("/bin/bash", ["-c", """
             for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
             exec tmux "$@"
-            """, "tmux"] + args
-        guard args.first == "capture-pane" else {
-            try Spawned("/bin/bash", argv, stdinNull: true, quiet: true).wait(timeout: 30)
-            return ""
+            """, "tmux"] + args, timeout: 30)
+        if check && r.status != 0 {
+            Issue.record("tmux \(args.joined(separator: " ")) exited with \(r.status): \(r.stderr)")
         }
-        return try Spawned.run("/bin/bash", argv, timeout: 30).stdout
+        return r.stdout
     }
 
     struct Pane {
@@ -72,7 +70,7 @@ struct LiveTUITests {
         defer { try? FileManager.default.removeItem(at: dir) }
         try Self.tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "40",
                        "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
-        defer { _ = try? Self.tmux(["kill-session", "-t", name]) }
+        defer { _ = try? Self.tmux(["kill-session", "-t", name], check: false) }
         let pane = Pane(name: name)
         try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
         try pane.type("stty -g > \(dir.path)/before; clear; \(CLI.binary) live -s 0.5 -p \(pid)")
@@ -159,7 +157,7 @@ struct LiveTUITests {
         defer { try? FileManager.default.removeItem(at: dir) }
         try Self.tmux(["new-session", "-d", "-s", name, "-x", "100", "-y", "30",
                        "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
-        defer { _ = try? Self.tmux(["kill-session", "-t", name]) }
+        defer { _ = try? Self.tmux(["kill-session", "-t", name], check: false) }
         let pane = Pane(name: name)
         try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
         try pane.type("stty -g > \(dir.path)/before; clear; \(CLI.binary) live -s 0.5 & echo $! > \(dir.path)/pid; fg")

@@ -7,7 +7,12 @@ import TestSupport
 /// `kvmscope record` on the real kernel, and trace.dat files written by trace-cmd on this machine.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct RecordTests {
-    static let n = 5_000
+    /// Exits per vCPU. Enough that each vCPU thread lives for tens of milliseconds: record names threads
+    /// from /proc while they live (polled every 20 ms), else from the kernel's saved_cmdlines, which can
+    /// hold a thread's comm from before it was renamed "CPU N/KVM".
+    static let n = 20_000
+    /// Exits per vCPU under `trace-cmd record` (whose report of the file is slow: kept small).
+    static let traceCmdExits = 5_000
 
     static func tempDir() throws -> String {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-rec-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
@@ -89,7 +94,7 @@ struct RecordTests {
         var argv = ["/usr/bin/env", "--default-signal", "/usr/bin/timeout", "-k", "5", "60", Self.traceCmd, "record", "--file-version", "\(version)"]
         if version == 7 { argv += ["--compression", "zstd"] }
         argv += ["-B", instance, "-d", "--no-filter", "-e", "kvm", "-o", path,
-                 CLI.binary, "storm", "--kind", "io", "--vcpus", "2", "--exits", "\(Self.n)"]
+                 CLI.binary, "storm", "--kind", "io", "--vcpus", "2", "--exits", "\(Self.traceCmdExits)"]
         let rec = try Self.run(argv)
         #expect(rec.status != 124, "trace-cmd record timed out")
         let reader = try TraceDatReader(path: path)
@@ -99,7 +104,7 @@ struct RecordTests {
         let theirs = try Self.traceCmdPioPerTID(path)
         #expect(ours == theirs)
         // The storm's two vCPU threads are in it with exactly n each (other helpers' storms may be too).
-        #expect(ours.values.filter { $0 == Self.n }.count >= 2)
+        #expect(ours.values.filter { $0 == Self.traceCmdExits }.count >= 2)
     }
 
     @Test func maxSizeIsHonoured() throws {
