@@ -86,8 +86,8 @@ struct LiveLoop {
         let previous = previousSnapshot.map { p in baseline.map { p.subtracting($0) } ?? p }
         frame = LiveFrame(current: try Summary(current, filter: state.filter),
                           previous: try previous.map { try Summary($0, filter: state.filter) },
-                          seconds: seconds, guests: GuestTotal.of(current),
-                          previousGuests: previous.map(GuestTotal.of) ?? [])
+                          seconds: seconds, guests: try GuestTotal.of(current, fields: state.filter.fields),
+                          previousGuests: try previous.map { try GuestTotal.of($0, fields: state.filter.fields) } ?? [])
     }
 
     /// kvm_stat: a guest that exits is DEAD until a process with its name appears again.

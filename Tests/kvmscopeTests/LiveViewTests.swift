@@ -63,7 +63,8 @@ struct LiveViewTests {
     static func frame(_ state: LiveViewState, lost: UInt64 = 0, earlyPIO: Int = 0) throws -> LiveFrame {
         let (p, c) = snapshots(lost: lost, earlyPIO: earlyPIO)
         return LiveFrame(current: try Summary(c, filter: state.filter), previous: try Summary(p, filter: state.filter),
-                         seconds: 2, guests: GuestTotal.of(c), previousGuests: GuestTotal.of(p))
+                         seconds: 2, guests: try GuestTotal.of(c, fields: state.filter.fields),
+                         previousGuests: try GuestTotal.of(p, fields: state.filter.fields))
     }
 
     static func screen(_ state: LiveViewState, width: Int = 120, height: Int = 40, lost: UInt64 = 0) throws -> LiveScreen {
@@ -143,6 +144,24 @@ struct LiveViewTests {
             ">web (pid 100)                                   120   75.0       30",
             " db (pid 200)                                     40   25.0       10",
             " Total                                           160              40",
+            "Enter show guest  " + Self.hint,
+        ])
+    }
+
+    /// kvm_stat's guest view honours -f: only matching events (or children) count towards each guest.
+    @Test func perGuestHonoursTheFilter() throws {
+        var state = LiveViewState(delay: 2)
+        state.mode = .guests
+        state.fields = "pio|HLT"
+        let shown = Self.shown(try Self.screen(state))
+        // web: 10 kvm_pio + 4 kvm_exit(HLT) per batch; db: 5 kvm_pio per batch; two batches, 2 s apart.
+        #expect(shown == [
+            "kvm statistics - summary - by guest",
+            "                 regex filter: pio|HLT                                               sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">web (pid 100)                                    28   73.7        7",
+            " db (pid 200)                                     10   26.3        3",
+            " Total                                            38              10",
             "Enter show guest  " + Self.hint,
         ])
     }
