@@ -42,7 +42,7 @@ test: build
 		$(SWIFT) test -c $(CONFIG) 2>&1 | tee .build/test.log; rc=$$?; \
 	if [ $$rc -ne 0 ]; then \
 		[ $$rc -eq 124 ] && echo "make test: stopped after $(TEST_TIMEOUT) s"; \
-		awk '/^◇ Test .* started\.$$/ && !/^◇ Test case / { n = $$0; sub(/^◇ Test /, "", n); sub(/ started\.$$/, "", n); open[n]++ } \
+		awk '/^◇ Test .* started\.$$/ && !/^◇ Test (case|run) / { n = $$0; sub(/^◇ Test /, "", n); sub(/ started\.$$/, "", n); open[n]++ } \
 		     /^(✔|✘) Test / { n = $$0; sub(/^(✔|✘) Test /, "", n); sub(/ (with [0-9]+ test cases? )?(passed|failed) after.*/, "", n); done[n]++ } \
 		     END { for (n in open) if (!(n in done)) print "make test: never finished: " n }' .build/test.log; \
 	fi; exit $$rc

@@ -35,9 +35,10 @@ public struct RIPCount: Sendable, Equatable, Codable {
 /// ## Threads
 ///
 /// One writer (``record(_:)``), any number of readers (``snapshot()``), like ``LatencyHistogram``. The writer
-/// fills a slot's count and error before its RIP (releasing), and the reader loads the RIP (acquiring) before
-/// them, so a reader never pairs a RIP with counts older than its own. A snapshot racing an eviction may pair
-/// the evicted RIP with its successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
+/// fills a slot's error (releasing) and count before its RIP (releasing), and the reader loads the RIP, then
+/// the error (both acquiring), then the count, so a reader never pairs a RIP with counts older than its own
+/// and never sees a count below its error. A snapshot racing an eviction may pair the evicted RIP with its
+/// successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
 ///
 /// Memory: 3 × 64 words (1.5 KB) inline in the object, whatever the capacity.
 public final class TopRIPs: Sendable {
@@ -94,7 +95,8 @@ public final class TopRIPs: Sendable {
                 slot = i
             }
         }
-        _errors[slot].store(minimum, ordering: .relaxed)
+        // Releasing: a reader that sees this error also sees every count stored before it (≥ minimum).
+        _errors[slot].store(minimum, ordering: .releasing)
         _counts[slot].store(minimum &+ 1, ordering: .relaxed)
         // Releasing: a reader seeing the new RIP sees its count and error.
         _rips[slot].store(rip, ordering: .releasing)
@@ -107,8 +109,11 @@ public final class TopRIPs: Sendable {
         out.reserveCapacity(used)
         for i in 0..<used {
             let rip = _rips[i].load(ordering: .acquiring)
+            // Error before count: a slot's count never goes down (an eviction sets it to the old count + 1)
+            // and is never below its error, so a count loaded after the error is at least that error.
+            // Count first could pair an old count with the error of a later eviction (count < error).
+            let error = _errors[i].load(ordering: .acquiring)
             let count = _counts[i].load(ordering: .relaxed)
-            let error = _errors[i].load(ordering: .relaxed)
             // A racing eviction can momentarily show one RIP in two slots: keep the larger count.
             if let j = out.firstIndex(where: { $0.rip == rip }) {
                 if count > out[j].count { out[j] = RIPCount(rip: rip, count: count, error: error) }

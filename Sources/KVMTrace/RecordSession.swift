@@ -160,11 +160,13 @@ public final class RecordSession: @unchecked Sendable {
         return (events, lost)
     }
 
-    /// Notes the comm of threads that are alive now (call while the traced command runs).
+    /// Notes the comm of threads that are alive now (call while the traced command runs). The latest name
+    /// wins: a thread seen just after it was created still has its creator's comm, and renames itself
+    /// ("CPU 0/KVM") a moment later.
     public func noteThreads(of pid: Int32) {
         let dir = "/proc/\(pid)/task"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            guard let tid = Int32(name), comms[tid] == nil,
+            guard let tid = Int32(name),
                   let c = try? String(contentsOfFile: "\(dir)/\(name)/comm", encoding: .utf8) else { continue }
             comms[tid] = c.trimmingCharacters(in: .newlines)
         }
@@ -191,9 +193,9 @@ public final class RecordSession: @unchecked Sendable {
         }
     }
 
-    /// After ``stop()``: writes the trace.dat. The comm of every traced tid comes from /proc (live threads),
-    /// else from what ``noteThreads(of:)`` saw, else from the kernel's saved_cmdlines. Returns the tids
-    /// without a comm.
+    /// After ``stop()``: writes the trace.dat. The comm of every traced tid comes from what
+    /// ``noteThreads(of:)`` last saw, else from /proc (threads still alive), else from the kernel's
+    /// saved_cmdlines. Returns the tids without a comm.
     @discardableResult
     public func write(to path: String) throws -> (tids: Set<Int32>, unnamed: Set<Int32>) {
         stop()
@@ -212,9 +214,11 @@ public final class RecordSession: @unchecked Sendable {
         var m = try TraceDatMetadata.fromTracefs(root: root, events: ["kvm": events])
         var unnamed = Set<Int32>()
         for tid in tids {
-            if let c = try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8) {
+            if let c = comms[tid] {
+                m.cmdlines[tid] = c
+            } else if let c = try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8) {
                 m.cmdlines[tid] = c.trimmingCharacters(in: .newlines)
-            } else if let c = comms[tid] ?? saved[tid] {
+            } else if let c = saved[tid] {
                 m.cmdlines[tid] = c
             } else {
                 unnamed.insert(tid)

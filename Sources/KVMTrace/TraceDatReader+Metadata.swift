@@ -140,7 +140,7 @@ extension TraceDatReader {
                 case .headerInfo: try readHeaderInfo(&r)
                 case .ftraceEvents: try readFtrace(&r)
                 case .eventFormats: try readEventFormats(&r)
-                case .cmdlines: try readCmdlines(&r)
+                case .cmdlines: try readCmdlines(&r, inSection: true)
                 default: break
                 }
             }
@@ -269,8 +269,13 @@ extension TraceDatReader {
             }
         }
 
-        mutating func readCmdlines(_ r: inout ByteReader) throws {
-            let text = try r.text(try r.size(try r.u64(), of: "saved cmdlines"))
+        /// The saved cmdlines. In a v7 section a size past the section's end is taken as the section's end:
+        /// trace-cmd sizes the kernel's saved_cmdlines, then copies it, and the file can shrink in between
+        /// (seen with other tracers running); trace-cmd reads such files, and so do we.
+        mutating func readCmdlines(_ r: inout ByteReader, inSection: Bool = false) throws {
+            let claimed = try r.u64()
+            let size = inSection ? Int(min(claimed, UInt64(r.remaining))) : try r.size(claimed, of: "saved cmdlines")
+            let text = try r.text(size)
             for line in text.split(separator: "\n") {
                 let s = line.drop { $0 == " " }
                 guard let space = s.firstIndex(of: " "), let pid = Int32(s[..<space]) else { continue }

@@ -59,6 +59,13 @@ struct LiveTUITests {
 
     static func total(_ screen: [String], _ name: String) -> Int? { rows(screen).first { $0.name == name }?.total }
 
+    /// A row's CurAvg/s (the fourth column: name, Total, %Total, CurAvg/s).
+    static func curAvg(_ screen: [String], _ name: String) -> Int? {
+        guard let line = screen.first(where: { $0.dropFirst().split(separator: " ").first.map(String.init) == name }) else { return nil }
+        let parts = line.dropFirst().split(separator: " ")
+        return parts.count >= 4 ? Int(parts[3]) : nil
+    }
+
     @Test func kvmStatKeysDriveTheRealBinary() throws {
         let storm = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "2", "--exits", "50000000", "--seconds", "60"],
                                 stdinNull: true, quiet: true)
@@ -127,8 +134,13 @@ struct LiveTUITests {
         try pane.keys("o")
         try pane.wait("sorting by Total") { $0[1].hasSuffix("sort: Total  delay: 0.5s  lost 0") }
 
-        // r: totals restart below what they had reached.
-        let before = try #require(Self.total(try pane.capture(), "kvm_pio"))
+        // r: totals restart below what they had reached. First let kvm_pio count for 4 s at its current rate
+        // (choosing a pid above restarted the counts): the first refresh after the reset is far below that.
+        let counting = try pane.wait("kvm_pio counting for 4 s") { s in
+            guard let t = Self.total(s, "kvm_pio"), let r = Self.curAvg(s, "kvm_pio"), r > 0 else { return false }
+            return t >= 4 * r
+        }
+        let before = try #require(Self.total(counting, "kvm_pio"))
         try pane.keys("r")
         try pane.wait("kvm_pio's total counted from the reset, below \(before)") { s in
             guard let t = Self.total(s, "kvm_pio") else { return false }

@@ -61,8 +61,10 @@ struct RecordTests {
         #expect(tc.status == 0, "\(tc.stderr)")
         let pioLines = tc.stdout.split(separator: "\n").filter { $0.contains("kvm_pio") }
         #expect(pioLines.count == 2 * Self.n)
-        #expect(pioLines.filter { $0.contains("CPU 0/KVM-") }.count == Self.n)
-        #expect(pioLines.filter { $0.contains("CPU 1/KVM-") }.count == Self.n)
+        // Who trace-cmd says ran them ("comm-tid" before the CPU column), for the failure message.
+        let who = Set(pioLines.compactMap { $0.split(separator: "[").first?.trimmingCharacters(in: .whitespaces) })
+        #expect(pioLines.filter { $0.contains("CPU 0/KVM-") }.count == Self.n, "kvm_pio threads: \(who.sorted())")
+        #expect(pioLines.filter { $0.contains("CPU 1/KVM-") }.count == Self.n, "kvm_pio threads: \(who.sorted())")
 
         let reader = try TraceDatReader(path: path)
         #expect(reader.version == 6)
