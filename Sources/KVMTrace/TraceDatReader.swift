@@ -47,12 +47,14 @@ public final class TraceDatReader: TraceSource {
     /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
     public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
 
-    struct CPUData {
-        var cpu: Int
-        var offset: Int
-        var size: Int
+    /// Where one CPU's trace data lies in the file (compressed when the file is).
+    public struct CPUData: Sendable {
+        public var cpu: Int
+        public var offset: Int
+        public var size: Int
     }
-    let cpuData: [CPUData]
+    /// Where each CPU's trace data lies in the file, in the file's CPU order.
+    public let cpuData: [CPUData]
     let dataCompressed: Bool
     let algo: Int32
     let file: ByteBlock

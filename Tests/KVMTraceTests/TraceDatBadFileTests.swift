@@ -1,7 +1,7 @@
 import Foundation
 import KVMExits
 import Testing
-@testable import KVMTrace
+import KVMTrace
 
 /// Bad trace.dat input: always one-line badFile errors, never a trap, never an unbounded allocation.
 @Suite struct TraceDatBadFileTests {

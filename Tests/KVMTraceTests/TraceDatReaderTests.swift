@@ -2,7 +2,7 @@ import Foundation
 import KVMExits
 import Testing
 import TestSupport
-@testable import KVMTrace
+import KVMTrace
 
 /// trace.dat files: the real corpus file, synthetic round trips, and bad input.
 @Suite struct TraceDatReaderTests {
