@@ -21,8 +21,10 @@ public struct GuestTotal: Sendable, Equatable {
         for row in snap.counters {
             if let regex {
                 let event = snap.catalog[row.key.event]
-                var keep = eventMatches[row.key.event] ?? false
-                if eventMatches[row.key.event] == nil {
+                var keep: Bool
+                if let known = eventMatches[row.key.event] {
+                    keep = known
+                } else {
                     keep = event.name.firstMatch(of: regex) != nil
                     eventMatches[row.key.event] = keep
                 }

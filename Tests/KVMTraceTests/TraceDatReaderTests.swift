@@ -148,7 +148,7 @@ import KVMTrace
         #expect(summary.pairing.paired == 10_000)
 
         guard let tc = TraceCmd.path else { return }
-        let out = try TraceCmd.run([tc, "report", "-i", path])
+        let out = try Spawned.run(tc, ["report", "-i", path])
         #expect(out.status == 0, "\(out.stderr)")
         let lines = out.stdout.split(separator: "\n")
         #expect(lines.filter { $0.contains(" kvm_exit:") }.count == 10_000)
@@ -157,14 +157,9 @@ import KVMTrace
     }
 }
 
-/// The system's trace-cmd, run as a child process.
+/// The system's trace-cmd (run with `Spawned.run`).
 enum TraceCmd {
     static var path: String? {
         ["/usr/bin/trace-cmd", "/usr/local/bin/trace-cmd"].first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
-
-    /// Runs argv to its end (at most 120 s), its output collected as it comes (no pipe can fill up).
-    static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        try Spawned.run(argv[0], Array(argv.dropFirst()))
     }
 }

@@ -44,7 +44,7 @@ public final class Spawned: @unchecked Sendable {
                 while true {
                     let chunk = pipe.fileHandleForReading.availableData
                     if chunk.isEmpty { break }
-                    sink.set(sink.get() + chunk)
+                    sink.update { $0.append(chunk) }
                 }
                 drained.leave()
             }.start()
@@ -207,9 +207,8 @@ public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body:
 public enum HTTPResponse {
     /// Status, body (de-chunked) and Content-Type of a whole HTTP/1.1 response.
     public static func parse(_ bytes: [UInt8]) -> (status: Int, body: String, contentType: String?)? {
-        let separator: [UInt8] = Array("\r\n\r\n".utf8)
-        guard let headerEnd = (0...max(0, bytes.count - 4)).first(where: { Array(bytes[$0..<min($0 + 4, bytes.count)]) == separator })
-        else { return nil }
+        let crlf: [UInt8] = [13, 10]
+        guard let headerEnd = bytes.firstRange(of: crlf + crlf)?.lowerBound else { return nil }
         let head = String(decoding: bytes[0..<headerEnd], as: UTF8.self).components(separatedBy: "\r\n")
         let statusParts = head[0].split(separator: " ")
         guard statusParts.count >= 2, let status = Int(statusParts[1]) else { return nil }
@@ -222,7 +221,7 @@ public enum HTTPResponse {
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
             var plain: [UInt8] = []
             var i = 0
-            while let lineEnd = (i..<max(i, body.count - 1)).first(where: { body[$0] == 13 && body[$0 + 1] == 10 }),
+            while i < body.count, let lineEnd = body[i...].firstRange(of: crlf)?.lowerBound,
                   let sizeText = String(decoding: body[i..<lineEnd], as: UTF8.self).split(separator: ";").first,
                   let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16),
                   size > 0, lineEnd + 2 + size <= body.count {

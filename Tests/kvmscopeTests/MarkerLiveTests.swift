@@ -61,15 +61,8 @@ struct MarkerLiveTests {
 
     /// Runs body on a new thread and waits for it; returns the thread's tid and body's result.
     static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) -> (tid: Int32, result: T) {
-        let out = Locked<(Int32, T)?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        let t = Thread {
-            out.set((Self.getTID(), body()))
-            done.signal()
-        }
-        t.start()
-        precondition(done.wait(timeout: .now() + 300) == .success, "a marker-writing thread did not finish in 300 s")
-        return out.get()!
+        let (tid, result) = onThreads([{ @Sendable in (Self.getTID(), body()) }], timeout: 300)[0]
+        return (tid, result)
     }
 
     static func markerPath(_ s: LiveSession) -> String { "\(s.root)/instances/\(s.instance)/trace_marker_raw" }

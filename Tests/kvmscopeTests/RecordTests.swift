@@ -20,16 +20,11 @@ struct RecordTests {
         return d
     }
 
-    /// Runs a program to its end (at most 120 s); returns status, stdout, stderr.
-    static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        try Spawned.run(argv[0], Array(argv.dropFirst()))
-    }
-
     static let traceCmd = "/usr/bin/trace-cmd"
 
     /// kvm_pio lines of `trace-cmd report` per thread id ("CPU 0/KVM-1234 [001] ...").
     static func traceCmdPioPerTID(_ path: String) throws -> [Int32: Int] {
-        let r = try run([traceCmd, "report", "-i", path])
+        let r = try Spawned.run(traceCmd, ["report", "-i", path])
         #expect(r.status == 0, "trace-cmd report: \(r.stderr)")
         var out: [Int32: Int] = [:]
         let re = /-(\d+) +\[\d+\] +[0-9.]+: kvm_pio:/
@@ -57,7 +52,7 @@ struct RecordTests {
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stderr.isEmpty, "quiet when not a terminal: \(r.stderr)")
 
-        let tc = try Self.run([Self.traceCmd, "report", "-i", path])
+        let tc = try Spawned.run(Self.traceCmd, ["report", "-i", path])
         #expect(tc.status == 0, "\(tc.stderr)")
         let pioLines = tc.stdout.split(separator: "\n").filter { $0.contains("kvm_pio") }
         #expect(pioLines.count == 2 * Self.n)
@@ -93,11 +88,11 @@ struct RecordTests {
         // Not -F: with it, trace-cmd 3.1.6 waits forever once the command has exited (ptrace_wait).
         // It exits 1 after writing the file (it cannot write the instance's set_ftrace_filter here).
         // env --default-signal: the test runner's signal dispositions must not reach trace-cmd.
-        var argv = ["/usr/bin/env", "--default-signal", "/usr/bin/timeout", "-k", "5", "60", Self.traceCmd, "record", "--file-version", "\(version)"]
-        if version == 7 { argv += ["--compression", "zstd"] }
-        argv += ["-B", instance, "-d", "--no-filter", "-e", "kvm", "-o", path,
+        var args = ["--default-signal", "/usr/bin/timeout", "-k", "5", "60", Self.traceCmd, "record", "--file-version", "\(version)"]
+        if version == 7 { args += ["--compression", "zstd"] }
+        args += ["-B", instance, "-d", "--no-filter", "-e", "kvm", "-o", path,
                  CLI.binary, "storm", "--kind", "io", "--vcpus", "2", "--exits", "\(Self.traceCmdExits)"]
-        let rec = try Self.run(argv)
+        let rec = try Spawned.run("/usr/bin/env", args)
         #expect(rec.status != 124, "trace-cmd record timed out")
         let reader = try TraceDatReader(path: path)
         #expect(reader.version == version)
