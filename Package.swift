@@ -1,49 +1,78 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Modules are cut by stage; data flows one way:
+//   KVMSources (tracefs, trace.dat, text, synthetic pages) ─▶ KVMExits (records, reasons, merge → pair →
+//   aggregate) ─▶ KVMAnalysis (summary, timeline, storm rules) ─▶ KVMScopeViews (tables, JSON, /metrics,
+//   HTML, the live view's screens) ─▶ kvmscope (commands).
+// Beside the flow: KVMHost (/proc: processes, threads, children), KVMTerminal and KVMGuest, each with its
+// own small C shim. KVMSources is the only module that imports the tracing shim.
 let package = Package(
     name: "kvmscope",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "kvmscope", targets: ["kvmscope"]),
         .library(name: "KVMExits", targets: ["KVMExits"]),
-        .library(name: "KVMTrace", targets: ["KVMTrace"]),
+        .library(name: "KVMSources", targets: ["KVMSources"]),
+        .library(name: "KVMAnalysis", targets: ["KVMAnalysis"]),
         .library(name: "KVMScopeViews", targets: ["KVMScopeViews"]),
+        .library(name: "KVMHost", targets: ["KVMHost"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
-        // libtracefs + libtraceevent (kbuffer, event parsing) + ncursesw, via pkg-config.
+        // libtracefs + libtraceevent (kbuffer, event parsing), via pkg-config.
         .systemLibrary(name: "CTraceFS", path: "CShims/CTraceFS", pkgConfig: "libtracefs",
                        providers: [.apt(["libtracefs-dev", "libtraceevent-dev"])]),
-        // The C shim: per-CPU reader, sub-buffer decoder, trace.dat I/O, KVM guest generator.
+        // The tracing shim: per-CPU readers, sub-buffer decoder, formats, instances, trace.dat compression.
         .target(name: "CKVMScope", dependencies: ["CTraceFS"], path: "CShims/CKVMScope",
-                cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"])],
-                linkerSettings: [.linkedLibrary("pthread"), .linkedLibrary("z"), .linkedLibrary("zstd"),
-                                 .linkedLibrary("ncursesw")]),
-        // Pure Swift: events, reasons, pairing, histograms, aggregation. No C, no unsafe pointers.
-        .target(name: "KVMExits", path: "Sources/KVMExits",
-                swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
-        // The only Swift module that imports the shim; every Unsafe* pointer lives here.
-        .target(name: "KVMTrace", dependencies: ["CKVMScope", "KVMExits",
-                                                 .product(name: "Logging", package: "swift-log")],
-                path: "Sources/KVMTrace"),
-        .target(name: "KVMScopeViews", dependencies: ["KVMExits"], path: "Sources/KVMScopeViews"),
+                linkerSettings: [.linkedLibrary("pthread"), .linkedLibrary("z"), .linkedLibrary("zstd")]),
+        // The storm guest's shim: a real VM through the KVM ioctl API.
+        .target(name: "CKVMGuest", path: "CShims/CKVMGuest", linkerSettings: [.linkedLibrary("pthread")]),
+        // The live view's terminal, through ncursesw.
+        .target(name: "CTerminal", path: "CShims/CTerminal", linkerSettings: [.linkedLibrary("ncursesw")]),
+
+        // Records, reasons, pairing, histograms, aggregation, the pipeline. Pure Swift: no C, no unsafe pointers.
+        .target(name: "KVMExits", dependencies: [
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "HeapModule", package: "swift-collections"),
+        ], path: "Sources/KVMExits"),
+        // /proc: processes and threads of the host, guests by name, children with a known end.
+        .target(name: "KVMHost", dependencies: ["KVMExits", .product(name: "SystemPackage", package: "swift-system")],
+                path: "Sources/KVMHost"),
+        // Every source of records: tracefs (live), trace.dat, text traces, synthetic pages. The only Swift
+        // module that imports the tracing shim; every Unsafe* pointer for tracing lives here.
+        .target(name: "KVMSources", dependencies: ["CKVMScope", "KVMExits", "KVMHost",
+                                                   .product(name: "SystemPackage", package: "swift-system"),
+                                                   .product(name: "Logging", package: "swift-log")],
+                path: "Sources/KVMSources"),
+        // What views read: summaries, timelines, storm rules.
+        .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
+        .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
+        .target(name: "KVMTerminal", dependencies: ["CTerminal", "KVMExits"], path: "Sources/KVMTerminal"),
+        .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits"], path: "Sources/KVMGuest"),
         .executableTarget(name: "kvmscope", dependencies: [
-            "KVMTrace", "KVMExits", "KVMScopeViews",
+            "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMHost", "KVMTerminal", "KVMGuest",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "FlyingFox", package: "FlyingFox"),
             .product(name: "FlyingSocks", package: "FlyingFox"),
         ], path: "Sources/kvmscope"),
         // What the tests share: processes and threads with bounded waits, a loopback HTTP client.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits", "TestSupport"], path: "Tests/KVMExitsTests"),
-        .testTarget(name: "KVMTraceTests", dependencies: ["KVMTrace", "KVMExits", "TestSupport"], path: "Tests/KVMTraceTests"),
-        .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMTrace", "KVMScopeViews", "TestSupport"],
+        .testTarget(name: "KVMExitsTests", dependencies: ["KVMExits", "KVMAnalysis", "KVMSources", "TestSupport"],
+                    path: "Tests/KVMExitsTests"),
+        .testTarget(name: "KVMSourcesTests", dependencies: ["KVMSources", "KVMExits", "KVMAnalysis", "KVMHost",
+                                                            "TestSupport"],
+                    path: "Tests/KVMSourcesTests"),
+        .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMSources", "KVMAnalysis", "KVMScopeViews",
+                                                          "KVMHost", "TestSupport"],
                     path: "Tests/kvmscopeTests"),
     ],
     swiftLanguageModes: [.v6]

@@ -19,22 +19,22 @@ let package = Package(
     targets: [
         // Synthetic workloads shared by the suites and the harness: sub-buffer pages with a realistic reason mix.
         .target(name: "BenchSupport", dependencies: [
-            .product(name: "KVMTrace", package: mainPackage),
+            .product(name: "KVMSources", package: mainPackage),
             .product(name: "KVMExits", package: mainPackage),
-        ], path: "Sources/BenchSupport",
-           swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        ], path: "Sources/BenchSupport"),
         // `make bench`: the in-process decode benchmark plus the process-level comparisons with peers.
         .executableTarget(name: "kvmscope-bench", dependencies: [
             "BenchSupport",
-            .product(name: "KVMTrace", package: mainPackage),
+            .product(name: "KVMSources", package: mainPackage),
             .product(name: "KVMExits", package: mainPackage),
+            .product(name: "KVMAnalysis", package: mainPackage),
             .product(name: "KVMScopeViews", package: mainPackage),
             .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
         ], path: "Sources/kvmscope-bench"),
         // `swift package benchmark`: micro suites (throughput, wall clock, mallocs).
         .executableTarget(name: "Decode", dependencies: [
             "BenchSupport",
-            .product(name: "KVMTrace", package: mainPackage),
+            .product(name: "KVMSources", package: mainPackage),
             .product(name: "KVMExits", package: mainPackage),
             .product(name: "Benchmark", package: "benchmark"),
         ], path: "Benchmarks/Decode",

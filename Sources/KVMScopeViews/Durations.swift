@@ -1,3 +1,4 @@
+import KVMAnalysis
 /// Duration text without Foundation: perf-style microseconds, and adaptive units for axes and charts.
 public enum Durations {
     /// "12.34us": microseconds with two decimals, like `perf kvm stat report`.

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// One self-contained HTML page (inline CSS, JS and SVG; nothing fetched): the exit rate per reason over time

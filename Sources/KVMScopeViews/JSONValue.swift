@@ -1,3 +1,4 @@
+import KVMAnalysis
 /// A JSON value whose objects keep their keys in the order written, so output is stable and readable.
 public indirect enum JSONValue: Sendable, Equatable {
     case null

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// A terminal histogram of a latency distribution: one row per power-of-two range of nanoseconds (log

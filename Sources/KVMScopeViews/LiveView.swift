@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// The total of every event counted for one VM (the live view's `b` list).

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// What the live view shows and how: everything the keys change. Pure data; the command owns one.

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// The two text formats `/metrics` speaks.

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// `kvmscope report`'s tables, modelled on `perf kvm stat report`: per VM (or VM × vCPU), one row per exit

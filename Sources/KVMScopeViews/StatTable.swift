@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// kvm_stat's table: Event, Total, %Total, CurAvg/s, with reason children indented under their event.

@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// One storm alert as one line of JSON on stdout (`kvmscope watch`, `kvmscope serve --alert`).

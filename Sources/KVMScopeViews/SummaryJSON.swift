@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 
 /// The JSON summary: the contract that scripts, tests and later features rely on. Extend, don't break.

@@ -1,5 +1,8 @@
 import Foundation
-import KVMTrace
+import KVMAnalysis
+import KVMExits
+import KVMHost
+import KVMSources
 
 /// `kvmscope bench synth`: the benchmark workload's pages (corpus reason mix, many vCPU threads) in a
 /// trace.dat that trace-cmd opens. Pages stream into per-CPU temporary files, then into the file.

@@ -1,5 +1,8 @@
 import Foundation
-import KVMTrace
+import KVMAnalysis
+import KVMExits
+import KVMHost
+import KVMSources
 
 /// Prints an error as one line on stderr and exits non-zero: never a stack trace.
 func fail(_ message: String, code: Int32 = 1) -> Never {

@@ -1,6 +1,9 @@
 import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 
 /// The guest-overhead benchmark: the storm guest's exit throughput untraced and under each tracer, every
 /// tracer tracing every kvm event system-wide, as a separate process started before the storm and stopped

@@ -1,8 +1,11 @@
 import ArgumentParser
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
+import KVMTerminal
 
 /// `kvmscope` / `kvmscope live`: kvm_stat's full-screen view, with latencies, per-guest and per-vCPU rows.
 struct LiveCommand: ParsableCommand {

@@ -1,7 +1,10 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
+import KVMTerminal
 
 /// The live view's loop: a snapshot and two summaries per refresh (cost independent of the event rate),
 /// keys handled as they come, the screen redrawn after either.

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import KVMTrace
+import KVMAnalysis
+import KVMExits
+import KVMHost
+import KVMSources
 
 struct RecordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 
 struct ReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

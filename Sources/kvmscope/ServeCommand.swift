@@ -2,9 +2,11 @@ import ArgumentParser
 import FlyingFox
 import FlyingSocks
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 import Synchronization
 
 /// kvmscope's version, as `kvmscope_build_info{version}` shows it.

@@ -1,5 +1,8 @@
 import Dispatch
 import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMHost
 import Synchronization
 
 /// SIGINT and SIGTERM end a trace cleanly: they set a flag the command's loop polls (and wake it).

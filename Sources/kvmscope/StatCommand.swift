@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {

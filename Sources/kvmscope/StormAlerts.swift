@@ -1,5 +1,7 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
+import KVMHost
 import KVMScopeViews
 
 /// The storm rules of `--alert`, shared by `watch` and `serve`.

@@ -1,7 +1,11 @@
 import ArgumentParser
 import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMGuest
+import KVMHost
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 
 struct StormCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import KVMAnalysis
 import KVMExits
-import KVMTrace
+import KVMHost
+import KVMSources
 
 struct WatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,5 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
 import Testing
 

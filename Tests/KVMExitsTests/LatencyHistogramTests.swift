@@ -1,8 +1,9 @@
 import Foundation
-import Synchronization
-import Testing
-import TestSupport
 import KVMExits
+import KVMSources
+import Synchronization
+import TestSupport
+import Testing
 
 extension SplitMix64 {
     /// Uniform in [0, 1).

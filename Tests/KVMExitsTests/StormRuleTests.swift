@@ -1,5 +1,6 @@
-import Testing
+import KVMAnalysis
 import KVMExits
+import Testing
 
 @Suite("StormRule")
 struct StormRuleTests {

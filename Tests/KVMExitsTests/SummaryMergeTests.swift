@@ -1,3 +1,4 @@
+import KVMAnalysis
 import KVMExits
 import Testing
 

@@ -1,7 +1,8 @@
-import Synchronization
-import Testing
-import TestSupport
 import KVMExits
+import KVMSources
+import Synchronization
+import TestSupport
+import Testing
 
 @Suite("TopRIPs")
 struct TopRIPsTests {

@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
+import KVMAnalysis
 import KVMExits
-import KVMTrace
-import Testing
+import KVMSources
 import TestSupport
+import Testing
 
 /// The real-kernel path of exit latency: kvm_exit/kvm_entry-shaped records written to the instance's
 /// trace_marker_raw (ftrace:raw_data, decoded as kvm_exit or kvm_entry by size through LiveConfig.markerEvents)

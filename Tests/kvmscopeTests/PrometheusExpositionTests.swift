@@ -1,7 +1,8 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 import Testing
 
 /// A known trace, aggregated exactly as the live path does (ShardWriter + Pairer), rendered as /metrics text.

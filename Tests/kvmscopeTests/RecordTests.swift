@@ -1,8 +1,9 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
-import KVMTrace
-import Testing
+import KVMSources
 import TestSupport
+import Testing
 
 /// `kvmscope record` on the real kernel, and trace.dat files written by trace-cmd on this machine.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))

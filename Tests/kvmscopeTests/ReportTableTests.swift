@@ -1,7 +1,8 @@
 import Foundation
+import KVMAnalysis
 import KVMExits
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 import Testing
 
 /// `kvmscope report`: golden tables, histogram, CSV and HTML data from a small kernel trace whose latencies

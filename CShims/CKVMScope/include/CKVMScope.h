@@ -1,10 +1,11 @@
 /*
  * CKVMScope — the C shim of kvmscope.
  *
- * Everything here exists for one of three reasons: the kernel's ring-buffer pages are walked with
- * libtraceevent's kbuffer, tracefs instances are driven through libtracefs, and real guests are run
- * through the KVM ioctl API. Only POD types cross into Swift; handles are opaque. Every exported symbol
- * is prefixed `ckvmscope_`. Only the Swift module KVMTrace imports this header.
+ * The tracing shim. Everything here exists for one of two reasons: the kernel's ring-buffer pages are
+ * walked (inline, or with libtraceevent's kbuffer), and tracefs instances are driven through libtracefs.
+ * Only POD types cross into Swift; handles are opaque. Every exported symbol is prefixed `ckvmscope_`.
+ * Only the Swift module KVMSources imports this header. The KVM guest (CKVMGuest) and the terminal
+ * (CTerminal) have shims of their own.
  */
 #ifndef CKVMSCOPE_H
 #define CKVMSCOPE_H
@@ -160,45 +161,6 @@ long ckvmscope_decompress(int algo, const void *src, size_t src_len, void *dst, 
 /* Compress one block into dst (room: ckvmscope_compress_bound). Returns bytes written, or -1. */
 long ckvmscope_compress(int algo, const void *src, size_t src_len, void *dst, size_t dst_len);
 size_t ckvmscope_compress_bound(size_t src_len);
-
-/* ---------------------------------------------------------------- KVM guest generator (storm) */
-
-enum { CKVMSCOPE_STORM_IO = 0, CKVMSCOPE_STORM_MMIO = 1, CKVMSCOPE_STORM_HLT = 2 };
-
-struct ckvmscope_storm_result {
-    uint64_t exits;  /* exits of the requested kind seen by userspace (KVM_RUN returns), all vCPUs */
-    double seconds;  /* wall time from the first KVM_RUN to the last vCPU done */
-};
-
-/* Run a real VM through /dev/kvm with `vcpus` threads (named "CPU N/KVM"), each causing exactly
- * exits_per_vcpu exits of `kind`. Returns 0, or -1 with a one-line message in err. */
-int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struct ckvmscope_storm_result *res,
-                        char *err, size_t errlen);
-
-/* ---------------------------------------------------------------- terminal (ncursesw), for the live view */
-
-/* Attributes of text put on the screen. */
-enum { CKVMSCOPE_TUI_BOLD = 1, CKVMSCOPE_TUI_REVERSE = 2, CKVMSCOPE_TUI_RED = 4, CKVMSCOPE_TUI_UNDERLINE = 8 };
-/* Keys other than bytes. */
-enum {
-    CKVMSCOPE_TUI_KEY_RESIZE = 0x1000,
-    CKVMSCOPE_TUI_KEY_UP = 0x1001,
-    CKVMSCOPE_TUI_KEY_DOWN = 0x1002,
-    CKVMSCOPE_TUI_KEY_PAGE_UP = 0x1003,
-    CKVMSCOPE_TUI_KEY_PAGE_DOWN = 0x1004,
-};
-
-/* Take over the terminal (curses on stdin/stdout). 0, or -1 when it cannot be driven. */
-int ckvmscope_tui_begin(void);
-/* Restore the terminal. Idempotent; also runs at exit. */
-void ckvmscope_tui_end(void);
-void ckvmscope_tui_size(int *rows, int *cols);
-void ckvmscope_tui_clear(void);
-void ckvmscope_tui_put(int row, int col, const char *utf8, int attr);
-/* Show the frame; cursor_row -1 hides the cursor. */
-void ckvmscope_tui_show(int cursor_row, int cursor_col);
-/* A byte, a CKVMSCOPE_TUI_KEY_*, or -1 after timeout_ms without input. */
-int ckvmscope_tui_key(int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -4,7 +4,7 @@
 import Benchmark
 import BenchSupport
 import KVMExits
-import KVMTrace
+import KVMSources
 
 nonisolated(unsafe) var workload: DecodeWorkload!
 nonisolated(unsafe) var pipeline: DecodeWorkload.Pipeline!

@@ -1,6 +1,6 @@
 import Foundation
 import KVMExits
-import KVMTrace
+import KVMSources
 
 /// Pre-built sub-buffers of a synthetic kvm_exit/kvm_entry workload, in one contiguous buffer, and the
 /// three stages of kvmscope's hot path run over them on the calling thread:

@@ -1,6 +1,6 @@
 import Foundation
 import KVMExits
-import KVMTrace
+import KVMSources
 import Synchronization
 
 /// Writer threads pushing kvm_exit-shaped records into an instance's trace_marker_raw: each write is one

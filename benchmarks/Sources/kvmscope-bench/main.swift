@@ -2,7 +2,7 @@
 // and writes results/<date>.json. See benchmarks/README.md for what each section measures.
 import Foundation
 import KVMScopeViews
-import KVMTrace
+import KVMSources
 
 let options = HarnessOptions.parse(Array(CommandLine.arguments.dropFirst()))
 let machine = Machine.current()

@@ -1,0 +1,186 @@
+import KVMExits
+/// A storm rule firing or resolving for one VM (or vCPU) and reason.
+public struct StormAlert: Sendable, Equatable {
+    public enum State: String, Sendable {
+        case firing
+        case resolved
+    }
+
+    /// The caller's clock at the evaluation, seconds (wall clock since 1970 in the commands).
+    public var time: Double
+    public var state: State
+    public var rule: StormRule
+    public var vm: Int32
+    public var vmName: String?
+    /// The vCPU, for `per vcpu` rules (nil when per VM, or the thread's vCPU is unknown).
+    public var vcpu: UInt32?
+    public var reason: String
+    /// The measured value at this evaluation: per second for rates, ns for percentiles (nil: no data, e.g. no
+    /// exit handled in the interval).
+    public var value: Double?
+    public var threshold: Double
+    /// Guest RIPs causing the most exits of that reason so far (empty for events without RIPs).
+    public var topRIPs: [RIPCount]
+}
+
+/// Whether a rule is firing for one VM × reason: the gauge `kvmscope_storm_active{vm,reason,rule}`.
+public struct StormActivity: Sendable, Equatable {
+    public var rule: String
+    public var vm: Int32
+    public var vmName: String?
+    public var reason: String
+    public var active: Bool
+
+    public init(rule: String, vm: Int32, vmName: String?, reason: String, active: Bool) {
+        self.rule = rule
+        self.vm = vm
+        self.vmName = vmName
+        self.reason = reason
+        self.active = active
+    }
+}
+
+/// Evaluates storm rules over successive summaries of one trace.
+///
+/// Each ``evaluate(time:summary:)`` measures every rule over the interval since the previous evaluation (the
+/// first call only records a baseline): a rate is the count delta over the time delta; a percentile is that of
+/// the latency histogram delta (``HistogramSnapshot/subtracting(_:)``), so it covers exactly the exits handled
+/// in the interval. A rule's condition is taken to hold over the whole interval it was measured on; the rule
+/// fires once it has held for every interval since at least `for` seconds (with no `for`, at the first
+/// interval that holds), and resolves at the first interval where it does not hold (no data counts as not
+/// holding). Each fire and each resolve is returned once, so a sustained storm gives exactly one pair.
+public struct StormDetector: Sendable {
+    public let rules: [StormRule]
+
+    struct Key: Hashable, Sendable {
+        var vm: Int32
+        var vcpu: UInt32?
+    }
+
+    /// One rule's measurement of one key at one instant.
+    struct Measure: Sendable {
+        var count: UInt64 = 0
+        var histogram: HistogramSnapshot?
+        var vmName: String?
+        var topRIPs: [RIPCount] = []
+    }
+
+    struct KeyState: Sendable {
+        var since: Double?
+        var firing = false
+        var everFired = false
+        var vmName: String?
+    }
+
+    var previousTime: Double?
+    var previous: [[Key: Measure]]
+    var states: [[Key: KeyState]]
+
+    public init(rules: [StormRule]) {
+        self.rules = rules
+        previous = rules.map { _ in [:] }
+        states = rules.map { _ in [:] }
+    }
+
+    /// Tolerance on `for` durations: evaluation intervals measured by a real clock jitter by microseconds.
+    static let forTolerance = 0.001
+
+    /// Measures every rule on `summary` (taken at `time`, seconds) and returns the alerts that fire or resolve.
+    public mutating func evaluate(time: Double, summary: Summary) -> [StormAlert] {
+        var alerts: [StormAlert] = []
+        for (i, rule) in rules.enumerated() {
+            let now = Self.measure(rule, summary)
+            defer { previous[i] = now }
+            guard let start = previousTime, time > start else { continue }
+            let keys = Set(now.keys).union(states[i].keys)
+            for key in keys.sorted(by: { ($0.vm, $0.vcpu ?? .max) < ($1.vm, $1.vcpu ?? .max) }) {
+                let m = now[key]
+                let value = m.flatMap { Self.value(rule, now: $0, before: previous[i][key], seconds: time - start) }
+                var st = states[i][key] ?? KeyState()
+                if let name = m?.vmName { st.vmName = name }
+                let holds = value.map(rule.holds) ?? false
+                var state: StormAlert.State?
+                if holds {
+                    let since = st.since ?? start
+                    st.since = since
+                    if !st.firing && time - since + Self.forTolerance >= rule.forSeconds {
+                        st.firing = true
+                        st.everFired = true
+                        state = .firing
+                    }
+                } else {
+                    st.since = nil
+                    if st.firing {
+                        st.firing = false
+                        state = .resolved
+                    }
+                }
+                states[i][key] = st
+                if let state {
+                    alerts.append(StormAlert(time: time, state: state, rule: rule, vm: key.vm, vmName: st.vmName,
+                                             vcpu: key.vcpu, reason: rule.reason, value: value,
+                                             threshold: rule.threshold, topRIPs: m?.topRIPs ?? []))
+                }
+            }
+        }
+        previousTime = time
+        return alerts
+    }
+
+    /// Every VM × reason × rule that has fired at least once: active now or not (for gauges).
+    public var activity: [StormActivity] {
+        var out: [StormActivity] = []
+        for (i, rule) in rules.enumerated() {
+            var byVM: [Int32: StormActivity] = [:]
+            for (key, st) in states[i] where st.everFired {
+                var a = byVM[key.vm] ?? StormActivity(rule: rule.text, vm: key.vm, vmName: st.vmName,
+                                                      reason: rule.reason, active: false)
+                a.active = a.active || st.firing
+                byVM[key.vm] = a
+            }
+            out.append(contentsOf: byVM.values.sorted { $0.vm < $1.vm })
+        }
+        return out
+    }
+
+    static func value(_ rule: StormRule, now: Measure, before: Measure?, seconds: Double) -> Double? {
+        switch rule.function {
+        case .rate:
+            let delta = now.count &- (before?.count ?? 0)
+            return Double(delta) / seconds
+        case .percentile(let p):
+            guard let h = now.histogram else { return nil }
+            let window = before?.histogram.map { h.subtracting($0) } ?? h
+            return window.count > 0 ? Double(window.percentile(p)) : nil
+        }
+    }
+
+    /// What a rule looks at in a summary, per key.
+    static func measure(_ rule: StormRule, _ s: Summary) -> [Key: Measure] {
+        var out: [Key: Measure] = [:]
+        func key(_ vm: Int32, _ vcpu: UInt32?) -> Key { Key(vm: vm, vcpu: rule.scope == .vcpu ? vcpu : nil) }
+        let all = rule.reason == "*"
+        for r in s.exits where all || r.reason == rule.reason {
+            var m = out[key(r.vm, r.vcpu)] ?? Measure(vmName: r.vmName)
+            switch rule.function {
+            case .rate:
+                m.count += r.count
+            case .percentile:
+                // Blocking reasons (HLT: the guest sleeping) only when the rule names them.
+                if let h = r.histogram, !(all && r.blocking) {
+                    if m.histogram == nil { m.histogram = h } else { m.histogram!.merge(h) }
+                }
+            }
+            m.topRIPs = TopRIPs.merge(m.topRIPs, r.topRIPs, limit: 5)
+            out[key(r.vm, r.vcpu)] = m
+        }
+        guard case .rate = rule.function, !all else { return out }
+        for r in s.userspaceExits where r.reason == rule.reason {
+            out[key(r.vm, r.vcpu), default: Measure(vmName: r.vmName)].count += r.count
+        }
+        for r in s.eventRows where r.event == rule.reason {
+            out[key(r.vm, r.vcpu), default: Measure(vmName: r.vmName)].count += r.count
+        }
+        return out
+    }
+}

@@ -1,0 +1,166 @@
+import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMSources
+import TestSupport
+import Testing
+
+/// trace.dat files: the real corpus file, synthetic round trips, and bad input.
+@Suite struct TraceDatReaderTests {
+    /// The corpus file (KVMSCOPE_CORPUS overrides /work/shared/corpus).
+    static var corpusPath: String {
+        let env = ProcessInfo.processInfo.environment["KVMSCOPE_CORPUS"] ?? "/work/shared/corpus"
+        return env + "/real/hip24_host_trace_v7_zlib.dat"
+    }
+
+    @Test func corpusV7ZlibOpensWithExactCounts() throws {
+        let r = try TraceDatReader(path: Self.corpusPath)
+        #expect(r.version == 7)
+        #expect(r.compression == "zlib")
+        #expect(r.cpuCount == 20)
+        #expect(r.traceClock == "x86-tsc")
+        #expect(r.tsc2nsec?.mult == 735_842_807)
+        #expect(r.tsc2nsec?.shift == 31)
+        #expect(r.catalog.entries.map(\.name).sorted() == ["kvm_entry", "kvm_exit"])
+        #expect(r.lostEvents == 0)
+        let exit = try #require(r.catalog.index(of: "kvm_exit"))
+        let entry = try #require(r.catalog.index(of: "kvm_entry"))
+        var exits = 0, entries = 0, last: UInt64 = 0, ordered = true
+        var reasons: [String: Int] = [:]
+        try r.forEachEvent { e in
+            if e.timestamp < last { ordered = false }
+            last = e.timestamp
+            if e.event == exit {
+                exits += 1
+                reasons[r.catalog.reasonName(event: e.event, reason: e.reason, isa: e.isa) ?? "?", default: 0] += 1
+            } else if e.event == entry { entries += 1 }
+        }
+        #expect(ordered)
+        print("corpus: exits \(exits) entries \(entries) reasons \(reasons.sorted { $0.value > $1.value })")
+        #expect(exits == 5860)
+        #expect(entries == 5861)
+        #expect(reasons == ["APIC_WRITE": 3206, "HLT": 1665, "EPT_MISCONFIG": 431, "MSR_WRITE": 313,
+                            "PREEMPTION_TIMER": 145, "EPT_VIOLATION": 40, "EXTERNAL_INTERRUPT": 18,
+                            "EOI_INDUCED": 16, "CPUID": 10, "PAUSE_INSTRUCTION": 9, "MSR_READ": 7])
+    }
+
+    @Test func corpusPairing() throws {
+        let r = try TraceDatReader(path: Self.corpusPath)
+        var first: UInt64 = .max, last: UInt64 = 0
+        var tids = Set<Int32>(), cpus = Set<UInt16>()
+        try r.forEachEvent { e in
+            first = min(first, e.timestamp); last = max(last, e.timestamp)
+            tids.insert(e.tid); cpus.insert(e.cpu)
+        }
+        let summary = try Summary(try OfflineAnalysis.run(r))
+        // Not the recording of hip24_sigmatek_test_host_report.txt (qemu pid 150750 on CPU 19, 16062–16067 s,
+        // kernel 6.8.0-rt7): other threads, other CPUs, other times, kernel 6.5.0-21-generic.
+        #expect(tids == [453_724, 453_725, 483_882])
+        #expect(tids.sorted().map { r.comms[$0] } == ["CPU 0/KVM", "CPU 1/KVM", "qemu-system-x86"])
+        #expect(cpus == [0, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17])
+        #expect(first == 22_149_949_585_938)
+        #expect(last == 22_152_202_639_674)
+        #expect(r.uname?.contains("6.5.0-21-generic") == true)
+        #expect(summary.pairing == PairingStats(paired: 5_858, orphanExits: 2, orphanEntries: 3))
+    }
+}
+
+/// Writer → reader round trips and what trace-cmd makes of our files.
+@Suite struct TraceDatWriterTests {
+    static func tempPath(_ name: String) -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)").path
+    }
+
+    @Test func knownEventsRoundTripExactly() throws {
+        let f = try Fixtures.formats("6.18-x86")
+        let exitB = try EventPayloadBuilder(formats: f, event: "kvm_exit")
+        let entryB = try EventPayloadBuilder(formats: f, event: "kvm_entry")
+        let exitIdx = try #require(f.catalog.index(of: "kvm_exit"))
+        let entryIdx = try #require(f.catalog.index(of: "kvm_entry"))
+        var expected: [TraceEvent] = []
+        var cpus: [[[UInt8]]] = []
+        for cpu in 0..<2 {
+            var b = RingBufferPageBuilder()
+            var t = UInt64(5_000_000 + cpu * 777)
+            // 300 exits per CPU, with gaps long enough for time extends, across several pages.
+            for i in 0..<300 {
+                t += i % 7 == 0 ? 300_000_000 : 3_000
+                let tid = Int32(100 + cpu)
+                let reason: UInt32 = [12, 32, 49, 30][i % 4]
+                let rip = UInt64(0xffff_0000 + i)
+                b.append(timestamp: t, payload: exitB.payload(pid: tid, ["exit_reason": UInt64(reason), "guest_rip": rip, "isa": 1,
+                                                                         "info1": UInt64(i), "vcpu_id": UInt64(cpu)]))
+                expected.append(TraceEvent(timestamp: t, rip: rip, detail: UInt64(i), tid: tid, event: exitIdx, cpu: UInt16(cpu),
+                                           reason: reason, vcpu: UInt32(cpu), isa: 1))
+                b.append(timestamp: t + 700, payload: entryB.payload(pid: tid, ["vcpu_id": UInt64(cpu), "rip": rip + 1]))
+                expected.append(TraceEvent(timestamp: t + 700, rip: rip + 1, tid: tid, event: entryIdx, cpu: UInt16(cpu),
+                                           vcpu: UInt32(cpu)))
+            }
+            cpus.append(b.finish())
+        }
+        #expect(cpus[0].count > 3)
+        var m = TraceDatMetadata()
+        m.headerPage = try Fixtures.text("formats/6.18-x86/header_page")
+        m.systems = [.init(name: "kvm", formats: [try Fixtures.text("formats/6.18-x86/kvm_exit.format"),
+                                                  try Fixtures.text("formats/6.18-x86/kvm_entry.format")])]
+        m.cmdlines = [100: "CPU 0/KVM", 101: "CPU 1/KVM"]
+        m.cpuStats = [0: "entries: 0\noverrun: 3\ndropped events: 4\n", 1: "overrun: 0\ndropped events: 0\n"]
+        let path = Self.tempPath("known.dat")
+        defer { unlink(path) }
+        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .pages($0) })
+        let r = try TraceDatReader(path: path)
+        #expect(r.version == 6)
+        #expect(r.cpuCount == 2)
+        #expect(r.traceClock == "mono")
+        #expect(r.lostPerCPU == [0: 7, 1: 0])
+        #expect(r.lostEvents == 7)
+        #expect(r.identities[100] == ThreadIdentity(vm: 100, vcpu: 0, comm: "CPU 0/KVM"))
+        var got: [TraceEvent] = []
+        try r.forEachEvent { got.append($0) }
+        // Catalog order is the file's (exit, entry), as the fixture's.
+        #expect(r.catalog.entries.map(\.name) == ["kvm_exit", "kvm_entry"])
+        let sorted = expected.enumerated().sorted { ($0.element.timestamp, $0.element.cpu) < ($1.element.timestamp, $1.element.cpu) }
+            .map(\.element)
+        #expect(got.count == 1200)
+        let firstDifference = got.indices.first { $0 >= sorted.count || got[$0] != sorted[$0] }
+        #expect(firstDifference == nil, "first difference at \(firstDifference ?? -1)")
+    }
+
+    @Test func synthesizedFileReadsBackAndTraceCmdReportsIt() throws {
+        let f = try Fixtures.formats("6.18-x86")
+        let path = Self.tempPath("synth.dat")
+        defer { unlink(path) }
+        let s = try TraceDatWriter.synthesize(path: path, events: 20_000, vcpus: 3, formats: f,
+                                              headerPage: try Fixtures.text("formats/6.18-x86/header_page"))
+        #expect(s.exits == 10_000)
+        #expect(s.entries == 10_000)
+        #expect(s.exitsPerThread == [40_000: 3_334, 40_001: 3_333, 40_002: 3_333])
+        let r = try TraceDatReader(path: path)
+        let snap = try OfflineAnalysis.run(r)
+        let summary = try Summary(snap)
+        var perReason: [String: Int] = [:]
+        var perVCPU: [UInt32: Int] = [:]
+        for row in summary.exits {
+            perReason[row.reason, default: 0] += Int(row.count)
+            if let v = row.vcpu { perVCPU[v, default: 0] += Int(row.count) }
+        }
+        #expect(perReason == s.exitsPerReason)
+        #expect(perVCPU == [0: 3_334, 1: 3_333, 2: 3_333])
+        #expect(summary.pairing.paired == 10_000)
+
+        guard let tc = TraceCmd.path else { return }
+        let out = try Spawned.run(tc, ["report", "-i", path])
+        #expect(out.status == 0, "\(out.stderr)")
+        let lines = out.stdout.split(separator: "\n")
+        #expect(lines.filter { $0.contains(" kvm_exit:") }.count == 10_000)
+        #expect(lines.filter { $0.contains(" kvm_entry:") }.count == 10_000)
+        #expect(lines.filter { $0.contains("CPU 1/KVM") }.count == 6_666)
+    }
+}
+
+/// The system's trace-cmd (run with `Spawned.run`).
+enum TraceCmd {
+    static var path: String? {
+        ["/usr/bin/trace-cmd", "/usr/local/bin/trace-cmd"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
