@@ -3,11 +3,14 @@
  * (kvmscope-<pid>), sizes it, picks its clock, enables events in it and removes it at the end.
  */
 #include "CKVMScope.h"
+#include "shim_internal.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <tracefs.h>
+#include <unistd.h>
 
 /**
  * ckvmscope_tracing_dir - where tracefs is mounted
@@ -19,10 +22,10 @@ const char *ckvmscope_tracing_dir(void)
     return tracefs_tracing_dir();
 }
 
-static struct tracefs_instance *instance_get(const char *name)
-{
-    return tracefs_instance_alloc(NULL, name);
-}
+/* A live instance: the libtracefs handle, owned until ckvmscope_instance_destroy(). */
+struct ckvmscope_instance {
+    struct tracefs_instance *tfs;
+};
 
 /**
  * ckvmscope_instance_create - create and configure a private instance
@@ -32,78 +35,152 @@ static struct tracefs_instance *instance_get(const char *name)
  * @err: room for a one-line message
  * @errlen: its size
  *
- * The instance is left with tracing off; turn it on after enabling events.
- * Returns 0, or -1 with err set.
+ * The instance is left with tracing off; turn it on after enabling events. The handle owns the instance:
+ * ckvmscope_instance_destroy() removes it from tracefs and frees the handle.
+ * Returns the handle, or NULL with err set (and nothing left in tracefs).
  */
-int ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock, char *err, size_t errlen)
+struct ckvmscope_instance *ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock,
+                                                     char *err, size_t errlen)
 {
-    struct tracefs_instance *inst = tracefs_instance_create(name);
+    struct ckvmscope_instance *inst = calloc(1, sizeof(*inst));
     char value[32];
 
     if (!inst) {
         snprintf(err, errlen, "cannot create tracefs instance %s: %s", name, strerror(errno));
         goto error;
     }
-    if (tracefs_trace_off(inst) < 0) {
-        snprintf(err, errlen, "cannot stop tracing in instance %s: %s", name, strerror(errno));
+    inst->tfs = tracefs_instance_create(name);
+    if (!inst->tfs) {
+        snprintf(err, errlen, "cannot create tracefs instance %s: %s", name, strerror(errno));
         goto error_free;
+    }
+    if (tracefs_trace_off(inst->tfs) < 0) {
+        snprintf(err, errlen, "cannot stop tracing in instance %s: %s", name, strerror(errno));
+        goto error_destroy;
     }
     snprintf(value, sizeof(value), "%u", buffer_kb);
-    if (tracefs_instance_file_write(inst, "buffer_size_kb", value) < 0) {
+    if (tracefs_instance_file_write(inst->tfs, "buffer_size_kb", value) < 0) {
         snprintf(err, errlen, "cannot set buffer_size_kb=%s in instance %s: %s", value, name, strerror(errno));
-        goto error_free;
+        goto error_destroy;
     }
     /* Wake readers as soon as any data is there: the live view needs it, and batching is ours. */
-    tracefs_instance_file_write(inst, "buffer_percent", "0");
-    if (clock && tracefs_instance_file_write(inst, "trace_clock", clock) < 0) {
+    tracefs_instance_file_write(inst->tfs, "buffer_percent", "0");
+    if (clock && tracefs_instance_file_write(inst->tfs, "trace_clock", clock) < 0) {
         snprintf(err, errlen, "cannot set trace_clock=%s in instance %s: %s", clock, name, strerror(errno));
-        goto error_free;
+        goto error_destroy;
     }
-    tracefs_instance_free(inst);
-    return 0;
+    return inst;
 
+error_destroy:
+    tracefs_instance_destroy(inst->tfs);
+    tracefs_instance_free(inst->tfs);
 error_free:
-    tracefs_instance_free(inst);
+    free(inst);
 error:
-    return -1;
+    return NULL;
 }
 
-int ckvmscope_instance_enable(const char *name, const char *system, const char *event)
+const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst)
 {
-    struct tracefs_instance *inst = instance_get(name);
-    if (!inst)
-        return -1;
-    int ret = tracefs_event_enable(inst, system, event);
-    tracefs_instance_free(inst);
-    return ret;
+    return tracefs_instance_get_name(inst->tfs);
 }
 
-int ckvmscope_instance_tracing_on(const char *name, int on)
+/* The libtracefs handle, for the other files of the shim (readers). */
+struct tracefs_instance *ckvmscope_instance_tracefs(struct ckvmscope_instance *inst)
 {
-    struct tracefs_instance *inst = instance_get(name);
-    if (!inst)
+    return inst->tfs;
+}
+
+int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event)
+{
+    return tracefs_event_enable(inst->tfs, system, event);
+}
+
+int ckvmscope_instance_tracing_on(struct ckvmscope_instance *inst, int on)
+{
+    return on ? tracefs_trace_on(inst->tfs) : tracefs_trace_off(inst->tfs);
+}
+
+/**
+ * ckvmscope_instance_record_tgid - keep tid → tgid for traced threads (the record-tgid option)
+ *
+ * Lets threads that exit before kvmscope looks at them still be named. Returns 0, or -1 with errno.
+ */
+int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst)
+{
+    return tracefs_option_enable(inst->tfs, TRACEFS_OPTION_RECORD_TGID);
+}
+
+/**
+ * ckvmscope_instance_follow_pid - trace only this process and the children it forks from now on
+ * @pid: the process
+ *
+ * set_event_pid with the event-fork option, as trace-cmd record -P and -F do. Returns 0, or -1 with errno.
+ */
+int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
+{
+    char value[16];
+
+    if (tracefs_option_enable(inst->tfs, TRACEFS_OPTION_EVENT_FORK) < 0)
         return -1;
-    int ret = on ? tracefs_trace_on(inst) : tracefs_trace_off(inst);
-    tracefs_instance_free(inst);
+    snprintf(value, sizeof(value), "%d", pid);
+    return tracefs_instance_file_write(inst->tfs, "set_event_pid", value) < 0 ? -1 : 0;
+}
+
+/**
+ * ckvmscope_instance_destroy - turn tracing off, disable every event, remove the instance, free the handle
+ * @inst: the handle (NULL is a no-op)
+ *
+ * Every reader of the instance must be closed first: tracefs refuses (EBUSY) to remove an instance with
+ * open files, so this retries for up to two seconds. The handle is freed whatever happens.
+ * Returns 0, or -1 with errno when the instance could not be removed.
+ */
+int ckvmscope_instance_destroy(struct ckvmscope_instance *inst)
+{
+    int ret = 0, saved = 0;
+
+    if (!inst)
+        return 0;
+    tracefs_trace_off(inst->tfs);
+    tracefs_event_disable(inst->tfs, NULL, NULL);
+    for (int attempt = 0; attempt < 200; attempt++) {
+        ret = tracefs_instance_destroy(inst->tfs);
+        saved = errno;
+        if (ret == 0 || saved == ENOENT) {
+            ret = 0;
+            break;
+        }
+        if (saved != EBUSY)
+            break;
+        usleep(10000);
+    }
+    tracefs_instance_free(inst->tfs);
+    free(inst);
+    errno = saved;
     return ret;
 }
 
 /**
- * ckvmscope_instance_destroy - turn tracing off, disable every event and remove the instance
+ * ckvmscope_instance_remove - remove an instance by name (one left behind by a dead process or another tool)
  * @name: instance name
  *
- * Fails with EBUSY while any file of the instance is still open.
+ * Tracing off, events disabled, directory removed. Returns 0 (also when it did not exist), or -1 with errno.
  */
-int ckvmscope_instance_destroy(const char *name)
+int ckvmscope_instance_remove(const char *name)
 {
-    struct tracefs_instance *inst = instance_get(name);
-    if (!inst)
+    struct tracefs_instance *tfs;
+    int ret, saved;
+
+    if (!tracefs_instance_exists(name))
+        return 0;
+    tfs = tracefs_instance_alloc(NULL, name);
+    if (!tfs)
         return -1;
-    tracefs_trace_off(inst);
-    tracefs_event_disable(inst, NULL, NULL);
-    int ret = tracefs_instance_destroy(inst);
-    int saved = errno;
-    tracefs_instance_free(inst);
+    tracefs_trace_off(tfs);
+    tracefs_event_disable(tfs, NULL, NULL);
+    ret = tracefs_instance_destroy(tfs);
+    saved = errno;
+    tracefs_instance_free(tfs);
     errno = saved;
-    return ret;
+    return ret < 0 && saved != ENOENT ? -1 : 0;
 }

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "CKVMScope.h"
+#include "shim_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,34 +30,32 @@ struct ckvmscope_reader {
     void *page;
 };
 
-struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, struct ckvmscope_decoder *decoder,
-                                               uint32_t max_subbufs_per_read)
+/**
+ * ckvmscope_reader_open_fd - a reader over a file descriptor that reads like trace_pipe_raw
+ * @fd: non-blocking descriptor; the reader owns it from here on (closed on error too)
+ * @subbuf_size: bytes of one sub-buffer
+ * @cpu: the CPU written into every record
+ * @decoder: used only by this reader
+ * @max_subbufs_per_read: sub-buffers one read call takes at most
+ *
+ * Returns the reader, or NULL with errno.
+ */
+struct ckvmscope_reader *ckvmscope_reader_open_fd(int fd, uint32_t subbuf_size, int cpu,
+                                                  struct ckvmscope_decoder *decoder, uint32_t max_subbufs_per_read)
 {
     struct ckvmscope_reader *r = calloc(1, sizeof(*r));
-    struct tracefs_instance *inst = NULL;
+    int saved;
+
     if (!r)
         goto error;
-    char path[64];
-    r->fd = -1;
+    r->fd = fd;
     r->stop_pipe[0] = r->stop_pipe[1] = -1;
-    inst = tracefs_instance_alloc(NULL, instance);
-    if (!inst)
-        goto error_free;
-    /* libtracefs works the sub-buffer size out of header_page; take it from a throw-away handle. */
-    struct tracefs_cpu *probe = tracefs_cpu_open(inst, cpu, true);
-    int size = probe ? tracefs_cpu_read_size(probe) : -1;
-    tracefs_cpu_close(probe);
-    snprintf(path, sizeof(path), "per_cpu/cpu%d/trace_pipe_raw", cpu);
-    r->fd = size > 0 ? tracefs_instance_file_open(inst, path, O_RDONLY | O_NONBLOCK) : -1;
-    tracefs_instance_free(inst);
-    if (r->fd < 0)
-        goto error_free;
-    r->tcpu = tracefs_cpu_alloc_fd(r->fd, size, true);
+    r->tcpu = tracefs_cpu_alloc_fd(fd, (int)subbuf_size, true);
     if (!r->tcpu)
-        goto error_fd;
+        goto error_free;
     if (pipe2(r->stop_pipe, O_NONBLOCK | O_CLOEXEC) < 0)
         goto error_close;
-    r->subbuf_size = (uint32_t)size;
+    r->subbuf_size = subbuf_size;
     r->page = malloc(r->subbuf_size);
     if (!r->page)
         goto error_close;
@@ -66,17 +65,47 @@ struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, st
     return r;
 
 error_close:
+    saved = errno;
     if (r->stop_pipe[0] >= 0) {
         close(r->stop_pipe[0]);
         close(r->stop_pipe[1]);
     }
     tracefs_cpu_free_fd(r->tcpu);
-error_fd:
-    close(r->fd);
+    errno = saved;
 error_free:
     free(r);
 error:
+    saved = errno;
+    close(fd);
+    errno = saved;
     return NULL;
+}
+
+/**
+ * ckvmscope_reader_open - a reader of one CPU's trace_pipe_raw in an instance
+ *
+ * Returns the reader, or NULL with errno.
+ */
+struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, int cpu,
+                                               struct ckvmscope_decoder *decoder, uint32_t max_subbufs_per_read)
+{
+    struct tracefs_instance *tfs = ckvmscope_instance_tracefs(inst);
+    char path[64];
+    int size, fd;
+
+    /* libtracefs works the sub-buffer size out of header_page; take it from a throw-away handle. */
+    struct tracefs_cpu *probe = tracefs_cpu_open(tfs, cpu, true);
+    size = probe ? tracefs_cpu_read_size(probe) : -1;
+    tracefs_cpu_close(probe);
+    if (size <= 0) {
+        errno = errno ? errno : EINVAL;
+        return NULL;
+    }
+    snprintf(path, sizeof(path), "per_cpu/cpu%d/trace_pipe_raw", cpu);
+    fd = tracefs_instance_file_open(tfs, path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0)
+        return NULL;
+    return ckvmscope_reader_open_fd(fd, (uint32_t)size, cpu, decoder, max_subbufs_per_read);
 }
 
 void ckvmscope_reader_close(struct ckvmscope_reader *r)

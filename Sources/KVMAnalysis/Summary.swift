@@ -143,6 +143,10 @@ public struct Summary: Sendable {
     public var lostEvents: UInt64 = 0
     public var lostUnknownSubbuffers: UInt64 = 0
     public var overflowEvents: UInt64 = 0
+    /// Sub-buffers rejected as malformed (each lost an unknown number of events).
+    public var corruptSubbuffers: UInt64 = 0
+    /// Failed ring-buffer reads (the reader of that CPU stopped there).
+    public var readErrors: UInt64 = 0
     public var timestamp: UInt64 = 0
     /// VM pid → name, for every VM kept.
     public var vms: [Int32: String?] = [:]
@@ -157,6 +161,8 @@ public struct Summary: Sendable {
         lostEvents = snap.lostEvents
         lostUnknownSubbuffers = snap.lostUnknownSubbuffers
         overflowEvents = snap.overflowEvents
+        corruptSubbuffers = snap.corruptSubbuffers
+        readErrors = snap.readErrors
         pairing = snap.pairing
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals

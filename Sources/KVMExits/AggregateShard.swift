@@ -23,6 +23,10 @@ public final class AggregateShard: Sendable {
     @usableFromInline let lostCount = Atomic<UInt64>(0)
     /// Sub-buffers flagged as having lost events without saying how many.
     @usableFromInline let lostUnknownCount = Atomic<UInt64>(0)
+    /// Sub-buffers rejected as malformed (their events are lost, number unknown).
+    @usableFromInline let corruptCount = Atomic<UInt64>(0)
+    /// Failed reads of the ring buffer (the reader stopped there; what followed is lost).
+    @usableFromInline let readErrorCount = Atomic<UInt64>(0)
 
     public init() {
         keyA = InlineArray { _ in Atomic(0) }
@@ -61,6 +65,8 @@ public final class AggregateShard: Sendable {
     public var overflow: UInt64 { overflowCount.load(ordering: .relaxed) }
     public var lost: UInt64 { lostCount.load(ordering: .relaxed) }
     public var lostUnknown: UInt64 { lostUnknownCount.load(ordering: .relaxed) }
+    public var corrupt: UInt64 { corruptCount.load(ordering: .relaxed) }
+    public var readErrors: UInt64 { readErrorCount.load(ordering: .relaxed) }
 }
 
 /// The single writer of an ``AggregateShard``. Not Sendable: it belongs to one thread.
@@ -128,5 +134,11 @@ public struct ShardWriter {
     public func addLost(_ n: UInt64, unknownSubbuffers: UInt64 = 0) {
         if n > 0 { shard.lostCount.singleWriterAdd(n) }
         if unknownSubbuffers > 0 { shard.lostUnknownCount.singleWriterAdd(unknownSubbuffers) }
+    }
+
+    /// Adds sub-buffers rejected as malformed and failed reads: losses of an unknown number of events.
+    public func addDamage(corruptSubbuffers: UInt64 = 0, readErrors: UInt64 = 0) {
+        if corruptSubbuffers > 0 { shard.corruptCount.singleWriterAdd(corruptSubbuffers) }
+        if readErrors > 0 { shard.readErrorCount.singleWriterAdd(readErrors) }
     }
 }

@@ -27,6 +27,8 @@ extension AggregateSnapshot {
         }
         out.lostEvents = lostEvents &- base.lostEvents
         out.lostUnknownSubbuffers = lostUnknownSubbuffers &- base.lostUnknownSubbuffers
+        out.corruptSubbuffers = corruptSubbuffers &- base.corruptSubbuffers
+        out.readErrors = readErrors &- base.readErrors
         out.overflowEvents = overflowEvents &- base.overflowEvents
         out.pairing = PairingStats(paired: pairing.paired &- base.pairing.paired,
                                    orphanExits: pairing.orphanExits &- base.pairing.orphanExits,

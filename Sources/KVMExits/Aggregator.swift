@@ -80,6 +80,8 @@ public final class Aggregator: Sendable {
             snap.lostEvents += shard.lost
             snap.lostUnknownSubbuffers += shard.lostUnknown
             snap.overflowEvents += shard.overflow
+            snap.corruptSubbuffers += shard.corrupt
+            snap.readErrors += shard.readErrors
         }
         snap.counters = merged.map { CounterRow(key: $0.key, count: $0.value) }
             .sorted { ($0.key.tid, $0.key.event, $0.key.reason) < ($1.key.tid, $1.key.event, $1.key.reason) }
@@ -136,6 +138,10 @@ public struct AggregateSnapshot: Sendable {
     public var lostUnknownSubbuffers: UInt64 = 0
     /// Events counted in totals but not in per-thread rows (table full).
     public var overflowEvents: UInt64 = 0
+    /// Sub-buffers rejected as malformed: each lost an unknown number of events.
+    public var corruptSubbuffers: UInt64 = 0
+    /// Failed reads of a ring buffer: the reader of that CPU stopped there.
+    public var readErrors: UInt64 = 0
 
     public init(catalog: EventCatalog, timestamp: UInt64) {
         self.catalog = catalog

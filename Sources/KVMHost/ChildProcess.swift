@@ -24,21 +24,28 @@ public final class ChildProcess {
     }
 
     let ownsStdout: Bool
+    let ownsStderr: Bool
 
     /// Starts argv[0] (searched in PATH) with stderr, and stdout unless `stdoutTo` names a file
-    /// (e.g. /dev/null), sent to temporary files.
-    public init(_ argv: [String], stdoutTo: String? = nil, environment: [String: String]? = nil) throws {
+    /// (e.g. /dev/null), sent to temporary files — or, with `inheritOutput`, with kvmscope's own standard
+    /// input, output and error (the command the user put after `--`).
+    /// - Throws: ``KVMScopeError/usage(_:)`` "cannot run NAME: REASON" (the system's words) when it cannot start.
+    public init(_ argv: [String], stdoutTo: String? = nil, inheritOutput: Bool = false,
+                environment: [String: String]? = nil) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         let base = "\(NSTemporaryDirectory())kvmscope-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        stdoutPath = stdoutTo ?? base + ".out"
-        ownsStdout = stdoutTo == nil
-        stderrPath = base + ".err"
+        stdoutPath = inheritOutput ? "/dev/stdout" : stdoutTo ?? base + ".out"
+        ownsStdout = !inheritOutput && stdoutTo == nil
+        stderrPath = inheritOutput ? "/dev/stderr" : base + ".err"
+        ownsStderr = !inheritOutput
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        if !inheritOutput {
+            posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        }
         let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
         var cArgs = argv.map { strdup($0) } + [nil]
         var cEnv = env.map { strdup($0) } + [nil]
@@ -58,7 +65,7 @@ public final class ChildProcess {
             _ = try? wait()
         }
         if ownsStdout { unlink(stdoutPath) }
-        unlink(stderrPath)
+        if ownsStderr { unlink(stderrPath) }
     }
 
     public func signal(_ sig: Int32) { if termination == nil { kill(pid, sig) } }

@@ -46,6 +46,27 @@ public final class EventFormats {
         return index
     }
 
+    /// Makes records written to `trace_marker_raw` (ftrace:raw_data) decode as the given events, told apart
+    /// by size: the injection path of tests and benchmarks (``TraceConfig/injected``). Write an event's
+    /// record bytes 8..<``markerSize(of:)`` to the instance's trace_marker_raw to inject one.
+    /// - Throws: when an event is not traced or two of them have the same size.
+    public func injectThroughMarker(_ events: [String], root: String) throws {
+        let raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
+        guard let id = Self.value(of: "ID:", in: raw).flatMap({ Int32($0) }) else {
+            throw KVMScopeError.badFormat("ftrace:raw_data has no ID")
+        }
+        var sizes: Set<Int> = []
+        for target in events {
+            guard catalog.index(of: target) != nil, let size = markerSize(of: target) else {
+                throw KVMScopeError.unknownEvent("injected event \(target) is not traced")
+            }
+            guard sizes.insert(size).inserted else {
+                throw KVMScopeError.badFormat("injected event \(target) has the size of another injected event")
+            }
+            try alias(kernelID: id, as: target, matchSize: events.count > 1 ? size : nil)
+        }
+    }
+
     /// Test and benchmark hook: decode events of `kernelID` (e.g. ftrace:raw_data written through
     /// trace_marker_raw) as if they were `asEvent`, whose payload they carry at the same offsets.
     ///

@@ -5,116 +5,35 @@ import KVMHost
 import Logging
 import Synchronization
 
-/// What to trace, and how.
-public struct LiveConfig: Sendable {
-    /// Events of the kvm system to enable; empty means all of them (as kvm_stat does).
-    public var events: [String] = []
-    /// Ring-buffer size per CPU, KiB.
-    public var bufferKB: UInt32 = 1024
-    /// Sub-buffers read per C call.
-    public var subbufsPerRead: UInt32 = 16
-    /// Trace only this process and its descendants (tracefs set_event_pid with event-fork).
-    public var onlyPid: Int32?
-    /// Test and benchmark hook: decode ftrace:raw_data records (written to trace_marker_raw) as this event.
-    public var markerAs: String?
-    /// Test and benchmark hook: decode ftrace:raw_data records as each of these events, told apart by their
-    /// size (``EventFormats/markerSize(of:)``; the sizes must differ, as kvm_exit's and kvm_entry's do). Write
-    /// an event's record bytes 8..<size to trace_marker_raw to inject it. Never a product feature.
-    public var markerEvents: [String] = []
-    /// Instance name; default kvmscope-<pid>.
-    public var instanceName: String?
+/// The options of a live trace (the same as a recording's).
+public typealias LiveConfig = TraceConfig
 
-    public init() {}
-}
-
-/// A running trace of the live kernel: a private tracefs instance, one reader thread per CPU (each the
-/// single writer of its aggregate shard), and a pairing thread that merges the CPUs' exits and entries by
-/// time. Stop it (or let it deinit) to flush and remove the instance.
+/// A running trace of the live kernel: a ``TraceSession`` (private tracefs instance, one reader thread per
+/// CPU, each the single writer of its aggregate shard) and a pairing thread that merges the CPUs' exits and
+/// entries by time. ``stop()`` — or the end of the session — drains the buffers, joins every thread and
+/// removes the instance.
 public final class LiveSession: @unchecked Sendable {
     public let aggregator: Aggregator
-    public let instance: String
-    public let root: String
-    public let cpus: [Int]
-    let formats: EventFormats
-    let logger: Logger
-    let stopping = Atomic<Bool>(false)
-    let stopped = Mutex<Bool>(false)
-    var readerThreads: [Thread] = []
-    var pairingThread: Thread?
+    let trace: TraceSession
+    public var instance: String { trace.instance.name }
+    public var root: String { trace.root }
+    public var cpus: [Int] { trace.cpus }
+    var formats: EventFormats { trace.formats }
     let lanes: [PairingLane]
-    let readersDone = Atomic<Int>(0)
-    let readerHandles: [ReaderHandle]
+    let progress = ReaderProgress()
+    private let pairingThread = Mutex<JoinableThread?>(nil)
+    /// nil while tracing; the kernel's per-CPU loss counts once stopped.
+    private let final = Mutex<[Int: UInt64]?>(nil)
     let startedAt = MonotonicClock.now()
 
-    /// Creates the instance, enables the events and starts reading. Throws the errors users see.
-    public init(config: LiveConfig, logger: Logger = Logger(label: "kvmscope")) throws {
-        self.logger = logger
-        root = try TraceFS.root()
-        TraceFS.removeStaleInstances(root: root)
-        instance = config.instanceName ?? "\(TraceFS.instancePrefix)\(getpid())"
-
-        let (wanted, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
-        var markerID: Int32?
-        let markerTargets = (config.markerAs.map { [$0] } ?? []) + config.markerEvents
-        if !markerTargets.isEmpty {
-            let raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
-            guard let id = EventFormats.value(of: "ID:", in: raw).flatMap({ Int32($0) }) else {
-                throw KVMScopeError.badFormat("ftrace:raw_data has no ID")
-            }
-            var sizes: Set<Int> = []
-            for target in markerTargets {
-                guard formats.catalog.index(of: target) != nil, let size = formats.markerSize(of: target) else {
-                    throw KVMScopeError.unknownEvent("marker alias: \(target) is not traced")
-                }
-                guard sizes.insert(size).inserted else {
-                    throw KVMScopeError.badFormat("marker alias: \(target) has the size of another aliased event")
-                }
-                try formats.alias(kernelID: id, as: target, matchSize: markerTargets.count > 1 ? size : nil)
-            }
-            markerID = id
-        }
-        self.formats = formats
-
-        var err = [CChar](repeating: 0, count: 512)
-        guard ckvmscope_instance_create(instance, config.bufferKB, "mono", &err, err.count) == 0 else {
-            throw KVMScopeError.instance(String(cMessage: err))
-        }
-        do {
-            // The kernel keeps tid → tgid for traced threads: names threads that exit before we look.
-            try? TraceFS.write("1", to: "options/record-tgid", instance: instance, root: root)
-            if let pid = config.onlyPid {
-                try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
-                try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
-            }
-            for name in wanted where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
-                throw KVMScopeError.instance("cannot enable kvm:\(name) in \(instance): \(String(cString: strerror(errno)))")
-            }
-            _ = markerID
-        } catch {
-            ckvmscope_instance_destroy(instance)
-            throw error
-        }
-        cpus = TraceFS.cpus(instance: instance, root: root)
-        aggregator = Aggregator(catalog: formats.catalog, shardCount: cpus.count, resolver: ThreadDirectory.identity(of:))
-        lanes = cpus.map { _ in PairingLane() }
-        var handles: [ReaderHandle] = []
-        for cpu in cpus {
-            let decoder = formats.makeDecoder()
-            guard let r = ckvmscope_reader_open(instance, Int32(cpu), decoder.handle, config.subbufsPerRead) else {
-                let e = String(cString: strerror(errno))
-                handles.forEach { ckvmscope_reader_close($0.reader) }
-                ckvmscope_instance_destroy(instance)
-                throw KVMScopeError.instance("cannot open cpu\(cpu)/trace_pipe_raw of \(instance): \(e)")
-            }
-            handles.append(ReaderHandle(reader: r, decoder: decoder, cpu: cpu, maxSubbufs: config.subbufsPerRead))
-        }
-        readerHandles = handles
-        guard ckvmscope_instance_tracing_on(instance, 1) == 0 else {
-            handles.forEach { ckvmscope_reader_close($0.reader) }
-            ckvmscope_instance_destroy(instance)
-            throw KVMScopeError.instance("cannot turn tracing on in \(instance)")
-        }
-        start()
+    /// Creates the instance, enables the events and starts reading. Throws the errors users see; nothing
+    /// is left in tracefs then.
+    public init(config: TraceConfig, subbufsPerRead: UInt32 = 16) throws {
+        trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead)
+        aggregator = Aggregator(catalog: trace.formats.catalog, shardCount: trace.readers.count,
+                                resolver: ThreadDirectory.identity(of:))
+        lanes = trace.readers.map { _ in PairingLane() }
+        try start()
     }
 
     deinit { stop() }
@@ -122,74 +41,60 @@ public final class LiveSession: @unchecked Sendable {
     /// Pairing runs only when both halves are traced.
     var pairs: Bool { formats.catalog.index(of: "kvm_exit") != nil && formats.catalog.index(of: "kvm_entry") != nil }
 
-    func start() {
+    func start() throws {
         let roles = formats.catalog.entries.map(\.role)
-        for (i, h) in readerHandles.enumerated() {
-            let lane = lanes[i]
-            let writer = ThreadOwned(aggregator.writer(shard: i))
-            let pairs = self.pairs
-            let t = Thread { [self] in
-                ReaderLoop(handle: h, lane: lane, roles: roles, pairs: pairs).run(writer: &writer.value, stopping: stopping)
-                readersDone.wrappingAdd(1, ordering: .releasing)
-            }
-            t.name = "kvmscope-cpu\(h.cpu)"
-            readerThreads.append(t)
-            t.start()
-        }
+        let pairs = self.pairs
         if pairs {
             let pairer = ThreadOwned(aggregator.makePairer())
             let lanes = self.lanes
-            let count = readerHandles.count
+            let progress = self.progress
+            let count = trace.readers.count
             let exitEvent = formats.catalog.index(of: "kvm_exit") ?? 0
             let entryEvent = formats.catalog.index(of: "kvm_entry") ?? 0
-            let t = Thread { [self] in
-                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
+            let t = try JoinableThread(name: "kvmscope-pair") {
+                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) {
+                    progress.readersDone.load(ordering: .acquiring) == count
+                }
             }
-            t.name = "kvmscope-pair"
-            pairingThread = t
-            t.start()
+            pairingThread.withLock { $0 = t }
+        }
+        let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
+        let lanes = self.lanes
+        let progress = self.progress
+        let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
+        try trace.start(threadName: "kvmscope-cpu") { reader in
+            let i = index[reader.cpu]!
+            ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs).run(writer: &writers[i].value)
+            progress.readersDone.wrappingAdd(1, ordering: .releasing)
         }
     }
 
     /// Events the kernel lost on each CPU of the instance, from its per-CPU stats (exact).
     public func lostPerCPU() -> [Int: UInt64] {
+        if let f = final.withLock({ $0 }) { return f }
         var out: [Int: UInt64] = [:]
-        for cpu in cpus { out[cpu] = TraceFS.lostEvents(instance: instance, cpu: cpu, root: root) }
+        for cpu in cpus { out[cpu] = trace.instance.lost(cpu: cpu) }
         return out
     }
+
+    /// The kernel's per-CPU loss counts when tracing stopped (empty before).
+    public var finalLostPerCPU: [Int: UInt64] { final.withLock { $0 } ?? [:] }
 
     /// A snapshot, with losses taken from the kernel's per-CPU counters.
     public func snapshot() -> AggregateSnapshot {
         var snap = aggregator.snapshot(timestamp: MonotonicClock.now())
-        if !stopped.withLock({ $0 }) {
-            snap.lostEvents = max(snap.lostEvents, lostPerCPU().values.reduce(0, +))
-        } else {
-            snap.lostEvents = max(snap.lostEvents, finalLost)
-        }
+        snap.lostEvents = max(snap.lostEvents, lostPerCPU().values.reduce(0, +))
         return snap
     }
 
-    var finalLost: UInt64 = 0
-    public private(set) var finalLostPerCPU: [Int: UInt64] = [:]
-
-    /// Stops reading, drains what is left in the buffers, and removes the instance. Idempotent.
-    public func stop() {
-        let first = stopped.withLock { s -> Bool in
-            if s { return false }
-            s = true
-            return true
-        }
-        guard first else { return }
-        ckvmscope_instance_tracing_on(instance, 0)
-        finalLostPerCPU = lostPerCPU()
-        finalLost = finalLostPerCPU.values.reduce(0, +)
-        stopping.store(true, ordering: .releasing)
-        for h in readerHandles { ckvmscope_reader_stop(h.reader) }
-        while readersDone.load(ordering: .acquiring) < readerHandles.count { usleep(1000) }
-        if let pairingThread {
-            while !pairingThread.isFinished { usleep(1000) }
-        }
-        for h in readerHandles { ckvmscope_reader_close(h.reader) }
+    /// Stops reading, drains what is left in the buffers, joins every thread and removes the instance.
+    /// Idempotent. Returns the error text when tracefs refused to remove the instance.
+    @discardableResult
+    public func stop() -> String? {
+        guard !trace.isStopped else { return nil }
+        let failure = trace.stop()
+        final.withLock { $0 = trace.finalLostPerCPU }
+        pairingThread.withLock { $0 }?.join()
         let saved = TraceFS.savedThreads(root: root)
         aggregator.resolveUnresolved { tid in
             guard let tgid = saved.tgids[tid] else { return nil }
@@ -197,28 +102,21 @@ public final class LiveSession: @unchecked Sendable {
             return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
                                   vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
-        for attempt in 0..<200 {
-            if ckvmscope_instance_destroy(instance) == 0 || errno == ENOENT { break }
-            if attempt == 199 { logger.error("could not remove tracefs instance \(instance): \(String(cString: strerror(errno)))") }
-            usleep(10_000)
-        }
+        return failure
     }
 
     public var elapsedSeconds: Double { Double(MonotonicClock.now() - startedAt) / 1e9 }
+}
+
+/// How many reader threads have returned (the pairing thread ends after the last).
+final class ReaderProgress: Sendable {
+    let readersDone = Atomic<Int>(0)
 }
 
 /// A value handed to the one thread that will own it from then on.
 final class ThreadOwned<T>: @unchecked Sendable {
     var value: T
     init(_ value: T) { self.value = value }
-}
-
-/// A reader's C handle and its decoder (kept alive as long as the reader).
-struct ReaderHandle: @unchecked Sendable {
-    let reader: OpaquePointer
-    let decoder: SubbufferDecoder
-    let cpu: Int
-    let maxSubbufs: UInt32
 }
 
 /// What a reader hands the pairing thread: its exits and entries in time order, and how far its CPU's
@@ -244,12 +142,12 @@ let batchMicroseconds: UInt32 = 5_000
 let visibilityMargin: UInt64 = 5_000_000
 
 struct ReaderLoop {
-    let handle: ReaderHandle
+    let handle: CPUReader
     let lane: PairingLane
     let roles: [EventRole]
     let pairs: Bool
 
-    func run(writer: inout ShardWriter, stopping: borrowing Atomic<Bool>) {
+    func run(writer: inout ShardWriter) {
         let r = handle.reader
         let cap = Int(ckvmscope_reader_capacity(r))
         var records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap)
@@ -262,6 +160,7 @@ struct ReaderLoop {
         isPairing.append(contentsOf: repeatElement(false, count: 256 - isPairing.count))
         var lastMissed: UInt64 = 0
         var lastUnknown: UInt64 = 0
+        var lastCorrupt: UInt64 = 0
 
         func consume(_ n: Int, watermark: UInt64) {
             records.withUnsafeBufferPointer { buf in
@@ -279,6 +178,10 @@ struct ReaderLoop {
                 lastMissed = stats.missed_events
                 lastUnknown = stats.missed_unknown
             }
+            if stats.corrupt != lastCorrupt {
+                writer.addDamage(corruptSubbuffers: stats.corrupt - lastCorrupt)
+                lastCorrupt = stats.corrupt
+            }
             if pairs {
                 if !pending.isEmpty {
                     lane.outbox.withLock { $0.append(contentsOf: pending) }
@@ -288,13 +191,18 @@ struct ReaderLoop {
             }
         }
 
-        while !stopping.load(ordering: .acquiring) {
+        while !handle.isStopping {
             // Everything stamped before `before` (less the commit margin) is in the buffer by now, so a read
             // that drains the buffer makes this CPU's stream complete up to there.
             let before = MonotonicClock.now()
             let subbufsBefore = stats.subbufs
             let n = Int(ckvmscope_reader_read(r, &records, 1, &stats))
-            if n < 0 && errno != EINTR && errno != EAGAIN { break }
+            if n < 0 && errno != EINTR && errno != EAGAIN {
+                // The ring buffer cannot be read any more: counted (every view shows it), and this CPU's
+                // reader stops here; what is still buffered is drained below.
+                writer.addDamage(readErrors: 1)
+                break
+            }
             let drained = stats.subbufs - subbufsBefore < UInt64(handle.maxSubbufs)
             let wm = drained ? before &- visibilityMargin : (n > 0 ? records[n - 1].ts : before &- visibilityMargin)
             consume(max(0, n), watermark: wm)
@@ -302,7 +210,7 @@ struct ReaderLoop {
                 // Let events gather for a few ms before the next read: one wake-up and a few syscalls then
                 // carry hundreds of events, not a handful (a 1 MiB buffer takes far longer than that to fill).
                 usleep(batchMicroseconds)
-                if stopping.load(ordering: .acquiring) { break }
+                if handle.isStopping { break }
                 // An idle CPU still wakes every 50 ms to move its watermark on: pairing never waits on it long.
                 if ckvmscope_reader_wait(r, 50) < 0 { break }
             }

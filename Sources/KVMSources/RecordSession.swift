@@ -2,136 +2,112 @@ import CKVMScope
 import Foundation
 import KVMExits
 import Synchronization
+import SystemPackage
 
-/// What to record, and where.
+/// What to record: the options of a live trace, and where to stop.
 public struct RecordConfig: Sendable {
-    /// kvm events to enable; empty means all of them.
-    public var events: [String] = []
-    public var bufferKB: UInt32 = 4096
-    /// Record only this process and its descendants (set_event_pid with event-fork).
-    public var onlyPid: Int32?
+    public var trace = TraceConfig()
     /// Stop taking pages once this many bytes of trace data are written.
     public var maxBytes: UInt64?
-    public var instanceName: String?
 
-    public init() {}
+    public init() { trace.bufferKB = 4096 }
 }
 
-/// Live recording into a trace.dat: a private instance, one thread per CPU copying raw sub-buffers from
-/// trace_pipe_raw into a per-CPU temporary file (no decoding while recording), then — after ``stop()`` —
-/// ``write(to:)`` assembles the trace.dat (formats, saved cmdlines, per-CPU stats, pages).
+/// Live recording into a trace.dat: a ``TraceSession`` whose reader threads copy raw sub-buffers from
+/// trace_pipe_raw into per-CPU spool files beside the output (no decoding while recording); after ``stop()``,
+/// ``write(to:)`` assembles the trace.dat (formats, saved cmdlines, per-CPU stats, pages). The spool is
+/// removed on every way out.
 public final class RecordSession: @unchecked Sendable {
-    public let instance: String
-    public let root: String
-    public let cpus: [Int]
-    public let events: [String]
+    let trace: TraceSession
+    public var instance: String { trace.instance.name }
+    public var root: String { trace.root }
+    public var cpus: [Int] { trace.cpus }
+    public var events: [String] { trace.events }
+    var formats: EventFormats { trace.formats }
     let config: RecordConfig
+    /// The spool: one file per CPU, in the output's own directory.
     let directory: String
-    let formats: EventFormats
-    var handles: [ReaderHandle] = []
-    var threads: [Thread] = []
-    let bytes = Atomic<UInt64>(0)
-    /// Pages not written because --max-size was reached (their events are counted as lost).
-    let droppedPages = Atomic<UInt64>(0)
-    let full = Atomic<Bool>(false)
-    let finished = Atomic<Int>(0)
-    let stopped = Mutex<Bool>(false)
-    public private(set) var finalStats: [Int: String] = [:]
+    let counters = RecordCounters()
+    public var finalStats: [Int: String] { trace.finalStats }
     /// Comm per tid, read from /proc while the threads live.
     var comms: [Int32: String] = [:]
 
-    public init(config: RecordConfig) throws {
+    /// - Parameter output: the trace.dat to be written; the spool goes beside it (same file system: no
+    ///   copy through /tmp, and the disk that fills is the one the user chose).
+    public init(config: RecordConfig, output: String) throws {
         self.config = config
-        root = try TraceFS.root()
-        TraceFS.removeStaleInstances(root: root)
-        instance = config.instanceName ?? "\(TraceFS.instancePrefix)\(getpid())"
-        (events, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-record-\(getpid())").path
+        let dir = (output as NSString).deletingLastPathComponent
+        directory = "\(dir.isEmpty ? "." : dir)/.kvmscope-record-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
-        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw KVMScopeError.io("cannot create \(directory): \(error.localizedDescription)")
-        }
-        var err = [CChar](repeating: 0, count: 512)
-        guard ckvmscope_instance_create(instance, config.bufferKB, "mono", &err, err.count) == 0 else {
-            throw KVMScopeError.instance(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        guard mkdir(directory, 0o700) == 0 else {
+            throw KVMScopeError.io("cannot create \(directory): \(Errno(rawValue: errno))")
         }
         do {
-            if let pid = config.onlyPid {
-                try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
-                try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
-            }
-            for name in events where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
-                throw KVMScopeError.instance("cannot enable kvm:\(name) in \(instance): \(String(cString: strerror(errno)))")
-            }
-            cpus = TraceFS.cpus(instance: instance, root: root)
-            for cpu in cpus {
-                let decoder = formats.makeDecoder()
-                guard let r = ckvmscope_reader_open(instance, Int32(cpu), decoder.handle, 1) else {
-                    throw KVMScopeError.instance("cannot open cpu\(cpu)/trace_pipe_raw of \(instance): \(String(cString: strerror(errno)))")
-                }
-                handles.append(ReaderHandle(reader: r, decoder: decoder, cpu: cpu, maxSubbufs: 1))
-            }
-            if let h = handles.first { subbufSize = Int(ckvmscope_reader_subbuf_size(h.reader)) }
-            guard ckvmscope_instance_tracing_on(instance, 1) == 0 else {
-                throw KVMScopeError.instance("cannot turn tracing on in \(instance)")
-            }
+            trace = try TraceSession(config: config.trace, subbufsPerRead: 1)
         } catch {
-            handles.forEach { ckvmscope_reader_close($0.reader) }
-            ckvmscope_instance_destroy(instance)
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
-        for h in handles {
-            let path = cpuFile(h.cpu)
-            let t = Thread { [self] in
-                copyPages(h, to: path)
-                finished.wrappingAdd(1, ordering: .releasing)
+        subbufSize = trace.readers.first?.subbufSize ?? 4096
+        let files = try trace.readers.map { try OutputFile(path: "\(directory)/cpu\($0.cpu)") }
+        let counters = self.counters
+        let maxBytes = config.maxBytes
+        let byCPU = Dictionary(uniqueKeysWithValues: zip(trace.readers.map(\.cpu), files))
+        do {
+            try trace.start(threadName: "kvmscope-rec") { reader in
+                RecordSession.copyPages(reader, to: byCPU[reader.cpu]!, counters: counters, maxBytes: maxBytes)
             }
-            t.name = "kvmscope-rec\(h.cpu)"
-            threads.append(t)
-            t.start()
+        } catch {
+            trace.stop()
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
         }
     }
 
     deinit {
-        stop()
+        trace.stop()
         try? FileManager.default.removeItem(atPath: directory)
     }
 
     func cpuFile(_ cpu: Int) -> String { "\(directory)/cpu\(cpu)" }
 
-    /// The reader thread: raw sub-buffers, whole pages, appended to the CPU's file.
-    func copyPages(_ h: ReaderHandle, to path: String) {
-        let size = Int(ckvmscope_reader_subbuf_size(h.reader))
-        let page = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
-        defer { page.deallocate() }
-        guard let out = try? OutputFile(path: path) else { return }
+    /// A reader thread: raw sub-buffers, whole pages, appended to the CPU's spool file. A page that cannot be
+    /// written (disk full) is counted, and the first error is kept for the command to report at once.
+    static func copyPages(_ h: CPUReader, to out: OutputFile, counters: RecordCounters, maxBytes: UInt64?) {
+        let size = h.subbufSize
+        var page = [UInt8](repeating: 0, count: size)
         func put() {
             // Every page is written whole: the trace.dat's per-CPU data is an array of pages. Its bytes are
             // reserved before it is written, so two CPUs' threads never both take the last room under --max-size.
-            let before = bytes.wrappingAdd(UInt64(size), ordering: .relaxed).oldValue
-            if let max = config.maxBytes, full.load(ordering: .relaxed) || before + UInt64(size) > max {
-                bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
-                full.store(true, ordering: .relaxed)
-                droppedPages.wrappingAdd(1, ordering: .relaxed)
+            let before = counters.bytes.wrappingAdd(UInt64(size), ordering: .relaxed).oldValue
+            if let max = maxBytes, counters.full.load(ordering: .relaxed) || before + UInt64(size) > max {
+                counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
+                counters.full.store(true, ordering: .relaxed)
+                counters.droppedPages.wrappingAdd(1, ordering: .relaxed)
                 return
             }
-            if (try? out.write(UnsafeRawBufferPointer(page))) == nil {
-                bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
+            do {
+                try page.withUnsafeBytes { try out.write($0) }
+            } catch {
+                counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
+                counters.failedPages.wrappingAdd(1, ordering: .relaxed)
+                counters.error.withLock { if $0 == nil { $0 = "\(error)" } }
             }
         }
-        while !stopped.withLock({ $0 }) {
-            page.initializeMemory(as: UInt8.self, repeating: 0)
-            let n = ckvmscope_reader_read_raw(h.reader, page.baseAddress, 0)
+        while !h.isStopping {
+            for i in page.indices { page[i] = 0 }
+            let n = page.withUnsafeMutableBytes { ckvmscope_reader_read_raw(h.reader, $0.baseAddress, 0) }
             if n < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR || errno == EAGAIN { continue }
+                counters.readErrors.wrappingAdd(1, ordering: .relaxed)
+                counters.error.withLock { if $0 == nil { $0 = "cannot read cpu\(h.cpu)/trace_pipe_raw: \(Errno(rawValue: errno))" } }
                 break
             }
             if n > 0 { put() }
         }
         while true {
-            page.initializeMemory(as: UInt8.self, repeating: 0)
-            let n = ckvmscope_reader_flush_raw(h.reader, page.baseAddress)
+            for i in page.indices { page[i] = 0 }
+            let n = page.withUnsafeMutableBytes { ckvmscope_reader_flush_raw(h.reader, $0.baseAddress) }
             if n <= 0 { break }
             put()
         }
@@ -142,16 +118,21 @@ public final class RecordSession: @unchecked Sendable {
     public private(set) var subbufSize = 4096
 
     /// Bytes of pages written so far.
-    public var bytesWritten: UInt64 { bytes.load(ordering: .relaxed) }
+    public var bytesWritten: UInt64 { counters.bytes.load(ordering: .relaxed) }
     /// Whether --max-size was reached.
-    public var isFull: Bool { full.load(ordering: .relaxed) }
-    public var pagesDropped: UInt64 { droppedPages.load(ordering: .relaxed) }
+    public var isFull: Bool { counters.full.load(ordering: .relaxed) }
+    /// Pages not written because --max-size was reached (their events are counted as lost).
+    public var pagesDropped: UInt64 { counters.droppedPages.load(ordering: .relaxed) }
+    /// Pages that could not be written (disk full, I/O error): lost, and reported.
+    public var pagesFailed: UInt64 { counters.failedPages.load(ordering: .relaxed) }
+    /// The first write or read error of a reader thread (e.g. "cannot write …: No space left on device").
+    public var firstError: String? { counters.error.withLock { $0 } }
 
     /// Progress from the kernel's per-CPU stats: events read from the buffers and events lost.
     public func progress() -> (events: UInt64, lost: UInt64) {
         var events: UInt64 = 0, lost: UInt64 = 0
         for cpu in cpus {
-            let text = (try? String(contentsOfFile: "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats", encoding: .utf8)) ?? ""
+            let text = trace.isStopped ? (finalStats[cpu] ?? "") : trace.instance.stats(cpu: cpu)
             lost += TraceFS.lost(inStats: text)
             for line in text.split(separator: "\n") where line.hasPrefix("read events:") {
                 events += UInt64(line.dropFirst("read events:".count).trimmingCharacters(in: .whitespaces)) ?? 0
@@ -172,26 +153,9 @@ public final class RecordSession: @unchecked Sendable {
         }
     }
 
-    /// Stops tracing, drains the buffers into the files, saves the per-CPU stats, removes the instance.
-    public func stop() {
-        let first = stopped.withLock { s -> Bool in
-            defer { s = true }
-            return !s
-        }
-        guard first else { return }
-        ckvmscope_instance_tracing_on(instance, 0)
-        for cpu in cpus {
-            finalStats[cpu] = (try? String(contentsOfFile: "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats", encoding: .utf8)) ?? ""
-        }
-        for h in handles { ckvmscope_reader_stop(h.reader) }
-        while finished.load(ordering: .acquiring) < handles.count { usleep(1000) }
-        for h in handles { ckvmscope_reader_close(h.reader) }
-        for attempt in 0..<200 {
-            if ckvmscope_instance_destroy(instance) == 0 || errno == ENOENT { break }
-            if attempt == 199 { break }
-            usleep(10_000)
-        }
-    }
+    /// Stops tracing, drains the buffers into the spool, saves the per-CPU stats, removes the instance.
+    /// Idempotent.
+    public func stop() { trace.stop() }
 
     /// After ``stop()``: writes the trace.dat. The comm of every traced tid comes from what
     /// ``noteThreads(of:)`` last saw, else from /proc (threads still alive), else from the kernel's
@@ -226,9 +190,10 @@ public final class RecordSession: @unchecked Sendable {
         }
         m.pageSize = subbufSize
         m.cpuStats = finalStats
-        let dropped = pagesDropped
+        let dropped = pagesDropped + pagesFailed
         if dropped > 0 {
-            // Pages beyond --max-size: say so in the stats of the first CPU (their events are not in the file).
+            // Pages beyond --max-size or that could not be written: say so in the stats of the first CPU
+            // (their events are not in the file).
             m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope dropped pages: \(dropped)\n"
         }
         try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) })
@@ -244,4 +209,14 @@ public final class RecordSession: @unchecked Sendable {
         }
         return out
     }
+}
+
+/// What the reader threads of a recording count, shared with the command's loop.
+final class RecordCounters: Sendable {
+    let bytes = Atomic<UInt64>(0)
+    let droppedPages = Atomic<UInt64>(0)
+    let failedPages = Atomic<UInt64>(0)
+    let readErrors = Atomic<UInt64>(0)
+    let full = Atomic<Bool>(false)
+    let error = Mutex<String?>(nil)
 }

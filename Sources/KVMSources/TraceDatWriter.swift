@@ -178,7 +178,7 @@ struct HeaderBytes {
 }
 
 /// A file written sequentially with plain write(2) calls; errors are one line.
-final class OutputFile {
+final class OutputFile: @unchecked Sendable {  // used by one thread at a time
     let fd: Int32
     let path: String
     var offset = 0

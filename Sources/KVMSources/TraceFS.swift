@@ -88,7 +88,7 @@ public enum TraceFS {
         for name in names where name.hasPrefix(instancePrefix) {
             guard let pid = Int32(name.dropFirst(instancePrefix.count)), pid != getpid() else { continue }
             if kill(pid, 0) == 0 || errno == EPERM { continue }
-            if ckvmscope_instance_destroy(name) == 0 { removed.append(name) }
+            if ckvmscope_instance_remove(name) == 0 { removed.append(name) }
         }
         return removed
     }
@@ -117,20 +117,10 @@ public enum TraceFS {
     @discardableResult
     public static func removeInstance(_ name: String, root: String) -> Bool {
         guard instanceExists(name, root: root) else { return true }
-        return ckvmscope_instance_destroy(name) == 0 || errno == ENOENT
+        return ckvmscope_instance_remove(name) == 0
     }
 
     public static func instanceExists(_ name: String, root: String) -> Bool {
         FileManager.default.fileExists(atPath: "\(root)/instances/\(name)")
-    }
-
-    /// Writes a value to a file of the instance.
-    static func write(_ value: String, to file: String, instance: String, root: String) throws {
-        let path = "\(root)/instances/\(instance)/\(file)"
-        let fd = open(path, O_WRONLY | O_TRUNC)
-        guard fd >= 0 else { throw KVMScopeError.instance("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        let ok = value.withCString { Glibc.write(fd, $0, strlen($0)) >= 0 }
-        guard ok else { throw KVMScopeError.instance("cannot write \(path): \(String(cString: strerror(errno)))") }
     }
 }

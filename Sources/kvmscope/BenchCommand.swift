@@ -59,12 +59,12 @@ struct BenchOverheadCommand: ParsableCommand {
         }
     }
 
-    func run() {
+    func run() throws {
         let chosen = tracers.isEmpty ? [.kvmscope, .perf, .traceCmd] : tracers.compactMap(GuestOverhead.Tracer.init(rawValue:))
         let bench = GuestOverhead(kind: kind, vcpus: vcpus, exits: exits, repeats: repeats, tracers: chosen)
-        let rows = reportingErrors {
+        let rows = try {
             try bench.run { FileHandle.standardError.write(Data("kvmscope bench: \($0)\n".utf8)) }
-        }
+        }()
         if json {
             writeStdout(bench.json(rows).serialized(pretty: true) + "\n")
             return
@@ -129,8 +129,8 @@ struct BenchSynthCommand: ParsableCommand {
         guard (1...1024).contains(cpus) else { throw ValidationError("--cpus must be 1 to 1024") }
     }
 
-    func run() {
-        let f = reportingErrors { () throws -> EventFormats in
+    func run() throws {
+        let f = try { () throws -> EventFormats in
             let f = EventFormats()
             for e in ["kvm_exit", "kvm_entry"] {
                 let text: String
@@ -145,10 +145,10 @@ struct BenchSynthCommand: ParsableCommand {
                 try f.add(system: "kvm", format: text)
             }
             return f
-        }
+        }()
         let workload = SyntheticWorkload(threads: threads, hostCPUs: cpus, vcpusPerVM: min(threads, 4))
-        reportingErrors {
+        try {
             try SyntheticTraceDat.write(to: output, formats: f, workload: workload, eventsPerCPU: events / cpus)
-        }
+        }()
     }
 }

@@ -32,18 +32,28 @@ struct KVMScope: ParsableCommand {
     )
 
     /// Like ArgumentParser's main, but a bad argument is one line on stderr (no usage dump), and
-    /// `--help` still prints help.
+    /// `--help` still prints help. The one place where errors become the line users see and the exit status:
+    /// commands throw, and every resource they own (tracefs instances, children, spools) is released by its
+    /// owner as the error unwinds, before this runs.
     static func main() {
         StandardDescriptors.ensureOpen()
+        let status: Int32
         do {
             var command = try parseAsRoot()
             try command.run()
+            return
+        } catch let e as KVMScopeError {
+            writeStderr("kvmscope: \(e.description)\n")
+            status = e.exitStatus
+        } catch let e as ExitCode {
+            status = e.rawValue
         } catch {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             let message = Self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            FileHandle.standardError.write(Data("kvmscope: \(message)\n".utf8))
-            Foundation.exit(code.rawValue)
+            writeStderr("kvmscope: \(message)\n")
+            status = code.rawValue
         }
+        Foundation.exit(status)
     }
 }

@@ -35,35 +35,30 @@ struct LiveCommand: ParsableCommand {
         guard (0.1...25.5).contains(delay) else { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
     }
 
-    func run() {
-        let filter = reportingErrors { try filters.filter() }
+    func run() throws {
+        let filter = try filters.filter()
         // SIGHUP too: a closed terminal (tmux kill-session, ssh drop) must end the view and its trace.
         let stop = StopSignal(signals: [SIGINT, SIGTERM, SIGHUP])
         let demoGuests = demo ? DemoGuests.startIfNoVM() : nil
         defer { demoGuests?.stop() }
-        func bail(_ message: String) -> Never {
-            demoGuests?.stop()
-            fail(message)
-        }
 
         if let reason = Terminal.unusableReason() {
-            logMode(because: reason)
+            try logMode(because: reason)
             return
         }
-        let session: LiveSession
-        do { session = try LiveSession(config: trace.config()) } catch { bail("\(error)") }
+        let session = try LiveSession(config: trace.config())
         defer { session.stop() }
         let terminal: Terminal
         do { terminal = try Terminal() } catch {
             session.stop()
-            logMode(because: "\(error)")
+            try logMode(because: "\(error)")
             return
         }
         let size = terminal.size
         if size.columns < LiveView.minimumWidth || size.rows < LiveView.minimumHeight {
             terminal.end()
             session.stop()
-            logMode(because: "terminal is \(size.columns)x\(size.rows), smaller than \(LiveView.minimumWidth)x\(LiveView.minimumHeight)")
+            try logMode(because: "terminal is \(size.columns)x\(size.rows), smaller than \(LiveView.minimumWidth)x\(LiveView.minimumHeight)")
             return
         }
         var loop = LiveLoop(session: session, terminal: terminal, stop: stop,
@@ -73,24 +68,20 @@ struct LiveCommand: ParsableCommand {
         if let demoGuests, !demoGuests.processes.isEmpty {
             loop.state.notice = "demo guest (kvmscope storm) running: no other VM on this host"
         }
-        do { try loop.run() } catch {
-            terminal.end()
-            session.stop()
-            bail("\(error)")
-        }
-        terminal.end()
+        defer { terminal.end() }
+        try loop.run()
     }
 
     /// kvm_stat's log mode instead of the full screen, with one line saying why.
-    func logMode(because reason: String) {
+    func logMode(because reason: String) throws {
         FileHandle.standardError.write(Data("kvmscope: \(reason): showing the log (kvmscope stat -l) instead of the full screen\n".utf8))
         var args = ["-l", "-s", "\(delay)", "--buffer-kb", "\(trace.bufferKB)"]
         if let pid = filters.pid { args += ["-p", "\(pid)"] }
         if let guest = filters.guest { args += ["-g", guest] }
         if let fields = filters.fields { args += ["-f", fields] }
         for e in trace.events { args += ["--event", e] }
-        let stat = reportingErrors { try StatCommand.parse(args) }
-        stat.run()
+        let stat = try StatCommand.parse(args)
+        try stat.run()
     }
 }
 

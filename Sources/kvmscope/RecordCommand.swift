@@ -4,6 +4,7 @@ import KVMAnalysis
 import KVMExits
 import KVMHost
 import KVMSources
+import SystemPackage
 
 struct RecordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -51,59 +52,70 @@ struct RecordCommand: ParsableCommand {
         return UInt64(v * Double(mult))
     }
 
-    func run() {
+    func run() throws {
         let stop = StopSignal()
         var config = RecordConfig()
-        config.events = events
-        config.bufferKB = bufferKB
+        config.trace.events = events
+        config.trace.bufferKB = bufferKB
+        config.trace.onlyPid = command.isEmpty ? nil : getpid()
+        config.trace.injected = TraceOptions.injected()
         config.maxBytes = maxSize.flatMap(Self.bytes)
-        config.onlyPid = command.isEmpty ? nil : getpid()
-        guard FileManager.default.createFile(atPath: output, contents: nil) else { fail("cannot write \(output)") }
-        let session = reportingErrors { try RecordSession(config: config) }
-        var child: Process?
-        if !command.isEmpty {
-            child = reportingErrors { try StatCommand().spawn(command) }
-        }
+        let file = try OutputPath(output)
+        let session = try RecordSession(config: config, output: output)
+        let child = try TraceOptions.start(command)
         let tty = isatty(2) == 1
         let start = Date()
-        let deadline = duration.map { start.addingTimeInterval($0) }
         var lastPrint = Date.distantPast
-        while true {
-            if stop.isRaised || session.isFull { break }
-            if let deadline, Date() >= deadline { break }
-            if let child {
-                session.noteThreads(of: child.processIdentifier)
-                if !child.isRunning { break }
-            }
+        let run = TraceRun(stop: stop, seconds: duration, child: child)
+        run.wait(every: 0.02) {
+            if session.isFull || session.firstError != nil { return false }
+            if let child { session.noteThreads(of: child.pid) }
             if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()
                 let p = session.progress()
                 let secs = max(0.001, Date().timeIntervalSince(start))
-                FileHandle.standardError.write(Data(String(format: "\r  %.1fs  %llu events  %.1f MiB  %.0f events/s  lost %llu   ",
-                                                           secs, p.events, Double(session.bytesWritten) / 1048576,
-                                                           Double(p.events) / secs, p.lost).utf8))
+                writeStderr(String(format: "\r  %.1fs  %llu events  %.1f MiB  %.0f events/s  lost %llu   ",
+                                   secs, p.events, Double(session.bytesWritten) / 1048576, Double(p.events) / secs, p.lost))
             }
-            usleep(20_000)
+            return true
         }
-        // Stop tracing first (--max-size, --duration or Ctrl-C end the recording, not the command).
+        // Stop tracing first (--max-size, --duration, Ctrl-C or a write error end the recording, not the command).
         let p = session.progress()
         session.stop()
-        if let child {
-            if child.isRunning && stop.isRaised { child.interrupt() }
-            child.waitUntilExit()
+        if let error = session.firstError {
+            if tty { writeStderr("\n") }
+            throw KVMScopeError.io(error)
         }
-        let result = reportingErrors { try session.write(to: output) }
+        let status = try run.endChild()
+        let result = try session.write(to: file.path)
+        file.keep()
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
         if tty {
-            FileHandle.standardError.write(Data(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
-                                                       output, p.events, Double(session.bytesWritten) / 1048576, lost,
-                                                       result.tids.count, session.isFull ? " (--max-size reached)" : "").utf8))
+            writeStderr(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
+                               output, p.events, Double(session.bytesWritten) / 1048576, lost,
+                               result.tids.count, session.isFull ? " (--max-size reached)" : ""))
         }
         if session.pagesDropped > 0 {
-            FileHandle.standardError.write(Data("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n".utf8))
+            writeStderr("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n")
         }
-        if let child, child.terminationStatus != 0 {
-            fail("command exited with status \(child.terminationStatus)", code: 3)
-        }
+        try TraceRun.check(status)
     }
+}
+
+/// The output file of `record`: checked writable before tracing starts, and removed again when the
+/// recording ends without writing it (an error, a command that cannot start) — never a 0-byte file left.
+final class OutputPath {
+    let path: String
+    private var kept = false
+
+    init(_ path: String) throws {
+        self.path = path
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
+        close(fd)
+    }
+
+    func keep() { kept = true }
+
+    deinit { if !kept { unlink(path) } }
 }

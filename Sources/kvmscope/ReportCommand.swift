@@ -5,6 +5,7 @@ import KVMExits
 import KVMHost
 import KVMScopeViews
 import KVMSources
+import SystemPackage
 
 struct ReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -69,15 +70,15 @@ struct ReportCommand: ParsableCommand {
         SummaryFilter(vms: pid.map { [$0] }, vcpus: vcpu.map { [$0] }, reasons: reason.map { [$0] })
     }
 
-    func run() {
+    func run() throws {
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         for (n, file) in files.enumerated() {
-            let source = reportingErrors { try TraceFiles.open(file) }
-            let analysis = reportingErrors {
+            let source = try TraceFiles.open(file)
+            let analysis = try {
                 try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
-            }
-            let summary = reportingErrors { try Summary(analysis.snapshot, filter: filter) }
+            }()
+            let summary = try Summary(analysis.snapshot, filter: filter)
             if json {
                 jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                     extra: [("source", sourceJSON(file, source, analysis))]))
@@ -92,7 +93,7 @@ struct ReportCommand: ParsableCommand {
                 let page = HTMLReport.render(timeline: timeline, snapshot: analysis.snapshot, filter: filter,
                                              title: (file as NSString).lastPathComponent)
                 guard FileManager.default.createFile(atPath: html, contents: Data(page.utf8)) else {
-                    fail("cannot write \(html)")
+                    throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))")
                 }
             }
         }

@@ -49,13 +49,13 @@ struct ServeCommand: ParsableCommand {
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
     }
 
-    func run() {
-        let rules = StormAlerts.rules(alerts)
+    func run() throws {
+        let rules = try StormAlerts.rules(alerts)
         let address: any SocketAddress
-        do { address = try ListenAddress.parse(listen) } catch { fail(error.description) }
-        if let pid, !StormAlerts.isAlive(pid) { fail("no process with pid \(pid)") }
+        do { address = try ListenAddress.parse(listen) } catch { throw KVMScopeError.usage(error.description) }
+        if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
-        let session = reportingErrors { try LiveSession(config: trace.config(onlyPid: pid)) }
+        let session = try LiveSession(config: trace.config(onlyPid: pid))
         let state = MetricsState(session: session, maxSeries: maxSeries)
         let server = HTTPServer(address: address, timeout: 15, logger: StderrLogger(), handler: MetricsHandler(state: state))
 
@@ -72,8 +72,7 @@ struct ServeCommand: ParsableCommand {
         }
         while !listening.load(ordering: .acquiring) {
             if let why = failure.withLock({ $0 }) {
-                session.stop()
-                fail("cannot listen on \(listen): \(why)")
+                throw KVMScopeError.io("cannot listen on \(listen): \(why)")
             }
             if stop.sleep(0.01) { break }
         }
@@ -88,8 +87,8 @@ struct ServeCommand: ParsableCommand {
         evaluate()
         while !stop.sleep(interval) {
             if let why = failure.withLock({ $0 }) {
-                session.stop()
-                fail("HTTP server stopped: \(why)")
+                serverTask.cancel()
+                throw KVMScopeError.io("HTTP server stopped: \(why)")
             }
             evaluate()
         }

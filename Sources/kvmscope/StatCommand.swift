@@ -5,6 +5,7 @@ import KVMExits
 import KVMHost
 import KVMScopeViews
 import KVMSources
+import SystemPackage
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {
@@ -14,20 +15,30 @@ struct TraceOptions: ParsableArguments {
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
     var bufferKB: UInt32 = 1024
 
-    @Option(name: .customLong("marker-as"), help: .hidden)
-    var markerAs: String?
-
     func validate() throws {
         guard bufferKB >= 4 else { throw ValidationError("--buffer-kb must be at least 4") }
     }
 
-    func config(onlyPid: Int32? = nil) -> LiveConfig {
-        var c = LiveConfig()
+    func config(onlyPid: Int32? = nil) -> TraceConfig {
+        var c = TraceConfig()
         c.events = events
         c.bufferKB = bufferKB
-        c.markerAs = markerAs
         c.onlyPid = onlyPid
+        c.injected = Self.injected()
         return c
+    }
+
+    /// Tests and benchmarks drive kvm_exit/kvm_entry live through trace_marker_raw (the only way on a backend
+    /// where they never fire): `KVMSCOPE_INJECT=kvm_exit[,kvm_entry]` names the events such records decode as
+    /// (``TraceConfig/injected``). Not an option: users never need it.
+    static func injected() -> [String] {
+        guard let v = ProcessInfo.processInfo.environment["KVMSCOPE_INJECT"], !v.isEmpty else { return [] }
+        return v.split(separator: ",").map(String.init)
+    }
+
+    /// Starts the command given after `--` (searched in PATH) with kvmscope's standard input and output.
+    static func start(_ command: [String]) throws -> ChildProcess? {
+        command.isEmpty ? nil : try ChildProcess(command, inheritOutput: true)
     }
 }
 
@@ -114,46 +125,30 @@ struct StatCommand: ParsableCommand {
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
     }
 
-    func run() {
-        let filter = reportingErrors { try filters.filter() }
+    func run() throws {
+        let filter = try filters.filter()
         let stop = StopSignal()
-        let session = reportingErrors {
-            try LiveSession(config: trace.config(onlyPid: command.isEmpty ? nil : getpid()))
-        }
-        var child: Process?
-        if !command.isEmpty {
-            child = reportingErrors { try spawn(command) }
-        }
+        let session = try LiveSession(config: trace.config(onlyPid: command.isEmpty ? nil : getpid()))
+        let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
         var out: FileHandle = .standardOutput
         if let path = logToFile {
             guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
-                session.stop()
-                fail("cannot write \(path)")
+                throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))")
             }
             out = h
         }
 
-        var previous = reportingErrors { try Summary(session.snapshot(), filter: filter) }
+        var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0
-        let deadline = duration.map { Date().addingTimeInterval($0) }
         let timestamp = DateFormatter()
         timestamp.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        let run = TraceRun(stop: stop, seconds: once ? 1 : duration, child: child)
 
-        func finished() -> Bool {
-            if stop.isRaised { return true }
-            if let deadline, Date() >= deadline { return true }
-            if let child, !child.isRunning { return true }
-            return false
-        }
-
-        if once {
-            _ = stop.sleep(1)
-        } else if logging {
-            while !finished() {
-                _ = stop.sleep(min(delay, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? delay))
-                let current = reportingErrors { try Summary(session.snapshot(), filter: filter) }
+        if logging {
+            try run.wait(every: delay) {
+                let current = try Summary(session.snapshot(), filter: filter)
                 // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
                 // whether or not they fire); otherwise the events seen so far, not all ~90 kvm events. A new
                 // column re-prints the header, as does every 20th line (kvm_stat's habit) outside CSV.
@@ -175,17 +170,15 @@ struct StatCommand: ParsableCommand {
                     linesSinceHeader += 1
                 }
                 previous = current
+                return true
             }
         } else {
-            while !finished() { _ = stop.sleep(0.05) }
+            try run.wait(every: 0.05)
         }
-        if let child {
-            if child.isRunning && stop.isRaised { child.interrupt() }
-            child.waitUntilExit()
-        }
-        session.stop()
-        if logging && !json { return }
-        let final = reportingErrors { try Summary(session.snapshot(), filter: filter) }
+        let status = try run.endChild()
+        if let failure = session.stop() { writeStderr("kvmscope: \(failure)\n") }
+        if logging && !json { return try TraceRun.check(status) }
+        let final = try Summary(session.snapshot(), filter: filter)
         let seconds = session.elapsedSeconds
         if json {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
@@ -200,25 +193,6 @@ struct StatCommand: ParsableCommand {
             writeStdout(lines.joined(separator: "\n") + "\n")
             writeStdout(StatTable.footer(final) + "\n")
         }
-        if let child, child.terminationStatus != 0 {
-            fail("command exited with status \(child.terminationStatus)", code: 3)
-        }
-    }
-
-    func spawn(_ argv: [String]) throws -> Process {
-        let p = Process()
-        let path = argv[0].contains("/") ? argv[0] : (Self.which(argv[0]) ?? argv[0])
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = Array(argv.dropFirst())
-        do { try p.run() } catch { throw KVMScopeError.usage("cannot run \(argv[0]): \(error.localizedDescription)") }
-        return p
-    }
-
-    static func which(_ name: String) -> String? {
-        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-            let p = "\(dir)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        return nil
+        try TraceRun.check(status)
     }
 }

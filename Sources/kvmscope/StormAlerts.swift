@@ -6,11 +6,11 @@ import KVMScopeViews
 
 /// The storm rules of `--alert`, shared by `watch` and `serve`.
 enum StormAlerts {
-    /// Parses every rule, or exits with the parser's one-line error.
-    static func rules(_ texts: [String]) -> [StormRule] {
-        texts.map { text in
-            do { return try StormRule(parsing: text) } catch let e as StormRuleError { fail(e.description) } catch {
-                fail("\(error)")
+    /// Parses every rule. Throws the parser's one-line error.
+    static func rules(_ texts: [String]) throws -> [StormRule] {
+        try texts.map { text in
+            do { return try StormRule(parsing: text) } catch let e as StormRuleError {
+                throw KVMScopeError.usage(e.description)
             }
         }
     }

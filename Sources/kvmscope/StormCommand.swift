@@ -42,14 +42,14 @@ struct StormCommand: ParsableCommand {
         guard seconds >= 0 else { throw ValidationError("--seconds must be ≥ 0") }
     }
 
-    func run() {
+    func run() throws {
         let k = Storm.Kind(rawValue: kind)!
         let stop = seconds > 0 ? StopSignal() : nil
         var total: UInt64 = 0
         var elapsed = 0.0
         let start = Date()
         repeat {
-            let r = reportingErrors { try Storm.run(kind: k, vcpus: vcpus, exitsPerVCPU: exits) }
+            let r = try Storm.run(kind: k, vcpus: vcpus, exitsPerVCPU: exits)
             total += r.exits
             elapsed += r.seconds
         } while seconds > 0 && Date().timeIntervalSince(start) < seconds && !(stop?.isRaised ?? false)

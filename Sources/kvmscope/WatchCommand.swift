@@ -47,39 +47,29 @@ struct WatchCommand: ParsableCommand {
         if pid != nil && !command.isEmpty { throw ValidationError("-p/--pid and a COMMAND cannot be used together") }
     }
 
-    func run() {
-        let rules = StormAlerts.rules(alerts)
-        if let pid, !StormAlerts.isAlive(pid) { fail("no process with pid \(pid)") }
+    func run() throws {
+        let rules = try StormAlerts.rules(alerts)
+        if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
-        let session = reportingErrors {
-            try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
-        }
-        var child: Process?
-        if !command.isEmpty {
-            child = reportingErrors {
-                do { return try Process.run(URL(fileURLWithPath: StatCommand.which(command[0]) ?? command[0]),
-                                            arguments: Array(command.dropFirst())) } catch {
-                    throw KVMScopeError.usage("cannot run \(command[0]): \(error.localizedDescription)")
-                }
-            }
-        }
+        let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
+        let child = try TraceOptions.start(command)
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
-        FileHandle.standardError.write(Data("kvmscope: watching \(what) for \(rules.count) rule(s)\n".utf8))
+        writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")
         var detector = StormDetector(rules: rules)
-        func evaluate() -> Bool {
-            let summary = reportingErrors { try Summary(session.snapshot()) }
+        func evaluate() throws -> Bool {
+            let summary = try Summary(session.snapshot())
             let alerts = detector.evaluate(time: Date().timeIntervalSince1970, summary: summary)
             StormAlerts.print(alerts)
             return alerts.contains { $0.state == .firing }
         }
-        func alertExit() -> Never {
+        func alertExit() -> ExitCode {
             session.stop()
-            child?.interrupt()
-            Foundation.exit(Self.alertStatus)
+            child?.signal(SIGINT)
+            return ExitCode(Self.alertStatus)
         }
-        _ = evaluate()
+        _ = try evaluate()
         while !stop.sleep(interval) {
-            if evaluate() && exitOnAlert { alertExit() }
+            if try evaluate() && exitOnAlert { throw alertExit() }
             let ended = (pid.map { !StormAlerts.isAlive($0) } ?? false) || (child.map { !$0.isRunning } ?? false)
             if ended {
                 // Every event the process caused is in the buffers now: stop drains them all. Then its last
@@ -88,12 +78,12 @@ struct WatchCommand: ParsableCommand {
                 session.stop()
                 for _ in 0..<2 {
                     if stop.sleep(interval) { break }
-                    if evaluate() && exitOnAlert { alertExit() }
+                    if try evaluate() && exitOnAlert { throw alertExit() }
                 }
                 break
             }
         }
-        if let child, child.isRunning { child.interrupt() }
+        if let child, child.isRunning { child.signal(SIGINT) }
         session.stop()
     }
 }

@@ -7,7 +7,7 @@ import TestSupport
 import Testing
 
 /// The real-kernel path of exit latency: kvm_exit/kvm_entry-shaped records written to the instance's
-/// trace_marker_raw (ftrace:raw_data, decoded as kvm_exit or kvm_entry by size through LiveConfig.markerEvents)
+/// trace_marker_raw (ftrace:raw_data, decoded as kvm_exit or kvm_entry by size through TraceConfig.injected)
 /// go through the real per-CPU ring buffers, readers, cross-CPU merge and pairer. Timestamps are the kernel's,
 /// so counts are exact and latencies only checked for count and order.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root and tracefs"))
@@ -36,9 +36,9 @@ struct MarkerLiveTests {
     }
 
     static func session(bufferKB: UInt32 = 4096) throws -> LiveSession {
-        var c = LiveConfig()
+        var c = TraceConfig()
         c.events = ["kvm_exit", "kvm_entry"]
-        c.markerEvents = ["kvm_exit", "kvm_entry"]
+        c.injected = ["kvm_exit", "kvm_entry"]
         c.bufferKB = bufferKB
         c.onlyPid = getpid()  // real kvm events of other VMs (on hosts where they fire) stay out
         return try LiveSession(config: c)

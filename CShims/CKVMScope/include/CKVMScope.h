@@ -118,21 +118,39 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
 
 /* The tracefs mount point, mounting it at /sys/kernel/tracing when needed. NULL when impossible. */
 const char *ckvmscope_tracing_dir(void);
-/* Create (or reuse) instance `name`, sized buffer_kb per CPU, with the given trace clock ("mono", "local"...). */
-int ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock, char *err, size_t errlen);
-/* Enable one event (system, event) in the instance; event NULL enables the whole system. */
-int ckvmscope_instance_enable(const char *name, const char *system, const char *event);
-int ckvmscope_instance_tracing_on(const char *name, int on);
-/* Remove the instance (disables its events first). 0 on success, -1 with errno. */
-int ckvmscope_instance_destroy(const char *name);
+
+/* A private tracefs instance, owned by its handle (opaque). */
+struct ckvmscope_instance;
+
+/* Create instance `name`, sized buffer_kb per CPU, with the given trace clock ("mono", "local"...), tracing
+ * off. NULL with a one-line message in err on failure (nothing is left behind then). */
+struct ckvmscope_instance *ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock,
+                                                     char *err, size_t errlen);
+const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst);
+/* Enable one event (system, event) in the instance; event NULL enables the whole system. 0, or -1 (errno). */
+int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event);
+int ckvmscope_instance_tracing_on(struct ckvmscope_instance *inst, int on);
+/* The record-tgid option: the kernel keeps tid -> tgid of traced threads. */
+int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst);
+/* Trace only pid and what it forks from now on (set_event_pid + event-fork). */
+int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid);
+/* Tracing off, events disabled, instance removed (after its readers are closed), handle freed.
+ * 0, or -1 with errno when tracefs would not remove it. */
+int ckvmscope_instance_destroy(struct ckvmscope_instance *inst);
+/* Remove an instance by name (left by a dead process or another tool). 0 also when it does not exist. */
+int ckvmscope_instance_remove(const char *name);
 
 /* ---------------------------------------------------------------- per-CPU live reader (libtracefs) */
 
 struct ckvmscope_reader;
 
-/* Open cpu's trace_pipe_raw of the instance. The decoder is used only by this reader. */
-struct ckvmscope_reader *ckvmscope_reader_open(const char *instance, int cpu, struct ckvmscope_decoder *decoder,
-                                               uint32_t max_subbufs_per_read);
+/* Open cpu's trace_pipe_raw of the instance. The decoder is used only by this reader. NULL with errno. */
+struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, int cpu,
+                                               struct ckvmscope_decoder *decoder, uint32_t max_subbufs_per_read);
+/* A reader over any file descriptor that reads like trace_pipe_raw (sub-buffers of subbuf_size bytes): a
+ * saved ring-buffer dump or a pipe a test writes into. The reader takes the fd over. NULL with errno. */
+struct ckvmscope_reader *ckvmscope_reader_open_fd(int fd, uint32_t subbuf_size, int cpu,
+                                                  struct ckvmscope_decoder *decoder, uint32_t max_subbufs_per_read);
 void ckvmscope_reader_close(struct ckvmscope_reader *r);
 /* Records `out` must hold for one read call. */
 uint32_t ckvmscope_reader_capacity(struct ckvmscope_reader *r);

@@ -41,8 +41,8 @@ struct LiveCeiling {
 
     func runKVMScope(rate: Double?) throws -> Step {
         let root = try TraceFS.root()
-        let t = try ChildProcess([kvmscope, "stat", "--json", "--event", "kvm_exit", "--event", "kvm_entry",
-                                  "--marker-as", "kvm_exit", "--buffer-kb", "\(bufferKB)"])
+        let t = try ChildProcess([kvmscope, "stat", "--json", "--event", "kvm_exit", "--event", "kvm_entry", "--buffer-kb", "\(bufferKB)"],
+                                 environment: ProcessInfo.processInfo.environment.merging(["KVMSCOPE_INJECT": "kvm_exit"]) { $1 })
         let name = "\(TraceFS.instancePrefix)\(t.pid)"
         try Self.waitForInstance(name, of: t, root: root)
         let (written, secs, cpu) = try push(into: "\(root)/instances/\(name)", tracer: t, rate: rate)

@@ -14,8 +14,8 @@ struct MemoryBench {
 
     func run(progress: (String) -> Void) throws -> (samples: [Sample], counted: UInt64, lost: UInt64, written: UInt64) {
         let root = try TraceFS.root()
-        let t = try ChildProcess([kvmscope, "stat", "--json", "--event", "kvm_exit", "--event", "kvm_entry",
-                                  "--marker-as", "kvm_exit"])
+        let t = try ChildProcess([kvmscope, "stat", "--json", "--event", "kvm_exit", "--event", "kvm_entry"],
+                                 environment: ProcessInfo.processInfo.environment.merging(["KVMSCOPE_INJECT": "kvm_exit"]) { $1 })
         let name = "\(TraceFS.instancePrefix)\(t.pid)"
         try LiveCeiling.waitForInstance(name, of: t, root: root)
         let w = try MarkerWriter(instanceDir: "\(root)/instances/\(name)", writers: 1, formats: try LiveCeiling.loadFormats())

@@ -1,0 +1,101 @@
+import CKVMScope
+import Foundation
+import KVMExits
+import KVMHost
+import Synchronization
+
+/// What to trace, and how: the options `stat`, `live`, `watch`, `serve` and `record` share.
+public struct TraceConfig: Sendable {
+    /// Events of the kvm system to enable; empty means all of them (as kvm_stat does).
+    public var events: [String] = []
+    /// Ring-buffer size per CPU, KiB.
+    public var bufferKB: UInt32 = 1024
+    /// Trace only this process and its descendants (tracefs set_event_pid with event-fork).
+    public var onlyPid: Int32?
+    /// Instance name; default kvmscope-<pid>.
+    public var instanceName: String?
+    /// Records written to the instance's `trace_marker_raw` (ftrace:raw_data) decode as these kvm events,
+    /// told apart by their size (``EventFormats/markerSize(of:)``). The only way to drive kvm_exit/kvm_entry
+    /// live on a backend where they never fire: tests and benchmarks set it (the executable reads it from the
+    /// `KVMSCOPE_INJECT` environment variable); it costs nothing per event when empty.
+    public var injected: [String] = []
+
+    public init() {}
+}
+
+/// The lifecycle that live tracing and recording share: a private ``TraceInstance`` with the chosen kvm
+/// events, one ``CPUReader`` and one thread per CPU, and a ``stop()`` that turns tracing off, lets every
+/// reader drain its buffer, joins the threads, closes the readers and removes the instance — in that order,
+/// on every way out (the owner's end calls it too). What a reader thread does with the sub-buffers (count and
+/// pair them, or append them to a file) is the caller's `body`.
+public final class TraceSession: @unchecked Sendable {
+    public let instance: TraceInstance
+    public let readers: [CPUReader]
+    public let formats: EventFormats
+    /// The kvm events enabled.
+    public let events: [String]
+    public var cpus: [Int] { readers.map(\.cpu) }
+    public var root: String { instance.root }
+    private let threads = Mutex<[JoinableThread]>([])
+    private let stopped = Mutex<Bool>(false)
+    /// Per-CPU stats as they were when tracing stopped (what a trace.dat saves).
+    public private(set) var finalStats: [Int: String] = [:]
+    /// Events lost per CPU when tracing stopped (exact: overrun + dropped events).
+    public private(set) var finalLostPerCPU: [Int: UInt64] = [:]
+
+    /// Creates the instance, enables the events and opens one reader per CPU; tracing stays off until
+    /// ``start(threadName:_:)``. Throws the errors users see; nothing is left in tracefs then.
+    public init(config: TraceConfig, subbufsPerRead: UInt32) throws {
+        let root = try TraceFS.root()
+        TraceFS.removeStaleInstances(root: root)
+        let (wanted, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
+        if !config.injected.isEmpty { try formats.injectThroughMarker(config.injected, root: root) }
+        self.formats = formats
+        events = wanted
+        let instance = try TraceInstance(name: config.instanceName, bufferKB: config.bufferKB, root: root)
+        self.instance = instance
+        // From here on a throw releases `instance`, and its end removes it from tracefs.
+        instance.recordTGIDs()
+        if let pid = config.onlyPid { try instance.follow(pid: pid) }
+        for name in wanted { try instance.enable(system: "kvm", event: name) }
+        if !config.injected.isEmpty { try instance.enable(system: "ftrace", event: "raw_data") }
+        readers = try instance.cpus.map {
+            try CPUReader(instance: instance, cpu: $0, decoder: formats.makeDecoder(), maxSubbufs: subbufsPerRead)
+        }
+    }
+
+    deinit { stop() }
+
+    /// Turns tracing on and starts one thread per reader running `body` (which returns once the reader is
+    /// stopped and drained).
+    public func start(threadName: String, _ body: @escaping @Sendable (CPUReader) -> Void) throws {
+        for r in readers {
+            let t = try JoinableThread(name: "\(threadName)\(r.cpu)") { body(r) }
+            threads.withLock { $0.append(t) }
+        }
+        try instance.tracing(true)
+    }
+
+    /// Stops tracing, waits for every reader to drain and return, closes the readers and removes the
+    /// instance. Idempotent.
+    /// - Returns: the error text when tracefs refused to remove the instance (the next run's sweep will).
+    @discardableResult
+    public func stop() -> String? {
+        let first = stopped.withLock { s -> Bool in
+            defer { s = true }
+            return !s
+        }
+        guard first else { return nil }
+        try? instance.tracing(false)
+        var stats: [Int: String] = [:]
+        for cpu in cpus { stats[cpu] = instance.stats(cpu: cpu) }
+        finalStats = stats
+        finalLostPerCPU = stats.mapValues(TraceFS.lost(inStats:))
+        for r in readers { r.stop() }
+        for t in threads.withLock({ $0 }) { t.join() }
+        for r in readers { r.close() }
+        return instance.remove()
+    }
+
+    public var isStopped: Bool { stopped.withLock { $0 } }
+}
