@@ -23,6 +23,7 @@ struct ckvmscope_decoder {
     struct ckvmscope_event_layout *layouts;
     uint16_t slot[CKVMSCOPE_ID_SLOTS]; /* kernel id -> layouts index (the first layout of that id) */
     uint16_t *next;                    /* layouts index -> next layout of the same kernel id */
+    uint8_t size_matched;              /* some layout has match_size (the test injection path) */
 };
 
 struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_layout *layouts, size_t count,
@@ -59,6 +60,8 @@ struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_lay
         while (*link != CKVMSCOPE_NO_SLOT)
             link = &d->next[*link];
         *link = (uint16_t)i;
+        if (layouts[i].match_size)
+            d->size_matched = 1;
     }
     return d;
 
@@ -143,16 +146,24 @@ static inline uint64_t read_word(const struct ckvmscope_decoder *d, const uint8_
     return d->swap ? __builtin_bswap32(v) : v;
 }
 
-/* One event's payload into a record, if the table has it. Returns 1 when a record was written. */
-static inline int emit(struct ckvmscope_decoder *d, const uint8_t *data, uint32_t esize, uint64_t ts, uint16_t cpu,
-                       uint8_t *flags, struct ckvmscope_record *r, struct ckvmscope_decode_stats *stats)
+/*
+ * One event's payload into a record, if the table has it. Returns 1 when a record was written.
+ * size_matched is a constant at every call site: the walks are instantiated twice, and only the decoders of
+ * the test injection path (layouts told apart by payload size) take the chain; users' decoders never look.
+ */
+static inline __attribute__((always_inline)) int emit(struct ckvmscope_decoder *d, const uint8_t *data,
+                                                      uint32_t esize, uint64_t ts, uint16_t cpu, uint8_t *flags,
+                                                      struct ckvmscope_record *r,
+                                                      struct ckvmscope_decode_stats *stats, const int size_matched)
 {
     if (esize < 8)
         return 0;
     uint16_t type = (uint16_t)read_word(d, data, 4);
     uint16_t slot = d->slot[type];
-    while (slot != CKVMSCOPE_NO_SLOT && d->layouts[slot].match_size && d->layouts[slot].match_size != esize)
-        slot = d->next[slot];
+    if (size_matched) {
+        while (slot != CKVMSCOPE_NO_SLOT && d->layouts[slot].match_size && d->layouts[slot].match_size != esize)
+            slot = d->next[slot];
+    }
     if (slot == CKVMSCOPE_NO_SLOT) {
         stats->ignored++;
         return 0;
@@ -180,9 +191,11 @@ static inline int emit(struct ckvmscope_decoder *d, const uint8_t *data, uint32_
  * the path for every other layout and the reference the tests compare this one with.
  * Returns records written, or -1 when an event runs past the data.
  */
-static int walk_native(struct ckvmscope_decoder *d, const uint8_t *data, uint32_t size, uint64_t ts, uint16_t cpu,
-                       uint8_t *flags, struct ckvmscope_record *out, uint32_t cap,
-                       struct ckvmscope_decode_stats *stats)
+static inline __attribute__((always_inline)) int walk_native(struct ckvmscope_decoder *d, const uint8_t *data,
+                                                             uint32_t size, uint64_t ts, uint16_t cpu, uint8_t *flags,
+                                                             struct ckvmscope_record *out, uint32_t cap,
+                                                             struct ckvmscope_decode_stats *stats,
+                                                             const int size_matched)
 {
     const uint8_t *p = data, *end = data + size;
     uint32_t n = 0;
@@ -227,9 +240,23 @@ static int walk_native(struct ckvmscope_decoder *d, const uint8_t *data, uint32_
         if ((uint64_t)(end - payload) < length)
             return -1;
         p = payload + length;
-        n += (uint32_t)emit(d, payload, length, ts, cpu, flags, &out[n], stats);
+        n += (uint32_t)emit(d, payload, length, ts, cpu, flags, &out[n], stats, size_matched);
     }
     return (int)n;
+}
+
+static int walk_native_plain(struct ckvmscope_decoder *d, const uint8_t *data, uint32_t size, uint64_t ts,
+                             uint16_t cpu, uint8_t *flags, struct ckvmscope_record *out, uint32_t cap,
+                             struct ckvmscope_decode_stats *stats)
+{
+    return walk_native(d, data, size, ts, cpu, flags, out, cap, stats, 0);
+}
+
+static int walk_native_size_matched(struct ckvmscope_decoder *d, const uint8_t *data, uint32_t size, uint64_t ts,
+                                    uint16_t cpu, uint8_t *flags, struct ckvmscope_record *out, uint32_t cap,
+                                    struct ckvmscope_decode_stats *stats)
+{
+    return walk_native(d, data, size, ts, cpu, flags, out, cap, stats, 1);
 }
 
 /* The reference walk through libtraceevent's kbuffer (any byte order and long size). */
@@ -247,7 +274,7 @@ static int walk_kbuffer(struct ckvmscope_decoder *d, const void *subbuf, uint32_
         /* A corrupt length must not send field reads past the sub-buffer. */
         if (esize < 0 || data < (const uint8_t *)subbuf || data + esize > (const uint8_t *)subbuf + subbuf_size)
             return -1;
-        n += (uint32_t)emit(d, data, (uint32_t)esize, ts, cpu, flags, &out[n], stats);
+        n += (uint32_t)emit(d, data, (uint32_t)esize, ts, cpu, flags, &out[n], stats, d->size_matched);
     }
     return (int)n;
 }
@@ -295,7 +322,9 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
 
     int n;
     if (!d->swap && d->long_size == 8 && !d->force_kbuffer)
-        n = walk_native(d, page + header, (uint32_t)data_size, read_word(d, page, 8), cpu, &flags, out, cap, stats);
+        n = (d->size_matched ? walk_native_size_matched : walk_native_plain)(d, page + header, (uint32_t)data_size,
+                                                                              read_word(d, page, 8), cpu, &flags,
+                                                                              out, cap, stats);
     else
         n = walk_kbuffer(d, subbuf, subbuf_size, cpu, &flags, out, cap, stats);
     if (n < 0) {

@@ -246,7 +246,9 @@ public enum LiveView {
 
     static func statusLine(_ frame: LiveFrame, state: LiveViewState, width: Int) -> ScreenLine {
         let s = frame.current
-        let lost = "lost \(s.lostEvents)" + (s.lostUnknownSubbuffers > 0 ? "+" : "")
+        // "+": some losses have no count (flagged sub-buffers, corrupt ones, failed reads); the help says so.
+        let uncounted = s.lostUnknownSubbuffers + s.corruptSubbuffers + s.readErrors
+        let lost = "lost \(s.lostEvents)" + (uncounted > 0 ? "+" : "")
         let right = "sort: \(state.sortByTotal ? "Total" : "CurAvg/s")  delay: \(StatTable.format1(state.delay))s  " + lost
         var left = ""
         if let f = state.fields {
@@ -257,7 +259,7 @@ public enum LiveView {
         }
         let text = pad(left, width - right.count) + right
         var spans: [ScreenLine.Span] = []
-        if s.lostEvents > 0 || s.lostUnknownSubbuffers > 0 {
+        if s.lostEvents > 0 || uncounted > 0 {
             spans.append(.init(column: width - lost.count, text: lost, style: [.red, .bold]))
         }
         return ScreenLine(text, spans: spans)

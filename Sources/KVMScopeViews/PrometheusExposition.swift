@@ -162,6 +162,12 @@ public enum PrometheusExposition {
         w.family("kvmscope_lost_unknown_subbuffers", "counter",
                  "Sub-buffers the kernel flagged as having lost an unknown number of events.")
         w.sample("kvmscope_lost_unknown_subbuffers_total", [], String(s.lostUnknownSubbuffers))
+        w.family("kvmscope_corrupt_subbuffers", "counter",
+                 "Sub-buffers rejected as malformed; each lost an unknown number of events.")
+        w.sample("kvmscope_corrupt_subbuffers_total", [], String(s.corruptSubbuffers))
+        w.family("kvmscope_read_errors", "counter",
+                 "Failed reads of a CPU's ring buffer; that CPU's reader stopped there.")
+        w.sample("kvmscope_read_errors_total", [], String(s.readErrors))
         w.family("kvmscope_unattributed_events", "counter",
                  "Events counted in kvmscope_events_total but not per VM (per-thread table full).")
         w.sample("kvmscope_unattributed_events_total", [], String(s.overflowEvents))

@@ -97,6 +97,8 @@ public enum ReportTable {
         var lost = "lost events: \(s.lostEvents)"
         if s.lostUnknownSubbuffers > 0 { lost += ", loss notes without a count: \(s.lostUnknownSubbuffers)" }
         if s.overflowEvents > 0 { lost += ", events beyond the row table: \(s.overflowEvents)" }
+        if s.corruptSubbuffers > 0 { lost += ", corrupt sub-buffers: \(s.corruptSubbuffers)" }
+        if s.readErrors > 0 { lost += ", read errors: \(s.readErrors)" }
         return [
             "pairing: paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
                 + "invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",

@@ -120,6 +120,8 @@ extension StatTable {
         var parts = ["lost_events \(s.lostEvents)"]
         if s.lostUnknownSubbuffers > 0 { parts.append("lost_unknown_subbuffers \(s.lostUnknownSubbuffers)") }
         if s.overflowEvents > 0 { parts.append("overflow_events \(s.overflowEvents)") }
+        if s.corruptSubbuffers > 0 { parts.append("corrupt_subbuffers \(s.corruptSubbuffers)") }
+        if s.readErrors > 0 { parts.append("read_errors \(s.readErrors)") }
         let p = s.pairing
         if p.paired + p.orphanExits + p.orphanEntries > 0 {
             parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) invalidated_by_loss \(p.invalidatedByLoss)")

@@ -15,6 +15,8 @@ public enum SummaryJSON {
         ]
         if s.lostUnknownSubbuffers > 0 { top.append(("lost_unknown_subbuffers", .uint(s.lostUnknownSubbuffers))) }
         if s.overflowEvents > 0 { top.append(("overflow_events", .uint(s.overflowEvents))) }
+        if s.corruptSubbuffers > 0 { top.append(("corrupt_subbuffers", .uint(s.corruptSubbuffers))) }
+        if s.readErrors > 0 { top.append(("read_errors", .uint(s.readErrors))) }
         top.append(("events", .object(s.events.filter { $0.total > 0 }.map { ($0.name, .uint($0.total)) })))
         top.append(("exits", .array(s.exits.map(exitRow))))
         top.append(("userspace_exits", .array(s.userspaceExits.map { r in

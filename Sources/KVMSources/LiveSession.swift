@@ -108,6 +108,18 @@ public final class LiveSession: @unchecked Sendable {
     public var elapsedSeconds: Double { Double(MonotonicClock.now() - startedAt) / 1e9 }
 }
 
+extension LiveSession {
+    /// Runs the live reader's loop over one ``CPUReader`` on the calling thread, counting into shard `shard` of
+    /// `aggregator` (no pairing), until the reader is stopped (``CPUReader/stop()``) or cannot be read: what the
+    /// live session's reader threads do, for any descriptor that reads like trace_pipe_raw (a saved dump, a
+    /// pipe). Corrupt sub-buffers and read errors are counted as they are live.
+    public static func count(_ reader: CPUReader, into aggregator: Aggregator, shard: Int) {
+        var writer = aggregator.writer(shard: shard)
+        ReaderLoop(handle: reader, lane: PairingLane(), roles: aggregator.catalog.entries.map(\.role), pairs: false)
+            .run(writer: &writer)
+    }
+}
+
 /// How many reader threads have returned (the pairing thread ends after the last).
 final class ReaderProgress: Sendable {
     let readersDone = Atomic<Int>(0)

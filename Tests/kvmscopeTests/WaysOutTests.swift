@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// Every way out of a tracing command removes its tracefs instance before the process exits, and says what
+/// went wrong in one line with the system's words: a command after `--` that cannot start, an address that
+/// cannot be listened on. (Signals are covered by InstanceLifecycleTests and the terminal tests.)
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root and tracefs"))
+struct WaysOutTests {
+    /// The instance a run of kvmscope with that pid would have made.
+    static func instanceLeft(by pid: Int32) -> Bool {
+        FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances/kvmscope-\(pid)")
+    }
+
+    /// Runs kvmscope, and checks the one error line, the status and that its instance is gone.
+    func expectCleanFailure(_ args: [String], _ expected: String, status: Int32 = 1) throws {
+        let p = try Spawned(CLI.binary, args, stdinNull: true)
+        #expect(p.wait(timeout: 60) == status)
+        #expect(p.stderr == "kvmscope: \(expected)\n")
+        #expect(!Self.instanceLeft(by: p.pid), "instance kvmscope-\(p.pid) left behind")
+    }
+
+    @Test func statWithACommandThatDoesNotExist() throws {
+        try expectCleanFailure(["stat", "-1", "--", "/nonexistent/cmd"],
+                               "cannot run /nonexistent/cmd: No such file or directory")
+    }
+
+    @Test func recordWithACommandThatDoesNotExist() throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("ways-out-\(getpid()).dat").path
+        defer { unlink(out) }
+        try expectCleanFailure(["record", "-o", out, "--", "/nonexistent/cmd"],
+                               "cannot run /nonexistent/cmd: No such file or directory")
+        // No 0-byte trace.dat and no spool left beside it.
+        #expect(!FileManager.default.fileExists(atPath: out))
+        let dir = (out as NSString).deletingLastPathComponent
+        let spools = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".kvmscope-record-") }
+        #expect(spools.isEmpty, "spool left: \(spools)")
+    }
+
+    @Test func watchWithACommandThatDoesNotExist() throws {
+        try expectCleanFailure(["watch", "--alert", "rate(kvm_pio) > 5/s for 1s", "--", "/nonexistent"],
+                               "cannot run /nonexistent: No such file or directory")
+    }
+
+    @Test func commandThatIsNotExecutable() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("not-exec-\(getpid())").path
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("#!/bin/sh\n".utf8),
+                                               attributes: [.posixPermissions: 0o644]))
+        defer { unlink(file) }
+        try expectCleanFailure(["stat", "-1", "--", file], "cannot run \(file): Permission denied")
+    }
+
+    @Test func commandThatFails() throws {
+        // The trace is printed, then the command's failure: status 3, as before.
+        let p = try Spawned(CLI.binary, ["stat", "--json", "--", "/bin/sh", "-c", "exit 7"], stdinNull: true)
+        #expect(p.wait(timeout: 60) == 3)
+        #expect(p.stderr == "kvmscope: command exited with status 7\n")
+        #expect(p.stdout.contains("\"lost_events\""))
+        #expect(!Self.instanceLeft(by: p.pid))
+    }
+
+    @Test func serveOnAnAddressInUse() throws {
+        // Hold a loopback port, then ask serve for it.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(bound == 0)
+        #expect(listen(fd, 1) == 0)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        let port = UInt16(bigEndian: addr.sin_port)
+        try expectCleanFailure(["serve", "--listen", "127.0.0.1:\(port)"],
+                               "cannot listen on 127.0.0.1:\(port): Address already in use")
+    }
+
+    @Test func serveOnABadAddress() throws {
+        let p = try Spawned(CLI.binary, ["serve", "--listen", "nowhere:99999"], stdinNull: true)
+        #expect(p.wait(timeout: 60) == 1)
+        #expect(p.stderr.hasPrefix("kvmscope: "))
+        #expect(p.stderr.filter { $0 == "\n" }.count == 1)
+        #expect(!Self.instanceLeft(by: p.pid))
+    }
+}
