@@ -1,5 +1,6 @@
 import Foundation
 import KVMExits
+import SystemPackage
 
 /// A child process started for measurement (a storm, a tracer, a peer tool), with what Foundation's
 /// Process does not give: the CPU time of the child and of every descendant it waited for (wait4's
@@ -55,7 +56,7 @@ public final class ChildProcess {
         }
         var child: pid_t = 0
         let rc = posix_spawnp(&child, argv[0], &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { throw KVMScopeError.usage("cannot run \(argv[0]): \(Errno(rawValue: rc))") }
         pid = child
     }
 
@@ -77,7 +78,7 @@ public final class ChildProcess {
         var status: Int32 = 0
         var usage = rusage()
         while wait4(pid, &status, 0, &usage) < 0 {
-            guard errno == EINTR else { throw KVMScopeError.io("wait for \(argv[0]): \(String(cString: strerror(errno)))") }
+            guard errno == EINTR else { throw KVMScopeError.io("wait for \(argv[0]): \(Errno(rawValue: errno))") }
         }
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         let t = Termination(status: code,

@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// A thread that can be joined: `join()` blocks until its body returned (pthread_join), so an owner that
 /// stops its threads knows they are done without polling. Foundation's `Thread` cannot be joined.
@@ -56,5 +57,5 @@ public final class JoinableThread: @unchecked Sendable {
 /// pthread_create failed (EAGAIN: the system's thread limit).
 public struct JoinableThreadError: Error, CustomStringConvertible {
     public let code: Int32
-    public var description: String { "cannot start a thread: \(String(cString: strerror(code)))" }
+    public var description: String { "cannot start a thread: \(Errno(rawValue: code))" }
 }

@@ -1,6 +1,7 @@
 import CKVMScope
 import Foundation
 import KVMExits
+import SystemPackage
 
 /// Bytes that stay put for the life of the object: a read-only mapping of a file, or a block decompressed
 /// from one. Readers of trace.dat files hold these and look at them through ``ByteReader``.
@@ -11,15 +12,15 @@ final class ByteBlock: @unchecked Sendable {
     /// Maps `path` read-only. Throws a one-line badFile/io error (empty files are bad files).
     init(mapping path: String) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw KVMScopeError.io("cannot open \(path): \(Errno(rawValue: errno))") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw KVMScopeError.io("cannot stat \(path): \(String(cString: strerror(errno)))") }
+        guard fstat(fd, &st) == 0 else { throw KVMScopeError.io("cannot stat \(path): \(Errno(rawValue: errno))") }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw KVMScopeError.badFile("\(path) is not a regular file") }
         guard st.st_size > 0 else { throw KVMScopeError.badFile("\(path) is empty") }
         let size = Int(st.st_size)
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw KVMScopeError.io("cannot map \(path): \(String(cString: strerror(errno)))")
+            throw KVMScopeError.io("cannot map \(path): \(Errno(rawValue: errno))")
         }
         bytes = UnsafeRawBufferPointer(start: p, count: size)
         unmap = true

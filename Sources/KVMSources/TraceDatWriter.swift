@@ -1,5 +1,6 @@
 import Foundation
 import KVMExits
+import SystemPackage
 
 /// What a trace.dat carries besides the per-CPU pages.
 public struct TraceDatMetadata: Sendable {
@@ -186,7 +187,7 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
     init(path: String) throws {
         self.path = path
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot create \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw KVMScopeError.io("cannot create \(path): \(Errno(rawValue: errno))") }
     }
 
     var closed = false
@@ -198,7 +199,7 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
         while done < b.count {
             let n = Glibc.write(fd, b.baseAddress! + done, b.count - done)
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw KVMScopeError.io("cannot write \(path): \(String(cString: strerror(errno)))") }
+            guard n > 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
             done += n
         }
         offset += b.count
@@ -214,14 +215,14 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
 
     func copy(from source: String) throws {
         let src = open(source, O_RDONLY | O_CLOEXEC)
-        guard src >= 0 else { throw KVMScopeError.io("cannot open \(source): \(String(cString: strerror(errno)))") }
+        guard src >= 0 else { throw KVMScopeError.io("cannot open \(source): \(Errno(rawValue: errno))") }
         defer { Glibc.close(src) }
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buf.deallocate() }
         while true {
             let n = read(src, buf.baseAddress, buf.count)
             if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw KVMScopeError.io("cannot read \(source): \(String(cString: strerror(errno)))") }
+            guard n >= 0 else { throw KVMScopeError.io("cannot read \(source): \(Errno(rawValue: errno))") }
             if n == 0 { break }
             try write(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
         }
@@ -230,7 +231,7 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
     func close() throws {
         closed = true
         guard Glibc.close(fd) == 0 else {
-            throw KVMScopeError.io("cannot write \(path): \(String(cString: strerror(errno)))")
+            throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))")
         }
     }
 }

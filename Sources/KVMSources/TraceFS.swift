@@ -1,6 +1,7 @@
 import CKVMScope
 import Foundation
 import KVMExits
+import SystemPackage
 
 /// The tracefs file system: where it is, which kvm events it has, their formats, per-CPU statistics,
 /// and the clean-up of instances left behind by dead kvmscope processes.
@@ -11,7 +12,7 @@ public enum TraceFS {
     public static func root() throws -> String {
         guard geteuid() == 0 else { throw KVMScopeError.notRoot }
         guard let dir = ckvmscope_tracing_dir() else {
-            throw KVMScopeError.noTracefs(String(cString: strerror(errno)))
+            throw KVMScopeError.noTracefs("\(Errno(rawValue: errno))")
         }
         let path = String(cString: dir)
         guard FileManager.default.fileExists(atPath: path + "/events") else {

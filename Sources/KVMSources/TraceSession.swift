@@ -58,7 +58,6 @@ public final class TraceSession: @unchecked Sendable {
         instance.recordTGIDs()
         if let pid = config.onlyPid { try instance.follow(pid: pid) }
         for name in wanted { try instance.enable(system: "kvm", event: name) }
-        if !config.injected.isEmpty { try instance.enable(system: "ftrace", event: "raw_data") }
         readers = try instance.cpus.map {
             try CPUReader(instance: instance, cpu: $0, decoder: formats.makeDecoder(), maxSubbufs: subbufsPerRead)
         }

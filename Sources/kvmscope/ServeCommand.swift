@@ -56,6 +56,8 @@ struct ServeCommand: ParsableCommand {
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         let session = try LiveSession(config: trace.config(onlyPid: pid))
+        // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
+        defer { session.stop() }
         let state = MetricsState(session: session, maxSeries: maxSeries)
         let server = HTTPServer(address: address, timeout: 15, logger: StderrLogger(), handler: MetricsHandler(state: state))
 
@@ -67,6 +69,7 @@ struct ServeCommand: ParsableCommand {
                 failure.withLock { $0 = ListenAddress.describe(error) }
             }
         }
+        defer { serverTask.cancel() }
         Task {
             if (try? await server.waitUntilListening(timeout: 30)) != nil { listening.store(true, ordering: .releasing) }
         }
@@ -85,15 +88,11 @@ struct ServeCommand: ParsableCommand {
             state.storms.withLock { $0 = detector.activity }
         }
         evaluate()
-        while !stop.sleep(interval) {
-            if let why = failure.withLock({ $0 }) {
-                serverTask.cancel()
-                throw KVMScopeError.io("HTTP server stopped: \(why)")
-            }
+        try TraceRun(stop: stop).wait(every: interval) {
+            if let why = failure.withLock({ $0 }) { throw KVMScopeError.io("HTTP server stopped: \(why)") }
             evaluate()
+            return true
         }
-        serverTask.cancel()
-        session.stop()
     }
 }
 

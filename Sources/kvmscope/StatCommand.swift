@@ -129,6 +129,7 @@ struct StatCommand: ParsableCommand {
         let filter = try filters.filter()
         let stop = StopSignal()
         let session = try LiveSession(config: trace.config(onlyPid: command.isEmpty ? nil : getpid()))
+        defer { session.stop() }
         let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
         var out: FileHandle = .standardOutput

@@ -52,6 +52,7 @@ struct WatchCommand: ParsableCommand {
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
+        defer { session.stop() }
         let child = try TraceOptions.start(command)
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
         writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")
@@ -68,20 +69,20 @@ struct WatchCommand: ParsableCommand {
             return ExitCode(Self.alertStatus)
         }
         _ = try evaluate()
-        while !stop.sleep(interval) {
+        // The traced process's end is handled here, not by TraceRun: its last interval must still count.
+        try TraceRun(stop: stop).wait(every: interval) {
             if try evaluate() && exitOnAlert { throw alertExit() }
             let ended = (pid.map { !StormAlerts.isAlive($0) } ?? false) || (child.map { !$0.isRunning } ?? false)
-            if ended {
-                // Every event the process caused is in the buffers now: stop drains them all. Then its last
-                // interval is counted, and one interval later (nothing new can come) whatever still fires
-                // resolves. Not before stopping: readers on a loaded host may trail by more than an interval.
-                session.stop()
-                for _ in 0..<2 {
-                    if stop.sleep(interval) { break }
-                    if try evaluate() && exitOnAlert { throw alertExit() }
-                }
-                break
+            guard ended else { return true }
+            // Every event the process caused is in the buffers now: stop drains them all. Then its last
+            // interval is counted, and one interval later (nothing new can come) whatever still fires
+            // resolves. Not before stopping: readers on a loaded host may trail by more than an interval.
+            session.stop()
+            for _ in 0..<2 {
+                if stop.sleep(interval) { break }
+                if try evaluate() && exitOnAlert { throw alertExit() }
             }
+            return false
         }
         if let child, child.isRunning { child.signal(SIGINT) }
         session.stop()
