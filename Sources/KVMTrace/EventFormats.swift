@@ -12,8 +12,6 @@ public final class EventFormats {
     var layouts: [ckvmscope_event_layout] = []
     /// kernel id by "system:name"
     public private(set) var kernelIDs: [String: Int32] = [:]
-    /// Print formats of events, by name (for reason tables).
-    public private(set) var printFormats: [String: String] = [:]
     /// The format files as parsed, by event name.
     public private(set) var formatTexts: [String: String] = [:]
 
@@ -34,16 +32,39 @@ public final class EventFormats {
         guard id >= 0, let name = Self.value(of: "name:", in: text) else {
             throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
         }
-        if let fmt = Self.value(of: "print fmt:", in: text) { printFormats[name] = fmt }
         formatTexts[name] = text
-        if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitPrintFormat: printFormats[name]) }
+        if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitTables: try printTables(kernelID: id)) }
         if name == "kvm_userspace_exit" {
-            catalog.userspaceExitReasons = UserspaceExitNames(printFormat: printFormats[name])
+            catalog.userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: try printTables(kernelID: id))
         }
         kernelIDs["\(system):\(name)"] = id
         let index = catalog.add(system: system, name: name)
         layouts.append(layout(kernelID: id, index: index, role: catalog[index].role))
         return index
+    }
+
+    /// The `__print_symbolic`/`__print_flags` tables of a parsed event's print fmt, in the order they appear
+    /// (nested ones included), from the arguments libtraceevent parsed (`tep_event->print_fmt.args`).
+    ///
+    /// - Throws: `KVMScopeError.badFormat` when no event has that id (or memory runs out).
+    public func printTables(kernelID id: Int32) throws -> [PrintFormatTable] {
+        var tables: [PrintFormatTable] = []
+        // (A pointer to the array variable itself: `&tables` would convert to its element storage.)
+        let n = withUnsafeMutablePointer(to: &tables) { ckvmscope_formats_print_tables(handle, id, { t, ctx in
+            guard let t = t?.pointee, let out = ctx?.assumingMemoryBound(to: [PrintFormatTable].self) else { return }
+            var entries: [SymbolTable.Entry] = []
+            entries.reserveCapacity(t.count)
+            for i in 0..<t.count {
+                let s = t.symbols[i]
+                entries.append(.init(value: s.value, name: String(cString: s.name)))
+            }
+            out.pointee.append(PrintFormatTable(
+                kind: t.kind == CKVMSCOPE_PRINT_FLAGS ? .flags : .symbolic, field: String(cString: t.field),
+                expression: String(cString: t.expression), separator: String(cString: t.delim),
+                table: SymbolTable(entries: entries)))
+        }, $0) }
+        guard n >= 0 else { throw KVMScopeError.badFormat("cannot read the print fmt tables of event id \(id)") }
+        return tables
     }
 
     /// Test and benchmark hook: decode events of `kernelID` (e.g. ftrace:raw_data written through
