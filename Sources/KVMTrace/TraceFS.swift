@@ -30,12 +30,16 @@ public enum TraceFS {
         return names.filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }.sorted()
     }
 
+    /// The text of an event's `format` file, read to its end.
+    ///
+    /// tracefs files report size 0 and hand their text out in several reads: `String(contentsOfFile:)` returns
+    /// only the first (752 of kvm_exit's 5385 bytes on 6.18, cut before `print fmt:`), so this reads until EOF.
     public static func format(system: String, event: String, root: String) throws -> String {
         let path = "\(root)/events/\(system)/\(event)/format"
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        guard let file = FileHandle(forReadingAtPath: path), let data = try? file.readToEnd() else {
             throw KVMScopeError.unknownEvent("no event \(system):\(event) (\(path) unreadable)")
         }
-        return text
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// The CPUs that have a buffer in the instance.

@@ -233,3 +233,23 @@ private func exitNames(_ kernel: String) throws -> ExitReasonNames {
         for e in n.table.entries { #expect(UserspaceExitNames.builtin.name(e.value) == e.name) }
     }
 }
+
+/// The running kernel's formats, read from tracefs as `live`, `stat` and `record` read them.
+@Suite(.enabled(if: FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events/kvm/kvm_exit/format")
+                || ProcessInfo.processInfo.environment["KVMSCOPE_REQUIRE_KVM"] == "1"))
+struct LiveFormatTablesTests {
+    /// kvm_exit's format is longer than one tracefs read: its print fmt (the VMX and SVM tables) is read whole.
+    @Test func kvmExitTablesFromTheRunningKernel() throws {
+        let (_, formats) = try TraceFS.kvmFormats(events: ["kvm_exit", "kvm_userspace_exit"], root: "/sys/kernel/tracing")
+        let text = try TraceFS.format(system: "kvm", event: "kvm_exit", root: "/sys/kernel/tracing")
+        #expect(text.contains("\nprint fmt: "))
+        let n = formats.catalog.exitReasons
+        #expect(n.vmxFromKernel && n.svmFromKernel)
+        #expect(n.name(isa: .vmx, rawReason: 30) == "IO_INSTRUCTION")
+        #expect(n.name(isa: .svm, rawReason: 0x7b) == "io")
+        #expect(n.flags(isa: .vmx, rawReason: 0x8000_0021) == ["FAILED_VMENTRY"])
+        let u = formats.catalog.userspaceExitReasons
+        #expect(u.fromKernel)
+        #expect(u.name(2) == "KVM_EXIT_IO")
+    }
+}
