@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // libtracefs + libtraceevent (kbuffer, event parsing) + ncursesw, via pkg-config.
@@ -29,7 +30,8 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         // The only Swift module that imports the shim; every Unsafe* pointer lives here.
         .target(name: "KVMTrace", dependencies: ["CKVMScope", "KVMExits",
-                                                 .product(name: "Logging", package: "swift-log")],
+                                                 .product(name: "Logging", package: "swift-log"),
+                                                 .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/KVMTrace"),
         .target(name: "KVMScopeViews", dependencies: ["KVMExits"], path: "Sources/KVMScopeViews"),
         .executableTarget(name: "kvmscope", dependencies: [
