@@ -49,20 +49,21 @@ public final class EventFormats {
     /// - Throws: `KVMScopeError.badFormat` when no event has that id (or memory runs out).
     public func printTables(kernelID id: Int32) throws -> [PrintFormatTable] {
         var tables: [PrintFormatTable] = []
-        // (A pointer to the array variable itself: `&tables` would convert to its element storage.)
-        let n = withUnsafeMutablePointer(to: &tables) { ckvmscope_formats_print_tables(handle, id, { t, ctx in
-            guard let t = t?.pointee, let out = ctx?.assumingMemoryBound(to: [PrintFormatTable].self) else { return }
-            var entries: [SymbolTable.Entry] = []
-            entries.reserveCapacity(t.count)
-            for i in 0..<t.count {
-                let s = t.symbols[i]
-                entries.append(.init(value: s.value, name: String(cString: s.name)))
-            }
-            out.pointee.append(PrintFormatTable(
-                kind: t.kind == CKVMSCOPE_PRINT_FLAGS ? .flags : .symbolic, field: String(cString: t.field),
-                expression: String(cString: t.expression), separator: String(cString: t.delim),
-                table: SymbolTable(entries: entries)))
-        }, $0) }
+        // The context is a pointer to the array variable itself (`&tables` would convert to its elements).
+        let n = withUnsafeMutablePointer(to: &tables) { context in
+            ckvmscope_formats_print_tables(handle, id, { table, context in
+                guard let t = table?.pointee, let out = context?.assumingMemoryBound(to: [PrintFormatTable].self) else {
+                    return
+                }
+                let entries = (0..<t.count).map {
+                    SymbolTable.Entry(value: t.symbols[$0].value, name: String(cString: t.symbols[$0].name))
+                }
+                out.pointee.append(PrintFormatTable(
+                    kind: t.kind == CKVMSCOPE_PRINT_FLAGS ? .flags : .symbolic, field: String(cString: t.field),
+                    expression: String(cString: t.expression), separator: String(cString: t.delim),
+                    table: SymbolTable(entries: entries)))
+            }, context)
+        }
         guard n >= 0 else { throw KVMScopeError.badFormat("cannot read the print fmt tables of event id \(id)") }
         return tables
     }
