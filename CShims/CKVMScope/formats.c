@@ -1,10 +1,13 @@
 /*
  * Event formats: the kernel's `format` files parsed by libtraceevent, so that field offsets are
- * always looked up by name, never hard-coded.
+ * always looked up by name, never hard-coded; and the symbol tables of their print fmt, walked in the
+ * arguments libtraceevent parsed (nothing here reads the print fmt text).
  */
 #include "CKVMScope.h"
 
+#include <errno.h>
 #include <event-parse.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,4 +81,189 @@ int ckvmscope_formats_field(struct ckvmscope_formats *f, int kernel_id, const ch
     out->size = (uint8_t)field->size;
     out->is_signed = (field->flags & TEP_FIELD_IS_SIGNED) ? 1 : 0;
     return 0;
+}
+
+/* Writes a print arg as the C expression it came from (parentheses only where a binary operator nests). */
+static void render_arg(FILE *out, const struct tep_print_arg *arg)
+{
+    if (!arg)
+        return;
+    switch (arg->type) {
+    case TEP_PRINT_ATOM:
+        fputs(arg->atom.atom, out);
+        break;
+    case TEP_PRINT_FIELD:
+        fprintf(out, "REC->%s", arg->field.name);
+        break;
+    case TEP_PRINT_TYPE:
+        fprintf(out, "(%s)", arg->typecast.type);
+        render_arg(out, arg->typecast.item);
+        break;
+    case TEP_PRINT_OP: {
+        const struct tep_print_arg *l = arg->op.left, *r = arg->op.right;
+        if (!l || l->type == TEP_PRINT_NULL) { /* unary: libtraceevent gives it an empty left */
+            fputs(arg->op.op, out);
+            render_arg(out, r);
+            break;
+        }
+        int lp = l->type == TEP_PRINT_OP && l->op.left && l->op.left->type != TEP_PRINT_NULL;
+        int rp = r && r->type == TEP_PRINT_OP && r->op.left && r->op.left->type != TEP_PRINT_NULL;
+        fputs(lp ? "(" : "", out);
+        render_arg(out, l);
+        fprintf(out, "%s %s %s", lp ? ")" : "", arg->op.op, rp ? "(" : "");
+        render_arg(out, r);
+        fputs(rp ? ")" : "", out);
+        break;
+    }
+    default:
+        fputs("?", out);
+        break;
+    }
+}
+
+/* The first field an expression reads, depth first. */
+static const char *first_field(const struct tep_print_arg *arg)
+{
+    if (!arg)
+        return NULL;
+    switch (arg->type) {
+    case TEP_PRINT_FIELD:
+        return arg->field.name;
+    case TEP_PRINT_TYPE:
+        return first_field(arg->typecast.item);
+    case TEP_PRINT_OP: {
+        const char *name = first_field(arg->op.left);
+        return name ? name : first_field(arg->op.right);
+    }
+    default:
+        return NULL;
+    }
+}
+
+struct table_walk {
+    ckvmscope_print_table_fn fn;
+    void *ctx;
+    int tables;
+    int failed;
+};
+
+/* Reports one __print_symbolic/__print_flags table. */
+static void report_table(struct table_walk *w, int kind, const struct tep_print_arg *field, const char *delim,
+                         const struct tep_print_flag_sym *list)
+{
+    size_t n = 0;
+    for (const struct tep_print_flag_sym *s = list; s; s = s->next)
+        n++;
+    struct ckvmscope_print_symbol *symbols = calloc(n ? n : 1, sizeof(*symbols));
+    char *expression = NULL;
+    size_t expression_len = 0;
+    FILE *out = open_memstream(&expression, &expression_len);
+    if (!symbols || !out)
+        goto error;
+    render_arg(out, field);
+    if (fclose(out) != 0) {
+        out = NULL;
+        goto error;
+    }
+    out = NULL;
+
+    size_t count = 0;
+    for (const struct tep_print_flag_sym *s = list; s; s = s->next) {
+        /* libtraceevent keeps each value as text: the literal as written, or its evaluation of a constant
+         * expression ("%lld"). One that is not a number (an unexpanded macro) names nothing we can match. */
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(s->value, &end, 0);
+        if (!s->value[0] || errno || *end || !s->str)
+            continue;
+        symbols[count].value = v;
+        symbols[count].name = s->str;
+        count++;
+    }
+    const char *name = first_field(field);
+    struct ckvmscope_print_table table = {
+        .kind = kind,
+        .field = name ? name : "",
+        .expression = expression,
+        .delim = delim ? delim : "",
+        .symbols = symbols,
+        .count = count,
+    };
+    w->fn(&table, w->ctx);
+    w->tables++;
+    free(expression);
+    free(symbols);
+    return;
+
+error:
+    if (out)
+        fclose(out);
+    free(expression);
+    free(symbols);
+    w->failed = 1;
+}
+
+/* Visits a list of print args (linked by next) and everything nested in each. */
+static void walk_args(struct table_walk *w, const struct tep_print_arg *arg)
+{
+    for (; arg && !w->failed; arg = arg->next) {
+        switch (arg->type) {
+        case TEP_PRINT_SYMBOL:
+            report_table(w, CKVMSCOPE_PRINT_SYMBOLIC, arg->symbol.field, NULL, arg->symbol.symbols);
+            walk_args(w, arg->symbol.field);
+            break;
+        case TEP_PRINT_FLAGS:
+            report_table(w, CKVMSCOPE_PRINT_FLAGS, arg->flags.field, arg->flags.delim, arg->flags.flags);
+            walk_args(w, arg->flags.field);
+            break;
+        case TEP_PRINT_OP:
+            walk_args(w, arg->op.left);
+            walk_args(w, arg->op.right);
+            break;
+        case TEP_PRINT_TYPE:
+            walk_args(w, arg->typecast.item);
+            break;
+        case TEP_PRINT_HEX:
+        case TEP_PRINT_HEX_STR:
+            walk_args(w, arg->hex.field);
+            walk_args(w, arg->hex.size);
+            break;
+        case TEP_PRINT_INT_ARRAY:
+            walk_args(w, arg->int_array.field);
+            walk_args(w, arg->int_array.count);
+            walk_args(w, arg->int_array.el_size);
+            break;
+        case TEP_PRINT_DYNAMIC_ARRAY:
+            walk_args(w, arg->dynarray.index);
+            break;
+        case TEP_PRINT_FUNC:
+            walk_args(w, arg->func.args);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/**
+ * ckvmscope_formats_print_tables - the symbol tables of an event's print fmt
+ * @f: the set
+ * @kernel_id: the event's id as returned by ckvmscope_formats_parse()
+ * @fn: called once per table, in the order the tables appear in the print fmt
+ * @ctx: passed to @fn
+ *
+ * Walks tep_event->print_fmt.args, as libtraceevent parsed them, for every __print_symbolic and
+ * __print_flags (and _u64) argument, including those nested in ?:, operators and helper calls.
+ *
+ * Returns the number of tables reported, or -1 when the event does not exist or memory runs out.
+ */
+int ckvmscope_formats_print_tables(struct ckvmscope_formats *f, int kernel_id, ckvmscope_print_table_fn fn,
+                                   void *ctx)
+{
+    struct tep_event *event = tep_find_event(f->tep, kernel_id);
+    if (!event)
+        return -1;
+    struct table_walk w = { .fn = fn, .ctx = ctx };
+    walk_args(&w, event->print_fmt.args);
+    return w.failed ? -1 : w.tables;
 }

@@ -42,8 +42,8 @@ public struct EventCatalog: Sendable, Equatable {
 
     public private(set) var entries: [Entry] = []
     /// Names for the reason codes of exit and userspace-exit events.
-    public var exitReasons = ExitReasonNames(kvmExitPrintFormat: nil)
-    public var userspaceExitReasons = UserspaceExitNames(printFormat: nil)
+    public var exitReasons = ExitReasonNames(kvmExitTables: [])
+    public var userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: [])
 
     public init() {}
 

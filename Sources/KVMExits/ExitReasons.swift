@@ -49,32 +49,30 @@ public struct ExitReasonNames: Sendable, Equatable {
     public let svmFromKernel: Bool
     public let arm64FromKernel: Bool
 
-    /// - Parameter kvmExitPrintFormat: the text after `print fmt: ` of
-    ///   events/kvm/kvm_exit/format (nil or unparsable → built-in tables only).
-    public init(kvmExitPrintFormat: String?) {
+    /// - Parameter kvmExitTables: the symbol tables of kvm_exit's print fmt (events/kvm/kvm_exit/format)
+    ///   as libtraceevent parsed them, in order; empty → built-in tables only.
+    public init(kvmExitTables: [PrintFormatTable]) {
         var vmx: SymbolTable?
         var svm: SymbolTable?
         var arm: SymbolTable?
         var armType: SymbolTable?
         var flags: SymbolTable?
-        if let fmt = kvmExitPrintFormat {
-            for (expr, table) in SymbolTable.symbolicTables(inPrintFormat: fmt) {
-                if vmx == nil, table.contains(name: "EXCEPTION_NMI") || table.contains(name: "EPT_VIOLATION")
-                    || (expr.contains("0xffff") && table.contains(name: "HLT")) {
-                    vmx = table
-                } else if svm == nil, table.contains(name: "npf") || table.contains(name: "vmrun")
-                    || table.contains(name: "read_cr0") {
-                    svm = table
-                } else if arm == nil, table.contains(name: "WFx") || table.contains(name: "DABT_LOW") {
-                    arm = table
-                } else if armType == nil, table.contains(name: "TRAP"), table.contains(name: "IRQ") {
-                    armType = table
-                }
+        for t in kvmExitTables where t.kind == .symbolic {
+            let (expr, table) = (t.expression, t.table)
+            if vmx == nil, table.contains(name: "EXCEPTION_NMI") || table.contains(name: "EPT_VIOLATION")
+                || (expr.contains("0xffff") && table.contains(name: "HLT")) {
+                vmx = table
+            } else if svm == nil, table.contains(name: "npf") || table.contains(name: "vmrun")
+                || table.contains(name: "read_cr0") {
+                svm = table
+            } else if arm == nil, table.contains(name: "WFx") || table.contains(name: "DABT_LOW") {
+                arm = table
+            } else if armType == nil, table.contains(name: "TRAP"), table.contains(name: "IRQ") {
+                armType = table
             }
-            for (_, _, table) in SymbolTable.flagsTables(inPrintFormat: fmt)
-            where flags == nil && table.contains(name: "FAILED_VMENTRY") {
-                flags = table
-            }
+        }
+        for t in kvmExitTables where t.kind == .flags && flags == nil && t.table.contains(name: "FAILED_VMENTRY") {
+            flags = t.table
         }
         self.vmx = (vmx ?? Self.builtinVMX).truncatedTo32Bits()
         self.svm = (svm ?? Self.builtinSVM).truncatedTo32Bits()
@@ -296,21 +294,13 @@ public struct UserspaceExitNames: Sendable, Equatable {
     public let table: SymbolTable
     public let fromKernel: Bool
 
-    /// - Parameter kvmUserspaceExitPrintFormat: text after `print fmt: ` of
-    ///   events/kvm/kvm_userspace_exit/format, or nil.
-    public init(kvmUserspaceExitPrintFormat: String?) {
-        var found: SymbolTable?
-        if let fmt = kvmUserspaceExitPrintFormat {
-            found = SymbolTable.symbolicTables(inPrintFormat: fmt)
-                .first { $0.table.entries.contains { $0.name.hasPrefix("KVM_EXIT_") } }?.table
-        }
+    /// - Parameter kvmUserspaceExitTables: the symbol tables of kvm_userspace_exit's print fmt
+    ///   (events/kvm/kvm_userspace_exit/format) as libtraceevent parsed them; empty → built-in table only.
+    public init(kvmUserspaceExitTables: [PrintFormatTable]) {
+        let found = kvmUserspaceExitTables
+            .first { $0.kind == .symbolic && $0.table.entries.contains { $0.name.hasPrefix("KVM_EXIT_") } }?.table
         table = (found ?? Self.builtin).truncatedTo32Bits()
         fromKernel = found != nil
-    }
-
-    /// Same as `init(kvmUserspaceExitPrintFormat:)`.
-    public init(printFormat: String?) {
-        self.init(kvmUserspaceExitPrintFormat: printFormat)
     }
 
     public func name(_ reason: UInt32) -> String {

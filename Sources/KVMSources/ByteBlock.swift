@@ -9,20 +9,27 @@ final class ByteBlock: @unchecked Sendable {
     let bytes: UnsafeRawBufferPointer
     private let unmap: Bool
 
-    /// Maps `path` read-only. Throws a one-line badFile/io error (empty files are bad files).
+    /// Maps `path` read-only. Throws a one-line badFile/io error with the system's reason, e.g.
+    /// "cannot open X: No such file or directory" (empty files are bad files).
     init(mapping path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot open \(path): \(Errno(rawValue: errno))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw KVMScopeError.io("cannot stat \(path): \(Errno(rawValue: errno))") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw KVMScopeError.badFile("\(path) is not a regular file") }
-        guard st.st_size > 0 else { throw KVMScopeError.badFile("\(path) is empty") }
-        let size = Int(st.st_size)
-        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw KVMScopeError.io("cannot map \(path): \(Errno(rawValue: errno))")
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readOnly, options: .closeOnExec)
+        } catch let e as Errno {
+            throw KVMScopeError.io("cannot open \(path): \(e)")
         }
-        bytes = UnsafeRawBufferPointer(start: p, count: size)
+        bytes = try fd.closeAfter {
+            let st: Stat
+            do { st = try fd.stat() } catch { throw KVMScopeError.io("cannot stat \(path): \(error)") }
+            guard st.type == .regular else { throw KVMScopeError.badFile("\(path) is not a regular file") }
+            guard st.size > 0 else { throw KVMScopeError.badFile("\(path) is empty") }
+            let size = Int(st.size)
+            // swift-system has no mmap: the call is Glibc's, its errno read once through Errno.
+            guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd.rawValue, 0), p != MAP_FAILED else {
+                throw KVMScopeError.io("cannot map \(path): \(Errno(rawValue: errno))")
+            }
+            return UnsafeRawBufferPointer(start: p, count: size)
+        }
         unmap = true
     }
 

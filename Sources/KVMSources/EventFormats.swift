@@ -12,8 +12,6 @@ public final class EventFormats {
     var layouts: [ckvmscope_event_layout] = []
     /// kernel id by "system:name"
     public private(set) var kernelIDs: [String: Int32] = [:]
-    /// Print formats of events, by name (for reason tables).
-    public private(set) var printFormats: [String: String] = [:]
     /// The format files as parsed, by event name.
     public private(set) var formatTexts: [String: String] = [:]
 
@@ -34,11 +32,10 @@ public final class EventFormats {
         guard id >= 0, let name = Self.value(of: "name:", in: text) else {
             throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
         }
-        if let fmt = Self.value(of: "print fmt:", in: text) { printFormats[name] = fmt }
         formatTexts[name] = text
-        if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitPrintFormat: printFormats[name]) }
+        if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitTables: try printTables(kernelID: id)) }
         if name == "kvm_userspace_exit" {
-            catalog.userspaceExitReasons = UserspaceExitNames(printFormat: printFormats[name])
+            catalog.userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: try printTables(kernelID: id))
         }
         kernelIDs["\(system):\(name)"] = id
         let index = catalog.add(system: system, name: name)
@@ -65,6 +62,31 @@ public final class EventFormats {
             }
             try alias(kernelID: id, as: target, matchSize: events.count > 1 ? size : nil)
         }
+    }
+
+    /// The `__print_symbolic`/`__print_flags` tables of a parsed event's print fmt, in the order they appear
+    /// (nested ones included), from the arguments libtraceevent parsed (`tep_event->print_fmt.args`).
+    ///
+    /// - Throws: `KVMScopeError.badFormat` when no event has that id (or memory runs out).
+    public func printTables(kernelID id: Int32) throws -> [PrintFormatTable] {
+        var tables: [PrintFormatTable] = []
+        // The context is a pointer to the array variable itself (`&tables` would convert to its elements).
+        let n = withUnsafeMutablePointer(to: &tables) { context in
+            ckvmscope_formats_print_tables(handle, id, { table, context in
+                guard let t = table?.pointee, let out = context?.assumingMemoryBound(to: [PrintFormatTable].self) else {
+                    return
+                }
+                let entries = (0..<t.count).map {
+                    SymbolTable.Entry(value: t.symbols[$0].value, name: String(cString: t.symbols[$0].name))
+                }
+                out.pointee.append(PrintFormatTable(
+                    kind: t.kind == CKVMSCOPE_PRINT_FLAGS ? .flags : .symbolic, field: String(cString: t.field),
+                    expression: String(cString: t.expression), separator: String(cString: t.delim),
+                    table: SymbolTable(entries: entries)))
+            }, context)
+        }
+        guard n >= 0 else { throw KVMScopeError.badFormat("cannot read the print fmt tables of event id \(id)") }
+        return tables
     }
 
     /// Test and benchmark hook: decode events of `kernelID` (e.g. ftrace:raw_data written through

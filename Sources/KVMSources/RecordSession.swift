@@ -202,7 +202,7 @@ public final class RecordSession: @unchecked Sendable {
 
     static func savedCmdlines(root: String) -> [Int32: String] {
         var out: [Int32: String] = [:]
-        let text = (try? String(contentsOfFile: "\(root)/saved_cmdlines", encoding: .utf8)) ?? ""
+        let text = TraceFS.text("\(root)/saved_cmdlines") ?? ""
         for line in text.split(separator: "\n") {
             guard let sp = line.firstIndex(of: " "), let pid = Int32(line[..<sp]) else { continue }
             out[pid] = String(line[line.index(after: sp)...])

@@ -60,15 +60,15 @@ public struct TraceDatMetadata: Sendable {
     /// The metadata of the running kernel's tracefs for the given events of each system.
     public static func fromTracefs(root: String, events: [String: [String]]) throws -> TraceDatMetadata {
         var m = TraceDatMetadata()
-        if let hp = try? String(contentsOfFile: "\(root)/events/header_page", encoding: .utf8) { m.headerPage = hp }
-        if let he = try? String(contentsOfFile: "\(root)/events/header_event", encoding: .utf8) { m.headerEvent = he }
+        if let hp = TraceFS.text("\(root)/events/header_page") { m.headerPage = hp }
+        if let he = TraceFS.text("\(root)/events/header_event") { m.headerEvent = he }
         for (system, names) in events.sorted(by: { $0.key < $1.key }) {
             m.systems.append(System(name: system, formats: try names.map { try TraceFS.format(system: system, event: $0, root: root) }))
         }
         if let ftrace = try? TraceFS.events(system: "ftrace", root: root) {
             m.ftraceFormats = ftrace.compactMap { try? TraceFS.format(system: "ftrace", event: $0, root: root) }
         }
-        m.printkFormats = (try? String(contentsOfFile: "\(root)/printk_formats", encoding: .utf8)) ?? ""
+        m.printkFormats = TraceFS.text("\(root)/printk_formats") ?? ""
         m.pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
         var u = utsname()
         Glibc.uname(&u)

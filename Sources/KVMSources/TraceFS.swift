@@ -31,12 +31,23 @@ public enum TraceFS {
         return names.filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }.sorted()
     }
 
+    /// The text of an event's `format` file, read to its end.
+    ///
+    /// tracefs files report size 0 and hand their text out in several reads: `String(contentsOfFile:)` returns
+    /// only the first (752 of kvm_exit's 5385 bytes on 6.18, cut before `print fmt:`), so this reads until EOF.
     public static func format(system: String, event: String, root: String) throws -> String {
         let path = "\(root)/events/\(system)/\(event)/format"
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        guard let text = text(path) else {
             throw KVMScopeError.unknownEvent("no event \(system):\(event) (\(path) unreadable)")
         }
         return text
+    }
+
+    /// A tracefs (or procfs) file's whole text, read until EOF; nil when it cannot be read. Every tracefs read
+    /// goes through here: such files report size 0 and hand their text out in several reads.
+    public static func text(_ path: String) -> String? {
+        guard let file = FileHandle(forReadingAtPath: path), let data = try? file.readToEnd() else { return nil }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// The CPUs that have a buffer in the instance.
@@ -49,7 +60,7 @@ public enum TraceFS {
     /// Events the kernel lost on a CPU: `overrun` (overwritten) plus `dropped events` (buffer full).
     public static func lostEvents(instance: String, cpu: Int, root: String) -> UInt64 {
         let path = "\(root)/instances/\(instance)/per_cpu/cpu\(cpu)/stats"
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+        guard let text = text(path) else { return 0 }
         return lost(inStats: text)
     }
 
@@ -98,13 +109,13 @@ public enum TraceFS {
     public static func savedThreads(root: String) -> (tgids: [Int32: Int32], comms: [Int32: String]) {
         var tgids: [Int32: Int32] = [:]
         var comms: [Int32: String] = [:]
-        if let text = try? String(contentsOfFile: "\(root)/saved_tgids", encoding: .utf8) {
+        if let text = text("\(root)/saved_tgids") {
             for line in text.split(separator: "\n") {
                 let p = line.split(separator: " ")
                 if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
             }
         }
-        if let text = try? String(contentsOfFile: "\(root)/saved_cmdlines", encoding: .utf8) {
+        if let text = text("\(root)/saved_cmdlines") {
             for line in text.split(separator: "\n") {
                 guard let sp = line.firstIndex(of: " "), let t = Int32(line[..<sp]) else { continue }
                 comms[t] = String(line[line.index(after: sp)...])

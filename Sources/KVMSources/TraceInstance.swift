@@ -71,7 +71,7 @@ public final class TraceInstance: @unchecked Sendable {
 
     /// The text of `per_cpu/cpuN/stats` (entries, overrun, dropped events, read events…); "" when unreadable.
     public func stats(cpu: Int) -> String {
-        (try? String(contentsOfFile: "\(root)/instances/\(name)/per_cpu/cpu\(cpu)/stats", encoding: .utf8)) ?? ""
+        TraceFS.text("\(root)/instances/\(name)/per_cpu/cpu\(cpu)/stats") ?? ""
     }
 
     /// Events the kernel lost on a CPU: `overrun` + `dropped events` of its stats (exact).

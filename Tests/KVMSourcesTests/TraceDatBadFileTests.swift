@@ -46,6 +46,17 @@ import KVMSources
         #expect(Self.badFileMessage(text) == "\(text) is not a trace.dat file (bad magic)")
     }
 
+    /// What cannot be opened or mapped says so with the system's words.
+    @Test func missingFileAndDirectory() throws {
+        #expect(throws: KVMScopeError.io("cannot open /nonexistent/t.dat: No such file or directory")) {
+            try TraceDatReader(path: "/nonexistent/t.dat")
+        }
+        let dir = TraceDatWriterTests.tempPath("dir-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { rmdir(dir) }
+        #expect(Self.badFileMessage(dir) == "\(dir) is not a regular file")
+    }
+
     @Test func everyTruncationOfASmallFileIsABadFile() throws {
         let bytes = try Self.smallFile()
         #expect(bytes.count > 8192)

@@ -86,6 +86,34 @@ int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, con
 int ckvmscope_formats_field(struct ckvmscope_formats *f, int kernel_id, const char *name,
                             struct ckvmscope_field *out);
 
+/* The symbol tables of an event's print fmt (__print_symbolic, __print_flags and their _u64 forms), as
+ * libtraceevent parsed them into tep_event->print_fmt.args: the exit-reason names come from these. */
+enum { CKVMSCOPE_PRINT_SYMBOLIC = 1, CKVMSCOPE_PRINT_FLAGS = 2 };
+
+/* One { value, "name" } pair. `value` is the kernel's constant as 64 bits (-1 reads as all ones). */
+struct ckvmscope_print_symbol {
+    uint64_t value;
+    const char *name;
+};
+
+/* One table. The strings and `symbols` are valid only during the callback that receives them. */
+struct ckvmscope_print_table {
+    int kind;                                    /* CKVMSCOPE_PRINT_SYMBOLIC or CKVMSCOPE_PRINT_FLAGS */
+    const char *field;                           /* first field the printed expression reads, or "" */
+    const char *expression;                      /* that expression as C: "REC->exit_reason & 0xffff" */
+    const char *delim;                           /* __print_flags' separator; "" for symbolic tables */
+    const struct ckvmscope_print_symbol *symbols; /* in table order; entries whose value is not a number are left out */
+    size_t count;
+};
+
+typedef void (*ckvmscope_print_table_fn)(const struct ckvmscope_print_table *table, void *ctx);
+
+/* Calls `fn` once per table in the print fmt of the event with that kernel id, in the order the tables
+ * appear (tables nested in ?:, operators and other print helpers included). Returns the number of tables,
+ * or -1 when there is no such event or memory runs out. */
+int ckvmscope_formats_print_tables(struct ckvmscope_formats *f, int kernel_id, ckvmscope_print_table_fn fn,
+                                   void *ctx);
+
 /* ---------------------------------------------------------------- sub-buffer decoder (kbuffer) */
 
 struct ckvmscope_decoder;
