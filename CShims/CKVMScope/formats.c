@@ -83,6 +83,43 @@ int ckvmscope_formats_field(struct ckvmscope_formats *f, int kernel_id, const ch
     return 0;
 }
 
+/**
+ * ckvmscope_formats_name - the name of a parsed event
+ *
+ * Returns libtraceevent's copy of it (valid while the set lives), or NULL when no event has that id.
+ */
+const char *ckvmscope_formats_name(struct ckvmscope_formats *f, int kernel_id)
+{
+    struct tep_event *event = tep_find_event(f->tep, kernel_id);
+    return event ? event->name : NULL;
+}
+
+/**
+ * ckvmscope_formats_fields - every field of a parsed event, common fields first
+ * @f: the set
+ * @kernel_id: the event's id
+ * @fn: called with each field's name, offset and size (array fields: the whole array)
+ * @context: passed to fn
+ *
+ * Returns the number of fields, or -1 when no event has that id.
+ */
+int ckvmscope_formats_fields(struct ckvmscope_formats *f, int kernel_id, ckvmscope_field_fn fn, void *context)
+{
+    struct tep_event *event = tep_find_event(f->tep, kernel_id);
+    const struct tep_format_field *lists[2];
+    int n = 0;
+
+    if (!event)
+        return -1;
+    lists[0] = event->format.common_fields;
+    lists[1] = event->format.fields;
+    for (int i = 0; i < 2; i++) {
+        for (const struct tep_format_field *field = lists[i]; field; field = field->next, n++)
+            fn(field->name, field->offset, field->size, context);
+    }
+    return n;
+}
+
 /* Writes a print arg as the C expression it came from (parentheses only where a binary operator nests). */
 static void render_arg(FILE *out, const struct tep_print_arg *arg)
 {

@@ -29,9 +29,10 @@ public final class EventFormats {
         let id = text.withUTF8 { buf in
             buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, system, $0.baseAddress, $0.count) }
         }
-        guard id >= 0, let name = Self.value(of: "name:", in: text) else {
+        guard id >= 0, let cName = ckvmscope_formats_name(handle, id) else {
             throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
         }
+        let name = String(cString: cName)
         formatTexts[name] = text
         if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitTables: try printTables(kernelID: id)) }
         if name == "kvm_userspace_exit" {
@@ -48,10 +49,11 @@ public final class EventFormats {
     /// record bytes 8..<``markerSize(of:)`` to the instance's trace_marker_raw to inject one.
     /// - Throws: when an event is not traced or two of them have the same size.
     public func injectThroughMarker(_ events: [String], root: String) throws {
-        let raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
-        guard let id = Self.value(of: "ID:", in: raw).flatMap({ Int32($0) }) else {
-            throw KVMScopeError.badFormat("ftrace:raw_data has no ID")
+        var raw = try TraceFS.format(system: "ftrace", event: "raw_data", root: root)
+        let id = raw.withUTF8 { buf in
+            buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, "ftrace", $0.baseAddress, $0.count) }
         }
+        guard id >= 0 else { throw KVMScopeError.badFormat("cannot parse the format of ftrace:raw_data") }
         var sizes: Set<Int> = []
         for target in events {
             guard catalog.index(of: target) != nil, let size = markerSize(of: target) else {
@@ -113,20 +115,17 @@ public final class EventFormats {
         return (end + 3) & ~3
     }
 
-    /// Offset and size of every field of an event, by name (common fields included).
+    /// Offset and size of every field of an event, by name (common fields included), as libtraceevent parsed
+    /// them. Empty when no event has that id.
     public func fieldTable(kernelID id: Int32) -> [String: (offset: Int, size: Int)] {
         var out: [String: (offset: Int, size: Int)] = [:]
-        guard let name = kernelIDs.first(where: { $0.value == id })?.key.split(separator: ":").last,
-              let text = formatTexts[String(name)] else { return out }
-        for line in text.split(separator: "\n") where line.contains("field:") {
-            // "\tfield:unsigned int exit_reason;\toffset:8;\tsize:4;\tsigned:0;"
-            let parts = line.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
-            guard parts.count >= 3, let decl = parts.first?.dropFirst("field:".count),
-                  var fieldName = decl.split(separator: " ").last.map(String.init),
-                  let off = Int(parts[1].replacingOccurrences(of: "offset:", with: "")),
-                  let size = Int(parts[2].replacingOccurrences(of: "size:", with: "")) else { continue }
-            if let b = fieldName.firstIndex(of: "[") { fieldName = String(fieldName[..<b]) }
-            out[fieldName] = (off, size)
+        _ = withUnsafeMutablePointer(to: &out) { context in
+            ckvmscope_formats_fields(handle, id, { name, offset, size, context in
+                guard let name, let out = context?.assumingMemoryBound(to: [String: (offset: Int, size: Int)].self) else {
+                    return
+                }
+                out.pointee[String(cString: name)] = (Int(offset), Int(size))
+            }, context)
         }
         return out
     }

@@ -85,6 +85,11 @@ int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, con
 /* Look a field up by name in the event with that kernel id. Returns 0, or -1 when absent. */
 int ckvmscope_formats_field(struct ckvmscope_formats *f, int kernel_id, const char *name,
                             struct ckvmscope_field *out);
+/* The name of a parsed event (libtraceevent's copy), or NULL. */
+const char *ckvmscope_formats_name(struct ckvmscope_formats *f, int kernel_id);
+/* Every field of a parsed event (common fields first): name, offset, size. Returns the count, or -1. */
+typedef void (*ckvmscope_field_fn)(const char *name, int offset, int size, void *context);
+int ckvmscope_formats_fields(struct ckvmscope_formats *f, int kernel_id, ckvmscope_field_fn fn, void *context);
 
 /* The symbol tables of an event's print fmt (__print_symbolic, __print_flags and their _u64 forms), as
  * libtraceevent parsed them into tep_event->print_fmt.args: the exit-reason names come from these. */
