@@ -7,7 +7,7 @@ DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzst
                libncurses-dev pkg-config tmux prometheus linux-perf chromium
 STAMP = .build/.deps-installed
 
-.PHONY: all deps build test demo bench clean tracefs
+.PHONY: all deps build test demo bench clean tracefs depcheck
 
 all: build
 
@@ -49,6 +49,10 @@ test: build
 
 bench: build
 	$(MAKE) -C benchmarks
+
+# kvmscope's library products can be depended on by version (no unsafeFlags): builds a package that does.
+depcheck: deps
+	contrib/depcheck/run.sh
 
 clean:
 	rm -rf .build
