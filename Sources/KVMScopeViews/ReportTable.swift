@@ -98,7 +98,7 @@ public enum ReportTable {
         if s.overflowEvents > 0 { lost += ", events beyond the row table: \(s.overflowEvents)" }
         return [
             "pairing: paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
-                + "invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
+                + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
             lost,
         ]
     }

@@ -120,8 +120,8 @@ extension StatTable {
         if s.lostUnknownSubbuffers > 0 { parts.append("lost_unknown_subbuffers \(s.lostUnknownSubbuffers)") }
         if s.overflowEvents > 0 { parts.append("overflow_events \(s.overflowEvents)") }
         let p = s.pairing
-        if p.paired + p.orphanExits + p.orphanEntries > 0 {
-            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) invalidated_by_loss \(p.invalidatedByLoss)")
+        if p.paired + p.orphanExits + p.orphanEntries + p.openAtEnd > 0 {
+            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) open_at_end \(p.openAtEnd) invalidated_by_loss \(p.invalidatedByLoss)")
         }
         return parts.joined(separator: "  ")
     }

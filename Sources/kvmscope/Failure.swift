@@ -21,3 +21,8 @@ func reportingErrors<T>(_ body: () throws -> T) -> T {
 func writeStdout(_ s: String) {
     FileHandle.standardOutput.write(Data(s.utf8))
 }
+
+/// Prints a warning as one line on stderr (`kvmscope: warning: …`); the run goes on.
+func warn(_ message: String) {
+    FileHandle.standardError.write(Data("kvmscope: warning: \(message)\n".utf8))
+}
