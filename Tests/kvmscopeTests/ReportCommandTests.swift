@@ -38,7 +38,9 @@ import TestSupport
             ("/nonexistent/x.txt", "kvmscope: /nonexistent/x.txt: No such file or directory\n"),
             (empty, "kvmscope: \(empty): empty file\n"),
             (binary, "kvmscope: \(binary): unknown format (binary, not trace.dat; expected trace.dat, kernel trace text, trace-cmd report or perf script output)\n"),
-            (text, "kvmscope: \(text): unknown format (no trace records; expected trace.dat, kernel trace text, trace-cmd report or perf script output)\n"),
+            (text, "kvmscope: \(text): unknown format (no trace records; looked for trace.dat, kernel trace text "
+                + "(COMM-TID [CPU] SECONDS: EVENT: FIELDS), trace-cmd report (also -R, -l) or perf script "
+                + "(COMM TID [CPU] SECONDS: EVENT: FIELDS, any -F)); line 1 is not one: \"hello\"\n"),
             (dir.path, "kvmscope: \(dir.path): not a regular file\n"),
         ]
         for (file, message) in cases {

@@ -58,7 +58,7 @@ import Testing
         s.lostEvents = 12
         #expect(StatTable.footer(s) == "lost_events 12")
         s.pairing = PairingStats(paired: 5, orphanExits: 1, orphanEntries: 2, invalidatedByLoss: 3)
-        #expect(StatTable.footer(s) == "lost_events 12  paired 5 orphan_exits 1 orphan_entries 2 invalidated_by_loss 3")
+        #expect(StatTable.footer(s) == "lost_events 12  paired 5 orphan_exits 1 orphan_entries 2 open_at_end 0 invalidated_by_loss 3")
     }
 
     @Test func fieldsFilterAppliesToEventsAndChildren() throws {
