@@ -13,6 +13,8 @@ public struct RecordConfig: Sendable {
     /// Stop taking pages once this many bytes of trace data are written.
     public var maxBytes: UInt64?
     public var instanceName: String?
+    /// trace.dat version 7 compression (`.none` writes version 6, which every trace-cmd reads).
+    public var compression: TraceDatCompression = .zstd
 
     public init() {}
 }
@@ -39,6 +41,8 @@ public final class RecordSession: @unchecked Sendable {
     public private(set) var finalStats: [Int: String] = [:]
     /// Comm per tid, read from /proc while the threads live.
     var comms: [Int32: String] = [:]
+    /// Thread group per tid, seen in /proc while the threads live.
+    var tgids: [Int32: Int32] = [:]
 
     public init(config: RecordConfig) throws {
         self.config = config
@@ -60,6 +64,8 @@ public final class RecordSession: @unchecked Sendable {
                 try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
                 try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
             }
+            // The kernel keeps tid → tgid of traced threads (saved_tgids): the VM of threads gone before write.
+            try? TraceFS.write("1", to: "options/record-tgid", instance: instance, root: root)
             for name in events where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
                 throw KVMScopeError.instance("cannot enable kvm:\(name) in \(instance): \(String(cString: strerror(errno)))")
             }
@@ -169,6 +175,7 @@ public final class RecordSession: @unchecked Sendable {
             guard let tid = Int32(name),
                   let c = try? String(contentsOfFile: "\(dir)/\(name)/comm", encoding: .utf8) else { continue }
             comms[tid] = c.trimmingCharacters(in: .newlines)
+            tgids[tid] = pid
         }
     }
 
@@ -224,6 +231,8 @@ public final class RecordSession: @unchecked Sendable {
                 unnamed.insert(tid)
             }
         }
+        let kernelTGIDs = TraceFS.savedThreads(root: root).tgids
+        for tid in tids { m.tgids[tid] = tgids[tid] ?? kernelTGIDs[tid] ?? ThreadDirectory.identity(of: tid)?.vm }
         m.pageSize = subbufSize
         m.cpuStats = finalStats
         let dropped = pagesDropped
@@ -231,7 +240,8 @@ public final class RecordSession: @unchecked Sendable {
             // Pages beyond --max-size: say so in the stats of the first CPU (their events are not in the file).
             m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope dropped pages: \(dropped)\n"
         }
-        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) })
+        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) },
+                                 version: config.compression == .none ? 6 : 7, compression: config.compression)
         return (tids, unnamed)
     }
 

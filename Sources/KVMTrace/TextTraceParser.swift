@@ -158,9 +158,9 @@ struct TextTraceParser {
                 // Prose (a mail's text between pasted records): never glued onto a record.
                 flush(&self)
                 skipped += 1
-                prose += 1
-                if firstUnreadable == nil {
-                    firstUnreadable = (line, String(decoding: p[f..<e], as: UTF8.self))
+                if !Self.isReportHeader(p, f, e) {
+                    prose += 1
+                    if firstUnreadable == nil { firstUnreadable = (line, String(decoding: p[f..<e], as: UTF8.self)) }
                 }
             }
             i = j + 1
@@ -184,6 +184,11 @@ struct TextTraceParser {
             events[i].isa = k.isa.rawValue
             events[i].reason = k.code
         }
+    }
+
+    /// trace-cmd report's header lines: `cpus=2`, `version = 6`.
+    static func isReportHeader(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
+        (e - s > 5 && tokenIs(p, s, s + 5, "cpus=")) || (e - s > 7 && tokenIs(p, s, s + 7, "version"))
     }
 
     /// The role of a record's event, for deciding whether a following line continues it.
@@ -410,8 +415,9 @@ struct TextTraceParser {
         (x, y) = prevToken(p, s, &cur)
         var commEnd = b
         if x == y {
-            // Nothing before: perf script -F time,event,trace.
+            // Nothing before (perf script -F time,event,trace) or only the CPU (-F cpu,time,…).
             h.hasTID = false
+            h.perf = true
         } else {
             var dash = y - 1
             while dash > x && isDigit(p[dash]) { dash -= 1 }
@@ -580,7 +586,7 @@ struct TextTraceParser {
             commThreads.insert(p, h.commStart, h.commEnd, t)
             return t
         }
-        return h.cpu >= 0 ? Int32.min + Int32(h.cpu) : -1
+        return h.cpu >= 0 ? -1_000_000 - Int32(h.cpu) : -1
     }
 
     /// First sight of an event token: a kvm event joins the catalog, anything else maps to -1.
