@@ -35,8 +35,10 @@ struct TextTraceParser {
     var unknownReasons: [String] = []
     var scratch: [UInt8] = []
     var resolver: ReasonResolver?
-    /// 1-based number of the line being parsed.
+    /// 1-based number of the line being parsed, and of the record being read (a record is read once the
+    /// line after it shows it is complete).
     var line = 0
+    var recordLine = 0
     /// Lines neither records, comments, loss notes nor joined continuations.
     var prose = 0
     /// Record lines skipped because a number in them does not fit (a 20-digit tid, a CPU of 999999999999,
@@ -104,9 +106,11 @@ struct TextTraceParser {
         var pendEnd = 0
         var pendJoined = false
         var pendRole: EventRole? = nil
+        var pendLine = 0
 
         func flush(_ parser: inout TextTraceParser) {
             guard let h = pending else { return }
+            parser.recordLine = pendLine
             if pendJoined {
                 let bytes = parser.scratch
                 bytes.withUnsafeBufferPointer { b in
@@ -143,6 +147,7 @@ struct TextTraceParser {
                     pending = h
                     pendStart = i
                     pendEnd = e
+                    pendLine = line
                     pendRole = eventRole(p, h)
                 }
             } else if pending != nil, Self.continues(p, f, e, role: pendRole) {
@@ -236,7 +241,7 @@ struct TextTraceParser {
         malformed += 1
         let name = h.nameEnd > h.nameStart ? String(decoding: p[h.nameStart..<h.nameEnd], as: UTF8.self) : "?"
         malformedByEvent[name, default: 0] += 1
-        if firstMalformed == nil { firstMalformed = (line, why.description) }
+        if firstMalformed == nil { firstMalformed = (h.malformed != nil ? line : recordLine, why.description) }
     }
 
     /// `CPU:N [LOST n EVENTS]` (kernel), `CPU:N [n EVENTS DROPPED]`, `CPU:N [EVENTS DROPPED]` (trace-cmd).

@@ -90,7 +90,7 @@ public final class TextTraceReader: TraceSource {
         guard !parser.events.isEmpty else {
             var why = "\(name): no kvm events among its \(parser.records) trace records"
             if let m = parser.firstMalformed {
-                why += "; \(parser.malformed) lines with out-of-range numbers skipped (first: line \(m.line), \(m.why))"
+                why += "; " + Self.malformedText(parser.malformedByEvent, first: m)
             }
             throw KVMScopeError.badFile(why)
         }
@@ -128,9 +128,12 @@ public final class TextTraceReader: TraceSource {
 
     /// The one-line warning for skipped lines with out-of-range numbers, or nil when there were none.
     public var malformedWarning: String? {
-        guard let m = firstMalformed else { return nil }
-        let n = malformedLines.values.reduce(0, +)
-        let which = malformedLines.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+        firstMalformed.map { Self.malformedText(malformedLines, first: $0) }
+    }
+
+    static func malformedText(_ byEvent: [String: Int], first m: (line: Int, why: String)) -> String {
+        let n = byEvent.values.reduce(0, +)
+        let which = byEvent.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
         return "\(n) lines with out-of-range numbers skipped (\(which)); first: line \(m.line), \(m.why)"
     }
 

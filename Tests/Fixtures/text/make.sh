@@ -45,9 +45,9 @@ kernel_text() {  # OUT RECORD_TGID IRQ_INFO CLOCK
     echo "$3" > "$I/options/irq-info"
     echo "$4" > "$I/trace_clock"
     echo 1 > "$I/options/event-fork"
-    echo 1 > "$I/events/kvm/kvm_pio/enable"
-    echo 1 > "$I/events/kvm/kvm_userspace_exit/enable"
-    sh -c "echo \$\$ > $I/set_event_pid; exec $STORM" >/dev/null
+    # The pid filter first, then the events: nothing of another process gets in.
+    sh -c "echo \$\$ > $I/set_event_pid; echo 1 > $I/events/kvm/kvm_pio/enable;
+           echo 1 > $I/events/kvm/kvm_userspace_exit/enable; exec $STORM" >/dev/null
     echo 0 > "$I/tracing_on"
     cat "$I/trace" > "$1"
     rmdir "$I"
