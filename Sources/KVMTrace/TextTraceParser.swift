@@ -685,7 +685,6 @@ struct TextTraceParser {
         }
         if rs < 0, let code = rawReason {
             // Raw fields: the code with the trace's ISA (isa=1 VMX, 2 SVM; arm64 esr_ec).
-            sawRaw = true
             let isa: ISA
             if arm { isa = .arm64 }
             else if let i = rawISA, let known = ISA(rawValue: UInt8(truncatingIfNeeded: i)), i <= 2, known != .unknown {
@@ -778,6 +777,7 @@ struct TextTraceParser {
             let (a, b) = Self.nextToken(p, &pos, e)
             if a == b { break }
             if let eq = Self.equalSign(p, a, b) {
+                sawRaw = true  // only -R prints kvm_entry (and the events below) as key=value
                 if Self.tokenIs(p, a, eq, "vcpu_id") { ev.vcpu = vcpuNumber(p, eq + 1, b) }
                 else if Self.tokenIs(p, a, eq, "rip") || Self.tokenIs(p, a, eq, "vcpu_pc") {
                     ev.rip = number(p, eq + 1, b, hex: false)
@@ -803,15 +803,27 @@ struct TextTraceParser {
                 ev.reason = UInt32(truncatingIfNeeded: number(p, a + 1, b, hex: false))
                 break
             }
+            if let eq = Self.equalSign(p, a, b), Self.tokenIs(p, a, eq, "reason") {  // raw: reason=2 errno=0
+                sawRaw = true
+                ev.reason = UInt32(truncatingIfNeeded: number(p, eq + 1, b, hex: false))
+                break
+            }
         }
     }
 
-    /// `pio_write at 0x10 size 1 count 1 val 0x0`.
+    /// `pio_write at 0x10 size 1 count 1 val 0x0`; raw `rw=1 port=0x10 size=1 count=1 val=0x0`.
     mutating func pioFields(_ p: Buffer, _ s: Int, _ e: Int, _ ev: inout TraceEvent) {
         var pos = s
         while true {
             let (a, b) = Self.nextToken(p, &pos, e)
             if a == b { break }
+            if let eq = Self.equalSign(p, a, b) {
+                sawRaw = true
+                if Self.tokenIs(p, a, eq, "rw") { ev.aux2 = UInt16(truncatingIfNeeded: number(p, eq + 1, b, hex: false)) }
+                else if Self.tokenIs(p, a, eq, "port") { ev.detail = number(p, eq + 1, b, hex: false) }
+                else if Self.tokenIs(p, a, eq, "size") { ev.aux = UInt32(truncatingIfNeeded: number(p, eq + 1, b, hex: false)) }
+                continue
+            }
             if Self.tokenIs(p, a, b, "pio_write") { ev.aux2 = 1 }
             else if Self.tokenIs(p, a, b, "at") {
                 let (x, y) = Self.nextToken(p, &pos, e)
@@ -824,12 +836,19 @@ struct TextTraceParser {
         }
     }
 
-    /// `mmio write len 4 gpa 0x… val 0x…`.
+    /// `mmio write len 4 gpa 0x… val 0x…`; raw `type=1 len=4 gpa=0x… val=0x…`.
     mutating func mmioFields(_ p: Buffer, _ s: Int, _ e: Int, _ ev: inout TraceEvent) {
         var pos = s
         while true {
             let (a, b) = Self.nextToken(p, &pos, e)
             if a == b { break }
+            if let eq = Self.equalSign(p, a, b) {
+                sawRaw = true
+                if Self.tokenIs(p, a, eq, "type") { ev.aux2 = UInt16(truncatingIfNeeded: number(p, eq + 1, b, hex: false)) }
+                else if Self.tokenIs(p, a, eq, "gpa") { ev.detail = number(p, eq + 1, b, hex: false) }
+                else if Self.tokenIs(p, a, eq, "len") { ev.aux = UInt32(truncatingIfNeeded: number(p, eq + 1, b, hex: false)) }
+                continue
+            }
             if Self.tokenIs(p, a, b, "len") {
                 let (x, y) = Self.nextToken(p, &pos, e)
                 ev.aux = UInt32(truncatingIfNeeded: number(p, x, y, hex: false))
