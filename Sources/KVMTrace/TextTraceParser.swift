@@ -336,7 +336,10 @@ struct TextTraceParser {
             guard ok, dot != b - 2 else { continue }
             var look = pos
             var (x, y) = nextToken(p, &look, e)
-            if x < y, allDigits(p, x, y) { (x, y) = nextToken(p, &look, e) }
+            // perf's sample period, or trace-cmd report --ts-diff's "(+12)", may sit before the event.
+            if x < y, allDigits(p, x, y) || (y - x >= 3 && p[x] == 40 && p[x + 1] == 43 && p[y - 1] == 41) {
+                (x, y) = nextToken(p, &look, e)
+            }
             guard y - x >= 2, p[y - 1] == 58, !isDigit(p[x]) else { continue }
             var clean = true
             for k in x..<(y - 1) where p[k] == 61 || p[k] == 40 { clean = false }  // '=' '('

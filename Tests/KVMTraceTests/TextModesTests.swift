@@ -49,6 +49,7 @@ import Testing
     }
 
     struct Mode: Sendable, CustomTestStringConvertible {
+        var dat = "synth-6.18-x86.dat"
         var text: String
         var style: TextTraceReader.Style
         var unit: UInt64 = 1
@@ -62,13 +63,17 @@ import Testing
         Mode(text: "synth-6.18-x86.report-R.txt", style: .traceCmdRaw),
         Mode(text: "synth-6.18-x86.report-l.txt", style: .traceCmdLatency),
         Mode(text: "synth-6.18-x86.report-cpu1.txt", style: .traceCmd, cpu: 1),
+        Mode(text: "synth-6.18-x86.report-ts-diff.txt", style: .traceCmd, unit: 1000),
+        Mode(dat: "synth-host.dat", text: "synth-host.report.txt", style: .traceCmd, unit: 1000),
+        Mode(dat: "synth-host.dat", text: "synth-host.report-l.txt", style: .traceCmdLatency, unit: 1000),
     ]
 
-    /// trace-cmd report, -t, -R, -l and --cpu 1 of one synthetic 6.18 trace.dat (trace-cmd 3.1.6 prints its
-    /// kvm_exit as `[FAILED TO PARSE] exit_reason=… isa=1 …`): every number as in the binary.
+    /// trace-cmd report, -t, -R, -l and --cpu 1 of synthetic 6.18 trace.dats (its kvm plugin prints
+    /// `reason NAME rip … info …`; with this host's own formats trace-cmd 3.1.6 prints
+    /// `[FAILED TO PARSE] exit_reason=… isa=1 …`): every number as in the binary.
     @Test(arguments: modes)
     func traceCmdModesMatchTheBinary(_ mode: Mode) throws {
-        let dat = try TraceDatReader(path: Self.path("synth-6.18-x86.dat"))
+        let dat = try TraceDatReader(path: Self.path(mode.dat))
         let text = try TextTraceReader(path: Self.path(mode.text))
         #expect(text.style == mode.style)
         let expected = try Self.shape(Printed(base: dat, unit: mode.unit, cpu: mode.cpu))
@@ -149,5 +154,54 @@ import Testing
         #expect(ns.events.map(\.timestamp) == ticks.events.map { $0.timestamp * 1_000_000 })
         // An integer "timestamp" needs a CPU column to be one: prose with "12: x:" is not a record.
         #expect(throws: KVMScopeError.self) { try TextTraceReader(bytes: Array("see 12: kvm_exit: reason HLT\n".utf8), name: "x") }
+    }
+}
+
+/// The README's table of text modes, pinned: each mode it says is read has a sample here that is read.
+@Suite struct ReadmeFormatTableTests {
+    static let readme = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("README.md")
+
+    /// (first column, last column, a sample of that mode: a fixture or a corpus file; nil for "no").
+    static let rows: [(String, String, String?)] = [
+        ("kernel `trace`, `trace_pipe`", "yes", "text/storm-io.kernel.txt"),
+        ("kernel, `options/irq-info` off", "yes", "text/storm-io.kernel-noirq.txt"),
+        ("kernel, `options/record-tgid`", "yes", "text/storm-io.kernel-tgid.txt"),
+        ("kernel, `trace_clock` counter / x86-tsc", "yes, in cycles (`--ts2secs HZ`: ns)", "text/storm-io.kernel-counter.txt"),
+        ("`trace-cmd report`", "yes", "text/synth-6.18-x86.report.txt"),
+        ("`trace-cmd report -t`", "yes", "text/synth-6.18-x86.report-t.txt"),
+        ("`trace-cmd report` of 6.x kvm_exit (3.1.6)", "yes (decoded with `isa`)", "text/synth-host.report.txt"),
+        ("`trace-cmd report -R`", "yes", "text/synth-6.18-x86.report-R.txt"),
+        ("`trace-cmd report -l`", "yes", "text/synth-6.18-x86.report-l.txt"),
+        ("`trace-cmd report --cpu N`", "yes", "text/synth-6.18-x86.report-cpu1.txt"),
+        ("`trace-cmd report -C counter` recordings", "yes, in cycles (`--ts2secs HZ`: ns)", nil),
+        ("`perf script`", "yes", "text/storm-io.perf.txt"),
+        ("`perf script -F comm,pid,tid,cpu,…`", "yes", "text/storm-io.perf-pid-tid.txt"),
+        ("`perf script -F` without `cpu`", "yes", "text/storm-io.perf-no-cpu.txt"),
+        ("`perf script -F` without `tid` (`comm,time,event,trace`, as mailed)", "yes: threads told apart by comm, a `note:` says so",
+         "text/storm-io.perf-comm-only.txt"),
+        ("`perf script -F time,event,trace [--ns]`, with or without `kvm:`", "yes: one thread", "text/storm-io.perf-time-only-ns.txt"),
+        ("`perf script` sample period before the event", "yes", nil),
+        ("`trace-cmd report --ts-diff`", "yes", "text/synth-6.18-x86.report-ts-diff.txt"),
+        ("`trace-cmd report` with `-i` of several files, `--profile`, `-w`, `--stat`", "no", nil),
+        ("kernel `options/latency-format`", "no", nil),
+    ]
+
+    @Test func tableIsPinnedAndEveryReadModeIsRead() throws {
+        let text = try String(contentsOf: Self.readme, encoding: .utf8)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let start = try #require(lines.firstIndex(of: "| mode | what a record looks like | read |"))
+        var got: [(String, String)] = []
+        for line in lines[(start + 2)...] {
+            guard line.hasPrefix("|") else { break }
+            let cols = line.dropFirst().dropLast().split(separator: "|", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            got.append((cols.first ?? "", cols.last ?? ""))
+        }
+        #expect(got.map { "\($0.0) => \($0.1)" } == Self.rows.map { "\($0.0) => \($0.1)" })
+        for (mode, _, sample) in Self.rows {
+            guard let sample else { continue }
+            let r = try TextTraceReader(path: Fixtures.root.appendingPathComponent(sample).path)
+            #expect(r.records > 0 && r.malformedLines.isEmpty && r.proseLines == 0, "\(mode)")
+        }
     }
 }

@@ -20,8 +20,14 @@ trace-cmd report -t synth-6.18-x86.dat > synth-6.18-x86.report-t.txt
 trace-cmd report -R -t synth-6.18-x86.dat > synth-6.18-x86.report-R.txt
 trace-cmd report -l -t synth-6.18-x86.dat > synth-6.18-x86.report-l.txt
 trace-cmd report --cpu 1 -t synth-6.18-x86.dat > synth-6.18-x86.report-cpu1.txt
+trace-cmd report --ts-diff synth-6.18-x86.dat > synth-6.18-x86.report-ts-diff.txt
 trace-cmd report -t synth-4.19-x86.dat > synth-4.19-x86.report-t.txt
 trace-cmd report -t synth-5.15-arm64.dat > synth-5.15-arm64.report-t.txt
+# From this host's own tracefs formats (6.18): trace-cmd 3.1.6 prints its kvm_exit as
+# "[FAILED TO PARSE] exit_reason=… isa=1 …" (with the formats above, its kvm plugin prints "reason NAME").
+"$K" bench synth -o synth-host.dat --events 40 --threads 2 --cpus 2 >/dev/null
+trace-cmd report synth-host.dat > synth-host.report.txt
+trace-cmd report -l synth-host.dat > synth-host.report-l.txt
 
 STORM="$K storm --kind io --vcpus 2 --exits 5"
 EV="-e kvm:kvm_pio -e kvm:kvm_userspace_exit"
