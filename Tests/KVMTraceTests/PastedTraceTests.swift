@@ -110,6 +110,25 @@ import Testing
         #expect(r.identities[10000] == ThreadIdentity(vm: 10000, vmName: nil, vcpu: 0, comm: "CPU 0/KV"))
     }
 
+    /// A name of two ISAs ("hlt": SVM's kernel name, a VMX halt in 2.6-era text) takes the ISA the rest of the
+    /// trace shows, also when it comes first; alone, the ISA whose printer spells it so (SVM for "hlt").
+    @Test func ambiguousNameTakesTheTraceISA() throws {
+        let vmx = """
+                     kvm-5664  [000] 1.000000: kvm_exit: reason hlt rip 0x1
+                     kvm-5664  [000] 1.000010: kvm_entry: vcpu 0
+                     kvm-5664  [000] 1.000020: kvm_exit: reason apic_access rip 0x2
+                     kvm-5664  [000] 1.000030: kvm_exit: reason hlt rip 0x1
+            """
+        let r = try TextTraceReader(bytes: Array(vmx.utf8), name: "x")
+        #expect(r.events.filter { $0.event == 0 }.map { "\($0.isa) \($0.reason)" } == ["1 12", "1 44", "1 12"])
+        let alone = try TextTraceReader(bytes: Array(" q-1  [000] 1.0: kvm_exit: reason hlt rip 0x1\n".utf8), name: "x")
+        #expect(alone.events.map { "\($0.isa) \($0.reason)" } == ["2 120"])
+        // A name no table knows keeps its spelling, never an invented code.
+        let odd = try TextTraceReader(bytes: Array(" q-1  [000] 1.0: kvm_exit: reason FANCY_NEW_EXIT rip 0x1\n".utf8), name: "x")
+        let s = try Summary(ReportAnalysis.run(odd).snapshot)
+        #expect(s.exits.map { "\($0.reason) \($0.isa) \($0.code.map(String.init) ?? "-")" } == ["FANCY_NEW_EXIT unknown -"])
+    }
+
     /// Every line has an out-of-range number: all skipped and counted (3 exits, 3 entries), none wrapped.
     @Test func hugeNumbersAreSkippedNotWrapped() throws {
         #expect(throws: KVMScopeError.badFile(Self.dir + "malformed-huge-numbers.txt: no kvm events among its 0 trace records; "
