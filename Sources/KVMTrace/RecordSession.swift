@@ -60,12 +60,12 @@ public final class RecordSession: @unchecked Sendable {
             throw KVMScopeError.instance(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         do {
+            // The kernel keeps tid → tgid of traced threads (saved_tgids): the VM of threads gone before write.
+            try? TraceFS.write("1", to: "options/record-tgid", instance: instance, root: root)
             if let pid = config.onlyPid {
                 try TraceFS.write("1", to: "options/event-fork", instance: instance, root: root)
                 try TraceFS.write("\(pid)", to: "set_event_pid", instance: instance, root: root)
             }
-            // The kernel keeps tid → tgid of traced threads (saved_tgids): the VM of threads gone before write.
-            try? TraceFS.write("1", to: "options/record-tgid", instance: instance, root: root)
             for name in events where ckvmscope_instance_enable(instance, "kvm", name) != 0 {
                 throw KVMScopeError.instance("cannot enable kvm:\(name) in \(instance): \(String(cString: strerror(errno)))")
             }
