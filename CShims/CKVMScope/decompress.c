@@ -69,3 +69,11 @@ size_t ckvmscope_compress_bound(size_t src_len)
     size_t s = ZSTD_compressBound(src_len);
     return z > s ? z : s;
 }
+
+/**
+ * ckvmscope_zstd_version - the linked zstd's version ("1.5.4"), as trace-cmd writes it after "zstd"
+ */
+const char *ckvmscope_zstd_version(void)
+{
+    return ZSTD_versionString();
+}

@@ -160,7 +160,8 @@ public struct StormDetector: Sendable {
         var out: [Key: Measure] = [:]
         func key(_ vm: Int32, _ vcpu: UInt32?) -> Key { Key(vm: vm, vcpu: rule.scope == .vcpu ? vcpu : nil) }
         let all = rule.reason == "*"
-        for r in s.exits where all || r.reason == rule.reason {
+        let resolver = ReasonResolver.builtin
+        for r in s.exits where all || resolver.matches(rule.reason, isa: r.isa, name: r.reason) {
             var m = out[key(r.vm, r.vcpu)] ?? Measure(vmName: r.vmName)
             switch rule.function {
             case .rate:
@@ -175,7 +176,7 @@ public struct StormDetector: Sendable {
             out[key(r.vm, r.vcpu)] = m
         }
         guard case .rate = rule.function, !all else { return out }
-        for r in s.userspaceExits where r.reason == rule.reason {
+        for r in s.userspaceExits where ReasonResolver.sameUserspaceReason(rule.reason, r.reason) {
             out[key(r.vm, r.vcpu), default: Measure(vmName: r.vmName)].count += r.count
         }
         for r in s.eventRows where r.event == rule.reason {

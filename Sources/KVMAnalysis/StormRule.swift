@@ -7,7 +7,7 @@ import KVMExits
 /// ```
 /// rule      := function '(' reason ')' compare threshold clause*
 /// function  := 'rate' | 'p50' | 'p90' | 'p99' | 'p999'
-/// reason    := '*' | NAME                       NAME: letters, digits, '_'
+/// reason    := '*' | NAME | CODE                NAME: letters, digits, '_' (any spelling); CODE: decimal
 /// compare   := '>' | '<'
 /// threshold := NUMBER '/s'                      for rate
 ///            | NUMBER ('ns'|'us'|'µs'|'ms'|'s') for a percentile
@@ -182,6 +182,7 @@ struct Parser {
         switch r {
         case .symbol("*"): reason = "*"
         case .word(let w): reason = w
+        case .number(let n) where n >= 0 && n < 4_294_967_296 && n == n.rounded(): reason = String(UInt32(n))  // a code
         default: throw error("expected an exit reason, an event name or '*'", rcol)
         }
         if case .percentile = function, reason.hasPrefix("kvm_") || reason.hasPrefix("KVM_EXIT_") {

@@ -35,6 +35,18 @@ public struct SummaryFilter: Sendable {
         guard let fields else { return true }
         return try Regex(fields).firstMatch(in: name) != nil
     }
+
+    /// `-f` on a child row `event(reason)`: the regular expression may name the reason in any printer's
+    /// spelling (`kvm_exit\(EXIT_MSR\)` keeps the kernel's `kvm_exit(msr)`).
+    public func keeps(event: String, reason: String) throws -> Bool {
+        guard let fields else { return true }
+        let regex = try Regex(fields)
+        for spelling in ReasonResolver.builtin.spellings(ofOutputName: reason)
+        where "\(event)(\(spelling))".firstMatch(of: regex) != nil {
+            return true
+        }
+        return false
+    }
 }
 
 /// A latency distribution as reported (nanoseconds).
@@ -74,6 +86,9 @@ public struct ExitRow: Sendable, Equatable {
     /// failed VM entry is its own row. Empty for SVM, arm64 and ordinary VMX exits.
     public var flags: [String] = []
     public var isa: ISA
+    /// The reason's code in its ISA (VMX basic exit reason without flag bits, SVM exit code, arm64 ESR
+    /// class); nil for a reason a text trace printed with a name no table knows.
+    public var code: UInt32?
     public var count: UInt64
     /// Whether the reason is the guest halting (time blocked, not handling time).
     public var blocking: Bool
@@ -84,7 +99,8 @@ public struct ExitRow: Sendable, Equatable {
     public var latency: LatencySummary? { histogram.flatMap { $0.count > 0 ? LatencySummary($0) : nil } }
 
     public init(vm: Int32, vmName: String?, vcpu: UInt32?, reason: String, flags: [String] = [], isa: ISA, count: UInt64,
-                blocking: Bool, histogram: HistogramSnapshot?, topRIPs: [RIPCount]) {
+                blocking: Bool, histogram: HistogramSnapshot?, topRIPs: [RIPCount], code: UInt32? = nil) {
+        self.code = code
         self.vm = vm
         self.vmName = vmName
         self.vcpu = vcpu
@@ -192,7 +208,8 @@ public struct Summary: Sendable {
                 let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason, flags: flags)
                 exitRows[key, default: ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason, flags: flags, isa: isa,
                                                count: 0, blocking: ExitReasonNames.isBlocking(isa: isa, reasonName: reason),
-                                               histogram: nil, topRIPs: [])].count += row.count
+                                               histogram: nil, topRIPs: [],
+                                               code: Self.code(isa: isa, raw: row.key.reason, catalog))].count += row.count
             } else {
                 let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason)
                 userRows[key, default: UserspaceExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason,
@@ -217,7 +234,7 @@ public struct Summary: Sendable {
 
         for (i, entry) in catalog.entries.enumerated() {
             guard try filter.keeps(field: entry.name) || (childTotals[entry.name]?.keys.contains {
-                (try? filter.keeps(field: "\(entry.name)(\($0))")) ?? false } ?? false) else { continue }
+                (try? filter.keeps(event: entry.name, reason: $0)) ?? false } ?? false) else { continue }
             events.append((entry.name, totals[i]))
             for (reason, total) in (childTotals[entry.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
                 children.append((entry.name, reason, total))
@@ -232,6 +249,18 @@ public struct Summary: Sendable {
         }
         eventRows = perThreadEvents.values.sorted {
             ($0.vm, $0.vcpu ?? .max, $0.event) < ($1.vm, $1.vcpu ?? .max, $1.event)
+        }
+    }
+
+    /// The code an exit row shows: VMX without flag bits; nil for reasons kept by their printed name.
+    static func code(isa: ISA, raw: UInt32, _ catalog: EventCatalog) -> UInt32? {
+        switch isa {
+        case .vmx: return raw & 0xffff
+        case .unknown:
+            let spelled = raw >= EventCatalog.spelledReasonBase
+                && Int(raw - EventCatalog.spelledReasonBase) < catalog.spelledReasons.count
+            return spelled ? nil : raw
+        default: return raw
         }
     }
 

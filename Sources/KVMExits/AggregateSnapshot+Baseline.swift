@@ -35,7 +35,8 @@ extension AggregateSnapshot {
                                    orphanEntries: pairing.orphanEntries &- base.pairing.orphanEntries,
                                    invalidatedByLoss: pairing.invalidatedByLoss &- base.pairing.invalidatedByLoss,
                                    negativeGaps: pairing.negativeGaps &- base.pairing.negativeGaps,
-                                   overflow: pairing.overflow &- base.pairing.overflow)
+                                   overflow: pairing.overflow &- base.pairing.overflow,
+                                   openAtEnd: pairing.openAtEnd &- base.pairing.openAtEnd)
         return out
     }
 }

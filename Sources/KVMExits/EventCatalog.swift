@@ -44,6 +44,10 @@ public struct EventCatalog: Sendable, Equatable {
     /// Names for the reason codes of exit and userspace-exit events.
     public var exitReasons = ExitReasonNames(kvmExitTables: [])
     public var userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: [])
+    /// Exit reasons a text trace printed with a name no table knows, kept as spelled: the exit's reason is
+    /// ``spelledReasonBase`` + index here, its ISA `.unknown`.
+    public var spelledReasons: [String] = []
+    public static let spelledReasonBase: UInt32 = 0xffff_0000
 
     public init() {}
 
@@ -66,7 +70,12 @@ public struct EventCatalog: Sendable, Equatable {
     public func reasonName(event: UInt16, reason: UInt32, isa: UInt8) -> String? {
         guard Int(event) < entries.count else { return nil }
         switch entries[Int(event)].role {
-        case .exit: return exitReasons.name(isa: ISA(rawValue: isa) ?? .unknown, rawReason: reason)
+        case .exit:
+            if isa == ISA.unknown.rawValue, reason >= Self.spelledReasonBase,
+               Int(reason - Self.spelledReasonBase) < spelledReasons.count {
+                return spelledReasons[Int(reason - Self.spelledReasonBase)]
+            }
+            return exitReasons.name(isa: ISA(rawValue: isa) ?? .unknown, rawReason: reason)
         case .userspaceExit: return userspaceExitReasons.name(reason)
         default: return nil
         }

@@ -23,6 +23,7 @@ public final class PairingCounters: Sendable {
     let invalidatedCount = Atomic<UInt64>(0)
     let negativeCount = Atomic<UInt64>(0)
     let overflowCount = Atomic<UInt64>(0)
+    let openAtEndCount = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -32,7 +33,8 @@ public final class PairingCounters: Sendable {
                      orphanEntries: orphanEntryCount.load(ordering: .relaxed),
                      invalidatedByLoss: invalidatedCount.load(ordering: .relaxed),
                      negativeGaps: negativeCount.load(ordering: .relaxed),
-                     overflow: overflowCount.load(ordering: .relaxed))
+                     overflow: overflowCount.load(ordering: .relaxed),
+                     openAtEnd: openAtEndCount.load(ordering: .relaxed))
     }
 }
 
@@ -40,7 +42,7 @@ public final class PairingCounters: Sendable {
 public struct PairingStats: Sendable, Equatable, Codable {
     /// Exit → entry pairs whose latency was recorded.
     public var paired: UInt64 = 0
-    /// Exits followed by another exit of the same thread, or never followed by an entry.
+    /// Exits followed by another exit of the same thread (the entry between them is missing).
     public var orphanExits: UInt64 = 0
     /// Entries with no exit before them (the first entry of a thread, or after a lost exit).
     public var orphanEntries: UInt64 = 0
@@ -50,9 +52,13 @@ public struct PairingStats: Sendable, Equatable, Codable {
     public var negativeGaps: UInt64 = 0
     /// Exits and entries of threads beyond the pairer's thread table (counted, not paired).
     public var overflow: UInt64 = 0
+    /// Exits still waiting for their entry when the trace ended (``Pairer/finish()``): not orphans, the
+    /// trace stopped first (or the vCPU thread went to userspace and exited).
+    public var openAtEnd: UInt64 = 0
 
     public init(paired: UInt64 = 0, orphanExits: UInt64 = 0, orphanEntries: UInt64 = 0, invalidatedByLoss: UInt64 = 0,
-                negativeGaps: UInt64 = 0, overflow: UInt64 = 0) {
+                negativeGaps: UInt64 = 0, overflow: UInt64 = 0, openAtEnd: UInt64 = 0) {
+        self.openAtEnd = openAtEnd
         self.paired = paired
         self.orphanExits = orphanExits
         self.orphanEntries = orphanEntries
@@ -65,6 +71,7 @@ public struct PairingStats: Sendable, Equatable, Codable {
         PairingStats(paired: a.paired + b.paired, orphanExits: a.orphanExits + b.orphanExits,
                      orphanEntries: a.orphanEntries + b.orphanEntries,
                      invalidatedByLoss: a.invalidatedByLoss + b.invalidatedByLoss,
-                     negativeGaps: a.negativeGaps + b.negativeGaps, overflow: a.overflow + b.overflow)
+                     negativeGaps: a.negativeGaps + b.negativeGaps, overflow: a.overflow + b.overflow,
+                     openAtEnd: a.openAtEnd + b.openAtEnd)
     }
 }

@@ -126,11 +126,12 @@ public struct Pairer {
         counters.pairedCount.singleWriterAdd(1)
     }
 
-    /// At the end of a trace: exits still waiting for an entry become orphans.
+    /// At the end of a trace: exits still waiting for an entry are counted as open at the end (the trace
+    /// stopped, or the vCPU left for userspace and never came back), apart from orphans.
     public mutating func finish() {
         for i in threads.indices where threads[i].open {
             threads[i].open = false
-            counters.orphanExitCount.singleWriterAdd(1)
+            counters.openAtEndCount.singleWriterAdd(1)
         }
     }
 }

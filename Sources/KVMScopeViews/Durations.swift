@@ -1,11 +1,16 @@
 import KVMAnalysis
 /// Duration text without Foundation: perf-style microseconds, and adaptive units for axes and charts.
 public enum Durations {
-    /// "12.34us": microseconds with two decimals, like `perf kvm stat report`.
-    public static func us(_ ns: Double) -> String { fixed2(ns / 1000) + "us" }
+    /// True while rendering a trace whose timestamps are counter ticks (integer clock values without a
+    /// frequency): durations then print as cycles ("2500cyc"), never as nanoseconds they are not.
+    @TaskLocal public static var inCycles = false
 
-    /// "850ns", "12.34us", "5.67ms", "1.23s".
+    /// "12.34us": microseconds with two decimals, like `perf kvm stat report` (cycles: "12340cyc").
+    public static func us(_ ns: Double) -> String { inCycles ? "\(Int64(ns.rounded()))cyc" : fixed2(ns / 1000) + "us" }
+
+    /// "850ns", "12.34us", "5.67ms", "1.23s" (cycles: "2500cyc").
     public static func adaptive(_ ns: UInt64) -> String {
+        if inCycles { return "\(ns)cyc" }
         if ns < 1000 { return "\(ns)ns" }
         if ns < 1_000_000 { return fixed2(Double(ns) / 1e3) + "us" }
         if ns < 1_000_000_000 { return fixed2(Double(ns) / 1e6) + "ms" }

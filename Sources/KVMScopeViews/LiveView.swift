@@ -31,7 +31,9 @@ public struct GuestTotal: Sendable, Equatable {
                 }
                 if !keep, event.role.hasReasons,
                    let reason = snap.catalog.reasonName(event: row.key.event, reason: row.key.reason, isa: row.key.isa) {
-                    keep = "\(event.name)(\(reason))".firstMatch(of: regex) != nil
+                    keep = ReasonResolver.builtin.spellings(ofOutputName: reason).contains {
+                        "\(event.name)(\($0))".firstMatch(of: regex) != nil
+                    }
                 }
                 guard keep else { continue }
             }

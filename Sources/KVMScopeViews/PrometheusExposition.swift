@@ -150,6 +150,7 @@ public enum PrometheusExposition {
         w.family("kvmscope_exit_pairing", "counter", "How exits paired with entries, by result.")
         let p = s.pairing
         for (result, n) in [("paired", p.paired), ("orphan_exit", p.orphanExits), ("orphan_entry", p.orphanEntries),
+                            ("open_at_end", p.openAtEnd),
                             ("invalidated_by_loss", p.invalidatedByLoss), ("negative_gap", p.negativeGaps),
                             ("overflow", p.overflow)] {
             w.sample("kvmscope_exit_pairing_total", [("result", result)], String(n))

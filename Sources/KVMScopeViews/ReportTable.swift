@@ -101,7 +101,7 @@ public enum ReportTable {
         if s.readErrors > 0 { lost += ", read errors: \(s.readErrors)" }
         return [
             "pairing: paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
-                + "invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
+                + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
             lost,
         ]
     }

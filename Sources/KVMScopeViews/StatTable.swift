@@ -123,8 +123,8 @@ extension StatTable {
         if s.corruptSubbuffers > 0 { parts.append("corrupt_subbuffers \(s.corruptSubbuffers)") }
         if s.readErrors > 0 { parts.append("read_errors \(s.readErrors)") }
         let p = s.pairing
-        if p.paired + p.orphanExits + p.orphanEntries > 0 {
-            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) invalidated_by_loss \(p.invalidatedByLoss)")
+        if p.paired + p.orphanExits + p.orphanEntries + p.openAtEnd > 0 {
+            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) open_at_end \(p.openAtEnd) invalidated_by_loss \(p.invalidatedByLoss)")
         }
         return parts.joined(separator: "  ")
     }

@@ -25,7 +25,7 @@ public enum SummaryJSON {
         })))
         top.append(("pairing", .object([
             ("paired", .uint(s.pairing.paired)), ("orphan_exits", .uint(s.pairing.orphanExits)),
-            ("orphan_entries", .uint(s.pairing.orphanEntries)),
+            ("orphan_entries", .uint(s.pairing.orphanEntries)), ("open_at_end", .uint(s.pairing.openAtEnd)),
             ("invalidated_by_loss", .uint(s.pairing.invalidatedByLoss)),
             ("negative_gaps", .uint(s.pairing.negativeGaps)),
         ] + (s.pairing.overflow > 0 ? [("overflow", .uint(s.pairing.overflow))] : []))))
@@ -53,7 +53,7 @@ public enum SummaryJSON {
         // VMX flag bits (FAILED_VMENTRY) masked off the reason: only on rows that have them.
         if !r.flags.isEmpty { fields.append(("flags", .array(r.flags.map(JSONValue.string)))) }
         fields += [
-            ("isa", .optional(r.isa.jsonName)), ("count", .uint(r.count)),
+            ("isa", .optional(r.isa.jsonName)), ("code", .optional(r.code)), ("count", .uint(r.count)),
             ("blocking", .bool(r.blocking)),
             ("latency_ns", latency(r.latency)),
             ("top_rips", .array(r.topRIPs.prefix(topRIPsShown).map { .object([("rip", .string("0x" + String($0.rip, radix: 16))),

@@ -1,6 +1,7 @@
 import CKVMScope
 import Foundation
 import KVMExits
+import KVMHost
 import Synchronization
 import SystemPackage
 
@@ -9,6 +10,8 @@ public struct RecordConfig: Sendable {
     public var trace = TraceConfig()
     /// Stop taking pages once this many bytes of trace data are written.
     public var maxBytes: UInt64?
+    /// trace.dat version 7 compression (`.none` writes version 6, which every trace-cmd reads).
+    public var compression: TraceDatCompression = .zstd
 
     public init() { trace.bufferKB = 4096 }
 }
@@ -31,6 +34,8 @@ public final class RecordSession: @unchecked Sendable {
     public var finalStats: [Int: String] { trace.finalStats }
     /// Comm per tid, read from /proc while the threads live.
     var comms: [Int32: String] = [:]
+    /// Thread group per tid, seen in /proc while the threads live.
+    var tgids: [Int32: Int32] = [:]
 
     /// - Parameter output: the trace.dat to be written; the spool goes beside it (same file system: no
     ///   copy through /tmp, and the disk that fills is the one the user chose).
@@ -150,6 +155,7 @@ public final class RecordSession: @unchecked Sendable {
             guard let tid = Int32(name),
                   let c = try? String(contentsOfFile: "\(dir)/\(name)/comm", encoding: .utf8) else { continue }
             comms[tid] = c.trimmingCharacters(in: .newlines)
+            tgids[tid] = pid
         }
     }
 
@@ -188,6 +194,9 @@ public final class RecordSession: @unchecked Sendable {
                 unnamed.insert(tid)
             }
         }
+        // The kernel keeps tid → tgid of traced threads (record-tgid): the VM of threads gone before this.
+        let kernelTGIDs = TraceFS.savedThreads(root: root).tgids
+        for tid in tids { m.tgids[tid] = tgids[tid] ?? kernelTGIDs[tid] ?? ThreadDirectory.identity(of: tid)?.vm }
         m.pageSize = subbufSize
         m.cpuStats = finalStats
         let dropped = pagesDropped + pagesFailed
@@ -196,7 +205,8 @@ public final class RecordSession: @unchecked Sendable {
             // (their events are not in the file).
             m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope dropped pages: \(dropped)\n"
         }
-        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) })
+        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) },
+                                 version: config.compression == .none ? 6 : 7, compression: config.compression)
         return (tids, unnamed)
     }
 

@@ -12,12 +12,26 @@ import KVMExits
 /// `(  1234)`, perf's `pid/tid`); otherwise each thread is its own VM (vm = tid), named after its comm.
 /// The vCPU number comes from a "CPU N/KVM" comm, else from the first kvm_exit/kvm_entry `vcpu` field.
 public final class TextTraceReader: TraceSource {
-    /// Which program wrote the text (informational; one parser reads them all).
+    /// Which program (and mode) wrote the text (informational; one parser reads them all).
     public enum Style: String, Sendable {
         case kernel = "kernel trace text"
         case traceCmd = "trace-cmd report"
+        case traceCmdRaw = "trace-cmd report -R"
+        case traceCmdLatency = "trace-cmd report -l"
         case perf = "perf script"
     }
+
+    /// The unit of ``TraceEvent/timestamp`` in ``events``.
+    public enum TimestampUnit: String, Sendable {
+        /// Seconds with a fraction in the text, or counter values converted with the given frequency.
+        case nanoseconds = "ns"
+        /// Integer counter values (`-C x86-tsc`, `counter`, `global` …) without a frequency: ticks.
+        case counterTicks = "cycles"
+    }
+
+    /// What kvmscope reads, said when a file is none of it.
+    public static let expected = "trace.dat, kernel trace text (COMM-TID [CPU] SECONDS: EVENT: FIELDS), "
+        + "trace-cmd report (also -R, -l) or perf script (COMM TID [CPU] SECONDS: EVENT: FIELDS, any -F)"
 
     public let catalog: EventCatalog
     public let identities: [Int32: ThreadIdentity]
@@ -30,33 +44,55 @@ public final class TextTraceReader: TraceSource {
     public let style: Style
     /// Trace records of any event (kvm or not).
     public let records: Int
-    /// Continuation lines joined to the record before them.
+    /// Continuation lines joined to the record before them (a mail client broke the line).
     public let joinedLines: Int
-    /// Lines that were neither records, comments, loss notes nor continuations (headers like `cpus=20`).
+    /// Lines that were neither records, loss notes nor continuations (comments, headers like `cpus=20`, prose).
     public let skippedLines: Int
+    /// Of ``skippedLines``, those that were not comments: prose between pasted records, headers.
+    public let proseLines: Int
+    /// Record lines skipped because a number in them does not fit (never wrapped), by event name.
+    public let malformedLines: [String: Int]
+    /// The first such line: its number (1-based) and what was out of range.
+    public let firstMalformed: (line: Int, why: String)?
     /// Whether thread group ids were in the trace (else vm = tid).
     public let hasTGIDs: Bool
+    /// Whether some records had no thread id (perf script without `tid`): threads are then told apart by
+    /// comm (or CPU), under negative ids.
+    public let missingThreadIDs: Bool
+    /// Whether some records had no CPU column (perf script without `cpu`, `-F` field sets).
+    public let missingCPUs: Bool
     /// Whether the records were out of timestamp order (and were sorted).
     public let reordered: Bool
-    /// Exit reason spellings no table knows (counted as `UNKNOWN(0x…)` of an unknown ISA).
+    /// Exit reason spellings no table knows (kept as spelled, ISA unknown).
     public let unknownReasonNames: [String]
+    public let timestampUnit: TimestampUnit
 
     /// Reads and parses a text trace file.
-    public convenience init(path: String) throws {
-        try self.init(bytes: FileBytes.read(path), name: path)
+    /// - Parameter counterHz: ticks per second of integer counter timestamps (trace-cmd's `--ts2secs`);
+    ///   nil leaves them as ticks (``timestampUnit`` `.counterTicks`).
+    public convenience init(path: String, counterHz: UInt64? = nil) throws {
+        try self.init(bytes: FileBytes.read(path), name: path, counterHz: counterHz)
     }
 
     /// Parses a text trace held in memory. `name` is used in error messages.
-    public init(bytes: [UInt8], name: String) throws {
+    public init(bytes: [UInt8], name: String, counterHz: UInt64? = nil) throws {
         guard !bytes.isEmpty else { throw KVMScopeError.badFile("\(name): empty file") }
         var parser = TextTraceParser()
+        parser.counterHz = counterHz
         bytes.withUnsafeBufferPointer { parser.parse($0) }
-        guard parser.records > 0 else {
-            throw KVMScopeError.badFile(
-                "\(name): unknown format (no trace records; expected trace.dat, kernel trace text, trace-cmd report or perf script output)")
+        guard parser.records > 0 || parser.malformed > 0 else {
+            var why = "\(name): unknown format (no trace records; looked for \(Self.expected))"
+            if let (line, text) = parser.firstUnreadable {
+                why += "; line \(line) is not one: \"\(Self.truncated(text))\""
+            }
+            throw KVMScopeError.badFile(why)
         }
         guard !parser.events.isEmpty else {
-            throw KVMScopeError.badFile("\(name): no kvm events among its \(parser.records) trace records")
+            var why = "\(name): no kvm events among its \(parser.records) trace records"
+            if let m = parser.firstMalformed {
+                why += "; " + Self.malformedText(parser.malformedByEvent, first: m)
+            }
+            throw KVMScopeError.badFile(why)
         }
         var events = parser.events
         if parser.unordered {
@@ -69,13 +105,36 @@ public final class TextTraceReader: TraceSource {
         identities = parser.identities()
         lostEvents = parser.lost
         lostUnknown = parser.lostUnknown
-        style = parser.sawPerf ? .perf : parser.sawKernelText ? .kernel : .traceCmd
+        style = parser.sawPerf ? .perf : parser.sawLatency ? .traceCmdLatency : parser.sawKernelText ? .kernel
+            : parser.sawRaw ? .traceCmdRaw : .traceCmd
         records = parser.records
         joinedLines = parser.joined
         skippedLines = parser.skipped
+        proseLines = parser.prose
+        malformedLines = parser.malformedByEvent
+        firstMalformed = parser.firstMalformed
         hasTGIDs = parser.sawTGID
+        missingThreadIDs = parser.missingTID
+        missingCPUs = parser.missingCPU
         reordered = parser.unordered
         unknownReasonNames = parser.unknownReasons
+        timestampUnit = parser.sawCounter && counterHz == nil ? .counterTicks : .nanoseconds
+    }
+
+    /// At most 60 characters of a line, for error messages.
+    static func truncated(_ text: String) -> String {
+        text.count > 60 ? String(text.prefix(60)) + "…" : text
+    }
+
+    /// The one-line warning for skipped lines with out-of-range numbers, or nil when there were none.
+    public var malformedWarning: String? {
+        firstMalformed.map { Self.malformedText(malformedLines, first: $0) }
+    }
+
+    static func malformedText(_ byEvent: [String: Int], first m: (line: Int, why: String)) -> String {
+        let n = byEvent.values.reduce(0, +)
+        let which = byEvent.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+        return "\(n) lines with out-of-range numbers skipped (\(which)); first: line \(m.line), \(m.why)"
     }
 
     public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {

@@ -8,6 +8,8 @@ extension TraceDatReader {
         case done = 0, date = 1, cpuStat = 2, buffer = 3, traceClock = 4, uname = 5, offset = 7, cpuCount = 8
         case version = 9, tsc2nsec = 14, strings = 15
         case headerInfo = 16, ftraceEvents = 17, eventFormats = 18, kallsyms = 19, printk = 20, cmdlines = 21
+        /// kvmscope's tgid table (``TraceDatMetadata/tgids``), gpuvis' TRACECMD_OPTION_SAVED_TGIDS.
+        case savedTGIDs = 32
     }
 
     /// What the header, sections and options say; gathered while reading, then frozen into the reader.
@@ -218,6 +220,12 @@ extension TraceDatReader {
                 tsc2nsec = (try o.u32(), try o.u32(), try o.u64())
             case .headerInfo, .ftraceEvents, .eventFormats, .kallsyms, .printk, .cmdlines:
                 sections[id] = try o.u64()
+            case .savedTGIDs:
+                // "TID TGID" per line, as the kernel's saved_tgids.
+                for line in try text(&o).split(separator: "\n") {
+                    let p = line.split(separator: " ")
+                    if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
+                }
             default: break
             }
         }

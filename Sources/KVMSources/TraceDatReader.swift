@@ -123,10 +123,13 @@ public final class TraceDatReader: TraceSource {
         for text in meta.kvmFormats { try f.add(system: "kvm", format: text) }
         formats = f
         var ids: [Int32: ThreadIdentity] = [:]
-        for (tid, comm) in meta.comms {
+        for tid in Set(meta.comms.keys).union(meta.tgids.keys) {
+            let comm = meta.comms[tid]
             let tgid = meta.tgids[tid] ?? tid
-            ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid].flatMap { meta.comms[$0] },
-                                      vcpu: ThreadIdentity.vcpu(fromThreadName: comm), comm: comm)
+            // The VM is named by its main thread's comm (a "CPU N/KVM" thread names no VM).
+            let name = meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
+            ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid] != nil ? name : nil,
+                                      vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
         identities = ids
     }

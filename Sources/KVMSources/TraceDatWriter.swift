@@ -27,6 +27,11 @@ public struct TraceDatMetadata: Sendable {
     public var printkFormats = ""
     /// Comm per tid (saved cmdlines): `trace-cmd report` prints these names.
     public var cmdlines: [Int32: String] = [:]
+    /// Thread group id (the VM's process) per tid, from the kernel's `saved_tgids` or /proc/TID/status:
+    /// written as option 32 in `saved_tgids` text form ("TID TGID\n"), the id gpuvis' trace-cmd gives
+    /// `TRACECMD_OPTION_SAVED_TGIDS` (upstream trace-cmd skips unknown options). `report` reads it back, so
+    /// a recording reports per VM as the live run does.
+    public var tgids: [Int32: Int32] = [:]
     /// The trace clock, e.g. "mono".
     public var traceClock = "mono"
     /// per_cpu/cpuN/stats texts, by CPU (CPUSTAT options).
@@ -34,6 +39,12 @@ public struct TraceDatMetadata: Sendable {
     public var uname: String?
 
     public init() {}
+
+    /// The option id of the tgid table (see ``tgids``).
+    public static let savedTGIDsOption: UInt16 = 32
+
+    /// ``tgids`` as the kernel's saved_tgids prints them.
+    var savedTGIDsText: String { tgids.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined() }
 
     /// A 64-bit kernel's header_page for 4 KiB sub-buffers (the kernel's text, for synthetic files).
     public static let defaultHeaderPage = """
@@ -117,6 +128,7 @@ public enum TraceDatWriter {
         h.option(4, "[\(m.traceClock)]")
         if let uname = m.uname { h.option(5, uname) }
         for (cpu, stats) in m.cpuStats.sorted(by: { $0.key < $1.key }) { h.option(2, "CPU: \(cpu)\n\(stats)") }
+        if !m.tgids.isEmpty { h.option(TraceDatMetadata.savedTGIDsOption, m.savedTGIDsText) }
         h.u16(0)
         h.raw(Array("flyrecord".utf8) + [0])
 

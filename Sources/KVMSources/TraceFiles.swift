@@ -21,12 +21,13 @@ public enum TraceFiles {
     }
 
     /// A trace source for the file: ``TextTraceReader`` for text, the trace.dat reader for trace.dat.
-    public static func open(_ path: String) throws -> TraceSource {
+    /// - Parameter counterHz: for text with integer counter timestamps, ticks per second (`--ts2secs`).
+    public static func open(_ path: String, counterHz: UInt64? = nil) throws -> TraceSource {
         switch try kind(of: FileBytes.read(path, limit: 4096), path: path) {
         case .traceDat:
             return try TraceDatReader(path: path)
         case .text:
-            return try TextTraceReader(path: path)
+            return try TextTraceReader(path: path, counterHz: counterHz)
         }
     }
 }

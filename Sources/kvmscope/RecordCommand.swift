@@ -12,7 +12,9 @@ struct RecordCommand: ParsableCommand {
         abstract: "Record kvm events into a trace.dat that trace-cmd report and KernelShark open.",
         discussion: """
             Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat
-            version 6): no decoding while recording. Ends on Ctrl-C, --duration, --max-size or when COMMAND exits.
+            version 7 compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no
+            decoding while recording. Each thread's process (tgid) is kept, so the file reports per VM.
+            Ends on Ctrl-C, --duration, --max-size or when COMMAND exits.
               kvmscope record -o t.dat --duration 10
               kvmscope record -o t.dat -e kvm_exit -e kvm_entry -- ./my-vmm
               kvmscope report t.dat        (or: trace-cmd report -i t.dat)
@@ -33,6 +35,10 @@ struct RecordCommand: ParsableCommand {
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
     var bufferKB: UInt32 = 4096
 
+    @Option(help: ArgumentHelp("zstd: trace.dat version 7, zstd-compressed (trace-cmd 3.x's default); none: version 6.",
+                               valueName: "zstd|none"))
+    var compression: String = "zstd"
+
     @Argument(parsing: .postTerminator, help: "Record while this command runs, only its processes and threads.")
     var command: [String] = []
 
@@ -40,6 +46,9 @@ struct RecordCommand: ParsableCommand {
         if let duration, duration <= 0 { throw ValidationError("--duration must be > 0") }
         if let maxSize, Self.bytes(maxSize) == nil { throw ValidationError("--max-size: bad size '\(maxSize)' (e.g. 500M, 2G)") }
         guard bufferKB >= 4 else { throw ValidationError("--buffer-kb must be at least 4") }
+        guard TraceDatCompression(rawValue: compression) != nil else {
+            throw ValidationError("--compression: '\(compression)' is not zstd or none")
+        }
     }
 
     static func bytes(_ s: String) -> UInt64? {
@@ -59,6 +68,7 @@ struct RecordCommand: ParsableCommand {
         config.trace.bufferKB = bufferKB
         config.trace.onlyPid = command.isEmpty ? nil : getpid()
         config.trace.injected = TraceOptions.injected()
+        config.compression = TraceDatCompression(rawValue: compression) ?? .zstd
         config.maxBytes = maxSize.flatMap(Self.bytes)
         let file = try OutputPath(output)
         let session = try RecordSession(config: config, output: output)

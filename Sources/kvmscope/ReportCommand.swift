@@ -43,7 +43,8 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Only this vCPU.")
     var vcpu: UInt32?
 
-    @Option(help: "Only this exit reason (as printed, e.g. HLT, MSR_WRITE, npf).")
+    @Option(help: ArgumentHelp("Only this exit reason, in any spelling (HLT, hlt, EXIT_MSR, msr, 0x7c, 48).",
+                               discussion: "Case-insensitive; the ISA is the trace's when a name exists in two."))
     var reason: String?
 
     @Option(help: "At most N reasons per table.")
@@ -52,8 +53,14 @@ struct ReportCommand: ParsableCommand {
     @Flag(name: .customLong("by-vcpu"), help: "One table per VM × vCPU instead of per VM.")
     var byVCPU = false
 
-    @Option(help: "Also print a histogram of this reason's latencies.")
+    @Option(help: "Also print a histogram of this reason's latencies (any spelling, as --reason).")
     var histogram: String?
+
+    @Option(name: .customLong("ts2secs"), help: ArgumentHelp(
+        "Ticks per second of integer counter timestamps (-C x86-tsc, counter): report in nanoseconds.",
+        discussion: "As trace-cmd report's --ts2secs. Without it such traces are reported in cycles.",
+        valueName: "HZ"))
+    var ts2secs: UInt64?
 
     @Option(help: "Write a self-contained HTML page (exit-rate timeline, latency heatmap) to this file.")
     var html: String?
@@ -64,21 +71,41 @@ struct ReportCommand: ParsableCommand {
         if let to, to <= (from ?? 0) { throw ValidationError("--to must be greater than --from") }
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
+        if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
     }
 
-    var filter: SummaryFilter {
-        SummaryFilter(vms: pid.map { [$0] }, vcpus: vcpu.map { [$0] }, reasons: reason.map { [$0] })
+    /// The filter of one file: `--reason` resolved to the trace's own output names.
+    func filter(_ file: String, _ source: TraceSource, _ snapshot: AggregateSnapshot) throws -> SummaryFilter {
+        var f = SummaryFilter(vms: pid.map { [$0] }, vcpus: vcpu.map { [$0] })
+        if let reason { f.reasons = Set(try Self.resolve(reason, option: "--reason", file, source, snapshot)) }
+        return f
+    }
+
+    /// The output names in a trace that a spelling names, or one error line listing the closest ones.
+    static func resolve(_ spelling: String, option: String, _ file: String, _ source: TraceSource,
+                        _ snapshot: AggregateSnapshot) throws -> [String] {
+        let all = try Summary(snapshot)
+        let present = all.exits.map { (isa: $0.isa, name: $0.reason) } + all.userspaceExits.map { (isa: ISA.unknown, name: $0.reason) }
+        do {
+            return try ReasonResolver(names: source.catalog.exitReasons)
+                .resolve(spelling, present: present, userspace: source.catalog.userspaceExitReasons)
+        } catch {
+            throw KVMScopeError.badFile("\(file): \(option) \(spelling): \(error.message)")
+        }
     }
 
     func run() throws {
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         for (n, file) in files.enumerated() {
-            let source = try TraceFiles.open(file)
-            let analysis = try {
-                try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
-            }()
+            let source = try TraceFiles.open(file, counterHz: ts2secs)
+            let text = source as? TextTraceReader
+            if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
+            let analysis = try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
+            let filter = try self.filter(file, source, analysis.snapshot)
+            let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
             let summary = try Summary(analysis.snapshot, filter: filter)
+            let inCycles = text?.timestampUnit == .counterTicks
             if json {
                 jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                     extra: [("source", sourceJSON(file, source, analysis))]))
@@ -87,7 +114,10 @@ struct ReportCommand: ParsableCommand {
                 if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
             } else {
                 if n > 0 { writeStdout("\n") }
-                writeStdout(text(file, source, analysis, summary).joined(separator: "\n") + "\n")
+                let lines = Durations.$inCycles.withValue(inCycles) {
+                    self.text(file, source, analysis, summary, histogramNames)
+                }
+                writeStdout(lines.joined(separator: "\n") + "\n")
             }
             if let html, let timeline = analysis.timeline {
                 let page = HTMLReport.render(timeline: timeline, snapshot: analysis.snapshot, filter: filter,
@@ -114,18 +144,33 @@ struct ReportCommand: ParsableCommand {
                                         ("events_kept", .uint(a.eventsKept))]
         if let t = source as? TextTraceReader {
             o += [("records", .uint(UInt64(t.records))), ("joined_lines", .uint(UInt64(t.joinedLines))),
-                  ("skipped_lines", .uint(UInt64(t.skippedLines))), ("vm_is", .string(t.hasTGIDs ? "tgid" : "tid"))]
+                  ("skipped_lines", .uint(UInt64(t.skippedLines))), ("prose_lines", .uint(UInt64(t.proseLines))),
+                  ("malformed_lines", .uint(UInt64(t.malformedLines.values.reduce(0, +)))),
+                  ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
+                  ("time_unit", .string(t.timestampUnit.rawValue))]
         }
         return .object(o)
     }
 
-    func text(_ file: String, _ source: TraceSource, _ a: ReportAnalysis, _ s: Summary) -> [String] {
+    func text(_ file: String, _ source: TraceSource, _ a: ReportAnalysis, _ s: Summary,
+              _ histogramNames: [String]?) -> [String] {
+        let t = source as? TextTraceReader
+        let span = t?.timestampUnit == .counterTicks ? "(\(a.first) → \(a.last) cycles)" : "(\(seconds(a.first)) → \(seconds(a.last)))"
         var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events over "
-                     + "\(Durations.adaptive(a.last &- a.first)) (\(seconds(a.first)) → \(seconds(a.last)))"]
-        if let t = source as? TextTraceReader {
+                     + "\(Durations.adaptive(a.last &- a.first)) \(span)"]
+        if let t {
             var notes: [String] = []
-            if !t.hasTGIDs { notes.append("no TGID column: each thread is its own VM") }
+            if t.timestampUnit == .counterTicks {
+                notes.append("timestamps are counter values: times are in cycles (give --ts2secs HZ for nanoseconds)")
+            }
+            if t.missingThreadIDs {
+                notes.append("records without a thread id: threads told apart by comm"
+                             + (t.missingCPUs ? " (no CPU column either)" : "") + ", shown as negative VM ids")
+            } else if !t.hasTGIDs {
+                notes.append("no TGID column: each thread is its own VM")
+            }
             if t.joinedLines > 0 { notes.append("\(t.joinedLines) split lines joined") }
+            if t.proseLines > 0 { notes.append("\(t.proseLines) lines of other text skipped") }
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
@@ -135,11 +180,11 @@ struct ReportCommand: ParsableCommand {
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
         lines.append("")
         lines += ReportTable.footer(s)
-        if let name = histogram {
+        if let names = histogramNames {
             var h = HistogramSnapshot()
-            for r in s.exits where r.reason == name { if let x = r.histogram { h.merge(x) } }
+            for r in s.exits where names.contains(r.reason) { if let x = r.histogram { h.merge(x) } }
             lines.append("")
-            lines += LatencyHistogramChart.render(h, title: "\(name) exit→entry latency")
+            lines += LatencyHistogramChart.render(h, title: "\(names.joined(separator: ", ")) exit→entry latency")
         }
         return lines
     }

@@ -326,7 +326,8 @@ import Testing
         w.entry(cpu: 1, 300, tid: 1002)
         w.exit(cpu: 1, 400, tid: 1003, reason: 48)
         let s = try Self.run(formats, Self.pages(w.perCPU))
-        #expect(s.pairing == PairingStats(paired: 1, orphanExits: 2, orphanEntries: 1))
+        // 1001's HLT is followed by another exit (orphan); 1003's EPT_VIOLATION is still open when the trace ends.
+        #expect(s.pairing == PairingStats(paired: 1, orphanExits: 1, orphanEntries: 1, openAtEnd: 1))
         #expect(s.exits.map { "\($0.vm) \($0.reason) \($0.count) \($0.latency.map { "\($0.min)/\($0.count)" } ?? "-")" }
             == ["1001 HLT 1 -", "1001 IO_INSTRUCTION 1 60/1", "1003 EPT_VIOLATION 1 -"])
         // Top RIPs count exits, paired or not.

@@ -133,7 +133,7 @@ import Testing
         #expect(r.identities[1234] == ThreadIdentity(vm: 1200, vmName: "qemu-system-x86", vcpu: 0, comm: "CPU 0/KVM"))
         #expect(r.identities[1235]?.vm == 1200)
         #expect(Set(s.exits.map(\.vm)) == [1200])
-        #expect(s.pairing.paired == 1 && s.pairing.orphanExits == 1)
+        #expect(s.pairing.paired == 1 && s.pairing.orphanExits == 0 && s.pairing.openAtEnd == 1)
         #expect(s.exits.first { $0.reason == "EPT_VIOLATION" }?.histogram?.max == 500)
     }
 
@@ -234,9 +234,18 @@ import Testing
 
     @Test func badInputs() throws {
         #expect(throws: KVMScopeError.badFile("x: empty file")) { try TextTraceReader(bytes: [], name: "x") }
+        // Point 6 of the trace-formats issue: what was looked for, and the first line that is none of it.
         #expect(throws: KVMScopeError.badFile(
-            "x: unknown format (no trace records; expected trace.dat, kernel trace text, trace-cmd report or perf script output)")) {
-            try TextTraceReader(bytes: Array("hello\nworld\n".utf8), name: "x")
+            "x: unknown format (no trace records; looked for trace.dat, kernel trace text (COMM-TID [CPU] SECONDS: EVENT: FIELDS), "
+            + "trace-cmd report (also -R, -l) or perf script (COMM TID [CPU] SECONDS: EVENT: FIELDS, any -F)); "
+            + "line 2 is not one: \"hello\"")) {
+            try TextTraceReader(bytes: Array("# comment\nhello\nworld\n".utf8), name: "x")
+        }
+        let long = String(repeating: "0123456789", count: 8)
+        #expect(throws: KVMScopeError.badFile(
+            "x: unknown format (no trace records; looked for \(TextTraceReader.expected)); line 1 is not one: "
+            + "\"\(long.prefix(60))…\"")) {
+            try TextTraceReader(bytes: Array((long + "\n").utf8), name: "x")
         }
         #expect(throws: KVMScopeError.badFile("x: no kvm events among its 1 trace records")) {
             try TextTraceReader(bytes: Array(" a-1 [000] 1.0: sched_switch: x\n".utf8), name: "x")

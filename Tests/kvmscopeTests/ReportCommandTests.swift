@@ -38,7 +38,9 @@ import TestSupport
             ("/nonexistent/x.txt", "kvmscope: /nonexistent/x.txt: No such file or directory\n"),
             (empty, "kvmscope: \(empty): empty file\n"),
             (binary, "kvmscope: \(binary): unknown format (binary, not trace.dat; expected trace.dat, kernel trace text, trace-cmd report or perf script output)\n"),
-            (text, "kvmscope: \(text): unknown format (no trace records; expected trace.dat, kernel trace text, trace-cmd report or perf script output)\n"),
+            (text, "kvmscope: \(text): unknown format (no trace records; looked for trace.dat, kernel trace text "
+                + "(COMM-TID [CPU] SECONDS: EVENT: FIELDS), trace-cmd report (also -R, -l) or perf script "
+                + "(COMM TID [CPU] SECONDS: EVENT: FIELDS, any -F)); line 1 is not one: \"hello\"\n"),
             (dir.path, "kvmscope: \(dir.path): not a regular file\n"),
         ]
         for (file, message) in cases {
@@ -47,6 +49,71 @@ import TestSupport
             #expect(r.stderr == message)
             #expect(r.stdout == "")
         }
+    }
+
+    static let pasted = CLI.packageRoot.appendingPathComponent("../shared/corpus/pasted").standardized.path + "/"
+    static let fixtures = CLI.packageRoot.appendingPathComponent("Tests/Fixtures/text").path + "/"
+
+    /// `--reason` and `--histogram` take the names in the file (libtraceevent's EXIT_…), the kernel's, codes.
+    @Test func reasonsInAnySpelling() throws {
+        let amd = Self.pasted + "amd-vmware-gp-loop.txt"
+        for spelling in ["EXIT_EXCP_GP", "gp excp", "0x4d", "77"] {
+            let r = try CLI.run(["report", "--json", "--reason", spelling, amd])
+            #expect(r.status == 0, "\(spelling): \(r.stderr)")
+            let exits = try #require(CLI.json(r.stdout)["exits"] as? [[String: Any]])
+            #expect(exits.map { "\($0["reason"]!) \($0["isa"]!) \($0["code"]!) \($0["count"]!)" }.sorted()
+                    == ["GP excp svm 77 2", "GP excp svm 77 2"], "\(spelling)")
+        }
+        let h = try CLI.run(["report", "--histogram", "EXIT_MSR", amd])
+        #expect(h.status == 0)
+        #expect(h.stdout.contains("msr exit→entry latency\n"))
+        #expect(h.stdout.contains("  2 exits; min 3.00us, p50 3.00us, p99 7.00us, max 7.00us\n"))
+        // A name that matches nothing: one line, the closest names of the trace; never an empty table.
+        let bad = try CLI.run(["report", "--reason", "EXIT_MRS", amd])
+        #expect(bad.status == 1 && bad.stdout.isEmpty)
+        #expect(bad.stderr == "kvmscope: \(amd): --reason EXIT_MRS: unknown exit reason 'EXIT_MRS'; "
+                + "closest in the trace: msr, GP excp, KVM_EXIT_SHUTDOWN\n")
+        let absent = try CLI.run(["report", "--histogram", "hlt", amd])
+        #expect(absent.stderr == "kvmscope: \(amd): --histogram hlt: no 'hlt' exits (HLT (vmx 0xc) or hlt (svm 0x78)); "
+                + "closest in the trace: msr, GP excp, KVM_EXIT_SHUTDOWN\n")
+    }
+
+    /// Out-of-range numbers: the lines are skipped, one warning names the first; the rest is reported.
+    @Test func malformedLinesWarnOnce() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-malformed-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("t.txt").path
+        let lines = try String(contentsOfFile: Self.pasted + "malformed-huge-numbers.txt", encoding: .utf8)
+        let good = " kvm-5664  [000] 1.000000: kvm_exit: reason HLT rip 0x1\n kvm-5664  [000] 1.000009: kvm_entry: vcpu 0\n"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data((good + lines).utf8)))
+        let r = try CLI.run(["report", "--json", file])
+        #expect(r.status == 0)
+        #expect(r.stderr == "kvmscope: warning: \(file): 6 lines with out-of-range numbers skipped "
+                + "(3 kvm_entry, 3 kvm_exit); first: line 3, timestamp out of range\n")
+        let j = try CLI.json(r.stdout)
+        #expect((j["events"] as? [String: Int]) == ["kvm_exit": 1, "kvm_entry": 1])
+        #expect((j["source"] as? [String: Any])?["malformed_lines"] as? Int == 6)
+        let all = try CLI.run(["report", Self.pasted + "malformed-huge-numbers.txt"])
+        #expect(all.status == 1 && all.stderr == "kvmscope: \(Self.pasted)malformed-huge-numbers.txt: no kvm events among "
+                + "its 0 trace records; 6 lines with out-of-range numbers skipped (3 kvm_entry, 3 kvm_exit); first: line 1, "
+                + "timestamp out of range\n")
+    }
+
+    /// Integer counter timestamps are reported in cycles, and say so; --ts2secs turns them into time.
+    @Test func counterTimestamps() throws {
+        let file = Self.fixtures + "storm-io.kernel-counter.txt"
+        let cycles = try CLI.run(["report", file])
+        #expect(cycles.status == 0)
+        let head = cycles.stdout.split(separator: "\n").prefix(2).map(String.init)
+        #expect(head[0].hasPrefix("\(file): kernel trace text, 20 kvm events over ") && head[0].hasSuffix(" cycles)"))
+        #expect(head[1].hasPrefix("note: timestamps are counter values: times are in cycles (give --ts2secs HZ for nanoseconds)"))
+        let ns = try CLI.run(["report", "--json", "--ts2secs", "1000000000", file])
+        let source = try #require(CLI.json(ns.stdout)["source"] as? [String: Any])
+        #expect(source["time_unit"] as? String == "ns")
+        let ticks = try #require(CLI.json(try CLI.run(["report", "--json", file]).stdout)["source"] as? [String: Any])
+        #expect(ticks["time_unit"] as? String == "cycles")
+        #expect(source["first_ns"] as? Int == ticks["first_ns"] as? Int)  // 1 GHz: one tick is one ns
     }
 
     /// The page holds the corpus counts exactly and renders: a headless Chromium screenshot of it.

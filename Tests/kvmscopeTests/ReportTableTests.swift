@@ -44,7 +44,7 @@ import Testing
             "handling time 6.00us over 1 paired exits",
         ])
         #expect(ReportTable.footer(s) == [
-            "pairing: paired 4, orphan exits 1, orphan entries 0, invalidated by loss 0, negative gaps 0",
+            "pairing: paired 4, orphan exits 0, orphan entries 0, open at end 1, invalidated by loss 0, negative gaps 0",
             "lost events: 0",
         ])
     }

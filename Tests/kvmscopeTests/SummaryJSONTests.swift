@@ -31,7 +31,7 @@ import Testing
         pair(30, rip: 0x1000, latency: 200)
         pair(12, rip: 0x2000, latency: 5_000)
         for _ in 0..<2 { w.add(TraceEvent(timestamp: t, tid: 11, event: user, reason: 2), hasReason: true) }
-        pair(0x8000_0021, rip: 0x3000, latency: nil)  // a failed VM entry, never entered: orphan exit
+        pair(0x8000_0021, rip: 0x3000, latency: nil)  // a failed VM entry, never entered: open at the end
         p.finish()
         w.addLost(3)
         let summary = try Summary(agg.snapshot(timestamp: t))
@@ -52,6 +52,7 @@ import Testing
               "vcpu": 0,
               "reason": "HLT",
               "isa": "vmx",
+              "code": 12,
               "count": 1,
               "blocking": true,
               "latency_ns": {
@@ -81,6 +82,7 @@ import Testing
                 "FAILED_VMENTRY"
               ],
               "isa": "vmx",
+              "code": 33,
               "count": 1,
               "blocking": false,
               "latency_ns": null,
@@ -97,6 +99,7 @@ import Testing
               "vcpu": 0,
               "reason": "IO_INSTRUCTION",
               "isa": "vmx",
+              "code": 30,
               "count": 3,
               "blocking": false,
               "latency_ns": {
@@ -133,8 +136,9 @@ import Testing
           ],
           "pairing": {
             "paired": 4,
-            "orphan_exits": 1,
+            "orphan_exits": 0,
             "orphan_entries": 0,
+            "open_at_end": 1,
             "invalidated_by_loss": 0,
             "negative_gaps": 0
           }

@@ -212,6 +212,8 @@ long ckvmscope_decompress(int algo, const void *src, size_t src_len, void *dst, 
 /* Compress one block into dst (room: ckvmscope_compress_bound). Returns bytes written, or -1. */
 long ckvmscope_compress(int algo, const void *src, size_t src_len, void *dst, size_t dst_len);
 size_t ckvmscope_compress_bound(size_t src_len);
+/* The linked zstd library's version string, written after "zstd" in a v7 header. */
+const char *ckvmscope_zstd_version(void);
 
 #ifdef __cplusplus
 }
