@@ -43,7 +43,7 @@ public struct ReasonResolver: Sendable {
     let index: [String: [ReasonKey]]
 
     /// A resolver with the built-in tables plus those of `names` (a trace's or the running kernel's).
-    public init(names: ExitReasonNames = ExitReasonNames(kvmExitPrintFormat: nil)) {
+    public init(names: ExitReasonNames = ExitReasonNames(kvmExitTables: [])) {
         self.names = names
         var index: [String: [ReasonKey]] = [:]
         func add(_ spelling: String, _ isa: ISA, _ code: UInt64) {
@@ -153,7 +153,7 @@ public struct ReasonResolver: Sendable {
 
     /// Whether a spelling names a `kvm_userspace_exit` reason (`KVM_EXIT_IO`, `kvm_exit_io`, `IO`, `2`).
     public static func sameUserspaceReason(_ spelling: String, _ name: String,
-                                           _ names: UserspaceExitNames = UserspaceExitNames(printFormat: nil)) -> Bool {
+                                           _ names: UserspaceExitNames = UserspaceExitNames(kvmUserspaceExitTables: [])) -> Bool {
         if normalized(spelling) == normalized(name) { return true }
         guard let c = names.code(name: name) else { return false }
         if let n = number(spelling) { return n == c }
@@ -170,7 +170,7 @@ public struct ReasonResolver: Sendable {
     /// - Returns: the matching output names (never empty).
     /// - Throws: ``ReasonNameError`` naming the spelling and the closest names present (at most 5).
     public func resolve(_ spelling: String, present: [(isa: ISA, name: String)],
-                        userspace: UserspaceExitNames = UserspaceExitNames(printFormat: nil)) throws(ReasonNameError) -> [String] {
+                        userspace: UserspaceExitNames = UserspaceExitNames(kvmUserspaceExitTables: [])) throws(ReasonNameError) -> [String] {
         var out: [String] = []
         for p in present where !out.contains(p.name) {
             if matches(spelling, isa: p.isa, name: p.name) {

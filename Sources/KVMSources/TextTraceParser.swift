@@ -2,11 +2,13 @@ import KVMExits
 
 /// The line parser behind ``TextTraceReader``: bytes in, ``TraceEvent``s out.
 ///
-/// A record line is `COMM-TID [CPU] FLAGS? SECONDS.FRACTION: EVENT: FIELDS` (kernel, trace-cmd), with an
-/// optional TGID column `(  1234)` before `[CPU]`, or `COMM TID [CPU] SECONDS.FRACTION: SYSTEM:EVENT: FIELDS`
-/// (perf script; `PID/TID` too). COMM may hold spaces ("CPU 1/KVM"): the TID is the number right before the
-/// CPU column. Per record the work is index arithmetic on the buffer plus two hash lookups (event name, and
-/// for exits the reason name) that allocate nothing once a name has been seen.
+/// A record line is found by its `TIMESTAMP: EVENT:` pair (``header(_:_:_:)``); before it come, as each mode
+/// prints them, `COMM-TID [CPU] FLAGS?` (kernel, trace-cmd; `(TGID)` before `[CPU]` with record-tgid),
+/// `COMM-TID CPU+FLAGS` (trace-cmd report -l), or perf script's `COMM PID/TID [CPU]` with any column left out.
+/// COMM may hold spaces ("CPU 1/KVM"). Fields are the kernel's text, libtraceevent's kvm plugin text, or raw
+/// `key=value` (-R, `[FAILED TO PARSE]`). Numbers that do not fit their field skip the line (counted, never
+/// wrapped). Per record the work is index arithmetic on the buffer plus hash lookups (event name, and for
+/// exits the reason name) that allocate nothing once a name has been seen.
 struct TextTraceParser {
     var catalog = EventCatalog()
     /// Event token ("kvm_exit", "kvm:kvm_exit") → catalog index, or -1 for events that are not kvm's.
@@ -105,7 +107,6 @@ struct TextTraceParser {
         var pendStart = 0
         var pendEnd = 0
         var pendJoined = false
-        var pendRole: EventRole? = nil
         var pendLine = 0
 
         func flush(_ parser: inout TextTraceParser) {
@@ -148,9 +149,8 @@ struct TextTraceParser {
                     pendStart = i
                     pendEnd = e
                     pendLine = line
-                    pendRole = eventRole(p, h)
                 }
-            } else if pending != nil, Self.continues(p, f, e, role: pendRole) {
+            } else if pending != nil, Self.continues(p, f, e) {
                 if !pendJoined {
                     scratch.removeAll(keepingCapacity: true)
                     scratch.append(contentsOf: p[pendStart..<pendEnd])
@@ -196,16 +196,10 @@ struct TextTraceParser {
         (e - s > 5 && tokenIs(p, s, s + 5, "cpus=")) || (e - s > 7 && tokenIs(p, s, s + 7, "version"))
     }
 
-    /// The role of a record's event, for deciding whether a following line continues it.
-    mutating func eventRole(_ p: Buffer, _ h: Header) -> EventRole? {
-        let index = eventTable.find(p, h.nameStart, h.nameEnd) ?? addEvent(p, h)
-        return index >= 0 ? roles[Int(index)] : nil
-    }
-
     /// Whether a line is the rest of a record that a mail client broke: every word of it is something a
     /// record's fields hold (a number, `key=value`, punctuation, an upper-case name, a field keyword, an exit
     /// reason's spelling). A line with a word of prose ("and so on.") is not joined.
-    static func continues(_ p: Buffer, _ s: Int, _ e: Int, role: EventRole?) -> Bool {
+    static func continues(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
         var pos = s
         while true {
             let (a, b) = nextToken(p, &pos, e)

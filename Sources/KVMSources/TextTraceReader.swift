@@ -5,11 +5,13 @@ import KVMExits
 ///
 /// The whole file is parsed once, in `init`, from bytes (no regular expressions, no String per event): every
 /// `kvm_*` event becomes a ``TraceEvent`` (48 bytes each, kept in memory), other events are counted and
-/// dropped. Lines split by mail clients are joined back (a line that does not start a record, a comment or a
-/// loss note continues the record before it); CRLF endings are accepted.
+/// dropped. Lines split by mail clients are joined back when every word of the continuation is something a
+/// record's fields hold (numbers, `key=value`, names): prose between pasted records is skipped and counted,
+/// never glued on. CRLF endings are accepted. The README's table lists every mode read.
 ///
 /// Thread identity: the VM is the thread group id when the trace has it (the kernel's `record-tgid` column
-/// `(  1234)`, perf's `pid/tid`); otherwise each thread is its own VM (vm = tid), named after its comm.
+/// `(  1234)`, perf's `pid/tid`); otherwise each thread is its own VM (vm = tid), named after its comm. Records
+/// without a tid (perf script -F without `tid`) are told apart by comm, else by CPU, under negative ids.
 /// The vCPU number comes from a "CPU N/KVM" comm, else from the first kvm_exit/kvm_entry `vcpu` field.
 public final class TextTraceReader: TraceSource {
     /// Which program (and mode) wrote the text (informational; one parser reads them all).

@@ -1,5 +1,6 @@
 import CKVMScope
 import Foundation
+import KVMExits
 
 /// How the trace data of a version 7 file is compressed.
 public enum TraceDatCompression: String, Sendable, CaseIterable {

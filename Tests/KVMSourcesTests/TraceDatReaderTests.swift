@@ -144,6 +144,36 @@ import Testing
         #expect(lines.filter { $0.contains("CPU 1/KVM-101 ") }.count == 600)
     }
 
+    /// A recording with the `counter` clock: trace-cmd report prints integer timestamps; read back as
+    /// counter ticks, every event where the binary has it.
+    @Test func counterClockPrintedByTraceCmdReadsBackAsTicks() throws {
+        guard let tc = TraceCmd.path else { return }
+        let f = try Fixtures.formats("6.18-x86", events: ["kvm_pio"])
+        let pio = try EventPayloadBuilder(formats: f, event: "kvm_pio")
+        var b = RingBufferPageBuilder()
+        var expected: [UInt64] = []
+        for i in 0..<50 {
+            let t = UInt64(1000 + i * 7)
+            b.append(timestamp: t, payload: pio.payload(pid: 300, ["rw": 1, "port": UInt64(0x10 + i), "size": 1, "count": 1]))
+            expected.append(t)
+        }
+        var m = TraceDatMetadata()
+        m.headerPage = try Fixtures.text("formats/6.18-x86/header_page")
+        m.systems = [.init(name: "kvm", formats: [try Fixtures.text("formats/6.18-x86/kvm_pio.format")])]
+        m.cmdlines = [300: "CPU 0/KVM"]
+        m.traceClock = "counter"
+        let path = Self.tempPath("counter.dat")
+        defer { unlink(path) }
+        try TraceDatWriter.write(path: path, metadata: m, cpus: [.pages(b.finish())], version: 7, compression: .zstd)
+        let out = try Spawned.run(tc, ["report", "-i", path])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stdout.contains("CPU 0/KVM-300   [000]        1000: kvm_pio:"), "\(out.stdout.prefix(300))")
+        let text = try TextTraceReader(bytes: Array(out.stdout.utf8), name: "trace-cmd report")
+        #expect(text.timestampUnit == .counterTicks)
+        #expect(text.events.map(\.timestamp) == expected)
+        #expect(text.events.map(\.detail) == (0..<50).map { UInt64(0x10 + $0) })
+    }
+
     @Test func synthesizedFileReadsBackAndTraceCmdReportsIt() throws {
         let f = try Fixtures.formats("6.18-x86")
         let path = Self.tempPath("synth.dat")

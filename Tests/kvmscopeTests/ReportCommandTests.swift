@@ -68,6 +68,17 @@ import TestSupport
         #expect(h.status == 0)
         #expect(h.stdout.contains("msr exit→entry latency\n"))
         #expect(h.stdout.contains("  2 exits; min 3.00us, p50 3.00us, p99 7.00us, max 7.00us\n"))
+        // The HTML page's selection too.
+        let html = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-amd-\(getpid()).html").path
+        defer { try? FileManager.default.removeItem(atPath: html) }
+        #expect(try CLI.run(["report", "--html", html, "--reason", "EXIT_MSR", amd]).status == 0)
+        let page = try String(contentsOfFile: html, encoding: .utf8)
+        let start = try #require(page.range(of: #"<script id="kvmscope-data" type="application/json">"#))
+        let end = try #require(page.range(of: "</script>", range: start.upperBound..<page.endIndex))
+        let data = try #require(JSONSerialization.jsonObject(with: Data(page[start.upperBound..<end.lowerBound].utf8))
+                                as? [String: Any])
+        let groups = try #require(data["groups"] as? [[String: Any]])
+        #expect((groups[0]["series"] as? [String: [Int]])?.mapValues { $0.reduce(0, +) } == ["msr": 2])
         // A name that matches nothing: one line, the closest names of the trace; never an empty table.
         let bad = try CLI.run(["report", "--reason", "EXIT_MRS", amd])
         #expect(bad.status == 1 && bad.stdout.isEmpty)
