@@ -18,10 +18,12 @@ import Testing
         ]
         s.userspaceExits = [UserspaceExitRow(vm: 7, vmName: nil, vcpu: nil, reason: "KVM_EXIT_IO", count: 1)]
         s.pairing = PairingStats(paired: 1, orphanExits: 2, orphanEntries: 3, invalidatedByLoss: 4, negativeGaps: 5,
-                                 overflow: 6)
+                                 overflow: 6, openAtEnd: 7)
         s.lostEvents = 8
         s.lostUnknownSubbuffers = 9
         s.overflowEvents = 10
+        s.corruptSubbuffers = 11
+        s.readErrors = 12
         return s
     }
 
@@ -38,6 +40,8 @@ import Testing
           "lost_events": 8,
           "lost_unknown_subbuffers": 9,
           "overflow_events": 10,
+          "corrupt_subbuffers": 11,
+          "read_errors": 12,
           "events": {
             "kvm_exit": 3,
             "kvm_userspace_exit": 18446744073709551615
@@ -124,6 +128,7 @@ import Testing
             "paired": 1,
             "orphan_exits": 2,
             "orphan_entries": 3,
+            "open_at_end": 7,
             "invalidated_by_loss": 4,
             "negative_gaps": 5,
             "overflow": 6
@@ -150,7 +155,7 @@ import Testing
     }
 
     @Test func compactSummary() {
-        #expect(SummaryJSON.render(Summary(), durationSeconds: 0, pretty: false) == #"{"duration_s":0.0,"lost_events":0,"events":{},"exits":[],"userspace_exits":[],"pairing":{"paired":0,"orphan_exits":0,"orphan_entries":0,"invalidated_by_loss":0,"negative_gaps":0}}"#)
+        #expect(SummaryJSON.render(Summary(), durationSeconds: 0, pretty: false) == #"{"duration_s":0.0,"lost_events":0,"events":{},"exits":[],"userspace_exits":[],"pairing":{"paired":0,"orphan_exits":0,"orphan_entries":0,"open_at_end":0,"invalidated_by_loss":0,"negative_gaps":0}}"#)
     }
 
     @Test func stormAlertLines() throws {
