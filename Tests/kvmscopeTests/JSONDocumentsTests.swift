@@ -57,6 +57,7 @@ import Testing
                 "0x8000000"
               ],
               "isa": "svm",
+              "code": null,
               "count": 3,
               "blocking": false,
               "latency_ns": null,
@@ -109,6 +110,7 @@ import Testing
               "vcpu": 4294967295,
               "reason": "UNKNOWN(0x5)",
               "isa": null,
+              "code": null,
               "count": 0,
               "blocking": true,
               "latency_ns": null,
