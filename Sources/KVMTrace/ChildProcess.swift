@@ -1,8 +1,10 @@
+import CKVMScope
 import Foundation
 
-/// A child process started for measurement (a storm, a tracer, a peer tool), with what Foundation's
-/// Process does not give: the CPU time of the child and of every descendant it waited for (wait4's
-/// rusage), and readings of its /proc files while it runs.
+/// A child process started for measurement (a storm, a tracer, a peer tool) or for the demo, with what
+/// Foundation's Process does not give: it dies with kvmscope (PR_SET_PDEATHSIG = SIGKILL, set between fork
+/// and exec: start it from the main thread, whose end is the process's), the CPU time of the child and of
+/// every descendant it waited for (wait4's rusage), and readings of its /proc files while it runs.
 public final class ChildProcess {
     public let pid: pid_t
     public let argv: [String]
@@ -33,11 +35,9 @@ public final class ChildProcess {
         stdoutPath = stdoutTo ?? base + ".out"
         ownsStdout = stdoutTo == nil
         stderrPath = base + ".err"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard let path = argv[0].contains("/") ? argv[0] : Self.which(argv[0]) else {
+            throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cString: strerror(ENOENT)))")
+        }
         let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
         var cArgs = argv.map { strdup($0) } + [nil]
         var cEnv = env.map { strdup($0) } + [nil]
@@ -45,9 +45,11 @@ public final class ChildProcess {
             cArgs.forEach { free($0) }
             cEnv.forEach { free($0) }
         }
-        var child: pid_t = 0
-        let rc = posix_spawnp(&child, argv[0], &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        var child: Int32 = 0
+        var err = [CChar](repeating: 0, count: 512)
+        guard ckvmscope_spawn(path, &cArgs, &cEnv, nil, stdoutPath, stderrPath, &child, &err, err.count) == 0 else {
+            throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cMessage: err))")
+        }
         pid = child
     }
 

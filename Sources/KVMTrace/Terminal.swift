@@ -18,6 +18,8 @@ public final class Terminal {
     public enum Key: Equatable, Sendable {
         case character(Character)
         case enter, escape, backspace, up, down, pageUp, pageDown, resize
+        /// The terminal hung up, or reading it gave end of file or an error: the view must end.
+        case gone
     }
 
     /// Why the terminal cannot be used full-screen, or nil when it can (checked before taking it over).
@@ -67,10 +69,23 @@ public final class Terminal {
         ckvmscope_tui_show(Int32(cursor?.row ?? -1), Int32(cursor?.column ?? 0))
     }
 
-    /// The next key, or nil when none came within `timeout` seconds.
-    public func key(timeout: Double) -> Key? {
-        let c = ckvmscope_tui_key(Int32(max(0, timeout * 1000)))
+    /// The next key, ``Key/gone`` when the terminal went away, or nil when no key came within `timeout`
+    /// seconds or a stop (``StopSignals``) was raised.
+    public func key(timeout: Double) -> Key? { Self.key(ckvmscope_tui_key(Int32(max(0, timeout * 1000)))) }
+
+    /// Single keys from the terminal on stdin without taking the screen (the log fallback): canonical mode
+    /// and echo off until ``endKeys()`` or exit. False when stdin is not a terminal.
+    public static func beginKeys() -> Bool { ckvmscope_keys_begin() == 0 }
+
+    /// Gives stdin its modes back (idempotent).
+    public static func endKeys() { ckvmscope_keys_end() }
+
+    /// The next key read by ``beginKeys()``'s mode, as ``key(timeout:)`` reports it.
+    public static func nextKey(timeout: Double) -> Key? { key(ckvmscope_keys_next(Int32(max(0, timeout * 1000)))) }
+
+    static func key(_ c: Int32) -> Key? {
         switch c {
+        case Int32(CKVMSCOPE_TUI_KEY_GONE): return .gone
         case -1: return nil
         case Int32(CKVMSCOPE_TUI_KEY_RESIZE): return .resize
         case Int32(CKVMSCOPE_TUI_KEY_UP): return .up
@@ -89,6 +104,23 @@ public final class Terminal {
 
 /// The standard descriptors 0, 1 and 2.
 public enum StandardDescriptors {
+    /// Writes all of `text` to `fd` with write(2), retrying after EINTR. Returns nil, or the errno that
+    /// stopped it (EIO for a terminal that went away, EPIPE, ENOSPC). Never traps, unlike FileHandle.write.
+    @discardableResult
+    public static func write(_ fd: Int32, _ text: String) -> Int32? {
+        var bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += n
+        }
+        return nil
+    }
+
     /// Opens /dev/null on whichever of 0, 1 and 2 is closed (a service manager or CI may start us with no
     /// stdin). Otherwise the first file kvmscope opens — a ring buffer, a pipe — would take that number and
     /// be read as input, written as output, or handed to a child as its stdin.

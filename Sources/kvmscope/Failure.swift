@@ -3,7 +3,7 @@ import KVMTrace
 
 /// Prints an error as one line on stderr and exits non-zero: never a stack trace.
 func fail(_ message: String, code: Int32 = 1) -> Never {
-    FileHandle.standardError.write(Data("kvmscope: \(message)\n".utf8))
+    writeStderr("kvmscope: \(message)\n")
     exit(code)
 }
 
@@ -18,6 +18,12 @@ func reportingErrors<T>(_ body: () throws -> T) -> T {
     }
 }
 
+/// Writes to stdout; a stdout that went away (EIO, EPIPE) loses the text instead of crashing.
 func writeStdout(_ s: String) {
-    FileHandle.standardOutput.write(Data(s.utf8))
+    StandardDescriptors.write(STDOUT_FILENO, s)
+}
+
+/// Writes to stderr; never crashes (a terminal that went away answers EIO).
+func writeStderr(_ s: String) {
+    StandardDescriptors.write(STDERR_FILENO, s)
 }

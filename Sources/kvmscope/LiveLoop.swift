@@ -37,6 +37,11 @@ struct LiveLoop {
                 dirty = false
             }
             let key = terminal.key(timeout: min(0.1, max(0, nextRefresh.timeIntervalSinceNow)))
+            // The terminal went away (hangup, end of file, EIO): end in every state, as SIGHUP does.
+            if key == .gone {
+                stop.raise(SIGHUP)
+                return
+            }
             if let key {
                 switch try handle(key) {
                 case .quit: return
@@ -125,7 +130,7 @@ struct LiveLoop {
         case .down: state.moveSelection(by: 1, count: rows.count)
         case .pageUp: state.moveSelection(by: -10, count: rows.count)
         case .pageDown: state.moveSelection(by: 10, count: rows.count)
-        case .resize: break
+        case .resize, .gone: break
         case .enter:
             if state.mode == .guests, rows.indices.contains(state.selected), let pid = rows[state.selected].pid {
                 choose(pid: pid)

@@ -17,7 +17,8 @@ struct ServeCommand: ParsableCommand {
         discussion: """
             Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks
             for application/openmetrics-text. Listens on loopback unless --listen names another address.
-            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service).
+            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it
+            like SIGTERM and Ctrl-C (no reload: restart it to change options).
               kvmscope serve                                  http://127.0.0.1:9477/metrics
               kvmscope serve --listen 0.0.0.0:9477 --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope serve --listen [::1]:9477 --max-series 2000

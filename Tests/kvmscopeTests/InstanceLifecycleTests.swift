@@ -30,6 +30,85 @@ struct InstanceLifecycleTests {
 
     @Test func removedAfterSIGTERM() throws { try endWith(signal: SIGTERM) }
 
+    /// SIGHUP ends every tracing command as SIGTERM does (a closed terminal or ssh session must not leave a
+    /// trace behind): the same exit status, the instance removed, record's file readable by `report`.
+    @Test(arguments: [SIGTERM, SIGHUP])
+    func everyCommandEndsCleanlyOn(signal: Int32) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-hup-\(getpid())-\(signal)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let dat = dir.appendingPathComponent("t.dat").path
+        let commands: [(args: [String], status: Int32)] = [
+            (["stat", "--duration", "60"], 0),
+            (["stat", "--duration", "60", "--json"], 0),
+            (["stat", "-l", "-s", "0.2", "--duration", "60"], 0),
+            (["record", "-o", dat, "--duration", "60"], 0),
+            (["serve", "--listen", "127.0.0.1:\(freeLoopbackPort())"], 0),
+            (["watch", "--alert", "rate(kvm_pio) > 10000000/s", "-s", "0.2"], 0),
+            // The command gets SIGINT and dies of it: status 3, "command exited with status 2".
+            (["stat", "--json", "--", "/bin/sleep", "60"], 3),
+        ]
+        for (args, status) in commands {
+            let p = try Spawned(CLI.binary, args, stdinNull: true)
+            defer { p.stop() }
+            let name = "kvmscope-\(p.pid)"
+            let deadline = Date().addingTimeInterval(20)
+            while !Self.exists(name) && Date() < deadline { usleep(20_000) }
+            #expect(Self.exists(name), "\(args): instance \(name) never appeared")
+            usleep(300_000)
+            p.signal(signal)
+            #expect(p.wait(timeout: 30) == status, "\(args) after signal \(signal): \(p.stderr)")
+            #expect(!Self.exists(name), "\(args): instance \(name) left behind after signal \(signal)")
+            if args[0] == "record" {
+                let r = try CLI.run(["report", dat])
+                #expect(r.status == 0, "report of the file record left after signal \(signal): \(r.stderr)")
+            }
+        }
+    }
+
+    /// `live --demo` SIGKILLed: its demo guests (storm children) die with it at once, and the next kvmscope
+    /// run removes the instance it left.
+    @Test func demoGuestsDieWithASIGKILLedView() throws {
+        let view = try Spawned(CLI.binary, ["live", "--demo-always", "-s", "0.2", "--event", "kvm_pio"], stdinNull: true)
+        defer { view.stop() }
+        let name = "kvmscope-\(view.pid)"
+        var guests: [Int32] = []
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            let children = (try? String(contentsOfFile: "/proc/\(view.pid)/task/\(view.pid)/children", encoding: .utf8)) ?? ""
+            guests = children.split(separator: " ").compactMap { Int32($0) }
+            if guests.count == 3 && Self.exists(name) { break }
+            usleep(20_000)
+        }
+        #expect(guests.count == 3, "the demo's three storm guests never ran")
+        for g in guests {
+            let cmdline = (try? String(contentsOfFile: "/proc/\(g)/cmdline", encoding: .utf8)) ?? ""
+            #expect(cmdline.split(separator: "\0").dropFirst().first == "storm", "child \(g): \(cmdline)")
+        }
+        #expect(Self.exists(name))
+        kill(view.pid, SIGKILL)
+        #expect(view.wait(timeout: 10) == 128 + SIGKILL)
+        let end = Date().addingTimeInterval(2)
+        var alive = guests
+        while !alive.isEmpty && Date() < end {
+            alive = alive.filter { !Self.ended($0) }
+            usleep(10_000)
+        }
+        #expect(alive.isEmpty, "demo guests \(alive) still run 2 s after their view was SIGKILLed")
+        for g in alive { kill(g, SIGKILL) }
+        #expect(Self.exists(name), "the SIGKILLed view's instance should still be there for the sweep")
+        let r = try CLI.run(["stat", "--duration", "0.1", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(!Self.exists(name), "the next run did not remove \(name)")
+    }
+
+    /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
+    static func ended(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        return stat[stat.index(close, offsetBy: 2)] == "Z"
+    }
+
     @Test func removedAfterNormalEnd() throws {
         let p = try Spawned(CLI.binary, ["stat", "--duration", "0.3", "--json"], stdinNull: true)
         #expect(p.wait(timeout: 60) == 0, "\(p.stderr)")

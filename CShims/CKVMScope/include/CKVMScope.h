@@ -171,9 +171,10 @@ struct ckvmscope_storm_result {
 };
 
 /* Run a real VM through /dev/kvm with `vcpus` threads (named "CPU N/KVM"), each causing exactly
- * exits_per_vcpu exits of `kind`. Returns 0, or -1 with a one-line message in err. */
-int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struct ckvmscope_storm_result *res,
-                        char *err, size_t errlen);
+ * exits_per_vcpu exits of `kind`, unless `seconds` (0: none) pass or a stop signal comes first.
+ * Returns 0, or -1 with a one-line message in err. */
+int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, double seconds,
+                        struct ckvmscope_storm_result *res, char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- terminal (ncursesw), for the live view */
 
@@ -186,6 +187,7 @@ enum {
     CKVMSCOPE_TUI_KEY_DOWN = 0x1002,
     CKVMSCOPE_TUI_KEY_PAGE_UP = 0x1003,
     CKVMSCOPE_TUI_KEY_PAGE_DOWN = 0x1004,
+    CKVMSCOPE_TUI_KEY_GONE = 0x1005, /* the terminal hung up, or reads end of file or an error */
 };
 
 /* Take over the terminal (curses on stdin/stdout). 0, or -1 when it cannot be driven. */
@@ -197,8 +199,30 @@ void ckvmscope_tui_clear(void);
 void ckvmscope_tui_put(int row, int col, const char *utf8, int attr);
 /* Show the frame; cursor_row -1 hides the cursor. */
 void ckvmscope_tui_show(int cursor_row, int cursor_col);
-/* A byte, a CKVMSCOPE_TUI_KEY_*, or -1 after timeout_ms without input. */
+/* A byte, a CKVMSCOPE_TUI_KEY_*, or -1 after timeout_ms without input or when a stop was raised. */
 int ckvmscope_tui_key(int timeout_ms);
+/* The log fallback's keys: stdin without canonical mode and echo (restored by _end and at exit). */
+int ckvmscope_keys_begin(void);
+void ckvmscope_keys_end(void);
+/* A byte, CKVMSCOPE_TUI_KEY_GONE, or -1 after timeout_ms or when a stop was raised. */
+int ckvmscope_keys_next(int timeout_ms);
+
+/* ---------------------------------------------------------------- stop signals (signals.c) */
+
+/* Record-and-wake handlers on these signals (SA_RESTART). 0, or -1 with errno. */
+int ckvmscope_stop_install(const int *sigs, int n);
+/* Record a stop as if sig had come (async-signal-safe; the first one wins). */
+void ckvmscope_stop_raise(int sig);
+/* The first stop's signal, or 0. */
+int ckvmscope_stop_signal(void);
+/* Readable from the first stop on (for poll), or -1. */
+int ckvmscope_stop_fd(void);
+
+/* ---------------------------------------------------------------- children that die with us (spawn.c) */
+
+/* fork + PR_SET_PDEATHSIG(SIGKILL) + execve; each path NULL to inherit. 0, or -1 with "WHAT: strerror" in err. */
+int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
+                    const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }
