@@ -34,6 +34,14 @@ static void stop_handler(int sig)
     ckvmscope_stop_raise(sig);
 }
 
+/* SIGPIPE does nothing: a write to a closed pipe returns EPIPE, which the writer handles (the log ends
+ * like on SIGHUP) instead of dying with the instance still tracing. A handler, unlike SIG_IGN, is reset
+ * to the default by execve. */
+static void pipe_handler(int sig)
+{
+    (void)sig;
+}
+
 /**
  * ckvmscope_stop_raise - record a stop as if @sig had come
  * @sig: the signal (SIGHUP for a terminal that went away)
@@ -56,7 +64,8 @@ void ckvmscope_stop_raise(int sig)
  * @n: how many
  *
  * Installs the recording handler (SA_RESTART: other threads' system calls go on) on each and unblocks
- * them in the calling thread (the main thread), so that some thread always takes them. Idempotent.
+ * them in the calling thread (the main thread), so that some thread always takes them; SIGPIPE gets a
+ * handler that does nothing (writes then fail with EPIPE). Idempotent.
  *
  * Return: 0, or -1 with errno set by sigaction.
  */
@@ -76,6 +85,9 @@ int ckvmscope_stop_install(const int *sigs, int n)
             return -1;
         sigaddset(&set, sigs[i]);
     }
+    sa.sa_handler = pipe_handler;
+    if (sigaction(SIGPIPE, &sa, NULL) < 0)
+        return -1;
     /* A parent may start us with these blocked (Foundation's Process does): then no thread would take them. */
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
 }

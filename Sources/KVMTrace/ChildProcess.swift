@@ -25,16 +25,19 @@ public final class ChildProcess {
     }
 
     let ownsStdout: Bool
+    let ownsStderr: Bool
 
-    /// Starts argv[0] (searched in PATH) with stderr, and stdout unless `stdoutTo` names a file
-    /// (e.g. /dev/null), sent to temporary files.
-    public init(_ argv: [String], stdoutTo: String? = nil, environment: [String: String]? = nil) throws {
+    /// Starts argv[0] (searched in PATH) with stdout and stderr sent to temporary files, unless
+    /// `stdoutTo` / `stderrTo` name a file (e.g. /dev/null).
+    public init(_ argv: [String], stdoutTo: String? = nil, stderrTo: String? = nil,
+                environment: [String: String]? = nil) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         let base = "\(NSTemporaryDirectory())kvmscope-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         stdoutPath = stdoutTo ?? base + ".out"
         ownsStdout = stdoutTo == nil
-        stderrPath = base + ".err"
+        stderrPath = stderrTo ?? base + ".err"
+        ownsStderr = stderrTo == nil
         guard let path = argv[0].contains("/") ? argv[0] : Self.which(argv[0]) else {
             throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cString: strerror(ENOENT)))")
         }
@@ -59,7 +62,7 @@ public final class ChildProcess {
             _ = try? wait()
         }
         if ownsStdout { unlink(stdoutPath) }
-        unlink(stderrPath)
+        if ownsStderr { unlink(stderrPath) }
     }
 
     public func signal(_ sig: Int32) { if termination == nil { kill(pid, sig) } }

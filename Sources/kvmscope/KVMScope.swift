@@ -39,7 +39,7 @@ struct KVMScope: ParsableCommand {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             let message = Self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            FileHandle.standardError.write(Data("kvmscope: \(message)\n".utf8))
+            writeStderr("kvmscope: \(message)\n")
             Foundation.exit(code.rawValue)
         }
     }

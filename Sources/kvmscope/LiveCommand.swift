@@ -138,7 +138,7 @@ final class DemoGuests {
         for (kind, vcpus) in [("io", 2), ("mmio", 1), ("hlt", 1)] {
             do {
                 started.append(try ChildProcess([exe, "storm", "--kind", kind, "--vcpus", "\(vcpus)", "--exits", "200000",
-                                                 "--seconds", "100000"], stdoutTo: "/dev/null"))
+                                                 "--seconds", "100000"], stdoutTo: "/dev/null", stderrTo: "/dev/null"))
             } catch {
                 failure = "--demo: \(error)"
             }

@@ -76,9 +76,9 @@ struct RecordCommand: ParsableCommand {
                 lastPrint = Date()
                 let p = session.progress()
                 let secs = max(0.001, Date().timeIntervalSince(start))
-                FileHandle.standardError.write(Data(String(format: "\r  %.1fs  %llu events  %.1f MiB  %.0f events/s  lost %llu   ",
-                                                           secs, p.events, Double(session.bytesWritten) / 1048576,
-                                                           Double(p.events) / secs, p.lost).utf8))
+                writeStderr(String(format: "\r  %.1fs  %llu events  %.1f MiB  %.0f events/s  lost %llu   ",
+                                   secs, p.events, Double(session.bytesWritten) / 1048576,
+                                   Double(p.events) / secs, p.lost))
             }
             usleep(20_000)
         }
@@ -92,12 +92,12 @@ struct RecordCommand: ParsableCommand {
         let result = reportingErrors { try session.write(to: output) }
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
         if tty {
-            FileHandle.standardError.write(Data(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
-                                                       output, p.events, Double(session.bytesWritten) / 1048576, lost,
-                                                       result.tids.count, session.isFull ? " (--max-size reached)" : "").utf8))
+            writeStderr(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
+                               output, p.events, Double(session.bytesWritten) / 1048576, lost,
+                               result.tids.count, session.isFull ? " (--max-size reached)" : ""))
         }
         if session.pagesDropped > 0 {
-            FileHandle.standardError.write(Data("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n".utf8))
+            writeStderr("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n")
         }
         if let child, child.terminationStatus != 0 {
             fail("command exited with status \(child.terminationStatus)", code: 3)

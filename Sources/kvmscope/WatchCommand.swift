@@ -62,7 +62,7 @@ struct WatchCommand: ParsableCommand {
             }
         }
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
-        FileHandle.standardError.write(Data("kvmscope: watching \(what) for \(rules.count) rule(s)\n".utf8))
+        writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")
         var detector = StormDetector(rules: rules)
         func evaluate() -> Bool {
             let summary = reportingErrors { try Summary(session.snapshot()) }

@@ -102,6 +102,24 @@ struct InstanceLifecycleTests {
         #expect(!Self.exists(name), "the next run did not remove \(name)")
     }
 
+    /// `stat -l | head -n 2`: when the reader goes, the next line's write fails (EPIPE, not a SIGPIPE death)
+    /// and the log ends as on SIGHUP: status 0, instance removed.
+    @Test func logEndsWhenItsReaderGoes() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-pipe-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // bash's PIPESTATUS, not `wait`: a shell started by the test inherits blocked signals, and `wait` then
+        // never sees SIGCHLD.
+        let r = try Spawned.run("/bin/bash", ["-c", "(echo $BASHPID > \"$1/pid\"; exec \"$0\" stat -l -s 0.2 --event kvm_pio)"
+                                              + " | head -n 2 > /dev/null; echo \"status ${PIPESTATUS[0]}\"", CLI.binary, dir.path],
+                                timeout: 30)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "status 0\n", "stderr: \(r.stderr)")
+        let pid = try #require(Int32((try String(contentsOf: dir.appendingPathComponent("pid"), encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(!Self.exists("kvmscope-\(pid)"))
+    }
+
     /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
     static func ended(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
