@@ -157,8 +157,9 @@ void ckvmscope_tui_show(int cursor_row, int cursor_col)
 }
 
 /*
- * Waits until stdin has input, the terminal is gone, a stop was raised or timeout_ms pass. Returns 1 (input),
- * 0 (timeout or stop) or -2 (gone: hangup, error, or readable with nothing to read — end of file).
+ * Waits until stdin has input, the terminal is gone, a stop was raised, a signal came or timeout_ms pass.
+ * Returns 1 (input), 2 (a signal, such as curses' SIGWINCH), 0 (timeout or stop) or -2 (gone: hangup,
+ * error, or readable with nothing to read — end of file).
  * A terminal that went away stays "readable" for ever: without this, a reader spins on it.
  */
 static int tty_wait(int timeout_ms)
@@ -168,7 +169,7 @@ static int tty_wait(int timeout_ms)
 
     r = poll(p, p[1].fd >= 0 ? 2 : 1, timeout_ms);
     if (r < 0)
-        return errno == EINTR ? 0 : -2;
+        return errno == EINTR ? 2 : -2;
     if (r == 0 || (p[1].revents & POLLIN))
         return 0;
     if (p[0].revents & (POLLHUP | POLLERR | POLLNVAL))
@@ -202,8 +203,10 @@ int ckvmscope_tui_key(int timeout_ms)
     c = getch();
     switch (c) {
     case ERR:
-        /* Readable, yet curses read nothing: end of file or EIO. */
-        return tty_wait(0) == 0 ? -1 : CKVMSCOPE_TUI_KEY_GONE;
+        /* After a signal: nothing pending. Readable, yet curses read nothing: end of file or EIO. */
+        if (w == 2)
+            return -1;
+        return tty_wait(0) == -2 ? CKVMSCOPE_TUI_KEY_GONE : -1;
     case KEY_RESIZE: return CKVMSCOPE_TUI_KEY_RESIZE;
     case KEY_UP: return CKVMSCOPE_TUI_KEY_UP;
     case KEY_DOWN: return CKVMSCOPE_TUI_KEY_DOWN;
@@ -241,7 +244,8 @@ static void keys_atexit(void)
  * ckvmscope_keys_begin - read single keys from the terminal on stdin while the log fallback prints
  *
  * Turns off canonical mode and echo (signal keys such as Ctrl-C keep working); the modes come back
- * with ckvmscope_keys_end() or at exit. Return: 0, or -1 when stdin is not a terminal.
+ * with ckvmscope_keys_end() or at exit. Return: 0, or -1 when stdin is not a terminal or we are not in
+ * its foreground process group.
  */
 int ckvmscope_keys_begin(void)
 {
@@ -249,6 +253,9 @@ int ckvmscope_keys_begin(void)
 
     if (keys_active)
         return 0;
+    /* Only in the foreground: a background job changing or reading the terminal is stopped (SIGTTOU/SIGTTIN). */
+    if (tcgetpgrp(STDIN_FILENO) != getpgrp())
+        return -1;
     if (tcgetattr(STDIN_FILENO, &keys_saved) < 0)
         return -1;
     t = keys_saved;
@@ -279,7 +286,7 @@ int ckvmscope_keys_next(int timeout_ms)
 
     if (w == -2)
         return CKVMSCOPE_TUI_KEY_GONE;
-    if (w == 0)
+    if (w != 1)
         return -1;
     n = read(STDIN_FILENO, &c, 1);
     if (n == 1)

@@ -147,7 +147,6 @@ public enum LiveView {
     public static let minimumHeight = 12
     /// The key bar's items; h and q always show, the others as far as the width allows (h lists them all).
     static let keyItems = ["b guests", "v vCPUs", "f filter", "p pid", "g guest", "x children", "o sort", "r reset", "s delay"]
-    static let keysHint = keyBar(width: .max)
 
     /// The key bar for a width: `first` (Enter in the guest list), the optional items in order while they fit,
     /// then "h help  q quit".

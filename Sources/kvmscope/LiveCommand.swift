@@ -114,7 +114,7 @@ struct LiveCommand: ParsableCommand {
 /// the kernel when the view dies without ending (PR_SET_PDEATHSIG, see ``ChildProcess``).
 final class DemoGuests {
     let processes: [ChildProcess]
-    /// Why nothing was started, for the status line (nil when guests run, or when starting them failed:
+    /// Why nothing was started, for the notice line (nil when guests run, or when starting them failed:
     /// then `failure` says why).
     let skipped: String?
     let failure: String?
