@@ -102,6 +102,31 @@ struct InstanceLifecycleTests {
         #expect(!Self.exists(name), "the next run did not remove \(name)")
     }
 
+    /// A kvmscope that died as an orphan nobody reaps is a zombie: kill(pid, 0) still answers, yet its
+    /// instance is stale and the next run removes it.
+    @Test func staleInstanceOfAZombieIsRemoved() throws {
+        // `sleep 0` ends at once and its parent, now `sleep 30`, never reaps it.
+        let parent = try Spawned("/bin/sh", ["-c", "sleep 0 & exec sleep 30"], stdinNull: true, quiet: true)
+        defer {
+            parent.signal(SIGKILL)  // it inherits the test's blocked signals: SIGTERM would wait
+            parent.stop()
+        }
+        var zombie: Int32?
+        let deadline = Date().addingTimeInterval(10)
+        while zombie == nil && Date() < deadline {
+            let children = (try? String(contentsOfFile: "/proc/\(parent.pid)/task/\(parent.pid)/children", encoding: .utf8)) ?? ""
+            zombie = children.split(separator: " ").compactMap { Int32($0) }.first { Self.ended($0) && kill($0, 0) == 0 }
+            if zombie == nil { usleep(20_000) }
+        }
+        let pid = try #require(zombie, "no zombie child appeared")
+        let stale = "kvmscope-\(pid)"
+        try FileManager.default.createDirectory(atPath: "\(Self.instances)/\(stale)", withIntermediateDirectories: false)
+        defer { rmdir("\(Self.instances)/\(stale)") }
+        let r = try CLI.run(["stat", "--duration", "0.1", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(!Self.exists(stale), "the zombie's instance \(stale) was not removed")
+    }
+
     /// `stat -l | head -n 2`: when the reader goes, the next line's write fails (EPIPE, not a SIGPIPE death)
     /// and the log ends as on SIGHUP: status 0, instance removed.
     @Test func logEndsWhenItsReaderGoes() throws {
