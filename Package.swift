@@ -32,10 +32,14 @@ let package = Package(
         // The tracing shim: per-CPU readers, sub-buffer decoder, formats, instances, trace.dat compression.
         .target(name: "CKVMScope", dependencies: ["CTraceFS"], path: "CShims/CKVMScope",
                 linkerSettings: [.linkedLibrary("pthread"), .linkedLibrary("z"), .linkedLibrary("zstd")]),
+        // The process-level shim: stop signals that wake every wait, children that die with kvmscope.
+        .target(name: "CKVMHost", path: "CShims/CKVMHost", linkerSettings: [.linkedLibrary("pthread")]),
         // The storm guest's shim: a real VM through the KVM ioctl API.
-        .target(name: "CKVMGuest", path: "CShims/CKVMGuest", linkerSettings: [.linkedLibrary("pthread")]),
+        .target(name: "CKVMGuest", dependencies: ["CKVMHost"], path: "CShims/CKVMGuest",
+                linkerSettings: [.linkedLibrary("pthread")]),
         // The live view's terminal, through ncursesw.
-        .target(name: "CTerminal", path: "CShims/CTerminal", linkerSettings: [.linkedLibrary("ncursesw")]),
+        .target(name: "CTerminal", dependencies: ["CKVMHost"], path: "CShims/CTerminal",
+                linkerSettings: [.linkedLibrary("ncursesw")]),
 
         // Records, reasons, pairing, histograms, aggregation, the pipeline. Pure Swift: no C, no unsafe pointers.
         .target(name: "KVMExits", dependencies: [
@@ -43,7 +47,7 @@ let package = Package(
             .product(name: "HeapModule", package: "swift-collections"),
         ], path: "Sources/KVMExits"),
         // /proc: processes and threads of the host, guests by name, children with a known end.
-        .target(name: "KVMHost", dependencies: ["KVMExits", .product(name: "SystemPackage", package: "swift-system")],
+        .target(name: "KVMHost", dependencies: ["CKVMHost", "KVMExits", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/KVMHost"),
         // Every source of records: tracefs (live), trace.dat, text traces, synthetic pages. The only Swift
         // module that imports the tracing shim; every Unsafe* pointer for tracing lives here.
@@ -54,8 +58,8 @@ let package = Package(
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
         .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
-        .target(name: "KVMTerminal", dependencies: ["CTerminal", "KVMExits"], path: "Sources/KVMTerminal"),
-        .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits"], path: "Sources/KVMGuest"),
+        .target(name: "KVMTerminal", dependencies: ["CTerminal", "KVMExits", "KVMHost"], path: "Sources/KVMTerminal"),
+        .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits", "KVMHost"], path: "Sources/KVMGuest"),
         .executableTarget(name: "kvmscope", dependencies: [
             "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMHost", "KVMTerminal", "KVMGuest",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -6,9 +6,15 @@
  * loop (`out 0x10,al` / `mov [rbx],al` to a GPA without a slot / `hlt`, then `jmp` back). The host thread
  * counts the KVM_RUN returns of the wanted kind and stops calling KVM_RUN after exactly N of them, so the
  * kernel's kvm_pio / kvm_mmio / kvm_userspace_exit tracepoints fire exactly N times per vCPU.
+ *
+ * A run also ends early, within milliseconds, at its time limit or at a stop signal (signals.c): the
+ * vCPU threads check the clock, the stop signal and a stop flag after every KVM_RUN return, and
+ * `immediate_exit` makes a KVM_RUN that is about to start return at once. Every kind leaves the guest after each exit, so no vCPU stays in
+ * KVM_RUN longer than one exit takes; no signal has to kick it out.
  */
 #define _GNU_SOURCE
 #include "CKVMGuest.h"
+#include "CKVMHost.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +22,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,11 +60,15 @@ struct storm_vcpu {
     char err[160];
 };
 
-/* Holds every vCPU thread until all are set up, so the measured interval starts together. */
+/* Holds every vCPU thread until all are set up, so the measured interval starts together; then counts
+ * the threads that are done and carries the stop request. */
 struct storm_gate {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int state; /* 0 wait, 1 go, -1 abort */
+    uint32_t done; /* threads that returned (under lock) */
+    atomic_int stop; /* set once: every vCPU stops after its current exit */
+    double deadline; /* CLOCK_MONOTONIC seconds at which every vCPU stops, or 0 (set before "go") */
 };
 
 static void fmt(char *buf, size_t len, const char *f, ...) __attribute__((format(printf, 3, 4)));
@@ -183,7 +194,16 @@ static void *storm_thread(void *arg)
         return NULL;
 
     clock_gettime(CLOCK_MONOTONIC, &v->t0);
-    while (v->seen < v->want) {
+    /* Each vCPU looks at the stop flag, the stop signal and the clock after every exit (a vDSO clock read and
+     * two loads next to a KVM_RUN round trip): it stops on time even when the waiting thread is not
+     * scheduled. Relaxed: the flags only have to be seen soon; they guard no other data. */
+    while (v->seen < v->want && !atomic_load_explicit(&v->gate->stop, memory_order_relaxed) && !ckvmscope_stop_signal()) {
+        if (v->gate->deadline > 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (ts_sec(&now) >= v->gate->deadline)
+                break;
+        }
         if (ioctl(v->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
@@ -198,7 +218,45 @@ static void *storm_thread(void *arg)
         v->seen++;
     }
     clock_gettime(CLOCK_MONOTONIC, &v->t1);
+    pthread_mutex_lock(&v->gate->lock);
+    v->gate->done++;
+    pthread_cond_broadcast(&v->gate->cond);
+    pthread_mutex_unlock(&v->gate->lock);
     return NULL;
+}
+
+/* Stops every vCPU: the flag for the threads, immediate_exit for a KVM_RUN about to start. */
+static void storm_stop(struct storm_vcpu *v, uint32_t n, struct storm_gate *gate)
+{
+    atomic_store_explicit(&gate->stop, 1, memory_order_relaxed);
+    for (uint32_t i = 0; i < n; i++)
+        __atomic_store_n(&v[i].run->immediate_exit, 1, __ATOMIC_RELAXED);
+}
+
+/* Waits until every started thread is done, stopping them at the deadline or at a stop signal (the threads
+ * look for both themselves too; this also sets immediate_exit). */
+static void storm_wait(struct storm_vcpu *v, uint32_t n, uint32_t started, struct storm_gate *gate)
+{
+    struct timespec now, until;
+    int stopped = 0;
+
+    pthread_mutex_lock(&gate->lock);
+    while (gate->done < started) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!stopped && (ckvmscope_stop_signal() || (gate->deadline > 0 && ts_sec(&now) >= gate->deadline))) {
+            storm_stop(v, n, gate);
+            stopped = 1;
+        }
+        /* Wake every 5 ms to look at the clock and the stop signal (a handler cannot signal a condvar). */
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 5000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&gate->cond, &gate->lock, &until);
+    }
+    pthread_mutex_unlock(&gate->lock);
 }
 
 /**
@@ -207,18 +265,21 @@ static void *storm_thread(void *arg)
  *        memory slot) or CKVMSCOPE_STORM_HLT (hlt at CPL 0, no in-kernel irqchip)
  * @vcpus: number of vCPUs, each run by its own thread named "CPU N/KVM" (1..256)
  * @exits_per_vcpu: exits of @kind each vCPU causes; KVM_RUN is not called again after the last one
+ * @seconds: stop every vCPU after this many seconds even if exits remain (0: no limit)
  * @res: receives the total exits seen and the wall time from the first KVM_RUN to the last vCPU done
  * @err: receives a one-line message on failure (may be NULL)
  * @errlen: size of @err
  *
- * Creates the VM through /dev/kvm and tears it down before returning. Safe to call concurrently.
+ * Creates the VM through /dev/kvm and tears it down before returning. Safe to call concurrently. A stop
+ * signal (ckvmscope_stop_signal() non-zero) or @seconds ends the run within a few milliseconds; @res then
+ * counts the exits done so far and the run still succeeds.
  *
  * Return: 0 on success, -1 on failure with @err set.
  */
-int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struct ckvmscope_storm_result *res,
-                        char *err, size_t errlen)
+int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, double seconds,
+                        struct ckvmscope_storm_result *res, char *err, size_t errlen)
 {
-    struct storm_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    struct storm_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
     struct kvm_userspace_memory_region region;
     struct storm_vcpu *v = NULL;
     double first = 0, last = 0;
@@ -308,9 +369,16 @@ int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struc
 out:
     /* Release the threads (to run, or to quit when setup failed) and wait for them. */
     pthread_mutex_lock(&gate.lock);
+    if (ret == 0 && seconds > 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        gate.deadline = ts_sec(&now) + seconds;
+    }
     gate.state = ret == 0 ? 1 : -1;
     pthread_cond_broadcast(&gate.cond);
     pthread_mutex_unlock(&gate.lock);
+    if (ret == 0)
+        storm_wait(v, vcpus, vcpus, &gate);
     for (i = 0; v && i < vcpus; i++) {
         if (!v[i].started)
             continue;

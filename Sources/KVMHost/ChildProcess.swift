@@ -1,10 +1,12 @@
+import CKVMHost
 import Foundation
 import KVMExits
 import SystemPackage
 
-/// A child process started for measurement (a storm, a tracer, a peer tool), with what Foundation's
-/// Process does not give: the CPU time of the child and of every descendant it waited for (wait4's
-/// rusage), and readings of its /proc files while it runs.
+/// A child process started for measurement (a storm, a tracer, a peer tool) or for the demo, with what
+/// Foundation's Process does not give: it dies with kvmscope (PR_SET_PDEATHSIG = SIGKILL, set between fork
+/// and exec: start it from the main thread, whose end is the process's), the CPU time of the child and of
+/// every descendant it waited for (wait4's rusage), and readings of its /proc files while it runs.
 public final class ChildProcess {
     public let pid: pid_t
     public let argv: [String]
@@ -27,25 +29,21 @@ public final class ChildProcess {
     let ownsStdout: Bool
     let ownsStderr: Bool
 
-    /// Starts argv[0] (searched in PATH) with stderr, and stdout unless `stdoutTo` names a file
-    /// (e.g. /dev/null), sent to temporary files — or, with `inheritOutput`, with kvmscope's own standard
-    /// input, output and error (the command the user put after `--`).
+    /// Starts argv[0] (searched in PATH) with stdout and stderr sent to temporary files, unless `stdoutTo` /
+    /// `stderrTo` name a file (e.g. /dev/null) — or, with `inheritOutput`, with kvmscope's own standard input,
+    /// output and error (the command the user put after `--`).
     /// - Throws: ``KVMScopeError/usage(_:)`` "cannot run NAME: REASON" (the system's words) when it cannot start.
-    public init(_ argv: [String], stdoutTo: String? = nil, inheritOutput: Bool = false,
+    public init(_ argv: [String], stdoutTo: String? = nil, stderrTo: String? = nil, inheritOutput: Bool = false,
                 environment: [String: String]? = nil) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         let base = "\(NSTemporaryDirectory())kvmscope-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         stdoutPath = inheritOutput ? "/dev/stdout" : stdoutTo ?? base + ".out"
         ownsStdout = !inheritOutput && stdoutTo == nil
-        stderrPath = inheritOutput ? "/dev/stderr" : base + ".err"
-        ownsStderr = !inheritOutput
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if !inheritOutput {
-            posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-            posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        stderrPath = inheritOutput ? "/dev/stderr" : stderrTo ?? base + ".err"
+        ownsStderr = !inheritOutput && stderrTo == nil
+        guard let path = argv[0].contains("/") ? argv[0] : Self.which(argv[0]) else {
+            throw KVMScopeError.usage("cannot run \(argv[0]): \(Errno(rawValue: ENOENT))")
         }
         let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
         var cArgs = argv.map { strdup($0) } + [nil]
@@ -54,9 +52,13 @@ public final class ChildProcess {
             cArgs.forEach { free($0) }
             cEnv.forEach { free($0) }
         }
-        var child: pid_t = 0
-        let rc = posix_spawnp(&child, argv[0], &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw KVMScopeError.usage("cannot run \(argv[0]): \(Errno(rawValue: rc))") }
+        var child: Int32 = 0
+        var err = [CChar](repeating: 0, count: 512)
+        let out = inheritOutput ? nil : stdoutPath
+        let errPath = inheritOutput ? nil : stderrPath
+        guard ckvmscope_spawn(path, &cArgs, &cEnv, nil, out, errPath, &child, &err, err.count) == 0 else {
+            throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cMessage: err))")
+        }
         pid = child
     }
 

@@ -2,6 +2,23 @@ import Glibc
 
 /// The standard descriptors 0, 1 and 2.
 public enum StandardDescriptors {
+    /// Writes all of `text` to `fd` with write(2), retrying after EINTR. Returns nil, or the errno that
+    /// stopped it (EIO for a terminal that went away, EPIPE, ENOSPC). Never traps, unlike FileHandle.write.
+    @discardableResult
+    public static func write(_ fd: Int32, _ text: String) -> Int32? {
+        var bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += n
+        }
+        return nil
+    }
+
     /// Opens /dev/null on whichever of 0, 1 and 2 is closed (a service manager or CI may start us with no
     /// stdin). Otherwise the first file kvmscope opens — a ring buffer, a pipe — would take that number and
     /// be read as input, written as output, or handed to a child as its stdin.

@@ -35,4 +35,16 @@ public enum ThreadDirectory {
     }
 
     public static func processExists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+
+    /// Whether `pid` is a kernel thread (PF_KTHREAD, 0x00200000, in the flags field — the 9th — of
+    /// /proc/PID/stat): `kdamond.0`, `kvm-pit/1234` and the like cause kvm events but are no guests.
+    /// False when the process is gone.
+    public static func isKernelThread(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        // After "(comm) ": state, ppid, pgrp, session, tty_nr, tpgid, flags.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 6, let flags = UInt64(fields[6]) else { return false }
+        return flags & 0x0020_0000 != 0
+    }
 }

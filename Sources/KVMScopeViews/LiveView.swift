@@ -148,7 +148,21 @@ public struct LiveRow: Sendable, Equatable {
 public enum LiveView {
     public static let minimumWidth = 60
     public static let minimumHeight = 12
-    static let keysHint = "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  r reset  s delay  h help  q quit"
+    /// The key bar's items; h and q always show, the others as far as the width allows (h lists them all).
+    static let keyItems = ["b guests", "v vCPUs", "f filter", "p pid", "g guest", "x children", "o sort", "r reset", "s delay"]
+
+    /// The key bar for a width: `first` (Enter in the guest list), the optional items in order while they fit,
+    /// then "h help  q quit".
+    public static func keyBar(width: Int, first: String? = nil) -> String {
+        let last = ["h help", "q quit"]
+        var room = width - last.joined(separator: "  ").count - (first.map { $0.count + 2 } ?? 0)
+        var items: [String] = first.map { [$0] } ?? []
+        for item in keyItems where item.count + 2 <= room {
+            items.append(item)
+            room -= item.count + 2
+        }
+        return cut((items + last).joined(separator: "  "), width)
+    }
 
     struct Layout {
         var name: Int
@@ -186,7 +200,7 @@ public enum LiveView {
         }
         if let m = state.message { bottom.append(.styled(m, .bold)) }
         if let n = state.notice { bottom.append(ScreenLine(n)) }
-        bottom.append(ScreenLine(cut(state.mode == .guests ? "Enter show guest  " + keysHint : keysHint, width)))
+        bottom.append(ScreenLine(keyBar(width: width, first: state.mode == .guests ? "Enter show guest" : nil)))
 
         if rows.isEmpty {
             lines.append(ScreenLine(" " + (state.mode == .vcpus && vcpuVM(frame, state: state) == nil
@@ -215,6 +229,22 @@ public enum LiveView {
         var out: [String: Double] = [:]
         for r in rows(frame, state: state, layout: Layout(width: 120)) {
             out[r.id] = Double(r.delta ?? 0) / max(frame.seconds, 1e-9)
+        }
+        return out
+    }
+
+    /// The rates the sparklines record, one sample per refresh interval: every row of every mode (events with
+    /// their children, guests, the VM's vCPUs) whatever the screen shows, so that a row hidden by `f`, `x` or
+    /// another mode keeps its minute of history instead of a gap. `frame` must be built without the regex
+    /// filter (`fields`); the VM filter (`p`, `g`) stays, as it changes what every row counts.
+    public static func historyRates(_ frame: LiveFrame, state: LiveViewState) -> [String: Double] {
+        var all = state
+        all.fields = nil
+        all.showChildren = true
+        var out: [String: Double] = [:]
+        for mode in [LiveViewState.Mode.events, .guests, .vcpus] {
+            all.mode = mode
+            out.merge(rates(frame, state: all)) { a, _ in a }
         }
         return out
     }
@@ -338,9 +368,10 @@ public enum LiveView {
     }
 
     static func guestRows(_ frame: LiveFrame, state: LiveViewState) -> [LiveRow] {
-        let grand = frame.guests.reduce(0) { $0 + $1.total }
+        let guests = frame.guests.filter { !state.kernelThreads.contains($0.pid) }
+        let grand = guests.reduce(0) { $0 + $1.total }
         let before = Dictionary(frame.previousGuests.map { ($0.pid, $0.total) }, uniquingKeysWith: +)
-        let rows = frame.guests.filter { $0.total > 0 }.map { g in
+        let rows = guests.filter { $0.total > 0 }.map { g in
             LiveRow(id: "g:\(g.pid)", name: "\(g.name ?? "?") (pid \(g.pid))", isChild: false, total: g.total,
                     percent: pct(g.total, grand), delta: frame.previous == nil ? nil : g.total &- (before[g.pid] ?? 0),
                     latency: nil, blocked: false, rips: [], pid: g.pid)
@@ -459,6 +490,8 @@ public enum LiveView {
             "Avg, p99, Max: exit handling time (kvm_exit to the next kvm_entry of the vCPU).",
             "Rows marked (blocked) are halts: that time is the guest idle, not handling.",
             "Any other key refreshes statistics immediately",
+            "lost N: events the kernel dropped because its ring buffer was full (raise --buffer-kb);",
+            "lost N+: at least N, as some buffers said events were lost but not how many.",
         ]
         var lines = [ScreenLine.styled("Interactive commands reference", .bold), ScreenLine(""),
                      .styled("Press any key to exit", .reverse), ScreenLine("")]
@@ -493,7 +526,8 @@ public enum LiveView {
         if p.kind == .pid || p.kind == .guest {
             lines.append(ScreenLine(""))
             lines.append(.styled("  " + lpad("Pid", 8) + "  " + "Guest Name", .underline))
-            for g in frame.guests.prefix(max(0, height - lines.count)) {
+            let offered = frame.guests.filter { !state.kernelThreads.contains($0.pid) && !state.exited.contains($0.pid) }
+            for g in offered.prefix(max(0, height - lines.count)) {
                 lines.append(ScreenLine("  " + lpad(String(g.pid), 8) + "  " + (g.name ?? "")))
             }
         }

@@ -48,6 +48,11 @@ public struct LiveViewState: Sendable {
     /// A permanent notice at the bottom (the demo guest).
     public var notice: String?
     public var history = RateHistory()
+    /// Pids of kernel threads that caused events (`kdamond.0`, `kvm-pit/PID`): no guests, so not listed by
+    /// `b` nor offered by the `p` and `g` prompts. The command finds them (/proc/PID/stat's PF_KTHREAD).
+    public var kernelThreads: Set<Int32> = []
+    /// Pids of VMs that have exited: still in `b`'s totals, no longer offered by the `p` and `g` prompts.
+    public var exited: Set<Int32> = []
 
     public init(fields: String? = nil, pid: Int32? = nil, guestName: String? = nil, delay: Double = 3) {
         self.fields = fields

@@ -99,10 +99,18 @@ public enum TraceFS {
         var removed: [String] = []
         for name in names where name.hasPrefix(instancePrefix) {
             guard let pid = Int32(name.dropFirst(instancePrefix.count)), pid != getpid() else { continue }
-            if kill(pid, 0) == 0 || errno == EPERM { continue }
+            if (kill(pid, 0) == 0 || errno == EPERM) && !isZombie(pid) { continue }
             if ckvmscope_instance_remove(name) == 0 { removed.append(name) }
         }
         return removed
+    }
+
+    /// Whether `pid` has ended and waits to be reaped (state Z in /proc/PID/stat): an orphan whose new
+    /// parent does not reap it still answers kill(pid, 0).
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")"), stat.distance(from: close, to: stat.endIndex) > 2 else { return false }
+        return stat[stat.index(close, offsetBy: 2)] == "Z"
     }
 
     /// The kernel's saved tid → tgid (with record-tgid) and tid → comm maps.

@@ -1,6 +1,7 @@
 import CTerminal
-import KVMExits
 import Foundation
+import KVMExits
+import KVMHost
 
 /// The user's terminal, driven through ncursesw for the live view. At most one exists at a time;
 /// ``end()`` (also run at process exit by the shim) gives the terminal back.
@@ -19,6 +20,8 @@ public final class Terminal {
     public enum Key: Equatable, Sendable {
         case character(Character)
         case enter, escape, backspace, up, down, pageUp, pageDown, resize
+        /// The terminal hung up, or reading it gave end of file or an error: the view must end.
+        case gone
     }
 
     /// Why the terminal cannot be used full-screen, or nil when it can (checked before taking it over).
@@ -68,10 +71,23 @@ public final class Terminal {
         ckvmscope_tui_show(Int32(cursor?.row ?? -1), Int32(cursor?.column ?? 0))
     }
 
-    /// The next key, or nil when none came within `timeout` seconds.
-    public func key(timeout: Double) -> Key? {
-        let c = ckvmscope_tui_key(Int32(max(0, timeout * 1000)))
+    /// The next key, ``Key/gone`` when the terminal went away, or nil when no key came within `timeout`
+    /// seconds or a stop (``StopSignals``) was raised.
+    public func key(timeout: Double) -> Key? { Self.key(ckvmscope_tui_key(Int32(max(0, timeout * 1000)))) }
+
+    /// Single keys from the terminal on stdin without taking the screen (the log fallback): canonical mode
+    /// and echo off until ``endKeys()`` or exit. False when stdin is not a terminal.
+    public static func beginKeys() -> Bool { ckvmscope_keys_begin() == 0 }
+
+    /// Gives stdin its modes back (idempotent).
+    public static func endKeys() { ckvmscope_keys_end() }
+
+    /// The next key read by ``beginKeys()``'s mode, as ``key(timeout:)`` reports it.
+    public static func nextKey(timeout: Double) -> Key? { key(ckvmscope_keys_next(Int32(max(0, timeout * 1000)))) }
+
+    static func key(_ c: Int32) -> Key? {
         switch c {
+        case Int32(CKVMSCOPE_TUI_KEY_GONE): return .gone
         case -1: return nil
         case Int32(CKVMSCOPE_TUI_KEY_RESIZE): return .resize
         case Int32(CKVMSCOPE_TUI_KEY_UP): return .up

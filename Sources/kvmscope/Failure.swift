@@ -1,11 +1,14 @@
 import Foundation
+import KVMHost
 
+/// Writes to stdout; a stdout that went away (EIO, EPIPE) loses the text instead of crashing.
 func writeStdout(_ s: String) {
-    FileHandle.standardOutput.write(Data(s.utf8))
+    StandardDescriptors.write(STDOUT_FILENO, s)
 }
 
+/// Writes to stderr; never crashes (a terminal that went away answers EIO).
 func writeStderr(_ s: String) {
-    FileHandle.standardError.write(Data(s.utf8))
+    StandardDescriptors.write(STDERR_FILENO, s)
 }
 
 /// Prints a warning as one line on stderr (`kvmscope: warning: …`); the run goes on.

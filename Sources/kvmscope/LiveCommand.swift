@@ -28,6 +28,10 @@ struct LiveCommand: ParsableCommand {
     @Flag(help: "When no other VM runs on this host, run demo guests (kvmscope storm) and show them.")
     var demo = false
 
+    /// Tests: the demo guests even when other VMs run (other tests' guests).
+    @Flag(name: .customLong("demo-always"), help: .hidden)
+    var demoAlways = false
+
     @OptionGroup(title: "Filters") var filters: FilterOptions
     @OptionGroup(title: "Tracing") var trace: TraceOptions
 
@@ -38,8 +42,8 @@ struct LiveCommand: ParsableCommand {
     func run() throws {
         let filter = try filters.filter()
         // SIGHUP too: a closed terminal (tmux kill-session, ssh drop) must end the view and its trace.
-        let stop = StopSignal(signals: [SIGINT, SIGTERM, SIGHUP])
-        let demoGuests = demo ? DemoGuests.startIfNoVM() : nil
+        let stop = StopSignal()
+        let demoGuests = demo || demoAlways ? DemoGuests.startIfNoVM(always: demoAlways) : nil
         defer { demoGuests?.stop() }
 
         if let reason = Terminal.unusableReason() {
@@ -65,8 +69,9 @@ struct LiveCommand: ParsableCommand {
                             state: LiveViewState(fields: filters.fields, pid: filter.vms?.min(),
                                                  guestName: filters.guest ?? filter.vms?.min().flatMap(ThreadDirectory.guestName(pid:)),
                                                  delay: delay))
-        if let demoGuests, !demoGuests.processes.isEmpty {
-            loop.state.notice = "demo guest (kvmscope storm) running: no other VM on this host"
+        if let demoGuests {
+            loop.state.notice = demoGuests.skipped ?? demoGuests.failure
+                ?? "demo guest (kvmscope storm) running: no other VM on this host"
         }
         defer { terminal.end() }
         try loop.run()
@@ -74,7 +79,21 @@ struct LiveCommand: ParsableCommand {
 
     /// kvm_stat's log mode instead of the full screen, with one line saying why.
     func logMode(because reason: String) throws {
-        FileHandle.standardError.write(Data("kvmscope: \(reason): showing the log (kvmscope stat -l) instead of the full screen\n".utf8))
+        writeStderr("kvmscope: \(reason): showing the log (kvmscope stat -l) instead of the full screen\n")
+        // The terminal's keys still count: q ends the log as it ends the view, and a terminal that goes
+        // away (hangup, end of file, EIO) ends it like SIGHUP. Ctrl-C raises SIGINT as usual.
+        if Terminal.beginKeys() {
+            Thread.detachNewThread {
+                while !StopSignals.wait(seconds: 0) {
+                    switch Terminal.nextKey(timeout: 1) {
+                    case .gone: StopSignals.raise(SIGHUP)
+                    case .character("q"), .character("Q"): StopSignals.raise(SIGINT)
+                    default: break
+                    }
+                }
+            }
+        }
+        defer { Terminal.endKeys() }
         var args = ["-l", "-s", "\(delay)", "--buffer-kb", "\(trace.bufferKB)"]
         if let pid = filters.pid { args += ["-p", "\(pid)"] }
         if let guest = filters.guest { args += ["-g", guest] }
@@ -85,25 +104,40 @@ struct LiveCommand: ParsableCommand {
     }
 }
 
-/// The demo: guests started by `live --demo` when nothing else uses KVM, killed when the view ends.
+/// The demo: guests started by `live --demo` when nothing else uses KVM, killed when the view ends — and by
+/// the kernel when the view dies without ending (PR_SET_PDEATHSIG, see ``ChildProcess``).
 final class DemoGuests {
-    let processes: [Process]
+    let processes: [ChildProcess]
+    /// Why nothing was started, for the notice line (nil when guests run, or when starting them failed:
+    /// then `failure` says why).
+    let skipped: String?
+    let failure: String?
 
-    init(processes: [Process]) { self.processes = processes }
+    init(processes: [ChildProcess], skipped: String? = nil, failure: String? = nil) {
+        self.processes = processes
+        self.skipped = skipped
+        self.failure = failure
+    }
 
-    static func startIfNoVM() -> DemoGuests {
-        guard KVMProcesses.running(excluding: [getpid()]).isEmpty else { return DemoGuests(processes: []) }
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var started: [Process] = []
-        for (kind, vcpus) in [("io", 2), ("mmio", 1), ("hlt", 1)] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: exe)
-            p.arguments = ["storm", "--kind", kind, "--vcpus", "\(vcpus)", "--exits", "200000", "--seconds", "100000"]
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            if (try? p.run()) != nil { started.append(p) }
+    /// Starts the demo guests from the calling thread (the main thread: the guests die with it).
+    static func startIfNoVM(always: Bool = false) -> DemoGuests {
+        let others = always ? [] : KVMProcesses.running(excluding: [getpid()])
+        if !others.isEmpty {
+            let pids = others.prefix(3).map(String.init).joined(separator: ", ") + (others.count > 3 ? ", …" : "")
+            return DemoGuests(processes: [], skipped: "--demo: no demo guest started: another VM runs on this host (pid \(pids))")
         }
-        return DemoGuests(processes: started)
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var started: [ChildProcess] = []
+        var failure: String?
+        for (kind, vcpus) in [("io", 2), ("mmio", 1), ("hlt", 1)] {
+            do {
+                started.append(try ChildProcess([exe, "storm", "--kind", kind, "--vcpus", "\(vcpus)", "--exits", "200000",
+                                                 "--seconds", "100000"], stdoutTo: "/dev/null", stderrTo: "/dev/null"))
+            } catch {
+                failure = "--demo: \(error)"
+            }
+        }
+        return DemoGuests(processes: started, failure: failure)
     }
 
     private var stopped = false
@@ -111,7 +145,7 @@ final class DemoGuests {
     func stop() {
         guard !stopped else { return }
         stopped = true
-        for p in processes where p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        for p in processes { p.waitUntilExit() }
+        for p in processes { p.signal(SIGKILL) }
+        for p in processes { _ = try? p.wait() }
     }
 }

@@ -20,6 +20,11 @@ struct LiveLoop {
     var previousSnapshot: AggregateSnapshot?
     var seconds = 1.0
     var frame = LiveFrame(current: Summary(), previous: nil, seconds: 1)
+    /// The snapshot of the last sparkline sample. A sample is a rate over a whole refresh interval: a refresh
+    /// that a key forces would otherwise add a rate over a few milliseconds (a false spike).
+    var historyBase: AggregateSnapshot
+    /// pid → kernel thread or not, asked of /proc once per pid.
+    var kernelThread: [Int32: Bool] = [:]
 
     init(session: LiveSession, terminal: Terminal, stop: StopSignal, state: LiveViewState) {
         self.session = session
@@ -27,10 +32,12 @@ struct LiveLoop {
         self.stop = stop
         self.state = state
         snapshot = session.snapshot()
+        historyBase = snapshot
     }
 
     mutating func run() throws {
         try rebuild()
+        markGuests()
         // kvm_stat shows the first numbers after 0.25 s, then every delay.
         var nextRefresh = Date().addingTimeInterval(0.25)
         var dirty = true
@@ -40,6 +47,11 @@ struct LiveLoop {
                 dirty = false
             }
             let key = terminal.key(timeout: min(0.1, max(0, nextRefresh.timeIntervalSinceNow)))
+            // The terminal went away (hangup, end of file, EIO): end in every state, as SIGHUP does.
+            if key == .gone {
+                stop.raise(SIGHUP)
+                return
+            }
             if let key {
                 switch try handle(key) {
                 case .quit: return
@@ -80,7 +92,31 @@ struct LiveLoop {
         seconds = Double(snapshot.timestamp &- previousSnapshot!.timestamp) / 1e9
         checkGuest()
         try rebuild()
-        state.history.record(LiveView.rates(frame, state: state))
+        markGuests()
+        try recordHistory()
+    }
+
+    /// One sparkline sample per refresh interval, for every row of every mode under the VM filter alone
+    /// (``LiveView/historyRates(_:state:)``). Deltas need no baseline: `r` does not touch the history.
+    mutating func recordHistory() throws {
+        let elapsed = Double(snapshot.timestamp &- historyBase.timestamp) / 1e9
+        guard elapsed >= state.delay * 0.9 else { return }
+        let vms = SummaryFilter(vms: state.filter.vms, fields: nil)
+        let all = LiveFrame(current: try Summary(snapshot, filter: vms), previous: try Summary(historyBase, filter: vms),
+                            seconds: elapsed, guests: try GuestTotal.of(snapshot), previousGuests: try GuestTotal.of(historyBase))
+        state.history.record(LiveView.historyRates(all, state: state))
+        historyBase = snapshot
+    }
+
+    /// Which listed pids are kernel threads (never guests) or have exited (not offered by `p` and `g`).
+    mutating func markGuests() {
+        var exited: Set<Int32> = []
+        for g in frame.guests {
+            if kernelThread[g.pid] == nil { kernelThread[g.pid] = ThreadDirectory.isKernelThread(g.pid) }
+            if !ThreadDirectory.processExists(g.pid) { exited.insert(g.pid) }
+        }
+        state.kernelThreads = Set(kernelThread.filter(\.value).keys)
+        state.exited = exited
     }
 
     /// The frame for the current snapshots and filters.
@@ -128,7 +164,7 @@ struct LiveLoop {
         case .down: state.moveSelection(by: 1, count: rows.count)
         case .pageUp: state.moveSelection(by: -10, count: rows.count)
         case .pageDown: state.moveSelection(by: 10, count: rows.count)
-        case .resize: break
+        case .resize, .gone: break
         case .enter:
             if state.mode == .guests, rows.indices.contains(state.selected), let pid = rows[state.selected].pid {
                 choose(pid: pid)
@@ -229,7 +265,9 @@ struct LiveLoop {
                 return nil
             }
             var pids = ThreadDirectory.pids(ofGuest: text)
-            if pids.isEmpty { pids = frame.guests.filter { $0.name == text }.map(\.pid) }
+            if pids.isEmpty {
+                pids = frame.guests.filter { $0.name == text && !state.kernelThreads.contains($0.pid) }.map(\.pid)
+            }
             if pids.isEmpty { return "\"\(text)\": Not an active guest" }
             if pids.count > 1 { return "\"\(text)\": Multiple matches found, use pid filter instead" }
             choose(pid: pids[0])

@@ -1,5 +1,4 @@
 import ArgumentParser
-import FlyingFox
 import FlyingSocks
 import Foundation
 import KVMAnalysis
@@ -19,7 +18,9 @@ struct ServeCommand: ParsableCommand {
         discussion: """
             Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks
             for application/openmetrics-text. Listens on loopback unless --listen names another address.
-            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service).
+            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it
+            like SIGTERM and Ctrl-C (no reload: restart it to change options). A request head over 16 KiB
+            is refused (431), one not complete in time dropped (408); idle connections are closed.
               kvmscope serve                                  http://127.0.0.1:9477/metrics
               kvmscope serve --listen 0.0.0.0:9477 --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope serve --listen [::1]:9477 --max-series 2000
@@ -42,9 +43,16 @@ struct ServeCommand: ParsableCommand {
     @Option(name: [.customShort("p"), .long], help: "Trace only this process and what it starts (a VMM).")
     var pid: Int32?
 
+    @Option(name: .customLong("request-timeout"), help: "Seconds a request head may take once begun (then 408 and close).")
+    var requestTimeout: Double = 10
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds an open connection may wait for its next request.")
+    var idleTimeout: Double = 30
+
     @OptionGroup(title: "Tracing") var trace: TraceOptions
 
     func validate() throws {
+        guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
         guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
     }
@@ -59,27 +67,15 @@ struct ServeCommand: ParsableCommand {
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
         let state = MetricsState(session: session, maxSeries: maxSeries)
-        let server = HTTPServer(address: address, timeout: 15, logger: StderrLogger(), handler: MetricsHandler(state: state))
-
-        // The server runs on Swift concurrency's threads; this thread evaluates rules and waits for signals.
-        let failure = Mutex<String?>(nil)
-        let listening = Atomic<Bool>(false)
-        let serverTask = Task {
-            do { try await server.run() } catch {
-                failure.withLock { $0 = ListenAddress.describe(error) }
-            }
+        let server: MetricsServer
+        do {
+            server = try MetricsServer(address: address, state: state, headSeconds: requestTimeout, idleSeconds: idleTimeout)
+        } catch {
+            throw KVMScopeError.io("cannot listen on \(listen): \(ListenAddress.describe(error))")
         }
-        defer { serverTask.cancel() }
-        Task {
-            if (try? await server.waitUntilListening(timeout: 30)) != nil { listening.store(true, ordering: .releasing) }
-        }
-        while !listening.load(ordering: .acquiring) {
-            if let why = failure.withLock({ $0 }) {
-                throw KVMScopeError.io("cannot listen on \(listen): \(why)")
-            }
-            if stop.sleep(0.01) { break }
-        }
-        FileHandle.standardError.write(Data("kvmscope: serving http://\(listen)/metrics\n".utf8))
+        defer { server.stop() }
+        server.start()
+        writeStderr("kvmscope: serving http://\(listen)/metrics\n")
 
         var detector = StormDetector(rules: rules)
         func evaluate() {
@@ -88,8 +84,7 @@ struct ServeCommand: ParsableCommand {
             state.storms.withLock { $0 = detector.activity }
         }
         evaluate()
-        try TraceRun(stop: stop).wait(every: interval) {
-            if let why = failure.withLock({ $0 }) { throw KVMScopeError.io("HTTP server stopped: \(why)") }
+        TraceRun(stop: stop).wait(every: interval) {
             evaluate()
             return true
         }
@@ -113,31 +108,6 @@ final class MetricsState: Sendable {
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries)
         return PrometheusExposition.render(summary, format: format, extras: extras)
-    }
-}
-
-struct MetricsHandler: HTTPHandler {
-    let state: MetricsState
-
-    func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
-        guard request.method == .GET || request.method == .HEAD else {
-            return HTTPResponse(statusCode: .methodNotAllowed, headers: [.contentType: "text/plain"],
-                                body: Data("only GET and HEAD\n".utf8))
-        }
-        switch request.path {
-        case "/metrics":
-            let format = ExpositionFormat.negotiate(accept: request.headers[HTTPHeader("Accept")])
-            let text = try state.render(format)
-            return HTTPResponse(statusCode: .ok, headers: [.contentType: format.contentType], body: Data(text.utf8))
-        case "/healthz":
-            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"], body: Data("ok\n".utf8))
-        case "/":
-            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"],
-                                body: Data("kvmscope \(kvmscopeVersion): /metrics, /healthz\n".utf8))
-        default:
-            return HTTPResponse(statusCode: .notFound, headers: [.contentType: "text/plain"],
-                                body: Data("not found\n".utf8))
-        }
     }
 }
 
@@ -170,14 +140,4 @@ enum ListenAddress {
         if let e = error as? SocketError, case .failed(_, _, let message) = e { return message }
         return "\(error)"
     }
-}
-
-/// FlyingFox's log, on stderr, warnings and worse only (stdout carries alert lines).
-struct StderrLogger: FlyingSocks.Logging {
-    func logDebug(_ debug: @autoclosure () -> String) {}
-    func logInfo(_ info: @autoclosure () -> String) {}
-    func logWarning(_ warning: @autoclosure () -> String) { write("warning: \(warning())") }
-    func logError(_ error: @autoclosure () -> String) { write("error: \(error())") }
-    func logCritical(_ critical: @autoclosure () -> String) {}  // run() throws it; reported once by the command
-    func write(_ s: String) { FileHandle.standardError.write(Data("kvmscope: http: \(s)\n".utf8)) }
 }

@@ -1,41 +1,23 @@
-import Dispatch
 import Foundation
-import KVMAnalysis
 import KVMExits
 import KVMHost
-import KVMExits
-import KVMHost
-import Synchronization
 
-/// SIGINT, SIGTERM and SIGHUP end a trace cleanly: they set a flag the command's loop polls (and wake it).
-/// SIGHUP is not a reload: a closed terminal or ssh session ends the trace like Ctrl-C.
-final class StopSignal: @unchecked Sendable {
-    let raised = Atomic<Int32>(0)
-    /// Kept alive for the process's life; written only in init.
-    var sources: [DispatchSourceSignal] = []
-    let queue = DispatchQueue(label: "kvmscope.signals")
-
+/// SIGINT, SIGTERM and SIGHUP end a command cleanly: a handler records the signal (``StopSignals``), the
+/// command's loop polls it (and is woken by it), and the command ends as it would at its natural end —
+/// status 0, instance removed, files complete. SIGHUP is treated like SIGTERM everywhere, `serve`
+/// included (no reload): a closed terminal or ssh session ends the trace instead of killing it uncleanly.
+final class StopSignal: Sendable {
     init(signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]) {
-        for sig in signals {
-            signal(sig, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            src.setEventHandler { [self] in raised.store(sig, ordering: .releasing) }
-            src.resume()
-            sources.append(src)
-        }
+        StopSignals.install(signals)
     }
 
-    var isRaised: Bool { raised.load(ordering: .acquiring) != 0 }
+    var isRaised: Bool { StopSignals.raised != nil }
+
+    /// Stops as if `signal` had come (the terminal went away, `q` in the log fallback).
+    func raise(_ signal: Int32) { StopSignals.raise(signal) }
 
     /// Sleeps up to `seconds`, returning early (true) when a signal came.
-    func sleep(_ seconds: Double) -> Bool {
-        let end = Date().addingTimeInterval(seconds)
-        while Date() < end {
-            if isRaised { return true }
-            usleep(UInt32(min(20_000, max(1, end.timeIntervalSinceNow * 1e6))))
-        }
-        return isRaised
-    }
+    func sleep(_ seconds: Double) -> Bool { StopSignals.wait(seconds: seconds) }
 }
 
 /// The end of a trace, whichever comes first: a stop signal (Ctrl-C, SIGTERM, SIGHUP), a deadline, or the
@@ -65,7 +47,8 @@ struct TraceRun {
         while !isOver {
             let slice = min(interval, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? interval)
             let end = Date().addingTimeInterval(slice)
-            while Date() < end && !isOver { usleep(UInt32(min(20_000, max(1, end.timeIntervalSinceNow * 1e6)))) }
+            // Woken at once by a stop signal; the command's end is looked at every 20 ms.
+            while Date() < end && !isOver { _ = stop.sleep(min(0.02, max(0.001, end.timeIntervalSinceNow))) }
             if stop.isRaised { return }
             guard try tick() else { return }
         }

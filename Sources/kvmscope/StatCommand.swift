@@ -140,6 +140,14 @@ struct StatCommand: ParsableCommand {
             out = h
         }
 
+        // A log line that cannot be written ends the log: a terminal or pipe that went away (EIO, EPIPE)
+        // like SIGHUP; a -L file that cannot take it (ENOSPC) with one line saying so.
+        func emit(_ text: String) throws {
+            guard let e = StandardDescriptors.write(out.fileDescriptor, text) else { return }
+            if let path = logToFile { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
+            stop.raise(SIGHUP)
+        }
+
         var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0
@@ -159,7 +167,7 @@ struct StatCommand: ParsableCommand {
                 let added = seen.filter { !known.contains($0) }
                 if formatter == nil || !added.isEmpty || (linesSinceHeader >= 20 && !csv) {
                     formatter = LogFormatter(fields: known + added, csv: csv)
-                    out.write(Data((formatter!.header() + "\n").utf8))
+                    try emit(formatter!.header() + "\n")
                     linesSinceHeader = 0
                 }
                 let line = formatter!.line(timestamp: timestamp.string(from: Date()), current: current, previous: previous)
@@ -167,7 +175,7 @@ struct StatCommand: ParsableCommand {
                     LogFormatter(fields: [f], csv: true).line(timestamp: "", current: current, previous: previous) == ",0"
                 }
                 if !(skipZeroRecords && allZero) {
-                    out.write(Data((line + "\n").utf8))
+                    try emit(line + "\n")
                     linesSinceHeader += 1
                 }
                 previous = current

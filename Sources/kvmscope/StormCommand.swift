@@ -28,7 +28,7 @@ struct StormCommand: ParsableCommand {
     @Option(help: "Exits per vCPU.")
     var exits: UInt64 = 100_000
 
-    @Option(help: "Repeat the storm for this many seconds (0: run once).")
+    @Option(help: "Repeat the storm for this many seconds, stopping the vCPUs when they pass (0: run once).")
     var seconds: Double = 0
 
     @Option(help: "A guest name, found like QEMU's -name (kvm_stat -g, kvmscope -g).")
@@ -44,15 +44,19 @@ struct StormCommand: ParsableCommand {
 
     func run() throws {
         let k = Storm.Kind(rawValue: kind)!
-        let stop = seconds > 0 ? StopSignal() : nil
+        // SIGINT, SIGTERM and SIGHUP stop the vCPU threads within milliseconds, as --seconds does; the JSON
+        // line then counts the exits done.
+        let stop = StopSignal()
         var total: UInt64 = 0
         var elapsed = 0.0
         let start = Date()
         repeat {
-            let r = try Storm.run(kind: k, vcpus: vcpus, exitsPerVCPU: exits)
+            let left = seconds > 0 ? seconds - Date().timeIntervalSince(start) : nil
+            if let left, left <= 0 { break }
+            let r = try Storm.run(kind: k, vcpus: vcpus, exitsPerVCPU: exits, timeLimit: left)
             total += r.exits
             elapsed += r.seconds
-        } while seconds > 0 && Date().timeIntervalSince(start) < seconds && !(stop?.isRaised ?? false)
+        } while seconds > 0 && !stop.isRaised
         let json = JSONValue.object([
             ("pid", .int(Int64(getpid()))), ("name", .optional(name)), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
             ("exits", .uint(total)), ("seconds", .double((elapsed * 1e6).rounded() / 1e6)),

@@ -189,6 +189,38 @@ struct LiveTUITests {
         #expect(a == b)
     }
 
+    /// At 80×24 the key bar still ends in "h help  q quit"; `--demo` with another VM running says why it
+    /// started nothing.
+    @Test func demoBesideAnotherVMAt80x24() throws {
+        let storm = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "1", "--exits", "50000000", "--seconds", "60"],
+                                stdinNull: true, quiet: true)
+        defer { storm.stop() }
+        let name = "kvmscope-live-demo-\(getpid())"
+        try Self.tmux(["new-session", "-d", "-s", name, "-x", "80", "-y", "24",
+                       "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? Self.tmux(["kill-session", "-t", name], check: false) }
+        let pane = Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        // The storm must hold /dev/kvm before the view looks for other VMs.
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline,
+              !((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(storm.pid)/fd")) ?? []).contains(where: {
+                  (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(storm.pid)/fd/\($0)")) == "/dev/kvm" }) {
+            usleep(20_000)
+        }
+        try pane.type("clear; \(CLI.binary) live --demo -s 0.5")
+        try pane.keys("Enter")
+        let screen = try pane.wait("the view with its notice") { s in
+            s.first == "kvm statistics - summary" && s.contains { $0.hasPrefix("--demo: no demo guest started: another VM runs on this host (pid ") }
+        }
+        #expect(screen.count >= 24)
+        #expect(screen[23] == "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  h help  q quit")
+        try pane.keys("q")
+        try pane.wait("the shell prompt after q") { s in
+            !s.contains { $0.contains("kvm statistics") } && s.contains { $0.hasPrefix("kvmscope-test$") }
+        }
+    }
+
     /// Not a terminal: the log instead, with one line saying so.
     @Test func notATerminalFallsBackToTheLog() throws {
         let p = try Spawned(CLI.binary, ["live", "-s", "0.2", "--event", "kvm_pio"], stdinNull: true)

@@ -252,7 +252,64 @@ struct LiveViewTests {
             "   KVM_EXIT_IO                    30  100.0        8",
             " Total                           160              40",
             "Top guest RIPs of EPT_VIOLATION:  0x3000 66.7%  0x3008 33.3%",
-            "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  r reset  s del…",
+            "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  h help  q quit",
+        ])
+    }
+
+    /// The key bar keeps h and q at any width; other keys go first (h lists them all).
+    @Test func keyBarKeepsHelpAndQuit() {
+        #expect(LiveView.keyBar(width: 60) == "b guests  v vCPUs  f filter  p pid  g guest  h help  q quit")
+        #expect(LiveView.keyBar(width: 60, first: "Enter show guest") == "Enter show guest  b guests  v vCPUs  p pid  h help  q quit")
+        #expect(LiveView.keyBar(width: 200) == Self.hint)
+    }
+
+    /// Kernel threads that cause kvm events (kdamond.0, kvm-pit/PID) are no guests: not in b's list nor in
+    /// its Total; VMs that exited stay in b's totals but are not offered by the p prompt.
+    @Test func kernelThreadsAndExitedVMs() throws {
+        var state = LiveViewState(delay: 2)
+        state.mode = .guests
+        state.kernelThreads = [200]
+        #expect(Self.shown(try Self.screen(state)) == [
+            "kvm statistics - summary - by guest",
+            "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
+            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">web (pid 100)                                   120  100.0       30",
+            " Total                                           120              30",
+            "Enter show guest  " + Self.hint,
+        ])
+        var prompt = LiveViewState(delay: 2)
+        prompt.prompt = .init(kind: .pid)
+        prompt.exited = [100]
+        #expect(Self.shown(try Self.screen(prompt)) == ["Show statistics for specific pid.", "Pid [0 or pid]:", "       Pid  Guest Name",
+                                                          "       200  db"])
+        prompt.kernelThreads = [200]
+        #expect(Self.shown(try Self.screen(prompt)) == ["Show statistics for specific pid.", "Pid [0 or pid]:", "       Pid  Guest Name"])
+    }
+
+    /// The sparklines record every row of every mode, whatever the regex, `x` and the mode show: a row that
+    /// was hidden has its history, not a gap.
+    @Test func sparklinesRecordEveryRowWhateverIsShown() throws {
+        var state = LiveViewState(fields: "pio", delay: 2)
+        state.mode = .guests
+        state.showChildren = false
+        let rates = LiveView.historyRates(try Self.frame(LiveViewState(delay: 2)), state: state)
+        #expect(rates.keys.sorted() == ["c:kvm_exit(EPT_VIOLATION)", "c:kvm_exit(HLT)", "c:kvm_exit(IO_INSTRUCTION)",
+                                        "c:kvm_userspace_exit(KVM_EXIT_IO)", "e:kvm_entry", "e:kvm_exit", "e:kvm_pio",
+                                        "e:kvm_userspace_exit", "g:100", "g:200"])
+        // Half of each total in the last 2 s.
+        #expect(rates["e:kvm_pio"] == 7.5)
+        #expect(rates["c:kvm_exit(HLT)"] == 2)
+        #expect(rates["g:100"] == 30)
+        #expect(rates["g:200"] == 10)
+    }
+
+    /// The help says what `lost N` and `lost N+` mean.
+    @Test func helpExplainsLost() {
+        let help = LiveView.render(LiveFrame(current: Summary(), previous: nil, seconds: 1),
+                                   state: { var s = LiveViewState(); s.showingHelp = true; return s }(), width: 100, height: 30)
+        #expect(Array(help.text.suffix(2)) == [
+            "lost N: events the kernel dropped because its ring buffer was full (raise --buffer-kb);",
+            "lost N+: at least N, as some buffers said events were lost but not how many.",
         ])
     }
 

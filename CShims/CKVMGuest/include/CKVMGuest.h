@@ -22,9 +22,10 @@ struct ckvmscope_storm_result {
 };
 
 /* Run a real VM through /dev/kvm with `vcpus` threads (named "CPU N/KVM"), each causing exactly
- * exits_per_vcpu exits of `kind`. Returns 0, or -1 with a one-line message in err. */
-int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, struct ckvmscope_storm_result *res,
-                        char *err, size_t errlen);
+ * exits_per_vcpu exits of `kind`, unless `seconds` (0: none) pass or a stop signal comes first.
+ * Returns 0, or -1 with a one-line message in err. */
+int ckvmscope_storm_run(int kind, uint32_t vcpus, uint64_t exits_per_vcpu, double seconds,
+                        struct ckvmscope_storm_result *res, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,35 @@
+/*
+ * CKVMHost — the process-level shim: the signals that end kvmscope cleanly, and children that die with it.
+ * Every exported symbol is prefixed `ckvmscope_`. Imported by the Swift module KVMHost; the terminal and
+ * guest shims use the stop signal too.
+ */
+#ifndef CKVMHOST_H
+#define CKVMHOST_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- stop signals (signals.c) */
+
+/* Record-and-wake handlers on these signals (SA_RESTART). 0, or -1 with errno. */
+int ckvmscope_stop_install(const int *sigs, int n);
+/* Record a stop as if sig had come (async-signal-safe; the first one wins). */
+void ckvmscope_stop_raise(int sig);
+/* The first stop's signal, or 0. */
+int ckvmscope_stop_signal(void);
+/* Readable from the first stop on (for poll), or -1. */
+int ckvmscope_stop_fd(void);
+
+/* ---------------------------------------------------------------- children that die with us (spawn.c) */
+
+/* fork + PR_SET_PDEATHSIG(SIGKILL) + execve; each path NULL to inherit. 0, or -1 with "WHAT: strerror" in err. */
+int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
+                    const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
