@@ -139,11 +139,8 @@ public final class LiveSession: @unchecked Sendable {
         if pairs {
             let pairer = ThreadOwned(aggregator.makePairer())
             let lanes = self.lanes
-            let count = readerHandles.count
-            let exitEvent = formats.catalog.index(of: "kvm_exit") ?? 0
-            let entryEvent = formats.catalog.index(of: "kvm_entry") ?? 0
-            let t = Thread { [self] in
-                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) { readersDone.load(ordering: .acquiring) == count }
+            let t = Thread {
+                PairingLoop(lanes: lanes, roles: roles).run(pairer: &pairer.value)
             }
             t.name = "kvmscope-pair"
             pairingThread = t
@@ -221,13 +218,9 @@ struct ReaderHandle: @unchecked Sendable {
     let maxSubbufs: UInt32
 }
 
-/// What a reader hands the pairing thread: its exits and entries in time order, and how far its CPU's
-/// stream is complete.
-final class PairingLane: Sendable {
-    let outbox = Mutex<[TraceEvent]>([])
-    /// Every event of this CPU with a timestamp ≤ watermark has been handed over (trace clock = mono).
-    let watermark = Atomic<UInt64>(0)
-}
+/// What a reader hands the pairing thread: its exits, entries and loss-flagged events in time order, and how
+/// far its CPU's stream is complete (the watermark).
+typealias PairingLane = PairingMerge.Lane
 
 enum MonotonicClock {
     static func now() -> UInt64 {
@@ -279,13 +272,7 @@ struct ReaderLoop {
                 lastMissed = stats.missed_events
                 lastUnknown = stats.missed_unknown
             }
-            if pairs {
-                if !pending.isEmpty {
-                    lane.outbox.withLock { $0.append(contentsOf: pending) }
-                    pending.removeAll(keepingCapacity: true)
-                }
-                lane.watermark.store(watermark, ordering: .releasing)
-            }
+            if pairs { lane.hand(&pending, watermark: watermark) }
         }
 
         while !stopping.load(ordering: .acquiring) {
@@ -314,59 +301,18 @@ struct ReaderLoop {
             consume(max(0, n), watermark: .max)
             if stats.subbufs == subbufsBefore { break }
         }
-        if pairs { lane.watermark.store(.max, ordering: .releasing) }
+        lane.finish()
     }
 }
 
-/// Merges the CPUs' exit/entry streams by timestamp and feeds the pairer. Each lane's events are already
-/// in time order (one CPU's buffer), so this is a k-way merge of sorted runs, cut at the smallest watermark:
-/// no sorting, and memory bounded by the events not yet complete on every CPU.
+/// The pairing thread: the pipeline's merge stage (``PairingMerge``) over the readers' lanes, one round every
+/// 10 ms, until every reader has finished and everything is paired.
 struct PairingLoop {
     let lanes: [PairingLane]
-    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
-    let exitEvent: UInt16
-    let entryEvent: UInt16
+    let roles: [EventRole]
 
-    func run(pairer: inout Pairer, readersDone: () -> Bool) {
-        var queues: [[TraceEvent]] = lanes.map { _ in [] }
-        var heads = [Int](repeating: 0, count: lanes.count)
-        while true {
-            let finished = readersDone()
-            // Load the watermarks before taking the outboxes: everything at or below them is then in hand.
-            var limit = UInt64.max
-            for lane in lanes { limit = min(limit, lane.watermark.load(ordering: .acquiring)) }
-            for (i, lane) in lanes.enumerated() {
-                lane.outbox.withLock { box in
-                    queues[i].append(contentsOf: box)
-                    box.removeAll(keepingCapacity: true)
-                }
-            }
-            while true {
-                var best = -1
-                var bestTS = UInt64.max
-                for i in queues.indices where heads[i] < queues[i].count {
-                    let ts = queues[i][heads[i]].timestamp
-                    if ts < bestTS { best = i; bestTS = ts }
-                }
-                if best < 0 || (!finished && bestTS > limit) { break }
-                let e = queues[best][heads[best]]
-                heads[best] += 1
-                if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-                if e.event == exitEvent {
-                    pairer.exit(e)
-                } else if e.event == entryEvent {
-                    pairer.entry(e)
-                }
-            }
-            for i in queues.indices where heads[i] > 0 {
-                queues[i].removeFirst(heads[i])
-                heads[i] = 0
-            }
-            if finished {
-                pairer.finish()
-                return
-            }
-            usleep(10_000)
-        }
+    func run(pairer: inout Pairer) {
+        var merge = PairingMerge(lanes: lanes, roles: roles)
+        while !merge.step(&pairer) { usleep(10_000) }
     }
 }

@@ -2,7 +2,9 @@
 // and writes results/<date>.json. See benchmarks/README.md for what each section measures.
 import Foundation
 import KVMScopeViews
+import KVMExits
 import KVMSources
+import KVMHost
 
 let options = HarnessOptions.parse(Array(CommandLine.arguments.dropFirst()))
 let machine = Machine.current()
