@@ -70,41 +70,41 @@ struct RunMerge {
     /// Emits, in (timestamp, lane) order, every queued event stamped ≤ `limit`. When a lane's queue is spent,
     /// `refill(lane, &queue)` may put that lane's next events in the (empty) queue and return true; false:
     /// the lane has nothing more for now. After a throw the merge is spent.
+    /// Inlined into its callers, so their closures are inlined into the per-event loop.
+    @inline(__always)
     mutating func drain(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
                         _ body: (TraceEvent) throws -> Void) rethrows {
         guard var cur = heap.popMin() else { return }
         while true {
             let lane = cur.lane
-            // The run of `lane` may go on while it stays before the next lane's head.
+            // The run of `lane` goes on while it stays before the next lane's head (ties: the lower lane first)
+            // and within the limit: one compare per event. `cur` is the smallest head, so when this lane
+            // loses ties the bound is above its head (≥ 1) and `bound - 1` does not wrap.
             let bound = heap.min ?? MergeHead(.max, .max)
-            var q: [TraceEvent] = []
-            swap(&q, &queues[lane])
+            var runEnd = lane < bound.lane ? bound.timestamp : bound.timestamp &- 1
+            if runEnd > limit { runEnd = limit }
             var i = next[lane]
-            var stop = false
+            var count = queues[lane].count
             run: while true {
-                while i < q.count {
-                    let ts = q[i].timestamp
-                    if ts > limit {
-                        stop = true
-                        break run
-                    }
-                    if ts > bound.timestamp || (ts == bound.timestamp && lane > bound.lane) { break run }
-                    try body(q[i])
+                while i < count {
+                    let e = queues[lane][i]
+                    if e.timestamp > runEnd { break run }
+                    try body(e)
                     i += 1
                 }
-                q.removeAll(keepingCapacity: true)
+                queues[lane].removeAll(keepingCapacity: true)
                 i = 0
-                if try !refill(lane, &q) || q.isEmpty { break }
+                guard try refill(lane, &queues[lane]) else { break }
+                count = queues[lane].count
             }
-            let spent = i >= q.count
-            swap(&q, &queues[lane])
             next[lane] = i
-            if spent {
+            if i >= queues[lane].count {
                 queued[lane] = false
                 guard let n = heap.popMin() else { return }
                 cur = n
                 continue
             }
+            let stop = queues[lane][i].timestamp > limit
             let head = MergeHead(queues[lane][i].timestamp, lane)
             if stop {
                 heap.insert(head)
@@ -130,41 +130,46 @@ public struct EventMerge {
 
     /// Calls `body` for every event of every stream, in timestamp order. Throws what the streams throw.
     public mutating func run(_ body: (TraceEvent) throws -> Void) throws {
-        if !primed {
-            primed = true
-            var batch: [TraceEvent] = []
-            for (i, s) in streams.enumerated() where try s.next(&batch) { merge.append(i, &batch) }
-        }
+        try prime()
         let streams = self.streams
         try merge.drain(upTo: .max, refill: { lane, q in try streams[lane].next(&q) }, body)
+    }
+
+    /// Reads each stream's first batch (once).
+    mutating func prime() throws {
+        guard !primed else { return }
+        primed = true
+        var batch: [TraceEvent] = []
+        for (i, s) in streams.enumerated() where try s.next(&batch) { merge.append(i, &batch) }
     }
 }
 
 /// What the pairer is fed: exits, entries, and any other event flagged as following a loss (the pairer must
-/// know its CPU lost events there). One byte per event index.
+/// know its CPU lost events there); and whether an event is counted per reason. One byte per event index.
 struct PairingFeed {
-    static let other: UInt8 = 0
     static let exit: UInt8 = 1
     static let entry: UInt8 = 2
-    /// Per event index (256 entries): other, exit or entry.
+    static let hasReason: UInt8 = 4
+    /// Per event index (256 entries): exit, entry or neither (bits 0-1), and hasReason (bit 2).
     let kinds: [UInt8]
 
     init(roles: [EventRole]) {
-        var k = [UInt8](repeating: Self.other, count: AggregateShard.maxEvents)
-        for (i, r) in roles.enumerated() where i < k.count {
-            k[i] = r == .exit ? Self.exit : r == .entry ? Self.entry : Self.other
+        var k = [UInt8](repeating: 0, count: 256)
+        for (i, r) in roles.enumerated() where i < 256 {
+            k[i] = (r == .exit ? Self.exit : r == .entry ? Self.entry : 0) | (r.hasReasons ? Self.hasReason : 0)
         }
         kinds = k
     }
 
-    /// Pairing runs only when both halves are in the catalog.
-    var pairs: Bool { kinds.contains(Self.exit) && kinds.contains(Self.entry) }
-
-    func feed(_ e: TraceEvent, _ pairer: inout Pairer) {
-        switch kinds[Int(e.event) & 255] {
-        case Self.exit: pairer.exit(e)
-        case Self.entry: pairer.entry(e)
-        default: if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
+    /// Feeds one event of kind `k` (a ``kinds`` byte) to the pairer.
+    @inline(__always)
+    static func feed(_ e: TraceEvent, kind k: UInt8, _ pairer: inout Pairer) {
+        if k & 3 == exit {
+            pairer.exit(e)
+        } else if k & 3 == entry {
+            pairer.entry(e)
+        } else if e.flags & TraceEvent.afterLoss != 0 {
+            pairer.noteLoss(cpu: e.cpu, at: e.timestamp)
         }
     }
 }
@@ -182,8 +187,6 @@ public struct ExitPipeline {
     var writer: ShardWriter
     public var pairer: Pairer
     let feed: PairingFeed
-    /// Per event index (256 entries): whether the event's counters are keyed by reason.
-    let hasReason: [Bool]
 
     /// Timestamps (ns) of the first and last event kept; 0 when none was.
     public private(set) var first: UInt64 = 0
@@ -200,17 +203,14 @@ public struct ExitPipeline {
         writer = aggregator.writer(shard: 0)
         pairer = aggregator.makePairer()
         pairer.observer = observer
-        let roles = catalog.entries.map(\.role)
-        feed = PairingFeed(roles: roles)
-        var h = [Bool](repeating: false, count: AggregateShard.maxEvents)
-        for (i, r) in roles.enumerated() where i < h.count { h[i] = r.hasReasons }
-        hasReason = h
+        feed = PairingFeed(roles: catalog.entries.map(\.role))
     }
 
     /// Counts and pairs one event; feed events in timestamp order.
     public mutating func add(_ e: TraceEvent) {
-        writer.add(e, hasReason: hasReason[Int(e.event) & 255])
-        feed.feed(e, &pairer)
+        let k = feed.kinds[Int(e.event) & 255]
+        writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+        PairingFeed.feed(e, kind: k, &pairer)
     }
 
     /// Runs streams through the pipeline: merged by timestamp, then kept when trace start + `from` ≤
@@ -223,7 +223,10 @@ public struct ExitPipeline {
         var lo: UInt64 = 0
         var hi: UInt64 = .max
         let before = eventsKept
-        try merge.run { e in
+        let kinds = feed.kinds
+        try merge.prime()
+        // The drain is called here, not through EventMerge.run, so that this closure is inlined into its loop.
+        try merge.merge.drain(upTo: .max, refill: { lane, q in try streams[lane].next(&q) }) { e in
             if !started {
                 started = true
                 if let from { lo = e.timestamp &+ from }
@@ -236,7 +239,9 @@ public struct ExitPipeline {
             }
             last = e.timestamp
             eventsKept &+= 1
-            add(e)
+            let k = kinds[Int(e.event) & 255]
+            writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+            PairingFeed.feed(e, kind: k, &pairer)
         }
         return eventsKept - before
     }
@@ -324,8 +329,10 @@ public struct PairingMerge {
             lane.outbox.withLock { swap(&$0, &inbox) }
             merge.append(i, &inbox)
         }
-        let feed = self.feed
-        merge.drain(upTo: allFinished ? .max : limit, refill: { _, _ in false }) { e in feed.feed(e, &pairer) }
+        let kinds = feed.kinds
+        merge.drain(upTo: allFinished ? .max : limit, refill: { _, _ in false }) { e in
+            PairingFeed.feed(e, kind: kinds[Int(e.event) & 255], &pairer)
+        }
         if allFinished {
             pairer.finish()
             isFinished = true

@@ -72,7 +72,7 @@ final class PagesStream: EventStream {
         while batch.isEmpty {
             guard page < pages.count else { return false }
             pages[page].withUnsafeBytes { raw in
-                _ = decoder.decode(raw, cpu: cpu) { batch.append($0) }
+                _ = decoder.decode(raw, cpu: cpu, appendingTo: &batch)
             }
             page += 1
         }

@@ -220,9 +220,8 @@ final class CPUStream: EventStream {
             if n < ps { UnsafeMutableRawBufferPointer(rebasing: page[n..<ps]).initializeMemory(as: UInt8.self, repeating: 0) }
             let at = pos
             pos += n
-            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]), cpu: UInt16(truncatingIfNeeded: data.cpu)) {
-                events.append($0)
-            }
+            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]),
+                                    cpu: UInt16(truncatingIfNeeded: data.cpu), appendingTo: &events)
             guard ok else {
                 let whereText = reader.dataCompressed ? "byte \(at) of a decompressed chunk" : "file offset \(at)"
                 throw KVMScopeError.badFile("\(reader.path): corrupt ring-buffer page of cpu \(data.cpu) at \(whereText)")
