@@ -219,14 +219,35 @@ public struct ExitPipeline {
     @discardableResult
     public mutating func run(_ streams: [any EventStream], from: UInt64? = nil, to: UInt64? = nil) throws -> UInt64 {
         var merge = EventMerge(streams: streams)
+        try merge.prime()
+        let kinds = feed.kinds
+        // The drain is called here, not through EventMerge.run, so that these closures are inlined into its loop.
+        let refill = { (lane: Int, q: inout [TraceEvent]) throws -> Bool in try streams[lane].next(&q) }
+        guard from != nil || to != nil else {
+            // No window: every event is kept; the first is the smallest head.
+            guard let head = merge.merge.heap.min else { return 0 }
+            if eventsKept == 0 {
+                first = head.timestamp
+                pairer.observer?.start(at: head.timestamp)
+            }
+            var last = self.last
+            var kept: UInt64 = 0
+            try merge.merge.drain(upTo: .max, refill: refill) { e in
+                last = e.timestamp
+                kept &+= 1
+                let k = kinds[Int(e.event) & 255]
+                writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+                PairingFeed.feed(e, kind: k, &pairer)
+            }
+            self.last = last
+            eventsKept &+= kept
+            return kept
+        }
         var started = eventsKept > 0
         var lo: UInt64 = 0
         var hi: UInt64 = .max
         let before = eventsKept
-        let kinds = feed.kinds
-        try merge.prime()
-        // The drain is called here, not through EventMerge.run, so that this closure is inlined into its loop.
-        try merge.merge.drain(upTo: .max, refill: { lane, q in try streams[lane].next(&q) }) { e in
+        try merge.merge.drain(upTo: .max, refill: refill) { e in
             if !started {
                 started = true
                 if let from { lo = e.timestamp &+ from }
