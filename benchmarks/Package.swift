@@ -29,6 +29,7 @@ let package = Package(
             .product(name: "KVMExits", package: mainPackage),
             .product(name: "KVMAnalysis", package: mainPackage),
             .product(name: "KVMScopeViews", package: mainPackage),
+            .product(name: "KVMHost", package: mainPackage),
             .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
         ], path: "Sources/kvmscope-bench"),
         // `swift package benchmark`: micro suites (throughput, wall clock, mallocs).

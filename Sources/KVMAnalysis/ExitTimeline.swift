@@ -1,7 +1,8 @@
 import KVMExits
 /// Exits over time, for pictures: per thread × exit reason, the exit count of every time bin and the
-/// exit→entry latencies of every (time bin, latency bucket). Offline analysis only (it pairs with a
-/// dictionary); the live path never feeds it.
+/// exit→entry latencies of every (time bin, latency bucket). Fed by the pairer (``ExitTimelineRecorder`` is
+/// its ``PairObserver``): the exits it counts and the pairs it records, so the pictures and the tables agree
+/// on every trace, lossy or not (no pair the tables invalidated, no orphan, shows as a latency).
 ///
 /// Bins start ``initialBinWidth`` wide from the first event; whenever the trace outgrows ``maxBins`` bins,
 /// neighbouring bins are summed pairwise and the width doubles, so any trace fits in at most `maxBins` bins
@@ -34,7 +35,6 @@ public struct ExitTimeline: Sendable {
     /// Paired latencies per key: `binCount × latencyBuckets` counts, bin-major.
     public private(set) var latencies: [Key: [UInt32]] = [:]
     var started = false
-    var open: [Int32: (ts: UInt64, key: Key)] = [:]
 
     public init(maxBins: Int = 256) {
         precondition(maxBins >= 2 && maxBins % 2 == 0, "maxBins must be even and ≥ 2")
@@ -50,29 +50,37 @@ public struct ExitTimeline: Sendable {
     /// The inclusive lower bound of a latency bucket, ns.
     public static func latencyLowerBound(_ bucket: Int) -> UInt64 { bucket == 0 ? 0 : 1 << UInt64(bucket + 7) }
 
-    /// Feeds one event (in timestamp order) with its role in the catalog.
-    public mutating func add(_ e: TraceEvent, role: EventRole) {
+    /// Sets where bin 0 starts (the first event's timestamp), unless an event already did.
+    public mutating func begin(at ts: UInt64) {
         if !started {
             started = true
-            start = e.timestamp
+            start = ts
         }
-        guard role == .exit || role == .entry else { return }
-        let bin = self.bin(of: e.timestamp)
-        switch role {
-        case .exit:
-            let key = Key(tid: e.tid, isa: e.isa, reason: e.reason)
-            exits[key, default: []].grow(to: binCount)
-            exits[key]![bin] += 1
-            open[e.tid] = (e.timestamp, key)
-        case .entry:
-            guard let x = open.removeValue(forKey: e.tid), e.timestamp >= x.ts else { return }
-            let exitBin = x.ts >= start ? Int((x.ts - start) / binWidth) : 0
-            let b = ExitTimeline.latencyBucket(e.timestamp - x.ts)
-            latencies[x.key, default: []].grow(to: binCount * Self.latencyBuckets)
-            latencies[x.key]![Swift.min(exitBin, binCount - 1) * Self.latencyBuckets + b] += 1
-        default:
-            break
-        }
+    }
+
+    /// Counts an exit in its bin (exits in timestamp order).
+    public mutating func exit(_ key: Key, at ts: UInt64) {
+        begin(at: ts)
+        let bin = self.bin(of: ts)
+        exits[key, default: []].grow(to: binCount)
+        exits[key]![bin] += 1
+    }
+
+    /// Counts a recorded pair's latency in the bin of its exit (the entry's time extends the bins).
+    public mutating func pair(_ key: Key, exitAt ts: UInt64, latency: UInt64) {
+        begin(at: ts)
+        _ = bin(of: ts &+ latency)
+        let exitBin = ts >= start ? Int((ts - start) / binWidth) : 0
+        let b = ExitTimeline.latencyBucket(latency)
+        latencies[key, default: []].grow(to: binCount * Self.latencyBuckets)
+        latencies[key]![Swift.min(exitBin, binCount - 1) * Self.latencyBuckets + b] += 1
+    }
+
+    /// Feeds one event (in timestamp order) with its role in the catalog: starts the bins, counts exits.
+    /// Latencies come only from a pairer (``pair(_:exitAt:latency:)``); entries are ignored here.
+    public mutating func add(_ e: TraceEvent, role: EventRole) {
+        begin(at: e.timestamp)
+        if role == .exit { exit(Key(tid: e.tid, isa: e.isa, reason: e.reason), at: e.timestamp) }
     }
 
     /// The bin of a timestamp, coalescing bins while it lies beyond the last one.
@@ -122,5 +130,23 @@ public struct ExitTimeline: Sendable {
 extension Array where Element == UInt32 {
     mutating func grow(to n: Int) {
         if count < n { append(contentsOf: repeatElement(0, count: n - count)) }
+    }
+}
+
+/// The pairer's observer that builds an ``ExitTimeline``: set it on ``ExitPipeline`` (or a ``Pairer``), read
+/// ``timeline`` after the run.
+public final class ExitTimelineRecorder: PairObserver {
+    public private(set) var timeline: ExitTimeline
+
+    public init(maxBins: Int = 256) { timeline = ExitTimeline(maxBins: maxBins) }
+
+    public func start(at timestamp: UInt64) { timeline.begin(at: timestamp) }
+
+    public func exit(tid: Int32, isa: UInt8, reason: UInt32, at timestamp: UInt64) {
+        timeline.exit(ExitTimeline.Key(tid: tid, isa: isa, reason: reason), at: timestamp)
+    }
+
+    public func pair(tid: Int32, isa: UInt8, reason: UInt32, exitAt timestamp: UInt64, latency: UInt64) {
+        timeline.pair(ExitTimeline.Key(tid: tid, isa: isa, reason: reason), exitAt: timestamp, latency: latency)
     }
 }

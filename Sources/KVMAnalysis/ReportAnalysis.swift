@@ -12,7 +12,11 @@ public struct ReportAnalysis: Sendable {
 
     public var durationSeconds: Double { last > first ? Double(last - first) / 1e9 : 0 }
 
-    /// Analyses a source.
+    /// What the source counted: events decoded, losses by CPU and kind.
+    public var statistics = SourceStatistics()
+
+    /// Analyses a source through ``ExitPipeline``: its CPUs merged, counted, paired; the timeline (when asked
+    /// for) fed by the pairer's own exits and pairs.
     /// - Parameters:
     ///   - from, to: keep events with trace start + from ≤ timestamp < trace start + to (seconds from the
     ///     source's first event; nil: no bound).
@@ -20,42 +24,16 @@ public struct ReportAnalysis: Sendable {
     public static func run(_ source: TraceSource, from: Double? = nil, to: Double? = nil,
                            timelineBins: Int? = nil) throws -> ReportAnalysis {
         let identities = source.identities
-        let aggregator = Aggregator(catalog: source.catalog, shardCount: 1) { identities[$0] }
-        var writer = aggregator.writer(shard: 0)
-        var pairer = aggregator.makePairer()
-        let roles = source.catalog.entries.map(\.role)
-        var timeline = timelineBins.map { ExitTimeline(maxBins: $0) }
-        var traceStart: UInt64?
-        var lo: UInt64 = 0
-        var hi: UInt64 = .max
-        var first: UInt64 = 0
-        var last: UInt64 = 0
-        var kept: UInt64 = 0
-        try source.forEachEvent { e in
-            if traceStart == nil {
-                traceStart = e.timestamp
-                if let from { lo = e.timestamp &+ UInt64(max(0, from) * 1e9) }
-                if let to { hi = e.timestamp &+ UInt64(max(0, to) * 1e9) }
-            }
-            guard e.timestamp >= lo && e.timestamp < hi else { return }
-            let role = roles[Int(e.event)]
-            writer.add(e, hasReason: role.hasReasons)
-            switch role {
-            case .exit: pairer.exit(e)
-            case .entry: pairer.entry(e)
-            default: if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-            }
-            timeline?.add(e, role: role)
-            if kept == 0 { first = e.timestamp }
-            last = e.timestamp
-            kept += 1
-        }
-        pairer.finish()
-        writer.addLost(source.lostEvents, unknownSubbuffers: source.lostUnknown)
-        var r = ReportAnalysis(snapshot: aggregator.snapshot(timestamp: last), timeline: timeline)
-        r.first = first
-        r.last = last
-        r.eventsKept = kept
+        let recorder = timelineBins.map { ExitTimelineRecorder(maxBins: $0) }
+        var pipeline = ExitPipeline(catalog: source.catalog, resolver: { identities[$0] }, observer: recorder)
+        try pipeline.run(source.streams(), from: from.map { UInt64(max(0, $0) * 1e9) },
+                         to: to.map { UInt64(max(0, $0) * 1e9) })
+        let statistics = source.statistics
+        var r = ReportAnalysis(snapshot: pipeline.finish(statistics: statistics), timeline: recorder?.timeline)
+        r.first = pipeline.first
+        r.last = pipeline.last
+        r.eventsKept = pipeline.eventsKept
+        r.statistics = statistics
         return r
     }
 }

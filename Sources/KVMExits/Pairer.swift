@@ -30,6 +30,9 @@ public struct Pairer {
     /// Per CPU: timestamp of the first event after the kernel last reported losses there.
     @usableFromInline var lastLoss = [UInt64](repeating: 0, count: 1024)
     var seriesSlots: SeriesSlots
+    /// Told of every exit and every recorded pair (the timeline's feed), when set. One nil check per exit and
+    /// per pair when not.
+    public var observer: (any PairObserver)?
 
     public init(store: SeriesStore = SeriesStore(), counters: PairingCounters = PairingCounters()) {
         self.store = store
@@ -78,6 +81,7 @@ public struct Pairer {
     /// An exit: remembered until the thread's next entry.
     public mutating func exit(_ e: TraceEvent) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
+        if let observer { observer.exit(tid: e.tid, isa: e.isa, reason: e.reason, at: e.timestamp) }
         guard let i = pendingIndex(e.tid) else {
             counters.overflowCount.singleWriterAdd(1)
             return
@@ -124,6 +128,9 @@ public struct Pairer {
         }
         seriesSlots.dense[Int(x.series)].histogram.record(e.timestamp - x.ts)
         counters.pairedCount.singleWriterAdd(1)
+        if let observer {
+            observer.pair(tid: e.tid, isa: x.isa, reason: x.reason, exitAt: x.ts, latency: e.timestamp - x.ts)
+        }
     }
 
     /// At the end of a trace: exits still waiting for an entry are counted as open at the end (the trace
@@ -134,6 +141,18 @@ public struct Pairer {
             counters.openAtEndCount.singleWriterAdd(1)
         }
     }
+}
+
+/// What the pairer tells an observer (``Pairer/observer``): every exit it is fed, and every pair it records
+/// in a latency series — exactly the pairs the histograms hold (no orphan, no pair invalidated by a loss, no
+/// negative gap). Called on the pairer's thread, in timestamp order.
+public protocol PairObserver: AnyObject {
+    /// The first event kept (any kind), before any exit: where a timeline starts. ``ExitPipeline`` calls it.
+    func start(at timestamp: UInt64)
+    /// An exit of thread `tid` (raw reason and ``ISA`` value), timestamp in ns.
+    func exit(tid: Int32, isa: UInt8, reason: UInt32, at timestamp: UInt64)
+    /// A recorded pair: the exit's key and timestamp, and the latency to its entry (ns).
+    func pair(tid: Int32, isa: UInt8, reason: UInt32, exitAt timestamp: UInt64, latency: UInt64)
 }
 
 /// Every latency series, published for readers. Appending (a new thread × reason) takes the lock;

@@ -5,67 +5,24 @@ import KVMExits
 /// and a heatmap of exit→entry latencies (time × latency bucket), for all VMs, each VM, or each VM × vCPU
 /// (a selector). The data is embedded as JSON in `<script id="kvmscope-data">`; the page draws it.
 public enum HTMLReport {
-    /// One selectable view: exits per bin per reason, and the latency heatmap (blocking reasons excluded).
-    public struct Group {
-        public var label: String
-        public var series: [(reason: String, counts: [UInt64])]
-        /// bins × ExitTimeline.latencyBuckets, bin-major.
-        public var heat: [UInt64]
-    }
+    /// One selectable view of the page (``TimelineGroup``, computed in KVMAnalysis).
+    public typealias Group = TimelineGroup
 
-    /// The groups of a timeline: "All VMs", then each VM, then each VM × vCPU; only rows the filter keeps.
+    /// The groups of a timeline (``ExitTimelineView``): "All VMs", then each VM, then each VM × vCPU.
     public static func groups(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter) -> [Group] {
-        guard let exitEvent = snapshot.catalog.index(of: "kvm_exit") else { return [] }
-        struct GKey: Hashable, Comparable {
-            var vm: Int32
-            var vcpu: Int64  // -1: all vCPUs; -2: all VMs
-            static func < (a: GKey, b: GKey) -> Bool { (a.vm, a.vcpu) < (b.vm, b.vcpu) }
-        }
-        var names: [GKey: String] = [GKey(vm: .min, vcpu: -2): "All VMs"]
-        var series: [GKey: [String: [UInt64]]] = [:]
-        var heat: [GKey: [UInt64]] = [:]
-        let lb = ExitTimeline.latencyBuckets
-        let keys = Set(t.exits.keys).union(t.latencies.keys).sorted()
-        for k in keys {
-            let id = snapshot.identity(of: k.tid)
-            guard filter.keeps(tid: k.tid, identity: id),
-                  let reason = snapshot.catalog.reasonName(event: exitEvent, reason: k.reason, isa: k.isa) else { continue }
-            if let reasons = filter.reasons, !reasons.contains(reason) { continue }
-            let blocking = ExitReasonNames.isBlocking(isa: ISA(rawValue: k.isa) ?? .unknown, reasonName: reason)
-            let vmLabel = "VM \(id.vm)" + (id.vmName.map { " (\($0))" } ?? "")
-            let targets = [GKey(vm: .min, vcpu: -2), GKey(vm: id.vm, vcpu: -1),
-                           GKey(vm: id.vm, vcpu: id.vcpu.map { Int64($0) } ?? Int64(Int32.max))]
-            names[targets[1]] = vmLabel + ", all vCPUs"
-            names[targets[2]] = vmLabel + (id.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown")
-            let counts = t.exitCounts(k)
-            let lat = t.latencyCounts(k)
-            for g in targets {
-                var s = series[g, default: [:]][reason] ?? [UInt64](repeating: 0, count: t.binCount)
-                for (i, c) in counts.enumerated() { s[i] += UInt64(c) }
-                series[g, default: [:]][reason] = s
-                var h = heat[g] ?? [UInt64](repeating: 0, count: t.binCount * lb)
-                if !blocking { for (i, c) in lat.enumerated() { h[i] += UInt64(c) } }
-                heat[g] = h
-            }
-        }
-        return names.keys.sorted().compactMap { g in
-            guard let s = series[g] else { return nil }
-            let ordered = s.map { ($0.key, $0.value) }.sorted {
-                ($0.1.reduce(0, +), $1.0) > ($1.1.reduce(0, +), $0.0)
-            }
-            return Group(label: names[g]!, series: ordered, heat: heat[g] ?? [])
-        }
+        ExitTimelineView(t, snapshot: snapshot, filter: filter).groups
     }
 
-    public static func dataJSON(_ t: ExitTimeline, groups: [Group], title: String) -> JSONValue {
+    /// The data the page draws, from the view-model only.
+    public static func dataJSON(_ view: ExitTimelineView, title: String) -> JSONValue {
         .object([
             ("title", .string(title)),
-            ("bin_ns", .uint(t.binWidth)),
-            ("bins", .uint(UInt64(t.binCount))),
+            ("bin_ns", .uint(view.binWidth)),
+            ("bins", .uint(UInt64(view.binCount))),
             ("latency_buckets", .array((0..<ExitTimeline.latencyBuckets).map {
                 .string($0 == 0 ? "<256ns" : Durations.adaptive(ExitTimeline.latencyLowerBound($0)))
             })),
-            ("groups", .array(groups.map { g in
+            ("groups", .array(view.groups.map { g in
                 .object([
                     ("label", .string(g.label)),
                     ("series", .object(g.series.map { ($0.reason, .array($0.counts.map { .uint($0) })) })),
@@ -75,9 +32,15 @@ public enum HTMLReport {
         ])
     }
 
+    /// The page of a timeline: builds its view-model (``ExitTimelineView``) and renders that.
     public static func render(timeline: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter,
                               title: String) -> String {
-        let data = dataJSON(timeline, groups: groups(timeline, snapshot: snapshot, filter: filter), title: title)
+        render(ExitTimelineView(timeline, snapshot: snapshot, filter: filter), title: title)
+    }
+
+    /// The page of a timeline's view-model.
+    public static func render(_ view: ExitTimelineView, title: String) -> String {
+        let data = dataJSON(view, title: title)
         // "<" never appears raw inside the script element.
         let json = data.serialized().map { $0 == "<" ? "\\u003c" : String($0) }.joined()
         let safeTitle = title.map { c -> String in

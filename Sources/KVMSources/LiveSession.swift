@@ -20,7 +20,6 @@ public final class LiveSession: @unchecked Sendable {
     public var cpus: [Int] { trace.cpus }
     var formats: EventFormats { trace.formats }
     let lanes: [PairingLane]
-    let progress = ReaderProgress()
     private let pairingThread = Mutex<JoinableThread?>(nil)
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
     private let final = Mutex<[Int: UInt64]?>(nil)
@@ -47,25 +46,17 @@ public final class LiveSession: @unchecked Sendable {
         if pairs {
             let pairer = ThreadOwned(aggregator.makePairer())
             let lanes = self.lanes
-            let progress = self.progress
-            let count = trace.readers.count
-            let exitEvent = formats.catalog.index(of: "kvm_exit") ?? 0
-            let entryEvent = formats.catalog.index(of: "kvm_entry") ?? 0
             let t = try JoinableThread(name: "kvmscope-pair") {
-                PairingLoop(lanes: lanes, exitEvent: exitEvent, entryEvent: entryEvent).run(pairer: &pairer.value) {
-                    progress.readersDone.load(ordering: .acquiring) == count
-                }
+                PairingLoop(lanes: lanes, roles: roles).run(pairer: &pairer.value)
             }
             pairingThread.withLock { $0 = t }
         }
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
-        let progress = self.progress
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
         try trace.start(threadName: "kvmscope-cpu") { reader in
             let i = index[reader.cpu]!
             ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs).run(writer: &writers[i].value)
-            progress.readersDone.wrappingAdd(1, ordering: .releasing)
         }
     }
 
@@ -120,24 +111,15 @@ extension LiveSession {
     }
 }
 
-/// How many reader threads have returned (the pairing thread ends after the last).
-final class ReaderProgress: Sendable {
-    let readersDone = Atomic<Int>(0)
-}
-
 /// A value handed to the one thread that will own it from then on.
 final class ThreadOwned<T>: @unchecked Sendable {
     var value: T
     init(_ value: T) { self.value = value }
 }
 
-/// What a reader hands the pairing thread: its exits and entries in time order, and how far its CPU's
-/// stream is complete.
-final class PairingLane: Sendable {
-    let outbox = Mutex<[TraceEvent]>([])
-    /// Every event of this CPU with a timestamp ≤ watermark has been handed over (trace clock = mono).
-    let watermark = Atomic<UInt64>(0)
-}
+/// What a reader hands the pairing thread: its exits, entries and loss-flagged events in time order, and how
+/// far its CPU's stream is complete (the watermark).
+typealias PairingLane = PairingMerge.Lane
 
 enum MonotonicClock {
     static func now() -> UInt64 {
@@ -194,13 +176,7 @@ struct ReaderLoop {
                 writer.addDamage(corruptSubbuffers: stats.corrupt - lastCorrupt)
                 lastCorrupt = stats.corrupt
             }
-            if pairs {
-                if !pending.isEmpty {
-                    lane.outbox.withLock { $0.append(contentsOf: pending) }
-                    pending.removeAll(keepingCapacity: true)
-                }
-                lane.watermark.store(watermark, ordering: .releasing)
-            }
+            if pairs { lane.hand(&pending, watermark: watermark) }
         }
 
         while !handle.isStopping {
@@ -234,59 +210,18 @@ struct ReaderLoop {
             consume(max(0, n), watermark: .max)
             if stats.subbufs == subbufsBefore { break }
         }
-        if pairs { lane.watermark.store(.max, ordering: .releasing) }
+        lane.finish()
     }
 }
 
-/// Merges the CPUs' exit/entry streams by timestamp and feeds the pairer. Each lane's events are already
-/// in time order (one CPU's buffer), so this is a k-way merge of sorted runs, cut at the smallest watermark:
-/// no sorting, and memory bounded by the events not yet complete on every CPU.
+/// The pairing thread: the pipeline's merge stage (``PairingMerge``) over the readers' lanes, one round every
+/// 10 ms, until every reader has finished and everything is paired.
 struct PairingLoop {
     let lanes: [PairingLane]
-    /// The catalog indices of kvm_exit and kvm_entry; other events handed over only carry loss flags.
-    let exitEvent: UInt16
-    let entryEvent: UInt16
+    let roles: [EventRole]
 
-    func run(pairer: inout Pairer, readersDone: () -> Bool) {
-        var queues: [[TraceEvent]] = lanes.map { _ in [] }
-        var heads = [Int](repeating: 0, count: lanes.count)
-        while true {
-            let finished = readersDone()
-            // Load the watermarks before taking the outboxes: everything at or below them is then in hand.
-            var limit = UInt64.max
-            for lane in lanes { limit = min(limit, lane.watermark.load(ordering: .acquiring)) }
-            for (i, lane) in lanes.enumerated() {
-                lane.outbox.withLock { box in
-                    queues[i].append(contentsOf: box)
-                    box.removeAll(keepingCapacity: true)
-                }
-            }
-            while true {
-                var best = -1
-                var bestTS = UInt64.max
-                for i in queues.indices where heads[i] < queues[i].count {
-                    let ts = queues[i][heads[i]].timestamp
-                    if ts < bestTS { best = i; bestTS = ts }
-                }
-                if best < 0 || (!finished && bestTS > limit) { break }
-                let e = queues[best][heads[best]]
-                heads[best] += 1
-                if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
-                if e.event == exitEvent {
-                    pairer.exit(e)
-                } else if e.event == entryEvent {
-                    pairer.entry(e)
-                }
-            }
-            for i in queues.indices where heads[i] > 0 {
-                queues[i].removeFirst(heads[i])
-                heads[i] = 0
-            }
-            if finished {
-                pairer.finish()
-                return
-            }
-            usleep(10_000)
-        }
+    func run(pairer: inout Pairer) {
+        var merge = PairingMerge(lanes: lanes, roles: roles)
+        while !merge.step(&pairer) { usleep(10_000) }
     }
 }

@@ -1,25 +1,17 @@
 import KVMExits
 
 /// Events of raw ring-buffer sub-buffers held in memory, one list per CPU (as trace_pipe_raw or a trace.dat
-/// gives them, or as ``RingBufferPageBuilder`` builds them), merged across CPUs by timestamp.
-///
-/// Each CPU's pages are decoded one at a time into a reused buffer; the merge picks the CPU whose next event is
-/// oldest, the lower position in `pagesByCPU` first on equal timestamps, and keeps each CPU's own order. Cost
-/// per event: a scan of the CPUs' heads (fine for tests and benchmarks with tens of CPUs).
+/// gives them, or as ``RingBufferPageBuilder`` builds them): one stream per CPU, each decoding its pages one
+/// at a time with its own decoder; the pipeline merges them (equal timestamps: the lower position in
+/// `pagesByCPU` first; each CPU keeps its own order).
 public final class PagesTraceSource: TraceSource {
     public let catalog: EventCatalog
     public let identities: [Int32: ThreadIdentity]
-    /// Events the pages' headers say were lost (RB_MISSED_STORED counts); complete once ``forEachEvent(_:)``
-    /// has run.
-    public private(set) var lostEvents: UInt64 = 0
-    /// Sub-buffers flagged as following a loss of unknown size.
-    public private(set) var lostUnknownSubbuffers: UInt64 = 0
-    /// Sub-buffers whose header did not fit.
-    public private(set) var corruptSubbuffers: UInt64 = 0
 
     let formats: EventFormats
     let cpus: [(cpu: UInt16, pages: [[UInt8]])]
     let longSize: Int
+    var lastStreams: [PagesStream] = []
 
     /// - Parameters:
     ///   - formats: the formats the pages' events were written with (their layouts decode them).
@@ -33,48 +25,58 @@ public final class PagesTraceSource: TraceSource {
         self.longSize = longSize
     }
 
-    public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
-        struct Cursor {
-            var page = 0
-            var events: [TraceEvent] = []
-            var next = 0
-        }
-        let decoders = cpus.map { _ in formats.makeDecoder(longSize: longSize) }
-        var cursors = cpus.map { _ in Cursor() }
+    public func streams() throws -> [any EventStream] {
+        lastStreams = cpus.map { PagesStream(cpu: $0.cpu, pages: $0.pages, decoder: formats.makeDecoder(longSize: longSize)) }
+        return lastStreams
+    }
 
-        /// Decodes pages of CPU i until one yields events; false when its pages are exhausted.
-        func refill(_ i: Int) -> Bool {
-            while cursors[i].next >= cursors[i].events.count {
-                guard cursors[i].page < cpus[i].pages.count else { return false }
-                cursors[i].events.removeAll(keepingCapacity: true)
-                cursors[i].next = 0
-                let page = cpus[i].pages[cursors[i].page]
-                cursors[i].page += 1
-                page.withUnsafeBytes { raw in
-                    _ = decoders[i].decode(raw, cpu: cpus[i].cpu) { cursors[i].events.append($0) }
-                }
+    /// Events decoded and, per CPU, what the pages' headers said (missed-events counts, sub-buffers flagged
+    /// without a count, sub-buffers that did not decode); complete once the streams were read.
+    public var statistics: SourceStatistics {
+        var s = SourceStatistics()
+        for st in lastStreams {
+            s.events &+= st.decoded
+            let d = st.decoder
+            if d.missedEvents > 0 || d.missedUnknown > 0 || d.corruptSubbuffers > 0 {
+                s.add(LossCounts(flagged: d.missedEvents, corruptSubbuffers: d.corruptSubbuffers,
+                                 unknownGaps: d.missedUnknown), cpu: Int(st.cpu))
             }
-            return true
         }
+        return s
+    }
 
-        var live = Array(cpus.indices).filter { refill($0) }
-        while !live.isEmpty {
-            var best = 0
-            var bestTS = cursors[live[0]].events[cursors[live[0]].next].timestamp
-            for j in 1..<live.count {
-                let c = cursors[live[j]]
-                if c.events[c.next].timestamp < bestTS {
-                    best = j
-                    bestTS = c.events[c.next].timestamp
-                }
+    /// Events the pages' headers say were lost (RB_MISSED_STORED counts), in what was read so far.
+    public var lostEvents: UInt64 { statistics.total.flagged }
+    /// Sub-buffers flagged as following a loss of unknown size.
+    public var lostUnknownSubbuffers: UInt64 { statistics.total.unknownGaps }
+    /// Sub-buffers whose header did not fit.
+    public var corruptSubbuffers: UInt64 { statistics.total.corruptSubbuffers }
+}
+
+/// One CPU's pages in memory, decoded one page per batch.
+final class PagesStream: EventStream {
+    let cpu: UInt16
+    let pages: [[UInt8]]
+    let decoder: SubbufferDecoder
+    var page = 0
+    var decoded: UInt64 = 0
+
+    init(cpu: UInt16, pages: [[UInt8]], decoder: SubbufferDecoder) {
+        self.cpu = cpu
+        self.pages = pages
+        self.decoder = decoder
+    }
+
+    func next(_ batch: inout [TraceEvent]) throws -> Bool {
+        batch.removeAll(keepingCapacity: true)
+        while batch.isEmpty {
+            guard page < pages.count else { return false }
+            pages[page].withUnsafeBytes { raw in
+                _ = decoder.decode(raw, cpu: cpu, appendingTo: &batch)
             }
-            let i = live[best]
-            try body(cursors[i].events[cursors[i].next])
-            cursors[i].next += 1
-            if !refill(i) { live.remove(at: best) }
+            page += 1
         }
-        lostEvents = decoders.reduce(0) { $0 + $1.missedEvents }
-        lostUnknownSubbuffers = decoders.reduce(0) { $0 + $1.missedUnknown }
-        corruptSubbuffers = decoders.reduce(0) { $0 + $1.corruptSubbuffers }
+        decoded &+= UInt64(batch.count)
+        return true
     }
 }

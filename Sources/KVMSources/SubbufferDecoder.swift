@@ -43,6 +43,24 @@ public final class SubbufferDecoder {
         return true
     }
 
+    /// Decodes one sub-buffer and appends its events to `batch` (a stream's batch: no closure per event).
+    /// Returns false if the sub-buffer is malformed.
+    @discardableResult
+    public func decode(_ bytes: UnsafeRawBufferPointer, cpu: UInt16, appendingTo batch: inout [TraceEvent]) -> Bool {
+        let cap = Int(ckvmscope_max_records(UInt32(bytes.count)))
+        if records.count < cap { records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap) }
+        let n = records.withUnsafeMutableBufferPointer {
+            ckvmscope_decode_subbuf(handle, bytes.baseAddress, UInt32(bytes.count), cpu, $0.baseAddress, UInt32(cap),
+                                    &stats)
+        }
+        guard n >= 0 else { return false }
+        batch.reserveCapacity(batch.count + Int(n))
+        records.withUnsafeBufferPointer { buf in
+            for i in 0..<Int(n) { batch.append(TraceEvent(buf[i])) }
+        }
+        return true
+    }
+
     /// Convenience for tests: every event of the sub-buffers in `data`, each `subbufSize` bytes, of one CPU.
     public func decodeAll(_ data: [UInt8], subbufSize: Int, cpu: UInt16) -> [TraceEvent] {
         var out: [TraceEvent] = []

@@ -139,7 +139,15 @@ public final class TextTraceReader: TraceSource {
         return "\(n) lines with out-of-range numbers skipped (\(which)); first: line \(m.line), \(m.why)"
     }
 
-    public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
-        for e in events { try body(e) }
+    /// One stream: the events are already in timestamp order across CPUs.
+    public func streams() throws -> [any EventStream] { [ArrayEventStream(events)] }
+
+    /// Events and the trace's loss notes (their CPU is not kept: ``SourceStatistics/unknownCPU``).
+    public var statistics: SourceStatistics {
+        var s = SourceStatistics(events: UInt64(events.count))
+        if lostEvents > 0 || lostUnknown > 0 {
+            s.add(LossCounts(flagged: lostEvents, unknownGaps: lostUnknown), cpu: SourceStatistics.unknownCPU)
+        }
+        return s
     }
 }

@@ -5,9 +5,9 @@ import KVMExits
 /// A trace-cmd `trace.dat` file, version 6 or 7 (sections, options, zlib or zstd compression), as written
 /// by trace-cmd ≥ 2.9 and by kvmscope: its metadata read at open, its events streamed in time order.
 ///
-/// Metadata (formats, saved cmdlines, options) is read once in `init`. ``forEachEvent(_:)`` walks each
-/// CPU's pages (one page — or one decompressed chunk — per CPU in memory at a time), decodes them with
-/// ``SubbufferDecoder`` and merges the CPUs by timestamp. Every size in the file is checked against the
+/// Metadata (formats, saved cmdlines, options) is read once in `init`. ``streams()`` walks each CPU's pages
+/// (one page — or one decompressed chunk — per CPU in memory at a time) and decodes them with
+/// ``SubbufferDecoder``; the pipeline merges the CPUs by timestamp. Every size in the file is checked against the
 /// file before use; malformed input throws ``KVMScopeError/badFile(_:)`` with one line.
 public final class TraceDatReader: TraceSource {
     public let path: String
@@ -43,7 +43,6 @@ public final class TraceDatReader: TraceSource {
 
     public var catalog: EventCatalog { formats.catalog }
     public let identities: [Int32: ThreadIdentity]
-    public var lostEvents: UInt64 { lostPerCPU.values.reduce(0, +) }
     /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
     public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
 
@@ -147,38 +146,48 @@ public final class TraceDatReader: TraceSource {
         return UInt64(bitPattern: Int64(bitPattern: t) &+ timeOffset)
     }
 
-    /// Streams every kvm event of the file in timestamp order (CPUs merged; ties by CPU order).
-    public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
-        let decoder = formats.makeDecoder(longSize: longSize, bigEndian: bigEndian)
-        var streams: [CPUStream] = []
-        for d in cpuData where d.size > 0 {
-            streams.append(CPUStream(data: d, reader: self))
+    /// One stream per CPU with data, in the file's CPU order: each decodes its CPU's pages one at a time (one
+    /// page — or one decompressed chunk — in memory), with its own decoder (its losses are that CPU's).
+    public func streams() throws -> [any EventStream] {
+        let made = cpuData.filter { $0.size > 0 }.map {
+            CPUStream(data: $0, reader: self, decoder: formats.makeDecoder(longSize: longSize, bigEndian: bigEndian))
         }
-        var heap = MergeHeap()
-        for (i, s) in streams.enumerated() where try s.refill(decoder) { heap.push(s.events[0].timestamp, i) }
-        while let (_, i) = heap.top {
-            let s = streams[i]
-            try body(s.events[s.index])
-            s.index += 1
-            if try s.index < s.events.count || s.refill(decoder) {
-                heap.replaceTop(s.events[s.index].timestamp, i)
-            } else {
-                heap.pop()
-            }
-        }
-        decodedMissed = decoder.missedEvents
+        lastStreams = made
+        return made
     }
 
-    /// Events the pages themselves flagged as lost (missed-events counts), after ``forEachEvent(_:)``.
-    public private(set) var decodedMissed: UInt64 = 0
+    var lastStreams: [CPUStream] = []
+
+    /// Events and losses: per CPU, the kernel's counters saved in the file (CPUSTAT: `overrun`, `dropped
+    /// events`), and what the pages of the last ``streams()`` said as they were decoded (missed-events
+    /// counts, sub-buffers flagged without a count, events decoded).
+    public var statistics: SourceStatistics {
+        var s = SourceStatistics()
+        for (cpu, text) in cpuStats {
+            s.add(LossCounts(kernelStats: text), cpu: cpu)
+        }
+        for st in lastStreams {
+            let d = st.decoder
+            s.events &+= st.decoded
+            if d.missedEvents > 0 || d.missedUnknown > 0 || d.corruptSubbuffers > 0 {
+                s.add(LossCounts(flagged: d.missedEvents, corruptSubbuffers: d.corruptSubbuffers,
+                                 unknownGaps: d.missedUnknown), cpu: st.data.cpu)
+            }
+        }
+        return s
+    }
+
+    /// Events the pages themselves flagged as lost (missed-events counts) in what was read so far.
+    public var decodedMissed: UInt64 { lastStreams.reduce(0) { $0 &+ $1.decoder.missedEvents } }
 }
 
 /// One CPU's pages, decoded a page at a time.
-final class CPUStream {
+final class CPUStream: EventStream {
     let data: TraceDatReader.CPUData
     unowned let reader: TraceDatReader
-    var events: [TraceEvent] = []
-    var index = 0
+    let decoder: SubbufferDecoder
+    /// Events decoded so far.
+    var decoded: UInt64 = 0
     /// Next byte of the CPU's (uncompressed) data to decode, relative to the current block.
     var pos: Int
     var blockEnd: Int
@@ -188,21 +197,20 @@ final class CPUStream {
     var chunksLeft = 0
     let scratch: ByteBlock
 
-    init(data: TraceDatReader.CPUData, reader: TraceDatReader) {
+    init(data: TraceDatReader.CPUData, reader: TraceDatReader, decoder: SubbufferDecoder) {
         self.data = data
         self.reader = reader
+        self.decoder = decoder
         block = reader.file
         // Compressed data starts with no block: the first refill decompresses the first chunk.
         pos = reader.dataCompressed ? 0 : data.offset
         blockEnd = reader.dataCompressed ? 0 : data.offset + data.size
         scratch = ByteBlock(capacity: reader.pageSize + 64)
-        events.reserveCapacity(Int(ckvmscope_max_records(UInt32(reader.pageSize))))
     }
 
     /// Decodes pages until at least one event is ready. Returns false when the CPU's data is exhausted.
-    func refill(_ decoder: SubbufferDecoder) throws -> Bool {
+    func next(_ events: inout [TraceEvent]) throws -> Bool {
         events.removeAll(keepingCapacity: true)
-        index = 0
         let ps = reader.pageSize
         while events.isEmpty {
             if pos >= blockEnd {
@@ -215,9 +223,8 @@ final class CPUStream {
             if n < ps { UnsafeMutableRawBufferPointer(rebasing: page[n..<ps]).initializeMemory(as: UInt8.self, repeating: 0) }
             let at = pos
             pos += n
-            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]), cpu: UInt16(truncatingIfNeeded: data.cpu)) {
-                events.append($0)
-            }
+            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]),
+                                    cpu: UInt16(truncatingIfNeeded: data.cpu), appendingTo: &events)
             guard ok else {
                 let whereText = reader.dataCompressed ? "byte \(at) of a decompressed chunk" : "file offset \(at)"
                 throw KVMScopeError.badFile("\(reader.path): corrupt ring-buffer page of cpu \(data.cpu) at \(whereText)")
@@ -226,6 +233,7 @@ final class CPUStream {
         if reader.tsc2nsec != nil || reader.timeOffset != 0 {
             for i in events.indices { events[i].timestamp = reader.nanoseconds(events[i].timestamp) }
         }
+        decoded &+= UInt64(events.count)
         return true
     }
 
@@ -253,53 +261,6 @@ final class CPUStream {
         pos = 0
         blockEnd = b.count
         return true
-    }
-}
-
-/// A binary min-heap of (timestamp, stream) for the k-way merge; ties go to the lower stream index.
-struct MergeHeap {
-    var items: [(UInt64, Int)] = []
-
-    var top: (UInt64, Int)? { items.first }
-
-    func less(_ a: (UInt64, Int), _ b: (UInt64, Int)) -> Bool { a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
-
-    mutating func push(_ ts: UInt64, _ i: Int) {
-        items.append((ts, i))
-        var c = items.count - 1
-        while c > 0 {
-            let p = (c - 1) / 2
-            guard less(items[c], items[p]) else { break }
-            items.swapAt(c, p)
-            c = p
-        }
-    }
-
-    mutating func replaceTop(_ ts: UInt64, _ i: Int) {
-        items[0] = (ts, i)
-        siftDown()
-    }
-
-    mutating func pop() {
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            siftDown()
-        }
-    }
-
-    mutating func siftDown() {
-        var p = 0
-        let n = items.count
-        while true {
-            let l = 2 * p + 1, r = l + 1
-            var m = p
-            if l < n && less(items[l], items[m]) { m = l }
-            if r < n && less(items[r], items[m]) { m = r }
-            if m == p { return }
-            items.swapAt(p, m)
-            p = m
-        }
     }
 }
 

@@ -120,7 +120,7 @@ struct ReportCommand: ParsableCommand {
                 writeStdout(lines.joined(separator: "\n") + "\n")
             }
             if let html, let timeline = analysis.timeline {
-                let page = HTMLReport.render(timeline: timeline, snapshot: analysis.snapshot, filter: filter,
+                let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
                                              title: (file as NSString).lastPathComponent)
                 guard FileManager.default.createFile(atPath: html, contents: Data(page.utf8)) else {
                     throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))")

@@ -2,9 +2,9 @@ import Foundation
 import KVMExits
 import KVMSources
 
-/// Pre-built sub-buffers of a synthetic kvm_exit/kvm_entry workload, in one contiguous buffer, and the
-/// three stages of kvmscope's hot path run over them on the calling thread:
-/// decode (C decoder → records), count (→ ShardWriter.add), pair (→ Pairer: latency histograms, top RIPs).
+/// Pre-built sub-buffers of a synthetic kvm_exit/kvm_entry workload, in one contiguous buffer, and
+/// kvmscope's hot path run over them on the calling thread: decode (C decoder → records), count (→
+/// ShardWriter.add), and the shipped pipeline (``ExitPipeline``: per-CPU streams merged, counted, paired).
 public final class DecodeWorkload {
     public enum Stage: String, CaseIterable, Sendable {
         case decode, count, pair
@@ -50,55 +50,63 @@ public final class DecodeWorkload {
         return (f, "Tests/Fixtures/formats/6.18-x86")
     }
 
-    /// A fresh pipeline (decoder, aggregator, pairer) for one thread.
-    public func makePipeline() -> Pipeline { Pipeline(workload: self) }
+    /// The pages as a source: one stream per host CPU, as a trace.dat or the live readers give them.
+    public func source() -> PagesTraceSource {
+        var byCPU: [UInt16: [[UInt8]]] = [:]
+        for (i, cpu) in pageCPUs.enumerated() {
+            byCPU[cpu, default: []].append(Array(bytes[i * subbufSize..<(i + 1) * subbufSize]))
+        }
+        return PagesTraceSource(formats: formats, pagesByCPU: byCPU.keys.sorted().map { ($0, byCPU[$0]!) })
+    }
+
+    /// A fresh run (decoder, shard writer, and the shipped ``ExitPipeline``) for one thread.
+    public func makeRun() -> Run { Run(workload: self) }
 
     /// The state of one run: reuse it across passes (steady state), make a new one to start cold.
-    public struct Pipeline {
+    ///
+    /// `decode` and `count` time the first stages alone (the C decoder; the decoder and the shard writer);
+    /// `pair` runs what users run: the pages as per-CPU streams through ``ExitPipeline`` (decode, merge of the
+    /// CPUs by timestamp, count, pair).
+    public struct Run {
         let decoder: SubbufferDecoder
-        public let aggregator: Aggregator
+        let counting: Aggregator
         var writer: ShardWriter
-        var pairer: Pairer
+        public var pipeline: ExitPipeline
+        let source: PagesTraceSource
         let hasReason: [Bool]
-        let exitEvent: UInt16
-        let entryEvent: UInt16
         unowned let workload: DecodeWorkload
 
         init(workload: DecodeWorkload) {
             self.workload = workload
             let catalog = workload.formats.catalog
             decoder = workload.formats.makeDecoder()
-            aggregator = Aggregator(catalog: catalog, shardCount: 1)
-            writer = aggregator.writer(shard: 0)
-            pairer = aggregator.makePairer()
+            counting = Aggregator(catalog: catalog, shardCount: 1)
+            writer = counting.writer(shard: 0)
+            pipeline = ExitPipeline(catalog: catalog)
+            source = workload.source()
             hasReason = (0..<256).map { $0 < catalog.count ? catalog.entries[$0].role.hasReasons : false }
-            exitEvent = catalog.index(of: "kvm_exit")!
-            entryEvent = catalog.index(of: "kvm_entry")!
         }
 
         /// One pass over every page through the stages up to `stage`. Returns events seen.
         @inline(never)
         public mutating func pass(_ stage: Stage) -> Int {
+            if stage == .pair {
+                // Streams are made per pass (a few allocations per pass, none per event).
+                return Int((try? pipeline.run(source.streams())) ?? 0)
+            }
             var seen = 0
             let size = workload.subbufSize
             let cpus = workload.pageCPUs
             let hasReason = self.hasReason
-            let exitEvent = self.exitEvent
             workload.bytes.withUnsafeBytes { raw in
                 for (i, cpu) in cpus.enumerated() {
                     let page = UnsafeRawBufferPointer(rebasing: raw[i * size..<(i + 1) * size])
                     switch stage {
                     case .decode:
                         decoder.decode(page, cpu: cpu) { e in seen &+= Int(e.vcpu & 1) | 1 }
-                    case .count:
+                    case .count, .pair:
                         decoder.decode(page, cpu: cpu) { e in
                             writer.add(e, hasReason: hasReason[Int(e.event) & 255])
-                            seen &+= 1
-                        }
-                    case .pair:
-                        decoder.decode(page, cpu: cpu) { e in
-                            writer.add(e, hasReason: hasReason[Int(e.event) & 255])
-                            if e.event == exitEvent { pairer.exit(e) } else { pairer.entry(e) }
                             seen &+= 1
                         }
                     }
@@ -108,6 +116,6 @@ public final class DecodeWorkload {
         }
 
         /// Exit → entry pairs recorded so far (a check that the pass really paired).
-        public var paired: UInt64 { aggregator.pairing.snapshot.paired }
+        public var paired: UInt64 { pipeline.aggregator.pairing.snapshot.paired }
     }
 }

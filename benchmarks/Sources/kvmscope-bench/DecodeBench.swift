@@ -3,8 +3,8 @@ import Foundation
 import KVMScopeViews
 import MallocInterposerSwift
 
-/// decode + aggregate on one core: pre-built pages through the C decoder, the shard writer and the pairer,
-/// on this thread. Rates are per second of this thread's CPU time (what one core does, whatever else the
+/// decode + aggregate on one core: pre-built pages through the C decoder, the shard writer, and the shipped
+/// pipeline (per-CPU streams merged, counted, paired: ``ExitPipeline``), on this thread. Rates are per second of this thread's CPU time (what one core does, whatever else the
 /// machine runs) and per wall second. Allocations are counted by the malloc interposer around the
 /// measured passes, after one warm-up pass (first sight of each thread and reason allocates, once).
 struct DecodeBench {
@@ -18,6 +18,7 @@ struct DecodeBench {
         var wallSeconds: Double
         var mallocs: Int
         var paired: UInt64
+        var passes: Int
         var eventsPerCPUSecond: Double { Double(events) / cpuSeconds }
         var nsPerEvent: Double { cpuSeconds * 1e9 / Double(events) }
         var mallocsPerEvent: Double { Double(mallocs) / Double(events) }
@@ -27,22 +28,24 @@ struct DecodeBench {
         let w = try DecodeWorkload(events: events)
         var out: [Result] = []
         for stage in DecodeWorkload.Stage.allCases {
-            var p = w.makePipeline()
+            var p = w.makeRun()
             _ = p.pass(stage)  // warm-up: caches, first keys, series
             var n: UInt64 = 0
+            var passes = 0
             MallocInterposerSwift.initialize()
             let cpu0 = Self.threadCPU()
             let wall0 = Self.monotonic()
             MallocInterposerSwift.hook()
             repeat {
                 n += UInt64(p.pass(stage))
+                passes += 1
             } while Self.threadCPU() - cpu0 < seconds
             MallocInterposerSwift.unhook()
             let cpu = Self.threadCPU() - cpu0
             let wall = Self.monotonic() - wall0
             let stats = MallocInterposerSwift.getStatistics()
             out.append(Result(stage: stage, events: n, cpuSeconds: cpu, wallSeconds: wall,
-                              mallocs: stats.mallocCount, paired: p.paired))
+                              mallocs: stats.mallocCount, paired: p.paired, passes: passes))
         }
         return (w.formatSource, w.workload.threads, out)
     }

@@ -1,5 +1,7 @@
 import Foundation
+import KVMExits
 import KVMSources
+import KVMHost
 
 /// The live reader's ceiling: kvm_exit-shaped records pushed through trace_marker_raw into the tracer's
 /// own instance at increasing rates; at each rate, are all of them counted (0 lost), and what CPU did the

@@ -1,6 +1,7 @@
 import Foundation
 import KVMExits
 import KVMSources
+import KVMHost
 import Synchronization
 
 /// Writer threads pushing kvm_exit-shaped records into an instance's trace_marker_raw: each write is one

@@ -1,5 +1,7 @@
 import Foundation
+import KVMExits
 import KVMSources
+import KVMHost
 
 /// Memory of `kvmscope stat` over a long trace: a marker writer pushes kvm_exit-shaped records at a rate the
 /// reader sustains on this machine (unpaced writers starve the reader of CPU on 2 cores)

@@ -1,5 +1,7 @@
 import Foundation
+import KVMExits
 import KVMSources
+import KVMHost
 
 /// `kvmscope report` against `trace-cmd report > /dev/null` on one synthetic trace.dat of N events
 /// (`kvmscope bench synth`), in the same run. Wall time and CPU (rusage) of each.

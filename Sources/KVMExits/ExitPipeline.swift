@@ -1,0 +1,363 @@
+import HeapModule
+import Synchronization
+
+/// The head of one lane in the k-way merge: its next event's timestamp; ties go to the lower lane.
+struct MergeHead: Comparable {
+    var timestamp: UInt64
+    var lane: Int
+
+    init(_ timestamp: UInt64, _ lane: Int) {
+        self.timestamp = timestamp
+        self.lane = lane
+    }
+
+    static func < (a: MergeHead, b: MergeHead) -> Bool {
+        a.timestamp < b.timestamp || (a.timestamp == b.timestamp && a.lane < b.lane)
+    }
+}
+
+/// The one k-way merge of per-CPU runs: each lane's queue is in timestamp order; ``drain(upTo:refill:_:)``
+/// emits every queued event in (timestamp, lane) order. A min-heap (swift-collections' `Heap`) holds one
+/// head per lane with events; the lane at the top emits a whole run, up to the next lane's head, before the
+/// heap is touched again (one `replaceMin` per run, not per event).
+///
+/// Offline, a lane that runs dry is refilled from its stream; live, it waits for its producer's next
+/// hand-over (``PairingMerge``), and the caller bounds what may be emitted by the producers' watermarks.
+struct RunMerge {
+    var queues: [[TraceEvent]]
+    /// Next event of each queue.
+    var next: [Int]
+    /// Whether a lane's head is in the heap.
+    var queued: [Bool]
+    var heap = Heap<MergeHead>()
+
+    init(lanes: Int) {
+        queues = Array(repeating: [], count: lanes)
+        next = Array(repeating: 0, count: lanes)
+        queued = Array(repeating: false, count: lanes)
+    }
+
+    /// Events queued and not yet emitted.
+    var pending: Int {
+        var n = 0
+        for i in queues.indices { n += queues[i].count - next[i] }
+        return n
+    }
+
+    /// Appends a lane's events (time order, none before what it appended earlier); takes `events`' storage
+    /// when the lane's queue is spent, so the caller's buffer comes back empty with some capacity.
+    mutating func append(_ lane: Int, _ events: inout [TraceEvent]) {
+        guard !events.isEmpty else { return }
+        if next[lane] >= queues[lane].count {
+            // Spent: swap buffers instead of copying.
+            swap(&queues[lane], &events)
+            events.removeAll(keepingCapacity: true)
+            next[lane] = 0
+        } else {
+            if next[lane] > 0 {
+                queues[lane].removeFirst(next[lane])
+                next[lane] = 0
+            }
+            queues[lane].append(contentsOf: events)
+            events.removeAll(keepingCapacity: true)
+        }
+        if !queued[lane] {
+            queued[lane] = true
+            heap.insert(MergeHead(queues[lane][next[lane]].timestamp, lane))
+        }
+    }
+
+    /// Emits, in (timestamp, lane) order, every queued event stamped ≤ `limit`. When a lane's queue is spent,
+    /// `refill(lane, &queue)` may put that lane's next events in the (empty) queue and return true; false:
+    /// the lane has nothing more for now. After a throw the merge is spent.
+    /// Inlined into its callers, so their closures are inlined into the per-event loop.
+    @inline(__always)
+    mutating func drain(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
+                        _ body: (TraceEvent) throws -> Void) rethrows {
+        guard var cur = heap.popMin() else { return }
+        while true {
+            let lane = cur.lane
+            // The run of `lane` goes on while it stays before the next lane's head (ties: the lower lane first)
+            // and within the limit: one compare per event. `cur` is the smallest head, so when this lane
+            // loses ties the bound is above its head (≥ 1) and `bound - 1` does not wrap.
+            let bound = heap.min ?? MergeHead(.max, .max)
+            var runEnd = lane < bound.lane ? bound.timestamp : bound.timestamp &- 1
+            if runEnd > limit { runEnd = limit }
+            var i = next[lane]
+            var count = queues[lane].count
+            run: while true {
+                while i < count {
+                    let e = queues[lane][i]
+                    if e.timestamp > runEnd { break run }
+                    try body(e)
+                    i += 1
+                }
+                queues[lane].removeAll(keepingCapacity: true)
+                i = 0
+                guard try refill(lane, &queues[lane]) else { break }
+                count = queues[lane].count
+            }
+            next[lane] = i
+            if i >= queues[lane].count {
+                queued[lane] = false
+                guard let n = heap.popMin() else { return }
+                cur = n
+                continue
+            }
+            let stop = queues[lane][i].timestamp > limit
+            let head = MergeHead(queues[lane][i].timestamp, lane)
+            if stop {
+                heap.insert(head)
+                return
+            }
+            // The lane's head is now after the bound: the bound's lane takes over, this one goes in the heap.
+            cur = heap.replaceMin(with: head)
+        }
+    }
+}
+
+/// The merge of a source's per-CPU streams by timestamp (ties: the earlier stream first), each stream read
+/// a batch at a time: memory is one batch per CPU.
+public struct EventMerge {
+    let streams: [any EventStream]
+    var merge: RunMerge
+    var primed = false
+
+    public init(streams: [any EventStream]) {
+        self.streams = streams
+        merge = RunMerge(lanes: streams.count)
+    }
+
+    /// Calls `body` for every event of every stream, in timestamp order. Throws what the streams throw.
+    public mutating func run(_ body: (TraceEvent) throws -> Void) throws {
+        try prime()
+        let streams = self.streams
+        try merge.drain(upTo: .max, refill: { lane, q in try streams[lane].next(&q) }, body)
+    }
+
+    /// Reads each stream's first batch (once).
+    mutating func prime() throws {
+        guard !primed else { return }
+        primed = true
+        var batch: [TraceEvent] = []
+        for (i, s) in streams.enumerated() where try s.next(&batch) { merge.append(i, &batch) }
+    }
+}
+
+/// What the pairer is fed: exits, entries, and any other event flagged as following a loss (the pairer must
+/// know its CPU lost events there); and whether an event is counted per reason. One byte per event index.
+struct PairingFeed {
+    static let exit: UInt8 = 1
+    static let entry: UInt8 = 2
+    static let hasReason: UInt8 = 4
+    /// Per event index (256 entries): exit, entry or neither (bits 0-1), and hasReason (bit 2).
+    let kinds: [UInt8]
+
+    init(roles: [EventRole]) {
+        var k = [UInt8](repeating: 0, count: 256)
+        for (i, r) in roles.enumerated() where i < 256 {
+            k[i] = (r == .exit ? Self.exit : r == .entry ? Self.entry : 0) | (r.hasReasons ? Self.hasReason : 0)
+        }
+        kinds = k
+    }
+
+    /// Feeds one event of kind `k` (a ``kinds`` byte) to the pairer.
+    @inline(__always)
+    static func feed(_ e: TraceEvent, kind k: UInt8, _ pairer: inout Pairer) {
+        if k & 3 == exit {
+            pairer.exit(e)
+        } else if k & 3 == entry {
+            pairer.entry(e)
+        } else if e.flags & TraceEvent.afterLoss != 0 {
+            pairer.noteLoss(cpu: e.cpu, at: e.timestamp)
+        }
+    }
+}
+
+/// The one pipeline of kvmscope: per-CPU streams merged by timestamp (``EventMerge``) → counted (a
+/// ``ShardWriter``: per event, per VM/vCPU/reason) → paired (``Pairer``: exit latency, top RIPs, pairing
+/// counters) → one ``AggregateSnapshot``. `report`, the offline analysis, the benchmarks and the tests run
+/// sources through it; the live session feeds the same pairing through ``PairingMerge``, whose lanes its
+/// per-CPU reader threads fill (they count on their own shards).
+///
+/// An optional ``PairObserver`` (a timeline) is told of every exit and every recorded pair: pictures are fed
+/// by the pairer's own pairs, never by a second pairing.
+public struct ExitPipeline {
+    public let aggregator: Aggregator
+    var writer: ShardWriter
+    public var pairer: Pairer
+    let feed: PairingFeed
+
+    /// Timestamps (ns) of the first and last event kept; 0 when none was.
+    public private(set) var first: UInt64 = 0
+    public private(set) var last: UInt64 = 0
+    /// Events kept (inside the window).
+    public private(set) var eventsKept: UInt64 = 0
+
+    /// - Parameters:
+    ///   - catalog: the events the source decodes.
+    ///   - resolver: who a thread is (a source's saved cmdlines and tgids); nil: each thread its own VM.
+    ///   - observer: told of every exit and recorded pair (a timeline); nil: nothing extra per event.
+    public init(catalog: EventCatalog, resolver: ThreadResolver? = nil, observer: (any PairObserver)? = nil) {
+        aggregator = Aggregator(catalog: catalog, shardCount: 1, resolver: resolver)
+        writer = aggregator.writer(shard: 0)
+        pairer = aggregator.makePairer()
+        pairer.observer = observer
+        feed = PairingFeed(roles: catalog.entries.map(\.role))
+    }
+
+    /// Counts and pairs one event; feed events in timestamp order.
+    public mutating func add(_ e: TraceEvent) {
+        let k = feed.kinds[Int(e.event) & 255]
+        writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+        PairingFeed.feed(e, kind: k, &pairer)
+    }
+
+    /// Runs streams through the pipeline: merged by timestamp, then kept when trace start + `from` ≤
+    /// timestamp < trace start + `to` (ns from the first event of all streams; nil: no bound), counted and
+    /// paired. Returns the events kept. Throws what the streams throw.
+    @discardableResult
+    public mutating func run(_ streams: [any EventStream], from: UInt64? = nil, to: UInt64? = nil) throws -> UInt64 {
+        var merge = EventMerge(streams: streams)
+        try merge.prime()
+        let kinds = feed.kinds
+        // The drain is called here, not through EventMerge.run, so that these closures are inlined into its loop.
+        let refill = { (lane: Int, q: inout [TraceEvent]) throws -> Bool in try streams[lane].next(&q) }
+        guard from != nil || to != nil else {
+            // No window: every event is kept; the first is the smallest head.
+            guard let head = merge.merge.heap.min else { return 0 }
+            if eventsKept == 0 {
+                first = head.timestamp
+                pairer.observer?.start(at: head.timestamp)
+            }
+            var last = self.last
+            var kept: UInt64 = 0
+            try merge.merge.drain(upTo: .max, refill: refill) { e in
+                last = e.timestamp
+                kept &+= 1
+                let k = kinds[Int(e.event) & 255]
+                writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+                PairingFeed.feed(e, kind: k, &pairer)
+            }
+            self.last = last
+            eventsKept &+= kept
+            return kept
+        }
+        var started = eventsKept > 0
+        var lo: UInt64 = 0
+        var hi: UInt64 = .max
+        let before = eventsKept
+        try merge.merge.drain(upTo: .max, refill: refill) { e in
+            if !started {
+                started = true
+                if let from { lo = e.timestamp &+ from }
+                if let to { hi = e.timestamp &+ to }
+            }
+            guard e.timestamp >= lo && e.timestamp < hi else { return }
+            if eventsKept == 0 {
+                first = e.timestamp
+                pairer.observer?.start(at: e.timestamp)
+            }
+            last = e.timestamp
+            eventsKept &+= 1
+            let k = kinds[Int(e.event) & 255]
+            writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+            PairingFeed.feed(e, kind: k, &pairer)
+        }
+        return eventsKept - before
+    }
+
+    /// Ends the trace: exits still waiting become orphans, the source's losses are counted. Returns the
+    /// aggregate, stamped with the last event's timestamp.
+    public mutating func finish(statistics: SourceStatistics) -> AggregateSnapshot {
+        pairer.finish()
+        writer.addLost(statistics.lostEvents, unknownSubbuffers: statistics.lostUnknown)
+        return aggregator.snapshot(timestamp: last)
+    }
+}
+
+/// The live pipeline's merge stage: N producers (the per-CPU reader threads), one ``Lane`` each, and one
+/// consumer (the pairing thread) that merges what the lanes handed over, up to the smallest watermark, and
+/// feeds the pairer. When every lane has finished it drains everything and finishes the pairer.
+///
+/// Each lane carries one CPU's exits, entries and loss-flagged events in time order, in batches, plus a
+/// watermark: every event of that CPU stamped ≤ the watermark has been handed over. So an event at or below
+/// the smallest watermark can be paired: nothing older can still come. Memory is bounded by the events not
+/// yet complete on every CPU; no sorting.
+public struct PairingMerge {
+    /// What one producer hands the consumer. Producer side: ``hand(_:watermark:)`` and ``finish()``.
+    public final class Lane: Sendable {
+        let outbox = Mutex<[TraceEvent]>([])
+        /// Every event of this lane stamped ≤ watermark has been handed over. Release on store, acquire on load:
+        /// a consumer that sees a watermark then finds the events it covers in the outbox.
+        let watermark = Atomic<UInt64>(0)
+        /// Set (release) after the producer's last hand-over.
+        let finished = Atomic<Bool>(false)
+
+        public init() {}
+
+        /// Hands over `events` (time order, none before what was handed earlier; `events` comes back empty,
+        /// capacity kept) and moves the watermark: every event of this lane stamped ≤ `watermark` is now
+        /// handed over. The watermark never moves back.
+        public func hand(_ events: inout [TraceEvent], watermark wm: UInt64) {
+            if !events.isEmpty {
+                outbox.withLock { $0.append(contentsOf: events) }
+                events.removeAll(keepingCapacity: true)
+            }
+            watermark.store(Swift.max(wm, watermark.load(ordering: .relaxed)), ordering: .releasing)
+        }
+
+        /// No more events will come from this lane (its watermark becomes infinite).
+        public func finish() {
+            watermark.store(.max, ordering: .releasing)
+            finished.store(true, ordering: .releasing)
+        }
+
+        /// The producer's watermark (ns).
+        public var currentWatermark: UInt64 { watermark.load(ordering: .acquiring) }
+    }
+
+    public let lanes: [Lane]
+    var merge: RunMerge
+    let feed: PairingFeed
+    var inbox: [TraceEvent] = []
+    public private(set) var isFinished = false
+
+    /// - Parameters:
+    ///   - lanes: one per producer (CPU).
+    ///   - roles: the catalog's event roles (which indices are kvm_exit and kvm_entry).
+    public init(lanes: [Lane], roles: [EventRole]) {
+        self.lanes = lanes
+        merge = RunMerge(lanes: lanes.count)
+        feed = PairingFeed(roles: roles)
+    }
+
+    /// Events handed over and not yet paired (complete on some CPUs, not on all).
+    public var pending: Int { merge.pending }
+
+    /// One round of the consumer: takes what the lanes handed over and feeds `pairer` every event up to the
+    /// smallest watermark, in timestamp order. When every lane had finished, feeds everything left, finishes
+    /// the pairer (exits still waiting become orphans) and returns true; later calls do nothing and return true.
+    @discardableResult
+    public mutating func step(_ pairer: inout Pairer) -> Bool {
+        guard !isFinished else { return true }
+        // Finished flags, then watermarks, then outboxes: everything at or below what was loaded is in hand.
+        var allFinished = true
+        for lane in lanes where !lane.finished.load(ordering: .acquiring) { allFinished = false }
+        var limit = UInt64.max
+        for lane in lanes { limit = Swift.min(limit, lane.watermark.load(ordering: .acquiring)) }
+        for (i, lane) in lanes.enumerated() {
+            lane.outbox.withLock { swap(&$0, &inbox) }
+            merge.append(i, &inbox)
+        }
+        let kinds = feed.kinds
+        merge.drain(upTo: allFinished ? .max : limit, refill: { _, _ in false }) { e in
+            PairingFeed.feed(e, kind: kinds[Int(e.event) & 255], &pairer)
+        }
+        if allFinished {
+            pairer.finish()
+            isFinished = true
+        }
+        return allFinished
+    }
+}
