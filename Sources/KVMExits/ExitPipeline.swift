@@ -271,7 +271,11 @@ public struct ExitPipeline {
     /// aggregate, stamped with the last event's timestamp.
     public mutating func finish(statistics: SourceStatistics) -> AggregateSnapshot {
         pairer.finish()
-        writer.addLost(statistics.lostEvents, unknownSubbuffers: statistics.lostUnknown)
+        // Each kind where every view shows it: exact counts, flagged gaps without a count, corrupt
+        // sub-buffers, failed reads.
+        let total = statistics.total
+        writer.addLost(statistics.lostEvents, unknownSubbuffers: total.unknownGaps)
+        writer.addDamage(corruptSubbuffers: total.corruptSubbuffers, readErrors: total.readErrors)
         return aggregator.snapshot(timestamp: last)
     }
 }

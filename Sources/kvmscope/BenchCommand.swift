@@ -148,7 +148,7 @@ struct BenchSynthCommand: ParsableCommand {
         }()
         let workload = SyntheticWorkload(threads: threads, hostCPUs: cpus, vcpusPerVM: min(threads, 4))
         try {
-            try SyntheticTraceDat.write(to: output, formats: f, workload: workload, eventsPerCPU: events / cpus)
+            try workload.writeTraceDat(to: output, formats: f, eventsPerCPU: events / cpus)
         }()
     }
 }

@@ -149,6 +149,12 @@ struct ReportCommand: ParsableCommand {
                   ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
                   ("time_unit", .string(t.timestampUnit.rawValue))]
         }
+        // Losses by CPU and kind, as the source counted them (-1: a text trace's losses with no CPU).
+        o.append(("losses_by_cpu", .object(a.statistics.losses.sorted { $0.key < $1.key }.map { cpu, l in
+            (String(cpu), .object([("overrun", .uint(l.overrun)), ("dropped", .uint(l.dropped)),
+                                   ("flagged", .uint(l.flagged)), ("corrupt_subbuffers", .uint(l.corruptSubbuffers)),
+                                   ("unknown_gaps", .uint(l.unknownGaps)), ("read_errors", .uint(l.readErrors))]))
+        })))
         return .object(o)
     }
 

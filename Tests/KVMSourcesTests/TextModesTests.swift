@@ -38,14 +38,32 @@ import Testing
         var cpu: UInt16?
         var catalog: EventCatalog { base.catalog }
         var identities: [Int32: ThreadIdentity] { base.identities }
-        var lostEvents: UInt64 { base.lostEvents }
-        func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
-            try base.forEachEvent { e in
-                guard cpu == nil || e.cpu == cpu else { return }
-                var t = e
-                t.timestamp = (e.timestamp + unit / 2) / unit * unit  // trace-cmd rounds to the microsecond
-                try body(t)
+        var statistics: SourceStatistics { base.statistics }
+        func streams() throws -> [any EventStream] {
+            try base.streams().map { Rounded(inner: $0, unit: unit, cpu: cpu) }
+        }
+    }
+
+    /// One CPU's stream of the binary, timestamps rounded as trace-cmd prints them (a monotone map: the
+    /// stream stays in order), other CPUs' events left out with --cpu.
+    final class Rounded: EventStream {
+        let inner: any EventStream
+        let unit: UInt64
+        let cpu: UInt16?
+
+        init(inner: any EventStream, unit: UInt64, cpu: UInt16?) {
+            self.inner = inner
+            self.unit = unit
+            self.cpu = cpu
+        }
+
+        func next(_ batch: inout [TraceEvent]) throws -> Bool {
+            while try inner.next(&batch) {
+                if let cpu { batch.removeAll { $0.cpu != cpu } }
+                for i in batch.indices { batch[i].timestamp = (batch[i].timestamp + unit / 2) / unit * unit }
+                if !batch.isEmpty { return true }
             }
+            return false
         }
     }
 

@@ -27,8 +27,9 @@ import KVMSources
     static func smallFile() throws -> [UInt8] {
         let path = TraceDatWriterTests.tempPath("small-\(UUID().uuidString).dat")
         defer { unlink(path) }
-        try TraceDatWriter.synthesize(path: path, events: 400, vcpus: 2, formats: try Fixtures.formats("6.18-x86"),
-                                      headerPage: try Fixtures.text("formats/6.18-x86/header_page"))
+        try SyntheticWorkload(threads: 2, hostCPUs: 2, vcpusPerVM: 2)
+            .writeTraceDat(to: path, formats: try Fixtures.formats("6.18-x86"), eventsPerCPU: 200,
+                           headerPage: try Fixtures.text("formats/6.18-x86/header_page"))
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
