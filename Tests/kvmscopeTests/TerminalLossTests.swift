@@ -63,6 +63,9 @@ struct TerminalLossTests {
             _ = try? tmux(["kill-server"], check: false)
             if let pid = viewPid { kill(pid, SIGKILL) }
             try? FileManager.default.removeItem(at: dir)
+            // A server killed with SIGKILL cannot remove its socket.
+            let tmpdir = ProcessInfo.processInfo.environment["TMUX_TMPDIR"] ?? "/tmp"
+            unlink("\(tmpdir)/tmux-\(getuid())/\(socket)")
         }
 
         @discardableResult
