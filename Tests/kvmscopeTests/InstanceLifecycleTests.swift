@@ -145,6 +145,30 @@ struct InstanceLifecycleTests {
         #expect(!Self.exists("kvmscope-\(pid)"))
     }
 
+    /// The command after `stat --` dies with a SIGKILLed kvmscope too (PR_SET_PDEATHSIG): a VM under test
+    /// is not left running untraced.
+    @Test func tracedCommandDiesWithASIGKILLedStat() throws {
+        let stat = try Spawned(CLI.binary, ["stat", "--duration", "60", "--", "/bin/sleep", "60"], stdinNull: true)
+        defer { stat.stop() }
+        var child: Int32?
+        let deadline = Date().addingTimeInterval(20)
+        while child == nil && Date() < deadline {
+            let children = (try? String(contentsOfFile: "/proc/\(stat.pid)/task/\(stat.pid)/children", encoding: .utf8)) ?? ""
+            child = children.split(separator: " ").compactMap { Int32($0) }.first {
+                (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n"
+            }
+            if child == nil { usleep(20_000) }
+        }
+        let sleep = try #require(child, "the command never started")
+        kill(stat.pid, SIGKILL)
+        #expect(stat.wait(timeout: 10) == 128 + SIGKILL)
+        let end = Date().addingTimeInterval(2)
+        while !Self.ended(sleep) && Date() < end { usleep(10_000) }
+        #expect(Self.ended(sleep), "the traced command \(sleep) outlived kvmscope by 2 s")
+        if !Self.ended(sleep) { kill(sleep, SIGKILL) }
+        _ = try CLI.run(["stat", "--duration", "0.1", "--json"])  // removes the dead stat's instance
+    }
+
     /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
     static func ended(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
