@@ -69,7 +69,8 @@ struct InstanceLifecycleTests {
     /// `live --demo` SIGKILLed: its demo guests (storm children) die with it at once, and the next kvmscope
     /// run removes the instance it left.
     @Test func demoGuestsDieWithASIGKILLedView() throws {
-        let view = try Spawned(CLI.binary, ["live", "--demo-always", "-s", "0.2", "--event", "kvm_pio"], stdinNull: true)
+        let view = try Spawned(CLI.binary, ["live", "--demo", "-s", "0.2", "--event", "kvm_pio"], stdinNull: true,
+                               environment: ["KVMSCOPE_DEMO_ALWAYS": "1"])
         defer { view.stop() }
         let name = "kvmscope-\(view.pid)"
         var guests: [Int32] = []
