@@ -27,15 +27,20 @@ public final class SubbufferDecoder {
     public var corruptSubbuffers: UInt64 { stats.corrupt }
     public var ignoredEvents: UInt64 { stats.ignored }
 
+    /// Decodes one sub-buffer into ``records``. Returns how many it holds, or -1 when it is malformed.
+    private func decodeRecords(_ bytes: UnsafeRawBufferPointer, cpu: UInt16) -> Int {
+        let cap = Int(ckvmscope_max_records(UInt32(bytes.count)))
+        if records.count < cap { records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap) }
+        return Int(records.withUnsafeMutableBufferPointer {
+            ckvmscope_decode_subbuf(handle, bytes.baseAddress, UInt32(bytes.count), cpu, $0.baseAddress, UInt32(cap),
+                                    &stats)
+        })
+    }
+
     /// Decodes one sub-buffer and hands each event to `body`. Returns false if the sub-buffer is malformed.
     @discardableResult
     public func decode(_ bytes: UnsafeRawBufferPointer, cpu: UInt16, _ body: (TraceEvent) -> Void) -> Bool {
-        let cap = Int(ckvmscope_max_records(UInt32(bytes.count)))
-        if records.count < cap { records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap) }
-        let n = records.withUnsafeMutableBufferPointer {
-            ckvmscope_decode_subbuf(handle, bytes.baseAddress, UInt32(bytes.count), cpu, $0.baseAddress, UInt32(cap),
-                                    &stats)
-        }
+        let n = decodeRecords(bytes, cpu: cpu)
         guard n >= 0 else { return false }
         records.withUnsafeBufferPointer { buf in
             for i in 0..<Int(n) { body(TraceEvent(buf[i])) }
@@ -47,12 +52,7 @@ public final class SubbufferDecoder {
     /// Returns false if the sub-buffer is malformed.
     @discardableResult
     public func decode(_ bytes: UnsafeRawBufferPointer, cpu: UInt16, appendingTo batch: inout [TraceEvent]) -> Bool {
-        let cap = Int(ckvmscope_max_records(UInt32(bytes.count)))
-        if records.count < cap { records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap) }
-        let n = records.withUnsafeMutableBufferPointer {
-            ckvmscope_decode_subbuf(handle, bytes.baseAddress, UInt32(bytes.count), cpu, $0.baseAddress, UInt32(cap),
-                                    &stats)
-        }
+        let n = decodeRecords(bytes, cpu: cpu)
         guard n >= 0 else { return false }
         batch.reserveCapacity(batch.count + Int(n))
         records.withUnsafeBufferPointer { buf in
