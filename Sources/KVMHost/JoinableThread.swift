@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// A thread that can be joined: `join()` blocks until its body returned (pthread_join), so an owner that
@@ -13,8 +14,8 @@ public final class JoinableThread: @unchecked Sendable {
         }
     }
 
-    private var thread: pthread_t
-    private var joined = false
+    private let thread: pthread_t
+    private let joined = Mutex<Bool>(false)
 
     /// Starts `body` on a new thread named `name` (at most 15 bytes are kept, the kernel's limit).
     /// - Throws: ``JoinableThreadError`` when pthread_create fails (the system's thread limit).
@@ -44,11 +45,13 @@ public final class JoinableThread: @unchecked Sendable {
         close(fd)
     }
 
-    /// Waits for the body to return. Idempotent; call from one thread.
+    /// Waits for the body to return. Idempotent; a second caller waits for the first join to end.
     public func join() {
-        guard !joined else { return }
-        joined = true
-        pthread_join(thread, nil)
+        joined.withLock { done in
+            guard !done else { return }
+            done = true
+            pthread_join(thread, nil)
+        }
     }
 
     deinit { join() }

@@ -21,6 +21,8 @@ public final class LiveSession: @unchecked Sendable {
     var formats: EventFormats { trace.formats }
     let lanes: [PairingLane]
     private let pairingThread = Mutex<JoinableThread?>(nil)
+    /// Set once ``stop()`` has run.
+    private let stopping = Mutex<Bool>(false)
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
     private let final = Mutex<[Int: UInt64]?>(nil)
     let startedAt = MonotonicClock.now()
@@ -82,18 +84,22 @@ public final class LiveSession: @unchecked Sendable {
     /// Idempotent. Returns the error text when tracefs refused to remove the instance.
     @discardableResult
     public func stop() -> String? {
-        guard !trace.isStopped else { return nil }
-        let failure = trace.stop()
-        final.withLock { $0 = trace.finalLostPerCPU }
-        pairingThread.withLock { $0 }?.join()
-        let saved = TraceFS.savedThreads(root: root)
-        aggregator.resolveUnresolved { tid in
-            guard let tgid = saved.tgids[tid] else { return nil }
-            let comm = saved.comms[tid]
-            return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
-                                  vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+        // One stop at a time, whole: a second caller returns once the first is done.
+        stopping.withLock { done -> String? in
+            guard !done else { return nil }
+            done = true
+            let failure = trace.stop()
+            final.withLock { $0 = trace.finalLostPerCPU }
+            pairingThread.withLock { $0 }?.join()
+            let saved = TraceFS.savedThreads(root: root)
+            aggregator.resolveUnresolved { tid in
+                guard let tgid = saved.tgids[tid] else { return nil }
+                let comm = saved.comms[tid]
+                return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
+                                      vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+            }
+            return failure
         }
-        return failure
     }
 
     public var elapsedSeconds: Double { Double(MonotonicClock.now() - startedAt) / 1e9 }

@@ -80,11 +80,15 @@ public final class TraceSession: @unchecked Sendable {
     /// - Returns: the error text when tracefs refused to remove the instance (the next run's sweep will).
     @discardableResult
     public func stop() -> String? {
-        let first = stopped.withLock { s -> Bool in
-            defer { s = true }
-            return !s
+        // The whole stop under the lock: a second caller returns once the first is done.
+        stopped.withLock { done -> String? in
+            guard !done else { return nil }
+            done = true
+            return stopOnce()
         }
-        guard first else { return nil }
+    }
+
+    private func stopOnce() -> String? {
         try? instance.tracing(false)
         var stats: [Int: String] = [:]
         for cpu in cpus { stats[cpu] = instance.stats(cpu: cpu) }
