@@ -138,4 +138,21 @@ struct PrivilegeTests {
         }
         #expect(listening == ["0100007F:2505"], "127.0.0.1:9477 only")
     }
+
+    /// No shell is ever run with a user's string: no source of kvmscope calls system(3), popen(3), a shell or
+    /// Foundation's Process; children start through execve(2) on their argv (ckvmscope_spawn).
+    @Test func noShellInTheSources() throws {
+        var hits: [String] = []
+        for top in ["Sources", "CShims"] {
+            let root = CLI.packageRoot.appendingPathComponent(top).path
+            for file in FileManager.default.enumerator(atPath: root)?.compactMap({ $0 as? String }) ?? []
+            where file.hasSuffix(".swift") || file.hasSuffix(".c") || file.hasSuffix(".h") {
+                let text = try String(contentsOfFile: "\(root)/\(file)", encoding: .utf8)
+                for needle in ["system(", "popen(", "/bin/sh", "\"sh\"", "Process()", "execvp", "execl"] where text.contains(needle) {
+                    hits.append("\(top)/\(file): \(needle)")
+                }
+            }
+        }
+        #expect(hits == [])
+    }
 }

@@ -71,12 +71,11 @@ start_guest() {
 header="| t (s) | serve RSS MiB | serve fds | serve threads | serve CPU % | live RSS MiB | live fds | live threads | live CPU % | scrapes (failed) | max scrape ms | guests started |"
 rule="|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 ROWS=()
-end=$((SECONDS + SOAK_SECONDS))
 next=$((SECONDS + SOAK_INTERVAL))
 s0=$(ticks "$SERVE"); l0=$(ticks "$LIVE"); t0=$SECONDS
 scrapes=0; failed=0; maxms=0; sample=0
 echo "$header" >&2; echo "$rule" >&2
-while [ $SECONDS -lt $end ]; do
+while [ "$sample" -lt $((SOAK_SECONDS / SOAK_INTERVAL)) ]; do
     alive=()
     for g in "${GUESTS[@]}"; do kill -0 "$g" 2>/dev/null && alive+=("$g"); done
     GUESTS=("${alive[@]}")
