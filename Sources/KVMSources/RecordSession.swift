@@ -91,9 +91,6 @@ public final class RecordSession: @unchecked Sendable {
     /// The spool's name prefix (the recording's pid follows).
     public static let spoolPrefix = ".kvmscope-record-"
 
-    /// Bytes of the `header`, `manifest` and `reserve` files (what a full disk gets back for the file's header).
-    private(set) var recoveryBytes = 0
-
     /// Writes the spool's `header` (what a recovered file begins with), its `manifest` and the `reserve`: room
     /// for the header, its options (comm and tgid tables, statistics) and the page alignment of each CPU's data,
     /// so that the pages already spooled can be assembled into a valid file when the disk fills.
@@ -116,7 +113,6 @@ public final class RecordSession: @unchecked Sendable {
         let rc = posix_fallocate(r.fd, 0, off_t(reserve))
         if rc != 0 { throw KVMScopeError.io("cannot reserve \(reserve) bytes for \(directory)/reserve: \(Errno(rawValue: rc))") }
         try r.close()
-        recoveryBytes = header.count + manifest.utf8.count + reserve
     }
 
     /// Complete pages in the file ``write(to:)`` wrote.
@@ -134,6 +130,9 @@ public final class RecordSession: @unchecked Sendable {
         public var pid: Int32
         /// Complete pages in the file.
         public var pages: Int
+        /// Why the file could not be written (the spool then stays for a later run), e.g.
+        /// "cannot write t.dat: No space left on device".
+        public var error: String?
     }
 
     /// Assembles the spool of every dead recording (its pid gone) in `output`'s directory into the file its
@@ -142,7 +141,7 @@ public final class RecordSession: @unchecked Sendable {
     /// started) holds no pages and is just removed.
     /// - Parameter output: a file whose directory is searched; `exclude`: a path never written (the recording
     ///   about to start).
-    /// - Returns: the files written.
+    /// - Returns: the files written, and those that could not be (with the error).
     public static func recoverSpools(beside output: String, excluding exclude: String? = nil) -> [Recovered] {
         let dir = (output as NSString).deletingLastPathComponent.isEmpty ? "." : (output as NSString).deletingLastPathComponent
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
@@ -174,7 +173,6 @@ public final class RecordSession: @unchecked Sendable {
                 target += ".recovered-\(pid)"
                 guard lstat(target, &st) != 0 else { continue }  // the spool stays for a later run
             }
-            defer { remove() }
             // The reserve goes first: on a full disk it is the room the header needs.
             unlink("\(spool)/reserve")
             let files = cpus.map { "\(spool)/cpu\($0)" }
@@ -184,8 +182,10 @@ public final class RecordSession: @unchecked Sendable {
             do {
                 try TraceDatWriter.write(path: target, header: header, pageSize: pageSize, cpus: files.map { .file($0) })
                 out.append(Recovered(path: target, pid: pid, pages: pages))
+                remove()
             } catch {
                 unlink(target)
+                out.append(Recovered(path: target, pid: pid, pages: 0, error: "\(error)"))
             }
         }
         return out

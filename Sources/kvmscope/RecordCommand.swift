@@ -72,7 +72,8 @@ struct RecordCommand: ParsableCommand {
         config.maxBytes = maxSize.flatMap(Self.bytes)
         // A recording killed before it wrote its file (SIGKILL) left its spool here: assemble it first.
         for r in RecordSession.recoverSpools(beside: output, excluding: output) {
-            writeStderr("kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
+            writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
+                    ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
         }
         let file = try OutputPath(output)
         let session = try RecordSession(config: config, output: output)

@@ -101,7 +101,8 @@ struct ReportCommand: ParsableCommand {
             // An empty or missing file may be a recording killed before it wrote it: its spool is beside it.
             if ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
                 for r in RecordSession.recoverSpools(beside: file) {
-                    writeStderr("kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
+                    writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
+                    ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
                 }
             }
             let source = try TraceFiles.open(file, counterHz: ts2secs)
