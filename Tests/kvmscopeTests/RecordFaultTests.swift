@@ -131,4 +131,23 @@ struct RecordFaultTests {
         #expect(report.status == 0, "\(report.stderr)")
         #expect(report.stdout.contains("\nnote: truncated: the disk was full: pages after the last complete one were not written\n"))
     }
+
+    /// A spool another user made (owned by nobody here) is not trusted: the next `record` neither recovers it
+    /// nor removes it, and writes nothing its manifest names.
+    @Test func foreignSpoolIsLeftAlone() throws {
+        let dir = try RecordTests.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let gone = try Spawned("/bin/true", [], stdinNull: true)
+        #expect(gone.wait(timeout: 10) == 0)
+        let spool = "\(dir)/\(RecordSession.spoolPrefix)\(gone.pid)"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: false)
+        try Data("output \(dir)/planted.dat\npagesize 4096\ncpus 0\n".utf8).write(to: URL(fileURLWithPath: spool + "/manifest"))
+        try Data("header".utf8).write(to: URL(fileURLWithPath: spool + "/header"))
+        try Data(count: 4096).write(to: URL(fileURLWithPath: spool + "/cpu0"))
+        #expect(chown(spool, 65534, 65534) == 0)
+        let r = try CLI.run(["record", "-o", dir + "/n.dat", "--duration", "0.2", "-e", "kvm_pio"])
+        #expect(r.status == 0 && r.stderr.isEmpty, "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: spool + "/cpu0"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/planted.dat"))
+    }
 }
