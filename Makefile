@@ -7,7 +7,7 @@ DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzst
                libncurses-dev pkg-config tmux prometheus linux-perf chromium
 STAMP = .build/.deps-installed
 
-.PHONY: all deps build test demo bench clean tracefs depcheck
+.PHONY: all deps build test demo bench clean tracefs depcheck soak
 
 all: build
 
@@ -49,6 +49,13 @@ test: build
 
 bench: build
 	$(MAKE) -C benchmarks
+
+# Not in CI: SOAK_SECONDS of serve and the live view while storm guests come and go; RSS, descriptors, threads
+# and CPU sampled every SOAK_INTERVAL seconds, printed as a markdown table (README: "Soak").
+SOAK_SECONDS ?= 1800
+SOAK_INTERVAL ?= 60
+soak: build
+	KVMSCOPE=$(BIN) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_INTERVAL=$(SOAK_INTERVAL) contrib/soak/run.sh
 
 # kvmscope's library products can be depended on by version (no unsafeFlags): builds a package that does.
 depcheck: deps

@@ -5,6 +5,10 @@
  *
  * The kernel sends the death signal when the *thread* that forked ends: spawn from a thread that lives
  * as long as the process (the main thread).
+ *
+ * The child keeps only stdin, stdout and stderr: every other descriptor is closed at exec. A traced command
+ * that held the tracefs readers (libtracefs opens them without O_CLOEXEC) kept the instance busy, and
+ * kvmscope could not remove it while that command still ran.
  */
 #define _GNU_SOURCE
 #include "CKVMHost.h"
@@ -95,6 +99,11 @@ int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], co
         spawn_redirect(0, stdin_path, O_RDONLY, report[1]);
         spawn_redirect(1, stdout_path, O_WRONLY | O_CREAT | O_TRUNC, report[1]);
         spawn_redirect(2, stderr_path, O_WRONLY | O_CREAT | O_TRUNC, report[1]);
+        if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+            /* Kernels before 5.11: mark them one by one. */
+            for (int fd = 3; fd < 65536; fd++)
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
+        }
         sigemptyset(&all);
         sigprocmask(SIG_SETMASK, &all, NULL);
         execve(path, argv, envp);

@@ -1,8 +1,13 @@
 /// Errors kvmscope reports as one line and a non-zero exit status.
 public enum KVMScopeError: Error, CustomStringConvertible, Equatable {
+    /// tracefs is not mounted and this user may not mount it.
     case notRoot
+    /// tracefs is not mounted and could not be mounted (the system's reason).
     case noTracefs(String)
-    case noKVMEvents
+    /// tracefs is mounted but this user may not use it ("PATH: Permission denied").
+    case noAccess(String)
+    /// No kvm events (the directory where they were looked for).
+    case noKVMEvents(String)
     case badFormat(String)
     case unknownEvent(String)
     case instance(String)
@@ -21,9 +26,13 @@ public enum KVMScopeError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .notRoot: "root is needed to read tracefs (run it with sudo)"
-        case .noTracefs(let why): "tracefs is not mounted and could not be mounted: \(why)"
-        case .noKVMEvents: "no kvm events in tracefs: is the kvm module loaded? (modprobe kvm_intel, kvm_amd or kvm)"
+        case .notRoot: "tracefs is not mounted, and only root may mount it (run kvmscope with sudo)"
+        case .noTracefs(let why):
+            "tracefs is not mounted and could not be mounted: \(why) (as root: mount -t tracefs nodev /sys/kernel/tracing)"
+        case .noAccess(let why):
+            "cannot use tracefs: \(why) (run kvmscope with sudo, or grant access: see \"Least privilege\" in the README)"
+        case .noKVMEvents(let dir):
+            "no kvm events in \(dir): the kvm module is not loaded (modprobe kvm_intel, kvm_amd or kvm)"
         case .commandFailed(let status): "command exited with status \(status)"
         case .badFormat(let s), .unknownEvent(let s), .instance(let s), .io(let s), .noKVM(let s), .usage(let s),
              .badFile(let s): s

@@ -19,7 +19,12 @@ public struct RecordConfig: Sendable {
 /// Live recording into a trace.dat: a ``TraceSession`` whose reader threads copy raw sub-buffers from
 /// trace_pipe_raw into per-CPU spool files beside the output (no decoding while recording); after ``stop()``,
 /// ``write(to:)`` assembles the trace.dat (formats, saved cmdlines, per-CPU stats, pages). The spool is
-/// removed on every way out.
+/// removed on every way out but one: SIGKILL. For that the spool is recoverable — it holds, besides the pages,
+/// the file's header (`header`: a version 6 header whose statistics say the file was recovered), a `manifest`
+/// naming the output, and a `reserve` of disk space — and ``recoverSpools(beside:)`` (run by the next `record`
+/// or `report` in that directory) assembles a dead recording's spool into its output. On a full disk the
+/// reserve is given back and the pages written so far are assembled into a valid file
+/// (``write(to:)``, ``stoppedByFullDisk``).
 public final class RecordSession: @unchecked Sendable {
     let trace: TraceSession
     public var instance: String { trace.instance.name }
@@ -54,6 +59,13 @@ public final class RecordSession: @unchecked Sendable {
             throw error
         }
         subbufSize = trace.readers.first?.subbufSize ?? 4096
+        do {
+            try writeRecoveryFiles(output: output)
+        } catch {
+            trace.stop()
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
         let files = try trace.readers.map { try OutputFile(path: "\(directory)/cpu\($0.cpu)") }
         let counters = self.counters
         let maxBytes = config.maxBytes
@@ -76,6 +88,109 @@ public final class RecordSession: @unchecked Sendable {
 
     func cpuFile(_ cpu: Int) -> String { "\(directory)/cpu\(cpu)" }
 
+    /// The spool's name prefix (the recording's pid follows).
+    public static let spoolPrefix = ".kvmscope-record-"
+
+    /// Writes the spool's `header` (what a recovered file begins with), its `manifest` and the `reserve`: room
+    /// for the header, its options (comm and tgid tables, statistics) and the page alignment of each CPU's data,
+    /// so that the pages already spooled can be assembled into a valid file when the disk fills.
+    func writeRecoveryFiles(output: String) throws {
+        var m = try TraceDatMetadata.fromTracefs(root: root, events: ["kvm": events])
+        m.pageSize = subbufSize
+        m.cpuStats[cpus.first ?? 0] = "kvmscope recovered: recording pid \(getpid()) was killed before it wrote this file;"
+            + " it holds every complete page\n"
+        let header = TraceDatWriter.header(m, cpuCount: cpus.count)
+        let absolute = output.hasPrefix("/") ? output : FileManager.default.currentDirectoryPath + "/" + output
+        let manifest = "output \(absolute)\npagesize \(subbufSize)\ncpus \(cpus.map(String.init).joined(separator: " "))\n"
+        let h = try OutputFile(path: "\(directory)/header")
+        try h.write(header)
+        try h.close()
+        let f = try OutputFile(path: "\(directory)/manifest")
+        try f.write(Array(manifest.utf8))
+        try f.close()
+        let reserve = header.count + (cpus.count + 2) * subbufSize + 128 << 10
+        let r = try OutputFile(path: "\(directory)/reserve")
+        let rc = posix_fallocate(r.fd, 0, off_t(reserve))
+        if rc != 0 { throw KVMScopeError.io("cannot reserve \(reserve) bytes for \(directory)/reserve: \(Errno(rawValue: rc))") }
+        try r.close()
+    }
+
+    /// Complete pages in the file ``write(to:)`` wrote.
+    public private(set) var pagesInFile = 0
+
+    /// Whether a reader stopped because the disk is full (ENOSPC): ``write(to:)`` then assembles the pages
+    /// spooled so far.
+    public var stoppedByFullDisk: Bool { counters.fullDisk.load(ordering: .relaxed) }
+
+    /// A dead recording's spool assembled into a trace.dat.
+    public struct Recovered: Sendable, Equatable {
+        /// The file written.
+        public var path: String
+        /// The killed recording's pid.
+        public var pid: Int32
+        /// Complete pages in the file.
+        public var pages: Int
+        /// Why the file could not be written (the spool then stays for a later run), e.g.
+        /// "cannot write t.dat: No space left on device".
+        public var error: String?
+    }
+
+    /// Assembles the spool of every dead recording (its pid gone) in `output`'s directory into the file its
+    /// manifest names — or, when that file is `output` itself (about to be recorded anew) or is not empty,
+    /// into `FILE.recovered-PID` — and removes the spool. A spool without a header (killed before tracing
+    /// started) holds no pages and is just removed.
+    /// - Parameter output: a file whose directory is searched; `exclude`: a path never written (the recording
+    ///   about to start).
+    /// - Returns: the files written, and those that could not be (with the error).
+    public static func recoverSpools(beside output: String, excluding exclude: String? = nil) -> [Recovered] {
+        let dir = (output as NSString).deletingLastPathComponent.isEmpty ? "." : (output as NSString).deletingLastPathComponent
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        let excluded = exclude.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        var out: [Recovered] = []
+        for name in names.sorted() where name.hasPrefix(spoolPrefix) {
+            guard let pid = Int32(name.dropFirst(spoolPrefix.count)), pid != getpid(),
+                  (kill(pid, 0) != 0 && errno == ESRCH) || TraceFS.isZombie(pid) else { continue }
+            let spool = "\(dir)/\(name)"
+            // Only a spool this user made (a directory it owns) is trusted, and its file goes into the same
+            // directory whatever the manifest says: a planted manifest cannot name /etc/passwd.
+            var st = stat()
+            guard lstat(spool, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid() else { continue }
+            let remove = { _ = try? FileManager.default.removeItem(atPath: spool) }
+            // Killed before it wrote its header: it holds no pages.
+            guard let manifest = try? String(contentsOfFile: "\(spool)/manifest", encoding: .utf8),
+                  let header = try? FileBytes.read("\(spool)/header") else { remove(); continue }
+            var fields: [String: String] = [:]
+            for line in manifest.split(separator: "\n") {
+                guard let sp = line.firstIndex(of: " ") else { continue }
+                fields[String(line[..<sp])] = String(line[line.index(after: sp)...])
+            }
+            guard let named = fields["output"], let pageSize = fields["pagesize"].flatMap(Int.init), pageSize > 0,
+                  let cpus = fields["cpus"]?.split(separator: " ").compactMap({ Int($0) }) else { remove(); continue }
+            var target = "\(dir)/\((named as NSString).lastPathComponent)"
+            // Into the empty file the recording left, else beside it (never through a symlink, never over data).
+            if lstat(target, &st) == 0 && ((st.st_mode & S_IFMT) != S_IFREG || st.st_size > 0)
+                || URL(fileURLWithPath: target).standardizedFileURL.path == excluded {
+                target += ".recovered-\(pid)"
+                guard lstat(target, &st) != 0 else { continue }  // the spool stays for a later run
+            }
+            // The reserve goes first: on a full disk it is the room the header needs.
+            unlink("\(spool)/reserve")
+            let files = cpus.map { "\(spool)/cpu\($0)" }
+            let pages = files.reduce(0) { n, f in
+                n + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil ?? 0) / pageSize
+            }
+            do {
+                try TraceDatWriter.write(path: target, header: header, pageSize: pageSize, cpus: files.map { .file($0) })
+                out.append(Recovered(path: target, pid: pid, pages: pages))
+                remove()
+            } catch {
+                unlink(target)
+                out.append(Recovered(path: target, pid: pid, pages: 0, error: "\(error)"))
+            }
+        }
+        return out
+    }
+
     /// A reader thread: raw sub-buffers, whole pages, appended to the CPU's spool file. A page that cannot be
     /// written (disk full) is counted, and the first error is kept for the command to report at once.
     static func copyPages(_ h: CPUReader, to out: OutputFile, counters: RecordCounters, maxBytes: UInt64?) {
@@ -96,6 +211,7 @@ public final class RecordSession: @unchecked Sendable {
             } catch {
                 counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
                 counters.failedPages.wrappingAdd(1, ordering: .relaxed)
+                if "\(error)".hasSuffix("\(Errno.noSpace)") { counters.fullDisk.store(true, ordering: .relaxed) }
                 counters.error.withLock { if $0 == nil { $0 = "\(error)" } }
             }
         }
@@ -205,8 +321,30 @@ public final class RecordSession: @unchecked Sendable {
             // (their events are not in the file).
             m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope dropped pages: \(dropped)\n"
         }
-        try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) },
-                                 version: config.compression == .none ? 6 : 7, compression: config.compression)
+        if stoppedByFullDisk {
+            m.cpuStats[cpus.first ?? 0, default: ""] += "kvmscope truncated: the disk was full: pages after the last"
+                + " complete one were not written\n"
+        }
+        let version = config.compression == .none ? 6 : 7
+        pagesInFile = cpus.reduce(0) { n, cpu in
+            n + ((try? FileManager.default.attributesOfItem(atPath: cpuFile(cpu))[.size] as? Int) ?? nil ?? 0) / subbufSize
+        }
+        do {
+            if stoppedByFullDisk { throw KVMScopeError.io("No space left on device") }
+            try TraceDatWriter.write(path: path, metadata: m, cpus: cpus.map { .file(cpuFile($0)) },
+                                     version: version, compression: config.compression)
+        } catch let e as KVMScopeError where e.description.hasSuffix("\(Errno.noSpace)") {
+            // The disk is full: the file is assembled from the pages in memory, each spool file removed once
+            // read and the reserve given back, so the spool's room is the file's.
+            var pages: [TraceDatCPUData] = []
+            for cpu in cpus {
+                let bytes = (try? FileBytes.read(cpuFile(cpu))) ?? []
+                unlink(cpuFile(cpu))
+                pages.append(.pages([Array(bytes.prefix(bytes.count / subbufSize * subbufSize))]))
+            }
+            for name in ["reserve", "header", "manifest"] { unlink("\(directory)/\(name)") }
+            try TraceDatWriter.write(path: path, metadata: m, cpus: pages, version: version, compression: config.compression)
+        }
         return (tids, unnamed)
     }
 
@@ -228,5 +366,6 @@ final class RecordCounters: Sendable {
     let failedPages = Atomic<UInt64>(0)
     let readErrors = Atomic<UInt64>(0)
     let full = Atomic<Bool>(false)
+    let fullDisk = Atomic<Bool>(false)
     let error = Mutex<String?>(nil)
 }

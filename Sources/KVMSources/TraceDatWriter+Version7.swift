@@ -111,7 +111,10 @@ extension TraceDatWriter {
                 let raw: [UInt8]
                 switch c {
                 case .pages(let p): raw = p.flatMap { $0 }
-                case .file(let f): raw = try FileBytes.read(f)
+                case .file(let f):
+                    // Whole pages only: a page cut short by a full disk or a kill is left out.
+                    let bytes = try FileBytes.read(f)
+                    raw = Array(bytes.prefix(bytes.count / m.pageSize * m.pageSize))
                 }
                 var out = HeaderBytes()
                 let chunk = chunkPages * m.pageSize
@@ -129,7 +132,7 @@ extension TraceDatWriter {
                 case .file(let f):
                     let s = (try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil
                     guard let s else { throw KVMScopeError.io("cannot read \(f)") }
-                    sizes.append(s)
+                    sizes.append(s / m.pageSize * m.pageSize)
                 }
                 data.append([])
             }
@@ -212,7 +215,7 @@ extension TraceDatWriter {
             } else {
                 switch c {
                 case .pages(let pages): for p in pages { try out.write(p) }
-                case .file(let f): try out.copy(from: f)
+                case .file(let f): try out.copy(from: f, limit: sizes[i])
                 }
             }
         }

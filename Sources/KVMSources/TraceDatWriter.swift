@@ -103,6 +103,12 @@ public enum TraceDatWriter {
     /// Writes `path`: header, formats, cmdlines, options (trace clock, uname, per-CPU stats), then each
     /// CPU's pages (CPU i = cpus[i]) page-aligned. Throws one-line io errors.
     public static func write(path: String, metadata m: TraceDatMetadata, cpus: [TraceDatCPUData]) throws {
+        try write(path: path, header: header(m, cpuCount: cpus.count), pageSize: m.pageSize, cpus: cpus)
+    }
+
+    /// A version 6 file's bytes up to its per-CPU data: magic, formats, cmdlines, CPU count, options and
+    /// the `flyrecord` mark. The offset/size table of the CPUs' data follows it (``write(path:header:pageSize:cpus:)``).
+    static func header(_ m: TraceDatMetadata, cpuCount: Int) -> [UInt8] {
         var h = HeaderBytes()
         h.raw([0x17, 0x08, 0x44])
         h.string("tracing6")
@@ -123,7 +129,7 @@ public enum TraceDatWriter {
         h.blob32(m.kallsyms)
         h.blob32(m.printkFormats)
         h.blob64(m.cmdlines.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined())
-        h.u32(UInt32(cpus.count))
+        h.u32(UInt32(cpuCount))
         h.raw(Array("options  ".utf8) + [0])
         h.option(4, "[\(m.traceClock)]")
         if let uname = m.uname { h.option(5, uname) }
@@ -131,7 +137,15 @@ public enum TraceDatWriter {
         if !m.tgids.isEmpty { h.option(TraceDatMetadata.savedTGIDsOption, m.savedTGIDsText) }
         h.u16(0)
         h.raw(Array("flyrecord".utf8) + [0])
+        return h.bytes
+    }
 
+    /// Writes a version 6 file from a ``header(_:cpuCount:)`` and the CPUs' pages: the offset/size table,
+    /// then each CPU's data from a page boundary. A file's data is taken in whole pages (a page cut short by
+    /// a full disk or a kill is left out).
+    static func write(path: String, header: [UInt8], pageSize: Int, cpus: [TraceDatCPUData]) throws {
+        var h = HeaderBytes()
+        h.bytes = header
         var sizes: [Int] = []
         for c in cpus {
             switch c {
@@ -139,10 +153,10 @@ public enum TraceDatWriter {
             case .file(let f):
                 let s = (try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil
                 guard let s else { throw KVMScopeError.io("cannot read \(f)") }
-                sizes.append(s)
+                sizes.append(s / pageSize * pageSize)
             }
         }
-        let align = { (x: Int) in (x + m.pageSize - 1) / m.pageSize * m.pageSize }
+        let align = { (x: Int) in (x + pageSize - 1) / pageSize * pageSize }
         var offset = align(h.bytes.count + 16 * cpus.count)
         var offsets: [Int] = []
         for s in sizes {
@@ -158,7 +172,7 @@ public enum TraceDatWriter {
             try out.pad(to: offsets[i])
             switch c {
             case .pages(let pages): for p in pages { try out.write(p) }
-            case .file(let f): try out.copy(from: f)
+            case .file(let f): try out.copy(from: f, limit: sizes[i])
             }
         }
         try out.pad(to: offset)
@@ -198,7 +212,7 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
 
     init(path: String) throws {
         self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw KVMScopeError.io("cannot create \(path): \(Errno(rawValue: errno))") }
     }
 
@@ -225,18 +239,21 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
         if target > offset { try write([UInt8](repeating: 0, count: target - offset)) }
     }
 
-    func copy(from source: String) throws {
+    /// Appends `source`'s first `limit` bytes (all of it by default).
+    func copy(from source: String, limit: Int = .max) throws {
         let src = open(source, O_RDONLY | O_CLOEXEC)
         guard src >= 0 else { throw KVMScopeError.io("cannot open \(source): \(Errno(rawValue: errno))") }
         defer { Glibc.close(src) }
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buf.deallocate() }
-        while true {
-            let n = read(src, buf.baseAddress, buf.count)
+        var left = limit
+        while left > 0 {
+            let n = read(src, buf.baseAddress, min(buf.count, left))
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { throw KVMScopeError.io("cannot read \(source): \(Errno(rawValue: errno))") }
             if n == 0 { break }
             try write(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+            left -= n
         }
     }
 

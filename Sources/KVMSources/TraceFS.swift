@@ -8,14 +8,21 @@ import SystemPackage
 public enum TraceFS {
     public static let instancePrefix = "kvmscope-"
 
-    /// The tracefs mount point, mounting it when needed. Throws the errors users see.
+    /// The tracefs mount point, mounting it when needed. Throws the errors users see: tracefs missing and not
+    /// mountable (``KVMScopeError/noTracefs(_:)``), or not accessible to this user (``KVMScopeError/noAccess(_:)``).
+    /// Root is not required: a user who may read and write tracefs (e.g. with CAP_DAC_OVERRIDE) may trace.
     public static func root() throws -> String {
-        guard geteuid() == 0 else { throw KVMScopeError.notRoot }
         guard let dir = ckvmscope_tracing_dir() else {
-            throw KVMScopeError.noTracefs("\(Errno(rawValue: errno))")
+            let e = Errno(rawValue: errno)
+            // Only root (CAP_SYS_ADMIN) mounts file systems.
+            if geteuid() != 0 && (e == .permissionDenied || e == .notPermitted) { throw KVMScopeError.notRoot }
+            throw KVMScopeError.noTracefs("\(e)")
         }
         let path = String(cString: dir)
-        guard FileManager.default.fileExists(atPath: path + "/events") else {
+        // The effective ids and capabilities (AT_EACCESS): access(2) would check the real uid without them.
+        guard faccessat(AT_FDCWD, path + "/events", R_OK | X_OK, AT_EACCESS) == 0 else {
+            let e = Errno(rawValue: errno)
+            if e == .permissionDenied || e == .notPermitted { throw KVMScopeError.noAccess("\(path): \(e)") }
             throw KVMScopeError.noTracefs("\(path)/events is missing")
         }
         return path
@@ -25,7 +32,7 @@ public enum TraceFS {
     public static func events(system: String, root: String) throws -> [String] {
         let dir = "\(root)/events/\(system)"
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
-            if system == "kvm" { throw KVMScopeError.noKVMEvents }
+            if system == "kvm" { throw KVMScopeError.noKVMEvents(dir) }
             throw KVMScopeError.unknownEvent("no event system \(system) in \(root)/events")
         }
         return names.filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }.sorted()
@@ -81,7 +88,7 @@ public enum TraceFS {
     /// The formats of the chosen kvm events (all of them when `events` is empty), checked against the kernel.
     public static func kvmFormats(events: [String], root: String) throws -> (events: [String], formats: EventFormats) {
         let available = try Self.events(system: "kvm", root: root)
-        guard !available.isEmpty else { throw KVMScopeError.noKVMEvents }
+        guard !available.isEmpty else { throw KVMScopeError.noKVMEvents("\(root)/events/kvm") }
         let wanted = events.isEmpty ? available : events
         for name in wanted where !available.contains(name) {
             throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")

@@ -70,6 +70,11 @@ struct RecordCommand: ParsableCommand {
         config.trace.injected = TraceOptions.injected()
         config.compression = TraceDatCompression(rawValue: compression) ?? .zstd
         config.maxBytes = maxSize.flatMap(Self.bytes)
+        // A recording killed before it wrote its file (SIGKILL) left its spool here: assemble it first.
+        for r in RecordSession.recoverSpools(beside: output, excluding: output) {
+            writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
+                    ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
+        }
         let file = try OutputPath(output)
         let session = try RecordSession(config: config, output: output)
         let child = try TraceOptions.start(command)
@@ -94,7 +99,12 @@ struct RecordCommand: ParsableCommand {
         session.stop()
         if let error = session.firstError {
             if tty { writeStderr("\n") }
-            throw KVMScopeError.io(error)
+            guard session.stoppedByFullDisk else { throw KVMScopeError.io(error) }
+            // The disk is full: the pages spooled so far become the file, and the error says so.
+            try session.write(to: file.path)
+            file.keep()
+            throw KVMScopeError.io("cannot write \(output): \(Errno.noSpace) (recording stopped; the file holds the "
+                                   + "\(session.pagesInFile) complete pages recorded before)")
         }
         let status = try run.endChild()
         let result = try session.write(to: file.path)
@@ -114,18 +124,30 @@ struct RecordCommand: ParsableCommand {
 
 /// The output file of `record`: checked writable before tracing starts, and removed again when the
 /// recording ends without writing it (an error, a command that cannot start) — never a 0-byte file left.
+/// Only a regular file is ever removed, and only the one opened here: `-o /dev/null` (or a FIFO) is left alone.
 final class OutputPath {
     let path: String
     private var kept = false
+    /// Device and inode of the regular file opened here (nil: not a regular file).
+    private let identity: (dev: UInt64, ino: UInt64)?
 
     init(_ path: String) throws {
         self.path = path
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
+        var st = stat()
+        identity = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
         close(fd)
     }
 
     func keep() { kept = true }
 
-    deinit { if !kept { unlink(path) } }
+    deinit {
+        guard !kept, let identity else { return }
+        var st = stat()
+        if lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_dev) == identity.dev,
+           UInt64(st.st_ino) == identity.ino {
+            unlink(path)
+        }
+    }
 }

@@ -98,6 +98,13 @@ struct ReportCommand: ParsableCommand {
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         for (n, file) in files.enumerated() {
+            // An empty or missing file may be a recording killed before it wrote it: its spool is beside it.
+            if ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
+                for r in RecordSession.recoverSpools(beside: file) {
+                    writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
+                    ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
+                }
+            }
             let source = try TraceFiles.open(file, counterHz: ts2secs)
             let text = source as? TextTraceReader
             if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
@@ -122,9 +129,7 @@ struct ReportCommand: ParsableCommand {
             if let html, let timeline = analysis.timeline {
                 let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
                                              title: (file as NSString).lastPathComponent)
-                guard FileManager.default.createFile(atPath: html, contents: Data(page.utf8)) else {
-                    throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))")
-                }
+                try writeOutputFile(html, page)
             }
         }
         if json {
@@ -179,6 +184,14 @@ struct ReportCommand: ParsableCommand {
             if t.proseLines > 0 { notes.append("\(t.proseLines) lines of other text skipped") }
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
+        }
+        if let d = source as? TraceDatReader {
+            // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
+            for (_, stats) in d.cpuStats.sorted(by: { $0.key < $1.key }) {
+                for line in stats.split(separator: "\n") where line.hasPrefix("kvmscope ") {
+                    lines.append("note: " + line.dropFirst("kvmscope ".count))
+                }
+            }
         }
         lines.append("")
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)

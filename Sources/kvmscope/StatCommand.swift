@@ -134,10 +134,7 @@ struct StatCommand: ParsableCommand {
         let logging = log || logToFile != nil
         var out: FileHandle = .standardOutput
         if let path = logToFile {
-            guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
-                throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))")
-            }
-            out = h
+            out = FileHandle(fileDescriptor: try createOutputFile(path), closeOnDealloc: true)
         }
 
         // A log line that cannot be written ends the log: a terminal or pipe that went away (EIO, EPIPE)

@@ -45,7 +45,8 @@ import TestSupport
     }
 
     @Test(.enabled(if: KVMTest.canRun)) func notRoot() throws {
-        try expectOneLineError(["stat", "-1"], "root is needed to read tracefs (run it with sudo)", status: 1, runAs: "nobody")
+        try expectOneLineError(["stat", "-1"], "cannot use tracefs: /sys/kernel/tracing: Permission denied (run kvmscope "
+                               + "with sudo, or grant access: see \"Least privilege\" in the README)", status: 1, runAs: "nobody")
     }
 
     @Test(.enabled(if: KVMTest.canRun)) func stormWithoutKVMDevice() throws {
@@ -62,6 +63,15 @@ extension CLI.Result {
     /// The binary is copied to a world-readable directory first: CI's clone may live where others can't enter.
     static func runuser(_ user: String, _ argv: [String]) throws -> CLI.Result {
         var argv = argv
+        if argv.first == CLI.binary { argv[0] = try sharedBinary() }
+        let r = try Spawned.run("/usr/sbin/runuser", ["-u", user, "--"] + argv, timeout: 60,
+                                environment: ["PATH": "/usr/bin:/bin"], inheritEnvironment: false)
+        return CLI.Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
+    }
+
+    /// A copy of the binary in a world-readable directory, for runs as other users: CI's clone may live where
+    /// others can't enter.
+    static func sharedBinary() throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-runuser-\(getpid())")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
                                                  attributes: [.posixPermissions: 0o755])
@@ -75,9 +85,6 @@ extension CLI.Result {
             try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: partial)
             #expect(rename(partial, copy.path) == 0)
         }
-        if argv.first == CLI.binary { argv[0] = copy.path }
-        let r = try Spawned.run("/usr/sbin/runuser", ["-u", user, "--"] + argv, timeout: 60,
-                                environment: ["PATH": "/usr/bin:/bin"], inheritEnvironment: false)
-        return CLI.Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
+        return copy.path
     }
 }
