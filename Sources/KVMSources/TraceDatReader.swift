@@ -59,8 +59,19 @@ public final class TraceDatReader: TraceSource {
     let algo: Int32
     let file: ByteBlock
 
-    /// Opens and reads the metadata. Throws one-line ``KVMScopeError/badFile(_:)`` errors.
-    public init(path: String) throws {
+    /// Opens and reads the metadata. Throws one-line ``KVMScopeError/badFile(_:)`` errors naming the file.
+    public convenience init(path: String) throws {
+        do { try self.init(opening: path) } catch { throw Self.naming(error, path) }
+    }
+
+    /// A bad-file error built deep in a byte reader (which knows the section, not the file) with the file's
+    /// name put in front.
+    static func naming(_ error: any Error, _ path: String) -> any Error {
+        if case KVMScopeError.badFile(let m) = error, !m.contains(path) { return KVMScopeError.badFile("\(path): \(m)") }
+        return error
+    }
+
+    init(opening path: String) throws {
         self.path = path
         file = try ByteBlock(mapping: path)
         var r = ByteReader(file, what: "trace.dat header")
@@ -146,6 +157,10 @@ public final class TraceDatReader: TraceSource {
 
     /// Streams every kvm event of the file in timestamp order (CPUs merged; ties by CPU order).
     public func forEachEvent(_ body: (TraceEvent) throws -> Void) throws {
+        do { try streamEvents(body) } catch { throw Self.naming(error, path) }
+    }
+
+    func streamEvents(_ body: (TraceEvent) throws -> Void) throws {
         let decoder = formats.makeDecoder(longSize: longSize, bigEndian: bigEndian)
         var streams: [CPUStream] = []
         for d in cpuData where d.size > 0 {

@@ -1,0 +1,48 @@
+import Foundation
+import KVMAnalysis
+import Testing
+import TestSupport
+
+/// Inputs the fuzzers (fuzz/, `make fuzz`) found to crash or to break a rule, kept under Tests/Fixtures/fuzz
+/// and run as users meet them: each gives exactly what is asserted here.
+@Suite struct FuzzRegressionTests {
+    static func fixture(_ name: String) -> String {
+        CLI.packageRoot.appendingPathComponent("Tests/Fixtures/fuzz/\(name)").path
+    }
+
+    /// A text trace whose entry comes 3 years after its exit: the mean latency in ns (1e17) overflowed the
+    /// hundredths of Durations.fixed2 (a Swift trap) in `report --csv`; it is printed in Swift's shortest form.
+    @Test func latencyOfYearsInCSV() throws {
+        let file = Self.fixture("text-trace-latency-of-years.txt")
+        let r = try CLI.run(["report", "--csv", file])
+        #expect(r.status == 0 && r.stderr == "")
+        #expect(r.stdout == """
+            file,vm,vm_name,vcpu,reason,isa,blocking,count,paired,min_ns,mean_ns,stddev_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns,total_ns
+            \(file),5664,,,UNKNOWN(0x0),,0,1,1,99999998650000000,9.999999865e+16,0.00,99999998650000000,99999998650000000,99999998650000000,99999998650000000,99999998650000000,99999998650000000
+
+            """)
+    }
+
+    /// trace.dat errors raised deep in the byte reader lacked the file's name.
+    @Test func traceDatErrorsNameTheFile() throws {
+        let cases = [
+            ("trace-dat-truncated-header.dat", "truncated trace.dat header: needs 1 bytes at offset 13, has 0"),
+            ("trace-dat-format-size-past-end.dat",
+             "trace.dat header: event format claims 12197720948 bytes at offset 5886 but only 6405 remain"),
+        ]
+        for (name, message) in cases {
+            let file = Self.fixture(name)
+            let r = try CLI.run(["report", file])
+            #expect(r.status == 1 && r.stdout == "")
+            #expect(r.stderr == "kvmscope: \(file): \(message)\n")
+        }
+    }
+
+    /// A rule with control characters (a newline among them) made a two-line error; they are escaped now.
+    @Test func stormRuleErrorIsOneLine() throws {
+        let text = try String(contentsOfFile: Self.fixture("storm-rule-control-characters.txt"), encoding: .utf8)
+        #expect(throws: StormRuleError(description: #"bad rule '\u{0E}\n\u{1D}': expected 'rate' or a percentile (p50, p90, p99, p999) at column 1"#)) {
+            try StormRule(parsing: text)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FlyingFox
+import FlyingSocks
+import FuzzSupport
+import KVMAnalysis
+import KVMExits
+import KVMScopeViews
+
+// Request bytes → `serve`'s HTTP path: FlyingFox's HTTPServer (its public entry point: connection, request
+// line, headers, body, keep-alive) with a handler that answers as serve's MetricsHandler does (method check,
+// routes, Accept negotiation, exposition of a summary). MetricsHandler itself lives in the executable and
+// cannot be imported; its logic is a dozen lines, mirrored here. Each input is written to a fresh connection
+// on an abstract Unix socket, the write side shut; every answer must come within 2 s (no hang) and start
+// with a status line, and the server must still answer the next connection.
+
+struct MetricsLikeHandler: HTTPHandler {
+    let summary: Summary
+
+    func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
+        guard request.method == .GET || request.method == .HEAD else {
+            return HTTPResponse(statusCode: .methodNotAllowed, headers: [.contentType: "text/plain"],
+                                body: Data("only GET and HEAD\n".utf8))
+        }
+        switch request.path {
+        case "/metrics":
+            let format = ExpositionFormat.negotiate(accept: request.headers[HTTPHeader("Accept")])
+            let text = PrometheusExposition.render(summary, format: format, extras: ExpositionExtras(version: "fuzz"))
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: format.contentType], body: Data(text.utf8))
+        case "/healthz":
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"], body: Data("ok\n".utf8))
+        default:
+            return HTTPResponse(statusCode: .notFound, headers: [.contentType: "text/plain"], body: Data("not found\n".utf8))
+        }
+    }
+}
+
+let socketName = "kvmscope-fuzz-http-\(getpid())"
+
+/// Started on first use: the server on its own task, then a wait (≤ 10 s) until it accepts.
+let serverStarted: Bool = {
+    let summary = try! Summary(AggregateSnapshot(catalog: EventCatalog(), timestamp: 0))
+    let server = HTTPServer(address: .unix(abstractNamespace: socketName), timeout: 2,
+                            handler: MetricsLikeHandler(summary: summary))
+    Task { try await server.run() }
+    let deadline = Date().addingTimeInterval(10)
+    while Date() < deadline {
+        let fd = connectToServer()
+        if fd >= 0 {
+            close(fd)
+            return true
+        }
+        usleep(10_000)
+    }
+    Fuzz.fail("the HTTP server did not listen within 10 s")
+}()
+
+func connectToServer() -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { Fuzz.fail("socket: \(String(cString: strerror(errno)))") }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let name = Array(socketName.utf8)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+        for (i, b) in name.enumerated() { p[i + 1] = b }  // p[0] = 0: the abstract namespace
+    }
+    let len = socklen_t(MemoryLayout<sa_family_t>.size + 1 + name.count)
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
+    if rc != 0 {
+        close(fd)
+        return -1
+    }
+    var tv = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
+
+/// Sends the bytes, shuts the write side and reads the whole answer. nil when nothing came within 2 s.
+func exchange(_ data: UnsafePointer<UInt8>, _ size: Int) -> [UInt8]? {
+    let fd = connectToServer()
+    guard fd >= 0 else { Fuzz.fail("the server stopped accepting: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var sent = 0
+    while sent < size {
+        let n = send(fd, data + sent, size - sent, Int32(MSG_NOSIGNAL))
+        if n <= 0 { break }  // the server may close early on a bad request
+        sent += n
+    }
+    shutdown(fd, Int32(SHUT_WR))
+    var answer: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buf, buf.count, 0)
+        if n > 0 {
+            answer += buf[0..<n]
+        } else if n == 0 || errno == ECONNRESET {
+            return answer
+        } else {
+            return nil
+        }
+    }
+}
+
+Fuzz.run { data, size in
+    _ = serverStarted
+    guard let answer = exchange(data, size) else { Fuzz.fail("no answer and no close within 2 s") }
+    if !answer.isEmpty && !answer.starts(with: Array("HTTP/".utf8)) {
+        Fuzz.fail("the answer does not start with a status line: \(String(decoding: answer.prefix(80), as: UTF8.self))")
+    }
+}
