@@ -81,7 +81,7 @@ fuzz-build: deps
 # traces (the large ones cut to their first 8 KiB); synthetic 6.18 sub-buffers; fuzz/seeds for rules and requests.
 fuzz-seeds: fuzz-build
 	@rm -rf $(FUZZ)/seeds && mkdir -p $(FUZZ)/seeds/trace-dat $(FUZZ)/seeds/text-trace $(FUZZ)/seeds/decode-subbuf
-	@KVMSCOPE_FUZZ_WRITE_SEEDS=$(CURDIR)/$(FUZZ)/seeds/trace-dat KVMSCOPE_FUZZ_SUBBUF_SEEDS=$(CURDIR)/$(FUZZ)/seeds/decode-subbuf \
+	@ASAN_OPTIONS=detect_leaks=0 KVMSCOPE_FUZZ_WRITE_SEEDS=$(CURDIR)/$(FUZZ)/seeds/trace-dat KVMSCOPE_FUZZ_SUBBUF_SEEDS=$(CURDIR)/$(FUZZ)/seeds/decode-subbuf \
 		$(FUZZ)/bin/fuzz-trace-dat
 	@for c in none zstd; do trace-cmd convert -i $(FUZZ)/seeds/trace-dat/synthetic-6.18-x86-v6.dat \
 		-o $(FUZZ)/seeds/trace-dat/synthetic-6.18-x86-v7-$$c.dat --file-version 7 --compression $$c >/dev/null; done

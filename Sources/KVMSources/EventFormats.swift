@@ -30,7 +30,8 @@ public final class EventFormats {
             buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, system, $0.baseAddress, $0.count) }
         }
         guard id >= 0, let name = Self.value(of: "name:", in: text) else {
-            throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
+            // Its first line only (at most 60 characters): the error stays one line.
+            throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix { $0 != "\n" && $0 != "\r" }.prefix(60))")
         }
         formatTexts[name] = text
         if name == "kvm_exit" { catalog.exitReasons = ExitReasonNames(kvmExitTables: try printTables(kernelID: id)) }

@@ -64,11 +64,15 @@ public final class TraceDatReader: TraceSource {
         do { try self.init(opening: path) } catch { throw Self.naming(error, path) }
     }
 
-    /// A bad-file error built deep in a byte reader (which knows the section, not the file) with the file's
-    /// name put in front.
+    /// A bad-file error built deep in a byte reader (which knows the section, not the file), or an event format
+    /// of the file that does not parse, with the file's name put in front.
     static func naming(_ error: any Error, _ path: String) -> any Error {
-        if case KVMScopeError.badFile(let m) = error, !m.contains(path) { return KVMScopeError.badFile("\(path): \(m)") }
-        return error
+        switch error {
+        case KVMScopeError.badFile(let m) where !m.contains(path), KVMScopeError.badFormat(let m) where !m.contains(path):
+            return KVMScopeError.badFile("\(path): \(m)")
+        default:
+            return error
+        }
     }
 
     init(opening path: String) throws {

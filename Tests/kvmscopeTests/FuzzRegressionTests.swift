@@ -23,12 +23,14 @@ import TestSupport
             """)
     }
 
-    /// trace.dat errors raised deep in the byte reader lacked the file's name.
+    /// trace.dat errors raised deep in the byte reader lacked the file's name; an event format that did not
+    /// parse was shown over several lines (its first 60 characters), without the file's name.
     @Test func traceDatErrorsNameTheFile() throws {
         let cases = [
             ("trace-dat-truncated-header.dat", "truncated trace.dat header: needs 1 bytes at offset 13, has 0"),
             ("trace-dat-format-size-past-end.dat",
              "trace.dat header: event format claims 12197720948 bytes at offset 5886 but only 6405 remain"),
+            ("trace-dat-format-over-lines.dat", #"cannot parse the format of kvm event: name: kvm_NSNs549tPFsd"format:"#),
         ]
         for (name, message) in cases {
             let file = Self.fixture(name)

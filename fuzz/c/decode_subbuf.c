@@ -206,8 +206,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 fprintf(stderr, "inline and kbuffer walks give different records\n");
                 abort();
             }
-            if (upto == in->subbufs && memcmp(&in->stats, &kb->stats, sizeof(in->stats)) != 0) {
-                fprintf(stderr, "inline and kbuffer walks count differently\n");
+            /* Events walked over before a sub-buffer turns out malformed may be counted as ignored by one walk
+             * and not the other (they notice the damage at different points): with a rejected sub-buffer that
+             * count is not compared. */
+            struct ckvmscope_decode_stats x = in->stats, y = kb->stats;
+            if (x.corrupt)
+                x.ignored = y.ignored = 0;
+            if (upto == in->subbufs && memcmp(&x, &y, sizeof(x)) != 0) {
+                const struct ckvmscope_decode_stats *xs = &x, *ys = &y;
+                fprintf(stderr,
+                        "inline and kbuffer walks count differently: records %llu/%llu ignored %llu/%llu missed %llu/%llu "
+                        "unknown %llu/%llu subbufs %llu/%llu corrupt %llu/%llu\n",
+                        (unsigned long long)xs->records, (unsigned long long)ys->records,
+                        (unsigned long long)xs->ignored, (unsigned long long)ys->ignored,
+                        (unsigned long long)xs->missed_events, (unsigned long long)ys->missed_events,
+                        (unsigned long long)xs->missed_unknown, (unsigned long long)ys->missed_unknown,
+                        (unsigned long long)xs->subbufs, (unsigned long long)ys->subbufs,
+                        (unsigned long long)xs->corrupt, (unsigned long long)ys->corrupt);
                 abort();
             }
         }

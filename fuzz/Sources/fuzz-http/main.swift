@@ -13,7 +13,7 @@ import KVMScopeViews
 // line, headers, body, keep-alive) with a handler that answers as serve's MetricsHandler does (method check,
 // routes, Accept negotiation, exposition of a summary). MetricsHandler itself lives in the executable and
 // cannot be imported; its logic is a dozen lines, mirrored here. Each input is written to a fresh connection
-// on an abstract Unix socket, the write side shut; every answer must come within 2 s (no hang) and start
+// on a Unix socket (/tmp/kvmscope-fuzz-http-PID.sock), the write side shut; every answer must come within 2 s (no hang) and start
 // with a status line, and the server must still answer the next connection.
 
 struct MetricsLikeHandler: HTTPHandler {
@@ -37,14 +37,18 @@ struct MetricsLikeHandler: HTTPHandler {
     }
 }
 
-let socketName = "kvmscope-fuzz-http-\(getpid())"
+let socketPath = "/tmp/kvmscope-fuzz-http-\(getpid()).sock"
 
 /// Started on first use: the server on its own task, then a wait (≤ 10 s) until it accepts.
 let serverStarted: Bool = {
     let summary = try! Summary(AggregateSnapshot(catalog: EventCatalog(), timestamp: 0))
-    let server = HTTPServer(address: .unix(abstractNamespace: socketName), timeout: 2,
+    unlink(socketPath)
+    atexit { unlink(socketPath) }
+    let server = HTTPServer(address: .unix(path: socketPath), timeout: 2, logger: .disabled,
                             handler: MetricsLikeHandler(summary: summary))
-    Task { try await server.run() }
+    Task.detached {  // not the main actor: the main thread runs libFuzzer
+        do { try await server.run() } catch { Fuzz.fail("the HTTP server stopped: \(error)") }
+    }
     let deadline = Date().addingTimeInterval(10)
     while Date() < deadline {
         let fd = connectToServer()
@@ -62,11 +66,10 @@ func connectToServer() -> Int32 {
     guard fd >= 0 else { Fuzz.fail("socket: \(String(cString: strerror(errno)))") }
     var addr = sockaddr_un()
     addr.sun_family = sa_family_t(AF_UNIX)
-    let name = Array(socketName.utf8)
     withUnsafeMutableBytes(of: &addr.sun_path) { p in
-        for (i, b) in name.enumerated() { p[i + 1] = b }  // p[0] = 0: the abstract namespace
+        for (i, b) in socketPath.utf8.enumerated() { p[i] = b }
     }
-    let len = socklen_t(MemoryLayout<sa_family_t>.size + 1 + name.count)
+    let len = socklen_t(MemoryLayout<sockaddr_un>.size)
     let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
     if rc != 0 {
         close(fd)
