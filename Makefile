@@ -122,7 +122,8 @@ sanitize: sanitize-address sanitize-thread
 
 sanitize-thread: deps
 	$(SWIFT) build --build-path .build/tsan --sanitize=thread --build-tests
-	@set -o pipefail; KVMSCOPE_BIN=$(CURDIR)/.build/tsan/debug/kvmscope TSAN_OPTIONS=halt_on_error=1 \
+	@set -o pipefail; KVMSCOPE_BIN=$(CURDIR)/.build/tsan/debug/kvmscope \
+		TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/Tests/tsan-suppressions.txt" \
 		SWIFT_BACKTRACE=enable=no timeout -k 30 $(SANITIZE_TIMEOUT) \
 		$(SWIFT) test --skip-build --build-path .build/tsan --sanitize=thread --filter '$(TSAN_FILTER)' 2>&1 | tee .build/tsan.log
 

@@ -10,6 +10,12 @@ import KVMSources
 /// What the fuzz targets share: the checks beyond "no crash" (an error is one line naming the input; the
 /// analysis of whatever was read holds its own sums) and the file a path-taking reader is given.
 public enum Fuzz {
+    /// A line on stderr that does not stop the run.
+    public static func note(_ what: String) {
+        let line = Array("fuzz: note: \(what)\n".utf8)
+        _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
     /// Stops the run (a finding) with a reason on stderr: libFuzzer saves the input that did it.
     public static func fail(_ why: String) -> Never {
         let line = Array("fuzz: \(why)\n".utf8)
