@@ -102,7 +102,8 @@ fuzz: fuzz-seeds
 			-max_len=$$len -print_final_stats=1 -artifact_prefix=$(FUZZ)/artifacts/$$t/ \
 			$(FUZZ)/corpus/$$t $$seeds > $(FUZZ)/$$t.log 2>&1; rc=$$?; \
 		runs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' $(FUZZ)/$$t.log | grep -o '[0-9]*$$'); \
-		if [ $$rc -eq 0 ]; then echo "fuzz $$t: $$runs executions in $(FUZZ_SECONDS) s, no finding"; \
+		notes=$$(grep -ac '^fuzz: note:' $(FUZZ)/$$t.log); extra=""; [ "$$notes" -gt 0 ] && extra=", $$notes notes (see the log)"; \
+		if [ $$rc -eq 0 ]; then echo "fuzz $$t: $$runs executions in $(FUZZ_SECONDS) s, no finding$$extra"; \
 		else fail=1; echo "fuzz $$t: FINDING (exit $$rc), see $(FUZZ)/$$t.log:"; \
 			grep -E '^(fuzz:|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Swift runtime failure|Fatal error' $(FUZZ)/$$t.log | head -8; fi; \
 	done; exit $$fail
