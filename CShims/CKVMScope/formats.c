@@ -42,6 +42,66 @@ void ckvmscope_formats_free(struct ckvmscope_formats *f)
     free(f);
 }
 
+static int is_ident(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+/* Whether `name` (n bytes) is declared by a "field:TYPE NAME;" line (or "NAME[...]") before `end`. */
+static int field_declared(const char *text, const char *end, const char *name, size_t n)
+{
+    for (const char *p = text; p < end; p++) {
+        if ((size_t)(end - p) < 6 || memcmp(p, "field:", 6) != 0)
+            continue;
+        const char *q = p + 6;
+        while (q < end && *q != ';' && *q != '\n')
+            q++;
+        /* The declaration is p+6 .. q ("int x", "char comm[16]", "__data_loc char[] name"): its name is the
+         * last identifier, before an array size if one ends it. */
+        const char *e = q;
+        while (e > p + 6 && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (e > p + 6 && e[-1] == ']')
+            while (e > p + 6 && *--e != '[')
+                ;
+        const char *b = e;
+        while (b > p + 6 && is_ident(b[-1]))
+            b--;
+        if ((size_t)(e - b) == n && memcmp(b, name, n) == 0)
+            return 1;
+        p = q;
+    }
+    return 0;
+}
+
+/*
+ * Every REC->NAME of the print fmt must name a declared field. libtraceevent 1.7 dereferences NULL when the
+ * field of __print_symbolic(REC->NAME, ...) does not exist (found by fuzzing trace.dat files: their format
+ * texts are the file's bytes); a kernel never writes such a format, so it is refused as unparsable.
+ */
+static int print_fmt_fields_declared(const char *text, size_t len)
+{
+    const char *end = text + len, *fmt = NULL;
+    for (const char *p = text; p + 10 <= end; p++)
+        if (memcmp(p, "print fmt:", 10) == 0) {
+            fmt = p;
+            break;
+        }
+    if (!fmt)
+        return 1;
+    for (const char *p = fmt; p + 5 <= end; p++) {
+        if (memcmp(p, "REC->", 5) != 0)
+            continue;
+        const char *name = p + 5, *e = name;
+        while (e < end && is_ident(*e))
+            e++;
+        if (!field_declared(text, fmt, name, (size_t)(e - name)))
+            return 0;
+        p = e - 1;
+    }
+    return 1;
+}
+
 /**
  * ckvmscope_formats_parse - parse one event's format file
  * @f: the set
@@ -49,11 +109,14 @@ void ckvmscope_formats_free(struct ckvmscope_formats *f)
  * @text: the file's content
  * @len: its length
  *
- * Returns the event's kernel id, or -1 when libtraceevent cannot parse it.
+ * Returns the event's kernel id, or -1 when libtraceevent cannot parse it (or its print fmt reads a field the
+ * format does not declare).
  */
 int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, const char *text, size_t len)
 {
     struct tep_event *event = NULL;
+    if (!print_fmt_fields_declared(text, len))
+        return -1;
     if (tep_parse_format(f->tep, &event, text, len, system) != TEP_ERRNO__SUCCESS || !event)
         return -1;
     return event->id;

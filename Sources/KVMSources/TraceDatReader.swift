@@ -65,14 +65,19 @@ public final class TraceDatReader: TraceSource {
     }
 
     /// A bad-file error built deep in a byte reader (which knows the section, not the file), or an event format
-    /// of the file that does not parse, with the file's name put in front.
+    /// of the file that does not parse, with the file's name put in front; the file's own bytes that a message
+    /// quotes (names, kinds, versions) have their control characters escaped, so it stays one line.
     static func naming(_ error: any Error, _ path: String) -> any Error {
+        let message: String
         switch error {
-        case KVMScopeError.badFile(let m) where !m.contains(path), KVMScopeError.badFormat(let m) where !m.contains(path):
-            return KVMScopeError.badFile("\(path): \(m)")
-        default:
-            return error
+        case KVMScopeError.badFile(let m), KVMScopeError.badFormat(let m): message = m
+        default: return error
         }
+        var line = message.hasPrefix(path) ? "" : "\(path): "
+        for c in message.unicodeScalars {
+            line += c.properties.generalCategory == .control ? c.escaped(asASCII: true) : String(c)
+        }
+        return KVMScopeError.badFile(line)
     }
 
     init(opening path: String) throws {

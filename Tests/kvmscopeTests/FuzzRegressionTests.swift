@@ -31,6 +31,8 @@ import TestSupport
             ("trace-dat-format-size-past-end.dat",
              "trace.dat header: event format claims 12197720948 bytes at offset 5886 but only 6405 remain"),
             ("trace-dat-format-over-lines.dat", #"cannot parse the format of kvm event: name: kvm_NSNs549tPFsd"format:"#),
+            // A version quoted from the file with a newline in it.
+            ("trace-dat-version-over-lines.dat", #"unsupported trace.dat version '9\nx' (6 and 7 are)"#),
         ]
         for (name, message) in cases {
             let file = Self.fixture(name)
@@ -38,6 +40,15 @@ import TestSupport
             #expect(r.status == 1 && r.stdout == "")
             #expect(r.stderr == "kvmscope: \(file): \(message)\n")
         }
+    }
+
+    /// A kvm_exit format whose print fmt reads __print_symbolic(REC->re…) of a field it does not declare:
+    /// libtraceevent 1.7 dereferenced NULL parsing it (SIGSEGV in `report`); such formats are refused.
+    @Test func printSymbolicOfAnUndeclaredFieldIsRefused() throws {
+        let file = Self.fixture("trace-dat-print-symbolic-unknown-field.dat")
+        let r = try CLI.run(["report", file])
+        #expect(r.status == 1 && r.stdout == "")
+        #expect(r.stderr == "kvmscope: \(file): cannot parse the format of kvm event: name: kvm_exit\n")
     }
 
     /// A rule with control characters (a newline among them) made a two-line error; they are escaped now.

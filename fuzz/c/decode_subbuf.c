@@ -104,8 +104,47 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* Whether the walk of a sub-buffer (host order, 8-byte longs) meets a padding event whose length word is
+ * 2^31 or more: kbuffer reads that length as a negative int and walks backwards into garbage (then the
+ * decoder's bounds check rejects the sub-buffer), while the inline walk, like kbuffer for any other length
+ * past the data, ends the sub-buffer there. */
+static int has_huge_padding(const uint8_t *page, uint32_t len)
+{
+    if (len < 16)
+        return 0;
+    uint64_t commit;
+    memcpy(&commit, page + 8, 8);
+    uint64_t size = commit & ((1u << 27) - 1);
+    if (size > len - 16)
+        return 0;
+    const uint8_t *p = page + 16, *end = page + 16 + size;
+    while (end - p >= 8) {
+        uint32_t h, w;
+        memcpy(&h, p, 4);
+        memcpy(&w, p + 4, 4);
+        uint32_t type_len = h & 31;
+        if (type_len == 29) {
+            if (w >= 0x80000000u)
+                return 1;
+            if ((uint64_t)(end - p) < 4 + (uint64_t)w)
+                return 0;
+            p += 4 + w;
+        } else if (type_len >= 30) {
+            p += 8;
+        } else if (type_len == 0) {
+            if (w < 4)
+                return 0;
+            p += 8 + ((w - 4 + 3) & ~3u);
+        } else {
+            p += 4 + type_len * 4;
+        }
+    }
+    return 0;
+}
+
 struct outcome {
     int aligned; /* every sub-buffer's committed size is a multiple of 4, as the kernel writes them */
+    int huge_padding[64];
     int n[64];
     size_t subbufs;
     struct ckvmscope_record *records;
@@ -128,6 +167,7 @@ static void run(struct ckvmscope_decoder *d, const uint8_t *data, size_t size, u
         memcpy(copy, data + at, len);
         if (len >= 16 && (copy[8] & 3) != 0)
             o->aligned = 0;
+        o->huge_padding[o->subbufs] = has_huge_padding(copy, len);
         int n = ckvmscope_decode_subbuf(d, copy, len, 3, out, cap, &o->stats);
         free(copy);
         if (n < -1 || n > (int)cap)
@@ -188,10 +228,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (a.aligned) {
             /* Sub-buffer by sub-buffer: same verdict and record count, up to the first one the inline walk
              * rejects and kbuffer takes (kbuffer reads a zero-length event as an end; the inline walk calls
-             * it malformed, which is stricter, not a loss). */
+             * it malformed, which is stricter, not a loss), or kbuffer rejects for a padding of 2^31 bytes
+             * or more (see has_huge_padding). */
             size_t upto = in->subbufs, records = 0;
             for (size_t i = 0; i < in->subbufs; i++) {
-                if (in->n[i] < 0 && kb->n[i] >= 0) {
+                if ((in->n[i] < 0 && kb->n[i] >= 0) || (in->huge_padding[i] && kb->n[i] < 0)) {
                     upto = i;
                     break;
                 }
