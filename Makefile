@@ -58,7 +58,7 @@ bench: build
 # fails the run and names the input (.build/fuzz/artifacts/TARGET/): minimise it, put it under
 # Tests/Fixtures/fuzz/ with a test (Tests/kvmscopeTests/FuzzRegressionTests.swift), fix it.
 FUZZ_SECONDS ?= 180
-FUZZ_TARGETS = decode-subbuf trace-dat text-trace storm-rule http
+FUZZ_TARGETS = decode-subbuf formats trace-dat text-trace storm-rule http
 FUZZ_TIMEOUT ?= 20
 FUZZ_SEED ?= 0
 CORPUS ?= ../shared/corpus
@@ -75,13 +75,17 @@ fuzz-build: deps
 		-ICShims/CKVMScope/include -I/usr/include/traceevent -DFORMATS_DIR='"$(CURDIR)/Tests/Fixtures/formats/6.18-x86"' \
 		fuzz/c/decode_subbuf.c CShims/CKVMScope/decoder.c CShims/CKVMScope/formats.c -ltraceevent \
 		-o $(FUZZ)/bin/fuzz-decode-subbuf
+	$(CLANG) -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-ICShims/CKVMScope/include -I/usr/include/traceevent \
+		fuzz/c/formats.c CShims/CKVMScope/formats.c -ltraceevent -o $(FUZZ)/bin/fuzz-formats
 	@for t in trace-dat text-trace storm-rule http; do ln -sf $(CURDIR)/$(FUZZ_BIN)/fuzz-$$t $(FUZZ)/bin/fuzz-$$t; done
 
 # Seeds: synthetic trace.dat v6 of every kernel in Tests/Fixtures/formats, converted by trace-cmd to v7
 # (none, zstd; Debian's trace-cmd has no zlib: the corpus' v7 zlib file is that seed); the corpus' text
 # traces (the large ones cut to their first 8 KiB); synthetic 6.18 sub-buffers; fuzz/seeds for rules and requests.
 fuzz-seeds: fuzz-build
-	@rm -rf $(FUZZ)/seeds && mkdir -p $(FUZZ)/seeds/trace-dat $(FUZZ)/seeds/text-trace $(FUZZ)/seeds/decode-subbuf
+	@rm -rf $(FUZZ)/seeds && mkdir -p $(FUZZ)/seeds/trace-dat $(FUZZ)/seeds/text-trace $(FUZZ)/seeds/decode-subbuf $(FUZZ)/seeds/formats
+	@for f in Tests/Fixtures/formats/*/*.format; do cp $$f $(FUZZ)/seeds/formats/$$(basename $$(dirname $$f))-$$(basename $$f); done
 	@ASAN_OPTIONS=detect_leaks=0 KVMSCOPE_FUZZ_WRITE_SEEDS=$(CURDIR)/$(FUZZ)/seeds/trace-dat KVMSCOPE_FUZZ_SUBBUF_SEEDS=$(CURDIR)/$(FUZZ)/seeds/decode-subbuf \
 		$(FUZZ)/bin/fuzz-trace-dat
 	@for c in none zstd; do trace-cmd convert -i $(FUZZ)/seeds/trace-dat/synthetic-6.18-x86-v6.dat \
@@ -96,7 +100,7 @@ fuzz: fuzz-seeds
 	@set -o pipefail; fail=0; for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ)/corpus/$$t $(FUZZ)/artifacts/$$t; \
 		seeds=""; for d in $(FUZZ)/seeds/$$t fuzz/seeds/$$t; do [ -d $$d ] && seeds="$$seeds $$d"; done; \
-		case $$t in trace-dat) len=65536;; text-trace) len=8192;; *) len=4096;; esac; \
+		case $$t in trace-dat) len=65536;; text-trace|formats) len=8192;; *) len=4096;; esac; \
 		SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 timeout -k 10 $$(( $(FUZZ_SECONDS) + 120 )) \
 			$(FUZZ)/bin/fuzz-$$t -seed=$(FUZZ_SEED) -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=4096 \
 			-max_len=$$len -print_final_stats=1 -artifact_prefix=$(FUZZ)/artifacts/$$t/ \
@@ -108,7 +112,7 @@ fuzz: fuzz-seeds
 			grep -E '^(fuzz:|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Swift runtime failure|Fatal error' $(FUZZ)/$$t.log | head -8; fi; \
 	done; exit $$fail
 
-# CI's pass: 20 s per target (100 s in all) after the build, from a fixed seed (the same mutations each run:
+# CI's pass: 20 s per target (2 min in all) after the build, from a fixed seed (the same mutations each run:
 # a red CI is a finding, not luck), with a per-input limit of 60 s for a loaded machine.
 fuzz-ci:
 	$(MAKE) fuzz FUZZ_SECONDS=20 FUZZ_TIMEOUT=60 FUZZ_SEED=1

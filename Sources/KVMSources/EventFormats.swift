@@ -15,9 +15,13 @@ public final class EventFormats {
     /// The format files as parsed, by event name.
     public private(set) var formatTexts: [String: String] = [:]
 
-    public init() {
+    /// - Parameter untrusted: the formats come from a file (a trace.dat's own bytes), not the running kernel:
+    ///   each is first parsed in a child process and refused when that child crashes or hangs (libtraceevent
+    ///   1.7 crashes on some malformed print fmts).
+    public init(untrusted: Bool = false) {
         guard let h = ckvmscope_formats_new() else { fatalError("out of memory") }
         handle = h
+        if untrusted { ckvmscope_formats_isolate(h, 1) }
     }
 
     deinit { ckvmscope_formats_free(handle) }

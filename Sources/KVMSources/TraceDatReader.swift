@@ -139,7 +139,7 @@ public final class TraceDatReader: TraceSource {
         for (cpu, text) in meta.cpuStats { lost[cpu] = TraceFS.lost(inStats: text) }
         lostPerCPU = lost
         cpuData = meta.cpuData
-        let f = EventFormats()
+        let f = EventFormats(untrusted: true)
         for text in meta.kvmFormats { try f.add(system: "kvm", format: text) }
         formats = f
         var ids: [Int32: ThreadIdentity] = [:]

@@ -1,5 +1,7 @@
 import Foundation
 import KVMAnalysis
+import KVMExits
+import KVMSources
 import Testing
 import TestSupport
 
@@ -49,6 +51,19 @@ import TestSupport
         let r = try CLI.run(["report", file])
         #expect(r.status == 1 && r.stdout == "")
         #expect(r.stderr == "kvmscope: \(file): cannot parse the format of kvm event: name: kvm_exit\n")
+    }
+
+    /// A format whose print fmt is `"",4?"":_{` makes libtraceevent 1.7 dereference NULL. Formats from files
+    /// are parsed in a child process first: this one is refused with one line, and this process lives on.
+    @Test func formatThatCrashesLibtraceeventIsRefused() throws {
+        let text = try String(contentsOfFile: Self.fixture("format-ternary-crashes-libtraceevent.format"), encoding: .utf8)
+        #expect(throws: KVMScopeError.badFormat("cannot parse the format of kvm event: name:t")) {
+            try EventFormats(untrusted: true).add(system: "kvm", format: text)
+        }
+        // The kernel's own formats still parse when isolated.
+        let exit = try String(contentsOfFile: CLI.packageRoot.appendingPathComponent("Tests/Fixtures/formats/6.18-x86/kvm_exit.format").path,
+                              encoding: .utf8)
+        #expect(try EventFormats(untrusted: true).add(system: "kvm", format: exit) == 0)
     }
 
     /// A rule with control characters (a newline among them) made a two-line error; they are escaped now.
