@@ -128,15 +128,15 @@ static int has_huge_padding(const uint8_t *page, uint32_t len)
                 return 1;
             if ((uint64_t)(end - p) < 4 + (uint64_t)w)
                 return 0;
-            p += 4 + w;
+            p += 4 + (uint64_t)w;
         } else if (type_len >= 30) {
             p += 8;
         } else if (type_len == 0) {
             if (w < 4)
                 return 0;
-            p += 8 + ((w - 4 + 3) & ~3u);
+            p += 8 + (uint64_t)((w - 4 + 3) & ~3u);
         } else {
-            p += 4 + type_len * 4;
+            p += 4 + (uint64_t)type_len * 4;
         }
     }
     return 0;
