@@ -101,7 +101,7 @@ fuzz: fuzz-seeds
 		mkdir -p $(FUZZ)/corpus/$$t $(FUZZ)/artifacts/$$t; \
 		seeds=""; for d in $(FUZZ)/seeds/$$t fuzz/seeds/$$t; do [ -d $$d ] && seeds="$$seeds $$d"; done; \
 		case $$t in trace-dat) len=65536;; text-trace|formats) len=8192;; *) len=4096;; esac; \
-		SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 timeout -k 10 $$(( $(FUZZ_SECONDS) + 120 )) \
+		SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 KVMSCOPE_FUZZ_SOCKET_DIR=$(CURDIR)/$(FUZZ) timeout -k 10 $$(( $(FUZZ_SECONDS) + 120 )) \
 			$(FUZZ)/bin/fuzz-$$t -seed=$(FUZZ_SEED) -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=4096 \
 			-max_len=$$len -print_final_stats=1 -artifact_prefix=$(FUZZ)/artifacts/$$t/ \
 			$(FUZZ)/corpus/$$t $$seeds > $(FUZZ)/$$t.log 2>&1; rc=$$?; \

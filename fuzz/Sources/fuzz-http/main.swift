@@ -13,7 +13,7 @@ import KVMScopeViews
 // line, headers, body, keep-alive) with a handler that answers as serve's MetricsHandler does (method check,
 // routes, Accept negotiation, exposition of a summary). MetricsHandler itself lives in the executable and
 // cannot be imported; its logic is a dozen lines, mirrored here. Each input is written to a fresh connection
-// on a Unix socket (/tmp/kvmscope-fuzz-http-PID.sock), the write side shut; every answer (or the close)
+// on a Unix socket (kvmscope-fuzz-http-PID.sock), the write side shut; every answer (or the close)
 // must come within 10 s (no hang; the server's own timeout is serve's 15 s; exchanges over 1 s are noted) and start
 // with a status line, and the server must still answer the next connection.
 
@@ -38,7 +38,9 @@ struct MetricsLikeHandler: HTTPHandler {
     }
 }
 
-let socketPath = "/tmp/kvmscope-fuzz-http-\(getpid()).sock"
+/// In KVMSCOPE_FUZZ_SOCKET_DIR (`make fuzz`: .build/fuzz) or /tmp; removed at a normal exit only (libFuzzer
+/// ends a run that found something with _exit).
+let socketPath = "\(ProcessInfo.processInfo.environment["KVMSCOPE_FUZZ_SOCKET_DIR"] ?? "/tmp")/kvmscope-fuzz-http-\(getpid()).sock"
 
 /// Started on first use: the server on its own task, then a wait (≤ 10 s) until it accepts.
 let serverStarted: Bool = {
