@@ -7,7 +7,7 @@ DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzst
                libncurses-dev pkg-config tmux prometheus linux-perf chromium
 STAMP = .build/.deps-installed
 
-.PHONY: all deps build test demo bench clean tracefs depcheck soak
+.PHONY: all deps build test demo bench clean tracefs depcheck soak fuzz fuzz-build fuzz-ci sanitize sanitize-thread sanitize-address
 
 all: build
 
@@ -60,6 +60,99 @@ soak: build
 # kvmscope's library products can be depended on by version (no unsafeFlags): builds a package that does.
 depcheck: deps
 	contrib/depcheck/run.sh
+
+# ---------------------------------------------------------------- fuzzing (fuzz/) and sanitizers
+# libFuzzer targets for every reader of untrusted bytes: the Swift ones (fuzz/Package.swift, every module
+# instrumented: -sanitize=fuzzer,address) and the C sub-buffer decoder (fuzz/c, clang with
+# -fsanitize=fuzzer,address,undefined). Seeds come from $(CORPUS) (read at run time, never copied into the
+# repo), Tests/Fixtures/formats and fuzz/seeds; what each run learns stays in .build/fuzz/corpus. A crash
+# fails the run and names the input (.build/fuzz/artifacts/TARGET/): minimise it, put it under
+# Tests/Fixtures/fuzz/ with a test (Tests/kvmscopeTests/FuzzRegressionTests.swift), fix it.
+FUZZ_SECONDS ?= 180
+FUZZ_TARGETS = decode-subbuf formats trace-dat text-trace storm-rule http
+FUZZ_TIMEOUT ?= 20
+FUZZ_SEED ?= 0
+CORPUS ?= ../shared/corpus
+CLANG ?= clang
+FUZZ = .build/fuzz
+FUZZ_SWIFT = $(SWIFT) build -c release --package-path fuzz --build-path $(CURDIR)/.build/fuzz-swift \
+	-Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld -Xcc -fsanitize=fuzzer-no-link,address
+FUZZ_BIN = .build/fuzz-swift/release
+
+fuzz-build: deps
+	$(FUZZ_SWIFT)
+	@mkdir -p $(FUZZ)/bin
+	$(CLANG) -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-ICShims/CKVMScope/include -I/usr/include/traceevent -DFORMATS_DIR='"$(CURDIR)/Tests/Fixtures/formats/6.18-x86"' \
+		fuzz/c/decode_subbuf.c CShims/CKVMScope/decoder.c CShims/CKVMScope/formats.c -ltraceevent \
+		-o $(FUZZ)/bin/fuzz-decode-subbuf
+	$(CLANG) -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-ICShims/CKVMScope/include -I/usr/include/traceevent \
+		fuzz/c/formats.c CShims/CKVMScope/formats.c -ltraceevent -o $(FUZZ)/bin/fuzz-formats
+	@for t in trace-dat text-trace storm-rule http; do ln -sf $(CURDIR)/$(FUZZ_BIN)/fuzz-$$t $(FUZZ)/bin/fuzz-$$t; done
+
+# Seeds: synthetic trace.dat v6 of every kernel in Tests/Fixtures/formats, converted by trace-cmd to v7
+# (none, zstd; Debian's trace-cmd has no zlib: the corpus' v7 zlib file is that seed); the corpus' text
+# traces (the large ones cut to their first 8 KiB); synthetic 6.18 sub-buffers; fuzz/seeds for rules and requests.
+fuzz-seeds: fuzz-build
+	@rm -rf $(FUZZ)/seeds && mkdir -p $(FUZZ)/seeds/trace-dat $(FUZZ)/seeds/text-trace $(FUZZ)/seeds/decode-subbuf $(FUZZ)/seeds/formats
+	@for f in Tests/Fixtures/formats/*/*.format; do cp $$f $(FUZZ)/seeds/formats/$$(basename $$(dirname $$f))-$$(basename $$f); done
+	@ASAN_OPTIONS=detect_leaks=0 KVMSCOPE_FUZZ_WRITE_SEEDS=$(CURDIR)/$(FUZZ)/seeds/trace-dat KVMSCOPE_FUZZ_SUBBUF_SEEDS=$(CURDIR)/$(FUZZ)/seeds/decode-subbuf \
+		$(FUZZ)/bin/fuzz-trace-dat
+	@for c in none zstd; do trace-cmd convert -i $(FUZZ)/seeds/trace-dat/synthetic-6.18-x86-v6.dat \
+		-o $(FUZZ)/seeds/trace-dat/synthetic-6.18-x86-v7-$$c.dat --file-version 7 --compression $$c >/dev/null; done
+	@for f in $(CORPUS)/real/*.dat; do [ -e "$$f" ] && ln -sf $$(realpath $$f) $(FUZZ)/seeds/trace-dat/ || true; done
+	@for f in $(CORPUS)/pasted/*.txt; do [ -e "$$f" ] && cp $$f $(FUZZ)/seeds/text-trace/ || true; done
+	@for f in $(CORPUS)/real/*.txt; do [ -e "$$f" ] && head -c 8192 $$f > $(FUZZ)/seeds/text-trace/head-$$(basename $$f) || true; done
+	@ls $(FUZZ)/seeds/* | grep -c . | xargs echo "fuzz seeds:"
+
+# Each target for FUZZ_SECONDS (default 3 minutes each). Prints executions per target; fails on a finding.
+fuzz: fuzz-seeds
+	@set -o pipefail; fail=0; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ)/corpus/$$t $(FUZZ)/artifacts/$$t; \
+		seeds=""; for d in $(FUZZ)/seeds/$$t fuzz/seeds/$$t; do [ -d $$d ] && seeds="$$seeds $$d"; done; \
+		case $$t in trace-dat) len=65536;; text-trace|formats) len=8192;; *) len=4096;; esac; \
+		SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 KVMSCOPE_FUZZ_SOCKET_DIR=$(CURDIR)/$(FUZZ) timeout -k 10 $$(( $(FUZZ_SECONDS) + 120 )) \
+			$(FUZZ)/bin/fuzz-$$t -seed=$(FUZZ_SEED) -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=4096 \
+			-max_len=$$len -print_final_stats=1 -artifact_prefix=$(FUZZ)/artifacts/$$t/ \
+			$(FUZZ)/corpus/$$t $$seeds > $(FUZZ)/$$t.log 2>&1; rc=$$?; \
+		runs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' $(FUZZ)/$$t.log | grep -o '[0-9]*$$'); \
+		notes=$$(grep -ac '^fuzz: note:' $(FUZZ)/$$t.log); extra=""; [ "$$notes" -gt 0 ] && extra=", $$notes notes (see the log)"; \
+		if [ $$rc -eq 0 ]; then echo "fuzz $$t: $$runs executions in $(FUZZ_SECONDS) s, no finding$$extra"; \
+		else fail=1; echo "fuzz $$t: FINDING (exit $$rc), see $(FUZZ)/$$t.log:"; \
+			grep -E '^(fuzz:|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Swift runtime failure|Fatal error' $(FUZZ)/$$t.log | head -8; fi; \
+	done; exit $$fail
+
+# CI's pass: 20 s per target (2 min in all) after the build, from a fixed seed (the same mutations each run:
+# a red CI is a finding, not luck), with a per-input limit of 60 s for a loaded machine.
+fuzz-ci:
+	$(MAKE) fuzz FUZZ_SECONDS=20 FUZZ_TIMEOUT=60 FUZZ_SEED=1
+
+# ThreadSanitizer on the concurrent parts (aggregator shards, histograms and top-RIPs under several writers,
+# the live session's reader threads, serve's handlers reading snapshots: the binary those tests start is the
+# TSan build too); AddressSanitizer + UBSan on the tests that drive the C shim (decoder, both walks, formats,
+# print tables, trace.dat reading and decompression, readers over pipes). Debug builds in their own folders.
+TSAN_FILTER = AggregatorTests|LatencyHistogram|TopRIPs|SummaryMergeTests|ReaderLossTests|MarkerLiveTests|ServeLiveTests|LiveViewTests
+ASAN_FILTER = SubbufferDecoder|NativeWalkTests|MarkerAliasTests|PrintFormatTablesTests|KernelReasonNamesTests|TraceDatReaderTests|TraceDatWriterTests|TraceDatBadFileTests|ReaderLossTests|PairingAcrossKernelsTests|SyntheticWorkloadTests
+SANITIZE_TIMEOUT ?= 900
+# swiftc has no UBSan on Linux: the C shims get -fsanitize=undefined (its handlers are in ASan's runtime).
+ASAN_FLAGS = --sanitize=address -Xcc -fsanitize=undefined -Xcc -fno-sanitize-recover=undefined
+
+sanitize: sanitize-address sanitize-thread
+
+sanitize-thread: deps
+	$(SWIFT) build --build-path .build/tsan --sanitize=thread --build-tests
+	@set -o pipefail; KVMSCOPE_BIN=$(CURDIR)/.build/tsan/debug/kvmscope \
+		TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/Tests/tsan-suppressions.txt" \
+		SWIFT_BACKTRACE=enable=no timeout -k 30 $(SANITIZE_TIMEOUT) \
+		$(SWIFT) test --skip-build --build-path .build/tsan --sanitize=thread --filter '$(TSAN_FILTER)' 2>&1 | tee .build/tsan.log
+
+sanitize-address: deps
+	$(SWIFT) build --build-path .build/asan $(ASAN_FLAGS) --build-tests
+	@set -o pipefail; ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		SWIFT_BACKTRACE=enable=no timeout -k 30 $(SANITIZE_TIMEOUT) \
+		$(SWIFT) test --skip-build --build-path .build/asan $(ASAN_FLAGS) \
+		--filter '$(ASAN_FILTER)' 2>&1 | tee .build/asan.log
 
 clean:
 	rm -rf .build

@@ -156,7 +156,12 @@ struct Parser {
 
     func error(_ problem: String, _ column: Int?) -> StormRuleError {
         let at = column.map { "at column \($0)" } ?? "at end of rule"
-        return StormRuleError(description: "bad rule '\(text)': \(problem) \(at)")
+        // The rule is echoed with control characters escaped: the error stays one line.
+        var shown = ""
+        for c in text.unicodeScalars {
+            shown += c.properties.generalCategory == .control ? c.escaped(asASCII: true) : String(c)
+        }
+        return StormRuleError(description: "bad rule '\(shown)': \(problem) \(at)")
     }
 
     mutating func expectSymbol(_ s: String, _ problem: String) throws(StormRuleError) {

@@ -17,9 +17,10 @@ public enum Durations {
         return fixed2(Double(ns) / 1e9) + "s"
     }
 
-    /// Two decimals, rounded half away from zero.
+    /// Two decimals, rounded half away from zero. Values too large for hundredths in 64 bits (over ±9.2e16,
+    /// e.g. the mean latency of a trace whose clock jumps by years) keep Swift's shortest form: "1.5e+17".
     public static func fixed2(_ v: Double) -> String {
-        let hundredths = Int64((v * 100).rounded())
+        guard let hundredths = Int64(exactly: (v * 100).rounded()) else { return "\(v)" }
         let sign = hundredths < 0 ? "-" : ""
         let a = hundredths.magnitude
         let frac = a % 100

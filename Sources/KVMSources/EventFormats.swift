@@ -15,9 +15,13 @@ public final class EventFormats {
     /// The format files as parsed, by event name.
     public private(set) var formatTexts: [String: String] = [:]
 
-    public init() {
+    /// - Parameter untrusted: the formats come from a file (a trace.dat's own bytes), not the running kernel:
+    ///   each is first parsed in a child process and refused when that child crashes or hangs (libtraceevent
+    ///   1.7 crashes on some malformed print fmts).
+    public init(untrusted: Bool = false) {
         guard let h = ckvmscope_formats_new() else { fatalError("out of memory") }
         handle = h
+        if untrusted { ckvmscope_formats_isolate(h, 1) }
     }
 
     deinit { ckvmscope_formats_free(handle) }
@@ -30,7 +34,8 @@ public final class EventFormats {
             buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, system, $0.baseAddress, $0.count) }
         }
         guard id >= 0, let cName = ckvmscope_formats_name(handle, id) else {
-            throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix(60))")
+            // Its first line only (at most 60 characters): the error stays one line.
+            throw KVMScopeError.badFormat("cannot parse the format of \(system) event: \(text.prefix { $0 != "\n" && $0 != "\r" }.prefix(60))")
         }
         let name = String(cString: cName)
         formatTexts[name] = text

@@ -58,8 +58,28 @@ public final class TraceDatReader: TraceSource {
     let algo: Int32
     let file: ByteBlock
 
-    /// Opens and reads the metadata. Throws one-line ``KVMScopeError/badFile(_:)`` errors.
-    public init(path: String) throws {
+    /// Opens and reads the metadata. Throws one-line ``KVMScopeError/badFile(_:)`` errors naming the file.
+    public convenience init(path: String) throws {
+        do { try self.init(opening: path) } catch { throw Self.naming(error, path) }
+    }
+
+    /// A bad-file error built deep in a byte reader (which knows the section, not the file), or an event format
+    /// of the file that does not parse, with the file's name put in front; the file's own bytes that a message
+    /// quotes (names, kinds, versions) have their control characters escaped, so it stays one line.
+    static func naming(_ error: any Error, _ path: String) -> any Error {
+        let message: String
+        switch error {
+        case KVMScopeError.badFile(let m), KVMScopeError.badFormat(let m): message = m
+        default: return error
+        }
+        var line = message.hasPrefix(path) ? "" : "\(path): "
+        for c in message.unicodeScalars {
+            line += c.properties.generalCategory == .control ? c.escaped(asASCII: true) : String(c)
+        }
+        return KVMScopeError.badFile(line)
+    }
+
+    init(opening path: String) throws {
         self.path = path
         file = try ByteBlock(mapping: path)
         var r = ByteReader(file, what: "trace.dat header")
@@ -118,7 +138,7 @@ public final class TraceDatReader: TraceSource {
         for (cpu, text) in meta.cpuStats { lost[cpu] = TraceFS.lost(inStats: text) }
         lostPerCPU = lost
         cpuData = meta.cpuData
-        let f = EventFormats()
+        let f = EventFormats(untrusted: true)
         for text in meta.kvmFormats { try f.add(system: "kvm", format: text) }
         formats = f
         var ids: [Int32: ThreadIdentity] = [:]
@@ -214,7 +234,10 @@ final class CPUStream: EventStream {
         let ps = reader.pageSize
         while events.isEmpty {
             if pos >= blockEnd {
-                guard try nextBlock() else { return false }
+                // A bad chunk's error, built by a byte reader that knows the section, names the file.
+                let more: Bool
+                do { more = try nextBlock() } catch { throw TraceDatReader.naming(error, reader.path) }
+                guard more else { return false }
                 continue
             }
             let n = min(ps, blockEnd - pos)

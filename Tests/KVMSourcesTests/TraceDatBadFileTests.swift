@@ -98,7 +98,7 @@ import KVMSources
         for i in 0..<8 { bytes[options + 8 + i] = UInt8(truncatingIfNeeded: (UInt64(1) << 60) >> (8 * UInt64(i))) }
         let path = Self.write(bytes, "absurd.dat")
         defer { unlink(path) }
-        #expect(Self.badFileMessage(path) == "options section: options section claims 1152921504606846976 bytes at offset \(options + 16) but only \(bytes.count - options - 16) remain")
+        #expect(Self.badFileMessage(path) == "\(path): options section: options section claims 1152921504606846976 bytes at offset \(options + 16) but only \(bytes.count - options - 16) remain")
 
         // A compressed chunk claiming 4 GiB - 1 uncompressed bytes: refused before any allocation.
         var corpus = Array(try Data(contentsOf: URL(fileURLWithPath: TraceDatReaderTests.corpusPath)))

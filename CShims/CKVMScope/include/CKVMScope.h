@@ -80,6 +80,9 @@ struct ckvmscope_formats;
 
 struct ckvmscope_formats *ckvmscope_formats_new(void);
 void ckvmscope_formats_free(struct ckvmscope_formats *f);
+/* Formats from files (a trace.dat's own bytes): parse each in a child process first, and refuse it when the
+ * child crashes or takes over 2 s (libtraceevent 1.7 crashes on some malformed print fmts). */
+void ckvmscope_formats_isolate(struct ckvmscope_formats *f, int on);
 /* Parse one event `format` file. Returns the event's kernel id, or -1 if it does not parse. */
 int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, const char *text, size_t len);
 /* Look a field up by name in the event with that kernel id. Returns 0, or -1 when absent. */
