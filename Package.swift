@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "KVMAnalysis", targets: ["KVMAnalysis"]),
         .library(name: "KVMScopeViews", targets: ["KVMScopeViews"]),
         .library(name: "KVMHost", targets: ["KVMHost"]),
+        .library(name: "KVMServe", targets: ["KVMServe"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -58,10 +59,13 @@ let package = Package(
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
         .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
+        // serve's HTTP/1.1 server: bounded request heads, timeouts, one polling thread (FlyingSocks' sockets).
+        .target(name: "KVMServe", dependencies: ["KVMScopeViews", .product(name: "FlyingSocks", package: "FlyingFox")],
+                path: "Sources/KVMServe"),
         .target(name: "KVMTerminal", dependencies: ["CTerminal", "KVMExits", "KVMHost"], path: "Sources/KVMTerminal"),
         .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits", "KVMHost"], path: "Sources/KVMGuest"),
         .executableTarget(name: "kvmscope", dependencies: [
-            "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMHost", "KVMTerminal", "KVMGuest",
+            "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMServe", "KVMHost", "KVMTerminal", "KVMGuest",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),

@@ -47,12 +47,12 @@ let package = Package(
         ]),
         // --alert rules → StormRule.
         target("fuzz-storm-rule", [.product(name: "KVMAnalysis", package: mainPackage)]),
-        // Request bytes on a socket → FlyingFox's HTTPServer → a handler answering as serve's does.
+        // Request bytes on a socket → serve's own HTTP server (KVMServe.MetricsServer).
         target("fuzz-http", [
             .product(name: "KVMAnalysis", package: mainPackage),
             .product(name: "KVMExits", package: mainPackage),
             .product(name: "KVMScopeViews", package: mainPackage),
-            .product(name: "FlyingFox", package: "FlyingFox"),
+            .product(name: "KVMServe", package: mainPackage),
             .product(name: "FlyingSocks", package: "FlyingFox"),
         ]),
     ],

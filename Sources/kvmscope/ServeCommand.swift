@@ -5,6 +5,7 @@ import KVMAnalysis
 import KVMExits
 import KVMHost
 import KVMScopeViews
+import KVMServe
 import KVMSources
 import Synchronization
 
@@ -69,7 +70,8 @@ struct ServeCommand: ParsableCommand {
         let state = MetricsState(session: session, maxSeries: maxSeries)
         let server: MetricsServer
         do {
-            server = try MetricsServer(address: address, state: state, headSeconds: requestTimeout, idleSeconds: idleTimeout)
+            server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
+                                       headSeconds: requestTimeout, idleSeconds: idleTimeout)
         } catch {
             throw KVMScopeError.io("cannot listen on \(listen): \(ListenAddress.describe(error))")
         }
@@ -92,7 +94,7 @@ struct ServeCommand: ParsableCommand {
 }
 
 /// What the HTTP handler reads: the live session and the storm gauges the main loop writes.
-final class MetricsState: Sendable {
+final class MetricsState: MetricsSource {
     let session: LiveSession
     let maxSeries: Int
     let storms = Mutex<[StormActivity]>([])

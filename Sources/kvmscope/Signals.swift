@@ -54,12 +54,21 @@ struct TraceRun {
         }
     }
 
-    /// After the trace: a command still running is interrupted when the user stopped the trace, then waited
-    /// for. Returns its exit status (0 without a command); ``check(_:)`` turns a failure into the error.
+    /// After the trace: a command that ended on its own is waited for and its exit status returned. A command
+    /// still running when the trace ended first (Ctrl-C, `--duration`, `-1`, `--max-size`) is ended as
+    /// `perf stat` ends its workload: SIGINT, then SIGTERM after 5 s, then SIGKILL after 2 more; kvmscope ended
+    /// it, so that is not the command's failure (status 0). ``check(_:)`` turns a failure into the error.
     func endChild() throws -> Int32 {
         guard let child else { return 0 }
-        if child.isRunning && stop.isRaised { child.signal(SIGINT) }
-        return try child.wait().status
+        guard child.isRunning else { return try child.wait().status }
+        for (signal, grace) in [(SIGINT, 5.0), (SIGTERM, 2.0), (SIGKILL, 10.0)] {
+            child.signal(signal)
+            let end = Date().addingTimeInterval(grace)
+            while child.isRunning && Date() < end { usleep(10_000) }
+            if !child.isRunning { break }
+        }
+        _ = try child.wait()
+        return 0
     }
 
     /// Throws ``KVMScopeError/commandFailed(_:)`` (exit status 3) for a non-zero status of the command.

@@ -73,8 +73,14 @@ extension CLI.Result {
     /// others can't enter.
     static func sharedBinary() throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-runuser-\(getpid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
-                                                 attributes: [.posixPermissions: 0o755])
+        if (try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: false,
+                                                     attributes: [.posixPermissions: 0o755])) != nil {
+            // The copy (16 MB) goes with the test process.
+            atexit {
+                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-runuser-\(getpid())")
+                try? FileManager.default.removeItem(at: dir)
+            }
+        }
         let copy = dir.appendingPathComponent("kvmscope")
         if !FileManager.default.fileExists(atPath: copy.path) {
             // Copied by cp, not in this process: a file this process had open for writing would be inherited

@@ -59,6 +59,28 @@ struct WaysOutTests {
         #expect(!Self.instanceLeft(by: p.pid))
     }
 
+    /// --duration ends the trace before the command: the command is interrupted (as perf stat interrupts its
+    /// workload) and kvmscope ends with the summary and status 0, not when the command would have.
+    @Test func durationEndsTheCommandToo() throws {
+        let p = try Spawned(CLI.binary, ["stat", "--duration", "1", "--json", "--event", "kvm_pio", "--", "sleep", "100"],
+                            stdinNull: true)
+        let start = Date()
+        #expect(p.wait(timeout: 30) == 0, "stderr: \(p.stderr)")
+        #expect(Date().timeIntervalSince(start) < 20, "stat --duration 1 -- sleep 100 ran on")
+        let duration = try CLI.json(p.stdout)["duration_s"] as? Double ?? 0
+        #expect(duration >= 1 && duration < 10, "duration_s \(duration)")
+        #expect(!Self.instanceLeft(by: p.pid))
+    }
+
+    /// A command that ignores SIGINT is ended all the same (SIGTERM after 5 s).
+    @Test func aCommandThatIgnoresSIGINTIsEndedToo() throws {
+        let p = try Spawned(CLI.binary, ["stat", "--duration", "1", "--event", "kvm_pio", "--",
+                                         "/bin/sh", "-c", "trap '' INT; exec sleep 100"], stdinNull: true)
+        let start = Date()
+        #expect(p.wait(timeout: 60) == 0, "stderr: \(p.stderr)")
+        #expect(Date().timeIntervalSince(start) < 30, "the command outlived the trace")
+    }
+
     @Test func serveOnAnAddressInUse() throws {
         // Hold a loopback port, then ask serve for it.
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

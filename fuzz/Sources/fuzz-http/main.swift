@@ -2,39 +2,24 @@
 import Glibc
 #endif
 import Foundation
-import FlyingFox
 import FlyingSocks
 import FuzzSupport
 import KVMAnalysis
 import KVMExits
 import KVMScopeViews
+import KVMServe
 
-// Request bytes → `serve`'s HTTP path: FlyingFox's HTTPServer (its public entry point: connection, request
-// line, headers, body, keep-alive) with a handler that answers as serve's MetricsHandler does (method check,
-// routes, Accept negotiation, exposition of a summary). MetricsHandler itself lives in the executable and
-// cannot be imported; its logic is a dozen lines, mirrored here. Each input is written to a fresh connection
-// on a Unix socket (kvmscope-fuzz-http-PID.sock), the write side shut; every answer (or the close)
-// must come within 10 s (no hang; the server's own timeout is serve's 15 s; exchanges over 1 s are noted) and start
-// with a status line, and the server must still answer the next connection.
+// Request bytes → `serve`'s HTTP path: KVMServe's MetricsServer, the very server `kvmscope serve` runs (request
+// line and head scanned as they arrive, the 16 KiB head limit, keep-alive, HEAD, routes, Accept negotiation),
+// with a metrics source that renders the exposition of an empty summary. Each input is written to a fresh
+// connection on a Unix socket (kvmscope-fuzz-http-PID.sock), the write side shut; every answer (or the close)
+// must come within 10 s and start with a status line, and the server must still answer the next connection.
 
-struct MetricsLikeHandler: HTTPHandler {
-    let summary: Summary
-
-    func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
-        guard request.method == .GET || request.method == .HEAD else {
-            return HTTPResponse(statusCode: .methodNotAllowed, headers: [.contentType: "text/plain"],
-                                body: Data("only GET and HEAD\n".utf8))
-        }
-        switch request.path {
-        case "/metrics":
-            let format = ExpositionFormat.negotiate(accept: request.headers[HTTPHeader("Accept")])
-            let text = PrometheusExposition.render(summary, format: format, extras: ExpositionExtras(version: "fuzz"))
-            return HTTPResponse(statusCode: .ok, headers: [.contentType: format.contentType], body: Data(text.utf8))
-        case "/healthz":
-            return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain"], body: Data("ok\n".utf8))
-        default:
-            return HTTPResponse(statusCode: .notFound, headers: [.contentType: "text/plain"], body: Data("not found\n".utf8))
-        }
+/// The exposition of an empty aggregate, as serve renders it.
+final class EmptyMetrics: MetricsSource {
+    let summary = try! Summary(AggregateSnapshot(catalog: EventCatalog(), timestamp: 0))
+    func render(_ format: ExpositionFormat) throws -> String {
+        PrometheusExposition.render(summary, format: format, extras: ExpositionExtras(version: "fuzz"))
     }
 }
 
@@ -42,15 +27,16 @@ struct MetricsLikeHandler: HTTPHandler {
 /// ends a run that found something with _exit).
 let socketPath = "\(ProcessInfo.processInfo.environment["KVMSCOPE_FUZZ_SOCKET_DIR"] ?? "/tmp")/kvmscope-fuzz-http-\(getpid()).sock"
 
-/// Started on first use: the server on its own task, then a wait (≤ 10 s) until it accepts.
+/// Started on first use: the server on its own thread, then a wait (≤ 10 s) until it accepts.
 let serverStarted: Bool = {
-    let summary = try! Summary(AggregateSnapshot(catalog: EventCatalog(), timestamp: 0))
     unlink(socketPath)
     atexit { unlink(socketPath) }
-    let server = HTTPServer(address: .unix(path: socketPath), timeout: 15, logger: .disabled,
-                            handler: MetricsLikeHandler(summary: summary))
-    Task.detached {  // not the main actor: the main thread runs libFuzzer
-        do { try await server.run() } catch { Fuzz.fail("the HTTP server stopped: \(error)") }
+    do {
+        let server = try MetricsServer(address: .unix(path: socketPath), source: EmptyMetrics(), version: "fuzz",
+                                       headSeconds: 5, idleSeconds: 5)
+        server.start()
+    } catch {
+        Fuzz.fail("the HTTP server cannot listen on \(socketPath): \(error)")
     }
     let deadline = Date().addingTimeInterval(10)
     while Date() < deadline {
@@ -119,7 +105,7 @@ Fuzz.run { data, size in
     let start = Date()
     guard let answer = exchange(data, size) else {
         // A connection left unanswered. Is the server still serving others? Then it is one lost connection
-        // (noted: a finding of FlyingFox's, not reproducible alone; README), else the server hangs (a failure).
+        // (noted), else the server hangs (a failure).
         let probe = Array("GET /healthz HTTP/1.1\r\n\r\n".utf8)
         guard let ok = probe.withUnsafeBufferPointer({ exchange($0.baseAddress!, $0.count) }), ok.starts(with: Array("HTTP/1.1 200".utf8)) else {
             Fuzz.fail("no answer and no close within 10 s, and the server answers no one any more")

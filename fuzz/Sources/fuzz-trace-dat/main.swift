@@ -18,8 +18,9 @@ if let dir = ProcessInfo.processInfo.environment["KVMSCOPE_FUZZ_WRITE_SEEDS"] {
         for e in ["kvm_exit", "kvm_entry"] {
             try! f.add(system: "kvm", format: String(contentsOf: formats.appendingPathComponent("\(kernel)/\(e).format"), encoding: .utf8))
         }
-        try! TraceDatWriter.synthesize(path: "\(dir)/synthetic-\(kernel)-v6.dat", events: 40 + 60 * n, vcpus: 1 + n % 3,
-                                       formats: f, seed: UInt64(n + 1))
+        let cpus = 1 + n % 3
+        try! SyntheticWorkload(threads: cpus, hostCPUs: cpus, vcpusPerVM: cpus, seed: UInt64(n + 1))
+            .writeTraceDat(to: "\(dir)/synthetic-\(kernel)-v6.dat", formats: f, eventsPerCPU: (40 + 60 * n) / cpus)
     }
     if let subbufDir = ProcessInfo.processInfo.environment["KVMSCOPE_FUZZ_SUBBUF_SEEDS"] {
         let f = EventFormats()

@@ -19,15 +19,23 @@ import Synchronization
 ///
 /// Sockets and addresses come from FlyingSocks; a scrape renders on this thread (its cost depends on the
 /// number of series, not on the event rate).
-final class MetricsServer: @unchecked Sendable {
-    static let maxHeadBytes = 16 * 1024
+/// What `/metrics` shows: the exposition of the current aggregate in the negotiated format.
+public protocol MetricsSource: AnyObject, Sendable {
+    /// The whole exposition text. Throws when it cannot be built (answered 500 with the error's one line).
+    func render(_ format: ExpositionFormat) throws -> String
+}
+
+public final class MetricsServer: @unchecked Sendable {
+    public static let maxHeadBytes = 16 * 1024
     static let writeSeconds = 10.0
     /// After a response that closes the connection, unread request bytes are discarded for this long
     /// (at most ``drainBytes``) before the close, so that the client reads the response instead of a reset.
     static let drainSeconds = 2.0
     static let drainBytes = 1 << 20
 
-    let state: MetricsState
+    let state: any MetricsSource
+    /// Shown by `/`.
+    let version: String
     let headSeconds: Double
     let idleSeconds: Double
     let listener: Socket
@@ -36,8 +44,15 @@ final class MetricsServer: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// Binds and listens on `address` (throws FlyingSocks' SocketError: "Address already in use").
-    init(address: some SocketAddress, state: MetricsState, headSeconds: Double = 10, idleSeconds: Double = 30) throws {
-        self.state = state
+    /// - Parameters:
+    ///   - source: renders `/metrics`.
+    ///   - version: shown by `/`.
+    ///   - headSeconds: a request head must be complete this long after its first byte (else 408).
+    ///   - idleSeconds: a keep-alive connection without a request is closed after this long.
+    public init(address: some SocketAddress, source: any MetricsSource, version: String, headSeconds: Double = 10,
+                idleSeconds: Double = 30) throws {
+        self.state = source
+        self.version = version
         self.headSeconds = headSeconds
         self.idleSeconds = idleSeconds
         listener = try Socket(domain: Int32(address.family), type: .stream)
@@ -63,7 +78,7 @@ final class MetricsServer: @unchecked Sendable {
     }
 
     /// Serves on a thread of its own until ``stop()``.
-    func start() {
+    public func start() {
         let thread = Thread { [self] in
             var loop = Loop(server: self)
             loop.run()
@@ -74,7 +89,7 @@ final class MetricsServer: @unchecked Sendable {
     }
 
     /// Stops serving, closes every connection and the listener, and waits for the thread (at most 5 s).
-    func stop() {
+    public func stop() {
         stopping.store(true, ordering: .relaxed)
         _ = finished.wait(timeout: .now() + 5)
     }
@@ -290,7 +305,7 @@ final class MetricsServer: @unchecked Sendable {
                     response = Response(status: 500, body: "kvmscope: \(error)\n")
                 }
             case "/healthz": response = Response(status: 200, body: "ok\n")
-            case "/": response = Response(status: 200, body: "kvmscope \(kvmscopeVersion): /metrics, /healthz\n")
+            case "/": response = Response(status: 200, body: "kvmscope \(server.version): /metrics, /healthz\n")
             default: response = Response(status: 404, body: "not found\n")
             }
             reply(&c, response, close: close, headOnly: method == "HEAD")
