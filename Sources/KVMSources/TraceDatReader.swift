@@ -151,7 +151,12 @@ public final class TraceDatReader: TraceSource {
                                       vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
         identities = ids
+        hasTGIDs = !meta.tgids.isEmpty
     }
+
+    /// Whether the file maps threads to processes (kvmscope's recordings do; trace-cmd's do not): without it
+    /// each vCPU thread counts as its own VM.
+    public private(set) var hasTGIDs = false
 
     /// A raw timestamp of the file converted to nanoseconds as `trace-cmd report` does.
     @inlinable

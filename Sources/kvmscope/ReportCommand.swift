@@ -186,6 +186,7 @@ struct ReportCommand: ParsableCommand {
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
         if let d = source as? TraceDatReader {
+            if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
             for (_, stats) in d.cpuStats.sorted(by: { $0.key < $1.key }) {
                 for line in stats.split(separator: "\n") where line.hasPrefix("kvmscope ") {
