@@ -54,10 +54,11 @@ struct TraceRun {
         }
     }
 
-    /// After the trace: a command that ended on its own is waited for and its exit status returned. A command
-    /// still running when the trace ended first (Ctrl-C, `--duration`, `-1`, `--max-size`) is ended as
-    /// `perf stat` ends its workload: SIGINT, then SIGTERM after 5 s, then SIGKILL after 2 more; kvmscope ended
-    /// it, so that is not the command's failure (status 0). ``check(_:)`` turns a failure into the error.
+    /// After the trace: the command's exit status (0 without a command). A command still running when the
+    /// trace ended first is ended as `perf stat` ends its workload: SIGINT, then SIGTERM after 5 s, then
+    /// SIGKILL after 2 more. When the user stopped the trace (Ctrl-C, SIGTERM, SIGHUP), the command's own status
+    /// is returned, as it was interrupted with it; when kvmscope's own limit ended it (`--duration`, `-1`,
+    /// `--max-size`), that is not the command's failure: 0. ``check(_:)`` turns a failure into the error.
     func endChild() throws -> Int32 {
         guard let child else { return 0 }
         guard child.isRunning else { return try child.wait().status }
@@ -67,8 +68,8 @@ struct TraceRun {
             while child.isRunning && Date() < end { usleep(10_000) }
             if !child.isRunning { break }
         }
-        _ = try child.wait()
-        return 0
+        let status = try child.wait().status
+        return stop.isRaised ? status : 0
     }
 
     /// Throws ``KVMScopeError/commandFailed(_:)`` (exit status 3) for a non-zero status of the command.
