@@ -189,7 +189,7 @@ static inline __attribute__((always_inline)) int emit(struct ckvmscope_decoder *
  * The walk itself, for sub-buffers in the host's byte order with 8-byte longs (every x86_64 and arm64
  * trace): each event header read inline, no call per event. Same semantics as kbuffer's walk, which stays
  * the path for every other layout and the reference the tests compare this one with.
- * Returns records written, or -1 when an event runs past the data.
+ * Returns records written, or -1 when an event runs past the data or a padding is not a whole number of words.
  */
 static inline __attribute__((always_inline)) int walk_native(struct ckvmscope_decoder *d, const uint8_t *data,
                                                              uint32_t size, uint64_t ts, uint16_t cpu, uint8_t *flags,
@@ -215,6 +215,13 @@ static inline __attribute__((always_inline)) int walk_native(struct ckvmscope_de
         uint32_t length;
         switch (type_len) {
         case CKVMSCOPE_TYPE_PADDING:
+            /* The kernel's paddings (discarded events, a page's tail) are whole 4-byte words; any other
+             * length would leave the walk between headers, where kbuffer reads garbage as events. */
+            if (word & 3)
+                return -1;
+            /* A discarded event keeps its time delta and the next event's delta counts from it: add it, as
+             * kbuffer (and so trace-cmd) does. A page's tail padding has delta 0. */
+            ts += delta;
             p += 4 + (uint64_t)word;
             continue;
         case CKVMSCOPE_TYPE_TIME_EXTEND:

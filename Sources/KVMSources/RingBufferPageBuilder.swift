@@ -57,6 +57,23 @@ public struct RingBufferPageBuilder {
         lastTS = timestamp
     }
 
+    /// Appends an event the kernel discarded after writing it (`rb_event_discard`, as an instance's event filter
+    /// does): a padding header (type_len 29, the event's time delta) whose next word is the `dataLength` bytes that
+    /// follow the header, a multiple of 4 in every kernel-written page. Readers walk over it.
+    public mutating func appendDiscarded(dataLength: Int, timestamp: UInt64) {
+        if current.isEmpty || current.count + 4 + dataLength + (missedNext != nil ? 8 : 0) > subbufSize {
+            closePage()
+            openPage(timestamp: timestamp)
+        }
+        // Its delta is kept (1 where it was 0: a zero delta marks a page's tail padding); the next event's
+        // delta counts from it. (Gaps past 2^27 ns before a discarded event are not modelled.)
+        let delta = max(1, min(timestamp &- lastTS, Self.maxDelta))
+        appendU32(29 | UInt32(delta) << 5)
+        appendU32(UInt32(dataLength))
+        lastTS &+= delta
+        current.append(contentsOf: repeatElement(0xee, count: max(0, dataLength - 4)))
+    }
+
     /// The pages closed so far, handed over and forgotten (the open page stays): lets a generator stream
     /// any number of events through one page of memory.
     public mutating func takeFinishedPages() -> [[UInt8]] {

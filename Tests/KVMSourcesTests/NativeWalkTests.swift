@@ -91,4 +91,35 @@ import Testing
         #expect(native == reference)
         #expect(native.corrupt > 0)
     }
+
+    /// Discarded events (paddings of whole words) are walked over by both walks, their time delta counted; a padding length that is not
+    /// a whole number of words (never written by a kernel: found by the fuzzer) makes the inline walk reject
+    /// the sub-buffer instead of reading between event headers.
+    @Test func paddingsOfWholeWordsOnly() throws {
+        let builder = try Fixtures.formats("6.18-x86", events: ["kvm_exit", "kvm_entry"])
+        let exit = try EventPayloadBuilder(formats: builder, event: "kvm_exit")
+        var b = RingBufferPageBuilder()
+        b.append(timestamp: 1_000, payload: exit.payload(pid: 7, ["exit_reason": 30, "isa": 1]))
+        b.appendDiscarded(dataLength: 12, timestamp: 1_200)
+        b.append(timestamp: 1_500, payload: exit.payload(pid: 7, ["exit_reason": 12, "isa": 1]))
+        let page = b.finish()[0]
+        let formats = try Fixtures.formats("6.18-x86")
+        let native = Self.decode([page], formats: formats, kbuffer: false)
+        #expect(native == Self.decode([page], formats: formats, kbuffer: true))
+        #expect(native.events.map(\.reason) == [30, 12])
+        // The discarded event's delta (200 ns) counts, as in kbuffer: the next event's delta (300) is from it.
+        #expect(native.events.map(\.timestamp) == [1_000, 1_500])
+        #expect(native.ok == [true])
+
+        // The padding's length word sits right after its header: make it 13.
+        var odd = page
+        let exitSize = (exit.payload(pid: 7, ["exit_reason": 30, "isa": 1]).count + 3) & ~3
+        let lengthWord = 16 + 4 + exitSize + 4
+        #expect(odd[lengthWord] == 12)
+        odd[lengthWord] = 13
+        let rejected = Self.decode([odd], formats: formats, kbuffer: false)
+        #expect(rejected.ok == [false])
+        #expect(rejected.corrupt == 1)
+        #expect(rejected.events.isEmpty)
+    }
 }

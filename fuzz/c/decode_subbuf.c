@@ -237,14 +237,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     break;
                 }
                 if (in->n[i] != kb->n[i]) {
-                    fprintf(stderr, "inline and kbuffer walks differ at sub-buffer %zu: %d / %d records\n", i,
+                    fprintf(stderr, "fuzz: inline and kbuffer walks differ at sub-buffer %zu: %d / %d records\n", i,
                             in->n[i], kb->n[i]);
                     abort();
                 }
                 records += in->n[i] > 0 ? (size_t)in->n[i] : 0;
             }
             if (memcmp(in->records, kb->records, records * sizeof(*in->records)) != 0) {
-                fprintf(stderr, "inline and kbuffer walks give different records\n");
+                fprintf(stderr, "fuzz: inline and kbuffer walks give different records\n");
                 abort();
             }
             /* Events walked over before a sub-buffer turns out malformed may be counted as ignored by one walk
@@ -256,7 +256,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (upto == in->subbufs && memcmp(&x, &y, sizeof(x)) != 0) {
                 const struct ckvmscope_decode_stats *xs = &x, *ys = &y;
                 fprintf(stderr,
-                        "inline and kbuffer walks count differently: records %llu/%llu ignored %llu/%llu missed %llu/%llu "
+                        "fuzz: inline and kbuffer walks count differently: records %llu/%llu ignored %llu/%llu missed %llu/%llu "
                         "unknown %llu/%llu subbufs %llu/%llu corrupt %llu/%llu\n",
                         (unsigned long long)xs->records, (unsigned long long)ys->records,
                         (unsigned long long)xs->ignored, (unsigned long long)ys->ignored,
