@@ -97,44 +97,58 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
+        // As wc or grep do with several files: each bad file is one line on stderr, the others are reported,
+        // and the status is 1 if any failed.
+        var failed = false
         for (n, file) in files.enumerated() {
-            // An empty or missing file may be a recording killed before it wrote it: its spool is beside it.
-            if ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
-                for r in RecordSession.recoverSpools(beside: file) {
-                    writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
-                    ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
-                }
-            }
-            let source = try TraceFiles.open(file, counterHz: ts2secs)
-            let text = source as? TextTraceReader
-            if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
-            let analysis = try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
-            let filter = try self.filter(file, source, analysis.snapshot)
-            let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
-            let summary = try Summary(analysis.snapshot, filter: filter)
-            let inCycles = text?.timestampUnit == .counterTicks
-            if json {
-                jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
-                                                    extra: [("source", sourceJSON(file, source, analysis))]))
-            } else if csv {
-                let rows = ReportTable.csvRows(summary, file: file)
-                if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
-            } else {
-                if n > 0 { writeStdout("\n") }
-                let lines = Durations.$inCycles.withValue(inCycles) {
-                    self.text(file, source, analysis, summary, histogramNames)
-                }
-                writeStdout(lines.joined(separator: "\n") + "\n")
-            }
-            if let html, let timeline = analysis.timeline {
-                let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
-                                             title: (file as NSString).lastPathComponent)
-                try writeOutputFile(html, page)
+            do {
+                try report(n, file, &jsonValues)
+            } catch let e as KVMScopeError where files.count > 1 {
+                writeStderr("kvmscope: \(e.description)\n")
+                failed = true
             }
         }
         if json {
-            let v = jsonValues.count == 1 ? jsonValues[0] : .array(jsonValues)
+            let v = files.count == 1 ? jsonValues[0] : .array(jsonValues)
             writeStdout(v.serialized(pretty: true) + "\n")
+        }
+        if failed { throw ExitCode(1) }
+    }
+
+    /// One file's report, written as it is made (JSON collected in `jsonValues`).
+    func report(_ n: Int, _ file: String, _ jsonValues: inout [JSONValue]) throws {
+        // An empty or missing file may be a recording killed before it wrote it: its spool is beside it.
+        if ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
+            for r in RecordSession.recoverSpools(beside: file) {
+                writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
+                ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
+            }
+        }
+        let source = try TraceFiles.open(file, counterHz: ts2secs)
+        let text = source as? TextTraceReader
+        if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
+        let analysis = try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
+        let filter = try self.filter(file, source, analysis.snapshot)
+        let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
+        let summary = try Summary(analysis.snapshot, filter: filter)
+        let inCycles = text?.timestampUnit == .counterTicks
+        if json {
+            jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
+                                                extra: [("source", sourceJSON(file, source, analysis))]))
+        } else if csv {
+            let rows = ReportTable.csvRows(summary, file: file)
+            if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
+        } else {
+            if n > 0 { writeStdout("\n") }
+            let lines = Durations.$inCycles.withValue(inCycles) {
+                self.text(file, source, analysis, summary, histogramNames)
+            }
+            writeStdout(lines.joined(separator: "\n") + "\n")
+        }
+        if let html, let timeline = analysis.timeline {
+            let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
+                                         title: (file as NSString).lastPathComponent)
+            try writeOutputFile(html, page)
         }
     }
 

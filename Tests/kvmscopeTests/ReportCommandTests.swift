@@ -24,6 +24,25 @@ import TestSupport
         #expect(source["format"] as? String == "trace-cmd report" && source["vm_is"] as? String == "tid")
     }
 
+    /// Several files, one bad: like wc or grep, the good ones are reported in every mode, the bad one is one
+    /// line on stderr, the status is 1. JSON stays an array for several files.
+    @Test func aBadFileAmongGoodOnes() throws {
+        let missing = "/nonexistent/kvmscope-\(getpid()).dat"
+        let j = try CLI.run(["report", "--json", Self.host, missing])
+        #expect(j.status == 1)
+        #expect(j.stderr == "kvmscope: \(missing): No such file or directory\n")
+        let array = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [[String: Any]])
+        #expect(array.count == 1)
+        #expect((array.first?["events"] as? [String: Any])?["kvm_exit"] as? Int == 810)
+        let t = try CLI.run(["report", missing, Self.host])
+        #expect(t.status == 1)
+        #expect(t.stderr == "kvmscope: \(missing): No such file or directory\n")
+        #expect(t.stdout.contains("kvm_exit") && t.stdout.contains("MSR_WRITE"))
+        let c = try CLI.run(["report", "--csv", Self.host, missing])
+        #expect(c.status == 1)
+        #expect(c.stdout.split(separator: "\n").count == 7)  // the header and the host report's six reasons
+    }
+
     @Test func errorsAreOneLine() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-report-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
