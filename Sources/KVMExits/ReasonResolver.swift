@@ -197,7 +197,7 @@ public struct ReasonResolver: Sendable {
     }
 
     /// Names ordered by edit distance to `spelling` (case-insensitive, also against their other spellings).
-    static func closest(to spelling: String, among names: [String], limit: Int) -> [String] {
+    public static func closest(to spelling: String, among names: [String], limit: Int) -> [String] {
         let u = Array(normalized(spelling).utf8)
         let scored = names.map { n -> (Int, String) in
             var best = editDistance(u, Array(normalized(n).utf8))

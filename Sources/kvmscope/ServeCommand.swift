@@ -67,6 +67,7 @@ struct ServeCommand: ParsableCommand {
         let session = try LiveSession(config: trace.config(onlyPid: pid))
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
+        try StormAlerts.check(rules, catalog: session.aggregator.catalog)
         let state = MetricsState(session: session, maxSeries: maxSeries)
         let server: MetricsServer
         do {

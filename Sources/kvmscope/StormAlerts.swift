@@ -15,6 +15,29 @@ enum StormAlerts {
         }
     }
 
+    /// Checks that each rule names something that can happen in this session: `*`, an exit reason of any ISA in
+    /// any printer's spelling or a code, a `KVM_EXIT_*` reason, or a kvm event the session traces. A rule
+    /// on a misspelt reason would never fire and look like a quiet host.
+    /// - Throws: `KVMScopeError.usage` naming the rule and the closest known names.
+    static func check(_ rules: [StormRule], catalog: EventCatalog) throws {
+        let events = catalog.entries.map(\.name)
+        for rule in rules where rule.reason != "*" {
+            let r = rule.reason
+            if events.contains(r) { continue }
+            if !ReasonResolver.builtin.keys(for: r).isEmpty { continue }
+            if catalog.userspaceExitReasons.code(name: r.uppercased()) != nil { continue }
+            if ReasonResolver(names: catalog.exitReasons).keys(for: r).isEmpty == false { continue }
+            var known = events
+            for t in [catalog.exitReasons.vmx, catalog.exitReasons.svm, catalog.exitReasons.arm64,
+                      catalog.userspaceExitReasons.table] {
+                known += t.entries.map(\.name)
+            }
+            let closest = ReasonResolver.closest(to: r, among: Array(Set(known)), limit: 5)
+            throw KVMScopeError.usage("--alert '\(rule.text)': unknown reason '\(r)' (not an exit reason, a KVM_EXIT_* "
+                                      + "reason or a traced kvm event); closest: \(closest.joined(separator: ", "))")
+        }
+    }
+
     /// Prints each alert as one JSON line on stdout (cold path: alerts are rare).
     static func print(_ alerts: [StormAlert]) {
         let timestamp = ISO8601DateFormatter()

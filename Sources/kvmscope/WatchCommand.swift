@@ -53,6 +53,7 @@ struct WatchCommand: ParsableCommand {
         let stop = StopSignal()
         let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
         defer { session.stop() }
+        try StormAlerts.check(rules, catalog: session.aggregator.catalog)
         let child = try TraceOptions.start(command)
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
         writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")

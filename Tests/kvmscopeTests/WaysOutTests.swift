@@ -42,6 +42,25 @@ struct WaysOutTests {
                                "cannot run /nonexistent: No such file or directory")
     }
 
+    /// A rule on a misspelt reason would never fire: watch and serve refuse it, naming the closest names.
+    @Test func ruleOnAReasonThatDoesNotExist() throws {
+        try expectCleanFailure(["watch", "--alert", "rate(EPT_MISCONFG) > 10/s", "--", "/bin/true"],
+                               "--alert 'rate(EPT_MISCONFG) > 10/s': unknown reason 'EPT_MISCONFG' (not an exit reason, "
+                               + "a KVM_EXIT_* reason or a traced kvm event); closest: EPT_MISCONFIG, EPT_VIOLATION, "
+                               + "EXTERNAL_INTERRUPT, icebp, init")
+        // An event that is not traced is refused too; every spelling of real reasons is accepted.
+        let p = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:19999", "--event", "kvm_pio",
+                                         "--alert", "rate(kvm_mmio) > 10/s"], stdinNull: true)
+        #expect(p.wait(timeout: 60) == 1)
+        #expect(p.stderr.hasPrefix("kvmscope: --alert 'rate(kvm_mmio) > 10/s': unknown reason 'kvm_mmio'"))
+        #expect(!Self.instanceLeft(by: p.pid))
+        let ok = try Spawned(CLI.binary, ["watch", "--alert", "rate(io) > 1/s", "--alert", "p99(EXIT_MSR) > 1ms",
+                                          "--alert", "rate(KVM_EXIT_IO) > 1/s", "--alert", "rate(hlt) > 1/s",
+                                          "--alert", "rate(kvm_pio) > 1/s", "--", "/bin/true"], stdinNull: true)
+        #expect(ok.wait(timeout: 60) == 0)
+        #expect(ok.stderr == "kvmscope: watching the command for 5 rule(s)\n")
+    }
+
     @Test func commandThatIsNotExecutable() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("not-exec-\(getpid())").path
         #expect(FileManager.default.createFile(atPath: file, contents: Data("#!/bin/sh\n".utf8),
