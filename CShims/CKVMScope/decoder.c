@@ -16,6 +16,7 @@
 struct ckvmscope_decoder {
     struct kbuffer *kbuf;
     int swap;
+    int big_endian;
     uint8_t pending_flags; /* a loss flag not yet carried by a record */
     uint8_t force_kbuffer; /* tests: walk with kbuffer even where the native walk applies */
     int long_size;
@@ -42,6 +43,7 @@ struct ckvmscope_decoder *ckvmscope_decoder_new(const struct ckvmscope_event_lay
     d->next = malloc((count ? count : 1) * sizeof(*d->next));
     if (!d->next)
         goto error_kbuf;
+    d->big_endian = big_endian;
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     d->swap = big_endian;
 #else
@@ -266,11 +268,58 @@ static int walk_native_size_matched(struct ckvmscope_decoder *d, const uint8_t *
     return walk_native(d, data, size, ts, cpu, flags, out, cap, stats, 1);
 }
 
+/*
+ * Whether kbuffer can walk a sub-buffer's data safely: the same steps as its walk (libtraceevent 1.7), without
+ * reading. kbuffer reads a padding's length as an int — 2^31 or more sends it back to an event it has walked
+ * (forever) or before the sub-buffer — and reads an event's header and length word without checking that they
+ * lie inside the page. Such a sub-buffer is malformed; the inline walk ends it at such a padding instead.
+ */
+static int kbuffer_can_walk(const struct ckvmscope_decoder *d, const uint8_t *data, uint64_t size, uint64_t room,
+                            int big_endian)
+{
+    uint64_t at = 0;
+    while (at < size) {
+        if (at + 4 > room)
+            return 0;
+        uint32_t h = (uint32_t)read_word(d, data + at, 4);
+        uint32_t type_len = big_endian ? h >> 27 : h & 31;
+        if (type_len == 0 || type_len >= CKVMSCOPE_TYPE_PADDING) {
+            if (at + 8 > room)
+                return 0;
+        }
+        uint32_t w = type_len == 0 || type_len == CKVMSCOPE_TYPE_PADDING ? (uint32_t)read_word(d, data + at + 4, 4) : 0;
+        switch (type_len) {
+        case CKVMSCOPE_TYPE_PADDING:
+            if (w >= 0x80000000u)
+                return 0;
+            at += 4 + (uint64_t)w;
+            break;
+        case CKVMSCOPE_TYPE_TIME_EXTEND:
+        case CKVMSCOPE_TYPE_TIME_STAMP:
+            at += 8;
+            break;
+        case 0:
+            if (w < 4 || w - 4 >= 0x7ffffffcu)
+                return 0;
+            at += 8 + (uint64_t)((w - 4 + 3) & ~3u);
+            break;
+        default:
+            at += 4 + (uint64_t)type_len * 4;
+            break;
+        }
+    }
+    return 1;
+}
+
 /* The reference walk through libtraceevent's kbuffer (any byte order and long size). */
 static int walk_kbuffer(struct ckvmscope_decoder *d, const void *subbuf, uint32_t subbuf_size, uint16_t cpu,
                         uint8_t *flags, struct ckvmscope_record *out, uint32_t cap,
                         struct ckvmscope_decode_stats *stats)
 {
+    uint32_t header = 8 + (uint32_t)d->long_size;
+    uint64_t size = read_word(d, (const uint8_t *)subbuf + 8, d->long_size) & CKVMSCOPE_COMMIT_MASK;
+    if (!kbuffer_can_walk(d, (const uint8_t *)subbuf + header, size, subbuf_size - header, d->big_endian))
+        return -1;
     if (kbuffer_load_subbuffer(d->kbuf, (void *)subbuf) < 0)
         return -1;
     uint32_t n = 0;
@@ -327,6 +376,7 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
         flags = CKVMSCOPE_REC_AFTER_LOSS;
     }
 
+    uint64_t ignored = stats->ignored;
     int n;
     if (!d->swap && d->long_size == 8 && !d->force_kbuffer)
         n = (d->size_matched ? walk_native_size_matched : walk_native_plain)(d, page + header, (uint32_t)data_size,
@@ -335,6 +385,9 @@ int ckvmscope_decode_subbuf(struct ckvmscope_decoder *d, const void *subbuf, uin
     else
         n = walk_kbuffer(d, subbuf, subbuf_size, cpu, &flags, out, cap, stats);
     if (n < 0) {
+        /* A malformed sub-buffer counts once, as corrupt: none of its events count as decoded or ignored,
+         * whichever walk noticed the damage and wherever it did. */
+        stats->ignored = ignored;
         stats->corrupt++;
         return -1;
     }

@@ -121,5 +121,12 @@ import Testing
         #expect(rejected.ok == [false])
         #expect(rejected.corrupt == 1)
         #expect(rejected.events.isEmpty)
+
+        // A padding length of 2^31 or more: kbuffer would read it as a negative int and walk back to itself
+        // forever (found by the fuzzer); both walks refuse or end the sub-buffer, and return.
+        var negative = page
+        withUnsafeBytes(of: UInt32(0xffff_fffc).littleEndian) { negative.replaceSubrange(lengthWord..<lengthWord + 4, with: $0) }
+        #expect(Self.decode([negative], formats: formats, kbuffer: true).ok == [false])
+        #expect(Self.decode([negative], formats: formats, kbuffer: false).events.map(\.reason) == [30])
     }
 }
