@@ -85,7 +85,7 @@ struct StatCommand: ParsableCommand {
               kvmscope stat -1                      counts over one second, like kvm_stat -1
               kvmscope stat -l -s 1                 one line per second (kvm_stat --log)
               kvmscope stat -l -c -L exits.csv      CSV log to a file
-              kvmscope stat --json -- kvmscope storm --kind io --vcpus 2 --exits 10000
+              kvmscope stat --json -o s.json -- kvmscope storm --kind io --vcpus 2 --exits 10000
             """)
 
     @Flag(name: [.customShort("1"), .long], help: "One summary after one interval (kvm_stat --once).")
@@ -112,6 +112,10 @@ struct StatCommand: ParsableCommand {
     @Flag(help: "Print the JSON summary.")
     var json = false
 
+    @Option(name: [.customShort("o"), .customLong("output")],
+            help: "Write the summary (table or --json) to this file, not stdout, as perf stat -o does: what COMMAND prints stays apart.")
+    var output: String?
+
     @OptionGroup(title: "Filters") var filters: FilterOptions
     @OptionGroup(title: "Tracing") var trace: TraceOptions
 
@@ -123,6 +127,7 @@ struct StatCommand: ParsableCommand {
         if let duration, duration <= 0 { throw ValidationError("--duration must be > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
+        if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
     func run() throws {
@@ -132,6 +137,15 @@ struct StatCommand: ParsableCommand {
         defer { session.stop() }
         let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
+        // Opened before tracing starts: a path that cannot be written fails now, not after the run.
+        let summaryFD = try output.map(createOutputFile)
+        defer { if let summaryFD { close(summaryFD) } }
+        func writeSummary(_ text: String) throws {
+            guard let summaryFD else { return writeStdout(text) }
+            if let e = StandardDescriptors.write(summaryFD, text) {
+                throw KVMScopeError.io("cannot write \(output!): \(Errno(rawValue: e))")
+            }
+        }
         var out: FileHandle = .standardOutput
         if let path = logToFile {
             out = FileHandle(fileDescriptor: try createOutputFile(path), closeOnDealloc: true)
@@ -191,13 +205,12 @@ struct StatCommand: ParsableCommand {
             let extra: [(String, JSONValue)] = [
                 ("lost_by_cpu", .object(perCPU.map { (String($0.key), .uint($0.value)) })),
             ]
-            writeStdout(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
+            try writeSummary(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {
             var lines = StatTable.render(final, previous: nil, seconds: seconds)
             // Where exits were seen, the latency table of `kvmscope report` follows (per VM × vCPU).
             if !final.exits.isEmpty { lines += [""] + ReportTable.render(final, byVCPU: true) }
-            writeStdout(lines.joined(separator: "\n") + "\n")
-            writeStdout(StatTable.footer(final) + "\n")
+            try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final) + "\n")
         }
         try TraceRun.check(status)
     }

@@ -28,6 +28,20 @@ struct StatLiveTests {
         #expect(rows.map { $0["vcpu"] as? Int } == [0, 1])
     }
 
+    /// `-o FILE` (perf stat's): the summary goes to the file, so stdout is exactly what the command printed.
+    @Test func summaryToAFileKeepsTheCommandsOutputApart() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-o-\(getpid()).json").path
+        defer { unlink(path) }
+        let r = try CLI.run(["stat", "--json", "-o", path, "--", CLI.binary, "storm", "--kind", "io", "--vcpus", "1",
+                             "--exits", "\(Self.n)"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let storm = try CLI.json(r.stdout)
+        #expect(storm["kind"] as? String == "io" && storm["exits"] as? Int == Self.n)
+        #expect(r.stdout.filter { $0 == "\n" }.count == 1, "stdout: \(r.stdout)")
+        let j = try CLI.json(String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self))
+        #expect((j["events"] as? [String: Int])?["kvm_pio"] == Self.n)
+    }
+
     /// Started with stdin closed (as CI and some service managers do), kvmscope puts /dev/null there first:
     /// its ring buffers and pipes never become the traced command's stdin.
     @Test func closedStdinBecomesDevNull() throws {
