@@ -139,7 +139,7 @@ fuzz-ci:
 # the live session's reader threads, serve's handlers reading snapshots: the binary those tests start is the
 # TSan build too); AddressSanitizer + UBSan on the tests that drive the C shim (decoder, both walks, formats,
 # print tables, trace.dat reading and decompression, readers over pipes). Debug builds in their own folders.
-TSAN_FILTER = AggregatorTests|LatencyHistogram|TopRIPs|SummaryMergeTests|ReaderLossTests|MarkerLiveTests|ServeLiveTests|LiveViewTests
+TSAN_FILTER = AggregatorTests|PrefetchedSourceTests|LatencyHistogram|TopRIPs|SummaryMergeTests|ReaderLossTests|MarkerLiveTests|ServeLiveTests|LiveViewTests
 ASAN_FILTER = SubbufferDecoder|NativeWalkTests|MarkerAliasTests|PrintFormatTablesTests|KernelReasonNamesTests|TraceDatReaderTests|TraceDatWriterTests|TraceDatBadFileTests|ReaderLossTests|PairingAcrossKernelsTests|SyntheticWorkloadTests
 SANITIZE_TIMEOUT ?= 900
 # swiftc has no UBSan on Linux: the C shims get -fsanitize=undefined (its handlers are in ASan's runtime).

@@ -246,13 +246,21 @@ final class CPUStream: EventStream {
                 continue
             }
             let n = min(ps, blockEnd - pos)
-            let page = scratch.mutableBytes
-            page.copyMemory(from: UnsafeRawBufferPointer(rebasing: block.bytes[pos..<pos + n]))
-            if n < ps { UnsafeMutableRawBufferPointer(rebasing: page[n..<ps]).initializeMemory(as: UInt8.self, repeating: 0) }
             let at = pos
             pos += n
-            let ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]),
+            let ok: Bool
+            if n == ps {
+                // A whole page: decoded where it lies (the mapped file or the decompressed block).
+                ok = decoder.decode(UnsafeRawBufferPointer(rebasing: block.bytes[at..<at + ps]),
                                     cpu: UInt16(truncatingIfNeeded: data.cpu), appendingTo: &events)
+            } else {
+                // The CPU's last, short page: copied and padded with zeros to a whole page.
+                let page = scratch.mutableBytes
+                page.copyMemory(from: UnsafeRawBufferPointer(rebasing: block.bytes[at..<at + n]))
+                UnsafeMutableRawBufferPointer(rebasing: page[n..<ps]).initializeMemory(as: UInt8.self, repeating: 0)
+                ok = decoder.decode(UnsafeRawBufferPointer(rebasing: scratch.bytes[0..<ps]),
+                                    cpu: UInt16(truncatingIfNeeded: data.cpu), appendingTo: &events)
+            }
             guard ok else {
                 let whereText = reader.dataCompressed ? "byte \(at) of a decompressed chunk" : "file offset \(at)"
                 throw KVMScopeError.badFile("\(reader.path): corrupt ring-buffer page of cpu \(data.cpu) at \(whereText)")

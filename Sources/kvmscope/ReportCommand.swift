@@ -127,7 +127,9 @@ struct ReportCommand: ParsableCommand {
         let source = try TraceFiles.open(file, counterHz: ts2secs)
         let text = source as? TextTraceReader
         if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
-        let analysis = try ReportAnalysis.run(source, from: from, to: to, timelineBins: html == nil ? nil : 240)
+        // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates.
+        let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays ? PrefetchedSource(source) : source
+        let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
         let filter = try self.filter(file, source, analysis.snapshot)
         let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
         let summary = try Summary(analysis.snapshot, filter: filter)
