@@ -69,32 +69,45 @@ if options.wants("decode") {
 if options.wants("report") {
     out("## offline report")
     out()
-    do {
-        switch try OfflineReport(kvmscope: options.kvmscope, events: options.reportEvents).run(progress: say) {
-        case .pending(let why):
-            out("pending: \(why)")
-            summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat | pending | pending | — | ≥ 20× trace-cmd | pending |")
-            sections.append(("report", .object([("pending", .string(why))])))
-        case let .done(_, bytes, ks, tc, counted):
-            let n = Double(options.reportEvents)
-            out("| tool | wall s | CPU s | events/s | exit status |")
-            out("|---|---:|---:|---:|---:|")
-            out("| kvmscope report | \(f(ks.wall, 2)) | \(f(ks.cpu, 2)) | \(mega(n / ks.wall)) | \(ks.status) |")
-            if let tc { out("| trace-cmd report > /dev/null | \(f(tc.wall, 2)) | \(f(tc.cpu, 2)) | \(mega(n / tc.wall)) | \(tc.status) |") }
-            out()
-            out("File: \(options.reportEvents) events, \(bytes / 1_048_576) MiB. kvmscope counted \(counted.map(String.init) ?? "n/a (no --json)").")
-            let ratio = tc.map { $0.wall / ks.wall }
-            summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat | \(mega(n / ks.wall)) events/s | \(tc.map { mega(n / $0.wall) + " events/s" } ?? "n/a") | \(ratio.map { f($0) + "×" } ?? "—") | ≥ 20× trace-cmd, same counts | \(met(ratio.map { $0 >= 20 && (counted == nil || counted == UInt64(n)) })) |")
-            var o: [(String, JSONValue)] = [("events", .uint(UInt64(n))), ("bytes", .uint(bytes)),
-                                            ("kvmscope_wall_s", .double(ks.wall)), ("kvmscope_cpu_s", .double(ks.cpu))]
-            if let counted { o.append(("kvmscope_counted", .uint(counted))) }
-            if let tc { o += [("trace_cmd_wall_s", .double(tc.wall)), ("trace_cmd_cpu_s", .double(tc.cpu))] }
-            if let ratio { o.append(("ratio", .double(ratio))) }
-            sections.append(("report", .object(o)))
+    var shapes: [JSONValue] = []
+    for shape in OfflineReport.shapes {
+        let label = "\(shape.threads) threads × \(shape.cpus) CPUs"
+        out("### \(label)")
+        out()
+        do {
+            let bench = OfflineReport(kvmscope: options.kvmscope, events: options.reportEvents, threads: shape.threads, cpus: shape.cpus)
+            switch try bench.run(progress: say) {
+            case .pending(let why):
+                out("pending: \(why)")
+                summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat, \(label) | pending | pending | — | ≥ 30× trace-cmd | pending |")
+                shapes.append(.object([("threads", .uint(UInt64(shape.threads))), ("cpus", .uint(UInt64(shape.cpus))),
+                                       ("pending", .string(why))]))
+            case let .done(_, bytes, ks, one, tc, counted):
+                let n = Double(options.reportEvents)
+                out("| tool | wall s | CPU s | events/s | exit status |")
+                out("|---|---:|---:|---:|---:|")
+                out("| kvmscope report | \(f(ks.wall, 2)) | \(f(ks.cpu, 2)) | \(mega(n / ks.wall)) | \(ks.status) |")
+                if let one { out("| taskset -c 0 kvmscope report | \(f(one.wall, 2)) | \(f(one.cpu, 2)) | \(mega(n / one.wall)) | \(one.status) |") }
+                if let tc { out("| trace-cmd report > /dev/null | \(f(tc.wall, 2)) | \(f(tc.cpu, 2)) | \(mega(n / tc.wall)) | \(tc.status) |") }
+                out()
+                out("File: \(options.reportEvents) events, \(bytes / 1_048_576) MiB. kvmscope counted \(counted.map(String.init) ?? "n/a (no --json)").")
+                out()
+                let ratio = tc.map { $0.wall / ks.wall }
+                summary.append("| report \(options.reportEvents / 1_000_000) M-event trace.dat, \(label) | \(mega(n / ks.wall)) events/s | \(tc.map { mega(n / $0.wall) + " events/s" } ?? "n/a") | \(ratio.map { f($0) + "×" } ?? "—") | ≥ 30× trace-cmd, same counts | \(met(ratio.map { $0 >= 30 && (counted == nil || counted == UInt64(n)) })) |")
+                var o: [(String, JSONValue)] = [("threads", .uint(UInt64(shape.threads))), ("cpus", .uint(UInt64(shape.cpus))),
+                                                ("events", .uint(UInt64(n))), ("bytes", .uint(bytes)),
+                                                ("kvmscope_wall_s", .double(ks.wall)), ("kvmscope_cpu_s", .double(ks.cpu))]
+                if let one { o += [("one_core_wall_s", .double(one.wall)), ("one_core_cpu_s", .double(one.cpu))] }
+                if let counted { o.append(("kvmscope_counted", .uint(counted))) }
+                if let tc { o += [("trace_cmd_wall_s", .double(tc.wall)), ("trace_cmd_cpu_s", .double(tc.cpu))] }
+                if let ratio { o.append(("ratio", .double(ratio))) }
+                shapes.append(.object(o))
+            }
+        } catch {
+            out("report: failed: \(error)")
         }
-    } catch {
-        out("report: failed: \(error)")
     }
+    sections.append(("report", .array(shapes)))
     out()
 }
 
