@@ -338,10 +338,10 @@ public enum LiveView {
 
     static func vcpuRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
         guard let vm = vcpuVM(frame, state: state) else { return [] }
-        let regex = state.fields.flatMap { try? Regex($0) }
+        // The same rule as stat -f and the event rows: the regex searched in `event(reason)`, any spelling.
+        let filter = SummaryFilter(fields: state.fields)
         func keep(_ event: String, _ reason: String) -> Bool {
-            guard let regex else { return true }
-            return event.contains(regex) || "\(event)(\(reason))".contains(regex)
+            (try? filter.keeps(event: event, reason: reason)) ?? true
         }
         struct Child { var event: String; var reason: String; var total: UInt64; var before: UInt64?
             var latency: HistogramSnapshot?; var blocking: Bool; var rips: [RIPCount] }

@@ -188,6 +188,25 @@ struct LiveViewTests {
         ])
     }
 
+    /// The per-vCPU rows filter as stat -f and the event rows do: the regex is searched in `event(reason)`
+    /// with the reason in any printer's spelling (`halt` is HLT in 2.6-era kernels), not in the event alone.
+    @Test func perVCPUFiltersLikeStat() throws {
+        var state = LiveViewState(pid: 100, guestName: "web", delay: 2)
+        state.mode = .vcpus
+        state.fields = "halt|^kvm_userspace_exit$"
+        let shown = Self.shown(try Self.screen(state))
+        // Before: HLT hidden (`kvm_exit(HLT)` has no "halt") and KVM_EXIT_IO kept (its event matched).
+        #expect(shown == [
+            "kvm statistics - pid 100 (web) - per vCPU",
+            "                 regex filter: halt|^kvm_userspace_exit$                             sort: CurAvg/s  delay: 2.0s  lost 0",
+            " vCPU / Event                                  Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            ">vCPU 1                                            8  100.0        2",
+            "   kvm_exit(HLT) (blocked)                         8  100.0        2    1.0ms    1.0ms    1.0ms",
+            " Total                                             8               2",
+            Self.hint,
+        ])
+    }
+
     @Test func childrenHidden() throws {
         var state = LiveViewState(delay: 2)
         state.showChildren = false
