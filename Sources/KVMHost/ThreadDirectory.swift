@@ -34,6 +34,19 @@ public enum ThreadDirectory {
         }.sorted()
     }
 
+    /// When thread `tid` of process `vm` started: field 22 of /proc/VM/task/TID/stat (clock ticks since boot);
+    /// nil when that process has no such thread now (it exited, or the tid names a thread of another process).
+    /// A reused tid has a later start time.
+    @Sendable
+    public static func startTime(tid: Int32, vm: Int32) -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(vm)/task/\(tid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // After "(comm) ": state is field 3, starttime field 22.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
     public static func processExists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
 
     /// Whether `pid` is a kernel thread (PF_KTHREAD, 0x00200000, in the flags field — the 9th — of

@@ -63,16 +63,26 @@ import Testing
         (0..<n).filter { $0 % 3 == mod3 && $0 % 4 == tid }.count
     }
 
-    /// More distinct keys than a shard holds: the excess is counted as overflow and still in the totals.
-    @Test func memoryBoundedOverflowCounted() throws {
+    /// Ten times more distinct keys than a new shard's table: the table grows, every key keeps its own count,
+    /// nothing is unattributed.
+    @Test func tableGrowsEveryKeyCounted() throws {
         let agg = Aggregator(catalog: Self.catalog(), shardCount: 1)
         var w = agg.writer(shard: 0)
-        let keys = AggregateShard.capacity + 100
-        for tid in 0..<keys { w.add(TraceEvent(timestamp: 0, tid: Int32(tid), event: 2), hasReason: false) }
+        let keys = AggregateShard.initialCapacity * 10
+        for round in 0..<3 {
+            for tid in 0..<keys where tid % 3 >= round {
+                w.add(TraceEvent(timestamp: 0, tid: Int32(tid), event: 2), hasReason: false)
+            }
+        }
         let snap = agg.snapshot(timestamp: 0)
-        #expect(snap.eventTotals[2] == UInt64(keys))
-        #expect(snap.counters.count == AggregateShard.capacity)
-        #expect(snap.overflowEvents == 100)
+        // tid % 3 == 0: once, 1: twice, 2: three times.
+        #expect(snap.eventTotals[2] == UInt64((0..<keys).reduce(0) { $0 + $1 % 3 + 1 }))
+        #expect(snap.counters.count == keys)
+        #expect(snap.counters.allSatisfy { $0.count == UInt64($0.key.tid % 3 + 1) })
+        #expect(snap.overflowEvents == 0)
+        let (used, capacity) = agg.shards[0].occupancy
+        #expect(used == keys)
+        #expect(capacity == 32_768)  // the first power of two at least twice the keys
     }
 
     @Test func vcpuFromThreadName() {
