@@ -168,6 +168,8 @@ public struct Summary: Sendable {
     public var vms: [Int32: String?] = [:]
     /// Every event counted per VM × vCPU, sorted by VM, vCPU, event (storm rules on event names per VM).
     public var eventRows: [EventRow] = []
+    /// How full the aggregate was (live threads and series, retired threads, folded VMs), unfiltered.
+    public var occupancy = Occupancy()
 
     public init() {}
 
@@ -180,6 +182,7 @@ public struct Summary: Sendable {
         corruptSubbuffers = snap.corruptSubbuffers
         readErrors = snap.readErrors
         pairing = snap.pairing
+        occupancy = snap.occupancy
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
         var childTotals: [String: [String: UInt64]] = [:]
