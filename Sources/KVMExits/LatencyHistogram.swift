@@ -5,7 +5,7 @@ import Synchronization
 /// - Resolution: ≤ 1/128 (0.78 %) relative error from 128 ns to 100 s, exact below 128 ns; values above 100 s
 ///   land in an overflow bucket (see ``HistogramSnapshot`` for the layout).
 /// - Memory: fixed, allocated once in `init` inside the object: 2015 bucket counters (16,120 bytes) plus
-///   7 words of statistics, about 16.2 KB per histogram. ``record(_:)`` never allocates.
+///   8 words of statistics and range bits, about 16.2 KB per histogram. ``record(_:)`` never allocates.
 ///
 /// ## Single-writer rule
 ///
@@ -43,6 +43,9 @@ public final class LatencyHistogram: Sendable {
     @usableFromInline let _sqLo = Atomic<UInt64>(0)
     @usableFromInline let _sqHiA = Atomic<UInt64>(0)
     @usableFromInline let _sqHiB = Atomic<UInt64>(0)
+    /// Bit k set: some bucket in 64k ..< 64(k + 1) has been written (32 ranges of 64 buckets). Lets a snapshot
+    /// read only the ranges in use. Set by the writer before the bucket's add; never cleared.
+    @usableFromInline let _ranges = Atomic<UInt64>(0)
     /// Non-cumulative bucket counts, stored inline in the object (no second allocation, no indirection).
     @usableFromInline let _buckets: InlineArray<2015, Atomic<UInt64>>
 
@@ -69,7 +72,13 @@ public final class LatencyHistogram: Sendable {
             _addSquareHigh(hiDelta, low: lo)
         }
         // (2) The bucket: the one read-modify-write. Relaxed: it orders nothing, readers only need atomicity.
-        _buckets[HistogramSnapshot.bucketIndex(for: ns)].singleWriterAdd(1)
+        //     Its range's bit first (a load, and a store the first time only): a reader that sees the bucket's
+        //     count without the bit skips it this time, and sees it next time.
+        let b = HistogramSnapshot.bucketIndex(for: ns)
+        let ranges = _ranges.load(ordering: .relaxed)
+        let bit = UInt64(1) &<< UInt64(b &>> 6)
+        if ranges & bit == 0 { _ranges.store(ranges | bit, ordering: .relaxed) }
+        _buckets[b].singleWriterAdd(1)
         // (3) Publish: a reader acquiring this count sees all of this value's statistics and bucket.
         _count.store(_count.load(ordering: .relaxed) &+ 1, ordering: .releasing)
     }
@@ -86,11 +95,22 @@ public final class LatencyHistogram: Sendable {
     /// Values recorded so far (a cheap single load; may trail a concurrent ``snapshot()`` by values in flight).
     public var count: UInt64 { _count.load(ordering: .acquiring) }
 
-    /// A copy of the histogram, taken without stopping the writer (see "Memory orderings").
+    /// A copy of the histogram, taken without stopping the writer (see "Memory orderings"): sparse, reading
+    /// only the 64-bucket ranges in use, so its cost follows the spread of the values, not the 2015 buckets.
     public func snapshot() -> HistogramSnapshot {
-        var counts = [UInt64](repeating: 0, count: HistogramSnapshot.bucketCount)
-        for i in 0..<counts.count {
-            counts[i] = _buckets[i].load(ordering: .relaxed)
+        var indices: [UInt16] = []
+        var counts: [UInt64] = []
+        var ranges = _ranges.load(ordering: .relaxed)
+        while ranges != 0 {
+            let r = ranges.trailingZeroBitCount
+            ranges &= ranges - 1
+            for i in (r << 6)..<Swift.min((r + 1) << 6, HistogramSnapshot.bucketCount) {
+                let c = _buckets[i].load(ordering: .relaxed)
+                if c > 0 {
+                    indices.append(UInt16(i))
+                    counts.append(c)
+                }
+            }
         }
         _ = _count.load(ordering: .acquiring)
         let sum = _sum.load(ordering: .relaxed)
@@ -106,7 +126,7 @@ public final class LatencyHistogram: Sendable {
                 break
             }
         }
-        return HistogramSnapshot(bucketCounts: counts, sum: sum, min: Swift.min(mn, mx), max: mx,
+        return HistogramSnapshot(indices: indices, counts: counts, sum: sum, min: Swift.min(mn, mx), max: mx,
                                  sumOfSquares: sumOfSquares)
     }
 }
