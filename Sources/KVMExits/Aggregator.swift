@@ -28,6 +28,11 @@ public final class Aggregator: Sendable {
     let startTimes = Mutex<[Int32: UInt64]>([:])
     /// Threads the resolver did not know (gone before first sight): resolved later from the trace's own records.
     let unresolved = Mutex<Set<Int32>>([])
+    /// Retirement checks that found an unresolved thread gone: it is retired only after a few, so that the
+    /// kernel's saved tgids (recorded at the next context switch) can name it first.
+    let unresolvedChecks = Mutex<[Int32: Int]>([:])
+    /// Checks an unresolved, exited thread waits for a name before it retires under its own tid.
+    public static let unresolvedGraceChecks = 3
     let resolver: ThreadResolver?
     let startTime: ThreadStartTime?
     /// What retired threads left, and the snapshot lock: snapshots run one at a time (each takes the writers'
@@ -95,6 +100,7 @@ public final class Aggregator: Sendable {
                 $0[tid] = identity
             }
             unresolved.withLock { _ = $0.remove(tid) }
+            unresolvedChecks.withLock { $0[tid] = nil }
             named += 1
         }
         return named
@@ -118,9 +124,18 @@ public final class Aggregator: Sendable {
         let live = threads.withLock { $0 }
         let starts = startTimes.withLock { $0 }
         var gone: [Int32] = []
+        let nameless = unresolved.withLock { $0 }
         for (tid, identity) in live {
             let now = startTime(tid, identity.vm)
-            if now == nil || now != starts[tid] { gone.append(tid) }
+            guard now == nil || now != starts[tid] else { continue }
+            if nameless.contains(tid) {
+                let checks = unresolvedChecks.withLock { c -> Int in
+                    c[tid, default: 0] += 1
+                    return c[tid]!
+                }
+                if checks < Self.unresolvedGraceChecks { continue }
+            }
+            gone.append(tid)
         }
         gone.sort()
         retire(gone)
@@ -139,6 +154,7 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
+            unresolvedChecks.withLock { c in for (tid, _) in identities { c[tid] = nil } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)

@@ -5,10 +5,13 @@ import KVMExits
 public enum ThreadDirectory {
     public static func identity(of tid: Int32) -> ThreadIdentity? {
         guard let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8) else { return nil }
-        var tgid = tid
+        var found: Int32?
         for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
-            tgid = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) ?? tid
+            found = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
         }
+        // A thread caught exiting can show a status without its Tgid: unknown then (the kernel's saved
+        // tgids name it later), not a VM of its own.
+        guard let tgid = found, tgid > 0 else { return nil }
         let comm = (try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8))?
             .trimmingCharacters(in: .newlines)
         return ThreadIdentity(vm: tgid, vmName: guestName(pid: tgid), vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
