@@ -24,6 +24,8 @@ public final class Aggregator: Sendable {
     /// Stopped VMs whose retired rows are kept apart; older ones fold into the `other` row.
     public let retiredVMCapacity: Int
     let threads = Mutex<[Int32: ThreadIdentity]>([:])
+    /// Threads noted by the writers and not resolved yet: tid → vCPU number (``TraceEvent/noVCPU``: unknown).
+    let pendingThreads = Mutex<[Int32: UInt32]>([:])
     /// Start time of each thread when first seen (``ThreadStartTime``), to tell a reused tid.
     let startTimes = Mutex<[Int32: UInt64]>([:])
     /// Threads the resolver did not know (gone before first sight): resolved later from the trace's own records.
@@ -70,27 +72,51 @@ public final class Aggregator: Sendable {
         return Pairer(store: series, counters: pairing)
     }
 
-    /// Records who a thread is, the first time it is seen (cold path: once per thread and writer).
+    /// Notes a thread the first time a writer sees it (cold path: once per thread and writer), and again once
+    /// its vCPU number shows up. On the readers' threads, so it only queues the tid: who the thread is (three
+    /// /proc reads) is looked up on the snapshot side (``resolveNewThreads()``), never where the ring buffers
+    /// are drained.
     public func noteThread(_ tid: Int32, vcpu: UInt32) {
-        if threads.withLock({ $0[tid] != nil }) {
-            if vcpu != TraceEvent.noVCPU {
-                threads.withLock { if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu } }
+        let known = threads.withLock { t -> Bool in
+            guard t[tid] != nil else { return false }
+            if vcpu != TraceEvent.noVCPU && t[tid]?.vcpu == nil { t[tid]?.vcpu = vcpu }
+            return true
+        }
+        if known { return }
+        pendingThreads.withLock { p in
+            if let v = p[tid], v != TraceEvent.noVCPU { return }
+            p[tid] = vcpu
+        }
+    }
+
+    /// Resolves the threads noted since the last call (``ThreadResolver``, and ``ThreadStartTime`` with
+    /// retirement); a thread the resolver does not know is its own VM until ``resolveUnresolved(_:)`` names it.
+    /// Snapshot side: ``snapshot(timestamp:)`` and ``retireExitedThreads()`` call it first.
+    public func resolveNewThreads() {
+        let pending = pendingThreads.withLock { p in
+            defer { p = [:] }
+            return p
+        }
+        for (tid, vcpu) in pending.sorted(by: { $0.key < $1.key }) {
+            if threads.withLock({ $0[tid] != nil }) {
+                if vcpu != TraceEvent.noVCPU { threads.withLock { if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu } } }
+                continue
             }
-            return
+            let resolved = resolver?(tid)
+            if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
+            var identity = resolved ?? ThreadIdentity(vm: tid)
+            if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
+            if let startTime, let started = startTime(tid, identity.vm) {
+                startTimes.withLock { $0[tid] = started }
+            }
+            threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
         }
-        let resolved = resolver?(tid)
-        if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
-        var identity = resolved ?? ThreadIdentity(vm: tid)
-        if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
-        if let startTime, let started = startTime(tid, identity.vm) {
-            startTimes.withLock { $0[tid] = started }
-        }
-        threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
     }
 
     /// Resolves, with `lookup`, the threads that were already gone when first seen. Returns how many it named.
     @discardableResult
     public func resolveUnresolved(_ lookup: (Int32) -> ThreadIdentity?) -> Int {
+        resolveNewThreads()
         let pending = unresolved.withLock { $0 }
         var named = 0
         for tid in pending {
@@ -106,8 +132,11 @@ public final class Aggregator: Sendable {
         return named
     }
 
-    /// Threads seen but not resolved yet.
-    public var unresolvedCount: Int { unresolved.withLock { $0.count } }
+    /// Threads the resolver did not know, not named yet (after resolving those noted since the last look).
+    public var unresolvedCount: Int {
+        resolveNewThreads()
+        return unresolved.withLock { $0.count }
+    }
 
     /// Sets identities known from elsewhere (a trace file's saved cmdlines and tgids).
     public func setIdentity(_ identity: ThreadIdentity, for tid: Int32) {
@@ -121,6 +150,7 @@ public final class Aggregator: Sendable {
     @discardableResult
     public func retireExitedThreads() -> [Int32] {
         guard board != nil, let startTime else { return [] }
+        resolveNewThreads()
         let live = threads.withLock { $0 }
         let starts = startTimes.withLock { $0 }
         var gone: [Int32] = []
@@ -147,6 +177,7 @@ public final class Aggregator: Sendable {
     /// keys, new series). Needs `retirement`; tids not seen are ignored.
     public func retire(_ tids: [Int32]) {
         guard let board, !tids.isEmpty else { return }
+        resolveNewThreads()
         retired.withLock { r in
             var identities: [(Int32, ThreadIdentity)] = []
             threads.withLock { t in
@@ -177,7 +208,8 @@ public final class Aggregator: Sendable {
     /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates. Cost ∝ the live keys
     /// and series plus the retired rows, whatever was ever seen.
     public func snapshot(timestamp: UInt64) -> AggregateSnapshot {
-        retired.withLock { r in
+        resolveNewThreads()
+        return retired.withLock { r in
             var snap = AggregateSnapshot(catalog: catalog, timestamp: timestamp)
             // Acks first: every hand-over of a request up to the smallest ack is taken below.
             var done = UInt64.max
@@ -216,6 +248,8 @@ public final class Aggregator: Sendable {
                 evict(&r)
             }
             for (k, v) in r.counters { merged[k, default: 0] += v }
+            // Every key read above was published after its thread was noted: resolve those noted meanwhile.
+            resolveNewThreads()
             snap.counters = merged.map { CounterRow(key: $0.key, count: $0.value) }
                 .sorted { ($0.key.tid, $0.key.event, $0.key.reason) < ($1.key.tid, $1.key.event, $1.key.reason) }
             snap.threads = threads.withLock { $0 }

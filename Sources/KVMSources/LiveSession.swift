@@ -98,6 +98,7 @@ public final class LiveSession: @unchecked Sendable {
     @discardableResult
     public func retireExited() -> [Int32] {
         guard aggregator.board != nil else { return [] }
+        aggregator.resolveNewThreads()
         if aggregator.unresolvedCount > 0 { resolveFromSavedThreads() }
         return aggregator.retireExitedThreads()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KVMAnalysis
 import KVMExits
 import Testing
@@ -83,6 +84,33 @@ import Testing
         let (used, capacity) = agg.shards[0].occupancy
         #expect(used == keys)
         #expect(capacity == 32_768)  // the first power of two at least twice the keys
+    }
+
+    /// Writers only queue new tids: the resolver (/proc reads, live) runs on the snapshot side, once per thread,
+    /// and the vCPU number a writer saw is kept.
+    @Test func identityIsResolvedOffTheWriter() throws {
+        let calls = Mutex<[Int32]>([])
+        let agg = Aggregator(catalog: Self.catalog(), shardCount: 2) { tid in
+            calls.withLock { $0.append(tid) }
+            return ThreadIdentity(vm: 7, vmName: "g")
+        }
+        var writers = [agg.writer(shard: 0), agg.writer(shard: 1)]
+        for tid: Int32 in [31, 32, 33] {
+            for w in writers.indices {
+                writers[w].add(TraceEvent(timestamp: 0, tid: tid, event: 2), hasReason: false)
+                writers[w].add(TraceEvent(timestamp: 0, tid: tid, event: 0, reason: 12, vcpu: UInt32(tid - 30), isa: 1),
+                               hasReason: true)
+            }
+        }
+        #expect(calls.withLock { $0 }.isEmpty)
+        let snap = agg.snapshot(timestamp: 0)
+        #expect(calls.withLock { $0 } == [31, 32, 33])
+        #expect(snap.threads.keys.sorted() == [31, 32, 33])
+        #expect(snap.threads.values.map(\.vcpu).sorted { ($0 ?? 0) < ($1 ?? 0) } == [1, 2, 3])
+        #expect(try Summary(snap).exits.map { "\($0.vm)/\($0.vcpu!)/\($0.reason)=\($0.count)" }
+                == ["7/1/HLT=2", "7/2/HLT=2", "7/3/HLT=2"])
+        _ = agg.snapshot(timestamp: 0)
+        #expect(calls.withLock { $0.count } == 3)
     }
 
     @Test func vcpuFromThreadName() {
