@@ -12,7 +12,7 @@
 ///   to exactly 100 s; every larger value goes to the **overflow** bucket (index 2014,
 ///   `[maxTrackable + 1, UInt64.max]`), counted in ``overflowCount``.
 ///
-/// That is ``bucketCount`` = 2015 buckets, 16,120 bytes of `UInt64` counters in a ``LatencyHistogram``. A
+/// That is ``bucketCount`` = 2015 buckets (a ``LatencyHistogram`` allocates them 64 at a time, as used). A
 /// snapshot is sparse: it holds only the non-empty buckets (index and count, ascending), so copying, merging
 /// and rendering one costs what it holds — a vCPU thread's exits of one reason typically fill a few dozen.
 ///
