@@ -30,11 +30,12 @@ public final class Aggregator: Sendable {
     let startTimes = Mutex<[Int32: UInt64]>([:])
     /// Threads the resolver did not know (gone before first sight): resolved later from the trace's own records.
     let unresolved = Mutex<Set<Int32>>([])
-    /// Retirement checks that found an unresolved thread gone: it is retired only after a few, so that the
-    /// kernel's saved tgids (recorded at the next context switch) can name it first.
-    let unresolvedChecks = Mutex<[Int32: Int]>([:])
-    /// Checks an unresolved, exited thread waits for a name before it retires under its own tid.
-    public static let unresolvedGraceChecks = 3
+    /// When a retirement check first found each thread gone. A thread retires only once it has been gone for
+    /// ``retireDelay`` (twice that while it has no name): its last events, still in the ring buffers or on the
+    /// way to the pairer when it exited, are counted under it first, and the kernel's saved tgids can name it.
+    let goneSince = Mutex<[Int32: ContinuousClock.Instant]>([:])
+    /// How long a thread must have been gone before it retires.
+    public let retireDelay: Duration
     let resolver: ThreadResolver?
     let startTime: ThreadStartTime?
     /// What retired threads left, and the snapshot lock: snapshots run one at a time (each takes the writers'
@@ -47,8 +48,10 @@ public final class Aggregator: Sendable {
     ///   - startTime: a thread's start time, to tell when it has exited or its tid was reused
     ///     (``retireExitedThreads()``); nil: only ``retire(_:)`` retires.
     ///   - retiredVMCapacity: stopped VMs whose retired rows are kept apart (at least 1).
+    ///   - retireDelay: how long ``retireExitedThreads()`` waits after first finding a thread gone.
     public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil, retirement: Bool = false,
-                startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024) {
+                startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024, retireDelay: Duration = .seconds(1)) {
+        self.retireDelay = retireDelay
         precondition(catalog.count <= AggregateShard.maxEvents, "at most \(AggregateShard.maxEvents) events")
         self.catalog = catalog
         let board = retirement ? RetireBoard() : nil
@@ -126,7 +129,6 @@ public final class Aggregator: Sendable {
                 $0[tid] = identity
             }
             unresolved.withLock { _ = $0.remove(tid) }
-            unresolvedChecks.withLock { $0[tid] = nil }
             named += 1
         }
         return named
@@ -144,8 +146,9 @@ public final class Aggregator: Sendable {
     }
 
     /// Retires the threads that have exited since they were first seen: ``ThreadStartTime`` finds no such
-    /// thread in its VM, or a thread started at another time (the tid was reused). Snapshot side, off the hot
-    /// path: one start-time lookup per live thread. Returns the tids retired. Does nothing without
+    /// thread in its VM for ``retireDelay`` (twice that for a thread without a name), or a thread started at
+    /// another time (the tid was reused: at once). Snapshot side, off the hot path: one start-time lookup per
+    /// live thread. Returns the tids retired. Does nothing without
     /// `retirement` and `startTime`.
     @discardableResult
     public func retireExitedThreads() -> [Int32] {
@@ -155,18 +158,24 @@ public final class Aggregator: Sendable {
         let starts = startTimes.withLock { $0 }
         var gone: [Int32] = []
         let nameless = unresolved.withLock { $0 }
+        let now = ContinuousClock.now
+        var since = goneSince.withLock { $0 }
         for (tid, identity) in live {
-            let now = startTime(tid, identity.vm)
-            guard now == nil || now != starts[tid] else { continue }
-            if nameless.contains(tid) {
-                let checks = unresolvedChecks.withLock { c -> Int in
-                    c[tid, default: 0] += 1
-                    return c[tid]!
-                }
-                if checks < Self.unresolvedGraceChecks { continue }
+            let started = startTime(tid, identity.vm)
+            guard started == nil || started != starts[tid] else {
+                since[tid] = nil
+                continue
             }
-            gone.append(tid)
+            // A reused tid retires at once (the new thread's events are coming); a vanished one after the delay.
+            let first = since[tid] ?? now
+            since[tid] = first
+            if started != nil || now - first >= (nameless.contains(tid) ? retireDelay * 2 : retireDelay) {
+                gone.append(tid)
+            }
         }
+        for tid in since.keys where live[tid] == nil { since[tid] = nil }
+        for tid in gone { since[tid] = nil }
+        goneSince.withLock { $0 = since }
         gone.sort()
         retire(gone)
         return gone
@@ -185,7 +194,6 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
-            unresolvedChecks.withLock { c in for (tid, _) in identities { c[tid] = nil } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)

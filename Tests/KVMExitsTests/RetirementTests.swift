@@ -230,4 +230,37 @@ import Testing
         #expect(end.eventRows.allSatisfy { $0.count == UInt64(perThread) })
         #expect(checks > 1)
     }
+
+    /// retireExitedThreads: a vanished thread retires once it has been gone for the delay (twice that without a
+    /// name), a reused tid (another start time) at once; live threads stay.
+    @Test func exitedThreadsRetireAfterTheDelay() throws {
+        let host = Host()
+        host.set(101, vm: 100, vcpu: 0)
+        host.set(102, vm: 100, vcpu: 1)
+        host.set(103, vm: 100, vcpu: 2)
+        // Start times: 101 and 102 alive (1), 103 alive; 104 is never known to the resolver (nameless).
+        let starts = Mutex<[Int32: UInt64]>([101: 1, 102: 1, 103: 1])
+        let agg = Aggregator(catalog: Self.catalog(), shardCount: 1, resolver: { tid in host.who.withLock { $0[tid] } },
+                             retirement: true, startTime: { tid, _ in starts.withLock { $0[tid] } },
+                             retireDelay: .milliseconds(200))
+        var w = agg.writer(shard: 0)
+        for tid: Int32 in [101, 102, 103, 104] { w.add(TraceEvent(timestamp: 0, tid: tid, event: 2), hasReason: false) }
+        #expect(agg.retireExitedThreads() == [])  // 104 (nameless, no start time) is gone from now on
+        starts.withLock {
+            $0[101] = nil  // exited
+            $0[102] = 2  // tid reused by a thread started later
+        }
+        #expect(agg.retireExitedThreads() == [102])
+        #expect(agg.retireExitedThreads() == [])
+        usleep(250_000)
+        #expect(agg.retireExitedThreads() == [101])
+        usleep(200_000)
+        #expect(agg.retireExitedThreads() == [104])
+        w.maintain()
+        let snap = agg.snapshot(timestamp: 0)
+        #expect(snap.occupancy.liveThreads == 1)
+        #expect(snap.occupancy.retiredThreads == 3)
+        #expect(try Summary(snap).eventRows.map { "\($0.vm)/\($0.vcpu.map(String.init) ?? "-")=\($0.count)" }
+                == ["100/0=1", "100/1=1", "100/2=1", "104/-=1"])
+    }
 }
