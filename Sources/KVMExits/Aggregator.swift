@@ -118,9 +118,10 @@ public final class Aggregator: Sendable {
 
     /// Resolves, with `lookup`, the threads that were already gone when first seen. Returns how many it named.
     @discardableResult
-    public func resolveUnresolved(_ lookup: (Int32) -> ThreadIdentity?) -> Int {
+    public func resolveUnresolved(only: Set<Int32>? = nil, _ lookup: (Int32) -> ThreadIdentity?) -> Int {
         resolveNewThreads()
-        let pending = unresolved.withLock { $0 }
+        var pending = unresolved.withLock { $0 }
+        if let only { pending.formIntersection(only) }
         var named = 0
         for tid in pending {
             guard var identity = lookup(tid) else { continue }
@@ -138,6 +139,14 @@ public final class Aggregator: Sendable {
     public var unresolvedCount: Int {
         resolveNewThreads()
         return unresolved.withLock { $0.count }
+    }
+
+    /// The unresolved threads that retirement checks have found gone for at least `duration`: the ones to name
+    /// from the kernel's saved tgids now (a thread that just exited may not be recorded there yet).
+    public func unresolvedGone(for duration: Duration) -> Set<Int32> {
+        let now = ContinuousClock.now
+        let since = goneSince.withLock { $0 }
+        return unresolved.withLock { u in u.filter { tid in since[tid].map { now - $0 >= duration } ?? false } }
     }
 
     /// Sets identities known from elsewhere (a trace file's saved cmdlines and tgids).

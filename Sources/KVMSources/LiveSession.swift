@@ -99,13 +99,16 @@ public final class LiveSession: @unchecked Sendable {
     public func retireExited() -> [Int32] {
         guard aggregator.board != nil else { return [] }
         aggregator.resolveNewThreads()
-        if aggregator.unresolvedCount > 0 { resolveFromSavedThreads() }
+        // Named from the kernel's saved tgids once gone for a while: the kernel records a thread's tgid at a
+        // later context switch, and until then the entry may still name the tid's previous owner.
+        let due = aggregator.unresolvedGone(for: aggregator.retireDelay)
+        if !due.isEmpty { resolveFromSavedThreads(only: due) }
         return aggregator.retireExitedThreads()
     }
 
-    func resolveFromSavedThreads() {
+    func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root)
-        aggregator.resolveUnresolved { tid in
+        aggregator.resolveUnresolved(only: only) { tid in
             guard let tgid = saved.tgids[tid] else { return nil }
             let comm = saved.comms[tid]
             return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],

@@ -48,10 +48,11 @@ struct ServeChurnLiveTests {
 
     /// 600 guests of 8 vCPUs (4,800 vCPU threads, 10 port-I/O exits each), about a minute in all, under
     /// `serve --retired-vms 100`, scraped every 0.3 s: `kvm_pio` and the sum of every `KVM_EXIT_IO` series
-    /// equal exactly 80 × guests, no counter sample ever goes down between two scrapes, every thread retires
-    /// (`kvmscope_live_threads` back to 0, `kvmscope_retired_threads_total` ≥ 4,800), stopped VMs beyond the
-    /// last 100 fold into `vm="other"`, `promtool check metrics` passes, and the RSS after the last guest is
-    /// within 10 % of the RSS after the first 100.
+    /// equal exactly 80 × guests, each of the last 100 guests has exactly its 80 `KVM_EXIT_IO` and the 500
+    /// before them are summed into `vm="other"`, no counter sample ever goes down between two scrapes, every
+    /// thread retires (`kvmscope_live_threads` back to 0, `kvmscope_retired_threads_total` ≥ 4,800),
+    /// `promtool check metrics` passes, and the RSS after the last guest is within 10 % of the RSS after the
+    /// first 100.
     @Test(.timeLimit(.minutes(5))) func sixHundredShortLivedGuests() throws {
         let storm = "'\(CLI.binary)' storm --kind io --vcpus 8 --exits \(Self.exitsPerVCPU) >/dev/null || exit 1"
         let script = """
@@ -120,8 +121,17 @@ struct ServeChurnLiveTests {
         #expect(Self.sum(end, "kvmscope_userspace_exits_total", containing: "KVM_EXIT_IO") == Double(Self.guests * 80))
         #expect(end["kvmscope_live_threads"] == 0 && end["kvmscope_live_series"] == 0)
         #expect((end["kvmscope_retired_threads_total"] ?? 0) >= Double(Self.guests * 8))
-        #expect((end["kvmscope_folded_vms_total"] ?? 0) >= Double(Self.guests - 100 - 20))
-        #expect(Self.sum(end, "kvmscope_userspace_exits_total{vm=\"other\"", containing: "KVM_EXIT_IO") > 0)
+        // Per VM: each of the last 100 stopped guests has exactly its 80 exits; the 500 before them are summed
+        // into vm="other".
+        var perVM: [String: Double] = [:]
+        for (k, v) in end where k.hasPrefix("kvmscope_userspace_exits_total{") && k.contains("KVM_EXIT_IO") {
+            guard let r = k.range(of: "vm=\""), let e = k[r.upperBound...].firstIndex(of: "\"") else { continue }
+            perVM[String(k[r.upperBound..<e]), default: 0] += v
+        }
+        #expect(end["kvmscope_folded_vms_total"] == Double(Self.guests - 100))
+        #expect(perVM["other"] == Double((Self.guests - 100) * 80))
+        #expect(perVM.filter { $0.key != "other" }.count == 100)
+        #expect(perVM.filter { $0.key != "other" && $0.value != 80 }.isEmpty, "\(perVM.filter { $0.value != 80 })")
         #expect(end["kvmscope_exit_pairing_total{result=\"overflow\"}"] == 0)
         #expect(decreases.isEmpty, "\(decreases.prefix(10))")
         #expect(scrapes > 10)
