@@ -9,7 +9,8 @@ import Testing
     /// 1,000 threads (125 VMs of 8 vCPUs) × 20 reasons, 3 pairs each: snapshot + summary + Prometheus text
     /// hold exactly 20,000 series and 20,000 exit rows. A guard against regressions, not the goal: measured on
     /// 2026-11-30 (2 vCPUs, release build, machine shared) the snapshot took 25 ms, the summary 153 ms and the
-    /// text 261 ms (90,000 lines); the bound (2 s, 10 s in a debug build) leaves room for a loaded machine and catches a quadratic turn.
+    /// text 261 ms (90,000 lines); the bound (2 s, 10 s in a debug build) leaves room for a loaded machine and
+    /// still catches a quadratic turn.
     @Test func thousandThreadsTwentyReasons() throws {
         var catalog = EventCatalog()
         catalog.add(system: "kvm", name: "kvm_exit")
