@@ -331,7 +331,7 @@ public struct AggregateSnapshot: Sendable {
     public var lostEvents: UInt64 = 0
     /// Sub-buffers flagged as having lost an unknown number of events.
     public var lostUnknownSubbuffers: UInt64 = 0
-    /// Events counted in totals but not in per-thread rows (table full).
+    /// Events counted in totals but not in per-thread rows (0: the shards' tables grow with the keys).
     public var overflowEvents: UInt64 = 0
     /// Sub-buffers rejected as malformed: each lost an unknown number of events.
     public var corruptSubbuffers: UInt64 = 0

