@@ -7,7 +7,7 @@ DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzst
                libncurses-dev pkg-config tmux prometheus linux-perf chromium
 STAMP = .build/.deps-installed
 
-.PHONY: all deps build test demo bench clean tracefs depcheck soak fuzz fuzz-build fuzz-ci sanitize sanitize-thread sanitize-address
+.PHONY: all deps build test demo bench clean tracefs depcheck soak soak-churn fuzz fuzz-build fuzz-ci sanitize sanitize-thread sanitize-address
 
 all: build
 
@@ -56,6 +56,13 @@ SOAK_SECONDS ?= 1800
 SOAK_INTERVAL ?= 60
 soak: build
 	KVMSCOPE=$(BIN) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_INTERVAL=$(SOAK_INTERVAL) contrib/soak/run.sh
+
+# Not in CI: serve while CHURN_GUESTS short-lived 8-vCPU storm guests start and stop one after the other (RSS,
+# scrape time, occupancy and exact counts every 100 guests), then report of trace.dat files with 5,000 and
+# 50,000 vCPU threads (README: "Soak").
+CHURN_GUESTS ?= 1000
+soak-churn: build
+	KVMSCOPE=$(BIN) CHURN_GUESTS=$(CHURN_GUESTS) contrib/soak/churn.sh
 
 # kvmscope's library products can be depended on by version (no unsafeFlags): builds a package that does.
 depcheck: deps

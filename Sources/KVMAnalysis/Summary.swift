@@ -168,6 +168,8 @@ public struct Summary: Sendable {
     public var vms: [Int32: String?] = [:]
     /// Every event counted per VM × vCPU, sorted by VM, vCPU, event (storm rules on event names per VM).
     public var eventRows: [EventRow] = []
+    /// How full the aggregate was (live threads and series, retired threads, folded VMs), unfiltered.
+    public var occupancy = Occupancy()
 
     public init() {}
 
@@ -180,6 +182,7 @@ public struct Summary: Sendable {
         corruptSubbuffers = snap.corruptSubbuffers
         readErrors = snap.readErrors
         pairing = snap.pairing
+        occupancy = snap.occupancy
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
         var childTotals: [String: [String: UInt64]] = [:]
@@ -240,9 +243,12 @@ public struct Summary: Sendable {
                 children.append((entry.name, reason, total))
             }
         }
+        // Flags are joined only to break ties (rare): no string built per comparison of 100,000s of rows.
         exits = exitRows.values.sorted {
-            ($0.vm, $0.vcpu ?? .max, $0.reason, $0.flags.joined(separator: "|"))
-                < ($1.vm, $1.vcpu ?? .max, $1.reason, $1.flags.joined(separator: "|"))
+            if ($0.vm, $0.vcpu ?? .max, $0.reason) != ($1.vm, $1.vcpu ?? .max, $1.reason) {
+                return ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
+            }
+            return $0.flags.joined(separator: "|") < $1.flags.joined(separator: "|")
         }
         userspaceExits = userRows.values.sorted {
             ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)

@@ -3,23 +3,65 @@ import Synchronization
 /// The whole aggregate of one trace: one counting shard per writer thread, the latency series and
 /// pairing counters of the pairer, and the identities of the threads seen. Lock-free for writers;
 /// readers take snapshots without stopping them.
+///
+/// ## Thread lifecycle (long-running sessions)
+///
+/// Made with `retirement: true`, threads retire: ``retireExitedThreads()`` (snapshot side, off the hot path)
+/// finds the threads that have exited — gone from /proc, or their tid now names a thread started later
+/// (``ThreadStartTime``) — and ``retire(_:)`` posts them on the ``RetireBoard``. Each writer then drops their
+/// keys and series between batches and hands their counts and histograms over; the next ``snapshot(timestamp:)``
+/// folds them into one retired row per VM × vCPU (a synthetic negative tid whose identity is that VM and vCPU).
+/// Every view sums rows by VM, vCPU and reason, so every total stays exactly what it was and keeps growing:
+/// no count and no pair is discarded. Memory then follows the live threads, plus one row per retired VM × vCPU
+/// for the last ``retiredVMCapacity`` stopped VMs; older stopped VMs fold into one `other` row (VM -1).
 public final class Aggregator: Sendable {
     public let catalog: EventCatalog
     public let shards: [AggregateShard]
     public let series: SeriesStore
     public let pairing: PairingCounters
+    /// Retirement requests to the writers; nil when threads never retire (offline traces).
+    public let board: RetireBoard?
+    /// Stopped VMs whose retired rows are kept apart; older ones fold into the `other` row.
+    public let retiredVMCapacity: Int
     let threads = Mutex<[Int32: ThreadIdentity]>([:])
+    /// Threads noted by the writers and not resolved yet: tid → vCPU number (``TraceEvent/noVCPU``: unknown).
+    let pendingThreads = Mutex<[Int32: UInt32]>([:])
+    /// Start time of each thread when first seen (``ThreadStartTime``), to tell a reused tid.
+    let startTimes = Mutex<[Int32: UInt64]>([:])
     /// Threads the resolver did not know (gone before first sight): resolved later from the trace's own records.
     let unresolved = Mutex<Set<Int32>>([])
+    /// When a retirement check first found each thread gone. A thread retires only once it has been gone for
+    /// ``retireDelay`` (twice that while it has no name): its last events, still in the ring buffers or on the
+    /// way to the pairer when it exited, are counted under it first, and the kernel's saved tgids can name it.
+    let goneSince = Mutex<[Int32: ContinuousClock.Instant]>([:])
+    /// How long a thread must have been gone before it retires.
+    public let retireDelay: Duration
     let resolver: ThreadResolver?
+    let startTime: ThreadStartTime?
+    /// What retired threads left, and the snapshot lock: snapshots run one at a time (each takes the writers'
+    /// hand-overs exactly once).
+    let retired = Mutex<RetiredTotals>(RetiredTotals())
 
-    public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil) {
+    /// - Parameters:
+    ///   - resolver: who a thread is, asked once per new thread.
+    ///   - retirement: whether threads retire (``retire(_:)``); writers then follow a ``RetireBoard``.
+    ///   - startTime: a thread's start time, to tell when it has exited or its tid was reused
+    ///     (``retireExitedThreads()``); nil: only ``retire(_:)`` retires.
+    ///   - retiredVMCapacity: stopped VMs whose retired rows are kept apart (at least 1).
+    ///   - retireDelay: how long ``retireExitedThreads()`` waits after first finding a thread gone.
+    public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil, retirement: Bool = false,
+                startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024, retireDelay: Duration = .seconds(1)) {
+        self.retireDelay = retireDelay
         precondition(catalog.count <= AggregateShard.maxEvents, "at most \(AggregateShard.maxEvents) events")
         self.catalog = catalog
-        shards = (0..<max(1, shardCount)).map { _ in AggregateShard() }
-        series = SeriesStore()
+        let board = retirement ? RetireBoard() : nil
+        self.board = board
+        shards = (0..<max(1, shardCount)).map { _ in AggregateShard(board: board) }
+        series = SeriesStore(board: board)
         pairing = PairingCounters()
         self.resolver = resolver
+        self.startTime = startTime
+        self.retiredVMCapacity = max(1, retiredVMCapacity)
     }
 
     /// The writer of shard i. Call once per shard, from the thread that will own it.
@@ -28,27 +70,58 @@ public final class Aggregator: Sendable {
     }
 
     /// A pairer writing into this aggregate's series and pairing counters. Exactly one may exist.
-    public func makePairer() -> Pairer { Pairer(store: series, counters: pairing) }
+    public func makePairer() -> Pairer {
+        series.hasWriter.store(true, ordering: .relaxed)
+        return Pairer(store: series, counters: pairing)
+    }
 
-    /// Records who a thread is, the first time it is seen (cold path: once per thread and writer).
+    /// Notes a thread the first time a writer sees it (cold path: once per thread and writer), and again once
+    /// its vCPU number shows up. On the readers' threads, so it only queues the tid: who the thread is (three
+    /// /proc reads) is looked up on the snapshot side (``resolveNewThreads()``), never where the ring buffers
+    /// are drained.
     public func noteThread(_ tid: Int32, vcpu: UInt32) {
-        if threads.withLock({ $0[tid] != nil }) {
-            if vcpu != TraceEvent.noVCPU {
-                threads.withLock { if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu } }
-            }
-            return
+        let known = threads.withLock { t -> Bool in
+            guard t[tid] != nil else { return false }
+            if vcpu != TraceEvent.noVCPU && t[tid]?.vcpu == nil { t[tid]?.vcpu = vcpu }
+            return true
         }
-        let resolved = resolver?(tid)
-        if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
-        var identity = resolved ?? ThreadIdentity(vm: tid)
-        if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
-        threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
+        if known { return }
+        pendingThreads.withLock { p in
+            if let v = p[tid], v != TraceEvent.noVCPU { return }
+            p[tid] = vcpu
+        }
+    }
+
+    /// Resolves the threads noted since the last call (``ThreadResolver``, and ``ThreadStartTime`` with
+    /// retirement); a thread the resolver does not know is its own VM until ``resolveUnresolved(_:)`` names it.
+    /// Snapshot side: ``snapshot(timestamp:)`` and ``retireExitedThreads()`` call it first.
+    public func resolveNewThreads() {
+        let pending = pendingThreads.withLock { p in
+            defer { p = [:] }
+            return p
+        }
+        for (tid, vcpu) in pending.sorted(by: { $0.key < $1.key }) {
+            if threads.withLock({ $0[tid] != nil }) {
+                if vcpu != TraceEvent.noVCPU { threads.withLock { if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu } } }
+                continue
+            }
+            let resolved = resolver?(tid)
+            if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
+            var identity = resolved ?? ThreadIdentity(vm: tid)
+            if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
+            if let startTime, let started = startTime(tid, identity.vm) {
+                startTimes.withLock { $0[tid] = started }
+            }
+            threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
+        }
     }
 
     /// Resolves, with `lookup`, the threads that were already gone when first seen. Returns how many it named.
     @discardableResult
-    public func resolveUnresolved(_ lookup: (Int32) -> ThreadIdentity?) -> Int {
-        let pending = unresolved.withLock { $0 }
+    public func resolveUnresolved(only: Set<Int32>? = nil, _ lookup: (Int32) -> ThreadIdentity?) -> Int {
+        resolveNewThreads()
+        var pending = unresolved.withLock { $0 }
+        if let only { pending.formIntersection(only) }
         var named = 0
         for tid in pending {
             guard var identity = lookup(tid) else { continue }
@@ -62,36 +135,156 @@ public final class Aggregator: Sendable {
         return named
     }
 
+    /// Threads the resolver did not know, not named yet (after resolving those noted since the last look).
+    public var unresolvedCount: Int {
+        resolveNewThreads()
+        return unresolved.withLock { $0.count }
+    }
+
+    /// The unresolved threads that retirement checks have found gone for at least `duration`: the ones to name
+    /// from the kernel's saved tgids now (a thread that just exited may not be recorded there yet).
+    public func unresolvedGone(for duration: Duration) -> Set<Int32> {
+        let now = ContinuousClock.now
+        let since = goneSince.withLock { $0 }
+        return unresolved.withLock { u in u.filter { tid in since[tid].map { now - $0 >= duration } ?? false } }
+    }
+
     /// Sets identities known from elsewhere (a trace file's saved cmdlines and tgids).
     public func setIdentity(_ identity: ThreadIdentity, for tid: Int32) {
         threads.withLock { $0[tid] = identity }
     }
 
-    /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates.
-    public func snapshot(timestamp: UInt64) -> AggregateSnapshot {
-        var snap = AggregateSnapshot(catalog: catalog, timestamp: timestamp)
-        snap.eventTotals = [UInt64](repeating: 0, count: catalog.count)
-        var merged: [CounterKey: UInt64] = [:]
-        for shard in shards {
-            for e in 0..<catalog.count { snap.eventTotals[e] += shard.eventTotal(e) }
-            shard.forEachCounter { tid, event, isa, reason, count in
-                merged[CounterKey(tid: tid, event: event, isa: isa, reason: reason), default: 0] += count
+    /// Retires the threads that have exited since they were first seen: ``ThreadStartTime`` finds no such
+    /// thread in its VM for ``retireDelay`` (twice that for a thread without a name), or a thread started at
+    /// another time (the tid was reused: at once). Snapshot side, off the hot path: one start-time lookup per
+    /// live thread. Returns the tids retired. Does nothing without
+    /// `retirement` and `startTime`.
+    @discardableResult
+    public func retireExitedThreads() -> [Int32] {
+        guard board != nil, let startTime else { return [] }
+        resolveNewThreads()
+        let live = threads.withLock { $0 }
+        let starts = startTimes.withLock { $0 }
+        var gone: [Int32] = []
+        let nameless = unresolved.withLock { $0 }
+        let now = ContinuousClock.now
+        var since = goneSince.withLock { $0 }
+        for (tid, identity) in live {
+            let started = startTime(tid, identity.vm)
+            guard started == nil || started != starts[tid] else {
+                since[tid] = nil
+                continue
             }
-            snap.lostEvents += shard.lost
-            snap.lostUnknownSubbuffers += shard.lostUnknown
-            snap.overflowEvents += shard.overflow
-            snap.corruptSubbuffers += shard.corrupt
-            snap.readErrors += shard.readErrors
+            // A reused tid retires at once (the new thread's events are coming); a vanished one after the delay.
+            let first = since[tid] ?? now
+            since[tid] = first
+            if started != nil || now - first >= (nameless.contains(tid) ? retireDelay * 2 : retireDelay) {
+                gone.append(tid)
+            }
         }
-        snap.counters = merged.map { CounterRow(key: $0.key, count: $0.value) }
-            .sorted { ($0.key.tid, $0.key.event, $0.key.reason) < ($1.key.tid, $1.key.event, $1.key.reason) }
-        snap.threads = threads.withLock { $0 }
-        snap.series = series.all.map {
-            SeriesSnapshot(tid: $0.tid, isa: $0.isa, reason: $0.reason, histogram: $0.histogram.snapshot(),
-                           topRIPs: $0.topRIPs.snapshot())
+        for tid in since.keys where live[tid] == nil { since[tid] = nil }
+        for tid in gone { since[tid] = nil }
+        goneSince.withLock { $0 = since }
+        gone.sort()
+        retire(gone)
+        return gone
+    }
+
+    /// Retires threads (see the type's documentation): from the next snapshot on, their counts and histograms
+    /// are in their VM × vCPU's retired row; a later event of the same tid is a new thread (resolved anew, new
+    /// keys, new series). Needs `retirement`; tids not seen are ignored.
+    public func retire(_ tids: [Int32]) {
+        guard let board, !tids.isEmpty else { return }
+        resolveNewThreads()
+        retired.withLock { r in
+            var identities: [(Int32, ThreadIdentity)] = []
+            threads.withLock { t in
+                for tid in tids { if let id = t.removeValue(forKey: tid) { identities.append((tid, id)) } }
+            }
+            startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
+            unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
+            let seqs = board.post(identities.map(\.0))
+            for (seq, (tid, id)) in zip(seqs, identities) {
+                r.retiring[seq] = (tid, id)
+                _ = r.tid(for: id)
+            }
+            r.retiredThreads += UInt64(identities.count)
+            evict(&r)
         }
-        snap.pairing = pairing.snapshot
-        return snap
+    }
+
+    /// Folds the oldest stopped VMs beyond the history into `other`: only VMs without live threads and without
+    /// retirements under way (their rows must never go down).
+    func evict(_ r: inout RetiredTotals) {
+        guard r.vmOrder.count > retiredVMCapacity else { return }
+        var alive = Set(threads.withLock { $0.values.map(\.vm) })
+        for x in r.retiring.values { alive.insert(x.identity.vm) }
+        r.evict(capacity: retiredVMCapacity, alive: alive)
+    }
+
+    /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates. Cost ∝ the live keys
+    /// and series plus the retired rows, whatever was ever seen.
+    public func snapshot(timestamp: UInt64) -> AggregateSnapshot {
+        resolveNewThreads()
+        return retired.withLock { r in
+            var snap = AggregateSnapshot(catalog: catalog, timestamp: timestamp)
+            // Acks first: every hand-over of a request up to the smallest ack is taken below.
+            var done = UInt64.max
+            if board != nil {
+                for shard in shards { done = Swift.min(done, shard.acked) }
+                if series.hasWriter.load(ordering: .relaxed) { done = Swift.min(done, series.acked) }
+            }
+            snap.eventTotals = [UInt64](repeating: 0, count: catalog.count)
+            // Keys and series of a thread whose retirement a writer has not carried out yet count in its retired
+            // row already (the writer hands them over there later): a reused tid's new thread never gets them.
+            let rows = r.retiringRows()
+            var merged: [CounterKey: UInt64] = [:]
+            for shard in shards {
+                for e in 0..<catalog.count { snap.eventTotals[e] += shard.eventTotal(e) }
+                var held: [CounterKey: UInt64] = [:]
+                let (handed, acked) = shard.collect { tid, event, isa, reason, count in
+                    held[CounterKey(tid: tid, event: event, isa: isa, reason: reason), default: 0] += count
+                }
+                for (k, v) in held {
+                    var key = k
+                    key.tid = RetiredTotals.row(of: k.tid, acked: acked, rows)
+                    merged[key, default: 0] += v
+                }
+                r.fold(handed)
+                snap.lostEvents += shard.lost
+                snap.lostUnknownSubbuffers += shard.lostUnknown
+                snap.overflowEvents += shard.overflow
+                snap.corruptSubbuffers += shard.corrupt
+                snap.readErrors += shard.readErrors
+            }
+            let (live, handedSeries, seriesAcked) = series.collect()
+            r.fold(series: handedSeries)
+            if let board, done != .max, done > 0 {
+                r.retiring = r.retiring.filter { $0.key > done }
+                board.prune(through: done)
+                evict(&r)
+            }
+            for (k, v) in r.counters { merged[k, default: 0] += v }
+            // Every key read above was published after its thread was noted: resolve those noted meanwhile.
+            resolveNewThreads()
+            snap.counters = merged.map { CounterRow(key: $0.key, count: $0.value) }
+                .sorted { ($0.key.tid, $0.key.event, $0.key.reason) < ($1.key.tid, $1.key.event, $1.key.reason) }
+            snap.threads = threads.withLock { $0 }
+            snap.occupancy = Occupancy(liveThreads: snap.threads.count, liveSeries: live.count,
+                                       retiredThreads: r.retiredThreads, retiredRows: r.identities.count,
+                                       foldedVMs: r.foldedVMs)
+            for (t, id) in r.identities { snap.threads[t] = id }
+            snap.series = live.map {
+                SeriesSnapshot(tid: RetiredTotals.row(of: $0.tid, acked: seriesAcked, rows), isa: $0.isa,
+                               reason: $0.reason, histogram: $0.histogram.snapshot(), topRIPs: $0.topRIPs.snapshot())
+            }
+            for (k, v) in r.series.sorted(by: { ($0.key.tid, $0.key.reason) > ($1.key.tid, $1.key.reason) }) {
+                snap.series.append(SeriesSnapshot(tid: k.tid, isa: k.isa, reason: k.reason, histogram: v.histogram,
+                                                  topRIPs: v.topRIPs))
+            }
+            snap.pairing = pairing.snapshot
+            return snap
+        }
     }
 }
 
@@ -132,11 +325,13 @@ public struct AggregateSnapshot: Sendable {
     public var threads: [Int32: ThreadIdentity] = [:]
     public var series: [SeriesSnapshot] = []
     public var pairing = PairingStats()
+    /// Live threads and series, retired threads and folded VMs when the snapshot was taken.
+    public var occupancy = Occupancy()
     /// Events the kernel reported lost (exact counts from sub-buffer headers or per-CPU stats).
     public var lostEvents: UInt64 = 0
     /// Sub-buffers flagged as having lost an unknown number of events.
     public var lostUnknownSubbuffers: UInt64 = 0
-    /// Events counted in totals but not in per-thread rows (table full).
+    /// Events counted in totals but not in per-thread rows (0: the shards' tables grow with the keys).
     public var overflowEvents: UInt64 = 0
     /// Sub-buffers rejected as malformed: each lost an unknown number of events.
     public var corruptSubbuffers: UInt64 = 0

@@ -345,6 +345,8 @@ public struct PairingMerge {
     @discardableResult
     public mutating func step(_ pairer: inout Pairer) -> Bool {
         guard !isFinished else { return true }
+        // Retirements first: exits of a retired tid after this point belong to a new thread.
+        pairer.maintain()
         // Finished flags, then watermarks, then outboxes: everything at or below what was loaded is in hand.
         var allFinished = true
         for lane in lanes where !lane.finished.load(ordering: .acquiring) { allFinished = false }

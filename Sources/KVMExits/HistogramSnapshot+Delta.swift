@@ -9,21 +9,22 @@ extension HistogramSnapshot {
     /// bound of its last one (clamped to `self.max`), which keeps percentiles inside the right buckets.
     public func subtracting(_ earlier: HistogramSnapshot) -> HistogramSnapshot {
         guard earlier.count > 0 else { return self }
-        var counts = bucketCounts
-        var first = -1
-        var last = -1
-        for i in 0..<counts.count {
-            let before = earlier.bucketCounts[i]
-            counts[i] = counts[i] >= before ? counts[i] - before : 0
-            if counts[i] > 0 {
-                if first < 0 { first = i }
-                last = i
+        var indices: [UInt16] = []
+        var left: [UInt64] = []
+        var b = 0
+        for (a, i) in bucketIndices.enumerated() {
+            while b < earlier.bucketIndices.count && earlier.bucketIndices[b] < i { b += 1 }
+            let before = b < earlier.bucketIndices.count && earlier.bucketIndices[b] == i ? earlier.counts[b] : 0
+            let c = counts[a] >= before ? counts[a] - before : 0
+            if c > 0 {
+                indices.append(i)
+                left.append(c)
             }
         }
-        guard first >= 0 else { return HistogramSnapshot() }
-        let lo = Swift.max(Self.lowerBound(ofBucket: first), min)
-        let hi = Swift.min(Self.upperBound(ofBucket: last), max)
-        return HistogramSnapshot(bucketCounts: counts, sum: sum &- earlier.sum, min: Swift.min(lo, hi), max: hi,
+        guard let first = indices.first, let last = indices.last else { return HistogramSnapshot() }
+        let lo = Swift.max(Self.lowerBound(ofBucket: Int(first)), min)
+        let hi = Swift.min(Self.upperBound(ofBucket: Int(last)), max)
+        return HistogramSnapshot(indices: indices, counts: left, sum: sum &- earlier.sum, min: Swift.min(lo, hi), max: hi,
                                  sumOfSquares: exactSumOfSquares &- earlier.exactSumOfSquares)
     }
 }

@@ -12,8 +12,9 @@
 ///   to exactly 100 s; every larger value goes to the **overflow** bucket (index 2014,
 ///   `[maxTrackable + 1, UInt64.max]`), counted in ``overflowCount``.
 ///
-/// That is ``bucketCount`` = 2015 buckets, 16,120 bytes of `UInt64` counters (in a ``LatencyHistogram`` and,
-/// densely, in each snapshot).
+/// That is ``bucketCount`` = 2015 buckets (a ``LatencyHistogram`` allocates them 64 at a time, as used). A
+/// snapshot is sparse: it holds only the non-empty buckets (index and count, ascending), so copying, merging
+/// and rendering one costs what it holds — a vCPU thread's exits of one reason typically fill a few dozen.
 ///
 /// ## Exactness
 ///
@@ -75,9 +76,11 @@ public struct HistogramSnapshot: Sendable, Equatable {
 
     // MARK: Contents
 
-    /// Non-cumulative count per bucket, dense: always ``bucketCount`` entries.
-    public private(set) var bucketCounts: [UInt64]
-    /// Number of values (the sum of ``bucketCounts``).
+    /// Indices of the non-empty buckets, ascending (sparse: no zero counts are stored).
+    public private(set) var bucketIndices: [UInt16]
+    /// Count of each bucket in ``bucketIndices`` (all > 0).
+    public private(set) var counts: [UInt64]
+    /// Number of values (the sum of the bucket counts).
     public private(set) var count: UInt64
     /// Sum of the values, ns (wrapping after 584 years of total latency).
     public private(set) var sum: UInt64
@@ -88,9 +91,17 @@ public struct HistogramSnapshot: Sendable, Equatable {
     /// Sum of the squared values, exact, ns².
     public private(set) var exactSumOfSquares: UInt128
 
+    /// Non-cumulative count per bucket, dense: always ``bucketCount`` entries (built on each call).
+    public var bucketCounts: [UInt64] {
+        var out = [UInt64](repeating: 0, count: Self.bucketCount)
+        for (i, c) in zip(bucketIndices, counts) { out[Int(i)] = c }
+        return out
+    }
+
     /// An empty snapshot.
     public init() {
-        bucketCounts = Array(repeating: 0, count: Self.bucketCount)
+        bucketIndices = []
+        counts = []
         count = 0
         sum = 0
         min = 0
@@ -100,26 +111,65 @@ public struct HistogramSnapshot: Sendable, Equatable {
 
     /// A snapshot of `values`, as a ``LatencyHistogram`` fed them would give.
     public init<S: Sequence<UInt64>>(recording values: S) {
-        self.init()
-        for v in values { record(v) }
+        var dense = [UInt64](repeating: 0, count: Self.bucketCount)
+        var n: UInt64 = 0
+        var sum: UInt64 = 0
+        var mn = UInt64.max
+        var mx: UInt64 = 0
+        var sq: UInt128 = 0
+        for v in values {
+            dense[Self.bucketIndex(for: v)] += 1
+            n += 1
+            sum &+= v
+            mn = Swift.min(mn, v)
+            mx = Swift.max(mx, v)
+            let p = v.multipliedFullWidth(by: v)
+            sq &+= UInt128(p.high) << 64 | UInt128(p.low)
+        }
+        self.init(bucketCounts: dense, sum: sum, min: mn, max: mx, sumOfSquares: sq)
     }
 
-    /// Assembles a snapshot; `count` is the sum of `bucketCounts`.
+    /// Assembles a snapshot from dense counts (``bucketCount`` entries); `count` is their sum.
     init(bucketCounts: [UInt64], sum: UInt64, min: UInt64, max: UInt64, sumOfSquares: UInt128) {
         precondition(bucketCounts.count == Self.bucketCount)
+        var indices: [UInt16] = []
+        var counts: [UInt64] = []
+        for (i, c) in bucketCounts.enumerated() where c > 0 {
+            indices.append(UInt16(i))
+            counts.append(c)
+        }
+        self.init(indices: indices, counts: counts, sum: sum, min: min, max: max, sumOfSquares: sumOfSquares)
+    }
+
+    /// Assembles a snapshot from sparse buckets (ascending indices, counts > 0); `count` is their sum.
+    init(indices: [UInt16], counts: [UInt64], sum: UInt64, min: UInt64, max: UInt64, sumOfSquares: UInt128) {
         var n: UInt64 = 0
-        for c in bucketCounts { n &+= c }
-        self.bucketCounts = bucketCounts
-        self.count = n
+        for c in counts { n &+= c }
+        bucketIndices = indices
+        self.counts = counts
+        count = n
         self.sum = sum
         self.min = n == 0 ? 0 : min
         self.max = n == 0 ? 0 : max
-        self.exactSumOfSquares = sumOfSquares
+        exactSumOfSquares = sumOfSquares
     }
 
-    /// Adds one value (for building snapshots without a ``LatencyHistogram``; not thread-safe).
+    /// Adds one value (for building snapshots without a ``LatencyHistogram``; not thread-safe). Cost ∝ the
+    /// non-empty buckets (an insertion in a sorted list).
     public mutating func record(_ ns: UInt64) {
-        bucketCounts[Self.bucketIndex(for: ns)] += 1
+        let b = UInt16(Self.bucketIndex(for: ns))
+        var lo = 0
+        var hi = bucketIndices.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if bucketIndices[mid] < b { lo = mid + 1 } else { hi = mid }
+        }
+        if lo < bucketIndices.count && bucketIndices[lo] == b {
+            counts[lo] += 1
+        } else {
+            bucketIndices.insert(b, at: lo)
+            counts.insert(1, at: lo)
+        }
         min = count == 0 ? ns : Swift.min(min, ns)
         max = count == 0 ? ns : Swift.max(max, ns)
         count += 1
@@ -134,7 +184,9 @@ public struct HistogramSnapshot: Sendable, Equatable {
 
     /// Values above ``maxTrackable`` (100 s); they are in the last bucket and their percentiles are only
     /// bounded by ``max``.
-    public var overflowCount: UInt64 { bucketCounts[Self.overflowBucket] }
+    public var overflowCount: UInt64 {
+        bucketIndices.last == UInt16(Self.overflowBucket) ? counts[counts.count - 1] : 0
+    }
 
     /// Sum of squared values, ns², as a `Double`.
     public var sumOfSquares: Double { Double(exactSumOfSquares) }
@@ -180,10 +232,10 @@ public struct HistogramSnapshot: Sendable, Equatable {
         guard p < 100 else { return max }
         let rank = Self.rank(forPercentile: p, count: count)
         var cumulative: UInt64 = 0
-        for i in 0..<bucketCounts.count {
-            cumulative += bucketCounts[i]
+        for (i, c) in zip(bucketIndices, counts) {
+            cumulative += c
             if cumulative >= rank {
-                return Swift.min(Swift.max(Self.representative(ofBucket: i), min), max)
+                return Swift.min(Swift.max(Self.representative(ofBucket: Int(i)), min), max)
             }
         }
         return max
@@ -192,22 +244,48 @@ public struct HistogramSnapshot: Sendable, Equatable {
     /// The buckets holding values, ascending: inclusive bounds and count (for Prometheus buckets, heatmaps).
     public func nonEmptyBuckets() -> [(lower: UInt64, upper: UInt64, count: UInt64)] {
         var out: [(lower: UInt64, upper: UInt64, count: UInt64)] = []
-        for (i, c) in bucketCounts.enumerated() where c > 0 {
-            out.append((Self.lowerBound(ofBucket: i), Self.upperBound(ofBucket: i), c))
+        out.reserveCapacity(counts.count)
+        for (i, c) in zip(bucketIndices, counts) {
+            out.append((Self.lowerBound(ofBucket: Int(i)), Self.upperBound(ofBucket: Int(i)), c))
         }
         return out
     }
 
     // MARK: Merging
 
-    /// Adds `other` into this snapshot, exactly.
+    /// Adds `other` into this snapshot, exactly. Cost ∝ the non-empty buckets of both.
     public mutating func merge(_ other: HistogramSnapshot) {
         guard other.count > 0 else { return }
         if count == 0 {
             self = other
             return
         }
-        for i in 0..<bucketCounts.count { bucketCounts[i] += other.bucketCounts[i] }
+        var indices: [UInt16] = []
+        var merged: [UInt64] = []
+        indices.reserveCapacity(bucketIndices.count + other.bucketIndices.count)
+        merged.reserveCapacity(indices.capacity)
+        var a = 0
+        var b = 0
+        while a < bucketIndices.count || b < other.bucketIndices.count {
+            let ia = a < bucketIndices.count ? bucketIndices[a] : .max
+            let ib = b < other.bucketIndices.count ? other.bucketIndices[b] : .max
+            if ia == ib {
+                indices.append(ia)
+                merged.append(counts[a] + other.counts[b])
+                a += 1
+                b += 1
+            } else if ia < ib {
+                indices.append(ia)
+                merged.append(counts[a])
+                a += 1
+            } else {
+                indices.append(ib)
+                merged.append(other.counts[b])
+                b += 1
+            }
+        }
+        bucketIndices = indices
+        counts = merged
         count += other.count
         sum &+= other.sum
         min = Swift.min(min, other.min)

@@ -4,8 +4,10 @@ import Synchronization
 ///
 /// - Resolution: ≤ 1/128 (0.78 %) relative error from 128 ns to 100 s, exact below 128 ns; values above 100 s
 ///   land in an overflow bucket (see ``HistogramSnapshot`` for the layout).
-/// - Memory: fixed, allocated once in `init` inside the object: 2015 bucket counters (16,120 bytes) plus
-///   7 words of statistics, about 16.2 KB per histogram. ``record(_:)`` never allocates.
+/// - Memory: 7 words of statistics and 32 range pointers in the object; the 2015 bucket counters come in 32
+///   ranges of 64 (512 bytes each), each allocated when the first value lands in it. Latencies of one exit
+///   reason usually span a few ranges (a range is one power of two of nanoseconds above 128 ns): about 2 KB,
+///   16.2 KB at most. ``record(_:)`` allocates only on a range's first value.
 ///
 /// ## Single-writer rule
 ///
@@ -34,7 +36,7 @@ import Synchronization
 ///   word): it stores `sqHiA`, then `sqLo` (releasing), then `sqHiB` (releasing). The reader loads `sqHiB`,
 ///   `sqLo`, `sqHiA` (acquiring) and retries until both high copies agree, a one-word seqlock that costs the
 ///   writer nothing in the common case.
-public final class LatencyHistogram: Sendable {
+public final class LatencyHistogram: @unchecked Sendable {
     // Statistics first, so they share the object's first cache lines.
     @usableFromInline let _count = Atomic<UInt64>(0)
     @usableFromInline let _sum = Atomic<UInt64>(0)
@@ -43,16 +45,36 @@ public final class LatencyHistogram: Sendable {
     @usableFromInline let _sqLo = Atomic<UInt64>(0)
     @usableFromInline let _sqHiA = Atomic<UInt64>(0)
     @usableFromInline let _sqHiB = Atomic<UInt64>(0)
-    /// Non-cumulative bucket counts, stored inline in the object (no second allocation, no indirection).
-    @usableFromInline let _buckets: InlineArray<2015, Atomic<UInt64>>
+    /// Range k (buckets 64k ..< 64k + 64): its 64 non-cumulative counters, allocated the first time a value
+    /// lands in it (published with release), nil until then. Never freed before the histogram.
+    @usableFromInline let _ranges: InlineArray<32, Atomic<UnsafeMutablePointer<Atomic<UInt64>>?>>
 
     public init() {
-        _buckets = InlineArray { _ in Atomic<UInt64>(0) }
-        precondition(_buckets.count == HistogramSnapshot.bucketCount, "bucket storage does not match the layout")
+        _ranges = InlineArray { _ in Atomic(nil) }
+        precondition(_ranges.count * 64 >= HistogramSnapshot.bucketCount, "bucket storage does not match the layout")
     }
 
-    /// Records one latency, ns. Single writer only (see the type's documentation). No allocation, one relaxed
-    /// atomic read-modify-write (the bucket); everything else is plain loads and stores.
+    deinit {
+        for k in 0..<32 {
+            guard let p = _ranges[k].load(ordering: .acquiring) else { continue }
+            p.deinitialize(count: 64)
+            p.deallocate()
+        }
+    }
+
+    /// The first value in range `k`: its counters, zeroed, published (cold path: at most 32 times per histogram).
+    @usableFromInline @inline(never)
+    func _allocateRange(_ k: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        let p = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 64)
+        for i in 0..<64 { (p + i).initialize(to: Atomic(0)) }
+        // Releasing: a reader that loads the pointer (acquiring) sees the zeroed counters.
+        _ranges[k].store(p, ordering: .releasing)
+        return p
+    }
+
+    /// Records one latency, ns. Single writer only (see the type's documentation). No allocation once the
+    /// value's range exists; one relaxed atomic read-modify-write (the bucket); everything else is plain loads
+    /// and stores.
     @inlinable
     public func record(_ ns: UInt64) {
         // (1) Statistics. Single writer: load + store is enough and avoids locked instructions.
@@ -69,7 +91,10 @@ public final class LatencyHistogram: Sendable {
             _addSquareHigh(hiDelta, low: lo)
         }
         // (2) The bucket: the one read-modify-write. Relaxed: it orders nothing, readers only need atomicity.
-        _buckets[HistogramSnapshot.bucketIndex(for: ns)].singleWriterAdd(1)
+        //     Its range's counters are allocated on the range's first value (cold path, ≤ 32 per histogram).
+        let b = HistogramSnapshot.bucketIndex(for: ns)
+        let range = _ranges[b &>> 6].load(ordering: .relaxed) ?? _allocateRange(b &>> 6)  // only this thread stores it
+        range[b & 63].singleWriterAdd(1)
         // (3) Publish: a reader acquiring this count sees all of this value's statistics and bucket.
         _count.store(_count.load(ordering: .relaxed) &+ 1, ordering: .releasing)
     }
@@ -86,11 +111,20 @@ public final class LatencyHistogram: Sendable {
     /// Values recorded so far (a cheap single load; may trail a concurrent ``snapshot()`` by values in flight).
     public var count: UInt64 { _count.load(ordering: .acquiring) }
 
-    /// A copy of the histogram, taken without stopping the writer (see "Memory orderings").
+    /// A copy of the histogram, taken without stopping the writer (see "Memory orderings"): sparse, reading
+    /// only the ranges allocated, so its cost follows the spread of the values, not the 2015 buckets.
     public func snapshot() -> HistogramSnapshot {
-        var counts = [UInt64](repeating: 0, count: HistogramSnapshot.bucketCount)
-        for i in 0..<counts.count {
-            counts[i] = _buckets[i].load(ordering: .relaxed)
+        var indices: [UInt16] = []
+        var counts: [UInt64] = []
+        for k in 0..<32 {
+            guard let range = _ranges[k].load(ordering: .acquiring) else { continue }
+            for i in 0..<Swift.min(64, HistogramSnapshot.bucketCount - (k << 6)) {
+                let c = range[i].load(ordering: .relaxed)
+                if c > 0 {
+                    indices.append(UInt16(k << 6 + i))
+                    counts.append(c)
+                }
+            }
         }
         _ = _count.load(ordering: .acquiring)
         let sum = _sum.load(ordering: .relaxed)
@@ -106,7 +140,7 @@ public final class LatencyHistogram: Sendable {
                 break
             }
         }
-        return HistogramSnapshot(bucketCounts: counts, sum: sum, min: Swift.min(mn, mx), max: mx,
+        return HistogramSnapshot(indices: indices, counts: counts, sum: sum, min: Swift.min(mn, mx), max: mx,
                                  sumOfSquares: sumOfSquares)
     }
 }

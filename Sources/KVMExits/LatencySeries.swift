@@ -50,7 +50,8 @@ public struct PairingStats: Sendable, Equatable, Codable {
     public var invalidatedByLoss: UInt64 = 0
     /// Pairs whose entry is older than their exit (unsynchronized clocks across CPUs).
     public var negativeGaps: UInt64 = 0
-    /// Exits and entries of threads beyond the pairer's thread table (counted, not paired).
+    /// Exits and entries the pairer could not keep (0: its tables grow with the threads; kept in the JSON
+    /// and `/metrics` so that every exit and entry stays in exactly one of these).
     public var overflow: UInt64 = 0
     /// Exits still waiting for their entry when the trace ended (``Pairer/finish()``): not orphans, the
     /// trace stopped first (or the vCPU thread went to userspace and exited).

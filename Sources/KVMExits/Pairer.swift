@@ -7,9 +7,8 @@ import Synchronization
 /// which works on every kernel and architecture. One thread owns a Pairer; the series and counters it
 /// writes are readable from any thread.
 public struct Pairer {
-    public static let threadCapacity = 8192
-    static let threadMask = threadCapacity - 1
-    public static let seriesCapacity = 4096
+    /// Slots of a new pairer's thread table (it doubles when half full; no ceiling).
+    public static let initialThreadCapacity = 1024
 
     struct Pending {
         var tid: Int32 = 0
@@ -26,10 +25,15 @@ public struct Pairer {
 
     public let counters: PairingCounters
     public let store: SeriesStore
-    var threads = [Pending](repeating: Pending(), count: Pairer.threadCapacity)
+    /// Open addressing on the tid, at most half full.
+    var threads = [Pending](repeating: Pending(), count: Pairer.initialThreadCapacity)
+    var threadMask = Pairer.initialThreadCapacity - 1
+    var threadCount = 0
     /// Per CPU: timestamp of the first event after the kernel last reported losses there.
     @usableFromInline var lastLoss = [UInt64](repeating: 0, count: 1024)
     var seriesSlots: SeriesSlots
+    /// The last retirement request carried out (``maintain()``).
+    var acked: UInt64 = 0
     /// Told of every exit and every recorded pair (the timeline's feed), when set. One nil check per exit and
     /// per pair when not.
     public var observer: (any PairObserver)?
@@ -38,6 +42,7 @@ public struct Pairer {
         self.store = store
         self.counters = counters
         seriesSlots = SeriesSlots(store: store)
+        acked = store.acked
     }
 
     /// Notes a loss on a CPU (an event with ``TraceEvent/afterLoss``); call for every event so flagged.
@@ -46,46 +51,76 @@ public struct Pairer {
         lastLoss[Int(cpu) & 1023] = ts
     }
 
-    mutating func pendingIndex(_ tid: Int32) -> Int? {
-        if let i = probe(tid) { return i }
-        // The table is crowded (threads come and go on a long-running host): keep only the threads with an
-        // exit waiting for its entry, and try again. Memory stays fixed; a closed thread loses nothing.
-        compact()
-        return probe(tid)
+    /// The thread's slot, created on first sight; the table doubles when half full (cold path).
+    mutating func pendingIndex(_ tid: Int32) -> Int {
+        var i = Self.hash(tid) & threadMask
+        while true {
+            if !threads[i].used { break }
+            if threads[i].tid == tid { return i }
+            i = (i + 1) & threadMask
+        }
+        if (threadCount + 1) * 2 > threads.count {
+            rebuildThreads(capacity: threads.count * 2, keeping: threads)
+            return pendingIndex(tid)
+        }
+        threads[i].used = true
+        threads[i].tid = tid
+        threadCount += 1
+        return i
     }
 
-    mutating func probe(_ tid: Int32) -> Int? {
-        var i = Int(truncatingIfNeeded: UInt32(bitPattern: tid) &* 0x9E37_79B9) & Self.threadMask
-        for _ in 0..<64 {
-            if threads[i].used {
-                if threads[i].tid == tid { return i }
-            } else {
-                threads[i].used = true
-                threads[i].tid = tid
-                return i
+    static func hash(_ tid: Int32) -> Int {
+        Int(truncatingIfNeeded: (UInt64(UInt32(bitPattern: tid)) &* 0x9E37_79B9_7F4A_7C15) >> 32)
+    }
+
+    /// Replaces the thread table with one of `capacity` slots holding the used entries of `entries`.
+    mutating func rebuildThreads(capacity: Int, keeping entries: [Pending]) {
+        var table = [Pending](repeating: Pending(), count: capacity)
+        let mask = capacity - 1
+        var n = 0
+        for p in entries where p.used {
+            var i = Self.hash(p.tid) & mask
+            while table[i].used { i = (i + 1) & mask }
+            table[i] = p
+            n += 1
+        }
+        threads = table
+        threadMask = mask
+        threadCount = n
+    }
+
+    /// Carries out the retirement requests posted since the last call (``RetireBoard``): the retired threads
+    /// leave the thread table (an exit still waiting for its entry counts as open at end: the thread is gone)
+    /// and their latency series go to the snapshot side, which folds them into their VM's retired row. A later
+    /// exit of the same tid starts a new series. Call between batches; one relaxed load when there is nothing.
+    public mutating func maintain() {
+        guard let board = store.board, board.latest > acked else { return }
+        let (requests, latest) = board.requests(after: acked)
+        var dropping: [Int32: UInt64] = [:]
+        for r in requests where dropping[r.tid] == nil { dropping[r.tid] = r.seq }
+        let (handed, remap) = seriesSlots.retire(dropping)
+        var kept: [Pending] = []
+        kept.reserveCapacity(threadCount)
+        for var p in threads where p.used {
+            if dropping[p.tid] != nil {
+                if p.open { counters.openAtEndCount.singleWriterAdd(1) }
+                continue
             }
-            i = (i + 1) & Self.threadMask
+            if p.series >= 0 { p.series = remap[Int(p.series)] }
+            kept.append(p)
         }
-        return nil
-    }
-
-    mutating func compact() {
-        let open = threads.filter { $0.used && $0.open }
-        for i in threads.indices { threads[i] = Pending() }
-        for p in open {
-            guard let i = probe(p.tid) else { continue }
-            threads[i] = p
-        }
+        var capacity = Self.initialThreadCapacity
+        while capacity < kept.count * 4 { capacity *= 2 }
+        rebuildThreads(capacity: capacity, keeping: kept)
+        store.retire(handed, keeping: seriesSlots.dense, acked: latest)
+        acked = latest
     }
 
     /// An exit: remembered until the thread's next entry.
     public mutating func exit(_ e: TraceEvent) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
         if let observer { observer.exit(tid: e.tid, isa: e.isa, reason: e.reason, at: e.timestamp) }
-        guard let i = pendingIndex(e.tid) else {
-            counters.overflowCount.singleWriterAdd(1)
-            return
-        }
+        let i = pendingIndex(e.tid)
         if threads[i].open { counters.orphanExitCount.singleWriterAdd(1) }
         threads[i].open = true
         threads[i].ts = e.timestamp
@@ -95,16 +130,13 @@ public struct Pairer {
         threads[i].rip = e.rip
         let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
         threads[i].series = Int32(si)
-        if si >= 0 { seriesSlots.dense[si].topRIPs.record(e.rip) }
+        seriesSlots.dense[si].topRIPs.record(e.rip)
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.
     public mutating func entry(_ e: TraceEvent) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
-        guard let i = pendingIndex(e.tid) else {
-            counters.overflowCount.singleWriterAdd(1)
-            return
-        }
+        let i = pendingIndex(e.tid)
         guard threads[i].open else {
             counters.orphanEntryCount.singleWriterAdd(1)
             return
@@ -120,10 +152,6 @@ public struct Pairer {
         }
         guard e.timestamp >= x.ts else {
             counters.negativeCount.singleWriterAdd(1)
-            return
-        }
-        guard x.series >= 0 else {
-            counters.overflowCount.singleWriterAdd(1)
             return
         }
         seriesSlots.dense[Int(x.series)].histogram.record(e.timestamp - x.ts)
@@ -156,23 +184,58 @@ public protocol PairObserver: AnyObject {
 }
 
 /// Every latency series, published for readers. Appending (a new thread × reason) takes the lock;
-/// recording into a series does not.
+/// recording into a series does not. With a ``RetireBoard``, the pairer hands the series of retired threads
+/// over here (``retire(_:keeping:acked:)``) and the snapshot side takes them (``collect()``).
 public final class SeriesStore: Sendable {
-    let list = Mutex<[LatencySeries]>([])
-    let droppedCount = Atomic<UInt64>(0)
+    struct State {
+        var list: [LatencySeries] = []
+        var handoff: [(request: UInt64, series: LatencySeries)] = []
+        var acked: UInt64 = 0
+    }
 
-    public init() {}
+    let state = Mutex<State>(State())
+    /// Retirement requests the pairer follows; nil: series live as long as the store (offline traces).
+    let board: RetireBoard?
+    /// Set when a pairer writes here (its ack then counts before retirement requests are forgotten).
+    let hasWriter = Atomic<Bool>(false)
 
-    public var all: [LatencySeries] { list.withLock { $0 } }
-    func append(_ s: LatencySeries) { list.withLock { $0.append(s) } }
+    public init(board: RetireBoard? = nil) { self.board = board }
+
+    public var all: [LatencySeries] { state.withLock { $0.list } }
+    func append(_ s: LatencySeries) { state.withLock { $0.list.append(s) } }
+
+    /// The live series and the retired ones handed over since the last call, in one step.
+    /// Also returns the last retirement request the pairer had carried out then.
+    func collect() -> (live: [LatencySeries], handed: [(request: UInt64, series: LatencySeries)], acked: UInt64) {
+        state.withLock { st in
+            defer { st.handoff = [] }
+            return (st.list, st.handoff, st.acked)
+        }
+    }
+
+    /// The pairer's side of a retirement: `handed` leave the live list (now `keeping`), in one step.
+    func retire(_ handed: [(request: UInt64, series: LatencySeries)], keeping: ContiguousArray<LatencySeries>,
+                acked: UInt64) {
+        state.withLock { st in
+            st.list = Array(keeping)
+            st.handoff.append(contentsOf: handed)
+            st.acked = acked
+        }
+    }
+
+    /// The last retirement request the pairer has carried out.
+    public var acked: UInt64 { state.withLock { $0.acked } }
+    /// Live series.
+    public var count: Int { state.withLock { $0.list.count } }
 }
 
-/// The pairer's private index of its series: open addressing on (tid, isa, reason).
+/// The pairer's private index of its series: open addressing on (tid, isa, reason), at most half full
+/// (it doubles; no ceiling).
 struct SeriesSlots {
     let store: SeriesStore
-    /// Open addressing on the key: the dense index + 1 of the series (0: empty).
-    var keys = [UInt64](repeating: 0, count: Pairer.seriesCapacity * 2)
-    var table = [Int32](repeating: 0, count: Pairer.seriesCapacity * 2)
+    /// Open addressing on the key: the key, and the dense index + 1 of the series (0: empty).
+    var keys = [UInt64](repeating: 0, count: 1024)
+    var table = [Int32](repeating: 0, count: 1024)
     /// Every series, in creation order; what the hot path indexes (no optionals, no copies of references).
     var dense: ContiguousArray<LatencySeries> = []
     var lastKey: UInt64 = 0
@@ -180,29 +243,24 @@ struct SeriesSlots {
 
     init(store: SeriesStore) {
         self.store = store
-        dense.reserveCapacity(Pairer.seriesCapacity)
     }
 
-    /// The dense index of the (tid, isa, reason) series, created on first use; -1 when the table is full.
-    mutating func index(tid: Int32, isa: UInt8, reason: UInt32) -> Int {
+    static func key(_ tid: Int32, _ isa: UInt8, _ reason: UInt32) -> UInt64 {
         // tid (32) | isa (8, high byte of the reason word is never used by VMX/SVM/arm64 codes shown) | reason
-        let key = UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
+        UInt64(UInt32(bitPattern: tid)) << 32 ^ UInt64(reason) ^ UInt64(isa) << 24 | 1 << 63
+    }
+
+    static func slot(_ key: UInt64) -> Int { Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) }
+
+    /// The dense index of the (tid, isa, reason) series, created on first use.
+    mutating func index(tid: Int32, isa: UInt8, reason: UInt32) -> Int {
+        let key = Self.key(tid, isa, reason)
         // The key mixes tid, isa and reason (it can collide), so even the cached index is checked field by field.
         if key == lastKey, lastIndex >= 0, matches(lastIndex, tid, isa, reason) { return lastIndex }
         let mask = keys.count - 1
-        var i = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
-        for _ in 0..<keys.count {
-            if keys[i] == 0 {
-                guard dense.count < Pairer.seriesCapacity else { return -1 }
-                let s = LatencySeries(tid: tid, isa: isa, reason: reason)
-                keys[i] = key
-                dense.append(s)
-                table[i] = Int32(dense.count)
-                store.append(s)
-                lastKey = key
-                lastIndex = dense.count - 1
-                return lastIndex
-            }
+        var i = Self.slot(key) & mask
+        while true {
+            if keys[i] == 0 { break }
             if keys[i] == key, matches(Int(table[i]) - 1, tid, isa, reason) {
                 lastKey = key
                 lastIndex = Int(table[i]) - 1
@@ -210,7 +268,56 @@ struct SeriesSlots {
             }
             i = (i + 1) & mask
         }
-        return -1
+        // A new series (cold path: once per thread × reason).
+        let s = LatencySeries(tid: tid, isa: isa, reason: reason)
+        dense.append(s)
+        store.append(s)
+        if dense.count * 2 > keys.count {
+            reindex(capacity: keys.count * 2)
+        } else {
+            keys[i] = key
+            table[i] = Int32(dense.count)
+        }
+        lastKey = key
+        lastIndex = dense.count - 1
+        return lastIndex
+    }
+
+    /// Rebuilds the index of `dense` with `capacity` slots.
+    mutating func reindex(capacity: Int) {
+        keys = [UInt64](repeating: 0, count: capacity)
+        table = [Int32](repeating: 0, count: capacity)
+        let mask = capacity - 1
+        for (d, s) in dense.enumerated() {
+            let key = Self.key(s.tid, s.isa, s.reason)
+            var i = Self.slot(key) & mask
+            while keys[i] != 0 { i = (i + 1) & mask }
+            keys[i] = key
+            table[i] = Int32(d + 1)
+        }
+        lastIndex = -1
+    }
+
+    /// Takes the series of the threads in `dropping` (tid → retirement request) out of the index. Returns them
+    /// with their request, and each old dense index's new one (-1: retired).
+    mutating func retire(_ dropping: [Int32: UInt64]) -> (handed: [(request: UInt64, series: LatencySeries)], remap: [Int32]) {
+        var handed: [(request: UInt64, series: LatencySeries)] = []
+        var remap = [Int32](repeating: -1, count: dense.count)
+        var kept: ContiguousArray<LatencySeries> = []
+        kept.reserveCapacity(dense.count)
+        for (d, s) in dense.enumerated() {
+            if let r = dropping[s.tid] {
+                handed.append((r, s))
+            } else {
+                remap[d] = Int32(kept.count)
+                kept.append(s)
+            }
+        }
+        dense = kept
+        var capacity = 1024
+        while capacity < dense.count * 4 { capacity *= 2 }
+        reindex(capacity: capacity)
+        return (handed, remap)
     }
 
     func matches(_ d: Int, _ tid: Int32, _ isa: UInt8, _ reason: UInt32) -> Bool {

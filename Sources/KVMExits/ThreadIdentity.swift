@@ -25,3 +25,8 @@ public struct ThreadIdentity: Sendable, Equatable, Codable {
 
 /// Resolves a thread id to its identity. Called once per new thread, never per event.
 public typealias ThreadResolver = @Sendable (_ tid: Int32) -> ThreadIdentity?
+
+/// The start time of thread `tid` of process `vm` (any monotonic unit, e.g. clock ticks since boot); nil when
+/// no such thread exists now. Two threads that reuse a tid have different start times. Asked once per new
+/// thread and at each retirement check (snapshot side), never per event.
+public typealias ThreadStartTime = @Sendable (_ tid: Int32, _ vm: Int32) -> UInt64?

@@ -5,10 +5,13 @@ import KVMExits
 public enum ThreadDirectory {
     public static func identity(of tid: Int32) -> ThreadIdentity? {
         guard let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8) else { return nil }
-        var tgid = tid
+        var found: Int32?
         for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
-            tgid = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) ?? tid
+            found = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
         }
+        // A thread caught exiting can show a status without its Tgid: unknown then (the kernel's saved
+        // tgids name it later), not a VM of its own.
+        guard let tgid = found, tgid > 0 else { return nil }
         let comm = (try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8))?
             .trimmingCharacters(in: .newlines)
         return ThreadIdentity(vm: tgid, vmName: guestName(pid: tgid), vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
@@ -32,6 +35,19 @@ public enum ThreadDirectory {
             let args = data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
             return GuestName.fromQEMUArguments(args) == name
         }.sorted()
+    }
+
+    /// When thread `tid` of process `vm` started: field 22 of /proc/VM/task/TID/stat (clock ticks since boot);
+    /// nil when that process has no such thread now (it exited, or the tid names a thread of another process).
+    /// A reused tid has a later start time.
+    @Sendable
+    public static func startTime(tid: Int32, vm: Int32) -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(vm)/task/\(tid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // After "(comm) ": state is field 3, starttime field 22.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
     }
 
     public static func processExists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }

@@ -9,8 +9,8 @@ public enum LatencyHistogramChart {
     /// Counts per octave: index k holds values in [2^k, 2^(k+1)) ns (k = 0 also holds 0).
     public static func octaves(_ h: HistogramSnapshot) -> [UInt64] {
         var out = [UInt64](repeating: 0, count: 64)
-        for (i, c) in h.bucketCounts.enumerated() where c > 0 {
-            let lo = HistogramSnapshot.lowerBound(ofBucket: i)
+        for (i, c) in zip(h.bucketIndices, h.counts) {
+            let lo = HistogramSnapshot.lowerBound(ofBucket: Int(i))
             out[lo == 0 ? 0 : 63 - lo.leadingZeroBitCount] += c
         }
         return out

@@ -65,7 +65,17 @@ public struct ExpositionExtras: Sendable {
 /// | `kvmscope_unattributed_events_total` | counter | |
 /// | `kvmscope_series_overflow_total` | counter | |
 /// | `kvmscope_storm_active` | gauge | `vm`, `vm_name`, `reason`, `rule` |
+/// | `kvmscope_live_threads` | gauge | |
+/// | `kvmscope_live_series` | gauge | |
+/// | `kvmscope_retired_threads_total` | counter | |
+/// | `kvmscope_retired_rows` | gauge | |
+/// | `kvmscope_folded_vms_total` | counter | |
 ///
+/// Occupancy (``Occupancy``): threads with rows of their own now, their (thread × reason) latency series, threads
+/// retired since the start (exited or tid reused; their counts live on in their VM's rows), the VM × vCPU rows
+/// kept for them, and stopped VMs beyond `serve --retired-vms` whose rows were summed into `vm="other"`.
+///
+/// VM -1 (stopped VMs beyond the retired-VM history, summed) is shown as `vm="other"`.
 /// Only the two exit counters carry a `vcpu` label. A thread whose vCPU or VM name is unknown has `vcpu=""` or
 /// `vm_name=""`.
 ///
@@ -115,7 +125,7 @@ public enum PrometheusExposition {
         var folded: UInt64 = 0
         w.family("kvmscope_exits", "counter", "VM exits (kvm_exit), by VM, vCPU and exit reason.")
         let exitRows = s.exits.map { r in
-            (labels: [("vm", String(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
+            (labels: [("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
                       ("reason", r.reason)], count: r.count)
         }
         folded += w.counters("kvmscope_exits_total", exitRows, max: extras.maxSeries)
@@ -123,7 +133,7 @@ public enum PrometheusExposition {
         w.family("kvmscope_userspace_exits", "counter",
                  "Exits to the VMM (kvm_userspace_exit), by VM, vCPU and KVM_EXIT reason.")
         let userRows = s.userspaceExits.map { r in
-            (labels: [("vm", String(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
+            (labels: [("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
                       ("reason", r.reason)], count: r.count)
         }
         folded += w.counters("kvmscope_userspace_exits_total", userRows, max: extras.maxSeries)
@@ -134,7 +144,7 @@ public enum PrometheusExposition {
         var latencyRows: [(labels: [(String, String)], histogram: HistogramSnapshot)] = []
         for r in s.exitsByVM().sorted(by: { ($0.vm, $0.reason) < ($1.vm, $1.reason) }) {
             guard let h = r.histogram, h.count > 0 else { continue }
-            latencyRows.append(([("vm", String(r.vm)), ("vm_name", r.vmName ?? ""), ("reason", r.reason),
+            latencyRows.append(([("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("reason", r.reason),
                                  ("blocking", r.blocking ? "true" : "false")], h))
         }
         if latencyRows.count > extras.maxSeries {
@@ -176,6 +186,20 @@ public enum PrometheusExposition {
                  "Label sets folded into the vm=other series by --max-series.")
         w.sample("kvmscope_series_overflow_total", [], String(folded))
 
+        let o = s.occupancy
+        w.family("kvmscope_live_threads", "gauge", "Threads with counters of their own now (seen, not retired).")
+        w.sample("kvmscope_live_threads", [], String(o.liveThreads))
+        w.family("kvmscope_live_series", "gauge", "Exit latency series (thread x exit reason) held now.")
+        w.sample("kvmscope_live_series", [], String(o.liveSeries))
+        w.family("kvmscope_retired_threads", "counter",
+                 "Threads retired (exited or tid reused); their counts stay in their VM's series.")
+        w.sample("kvmscope_retired_threads_total", [], String(o.retiredThreads))
+        w.family("kvmscope_retired_rows", "gauge", "VM x vCPU rows kept for retired threads.")
+        w.sample("kvmscope_retired_rows", [], String(o.retiredRows))
+        w.family("kvmscope_folded_vms", "counter",
+                 "Stopped VMs beyond --retired-vms whose counts were summed into vm=other.")
+        w.sample("kvmscope_folded_vms_total", [], String(o.foldedVMs))
+
         w.family("kvmscope_storm_active", "gauge", "1 while a storm rule fires for a VM, 0 after it resolved.")
         for a in extras.storms {
             w.sample("kvmscope_storm_active", [("vm", String(a.vm)), ("vm_name", a.vmName ?? ""),
@@ -186,6 +210,9 @@ public enum PrometheusExposition {
     }
 
     static func otherLabels(_ names: [String]) -> [(String, String)] { names.map { ($0, "other") } }
+
+    /// The `vm` label: the VM's pid, or "other" for VM -1 (retired VMs beyond the history, summed).
+    static func vmLabel(_ vm: Int32) -> String { vm == -1 ? "other" : String(vm) }
 
     /// A label value with `\`, `"` and newline escaped (both formats).
     public static func escape(labelValue v: String) -> String {

@@ -29,10 +29,20 @@ public final class LiveSession: @unchecked Sendable {
 
     /// Creates the instance, enables the events and starts reading. Throws the errors users see; nothing
     /// is left in tracefs then.
-    public init(config: TraceConfig, subbufsPerRead: UInt32 = 16) throws {
+    ///
+    /// - Parameters:
+    ///   - retireThreads: threads that exit (or whose tid is reused) are retired at each ``snapshot()``: their
+    ///     counts and histograms fold into their VM's retired rows (see ``Aggregator``), so memory follows the
+    ///     live threads. For long-running sessions (`serve`, `live`); off, every thread keeps its own rows.
+    ///   - retiredVMCapacity: stopped VMs whose retired rows are kept apart (older ones fold into `other`).
+    public init(config: TraceConfig, subbufsPerRead: UInt32 = 16, retireThreads: Bool = false,
+                retiredVMCapacity: Int = 1024) throws {
         trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead)
+        let startTime: ThreadStartTime = { tid, vm in ThreadDirectory.startTime(tid: tid, vm: vm) }
         aggregator = Aggregator(catalog: trace.formats.catalog, shardCount: trace.readers.count,
-                                resolver: ThreadDirectory.identity(of:))
+                                resolver: ThreadDirectory.identity(of:), retirement: retireThreads,
+                                startTime: retireThreads ? startTime : nil,
+                                retiredVMCapacity: retiredVMCapacity)
         lanes = trace.readers.map { _ in PairingLane() }
         try start()
     }
@@ -73,11 +83,37 @@ public final class LiveSession: @unchecked Sendable {
     /// The kernel's per-CPU loss counts when tracing stopped (empty before).
     public var finalLostPerCPU: [Int: UInt64] { final.withLock { $0 } ?? [:] }
 
-    /// A snapshot, with losses taken from the kernel's per-CPU counters.
+    /// A snapshot, with losses taken from the kernel's per-CPU counters. With `retireThreads`, first retires
+    /// the threads that have exited (``retireExited()``).
     public func snapshot() -> AggregateSnapshot {
+        retireExited()
         var snap = aggregator.snapshot(timestamp: MonotonicClock.now())
         snap.lostEvents = max(snap.lostEvents, lostPerCPU().values.reduce(0, +))
         return snap
+    }
+
+    /// With `retireThreads`: names the threads that were gone before they were looked at from the kernel's
+    /// saved tgids and cmdlines, then retires every thread that has exited (``Aggregator/retireExitedThreads()``).
+    /// Off the readers' threads; one /proc lookup per live thread. Returns the tids retired.
+    @discardableResult
+    public func retireExited() -> [Int32] {
+        guard aggregator.board != nil else { return [] }
+        aggregator.resolveNewThreads()
+        // Named from the kernel's saved tgids once gone for a while: the kernel records a thread's tgid at a
+        // later context switch, and until then the entry may still name the tid's previous owner.
+        let due = aggregator.unresolvedGone(for: aggregator.retireDelay)
+        if !due.isEmpty { resolveFromSavedThreads(only: due) }
+        return aggregator.retireExitedThreads()
+    }
+
+    func resolveFromSavedThreads(only: Set<Int32>? = nil) {
+        let saved = TraceFS.savedThreads(root: root)
+        aggregator.resolveUnresolved(only: only) { tid in
+            guard let tgid = saved.tgids[tid] else { return nil }
+            let comm = saved.comms[tid]
+            return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
+                                  vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+        }
     }
 
     /// Stops reading, drains what is left in the buffers, joins every thread and removes the instance.
@@ -91,13 +127,7 @@ public final class LiveSession: @unchecked Sendable {
             let failure = trace.stop()
             final.withLock { $0 = trace.finalLostPerCPU }
             pairingThread.withLock { $0 }?.join()
-            let saved = TraceFS.savedThreads(root: root)
-            aggregator.resolveUnresolved { tid in
-                guard let tgid = saved.tgids[tid] else { return nil }
-                let comm = saved.comms[tid]
-                return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
-                                      vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
-            }
+            resolveFromSavedThreads()
             return failure
         }
     }
@@ -186,6 +216,8 @@ struct ReaderLoop {
         }
 
         while !handle.isStopping {
+            // Retirements first (one relaxed load when none): later events of a retired tid are a new thread.
+            writer.maintain()
             // Everything stamped before `before` (less the commit margin) is in the buffer by now, so a read
             // that drains the buffer makes this CPU's stream complete up to there.
             let before = MonotonicClock.now()

@@ -125,7 +125,7 @@ struct BenchSynthCommand: ParsableCommand {
 
     func validate() throws {
         guard events >= 2 else { throw ValidationError("--events must be at least 2") }
-        guard (1...4096).contains(threads) else { throw ValidationError("--threads must be 1 to 4096") }
+        guard (1...1_000_000).contains(threads) else { throw ValidationError("--threads must be 1 to 1000000") }
         guard (1...1024).contains(cpus) else { throw ValidationError("--cpus must be 1 to 1024") }
     }
 

@@ -35,6 +35,10 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("max-series"), help: "Most label sets per per-VM metric; the rest are summed into vm=\"other\".")
     var maxSeries = 10_000
 
+    @Option(name: .customLong("retired-vms"),
+            help: "Stopped VMs whose counts stay apart; older ones are summed into vm=\"other\".")
+    var retiredVMs = 1024
+
     @Option(name: .customLong("alert"), help: "A storm rule (repeatable; grammar in `kvmscope watch --help`).")
     var alerts: [String] = []
 
@@ -54,6 +58,7 @@ struct ServeCommand: ParsableCommand {
 
     func validate() throws {
         guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
+        guard retiredVMs >= 1 else { throw ValidationError("--retired-vms must be at least 1") }
         guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
     }
@@ -64,7 +69,9 @@ struct ServeCommand: ParsableCommand {
         do { address = try ListenAddress.parse(listen) } catch { throw KVMScopeError.usage(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
-        let session = try LiveSession(config: trace.config(onlyPid: pid))
+        // A daemon: threads that exit retire into their VM's rows, so memory follows the live threads.
+        let session = try LiveSession(config: trace.config(onlyPid: pid), retireThreads: true,
+                                      retiredVMCapacity: retiredVMs)
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
@@ -82,6 +89,8 @@ struct ServeCommand: ParsableCommand {
 
         var detector = StormDetector(rules: rules)
         func evaluate() {
+            // Retire exited threads between scrapes too: their keys and series leave the readers' tables now.
+            if rules.isEmpty { session.retireExited() }
             guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
             StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary))
             state.storms.withLock { $0 = detector.activity }

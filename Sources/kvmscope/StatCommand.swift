@@ -204,6 +204,7 @@ struct StatCommand: ParsableCommand {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
             let extra: [(String, JSONValue)] = [
                 ("lost_by_cpu", .object(perCPU.map { (String($0.key), .uint($0.value)) })),
+                ("occupancy", SummaryJSON.occupancy(final.occupancy)),
             ]
             try writeSummary(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {

@@ -51,7 +51,10 @@ struct WatchCommand: ParsableCommand {
         let rules = try StormAlerts.rules(alerts)
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
-        let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())))
+        // Runs as long as the host does: threads that exit retire into their VM's rows (rates per VM and vCPU
+        // are unchanged), so memory follows the live threads.
+        let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())),
+                                      retireThreads: true)
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
         let child = try TraceOptions.start(command)

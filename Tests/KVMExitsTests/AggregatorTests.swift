@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KVMAnalysis
 import KVMExits
 import Testing
@@ -63,16 +64,53 @@ import Testing
         (0..<n).filter { $0 % 3 == mod3 && $0 % 4 == tid }.count
     }
 
-    /// More distinct keys than a shard holds: the excess is counted as overflow and still in the totals.
-    @Test func memoryBoundedOverflowCounted() throws {
+    /// Ten times more distinct keys than a new shard's table: the table grows, every key keeps its own count,
+    /// nothing is unattributed.
+    @Test func tableGrowsEveryKeyCounted() throws {
         let agg = Aggregator(catalog: Self.catalog(), shardCount: 1)
         var w = agg.writer(shard: 0)
-        let keys = AggregateShard.capacity + 100
-        for tid in 0..<keys { w.add(TraceEvent(timestamp: 0, tid: Int32(tid), event: 2), hasReason: false) }
+        let keys = AggregateShard.initialCapacity * 10
+        for round in 0..<3 {
+            for tid in 0..<keys where tid % 3 >= round {
+                w.add(TraceEvent(timestamp: 0, tid: Int32(tid), event: 2), hasReason: false)
+            }
+        }
         let snap = agg.snapshot(timestamp: 0)
-        #expect(snap.eventTotals[2] == UInt64(keys))
-        #expect(snap.counters.count == AggregateShard.capacity)
-        #expect(snap.overflowEvents == 100)
+        // tid % 3 == 0: once, 1: twice, 2: three times.
+        #expect(snap.eventTotals[2] == UInt64((0..<keys).reduce(0) { $0 + $1 % 3 + 1 }))
+        #expect(snap.counters.count == keys)
+        #expect(snap.counters.allSatisfy { $0.count == UInt64($0.key.tid % 3 + 1) })
+        #expect(snap.overflowEvents == 0)
+        let (used, capacity) = agg.shards[0].occupancy
+        #expect(used == keys)
+        #expect(capacity == 32_768)  // the first power of two at least twice the keys
+    }
+
+    /// Writers only queue new tids: the resolver (/proc reads, live) runs on the snapshot side, once per thread,
+    /// and the vCPU number a writer saw is kept.
+    @Test func identityIsResolvedOffTheWriter() throws {
+        let calls = Mutex<[Int32]>([])
+        let agg = Aggregator(catalog: Self.catalog(), shardCount: 2) { tid in
+            calls.withLock { $0.append(tid) }
+            return ThreadIdentity(vm: 7, vmName: "g")
+        }
+        var writers = [agg.writer(shard: 0), agg.writer(shard: 1)]
+        for tid: Int32 in [31, 32, 33] {
+            for w in writers.indices {
+                writers[w].add(TraceEvent(timestamp: 0, tid: tid, event: 2), hasReason: false)
+                writers[w].add(TraceEvent(timestamp: 0, tid: tid, event: 0, reason: 12, vcpu: UInt32(tid - 30), isa: 1),
+                               hasReason: true)
+            }
+        }
+        #expect(calls.withLock { $0 }.isEmpty)
+        let snap = agg.snapshot(timestamp: 0)
+        #expect(calls.withLock { $0 } == [31, 32, 33])
+        #expect(snap.threads.keys.sorted() == [31, 32, 33])
+        #expect(snap.threads.values.map(\.vcpu).sorted { ($0 ?? 0) < ($1 ?? 0) } == [1, 2, 3])
+        #expect(try Summary(snap).exits.map { "\($0.vm)/\($0.vcpu!)/\($0.reason)=\($0.count)" }
+                == ["7/1/HLT=2", "7/2/HLT=2", "7/3/HLT=2"])
+        _ = agg.snapshot(timestamp: 0)
+        #expect(calls.withLock { $0.count } == 3)
     }
 
     @Test func vcpuFromThreadName() {

@@ -157,6 +157,30 @@ struct LatencyHistogramTests {
         }
     }
 
+    /// Snapshots are sparse: only the non-empty buckets, ascending; merging and subtracting them equals the
+    /// dense arithmetic.
+    @Test func snapshotsHoldOnlyNonEmptyBuckets() {
+        let h = LatencyHistogram()
+        let values: [UInt64] = [5, 5, 700, 701, 1_000_000, 200_000_000_000]
+        for v in values { h.record(v) }
+        let s = h.snapshot()
+        // 5: exact; 700 and 701: 3·64 + (700 >> 3) = 279; 10⁶: 13·64 + (10⁶ >> 13) = 954; 200 s: overflow.
+        #expect(s.bucketIndices == [5, 279, 954, 2_014])
+        #expect(s.counts == [2, 2, 1, 1])
+        #expect(s.overflowCount == 1)
+        #expect(s == HistogramSnapshot(recording: values))
+        var dense = [UInt64](repeating: 0, count: HistogramSnapshot.bucketCount)
+        for v in values { dense[HistogramSnapshot.bucketIndex(for: v)] += 1 }
+        #expect(s.bucketCounts == dense)
+        let more = HistogramSnapshot(recording: [5, 900, 1_000_000])
+        let merged = s + more
+        #expect(merged.bucketIndices == [5, 279, 304, 954, 2_014])  // 900: 3·64 + 112
+        #expect(merged.counts == [3, 2, 1, 2, 1])
+        #expect(merged.subtracting(s).bucketIndices == [5, 304, 954])
+        #expect(merged.subtracting(s).counts == [1, 1, 1])
+        #expect(LatencyHistogram().snapshot().bucketIndices.isEmpty)
+    }
+
     @Test func emptyAndSmallSnapshots() {
         let empty = LatencyHistogram().snapshot()
         #expect(empty.isEmpty && empty.count == 0)

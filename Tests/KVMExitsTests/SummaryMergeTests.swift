@@ -50,12 +50,11 @@ import Testing
 }
 
 @Suite struct PairerCapacityTests {
-    /// Far more threads than the pairer's thread table holds, each pairing once. The series table (fixed memory)
-    /// fills first: later pairs are counted as overflow once each — the thread table itself never overflows
-    /// (without compaction, every exit and entry past its capacity would be counted again).
-    @Test func threadsComingAndGoingAreCountedOnce() {
+    /// 30,000 threads, each pairing once: the thread table and the series index grow, every pair is recorded
+    /// in its own series, nothing overflows.
+    @Test func manyThreadsEveryPairRecorded() {
         var pairer = Pairer()
-        let threads = Pairer.threadCapacity * 3
+        let threads = 30_000
         for t in 0..<threads {
             let tid = Int32(100_000 + t)
             pairer.exit(TraceEvent(timestamp: UInt64(t) * 10, tid: tid, event: 0, reason: 30, isa: 1))
@@ -63,25 +62,26 @@ import Testing
         }
         pairer.finish()
         let s = pairer.counters.snapshot
-        #expect(s.paired == UInt64(Pairer.seriesCapacity))
-        #expect(s.overflow == UInt64(threads - Pairer.seriesCapacity))
+        #expect(s.paired == UInt64(threads))
+        #expect(s.overflow == 0)
         #expect(s.orphanExits == 0)
         #expect(s.orphanEntries == 0)
+        #expect(pairer.store.all.count == threads)
+        #expect(pairer.store.all.allSatisfy { $0.histogram.count == 1 })
     }
 
-    /// Compaction keeps the threads whose exit still waits for its entry.
-    @Test func compactionKeepsOpenExits() {
+    /// A thread whose exit waits while thousands of others come and go (the table grows under it) keeps it.
+    @Test func growthKeepsOpenExits() {
         var pairer = Pairer()
         pairer.exit(TraceEvent(timestamp: 1, tid: 7, event: 0, reason: 12, isa: 1))
-        for t in 0..<(Pairer.threadCapacity * 2) {
+        for t in 0..<(Pairer.initialThreadCapacity * 8) {
             let tid = Int32(200_000 + t)
             pairer.exit(TraceEvent(timestamp: 2, tid: tid, event: 0, reason: 30, isa: 1))
             pairer.entry(TraceEvent(timestamp: 3, tid: tid, event: 1))
         }
         pairer.entry(TraceEvent(timestamp: 1_000, tid: 7, event: 1))
         let s = pairer.counters.snapshot
-        // Thread 7's series came first; 4095 others fit beside it.
-        #expect(s.paired == UInt64(Pairer.seriesCapacity))
+        #expect(s.paired == UInt64(Pairer.initialThreadCapacity * 8 + 1))
         #expect(s.orphanEntries == 0)
         #expect(s.orphanExits == 0)
         let seven = pairer.store.all.first { $0.tid == 7 }
