@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "KVMScopeViews", targets: ["KVMScopeViews"]),
         .library(name: "KVMHost", targets: ["KVMHost"]),
         .library(name: "KVMServe", targets: ["KVMServe"]),
+        .library(name: "KVMResources", targets: ["KVMResources"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,6 +57,8 @@ let package = Package(
                                                    .product(name: "SystemPackage", package: "swift-system"),
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Sources/KVMSources"),
+        // What each VM costs the host, from procfs and sysfs: CPU, run-queue wait, memory, I/O, taps.
+        .target(name: "KVMResources", dependencies: ["KVMExits"], path: "Sources/KVMResources"),
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
         .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
@@ -66,6 +69,7 @@ let package = Package(
         .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits", "KVMHost"], path: "Sources/KVMGuest"),
         .executableTarget(name: "kvmscope", dependencies: [
             "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMServe", "KVMHost", "KVMTerminal", "KVMGuest",
+            "KVMResources",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -81,6 +85,8 @@ let package = Package(
         .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMSources", "KVMAnalysis", "KVMScopeViews",
                                                           "KVMHost", "TestSupport"],
                     path: "Tests/kvmscopeTests"),
+        .testTarget(name: "KVMResourcesTests", dependencies: ["KVMResources", "TestSupport"],
+                    path: "Tests/KVMResourcesTests"),
     ],
     swiftLanguageModes: [.v6]
 )
