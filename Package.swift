@@ -61,7 +61,7 @@ let package = Package(
         .target(name: "KVMResources", dependencies: ["KVMExits"], path: "Sources/KVMResources"),
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
-        .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
+        .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits", "KVMResources"], path: "Sources/KVMScopeViews"),
         // serve's HTTP/1.1 server: bounded request heads, timeouts, one polling thread (FlyingSocks' sockets).
         .target(name: "KVMServe", dependencies: ["KVMScopeViews", .product(name: "FlyingSocks", package: "FlyingFox")],
                 path: "Sources/KVMServe"),
@@ -83,7 +83,7 @@ let package = Package(
                                                             "TestSupport"],
                     path: "Tests/KVMSourcesTests"),
         .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMSources", "KVMAnalysis", "KVMScopeViews",
-                                                          "KVMHost", "TestSupport"],
+                                                          "KVMHost", "KVMResources", "TestSupport"],
                     path: "Tests/kvmscopeTests"),
         .testTarget(name: "KVMResourcesTests", dependencies: ["KVMResources", "TestSupport"],
                     path: "Tests/KVMResourcesTests"),

@@ -144,6 +144,14 @@ public struct ThreadSample: Sendable, Equatable {
     /// Growth since the previous sample; nil on the first sample of the thread's VM and when gone. A thread
     /// born since the previous sample counts from 0.
     public var delta: ThreadTimes?
+
+    public init(tid: Int32, comm: String, vcpu: UInt32?, gone: Bool = false, times: ThreadTimes = ThreadTimes()) {
+        self.tid = tid
+        self.comm = comm
+        self.vcpu = vcpu
+        self.gone = gone
+        self.times = times
+    }
 }
 
 /// One VM (a process holding an `anon_inode:kvm-vm` descriptor) in one sample.
@@ -179,6 +187,12 @@ public struct VMSample: Sendable, Equatable {
     /// Every thread, vCPU threads first (by vCPU number), then the others by tid.
     public var threads: [ThreadSample] = []
 
+    public init(pid: Int32, name: String, gone: Bool = false) {
+        self.pid = pid
+        self.name = name
+        self.gone = gone
+    }
+
     /// vCPU threads now listed (gone ones excluded).
     public var vcpuCount: Int { threads.filter { $0.vcpu != nil && !$0.gone }.count }
 }
@@ -198,12 +212,23 @@ public struct ResourceSample: Sendable, Equatable {
     /// VMs by pid.
     public var vms: [VMSample]
 
+    public init(timestamp: UInt64, intervalSeconds: Double, ticksPerSecond: UInt64, hostCPUs: Int, hostMemoryBytes: UInt64,
+                vms: [VMSample]) {
+        self.timestamp = timestamp
+        self.intervalSeconds = intervalSeconds
+        self.ticksPerSecond = ticksPerSecond
+        self.hostCPUs = hostCPUs
+        self.hostMemoryBytes = hostMemoryBytes
+        self.vms = vms
+    }
+
     /// Ticks as seconds.
     public func seconds(_ ticks: UInt64) -> Double { Double(ticks) / Double(ticksPerSecond) }
 }
 
 extension UInt64 {
-    func saturatingMinus(_ b: UInt64) -> UInt64 { self >= b ? self - b : 0 }
+    /// `self - b`, or 0 when `b` is larger (a counter that went back).
+    public func saturatingMinus(_ b: UInt64) -> UInt64 { self >= b ? self - b : 0 }
 }
 
 /// vCPU threads by their VMM's names for them.

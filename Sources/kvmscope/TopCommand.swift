@@ -1,0 +1,155 @@
+import ArgumentParser
+import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMHost
+import KVMResources
+import KVMScopeViews
+import KVMSources
+import SystemPackage
+
+struct TopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "top",
+        abstract: "virt-top's view: what each VM costs the host (CPU, memory, I/O, network) beside its exits.",
+        discussion: """
+            One row per VM (a process holding a KVM VM descriptor), from /proc and /sys only:
+              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s NAME
+            %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's
+            share of one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per
+            interval. EXITS/s comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
+              kvmscope top -b -n 3 -d 1           three screens, one second apart
+              kvmscope top --json -n 5            one JSON object per line per iteration
+              kvmscope top -b --csv top.csv       screens, and a CSV row per VM per iteration
+            """)
+
+    @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")
+    var batch = false
+
+    @Option(name: [.customShort("n"), .customLong("iterations")], help: "Stop after this many iterations.")
+    var iterations: Int?
+
+    @Option(name: [.customShort("d"), .customLong("delay")], help: "Seconds between iterations.")
+    var delay: Double = 3
+
+    @Flag(help: "Stream mode: like -b (virt-top --stream).")
+    var stream = false
+
+    @Option(help: "Also write one CSV row per VM per iteration to this file.")
+    var csv: String?
+
+    @Flag(help: "Print one JSON object per iteration, one per line, instead of screens.")
+    var json = false
+
+    @Option(name: [.customShort("o"), .customLong("sort")], help: "Sort by cpu, mem, time, id, name or exits.")
+    var sort: String = "cpu"
+
+    @Flag(name: .customLong("no-exits"), help: "Do not trace exits (no tracefs needed; EXITS/s shows -).")
+    var noExits = false
+
+    func validate() throws {
+        guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
+        if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
+        guard TopSort(rawValue: sort) != nil else {
+            throw ValidationError("-o/--sort must be one of \(TopSort.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(sort)')")
+        }
+    }
+
+    func run() throws {
+        let stop = StopSignal()
+        let order = TopSort(rawValue: sort)!
+        let sampler = ResourceSampler()
+        sampler.excluded = [getpid()]
+        let session: LiveSession? = noExits ? nil : try LiveSession(config: TraceConfig())
+        defer { _ = session?.stop() }
+        var csvOut: Int32?
+        if let csv {
+            let fd = try createOutputFile(csv)
+            csvOut = fd
+            try write(fd, TopView.csvHeader + "\n", path: csv, stop: stop)
+        }
+        defer { if let csvOut { close(csvOut) } }
+
+        var exits = ExitTally()
+        if let session { exits.update(try Summary(session.snapshot())) }
+        _ = sampler.sample()
+        let clock = ISO8601DateFormatter()
+        var iteration = 0
+        try TraceRun(stop: stop).wait(every: delay) {
+            iteration += 1
+            let sample = sampler.sample()
+            var perVM: [Int32: TopExits]?
+            if let session { perVM = exits.update(try Summary(session.snapshot())) }
+            let frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+            if json {
+                try write(STDOUT_FILENO, TopView.json(frame, sort: order).serialized() + "\n", path: nil, stop: stop)
+            } else {
+                try write(STDOUT_FILENO, (iteration > 1 ? "\n" : "") + TopView.render(frame, sort: order).joined(separator: "\n") + "\n",
+                          path: nil, stop: stop)
+            }
+            if let csvOut, let csv {
+                let lines = TopView.csvLines(frame, sort: order)
+                if !lines.isEmpty { try write(csvOut, lines.joined(separator: "\n") + "\n", path: csv, stop: stop) }
+            }
+            return iterations.map { iteration < $0 } ?? true
+        }
+        if let failure = session?.stop() { writeStderr("kvmscope: \(failure)\n") }
+    }
+
+    /// stdout that went away (EPIPE, EIO) ends top like SIGHUP; a file that cannot take a line is an error.
+    func write(_ fd: Int32, _ text: String, path: String?, stop: StopSignal) throws {
+        guard let e = StandardDescriptors.write(fd, text) else { return }
+        if let path { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
+        stop.raise(SIGHUP)
+    }
+}
+
+/// Per-VM exit counts between snapshots: `kvm_exit` rows where the VM has them (every exit), else
+/// `kvm_userspace_exit` rows (the exits that reach the VMM, the only ones counted on backends where kvm_exit
+/// never fires).
+struct ExitTally {
+    private var last: [Int32: Counts] = [:]
+
+    struct Counts {
+        var total: UInt64 = 0
+        var byVCPU: [UInt32: UInt64] = [:]
+        var byReason: [String: UInt64] = [:]
+    }
+
+    static func counts(_ summary: Summary) -> [Int32: Counts] {
+        var exits: [Int32: Counts] = [:]
+        for r in summary.exits { exits[r.vm, default: Counts()].add(r.vcpu, r.reason, r.count) }
+        var userspace: [Int32: Counts] = [:]
+        for r in summary.userspaceExits where exits[r.vm] == nil { userspace[r.vm, default: Counts()].add(r.vcpu, r.reason, r.count) }
+        return exits.merging(userspace) { a, _ in a }
+    }
+
+    /// The exits of each VM since the previous update.
+    @discardableResult
+    mutating func update(_ summary: Summary) -> [Int32: TopExits] {
+        let now = Self.counts(summary)
+        var out: [Int32: TopExits] = [:]
+        for (vm, c) in now {
+            let before = last[vm] ?? Counts()
+            var byVCPU: [UInt32: UInt64] = [:]
+            for (v, n) in c.byVCPU { byVCPU[v] = n &- min(n, before.byVCPU[v] ?? 0) }
+            var top: (String, UInt64)?
+            for (reason, n) in c.byReason {
+                let d = n &- min(n, before.byReason[reason] ?? 0)
+                if d > 0, d > top?.1 ?? 0 || (d == top?.1 && reason < top!.0) { top = (reason, d) }
+            }
+            out[vm] = TopExits(total: c.total, interval: c.total &- min(c.total, before.total), intervalByVCPU: byVCPU,
+                               topReason: top?.0)
+        }
+        last = now
+        return out
+    }
+}
+
+extension ExitTally.Counts {
+    mutating func add(_ vcpu: UInt32?, _ reason: String, _ n: UInt64) {
+        total &+= n
+        if let vcpu { byVCPU[vcpu, default: 0] &+= n }
+        byReason[reason, default: 0] &+= n
+    }
+}

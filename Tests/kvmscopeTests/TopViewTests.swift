@@ -1,0 +1,125 @@
+import Foundation
+import KVMResources
+import KVMScopeViews
+import Testing
+
+/// virt-top's screen, CSV and JSON lines of `kvmscope top`, from a sample whose every number is known.
+@Suite struct TopViewTests {
+    static func frame() -> TopFrame {
+        var web = VMSample(pid: 4242, name: "web")
+        web.processTimes.userTicks = 9_000
+        web.processTimes.systemTicks = 3_345
+        var d = ThreadTimes()
+        d.userTicks = 120
+        d.systemTicks = 30
+        web.processDelta = d
+        var v = ThreadTimes()
+        v.userTicks = 100
+        v.systemTicks = 20
+        v.waitNanoseconds = 500_000_000
+        web.vcpuDelta = v
+        web.memory.rssBytes = 1 << 30
+        var io = IOCounters()
+        io.readSyscalls = 12_345
+        io.writeSyscalls = 7
+        web.ioDelta = io
+        web.io = io
+        var tap = TapCounters(device: "tap0", fd: 20)
+        tap.rxBytes = 1_500
+        tap.txBytes = 64_000
+        web.taps = [tap]
+        web.tapDeltas = [tap]
+        var t0 = ThreadSample(tid: 4243, comm: "CPU 0/KVM", vcpu: 0)
+        t0.state = "R"
+        t0.processor = 1
+        t0.times.userTicks = 500
+        t0.delta = v
+        var t1 = ThreadSample(tid: 4244, comm: "CPU 1/KVM", vcpu: 1)
+        t1.state = "S"
+        t1.delta = ThreadTimes()
+        web.threads = [t0, t1, ThreadSample(tid: 4242, comm: "qemu-system-x86", vcpu: nil, gone: true)]
+
+        var db = VMSample(pid: 99, name: "db,1")
+        db.processTimes.userTicks = 100
+        db.processDelta = ThreadTimes()
+        db.memory.rssBytes = 1 << 29
+        var gone = VMSample(pid: 7, name: "old", gone: true)
+        gone.processTimes.systemTicks = 6_000
+
+        let sample = ResourceSample(timestamp: 0, intervalSeconds: 2, ticksPerSecond: 100, hostCPUs: 4,
+                                    hostMemoryBytes: 8 << 30, vms: [gone, db, web])
+        return TopFrame(sample: sample, iteration: 3, time: "2026-11-30T09:40:12Z",
+                        exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000], topReason: "KVM_EXIT_IO")])
+    }
+
+    @Test func screenIsVirtTops() {
+        #expect(TopView.render(Self.frame()) == [
+            "kvmscope top - 09:40:12 - 2 VMs, 1 running, 0 paused, 1 blocked",
+            "Host: 4 CPUs, 8.0 GiB memory; interval 2.00 s",
+            "CPU: 18.8% of all host CPUs (virt-top's %CPU), 75.0% of one CPU (htop's); sorted by cpu",
+            "RDRQ/WRRQ: read/write syscalls, RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
+            "",
+            "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME",
+            "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k web",
+            "    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 db,1",
+            "     7 -    -    -    -    -    -  0.0 1:00.00        - old (gone)",
+        ])
+    }
+
+    @Test func sortOrdersAreVirtTops() {
+        let f = Self.frame()
+        #expect(TopView.rows(f, sort: .cpu).map(\.vm.pid) == [4242, 99, 7])
+        #expect(TopView.rows(f, sort: .mem).map(\.vm.pid) == [4242, 99, 7])
+        #expect(TopView.rows(f, sort: .time).map(\.vm.pid) == [4242, 7, 99])
+        #expect(TopView.rows(f, sort: .id).map(\.vm.pid) == [7, 99, 4242])
+        #expect(TopView.rows(f, sort: .name).map(\.vm.pid) == [99, 7, 4242])
+    }
+
+    @Test func threadTableIsHtops() {
+        let f = Self.frame()
+        let row = TopView.rows(f).first { $0.vm.pid == 4242 }!
+        #expect(TopView.renderThreads(row, sample: f.sample) == [
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND",
+            "  4243    0 R   1  60.0   25.0 0:05.00    15.0k CPU 0/KVM",
+            "  4244    1 S   -   0.0    0.0 0:00.00      0.0 CPU 1/KVM",
+            "  4242      -   -     -      - 0:00.00          qemu-system-x86 (gone)",
+        ])
+    }
+
+    @Test func csvHasOneRowPerVM() {
+        #expect(TopView.csvLines(Self.frame()) == [
+            "2026-11-30T09:40:12Z,3,4242,web,R,false,2,123.45,18.75,75.00,25.00,12.50,1073741824,0,12345,7,0,0,64000,1500,15000.00",
+            "2026-11-30T09:40:12Z,3,99,\"db,1\",S,false,0,1.00,0.00,0.00,,6.25,536870912,0,,,,,0,0,0.00",
+            "2026-11-30T09:40:12Z,3,7,old,-,true,0,60.00,,,,0.00,0,0,,,,,,,",
+        ])
+    }
+
+    @Test func jsonIsOneLinePerIteration() throws {
+        let line = TopView.json(Self.frame()).serialized()
+        #expect(!line.contains("\n"))
+        let j = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(j["iteration"] as? Int == 3)
+        #expect(j["host_cpus"] as? Int == 4)
+        let vms = try #require(j["vms"] as? [[String: Any]])
+        #expect(vms.map { $0["pid"] as? Int } == [4242, 99, 7])
+        #expect(vms.map { $0["gone"] as? Bool } == [false, false, true])
+        let web = vms[0]
+        #expect(web["cpu_seconds"] as? Double == 123.45)
+        #expect(web["cpu_percent"] as? Double == 18.75)
+        #expect(web["cpu_percent_one_cpu"] as? Double == 75)
+        #expect(web["vcpu_wait_percent"] as? Double == 25)
+        #expect(web["exits_per_second"] as? Double == 15_000)
+        #expect(web["top_exit_reason"] as? String == "KVM_EXIT_IO")
+        let interval = try #require(web["interval"] as? [String: Any])
+        #expect(interval["cpu_seconds"] as? Double == 1.5)
+        #expect(interval["vcpu_cpu_seconds"] as? Double == 1.2)
+        #expect(interval["other_cpu_seconds"] as? Double == 0.3)
+        #expect(interval["rx_bytes"] as? Int == 64_000)
+        #expect(interval["tx_bytes"] as? Int == 1_500)
+        let threads = try #require(web["threads"] as? [[String: Any]])
+        #expect(threads.map { $0["vcpu"] as? Int } == [0, 1, nil])
+        #expect(threads.map { $0["exits"] as? Int } == [30_000, 0, nil])
+        #expect(vms[2]["interval"] is NSNull)
+        #expect(vms[2]["cpu_percent"] is NSNull)
+    }
+}
