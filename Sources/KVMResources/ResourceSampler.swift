@@ -155,8 +155,9 @@ public final class ResourceSampler {
             return g
         }
         // /proc/PID/stat: a pid reused by another process is the old VM gone.
+        // A zombie (state Z, X: ended, not yet reaped) is gone too.
         guard case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([14, 15, 22, 43]),
-              f.values[2] == st.startTime else { return gone() }
+              f.values[2] == st.startTime, f.state != UInt8(ascii: "Z"), f.state != UInt8(ascii: "X") else { return gone() }
         var process = ThreadTimes()
         process.userTicks = f.values[0]
         process.systemTicks = f.values[1]

@@ -206,6 +206,14 @@ final class FakeHost {
         #expect(sampler.sample().vms.isEmpty)
     }
 
+    @Test func aZombieIsGone() throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        _ = sampler.sample()
+        try h.write("proc/100/stat", FakeHost.stat(100, "qemu-system-x86", state: "Z", utime: 300, stime: 100))
+        #expect(sampler.sample().vms.map(\.gone) == [true])
+    }
+
     @Test func aReusedPidIsANewVM() throws {
         let h = try host()
         let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)

@@ -1,0 +1,176 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// `kvmscope top` against real VMs: storm guests with named vCPU threads, their /proc numbers read by the test.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct TopLiveTests {
+    /// A storm guest whose vCPU threads run until `seconds` pass; returns once both vCPU threads exist.
+    func guest(name: String, vcpus: Int = 2, seconds: Double = 60) throws -> Spawned {
+        let g = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "io", "--vcpus", "\(vcpus)", "--exits", "1000000000",
+                                         "--seconds", "\(seconds)"], stdinNull: true, quiet: true)
+        let end = Date().addingTimeInterval(30)
+        while Date() < end && Set(Self.threads(g.pid).map(\.comm)).count < vcpus + 1 { usleep(20_000) }
+        #expect(Set(Self.threads(g.pid).compactMap { $0.comm.hasPrefix("CPU ") ? $0.comm : nil }).count == vcpus,
+                "the storm's vCPU threads did not start")
+        return g
+    }
+
+    /// Each thread of `pid`: name, state, utime + stime in ticks (/proc/PID/task/TID/stat fields 14, 15).
+    static func threads(_ pid: Int32) -> [(tid: Int32, comm: String, state: String, ticks: UInt64)] {
+        let tids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap(Int32.init)
+        return tids.sorted().compactMap { tid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8),
+                  let comm = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/comm", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let f = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            guard f.count > 13, let u = UInt64(f[11]), let s = UInt64(f[12]) else { return nil }
+            return (tid, comm.trimmingCharacters(in: .newlines), String(f[0]), u + s)
+        }
+    }
+
+    /// `top --json`'s lines, parsed.
+    func top(_ args: [String]) throws -> [[String: Any]] {
+        let r = try CLI.run(["top", "--json"] + args, timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr == "")
+        return try r.stdout.split(separator: "\n").map { line in
+            try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+    }
+
+    func vm(_ iteration: [String: Any], pid: Int32) -> [String: Any]? {
+        (iteration["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(pid) }
+    }
+
+    @Test func findsEachRunningVMByPidNameAndVCPUs() throws {
+        let a = try guest(name: "top-a,,x-\(getpid())", vcpus: 2)
+        defer { a.stop() }
+        let b = try guest(name: "top-b-\(getpid())", vcpus: 1)
+        defer { b.stop() }
+        let lines = try top(["-n", "2", "-d", "0.5"])
+        #expect(lines.map { $0["iteration"] as? Int } == [1, 2])
+        for line in lines {
+            let va = try #require(vm(line, pid: a.pid))
+            let vb = try #require(vm(line, pid: b.pid))
+            #expect(va["name"] as? String == "top-a,x-\(getpid())")
+            #expect(vb["name"] as? String == "top-b-\(getpid())")
+            #expect(va["vcpus"] as? Int == 2)
+            #expect(vb["vcpus"] as? Int == 1)
+            #expect(va["gone"] as? Bool == false)
+            let ta = try #require(va["threads"] as? [[String: Any]])
+            #expect(ta.compactMap { $0["vcpu"] as? Int } == [0, 1])
+            #expect(ta.prefix(2).map { $0["comm"] as? String } == ["CPU 0/KVM", "CPU 1/KVM"])
+            // The storm's io exits, counted by kvm_userspace_exit for this VM alone.
+            #expect(va["top_exit_reason"] as? String == "KVM_EXIT_IO")
+            let interval = try #require(va["interval"] as? [String: Any])
+            let exits = try #require(interval["exits"] as? Int)
+            #expect(exits > 0)
+            #expect(ta.compactMap { $0["exits"] as? Int }.reduce(0, +) == exits, "per-vCPU exits add up to the VM's")
+        }
+        // kvmscope itself (no VM of its own) is never listed; the storms are.
+        let pids = Set((lines[1]["vms"] as? [[String: Any]] ?? []).compactMap { $0["pid"] as? Int })
+        #expect(pids.isSuperset(of: [Int(a.pid), Int(b.pid)]))
+    }
+
+    /// A stopped VM holds still: top's CPU seconds are the threads' own /proc times.
+    @Test func cpuSecondsAreTheThreadsProcTimes() throws {
+        let g = try guest(name: "top-cpu-\(getpid())", vcpus: 2)
+        defer {
+            kill(g.pid, SIGCONT)
+            g.stop()
+        }
+        // Enough CPU time that the ticks each thread's time is truncated to (one per thread at most: the
+        // process's total is truncated once) stay well inside 2 %.
+        let ran = Date().addingTimeInterval(30)
+        while Date() < ran && Self.threads(g.pid).reduce(0, { $0 + $1.ticks }) < 300 { usleep(50_000) }
+        kill(g.pid, SIGSTOP)
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && !Self.threads(g.pid).allSatisfy({ $0.state == "T" }) { usleep(10_000) }
+        let threads = Self.threads(g.pid)
+        #expect(threads.allSatisfy { $0.state == "T" })
+        let sum = threads.reduce(0) { $0 + $1.ticks }
+        #expect(sum >= 300, "the storm ran for too little CPU time to compare (\(sum) ticks)")
+
+        let lines = try top(["-n", "2", "-d", "0.3"])
+        for line in lines {
+            let v = try #require(vm(line, pid: g.pid))
+            #expect(v["state"] as? String == "P", "a stopped VM is virt-top's paused")
+            let cpu = try #require(v["cpu_seconds"] as? Double)
+            #expect(abs(cpu - Double(sum) / 100) <= Double(sum) / 100 * 0.02, "top \(cpu) s, threads \(Double(sum) / 100) s")
+            let rows = try #require(v["threads"] as? [[String: Any]])
+            // vCPU threads first, by number; then the others by tid.
+            let order = [threads.first { $0.comm == "CPU 0/KVM" }!.tid, threads.first { $0.comm == "CPU 1/KVM" }!.tid]
+                + threads.filter { !$0.comm.hasPrefix("CPU ") }.map(\.tid).sorted()
+            #expect(rows.map { $0["tid"] as? Int } == order.map { Int($0) })
+            for row in rows {
+                let tid = try #require(row["tid"] as? Int)
+                let mine = try #require(threads.first { Int($0.tid) == tid })
+                #expect(row["cpu_seconds"] as? Double == Double(mine.ticks) / 100, "thread \(tid)")
+                #expect(row["state"] as? String == "T")
+                #expect(row["cpu_percent"] as? Double == 0)
+            }
+            let vcpuCPU = try #require(v["vcpu_cpu_seconds"] as? Double)
+            let mineVCPU = threads.filter { $0.comm.hasPrefix("CPU ") }.reduce(0) { $0 + $1.ticks }
+            #expect(vcpuCPU == Double(mineVCPU) / 100)
+            #expect(v["cpu_percent"] as? Double == 0)
+            #expect(v["exits_per_second"] as? Double == 0)
+            #expect(v["exits_total"] as? Int == 0)
+        }
+    }
+
+    /// A VM that ends while top runs is one marked row, then gone from the list: never a zero row or a crash.
+    @Test func aVMEndingIsAMarkedRowThenLeaves() throws {
+        let g = try guest(name: "top-end-\(getpid())", vcpus: 1, seconds: 1.2)
+        defer { g.stop() }
+        let lines = try top(["-n", "6", "-d", "0.4", "--no-exits"])
+        let rows = lines.map { vm($0, pid: g.pid) }
+        let seen = rows.map { r -> String in
+            guard let r else { return "absent" }
+            return r["gone"] as? Bool == true ? "gone" : "live"
+        }
+        // live…live, gone once, absent…
+        let firstGone = try #require(seen.firstIndex(of: "gone"), "\(seen)")
+        #expect(firstGone > 0, "\(seen)")
+        #expect(seen[..<firstGone].allSatisfy { $0 == "live" }, "\(seen)")
+        #expect(seen[(firstGone + 1)...].allSatisfy { $0 == "absent" }, "\(seen)")
+        let goneRow = try #require(rows[firstGone])
+        #expect(goneRow["interval"] is NSNull)
+        #expect(goneRow["cpu_percent"] is NSNull)
+        #expect((goneRow["cpu_seconds"] as? Double ?? 0) > 0, "a gone row keeps the last numbers read")
+        #expect(lines.allSatisfy { $0["exits_traced"] as? Bool == false })
+    }
+
+    @Test func batchScreensAndCSV() throws {
+        let g = try guest(name: "top-csv-\(getpid())", vcpus: 1)
+        defer { g.stop() }
+        let csv = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-top-\(getpid()).csv").path
+        defer { try? FileManager.default.removeItem(atPath: csv) }
+        let r = try CLI.run(["top", "-b", "-n", "2", "-d", "0.3", "--no-exits", "-o", "id", "--csv", csv], timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let screens = r.stdout.components(separatedBy: "\n\n    ID S")
+        #expect(r.stdout.components(separatedBy: "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME\n").count == 3)
+        #expect(screens.count == 3)
+        let row = r.stdout.split(separator: "\n").filter { $0.hasSuffix(" top-csv-\(getpid())") }
+        #expect(row.count == 2)
+        #expect(row.allSatisfy { $0.hasPrefix(String(repeating: " ", count: max(0, 6 - "\(g.pid)".count)) + "\(g.pid) R") })
+        let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n")
+        #expect(lines.first.map(String.init) == "time,iteration,pid,name,state,gone,vcpus,cpu_seconds,cpu_percent,cpu_percent_one_cpu,"
+                + "vcpu_wait_percent,mem_percent,rss_bytes,swap_bytes,rdrq,wrrq,read_bytes,write_bytes,rxby,txby,exits_per_second")
+        let mine = lines.filter { $0.contains(",\(g.pid),top-csv-\(getpid()),") }
+        #expect(mine.count == 2)
+        #expect(mine.map { $0.split(separator: ",", omittingEmptySubsequences: false)[1] } == ["1", "2"])
+        #expect(mine.allSatisfy { $0.split(separator: ",", omittingEmptySubsequences: false)[6] == "1" })
+    }
+
+    @Test func badOptionsAreOneLine() throws {
+        let r = try CLI.run(["top", "-b", "-o", "bogus"])
+        #expect(r.status != 0)
+        #expect(r.stderr == "kvmscope: -o/--sort must be one of cpu, mem, time, id, name, exits (got 'bogus')\n")
+        let d = try CLI.run(["top", "-b", "-d", "0"])
+        #expect(d.stderr == "kvmscope: -d/--delay must be between 0.1 and 3600 seconds\n")
+        let c = try CLI.run(["top", "-b", "-n", "1", "-d", "0.1", "--no-exits", "--csv", "/nonexistent/x.csv"])
+        #expect(c.status == 1)
+        #expect(c.stderr == "kvmscope: cannot write /nonexistent/x.csv: No such file or directory\n")
+    }
+}
