@@ -6,6 +6,7 @@ import KVMHost
 import KVMResources
 import KVMScopeViews
 import KVMSources
+import KVMTerminal
 import SystemPackage
 
 struct TopCommand: ParsableCommand {
@@ -58,10 +59,26 @@ struct TopCommand: ParsableCommand {
     func run() throws {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
-        let sampler = ResourceSampler()
-        sampler.excluded = [getpid()]
-        let session: LiveSession? = noExits ? nil : try LiveSession(config: TraceConfig())
-        defer { _ = session?.stop() }
+        let batchMode = batch || stream || json || Terminal.unusableReason() != nil
+        var source = try TopSource(traceExits: !noExits)
+        defer { source.stop() }
+        if !batchMode {
+            let terminal: Terminal
+            do { terminal = try Terminal() } catch {
+                return try runBatch(source: &source, stop: stop, order: order, because: "\(error)")
+            }
+            defer { terminal.end() }
+            var screen = TopScreen(terminal: terminal, stop: stop, sort: order, delay: delay, iterations: iterations)
+            try screen.run(&source)
+            source.stop()
+            return
+        }
+        try runBatch(source: &source, stop: stop, order: order, because: nil)
+    }
+
+    /// Screens (or JSON lines) one after another, and CSV rows.
+    func runBatch(source: inout TopSource, stop: StopSignal, order: TopSort, because reason: String?) throws {
+        if let reason { writeStderr("kvmscope: \(reason): showing batch screens (top -b) instead of the full screen\n") }
         var csvOut: Int32?
         if let csv {
             let fd = try createOutputFile(csv)
@@ -69,31 +86,21 @@ struct TopCommand: ParsableCommand {
             try write(fd, TopView.csvHeader + "\n", path: csv, stop: stop)
         }
         defer { if let csvOut { close(csvOut) } }
-
-        var exits = ExitTally()
-        if let session { exits.update(try Summary(session.snapshot())) }
-        _ = sampler.sample()
-        let clock = ISO8601DateFormatter()
-        var iteration = 0
         try TraceRun(stop: stop).wait(every: delay) {
-            iteration += 1
-            let sample = sampler.sample()
-            var perVM: [Int32: TopExits]?
-            if let session { perVM = exits.update(try Summary(session.snapshot())) }
-            let frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+            let frame = try source.next()
             if json {
                 try write(STDOUT_FILENO, TopView.json(frame, sort: order).serialized() + "\n", path: nil, stop: stop)
             } else {
-                try write(STDOUT_FILENO, (iteration > 1 ? "\n" : "") + TopView.render(frame, sort: order).joined(separator: "\n") + "\n",
-                          path: nil, stop: stop)
+                let text = TopView.render(frame, sort: order).joined(separator: "\n") + "\n"
+                try write(STDOUT_FILENO, (frame.iteration > 1 ? "\n" : "") + text, path: nil, stop: stop)
             }
             if let csvOut, let csv {
                 let lines = TopView.csvLines(frame, sort: order)
                 if !lines.isEmpty { try write(csvOut, lines.joined(separator: "\n") + "\n", path: csv, stop: stop) }
             }
-            return iterations.map { iteration < $0 } ?? true
+            return iterations.map { frame.iteration < $0 } ?? true
         }
-        if let failure = session?.stop() { writeStderr("kvmscope: \(failure)\n") }
+        source.stop()
     }
 
     /// stdout that went away (EPIPE, EIO) ends top like SIGHUP; a file that cannot take a line is an error.
@@ -101,6 +108,42 @@ struct TopCommand: ParsableCommand {
         guard let e = StandardDescriptors.write(fd, text) else { return }
         if let path { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
         stop.raise(SIGHUP)
+    }
+}
+
+/// What `top` shows, iteration after iteration: the resource sampler and, unless told not to, the live
+/// exit trace (one tracefs instance for the whole run).
+struct TopSource {
+    let sampler = ResourceSampler()
+    let session: LiveSession?
+    var exits = ExitTally()
+    var iteration = 0
+    let clock = ISO8601DateFormatter()
+
+    /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
+    init(traceExits: Bool) throws {
+        sampler.excluded = [getpid()]
+        session = traceExits ? try LiveSession(config: TraceConfig()) : nil
+        if let session { exits.update(try Summary(session.snapshot())) }
+        _ = sampler.sample()
+    }
+
+    /// The next frame: growth since the previous one.
+    mutating func next() throws -> TopFrame {
+        iteration += 1
+        let sample = sampler.sample()
+        var perVM: [Int32: TopExits]?
+        if let session { perVM = exits.update(try Summary(session.snapshot())) }
+        return TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+    }
+
+    private var stopped = false
+
+    /// Ends the trace (idempotent); a failure of its readers is one line on stderr.
+    mutating func stop() {
+        guard !stopped else { return }
+        stopped = true
+        if let failure = session?.stop() { writeStderr("kvmscope: \(failure)\n") }
     }
 }
 

@@ -174,3 +174,50 @@ struct TopLiveTests {
         #expect(c.stderr == "kvmscope: cannot write /nonexistent/x.csv: No such file or directory\n")
     }
 }
+
+/// `kvmscope top`'s full screen in a real terminal (tmux): virt-top's sort keys, a VM's threads, q.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
+struct TopScreenTests {
+    @Test func sortKeysThreadsAndQuit() throws {
+        let guestName = "top-tui-\(getpid())"
+        let g = try TopLiveTests().guest(name: guestName, vcpus: 2)
+        defer { g.stop() }
+        let name = "kvmscope-top-\(getpid())"
+        try LiveTUITests.tmux(["new-session", "-d", "-s", name, "-x", "130", "-y", "40",
+                               "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? LiveTUITests.tmux(["kill-session", "-t", name], check: false) }
+        let pane = LiveTUITests.Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        try pane.type("clear; \(CLI.binary) top -d 0.5; echo top-ended-$?")
+        try pane.keys("Enter")
+        let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME"
+        try pane.wait("the guest's row") { s in
+            s.first?.hasPrefix("kvmscope top - ") == true && s.contains(header) && s.contains { $0.hasSuffix(" \(guestName)") }
+                && s[2].hasSuffix("sorted by cpu")
+        }
+        // N: by ID, rows in pid order.
+        try pane.keys("N")
+        let byID = try pane.wait("sorted by id") { $0.count > 2 && $0[2].hasSuffix("sorted by id") }
+        let rows = byID.drop { $0 != header }.dropFirst().prefix { !$0.isEmpty }
+        let pids = rows.compactMap { Int32($0.split(separator: " ").first ?? "") }
+        #expect(pids == pids.sorted())
+        let index = try #require(pids.firstIndex(of: g.pid))
+        try pane.keys("M")
+        try pane.wait("sorted by mem") { $0.count > 2 && $0[2].hasSuffix("sorted by mem") }
+        try pane.keys("N")
+        try pane.wait("sorted by id") { $0.count > 2 && $0[2].hasSuffix("sorted by id") }
+        // ↓ to the guest, Enter: its threads, vCPUs first.
+        for _ in 0...index { try pane.keys("Down") }
+        try pane.keys("Enter")
+        let threads = try pane.wait("the guest's threads") { s in
+            s.contains("VM \(g.pid) \(guestName): 2 vCPU threads (CPU% and WAIT% of one CPU, like htop)")
+        }
+        let table = threads.drop { !$0.hasPrefix("   TID VCPU S CPU") }.dropFirst().prefix { !$0.isEmpty }
+        #expect(table.prefix(2).map { $0.hasSuffix(" CPU 0/KVM") || $0.hasSuffix(" CPU 1/KVM") } == [true, true])
+        #expect(table.prefix(2).map { $0.split(separator: " ")[1] } == ["0", "1"])
+        try pane.keys("Escape")
+        try pane.wait("the VM list again") { $0.contains(header) }
+        try pane.keys("q")
+        try pane.wait("top's end") { $0.contains("top-ended-0") }
+    }
+}
