@@ -22,9 +22,10 @@ final class ProcFile {
 
     init(capacity: Int = 16 * 1024) { buffer = [UInt8](repeating: 0, count: capacity) }
 
-    /// Reads `path` whole (up to the buffer's capacity, which every file read here fits).
-    func read(_ path: String) -> Result<Void, ProcReadFailure> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// Reads `path` whole (up to the buffer's capacity, which every file read here fits); a relative path
+    /// from the directory `directory` (openat: /proc/PID's lookup is done once per VM, not once per file).
+    func read(_ path: String, in directory: Int32 = AT_FDCWD) -> Result<Void, ProcReadFailure> {
+        let fd = openat(directory, path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return .failure(Self.failure(errno)) }
         defer { close(fd) }
         var total = 0
@@ -38,6 +39,9 @@ final class ProcFile {
             }
             if n == 0 { break }
             total += n
+            // procfs and sysfs hand over a small file in one read: a read that did not fill the buffer is the
+            // end (saves the read that would return 0, a quarter of the syscalls per file).
+            if total < buffer.count { break }
         }
         count = total
         return .success(())
@@ -147,9 +151,16 @@ final class ProcFile {
 
 /// Directory listing and symbolic links, through readdir and readlink.
 enum ProcDirectory {
-    /// The names of `path`'s entries that are decimal numbers (pids, tids, fds), or a failure.
-    static func numericEntries(_ path: String) -> Result<[Int32], ProcReadFailure> {
-        guard let dir = opendir(path) else { return .failure(ProcFile.failure(errno)) }
+    /// The names of `path`'s entries that are decimal numbers (pids, tids, fds), or a failure; a relative
+    /// path from the directory `directory`.
+    static func numericEntries(_ path: String, in directory: Int32 = AT_FDCWD) -> Result<[Int32], ProcReadFailure> {
+        let fd = openat(directory, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(ProcFile.failure(errno)) }
+        guard let dir = fdopendir(fd) else {
+            let e = errno
+            close(fd)
+            return .failure(ProcFile.failure(e))
+        }
         defer { closedir(dir) }
         var out: [Int32] = []
         while let entry = readdir(dir) {

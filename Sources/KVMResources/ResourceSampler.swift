@@ -37,6 +37,8 @@ public final class ResourceSampler {
     private struct VMState {
         var name: String
         var startTime: UInt64
+        /// /proc/PID, open while the VM is known: every file of the VM is opened relative to it.
+        var directory: Int32
         var tunFDs: [Int32: String] = [:]
         var threads: [Int32: ThreadState] = [:]
         var process = ThreadTimes()
@@ -66,6 +68,10 @@ public final class ResourceSampler {
         hostMemoryBytes = mem
     }
 
+    deinit {
+        for vm in vms.values { close(vm.directory) }
+    }
+
     /// Reads every VM once. The first sample has no deltas; each later one has the growth since the one before.
     public func sample() -> ResourceSample {
         var ts = timespec()
@@ -79,7 +85,10 @@ public final class ResourceSampler {
         for pid in vms.keys.sorted() {
             let s = sampleVM(pid, rescan: rescan)
             out.append(s)
-            if s.gone { vms[pid] = nil }
+            if s.gone {
+                close(vms[pid]!.directory)
+                vms[pid] = nil
+            }
         }
         sampleIndex += 1
         return ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
@@ -104,9 +113,14 @@ public final class ResourceSampler {
                 if notVMs[pid] == nil { notVMs[pid] = sampleIndex }
                 continue
             }
-            guard case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([22]) else { continue }
+            let dir = open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard dir >= 0 else { continue }
+            guard case .success = file.read("stat", in: dir), let f = file.statFields([22]) else {
+                close(dir)
+                continue
+            }
             notVMs[pid] = nil
-            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], tunFDs: fds.tun)
+            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: dir, tunFDs: fds.tun)
         }
         notVMs = notVMs.filter { listed.contains($0.key) }
     }
@@ -156,13 +170,13 @@ public final class ResourceSampler {
         }
         // /proc/PID/stat: a pid reused by another process is the old VM gone.
         // A zombie (state Z, X: ended, not yet reaped) is gone too.
-        guard case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([14, 15, 22, 43]),
+        guard case .success = file.read("stat", in: st.directory), let f = file.statFields([14, 15, 22, 43]),
               f.values[2] == st.startTime, f.state != UInt8(ascii: "Z"), f.state != UInt8(ascii: "X") else { return gone() }
         var process = ThreadTimes()
         process.userTicks = f.values[0]
         process.systemTicks = f.values[1]
         process.guestTicks = f.values[3]
-        switch file.read("\(procRoot)/\(pid)/status") {
+        switch file.read("status", in: st.directory) {
         case .failure(.gone): return gone()
         case .failure: break
         case .success:
@@ -174,7 +188,7 @@ public final class ResourceSampler {
             s.memory.swapBytes = (kb[4] ?? 0) * 1024
         }
         var io: IOCounters?
-        switch file.read("\(procRoot)/\(pid)/io") {
+        switch file.read("io", in: st.directory) {
         case .failure(.gone): return gone()
         case .failure: break
         case .success:
@@ -191,7 +205,7 @@ public final class ResourceSampler {
                 io = c
             }
         }
-        guard case .success(let tids) = ProcDirectory.numericEntries("\(procRoot)/\(pid)/task") else { return gone() }
+        guard case .success(let tids) = ProcDirectory.numericEntries("task", in: st.directory) else { return gone() }
 
         // Threads.
         let first = !st.sampled
@@ -199,18 +213,18 @@ public final class ResourceSampler {
         var seen = Set<Int32>()
         var vcpuDelta = ThreadTimes()
         for tid in tids {
-            let base = "\(procRoot)/\(pid)/task/\(tid)"
+            let base = "task/\(tid)"
             var known = st.threads[tid]
             if known == nil || rescan {
-                guard case .success = file.read("\(base)/comm") else { continue }
+                guard case .success = file.read("\(base)/comm", in: st.directory) else { continue }
                 let comm = file.text
                 known = ThreadState(comm: comm, vcpu: VCPUThreadName.vcpu(comm), times: known?.times ?? ThreadTimes())
             }
-            guard case .success = file.read("\(base)/stat"), let tf = file.statFields([3, 14, 15, 39, 43]) else {
+            guard case .success = file.read("\(base)/stat", in: st.directory), let tf = file.statFields([3, 14, 15, 39, 43]) else {
                 if st.threads[tid] != nil { seen.insert(tid) ; threads.append(goneThread(tid, st.threads[tid]!)) }
                 continue
             }
-            guard case .success = file.read("\(base)/schedstat") else {
+            guard case .success = file.read("\(base)/schedstat", in: st.directory) else {
                 if st.threads[tid] != nil { seen.insert(tid) ; threads.append(goneThread(tid, st.threads[tid]!)) }
                 continue
             }

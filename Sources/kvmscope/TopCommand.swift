@@ -152,6 +152,8 @@ struct TopSource {
 /// never fires).
 struct ExitTally {
     private var last: [Int32: Counts] = [:]
+    /// Each VM's total at the first update: `total` counts from there, so it is the sum of the intervals.
+    private var base: [Int32: UInt64]?
 
     struct Counts {
         var total: UInt64 = 0
@@ -171,6 +173,7 @@ struct ExitTally {
     @discardableResult
     mutating func update(_ summary: Summary) -> [Int32: TopExits] {
         let now = Self.counts(summary)
+        if base == nil { base = now.mapValues(\.total) }
         var out: [Int32: TopExits] = [:]
         for (vm, c) in now {
             let before = last[vm] ?? Counts()
@@ -181,7 +184,7 @@ struct ExitTally {
                 let d = n &- min(n, before.byReason[reason] ?? 0)
                 if d > 0, d > top?.1 ?? 0 || (d == top?.1 && reason < top!.0) { top = (reason, d) }
             }
-            out[vm] = TopExits(total: c.total, interval: c.total &- min(c.total, before.total), intervalByVCPU: byVCPU,
+            out[vm] = TopExits(total: c.total &- min(c.total, base?[vm] ?? 0), interval: c.total &- min(c.total, before.total), intervalByVCPU: byVCPU,
                                topReason: top?.0)
         }
         last = now
