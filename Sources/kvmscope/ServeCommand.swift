@@ -4,6 +4,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMScopeViews
 import KVMServe
 import KVMSources
@@ -67,7 +68,7 @@ struct ServeCommand: ParsableCommand {
         let session = try LiveSession(config: trace.config(onlyPid: pid))
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
-        let state = MetricsState(session: session, maxSeries: maxSeries)
+        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid)
         let server: MetricsServer
         do {
             server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
@@ -98,17 +99,24 @@ final class MetricsState: MetricsSource {
     let session: LiveSession
     let maxSeries: Int
     let storms = Mutex<[StormActivity]>([])
+    /// What each VM costs the host, sampled at each scrape (one scrape at a time samples).
+    let resources = Mutex(ResourceSampler())
+    let resourcesPID: Int32?
 
-    init(session: LiveSession, maxSeries: Int) {
+    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?) {
         self.session = session
         self.maxSeries = maxSeries
+        self.resourcesPID = resourcesPID
+        resources.withLock { $0.excluded = [getpid()] }
     }
 
-    /// Renders a scrape from a fresh snapshot: cost ∝ series, not events.
+    /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
     func render(_ format: ExpositionFormat) throws -> String {
         let summary = try Summary(session.snapshot())
+        let sample = resources.withLock { $0.sample() }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
-                                      storms: storms.withLock { $0 }, maxSeries: maxSeries)
+                                      storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
+                                      resourcesPID: resourcesPID)
         return PrometheusExposition.render(summary, format: format, extras: extras)
     }
 }

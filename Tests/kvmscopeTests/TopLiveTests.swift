@@ -224,3 +224,44 @@ struct TopScreenTests {
         try pane.wait("top's end") { $0.contains("top-ended-0") }
     }
 }
+
+/// `serve`'s resource families for a real VM, read against the threads' own /proc numbers.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct ResourceMetricsLiveTests {
+    @Test func vcpuSecondsAreTheThreadsProcTimes() throws {
+        let name = "top-metrics-\(getpid())"
+        let g = try TopLiveTests().guest(name: name, vcpus: 2)
+        defer {
+            kill(g.pid, SIGCONT)
+            g.stop()
+        }
+        usleep(300_000)
+        kill(g.pid, SIGSTOP)
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && !TopLiveTests.threads(g.pid).allSatisfy({ $0.state == "T" }) { usleep(10_000) }
+        let threads = TopLiveTests.threads(g.pid)
+
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        let scrape = try #require(httpGet("http://127.0.0.1:\(port)/metrics"))
+        let lines = scrape.body.split(separator: "\n").map(String.init)
+        let vm = "vm=\"\(g.pid)\",vm_name=\"\(name)\""
+        #expect(lines.contains("kvmscope_vm_vcpus{\(vm)} 2"))
+        for v in 0..<2 {
+            let t = try #require(threads.first { $0.comm == "CPU \(v)/KVM" })
+            #expect(lines.contains("kvmscope_vcpu_cpu_seconds_total{\(vm),vcpu=\"\(v)\"} \(Double(t.ticks) / 100)"),
+                    "\(lines.filter { $0.contains("vcpu_cpu") })")
+        }
+        #expect(lines.filter { $0.hasPrefix("kvmscope_vcpu_wait_seconds_total{\(vm),") }.count == 2)
+        // serve -p: only that VM's resource series.
+        let port2 = freeLoopbackPort()
+        let only = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port2)", "-p", "1"])
+        defer { only.stop() }
+        #expect(only.waitForStderr("kvmscope: serving http://127.0.0.1:\(port2)/metrics"), "serve: \(only.stderr)")
+        let none = try #require(httpGet("http://127.0.0.1:\(port2)/metrics"))
+        #expect(!none.body.contains("kvmscope_vm_vcpus{"))
+        #expect(none.body.contains("# TYPE kvmscope_vm_vcpus gauge"))
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import KVMAnalysis
 import KVMResources
 import KVMScopeViews
 import Testing
@@ -121,5 +122,60 @@ import Testing
         #expect(threads.map { $0["exits"] as? Int } == [30_000, 0, nil])
         #expect(vms[2]["interval"] is NSNull)
         #expect(vms[2]["cpu_percent"] is NSNull)
+    }
+}
+
+/// The resource families of `/metrics`, from the same known sample.
+@Suite struct ResourceExpositionTests {
+    @Test func familiesAndValues() {
+        let frame = TopViewTests.frame()
+        let text = PrometheusExposition.render(Summary(), format: .prometheus,
+                                               extras: ExpositionExtras(version: "t", resources: frame.sample))
+        let lines = text.split(separator: "\n").map(String.init)
+        let start = lines.firstIndex { $0.hasPrefix("# HELP kvmscope_vm_cpu_seconds_total") }!
+        #expect(Array(lines[start...].filter { !$0.hasPrefix("#") }) == [
+            "kvmscope_vm_cpu_seconds_total{vm=\"99\",vm_name=\"db,1\"} 1.0",
+            "kvmscope_vm_cpu_seconds_total{vm=\"4242\",vm_name=\"web\"} 123.45",
+            "kvmscope_vm_guest_seconds_total{vm=\"99\",vm_name=\"db,1\"} 0.0",
+            "kvmscope_vm_guest_seconds_total{vm=\"4242\",vm_name=\"web\"} 0.0",
+            "kvmscope_vm_vcpus{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_vcpus{vm=\"4242\",vm_name=\"web\"} 2",
+            "kvmscope_vm_resident_memory_bytes{vm=\"99\",vm_name=\"db,1\"} 536870912",
+            "kvmscope_vm_resident_memory_bytes{vm=\"4242\",vm_name=\"web\"} 1073741824",
+            "kvmscope_vm_swap_bytes{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_swap_bytes{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_disk_read_bytes_total{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_disk_written_bytes_total{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_read_syscalls_total{vm=\"4242\",vm_name=\"web\"} 12345",
+            "kvmscope_vm_write_syscalls_total{vm=\"4242\",vm_name=\"web\"} 7",
+            "kvmscope_vcpu_cpu_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 5.0",
+            "kvmscope_vcpu_cpu_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_guest_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0.0",
+            "kvmscope_vcpu_guest_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_wait_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0.0",
+            "kvmscope_vcpu_wait_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_context_switches_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0",
+            "kvmscope_vcpu_context_switches_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0",
+            "kvmscope_vm_network_receive_bytes_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 64000",
+            "kvmscope_vm_network_transmit_bytes_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 1500",
+            "kvmscope_vm_network_receive_packets_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_packets_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_receive_drops_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_drops_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_receive_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+        ])
+        #expect(lines.contains("# HELP kvmscope_vm_vcpus vCPU threads of the VM, by thread name."))
+        #expect(lines.contains("# TYPE kvmscope_vcpu_wait_seconds_total counter"))
+        // Without a sample (the exposition goldens), no resource family.
+        #expect(!PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t"))
+            .contains("kvmscope_vm_"))
+        // OpenMetrics: counters named without _total in TYPE, # EOF last.
+        let om = PrometheusExposition.render(Summary(), format: .openMetrics,
+                                             extras: ExpositionExtras(version: "t", resources: frame.sample, resourcesPID: 99))
+        #expect(om.contains("# TYPE kvmscope_vm_cpu_seconds counter\n"))
+        #expect(om.contains("kvmscope_vm_cpu_seconds_total{vm=\"99\",vm_name=\"db,1\"} 1.0\n"))
+        #expect(!om.contains("vm=\"4242\""))
+        #expect(om.hasSuffix("# EOF\n"))
     }
 }
