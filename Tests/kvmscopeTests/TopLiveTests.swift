@@ -265,3 +265,59 @@ struct ResourceMetricsLiveTests {
         #expect(none.body.contains("# TYPE kvmscope_vm_vcpus gauge"))
     }
 }
+
+/// `stat --json`'s `resources` section: each VM's cost over the trace, beside its exits.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct StatResourcesLiveTests {
+    /// The storm runs 2.5 s: resources are sampled about once a second, so a VM that lives less may be missed.
+    @Test func theTracedCommandsVM() throws {
+        let name = "stat-res-\(getpid())"
+        let r = try CLI.run(["stat", "--json", "--event", "kvm_userspace_exit", "--", CLI.binary, "storm", "--name", name,
+                             "--vcpus", "2", "--exits", "1000000000", "--seconds", "2.5"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try CLI.json(r.stdout)
+        let pids = Set(try #require(j["userspace_exits"] as? [[String: Any]]).compactMap { $0["vm"] as? Int })
+        #expect(pids.count == 1)
+        let res = try #require(j["resources"] as? [[String: Any]])
+        #expect(res.map { $0["vm"] as? Int } == Array(pids))
+        let vm = try #require(res.first)
+        #expect(vm["vm_name"] as? String == name)
+        #expect(vm["ended"] as? Bool == true)
+        #expect(vm["vcpus"] as? Int == 2)
+        let threads = try #require(vm["vcpu_threads"] as? [[String: Any]])
+        #expect(threads.map { $0["vcpu"] as? Int } == [0, 1])
+        let ticks = { (v: Any?) in Int(((v as? Double) ?? -1) * 100 + 0.5) }
+        #expect(threads.map { ticks($0["cpu_seconds"]) }.reduce(0, +) == ticks(vm["vcpu_cpu_seconds"]))
+        #expect(ticks(vm["vcpu_cpu_seconds"]) > 0)
+    }
+
+    @Test func aStoppedVMCostsNothing() throws {
+        let name = "stat-stop-\(getpid())"
+        let g = try TopLiveTests().guest(name: name, vcpus: 2)
+        defer {
+            kill(g.pid, SIGCONT)
+            g.stop()
+        }
+        kill(g.pid, SIGSTOP)
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && !TopLiveTests.threads(g.pid).allSatisfy({ $0.state == "T" }) { usleep(10_000) }
+        let r = try CLI.run(["stat", "--json", "--duration", "1.5", "-p", "\(g.pid)"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let status = try String(contentsOfFile: "/proc/\(g.pid)/status", encoding: .utf8)
+        let rssKB = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { Int($0.dropFirst(6).trimmingCharacters(in: .whitespaces).dropLast(3)) }
+        let res = try #require(try CLI.json(r.stdout)["resources"] as? [[String: Any]])
+        #expect(res.count == 1)
+        let vm = try #require(res.first)
+        #expect(vm["vm"] as? Int == Int(g.pid))
+        #expect(vm["vm_name"] as? String == name)
+        #expect(vm["ended"] as? Bool == false)
+        #expect(vm["seen_from_start"] as? Bool == true)
+        #expect(vm["vcpus"] as? Int == 2)
+        #expect(vm["cpu_seconds"] as? Double == 0)
+        #expect(vm["vcpu_cpu_seconds"] as? Double == 0)
+        #expect(vm["vcpu_switches"] as? Int == 0)
+        #expect(vm["rss_bytes"] as? Int == rssKB.map { $0 * 1024 })
+        #expect((vm["sampled_seconds"] as? Double ?? 0) >= 1.4)
+    }
+}
