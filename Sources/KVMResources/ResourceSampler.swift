@@ -33,6 +33,9 @@ public final class ResourceSampler {
         var comm: String
         var vcpu: UInt32?
         var times: ThreadTimes
+        /// /proc/PID/task/TID, open while the thread is known (its files are opened relative to it: no path
+        /// lookup per file); -1 when descriptors ran out (then paths from /proc/PID).
+        var dir: Int32 = -1
     }
     private struct VMState {
         var name: String
@@ -66,10 +69,25 @@ public final class ResourceSampler {
         var mem: UInt64 = 0
         if case .success = file.read("\(procRoot)/meminfo"), let kb = file.keyed(["MemTotal:"])[0] { mem = kb * 1024 }
         hostMemoryBytes = mem
+        Self.raiseDescriptorLimit()
+    }
+
+    /// Raises the soft limit on open descriptors to the hard one (as Go's runtime does at start): the sampler
+    /// keeps one per VM and one per VM thread. Where it stays too low, threads are read by path instead.
+    static func raiseDescriptorLimit() {
+        var r = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0, r.rlim_cur < r.rlim_max else { return }
+        r.rlim_cur = r.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &r)
     }
 
     deinit {
-        for vm in vms.values { close(vm.directory) }
+        for vm in vms.values { closeDescriptors(of: vm) }
+    }
+
+    private func closeDescriptors(of vm: VMState) {
+        close(vm.directory)
+        for t in vm.threads.values where t.dir >= 0 { close(t.dir) }
     }
 
     /// Reads every VM once. The first sample has no deltas; each later one has the growth since the one before.
@@ -86,7 +104,7 @@ public final class ResourceSampler {
             let s = sampleVM(pid, rescan: rescan)
             out.append(s)
             if s.gone {
-                close(vms[pid]!.directory)
+                closeDescriptors(of: vms[pid]!)
                 vms[pid] = nil
             }
         }
@@ -213,23 +231,37 @@ public final class ResourceSampler {
         var seen = Set<Int32>()
         var vcpuDelta = ThreadTimes()
         for tid in tids {
-            let base = "task/\(tid)"
-            var known = st.threads[tid]
-            if known == nil || rescan {
-                guard case .success = file.read("\(base)/comm", in: st.directory) else { continue }
-                let comm = file.text
-                known = ThreadState(comm: comm, vcpu: VCPUThreadName.vcpu(comm), times: known?.times ?? ThreadTimes())
+            var known = st.threads[tid] ?? ThreadState(comm: "", vcpu: nil, times: ThreadTimes(),
+                                                       dir: openat(st.directory, "task/\(tid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+            let isNew = st.threads[tid] == nil
+            let (dir, prefix) = known.dir >= 0 ? (known.dir, "") : (st.directory, "task/\(tid)/")
+            /// A listed thread whose files are gone ended mid-sample: a marked row if it was known.
+            func ended() {
+                if isNew {
+                    if known.dir >= 0 { close(known.dir) }
+                } else {
+                    seen.insert(tid)
+                    threads.append(goneThread(tid, known))
+                }
             }
-            guard case .success = file.read("\(base)/stat", in: st.directory), let tf = file.statFields([3, 14, 15, 39, 43]) else {
-                if st.threads[tid] != nil { seen.insert(tid) ; threads.append(goneThread(tid, st.threads[tid]!)) }
+            if isNew || rescan {
+                guard case .success = file.read(prefix + "comm", in: dir) else {
+                    ended()
+                    continue
+                }
+                known.comm = file.text
+                known.vcpu = VCPUThreadName.vcpu(known.comm)
+            }
+            guard case .success = file.read(prefix + "stat", in: dir), let tf = file.statFields([3, 14, 15, 39, 43]) else {
+                ended()
                 continue
             }
-            guard case .success = file.read("\(base)/schedstat", in: st.directory) else {
-                if st.threads[tid] != nil { seen.insert(tid) ; threads.append(goneThread(tid, st.threads[tid]!)) }
+            guard case .success = file.read(prefix + "schedstat", in: dir) else {
+                ended()
                 continue
             }
             let sched = file.numbers(max: 3)
-            var t = ThreadSample(tid: tid, comm: known!.comm, vcpu: known!.vcpu)
+            var t = ThreadSample(tid: tid, comm: known.comm, vcpu: known.vcpu)
             t.state = Character(UnicodeScalar(tf.state))
             t.processor = Int32(truncatingIfNeeded: tf.values[3])
             t.times.userTicks = tf.values[1]
@@ -246,11 +278,15 @@ public final class ResourceSampler {
                 if t.vcpu != nil { vcpuDelta = vcpuDelta + d }
             }
             seen.insert(tid)
-            st.threads[tid] = ThreadState(comm: t.comm, vcpu: t.vcpu, times: t.times)
+            known.times = t.times
+            st.threads[tid] = known
             threads.append(t)
         }
         for (tid, t) in st.threads where !seen.contains(tid) { threads.append(goneThread(tid, t)) }
-        for t in threads where t.gone { st.threads[t.tid] = nil }
+        for t in threads where t.gone {
+            if let d = st.threads[t.tid]?.dir, d >= 0 { close(d) }
+            st.threads[t.tid] = nil
+        }
         threads.sort { a, b in
             switch (a.vcpu, b.vcpu) {
             case let (x?, y?): x != y ? x < y : a.tid < b.tid
