@@ -197,6 +197,28 @@ public struct VMSample: Sendable, Equatable {
     public var vcpuCount: Int { threads.filter { $0.vcpu != nil && !$0.gone }.count }
 }
 
+/// One host CPU's time, cumulative, clock ticks (a `cpuN` line of /proc/stat). `user` includes `guest`.
+public struct HostCPUTimes: Sendable, Equatable {
+    public var cpu: Int
+    public var user: UInt64 = 0, nice: UInt64 = 0, system: UInt64 = 0, idle: UInt64 = 0, iowait: UInt64 = 0
+    public var irq: UInt64 = 0, softirq: UInt64 = 0, steal: UInt64 = 0, guest: UInt64 = 0, guestNice: UInt64 = 0
+
+    public init(cpu: Int) { self.cpu = cpu }
+
+    /// Every tick of the CPU (guest time is inside user and nice, so counted once).
+    public var total: UInt64 { user &+ nice &+ system &+ idle &+ iowait &+ irq &+ softirq &+ steal }
+
+    public func subtracting(_ e: HostCPUTimes) -> HostCPUTimes {
+        var d = HostCPUTimes(cpu: cpu)
+        d.user = user.saturatingMinus(e.user); d.nice = nice.saturatingMinus(e.nice)
+        d.system = system.saturatingMinus(e.system); d.idle = idle.saturatingMinus(e.idle)
+        d.iowait = iowait.saturatingMinus(e.iowait); d.irq = irq.saturatingMinus(e.irq)
+        d.softirq = softirq.saturatingMinus(e.softirq); d.steal = steal.saturatingMinus(e.steal)
+        d.guest = guest.saturatingMinus(e.guest); d.guestNice = guestNice.saturatingMinus(e.guestNice)
+        return d
+    }
+}
+
 /// One sample of every VM on the host.
 public struct ResourceSample: Sendable, Equatable {
     /// CLOCK_MONOTONIC time of the sample, nanoseconds.
@@ -211,6 +233,8 @@ public struct ResourceSample: Sendable, Equatable {
     public var hostMemoryBytes: UInt64
     /// VMs by pid.
     public var vms: [VMSample]
+    /// Each host CPU's growth since the previous sample (/proc/stat), by CPU number; empty at the first.
+    public var hostCPUDeltas: [HostCPUTimes] = []
 
     public init(timestamp: UInt64, intervalSeconds: Double, ticksPerSecond: UInt64, hostCPUs: Int, hostMemoryBytes: UInt64,
                 vms: [VMSample]) {

@@ -50,6 +50,7 @@ public final class ResourceSampler {
         var sampled = false
     }
     private var vms: [Int32: VMState] = [:]
+    private var hostCPUTimes: [HostCPUTimes] = []
     /// pid → the sample it was first seen in, for processes that are not VMs.
     private var notVMs: [Int32: Int] = [:]
 
@@ -109,8 +110,30 @@ public final class ResourceSampler {
             }
         }
         sampleIndex += 1
-        return ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
-                              hostMemoryBytes: hostMemoryBytes, vms: out)
+        var result = ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
+                                    hostMemoryBytes: hostMemoryBytes, vms: out)
+        let cpus = readHostCPUs()
+        if cpus.count == hostCPUTimes.count {
+            result.hostCPUDeltas = zip(cpus, hostCPUTimes).map { $0.cpu == $1.cpu ? $0.subtracting($1) : HostCPUTimes(cpu: $0.cpu) }
+        }
+        hostCPUTimes = cpus
+        return result
+    }
+
+    /// The `cpuN` lines of /proc/stat (an unreadable file: none).
+    private func readHostCPUs() -> [HostCPUTimes] {
+        guard case .success = file.read("\(procRoot)/stat") else { return [] }
+        var out: [HostCPUTimes] = []
+        for line in file.text.split(separator: "\n") where line.hasPrefix("cpu") && !line.hasPrefix("cpu ") {
+            let f = line.split(separator: " ")
+            guard f.count >= 11, let n = Int(f[0].dropFirst(3)) else { continue }
+            let v = f[1...10].map { UInt64($0) ?? 0 }
+            var c = HostCPUTimes(cpu: n)
+            c.user = v[0]; c.nice = v[1]; c.system = v[2]; c.idle = v[3]; c.iowait = v[4]
+            c.irq = v[5]; c.softirq = v[6]; c.steal = v[7]; c.guest = v[8]; c.guestNice = v[9]
+            out.append(c)
+        }
+        return out
     }
 
     // MARK: Finding VMs

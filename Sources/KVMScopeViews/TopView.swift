@@ -337,3 +337,60 @@ extension String {
         return out
     }
 }
+
+/// virt-top's other screens: `1` host CPUs, `2` network, `3` block.
+extension TopView {
+    /// `1`: each host CPU's time in the interval (/proc/stat: user without guest, system with irq and softirq,
+    /// guest, steal, idle with iowait, as shares of the CPU), and the vCPU threads that last ran there
+    /// (`NAME/N`, their stat field 39).
+    public static func renderHostCPUs(_ frame: TopFrame) -> [String] {
+        let s = frame.sample
+        var lines = ["   CPU  %USR  %SYS %GUEST %STEAL %IDLE VCPUS (last ran here)"]
+        for c in s.hostCPUDeltas {
+            let total = Double(max(c.total, 1))
+            func pct(_ v: UInt64) -> String { lpad(fixed(Double(v) / total * 100, 1), 6) }
+            let guest = c.guest &+ c.guestNice
+            let user = (c.user &+ c.nice).saturatingMinus(guest)
+            var here: [String] = []
+            for vm in s.vms where !vm.gone {
+                for t in vm.threads where !t.gone && t.vcpu != nil && t.processor == Int32(c.cpu) {
+                    here.append("\(vm.name)/\(t.vcpu!)")
+                }
+            }
+            lines.append(lpad(String(c.cpu), 6) + pct(user) + pct(c.system &+ c.irq &+ c.softirq) + " " + pct(guest)
+                         + " " + pct(c.steal) + pct(c.idle &+ c.iowait) + " " + here.joined(separator: " "))
+        }
+        if s.hostCPUDeltas.isEmpty { lines.append("(no /proc/stat)") }
+        return lines
+    }
+
+    /// `2`: one row per tap of each VM, the guest's view, bytes and packets in the interval.
+    public static func renderNetwork(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
+        var lines = ["    ID DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR NAME"]
+        for r in rows(frame, sort: sort) where !r.vm.gone {
+            for tap in r.vm.taps {
+                let d = r.vm.tapDeltas.first { $0.fd == tap.fd && $0.device == tap.device }
+                func c(_ v: UInt64?, _ w: Int) -> String { lpad(count(v), w) }
+                let device = tap.gone ? tap.device + " (gone)" : tap.device
+                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad(device, 14) + c(d?.txBytes, 6) + c(d?.rxBytes, 7)
+                             + c(d?.txPackets, 6) + c(d?.rxPackets, 6) + c(d?.txDropped, 7) + c(d?.rxDropped, 7)
+                             + c(d?.txErrors, 6) + c(d?.rxErrors, 6) + " " + r.vm.name)
+            }
+        }
+        if lines.count == 1 { lines.append("(no VM holds a tap device: /dev/net/tun descriptors with iff:)") }
+        return lines
+    }
+
+    /// `3`: per VM, from /proc/PID/io in the interval: bytes that reached storage and read/write syscalls
+    /// (per-device requests need QMP or libvirt).
+    public static func renderBlock(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
+        var lines = ["    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME"]
+        for r in rows(frame, sort: sort) where !r.vm.gone {
+            let d = r.vm.ioDelta
+            lines.append(lpad(String(r.vm.pid), 6) + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7)
+                         + lpad(count(d?.readSyscalls), 6) + lpad(count(d?.writeSyscalls), 6)
+                         + lpad(count(d?.readChars), 7) + lpad(count(d?.writeChars), 7) + " " + r.vm.name)
+        }
+        return lines
+    }
+}

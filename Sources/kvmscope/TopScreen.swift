@@ -16,6 +16,9 @@ struct TopScreen {
     /// The VM chosen with the arrow keys, by pid; the thread view shows it.
     var selected: Int32?
     var showingThreads = false
+    /// virt-top's `1`, `2`, `3` screens (nil: the VM list).
+    enum Screen { case hostCPUs, network, block }
+    var screen: Screen?
     var frame: TopFrame?
 
     init(terminal: Terminal, stop: StopSignal, sort: TopSort, delay: Double, iterations: Int?) {
@@ -26,7 +29,7 @@ struct TopScreen {
         self.iterations = iterations
     }
 
-    static let keysLine = "P %CPU  M %MEM  T TIME  N ID  A NAME  E EXITS/s  ↑↓ choose  Enter threads  Esc back  q quit"
+    static let keysLine = "P %CPU M %MEM T TIME N ID A NAME E EXITS/s  1 CPUs 2 net 3 block 0 VMs  ↑↓ Enter threads  Esc  q quit"
 
     mutating func run(_ source: inout TopSource) throws {
         var next = Date().addingTimeInterval(delay)
@@ -65,7 +68,13 @@ struct TopScreen {
         case .up where !pids.isEmpty: selected = pids[max(0, (index ?? 0) - 1)]
         case .down where !pids.isEmpty: selected = pids[min(pids.count - 1, index.map { $0 + 1 } ?? 0)]
         case .enter where selected != nil: showingThreads = true
-        case .escape, .backspace: showingThreads = false
+        case .escape, .backspace:
+            showingThreads = false
+            screen = nil
+        case .character("0"): screen = nil
+        case .character("1"): screen = screen == .hostCPUs ? nil : .hostCPUs
+        case .character("2"): screen = screen == .network ? nil : .network
+        case .character("3"): screen = screen == .block ? nil : .block
         default: break
         }
         return false
@@ -81,7 +90,17 @@ struct TopScreen {
         }
         let screen = TopView.render(frame, sort: sort)
         let rows = TopView.rows(frame, sort: sort)
-        if showingThreads, let pid = selected, let row = rows.first(where: { $0.vm.pid == pid }) {
+        if let other = self.screen {
+            let body: [String]
+            switch other {
+            case .hostCPUs: body = TopView.renderHostCPUs(frame)
+            case .network: body = TopView.renderNetwork(frame, sort: sort)
+            case .block: body = TopView.renderBlock(frame, sort: sort)
+            }
+            lines = screen.prefix(4).map { ($0, []) } + [("", [])]
+            lines.append((body[0], [(0, body[0], .reverse)]))
+            lines += body.dropFirst().map { ($0, []) }
+        } else if showingThreads, let pid = selected, let row = rows.first(where: { $0.vm.pid == pid }) {
             lines = screen.prefix(4).map { ($0, []) }
             lines.append(("", []))
             lines.append(("VM \(pid) \(row.vm.name): \(row.vm.vcpuCount) vCPU threads (CPU% and WAIT% of one CPU, like htop)",

@@ -169,6 +169,22 @@ final class FakeHost {
         #expect(vm.tapDeltas.map(\.rxDropped) == [0])
     }
 
+    @Test func hostCPUsFromProcStat() throws {
+        let h = try host()
+        try h.write("proc/stat", "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 100 5 20 300 4 1 2 3 40 1\ncpu1 1 0 0 9 0 0 0 0 0 0\nintr 1 2\n")
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        #expect(sampler.sample().hostCPUDeltas.isEmpty)
+        try h.write("proc/stat", "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 150 5 30 340 4 1 2 8 70 1\ncpu1 1 0 0 109 0 0 0 0 0 0\nintr 1 2\n")
+        let d = sampler.sample().hostCPUDeltas
+        #expect(d.map(\.cpu) == [0, 1])
+        #expect(d.map(\.user) == [50, 0])
+        #expect(d.map(\.system) == [10, 0])
+        #expect(d.map(\.idle) == [40, 100])
+        #expect(d.map(\.steal) == [5, 0])
+        #expect(d.map(\.guest) == [30, 0])
+        #expect(d.map(\.total) == [105, 100])
+    }
+
     @Test func aThreadEndingMidSampleIsAMarkedRow() throws {
         let h = try host()
         let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)

@@ -220,6 +220,19 @@ struct TopScreenTests {
         #expect(table.prefix(2).map { $0.split(separator: " ")[1] } == ["0", "1"])
         try pane.keys("Escape")
         try pane.wait("the VM list again") { $0.contains(header) }
+        // 1, 2, 3: virt-top's host CPU, network and block screens; 0 back to the VMs.
+        try pane.keys("1")
+        try pane.wait("the host CPUs") { s in
+            s.contains("   CPU  %USR  %SYS %GUEST %STEAL %IDLE VCPUS (last ran here)") && s.contains { $0.hasPrefix("     1 ") }
+        }
+        try pane.keys("2")
+        try pane.wait("the network screen") { $0.contains { $0.hasPrefix("    ID DEVICE          RXBY") } }
+        try pane.keys("3")
+        try pane.wait("the block screen") { s in
+            s.contains("    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME") && s.contains { $0.hasSuffix(" \(guestName)") }
+        }
+        try pane.keys("0")
+        try pane.wait("the VM list again") { $0.contains(header) }
         try pane.keys("q")
         try pane.wait("top's end") { $0.contains("top-ended-0") }
     }

@@ -47,8 +47,18 @@ import Testing
         var gone = VMSample(pid: 7, name: "old", gone: true)
         gone.processTimes.systemTicks = 6_000
 
-        let sample = ResourceSample(timestamp: 0, intervalSeconds: 2, ticksPerSecond: 100, hostCPUs: 4,
+        var sample = ResourceSample(timestamp: 0, intervalSeconds: 2, ticksPerSecond: 100, hostCPUs: 4,
                                     hostMemoryBytes: 8 << 30, vms: [gone, db, web])
+        var cpu0 = HostCPUTimes(cpu: 0)
+        cpu0.user = 100
+        cpu0.guest = 40
+        cpu0.system = 10
+        cpu0.softirq = 10
+        cpu0.idle = 70
+        cpu0.steal = 10
+        var cpu1 = HostCPUTimes(cpu: 1)
+        cpu1.idle = 200
+        sample.hostCPUDeltas = [cpu0, cpu1]
         return TopFrame(sample: sample, iteration: 3, time: "2026-11-30T09:40:12Z",
                         exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000], topReason: "KVM_EXIT_IO")])
     }
@@ -64,6 +74,24 @@ import Testing
             "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k web",
             "    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 db,1",
             "     7 -    -    -    -    -    -  0.0 1:00.00        - old (gone)",
+        ])
+    }
+
+    @Test func virtTopsOtherScreens() {
+        let f = Self.frame()
+        #expect(TopView.renderHostCPUs(f) == [
+            "   CPU  %USR  %SYS %GUEST %STEAL %IDLE VCPUS (last ran here)",
+            "     0  30.0  10.0   20.0    5.0  35.0 ",
+            "     1   0.0   0.0    0.0    0.0 100.0 web/0",
+        ])
+        #expect(TopView.renderNetwork(f) == [
+            "    ID DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR NAME",
+            "  4242 tap0             64K   1500     0     0      0      0     0     0 web",
+        ])
+        #expect(TopView.renderBlock(f) == [
+            "    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME",
+            "  4242      0      0   12K     7      0      0 web",
+            "    99      -      -     -     -      -      - db,1",
         ])
     }
 
