@@ -207,3 +207,18 @@ import Testing
         #expect(om.hasSuffix("# EOF\n"))
     }
 }
+
+/// The live view's guest list (`b`) shows each guest's CPU and vCPU wait beside its exits.
+@Suite struct LiveGuestResourcesTests {
+    @Test func guestRowsCarryCPUAndWait() {
+        var frame = LiveFrame(current: Summary(), previous: Summary(), seconds: 1,
+                              guests: [GuestTotal(pid: 100, name: "web", total: 30), GuestTotal(pid: 200, name: "db", total: 10)],
+                              previousGuests: [GuestTotal(pid: 100, name: "web", total: 0), GuestTotal(pid: 200, name: "db", total: 0)])
+        frame.guestResources = [100: GuestResourceUse(cpuPercent: 45, waitPercent: 3.14)]
+        var state = LiveViewState()
+        state.mode = .guests
+        let text = LiveView.render(frame, state: state, width: 120, height: 30).text
+        #expect(text.contains(">web (pid 100) cpu 45.0% wait 3.1%                30   75.0       30"))
+        #expect(text.contains(" db (pid 200)                                     10   25.0       10"))
+    }
+}
