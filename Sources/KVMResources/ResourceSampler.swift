@@ -19,6 +19,9 @@ public final class ResourceSampler {
     public let sysRoot: String
     public let rescanEvery: Int
     public let youngSamples: Int
+    /// Whether descriptors of /proc/PID and /proc/PID/task/TID stay open between samples (no path lookups:
+    /// cheaper at a short interval). Without, nothing stays open between samples (`serve`, sampled per scrape).
+    public let keepDescriptors: Bool
     /// Processes never reported (kvmscope itself, whose storm guest is its own VM).
     public var excluded: Set<Int32> = []
 
@@ -40,7 +43,8 @@ public final class ResourceSampler {
     private struct VMState {
         var name: String
         var startTime: UInt64
-        /// /proc/PID, open while the VM is known: every file of the VM is opened relative to it.
+        /// /proc/PID, open while the VM is known (with `keepDescriptors`; else -1): every file of the VM is
+        /// opened relative to it.
         var directory: Int32
         var tunFDs: [Int32: String] = [:]
         var threads: [Int32: ThreadState] = [:]
@@ -59,7 +63,10 @@ public final class ResourceSampler {
     ///   - sysRoot: sysfs (`/sys`), for `/sys/class/net/TAP/statistics`.
     ///   - rescanEvery: every this many samples, every process's descriptors are looked at again.
     ///   - youngSamples: a process not (yet) a VM is looked at again in this many samples after it appears.
-    public init(procRoot: String = "/proc", sysRoot: String = "/sys", rescanEvery: Int = 10, youngSamples: Int = 3) {
+    ///   - keepDescriptors: keep a descriptor per VM and per VM thread open between samples.
+    public init(procRoot: String = "/proc", sysRoot: String = "/sys", rescanEvery: Int = 10, youngSamples: Int = 3,
+                keepDescriptors: Bool = true) {
+        self.keepDescriptors = keepDescriptors
         self.procRoot = procRoot
         self.sysRoot = sysRoot
         self.rescanEvery = max(1, rescanEvery)
@@ -70,7 +77,7 @@ public final class ResourceSampler {
         var mem: UInt64 = 0
         if case .success = file.read("\(procRoot)/meminfo"), let kb = file.keyed(["MemTotal:"])[0] { mem = kb * 1024 }
         hostMemoryBytes = mem
-        Self.raiseDescriptorLimit()
+        if keepDescriptors { Self.raiseDescriptorLimit() }
     }
 
     /// Raises the soft limit on open descriptors to the hard one (as Go's runtime does at start): the sampler
@@ -87,7 +94,7 @@ public final class ResourceSampler {
     }
 
     private func closeDescriptors(of vm: VMState) {
-        close(vm.directory)
+        if vm.directory >= 0 { close(vm.directory) }
         for t in vm.threads.values where t.dir >= 0 { close(t.dir) }
     }
 
@@ -161,7 +168,8 @@ public final class ResourceSampler {
                 continue
             }
             notVMs[pid] = nil
-            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: dir, tunFDs: fds.tun)
+            if !keepDescriptors { close(dir) }
+            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun)
         }
         notVMs = notVMs.filter { listed.contains($0.key) }
     }
@@ -197,6 +205,9 @@ public final class ResourceSampler {
     private func sampleVM(_ pid: Int32, rescan: Bool) -> VMSample {
         var st = vms[pid]!
         var s = VMSample(pid: pid, name: st.name)
+        // Without kept descriptors, /proc/PID is opened for this sample only.
+        let vmDir = st.directory >= 0 ? st.directory : open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if st.directory < 0 && vmDir >= 0 { close(vmDir) } }
         func gone() -> VMSample {
             var g = VMSample(pid: pid, name: st.name, gone: true)
             g.processTimes = st.process
@@ -211,13 +222,13 @@ public final class ResourceSampler {
         }
         // /proc/PID/stat: a pid reused by another process is the old VM gone.
         // A zombie (state Z, X: ended, not yet reaped) is gone too.
-        guard case .success = file.read("stat", in: st.directory), let f = file.statFields([14, 15, 22, 43]),
+        guard vmDir >= 0, case .success = file.read("stat", in: vmDir), let f = file.statFields([14, 15, 22, 43]),
               f.values[2] == st.startTime, f.state != UInt8(ascii: "Z"), f.state != UInt8(ascii: "X") else { return gone() }
         var process = ThreadTimes()
         process.userTicks = f.values[0]
         process.systemTicks = f.values[1]
         process.guestTicks = f.values[3]
-        switch file.read("status", in: st.directory) {
+        switch file.read("status", in: vmDir) {
         case .failure(.gone): return gone()
         case .failure: break
         case .success:
@@ -229,7 +240,7 @@ public final class ResourceSampler {
             s.memory.swapBytes = (kb[4] ?? 0) * 1024
         }
         var io: IOCounters?
-        switch file.read("io", in: st.directory) {
+        switch file.read("io", in: vmDir) {
         case .failure(.gone): return gone()
         case .failure: break
         case .success:
@@ -246,7 +257,7 @@ public final class ResourceSampler {
                 io = c
             }
         }
-        guard case .success(let tids) = ProcDirectory.numericEntries("task", in: st.directory) else { return gone() }
+        guard case .success(let tids) = ProcDirectory.numericEntries("task", in: vmDir) else { return gone() }
 
         // Threads.
         let first = !st.sampled
@@ -255,9 +266,10 @@ public final class ResourceSampler {
         var vcpuDelta = ThreadTimes()
         for tid in tids {
             var known = st.threads[tid] ?? ThreadState(comm: "", vcpu: nil, times: ThreadTimes(),
-                                                       dir: openat(st.directory, "task/\(tid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+                                                       dir: keepDescriptors
+                                                           ? openat(vmDir, "task/\(tid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1)
             let isNew = st.threads[tid] == nil
-            let (dir, prefix) = known.dir >= 0 ? (known.dir, "") : (st.directory, "task/\(tid)/")
+            let (dir, prefix) = known.dir >= 0 ? (known.dir, "") : (vmDir, "task/\(tid)/")
             /// A listed thread whose files are gone ended mid-sample: a marked row if it was known.
             func ended() {
                 if isNew {

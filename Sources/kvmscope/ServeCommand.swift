@@ -100,7 +100,7 @@ final class MetricsState: MetricsSource {
     let maxSeries: Int
     let storms = Mutex<[StormActivity]>([])
     /// What each VM costs the host, sampled at each scrape (one scrape at a time samples).
-    let resources = Mutex(ResourceSampler())
+    let resources = Mutex(ResourceSampler(keepDescriptors: false))
     let resourcesPID: Int32?
 
     init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?) {

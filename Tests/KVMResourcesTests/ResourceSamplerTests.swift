@@ -136,9 +136,10 @@ final class FakeHost {
         #expect(vm.taps.first?.rxBytes == 5000 && vm.taps.first?.txPackets == 90 && vm.taps.first?.txErrors == 4)
     }
 
-    @Test func secondSampleGivesExactDeltas() throws {
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func secondSampleGivesExactDeltas(keep: Bool) throws {
         let h = try host()
-        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
         _ = sampler.sample()
         try h.process(100, cmdline: ["qemu-system-x86_64", "-name", "guest=web,,1,debug-threads=on"], comm: "qemu-system-x86",
                       utime: 380, stime: 130, guest: 320, rssKB: 4096, io: (1500, 25, 4096 * 3, 8192))
@@ -185,9 +186,10 @@ final class FakeHost {
         #expect(d.map(\.total) == [105, 100])
     }
 
-    @Test func aThreadEndingMidSampleIsAMarkedRow() throws {
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aThreadEndingMidSampleIsAMarkedRow(keep: Bool) throws {
         let h = try host()
-        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
         _ = sampler.sample()
         // Thread 102 is listed but its files are gone (it ended between readdir and read); 103 is not listed.
         try h.remove("proc/100/task/102/stat")
@@ -206,9 +208,10 @@ final class FakeHost {
         #expect(next.vms.first?.threads.map(\.tid) == [101, 100])
     }
 
-    @Test func aVMEndingMidSampleIsAMarkedRowThenLeaves() throws {
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aVMEndingMidSampleIsAMarkedRowThenLeaves(keep: Bool) throws {
         let h = try host()
-        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
         _ = sampler.sample()
         // Listed in /proc, but its io file vanished under the sampler: the whole row is gone, no zeros.
         try h.remove("proc/100/io")
@@ -230,9 +233,10 @@ final class FakeHost {
         #expect(sampler.sample().vms.map(\.gone) == [true])
     }
 
-    @Test func aReusedPidIsANewVM() throws {
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aReusedPidIsANewVM(keep: Bool) throws {
         let h = try host()
-        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
         _ = sampler.sample()
         try h.process(100, cmdline: ["firecracker", "--id", "x"], comm: "firecracker", utime: 1, stime: 1, start: 9000,
                       io: (0, 0, 0, 0))
