@@ -81,9 +81,13 @@ struct ServeCommand: ParsableCommand {
         writeStderr("kvmscope: serving http://\(listen)/metrics\n")
 
         var detector = StormDetector(rules: rules)
+        // Resource rules (cpu, wait) read /proc at each evaluation (-p's VM only, with -p).
+        let sampler = detector.needsResources ? ResourceSampler(keepDescriptors: false) : nil
+        sampler?.excluded = [getpid()]
         func evaluate() {
             guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
-            StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary))
+            let resources = sampler.map { ResourceUse.of($0.sample(), only: pid.map { Set([$0]) }) } ?? []
+            StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources))
             state.storms.withLock { $0 = detector.activity }
         }
         evaluate()

@@ -334,3 +334,39 @@ struct StatResourcesLiveTests {
         #expect((vm["sampled_seconds"] as? Double ?? 0) >= 1.4)
     }
 }
+
+/// `watch`'s resource rules on real storm guests.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct ResourceRuleLiveTests {
+    func firing(_ rule: String, pid: Int32) throws -> [String: Any] {
+        let r = try CLI.run(["watch", "--alert", rule, "--exit-on-alert", "-s", "0.3", "-p", "\(pid)"], timeout: 60)
+        #expect(r.status == 2, "stderr: \(r.stderr)")
+        let line = try #require(r.stdout.split(separator: "\n").first)
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    @Test func aBusyVMsCPUFiresAndAStoppedOnesIsZero() throws {
+        let name = "rule-\(getpid())"
+        let g = try TopLiveTests().guest(name: name, vcpus: 2)
+        defer {
+            kill(g.pid, SIGCONT)
+            g.stop()
+        }
+        let busy = try firing("cpu(vm) > 5%", pid: g.pid)
+        #expect(busy["state"] as? String == "firing")
+        #expect(busy["vm"] as? Int == Int(g.pid))
+        #expect(busy["vm_name"] as? String == name)
+        #expect(busy["reason"] as? String == "cpu")
+        #expect(busy["unit"] as? String == "%")
+        #expect(busy["vcpu"] is NSNull)
+        #expect((busy["value"] as? Double ?? 0) > 5)
+
+        kill(g.pid, SIGSTOP)
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && !TopLiveTests.threads(g.pid).allSatisfy({ $0.state == "T" }) { usleep(10_000) }
+        let stopped = try firing("cpu(vcpu) < 1%", pid: g.pid)
+        #expect(stopped["vm"] as? Int == Int(g.pid))
+        #expect(stopped["value"] as? Double == 0)
+        #expect([0, 1].contains(stopped["vcpu"] as? Int ?? -1))
+    }
+}
