@@ -10,9 +10,9 @@ struct TopLiveTests {
         let g = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "io", "--vcpus", "\(vcpus)", "--exits", "1000000000",
                                          "--seconds", "\(seconds)"], stdinNull: true, quiet: true)
         let end = Date().addingTimeInterval(30)
-        while Date() < end && Set(Self.threads(g.pid).map(\.comm)).count < vcpus + 1 { usleep(20_000) }
-        #expect(Set(Self.threads(g.pid).compactMap { $0.comm.hasPrefix("CPU ") ? $0.comm : nil }).count == vcpus,
-                "the storm's vCPU threads did not start")
+        func started() -> Int { Set(Self.threads(g.pid).compactMap { $0.comm.hasPrefix("CPU ") ? $0.comm : nil }).count }
+        while Date() < end && started() < vcpus { usleep(20_000) }
+        #expect(started() == vcpus, "the storm's vCPU threads did not start")
         return g
     }
 
@@ -124,9 +124,18 @@ struct TopLiveTests {
 
     /// A VM that ends while top runs is one marked row, then gone from the list: never a zero row or a crash.
     @Test func aVMEndingIsAMarkedRowThenLeaves() throws {
-        let g = try guest(name: "top-end-\(getpid())", vcpus: 1, seconds: 1.2)
+        let g = try guest(name: "top-end-\(getpid())", vcpus: 1)
         defer { g.stop() }
-        let lines = try top(["-n", "6", "-d", "0.4", "--no-exits"])
+        let top = try Spawned(CLI.binary, ["top", "--json", "-n", "8", "-d", "0.4", "--no-exits"], stdinNull: true)
+        defer { top.stop() }
+        // The guest ends once top has shown it alive.
+        #expect(top.waitForStdout(timeout: 60) { $0.contains("\"pid\":\(g.pid),") }, "top: \(top.stderr)")
+        g.stop()
+        #expect(top.wait(timeout: 60) == 0)
+        let lines = try top.stdout.split(separator: "\n").map { line in
+            try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+        #expect(lines.count == 8)
         let rows = lines.map { vm($0, pid: g.pid) }
         let seen = rows.map { r -> String in
             guard let r else { return "absent" }
