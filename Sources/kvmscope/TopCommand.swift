@@ -123,7 +123,12 @@ struct TopSource {
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
     init(traceExits: Bool) throws {
         sampler.excluded = [getpid()]
-        session = traceExits ? try LiveSession(config: TraceConfig()) : nil
+        do {
+            session = traceExits ? try LiveSession(config: TraceConfig()) : nil
+        } catch let e as KVMScopeError {
+            // The resources need no tracing: say how to see them anyway.
+            throw KVMScopeError.usage("\(e.description); `kvmscope top --no-exits` shows the resources without exits")
+        }
         if let session { exits.update(try Summary(session.snapshot())) }
         _ = sampler.sample()
     }

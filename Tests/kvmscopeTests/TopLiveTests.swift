@@ -379,3 +379,21 @@ struct ResourceRuleLiveTests {
         #expect([0, 1].contains(stopped["vcpu"] as? Int ?? -1))
     }
 }
+
+/// `top` without tracefs: one line saying so and how to see the resources anyway; `--no-exits` works.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct TopWithoutTracefsTests {
+    @Test func oneLineThenNoExitsWorks() throws {
+        let setup = "umount /sys/kernel/tracing && umount -l /sys/kernel/debug"
+        let drop = ["/usr/bin/setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", CLI.binary]
+        let r = try PrivilegeTests.inMountNamespace(setup, drop + ["top", "-b", "-n", "1", "-d", "0.1"])
+        PrivilegeTests.expectOneLine(r, "tracefs is not mounted and could not be mounted: Operation not permitted "
+                                     + "(as root: mount -t tracefs nodev /sys/kernel/tracing); "
+                                     + "`kvmscope top --no-exits` shows the resources without exits")
+        let ok = try PrivilegeTests.inMountNamespace(setup, drop + ["top", "--json", "-n", "1", "-d", "0.1", "--no-exits"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(ok.stdout.utf8)) as? [String: Any])
+        #expect(j["exits_traced"] as? Bool == false)
+        #expect(j["iteration"] as? Int == 1)
+    }
+}
