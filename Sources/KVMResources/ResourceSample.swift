@@ -164,6 +164,8 @@ public struct VMSample: Sendable, Equatable {
     /// True when the process ended (or its pid was reused) since the last sample: counters are the last read,
     /// deltas nil. The VM is not listed in later samples.
     public var gone = false
+    /// `kvm` (the process holds a KVM VM descriptor) or `tcg` (a QEMU without one: emulated, no KVM).
+    public var accel = "kvm"
     /// The process's CPU times, cumulative, from `/proc/PID/stat` (utime, stime, guest_time of the whole
     /// process, threads that ended included; schedstat fields are not used here).
     public var processTimes = ThreadTimes()
@@ -257,10 +259,11 @@ extension UInt64 {
 
 /// vCPU threads by their VMM's names for them.
 public enum VCPUThreadName {
-    /// The vCPU number of a thread name: QEMU's `CPU 3/KVM` (`-name …,debug-threads=on`, also kvmscope storm's),
+    /// The vCPU number of a thread name: QEMU's `CPU 3/KVM` (`-name …,debug-threads=on`, also kvmscope storm's;
+    /// `CPU 3/TCG` under TCG),
     /// firecracker's `fc_vcpu 3`, cloud-hypervisor's `vcpu3`; nil for other names.
     public static func vcpu(_ name: String) -> UInt32? {
-        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") { return UInt32(name.dropFirst(4).dropLast(4)) }
+        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") || name.hasSuffix("/TCG") { return UInt32(name.dropFirst(4).dropLast(4)) }
         if name.hasPrefix("fc_vcpu ") { return UInt32(name.dropFirst(8)) }
         if name.hasPrefix("vcpu") { return UInt32(name.dropFirst(4)) }
         return nil

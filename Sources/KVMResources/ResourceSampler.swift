@@ -52,6 +52,7 @@ public final class ResourceSampler {
         var io: IOCounters?
         var taps: [Int32: TapCounters] = [:]
         var sampled = false
+        var accel = "kvm"
     }
     private var vms: [Int32: VMState] = [:]
     private var hostCPUTimes: [HostCPUTimes] = []
@@ -153,11 +154,14 @@ public final class ResourceSampler {
             listed.insert(pid)
             if excluded.contains(pid) { continue }
             if vms[pid] != nil {
-                if rescan, let fds = descriptors(pid) { vms[pid]!.tunFDs = fds.tun }
+                if rescan, let fds = descriptors(pid) {
+                    vms[pid]!.tunFDs = fds.tun
+                    if fds.isVM { vms[pid]!.accel = "kvm" }
+                }
                 continue
             }
             if let first = notVMs[pid], !rescan, sampleIndex - first >= youngSamples { continue }
-            guard let fds = descriptors(pid), fds.isVM else {
+            guard let fds = descriptors(pid), fds.isVM || isTCGQEMU(pid) else {
                 if notVMs[pid] == nil { notVMs[pid] = sampleIndex }
                 continue
             }
@@ -169,9 +173,21 @@ public final class ResourceSampler {
             }
             notVMs[pid] = nil
             if !keepDescriptors { close(dir) }
-            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun)
+            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun,
+                               accel: fds.isVM ? "kvm" : "tcg")
         }
         notVMs = notVMs.filter { listed.contains($0.key) }
+    }
+
+    /// A QEMU (`/proc/PID/exe` named `qemu-system-*`) without a KVM VM descriptor at least 2 s after it started
+    /// (QEMU creates its KVM VM while it starts): a guest under TCG, shown as virt-top shows libvirt's.
+    private func isTCGQEMU(_ pid: Int32) -> Bool {
+        guard let exe = ProcDirectory.link("\(procRoot)/\(pid)/exe"),
+              exe.split(separator: "/").last?.hasPrefix("qemu-system-") == true,
+              case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([22]),
+              case .success = file.read("\(procRoot)/uptime"), let up = Double(file.text.split(separator: " ").first ?? "")
+        else { return false }
+        return up - Double(f.values[0]) / Double(ticksPerSecond) >= 2
     }
 
     /// Whether the process holds a KVM VM descriptor, and its tun descriptors with their interface names.
@@ -205,11 +221,13 @@ public final class ResourceSampler {
     private func sampleVM(_ pid: Int32, rescan: Bool) -> VMSample {
         var st = vms[pid]!
         var s = VMSample(pid: pid, name: st.name)
+        s.accel = st.accel
         // Without kept descriptors, /proc/PID is opened for this sample only.
         let vmDir = st.directory >= 0 ? st.directory : open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         defer { if st.directory < 0 && vmDir >= 0 { close(vmDir) } }
         func gone() -> VMSample {
             var g = VMSample(pid: pid, name: st.name, gone: true)
+            g.accel = st.accel
             g.processTimes = st.process
             g.io = st.io
             g.taps = st.taps.keys.sorted().map { st.taps[$0]! }

@@ -147,7 +147,7 @@ public enum TopView {
             header,
         ]
         for r in rows {
-            let name = r.vm.gone ? r.vm.name + " (gone)" : r.vm.name
+            let name = r.vm.name + (r.vm.accel == "kvm" ? "" : " [\(r.vm.accel)]") + (r.vm.gone ? " (gone)" : "")
             let exits: String = frame.exits == nil ? "-" : r.exitsPerSecond.map { compact($0) } ?? "-"
             lines.append(lpad(String(r.vm.pid), 6) + " " + String(r.state)
                          + lpad(count(r.readRequests), 5) + lpad(count(r.writeRequests), 5)
@@ -239,7 +239,8 @@ public enum TopView {
         }
         let m = vm.memory
         return .object([
-            ("pid", .int(Int64(vm.pid))), ("name", .string(vm.name)), ("state", .string(String(r.state))), ("gone", .bool(vm.gone)),
+            ("pid", .int(Int64(vm.pid))), ("name", .string(vm.name)), ("accel", .string(vm.accel)),
+            ("state", .string(String(r.state))), ("gone", .bool(vm.gone)),
             ("vcpus", .int(Int64(vm.vcpuCount))),
             ("cpu_seconds", .double(r.cpuSeconds)), ("vcpu_cpu_seconds", .double(s.seconds(vm.vcpuTimes.cpuTicks))),
             ("guest_seconds", .double(s.seconds(vm.processTimes.guestTicks))),

@@ -257,9 +257,29 @@ final class FakeHost {
         #expect(sampler.sample().vms.map(\.pid) == [100, 200])
     }
 
+    /// A QEMU without a KVM VM descriptor, 2 s after it started, is a TCG guest; a younger one not yet.
+    @Test func qemuUnderTCG() throws {
+        let h = try host()
+        try h.write("proc/uptime", "100.00 50.00\n")
+        for (pid, start) in [(Int32(300), UInt64(500)), (Int32(301), UInt64(9_900))] {
+            try h.process(pid, cmdline: ["qemu-system-x86_64", "-accel", "tcg", "-name", "guest=t\(pid)"], comm: "qemu-system-x86",
+                          utime: 10, stime: 5, start: start, io: (0, 0, 0, 0))
+            try h.link("proc/\(pid)/exe", to: "/usr/bin/qemu-system-x86_64")
+            try h.link("proc/\(pid)/fd/0", to: "/dev/null")
+            try h.thread(pid, pid, comm: "qemu-system-x86", utime: 1, stime: 1, run: 1, wait: 1, slices: 1)
+            try h.thread(pid, pid + 1000, comm: "CPU 0/TCG", utime: 9, stime: 4, run: 1, wait: 1, slices: 1)
+        }
+        let s = ResourceSampler(procRoot: h.proc, sysRoot: h.sys).sample()
+        #expect(s.vms.map(\.pid) == [100, 300])
+        #expect(s.vms.map(\.accel) == ["kvm", "tcg"])
+        #expect(s.vms.last?.name == "t300")
+        #expect(s.vms.last?.vcpuCount == 1)
+    }
+
     @Test func vcpuThreadNamesOfEachVMM() {
         #expect(VCPUThreadName.vcpu("CPU 3/KVM") == 3)
         #expect(VCPUThreadName.vcpu("CPU 12/KVM") == 12)
+        #expect(VCPUThreadName.vcpu("CPU 1/TCG") == 1)
         #expect(VCPUThreadName.vcpu("fc_vcpu 5") == 5)
         #expect(VCPUThreadName.vcpu("vcpu7") == 7)
         #expect(VCPUThreadName.vcpu("vcpu") == nil)

@@ -46,6 +46,28 @@ struct QEMUGuestTests {
         let row = try #require((j["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
         #expect(row["name"] as? String == "qemu-io,\(getpid())")
         #expect(row["vcpus"] as? Int == 1)
+        #expect(row["accel"] as? String == "kvm")
+    }
+
+    /// The same guest under TCG: no KVM VM descriptor, shown as virt-top shows libvirt's TCG domains.
+    @Test func tcgGuestIsShownAsSuch() throws {
+        let guest = try QEMUGuest(name: "qemu-tcg-\(getpid())", accel: "tcg")
+        defer { guest.stop() }
+        let sampler = ResourceSampler()
+        let end = Date().addingTimeInterval(30)
+        var found: VMSample?
+        while Date() < end && found == nil {
+            found = sampler.sample().vms.first { $0.pid == guest.pid }
+            if found == nil { usleep(250_000) }
+        }
+        let vm = try #require(found, "the TCG guest was never listed")
+        #expect(vm.accel == "tcg")
+        #expect(vm.name == "qemu-tcg-\(getpid())")
+        #expect(vm.vcpuCount == 1)
+        #expect(vm.threads.first?.comm == "CPU 0/TCG")
+        let r = try CLI.run(["top", "-b", "-n", "1", "-d", "0.3", "--no-exits"], timeout: 60)
+        #expect(r.stdout.split(separator: "\n").contains { $0.hasPrefix(String(repeating: " ", count: max(0, 6 - "\(guest.pid)".count)) + "\(guest.pid) ")
+            && $0.hasSuffix(" qemu-tcg-\(getpid()) [tcg]") }, "\(r.stdout)")
     }
 }
 
@@ -81,7 +103,7 @@ final class QEMUGuest {
     let pid: Int32
     var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
 
-    init(name: String) throws {
+    init(name: String, accel: String = "kvm") throws {
         // Not /tmp, which may be tmpfs (no block I/O to count).
         dir = URL(fileURLWithPath: "/var/tmp/kvmscope-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -95,7 +117,7 @@ final class QEMUGuest {
             for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
             exec "$0" "$@" </dev/null >/dev/null 2>\(err)
             """, Self.binary,
-            "-enable-kvm", "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
+            "-accel", accel, "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
             "-nodefaults", "-drive", "file=\(disk.path),if=virtio,format=raw,cache=none,id=disk0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
             "-daemonize", "-pidfile", pidfile,
