@@ -10,12 +10,17 @@ public struct TopExits: Sendable, Equatable {
     public var intervalByVCPU: [UInt32: UInt64]
     /// The reason counted most in the last interval (`KVM_EXIT_IO`, `EPT_VIOLATION`), nil without exits.
     public var topReason: String?
+    /// The 99th percentile of that reason's handling time (kvm_exit → kvm_entry) in the interval, ns; nil where
+    /// exits do not pair (a userspace exit reason, or kvm_exit/kvm_entry do not fire).
+    public var topReasonP99Nanoseconds: UInt64?
 
-    public init(total: UInt64, interval: UInt64, intervalByVCPU: [UInt32: UInt64] = [:], topReason: String? = nil) {
+    public init(total: UInt64, interval: UInt64, intervalByVCPU: [UInt32: UInt64] = [:], topReason: String? = nil,
+                topReasonP99Nanoseconds: UInt64? = nil) {
         self.total = total
         self.interval = interval
         self.intervalByVCPU = intervalByVCPU
         self.topReason = topReason
+        self.topReasonP99Nanoseconds = topReasonP99Nanoseconds
     }
 }
 
@@ -125,7 +130,7 @@ public enum TopView {
     }
 
     /// The column header of the VM table.
-    public static let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME"
+    public static let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME"
 
     /// virt-top's screen: a summary header (what each percentage is of), the column header, one row per VM.
     public static func render(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
@@ -149,11 +154,14 @@ public enum TopView {
         for r in rows {
             let name = r.vm.name + (r.vm.accel == "kvm" ? "" : " [\(r.vm.accel)]") + (r.vm.gone ? " (gone)" : "")
             let exits: String = frame.exits == nil ? "-" : r.exitsPerSecond.map { compact($0) } ?? "-"
+            let reason = String((r.exits?.topReason ?? "-").prefix(13))
+            let p99 = r.exits?.topReasonP99Nanoseconds.map(Durations.adaptive) ?? "-"
             lines.append(lpad(String(r.vm.pid), 6) + " " + String(r.state)
                          + lpad(count(r.readRequests), 5) + lpad(count(r.writeRequests), 5)
                          + lpad(count(r.rxBytes), 5) + lpad(count(r.txBytes), 5)
                          + lpad(r.cpuPercent.map { fixed($0, 1) } ?? "-", 5) + lpad(fixed(r.memPercent, 1), 5)
-                         + lpad(time(r.cpuSeconds), 8) + lpad(exits, 9) + " " + name)
+                         + lpad(time(r.cpuSeconds), 8) + lpad(exits, 9) + " " + StatTable.pad(reason, 14) + lpad(p99, 8)
+                         + " " + name)
         }
         return lines
     }
@@ -249,6 +257,7 @@ public enum TopView {
             ("vcpu_wait_percent", optD(r.vcpuWaitPercent)),
             ("exits_per_second", optD(r.exitsPerSecond)), ("exits_total", optU(r.exits?.total)),
             ("top_exit_reason", .optional(r.exits?.topReason)),
+            ("top_exit_reason_p99_ns", optU(r.exits?.topReasonP99Nanoseconds)),
             ("interval", interval),
             ("memory", .object([
                 ("rss_bytes", .uint(m.rssBytes)), ("anon_bytes", .uint(m.anonBytes)), ("file_bytes", .uint(m.fileBytes)),

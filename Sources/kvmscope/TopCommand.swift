@@ -15,7 +15,7 @@ struct TopCommand: ParsableCommand {
         abstract: "virt-top's view: what each VM costs the host (CPU, memory, I/O, network) beside its exits.",
         discussion: """
             One row per VM (a process holding a KVM VM descriptor), from /proc and /sys only:
-              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s NAME
+              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP-EXIT P99 NAME
             %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's
             share of one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per
             interval. EXITS/s comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
@@ -116,7 +116,7 @@ struct TopCommand: ParsableCommand {
 struct TopSource {
     let sampler = ResourceSampler()
     let session: LiveSession?
-    var exits = ExitTally()
+    var exits = TopExitTally()
     var iteration = 0
     let clock = ISO8601DateFormatter()
 
@@ -149,58 +149,5 @@ struct TopSource {
         guard !stopped else { return }
         stopped = true
         if let failure = session?.stop() { writeStderr("kvmscope: \(failure)\n") }
-    }
-}
-
-/// Per-VM exit counts between snapshots: `kvm_exit` rows where the VM has them (every exit), else
-/// `kvm_userspace_exit` rows (the exits that reach the VMM, the only ones counted on backends where kvm_exit
-/// never fires).
-struct ExitTally {
-    private var last: [Int32: Counts] = [:]
-    /// Each VM's total at the first update: `total` counts from there, so it is the sum of the intervals.
-    private var base: [Int32: UInt64]?
-
-    struct Counts {
-        var total: UInt64 = 0
-        var byVCPU: [UInt32: UInt64] = [:]
-        var byReason: [String: UInt64] = [:]
-    }
-
-    static func counts(_ summary: Summary) -> [Int32: Counts] {
-        var exits: [Int32: Counts] = [:]
-        for r in summary.exits { exits[r.vm, default: Counts()].add(r.vcpu, r.reason, r.count) }
-        var userspace: [Int32: Counts] = [:]
-        for r in summary.userspaceExits where exits[r.vm] == nil { userspace[r.vm, default: Counts()].add(r.vcpu, r.reason, r.count) }
-        return exits.merging(userspace) { a, _ in a }
-    }
-
-    /// The exits of each VM since the previous update.
-    @discardableResult
-    mutating func update(_ summary: Summary) -> [Int32: TopExits] {
-        let now = Self.counts(summary)
-        if base == nil { base = now.mapValues(\.total) }
-        var out: [Int32: TopExits] = [:]
-        for (vm, c) in now {
-            let before = last[vm] ?? Counts()
-            var byVCPU: [UInt32: UInt64] = [:]
-            for (v, n) in c.byVCPU { byVCPU[v] = n &- min(n, before.byVCPU[v] ?? 0) }
-            var top: (String, UInt64)?
-            for (reason, n) in c.byReason {
-                let d = n &- min(n, before.byReason[reason] ?? 0)
-                if d > 0, d > top?.1 ?? 0 || (d == top?.1 && reason < top!.0) { top = (reason, d) }
-            }
-            out[vm] = TopExits(total: c.total &- min(c.total, base?[vm] ?? 0), interval: c.total &- min(c.total, before.total), intervalByVCPU: byVCPU,
-                               topReason: top?.0)
-        }
-        last = now
-        return out
-    }
-}
-
-extension ExitTally.Counts {
-    mutating func add(_ vcpu: UInt32?, _ reason: String, _ n: UInt64) {
-        total &+= n
-        if let vcpu { byVCPU[vcpu, default: 0] &+= n }
-        byReason[reason, default: 0] &+= n
     }
 }

@@ -161,7 +161,7 @@ struct TopLiveTests {
         let r = try CLI.run(["top", "-b", "-n", "2", "-d", "0.3", "--no-exits", "-o", "id", "--csv", csv], timeout: 60)
         #expect(r.status == 0, "stderr: \(r.stderr)")
         let screens = r.stdout.components(separatedBy: "\n\n    ID S")
-        #expect(r.stdout.components(separatedBy: "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME\n").count == 3)
+        #expect(r.stdout.components(separatedBy: "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME\n").count == 3)
         #expect(screens.count == 3)
         let row = r.stdout.split(separator: "\n").filter { $0.hasSuffix(" top-csv-\(getpid())") }
         #expect(row.count == 2)
@@ -202,7 +202,7 @@ struct TopScreenTests {
         try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
         try pane.type("clear; \(CLI.binary) top -d 0.5; echo top-ended-$?")
         try pane.keys("Enter")
-        let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME"
+        let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME"
         try pane.wait("the guest's row") { s in
             s.first?.hasPrefix("kvmscope top - ") == true && s.contains(header) && s.contains { $0.hasSuffix(" \(guestName)") }
                 && s[2].hasSuffix("sorted by cpu")

@@ -1,5 +1,6 @@
 import Foundation
 import KVMAnalysis
+import KVMExits
 import KVMResources
 import KVMScopeViews
 import Testing
@@ -60,7 +61,8 @@ import Testing
         cpu1.idle = 200
         sample.hostCPUDeltas = [cpu0, cpu1]
         return TopFrame(sample: sample, iteration: 3, time: "2026-11-30T09:40:12Z",
-                        exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000], topReason: "KVM_EXIT_IO")])
+                        exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000],
+                                                  topReason: "EPT_MISCONFIG", topReasonP99Nanoseconds: 1_500)])
     }
 
     @Test func screenIsVirtTops() {
@@ -70,10 +72,10 @@ import Testing
             "CPU: 18.8% of all host CPUs (virt-top's %CPU), 75.0% of one CPU (htop's); sorted by cpu",
             "RDRQ/WRRQ: read/write syscalls, RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
             "",
-            "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME",
-            "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k web",
-            "    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 db,1",
-            "     7 -    -    -    -    -    -  0.0 1:00.00        - old (gone)",
+            "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME",
+            "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k EPT_MISCONFIG   1.50us web",
+            "    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 -                    - db,1",
+            "     7 -    -    -    -    -    -  0.0 1:00.00        - -                    - old (gone)",
         ])
     }
 
@@ -138,7 +140,8 @@ import Testing
         #expect(web["cpu_percent_one_cpu"] as? Double == 75)
         #expect(web["vcpu_wait_percent"] as? Double == 25)
         #expect(web["exits_per_second"] as? Double == 15_000)
-        #expect(web["top_exit_reason"] as? String == "KVM_EXIT_IO")
+        #expect(web["top_exit_reason"] as? String == "EPT_MISCONFIG")
+        #expect(web["top_exit_reason_p99_ns"] as? Int == 1_500)
         let interval = try #require(web["interval"] as? [String: Any])
         #expect(interval["cpu_seconds"] as? Double == 1.5)
         #expect(interval["vcpu_cpu_seconds"] as? Double == 1.2)
@@ -220,5 +223,43 @@ import Testing
         let text = LiveView.render(frame, state: state, width: 120, height: 30).text
         #expect(text.contains(">web (pid 100) cpu 45.0% wait 3.1%                30   75.0       30"))
         #expect(text.contains(" db (pid 200)                                     10   25.0       10"))
+    }
+}
+
+/// top's exits per VM between summaries: kvm_exit rows where the VM has them, else userspace exits; the
+/// interval's top reason and its p99 from the histogram delta.
+@Suite struct TopExitTallyTests {
+    static func summary(_ rows: [(vcpu: UInt32, reason: String, values: [UInt64])], userspace: UInt64 = 0) -> Summary {
+        var s = Summary()
+        s.exits = rows.map { r in
+            ExitRow(vm: 5, vmName: "web", vcpu: r.vcpu, reason: r.reason, isa: .vmx, count: UInt64(r.values.count),
+                    blocking: r.reason == "HLT", histogram: HistogramSnapshot(recording: r.values), topRIPs: [])
+        }
+        if userspace > 0 { s.userspaceExits = [UserspaceExitRow(vm: 9, vmName: "db", vcpu: 1, reason: "KVM_EXIT_IO", count: userspace)] }
+        return s
+    }
+
+    @Test func intervalsTopReasonAndItsP99() {
+        var t = TopExitTally()
+        let small = Array(UInt64(1)...100)
+        let big = [UInt64](repeating: 5_000, count: 200)
+        #expect(t.update(Self.summary([(0, "EPT_MISCONFIG", [7])], userspace: 4))[5]?.interval == 1)
+        let a = t.update(Self.summary([(0, "EPT_MISCONFIG", [7] + small), (1, "HLT", [9, 9, 9])], userspace: 10))
+        #expect(a[5]?.interval == 103)
+        #expect(a[5]?.total == 103)
+        #expect(a[5]?.intervalByVCPU == [0: 100, 1: 3])
+        #expect(a[5]?.topReason == "EPT_MISCONFIG")
+        #expect(a[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: small).percentile(99))
+        #expect(a[9]?.interval == 6)
+        #expect(a[9]?.topReason == "KVM_EXIT_IO")
+        #expect(a[9]?.topReasonP99Nanoseconds == nil)
+        let b = t.update(Self.summary([(0, "EPT_MISCONFIG", [7] + small), (1, "HLT", [9, 9, 9]), (1, "MSR_WRITE", big)],
+                                      userspace: 10))
+        #expect(b[5]?.interval == 200)
+        #expect(b[5]?.total == 303)
+        #expect(b[5]?.topReason == "MSR_WRITE")
+        #expect(b[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: big).percentile(99))
+        #expect(b[9]?.interval == 0)
+        #expect(b[9]?.topReason == nil)
     }
 }
