@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "KVMScopeViews", targets: ["KVMScopeViews"]),
         .library(name: "KVMHost", targets: ["KVMHost"]),
         .library(name: "KVMServe", targets: ["KVMServe"]),
+        .library(name: "KVMResources", targets: ["KVMResources"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,9 +57,11 @@ let package = Package(
                                                    .product(name: "SystemPackage", package: "swift-system"),
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Sources/KVMSources"),
+        // What each VM costs the host, from procfs and sysfs: CPU, run-queue wait, memory, I/O, taps.
+        .target(name: "KVMResources", dependencies: ["KVMExits"], path: "Sources/KVMResources"),
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
-        .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits"], path: "Sources/KVMScopeViews"),
+        .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits", "KVMResources"], path: "Sources/KVMScopeViews"),
         // serve's HTTP/1.1 server: bounded request heads, timeouts, one polling thread (FlyingSocks' sockets).
         .target(name: "KVMServe", dependencies: ["KVMScopeViews", .product(name: "FlyingSocks", package: "FlyingFox")],
                 path: "Sources/KVMServe"),
@@ -66,6 +69,7 @@ let package = Package(
         .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits", "KVMHost"], path: "Sources/KVMGuest"),
         .executableTarget(name: "kvmscope", dependencies: [
             "KVMSources", "KVMExits", "KVMAnalysis", "KVMScopeViews", "KVMServe", "KVMHost", "KVMTerminal", "KVMGuest",
+            "KVMResources",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -79,8 +83,10 @@ let package = Package(
                                                             "TestSupport"],
                     path: "Tests/KVMSourcesTests"),
         .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMSources", "KVMAnalysis", "KVMScopeViews",
-                                                          "KVMHost", "TestSupport"],
+                                                          "KVMHost", "KVMResources", "TestSupport"],
                     path: "Tests/kvmscopeTests"),
+        .testTarget(name: "KVMResourcesTests", dependencies: ["KVMResources", "TestSupport"],
+                    path: "Tests/KVMResourcesTests"),
     ],
     swiftLanguageModes: [.v6]
 )

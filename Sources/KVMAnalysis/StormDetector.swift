@@ -23,6 +23,27 @@ public struct StormAlert: Sendable, Equatable {
     public var topRIPs: [RIPCount]
 }
 
+/// What a VM (or one vCPU thread) has cost the host so far, for resource rules (`cpu(vm) > 90%`): cumulative
+/// counters from /proc (the commands fill them from KVMResources' samples).
+public struct ResourceUse: Sendable, Equatable {
+    public var vm: Int32
+    public var vmName: String?
+    /// nil: the whole VM (CPU of its process, wait summed over its vCPU threads); else one vCPU thread.
+    public var vcpu: UInt32?
+    /// Host CPU time, seconds.
+    public var cpuSeconds: Double
+    /// Run-queue wait of the vCPU thread(s), seconds.
+    public var waitSeconds: Double
+
+    public init(vm: Int32, vmName: String?, vcpu: UInt32?, cpuSeconds: Double, waitSeconds: Double) {
+        self.vm = vm
+        self.vmName = vmName
+        self.vcpu = vcpu
+        self.cpuSeconds = cpuSeconds
+        self.waitSeconds = waitSeconds
+    }
+}
+
 /// Whether a rule is firing for one VM × reason: the gauge `kvmscope_storm_active{vm,reason,rule}`.
 public struct StormActivity: Sendable, Equatable {
     public var rule: String
@@ -63,6 +84,8 @@ public struct StormDetector: Sendable {
         var histogram: HistogramSnapshot?
         var vmName: String?
         var topRIPs: [RIPCount] = []
+        /// Resource rules: cumulative seconds (CPU or wait).
+        var seconds: Double?
     }
 
     struct KeyState: Sendable {
@@ -85,11 +108,15 @@ public struct StormDetector: Sendable {
     /// Tolerance on `for` durations: evaluation intervals measured by a real clock jitter by microseconds.
     static let forTolerance = 0.001
 
-    /// Measures every rule on `summary` (taken at `time`, seconds) and returns the alerts that fire or resolve.
-    public mutating func evaluate(time: Double, summary: Summary) -> [StormAlert] {
+    /// Whether a rule reads /proc: then ``evaluate(time:summary:resources:)`` needs `resources`.
+    public var needsResources: Bool { rules.contains { $0.function.isResource } }
+
+    /// Measures every rule on `summary` (taken at `time`, seconds) and, for resource rules, on `resources`
+    /// (cumulative, taken at the same time), and returns the alerts that fire or resolve.
+    public mutating func evaluate(time: Double, summary: Summary, resources: [ResourceUse] = []) -> [StormAlert] {
         var alerts: [StormAlert] = []
         for (i, rule) in rules.enumerated() {
-            let now = Self.measure(rule, summary)
+            let now = rule.function.isResource ? Self.measure(rule, resources) : Self.measure(rule, summary)
             defer { previous[i] = now }
             guard let start = previousTime, time > start else { continue }
             let keys = Set(now.keys).union(states[i].keys)
@@ -152,7 +179,21 @@ public struct StormDetector: Sendable {
             guard let h = now.histogram else { return nil }
             let window = before?.histogram.map { h.subtracting($0) } ?? h
             return window.count > 0 ? Double(window.percentile(p)) : nil
+        case .cpu, .wait:
+            // Counted since the VM (thread) started: only a measured interval gives a share.
+            guard let s = now.seconds, let b = before?.seconds else { return nil }
+            return max(0, s - b) / seconds * 100
         }
+    }
+
+    /// What a resource rule looks at, per key: whole VMs or vCPU threads.
+    static func measure(_ rule: StormRule, _ resources: [ResourceUse]) -> [Key: Measure] {
+        var out: [Key: Measure] = [:]
+        for r in resources where (rule.scope == .vcpu) == (r.vcpu != nil) {
+            out[Key(vm: r.vm, vcpu: r.vcpu)] = Measure(vmName: r.vmName,
+                                                       seconds: rule.function == .cpu ? r.cpuSeconds : r.waitSeconds)
+        }
+        return out
     }
 
     /// What a rule looks at in a summary, per key.
@@ -166,7 +207,7 @@ public struct StormDetector: Sendable {
             switch rule.function {
             case .rate:
                 m.count += r.count
-            case .percentile:
+            case .percentile, .cpu, .wait:
                 // Blocking reasons (HLT: the guest sleeping) only when the rule names them.
                 if let h = r.histogram, !(all && r.blocking) {
                     if m.histogram == nil { m.histogram = h } else { m.histogram!.merge(h) }

@@ -6,7 +6,9 @@ import KVMExits
 ///
 /// ```
 /// rule      := function '(' reason ')' compare threshold clause*
+///            | resource '(' ('vm'|'vcpu') ')' compare NUMBER '%' clause*
 /// function  := 'rate' | 'p50' | 'p90' | 'p99' | 'p999'
+/// resource  := 'cpu' | 'wait'
 /// reason    := '*' | NAME | CODE                NAME: letters, digits, '_' (any spelling); CODE: decimal
 /// compare   := '>' | '<'
 /// threshold := NUMBER '/s'                      for rate
@@ -21,14 +23,26 @@ import KVMExits
 /// kvm_entry); `*` leaves out blocking reasons (HLT and the like: time the guest sleeps, not time the host
 /// works), which count only when the rule names them.
 ///
+/// Resource conditions read /proc, not the trace: `cpu(vm)` is the VM process's host CPU time over the interval
+/// as a share of one CPU (htop's %: 200 = two CPUs busy), `cpu(vcpu)` one vCPU thread's; `wait(vm)` is its vCPU
+/// threads' run-queue wait (runnable, waiting for a host CPU: steal seen from the host) over the interval, summed
+/// over vCPUs, `wait(vcpu)` one vCPU thread's. Their alerts carry the reason `cpu` or `wait`.
+///
 /// Examples: `rate(EPT_MISCONFIG) > 50000/s for 5s`, `p99(MSR_WRITE) > 20us for 10s per vcpu`,
-/// `rate(*) > 200000/s`, `rate(kvm_pio) > 1000/s for 1s`.
+/// `rate(*) > 200000/s`, `rate(kvm_pio) > 1000/s for 1s`, `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`.
 public struct StormRule: Sendable, Equatable, CustomStringConvertible {
     public enum Function: Sendable, Equatable {
         /// Events per second over the evaluation interval.
         case rate
         /// A latency percentile (0...100) of the exits handled during the evaluation interval, ns.
         case percentile(Double)
+        /// Host CPU time over the interval, % of one CPU (from /proc, not the trace).
+        case cpu
+        /// vCPU run-queue wait over the interval, % of the interval (from /proc, not the trace).
+        case wait
+
+        /// Whether the rule reads /proc (``ResourceUse``) rather than the trace.
+        public var isResource: Bool { self == .cpu || self == .wait }
     }
 
     public enum Comparison: String, Sendable {
@@ -170,10 +184,11 @@ struct Parser {
     }
 
     mutating func rule() throws(StormRuleError) -> StormRule {
-        let functionProblem = "expected 'rate' or a percentile (p50, p90, p99, p999)"
+        let functionProblem = "expected 'rate', a percentile (p50, p90, p99, p999), 'cpu' or 'wait'"
         let (f, fcol) = next()
         let function: StormRule.Function
         switch f {
+        case .word("cpu"), .word("wait"): return try resourceRule(f == .word("cpu") ? .cpu : .wait)
         case .word("rate"): function = .rate
         case .word("p50"): function = .percentile(50)
         case .word("p90"): function = .percentile(90)
@@ -209,6 +224,8 @@ struct Parser {
             let (s, _) = next()
             guard slash == .symbol("/"), s == .word("s") else { throw error("expected '/s' after the rate", scol) }
             threshold = n
+        case .cpu, .wait:
+            threshold = 0  // parsed by resourceRule
         case .percentile:
             let n = try number("expected a latency (e.g. 20us)")
             let (u, ucol) = next()
@@ -243,6 +260,47 @@ struct Parser {
                 }
             default:
                 throw error("expected 'for', 'per' or the end of the rule", kcol)
+            }
+        }
+    }
+
+    /// `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`: the scope is the argument; a threshold in %.
+    mutating func resourceRule(_ function: StormRule.Function) throws(StormRuleError) -> StormRule {
+        try expectSymbol("(", "expected '('")
+        let (a, acol) = next()
+        let scope: StormRule.Scope
+        switch a {
+        case .word("vm"): scope = .vm
+        case .word("vcpu"): scope = .vcpu
+        default: throw error("expected 'vm' or 'vcpu'", acol)
+        }
+        try expectSymbol(")", "expected ')'")
+        let (c, ccol) = next()
+        let comparison: StormRule.Comparison
+        switch c {
+        case .compare(">"): comparison = .above
+        case .compare("<"): comparison = .below
+        default: throw error("expected a comparison '>' or '<'", ccol)
+        }
+        let n = try number("expected a percentage (e.g. 90%)")
+        try expectSymbol("%", "expected '%' after the percentage")
+        var forSeconds: Double?
+        while true {
+            let (k, kcol) = next()
+            switch k {
+            case .end:
+                return StormRule(text: text, function: function, reason: function == .cpu ? "cpu" : "wait", comparison: comparison,
+                                 threshold: n, forSeconds: forSeconds ?? 0, scope: scope)
+            case .word("for"):
+                guard forSeconds == nil else { throw error("'for' given twice", kcol) }
+                let d = try number("expected a duration (e.g. 5s)")
+                let (u, ucol) = next()
+                guard case .word(let unit) = u, let scale = Self.durationUnits[unit] else {
+                    throw error("expected a duration unit (ms, s, m)", ucol)
+                }
+                forSeconds = d * scale
+            default:
+                throw error("expected 'for' or the end of the rule (the scope is cpu(vm|vcpu)'s argument)", kcol)
             }
         }
     }

@@ -10,6 +10,9 @@ public struct LiveFrame: Sendable {
     public var seconds: Double
     public var guests: [GuestTotal]
     public var previousGuests: [GuestTotal]
+    /// What each guest costs the host over the last interval (``GuestResourceUse``), by pid; shown in the
+    /// guest list. Empty when not sampled.
+    public var guestResources: [Int32: GuestResourceUse] = [:]
 
     public init(current: Summary, previous: Summary?, seconds: Double, guests: [GuestTotal] = [],
                 previousGuests: [GuestTotal] = []) {
@@ -18,6 +21,19 @@ public struct LiveFrame: Sendable {
         self.seconds = seconds
         self.guests = guests
         self.previousGuests = previousGuests
+    }
+}
+
+/// A guest's CPU in the guest list (`b`), from /proc (KVMResources).
+public struct GuestResourceUse: Sendable, Equatable {
+    /// htop's CPU%: the VM process's CPU time in the interval as a share of one CPU.
+    public var cpuPercent: Double
+    /// Run-queue wait of its vCPU threads in the interval, as a share of the interval, summed over vCPUs.
+    public var waitPercent: Double
+
+    public init(cpuPercent: Double, waitPercent: Double) {
+        self.cpuPercent = cpuPercent
+        self.waitPercent = waitPercent
     }
 }
 
@@ -329,11 +345,18 @@ public enum LiveView {
         let grand = guests.reduce(0) { $0 + $1.total }
         let before = Dictionary(frame.previousGuests.map { ($0.pid, $0.total) }, uniquingKeysWith: +)
         let rows = guests.filter { $0.total > 0 }.map { g in
-            LiveRow(id: "g:\(g.pid)", name: "\(g.name ?? "?") (pid \(g.pid))", isChild: false, total: g.total,
+            LiveRow(id: "g:\(g.pid)", name: "\(g.name ?? "?") (pid \(g.pid))" + resourceSuffix(frame.guestResources[g.pid]),
+                    isChild: false, total: g.total,
                     percent: pct(g.total, grand), delta: frame.previous == nil ? nil : g.total &- (before[g.pid] ?? 0),
                     latency: nil, blocked: false, rips: [], pid: g.pid)
         }
         return sorted(rows, byTotal: state.sortByTotal)
+    }
+
+    /// ` cpu 45.0% wait 3.1%` after a guest's name: htop's CPU% of one CPU, its vCPUs' run-queue wait.
+    static func resourceSuffix(_ use: GuestResourceUse?) -> String {
+        guard let use else { return "" }
+        return " cpu \(StatTable.format1(use.cpuPercent))% wait \(StatTable.format1(use.waitPercent))%"
     }
 
     static func vcpuRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
@@ -431,7 +454,8 @@ public enum LiveView {
 
     static func help(width: Int) -> LiveScreen {
         let keys = [
-            "   b     toggle events by guests (Enter on a guest shows only that guest)",
+            "   b     toggle events by guests (Enter on a guest shows only that guest); cpu: its host CPU time,",
+            "         % of one CPU (htop's); wait: its vCPUs' time waiting for a host CPU, % of the interval",
             "   c     clear filter",
             "   f     filter by regular expression",
             "   g     filter by guest name",

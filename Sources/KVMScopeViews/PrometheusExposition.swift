@@ -1,5 +1,6 @@
 import KVMAnalysis
 import KVMExits
+import KVMResources
 
 /// The two text formats `/metrics` speaks.
 public enum ExpositionFormat: Sendable, Equatable {
@@ -36,13 +37,19 @@ public struct ExpositionExtras: Sendable {
     public var storms: [StormActivity]
     /// Cap on the label sets of each per-VM family (`--max-series`); the rest fold into one `vm="other"` set.
     public var maxSeries: Int
+    /// What each VM costs the host, for the resource families (``ResourceExposition``); none when nil.
+    public var resources: ResourceSample?
+    /// Only this VM's resource series (`serve -p`).
+    public var resourcesPID: Int32?
 
     public init(version: String, lostPerCPU: [Int: UInt64] = [:], storms: [StormActivity] = [],
-                maxSeries: Int = 10_000) {
+                maxSeries: Int = 10_000, resources: ResourceSample? = nil, resourcesPID: Int32? = nil) {
         self.version = version
         self.lostPerCPU = lostPerCPU
         self.storms = storms
         self.maxSeries = max(1, maxSeries)
+        self.resources = resources
+        self.resourcesPID = resourcesPID
     }
 }
 
@@ -205,6 +212,7 @@ public enum PrometheusExposition {
             w.sample("kvmscope_storm_active", [("vm", String(a.vm)), ("vm_name", a.vmName ?? ""),
                                                ("reason", a.reason), ("rule", a.rule)], a.active ? "1" : "0")
         }
+        if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, into: &w) }
         if om { w.line("# EOF") }
         return w.out
     }

@@ -16,8 +16,9 @@ struct BenchCommand: ParsableCommand {
               kvmscope bench                                   overhead table for the storm guest
               kvmscope bench overhead --kind io --repeat 5     another exit kind, more runs
               kvmscope bench synth -o big.dat --events 20000000   a synthetic trace.dat for report benchmarks
+              kvmscope bench resources --vms 100 --vcpus 8         CPU cost of a resource sample (top, serve)
             """,
-        subcommands: [BenchOverheadCommand.self, BenchSynthCommand.self],
+        subcommands: [BenchOverheadCommand.self, BenchSynthCommand.self, BenchResourcesCommand.self],
         defaultSubcommand: BenchOverheadCommand.self)
 }
 

@@ -20,14 +20,15 @@ struct KVMScope: ParsableCommand {
               kvmscope live --demo              the same, with a demo guest
               kvmscope stat -1                  one kvm_stat-style snapshot
               kvmscope stat --json -- ./vmm     trace while a command runs
+              kvmscope top -b -n 3              virt-top's view: CPU, memory, I/O per VM
               kvmscope record -o t.dat          a trace.dat for trace-cmd
               kvmscope report t.dat             perf kvm stat-style report
               kvmscope serve                    Prometheus on 127.0.0.1:9477
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
-        subcommands: [LiveCommand.self, StatCommand.self, RecordCommand.self, ReportCommand.self, ServeCommand.self,
-                      WatchCommand.self, StormCommand.self, BenchCommand.self],
+        subcommands: [LiveCommand.self, StatCommand.self, TopCommand.self, RecordCommand.self, ReportCommand.self,
+                      ServeCommand.self, WatchCommand.self, StormCommand.self, BenchCommand.self],
         defaultSubcommand: LiveCommand.self
     )
 

@@ -2,6 +2,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMScopeViews
 import KVMSources
 import KVMTerminal
@@ -25,6 +26,9 @@ struct LiveLoop {
     var historyBase: AggregateSnapshot
     /// pid → kernel thread or not, asked of /proc once per pid.
     var kernelThread: [Int32: Bool] = [:]
+    /// What each VM costs the host, sampled at each refresh, for the guest list's cpu and wait.
+    let resources = ResourceSampler()
+    var guestUse: [Int32: GuestResourceUse] = [:]
 
     init(session: LiveSession, terminal: Terminal, stop: StopSignal, state: LiveViewState) {
         self.session = session
@@ -33,6 +37,8 @@ struct LiveLoop {
         self.state = state
         snapshot = session.snapshot()
         historyBase = snapshot
+        resources.excluded = [getpid()]
+        _ = resources.sample()
     }
 
     mutating func run() throws {
@@ -90,10 +96,24 @@ struct LiveLoop {
         previousSnapshot = snapshot
         snapshot = session.snapshot()
         seconds = Double(snapshot.timestamp &- previousSnapshot!.timestamp) / 1e9
+        sampleResources()
         checkGuest()
         try rebuild()
         markGuests()
         try recordHistory()
+    }
+
+    /// Each VM's CPU and vCPU wait over the interval since the last refresh.
+    mutating func sampleResources() {
+        let s = resources.sample()
+        guard s.intervalSeconds > 0 else { return }
+        var use: [Int32: GuestResourceUse] = [:]
+        for vm in s.vms where !vm.gone {
+            guard let d = vm.processDelta else { continue }
+            use[vm.pid] = GuestResourceUse(cpuPercent: s.seconds(d.cpuTicks) / s.intervalSeconds * 100,
+                                           waitPercent: Double(vm.vcpuDelta?.waitNanoseconds ?? 0) / 1e9 / s.intervalSeconds * 100)
+        }
+        guestUse = use
     }
 
     /// One sparkline sample per refresh interval, for every row of every mode under the VM filter alone
@@ -127,6 +147,7 @@ struct LiveLoop {
                           previous: try previous.map { try Summary($0, filter: state.filter) },
                           seconds: seconds, guests: try GuestTotal.of(current, fields: state.filter.fields),
                           previousGuests: try previous.map { try GuestTotal.of($0, fields: state.filter.fields) } ?? [])
+        frame.guestResources = guestUse
     }
 
     /// kvm_stat: a guest that exits is DEAD until a process with its name appears again.

@@ -4,6 +4,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMScopeViews
 import KVMServe
 import KVMSources
@@ -75,7 +76,7 @@ struct ServeCommand: ParsableCommand {
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
-        let state = MetricsState(session: session, maxSeries: maxSeries)
+        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid)
         let server: MetricsServer
         do {
             server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
@@ -88,11 +89,15 @@ struct ServeCommand: ParsableCommand {
         writeStderr("kvmscope: serving http://\(listen)/metrics\n")
 
         var detector = StormDetector(rules: rules)
+        // Resource rules (cpu, wait) read /proc at each evaluation (-p's VM only, with -p).
+        let sampler = detector.needsResources ? ResourceSampler(keepDescriptors: false) : nil
+        sampler?.excluded = [getpid()]
         func evaluate() {
             // Retire exited threads between scrapes too: their keys and series leave the readers' tables now.
             if rules.isEmpty { session.retireExited() }
             guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
-            StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary))
+            let resources = sampler.map { ResourceUse.of($0.sample(), only: pid.map { Set([$0]) }) } ?? []
+            StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources))
             state.storms.withLock { $0 = detector.activity }
         }
         evaluate()
@@ -108,17 +113,24 @@ final class MetricsState: MetricsSource {
     let session: LiveSession
     let maxSeries: Int
     let storms = Mutex<[StormActivity]>([])
+    /// What each VM costs the host, sampled at each scrape (one scrape at a time samples).
+    let resources = Mutex(ResourceSampler(keepDescriptors: false))
+    let resourcesPID: Int32?
 
-    init(session: LiveSession, maxSeries: Int) {
+    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?) {
         self.session = session
         self.maxSeries = maxSeries
+        self.resourcesPID = resourcesPID
+        resources.withLock { $0.excluded = [getpid()] }
     }
 
-    /// Renders a scrape from a fresh snapshot: cost ∝ series, not events.
+    /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
     func render(_ format: ExpositionFormat) throws -> String {
         let summary = try Summary(session.snapshot())
+        let sample = resources.withLock { $0.sample() }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
-                                      storms: storms.withLock { $0 }, maxSeries: maxSeries)
+                                      storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
+                                      resourcesPID: resourcesPID)
         return PrometheusExposition.render(summary, format: format, extras: extras)
     }
 }

@@ -159,6 +159,8 @@ struct StatCommand: ParsableCommand {
             stop.raise(SIGHUP)
         }
 
+        // stat --json: what each VM cost the host beside its exits (procfs; a sample about once a second).
+        let trail = json ? ResourceTrail() : nil
         var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0
@@ -168,6 +170,7 @@ struct StatCommand: ParsableCommand {
 
         if logging {
             try run.wait(every: delay) {
+                trail?.sampleIfDue()
                 let current = try Summary(session.snapshot(), filter: filter)
                 // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
                 // whether or not they fire); otherwise the events seen so far, not all ~90 kvm events. A new
@@ -193,7 +196,10 @@ struct StatCommand: ParsableCommand {
                 return true
             }
         } else {
-            try run.wait(every: 0.05)
+            run.wait(every: 0.05) {
+                trail?.sampleIfDue()
+                return true
+            }
         }
         let status = try run.endChild()
         if let failure = session.stop() { writeStderr("kvmscope: \(failure)\n") }
@@ -202,9 +208,15 @@ struct StatCommand: ParsableCommand {
         let seconds = session.elapsedSeconds
         if json {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
+            // Resources of the VMs the summary counts (or -p/-g's); every VM seen when neither names any.
+            trail?.finish()
+            var vms = filter.vms ?? []
+            vms.formUnion(final.exits.map(\.vm))
+            vms.formUnion(final.userspaceExits.map(\.vm))
             let extra: [(String, JSONValue)] = [
                 ("lost_by_cpu", .object(perCPU.map { (String($0.key), .uint($0.value)) })),
                 ("occupancy", SummaryJSON.occupancy(final.occupancy)),
+                ("resources", trail?.json(vms: vms.isEmpty && command.isEmpty ? nil : vms) ?? .array([])),
             ]
             try writeSummary(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {

@@ -21,7 +21,7 @@ enum StormAlerts {
     /// - Throws: `KVMScopeError.usage` naming the rule and the closest known names.
     static func check(_ rules: [StormRule], catalog: EventCatalog) throws {
         let events = catalog.entries.map(\.name)
-        for rule in rules where rule.reason != "*" {
+        for rule in rules where rule.reason != "*" && !rule.function.isResource {
             let r = rule.reason
             if events.contains(r) { continue }
             if !ReasonResolver.builtin.keys(for: r).isEmpty { continue }

@@ -3,6 +3,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMSources
 
 struct WatchCommand: ParsableCommand {
@@ -14,9 +15,12 @@ struct WatchCommand: ParsableCommand {
             REASON is a kvm_exit reason (EPT_MISCONFIG, MSR_WRITE, HLT), a KVM_EXIT_* reason, an event name
             (kvm_pio, rates only) or * (every kvm_exit reason). pNN is p50, p90, p99 or p999. Units: /s; ns, us,
             µs, ms, s; durations ms, s, m. Latency rules on * leave out HLT (time the guest sleeps) unless named.
+            Resource rules read /proc: cpu(vm|vcpu) > N% (host CPU time, % of one CPU, as htop counts) and
+            wait(vm|vcpu) > N% (vCPU run-queue wait: steal seen from the host), optionally `for DURATION`.
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope watch --alert 'p99(MSR_WRITE) > 20us for 10s per vcpu' --exit-on-alert
               kvmscope watch --alert 'rate(kvm_pio) > 1000/s' -- kvmscope storm --kind io --exits 100000
+              kvmscope watch --alert 'wait(vcpu) > 10% for 1m' --alert 'cpu(vm) > 350%'
             Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with
             --exit-on-alert, 1 on errors.
             """)
@@ -61,9 +65,20 @@ struct WatchCommand: ParsableCommand {
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
         writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")
         var detector = StormDetector(rules: rules)
+        // Resource rules (cpu, wait) read /proc at each evaluation: -p's VM, the command's VMs, or every VM.
+        let sampler = detector.needsResources ? ResourceSampler() : nil
+        sampler?.excluded = [getpid()]
+        func resources(_ summary: Summary) -> [ResourceUse] {
+            guard let sampler else { return [] }
+            var only = pid.map { Set([$0]) }
+            if only == nil && !command.isEmpty {
+                only = Set(summary.exits.map(\.vm) + summary.userspaceExits.map(\.vm) + summary.eventRows.map(\.vm))
+            }
+            return ResourceUse.of(sampler.sample(), only: only)
+        }
         func evaluate() throws -> Bool {
             let summary = try Summary(session.snapshot())
-            let alerts = detector.evaluate(time: Date().timeIntervalSince1970, summary: summary)
+            let alerts = detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources(summary))
             StormAlerts.print(alerts)
             return alerts.contains { $0.state == .firing }
         }

@@ -6,7 +6,7 @@ import Testing
         let r = try CLI.run(["--help"])
         #expect(r.status == 0)
         let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        #expect(Array(lines.prefix(17)) == [
+        #expect(Array(lines.prefix(18)) == [
             "OVERVIEW: What KVM virtual machines cost their host, exit by exit.",
             "",
             "Reads the kernel's kvm:* tracepoints from a private tracefs instance and",
@@ -18,6 +18,7 @@ import Testing
             "  kvmscope live --demo              the same, with a demo guest",
             "  kvmscope stat -1                  one kvm_stat-style snapshot",
             "  kvmscope stat --json -- ./vmm     trace while a command runs",
+            "  kvmscope top -b -n 3              virt-top's view: CPU, memory, I/O per VM",
             "  kvmscope record -o t.dat          a trace.dat for trace-cmd",
             "  kvmscope report t.dat             perf kvm stat-style report",
             "  kvmscope serve                    Prometheus on 127.0.0.1:9477",
@@ -27,7 +28,7 @@ import Testing
         ])
         let subcommands = lines.drop { $0 != "SUBCOMMANDS:" }.dropFirst().prefix { !$0.isEmpty }
             .compactMap { $0.hasPrefix("  ") && !$0.hasPrefix("    ") ? $0.split(separator: " ").first.map(String.init) : nil }
-        #expect(subcommands == ["live", "stat", "record", "report", "serve", "watch", "storm", "bench"])
+        #expect(subcommands == ["live", "stat", "top", "record", "report", "serve", "watch", "storm", "bench"])
     }
 
     @Test func statOptionsAreKVMStats() throws {

@@ -1,0 +1,271 @@
+/// The CPU time counters of one thread (or the sum over a VM's vCPU threads), cumulative since it started.
+public struct ThreadTimes: Sendable, Equatable {
+    /// Time in user mode, clock ticks (`/proc/PID/task/TID/stat` field 14, utime; guest time is part of it).
+    public var userTicks: UInt64 = 0
+    /// Time in kernel mode, clock ticks (stat field 15, stime).
+    public var systemTicks: UInt64 = 0
+    /// Time running the guest (in KVM_RUN's guest mode), clock ticks (stat field 43, guest_time).
+    public var guestTicks: UInt64 = 0
+    /// Time runnable on a run queue but not running — the host's view of the guest's steal time, nanoseconds
+    /// (`/proc/PID/task/TID/schedstat` field 2, run_delay).
+    public var waitNanoseconds: UInt64 = 0
+    /// Times the thread was switched onto a CPU (schedstat field 3, pcount): voluntary and involuntary
+    /// context switches together.
+    public var switches: UInt64 = 0
+
+    public init() {}
+
+    /// `userTicks + systemTicks`: the host CPU time used.
+    public var cpuTicks: UInt64 { userTicks &+ systemTicks }
+
+    /// The counters' growth since `earlier` (a counter that went back counts 0, never a huge number).
+    public func subtracting(_ earlier: ThreadTimes) -> ThreadTimes {
+        var d = ThreadTimes()
+        d.userTicks = userTicks.saturatingMinus(earlier.userTicks)
+        d.systemTicks = systemTicks.saturatingMinus(earlier.systemTicks)
+        d.guestTicks = guestTicks.saturatingMinus(earlier.guestTicks)
+        d.waitNanoseconds = waitNanoseconds.saturatingMinus(earlier.waitNanoseconds)
+        d.switches = switches.saturatingMinus(earlier.switches)
+        return d
+    }
+
+    static func + (a: ThreadTimes, b: ThreadTimes) -> ThreadTimes {
+        var s = a
+        s.userTicks &+= b.userTicks
+        s.systemTicks &+= b.systemTicks
+        s.guestTicks &+= b.guestTicks
+        s.waitNanoseconds &+= b.waitNanoseconds
+        s.switches &+= b.switches
+        return s
+    }
+}
+
+/// A process's I/O counters, cumulative (`/proc/PID/io`; reading another user's needs root).
+public struct IOCounters: Sendable, Equatable {
+    /// Bytes the process asked to read by any read-like syscall (rchar: files, sockets, eventfds).
+    public var readChars: UInt64 = 0
+    /// Bytes passed to write-like syscalls (wchar).
+    public var writeChars: UInt64 = 0
+    /// Read-like syscalls (syscr).
+    public var readSyscalls: UInt64 = 0
+    /// Write-like syscalls (syscw).
+    public var writeSyscalls: UInt64 = 0
+    /// Bytes fetched from the storage layer (read_bytes; 0 for page-cache hits and for tmpfs).
+    public var readBytes: UInt64 = 0
+    /// Bytes sent (dirtied) to the storage layer (write_bytes).
+    public var writeBytes: UInt64 = 0
+    /// Bytes of writes later cancelled by truncation (cancelled_write_bytes).
+    public var cancelledWriteBytes: UInt64 = 0
+
+    public init() {}
+
+    public func subtracting(_ e: IOCounters) -> IOCounters {
+        var d = IOCounters()
+        d.readChars = readChars.saturatingMinus(e.readChars)
+        d.writeChars = writeChars.saturatingMinus(e.writeChars)
+        d.readSyscalls = readSyscalls.saturatingMinus(e.readSyscalls)
+        d.writeSyscalls = writeSyscalls.saturatingMinus(e.writeSyscalls)
+        d.readBytes = readBytes.saturatingMinus(e.readBytes)
+        d.writeBytes = writeBytes.saturatingMinus(e.writeBytes)
+        d.cancelledWriteBytes = cancelledWriteBytes.saturatingMinus(e.cancelledWriteBytes)
+        return d
+    }
+}
+
+/// A process's memory, a gauge (`/proc/PID/status`, kB there, bytes here).
+public struct MemoryUsage: Sendable, Equatable {
+    /// Resident set size, bytes (VmRSS).
+    public var rssBytes: UInt64 = 0
+    /// Resident anonymous memory — for a VMM mostly the guest's RAM it touched — bytes (RssAnon).
+    public var anonBytes: UInt64 = 0
+    /// Resident file-backed memory, bytes (RssFile).
+    public var fileBytes: UInt64 = 0
+    /// Resident shared memory (shmem, memfd guest RAM), bytes (RssShmem).
+    public var shmemBytes: UInt64 = 0
+    /// Swapped-out anonymous memory, bytes (VmSwap).
+    public var swapBytes: UInt64 = 0
+
+    public init() {}
+}
+
+/// A tap device's counters as the host sees them (`/sys/class/net/TAP/statistics/*`), cumulative. The host's
+/// receive is the guest's transmit: virt-top and libvirt show `rx_*` of the guest, which is `tx_*` here.
+public struct TapCounters: Sendable, Equatable {
+    /// The interface name, from `iff:` in `/proc/PID/fdinfo/FD` of a `/dev/net/tun` descriptor.
+    public var device: String
+    /// The descriptor holding it.
+    public var fd: Int32
+    /// True when the interface's statistics could not be read this sample (the device went away).
+    public var gone = false
+    public var rxBytes: UInt64 = 0
+    public var txBytes: UInt64 = 0
+    public var rxPackets: UInt64 = 0
+    public var txPackets: UInt64 = 0
+    public var rxDropped: UInt64 = 0
+    public var txDropped: UInt64 = 0
+    public var rxErrors: UInt64 = 0
+    public var txErrors: UInt64 = 0
+
+    public init(device: String, fd: Int32) {
+        self.device = device
+        self.fd = fd
+    }
+
+    public func subtracting(_ e: TapCounters) -> TapCounters {
+        var d = self
+        d.rxBytes = rxBytes.saturatingMinus(e.rxBytes)
+        d.txBytes = txBytes.saturatingMinus(e.txBytes)
+        d.rxPackets = rxPackets.saturatingMinus(e.rxPackets)
+        d.txPackets = txPackets.saturatingMinus(e.txPackets)
+        d.rxDropped = rxDropped.saturatingMinus(e.rxDropped)
+        d.txDropped = txDropped.saturatingMinus(e.txDropped)
+        d.rxErrors = rxErrors.saturatingMinus(e.rxErrors)
+        d.txErrors = txErrors.saturatingMinus(e.txErrors)
+        return d
+    }
+}
+
+/// One thread of a VM in one sample.
+public struct ThreadSample: Sendable, Equatable {
+    public var tid: Int32
+    /// The thread's name (`/proc/PID/task/TID/comm`, read when the thread is first seen).
+    public var comm: String
+    /// The vCPU number its name gives (``VCPUThreadName``), nil for the VMM's other threads.
+    public var vcpu: UInt32?
+    /// True when the thread ended between the last sample and this one (its counters are the last read,
+    /// `delta` is nil): a marked row, never a zero.
+    public var gone = false
+    /// The scheduler state letter (stat field 3: R running, S sleeping, D disk wait, …).
+    public var state: Character = "?"
+    /// The host CPU it last ran on (stat field 39).
+    public var processor: Int32 = -1
+    /// Cumulative counters.
+    public var times = ThreadTimes()
+    /// Growth since the previous sample; nil on the first sample of the thread's VM and when gone. A thread
+    /// born since the previous sample counts from 0.
+    public var delta: ThreadTimes?
+
+    public init(tid: Int32, comm: String, vcpu: UInt32?, gone: Bool = false, times: ThreadTimes = ThreadTimes()) {
+        self.tid = tid
+        self.comm = comm
+        self.vcpu = vcpu
+        self.gone = gone
+        self.times = times
+    }
+}
+
+/// One VM (a process holding an `anon_inode:kvm-vm` descriptor) in one sample.
+public struct VMSample: Sendable, Equatable {
+    /// The VMM's process id.
+    public var pid: Int32
+    /// The guest's name as kvm_stat finds it (QEMU `-name guest=NAME,…`, `,,` an escaped comma), else the
+    /// process's comm.
+    public var name: String
+    /// True when the process ended (or its pid was reused) since the last sample: counters are the last read,
+    /// deltas nil. The VM is not listed in later samples.
+    public var gone = false
+    /// `kvm` (the process holds a KVM VM descriptor) or `tcg` (a QEMU without one: emulated, no KVM).
+    public var accel = "kvm"
+    /// The process's CPU times, cumulative, from `/proc/PID/stat` (utime, stime, guest_time of the whole
+    /// process, threads that ended included; schedstat fields are not used here).
+    public var processTimes = ThreadTimes()
+    /// Sum of the vCPU threads' counters (``ThreadSample/times``) now listed.
+    public var vcpuTimes = ThreadTimes()
+    /// Growth of ``processTimes`` since the previous sample (nil at first sight and when gone).
+    public var processDelta: ThreadTimes?
+    /// Sum of the vCPU threads' deltas (nil at first sight and when gone). Run-queue wait and switches are
+    /// summed over every vCPU thread; the VM's other threads are in ``threads``.
+    public var vcpuDelta: ThreadTimes?
+    /// Memory now.
+    public var memory = MemoryUsage()
+    /// I/O counters, cumulative; nil when `/proc/PID/io` is not readable (not root).
+    public var io: IOCounters?
+    /// Growth of ``io`` since the previous sample.
+    public var ioDelta: IOCounters?
+    /// The tap devices of its `/dev/net/tun` descriptors, cumulative, by fd.
+    public var taps: [TapCounters] = []
+    /// Growth of each tap's counters (same order; a tap first seen this sample has none).
+    public var tapDeltas: [TapCounters] = []
+    /// Every thread, vCPU threads first (by vCPU number), then the others by tid.
+    public var threads: [ThreadSample] = []
+
+    public init(pid: Int32, name: String, gone: Bool = false) {
+        self.pid = pid
+        self.name = name
+        self.gone = gone
+    }
+
+    /// vCPU threads now listed (gone ones excluded).
+    public var vcpuCount: Int { threads.filter { $0.vcpu != nil && !$0.gone }.count }
+}
+
+/// One host CPU's time, cumulative, clock ticks (a `cpuN` line of /proc/stat). `user` includes `guest`.
+public struct HostCPUTimes: Sendable, Equatable {
+    public var cpu: Int
+    public var user: UInt64 = 0, nice: UInt64 = 0, system: UInt64 = 0, idle: UInt64 = 0, iowait: UInt64 = 0
+    public var irq: UInt64 = 0, softirq: UInt64 = 0, steal: UInt64 = 0, guest: UInt64 = 0, guestNice: UInt64 = 0
+
+    public init(cpu: Int) { self.cpu = cpu }
+
+    /// Every tick of the CPU (guest time is inside user and nice, so counted once).
+    public var total: UInt64 { user &+ nice &+ system &+ idle &+ iowait &+ irq &+ softirq &+ steal }
+
+    public func subtracting(_ e: HostCPUTimes) -> HostCPUTimes {
+        var d = HostCPUTimes(cpu: cpu)
+        d.user = user.saturatingMinus(e.user); d.nice = nice.saturatingMinus(e.nice)
+        d.system = system.saturatingMinus(e.system); d.idle = idle.saturatingMinus(e.idle)
+        d.iowait = iowait.saturatingMinus(e.iowait); d.irq = irq.saturatingMinus(e.irq)
+        d.softirq = softirq.saturatingMinus(e.softirq); d.steal = steal.saturatingMinus(e.steal)
+        d.guest = guest.saturatingMinus(e.guest); d.guestNice = guestNice.saturatingMinus(e.guestNice)
+        return d
+    }
+}
+
+/// One sample of every VM on the host.
+public struct ResourceSample: Sendable, Equatable {
+    /// CLOCK_MONOTONIC time of the sample, nanoseconds.
+    public var timestamp: UInt64
+    /// Seconds since the previous sample (0 for the first).
+    public var intervalSeconds: Double
+    /// Clock ticks per second of the tick counters (sysconf(_SC_CLK_TCK), 100 on Linux).
+    public var ticksPerSecond: UInt64
+    /// Online host CPUs (sysconf(_SC_NPROCESSORS_ONLN)): virt-top's %CPU divides by it.
+    public var hostCPUs: Int
+    /// Host memory, bytes (MemTotal in /proc/meminfo): %MEM divides by it.
+    public var hostMemoryBytes: UInt64
+    /// VMs by pid.
+    public var vms: [VMSample]
+    /// Each host CPU's growth since the previous sample (/proc/stat), by CPU number; empty at the first.
+    public var hostCPUDeltas: [HostCPUTimes] = []
+
+    public init(timestamp: UInt64, intervalSeconds: Double, ticksPerSecond: UInt64, hostCPUs: Int, hostMemoryBytes: UInt64,
+                vms: [VMSample]) {
+        self.timestamp = timestamp
+        self.intervalSeconds = intervalSeconds
+        self.ticksPerSecond = ticksPerSecond
+        self.hostCPUs = hostCPUs
+        self.hostMemoryBytes = hostMemoryBytes
+        self.vms = vms
+    }
+
+    /// Ticks as seconds.
+    public func seconds(_ ticks: UInt64) -> Double { Double(ticks) / Double(ticksPerSecond) }
+}
+
+extension UInt64 {
+    /// `self - b`, or 0 when `b` is larger (a counter that went back).
+    public func saturatingMinus(_ b: UInt64) -> UInt64 { self >= b ? self - b : 0 }
+}
+
+/// vCPU threads by their VMM's names for them.
+public enum VCPUThreadName {
+    /// The vCPU number of a thread name: QEMU's `CPU 3/KVM` (`-name …,debug-threads=on`, also kvmscope storm's;
+    /// `CPU 3/TCG` under TCG),
+    /// firecracker's `fc_vcpu 3`, cloud-hypervisor's `vcpu3`; nil for other names.
+    public static func vcpu(_ name: String) -> UInt32? {
+        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") || name.hasSuffix("/TCG") { return UInt32(name.dropFirst(4).dropLast(4)) }
+        if name.hasPrefix("fc_vcpu ") { return UInt32(name.dropFirst(8)) }
+        if name.hasPrefix("vcpu") { return UInt32(name.dropFirst(4)) }
+        return nil
+    }
+}

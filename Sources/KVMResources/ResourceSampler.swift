@@ -1,0 +1,407 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import KVMExits
+
+/// Samples what each VM on the host costs it, from procfs and sysfs only (no libvirt, no QMP, no process
+/// spawned): VMs are the processes holding an `anon_inode:kvm-vm` descriptor; per VM and per thread it reads
+/// CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each sample's growth since the
+/// previous one.
+///
+/// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
+/// stat and schedstat (comm once per thread); each tap's 8 statistics files. Processes that are not VMs have
+/// their descriptors looked at while young (their first ``youngSamples`` samples, when a VMM creates its VM)
+/// and then once every ``rescanEvery`` samples; known VMs' descriptors (for taps) and thread names are looked
+/// at again every ``rescanEvery`` samples. Not thread-safe: one caller samples.
+public final class ResourceSampler {
+    /// Where procfs and sysfs are (tests use synthetic trees).
+    public let procRoot: String
+    public let sysRoot: String
+    public let rescanEvery: Int
+    public let youngSamples: Int
+    /// Whether descriptors of /proc/PID and /proc/PID/task/TID stay open between samples (no path lookups:
+    /// cheaper at a short interval). Without, nothing stays open between samples (`serve`, sampled per scrape).
+    public let keepDescriptors: Bool
+    /// Processes never reported (kvmscope itself, whose storm guest is its own VM).
+    public var excluded: Set<Int32> = []
+
+    private let file = ProcFile()
+    private let ticksPerSecond: UInt64
+    private let hostCPUs: Int
+    private let hostMemoryBytes: UInt64
+    private var sampleIndex = 0
+    private var lastTimestamp: UInt64?
+
+    private struct ThreadState {
+        var comm: String
+        var vcpu: UInt32?
+        var times: ThreadTimes
+        /// /proc/PID/task/TID, open while the thread is known (its files are opened relative to it: no path
+        /// lookup per file); -1 when descriptors ran out (then paths from /proc/PID).
+        var dir: Int32 = -1
+    }
+    private struct VMState {
+        var name: String
+        var startTime: UInt64
+        /// /proc/PID, open while the VM is known (with `keepDescriptors`; else -1): every file of the VM is
+        /// opened relative to it.
+        var directory: Int32
+        var tunFDs: [Int32: String] = [:]
+        var threads: [Int32: ThreadState] = [:]
+        var process = ThreadTimes()
+        var io: IOCounters?
+        var taps: [Int32: TapCounters] = [:]
+        var sampled = false
+        var accel = "kvm"
+    }
+    private var vms: [Int32: VMState] = [:]
+    private var hostCPUTimes: [HostCPUTimes] = []
+    /// pid → the sample it was first seen in, for processes that are not VMs.
+    private var notVMs: [Int32: Int] = [:]
+
+    /// - Parameters:
+    ///   - procRoot: procfs (`/proc`).
+    ///   - sysRoot: sysfs (`/sys`), for `/sys/class/net/TAP/statistics`.
+    ///   - rescanEvery: every this many samples, every process's descriptors are looked at again.
+    ///   - youngSamples: a process not (yet) a VM is looked at again in this many samples after it appears.
+    ///   - keepDescriptors: keep a descriptor per VM and per VM thread open between samples.
+    public init(procRoot: String = "/proc", sysRoot: String = "/sys", rescanEvery: Int = 10, youngSamples: Int = 3,
+                keepDescriptors: Bool = true) {
+        self.keepDescriptors = keepDescriptors
+        self.procRoot = procRoot
+        self.sysRoot = sysRoot
+        self.rescanEvery = max(1, rescanEvery)
+        self.youngSamples = youngSamples
+        let tck = sysconf(Int32(_SC_CLK_TCK))
+        ticksPerSecond = tck > 0 ? UInt64(tck) : 100
+        hostCPUs = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var mem: UInt64 = 0
+        if case .success = file.read("\(procRoot)/meminfo"), let kb = file.keyed(["MemTotal:"])[0] { mem = kb * 1024 }
+        hostMemoryBytes = mem
+        if keepDescriptors { Self.raiseDescriptorLimit() }
+    }
+
+    /// Raises the soft limit on open descriptors to the hard one (as Go's runtime does at start): the sampler
+    /// keeps one per VM and one per VM thread. Where it stays too low, threads are read by path instead.
+    static func raiseDescriptorLimit() {
+        var r = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0, r.rlim_cur < r.rlim_max else { return }
+        r.rlim_cur = r.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &r)
+    }
+
+    deinit {
+        for vm in vms.values { closeDescriptors(of: vm) }
+    }
+
+    private func closeDescriptors(of vm: VMState) {
+        if vm.directory >= 0 { close(vm.directory) }
+        for t in vm.threads.values where t.dir >= 0 { close(t.dir) }
+    }
+
+    /// Reads every VM once. The first sample has no deltas; each later one has the growth since the one before.
+    public func sample() -> ResourceSample {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let now = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        let interval = lastTimestamp.map { Double(now &- $0) / 1e9 } ?? 0
+        lastTimestamp = now
+        let rescan = sampleIndex % rescanEvery == 0
+        discover(rescan: rescan)
+        var out: [VMSample] = []
+        for pid in vms.keys.sorted() {
+            let s = sampleVM(pid, rescan: rescan)
+            out.append(s)
+            if s.gone {
+                closeDescriptors(of: vms[pid]!)
+                vms[pid] = nil
+            }
+        }
+        sampleIndex += 1
+        var result = ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
+                                    hostMemoryBytes: hostMemoryBytes, vms: out)
+        let cpus = readHostCPUs()
+        if cpus.count == hostCPUTimes.count {
+            result.hostCPUDeltas = zip(cpus, hostCPUTimes).map { $0.cpu == $1.cpu ? $0.subtracting($1) : HostCPUTimes(cpu: $0.cpu) }
+        }
+        hostCPUTimes = cpus
+        return result
+    }
+
+    /// The `cpuN` lines of /proc/stat (an unreadable file: none).
+    private func readHostCPUs() -> [HostCPUTimes] {
+        guard case .success = file.read("\(procRoot)/stat") else { return [] }
+        var out: [HostCPUTimes] = []
+        for line in file.text.split(separator: "\n") where line.hasPrefix("cpu") && !line.hasPrefix("cpu ") {
+            let f = line.split(separator: " ")
+            guard f.count >= 11, let n = Int(f[0].dropFirst(3)) else { continue }
+            let v = f[1...10].map { UInt64($0) ?? 0 }
+            var c = HostCPUTimes(cpu: n)
+            c.user = v[0]; c.nice = v[1]; c.system = v[2]; c.idle = v[3]; c.iowait = v[4]
+            c.irq = v[5]; c.softirq = v[6]; c.steal = v[7]; c.guest = v[8]; c.guestNice = v[9]
+            out.append(c)
+        }
+        return out
+    }
+
+    // MARK: Finding VMs
+
+    private func discover(rescan: Bool) {
+        guard case .success(let pids) = ProcDirectory.numericEntries(procRoot) else { return }
+        var listed = Set<Int32>()
+        listed.reserveCapacity(pids.count)
+        for pid in pids {
+            listed.insert(pid)
+            if excluded.contains(pid) { continue }
+            if vms[pid] != nil {
+                if rescan, let fds = descriptors(pid) {
+                    vms[pid]!.tunFDs = fds.tun
+                    if fds.isVM { vms[pid]!.accel = "kvm" }
+                }
+                continue
+            }
+            if let first = notVMs[pid], !rescan, sampleIndex - first >= youngSamples { continue }
+            guard let fds = descriptors(pid), fds.isVM || isTCGQEMU(pid) else {
+                if notVMs[pid] == nil { notVMs[pid] = sampleIndex }
+                continue
+            }
+            let dir = open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard dir >= 0 else { continue }
+            guard case .success = file.read("stat", in: dir), let f = file.statFields([22]) else {
+                close(dir)
+                continue
+            }
+            notVMs[pid] = nil
+            if !keepDescriptors { close(dir) }
+            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun,
+                               accel: fds.isVM ? "kvm" : "tcg")
+        }
+        notVMs = notVMs.filter { listed.contains($0.key) }
+    }
+
+    /// A QEMU (`/proc/PID/exe` named `qemu-system-*`) without a KVM VM descriptor at least 2 s after it started
+    /// (QEMU creates its KVM VM while it starts): a guest under TCG, shown as virt-top shows libvirt's.
+    private func isTCGQEMU(_ pid: Int32) -> Bool {
+        guard let exe = ProcDirectory.link("\(procRoot)/\(pid)/exe"),
+              exe.split(separator: "/").last?.hasPrefix("qemu-system-") == true,
+              case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([22]),
+              case .success = file.read("\(procRoot)/uptime"), let up = Double(file.text.split(separator: " ").first ?? "")
+        else { return false }
+        return up - Double(f.values[0]) / Double(ticksPerSecond) >= 2
+    }
+
+    /// Whether the process holds a KVM VM descriptor, and its tun descriptors with their interface names.
+    private func descriptors(_ pid: Int32) -> (isVM: Bool, tun: [Int32: String])? {
+        guard case .success(let fds) = ProcDirectory.numericEntries("\(procRoot)/\(pid)/fd") else { return nil }
+        var isVM = false
+        var tun: [Int32: String] = [:]
+        for fd in fds {
+            guard let target = ProcDirectory.link("\(procRoot)/\(pid)/fd/\(fd)") else { continue }
+            if target.hasPrefix("anon_inode:kvm-vm") {
+                isVM = true
+            } else if target == "/dev/net/tun", case .success = file.read("\(procRoot)/\(pid)/fdinfo/\(fd)") {
+                for line in file.text.split(separator: "\n") where line.hasPrefix("iff:") {
+                    tun[fd] = String(line.dropFirst(4).drop { $0 == " " || $0 == "\t" })
+                }
+            }
+        }
+        return (isVM, tun)
+    }
+
+    private func guestName(_ pid: Int32) -> String {
+        if case .success = file.read("\(procRoot)/\(pid)/cmdline"), let name = GuestName.fromQEMUArguments(file.nulSeparated) {
+            return name
+        }
+        if case .success = file.read("\(procRoot)/\(pid)/comm") { return file.text }
+        return "?"
+    }
+
+    // MARK: Sampling one VM
+
+    private func sampleVM(_ pid: Int32, rescan: Bool) -> VMSample {
+        var st = vms[pid]!
+        var s = VMSample(pid: pid, name: st.name)
+        s.accel = st.accel
+        // Without kept descriptors, /proc/PID is opened for this sample only.
+        let vmDir = st.directory >= 0 ? st.directory : open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if st.directory < 0 && vmDir >= 0 { close(vmDir) } }
+        func gone() -> VMSample {
+            var g = VMSample(pid: pid, name: st.name, gone: true)
+            g.accel = st.accel
+            g.processTimes = st.process
+            g.io = st.io
+            g.taps = st.taps.keys.sorted().map { st.taps[$0]! }
+            g.threads = st.threads.keys.sorted().map { tid in
+                let t = st.threads[tid]!
+                return ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+            }
+            g.vcpuTimes = g.threads.filter { $0.vcpu != nil }.reduce(ThreadTimes()) { $0 + $1.times }
+            return g
+        }
+        // /proc/PID/stat: a pid reused by another process is the old VM gone.
+        // A zombie (state Z, X: ended, not yet reaped) is gone too.
+        guard vmDir >= 0, case .success = file.read("stat", in: vmDir), let f = file.statFields([14, 15, 22, 43]),
+              f.values[2] == st.startTime, f.state != UInt8(ascii: "Z"), f.state != UInt8(ascii: "X") else { return gone() }
+        var process = ThreadTimes()
+        process.userTicks = f.values[0]
+        process.systemTicks = f.values[1]
+        process.guestTicks = f.values[3]
+        switch file.read("status", in: vmDir) {
+        case .failure(.gone): return gone()
+        case .failure: break
+        case .success:
+            let kb = file.keyed(["VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "VmSwap:"])
+            s.memory.rssBytes = (kb[0] ?? 0) * 1024
+            s.memory.anonBytes = (kb[1] ?? 0) * 1024
+            s.memory.fileBytes = (kb[2] ?? 0) * 1024
+            s.memory.shmemBytes = (kb[3] ?? 0) * 1024
+            s.memory.swapBytes = (kb[4] ?? 0) * 1024
+        }
+        var io: IOCounters?
+        switch file.read("io", in: vmDir) {
+        case .failure(.gone): return gone()
+        case .failure: break
+        case .success:
+            let v = file.keyed(["rchar:", "wchar:", "syscr:", "syscw:", "read_bytes:", "write_bytes:", "cancelled_write_bytes:"])
+            if v.allSatisfy({ $0 != nil }) {
+                var c = IOCounters()
+                c.readChars = v[0]!
+                c.writeChars = v[1]!
+                c.readSyscalls = v[2]!
+                c.writeSyscalls = v[3]!
+                c.readBytes = v[4]!
+                c.writeBytes = v[5]!
+                c.cancelledWriteBytes = v[6]!
+                io = c
+            }
+        }
+        guard case .success(let tids) = ProcDirectory.numericEntries("task", in: vmDir) else { return gone() }
+
+        // Threads.
+        let first = !st.sampled
+        var threads: [ThreadSample] = []
+        var seen = Set<Int32>()
+        var vcpuDelta = ThreadTimes()
+        for tid in tids {
+            var known = st.threads[tid] ?? ThreadState(comm: "", vcpu: nil, times: ThreadTimes(),
+                                                       dir: keepDescriptors
+                                                           ? openat(vmDir, "task/\(tid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1)
+            let isNew = st.threads[tid] == nil
+            let (dir, prefix) = known.dir >= 0 ? (known.dir, "") : (vmDir, "task/\(tid)/")
+            /// A listed thread whose files are gone ended mid-sample: a marked row if it was known.
+            func ended() {
+                if isNew {
+                    if known.dir >= 0 { close(known.dir) }
+                } else {
+                    seen.insert(tid)
+                    threads.append(goneThread(tid, known))
+                }
+            }
+            if isNew || rescan {
+                guard case .success = file.read(prefix + "comm", in: dir) else {
+                    ended()
+                    continue
+                }
+                known.comm = file.text
+                known.vcpu = VCPUThreadName.vcpu(known.comm)
+            }
+            guard case .success = file.read(prefix + "stat", in: dir), let tf = file.statFields([3, 14, 15, 39, 43]) else {
+                ended()
+                continue
+            }
+            guard case .success = file.read(prefix + "schedstat", in: dir) else {
+                ended()
+                continue
+            }
+            let sched = file.numbers(max: 3)
+            var t = ThreadSample(tid: tid, comm: known.comm, vcpu: known.vcpu)
+            t.state = Character(UnicodeScalar(tf.state))
+            t.processor = Int32(truncatingIfNeeded: tf.values[3])
+            t.times.userTicks = tf.values[1]
+            t.times.systemTicks = tf.values[2]
+            t.times.guestTicks = tf.values[4]
+            if sched.count == 3 {
+                t.times.waitNanoseconds = sched[1]
+                t.times.switches = sched[2]
+            }
+            if !first {
+                // A thread born since the previous sample grew from 0.
+                let d = t.times.subtracting(st.threads[tid]?.times ?? ThreadTimes())
+                t.delta = d
+                if t.vcpu != nil { vcpuDelta = vcpuDelta + d }
+            }
+            seen.insert(tid)
+            known.times = t.times
+            st.threads[tid] = known
+            threads.append(t)
+        }
+        for (tid, t) in st.threads where !seen.contains(tid) { threads.append(goneThread(tid, t)) }
+        for t in threads where t.gone {
+            if let d = st.threads[t.tid]?.dir, d >= 0 { close(d) }
+            st.threads[t.tid] = nil
+        }
+        threads.sort { a, b in
+            switch (a.vcpu, b.vcpu) {
+            case let (x?, y?): x != y ? x < y : a.tid < b.tid
+            case (_?, nil): true
+            case (nil, _?): false
+            case (nil, nil): a.tid < b.tid
+            }
+        }
+
+        // Taps.
+        var taps: [TapCounters] = []
+        var tapDeltas: [TapCounters] = []
+        var newTaps: [Int32: TapCounters] = [:]
+        for fd in st.tunFDs.keys.sorted() {
+            let dev = st.tunFDs[fd]!
+            var c = TapCounters(device: dev, fd: fd)
+            let dir = "\(sysRoot)/class/net/\(dev)/statistics"
+            var values: [UInt64] = []
+            for name in ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped", "rx_errors", "tx_errors"] {
+                guard case .success = file.read("\(dir)/\(name)"), let v = file.numbers(max: 1).first else { break }
+                values.append(v)
+            }
+            if values.count == 8 {
+                c.rxBytes = values[0]; c.txBytes = values[1]; c.rxPackets = values[2]; c.txPackets = values[3]
+                c.rxDropped = values[4]; c.txDropped = values[5]; c.rxErrors = values[6]; c.txErrors = values[7]
+                if let old = st.taps[fd], old.device == dev, !old.gone, !first { tapDeltas.append(c.subtracting(old)) }
+                newTaps[fd] = c
+            } else {
+                c = st.taps[fd] ?? c
+                c.gone = true
+            }
+            taps.append(c)
+        }
+
+        s.processTimes = process
+        s.io = io
+        s.taps = taps
+        s.threads = threads
+        s.vcpuTimes = threads.filter { $0.vcpu != nil && !$0.gone }.reduce(ThreadTimes()) { $0 + $1.times }
+        if !first {
+            var pd = process.subtracting(st.process)
+            // Waits and switches are per thread only (schedstat): the process line sums the live threads'.
+            let live = threads.filter { !$0.gone }
+            pd.waitNanoseconds = live.compactMap(\.delta).reduce(0) { $0 &+ $1.waitNanoseconds }
+            pd.switches = live.compactMap(\.delta).reduce(0) { $0 &+ $1.switches }
+            s.processDelta = pd
+            s.vcpuDelta = vcpuDelta
+            if let io, let old = st.io { s.ioDelta = io.subtracting(old) }
+            s.tapDeltas = tapDeltas
+        }
+        // Process-wide waits and switches: the sum over live threads (ended threads' are not kept by schedstat).
+        s.processTimes.waitNanoseconds = threads.filter { !$0.gone }.reduce(0) { $0 &+ $1.times.waitNanoseconds }
+        s.processTimes.switches = threads.filter { !$0.gone }.reduce(0) { $0 &+ $1.times.switches }
+        st.process = process
+        st.io = io
+        st.taps = newTaps
+        st.sampled = true
+        vms[pid] = st
+        return s
+    }
+
+    private func goneThread(_ tid: Int32, _ t: ThreadState) -> ThreadSample {
+        ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+    }
+}

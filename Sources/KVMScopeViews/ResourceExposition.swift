@@ -1,0 +1,102 @@
+import KVMResources
+
+/// What each VM costs the host, as `/metrics` families (appended after the exit families when `serve` samples
+/// resources). Counters are cumulative since the VMM started, as the kernel keeps them; VMs and threads that
+/// ended are left out (their series stop).
+///
+/// | name | type | labels | source | prometheus-libvirt-exporter (Debian, 0.2) |
+/// |---|---|---|---|---|
+/// | `kvmscope_vm_cpu_seconds_total` | counter | `vm`, `vm_name` | /proc/PID/stat utime+stime | `libvirt_domain_info_cpu_time_seconds_total` |
+/// | `kvmscope_vm_guest_seconds_total` | counter | `vm`, `vm_name` | stat guest_time | — |
+/// | `kvmscope_vm_vcpus` | gauge | `vm`, `vm_name` | vCPU threads by name | `libvirt_domain_info_virtual_cpus` |
+/// | `kvmscope_vm_resident_memory_bytes` | gauge | `vm`, `vm_name` | /proc/PID/status VmRSS | (`libvirt_domain_info_memory_usage_bytes` is the guest's memory, not host RSS) |
+/// | `kvmscope_vm_swap_bytes` | gauge | `vm`, `vm_name` | VmSwap | — |
+/// | `kvmscope_vm_disk_read_bytes_total` | counter | `vm`, `vm_name` | /proc/PID/io read_bytes | `libvirt_domain_block_stats_read_bytes_total` (summed over devices) |
+/// | `kvmscope_vm_disk_written_bytes_total` | counter | `vm`, `vm_name` | write_bytes | `libvirt_domain_block_stats_write_bytes_total` |
+/// | `kvmscope_vm_read_syscalls_total` | counter | `vm`, `vm_name` | syscr | (closest: `…_read_requests_total`) |
+/// | `kvmscope_vm_write_syscalls_total` | counter | `vm`, `vm_name` | syscw | (closest: `…_write_requests_total`) |
+/// | `kvmscope_vcpu_cpu_seconds_total` | counter | `vm`, `vm_name`, `vcpu` | /proc/PID/task/TID/stat | — |
+/// | `kvmscope_vcpu_guest_seconds_total` | counter | `vm`, `vm_name`, `vcpu` | task stat guest_time | — |
+/// | `kvmscope_vcpu_wait_seconds_total` | counter | `vm`, `vm_name`, `vcpu` | task schedstat run_delay | — |
+/// | `kvmscope_vcpu_context_switches_total` | counter | `vm`, `vm_name`, `vcpu` | task schedstat pcount | — |
+/// | `kvmscope_vm_network_receive_bytes_total` | counter | `vm`, `vm_name`, `device` | tap tx_bytes (the guest's receive) | `libvirt_domain_interface_stats_receive_bytes_total` |
+/// | `kvmscope_vm_network_transmit_bytes_total` | counter | `vm`, `vm_name`, `device` | tap rx_bytes | `…_transmit_bytes_total` |
+/// | `kvmscope_vm_network_receive_packets_total`, `…_transmit_packets_total`, `…_receive_drops_total`, `…_transmit_drops_total`, `…_receive_errors_total`, `…_transmit_errors_total` | counter | `vm`, `vm_name`, `device` | tap statistics, swapped | `libvirt_domain_interface_stats_…` of the same name |
+///
+/// Seconds are clock ticks (1/100 s) / 100; no `--max-series` folding (one set per VM, vCPU or tap).
+public enum ResourceExposition {
+    /// Appends the families of `sample` to `w`; only `onlyPID`'s VM when given.
+    static func write(_ sample: ResourceSample, onlyPID: Int32?, into w: inout PrometheusExposition.Writer) {
+        let vms = sample.vms.filter { !$0.gone && (onlyPID == nil || $0.pid == onlyPID) }
+        func labels(_ vm: VMSample) -> [(String, String)] { [("vm", String(vm.pid)), ("vm_name", vm.name)] }
+        func seconds(_ ticks: UInt64) -> String { "\(sample.seconds(ticks))" }
+        func perVM(_ name: String, _ type: String, _ help: String, _ value: (VMSample) -> String?) {
+            w.family(String(name.dropLast(type == "counter" ? 6 : 0)), type, help)
+            for vm in vms { if let v = value(vm) { w.sample(name, labels(vm), v) } }
+        }
+        perVM("kvmscope_vm_cpu_seconds_total", "counter", "Host CPU time of the VM's process, user and system (/proc/PID/stat).") {
+            seconds($0.processTimes.cpuTicks)
+        }
+        perVM("kvmscope_vm_guest_seconds_total", "counter", "Time the VM's vCPUs ran the guest (/proc/PID/stat guest_time).") {
+            seconds($0.processTimes.guestTicks)
+        }
+        perVM("kvmscope_vm_vcpus", "gauge", "vCPU threads of the VM, by thread name.") { String($0.vcpuCount) }
+        perVM("kvmscope_vm_resident_memory_bytes", "gauge", "Resident memory of the VM's process (/proc/PID/status VmRSS).") {
+            String($0.memory.rssBytes)
+        }
+        perVM("kvmscope_vm_swap_bytes", "gauge", "Swapped-out memory of the VM's process (/proc/PID/status VmSwap).") {
+            String($0.memory.swapBytes)
+        }
+        perVM("kvmscope_vm_disk_read_bytes_total", "counter", "Bytes the VM's process read from storage (/proc/PID/io read_bytes).") {
+            $0.io.map { String($0.readBytes) }
+        }
+        perVM("kvmscope_vm_disk_written_bytes_total", "counter", "Bytes the VM's process wrote to storage (/proc/PID/io write_bytes).") {
+            $0.io.map { String($0.writeBytes) }
+        }
+        perVM("kvmscope_vm_read_syscalls_total", "counter", "Read syscalls of the VM's process (/proc/PID/io syscr).") {
+            $0.io.map { String($0.readSyscalls) }
+        }
+        perVM("kvmscope_vm_write_syscalls_total", "counter", "Write syscalls of the VM's process (/proc/PID/io syscw).") {
+            $0.io.map { String($0.writeSyscalls) }
+        }
+
+        func perVCPU(_ name: String, _ help: String, _ value: (ThreadTimes) -> String) {
+            w.family(String(name.dropLast(6)), "counter", help)
+            for vm in vms {
+                for t in vm.threads where !t.gone {
+                    guard let vcpu = t.vcpu else { continue }
+                    w.sample(name, labels(vm) + [("vcpu", String(vcpu))], value(t.times))
+                }
+            }
+        }
+        perVCPU("kvmscope_vcpu_cpu_seconds_total", "Host CPU time of a vCPU thread (/proc/PID/task/TID/stat).") { seconds($0.cpuTicks) }
+        perVCPU("kvmscope_vcpu_guest_seconds_total", "Time a vCPU thread ran the guest (task stat guest_time).") {
+            seconds($0.guestTicks)
+        }
+        perVCPU("kvmscope_vcpu_wait_seconds_total",
+                "Time a vCPU thread was runnable but waited for a host CPU: the host's view of steal (task schedstat).") {
+            "\(Double($0.waitNanoseconds) / 1e9)"
+        }
+        perVCPU("kvmscope_vcpu_context_switches_total", "Times a vCPU thread was switched onto a host CPU (task schedstat).") {
+            String($0.switches)
+        }
+
+        // The guest's view, as libvirt shows it: the host's tap transmit is the guest's receive.
+        let net: [(String, String, (TapCounters) -> UInt64)] = [
+            ("receive_bytes", "Bytes the guest received", { $0.txBytes }), ("transmit_bytes", "Bytes the guest sent", { $0.rxBytes }),
+            ("receive_packets", "Packets the guest received", { $0.txPackets }),
+            ("transmit_packets", "Packets the guest sent", { $0.rxPackets }),
+            ("receive_drops", "Packets to the guest dropped", { $0.txDropped }),
+            ("transmit_drops", "Packets from the guest dropped", { $0.rxDropped }),
+            ("receive_errors", "Receive errors", { $0.txErrors }), ("transmit_errors", "Transmit errors", { $0.rxErrors }),
+        ]
+        for (suffix, help, value) in net {
+            w.family("kvmscope_vm_network_\(suffix)", "counter", "\(help), per tap device (/sys/class/net/TAP/statistics).")
+            for vm in vms {
+                for tap in vm.taps where !tap.gone {
+                    w.sample("kvmscope_vm_network_\(suffix)_total", labels(vm) + [("device", tap.device)], String(value(tap)))
+                }
+            }
+        }
+    }
+}

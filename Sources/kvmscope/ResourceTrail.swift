@@ -1,0 +1,113 @@
+import Foundation
+import KVMResources
+import KVMScopeViews
+
+/// What each VM cost the host over a `stat` run: resource samples at the start, about once a second while
+/// tracing (so a VM that ends keeps its last numbers), and at the end; each VM's growth from its first sample
+/// to its last.
+final class ResourceTrail {
+    private let sampler = ResourceSampler()
+    private var first: [Int32: VMSample] = [:]
+    private var last: [Int32: VMSample] = [:]
+    private var firstTime: [Int32: UInt64] = [:]
+    private var lastTime: [Int32: UInt64] = [:]
+    private var startVMs: Set<Int32> = []
+    /// Every vCPU thread seen, per VM: its counters at first and last sight (a thread that ended keeps them).
+    private var threadFirst: [Int32: [Int32: ThreadTimes]] = [:]
+    private var threadLast: [Int32: [Int32: ThreadSample]] = [:]
+    private var sampledAt = Date()
+    private var ticksPerSecond: UInt64 = 100
+
+    init() {
+        sampler.excluded = [getpid()]
+        record(sampler.sample())
+        startVMs = Set(first.keys)
+    }
+
+    /// Samples when a second has passed since the last sample.
+    func sampleIfDue() {
+        if Date().timeIntervalSince(sampledAt) >= 1 { record(sampler.sample()) }
+    }
+
+    func finish() { record(sampler.sample()) }
+
+    private func record(_ s: ResourceSample) {
+        sampledAt = Date()
+        ticksPerSecond = s.ticksPerSecond
+        for vm in s.vms {
+            if vm.gone {
+                // The last numbers read stay; the VM is marked ended.
+                last[vm.pid]?.gone = true
+                continue
+            }
+            if first[vm.pid] == nil {
+                first[vm.pid] = vm
+                firstTime[vm.pid] = s.timestamp
+            }
+            last[vm.pid] = vm
+            lastTime[vm.pid] = s.timestamp
+            for t in vm.threads where !t.gone && t.vcpu != nil {
+                // A thread first seen after its VM was counts from 0 (it was born in between).
+                if threadFirst[vm.pid, default: [:]][t.tid] == nil {
+                    threadFirst[vm.pid, default: [:]][t.tid] = firstTime[vm.pid] == s.timestamp ? t.times : ThreadTimes()
+                }
+                threadLast[vm.pid, default: [:]][t.tid] = t
+            }
+        }
+    }
+
+    /// The `resources` section of `stat --json`: one object per VM of `vms` (nil: every VM seen), by pid.
+    /// Growth from the VM's first sample to its last: `cpu_seconds`, `guest_seconds` (the whole process, threads
+    /// that ended included), `vcpu_*` (every vCPU thread seen, each from its first sight or birth),
+    /// `read_bytes`… (/proc/PID/io); `rss_bytes`, `swap_bytes` at the last sample.
+    func json(vms: Set<Int32>?) -> JSONValue {
+        func seconds(_ ticks: UInt64) -> JSONValue { .double(Double(ticks) / Double(ticksPerSecond)) }
+        let pids = last.keys.filter { vms?.contains($0) ?? true }.sorted()
+        return .array(pids.map { pid in
+            let a = first[pid]!
+            let b = last[pid]!
+            let process = b.processTimes.subtracting(a.processTimes)
+            let before = threadFirst[pid] ?? [:]
+            let vcpus = (threadLast[pid] ?? [:]).values.sorted { ($0.vcpu ?? 0, $0.tid) < ($1.vcpu ?? 0, $1.tid) }
+            let grown = vcpus.map { ($0, $0.times.subtracting(before[$0.tid] ?? ThreadTimes())) }
+            let vcpuSum = grown.reduce(ThreadTimes()) { s, g in
+                var t = s
+                t.userTicks += g.1.userTicks
+                t.systemTicks += g.1.systemTicks
+                t.guestTicks += g.1.guestTicks
+                t.waitNanoseconds += g.1.waitNanoseconds
+                t.switches += g.1.switches
+                return t
+            }
+            let io = b.io.flatMap { bio in a.io.map { bio.subtracting($0) } }
+            var o: [(String, JSONValue)] = [
+                ("vm", .int(Int64(pid))), ("vm_name", .string(b.name)), ("ended", .bool(b.gone)),
+                ("seen_from_start", .bool(startVMs.contains(pid))),
+            ]
+            let span = Double((lastTime[pid] ?? 0) &- (firstTime[pid] ?? 0)) / 1e9
+            o.append(("sampled_seconds", .double(span)))
+            o.append(("vcpus", .int(Int64(Set(vcpus.compactMap(\.vcpu)).count))))
+            o.append(("cpu_seconds", seconds(process.cpuTicks)))
+            o.append(("vcpu_cpu_seconds", seconds(vcpuSum.cpuTicks)))
+            o.append(("guest_seconds", seconds(process.guestTicks)))
+            o.append(("vcpu_wait_seconds", .double(Double(vcpuSum.waitNanoseconds) / 1e9)))
+            o.append(("vcpu_switches", .uint(vcpuSum.switches)))
+            let ioFields: [(String, UInt64?)] = [("read_bytes", io?.readBytes), ("write_bytes", io?.writeBytes),
+                                                 ("read_syscalls", io?.readSyscalls), ("write_syscalls", io?.writeSyscalls)]
+            for (k, v) in ioFields { o.append((k, v.map { JSONValue.uint($0) } ?? .null)) }
+            o.append(("rss_bytes", .uint(b.memory.rssBytes)))
+            o.append(("swap_bytes", .uint(b.memory.swapBytes)))
+            var threads: [JSONValue] = []
+            for (t, d) in grown {
+                let fields: [(String, JSONValue)] = [
+                    ("vcpu", .optional(t.vcpu)), ("tid", .int(Int64(t.tid))), ("cpu_seconds", seconds(d.cpuTicks)),
+                    ("guest_seconds", seconds(d.guestTicks)), ("wait_seconds", .double(Double(d.waitNanoseconds) / 1e9)),
+                    ("switches", .uint(d.switches)),
+                ]
+                threads.append(.object(fields))
+            }
+            o.append(("vcpu_threads", .array(threads)))
+            return JSONValue.object(o)
+        })
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMHost
+import KVMResources
+import KVMScopeViews
+import KVMSources
+import KVMTerminal
+import SystemPackage
+
+struct TopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "top",
+        abstract: "virt-top's view: what each VM costs the host (CPU, memory, I/O, network) beside its exits.",
+        discussion: """
+            One row per VM (a process holding a KVM VM descriptor), from /proc and /sys only:
+              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP-EXIT P99 NAME
+            %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's
+            share of one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per
+            interval. EXITS/s comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
+              kvmscope top -b -n 3 -d 1           three screens, one second apart
+              kvmscope top --json -n 5            one JSON object per line per iteration
+              kvmscope top -b --csv top.csv       screens, and a CSV row per VM per iteration
+            """)
+
+    @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")
+    var batch = false
+
+    @Option(name: [.customShort("n"), .customLong("iterations")], help: "Stop after this many iterations.")
+    var iterations: Int?
+
+    @Option(name: [.customShort("d"), .customLong("delay")], help: "Seconds between iterations.")
+    var delay: Double = 3
+
+    @Flag(help: "Stream mode: like -b (virt-top --stream).")
+    var stream = false
+
+    @Option(help: "Also write one CSV row per VM per iteration to this file.")
+    var csv: String?
+
+    @Flag(help: "Print one JSON object per iteration, one per line, instead of screens.")
+    var json = false
+
+    @Option(name: [.customShort("o"), .customLong("sort")], help: "Sort by cpu, mem, time, id, name or exits.")
+    var sort: String = "cpu"
+
+    @Flag(name: .customLong("no-exits"), help: "Do not trace exits (no tracefs needed; EXITS/s shows -).")
+    var noExits = false
+
+    func validate() throws {
+        guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
+        if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
+        guard TopSort(rawValue: sort) != nil else {
+            throw ValidationError("-o/--sort must be one of \(TopSort.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(sort)')")
+        }
+    }
+
+    func run() throws {
+        let stop = StopSignal()
+        let order = TopSort(rawValue: sort)!
+        let batchMode = batch || stream || json || Terminal.unusableReason() != nil
+        var source = try TopSource(traceExits: !noExits)
+        defer { source.stop() }
+        if !batchMode {
+            let terminal: Terminal
+            do { terminal = try Terminal() } catch {
+                return try runBatch(source: &source, stop: stop, order: order, because: "\(error)")
+            }
+            defer { terminal.end() }
+            var screen = TopScreen(terminal: terminal, stop: stop, sort: order, delay: delay, iterations: iterations)
+            try screen.run(&source)
+            source.stop()
+            return
+        }
+        try runBatch(source: &source, stop: stop, order: order, because: nil)
+    }
+
+    /// Screens (or JSON lines) one after another, and CSV rows.
+    func runBatch(source: inout TopSource, stop: StopSignal, order: TopSort, because reason: String?) throws {
+        if let reason { writeStderr("kvmscope: \(reason): showing batch screens (top -b) instead of the full screen\n") }
+        var csvOut: Int32?
+        if let csv {
+            let fd = try createOutputFile(csv)
+            csvOut = fd
+            try write(fd, TopView.csvHeader + "\n", path: csv, stop: stop)
+        }
+        defer { if let csvOut { close(csvOut) } }
+        try TraceRun(stop: stop).wait(every: delay) {
+            let frame = try source.next()
+            if json {
+                try write(STDOUT_FILENO, TopView.json(frame, sort: order).serialized() + "\n", path: nil, stop: stop)
+            } else {
+                let text = TopView.render(frame, sort: order).joined(separator: "\n") + "\n"
+                try write(STDOUT_FILENO, (frame.iteration > 1 ? "\n" : "") + text, path: nil, stop: stop)
+            }
+            if let csvOut, let csv {
+                let lines = TopView.csvLines(frame, sort: order)
+                if !lines.isEmpty { try write(csvOut, lines.joined(separator: "\n") + "\n", path: csv, stop: stop) }
+            }
+            return iterations.map { frame.iteration < $0 } ?? true
+        }
+        source.stop()
+    }
+
+    /// stdout that went away (EPIPE, EIO) ends top like SIGHUP; a file that cannot take a line is an error.
+    func write(_ fd: Int32, _ text: String, path: String?, stop: StopSignal) throws {
+        guard let e = StandardDescriptors.write(fd, text) else { return }
+        if let path { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
+        stop.raise(SIGHUP)
+    }
+}
+
+/// What `top` shows, iteration after iteration: the resource sampler and, unless told not to, the live
+/// exit trace (one tracefs instance for the whole run).
+struct TopSource {
+    let sampler = ResourceSampler()
+    let session: LiveSession?
+    var exits = TopExitTally()
+    var iteration = 0
+    let clock = ISO8601DateFormatter()
+
+    /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
+    init(traceExits: Bool) throws {
+        sampler.excluded = [getpid()]
+        do {
+            session = traceExits ? try LiveSession(config: TraceConfig()) : nil
+        } catch let e as KVMScopeError {
+            // The resources need no tracing: say how to see them anyway.
+            throw KVMScopeError.usage("\(e.description); `kvmscope top --no-exits` shows the resources without exits")
+        }
+        if let session { exits.update(try Summary(session.snapshot())) }
+        _ = sampler.sample()
+    }
+
+    /// The next frame: growth since the previous one.
+    mutating func next() throws -> TopFrame {
+        iteration += 1
+        let sample = sampler.sample()
+        var perVM: [Int32: TopExits]?
+        if let session { perVM = exits.update(try Summary(session.snapshot())) }
+        return TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+    }
+
+    private var stopped = false
+
+    /// Ends the trace (idempotent); a failure of its readers is one line on stderr.
+    mutating func stop() {
+        guard !stopped else { return }
+        stopped = true
+        if let failure = session?.stop() { writeStderr("kvmscope: \(failure)\n") }
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import KVMHost
+import KVMResources
+import KVMScopeViews
+import KVMTerminal
+
+/// `kvmscope top`'s full screen: virt-top's keys (P %CPU, M %MEM, T TIME, N ID, plus E EXITS/s and
+/// name with `A`), the arrow keys to choose a VM, Enter for its threads (htop's view of one process), Esc
+/// back, q to quit. A new sample every `delay` seconds; keys redraw at once.
+struct TopScreen {
+    let terminal: Terminal
+    let stop: StopSignal
+    var sort: TopSort
+    let delay: Double
+    let iterations: Int?
+    /// The VM chosen with the arrow keys, by pid; the thread view shows it.
+    var selected: Int32?
+    var showingThreads = false
+    /// virt-top's `1`, `2`, `3` screens (nil: the VM list).
+    enum Screen { case hostCPUs, network, block }
+    var screen: Screen?
+    var frame: TopFrame?
+
+    init(terminal: Terminal, stop: StopSignal, sort: TopSort, delay: Double, iterations: Int?) {
+        self.terminal = terminal
+        self.stop = stop
+        self.sort = sort
+        self.delay = delay
+        self.iterations = iterations
+    }
+
+    static let keysLine = "P %CPU M %MEM T TIME N ID A NAME E EXITS/s  1 CPUs 2 net 3 block 0 VMs  ↑↓ Enter threads  Esc  q quit"
+
+    mutating func run(_ source: inout TopSource) throws {
+        var next = Date().addingTimeInterval(delay)
+        draw()
+        while !stop.isRaised {
+            let key = terminal.key(timeout: min(0.1, max(0, next.timeIntervalSinceNow)))
+            if key == .gone {
+                stop.raise(SIGHUP)
+                return
+            }
+            if let key {
+                if handle(key) { return }
+                draw()
+            }
+            if Date() >= next {
+                frame = try source.next()
+                next = Date().addingTimeInterval(delay)
+                draw()
+                if let iterations, let frame, frame.iteration >= iterations { return }
+            }
+        }
+    }
+
+    /// True to quit.
+    mutating func handle(_ key: Terminal.Key) -> Bool {
+        let pids = frame.map { TopView.rows($0, sort: sort).map(\.vm.pid) } ?? []
+        let index = selected.flatMap { pids.firstIndex(of: $0) }
+        switch key {
+        case .character("q"), .character("Q"): return true
+        case .character("P"): sort = .cpu
+        case .character("M"): sort = .mem
+        case .character("T"): sort = .time
+        case .character("N"): sort = .id
+        case .character("A"): sort = .name
+        case .character("E"): sort = .exits
+        case .up where !pids.isEmpty: selected = pids[max(0, (index ?? 0) - 1)]
+        case .down where !pids.isEmpty: selected = pids[min(pids.count - 1, index.map { $0 + 1 } ?? 0)]
+        case .enter where selected != nil: showingThreads = true
+        case .escape, .backspace:
+            showingThreads = false
+            screen = nil
+        case .character("0"): screen = nil
+        case .character("1"): screen = screen == .hostCPUs ? nil : .hostCPUs
+        case .character("2"): screen = screen == .network ? nil : .network
+        case .character("3"): screen = screen == .block ? nil : .block
+        default: break
+        }
+        return false
+    }
+
+    func draw() {
+        typealias Line = (text: String, spans: [(column: Int, text: String, attributes: Terminal.Attributes)])
+        let size = terminal.size
+        var lines: [Line] = []
+        guard let frame else {
+            terminal.draw([("kvmscope top: first sample in \(delay) s…", []), ("", []), (Self.keysLine, [])])
+            return
+        }
+        let screen = TopView.render(frame, sort: sort)
+        let rows = TopView.rows(frame, sort: sort)
+        if let other = self.screen {
+            let body: [String]
+            switch other {
+            case .hostCPUs: body = TopView.renderHostCPUs(frame)
+            case .network: body = TopView.renderNetwork(frame, sort: sort)
+            case .block: body = TopView.renderBlock(frame, sort: sort)
+            }
+            lines = screen.prefix(4).map { ($0, []) } + [("", [])]
+            lines.append((body[0], [(0, body[0], .reverse)]))
+            lines += body.dropFirst().map { ($0, []) }
+        } else if showingThreads, let pid = selected, let row = rows.first(where: { $0.vm.pid == pid }) {
+            lines = screen.prefix(4).map { ($0, []) }
+            lines.append(("", []))
+            lines.append(("VM \(pid) \(row.vm.name): \(row.vm.vcpuCount) vCPU threads (CPU% and WAIT% of one CPU, like htop)",
+                          []))
+            let threads = TopView.renderThreads(row, sample: frame.sample)
+            lines.append((threads[0], [(0, threads[0], .reverse)]))
+            lines += threads.dropFirst().map { ($0, []) }
+        } else {
+            for (i, text) in screen.enumerated() {
+                if i == 5 {
+                    lines.append((text, [(0, text.padding(toLength: max(text.count, size.columns), withPad: " ", startingAt: 0),
+                                          .reverse)]))
+                } else if i > 5, rows[i - 6].vm.pid == selected {
+                    lines.append((text, [(0, text, .bold)]))
+                } else {
+                    lines.append((text, []))
+                }
+            }
+        }
+        let bodyRows = max(1, size.rows - 1)
+        var shown = Array(lines.prefix(bodyRows))
+        while shown.count < bodyRows { shown.append(("", [])) }
+        shown.append((Self.keysLine, []))
+        terminal.draw(shown.map { line in (String(line.text.prefix(size.columns)), line.spans) })
+    }
+}

@@ -1,0 +1,65 @@
+import KVMAnalysis
+import KVMExits
+import Testing
+
+/// Storm rules on what a VM costs the host: `cpu(vm|vcpu)` and `wait(vm|vcpu)` over /proc counters.
+@Suite struct ResourceRuleTests {
+    @Test func parsesResourceRules() throws {
+        let a = try StormRule(parsing: "cpu(vm) > 90% for 1m")
+        #expect(a.function == .cpu)
+        #expect(a.function.isResource)
+        #expect(a.reason == "cpu")
+        #expect(a.scope == .vm)
+        #expect(a.threshold == 90)
+        #expect(a.forSeconds == 60)
+        let b = try StormRule(parsing: "wait(vcpu)<2.5%")
+        #expect(b.function == .wait)
+        #expect(b.reason == "wait")
+        #expect(b.scope == .vcpu)
+        #expect(b.comparison == .below)
+        #expect(b.threshold == 2.5)
+        #expect(b.forSeconds == 0)
+        #expect(!(try StormRule(parsing: "rate(HLT) > 1/s")).function.isResource)
+    }
+
+    @Test(arguments: [
+        ("cpu(HLT) > 5%", "bad rule 'cpu(HLT) > 5%': expected 'vm' or 'vcpu' at column 5"),
+        ("cpu(vm) > 5/s", "bad rule 'cpu(vm) > 5/s': expected '%' after the percentage at column 12"),
+        ("wait(vm) > 5", "bad rule 'wait(vm) > 5': expected '%' after the percentage at end of rule"),
+        ("wait(vm) > 5% per vcpu",
+         "bad rule 'wait(vm) > 5% per vcpu': expected 'for' or the end of the rule (the scope is cpu(vm|vcpu)'s argument) at column 15"),
+        ("cpu(vm) > 5% for 1s for 2s", "bad rule 'cpu(vm) > 5% for 1s for 2s': 'for' given twice at column 21"),
+        ("cpu(vm) = 5%", "bad rule 'cpu(vm) = 5%': expected a comparison '>' or '<' at column 9"),
+    ])
+    func malformedResourceRules(rule: String, message: String) {
+        #expect(throws: StormRuleError(description: message)) { try StormRule(parsing: rule) }
+    }
+
+    /// CPU and wait as shares of each interval, firing and resolving once.
+    @Test func detectorMeasuresSharesOfTheInterval() throws {
+        var d = StormDetector(rules: [try StormRule(parsing: "cpu(vm) > 50%"), try StormRule(parsing: "wait(vcpu) > 10% for 2s")])
+        #expect(d.needsResources)
+        func use(_ cpu: Double, _ wait0: Double, _ wait1: Double) -> [ResourceUse] {
+            [ResourceUse(vm: 7, vmName: "web", vcpu: nil, cpuSeconds: cpu, waitSeconds: wait0 + wait1),
+             ResourceUse(vm: 7, vmName: "web", vcpu: 0, cpuSeconds: cpu / 2, waitSeconds: wait0),
+             ResourceUse(vm: 7, vmName: "web", vcpu: 1, cpuSeconds: cpu / 2, waitSeconds: wait1)]
+        }
+        // Cumulative since the VM started: the first evaluation is only a baseline.
+        #expect(d.evaluate(time: 0, summary: Summary(), resources: use(100, 5, 5)).isEmpty)
+        // 1 s later: 0.8 s of CPU (80 %), vCPU 0 waited 0.2 s (20 %), vCPU 1 0.05 s.
+        let first = d.evaluate(time: 1, summary: Summary(), resources: use(100.8, 5.2, 5.05))
+        #expect(first.map(\.state) == [.firing])
+        #expect(first.first?.reason == "cpu")
+        #expect(first.first?.vcpu == nil)
+        #expect(abs((first.first?.value ?? 0) - 80) < 1e-9)
+        let second = d.evaluate(time: 2, summary: Summary(), resources: use(101.0, 5.4, 5.1))
+        #expect(second.map(\.state) == [.resolved, .firing])
+        #expect(second.map(\.reason) == ["cpu", "wait"])
+        #expect(second.last?.vcpu == 0)
+        #expect(abs((second.last?.value ?? 0) - 20) < 1e-9)
+        // A VM that is gone gives no data: its alerts resolve.
+        let third = d.evaluate(time: 3, summary: Summary(), resources: [])
+        #expect(third.map(\.state) == [.resolved])
+        #expect(d.activity.map(\.reason) == ["cpu", "wait"])
+    }
+}

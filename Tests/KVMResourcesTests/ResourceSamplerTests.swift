@@ -1,0 +1,290 @@
+import Foundation
+import Testing
+@testable import KVMResources
+
+/// A synthetic /proc and /sys tree with one VM: every number the sampler reports is known.
+final class FakeHost {
+    let root: URL
+    var proc: String { root.appendingPathComponent("proc").path }
+    var sys: String { root.appendingPathComponent("sys").path }
+
+    init() throws {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-res-\(getpid())-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: root.appendingPathComponent("proc").path, withIntermediateDirectories: true)
+        try write("proc/meminfo", "MemTotal:        4000000 kB\nMemFree:  1 kB\n")
+    }
+
+    deinit { try? FileManager.default.removeItem(at: root) }
+
+    func write(_ path: String, _ text: String) throws {
+        let url = root.appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try text.write(to: url, atomically: false, encoding: .utf8)
+    }
+
+    func link(_ path: String, to target: String) throws {
+        let url = root.appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: url.path, withDestinationPath: target)
+    }
+
+    func remove(_ path: String) throws { try FileManager.default.removeItem(at: root.appendingPathComponent(path)) }
+
+    /// A stat line as the kernel writes it: fields 1…52, with the ones the sampler reads set.
+    static func stat(_ id: Int32, _ comm: String, state: String = "S", utime: UInt64, stime: UInt64, start: UInt64 = 500,
+                     cpu: Int = 1, guest: UInt64 = 0) -> String {
+        var f = [String](repeating: "0", count: 53)
+        f[1] = "\(id)"; f[2] = "(\(comm))"; f[3] = state; f[14] = "\(utime)"; f[15] = "\(stime)"; f[22] = "\(start)"
+        f[39] = "\(cpu)"; f[43] = "\(guest)"; f[16] = "-5"
+        return f[1...].joined(separator: " ") + "\n"
+    }
+
+    func process(_ pid: Int32, cmdline: [String], comm: String, utime: UInt64, stime: UInt64, guest: UInt64 = 0,
+                 start: UInt64 = 500, rssKB: UInt64 = 2048, io: (rchar: UInt64, syscr: UInt64, rb: UInt64, wb: UInt64)) throws {
+        try write("proc/\(pid)/cmdline", cmdline.joined(separator: "\0") + "\0")
+        try write("proc/\(pid)/comm", comm + "\n")
+        try write("proc/\(pid)/stat", Self.stat(pid, comm, utime: utime, stime: stime, start: start, guest: guest))
+        try write("proc/\(pid)/status", """
+            Name:\t\(comm)
+            Tgid:\t\(pid)
+            VmRSS:\t    \(rssKB) kB
+            RssAnon:\t    \(rssKB - 48) kB
+            RssFile:\t      40 kB
+            RssShmem:\t       8 kB
+            VmSwap:\t      12 kB
+            voluntary_ctxt_switches:\t3
+
+            """)
+        try write("proc/\(pid)/io", """
+            rchar: \(io.rchar)
+            wchar: 70
+            syscr: \(io.syscr)
+            syscw: 7
+            read_bytes: \(io.rb)
+            write_bytes: \(io.wb)
+            cancelled_write_bytes: 0
+
+            """)
+    }
+
+    func thread(_ pid: Int32, _ tid: Int32, comm: String, utime: UInt64, stime: UInt64, guest: UInt64 = 0, state: String = "S",
+                run: UInt64, wait: UInt64, slices: UInt64) throws {
+        try write("proc/\(pid)/task/\(tid)/comm", comm + "\n")
+        try write("proc/\(pid)/task/\(tid)/stat", Self.stat(tid, comm, state: state, utime: utime, stime: stime, cpu: Int(tid % 2),
+                                                           guest: guest))
+        try write("proc/\(pid)/task/\(tid)/schedstat", "\(run) \(wait) \(slices)\n")
+    }
+
+    func tap(_ name: String, rxBytes: UInt64, txBytes: UInt64) throws {
+        let values = ["rx_bytes": rxBytes, "tx_bytes": txBytes, "rx_packets": rxBytes / 100, "tx_packets": txBytes / 100,
+                      "rx_dropped": 1, "tx_dropped": 2, "rx_errors": 3, "tx_errors": 4]
+        for (k, v) in values { try write("sys/class/net/\(name)/statistics/\(k)", "\(v)\n") }
+    }
+}
+
+@Suite struct ResourceSamplerTests {
+    /// One QEMU-like VM (main loop, two vCPU threads, an I/O thread), a tap, and a process that is no VM.
+    func host() throws -> FakeHost {
+        let h = try FakeHost()
+        try h.process(100, cmdline: ["qemu-system-x86_64", "-name", "guest=web,,1,debug-threads=on", "-m", "512"],
+                      comm: "qemu-system-x86", utime: 300, stime: 100, guest: 250, io: (1000, 10, 4096, 8192))
+        try h.link("proc/100/fd/0", to: "/dev/null")
+        try h.link("proc/100/fd/11", to: "anon_inode:kvm-vm")
+        try h.link("proc/100/fd/12", to: "/dev/net/tun")
+        try h.write("proc/100/fdinfo/12", "pos:\t0\nflags:\t0104002\nmnt_id:\t25\nino:\t1047\niff:\ttap7\n")
+        try h.thread(100, 100, comm: "qemu-system-x86", utime: 20, stime: 30, run: 5, wait: 1_000, slices: 10)
+        try h.thread(100, 101, comm: "CPU 0/KVM", utime: 150, stime: 40, guest: 140, state: "R", run: 7, wait: 2_000_000, slices: 100)
+        try h.thread(100, 102, comm: "CPU 1/KVM", utime: 100, stime: 20, guest: 90, run: 7, wait: 3_000_000, slices: 200)
+        try h.thread(100, 103, comm: "IO iothread1", utime: 30, stime: 10, run: 1, wait: 0, slices: 5)
+        try h.tap("tap7", rxBytes: 5000, txBytes: 9000)
+        try h.process(200, cmdline: ["bash"], comm: "bash", utime: 1, stime: 1, io: (0, 0, 0, 0))
+        try h.link("proc/200/fd/0", to: "/dev/pts/0")
+        try h.thread(200, 200, comm: "bash", utime: 1, stime: 1, run: 1, wait: 1, slices: 1)
+        return h
+    }
+
+    @Test func firstSampleFindsTheVMWithoutDeltas() throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        let s = sampler.sample()
+        #expect(s.hostMemoryBytes == 4_000_000 * 1024)
+        #expect(s.intervalSeconds == 0)
+        #expect(s.vms.map(\.pid) == [100])
+        let vm = try #require(s.vms.first)
+        #expect(vm.name == "web,1")
+        #expect(!vm.gone)
+        #expect(vm.processTimes.cpuTicks == 400)
+        #expect(vm.processTimes.guestTicks == 250)
+        #expect(vm.processDelta == nil && vm.vcpuDelta == nil && vm.ioDelta == nil)
+        #expect(vm.threads.map(\.tid) == [101, 102, 100, 103])
+        #expect(vm.threads.map(\.vcpu) == [0, 1, nil, nil])
+        #expect(vm.threads.map(\.state) == ["R", "S", "S", "S"])
+        #expect(vm.threads.map(\.processor) == [1, 0, 0, 1])
+        #expect(vm.vcpuCount == 2)
+        #expect(vm.vcpuTimes.cpuTicks == 310)
+        #expect(vm.vcpuTimes.guestTicks == 230)
+        #expect(vm.vcpuTimes.waitNanoseconds == 5_000_000)
+        #expect(vm.vcpuTimes.switches == 300)
+        #expect(vm.processTimes.waitNanoseconds == 5_001_000)
+        #expect(vm.processTimes.switches == 315)
+        #expect(vm.memory == { var m = MemoryUsage(); m.rssBytes = 2048 * 1024; m.anonBytes = 2000 * 1024
+            m.fileBytes = 40 * 1024; m.shmemBytes = 8 * 1024; m.swapBytes = 12 * 1024; return m }())
+        #expect(vm.io?.readChars == 1000 && vm.io?.readSyscalls == 10 && vm.io?.readBytes == 4096 && vm.io?.writeBytes == 8192)
+        #expect(vm.io?.writeChars == 70 && vm.io?.writeSyscalls == 7)
+        #expect(vm.taps.map(\.device) == ["tap7"])
+        #expect(vm.taps.first?.fd == 12)
+        #expect(vm.taps.first?.rxBytes == 5000 && vm.taps.first?.txPackets == 90 && vm.taps.first?.txErrors == 4)
+    }
+
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func secondSampleGivesExactDeltas(keep: Bool) throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        _ = sampler.sample()
+        try h.process(100, cmdline: ["qemu-system-x86_64", "-name", "guest=web,,1,debug-threads=on"], comm: "qemu-system-x86",
+                      utime: 380, stime: 130, guest: 320, rssKB: 4096, io: (1500, 25, 4096 * 3, 8192))
+        try h.thread(100, 101, comm: "CPU 0/KVM", utime: 200, stime: 45, guest: 185, run: 9, wait: 2_500_000, slices: 160)
+        try h.thread(100, 102, comm: "CPU 1/KVM", utime: 120, stime: 30, guest: 110, run: 9, wait: 4_000_000, slices: 230)
+        // A vCPU hot-added during the interval counts from 0.
+        try h.thread(100, 104, comm: "CPU 2/KVM", utime: 3, stime: 1, guest: 2, run: 1, wait: 7, slices: 4)
+        try h.tap("tap7", rxBytes: 5600, txBytes: 9900)
+        usleep(10_000)
+        let s = sampler.sample()
+        #expect(s.intervalSeconds > 0.009)
+        let vm = try #require(s.vms.first)
+        let pd = try #require(vm.processDelta)
+        #expect(pd.cpuTicks == 110)
+        #expect(pd.guestTicks == 70)
+        let vd = try #require(vm.vcpuDelta)
+        #expect(vd.userTicks == 73 && vd.systemTicks == 16 && vd.guestTicks == 67)
+        #expect(vd.waitNanoseconds == 1_500_007)
+        #expect(vd.switches == 94)
+        #expect(vm.vcpuCount == 3)
+        #expect(vm.threads.map(\.tid) == [101, 102, 104, 100, 103])
+        #expect(vm.threads.map { $0.delta?.cpuTicks } == [55, 30, 4, 0, 0])
+        #expect(vm.memory.rssBytes == 4096 * 1024)
+        let io = try #require(vm.ioDelta)
+        #expect(io.readChars == 500 && io.readSyscalls == 15 && io.readBytes == 8192 && io.writeBytes == 0)
+        #expect(vm.tapDeltas.map(\.rxBytes) == [600])
+        #expect(vm.tapDeltas.map(\.txBytes) == [900])
+        #expect(vm.tapDeltas.map(\.rxDropped) == [0])
+    }
+
+    @Test func hostCPUsFromProcStat() throws {
+        let h = try host()
+        try h.write("proc/stat", "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 100 5 20 300 4 1 2 3 40 1\ncpu1 1 0 0 9 0 0 0 0 0 0\nintr 1 2\n")
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        #expect(sampler.sample().hostCPUDeltas.isEmpty)
+        try h.write("proc/stat", "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 150 5 30 340 4 1 2 8 70 1\ncpu1 1 0 0 109 0 0 0 0 0 0\nintr 1 2\n")
+        let d = sampler.sample().hostCPUDeltas
+        #expect(d.map(\.cpu) == [0, 1])
+        #expect(d.map(\.user) == [50, 0])
+        #expect(d.map(\.system) == [10, 0])
+        #expect(d.map(\.idle) == [40, 100])
+        #expect(d.map(\.steal) == [5, 0])
+        #expect(d.map(\.guest) == [30, 0])
+        #expect(d.map(\.total) == [105, 100])
+    }
+
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aThreadEndingMidSampleIsAMarkedRow(keep: Bool) throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        _ = sampler.sample()
+        // Thread 102 is listed but its files are gone (it ended between readdir and read); 103 is not listed.
+        try h.remove("proc/100/task/102/stat")
+        try h.remove("proc/100/task/103")
+        let s = sampler.sample()
+        let vm = try #require(s.vms.first)
+        #expect(!vm.gone)
+        #expect(vm.threads.map(\.tid) == [101, 102, 100, 103])
+        #expect(vm.threads.map(\.gone) == [false, true, false, true])
+        #expect(vm.threads.map { $0.delta == nil } == [false, true, false, true])
+        #expect(vm.threads[1].times.cpuTicks == 120, "a gone row keeps the last numbers read")
+        #expect(vm.vcpuCount == 1)
+        #expect(vm.vcpuDelta?.cpuTicks == 0)
+        // The next sample no longer lists them.
+        let next = sampler.sample()
+        #expect(next.vms.first?.threads.map(\.tid) == [101, 100])
+    }
+
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aVMEndingMidSampleIsAMarkedRowThenLeaves(keep: Bool) throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        _ = sampler.sample()
+        // Listed in /proc, but its io file vanished under the sampler: the whole row is gone, no zeros.
+        try h.remove("proc/100/io")
+        let s = sampler.sample()
+        let vm = try #require(s.vms.first)
+        #expect(vm.gone)
+        #expect(vm.processDelta == nil && vm.vcpuDelta == nil && vm.ioDelta == nil)
+        #expect(vm.processTimes.cpuTicks == 400)
+        #expect(vm.threads.map(\.gone) == [true, true, true, true])
+        try h.remove("proc/100")
+        #expect(sampler.sample().vms.isEmpty)
+    }
+
+    @Test func aZombieIsGone() throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys)
+        _ = sampler.sample()
+        try h.write("proc/100/stat", FakeHost.stat(100, "qemu-system-x86", state: "Z", utime: 300, stime: 100))
+        #expect(sampler.sample().vms.map(\.gone) == [true])
+    }
+
+    /// With descriptors kept between samples, and without (serve).
+    @Test(arguments: [true, false]) func aReusedPidIsANewVM(keep: Bool) throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        _ = sampler.sample()
+        try h.process(100, cmdline: ["firecracker", "--id", "x"], comm: "firecracker", utime: 1, stime: 1, start: 9000,
+                      io: (0, 0, 0, 0))
+        let s = sampler.sample()
+        #expect(s.vms.map(\.gone) == [true])
+        #expect(s.vms.map(\.name) == ["web,1"])
+        let again = sampler.sample()
+        #expect(again.vms.map(\.name) == ["firecracker"])
+        #expect(again.vms.map(\.gone) == [false])
+        #expect(again.vms.first?.processDelta == nil)
+    }
+
+    @Test func aProcessBecomingAVMWhileYoungIsFound() throws {
+        let h = try host()
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, rescanEvery: 100, youngSamples: 3)
+        _ = sampler.sample()
+        try h.link("proc/200/fd/9", to: "anon_inode:kvm-vm")
+        #expect(sampler.sample().vms.map(\.pid) == [100, 200])
+    }
+
+    /// A QEMU without a KVM VM descriptor, 2 s after it started, is a TCG guest; a younger one not yet.
+    @Test func qemuUnderTCG() throws {
+        let h = try host()
+        try h.write("proc/uptime", "100.00 50.00\n")
+        for (pid, start) in [(Int32(300), UInt64(500)), (Int32(301), UInt64(9_900))] {
+            try h.process(pid, cmdline: ["qemu-system-x86_64", "-accel", "tcg", "-name", "guest=t\(pid)"], comm: "qemu-system-x86",
+                          utime: 10, stime: 5, start: start, io: (0, 0, 0, 0))
+            try h.link("proc/\(pid)/exe", to: "/usr/bin/qemu-system-x86_64")
+            try h.link("proc/\(pid)/fd/0", to: "/dev/null")
+            try h.thread(pid, pid, comm: "qemu-system-x86", utime: 1, stime: 1, run: 1, wait: 1, slices: 1)
+            try h.thread(pid, pid + 1000, comm: "CPU 0/TCG", utime: 9, stime: 4, run: 1, wait: 1, slices: 1)
+        }
+        let s = ResourceSampler(procRoot: h.proc, sysRoot: h.sys).sample()
+        #expect(s.vms.map(\.pid) == [100, 300])
+        #expect(s.vms.map(\.accel) == ["kvm", "tcg"])
+        #expect(s.vms.last?.name == "t300")
+        #expect(s.vms.last?.vcpuCount == 1)
+    }
+
+    @Test func vcpuThreadNamesOfEachVMM() {
+        #expect(VCPUThreadName.vcpu("CPU 3/KVM") == 3)
+        #expect(VCPUThreadName.vcpu("CPU 12/KVM") == 12)
+        #expect(VCPUThreadName.vcpu("CPU 1/TCG") == 1)
+        #expect(VCPUThreadName.vcpu("fc_vcpu 5") == 5)
+        #expect(VCPUThreadName.vcpu("vcpu7") == 7)
+        #expect(VCPUThreadName.vcpu("vcpu") == nil)
+        #expect(VCPUThreadName.vcpu("CPU x/KVM") == nil)
+        #expect(VCPUThreadName.vcpu("qemu-system-x86") == nil)
+        #expect(VCPUThreadName.vcpu("fc_vmm") == nil)
+    }
+}

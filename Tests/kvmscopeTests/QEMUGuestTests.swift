@@ -1,0 +1,227 @@
+import Foundation
+import KVMResources
+import Testing
+import TestSupport
+
+/// A real QEMU guest under KVM: SeaBIOS boots a 512-byte sector from a virtio-blk disk that loops BIOS
+/// int 13h extended reads and writes; kvmscope's numbers are compared with QEMU's own (QMP).
+@Suite(.serialized, .enabled(if: KVMTest.canRun && (QEMUGuest.available || KVMTest.required),
+                              "needs root, /dev/kvm and qemu-system-x86 (make deps)"))
+struct QEMUGuestTests {
+    @Test func diskBytesAreQMPsBlockstats() throws {
+        let guest = try QEMUGuest(name: "qemu-io,,\(getpid())")
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        // Booted and looping: requests count up.
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        #expect(try qmp.blockstats().rdOperations >= 10, "the boot sector's reads never came")
+
+        let sampler = ResourceSampler()
+        // Paused (QMP stop drains in-flight requests): both counters hold still at each end of the interval.
+        _ = try qmp.execute("stop")
+        _ = sampler.sample()
+        let before = try qmp.blockstats()
+        _ = try qmp.execute("cont")
+        usleep(1_000_000)
+        _ = try qmp.execute("stop")
+        let sample = sampler.sample()
+        let after = try qmp.blockstats()
+        _ = try qmp.execute("cont")
+
+        let vm = try #require(sample.vms.first { $0.pid == guest.pid })
+        #expect(vm.name == "qemu-io,\(getpid())")
+        #expect(vm.vcpuCount == 1)
+        #expect(vm.threads.first?.comm == "CPU 0/KVM")
+        let io = try #require(vm.ioDelta)
+        #expect(after.rdOperations - before.rdOperations > 0)
+        #expect(io.readBytes == after.rdBytes - before.rdBytes)
+        #expect(io.writeBytes == after.wrBytes - before.wrBytes)
+
+        // And through the command: found by pid and name, one vCPU.
+        let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits"], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let row = try #require((j["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
+        #expect(row["name"] as? String == "qemu-io,\(getpid())")
+        #expect(row["vcpus"] as? Int == 1)
+        #expect(row["accel"] as? String == "kvm")
+    }
+
+    /// The same guest under TCG: no KVM VM descriptor, shown as virt-top shows libvirt's TCG domains.
+    @Test func tcgGuestIsShownAsSuch() throws {
+        let guest = try QEMUGuest(name: "qemu-tcg-\(getpid())", accel: "tcg")
+        defer { guest.stop() }
+        let sampler = ResourceSampler()
+        let end = Date().addingTimeInterval(30)
+        var found: VMSample?
+        while Date() < end && found == nil {
+            found = sampler.sample().vms.first { $0.pid == guest.pid }
+            if found == nil { usleep(250_000) }
+        }
+        let vm = try #require(found, "the TCG guest was never listed")
+        #expect(vm.accel == "tcg")
+        #expect(vm.name == "qemu-tcg-\(getpid())")
+        #expect(vm.vcpuCount == 1)
+        #expect(vm.threads.first?.comm == "CPU 0/TCG")
+        let r = try CLI.run(["top", "-b", "-n", "1", "-d", "0.3", "--no-exits"], timeout: 60)
+        #expect(r.stdout.split(separator: "\n").contains { $0.hasPrefix(String(repeating: " ", count: max(0, 6 - "\(guest.pid)".count)) + "\(guest.pid) ")
+            && $0.hasSuffix(" qemu-tcg-\(getpid()) [tcg]") }, "\(r.stdout)")
+    }
+}
+
+/// A daemonized QEMU: `-enable-kvm -name guest=NAME,debug-threads=on`, the boot sector on virtio-blk
+/// (`cache=none`: every request reaches the disk, as /proc/PID/io counts it), a QMP socket.
+final class QEMUGuest {
+    static let binary = "/usr/bin/qemu-system-x86_64"
+    static var available: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+
+    /// The boot sector (GNU as, `.code16`, loaded at 0000:7c00 with the boot drive in DL):
+    ///     cli; xor %ax,%ax; mov %ax,%ds; mov %ax,%ss; mov $0x7c00,%sp; sti
+    ///     mov %dl,drive
+    /// 1:  mov $dap_read,%si;  mov $0x42,%ah;   mov drive,%dl; int $0x13    # extended read, LBA 1, 8 sectors
+    ///     mov $dap_write,%si; mov $0x4300,%ax; mov drive,%dl; int $0x13    # extended write, LBA 9, 8 sectors
+    ///     jmp 1b
+    /// drive: .byte 0; .balign 4
+    /// dap_read:  .byte 0x10,0,8,0; .word 0x8000,0; .quad 1                 # to 0000:8000
+    /// dap_write: .byte 0x10,0,8,0; .word 0x8000,0; .quad 9
+    /// .org 510; .word 0xaa55
+    static let bootSector: [UInt8] = {
+        var b: [UInt8] = [
+            0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xfb, 0x88, 0x16, 0x28, 0x7c, 0xbe,
+            0x2c, 0x7c, 0xb4, 0x42, 0x8a, 0x16, 0x28, 0x7c, 0xcd, 0x13, 0xbe, 0x3c, 0x7c, 0xb8, 0x00, 0x43,
+            0x8a, 0x16, 0x28, 0x7c, 0xcd, 0x13, 0xeb, 0xe7, 0x00, 0x90, 0x90, 0x90, 0x10, 0x00, 0x08, 0x00,
+            0x00, 0x80, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x08, 0x00,
+            0x00, 0x80, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ]
+        b += [UInt8](repeating: 0, count: 510 - b.count)
+        return b + [0x55, 0xaa]
+    }()
+
+    let dir: URL
+    let pid: Int32
+    var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
+
+    init(name: String, accel: String = "kvm") throws {
+        // Not /tmp, which may be tmpfs (no block I/O to count).
+        dir = URL(fileURLWithPath: "/var/tmp/kvmscope-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let disk = dir.appendingPathComponent("disk.img")
+        try Data(Self.bootSector + [UInt8](repeating: 0, count: (1 << 20) - 512)).write(to: disk)
+        let pidfile = dir.appendingPathComponent("pid").path
+        // Through bash, with every standard descriptor on a file and every other one closed (as LiveTUITests
+        // starts tmux): the daemon must not keep Foundation's descriptors open, or the start never ends.
+        let err = dir.appendingPathComponent("stderr").path
+        let r = try Spawned.run("/bin/bash", ["-c", """
+            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
+            exec "$0" "$@" </dev/null >/dev/null 2>\(err)
+            """, Self.binary,
+            "-accel", accel, "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
+            "-nodefaults", "-drive", "file=\(disk.path),if=virtio,format=raw,cache=none,id=disk0",
+            "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
+            "-daemonize", "-pidfile", pidfile,
+        ], timeout: 60)
+        let daemon = (try? String(contentsOfFile: pidfile, encoding: .utf8)).flatMap {
+            Int32($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard r.status == 0, let pid = daemon else {
+            if let daemon { kill(daemon, SIGKILL) }
+            let why = (try? String(contentsOfFile: err, encoding: .utf8)) ?? r.stderr
+            try? FileManager.default.removeItem(at: dir)
+            throw QMP.Failure("qemu-system-x86_64 failed (\(r.status)): \(why)")
+        }
+        self.pid = pid
+    }
+
+    /// SIGTERM, SIGKILL after 10 s; the directory removed.
+    func stop() {
+        kill(pid, SIGTERM)
+        let end = Date().addingTimeInterval(10)
+        while kill(pid, 0) == 0 && Date() < end { usleep(20_000) }
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
+
+/// A QMP client for tests: one command at a time, every read bounded by a deadline.
+final class QMP {
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
+    private let fd: Int32
+    private var pending: [UInt8] = []
+
+    init(path: String, timeout: Double = 10) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Failure("socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() { raw[i] = b }
+            raw[path.utf8.count] = 0
+        }
+        let end = Date().addingTimeInterval(timeout)
+        while true {
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if rc == 0 { break }
+            if Date() >= end {
+                Glibc.close(fd)
+                throw Failure("connect \(path): \(String(cString: strerror(errno)))")
+            }
+            usleep(50_000)
+        }
+        _ = try line(deadline: Date().addingTimeInterval(timeout))  // the greeting
+        _ = try execute("qmp_capabilities")
+    }
+
+    func close() { Glibc.close(fd) }
+
+    /// Runs a command; its `return` value (events before it are skipped).
+    func execute(_ command: String, timeout: Double = 10) throws -> Any {
+        let bytes = Array("{\"execute\":\"\(command)\"}\n".utf8)
+        guard write(fd, bytes, bytes.count) == bytes.count else { throw Failure("QMP write: \(String(cString: strerror(errno)))") }
+        let end = Date().addingTimeInterval(timeout)
+        while true {
+            let reply = try line(deadline: end)
+            if let r = reply["return"] { return r }
+            if let e = reply["error"] { throw Failure("QMP \(command): \(e)") }
+        }
+    }
+
+    struct BlockStats {
+        var rdBytes: UInt64, wrBytes: UInt64, rdOperations: UInt64, wrOperations: UInt64
+    }
+
+    /// The first device's counters (`query-blockstats`).
+    func blockstats() throws -> BlockStats {
+        guard let devices = try execute("query-blockstats") as? [[String: Any]],
+              let stats = devices.first?["stats"] as? [String: Any] else { throw Failure("query-blockstats: no device") }
+        func n(_ k: String) -> UInt64 { (stats[k] as? NSNumber)?.uint64Value ?? 0 }
+        return BlockStats(rdBytes: n("rd_bytes"), wrBytes: n("wr_bytes"), rdOperations: n("rd_operations"),
+                          wrOperations: n("wr_operations"))
+    }
+
+    private func line(deadline: Date) throws -> [String: Any] {
+        while true {
+            if let nl = pending.firstIndex(of: 10) {
+                let text = Data(pending[..<nl])
+                pending.removeSubrange(...nl)
+                guard let obj = try JSONSerialization.jsonObject(with: text) as? [String: Any] else { throw Failure("QMP: not an object") }
+                return obj
+            }
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { throw Failure("QMP: no answer in time") }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, Int32(left * 1000) + 1) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 65536)
+            let n = read(fd, &buf, buf.count)
+            guard n > 0 else { throw Failure("QMP: connection closed") }
+            pending += buf[..<n]
+        }
+    }
+}

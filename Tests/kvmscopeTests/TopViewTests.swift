@@ -1,0 +1,265 @@
+import Foundation
+import KVMAnalysis
+import KVMExits
+import KVMResources
+import KVMScopeViews
+import Testing
+
+/// virt-top's screen, CSV and JSON lines of `kvmscope top`, from a sample whose every number is known.
+@Suite struct TopViewTests {
+    static func frame() -> TopFrame {
+        var web = VMSample(pid: 4242, name: "web")
+        web.processTimes.userTicks = 9_000
+        web.processTimes.systemTicks = 3_345
+        var d = ThreadTimes()
+        d.userTicks = 120
+        d.systemTicks = 30
+        web.processDelta = d
+        var v = ThreadTimes()
+        v.userTicks = 100
+        v.systemTicks = 20
+        v.waitNanoseconds = 500_000_000
+        web.vcpuDelta = v
+        web.memory.rssBytes = 1 << 30
+        var io = IOCounters()
+        io.readSyscalls = 12_345
+        io.writeSyscalls = 7
+        web.ioDelta = io
+        web.io = io
+        var tap = TapCounters(device: "tap0", fd: 20)
+        tap.rxBytes = 1_500
+        tap.txBytes = 64_000
+        web.taps = [tap]
+        web.tapDeltas = [tap]
+        var t0 = ThreadSample(tid: 4243, comm: "CPU 0/KVM", vcpu: 0)
+        t0.state = "R"
+        t0.processor = 1
+        t0.times.userTicks = 500
+        t0.delta = v
+        var t1 = ThreadSample(tid: 4244, comm: "CPU 1/KVM", vcpu: 1)
+        t1.state = "S"
+        t1.delta = ThreadTimes()
+        web.threads = [t0, t1, ThreadSample(tid: 4242, comm: "qemu-system-x86", vcpu: nil, gone: true)]
+
+        var db = VMSample(pid: 99, name: "db,1")
+        db.processTimes.userTicks = 100
+        db.processDelta = ThreadTimes()
+        db.memory.rssBytes = 1 << 29
+        var gone = VMSample(pid: 7, name: "old", gone: true)
+        gone.processTimes.systemTicks = 6_000
+
+        var sample = ResourceSample(timestamp: 0, intervalSeconds: 2, ticksPerSecond: 100, hostCPUs: 4,
+                                    hostMemoryBytes: 8 << 30, vms: [gone, db, web])
+        var cpu0 = HostCPUTimes(cpu: 0)
+        cpu0.user = 100
+        cpu0.guest = 40
+        cpu0.system = 10
+        cpu0.softirq = 10
+        cpu0.idle = 70
+        cpu0.steal = 10
+        var cpu1 = HostCPUTimes(cpu: 1)
+        cpu1.idle = 200
+        sample.hostCPUDeltas = [cpu0, cpu1]
+        return TopFrame(sample: sample, iteration: 3, time: "2026-11-30T09:40:12Z",
+                        exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000],
+                                                  topReason: "EPT_MISCONFIG", topReasonP99Nanoseconds: 1_500)])
+    }
+
+    @Test func screenIsVirtTops() {
+        #expect(TopView.render(Self.frame()) == [
+            "kvmscope top - 09:40:12 - 2 VMs, 1 running, 0 paused, 1 blocked",
+            "Host: 4 CPUs, 8.0 GiB memory; interval 2.00 s",
+            "CPU: 18.8% of all host CPUs (virt-top's %CPU), 75.0% of one CPU (htop's); sorted by cpu",
+            "RDRQ/WRRQ: read/write syscalls, RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
+            "",
+            "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME",
+            "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k EPT_MISCONFIG   1.50us web",
+            "    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 -                    - db,1",
+            "     7 -    -    -    -    -    -  0.0 1:00.00        - -                    - old (gone)",
+        ])
+    }
+
+    @Test func virtTopsOtherScreens() {
+        let f = Self.frame()
+        #expect(TopView.renderHostCPUs(f) == [
+            "   CPU  %USR  %SYS %GUEST %STEAL %IDLE VCPUS (last ran here)",
+            "     0  30.0  10.0   20.0    5.0  35.0 ",
+            "     1   0.0   0.0    0.0    0.0 100.0 web/0",
+        ])
+        #expect(TopView.renderNetwork(f) == [
+            "    ID DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR NAME",
+            "  4242 tap0             64K   1500     0     0      0      0     0     0 web",
+        ])
+        #expect(TopView.renderBlock(f) == [
+            "    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME",
+            "  4242      0      0   12K     7      0      0 web",
+            "    99      -      -     -     -      -      - db,1",
+        ])
+    }
+
+    @Test func sortOrdersAreVirtTops() {
+        let f = Self.frame()
+        #expect(TopView.rows(f, sort: .cpu).map(\.vm.pid) == [4242, 99, 7])
+        #expect(TopView.rows(f, sort: .mem).map(\.vm.pid) == [4242, 99, 7])
+        #expect(TopView.rows(f, sort: .time).map(\.vm.pid) == [4242, 7, 99])
+        #expect(TopView.rows(f, sort: .id).map(\.vm.pid) == [7, 99, 4242])
+        #expect(TopView.rows(f, sort: .name).map(\.vm.pid) == [99, 7, 4242])
+    }
+
+    @Test func threadTableIsHtops() {
+        let f = Self.frame()
+        let row = TopView.rows(f).first { $0.vm.pid == 4242 }!
+        #expect(TopView.renderThreads(row, sample: f.sample) == [
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND",
+            "  4243    0 R   1  60.0   25.0 0:05.00    15.0k CPU 0/KVM",
+            "  4244    1 S   -   0.0    0.0 0:00.00      0.0 CPU 1/KVM",
+            "  4242      -   -     -      - 0:00.00          qemu-system-x86 (gone)",
+        ])
+    }
+
+    @Test func csvHasOneRowPerVM() {
+        #expect(TopView.csvLines(Self.frame()) == [
+            "2026-11-30T09:40:12Z,3,4242,web,R,false,2,123.45,18.75,75.00,25.00,12.50,1073741824,0,12345,7,0,0,64000,1500,15000.00",
+            "2026-11-30T09:40:12Z,3,99,\"db,1\",S,false,0,1.00,0.00,0.00,,6.25,536870912,0,,,,,0,0,0.00",
+            "2026-11-30T09:40:12Z,3,7,old,-,true,0,60.00,,,,0.00,0,0,,,,,,,",
+        ])
+    }
+
+    @Test func jsonIsOneLinePerIteration() throws {
+        let line = TopView.json(Self.frame()).serialized()
+        #expect(!line.contains("\n"))
+        let j = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(j["iteration"] as? Int == 3)
+        #expect(j["host_cpus"] as? Int == 4)
+        let vms = try #require(j["vms"] as? [[String: Any]])
+        #expect(vms.map { $0["pid"] as? Int } == [4242, 99, 7])
+        #expect(vms.map { $0["gone"] as? Bool } == [false, false, true])
+        let web = vms[0]
+        #expect(web["cpu_seconds"] as? Double == 123.45)
+        #expect(web["cpu_percent"] as? Double == 18.75)
+        #expect(web["cpu_percent_one_cpu"] as? Double == 75)
+        #expect(web["vcpu_wait_percent"] as? Double == 25)
+        #expect(web["exits_per_second"] as? Double == 15_000)
+        #expect(web["top_exit_reason"] as? String == "EPT_MISCONFIG")
+        #expect(web["top_exit_reason_p99_ns"] as? Int == 1_500)
+        let interval = try #require(web["interval"] as? [String: Any])
+        #expect(interval["cpu_seconds"] as? Double == 1.5)
+        #expect(interval["vcpu_cpu_seconds"] as? Double == 1.2)
+        #expect(interval["other_cpu_seconds"] as? Double == 0.3)
+        #expect(interval["rx_bytes"] as? Int == 64_000)
+        #expect(interval["tx_bytes"] as? Int == 1_500)
+        let threads = try #require(web["threads"] as? [[String: Any]])
+        #expect(threads.map { $0["vcpu"] as? Int } == [0, 1, nil])
+        #expect(threads.map { $0["exits"] as? Int } == [30_000, 0, nil])
+        #expect(vms[2]["interval"] is NSNull)
+        #expect(vms[2]["cpu_percent"] is NSNull)
+    }
+}
+
+/// The resource families of `/metrics`, from the same known sample.
+@Suite struct ResourceExpositionTests {
+    @Test func familiesAndValues() {
+        let frame = TopViewTests.frame()
+        let text = PrometheusExposition.render(Summary(), format: .prometheus,
+                                               extras: ExpositionExtras(version: "t", resources: frame.sample))
+        let lines = text.split(separator: "\n").map(String.init)
+        let start = lines.firstIndex { $0.hasPrefix("# HELP kvmscope_vm_cpu_seconds_total") }!
+        #expect(Array(lines[start...].filter { !$0.hasPrefix("#") }) == [
+            "kvmscope_vm_cpu_seconds_total{vm=\"99\",vm_name=\"db,1\"} 1.0",
+            "kvmscope_vm_cpu_seconds_total{vm=\"4242\",vm_name=\"web\"} 123.45",
+            "kvmscope_vm_guest_seconds_total{vm=\"99\",vm_name=\"db,1\"} 0.0",
+            "kvmscope_vm_guest_seconds_total{vm=\"4242\",vm_name=\"web\"} 0.0",
+            "kvmscope_vm_vcpus{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_vcpus{vm=\"4242\",vm_name=\"web\"} 2",
+            "kvmscope_vm_resident_memory_bytes{vm=\"99\",vm_name=\"db,1\"} 536870912",
+            "kvmscope_vm_resident_memory_bytes{vm=\"4242\",vm_name=\"web\"} 1073741824",
+            "kvmscope_vm_swap_bytes{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_swap_bytes{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_disk_read_bytes_total{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_disk_written_bytes_total{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_read_syscalls_total{vm=\"4242\",vm_name=\"web\"} 12345",
+            "kvmscope_vm_write_syscalls_total{vm=\"4242\",vm_name=\"web\"} 7",
+            "kvmscope_vcpu_cpu_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 5.0",
+            "kvmscope_vcpu_cpu_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_guest_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0.0",
+            "kvmscope_vcpu_guest_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_wait_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0.0",
+            "kvmscope_vcpu_wait_seconds_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0.0",
+            "kvmscope_vcpu_context_switches_total{vm=\"4242\",vm_name=\"web\",vcpu=\"0\"} 0",
+            "kvmscope_vcpu_context_switches_total{vm=\"4242\",vm_name=\"web\",vcpu=\"1\"} 0",
+            "kvmscope_vm_network_receive_bytes_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 64000",
+            "kvmscope_vm_network_transmit_bytes_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 1500",
+            "kvmscope_vm_network_receive_packets_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_packets_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_receive_drops_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_drops_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_receive_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+            "kvmscope_vm_network_transmit_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
+        ])
+        #expect(lines.contains("# HELP kvmscope_vm_vcpus vCPU threads of the VM, by thread name."))
+        #expect(lines.contains("# TYPE kvmscope_vcpu_wait_seconds_total counter"))
+        // Without a sample (the exposition goldens), no resource family.
+        #expect(!PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t"))
+            .contains("kvmscope_vm_"))
+        // OpenMetrics: counters named without _total in TYPE, # EOF last.
+        let om = PrometheusExposition.render(Summary(), format: .openMetrics,
+                                             extras: ExpositionExtras(version: "t", resources: frame.sample, resourcesPID: 99))
+        #expect(om.contains("# TYPE kvmscope_vm_cpu_seconds counter\n"))
+        #expect(om.contains("kvmscope_vm_cpu_seconds_total{vm=\"99\",vm_name=\"db,1\"} 1.0\n"))
+        #expect(!om.contains("vm=\"4242\""))
+        #expect(om.hasSuffix("# EOF\n"))
+    }
+}
+
+/// The live view's guest list (`b`) shows each guest's CPU and vCPU wait beside its exits.
+@Suite struct LiveGuestResourcesTests {
+    @Test func guestRowsCarryCPUAndWait() {
+        var frame = LiveFrame(current: Summary(), previous: Summary(), seconds: 1,
+                              guests: [GuestTotal(pid: 100, name: "web", total: 30), GuestTotal(pid: 200, name: "db", total: 10)],
+                              previousGuests: [GuestTotal(pid: 100, name: "web", total: 0), GuestTotal(pid: 200, name: "db", total: 0)])
+        frame.guestResources = [100: GuestResourceUse(cpuPercent: 45, waitPercent: 3.14)]
+        var state = LiveViewState()
+        state.mode = .guests
+        let text = LiveView.render(frame, state: state, width: 120, height: 30).text
+        #expect(text.contains(">web (pid 100) cpu 45.0% wait 3.1%                30   75.0       30"))
+        #expect(text.contains(" db (pid 200)                                     10   25.0       10"))
+    }
+}
+
+/// top's exits per VM between summaries: kvm_exit rows where the VM has them, else userspace exits; the
+/// interval's top reason and its p99 from the histogram delta.
+@Suite struct TopExitTallyTests {
+    static func summary(_ rows: [(vcpu: UInt32, reason: String, values: [UInt64])], userspace: UInt64 = 0) -> Summary {
+        var s = Summary()
+        s.exits = rows.map { r in
+            ExitRow(vm: 5, vmName: "web", vcpu: r.vcpu, reason: r.reason, isa: .vmx, count: UInt64(r.values.count),
+                    blocking: r.reason == "HLT", histogram: HistogramSnapshot(recording: r.values), topRIPs: [])
+        }
+        if userspace > 0 { s.userspaceExits = [UserspaceExitRow(vm: 9, vmName: "db", vcpu: 1, reason: "KVM_EXIT_IO", count: userspace)] }
+        return s
+    }
+
+    @Test func intervalsTopReasonAndItsP99() {
+        var t = TopExitTally()
+        let small = Array(UInt64(1)...100)
+        let big = [UInt64](repeating: 5_000, count: 200)
+        #expect(t.update(Self.summary([(0, "EPT_MISCONFIG", [7])], userspace: 4))[5]?.interval == 1)
+        let a = t.update(Self.summary([(0, "EPT_MISCONFIG", [7] + small), (1, "HLT", [9, 9, 9])], userspace: 10))
+        #expect(a[5]?.interval == 103)
+        #expect(a[5]?.total == 103)
+        #expect(a[5]?.intervalByVCPU == [0: 100, 1: 3])
+        #expect(a[5]?.topReason == "EPT_MISCONFIG")
+        #expect(a[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: small).percentile(99))
+        #expect(a[9]?.interval == 6)
+        #expect(a[9]?.topReason == "KVM_EXIT_IO")
+        #expect(a[9]?.topReasonP99Nanoseconds == nil)
+        let b = t.update(Self.summary([(0, "EPT_MISCONFIG", [7] + small), (1, "HLT", [9, 9, 9]), (1, "MSR_WRITE", big)],
+                                      userspace: 10))
+        #expect(b[5]?.interval == 200)
+        #expect(b[5]?.total == 303)
+        #expect(b[5]?.topReason == "MSR_WRITE")
+        #expect(b[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: big).percentile(99))
+        #expect(b[9]?.interval == 0)
+        #expect(b[9]?.topReason == nil)
+    }
+}
