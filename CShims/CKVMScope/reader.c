@@ -16,8 +16,12 @@
 #include <unistd.h>
 
 /*
- * The trace_pipe_raw fd is always non-blocking: waiting is ours (poll with a timeout and a stop pipe), so
- * an idle reader still wakes regularly and can tell the pairing thread how far its CPU's stream is complete.
+ * The trace_pipe_raw fd is always non-blocking: waiting is ours (poll of the fd, which the kernel answers at
+ * the instance's buffer_percent watermark, and of a wake pipe). Sub-buffers of trace_pipe_raw come through
+ * libtracefs' buffered read: splice into a pipe, which takes only the sub-buffers the writer has left (the
+ * kernel's "full" read), then read from the pipe. A reader that catches up with the writer therefore gets
+ * nothing instead of the writer's page with one or two events in it, and goes back to waiting; the partial
+ * page is read (tracefs_cpu_flush: plain read of the fd) only when asked, at stop and at a refresh boundary.
  */
 struct ckvmscope_reader {
     struct tracefs_cpu *tcpu;
@@ -27,6 +31,7 @@ struct ckvmscope_reader {
     int cpu;
     uint32_t subbuf_size;
     uint32_t max_subbufs;
+    int full_only; /* trace_pipe_raw: full sub-buffers through splice; other descriptors: plain reads */
     void *page;
 };
 
@@ -105,7 +110,10 @@ struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, 
     fd = tracefs_instance_file_open(tfs, path, O_RDONLY | O_NONBLOCK);
     if (fd < 0)
         return NULL;
-    return ckvmscope_reader_open_fd(fd, (uint32_t)size, cpu, decoder, max_subbufs_per_read);
+    struct ckvmscope_reader *r = ckvmscope_reader_open_fd(fd, (uint32_t)size, cpu, decoder, max_subbufs_per_read);
+    if (r)
+        r->full_only = 1;
+    return r;
 }
 
 void ckvmscope_reader_close(struct ckvmscope_reader *r)
@@ -140,12 +148,36 @@ uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r)
 int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms)
 {
     struct pollfd fds[2] = { { .fd = r->fd, .events = POLLIN }, { .fd = r->stop_pipe[0], .events = POLLIN } };
+    char drain[64];
     int ret = poll(fds, 2, timeout_ms);
     if (ret <= 0)
         return 0;
-    if (fds[1].revents)
+    if (fds[1].revents) {
+        /* Consumed: the caller learns why it was woken from its own flags (stop, drain request). */
+        while (read(r->stop_pipe[0], drain, sizeof(drain)) > 0) {
+        }
         return -1;
+    }
     return 1;
+}
+
+/* One sub-buffer into r->page (or buf): a full one, or with partial != 0 whatever is there. Returns bytes, 0
+ * when there is none. */
+static int read_subbuf(struct ckvmscope_reader *r, void *buf, int partial)
+{
+    int bytes;
+
+    if (partial)
+        bytes = tracefs_cpu_flush(r->tcpu, buf);
+    else if (r->full_only)
+        bytes = tracefs_cpu_buffered_read(r->tcpu, buf, true);
+    else
+        bytes = tracefs_cpu_read(r->tcpu, buf, true);
+    if (bytes < 0 && errno == EAGAIN) {
+        errno = 0;
+        bytes = 0;
+    }
+    return bytes;
 }
 
 static int decode_page(struct ckvmscope_reader *r, int bytes, struct ckvmscope_record *out, uint32_t cap,
@@ -173,7 +205,7 @@ int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *o
     if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
         return 0;
     for (uint32_t i = 0; i < r->max_subbufs; i++) {
-        int bytes = tracefs_cpu_read(r->tcpu, r->page, true);
+        int bytes = read_subbuf(r, r->page, 0);
         if (bytes < 0)
             return total ? (int)total : -1;
         if (bytes == 0)
@@ -187,14 +219,53 @@ int ckvmscope_reader_read_raw(struct ckvmscope_reader *r, void *buf, int nonbloc
 {
     if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
         return 0;
-    return tracefs_cpu_read(r->tcpu, buf, true);
+    return read_subbuf(r, buf, 0);
+}
+
+/**
+ * ckvmscope_reader_catch_up - read what the buffer holds now, the writer's partial sub-buffer included
+ * @r: the reader
+ * @out: at least ckvmscope_reader_capacity() records
+ * @until_ts: stop after a sub-buffer that begins at or after this time (trace clock, ns)
+ * @stats: accumulated decode counters
+ * @more: set to 1 when the call stopped at max_subbufs_per_read sub-buffers with more to read, else 0
+ *
+ * Used at a refresh or scrape boundary: once it has returned with *more == 0, every event written before
+ * until_ts (and committed) has been read. A writer that keeps writing is chased only up to until_ts.
+ * Returns records written, or -1 on error (errno).
+ */
+int ckvmscope_reader_catch_up(struct ckvmscope_reader *r, struct ckvmscope_record *out, uint64_t until_ts,
+                              struct ckvmscope_decode_stats *stats, int *more)
+{
+    uint32_t per_page = ckvmscope_max_records(r->subbuf_size);
+    uint32_t total = 0;
+
+    *more = 0;
+    for (uint32_t i = 0; i < r->max_subbufs; i++) {
+        int bytes = read_subbuf(r, r->page, 1);
+        if (bytes < 0)
+            return total ? (int)total : -1;
+        if (bytes == 0)
+            return (int)total;
+        total += (uint32_t)decode_page(r, bytes, out + total, per_page, stats);
+        /* The sub-buffer header starts with its first event's time stamp (u64, the host's byte order). */
+        if (bytes >= 8 && *(const uint64_t *)r->page >= until_ts)
+            return (int)total;
+    }
+    *more = 1;
+    return (int)total;
 }
 
 void ckvmscope_reader_stop(struct ckvmscope_reader *r)
 {
+    ckvmscope_reader_wake(r);
+}
+
+void ckvmscope_reader_wake(struct ckvmscope_reader *r)
+{
     char c = 1;
     if (write(r->stop_pipe[1], &c, 1) < 0) {
-        /* The pipe is full: a stop is already pending. */
+        /* The pipe is full: a wake-up is already pending. */
     }
 }
 

@@ -49,6 +49,15 @@ public final class TraceInstance: @unchecked Sendable {
         }
     }
 
+    /// How full (percent, 0...100) a CPU's buffer must be before poll() of its trace_pipe_raw wakes the reader
+    /// (the instance's `buffer_percent`; the kernel honours it in poll since Linux 6.1). 0 wakes on any data.
+    public func wake(atPercent percent: UInt32) throws {
+        let rc = try withHandle("buffer_percent") { ckvmscope_instance_wake_percent($0, percent) }
+        guard rc == 0 else {
+            throw KVMScopeError.instance("cannot set buffer_percent=\(percent) in \(name): \(Errno(rawValue: errno))")
+        }
+    }
+
     /// The record-tgid option: the kernel keeps tid → tgid of traced threads, which names threads that
     /// exit before kvmscope looks at them. Best effort (old kernels lack it).
     public func recordTGIDs() {

@@ -19,6 +19,10 @@ public struct TraceConfig: Sendable {
     /// live on a backend where they never fire: tests and benchmarks set it (the executable reads it from the
     /// `KVMSCOPE_INJECT` environment variable); it costs nothing per event when empty.
     public var injected: [String] = []
+    /// How full (percent of its buffer) a CPU's buffer must be before its reader wakes: the instance's
+    /// `buffer_percent`. Readers take only the sub-buffers the kernel's writer has left, so between watermarks a
+    /// busy CPU costs its reader nothing and an idle one never wakes it.
+    public var wakePercent: UInt32 = 0
 
     public init() {}
 }
@@ -56,6 +60,7 @@ public final class TraceSession: @unchecked Sendable {
         self.instance = instance
         // From here on a throw releases `instance`, and its end removes it from tracefs.
         instance.recordTGIDs()
+        try instance.wake(atPercent: config.wakePercent)
         if let pid = config.onlyPid { try instance.follow(pid: pid) }
         for name in wanted { try instance.enable(system: "kvm", event: name) }
         readers = try instance.cpus.map {
