@@ -178,18 +178,28 @@ let visibilityMargin: UInt64 = 5_000_000
 /// waits to be paired.
 final class PairingSignal: Sendable {
     let semaphore = DispatchSemaphore(value: 0)
+    /// Set by a signal, cleared by the pairing thread before each round: at most one wake-up is outstanding,
+    /// however many hand-overs came in between (a reader's signal is then one atomic exchange, no syscall).
+    let wanted = Atomic<Bool>(false)
     /// Pairing rounds asked for (``request()``) and the last one the pairing thread has finished: a round
     /// started after the request (its number loaded before its step) pairs what the lanes held then.
     let asked = Atomic<UInt64>(0)
     let served = Atomic<UInt64>(0)
 
-    func signal() { semaphore.signal() }
+    func signal() {
+        // Acquire/release: a round that clears the flag after this exchange sees what was handed before it.
+        if !wanted.exchange(true, ordering: .acquiringAndReleasing) { semaphore.signal() }
+    }
 
     func request() -> UInt64 {
         let n = asked.wrappingAdd(1, ordering: .releasing).newValue
-        semaphore.signal()
+        signal()
         return n
     }
+
+    /// The pairing thread, before a round: later signals wake it again. An exchange (acquire) that reads a
+    /// signal's `true` synchronizes with it, so the round sees what that reader handed before signalling.
+    func clear() { _ = wanted.exchange(false, ordering: .acquiringAndReleasing) }
 }
 
 struct ReaderLoop {
@@ -305,8 +315,8 @@ struct ReaderLoop {
 /// The pairing thread: the pipeline's merge stage (``PairingMerge``) over the readers' lanes, one round each
 /// time a reader hands something or a snapshot asks, until every reader has finished and everything is
 /// paired. While events wait for a CPU whose stream is not known complete that far (its reader sleeps below
-/// the watermark), that CPU's reader is asked to catch up — at most every 10 ms each, and only then: an idle
-/// host wakes nothing.
+/// the watermark) and has handed nothing for 50 ms, that CPU's reader is asked to catch up — at most every
+/// 50 ms each, and only then: an idle host wakes nothing.
 struct PairingLoop {
     let lanes: [PairingLane]
     let readers: [CPUReader]
@@ -314,12 +324,15 @@ struct PairingLoop {
     let signal: PairingSignal
 
     /// Least time between two catch-up requests to one reader, ns.
-    static let askInterval: UInt64 = 10_000_000
+    static let askInterval: UInt64 = 50_000_000
 
     func run(pairer: inout Pairer) {
         var merge = PairingMerge(lanes: lanes, roles: roles)
         var lastAsk = [UInt64](repeating: 0, count: lanes.count)
+        var lastMark = [UInt64](repeating: 0, count: lanes.count)
+        var moved = [UInt64](repeating: 0, count: lanes.count)
         while true {
+            signal.clear()
             let asked = signal.asked.load(ordering: .acquiring)
             if merge.step(&pairer) { break }
             signal.served.store(asked, ordering: .releasing)
@@ -329,14 +342,19 @@ struct PairingLoop {
             }
             // The lanes behind the others hold the round up; when none is behind, the events wait for every
             // lane's next catch-up (they were handed within the commit margin of the last one).
+            // A lane whose reader handed something within the interval is busy and will hand more at its
+            // watermark: only a quiet one is asked (a catch-up reads the writer's partial page).
             let marks = lanes.map(\.currentWatermark)
             let top = marks.max() ?? 0, low = marks.min() ?? 0
             let now = MonotonicClock.now()
-            for i in lanes.indices where (low == top || marks[i] < top) && now &- lastAsk[i] >= Self.askInterval {
+            for i in lanes.indices {
+                if marks[i] != lastMark[i] { (lastMark[i], moved[i]) = (marks[i], now) }
+                guard low == top || marks[i] < top, now &- moved[i] >= Self.askInterval,
+                      now &- lastAsk[i] >= Self.askInterval else { continue }
                 readers[i].requestCatchUp()
                 lastAsk[i] = now
             }
-            _ = signal.semaphore.wait(timeout: .now() + .milliseconds(10))
+            _ = signal.semaphore.wait(timeout: .now() + .milliseconds(Int(Self.askInterval / 1_000_000)))
         }
         signal.served.store(.max, ordering: .releasing)
     }
