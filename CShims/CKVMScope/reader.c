@@ -35,6 +35,7 @@ struct ckvmscope_reader {
     int full_only; /* trace_pipe_raw: full sub-buffers through splice; other descriptors: plain reads */
     int splice_pipe[2]; /* full_only: the sub-buffers taken from the ring buffer, not read yet */
     uint32_t piped;     /* bytes in splice_pipe */
+    uint32_t pipe_room; /* whole sub-buffers the splice pipe holds, in bytes */
     void *page;         /* max_subbufs sub-buffers */
 };
 
@@ -126,6 +127,8 @@ struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, 
     /* Room for a whole batch (the default 64 KiB already holds 16 sub-buffers of 4 KiB). */
     if ((uint64_t)r->subbuf_size * r->max_subbufs > 65536)
         fcntl(r->splice_pipe[0], F_SETPIPE_SZ, (int)(r->subbuf_size * r->max_subbufs));
+    int room = fcntl(r->splice_pipe[0], F_GETPIPE_SZ);
+    r->pipe_room = room > (int)r->subbuf_size ? (uint32_t)room / r->subbuf_size * r->subbuf_size : r->subbuf_size;
     r->full_only = 1;
     return r;
 }
@@ -183,11 +186,12 @@ int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms)
  * first when it holds fewer. Returns bytes (whole sub-buffers), 0 when there is none, -1 on error. */
 static int read_full(struct ckvmscope_reader *r, void *buf, uint32_t count)
 {
-    uint32_t room = r->subbuf_size * r->max_subbufs;
     ssize_t n;
 
-    if (r->piped < count * r->subbuf_size) {
-        n = splice(r->fd, NULL, r->splice_pipe[1], NULL, room - r->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    /* Topped up to the pipe's room: a reader that takes one sub-buffer per call (record) splices once per
+     * pipeful, not once per sub-buffer. */
+    if (r->piped < count * r->subbuf_size && r->piped < r->pipe_room) {
+        n = splice(r->fd, NULL, r->splice_pipe[1], NULL, r->pipe_room - r->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0)
             r->piped += (uint32_t)n;
         else if (n < 0 && errno != EAGAIN && errno != EINTR && !r->piped)
