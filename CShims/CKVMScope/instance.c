@@ -63,7 +63,7 @@ struct ckvmscope_instance *ckvmscope_instance_create(const char *name, uint32_t 
         snprintf(err, errlen, "cannot set buffer_size_kb=%s in instance %s: %s", value, name, strerror(errno));
         goto error_destroy;
     }
-    /* Wake readers as soon as any data is there: the live view needs it, and batching is ours. */
+    /* Readers wake on their own watermark (ckvmscope_instance_wake_percent); until one is set, on any data. */
     tracefs_instance_file_write(inst->tfs, "buffer_percent", "0");
     if (clock && tracefs_instance_file_write(inst->tfs, "trace_clock", clock) < 0) {
         snprintf(err, errlen, "cannot set trace_clock=%s in instance %s: %s", clock, name, strerror(errno));
@@ -89,6 +89,22 @@ const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst)
 struct tracefs_instance *ckvmscope_instance_tracefs(struct ckvmscope_instance *inst)
 {
     return inst->tfs;
+}
+
+/**
+ * ckvmscope_instance_wake_percent - how full a CPU's buffer must be before poll() wakes its reader
+ * @inst: the handle
+ * @percent: 0 (any data) to 100; the instance's buffer_percent
+ *
+ * Since Linux 6.1 poll() of trace_pipe_raw (and a blocking splice) waits for this watermark, so an idle or
+ * slow CPU costs its reader no wake-ups. Returns 0, or -1 with errno.
+ */
+int ckvmscope_instance_wake_percent(struct ckvmscope_instance *inst, uint32_t percent)
+{
+    char value[16];
+
+    snprintf(value, sizeof(value), "%u", percent);
+    return tracefs_instance_file_write(inst->tfs, "buffer_percent", value) < 0 ? -1 : 0;
 }
 
 int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event)

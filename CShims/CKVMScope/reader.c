@@ -16,8 +16,13 @@
 #include <unistd.h>
 
 /*
- * The trace_pipe_raw fd is always non-blocking: waiting is ours (poll with a timeout and a stop pipe), so
- * an idle reader still wakes regularly and can tell the pairing thread how far its CPU's stream is complete.
+ * The trace_pipe_raw fd is always non-blocking: waiting is ours (poll of the fd, which the kernel answers at
+ * the instance's buffer_percent watermark, and of a wake pipe). Sub-buffers of trace_pipe_raw are spliced
+ * into a pipe, which takes only the sub-buffers the writer has left (the kernel's "full" read), then read
+ * from the pipe, a batch per read() call (libtracefs' buffered read takes one sub-buffer per call). A reader
+ * that catches up with the writer therefore gets nothing instead of the writer's page with one or two events
+ * in it, and goes back to waiting; the partial page is read (tracefs_cpu_flush: plain read of the fd, after
+ * what the pipe still holds) only when asked, at stop and at a refresh boundary.
  */
 struct ckvmscope_reader {
     struct tracefs_cpu *tcpu;
@@ -27,7 +32,11 @@ struct ckvmscope_reader {
     int cpu;
     uint32_t subbuf_size;
     uint32_t max_subbufs;
-    void *page;
+    int full_only; /* trace_pipe_raw: full sub-buffers through splice; other descriptors: plain reads */
+    int splice_pipe[2]; /* full_only: the sub-buffers taken from the ring buffer, not read yet */
+    uint32_t piped;     /* bytes in splice_pipe */
+    uint32_t pipe_room; /* whole sub-buffers the splice pipe holds, in bytes */
+    void *page;         /* max_subbufs sub-buffers */
 };
 
 /**
@@ -50,18 +59,19 @@ struct ckvmscope_reader *ckvmscope_reader_open_fd(int fd, uint32_t subbuf_size, 
         goto error;
     r->fd = fd;
     r->stop_pipe[0] = r->stop_pipe[1] = -1;
+    r->splice_pipe[0] = r->splice_pipe[1] = -1;
     r->tcpu = tracefs_cpu_alloc_fd(fd, (int)subbuf_size, true);
     if (!r->tcpu)
         goto error_free;
     if (pipe2(r->stop_pipe, O_NONBLOCK | O_CLOEXEC) < 0)
         goto error_close;
     r->subbuf_size = subbuf_size;
-    r->page = malloc(r->subbuf_size);
+    r->max_subbufs = max_subbufs_per_read ? max_subbufs_per_read : 1;
+    r->page = malloc((size_t)r->subbuf_size * r->max_subbufs);
     if (!r->page)
         goto error_close;
     r->decoder = decoder;
     r->cpu = cpu;
-    r->max_subbufs = max_subbufs_per_read ? max_subbufs_per_read : 1;
     return r;
 
 error_close:
@@ -105,7 +115,22 @@ struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, 
     fd = tracefs_instance_file_open(tfs, path, O_RDONLY | O_NONBLOCK);
     if (fd < 0)
         return NULL;
-    return ckvmscope_reader_open_fd(fd, (uint32_t)size, cpu, decoder, max_subbufs_per_read);
+    struct ckvmscope_reader *r = ckvmscope_reader_open_fd(fd, (uint32_t)size, cpu, decoder, max_subbufs_per_read);
+    if (!r)
+        return NULL;
+    if (pipe2(r->splice_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        int saved = errno;
+        ckvmscope_reader_close(r);
+        errno = saved;
+        return NULL;
+    }
+    /* Room for a whole batch (the default 64 KiB already holds 16 sub-buffers of 4 KiB). */
+    if ((uint64_t)r->subbuf_size * r->max_subbufs > 65536)
+        fcntl(r->splice_pipe[0], F_SETPIPE_SZ, (int)(r->subbuf_size * r->max_subbufs));
+    int room = fcntl(r->splice_pipe[0], F_GETPIPE_SZ);
+    r->pipe_room = room > (int)r->subbuf_size ? (uint32_t)room / r->subbuf_size * r->subbuf_size : r->subbuf_size;
+    r->full_only = 1;
+    return r;
 }
 
 void ckvmscope_reader_close(struct ckvmscope_reader *r)
@@ -116,6 +141,10 @@ void ckvmscope_reader_close(struct ckvmscope_reader *r)
     close(r->fd);
     close(r->stop_pipe[0]);
     close(r->stop_pipe[1]);
+    if (r->splice_pipe[0] >= 0) {
+        close(r->splice_pipe[0]);
+        close(r->splice_pipe[1]);
+    }
     free(r->page);
     free(r);
 }
@@ -140,18 +169,68 @@ uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r)
 int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms)
 {
     struct pollfd fds[2] = { { .fd = r->fd, .events = POLLIN }, { .fd = r->stop_pipe[0], .events = POLLIN } };
+    char drain[64];
     int ret = poll(fds, 2, timeout_ms);
     if (ret <= 0)
         return 0;
-    if (fds[1].revents)
+    if (fds[1].revents) {
+        /* Consumed: the caller learns why it was woken from its own flags (stop, drain request). */
+        while (read(r->stop_pipe[0], drain, sizeof(drain)) > 0) {
+        }
         return -1;
+    }
     return 1;
 }
 
-static int decode_page(struct ckvmscope_reader *r, int bytes, struct ckvmscope_record *out, uint32_t cap,
-                       struct ckvmscope_decode_stats *stats)
+/* Up to `count` full sub-buffers from the splice pipe into buf, topping the pipe up from the ring buffer
+ * first when it holds fewer. Returns bytes (whole sub-buffers), 0 when there is none, -1 on error. */
+static int read_full(struct ckvmscope_reader *r, void *buf, uint32_t count)
 {
-    int n = ckvmscope_decode_subbuf(r->decoder, r->page, (uint32_t)bytes, (uint16_t)r->cpu, out, cap, stats);
+    ssize_t n;
+
+    /* Topped up to the pipe's room: a reader that takes one sub-buffer per call (record) splices once per
+     * pipeful, not once per sub-buffer. */
+    if (r->piped < count * r->subbuf_size && r->piped < r->pipe_room) {
+        n = splice(r->fd, NULL, r->splice_pipe[1], NULL, r->pipe_room - r->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0)
+            r->piped += (uint32_t)n;
+        else if (n < 0 && errno != EAGAIN && errno != EINTR && !r->piped)
+            return -1;
+    }
+    if (!r->piped)
+        return 0;
+    if (count * r->subbuf_size > r->piped)
+        count = r->piped / r->subbuf_size;
+    n = read(r->splice_pipe[0], buf, count * r->subbuf_size);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    r->piped -= (uint32_t)n;
+    return (int)n;
+}
+
+/* One sub-buffer into buf: a full one, or with partial != 0 whatever is there (what the splice pipe holds
+ * first). Returns bytes, 0 when there is none. */
+static int read_subbuf(struct ckvmscope_reader *r, void *buf, int partial)
+{
+    int bytes;
+
+    if (r->full_only && (!partial || r->piped))
+        bytes = read_full(r, buf, 1);
+    else if (partial)
+        bytes = tracefs_cpu_flush(r->tcpu, buf);
+    else
+        bytes = tracefs_cpu_read(r->tcpu, buf, true);
+    if (bytes < 0 && errno == EAGAIN) {
+        errno = 0;
+        bytes = 0;
+    }
+    return bytes;
+}
+
+static int decode_page(struct ckvmscope_reader *r, const void *page, int bytes, struct ckvmscope_record *out,
+                       uint32_t cap, struct ckvmscope_decode_stats *stats)
+{
+    int n = ckvmscope_decode_subbuf(r->decoder, page, (uint32_t)bytes, (uint16_t)r->cpu, out, cap, stats);
     return n < 0 ? 0 : n;
 }
 
@@ -172,13 +251,22 @@ int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *o
 
     if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
         return 0;
+    if (r->full_only) {
+        /* One read() for the whole batch. */
+        int bytes = read_full(r, r->page, r->max_subbufs);
+        if (bytes < 0)
+            return -1;
+        for (int at = 0; at + (int)r->subbuf_size <= bytes; at += (int)r->subbuf_size)
+            total += (uint32_t)decode_page(r, (char *)r->page + at, (int)r->subbuf_size, out + total, per_page, stats);
+        return (int)total;
+    }
     for (uint32_t i = 0; i < r->max_subbufs; i++) {
-        int bytes = tracefs_cpu_read(r->tcpu, r->page, true);
+        int bytes = read_subbuf(r, r->page, 0);
         if (bytes < 0)
             return total ? (int)total : -1;
         if (bytes == 0)
             break;
-        total += (uint32_t)decode_page(r, bytes, out + total, per_page, stats);
+        total += (uint32_t)decode_page(r, r->page, bytes, out + total, per_page, stats);
     }
     return (int)total;
 }
@@ -187,14 +275,53 @@ int ckvmscope_reader_read_raw(struct ckvmscope_reader *r, void *buf, int nonbloc
 {
     if (!nonblock && ckvmscope_reader_wait(r, -1) < 0)
         return 0;
-    return tracefs_cpu_read(r->tcpu, buf, true);
+    return read_subbuf(r, buf, 0);
+}
+
+/**
+ * ckvmscope_reader_catch_up - read what the buffer holds now, the writer's partial sub-buffer included
+ * @r: the reader
+ * @out: at least ckvmscope_reader_capacity() records
+ * @until_ts: stop after a sub-buffer that begins at or after this time (trace clock, ns)
+ * @stats: accumulated decode counters
+ * @more: set to 1 when the call stopped at max_subbufs_per_read sub-buffers with more to read, else 0
+ *
+ * Used at a refresh or scrape boundary: once it has returned with *more == 0, every event written before
+ * until_ts (and committed) has been read. A writer that keeps writing is chased only up to until_ts.
+ * Returns records written, or -1 on error (errno).
+ */
+int ckvmscope_reader_catch_up(struct ckvmscope_reader *r, struct ckvmscope_record *out, uint64_t until_ts,
+                              struct ckvmscope_decode_stats *stats, int *more)
+{
+    uint32_t per_page = ckvmscope_max_records(r->subbuf_size);
+    uint32_t total = 0;
+
+    *more = 0;
+    for (uint32_t i = 0; i < r->max_subbufs; i++) {
+        int bytes = read_subbuf(r, r->page, 1);
+        if (bytes < 0)
+            return total ? (int)total : -1;
+        if (bytes == 0)
+            return (int)total;
+        total += (uint32_t)decode_page(r, r->page, bytes, out + total, per_page, stats);
+        /* The sub-buffer header starts with its first event's time stamp (u64, the host's byte order). */
+        if (bytes >= 8 && *(const uint64_t *)r->page >= until_ts)
+            return (int)total;
+    }
+    *more = 1;
+    return (int)total;
 }
 
 void ckvmscope_reader_stop(struct ckvmscope_reader *r)
 {
+    ckvmscope_reader_wake(r);
+}
+
+void ckvmscope_reader_wake(struct ckvmscope_reader *r)
+{
     char c = 1;
     if (write(r->stop_pipe[1], &c, 1) < 0) {
-        /* The pipe is full: a stop is already pending. */
+        /* The pipe is full: a wake-up is already pending. */
     }
 }
 
@@ -205,15 +332,15 @@ int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *
     uint32_t total = 0;
 
     for (uint32_t i = 0; i < r->max_subbufs; i++) {
-        int bytes = tracefs_cpu_flush(r->tcpu, r->page);
+        int bytes = read_subbuf(r, r->page, 1);
         if (bytes <= 0)
             break;
-        total += (uint32_t)decode_page(r, bytes, out + total, per_page, stats);
+        total += (uint32_t)decode_page(r, r->page, bytes, out + total, per_page, stats);
     }
     return (int)total;
 }
 
 int ckvmscope_reader_flush_raw(struct ckvmscope_reader *r, void *buf)
 {
-    return tracefs_cpu_flush(r->tcpu, buf);
+    return read_subbuf(r, buf, 1);
 }

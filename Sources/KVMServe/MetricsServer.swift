@@ -42,6 +42,10 @@ public final class MetricsServer: @unchecked Sendable {
     let maxConnections: Int
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
+    /// A pipe whose read end is in the loop's poll set: ``stop()`` writes to it, so the loop waits without a
+    /// timeout while nothing is due (an idle server wakes for nothing).
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
 
     /// Binds and listens on `address` (throws FlyingSocks' SocketError: "Address already in use").
     /// - Parameters:
@@ -75,6 +79,23 @@ public final class MetricsServer: @unchecked Sendable {
             getrlimit(files, &limit)
         }
         maxConnections = max(16, min(4096, Int(limit.rlim_cur) - 128))
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else {
+            let e = errno
+            try? listener.close()
+            throw SocketError.failed(type: "pipe2", errno: e, message: String(cString: strerror(e)))
+        }
+        for fd in ends {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeRead = ends[0]
+        wakeWrite = ends[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
     }
 
     /// Serves on a thread of its own until ``stop()``.
@@ -91,6 +112,8 @@ public final class MetricsServer: @unchecked Sendable {
     /// Stops serving, closes every connection and the listener, and waits for the thread (at most 5 s).
     public func stop() {
         stopping.store(true, ordering: .relaxed)
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
         _ = finished.wait(timeout: .now() + 5)
     }
 
@@ -138,13 +161,16 @@ public final class MetricsServer: @unchecked Sendable {
                 fds.removeAll(keepingCapacity: true)
                 let accepting = now >= acceptPausedUntil
                 fds.append(pollfd(fd: accepting ? listenFD : -1, events: Int16(POLLIN), revents: 0))
-                var nextDeadline = now + 0.25
+                // Woken by a connection, a deadline or stop() (the wake pipe, not serviced as a connection).
+                fds.append(pollfd(fd: server.wakeRead, events: Int16(POLLIN), revents: 0))
+                var nextDeadline = accepting ? Double.infinity : acceptPausedUntil
                 for c in connections.values {
                     let events = c.phase == .writing ? POLLOUT : POLLIN
                     fds.append(pollfd(fd: c.fd, events: Int16(events), revents: 0))
                     nextDeadline = min(nextDeadline, c.deadline)
                 }
-                let wait = Int32(max(0, min(250, ((nextDeadline - now) * 1000).rounded(.up))))
+                let wait = nextDeadline == .infinity ? -1
+                    : Int32(max(0, min(60_000, ((nextDeadline - now) * 1000).rounded(.up))))
                 let ready = poll(&fds, nfds_t(fds.count), wait)
                 if ready < 0 && errno != EINTR { break }
                 if ready > 0 {

@@ -20,6 +20,7 @@ public final class LiveSession: @unchecked Sendable {
     public var cpus: [Int] { trace.cpus }
     var formats: EventFormats { trace.formats }
     let lanes: [PairingLane]
+    let pairing = PairingSignal()
     private let pairingThread = Mutex<JoinableThread?>(nil)
     /// Set once ``stop()`` has run.
     private let stopping = Mutex<Bool>(false)
@@ -55,11 +56,13 @@ public final class LiveSession: @unchecked Sendable {
     func start() throws {
         let roles = formats.catalog.entries.map(\.role)
         let pairs = self.pairs
+        let signal = pairing
         if pairs {
             let pairer = ThreadOwned(aggregator.makePairer())
             let lanes = self.lanes
+            let readers = trace.readers
             let t = try JoinableThread(name: "kvmscope-pair") {
-                PairingLoop(lanes: lanes, roles: roles).run(pairer: &pairer.value)
+                PairingLoop(lanes: lanes, readers: readers, roles: roles, signal: signal).run(pairer: &pairer.value)
             }
             pairingThread.withLock { $0 = t }
         }
@@ -68,8 +71,33 @@ public final class LiveSession: @unchecked Sendable {
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
         try trace.start(threadName: "kvmscope-cpu") { reader in
             let i = index[reader.cpu]!
-            ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs).run(writer: &writers[i].value)
+            ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs, signal: signal)
+                .run(writer: &writers[i].value)
         }
+    }
+
+    /// How long ``catchUp()`` waits for the reader threads, then for the pairing thread, at most.
+    static let catchUpDeadline: UInt64 = 2_000_000_000
+
+    /// The refresh/scrape boundary: asks every reader to read what its buffer holds now (the writer's partial
+    /// sub-buffer included) and waits until each has, then lets the pairing thread pair what that completed.
+    /// Afterwards the aggregate holds every event written before the call (and committed; see
+    /// `visibilityMargin`) and every pair whose entry is that old. Readers otherwise sleep until their CPU's
+    /// buffer crosses the watermark, so this is what keeps every view exact at its refresh. Does nothing once
+    /// stopped (``stop()`` drains everything). Bounded: a reader that does not answer within 2 s (a stopped
+    /// process) is not waited for any longer.
+    public func catchUp() {
+        guard !stopping.withLock({ $0 }) else { return }
+        let deadline = MonotonicClock.now() + Self.catchUpDeadline
+        let asked = trace.readers.map { $0.requestCatchUp() }
+        for (r, n) in zip(trace.readers, asked) {
+            while r.catchUpServed.load(ordering: .acquiring) < n && !r.isStopping && MonotonicClock.now() < deadline {
+                usleep(100)
+            }
+        }
+        guard pairs else { return }
+        let n = pairing.request()
+        while pairing.served.load(ordering: .acquiring) < n && MonotonicClock.now() < deadline { usleep(100) }
     }
 
     /// Events the kernel lost on each CPU of the instance, from its per-CPU stats (exact).
@@ -83,9 +111,11 @@ public final class LiveSession: @unchecked Sendable {
     /// The kernel's per-CPU loss counts when tracing stopped (empty before).
     public var finalLostPerCPU: [Int: UInt64] { final.withLock { $0 } ?? [:] }
 
-    /// A snapshot, with losses taken from the kernel's per-CPU counters. With `retireThreads`, first retires
-    /// the threads that have exited (``retireExited()``).
+    /// A snapshot, with losses taken from the kernel's per-CPU counters, after a ``catchUp()``: every event
+    /// written before the call is in it. With `retireThreads`, the threads that have exited are then retired
+    /// (``retireExited()``).
     public func snapshot() -> AggregateSnapshot {
+        catchUp()
         retireExited()
         var snap = aggregator.snapshot(timestamp: MonotonicClock.now())
         snap.lostEvents = max(snap.lostEvents, lostPerCPU().values.reduce(0, +))
@@ -142,7 +172,8 @@ extension LiveSession {
     /// pipe). Corrupt sub-buffers and read errors are counted as they are live.
     public static func count(_ reader: CPUReader, into aggregator: Aggregator, shard: Int) {
         var writer = aggregator.writer(shard: shard)
-        ReaderLoop(handle: reader, lane: PairingLane(), roles: aggregator.catalog.entries.map(\.role), pairs: false)
+        ReaderLoop(handle: reader, lane: PairingLane(), roles: aggregator.catalog.entries.map(\.role), pairs: false,
+                   signal: PairingSignal())
             .run(writer: &writer)
     }
 }
@@ -165,17 +196,48 @@ enum MonotonicClock {
     }
 }
 
-/// How long a reader that drained its buffer waits before reading again.
+/// How long a reader of a plain descriptor (a file or pipe, which poll() calls readable at its end) sleeps
+/// after a read that found nothing.
 let batchMicroseconds: UInt32 = 5_000
 
 /// How long after "now" an event may still become visible in a buffer (commit in flight, wake-up delay).
 let visibilityMargin: UInt64 = 5_000_000
+
+/// Wakes the pairing thread: readers signal it when they hand events or move their watermark, ``LiveSession/
+/// catchUp()`` when it wants the pairs of what the readers just read. It never wakes on a timer while nothing
+/// waits to be paired.
+final class PairingSignal: Sendable {
+    let semaphore = DispatchSemaphore(value: 0)
+    /// Set by a signal, cleared by the pairing thread before each round: at most one wake-up is outstanding,
+    /// however many hand-overs came in between (a reader's signal is then one atomic exchange, no syscall).
+    let wanted = Atomic<Bool>(false)
+    /// Pairing rounds asked for (``request()``) and the last one the pairing thread has finished: a round
+    /// started after the request (its number loaded before its step) pairs what the lanes held then.
+    let asked = Atomic<UInt64>(0)
+    let served = Atomic<UInt64>(0)
+
+    func signal() {
+        // Acquire/release: a round that clears the flag after this exchange sees what was handed before it.
+        if !wanted.exchange(true, ordering: .acquiringAndReleasing) { semaphore.signal() }
+    }
+
+    func request() -> UInt64 {
+        let n = asked.wrappingAdd(1, ordering: .releasing).newValue
+        signal()
+        return n
+    }
+
+    /// The pairing thread, before a round: later signals wake it again. An exchange (acquire) that reads a
+    /// signal's `true` synchronizes with it, so the round sees what that reader handed before signalling.
+    func clear() { _ = wanted.exchange(false, ordering: .acquiringAndReleasing) }
+}
 
 struct ReaderLoop {
     let handle: CPUReader
     let lane: PairingLane
     let roles: [EventRole]
     let pairs: Bool
+    let signal: PairingSignal
 
     func run(writer: inout ShardWriter) {
         let r = handle.reader
@@ -191,6 +253,7 @@ struct ReaderLoop {
         var lastMissed: UInt64 = 0
         var lastUnknown: UInt64 = 0
         var lastCorrupt: UInt64 = 0
+        var handed: UInt64 = 0
 
         func consume(_ n: Int, watermark: UInt64) {
             records.withUnsafeBufferPointer { buf in
@@ -212,15 +275,40 @@ struct ReaderLoop {
                 writer.addDamage(corruptSubbuffers: stats.corrupt - lastCorrupt)
                 lastCorrupt = stats.corrupt
             }
-            if pairs { lane.hand(&pending, watermark: watermark) }
+            if pairs && (!pending.isEmpty || watermark > handed) {
+                lane.hand(&pending, watermark: watermark)
+                handed = max(handed, watermark)
+                signal.signal()
+            }
+        }
+
+        /// Reads what the buffer holds now, the writer's partial sub-buffer included: afterwards this CPU's
+        /// stream is complete up to `before` less the commit margin. Returns false on a read error.
+        func catchUp() -> Bool {
+            let before = MonotonicClock.now()
+            var more: Int32 = 1
+            while more != 0 {
+                let n = Int(ckvmscope_reader_catch_up(r, &records, before, &stats, &more))
+                if n < 0 && errno != EINTR && errno != EAGAIN { return false }
+                consume(max(0, n), watermark: more != 0 && n > 0 ? records[n - 1].ts : before &- visibilityMargin)
+            }
+            return true
         }
 
         while !handle.isStopping {
             // Retirements first (one relaxed load when none): later events of a retired tid are a new thread.
             writer.maintain()
-            // Everything stamped before `before` (less the commit margin) is in the buffer by now, so a read
-            // that drains the buffer makes this CPU's stream complete up to there.
-            let before = MonotonicClock.now()
+            // A catch-up asked for (a snapshot, or the pairing thread waiting on this CPU) is served first.
+            let asked = handle.catchUpAsked.load(ordering: .acquiring)
+            if asked != handle.catchUpServed.load(ordering: .relaxed) {
+                let ok = catchUp()
+                handle.catchUpServed.store(asked, ordering: .releasing)
+                if !ok {
+                    writer.addDamage(readErrors: 1)
+                    break
+                }
+            }
+            // The full sub-buffers, as many as there are: the writer's partial one is left to it.
             let subbufsBefore = stats.subbufs
             let n = Int(ckvmscope_reader_read(r, &records, 1, &stats))
             if n < 0 && errno != EINTR && errno != EAGAIN {
@@ -229,37 +317,77 @@ struct ReaderLoop {
                 writer.addDamage(readErrors: 1)
                 break
             }
-            let drained = stats.subbufs - subbufsBefore < UInt64(handle.maxSubbufs)
-            let wm = drained ? before &- visibilityMargin : (n > 0 ? records[n - 1].ts : before &- visibilityMargin)
-            consume(max(0, n), watermark: wm)
-            if drained {
-                // Let events gather for a few ms before the next read: one wake-up and a few syscalls then
-                // carry hundreds of events, not a handful (a 1 MiB buffer takes far longer than that to fill).
+            // Everything on full sub-buffers up to the last record read is complete.
+            consume(max(0, n), watermark: n > 0 ? records[n - 1].ts : 0)
+            if stats.subbufs - subbufsBefore >= UInt64(handle.maxSubbufs) { continue }
+            if handle.isStopping { break }
+            if handle.watermarked {
+                // Caught up with the writer: sleep until the buffer crosses the watermark or someone asks.
+                _ = ckvmscope_reader_wait(r, -1)
+            } else {
+                // A file or pipe: poll() calls its end readable, so sleep between reads.
                 usleep(batchMicroseconds)
-                if handle.isStopping { break }
-                // An idle CPU still wakes every 50 ms to move its watermark on: pairing never waits on it long.
-                if ckvmscope_reader_wait(r, 50) < 0 { break }
+                _ = ckvmscope_reader_wait(r, 50)
             }
         }
-        // Stopped: drain what is left, including partial sub-buffers.
+        // Stopped: drain what is left, including partial sub-buffers (a watermark's worth may be there: the
+        // stream is complete only up to the last record read until the buffer is empty, then finished).
         while true {
             let subbufsBefore = stats.subbufs
             let n = Int(ckvmscope_reader_flush(r, &records, &stats))
-            consume(max(0, n), watermark: .max)
+            consume(max(0, n), watermark: n > 0 ? records[n - 1].ts : 0)
             if stats.subbufs == subbufsBefore { break }
         }
         lane.finish()
+        handle.catchUpServed.store(.max, ordering: .releasing)
+        signal.signal()
     }
 }
 
-/// The pairing thread: the pipeline's merge stage (``PairingMerge``) over the readers' lanes, one round every
-/// 10 ms, until every reader has finished and everything is paired.
+/// The pairing thread: the pipeline's merge stage (``PairingMerge``) over the readers' lanes, one round each
+/// time a reader hands something or a snapshot asks, until every reader has finished and everything is
+/// paired. While events wait for a CPU whose stream is not known complete that far (its reader sleeps below
+/// the watermark) and has handed nothing for 50 ms, that CPU's reader is asked to catch up — at most every
+/// 50 ms each, and only then: an idle host wakes nothing.
 struct PairingLoop {
     let lanes: [PairingLane]
+    let readers: [CPUReader]
     let roles: [EventRole]
+    let signal: PairingSignal
+
+    /// Least time between two catch-up requests to one reader, ns.
+    static let askInterval: UInt64 = 50_000_000
 
     func run(pairer: inout Pairer) {
         var merge = PairingMerge(lanes: lanes, roles: roles)
-        while !merge.step(&pairer) { usleep(10_000) }
+        var lastAsk = [UInt64](repeating: 0, count: lanes.count)
+        var lastMark = [UInt64](repeating: 0, count: lanes.count)
+        var moved = [UInt64](repeating: 0, count: lanes.count)
+        while true {
+            signal.clear()
+            let asked = signal.asked.load(ordering: .acquiring)
+            if merge.step(&pairer) { break }
+            signal.served.store(asked, ordering: .releasing)
+            guard merge.pending > 0 else {
+                signal.semaphore.wait()
+                continue
+            }
+            // The lanes behind the others hold the round up; when none is behind, the events wait for every
+            // lane's next catch-up (they were handed within the commit margin of the last one).
+            // A lane whose reader handed something within the interval is busy and will hand more at its
+            // watermark: only a quiet one is asked (a catch-up reads the writer's partial page).
+            let marks = lanes.map(\.currentWatermark)
+            let top = marks.max() ?? 0, low = marks.min() ?? 0
+            let now = MonotonicClock.now()
+            for i in lanes.indices {
+                if marks[i] != lastMark[i] { (lastMark[i], moved[i]) = (marks[i], now) }
+                guard low == top || marks[i] < top, now &- moved[i] >= Self.askInterval,
+                      now &- lastAsk[i] >= Self.askInterval else { continue }
+                readers[i].requestCatchUp()
+                lastAsk[i] = now
+            }
+            _ = signal.semaphore.wait(timeout: .now() + .milliseconds(Int(Self.askInterval / 1_000_000)))
+        }
+        signal.served.store(.max, ordering: .releasing)
     }
 }

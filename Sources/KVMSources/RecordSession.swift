@@ -13,7 +13,12 @@ public struct RecordConfig: Sendable {
     /// trace.dat version 7 compression (`.none` writes version 6, which every trace-cmd reads).
     public var compression: TraceDatCompression = .zstd
 
-    public init() { trace.bufferKB = 4096 }
+    /// The reader of a CPU wakes when its buffer is half full (trace-cmd's default `buffer_percent`) and
+    /// takes the full sub-buffers; the writer's partial one is read only at the end.
+    public init() {
+        trace.bufferKB = 4096
+        trace.wakePercent = 50
+    }
 }
 
 /// Live recording into a trace.dat: a ``TraceSession`` whose reader threads copy raw sub-buffers from
@@ -191,47 +196,75 @@ public final class RecordSession: @unchecked Sendable {
         return out
     }
 
-    /// A reader thread: raw sub-buffers, whole pages, appended to the CPU's spool file. A page that cannot be
-    /// written (disk full) is counted, and the first error is kept for the command to report at once.
+    /// Sub-buffers a reader thread appends to its spool file with one write.
+    static let batchPages = 16
+
+    /// A reader thread: raw sub-buffers, whole pages, appended to the CPU's spool file. The thread sleeps until
+    /// its CPU's buffer is half full (``TraceConfig/wakePercent``) and takes only the sub-buffers the writer has
+    /// left, so each page in the file is full; the writer's partial page is read once, at the end. A page that
+    /// cannot be written (disk full) is counted, and the first error is kept for the command to report at once.
     static func copyPages(_ h: CPUReader, to out: OutputFile, counters: RecordCounters, maxBytes: UInt64?) {
         let size = h.subbufSize
-        var page = [UInt8](repeating: 0, count: size)
-        func put() {
+        var pages = [UInt8](repeating: 0, count: size * batchPages)
+        /// Appends the first `count` pages of `pages`.
+        func put(_ count: Int) {
             // Every page is written whole: the trace.dat's per-CPU data is an array of pages. Its bytes are
             // reserved before it is written, so two CPUs' threads never both take the last room under --max-size.
-            let before = counters.bytes.wrappingAdd(UInt64(size), ordering: .relaxed).oldValue
-            if let max = maxBytes, counters.full.load(ordering: .relaxed) || before + UInt64(size) > max {
-                counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
-                counters.full.store(true, ordering: .relaxed)
-                counters.droppedPages.wrappingAdd(1, ordering: .relaxed)
-                return
+            var fit = 0
+            for _ in 0..<count {
+                let before = counters.bytes.wrappingAdd(UInt64(size), ordering: .relaxed).oldValue
+                if let max = maxBytes, counters.full.load(ordering: .relaxed) || before + UInt64(size) > max {
+                    counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
+                    counters.full.store(true, ordering: .relaxed)
+                    counters.droppedPages.wrappingAdd(1, ordering: .relaxed)
+                } else {
+                    fit += 1
+                }
             }
+            guard fit > 0 else { return }
+            let start = out.offset
             do {
-                try page.withUnsafeBytes { try out.write($0) }
+                try pages.withUnsafeBytes { try out.write(UnsafeRawBufferPointer(rebasing: $0[0..<fit * size])) }
             } catch {
-                counters.bytes.wrappingSubtract(UInt64(size), ordering: .relaxed)
-                counters.failedPages.wrappingAdd(1, ordering: .relaxed)
+                // The whole pages that reached the file before the error stay counted; the rest failed.
+                let landed = max(0, (Int(lseek(out.fd, 0, SEEK_CUR)) - start) / size)
+                let failed = fit - min(fit, landed)
+                out.offset = start + landed * size
+                counters.bytes.wrappingSubtract(UInt64(failed * size), ordering: .relaxed)
+                counters.failedPages.wrappingAdd(UInt64(failed), ordering: .relaxed)
                 if "\(error)".hasSuffix("\(Errno.noSpace)") { counters.fullDisk.store(true, ordering: .relaxed) }
                 counters.error.withLock { if $0 == nil { $0 = "\(error)" } }
             }
         }
-        while !h.isStopping {
-            for i in page.indices { page[i] = 0 }
-            let n = page.withUnsafeMutableBytes { ckvmscope_reader_read_raw(h.reader, $0.baseAddress, 0) }
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                counters.readErrors.wrappingAdd(1, ordering: .relaxed)
-                counters.error.withLock { if $0 == nil { $0 = "cannot read cpu\(h.cpu)/trace_pipe_raw: \(Errno(rawValue: errno))" } }
-                break
+        /// Reads up to ``batchPages`` sub-buffers (full ones, or with `flush` the rest of the buffer) into
+        /// `pages`, waiting for the first unless `flush`. Returns their count, or nil on a read error.
+        func fill(flush: Bool) -> Int? {
+            var n = 0
+            while n < batchPages {
+                let bytes = pages.withUnsafeMutableBytes { buf -> Int32 in
+                    let slot = buf.baseAddress! + n * size
+                    memset(slot, 0, size)
+                    return flush ? ckvmscope_reader_flush_raw(h.reader, slot)
+                        : ckvmscope_reader_read_raw(h.reader, slot, n == 0 ? 0 : 1)
+                }
+                if bytes < 0 {
+                    if errno == EINTR || errno == EAGAIN { break }
+                    counters.readErrors.wrappingAdd(1, ordering: .relaxed)
+                    counters.error.withLock { if $0 == nil { $0 = "cannot read cpu\(h.cpu)/trace_pipe_raw: \(Errno(rawValue: errno))" } }
+                    put(n)
+                    return nil
+                }
+                if bytes == 0 { break }
+                n += 1
             }
-            if n > 0 { put() }
+            return n
         }
-        while true {
-            for i in page.indices { page[i] = 0 }
-            let n = page.withUnsafeMutableBytes { ckvmscope_reader_flush_raw(h.reader, $0.baseAddress) }
-            if n <= 0 { break }
-            put()
+        while !h.isStopping {
+            guard let n = fill(flush: false) else { break }
+            put(n)
         }
+        // Stopped (or the buffer cannot be read any more): what is left, the writer's partial page included.
+        while let n = fill(flush: true), n > 0 { put(n) }
         try? out.close()
     }
 

@@ -49,6 +49,15 @@ public final class TraceInstance: @unchecked Sendable {
         }
     }
 
+    /// How full (percent, 0...100) a CPU's buffer must be before poll() of its trace_pipe_raw wakes the reader
+    /// (the instance's `buffer_percent`; the kernel honours it in poll since Linux 6.1). 0 wakes on any data.
+    public func wake(atPercent percent: UInt32) throws {
+        let rc = try withHandle("buffer_percent") { ckvmscope_instance_wake_percent($0, percent) }
+        guard rc == 0 else {
+            throw KVMScopeError.instance("cannot set buffer_percent=\(percent) in \(name): \(Errno(rawValue: errno))")
+        }
+    }
+
     /// The record-tgid option: the kernel keeps tid → tgid of traced threads, which names threads that
     /// exit before kvmscope looks at them. Best effort (old kernels lack it).
     public func recordTGIDs() {
@@ -101,6 +110,13 @@ public final class CPUReader: @unchecked Sendable {
     public let subbufSize: Int
     /// The owner asked this reader to stop (set before ``wake()``).
     let stopping = Atomic<Bool>(false)
+    /// Whether waiting is the kernel's watermark (trace_pipe_raw): a descriptor of another kind (a file, a
+    /// pipe) polls readable at its end, and its loop sleeps between reads instead.
+    public let watermarked: Bool
+    /// Catch-up requests made (``requestCatchUp()``) and the last one the reader's thread has served: once
+    /// `catchUpServed` ≥ a request's number, every event written before the request was made has been read.
+    let catchUpAsked = Atomic<UInt64>(0)
+    let catchUpServed = Atomic<UInt64>(0)
 
     /// A reader of `cpu`'s `trace_pipe_raw` in `instance`.
     init(instance: TraceInstance, cpu: Int, decoder: SubbufferDecoder, maxSubbufs: UInt32) throws {
@@ -112,6 +128,7 @@ public final class CPUReader: @unchecked Sendable {
         self.decoder = decoder
         self.maxSubbufs = maxSubbufs
         subbufSize = Int(ckvmscope_reader_subbuf_size(r))
+        watermarked = true
     }
 
     /// A reader over a descriptor that reads like trace_pipe_raw: sub-buffers of `subbufSize` bytes (a saved
@@ -126,6 +143,7 @@ public final class CPUReader: @unchecked Sendable {
         self.decoder = decoder
         self.maxSubbufs = maxSubbufs
         self.subbufSize = subbufSize
+        watermarked = false
     }
 
     deinit { close() }
@@ -144,5 +162,15 @@ public final class CPUReader: @unchecked Sendable {
     public func stop() {
         stopping.store(true, ordering: .releasing)
         ckvmscope_reader_stop(reader)
+    }
+
+    /// Asks the reader's thread to read what its buffer holds now, the writer's partial sub-buffer included,
+    /// and wakes it. Returns the request's number (see `catchUpServed`).
+    @discardableResult
+    func requestCatchUp() -> UInt64 {
+        // Release: the reader that sees the number also sees what the requester wrote before.
+        let n = catchUpAsked.wrappingAdd(1, ordering: .releasing).newValue
+        ckvmscope_reader_wake(reader)
+        return n
     }
 }

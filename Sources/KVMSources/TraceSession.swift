@@ -19,6 +19,12 @@ public struct TraceConfig: Sendable {
     /// live on a backend where they never fire: tests and benchmarks set it (the executable reads it from the
     /// `KVMSCOPE_INJECT` environment variable); it costs nothing per event when empty.
     public var injected: [String] = []
+    /// How full (percent of its buffer) a CPU's buffer must be before its reader wakes: the instance's
+    /// `buffer_percent`. Readers take only the sub-buffers the kernel's writer has left, so between watermarks a
+    /// busy CPU costs its reader nothing and an idle one never wakes it; a live session's readers also catch up
+    /// (partial sub-buffer included) when a snapshot is taken. 25 leaves three quarters of the buffer to
+    /// absorb the reader's wake-up latency; `record` uses 50.
+    public var wakePercent: UInt32 = 25
 
     public init() {}
 }
@@ -56,14 +62,28 @@ public final class TraceSession: @unchecked Sendable {
         self.instance = instance
         // From here on a throw releases `instance`, and its end removes it from tracefs.
         instance.recordTGIDs()
+        try instance.wake(atPercent: config.wakePercent)
         if let pid = config.onlyPid { try instance.follow(pid: pid) }
         for name in wanted { try instance.enable(system: "kvm", event: name) }
-        readers = try instance.cpus.map {
+        let cpus = instance.cpus
+        Self.allowDescriptors(5 * cpus.count + 256)
+        readers = try cpus.map {
             try CPUReader(instance: instance, cpu: $0, decoder: formats.makeDecoder(), maxSubbufs: subbufsPerRead)
         }
     }
 
     deinit { stop() }
+
+    /// Each reader holds five descriptors (trace_pipe_raw, its wake pipe and its splice pipe): on a host with
+    /// hundreds of CPUs that passes the usual soft limit of 1024 open files, so the soft limit is raised
+    /// toward the hard one when `count` needs it.
+    static func allowDescriptors(_ count: Int) {
+        var limit = rlimit()
+        let files = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(files, &limit) == 0, limit.rlim_cur < rlim_t(count), limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = min(limit.rlim_max, rlim_t(count))
+        setrlimit(files, &limit)
+    }
 
     /// Turns tracing on and starts one thread per reader running `body` (which returns once the reader is
     /// stopped and drained).

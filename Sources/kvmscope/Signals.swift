@@ -47,8 +47,10 @@ struct TraceRun {
         while !isOver {
             let slice = min(interval, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? interval)
             let end = Date().addingTimeInterval(slice)
-            // Woken at once by a stop signal; the command's end is looked at every 20 ms.
-            while Date() < end && !isOver { _ = stop.sleep(min(0.02, max(0.001, end.timeIntervalSinceNow))) }
+            // Woken at once by a stop signal; the command's end, when there is one, is looked at every 20 ms
+            // (without a command the loop sleeps the whole slice: an idle `serve` wakes once per interval).
+            let poll = child == nil ? Double.infinity : 0.02
+            while Date() < end && !isOver { _ = stop.sleep(min(poll, max(0.001, end.timeIntervalSinceNow))) }
             if stop.isRaised { return }
             guard try tick() else { return }
         }

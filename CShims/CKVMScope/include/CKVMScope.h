@@ -166,6 +166,8 @@ const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst);
 /* Enable one event (system, event) in the instance; event NULL enables the whole system. 0, or -1 (errno). */
 int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event);
 int ckvmscope_instance_tracing_on(struct ckvmscope_instance *inst, int on);
+/* Wake a CPU's reader only once its buffer is this full (buffer_percent, 0..100; 0: on any data). 0 or -1. */
+int ckvmscope_instance_wake_percent(struct ckvmscope_instance *inst, uint32_t percent);
 /* The record-tgid option: the kernel keeps tid -> tgid of traced threads. */
 int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst);
 /* Trace only pid and what it forks from now on (set_event_pid + event-fork). */
@@ -191,16 +193,28 @@ void ckvmscope_reader_close(struct ckvmscope_reader *r);
 /* Records `out` must hold for one read call. */
 uint32_t ckvmscope_reader_capacity(struct ckvmscope_reader *r);
 uint32_t ckvmscope_reader_subbuf_size(struct ckvmscope_reader *r);
-/* Wait until the buffer has data (1), timeout_ms passes (0; -1 waits forever) or the reader is stopped (-1). */
+/* Wait until the buffer has data (1; for trace_pipe_raw: until it crosses the instance's watermark),
+ * timeout_ms passes (0; -1 waits forever) or the reader is woken by ckvmscope_reader_stop/wake (-1; the wake
+ * is consumed). */
 int ckvmscope_reader_wait(struct ckvmscope_reader *r, int timeout_ms);
 /* Read up to max_subbufs_per_read sub-buffers (waiting for the first one unless nonblock) and decode them.
+ * From trace_pipe_raw only full sub-buffers, the ones the kernel's writer has left (spliced through a pipe):
+ * the reader never chases the writer; ckvmscope_reader_catch_up takes the partial one when asked.
  * Returns records written, 0 when nothing was there (or the reader was stopped), -1 on error (errno). */
 int ckvmscope_reader_read(struct ckvmscope_reader *r, struct ckvmscope_record *out, int nonblock,
                           struct ckvmscope_decode_stats *stats);
-/* Read one raw sub-buffer into buf (ckvmscope_reader_subbuf_size bytes) without decoding. Returns bytes. */
+/* Read one raw full sub-buffer into buf (ckvmscope_reader_subbuf_size bytes) without decoding. Returns bytes
+ * (0 when no full sub-buffer is there). */
 int ckvmscope_reader_read_raw(struct ckvmscope_reader *r, void *buf, int nonblock);
-/* Wake a reader blocked in read (from another thread). */
+/* Read what the buffer holds now, the writer's partial sub-buffer included, up to max_subbufs_per_read
+ * sub-buffers per call, and decode it: *more is set to 0 once the buffer was empty or a sub-buffer began at or
+ * after until_ts (trace clock ns; what was written before that moment is then read). Never blocks. Returns
+ * records written, -1 on error (errno). */
+int ckvmscope_reader_catch_up(struct ckvmscope_reader *r, struct ckvmscope_record *out, uint64_t until_ts,
+                              struct ckvmscope_decode_stats *stats, int *more);
+/* Wake a reader blocked in read or wait (from another thread). */
 void ckvmscope_reader_stop(struct ckvmscope_reader *r);
+void ckvmscope_reader_wake(struct ckvmscope_reader *r);
 /* After stop: decode what is left, including the partial sub-buffer. Returns records, 0 when drained. */
 int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *out,
                            struct ckvmscope_decode_stats *stats);

@@ -60,6 +60,27 @@ struct LiveCeiling {
                     windowCPU: cpu, wholeCPU: end.cpuSeconds, note: counted > written ? "counted \(counted - written) more than written" : "")
     }
 
+    /// The baseline: ``RawConsumer`` (this harness run as `--raw-consumer`), read() and a walk of every event.
+    func runRawConsumer(rate: Double?) throws -> Step {
+        let root = try TraceFS.root()
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let t = try ChildProcess([me, "--raw-consumer", "\(bufferKB)"])
+        let name = "kvmbench-raw-\(t.pid)"
+        defer { TraceFS.removeInstance(name, root: root) }
+        try Self.waitForInstance(name, of: t, root: root)
+        let (written, secs, cpu) = try push(into: "\(root)/instances/\(name)", tracer: t, rate: rate)
+        t.signal(SIGINT)
+        let end = try t.wait()
+        guard end.status == 0, let j = Self.json(t.stdout) else {
+            throw KVMScopeError.usage("raw consumer failed (status \(end.status)): \(t.stderr.prefix(300))")
+        }
+        let counted = (j["events"] as? NSNumber)?.uint64Value ?? 0
+        let reported = (j["lost"] as? NSNumber)?.uint64Value ?? 0
+        let lost = max(reported, written > counted ? written - counted : 0)
+        return Step(tool: "read()+walk", targetRate: rate, written: written, counted: counted, lost: lost, seconds: secs,
+                    windowCPU: cpu, wholeCPU: end.cpuSeconds, note: counted > written ? "counted \(counted - written) more than written" : "")
+    }
+
     func runTraceCmd(rate: Double?) throws -> Step {
         let root = try TraceFS.root()
         let tag = "kvmbench-live-\(getpid())"

@@ -6,6 +6,10 @@ import KVMExits
 import KVMSources
 import KVMHost
 
+// The live table's baseline consumer runs as a child of the harness (see RawConsumer).
+if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--raw-consumer" {
+    RawConsumer.run(bufferKB: UInt32(CommandLine.arguments[2]) ?? 1024)
+}
 let options = HarnessOptions.parse(Array(CommandLine.arguments.dropFirst()))
 let machine = Machine.current()
 var summary: [String] = []
@@ -117,12 +121,16 @@ if options.wants("live") {
     out()
     let bench = LiveCeiling(kvmscope: options.kvmscope, rates: options.rates, seconds: options.liveSeconds, writers: options.writers)
     var steps: [LiveCeiling.Step] = []
-    let tools = ChildProcess.which("trace-cmd") != nil ? ["kvmscope", "trace-cmd"] : ["kvmscope"]
+    let tools = ["read()+walk", "kvmscope"] + (ChildProcess.which("trace-cmd") != nil ? ["trace-cmd"] : [])
     for rate in options.rates {
         for tool in tools {
             say("live: \(tool) at \(rate.map { mega($0) } ?? "max") events/s")
             do {
-                steps.append(tool == "kvmscope" ? try bench.runKVMScope(rate: rate) : try bench.runTraceCmd(rate: rate))
+                switch tool {
+                case "kvmscope": steps.append(try bench.runKVMScope(rate: rate))
+                case "trace-cmd": steps.append(try bench.runTraceCmd(rate: rate))
+                default: steps.append(try bench.runRawConsumer(rate: rate))
+                }
             } catch {
                 out("live: \(tool) at \(rate.map { mega($0) } ?? "max"): failed: \(error)")
             }
@@ -142,6 +150,9 @@ if options.wants("live") {
     let allClean = steps.filter { $0.tool == "kvmscope" }.allSatisfy { $0.lost == 0 }
     summary.append("| live: highest rate with 0 lost | \(ks.map { mega($0.achievedRate) + "/s" } ?? "none") | \(tc.map { mega($0.achievedRate) + "/s (trace-cmd)" } ?? "n/a") | \(ks.flatMap { k in tc.map { f(k.achievedRate / $0.achievedRate, 2) } } ?? "—") | 0 lost at every rate | \(met(steps.isEmpty ? nil : allClean)) |")
     summary.append("| live: tracer CPU per event at that rate | \(ks.map { f($0.nsPerEvent, 0) + " ns" } ?? "—") | \(tc.map { f($0.nsPerEvent, 0) + " ns (trace-cmd)" } ?? "n/a") | \(ks.flatMap { k in tc.map { f(k.nsPerEvent / $0.nsPerEvent, 2) } } ?? "—") | ≤ 50 ns/event | \(met(ks.map { $0.nsPerEvent <= 50 })) |")
+    // The floor: the plain read()+walk consumer at the same rate as kvmscope's best clean step.
+    let floor = ks.flatMap { k in steps.first { $0.tool == "read()+walk" && $0.targetRate == k.targetRate && $0.lost == 0 } }
+    summary.append("| live: tracer CPU per event vs read()+walk at that rate | \(ks.map { f($0.nsPerEvent, 0) + " ns" } ?? "—") | \(floor.map { f($0.nsPerEvent, 0) + " ns (read()+walk)" } ?? "n/a") | \(ks.flatMap { k in floor.map { f(k.nsPerEvent / max(1, $0.nsPerEvent), 2) } } ?? "—") | ≤ 1.5× | \(met(ks.flatMap { k in floor.map { k.nsPerEvent <= 1.5 * $0.nsPerEvent } })) |")
     sections.append(("live", .array(steps.map { s in .object([
         ("tool", .string(s.tool)), ("target_rate", s.targetRate.map { .double($0) } ?? .string("max")),
         ("written", .uint(s.written)), ("counted", .uint(s.counted)), ("lost", .uint(s.lost)),
