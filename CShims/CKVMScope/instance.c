@@ -5,6 +5,7 @@
 #include "CKVMScope.h"
 #include "shim_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,20 +128,67 @@ int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst)
     return tracefs_option_enable(inst->tfs, TRACEFS_OPTION_RECORD_TGID);
 }
 
+/* Appends to set_event_pid every thread of pid not yet listed (the kernel filters by thread id). Returns the
+ * threads added, or -1 with errno. */
+static int follow_threads(struct ckvmscope_instance *inst, int pid, int *known, int *nknown, int cap)
+{
+    char path[64], value[16];
+    int added = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/task", pid);
+    DIR *dir = opendir(path);
+    if (!dir)
+        return errno == ENOENT ? 0 : -1;
+    for (struct dirent *e; (e = readdir(dir));) {
+        int tid = atoi(e->d_name);
+        int seen = tid <= 0;
+        for (int i = 0; i < *nknown && !seen; i++)
+            seen = known[i] == tid;
+        if (seen)
+            continue;
+        snprintf(value, sizeof(value), "%d", tid);
+        if (tracefs_instance_file_append(inst->tfs, "set_event_pid", value) < 0) {
+            int saved = errno;
+            closedir(dir);
+            errno = saved;
+            return -1;
+        }
+        if (*nknown < cap)
+            known[(*nknown)++] = tid;
+        added++;
+    }
+    closedir(dir);
+    return added;
+}
+
 /**
- * ckvmscope_instance_follow_pid - trace only this process and the children it forks from now on
+ * ckvmscope_instance_follow_pid - trace only this process, its threads, and what it starts from now on
  * @pid: the process
  *
- * set_event_pid with the event-fork option, as trace-cmd record -P and -F do. Returns 0, or -1 with errno.
+ * set_event_pid with the event-fork option, as trace-cmd record -P and -F do, plus every thread the process
+ * already has (a running VMM's vCPU threads: the kernel filters by thread id, and event-fork only adds threads
+ * created after their creator was listed). Threads are listed until a pass finds no new one (at most 8
+ * passes: a thread started by an unlisted thread in between is caught by the next). Returns 0, or -1 with errno.
  */
 int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
 {
     char value[16];
+    int known[4096], nknown = 0;
 
     if (tracefs_option_enable(inst->tfs, TRACEFS_OPTION_EVENT_FORK) < 0)
         return -1;
     snprintf(value, sizeof(value), "%d", pid);
-    return tracefs_instance_file_write(inst->tfs, "set_event_pid", value) < 0 ? -1 : 0;
+    if (tracefs_instance_file_write(inst->tfs, "set_event_pid", value) < 0)
+        return -1;
+    known[nknown++] = pid;
+    for (int pass = 0; pass < 8; pass++) {
+        int added = follow_threads(inst, pid, known, &nknown, (int)(sizeof(known) / sizeof(known[0])));
+        if (added < 0)
+            return -1;
+        if (added == 0)
+            break;
+    }
+    return 0;
 }
 
 /**

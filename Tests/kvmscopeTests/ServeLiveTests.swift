@@ -87,6 +87,35 @@ struct ServeLiveTests {
         #expect(Self.query(promPort, #"sum(kvmscope_lost_events_total)"#) == 0)
     }
 
+    /// `-p` of a VM that is already running: its vCPU threads exist before tracing starts, and the kernel
+    /// filters events by thread id, so every thread of the process is listed (before: only the main thread
+    /// was, and serve counted 0 of a running VM's exits).
+    @Test func pidOfARunningVMCountsItsVCPUThreads() throws {
+        let storm = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "2", "--exits", "2000", "--seconds", "20"])
+        defer { storm.stop() }
+        // Until both vCPU threads run.
+        let deadline = Date().addingTimeInterval(30)
+        func vcpuThreads() -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(storm.pid)/task")) ?? []
+            return tasks.filter { (try? String(contentsOfFile: "/proc/\(storm.pid)/task/\($0)/comm", encoding: .utf8))?
+                .hasPrefix("CPU ") ?? false }.count
+        }
+        while vcpuThreads() < 2 && Date() < deadline { usleep(50_000) }
+        #expect(vcpuThreads() == 2)
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(storm.pid)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        usleep(1_000_000)
+        let body = try #require(httpGet("http://127.0.0.1:\(port)/metrics")).body
+        func value(_ prefix: String) -> Double {
+            body.split(separator: "\n").filter { $0.hasPrefix(prefix) }
+                .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+        }
+        #expect(value("kvmscope_events_total{event=\"kvm_pio\"}") > 1_000, "\(body.prefix(2000))")
+        #expect(value("kvmscope_userspace_exits_total{vm=\"\(storm.pid)\"") > 1_000)
+    }
+
     static func promtool(_ args: [String], stdin: String) throws -> (status: Int32, output: String) {
         let r = try Spawned.run("/usr/bin/promtool", args, input: Data(stdin.utf8), timeout: 60)
         return (r.status, r.stdout + r.stderr)
