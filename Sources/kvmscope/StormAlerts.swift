@@ -17,24 +17,49 @@ enum StormAlerts {
 
     /// Checks that each rule names something that can happen in this session: `*`, an exit reason of any ISA in
     /// any printer's spelling or a code, a `KVM_EXIT_*` reason, or a kvm event the session traces. A rule
-    /// on a misspelt reason would never fire and look like a quiet host.
-    /// - Throws: `KVMScopeError.usage` naming the rule and the closest known names.
+    /// on a misspelt reason would never fire and look like a quiet host; so would one on events `--event` leaves
+    /// out (an exit reason without kvm_exit, `KVM_EXIT_*` without kvm_userspace_exit, a percentile without
+    /// kvm_exit and kvm_entry).
+    /// - Throws: `KVMScopeError.usage` naming the rule and the closest known names or the events it needs.
     static func check(_ rules: [StormRule], catalog: EventCatalog) throws {
         let events = catalog.entries.map(\.name)
-        for rule in rules where rule.reason != "*" && !rule.function.isResource {
+        let traced = Set(events)
+        func missing(_ needed: [String]) -> String? {
+            let absent = needed.filter { !traced.contains($0) }
+            return absent.isEmpty ? nil : absent.joined(separator: " and ")
+        }
+        for rule in rules where !rule.function.isResource {
             let r = rule.reason
-            if events.contains(r) { continue }
-            if !ReasonResolver.builtin.keys(for: r).isEmpty { continue }
-            if catalog.userspaceExitReasons.code(name: r.uppercased()) != nil { continue }
-            if ReasonResolver(names: catalog.exitReasons).keys(for: r).isEmpty == false { continue }
-            var known = events
-            for t in [catalog.exitReasons.vmx, catalog.exitReasons.svm, catalog.exitReasons.arm64,
-                      catalog.userspaceExitReasons.table] {
-                known += t.entries.map(\.name)
+            var asExit = r == "*"
+            var asUserspace = false
+            if r != "*" && !events.contains(r) {
+                asExit = !ReasonResolver.builtin.keys(for: r).isEmpty || !ReasonResolver(names: catalog.exitReasons).keys(for: r).isEmpty
+                asUserspace = catalog.userspaceExitReasons.code(name: r.uppercased()) != nil
+                if !asExit && !asUserspace {
+                    var known = events
+                    for t in [catalog.exitReasons.vmx, catalog.exitReasons.svm, catalog.exitReasons.arm64,
+                              catalog.userspaceExitReasons.table] {
+                        known += t.entries.map(\.name)
+                    }
+                    let closest = ReasonResolver.closest(to: r, among: Array(Set(known)), limit: 5)
+                    throw KVMScopeError.usage("--alert '\(rule.text)': unknown reason '\(r)' (not an exit reason, a KVM_EXIT_* "
+                                              + "reason or a traced kvm event); closest: \(closest.joined(separator: ", "))")
+                }
             }
-            let closest = ReasonResolver.closest(to: r, among: Array(Set(known)), limit: 5)
-            throw KVMScopeError.usage("--alert '\(rule.text)': unknown reason '\(r)' (not an exit reason, a KVM_EXIT_* "
-                                      + "reason or a traced kvm event); closest: \(closest.joined(separator: ", "))")
+            // A rule on events the session does not trace (--event) could never fire.
+            var needs: String?
+            if case .percentile = rule.function {
+                needs = missing(["kvm_exit", "kvm_entry"])
+            } else if asExit && asUserspace {
+                needs = missing(["kvm_exit"]).flatMap { _ in missing(["kvm_userspace_exit"]).map { _ in "kvm_exit or kvm_userspace_exit" } }
+            } else if asExit {
+                needs = missing(["kvm_exit"])
+            } else if asUserspace {
+                needs = missing(["kvm_userspace_exit"])
+            }
+            if let needs {
+                throw KVMScopeError.usage("--alert '\(rule.text)' needs \(needs), which --event leaves out: it could never fire")
+            }
         }
     }
 

@@ -54,6 +54,17 @@ struct WaysOutTests {
         #expect(p.wait(timeout: 60) == 1)
         #expect(p.stderr.hasPrefix("kvmscope: --alert 'rate(kvm_mmio) > 10/s': unknown reason 'kvm_mmio'"))
         #expect(!Self.instanceLeft(by: p.pid))
+        // Rules on events --event leaves out could never fire either.
+        let noUserspace = try Spawned(CLI.binary, ["watch", "--event", "kvm_mmio", "--alert", "rate(KVM_EXIT_IO) > 5/s",
+                                                   "--", "/bin/true"], stdinNull: true)
+        #expect(noUserspace.wait(timeout: 60) == 1)
+        #expect(noUserspace.stderr == "kvmscope: --alert 'rate(KVM_EXIT_IO) > 5/s' needs kvm_userspace_exit, which --event "
+                + "leaves out: it could never fire\n")
+        let noPairs = try Spawned(CLI.binary, ["watch", "--event", "kvm_pio", "--event", "kvm_exit",
+                                               "--alert", "p99(EPT_MISCONFIG) > 5us", "--", "/bin/true"], stdinNull: true)
+        #expect(noPairs.wait(timeout: 60) == 1)
+        #expect(noPairs.stderr == "kvmscope: --alert 'p99(EPT_MISCONFIG) > 5us' needs kvm_entry, which --event leaves out: "
+                + "it could never fire\n")
         let ok = try Spawned(CLI.binary, ["watch", "--alert", "rate(io) > 1/s", "--alert", "p99(EXIT_MSR) > 1ms",
                                           "--alert", "rate(KVM_EXIT_IO) > 1/s", "--alert", "rate(hlt) > 1/s",
                                           "--alert", "rate(kvm_pio) > 1/s", "--", "/bin/true"], stdinNull: true)
