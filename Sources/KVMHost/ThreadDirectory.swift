@@ -50,7 +50,7 @@ public enum ThreadDirectory {
         return UInt64(fields[19])
     }
 
-    public static func processExists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+    public static func processExists(_ pid: Int32) -> Bool { pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) }
 
     /// Whether `pid` is a kernel thread (PF_KTHREAD, 0x00200000, in the flags field — the 9th — of
     /// /proc/PID/stat): `kdamond.0`, `kvm-pit/1234` and the like cause kvm events but are no guests.

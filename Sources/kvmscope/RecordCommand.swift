@@ -43,7 +43,7 @@ struct RecordCommand: ParsableCommand {
     var command: [String] = []
 
     func validate() throws {
-        if let duration, duration <= 0 { throw ValidationError("--duration must be > 0") }
+        if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if let maxSize, Self.bytes(maxSize) == nil { throw ValidationError("--max-size: bad size '\(maxSize)' (e.g. 500M, 2G)") }
         guard bufferKB >= 4 else { throw ValidationError("--buffer-kb must be at least 4") }
         guard TraceDatCompression(rawValue: compression) != nil else {

@@ -124,7 +124,7 @@ struct StatCommand: ParsableCommand {
 
     func validate() throws {
         guard (0.1...25.5).contains(delay) else { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
-        if let duration, duration <= 0 { throw ValidationError("--duration must be > 0") }
+        if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
