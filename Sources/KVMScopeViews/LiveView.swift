@@ -169,7 +169,7 @@ public enum LiveView {
             bottom += ripLines(rows[selected], width: width)
         }
         if state.guestDead {
-            bottom.append(.styled("Guest is DEAD" + (state.guestName.map { ": waiting for '\($0)' to come back" } ?? ""), [.red, .bold]))
+            bottom.append(.styled("Guest is DEAD" + (state.guestName.map { ": waiting for '\($0.terminalSafe)' to come back" } ?? ""), [.red, .bold]))
         }
         if let m = state.message { bottom.append(.styled(m, .bold)) }
         if let n = state.notice { bottom.append(ScreenLine(n)) }
@@ -235,9 +235,9 @@ public enum LiveView {
         var h = "kvm statistics - "
         if let pid = state.pid {
             let name = state.guestName ?? frame.current.vms[pid] ?? nil
-            h += "pid \(pid)" + (name.map { " (\(cut($0, 48)))" } ?? "")
+            h += "pid \(pid)" + (name.map { " (\(cut($0.terminalSafe, 48)))" } ?? "")
         } else if state.mode == .vcpus, let vm = vcpuVM(frame, state: state) {
-            h += "pid \(vm)" + ((frame.current.vms[vm] ?? nil).map { " (\(cut($0, 48)))" } ?? "")
+            h += "pid \(vm)" + ((frame.current.vms[vm] ?? nil).map { " (\(cut($0.terminalSafe, 48)))" } ?? "")
         } else {
             h += "summary"
         }
@@ -345,7 +345,7 @@ public enum LiveView {
         let grand = guests.reduce(0) { $0 + $1.total }
         let before = Dictionary(frame.previousGuests.map { ($0.pid, $0.total) }, uniquingKeysWith: +)
         let rows = guests.filter { $0.total > 0 }.map { g in
-            LiveRow(id: "g:\(g.pid)", name: "\(g.name ?? "?") (pid \(g.pid))" + resourceSuffix(frame.guestResources[g.pid]),
+            LiveRow(id: "g:\(g.pid)", name: "\(g.name?.terminalSafe ?? "?") (pid \(g.pid))" + resourceSuffix(frame.guestResources[g.pid]),
                     isChild: false, total: g.total,
                     percent: pct(g.total, grand), delta: frame.previous == nil ? nil : g.total &- (before[g.pid] ?? 0),
                     latency: nil, blocked: false, rips: [], pid: g.pid)
@@ -509,7 +509,7 @@ public enum LiveView {
             lines.append(.styled("  " + lpad("Pid", 8) + "  " + "Guest Name", .underline))
             let offered = frame.guests.filter { !state.kernelThreads.contains($0.pid) && !state.exited.contains($0.pid) }
             for g in offered.prefix(max(0, height - lines.count)) {
-                lines.append(ScreenLine("  " + lpad(String(g.pid), 8) + "  " + (g.name ?? "")))
+                lines.append(ScreenLine("  " + lpad(String(g.pid), 8) + "  " + (g.name?.terminalSafe ?? "")))
             }
         }
         return LiveScreen(lines: lines.map { ScreenLine(ScreenLine.trimmed($0.text), spans: $0.spans) },

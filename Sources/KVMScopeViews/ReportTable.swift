@@ -27,7 +27,7 @@ public enum ReportTable {
         for k in order {
             let g = groups[k]!
             var title = "VM \(k.vm)"
-            if let name = g[0].vmName { title += " (\(name))" }
+            if let name = g[0].vmName { title += " (\(name.terminalSafe))" }
             if byVCPU { title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown" } else { title += ", all vCPUs" }
             if !lines.isEmpty { lines.append("") }
             lines.append(title)

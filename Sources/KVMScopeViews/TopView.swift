@@ -152,7 +152,7 @@ public enum TopView {
             header,
         ]
         for r in rows {
-            let name = r.vm.name + (r.vm.accel == "kvm" ? "" : " [\(r.vm.accel)]") + (r.vm.gone ? " (gone)" : "")
+            let name = r.vm.name.terminalSafe + (r.vm.accel == "kvm" ? "" : " [\(r.vm.accel)]") + (r.vm.gone ? " (gone)" : "")
             let exits: String = frame.exits == nil ? "-" : r.exitsPerSecond.map { compact($0) } ?? "-"
             let reason = String((r.exits?.topReason ?? "-").prefix(13))
             let p99 = r.exits?.topReasonP99Nanoseconds.map(Durations.adaptive) ?? "-"
@@ -364,7 +364,7 @@ extension TopView {
             var here: [String] = []
             for vm in s.vms where !vm.gone {
                 for t in vm.threads where !t.gone && t.vcpu != nil && t.processor == Int32(c.cpu) {
-                    here.append("\(vm.name)/\(t.vcpu!)")
+                    here.append("\(vm.name.terminalSafe)/\(t.vcpu!)")
                 }
             }
             lines.append(lpad(String(c.cpu), 6) + pct(user) + pct(c.system &+ c.irq &+ c.softirq) + " " + pct(guest)
@@ -384,7 +384,7 @@ extension TopView {
                 let device = tap.gone ? tap.device + " (gone)" : tap.device
                 lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad(device, 14) + c(d?.txBytes, 6) + c(d?.rxBytes, 7)
                              + c(d?.txPackets, 6) + c(d?.rxPackets, 6) + c(d?.txDropped, 7) + c(d?.rxDropped, 7)
-                             + c(d?.txErrors, 6) + c(d?.rxErrors, 6) + " " + r.vm.name)
+                             + c(d?.txErrors, 6) + c(d?.rxErrors, 6) + " " + r.vm.name.terminalSafe)
             }
         }
         if lines.count == 1 { lines.append("(no VM holds a tap device: /dev/net/tun descriptors with iff:)") }
@@ -399,7 +399,7 @@ extension TopView {
             let d = r.vm.ioDelta
             lines.append(lpad(String(r.vm.pid), 6) + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7)
                          + lpad(count(d?.readSyscalls), 6) + lpad(count(d?.writeSyscalls), 6)
-                         + lpad(count(d?.readChars), 7) + lpad(count(d?.writeChars), 7) + " " + r.vm.name)
+                         + lpad(count(d?.readChars), 7) + lpad(count(d?.writeChars), 7) + " " + r.vm.name.terminalSafe)
         }
         return lines
     }

@@ -79,6 +79,17 @@ import Testing
         ])
     }
 
+    /// A VM's name is whatever its command line says: on a screen, control characters become `?` (as ps and
+    /// htop show them) so a name cannot retitle or clear the operator's terminal; JSON keeps it whole, escaped.
+    @Test func controlCharactersInNamesNeverReachTheTerminal() throws {
+        var f = Self.frame()
+        f.sample.vms[1].name = "\u{1B}]0;pwned\u{07}\u{1B}[2Jweb\nX"
+        let screen = TopView.render(f)
+        #expect(screen.contains("    99 S    -    -    0    0  0.0  6.3 0:01.00      0.0 -                    - ?]0;pwned??[2Jweb?X"))
+        #expect(!screen.joined().unicodeScalars.contains { $0.properties.generalCategory == .control })
+        #expect(TopView.json(f, sort: .cpu).serialized().contains(#""name":"\u001b]0;pwned\u0007\u001b[2Jweb\nX""#))
+    }
+
     @Test func virtTopsOtherScreens() {
         let f = Self.frame()
         #expect(TopView.renderHostCPUs(f) == [
