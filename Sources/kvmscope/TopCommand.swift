@@ -36,7 +36,7 @@ struct TopCommand: ParsableCommand {
     @Flag(help: "Stream mode: like -b (virt-top --stream).")
     var stream = false
 
-    @Option(help: "Also write one CSV row per VM per iteration to this file.")
+    @Option(help: "Also write one CSV row per VM per iteration to this file (-: to stdout, instead of screens).")
     var csv: String?
 
     @Flag(help: "Print one JSON object per iteration, one per line, instead of screens.")
@@ -80,15 +80,18 @@ struct TopCommand: ParsableCommand {
     func runBatch(source: inout TopSource, stop: StopSignal, order: TopSort, because reason: String?) throws {
         if let reason { writeStderr("kvmscope: \(reason): showing batch screens (top -b) instead of the full screen\n") }
         var csvOut: Int32?
+        let csvToStdout = csv == "-"
         if let csv {
-            let fd = try createOutputFile(csv)
+            let fd = csvToStdout ? STDOUT_FILENO : try createOutputFile(csv)
             csvOut = fd
-            try write(fd, TopView.csvHeader + "\n", path: csv, stop: stop)
+            try write(fd, TopView.csvHeader + "\n", path: csvToStdout ? nil : csv, stop: stop)
         }
-        defer { if let csvOut { close(csvOut) } }
+        defer { if let csvOut, !csvToStdout { close(csvOut) } }
         try TraceRun(stop: stop).wait(every: delay) {
             let frame = try source.next()
-            if json {
+            if csvToStdout {
+                // The CSV rows are what stdout carries.
+            } else if json {
                 try write(STDOUT_FILENO, TopView.json(frame, sort: order).serialized() + "\n", path: nil, stop: stop)
             } else {
                 let text = TopView.render(frame, sort: order).joined(separator: "\n") + "\n"
@@ -96,17 +99,21 @@ struct TopCommand: ParsableCommand {
             }
             if let csvOut, let csv {
                 let lines = TopView.csvLines(frame, sort: order)
-                if !lines.isEmpty { try write(csvOut, lines.joined(separator: "\n") + "\n", path: csv, stop: stop) }
+                if !lines.isEmpty {
+                    try write(csvOut, lines.joined(separator: "\n") + "\n", path: csvToStdout ? nil : csv, stop: stop)
+                }
             }
             return iterations.map { frame.iteration < $0 } ?? true
         }
         source.stop()
     }
 
-    /// stdout that went away (EPIPE, EIO) ends top like SIGHUP; a file that cannot take a line is an error.
+    /// stdout that went away (EPIPE, EIO: a closed pipe, a hung-up terminal) ends top like SIGHUP; a file, or
+    /// a stdout that cannot take a line (ENOSPC: a full disk or /dev/full), is an error.
     func write(_ fd: Int32, _ text: String, path: String?, stop: StopSignal) throws {
         guard let e = StandardDescriptors.write(fd, text) else { return }
         if let path { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
+        guard e == EPIPE || e == EIO else { throw KVMScopeError.io("cannot write standard output: \(Errno(rawValue: e))") }
         stop.raise(SIGHUP)
     }
 }

@@ -184,6 +184,22 @@ struct TopLiveTests {
         let c = try CLI.run(["top", "-b", "-n", "1", "-d", "0.1", "--no-exits", "--csv", "/nonexistent/x.csv"])
         #expect(c.status == 1)
         #expect(c.stderr == "kvmscope: cannot write /nonexistent/x.csv: No such file or directory\n")
+        // A stdout that cannot take the screen (a full disk) is an error, not a silent exit 0.
+        let full = try Spawned.run("/bin/sh", ["-c", "exec \"$0\" top -b -n 1 -d 0.1 --no-exits > /dev/full", CLI.binary])
+        #expect(full.status == 1)
+        #expect(full.stderr == "kvmscope: cannot write standard output: No space left on device\n")
+    }
+
+    /// `--csv -`: the CSV rows are stdout (no screens between them).
+    @Test func csvToStdout() throws {
+        let g = try guest(name: "top-csv-out-\(getpid())", vcpus: 1)
+        defer { g.stop() }
+        let r = try CLI.run(["top", "-b", "-n", "2", "-d", "0.3", "--no-exits", "--csv", "-"], timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("time,iteration,pid,name,") == true)
+        #expect(lines.filter { $0.contains(",\(g.pid),top-csv-out-\(getpid()),") }.count == 2)
+        #expect(!r.stdout.contains("    ID S"))
     }
 }
 
