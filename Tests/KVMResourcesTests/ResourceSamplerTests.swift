@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import KVMResources
+import KVMResources
 
 /// A synthetic /proc and /sys tree with one VM: every number the sampler reports is known.
 final class FakeHost {
