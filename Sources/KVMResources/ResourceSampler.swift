@@ -24,6 +24,9 @@ public final class ResourceSampler {
     public let keepDescriptors: Bool
     /// Processes never reported (kvmscope itself, whose storm guest is its own VM).
     public var excluded: Set<Int32> = []
+    /// When set, the only processes looked at (`serve -p PID`): no other process's descriptors are read, and
+    /// the sample's cost and memory do not follow the other VMs of the host.
+    public var only: Set<Int32>?
 
     private let file = ProcFile()
     private let ticksPerSecond: UInt64
@@ -153,6 +156,7 @@ public final class ResourceSampler {
         for pid in pids {
             listed.insert(pid)
             if excluded.contains(pid) { continue }
+            if let only, !only.contains(pid) { continue }
             if vms[pid] != nil {
                 if rescan, let fds = descriptors(pid) {
                     vms[pid]!.tunFDs = fds.tun

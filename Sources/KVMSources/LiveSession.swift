@@ -137,7 +137,7 @@ public final class LiveSession: @unchecked Sendable {
     }
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
-        let saved = TraceFS.savedThreads(root: root)
+        let saved = TraceFS.savedThreads(root: root, only: only)
         aggregator.resolveUnresolved(only: only) { tid in
             guard let tgid = saved.tgids[tid] else { return nil }
             let comm = saved.comms[tid]

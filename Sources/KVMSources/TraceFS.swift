@@ -121,22 +121,36 @@ public enum TraceFS {
     }
 
     /// The kernel's saved tid → tgid (with record-tgid) and tid → comm maps.
-    public static func savedThreads(root: String) -> (tgids: [Int32: Int32], comms: [Int32: String]) {
+    public static func savedThreads(root: String, only: Set<Int32>? = nil) -> (tgids: [Int32: Int32], comms: [Int32: String]) {
+        // With `only`, just those threads and their processes are kept: saved_tgids lists every tgid the
+        // kernel has recorded (tens of thousands on a busy host), and a daemon asks for a few threads at a time.
         var tgids: [Int32: Int32] = [:]
         var comms: [Int32: String] = [:]
         if let text = text("\(root)/saved_tgids") {
-            for line in text.split(separator: "\n") {
+            forEachLine(text) { line in
                 let p = line.split(separator: " ")
-                if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
+                guard p.count == 2, let t = Int32(p[0]), only?.contains(t) ?? true, let g = Int32(p[1]), g > 0 else { return }
+                tgids[t] = g
             }
         }
+        let wanted = only.map { $0.union(tgids.values) }
         if let text = text("\(root)/saved_cmdlines") {
-            for line in text.split(separator: "\n") {
-                guard let sp = line.firstIndex(of: " "), let t = Int32(line[..<sp]) else { continue }
+            forEachLine(text) { line in
+                guard let sp = line.firstIndex(of: " "), let t = Int32(line[..<sp]), wanted?.contains(t) ?? true else { return }
                 comms[t] = String(line[line.index(after: sp)...])
             }
         }
         return (tgids, comms)
+    }
+
+    /// Calls body for each line of text, without an array of every line.
+    static func forEachLine(_ text: String, _ body: (Substring) -> Void) {
+        var start = text.startIndex
+        while start < text.endIndex {
+            let end = text[start...].firstIndex(of: "\n") ?? text.endIndex
+            if end > start { body(text[start..<end]) }
+            start = end < text.endIndex ? text.index(after: end) : end
+        }
     }
 
     /// Removes an instance that another tool left behind (trace-cmd record -B keeps its instance): tracing

@@ -121,7 +121,11 @@ final class MetricsState: MetricsSource {
         self.session = session
         self.maxSeries = maxSeries
         self.resourcesPID = resourcesPID
-        resources.withLock { $0.excluded = [getpid()] }
+        resources.withLock {
+            $0.excluded = [getpid()]
+            // With -p, only that VM is exported: only it is sampled.
+            $0.only = resourcesPID.map { [$0] }
+        }
     }
 
     /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
