@@ -51,7 +51,8 @@ enum StormAlerts {
             if case .percentile = rule.function {
                 needs = missing(["kvm_exit", "kvm_entry"])
             } else if asExit && asUserspace {
-                needs = missing(["kvm_exit"]).flatMap { _ in missing(["kvm_userspace_exit"]).map { _ in "kvm_exit or kvm_userspace_exit" } }
+                // A name of both kinds (IO, HLT) counts from either event.
+                needs = traced.contains("kvm_exit") || traced.contains("kvm_userspace_exit") ? nil : "kvm_exit or kvm_userspace_exit"
             } else if asExit {
                 needs = missing(["kvm_exit"])
             } else if asUserspace {
