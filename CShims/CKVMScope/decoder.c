@@ -269,43 +269,34 @@ static int walk_native_size_matched(struct ckvmscope_decoder *d, const uint8_t *
 }
 
 /*
- * Whether kbuffer can walk a sub-buffer's data safely: the same steps as its walk (libtraceevent 1.7), without
- * reading. kbuffer reads a padding's length as an int — 2^31 or more sends it back to an event it has walked
- * (forever) or before the sub-buffer — and reads an event's header and length word without checking that they
- * lie inside the page. Such a sub-buffer is malformed; the inline walk ends it at such a padding instead.
+ * Whether kbuffer can step safely from data offset `at` to the next data event: the same steps as its walk
+ * (libtraceevent 1.7) over the paddings and time stamps in between, without reading. kbuffer reads a
+ * padding's length as an int — 2^31 or more sends it back to an event it has walked (forever) or before the
+ * sub-buffer — and reads an event's header and length word without checking that they lie inside the page.
+ * Checked before each step kbuffer takes (not over the whole sub-buffer: a walk that stops at `cap` records
+ * never gets further). A data event's own length is checked where kbuffer returns it.
  */
-static int kbuffer_can_walk(const struct ckvmscope_decoder *d, const uint8_t *data, uint64_t size, uint64_t room,
-                            int big_endian)
+static int kbuffer_step_is_safe(const struct ckvmscope_decoder *d, const uint8_t *data, uint64_t size, uint64_t room,
+                                uint64_t at)
 {
-    uint64_t at = 0;
     while (at < size) {
         if (at + 4 > room)
             return 0;
         uint32_t h = (uint32_t)read_word(d, data + at, 4);
-        uint32_t type_len = big_endian ? h >> 27 : h & 31;
+        uint32_t type_len = d->big_endian ? h >> 27 : h & 31;
         if (type_len == 0 || type_len >= CKVMSCOPE_TYPE_PADDING) {
             if (at + 8 > room)
                 return 0;
         }
-        uint32_t w = type_len == 0 || type_len == CKVMSCOPE_TYPE_PADDING ? (uint32_t)read_word(d, data + at + 4, 4) : 0;
-        switch (type_len) {
-        case CKVMSCOPE_TYPE_PADDING:
+        if (type_len < CKVMSCOPE_TYPE_PADDING)
+            return 1; /* a data event: kbuffer stops here */
+        if (type_len == CKVMSCOPE_TYPE_PADDING) {
+            uint32_t w = (uint32_t)read_word(d, data + at + 4, 4);
             if (w >= 0x80000000u)
                 return 0;
             at += 4 + (uint64_t)w;
-            break;
-        case CKVMSCOPE_TYPE_TIME_EXTEND:
-        case CKVMSCOPE_TYPE_TIME_STAMP:
+        } else {
             at += 8;
-            break;
-        case 0:
-            if (w < 4 || w - 4 >= 0x7ffffffcu)
-                return 0;
-            at += 8 + (uint64_t)((w - 4 + 3) & ~3u);
-            break;
-        default:
-            at += 4 + (uint64_t)type_len * 4;
-            break;
         }
     }
     return 1;
@@ -317,20 +308,29 @@ static int walk_kbuffer(struct ckvmscope_decoder *d, const void *subbuf, uint32_
                         struct ckvmscope_decode_stats *stats)
 {
     uint32_t header = 8 + (uint32_t)d->long_size;
+    const uint8_t *start = (const uint8_t *)subbuf + header;
     uint64_t size = read_word(d, (const uint8_t *)subbuf + 8, d->long_size) & CKVMSCOPE_COMMIT_MASK;
-    if (!kbuffer_can_walk(d, (const uint8_t *)subbuf + header, size, subbuf_size - header, d->big_endian))
+    uint64_t room = subbuf_size - header;
+    if (!kbuffer_step_is_safe(d, start, size, room, 0))
         return -1;
     if (kbuffer_load_subbuffer(d->kbuf, (void *)subbuf) < 0)
         return -1;
     uint32_t n = 0;
     unsigned long long ts = 0;
-    for (void *ev = kbuffer_read_event(d->kbuf, &ts); ev && n < cap; ev = kbuffer_next_event(d->kbuf, &ts)) {
+    void *ev = kbuffer_read_event(d->kbuf, &ts);
+    while (ev && n < cap) {
         int esize = kbuffer_event_size(d->kbuf);
         const uint8_t *data = ev;
         /* A corrupt length must not send field reads past the sub-buffer. */
         if (esize < 0 || data < (const uint8_t *)subbuf || data + esize > (const uint8_t *)subbuf + subbuf_size)
             return -1;
         n += (uint32_t)emit(d, data, (uint32_t)esize, ts, cpu, flags, &out[n], stats, d->size_matched);
+        if (n == cap)
+            break;
+        /* kbuffer's next step starts where this event's data ends. */
+        if (!kbuffer_step_is_safe(d, start, size, room, (uint64_t)(data + esize - start)))
+            return -1;
+        ev = kbuffer_next_event(d->kbuf, &ts);
     }
     return (int)n;
 }
