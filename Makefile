@@ -137,9 +137,10 @@ fuzz: fuzz-seeds
 			grep -E '^(fuzz:|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Swift runtime failure|Fatal error' $(FUZZ)/$$t.log | head -8; fi; \
 	done; exit $$fail
 
-# CI's pass: a fixed number of inputs per target (~20 s each here, 2 min in all) from a fixed seed, so every
-# machine, fast or slow, tries the same mutations: a red CI is a finding that `make fuzz-ci` reproduces, not
-# luck (its corpus starts empty, as in a clean clone). Time-bounded runs (`make fuzz`, whose corpus grows from
+# CI's pass: a fixed number of inputs per target (~20 s each here, 2 min in all) from a fixed seed and an
+# empty corpus (as in a clean clone), so a fast and a slow machine try as many inputs. libFuzzer's schedule
+# still varies from run to run: a finding is kept as its artifact (.build/fuzz/artifacts), which
+# `.build/fuzz/bin/fuzz-TARGET ARTIFACT` replays, and goes into fuzz/seeds as a regression once fixed. Time-bounded runs (`make fuzz`, whose corpus grows from
 # run to run) are where new findings are looked for. Per-input limit 60 s.
 fuzz-ci:
 	$(MAKE) fuzz FUZZ_RUNS=1 FUZZ_TIMEOUT=60 FUZZ_SEED=1
