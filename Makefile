@@ -140,8 +140,9 @@ fuzz: fuzz-seeds
 # CI's pass: a fixed number of inputs per target (~20 s each here, 2 min in all) from a fixed seed and an
 # empty corpus (as in a clean clone), so a fast and a slow machine try as many inputs. libFuzzer's schedule
 # still varies from run to run: a finding is kept as its artifact (.build/fuzz/artifacts), which
-# `.build/fuzz/bin/fuzz-TARGET ARTIFACT` replays, and goes into fuzz/seeds as a regression once fixed. Time-bounded runs (`make fuzz`, whose corpus grows from
-# run to run) are where new findings are looked for. Per-input limit 60 s.
+# `.build/fuzz/bin/fuzz-TARGET ARTIFACT` replays, and goes into fuzz/seeds as a regression once fixed.
+# Time-bounded runs (`make fuzz`, whose corpus grows from run to run) are where new findings are looked for.
+# Per-input limit 60 s.
 fuzz-ci:
 	$(MAKE) fuzz FUZZ_RUNS=1 FUZZ_TIMEOUT=60 FUZZ_SEED=1
 
