@@ -209,13 +209,7 @@ struct Parser {
             throw error("a percentile needs a kvm_exit reason (exit latency), not '\(reason)',", rcol)
         }
         try expectSymbol(")", "expected ')'")
-        let (c, ccol) = next()
-        let comparison: StormRule.Comparison
-        switch c {
-        case .compare(">"): comparison = .above
-        case .compare("<"): comparison = .below
-        default: throw error("expected a comparison '>' or '<'", ccol)
-        }
+        let comparison = try self.comparison()
         let threshold: Double
         switch function {
         case .rate:
@@ -244,44 +238,52 @@ struct Parser {
                                  threshold: threshold, forSeconds: forSeconds ?? 0, scope: scope ?? .vm)
             case .word("for"):
                 guard forSeconds == nil else { throw error("'for' given twice", kcol) }
-                let n = try number("expected a duration (e.g. 5s)")
-                let (u, ucol) = next()
-                guard case .word(let unit) = u, let scale = Self.durationUnits[unit] else {
-                    throw error("expected a duration unit (ms, s, m)", ucol)
-                }
-                forSeconds = n * scale
+                forSeconds = try duration()
             case .word("per"):
                 guard scope == nil else { throw error("'per' given twice", kcol) }
-                let (s, scol) = next()
-                switch s {
-                case .word("vm"): scope = .vm
-                case .word("vcpu"): scope = .vcpu
-                default: throw error("expected 'vm' or 'vcpu'", scol)
-                }
+                scope = try scopeWord()
             default:
                 throw error("expected 'for', 'per' or the end of the rule", kcol)
             }
         }
     }
 
+    /// `>` or `<`.
+    mutating func comparison() throws(StormRuleError) -> StormRule.Comparison {
+        let (c, col) = next()
+        switch c {
+        case .compare(">"): return .above
+        case .compare("<"): return .below
+        default: throw error("expected a comparison '>' or '<'", col)
+        }
+    }
+
+    /// `vm` or `vcpu` (after `per`, or a resource rule's argument).
+    mutating func scopeWord() throws(StormRuleError) -> StormRule.Scope {
+        let (t, col) = next()
+        switch t {
+        case .word("vm"): return .vm
+        case .word("vcpu"): return .vcpu
+        default: throw error("expected 'vm' or 'vcpu'", col)
+        }
+    }
+
+    /// The duration after `for`, seconds.
+    mutating func duration() throws(StormRuleError) -> Double {
+        let n = try number("expected a duration (e.g. 5s)")
+        let (u, col) = next()
+        guard case .word(let unit) = u, let scale = Self.durationUnits[unit] else {
+            throw error("expected a duration unit (ms, s, m)", col)
+        }
+        return n * scale
+    }
+
     /// `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`: the scope is the argument; a threshold in %.
     mutating func resourceRule(_ function: StormRule.Function) throws(StormRuleError) -> StormRule {
         try expectSymbol("(", "expected '('")
-        let (a, acol) = next()
-        let scope: StormRule.Scope
-        switch a {
-        case .word("vm"): scope = .vm
-        case .word("vcpu"): scope = .vcpu
-        default: throw error("expected 'vm' or 'vcpu'", acol)
-        }
+        let scope = try scopeWord()
         try expectSymbol(")", "expected ')'")
-        let (c, ccol) = next()
-        let comparison: StormRule.Comparison
-        switch c {
-        case .compare(">"): comparison = .above
-        case .compare("<"): comparison = .below
-        default: throw error("expected a comparison '>' or '<'", ccol)
-        }
+        let comparison = try self.comparison()
         let n = try number("expected a percentage (e.g. 90%)")
         try expectSymbol("%", "expected '%' after the percentage")
         var forSeconds: Double?
@@ -293,12 +295,7 @@ struct Parser {
                                  threshold: n, forSeconds: forSeconds ?? 0, scope: scope)
             case .word("for"):
                 guard forSeconds == nil else { throw error("'for' given twice", kcol) }
-                let d = try number("expected a duration (e.g. 5s)")
-                let (u, ucol) = next()
-                guard case .word(let unit) = u, let scale = Self.durationUnits[unit] else {
-                    throw error("expected a duration unit (ms, s, m)", ucol)
-                }
-                forSeconds = d * scale
+                forSeconds = try duration()
             default:
                 throw error("expected 'for' or the end of the rule (the scope is cpu(vm|vcpu)'s argument)", kcol)
             }
