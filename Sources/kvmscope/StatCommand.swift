@@ -103,10 +103,10 @@ struct StatCommand: ParsableCommand {
     @Flag(name: [.customShort("z"), .customLong("skip-zero-records")], help: "Omit log lines (and fields) with only zeros.")
     var skipZeroRecords = false
 
-    @Option(name: [.customShort("s"), .customLong("set-delay")], help: "Interval in seconds (0.1 to 25.5).")
+    @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: "Interval in seconds (0.1 to 25.5).")
     var delay: Double = 3
 
-    @Option(help: "Stop after this many seconds.")
+    @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?
 
     @Flag(help: "Print the JSON summary.")

@@ -27,10 +27,10 @@ struct TopCommand: ParsableCommand {
     @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")
     var batch = false
 
-    @Option(name: [.customShort("n"), .customLong("iterations")], help: "Stop after this many iterations.")
+    @Option(name: [.customShort("n"), .customLong("iterations")], parsing: .unconditional, help: "Stop after this many iterations.")
     var iterations: Int?
 
-    @Option(name: [.customShort("d"), .customLong("delay")], help: "Seconds between iterations.")
+    @Option(name: [.customShort("d"), .customLong("delay")], parsing: .unconditional, help: "Seconds between iterations.")
     var delay: Double = 3
 
     @Flag(help: "Stream mode: like -b (virt-top --stream).")
