@@ -280,6 +280,7 @@ public enum TopView {
                     ("host_rx_errors", .uint(t.rxErrors)), ("host_tx_errors", .uint(t.txErrors)),
                 ])
             })),
+            ("libvirt", LibvirtJSON.value(vm.libvirt)),
             ("threads", .array(threads)),
         ])
     }

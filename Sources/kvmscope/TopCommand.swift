@@ -48,6 +48,10 @@ struct TopCommand: ParsableCommand {
     @Flag(name: .customLong("no-exits"), help: "Do not trace exits (no tracefs needed; EXITS/s shows -).")
     var noExits = false
 
+    @Option(name: [.customShort("c"), .customLong("connect")],
+            help: "libvirt URI to read domain names, UUIDs and statistics from (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
+    var connect: String?
+
     func validate() throws {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
@@ -60,7 +64,7 @@ struct TopCommand: ParsableCommand {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
-        var source = try TopSource(traceExits: !noExits)
+        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect))
         defer { source.stop() }
         if !batchMode {
             let terminal: Terminal
@@ -126,9 +130,11 @@ struct TopSource {
     var exits = TopExitTally()
     var iteration = 0
     let clock = ISO8601DateFormatter()
+    var libvirt: LibvirtReader?
 
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
-    init(traceExits: Bool) throws {
+    init(traceExits: Bool, libvirt: LibvirtReader? = nil) throws {
+        self.libvirt = libvirt
         sampler.excluded = [getpid()]
         do {
             session = traceExits ? try LiveSession(config: TraceConfig()) : nil
@@ -143,7 +149,8 @@ struct TopSource {
     /// The next frame: growth since the previous one.
     mutating func next() throws -> TopFrame {
         iteration += 1
-        let sample = sampler.sample()
+        var sample = sampler.sample()
+        libvirt?.attach(to: &sample)
         var perVM: [Int32: TopExits]?
         if let session { perVM = exits.update(try Summary(session.snapshot())) }
         return TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
