@@ -29,7 +29,7 @@ struct RecordCommand: ParsableCommand {
     @Option(name: .customLong("max-size"), help: "Stop when this much trace data is written (bytes; K, M, G suffixes).")
     var maxSize: String?
 
-    @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record (repeatable; default: every kvm event).")
+    @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event).")
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -64,7 +64,7 @@ struct RecordCommand: ParsableCommand {
     func run() throws {
         let stop = StopSignal()
         var config = RecordConfig()
-        config.trace.events = events
+        config.trace.events = TraceOptions.kvmEvents(events)
         config.trace.bufferKB = bufferKB
         config.trace.onlyPid = command.isEmpty ? nil : getpid()
         config.trace.injected = TraceOptions.injected()

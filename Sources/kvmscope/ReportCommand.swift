@@ -100,6 +100,12 @@ struct ReportCommand: ParsableCommand {
     }
 
     func run() throws {
+        // The page is written last: a path it cannot be written to is said before the report is printed.
+        if let html {
+            let dir = (html as NSString).deletingLastPathComponent
+            let target = FileManager.default.fileExists(atPath: html) ? html : (dir.isEmpty ? "." : dir)
+            if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
+        }
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         // As wc or grep do with several files: each bad file is one line on stderr, the others are reported,
