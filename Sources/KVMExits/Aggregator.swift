@@ -56,7 +56,8 @@ public final class Aggregator: Sendable {
         self.catalog = catalog
         let board = retirement ? RetireBoard() : nil
         self.board = board
-        shards = (0..<max(1, shardCount)).map { _ in AggregateShard(board: board) }
+        let hasIO = catalog.entries.contains { $0.role == .pio || $0.role == .mmio }
+        shards = (0..<max(1, shardCount)).map { _ in AggregateShard(board: board, io: hasIO ? IOAccessTable() : nil) }
         series = SeriesStore(board: board)
         pairing = PairingCounters()
         self.resolver = resolver
@@ -66,7 +67,7 @@ public final class Aggregator: Sendable {
 
     /// The writer of shard i. Call once per shard, from the thread that will own it.
     public func writer(shard i: Int) -> ShardWriter {
-        ShardWriter(shard: shards[i]) { [self] tid, vcpu in noteThread(tid, vcpu: vcpu) }
+        ShardWriter(shard: shards[i], roles: catalog.entries.map(\.role)) { [self] tid, vcpu in noteThread(tid, vcpu: vcpu) }
     }
 
     /// A pairer writing into this aggregate's series and pairing counters. Exactly one may exist.
@@ -283,6 +284,7 @@ public final class Aggregator: Sendable {
                                                   topRIPs: v.topRIPs))
             }
             snap.pairing = pairing.snapshot
+            (snap.ioAccesses, snap.ioOverflow) = ioAccesses()
             return snap
         }
     }
@@ -337,6 +339,10 @@ public struct AggregateSnapshot: Sendable {
     public var corruptSubbuffers: UInt64 = 0
     /// Failed reads of a ring buffer: the reader of that CPU stopped there.
     public var readErrors: UInt64 = 0
+    /// Accesses per thread × port or MMIO address × direction, summed over shards (``IOAccessTable``).
+    public var ioAccesses: [IOAccessRow] = []
+    /// kvm_pio (port) and kvm_mmio (mmio) events that found no room in an ``IOAccessTable``.
+    public var ioOverflow: (port: UInt64, mmio: UInt64) = (0, 0)
 
     public init(catalog: EventCatalog, timestamp: UInt64) {
         self.catalog = catalog
