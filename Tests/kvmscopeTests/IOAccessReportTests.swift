@@ -35,9 +35,12 @@ import TestSupport
 
         """
 
+    static func analysis() throws -> ReportAnalysis {
+        try ReportAnalysis.run(try TextTraceReader(bytes: Array(known.utf8), name: "known"))
+    }
+
     static func summary() throws -> (Summary, Double) {
-        let r = try TextTraceReader(bytes: Array(known.utf8), name: "known")
-        let a = try ReportAnalysis.run(r)
+        let a = try analysis()
         return (try Summary(a.snapshot), a.durationSeconds)
     }
 
@@ -180,5 +183,38 @@ struct IOAccessLiveTests {
         #expect(lines[title + 4].hasPrefix("Total                                                 40000   100.00%        -"))
         #expect(lines[title + 5] == "time: writes from kvm_mmio to the next kvm_entry, reads from kvm_exit to kvm_mmio read; 0 of 40000 accesses timed (0ns)")
         #expect(!r.stdout.contains("IO Port Access"), "only the mmio analysis was asked for")
+    }
+}
+
+/// The live view's `i` screen: rows per port/address and device, from the same summary.
+@Suite struct IOAccessLiveViewTests {
+    @Test func ioScreenGolden() throws {
+        let (s, _) = try IOAccessReportTests.summary()
+        var state = LiveViewState(delay: 1)
+        state.mode = .io
+        var before = s
+        before.ioAccesses.rows = before.ioAccesses.rows.map { var r = $0; r.count = r.count > 1 ? 1 : 0; return r }
+        let frame = LiveFrame(current: s, previous: before, seconds: 1)
+        let screen = LiveView.render(frame, state: state, width: 100, height: 14)
+        #expect(screen.text == [
+            "kvm statistics - summary - I/O by device",
+            "                                                                 sort: CurAvg/s  delay: 1.0s  lost 0",
+            " Port/Address  Device                          Total %Total CurAvg/s      Avg      p99      Max",
+            ">0x3f8:POUT    serial COM1                         2   33.3        1",
+            " 0x3fd:PIN     serial COM1                         1   16.7        1",
+            " 0x70:POUT     rtc0 cmos                           1   16.7        1",
+            " 0xfebf1000:R  unknown                             1   16.7        1",
+            " 0xfee000b0:W  local apic                          1   16.7        1",
+            " Total                                             6               5",
+            "", "", "", "",
+            LiveView.keyBar(width: 100),
+        ])
+        // -p of another VM: nothing; f narrows by the row's text.
+        state.pid = 1
+        #expect(LiveView.rows(LiveFrame(current: try Summary(IOAccessReportTests.analysis().snapshot, filter: state.filter),
+                                        previous: nil, seconds: 1), state: state, width: 100).isEmpty)
+        state.pid = nil
+        state.fields = "serial"
+        #expect(LiveView.rows(frame, state: state, width: 100).map(\.total) == [2, 1])
     }
 }
