@@ -60,7 +60,7 @@ public struct IOAccessSummary: Sendable {
         struct Key: Hashable { var vm: Int32; var space: UInt8; var address: UInt64; var direction: UInt8 }
         var merged: [Key: IOAccessSummaryRow] = [:]
         for r in snap.ioAccesses {
-            let id = snap.identity(of: r.tid)
+            let id = snap.ioIdentity(of: r.tid)
             guard filter.keeps(tid: r.tid, identity: id) else { continue }
             // An MMIO read handed to the VMM belongs to the read row of its address.
             let direction: IODirection = r.direction == .readToVMM ? .read : r.direction

@@ -41,6 +41,9 @@ public final class Aggregator: Sendable {
     /// What retired threads left, and the snapshot lock: snapshots run one at a time (each takes the writers'
     /// hand-overs exactly once).
     let retired = Mutex<RetiredTotals>(RetiredTotals())
+    /// Identities of retired threads that still have rows in the shards' ``IOAccessTable``s (those rows keep
+    /// the tid): so their accesses stay their VM's. Pruned to the tids of the rows at each snapshot.
+    let ioRetired = Mutex<[Int32: ThreadIdentity]>([:])
 
     /// - Parameters:
     ///   - resolver: who a thread is, asked once per new thread.
@@ -204,6 +207,7 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
+            if shards.first?.io != nil { ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)
@@ -284,7 +288,7 @@ public final class Aggregator: Sendable {
                                                   topRIPs: v.topRIPs))
             }
             snap.pairing = pairing.snapshot
-            (snap.ioAccesses, snap.ioOverflow) = ioAccesses()
+            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses()
             return snap
         }
     }
@@ -343,6 +347,8 @@ public struct AggregateSnapshot: Sendable {
     public var ioAccesses: [IOAccessRow] = []
     /// kvm_pio (port) and kvm_mmio (mmio) events that found no room in an ``IOAccessTable``.
     public var ioOverflow: (port: UInt64, mmio: UInt64) = (0, 0)
+    /// Identities of retired threads that ``ioAccesses`` rows name (their tids are no longer in ``threads``).
+    public var ioRetiredThreads: [Int32: ThreadIdentity] = [:]
 
     public init(catalog: EventCatalog, timestamp: UInt64) {
         self.catalog = catalog
@@ -350,4 +356,9 @@ public struct AggregateSnapshot: Sendable {
     }
 
     public func identity(of tid: Int32) -> ThreadIdentity { threads[tid] ?? ThreadIdentity(vm: tid) }
+
+    /// Who the thread of an ``ioAccesses`` row is: a live thread, else a retired one, else its own VM.
+    public func ioIdentity(of tid: Int32) -> ThreadIdentity {
+        threads[tid] ?? ioRetiredThreads[tid] ?? ThreadIdentity(vm: tid)
+    }
 }

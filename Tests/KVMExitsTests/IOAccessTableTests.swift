@@ -138,4 +138,23 @@ import Testing
         #expect(named.rows.map { $0.device ?? "unknown" }
                 == ["dma1", "rtc0 cmos", "serial COM1", "serial COM1", "storm mmio", "local apic"])
     }
+
+    /// A retired thread's port accesses stay its VM's (its tid is no longer a live thread); the identities kept
+    /// for that are only those of tids the tables still hold.
+    @Test func retiredThreadsAccessesStayTheirVMs() throws {
+        let agg = Aggregator(catalog: Self.catalog(), shardCount: 1,
+                             resolver: { ThreadIdentity(vm: $0 == 7 ? 1000 : 2000, vmName: $0 == 7 ? "web" : "db") },
+                             retirement: true)
+        var w = agg.writer(shard: 0)
+        for _ in 0..<3 { w.add(TraceEvent(timestamp: 1, detail: 0x3f8, tid: 7, event: 2, aux2: 1), hasReason: false) }
+        w.add(TraceEvent(timestamp: 2, tid: 9, event: 0, reason: 30, isa: 1), hasReason: true)
+        _ = agg.snapshot(timestamp: 3)
+        agg.retire([7, 9])
+        w.maintain()
+        let snap = agg.snapshot(timestamp: 4)
+        #expect(snap.threads[7] == nil)
+        #expect(snap.ioRetiredThreads.keys.sorted() == [7])
+        let s = IOAccessSummary(snap)
+        #expect(s.rows.map { "\($0.vm) \($0.vmName ?? "-") \($0.key) \($0.count)" } == ["1000 web 0x3f8:POUT 3"])
+    }
 }
