@@ -4,8 +4,9 @@ import KVMExits
 ///
 /// `report --event` is perf's option as is. `stat --event NAME` already names the kvm events to trace (and is
 /// shared with live, top, serve and record); perf's three analysis names are no kvm event's, so `stat` takes
-/// them in the same option: `stat --event ioport` prints the per-port table after the summary (and adds
-/// kvm_pio to the events traced when other events are named; with none named every kvm event is traced).
+/// them in the same option: `stat --event ioport` prints the per-port table after the summary, `live --event
+/// ioport` opens on the `i` rows (each adds its events to those traced when other events are named; with none
+/// named every kvm event is traced).
 enum IOAnalysis: String, CaseIterable {
     case vmexit, ioport, mmio
 

@@ -218,3 +218,45 @@ struct IOAccessLiveTests {
         #expect(LiveView.rows(frame, state: state, width: 100).map(\.total) == [2, 1])
     }
 }
+
+/// `live --event ioport` (perf kvm stat live's option) opens on the I/O rows; `i` toggles them, in a real
+/// terminal (tmux) while the storm guest runs.
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm, tracefs and tmux"))
+struct IOAccessTUITests {
+    @Test func liveOpensOnThePortRowsAndIToggles() throws {
+        let storm = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "1", "--exits", "50000000", "--seconds", "60"],
+                                stdinNull: true, quiet: true)
+        defer { storm.stop() }
+        let pid = storm.pid
+        let name = "kvmscope-io-\(getpid())"
+        try LiveTUITests.tmux(["new-session", "-d", "-s", name, "-x", "100", "-y", "24",
+                               "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? LiveTUITests.tmux(["kill-session", "-t", name], check: false) }
+        let pane = LiveTUITests.Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        try pane.type("clear; \(CLI.binary) live -s 0.5 -p \(pid) --event ioport")
+        try pane.keys("Enter")
+        func portTotal(_ s: [String]) -> Int? {
+            guard let line = s.first(where: { $0.hasPrefix(" 0x10:POUT     dma1 ") || $0.hasPrefix(">0x10:POUT     dma1 ") })
+            else { return nil }
+            return Int(line.dropFirst(20).split(separator: " ").first ?? "")
+        }
+        let first = try pane.wait("the port rows") { s in
+            s.first == "kvm statistics - pid \(pid) (kvmscope) - I/O by device" && (portTotal(s) ?? 0) > 0
+        }
+        #expect(first[2].hasPrefix(" Port/Address  Device "), "\(first[2])")
+        // Only the storm's one port: its row is 100 % of the accesses.
+        #expect(first[3].hasPrefix(">0x10:POUT     dma1 "), "\(first[3])")
+        #expect(first[3].dropFirst().split(separator: " ").dropFirst(3).first == "100.0", "\(first[3])")
+        #expect(first[4].hasPrefix(" Total "), "\(first[4])")
+        try pane.keys("i")
+        try pane.wait("the event rows") { s in
+            s.first == "kvm statistics - pid \(pid) (kvmscope)" && s.contains { $0.hasPrefix(" Event ") }
+        }
+        try pane.keys("i")
+        let again = try pane.wait("the port rows again") { s in s.first?.hasSuffix(" - I/O by device") == true }
+        #expect(portTotal(again).map { $0 >= portTotal(first)! } == true, "counts only grow")
+        try pane.keys("q")
+        try pane.wait("the shell prompt after q") { $0.contains { $0.hasPrefix("kvmscope-test$") && !$0.contains("live") } }
+    }
+}
