@@ -63,8 +63,8 @@ public struct IOAccessRow: Sendable, Equatable {
 /// fit is counted in ``overflow(_:)`` for its space, which every view shows: no access is lost silently. The
 /// hot path allocates nothing: a cached or probed slot, one relaxed add.
 public final class IOAccessTable: @unchecked Sendable {
-    /// Default slots (a power of two): 2,048 keys.
-    public static let defaultCapacity = 4096
+    /// Default slots (a power of two): 512 keys, 64 KiB per shard (one shard per host CPU live).
+    public static let defaultCapacity = 1024
     /// Atomics per slot: key B (0 = empty), key A (the address), count, timed, sum, sum of squares (Double
     /// bits), min, max.
     @usableFromInline static let stride = 8
