@@ -165,6 +165,25 @@ struct IOAccessLiveTests {
         #expect((io["overflow"] as? [String: Int]) == ["port": 0, "mmio": 0])
     }
 
+    /// Recorded to a trace.dat (kvm_pio's port and rw decoded from the file's own format, by field name), then
+    /// `report --event ioport`: the same exact count, named.
+    @Test func recordedStormReportsItsPort() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("io-storm-\(getpid()).dat").path
+        defer { unlink(path) }
+        let rec = try CLI.run(["record", "-o", path, "-e", "kvm_pio", "-e", "kvm_mmio", "--", CLI.binary, "storm",
+                               "--kind", "io", "--vcpus", "2", "--exits", "5000"])
+        #expect(rec.status == 0, "stderr: \(rec.stderr)")
+        let r = try CLI.run(["report", "--event", "ioport", path])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let title = try #require(lines.firstIndex { $0.hasSuffix(", all vCPUs: IO Port Access") }, "\(r.stdout)")
+        #expect(lines[title + 2].hasPrefix(
+            "0x10:POUT             dma1                            10000   100.00%        -          -          -                       -"),
+                "\(lines[title + 2])")
+        #expect(lines[title + 4] == "time: kvm_pio to the vCPU's next kvm_entry, 0 of 10000 accesses timed (0ns)")
+        #expect(r.stdout.hasSuffix("\nlost events: 0\n"), "\(r.stdout)")
+    }
+
     @Test func mmioStormAddressCountedAsUnknown() throws {
         let r = try CLI.run(["stat", "--event", "mmio", "--", CLI.binary, "storm", "--kind", "mmio",
                              "--vcpus", "2", "--exits", "\(Self.n)"])
