@@ -165,6 +165,17 @@ struct IOAccessLiveTests {
         #expect((io["overflow"] as? [String: Int]) == ["port": 0, "mmio": 0])
     }
 
+    /// Other events named: the analysis adds the events it reads (kvm_pio), and only those are traced.
+    @Test func namedEventsGainTheAnalysisEvents() throws {
+        let r = try CLI.run(["stat", "--json", "--event", "kvm_fpu", "--event", "ioport", "--", CLI.binary, "storm",
+                             "--kind", "io", "--exits", "3000"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let j = try CLI.json(r.stdout)
+        #expect((j["events"] as? [String: Int]) == ["kvm_fpu": 6000, "kvm_pio": 3000])
+        let ports = try #require((j["io_accesses"] as? [String: Any])?["ports"] as? [[String: Any]])
+        #expect(ports.map { "\($0["key"] ?? "") \($0["device"] ?? "") \($0["count"] ?? "")" } == ["0x10:POUT dma1 3000"])
+    }
+
     /// Recorded to a trace.dat (kvm_pio's port and rw decoded from the file's own format, by field name), then
     /// `report --event ioport`: the same exact count, named.
     @Test func recordedStormReportsItsPort() throws {
