@@ -170,11 +170,13 @@ struct PairingFeed {
         kinds = k
     }
 
-    /// Feeds one event of kind `k` that has ``ioTimed`` to the I/O timer (after the writer counted it).
+    /// Feeds one event of kind `k` that has ``ioTimed``, or follows a loss (of any kind: what was pending may
+    /// have lost its end), to the I/O timer, after the writer counted it.
     @inline(__always)
     static func feedIO(_ e: TraceEvent, kind k: UInt8, _ timer: inout IOTimer, _ writer: ShardWriter) {
         guard let io = writer.shard.io else { return }
         if e.flags & TraceEvent.afterLoss != 0 { timer.loss() }
+        if k & ioTimed == 0 { return }
         if k & 3 == exit {
             timer.exit(e)
         } else if k & 3 == entry {
@@ -235,7 +237,7 @@ public struct ExitPipeline {
     public mutating func add(_ e: TraceEvent) {
         let k = feed.kinds[Int(e.event) & 255]
         writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
-        if k & PairingFeed.ioTimed != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+        if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
         PairingFeed.feed(e, kind: k, &pairer)
     }
 
@@ -263,7 +265,7 @@ public struct ExitPipeline {
                 kept &+= 1
                 let k = kinds[Int(e.event) & 255]
                 writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
-                if k & PairingFeed.ioTimed != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+                if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
                 PairingFeed.feed(e, kind: k, &pairer)
             }
             self.last = last
@@ -289,7 +291,7 @@ public struct ExitPipeline {
             eventsKept &+= 1
             let k = kinds[Int(e.event) & 255]
             writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
-            if k & PairingFeed.ioTimed != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+            if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
             PairingFeed.feed(e, kind: k, &pairer)
         }
         return eventsKept - before

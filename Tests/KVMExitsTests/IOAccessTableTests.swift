@@ -82,6 +82,7 @@ import Testing
         c.add(system: "kvm", name: "kvm_entry")  // 1
         c.add(system: "kvm", name: "kvm_pio")    // 2
         c.add(system: "kvm", name: "kvm_mmio")   // 3
+        c.add(system: "kvm", name: "kvm_fpu")    // 4
         return c
     }
 
@@ -107,6 +108,10 @@ import Testing
             exit(6000), pio(6010, 0x3f8, out: true),
             TraceEvent(timestamp: 6020, tid: 9, event: 2, cpu: 1, aux2: 1, flags: TraceEvent.afterLoss),
             entry(6500),                                                                     // cut by the loss
+            // A loss flagged on an event of another kind (kvm_fpu, index 4) also cuts what was pending.
+            exit(7000), pio(7010, 0x3f8, out: true),
+            TraceEvent(timestamp: 7020, tid: 9, event: 4, cpu: 1, flags: TraceEvent.afterLoss),
+            entry(7500),
         ]
         for e in events { p.add(e) }
         let snap = p.finish(statistics: SourceStatistics())
@@ -115,7 +120,7 @@ import Testing
         let want: [(Int32, String, String, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)] = [
             (1000, "0x0:POUT", "dma1", 1, 0, 0, 0, .max, 0),
             (1000, "0x70:POUT", "rtc0 cmos", 1, 0, 0, 0, .max, 0),
-            (1000, "0x3f8:POUT", "serial COM1", 3, 0, 2, 650, 250, 400),
+            (1000, "0x3f8:POUT", "serial COM1", 4, 0, 2, 650, 250, 400),
             (1000, "0x3fd:PIN", "serial COM1", 1, 0, 1, 50, 50, 50),
             (1000, "0x10000000:W", "unknown", 1, 0, 1, 100, 100, 100),
             (1000, "0xfee000b0:R", "local apic", 1, 1, 1, 700, 700, 700),
