@@ -170,6 +170,8 @@ public struct Summary: Sendable {
     public var eventRows: [EventRow] = []
     /// How full the aggregate was (live threads and series, retired threads, folded VMs), unfiltered.
     public var occupancy = Occupancy()
+    /// perf kvm stat's ioport and mmio tables: accesses per VM × port/MMIO address × direction, devices named.
+    public var ioAccesses = IOAccessSummary()
 
     public init() {}
 
@@ -183,6 +185,7 @@ public struct Summary: Sendable {
         readErrors = snap.readErrors
         pairing = snap.pairing
         occupancy = snap.occupancy
+        ioAccesses = IOAccessSummary(snap, filter: filter)
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
         var childTotals: [String: [String: UInt64]] = [:]

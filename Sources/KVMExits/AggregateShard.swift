@@ -87,10 +87,13 @@ public final class AggregateShard: Sendable {
     @usableFromInline let corruptCount = Atomic<UInt64>(0)
     /// Failed reads of the ring buffer (the reader stopped there; what followed is lost).
     @usableFromInline let readErrorCount = Atomic<UInt64>(0)
+    /// Accesses per port and MMIO address (``IOAccessTable``); nil when the catalog has neither kvm_pio nor kvm_mmio.
+    public let io: IOAccessTable?
 
-    public init(board: RetireBoard? = nil) {
+    public init(board: RetireBoard? = nil, io: IOAccessTable? = nil) {
         state = Mutex(State(table: CounterTable(capacity: Self.initialCapacity)))
         self.board = board
+        self.io = io
         eventTotals = InlineArray { _ in Atomic(0) }
     }
 
@@ -172,10 +175,25 @@ public struct ShardWriter {
     @usableFromInline let onNewThread: (Int32, UInt32) -> Void
     @usableFromInline var knownThreads = Set<Int32>()
     @usableFromInline var threadsWithVCPU = Set<Int32>()
+    /// Per event index: the address space of kvm_pio/kvm_mmio (``DeviceMap/Space`` raw value), 0 for others.
+    @usableFromInline let ioSpaces: [UInt8]
+    /// The ``IOAccessTable`` slot of the last pio/mmio event counted (-1: it overflowed), for ``IOTimer``.
+    public var lastIOSlot: Int { ioSlot }
+    @usableFromInline var ioSlot = -1
 
-    public init(shard: AggregateShard, onNewThread: @escaping (_ tid: Int32, _ vcpu: UInt32) -> Void = { _, _ in }) {
+    /// - Parameter roles: the catalog's event roles; kvm_pio and kvm_mmio events are also counted per port and
+    ///   address in the shard's ``AggregateShard/io`` table, when it has one.
+    public init(shard: AggregateShard, roles: [EventRole] = [],
+                onNewThread: @escaping (_ tid: Int32, _ vcpu: UInt32) -> Void = { _, _ in }) {
         self.shard = shard
         self.onNewThread = onNewThread
+        var spaces = [UInt8](repeating: 0, count: AggregateShard.maxEvents)
+        if shard.io != nil {
+            for (i, r) in roles.enumerated() where i < spaces.count {
+                spaces[i] = r == .pio ? DeviceMap.Space.port.rawValue : r == .mmio ? DeviceMap.Space.mmio.rawValue : 0
+            }
+        }
+        ioSpaces = spaces
         let (t, used, acked) = shard.state.withLock { ($0.table, $0.used, $0.acked) }
         table = t
         words = t.words
@@ -192,6 +210,8 @@ public struct ShardWriter {
         let a = AggregateShard.packA(tid: e.tid, event: e.event, isa: isa)
         let b = hasReason ? UInt64(e.reason) : 0
         shard.eventTotals[Int(e.event) & (AggregateShard.maxEvents - 1)].singleWriterAdd(1)
+        let space = ioSpaces[Int(e.event) & (AggregateShard.maxEvents - 1)]
+        if space != 0, let io = shard.io { countIO(e, space: space, io) }
         if a == lastA && b == lastB && lastSlot >= 0 {
             words[3 * lastSlot + 2].singleWriterAdd(1)
             return
@@ -210,6 +230,13 @@ public struct ShardWriter {
             }
             i = (i + 1) & mask
         }
+    }
+
+    @inlinable
+    mutating func countIO(_ e: TraceEvent, space raw: UInt8, _ io: IOAccessTable) {
+        let space: DeviceMap.Space = raw == DeviceMap.Space.port.rawValue ? .port : .mmio
+        ioSlot = io.add(tid: e.tid, space: space, address: e.detail,
+                            direction: IODirection.of(space, aux2: e.aux2))
     }
 
     @usableFromInline

@@ -41,6 +41,9 @@ public final class Aggregator: Sendable {
     /// What retired threads left, and the snapshot lock: snapshots run one at a time (each takes the writers'
     /// hand-overs exactly once).
     let retired = Mutex<RetiredTotals>(RetiredTotals())
+    /// Identities of retired threads that still have rows in the shards' ``IOAccessTable``s (those rows keep
+    /// the tid): so their accesses stay their VM's. Pruned to the tids of the rows at each snapshot.
+    let ioRetired = Mutex<[Int32: ThreadIdentity]>([:])
 
     /// - Parameters:
     ///   - resolver: who a thread is, asked once per new thread.
@@ -56,7 +59,8 @@ public final class Aggregator: Sendable {
         self.catalog = catalog
         let board = retirement ? RetireBoard() : nil
         self.board = board
-        shards = (0..<max(1, shardCount)).map { _ in AggregateShard(board: board) }
+        let hasIO = catalog.entries.contains { $0.role == .pio || $0.role == .mmio }
+        shards = (0..<max(1, shardCount)).map { _ in AggregateShard(board: board, io: hasIO ? IOAccessTable() : nil) }
         series = SeriesStore(board: board)
         pairing = PairingCounters()
         self.resolver = resolver
@@ -66,7 +70,7 @@ public final class Aggregator: Sendable {
 
     /// The writer of shard i. Call once per shard, from the thread that will own it.
     public func writer(shard i: Int) -> ShardWriter {
-        ShardWriter(shard: shards[i]) { [self] tid, vcpu in noteThread(tid, vcpu: vcpu) }
+        ShardWriter(shard: shards[i], roles: catalog.entries.map(\.role)) { [self] tid, vcpu in noteThread(tid, vcpu: vcpu) }
     }
 
     /// A pairer writing into this aggregate's series and pairing counters. Exactly one may exist.
@@ -203,6 +207,7 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
+            if shards.first?.io != nil { ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)
@@ -283,6 +288,7 @@ public final class Aggregator: Sendable {
                                                   topRIPs: v.topRIPs))
             }
             snap.pairing = pairing.snapshot
+            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses()
             return snap
         }
     }
@@ -337,6 +343,12 @@ public struct AggregateSnapshot: Sendable {
     public var corruptSubbuffers: UInt64 = 0
     /// Failed reads of a ring buffer: the reader of that CPU stopped there.
     public var readErrors: UInt64 = 0
+    /// Accesses per thread × port or MMIO address × direction, summed over shards (``IOAccessTable``).
+    public var ioAccesses: [IOAccessRow] = []
+    /// kvm_pio (port) and kvm_mmio (mmio) events that found no room in an ``IOAccessTable``.
+    public var ioOverflow: (port: UInt64, mmio: UInt64) = (0, 0)
+    /// Identities of retired threads that ``ioAccesses`` rows name (their tids are no longer in ``threads``).
+    public var ioRetiredThreads: [Int32: ThreadIdentity] = [:]
 
     public init(catalog: EventCatalog, timestamp: UInt64) {
         self.catalog = catalog
@@ -344,4 +356,9 @@ public struct AggregateSnapshot: Sendable {
     }
 
     public func identity(of tid: Int32) -> ThreadIdentity { threads[tid] ?? ThreadIdentity(vm: tid) }
+
+    /// Who the thread of an ``ioAccesses`` row is: a live thread, else a retired one, else its own VM.
+    public func ioIdentity(of tid: Int32) -> ThreadIdentity {
+        threads[tid] ?? ioRetiredThreads[tid] ?? ThreadIdentity(vm: tid)
+    }
 }

@@ -150,15 +150,40 @@ struct PairingFeed {
     static let exit: UInt8 = 1
     static let entry: UInt8 = 2
     static let hasReason: UInt8 = 4
-    /// Per event index (256 entries): exit, entry or neither (bits 0-1), and hasReason (bit 2).
+    /// The I/O timer (``IOTimer``) wants it: exits, entries, kvm_pio, kvm_mmio, when the catalog has pio or mmio.
+    static let ioTimed: UInt8 = 8
+    static let pio: UInt8 = 16
+    static let mmio: UInt8 = 32
+    /// Per event index (256 entries): exit, entry or neither (bits 0-1), hasReason (bit 2), ioTimed (bit 3),
+    /// pio (bit 4), mmio (bit 5).
     let kinds: [UInt8]
 
     init(roles: [EventRole]) {
         var k = [UInt8](repeating: 0, count: 256)
+        let hasIO = roles.contains { $0 == .pio || $0 == .mmio }
         for (i, r) in roles.enumerated() where i < 256 {
             k[i] = (r == .exit ? Self.exit : r == .entry ? Self.entry : 0) | (r.hasReasons ? Self.hasReason : 0)
+            if hasIO && (r == .exit || r == .entry || r == .pio || r == .mmio) {
+                k[i] |= Self.ioTimed | (r == .pio ? Self.pio : r == .mmio ? Self.mmio : 0)
+            }
         }
         kinds = k
+    }
+
+    /// Feeds one event of kind `k` that has ``ioTimed``, or follows a loss (of any kind: what was pending may
+    /// have lost its end), to the I/O timer, after the writer counted it.
+    @inline(__always)
+    static func feedIO(_ e: TraceEvent, kind k: UInt8, _ timer: inout IOTimer, _ writer: ShardWriter) {
+        guard let io = writer.shard.io else { return }
+        if e.flags & TraceEvent.afterLoss != 0 { timer.loss() }
+        if k & ioTimed == 0 { return }
+        if k & 3 == exit {
+            timer.exit(e)
+        } else if k & 3 == entry {
+            timer.entry(e, io)
+        } else {
+            timer.access(e, space: k & pio != 0 ? .port : .mmio, slot: writer.lastIOSlot, io)
+        }
     }
 
     /// Feeds one event of kind `k` (a ``kinds`` byte) to the pairer.
@@ -187,6 +212,8 @@ public struct ExitPipeline {
     var writer: ShardWriter
     public var pairer: Pairer
     let feed: PairingFeed
+    /// Handling times of port and MMIO accesses (perf's ioport/mmio analyses), when the catalog has pio or mmio.
+    var ioTimer = IOTimer()
 
     /// Timestamps (ns) of the first and last event kept; 0 when none was.
     public private(set) var first: UInt64 = 0
@@ -210,6 +237,7 @@ public struct ExitPipeline {
     public mutating func add(_ e: TraceEvent) {
         let k = feed.kinds[Int(e.event) & 255]
         writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+        if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
         PairingFeed.feed(e, kind: k, &pairer)
     }
 
@@ -237,6 +265,7 @@ public struct ExitPipeline {
                 kept &+= 1
                 let k = kinds[Int(e.event) & 255]
                 writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+                if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
                 PairingFeed.feed(e, kind: k, &pairer)
             }
             self.last = last
@@ -262,6 +291,7 @@ public struct ExitPipeline {
             eventsKept &+= 1
             let k = kinds[Int(e.event) & 255]
             writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+            if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
             PairingFeed.feed(e, kind: k, &pairer)
         }
         return eventsKept - before

@@ -215,7 +215,7 @@ public enum LiveView {
         all.fields = nil
         all.showChildren = true
         var out: [String: Double] = [:]
-        for mode in [LiveViewState.Mode.events, .guests, .vcpus] {
+        for mode in [LiveViewState.Mode.events, .guests, .vcpus, .io] {
             all.mode = mode
             out.merge(rates(frame, state: all)) { a, _ in a }
         }
@@ -245,6 +245,7 @@ public enum LiveView {
         case .events: break
         case .guests: h += " - by guest"
         case .vcpus: h += " - per vCPU"
+        case .io: h += " - I/O by device"
         }
         return h
     }
@@ -271,7 +272,8 @@ public enum LiveView {
     }
 
     static func columns(_ l: Layout, state: LiveViewState) -> String {
-        let first = state.mode == .guests ? "Guest Name" : state.mode == .vcpus ? "vCPU / Event" : "Event"
+        let first = state.mode == .guests ? "Guest Name" : state.mode == .vcpus ? "vCPU / Event"
+            : state.mode == .io ? "Port/Address  Device" : "Event"
         var s = " " + pad(first, l.name) + " " + lpad("Total", 10) + lpad("%Total", 7) + " " + lpad("CurAvg/s", 8)
         s += " " + lpad("Avg", 8) + " " + lpad("p99", 8)
         if l.wide { s += " " + lpad("Max", 8) + " " }
@@ -286,6 +288,7 @@ public enum LiveView {
         case .events: return eventRows(frame, state: state, layout: layout)
         case .guests: return guestRows(frame, state: state)
         case .vcpus: return vcpuRows(frame, state: state, layout: layout)
+        case .io: return ioRows(frame, state: state)
         }
     }
 
@@ -460,6 +463,7 @@ public enum LiveView {
             "   f     filter by regular expression",
             "   g     filter by guest name",
             "   h     display interactive commands reference",
+            "   i     toggle I/O exits per port and MMIO address, named by device (perf kvm stat's ioport, mmio)",
             "   o     toggle sorting order (Total vs CurAvg/s)",
             "   p     filter by PID",
             "   q     quit",

@@ -11,6 +11,8 @@ public struct LiveViewState: Sendable {
         case guests
         /// `v`: the selected VM's rows per vCPU.
         case vcpus
+        /// `i`: I/O exits per port and MMIO address, each named by its device (perf kvm stat's ioport and mmio).
+        case io
     }
 
     /// A question at the bottom of the screen (kvm_stat's `f`, `p`, `g`, `s` masks).

@@ -23,6 +23,10 @@ public enum SummaryJSON {
             .object([("vm", .int(Int64(r.vm))), ("vm_name", .optional(r.vmName)), ("vcpu", .optional(r.vcpu)),
                      ("reason", .string(r.reason)), ("count", .uint(r.count))])
         })))
+        // perf kvm stat's ioport and mmio tables: only when the trace has port or MMIO accesses.
+        if !s.ioAccesses.rows.isEmpty || s.ioAccesses.overflow != (0, 0) {
+            top.append(("io_accesses", IOAccessTableView.json(s.ioAccesses)))
+        }
         top.append(("pairing", .object([
             ("paired", .uint(s.pairing.paired)), ("orphan_exits", .uint(s.pairing.orphanExits)),
             ("orphan_entries", .uint(s.pairing.orphanEntries)), ("open_at_end", .uint(s.pairing.openAtEnd)),

@@ -833,7 +833,7 @@ struct TextTraceParser {
         }
     }
 
-    /// `mmio write len 4 gpa 0x… val 0x…`; raw `type=1 len=4 gpa=0x… val=0x…`.
+    /// `mmio write len 4 gpa 0x… val 0x…` (also `read`, `unsatisfied-read`); raw `type=1 len=4 gpa=0x… val=0x…`.
     mutating func mmioFields(_ p: Buffer, _ s: Int, _ e: Int, _ ev: inout TraceEvent) {
         var pos = s
         while true {
@@ -846,7 +846,11 @@ struct TextTraceParser {
                 else if Self.tokenIs(p, a, eq, "len") { ev.aux = UInt32(truncatingIfNeeded: number(p, eq + 1, b, hex: false)) }
                 continue
             }
-            if Self.tokenIs(p, a, b, "len") {
+            // The type as the kernel's print fmt spells it (KVM_TRACE_MMIO_READ_UNSATISFIED 0, READ 1, WRITE 2).
+            if Self.tokenIs(p, a, b, "unsatisfied-read") { ev.aux2 = 0 }
+            else if Self.tokenIs(p, a, b, "read") { ev.aux2 = 1 }
+            else if Self.tokenIs(p, a, b, "write") { ev.aux2 = 2 }
+            else if Self.tokenIs(p, a, b, "len") {
                 let (x, y) = Self.nextToken(p, &pos, e)
                 ev.aux = UInt32(truncatingIfNeeded: number(p, x, y, hex: false))
             } else if Self.tokenIs(p, a, b, "gpa") {

@@ -49,7 +49,10 @@ struct LiveCommand: ParsableCommand {
             try logMode(because: reason)
             return
         }
-        let session = try LiveSession(config: trace.config())
+        // perf kvm stat live's --event ioport|mmio: the view opens on `i`'s rows (see IOAnalysis).
+        var config = trace.config()
+        config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
+        let session = try LiveSession(config: config)
         defer { session.stop() }
         let terminal: Terminal
         do { terminal = try Terminal() } catch {
@@ -68,6 +71,7 @@ struct LiveCommand: ParsableCommand {
                             state: LiveViewState(fields: filters.fields, pid: filter.vms?.min(),
                                                  guestName: filters.guest ?? filter.vms?.min().flatMap(ThreadDirectory.guestName(pid:)),
                                                  delay: delay))
+        if !IOAnalysis.analyses(trace.events).spaces.isEmpty { loop.state.mode = .io }
         if let demoGuests {
             loop.state.notice = demoGuests.skipped ?? demoGuests.failure
                 ?? "demo guest (kvmscope storm) running: no other VM on this host"

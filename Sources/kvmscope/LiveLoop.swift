@@ -214,6 +214,9 @@ struct LiveLoop {
                 previousSnapshot = snapshot
                 try rebuild()
             case "x": state.showChildren.toggle()
+            case "i":
+                state.mode = state.mode == .io ? .events : .io
+                state.selected = 0
             case "v":
                 if state.mode == .vcpus {
                     state.mode = .events

@@ -20,6 +20,7 @@ struct ReportCommand: ParsableCommand {
               kvmscope report --by-vcpu --histogram MSR_WRITE trace.txt
               kvmscope report --json --from 1.5 --to 2.5 trace.dat
               kvmscope report --html exits.html trace.txt
+              kvmscope report --event mmio trace.dat
             """)
 
     @Argument(help: "Trace files (trace.dat, or text: trace-cmd report, perf script, the kernel's trace); - or a pipe: read from it.")
@@ -66,6 +67,11 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Write a self-contained HTML page (exit-rate timeline, latency heatmap) to this file.")
     var html: String?
 
+    @Option(help: ArgumentHelp("perf kvm stat's analysis: vmexit (exits per reason), ioport (per I/O port) or mmio (per MMIO address).",
+                               discussion: "ioport and mmio name each port and address by its device (the standard PC map).",
+                               valueName: "vmexit|ioport|mmio"))
+    var event: String = "vmexit"
+
     func validate() throws {
         if json && csv { throw ValidationError("--json and --csv cannot be used together") }
         // Seconds become nanoseconds in 64 bits: at most ~584 years; infinities and NaN are no times.
@@ -77,6 +83,10 @@ struct ReportCommand: ParsableCommand {
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
         if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
+        guard let analysis = IOAnalysis(rawValue: event) else {
+            throw ValidationError("--event must be vmexit, ioport or mmio (perf kvm stat's analyses), not '\(event)'")
+        }
+        if csv && analysis != .vmexit { throw ValidationError("--csv lists exits; --event \(event) prints a table or --json") }
     }
 
     /// The filter of one file: `--reason` resolved to the trace's own output names.
@@ -276,6 +286,13 @@ struct ReportCommand: ParsableCommand {
             }
         }
         lines.append("")
+        if let space = IOAnalysis(rawValue: event)?.space {
+            // perf kvm stat report --event=ioport|mmio: only that analysis' tables, then losses and pairing.
+            lines += IOAccessTableView.render(s, space: space, seconds: a.durationSeconds, top: top)
+            lines.append("")
+            lines += ReportTable.footer(s)
+            return lines
+        }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
         lines.append("")
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)

@@ -9,8 +9,9 @@ import SystemPackage
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {
-    @Option(name: .customLong("event"),
-            help: "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat).")
+    @Option(name: .customLong("event"), help: ArgumentHelp(
+        "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat).",
+        discussion: "stat also takes perf kvm stat's analyses here: ioport and mmio print the per-port and per-MMIO-address tables."))
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -156,7 +157,12 @@ struct StatCommand: ParsableCommand {
     func run() throws {
         let filter = try filters.filter()
         let stop = StopSignal()
-        let session = try LiveSession(config: trace.config(onlyPid: command.isEmpty ? nil : getpid()))
+        // perf kvm stat's `--event ioport|mmio|vmexit` (the analysis) shares --event with the traced events: no
+        // kvm event has those names, so the value tells them apart.
+        let analyses = IOAnalysis.analyses(trace.events)
+        var config = trace.config(onlyPid: command.isEmpty ? nil : getpid())
+        config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
+        let session = try LiveSession(config: config)
         defer { session.stop() }
         let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
@@ -247,6 +253,7 @@ struct StatCommand: ParsableCommand {
             var lines = StatTable.render(final, previous: nil, seconds: seconds)
             // Where exits were seen, the latency table of `kvmscope report` follows (per VM × vCPU).
             if !final.exits.isEmpty { lines += [""] + ReportTable.render(final, byVCPU: true) }
+            for space in analyses.spaces { lines += [""] + IOAccessTableView.render(final, space: space, seconds: seconds) }
             try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final) + "\n")
         }
         try TraceRun.check(status)

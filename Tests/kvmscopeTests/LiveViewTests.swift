@@ -314,7 +314,9 @@ struct LiveViewTests {
         let rates = LiveView.historyRates(try Self.frame(LiveViewState(delay: 2)), state: state)
         #expect(rates.keys.sorted() == ["c:kvm_exit(EPT_VIOLATION)", "c:kvm_exit(HLT)", "c:kvm_exit(IO_INSTRUCTION)",
                                         "c:kvm_userspace_exit(KVM_EXIT_IO)", "e:kvm_entry", "e:kvm_exit", "e:kvm_pio",
-                                        "e:kvm_userspace_exit", "g:100", "g:200"])
+                                        "e:kvm_userspace_exit", "g:100", "g:200",
+                                        // `i`'s row: this trace's kvm_pio events carry port 0, rw 0.
+                                        "io:0x0:PIN:dma1"])
         // Half of each total in the last 2 s.
         #expect(rates["e:kvm_pio"] == 7.5)
         #expect(rates["c:kvm_exit(HLT)"] == 2)
