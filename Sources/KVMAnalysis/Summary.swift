@@ -190,10 +190,21 @@ public struct Summary: Sendable {
         var names = Interner<String>()
         var flagSets = Interner<[String]>()
         let noFlags = flagSets.id([])
-        var reasons: [ReasonKey: ReasonInfo] = [:]
-        func reason(event: UInt16, isa: UInt8, raw: UInt32) -> ReasonInfo {
+        var infos: [ReasonInfo] = []
+        var slots: [ReasonKey: Int] = [:]
+        // Codes below 1024 (every VMX basic reason, most SVM codes, every KVM_EXIT_*) of each event × ISA: a
+        // direct table, no hashing per row.
+        var direct = [Int32](repeating: -1, count: catalog.count * 4 * 1024)
+        var childSlots: [ChildKey: Int] = [:]
+        var childKeys: [ChildKey] = []
+        var childTotals: [UInt64] = []
+        var childUsed: [Bool] = []
+        /// Index in `infos` of a reason, worked out on its first sight.
+        func reason(event: UInt16, isa: UInt8, raw: UInt32) -> Int {
+            let d = raw < 1024 && isa < 4 ? (Int(event) &* 4 &+ Int(isa)) &* 1024 &+ Int(raw) : -1
+            if d >= 0 && direct[d] >= 0 { return Int(direct[d]) }
             let k = ReasonKey(event: event, isa: isa, raw: raw)
-            if let r = reasons[k] { return r }
+            if d < 0, let r = slots[k] { return r }
             var info = ReasonInfo()
             if let name = catalog.reasonName(event: event, reason: raw, isa: isa) {
                 info.name = name
@@ -208,12 +219,22 @@ public struct Summary: Sendable {
                 } else {
                     info.flagsID = noFlags
                 }
+                let ck = ChildKey(event: event, name: info.nameID)
+                if let c = childSlots[ck] {
+                    info.child = c
+                } else {
+                    info.child = childKeys.count
+                    childSlots[ck] = info.child
+                    childKeys.append(ck)
+                    childTotals.append(0)
+                    childUsed.append(false)
+                }
             }
-            reasons[k] = info
-            return info
+            infos.append(info)
+            if d >= 0 { direct[d] = Int32(infos.count - 1) } else { slots[k] = infos.count - 1 }
+            return infos.count - 1
         }
         let eventNames = catalog.entries.map { names.id($0.name) }
-        var childTotals: [ChildKey: UInt64] = [:]
         var exitRows: [ExitRow] = []
         var exitIndex: [RowKey: Int] = [:]
         var exitIDs: [(name: Int32, flags: Int32)] = []
@@ -229,10 +250,14 @@ public struct Summary: Sendable {
         var lastTid: Int32?
         var id = ThreadIdentity(vm: 0)
         var kept = false
+        // Counters come sorted by thread, then event: a thread's rows of one event share one event row.
+        var lastEvent: UInt16?
+        var eventRow = 0
         for row in snap.counters {
             let tid = row.key.tid
             if tid != lastTid {
                 lastTid = tid
+                lastEvent = nil
                 id = snap.identity(of: tid)
                 kept = filter.keeps(tid: tid, identity: id)
                 if kept { vms[id.vm] = id.vmName }
@@ -241,38 +266,44 @@ public struct Summary: Sendable {
             let eventIndexInCatalog = Int(row.key.event)
             let event = catalog[row.key.event]
             if filter.isThreadFiltered { totals[eventIndexInCatalog] += row.count }
-            let ek = RowKey(vm: id.vm, vcpu: id.vcpu, isa: 0, name: eventNames[eventIndexInCatalog], flags: noFlags)
-            if let i = eventIndex[ek] {
-                eventRowList[i].count += row.count
-            } else {
-                eventIndex[ek] = eventRowList.count
-                eventRowList.append(EventRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, event: event.name, count: row.count))
-                eventRowNames.append(ek.name)
+            if row.key.event != lastEvent {
+                lastEvent = row.key.event
+                let ek = RowKey(vm: id.vm, vcpu: id.vcpu, isa: 0, name: eventNames[eventIndexInCatalog], flags: noFlags)
+                if let i = eventIndex[ek] {
+                    eventRow = i
+                } else {
+                    eventRow = eventRowList.count
+                    eventIndex[ek] = eventRow
+                    eventRowList.append(EventRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, event: event.name, count: 0))
+                    eventRowNames.append(ek.name)
+                }
             }
+            eventRowList[eventRow].count += row.count
             guard event.role.hasReasons else { continue }
-            let info = reason(event: row.key.event, isa: row.key.isa, raw: row.key.reason)
-            guard let name = info.name, info.kept else { continue }
-            childTotals[ChildKey(event: row.key.event, name: info.nameID), default: 0] += row.count
+            let r = reason(event: row.key.event, isa: row.key.isa, raw: row.key.reason)
+            guard let name = infos[r].name, infos[r].kept else { continue }
+            childTotals[infos[r].child] += row.count
+            childUsed[infos[r].child] = true
             if event.role == .exit {
-                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: info.nameID, flags: info.flagsID)
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: infos[r].nameID, flags: infos[r].flagsID)
                 if let i = exitIndex[key] {
                     exitRows[i].count += row.count
                 } else {
                     exitIndex[key] = exitRows.count
-                    exitRows.append(ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: name, flags: info.flags,
+                    exitRows.append(ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: name, flags: infos[r].flags,
                                             isa: ISA(rawValue: row.key.isa) ?? .unknown, count: row.count,
-                                            blocking: info.blocking, histogram: nil, topRIPs: [], code: info.code))
-                    exitIDs.append((info.nameID, info.flagsID))
+                                            blocking: infos[r].blocking, histogram: nil, topRIPs: [], code: infos[r].code))
+                    exitIDs.append((infos[r].nameID, infos[r].flagsID))
                 }
             } else {
-                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: info.nameID, flags: noFlags)
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: infos[r].nameID, flags: noFlags)
                 if let i = userIndex[key] {
                     userRows[i].count += row.count
                 } else {
                     userIndex[key] = userRows.count
                     userRows.append(UserspaceExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: name,
                                                      count: row.count))
-                    userNames.append(info.nameID)
+                    userNames.append(infos[r].nameID)
                 }
             }
         }
@@ -285,9 +316,10 @@ public struct Summary: Sendable {
                     kept = filter.keeps(tid: s.tid, identity: id)
                 }
                 guard kept else { continue }
-                let info = reason(event: exitEvent, isa: s.isa, raw: s.reason)
-                guard info.name != nil,
-                      let i = exitIndex[RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, name: info.nameID, flags: info.flagsID)]
+                let r = reason(event: exitEvent, isa: s.isa, raw: s.reason)
+                guard infos[r].name != nil,
+                      let i = exitIndex[RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, name: infos[r].nameID,
+                                               flags: infos[r].flagsID)]
                 else { continue }
                 if exitRows[i].histogram == nil {
                     exitRows[i].histogram = s.histogram
@@ -302,7 +334,7 @@ public struct Summary: Sendable {
         let nameRank = names.ranks { $0 < $1 }
         let flagRank = flagSets.ranks { $0.joined(separator: "|") < $1.joined(separator: "|") }
         var childrenOf = [[(name: Int32, total: UInt64)]](repeating: [], count: catalog.count)
-        for (k, total) in childTotals { childrenOf[Int(k.event)].append((k.name, total)) }
+        for (c, k) in childKeys.enumerated() where childUsed[c] { childrenOf[Int(k.event)].append((k.name, childTotals[c])) }
         for (i, entry) in catalog.entries.enumerated() {
             let mine = childrenOf[i]
             guard try filter.keeps(field: entry.name) || mine.contains(where: {
@@ -401,6 +433,8 @@ private struct ReasonInfo {
     var flagsID: Int32 = 0
     var code: UInt32?
     var blocking = false
+    /// Its (event, name) child row's slot.
+    var child = 0
 }
 
 /// A summary row: VM × vCPU × ISA × (interned) name × (interned) flag set.
