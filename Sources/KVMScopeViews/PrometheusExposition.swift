@@ -121,6 +121,11 @@ public enum PrometheusExposition {
     static let latencyBoundLabelBytes: [[UInt8]] = latencyBoundLabels.map { Array($0.utf8) }
 
     public static func render(_ s: Summary, format: ExpositionFormat, extras: ExpositionExtras) -> String {
+        String(decoding: renderUTF8(s, format: format, extras: extras), as: UTF8.self)
+    }
+
+    /// ``render(_:format:extras:)``'s text as UTF-8 bytes, what `/metrics` sends (no String is made of it).
+    public static func renderUTF8(_ s: Summary, format: ExpositionFormat, extras: ExpositionExtras) -> [UInt8] {
         let latency = LatencyBuckets(s.exits)
         // ~100 bytes per counter row and 29 lines of ~110 bytes per VM × reason: one allocation for most scrapes.
         var w = Writer(format: format, capacity: 8192 + (s.exits.count + s.userspaceExits.count) * 112
@@ -201,7 +206,7 @@ public enum PrometheusExposition {
         }
         if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, into: &w) }
         if om { w.line("# EOF") }
-        return w.out
+        return w.bytes
     }
 
     static func otherLabels(_ names: [String]) -> [(String, String)] { names.map { ($0, "other") } }
@@ -309,8 +314,6 @@ public enum PrometheusExposition {
             self.format = format
             bytes.reserveCapacity(capacity)
         }
-
-        var out: String { String(decoding: bytes, as: UTF8.self) }
 
         mutating func append(_ s: String) { bytes.append(contentsOf: s.utf8) }
 

@@ -7,8 +7,9 @@ import KVMScopeViews
 /// vCPUs) with `reasons` exit reasons each, 3 pairs per thread × reason, counted and paired as the live path
 /// does (the same aggregate as the test `ScrapeCostTests`). A scrape is what `serve` runs per request, minus
 /// the HTTP write and the /proc resource sample: a snapshot of the aggregate, its ``Summary``, and the
-/// Prometheus text. Wall time of each stage and the thread's CPU time for the whole scrape; median and best of
-/// `repeats` scrapes after one warm-up scrape (which names the threads, as serve's first refresh does).
+/// Prometheus text as the UTF-8 bytes serve sends (`renderUTF8`). Wall time of each stage and the thread's CPU
+/// time for the whole scrape; median and best of `repeats` scrapes after one warm-up scrape (which names the
+/// threads, as serve's first refresh does).
 struct ScrapeBench {
     var threads = 1_000
     var reasons = 20
@@ -73,7 +74,7 @@ struct ScrapeBench {
     /// Scrapes `agg` once to warm up, then `repeats` times, timing each stage.
     static func measure(_ agg: Aggregator, repeats: Int) throws -> Result {
         let extras = ExpositionExtras(version: "bench", maxSeries: 1_000_000)
-        var text = PrometheusExposition.render(try Summary(agg.snapshot(timestamp: 1)), format: .prometheus, extras: extras)
+        var text = PrometheusExposition.renderUTF8(try Summary(agg.snapshot(timestamp: 1)), format: .prometheus, extras: extras)
         var timings: [Timing] = []
         var series = 0
         for _ in 0..<max(1, repeats) {
@@ -83,14 +84,14 @@ struct ScrapeBench {
             let t1 = DecodeBench.monotonic()
             let summary = try Summary(snap)
             let t2 = DecodeBench.monotonic()
-            text = PrometheusExposition.render(summary, format: .prometheus, extras: extras)
+            text = PrometheusExposition.renderUTF8(summary, format: .prometheus, extras: extras)
             let t3 = DecodeBench.monotonic()
             let c1 = DecodeBench.threadCPU()
             series = snap.series.count
             timings.append(Timing(snapshot: t1 - t0, summary: t2 - t1, render: t3 - t2, cpu: c1 - c0))
         }
         var lines = 0
-        for b in text.utf8 where b == UInt8(ascii: "\n") { lines += 1 }
-        return Result(series: series, lines: lines, bytes: text.utf8.count, timings: timings)
+        for b in text where b == UInt8(ascii: "\n") { lines += 1 }
+        return Result(series: series, lines: lines, bytes: text.count, timings: timings)
     }
 }

@@ -84,7 +84,7 @@ if options.wants("scrape") {
         out("|---|---:|---:|")
         out("| snapshot (Aggregator.snapshot) | \(ms(r.median(\.snapshot))) | \(ms(r.best(\.snapshot))) |")
         out("| summary (Summary.init) | \(ms(r.median(\.summary))) | \(ms(r.best(\.summary))) |")
-        out("| text (PrometheusExposition.render) | \(ms(r.median(\.render))) | \(ms(r.best(\.render))) |")
+        out("| text (PrometheusExposition.renderUTF8) | \(ms(r.median(\.render))) | \(ms(r.best(\.render))) |")
         out("| **scrape \(bench.threads) threads × \(bench.reasons) reasons** | **\(ms(r.median(\.total)))** | \(ms(r.best(\.total))) |")
         out("| scrape, CPU time of the thread | \(ms(r.median(\.cpu))) | \(ms(r.best(\.cpu))) |")
         out()
