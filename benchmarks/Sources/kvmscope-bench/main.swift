@@ -111,11 +111,11 @@ if options.wants("churn") {
             .run(progress: say)
         out("`kvmscope bench synth` files (VMs of 8 vCPUs, 2 host CPUs, corpus reason mix); `report --json` as shipped (wall, peak RSS), the same file through ExitPipeline on one thread (events per CPU-second), then one scrape of that aggregate (median of 3).")
         out()
-        out("| distinct vCPU threads | report wall s | report events/s | report peak RSS MiB | pairs | pipeline events/s, 1 core | vs first row | live series | scrape ms | scrape lines |")
-        out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out("| distinct vCPU threads | report wall s | report CPU s | report peak RSS MiB | pairs | pipeline events/s, 1 core | vs first row | live series | scrape wall ms | scrape CPU ms | scrape lines |")
+        out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         let base = rows.first?.eventsPerCPUSecond ?? 1
         for r in rows {
-            out("| \(r.threads) | \(f(r.reportWall, 2)) | \(mega(Double(r.events) / r.reportWall)) | \(f(Double(r.reportRSSKB) / 1024)) | \(r.paired.map(String.init) ?? "n/a") | \(mega(r.eventsPerCPUSecond)) | \(f(r.eventsPerCPUSecond / base, 2)) | \(r.series) | \(f(r.scrape.median(\.total) * 1e3)) | \(r.scrape.lines) |")
+            out("| \(r.threads) | \(f(r.reportWall, 2)) | \(f(r.reportCPU, 2)) | \(f(Double(r.reportRSSKB) / 1024)) | \(r.paired.map(String.init) ?? "n/a") | \(mega(r.eventsPerCPUSecond)) | \(f(r.eventsPerCPUSecond / base, 2)) | \(r.series) | \(f(r.scrape.median(\.total) * 1e3)) | \(f(r.scrape.median(\.cpu) * 1e3)) | \(r.scrape.lines) |")
         }
         out()
         if let first = rows.first, let last = rows.last, rows.count > 1 {
@@ -129,7 +129,7 @@ if options.wants("churn") {
             if let p = r.paired { o.append(("paired", .uint(p))) }
             o += [("pipeline_cpu_s", .double(r.pipelineCPU)), ("live_threads", .uint(UInt64(r.liveThreads)))]
             o += [("live_series", .uint(UInt64(r.series))), ("scrape_median_s", .double(r.scrape.median(\.total)))]
-            o += [("scrape_lines", .uint(UInt64(r.scrape.lines)))]
+            o += [("scrape_cpu_median_s", .double(r.scrape.median(\.cpu))), ("scrape_lines", .uint(UInt64(r.scrape.lines)))]
             return .object(o)
         }
         sections.append(("churn", .array(churnRows)))
