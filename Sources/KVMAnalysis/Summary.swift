@@ -192,16 +192,23 @@ public struct Summary: Sendable {
         let noFlags = flagSets.id([])
         var infos: [ReasonInfo] = []
         var slots: [ReasonKey: Int] = [:]
-        // Codes below 1024 (every VMX basic reason, most SVM codes, every KVM_EXIT_*) of each event × ISA: a
-        // direct table, no hashing per row.
-        var direct = [Int32](repeating: -1, count: catalog.count * 4 * 1024)
+        // Codes below 1024 (every VMX basic reason, most SVM codes, every KVM_EXIT_*) of each event with reasons
+        // × ISA: a direct table, no hashing per row.
+        var tableOf = [Int](repeating: -1, count: catalog.count)
+        var tables = 0
+        for (i, e) in catalog.entries.enumerated() where e.role.hasReasons {
+            tableOf[i] = tables
+            tables += 1
+        }
+        var direct = [Int32](repeating: -1, count: tables * 4 * 1024)
         var childSlots: [ChildKey: Int] = [:]
         var childKeys: [ChildKey] = []
         var childTotals: [UInt64] = []
         var childUsed: [Bool] = []
         /// Index in `infos` of a reason, worked out on its first sight.
         func reason(event: UInt16, isa: UInt8, raw: UInt32) -> Int {
-            let d = raw < 1024 && isa < 4 ? (Int(event) &* 4 &+ Int(isa)) &* 1024 &+ Int(raw) : -1
+            let t = Int(event) < tableOf.count ? tableOf[Int(event)] : -1
+            let d = t >= 0 && raw < 1024 && isa < 4 ? (t &* 4 &+ Int(isa)) &* 1024 &+ Int(raw) : -1
             if d >= 0 && direct[d] >= 0 { return Int(direct[d]) }
             let k = ReasonKey(event: event, isa: isa, raw: raw)
             if d < 0, let r = slots[k] { return r }
