@@ -3,6 +3,7 @@ import KVMAnalysis
 import KVMExits
 import KVMScopeViews
 import Testing
+import TestSupport
 
 /// `/metrics` byte for byte on a trace that touches every corner of the renderer: unknown vCPUs and VM names,
 /// escaped names, VMX flag rows, SVM and VMX side by side, retired threads and the `other` VM, userspace
@@ -96,6 +97,11 @@ import Testing
         extras.maxSeries = maxSeries
         let text = PrometheusExposition.render(try Self.summary(), format: format, extras: extras)
         try PrometheusExpositionTests.expectGolden(text, file)
+        #expect(PrometheusExposition.renderUTF8(try Self.summary(), format: format, extras: extras) == Array(text.utf8))
+        if format == .prometheus {
+            let lint = try Spawned.run("/usr/bin/promtool", ["check", "metrics"], input: Data(text.utf8), timeout: 60)
+            #expect(lint.status == 0 && lint.stdout.isEmpty && lint.stderr.isEmpty, "promtool: \(lint.stdout + lint.stderr)")
+        }
     }
 
     /// FNV-1a (64 bit) of a text's UTF-8 bytes: pins a large exposition without a large golden file.

@@ -3,6 +3,7 @@ import KVMAnalysis
 import KVMExits
 import KVMScopeViews
 import Testing
+import TestSupport
 
 /// A scrape of a busy host: 1,000 live vCPU threads with 20 exit reasons each, rendered exactly.
 ///
@@ -54,6 +55,8 @@ import Testing
         #expect(text.split(separator: "\n").count == 90_056)
         #expect((text.utf8.count, ExpositionBytesTests.fnv1a(text)) == (9_618_086, 16_583_583_776_564_732_096))
         #expect((om.utf8.count, ExpositionBytesTests.fnv1a(om)) == (9_617_982, 736_615_959_711_580_326))
+        let lint = try Spawned.run("/usr/bin/promtool", ["check", "metrics"], input: Data(text.utf8), timeout: 120)
+        #expect(lint.status == 0 && lint.stdout.isEmpty && lint.stderr.isEmpty, "promtool: \(lint.stdout + lint.stderr)")
         #expect(text.contains("\nkvmscope_exits_total{vm=\"10992\",vm_name=\"vm124\",vcpu=\"7\",reason=\"EXCEPTION_NMI\"} 3\n"))
     }
 }
