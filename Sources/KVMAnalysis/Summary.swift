@@ -188,76 +188,202 @@ public struct Summary: Sendable {
         ioAccesses = IOAccessSummary(snap, filter: filter)
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
-        var childTotals: [String: [String: UInt64]] = [:]
-        struct RowKey: Hashable { var vm: Int32; var vcpu: UInt32?; var isa: UInt8; var reason: String; var flags = [String]() }
-        var exitRows: [RowKey: ExitRow] = [:]
-        var userRows: [RowKey: UserspaceExitRow] = [:]
-        var perThreadEvents: [RowKey: EventRow] = [:]
+        // Rows are keyed by integers: each distinct reason (event × ISA × raw code) is named once, and names and
+        // flag sets are interned, so no string is built, hashed or compared per counter or series.
+        var names = Interner<String>()
+        var flagSets = Interner<[String]>()
+        let noFlags = flagSets.id([])
+        var infos: [ReasonInfo] = []
+        var slots: [ReasonKey: Int] = [:]
+        // Codes below 1024 (every VMX basic reason, most SVM codes, every KVM_EXIT_*) of each event with reasons
+        // × ISA: a direct table, no hashing per row.
+        var tableOf = [Int](repeating: -1, count: catalog.count)
+        var tables = 0
+        for (i, e) in catalog.entries.enumerated() where e.role.hasReasons {
+            tableOf[i] = tables
+            tables += 1
+        }
+        var direct = [Int32](repeating: -1, count: tables * 4 * 1024)
+        var childSlots: [ChildKey: Int] = [:]
+        var childKeys: [ChildKey] = []
+        var childTotals: [UInt64] = []
+        var childUsed: [Bool] = []
+        /// Index in `infos` of a reason, worked out on its first sight.
+        func reason(event: UInt16, isa: UInt8, raw: UInt32) -> Int {
+            let t = Int(event) < tableOf.count ? tableOf[Int(event)] : -1
+            let d = t >= 0 && raw < 1024 && isa < 4 ? (t &* 4 &+ Int(isa)) &* 1024 &+ Int(raw) : -1
+            if d >= 0 && direct[d] >= 0 { return Int(direct[d]) }
+            let k = ReasonKey(event: event, isa: isa, raw: raw)
+            if d < 0, let r = slots[k] { return r }
+            var info = ReasonInfo()
+            if let name = catalog.reasonName(event: event, reason: raw, isa: isa) {
+                info.name = name
+                info.nameID = names.id(name)
+                info.kept = filter.reasons.map { $0.contains(name) } ?? true
+                if catalog[event].role == .exit {
+                    let i = ISA(rawValue: isa) ?? .unknown
+                    info.flags = catalog.exitReasons.flags(isa: i, rawReason: raw)
+                    info.flagsID = flagSets.id(info.flags)
+                    info.code = Self.code(isa: i, raw: raw, catalog)
+                    info.blocking = ExitReasonNames.isBlocking(isa: i, reasonName: name)
+                } else {
+                    info.flagsID = noFlags
+                }
+                let ck = ChildKey(event: event, name: info.nameID)
+                if let c = childSlots[ck] {
+                    info.child = c
+                } else {
+                    info.child = childKeys.count
+                    childSlots[ck] = info.child
+                    childKeys.append(ck)
+                    childTotals.append(0)
+                    childUsed.append(false)
+                }
+            }
+            infos.append(info)
+            if d >= 0 { direct[d] = Int32(infos.count - 1) } else { slots[k] = infos.count - 1 }
+            return infos.count - 1
+        }
+        let eventNames = catalog.entries.map { names.id($0.name) }
+        var exitRows: [ExitRow] = []
+        var exitIndex: [RowKey: Int] = [:]
+        var exitIDs: [(name: Int32, flags: Int32)] = []
+        var userRows: [UserspaceExitRow] = []
+        var userIndex: [RowKey: Int] = [:]
+        var userNames: [Int32] = []
+        var eventRowList: [EventRow] = []
+        var eventIndex: [RowKey: Int] = [:]
+        var eventRowNames: [Int32] = []
+        exitIndex.reserveCapacity(snap.counters.count)
+        eventIndex.reserveCapacity(snap.counters.count / 4)
 
+        var lastTid: Int32?
+        var id = ThreadIdentity(vm: 0)
+        var kept = false
+        // Counters come sorted by thread, then event: a thread's rows of one event share one event row.
+        var lastEvent: UInt16?
+        var eventRow = 0
         for row in snap.counters {
             let tid = row.key.tid
-            let id = snap.identity(of: tid)
-            guard filter.keeps(tid: tid, identity: id) else { continue }
+            if tid != lastTid {
+                lastTid = tid
+                lastEvent = nil
+                id = snap.identity(of: tid)
+                kept = filter.keeps(tid: tid, identity: id)
+                if kept { vms[id.vm] = id.vmName }
+            }
+            guard kept else { continue }
+            let eventIndexInCatalog = Int(row.key.event)
             let event = catalog[row.key.event]
-            if filter.isThreadFiltered { totals[Int(row.key.event)] += row.count }
-            vms[id.vm] = id.vmName
-            perThreadEvents[RowKey(vm: id.vm, vcpu: id.vcpu, isa: 0, reason: event.name), default: EventRow(
-                vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, event: event.name, count: 0)].count += row.count
-            guard event.role.hasReasons,
-                  let reason = catalog.reasonName(event: row.key.event, reason: row.key.reason, isa: row.key.isa)
-            else { continue }
-            if let reasons = filter.reasons, !reasons.contains(reason) { continue }
-            childTotals[event.name, default: [:]][reason, default: 0] += row.count
+            if filter.isThreadFiltered { totals[eventIndexInCatalog] += row.count }
+            if row.key.event != lastEvent {
+                lastEvent = row.key.event
+                let ek = RowKey(vm: id.vm, vcpu: id.vcpu, isa: 0, name: eventNames[eventIndexInCatalog], flags: noFlags)
+                if let i = eventIndex[ek] {
+                    eventRow = i
+                } else {
+                    eventRow = eventRowList.count
+                    eventIndex[ek] = eventRow
+                    eventRowList.append(EventRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, event: event.name, count: 0))
+                    eventRowNames.append(ek.name)
+                }
+            }
+            eventRowList[eventRow].count += row.count
+            guard event.role.hasReasons else { continue }
+            let r = reason(event: row.key.event, isa: row.key.isa, raw: row.key.reason)
+            guard let name = infos[r].name, infos[r].kept else { continue }
+            childTotals[infos[r].child] += row.count
+            childUsed[infos[r].child] = true
             if event.role == .exit {
-                let isa = ISA(rawValue: row.key.isa) ?? .unknown
-                let flags = catalog.exitReasons.flags(isa: isa, rawReason: row.key.reason)
-                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason, flags: flags)
-                exitRows[key, default: ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason, flags: flags, isa: isa,
-                                               count: 0, blocking: ExitReasonNames.isBlocking(isa: isa, reasonName: reason),
-                                               histogram: nil, topRIPs: [],
-                                               code: Self.code(isa: isa, raw: row.key.reason, catalog))].count += row.count
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: infos[r].nameID, flags: infos[r].flagsID)
+                if let i = exitIndex[key] {
+                    exitRows[i].count += row.count
+                } else {
+                    exitIndex[key] = exitRows.count
+                    exitRows.append(ExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: name, flags: infos[r].flags,
+                                            isa: ISA(rawValue: row.key.isa) ?? .unknown, count: row.count,
+                                            blocking: infos[r].blocking, histogram: nil, topRIPs: [], code: infos[r].code))
+                    exitIDs.append((infos[r].nameID, infos[r].flagsID))
+                }
             } else {
-                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, reason: reason)
-                userRows[key, default: UserspaceExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: reason,
-                                                        count: 0)].count += row.count
+                let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: row.key.isa, name: infos[r].nameID, flags: noFlags)
+                if let i = userIndex[key] {
+                    userRows[i].count += row.count
+                } else {
+                    userIndex[key] = userRows.count
+                    userRows.append(UserspaceExitRow(vm: id.vm, vmName: id.vmName, vcpu: id.vcpu, reason: name,
+                                                     count: row.count))
+                    userNames.append(infos[r].nameID)
+                }
             }
         }
-        for s in snap.series {
-            let id = snap.identity(of: s.tid)
-            guard filter.keeps(tid: s.tid, identity: id),
-                  let exitEvent = catalog.index(of: "kvm_exit"),
-                  let reason = catalog.reasonName(event: exitEvent, reason: s.reason, isa: s.isa) else { continue }
-            let flags = catalog.exitReasons.flags(isa: ISA(rawValue: s.isa) ?? .unknown, rawReason: s.reason)
-            let key = RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, reason: reason, flags: flags)
-            guard exitRows[key] != nil else { continue }
-            if exitRows[key]!.histogram == nil {
-                exitRows[key]!.histogram = s.histogram
-            } else {
-                exitRows[key]!.histogram!.merge(s.histogram)
+        if let exitEvent = catalog.index(of: "kvm_exit") {
+            lastTid = nil
+            for s in snap.series {
+                if s.tid != lastTid {
+                    lastTid = s.tid
+                    id = snap.identity(of: s.tid)
+                    kept = filter.keeps(tid: s.tid, identity: id)
+                }
+                guard kept else { continue }
+                let r = reason(event: exitEvent, isa: s.isa, raw: s.reason)
+                guard infos[r].name != nil,
+                      let i = exitIndex[RowKey(vm: id.vm, vcpu: id.vcpu, isa: s.isa, name: infos[r].nameID,
+                                               flags: infos[r].flagsID)]
+                else { continue }
+                if exitRows[i].histogram == nil {
+                    exitRows[i].histogram = s.histogram
+                } else {
+                    exitRows[i].histogram!.merge(s.histogram)
+                }
+                exitRows[i].topRIPs = TopRIPs.merge(exitRows[i].topRIPs, s.topRIPs, limit: .max)
             }
-            exitRows[key]!.topRIPs = TopRIPs.merge(exitRows[key]!.topRIPs, s.topRIPs, limit: .max)
         }
 
+        // Names and flag sets ranked once (the order of their strings), rows sorted by those ranks.
+        let nameRank = names.ranks { $0 < $1 }
+        let flagRank = flagSets.ranks { $0.joined(separator: "|") < $1.joined(separator: "|") }
+        var childrenOf = [[(name: Int32, total: UInt64)]](repeating: [], count: catalog.count)
+        for (c, k) in childKeys.enumerated() where childUsed[c] { childrenOf[Int(k.event)].append((k.name, childTotals[c])) }
         for (i, entry) in catalog.entries.enumerated() {
-            guard try filter.keeps(field: entry.name) || (childTotals[entry.name]?.keys.contains {
-                (try? filter.keeps(event: entry.name, reason: $0)) ?? false } ?? false) else { continue }
+            let mine = childrenOf[i]
+            guard try filter.keeps(field: entry.name) || mine.contains(where: {
+                (try? filter.keeps(event: entry.name, reason: names.values[Int($0.name)])) ?? false }) else { continue }
             events.append((entry.name, totals[i]))
-            for (reason, total) in (childTotals[entry.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                children.append((entry.name, reason, total))
+            for c in mine.sorted(by: { nameRank[Int($0.name)] < nameRank[Int($1.name)] }) {
+                children.append((entry.name, names.values[Int(c.name)], c.total))
             }
         }
-        // Flags are joined only to break ties (rare): no string built per comparison of 100,000s of rows.
-        exits = exitRows.values.sorted {
-            if ($0.vm, $0.vcpu ?? .max, $0.reason) != ($1.vm, $1.vcpu ?? .max, $1.reason) {
-                return ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
+        func vcpuOrder(_ v: UInt32?) -> UInt32 { v ?? .max }
+        // (VM, vCPU, reason, flags joined by "|"): flags only break ties.
+        let exitKeys = exitRows.indices.map {
+            (exitRows[$0].vm, vcpuOrder(exitRows[$0].vcpu), nameRank[Int(exitIDs[$0].name)], flagRank[Int(exitIDs[$0].flags)])
+        }
+        Self.permute(&exitRows, to: exitKeys.indices.sorted { exitKeys[$0] < exitKeys[$1] })
+        exits = exitRows
+        let userKeys = userRows.indices.map { (userRows[$0].vm, vcpuOrder(userRows[$0].vcpu), nameRank[Int(userNames[$0])]) }
+        Self.permute(&userRows, to: userKeys.indices.sorted { userKeys[$0] < userKeys[$1] })
+        userspaceExits = userRows
+        let eventKeys = eventRowList.indices.map {
+            (eventRowList[$0].vm, vcpuOrder(eventRowList[$0].vcpu), nameRank[Int(eventRowNames[$0])])
+        }
+        Self.permute(&eventRowList, to: eventKeys.indices.sorted { eventKeys[$0] < eventKeys[$1] })
+        eventRows = eventRowList
+    }
+
+    /// Reorders `a` in place so that `a[k]` is the old `a[order[k]]` (`order` a permutation of its indices):
+    /// swaps along each cycle, so no row is copied (nor its strings and arrays retained).
+    static func permute<T>(_ a: inout [T], to order: [Int]) {
+        var done = [Bool](repeating: false, count: a.count)
+        for start in a.indices where !done[start] {
+            var k = start
+            while true {
+                done[k] = true
+                let from = order[k]
+                if from == start { break }
+                a.swapAt(k, from)
+                k = from
             }
-            return $0.flags.joined(separator: "|") < $1.flags.joined(separator: "|")
-        }
-        userspaceExits = userRows.values.sorted {
-            ($0.vm, $0.vcpu ?? .max, $0.reason) < ($1.vm, $1.vcpu ?? .max, $1.reason)
-        }
-        eventRows = perThreadEvents.values.sorted {
-            ($0.vm, $0.vcpu ?? .max, $0.event) < ($1.vm, $1.vcpu ?? .max, $1.event)
         }
     }
 
@@ -296,5 +422,67 @@ public struct Summary: Sendable {
             }
         }
         return order.map { merged[$0]! }
+    }
+}
+
+/// A reason as the kernel numbers it: the event, the ISA and the raw code.
+private struct ReasonKey: Hashable {
+    var event: UInt16
+    var isa: UInt8
+    var raw: UInt32
+}
+
+/// What a summary needs of a reason, worked out once per distinct ``ReasonKey``.
+private struct ReasonInfo {
+    /// The child-row name; nil for events without reasons.
+    var name: String?
+    var nameID: Int32 = 0
+    /// Whether `--reason` keeps it.
+    var kept = false
+    var flags: [String] = []
+    var flagsID: Int32 = 0
+    var code: UInt32?
+    var blocking = false
+    /// Its (event, name) child row's slot.
+    var child = 0
+}
+
+/// A summary row: VM × vCPU × ISA × (interned) name × (interned) flag set.
+private struct RowKey: Hashable {
+    var vm: Int32
+    var vcpu: UInt32?
+    var isa: UInt8
+    var name: Int32
+    var flags: Int32
+}
+
+private struct ChildKey: Hashable {
+    var event: UInt16
+    var name: Int32
+}
+
+/// Distinct values numbered in order of first sight.
+private struct Interner<T: Hashable> {
+    var ids: [T: Int32] = [:]
+    var values: [T] = []
+
+    mutating func id(_ v: T) -> Int32 {
+        if let i = ids[v] { return i }
+        let i = Int32(values.count)
+        ids[v] = i
+        values.append(v)
+        return i
+    }
+
+    /// Each id's rank in the order `less` gives the values (dense: values neither less than the other share a rank).
+    func ranks(_ less: (T, T) -> Bool) -> [Int32] {
+        let order = values.indices.sorted { less(values[$0], values[$1]) }
+        var rank = [Int32](repeating: 0, count: values.count)
+        var r: Int32 = 0
+        for (n, i) in order.enumerated() {
+            if n > 0 && less(values[order[n - 1]], values[i]) { r += 1 }
+            rank[i] = r
+        }
+        return rank
     }
 }

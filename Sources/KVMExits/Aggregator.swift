@@ -244,11 +244,14 @@ public final class Aggregator: Sendable {
             // row already (the writer hands them over there later): a reused tid's new thread never gets them.
             let rows = r.retiringRows()
             var merged: [CounterKey: UInt64] = [:]
+            merged.reserveCapacity(r.counters.count + shards.reduce(0) { $0 + $1.occupancy.keys })
             for shard in shards {
                 for e in 0..<catalog.count { snap.eventTotals[e] += shard.eventTotal(e) }
-                var held: [CounterKey: UInt64] = [:]
+                // A shard's table holds each key once: a list, not a dictionary.
+                var held: [(CounterKey, UInt64)] = []
+                held.reserveCapacity(shard.occupancy.keys)
                 let (handed, acked) = shard.collect { tid, event, isa, reason, count in
-                    held[CounterKey(tid: tid, event: event, isa: isa, reason: reason), default: 0] += count
+                    held.append((CounterKey(tid: tid, event: event, isa: isa, reason: reason), count))
                 }
                 for (k, v) in held {
                     var key = k

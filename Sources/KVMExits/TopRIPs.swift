@@ -130,6 +130,12 @@ public final class TopRIPs: Sendable {
     /// merged count is a lower bound there: `count - error ≤ true` still holds, `true ≤ count` only holds when
     /// each side tracked the RIP (or never filled up).
     public static func merge(_ a: [RIPCount], _ b: [RIPCount], limit: Int) -> [RIPCount] {
+        // One side empty (a row's first series): the other is the answer when it is already ranked with one
+        // entry per RIP, as every snapshot and merge result is.
+        if a.isEmpty || b.isEmpty {
+            let only = a.isEmpty ? b : a
+            if only.count <= limit && isRankedOncePerRIP(only) { return only }
+        }
         var byRIP: [UInt64: RIPCount] = [:]
         byRIP.reserveCapacity(a.count + b.count)
         for r in a + b {
@@ -144,6 +150,17 @@ public final class TopRIPs: Sendable {
         var out = Array(byRIP.values)
         out.sort(by: ranksBefore)
         return Array(out.prefix(Swift.max(0, limit)))
+    }
+
+    /// Whether `list` is in rank order with no RIP twice.
+    static func isRankedOncePerRIP(_ list: [RIPCount]) -> Bool {
+        for i in list.indices.dropFirst() where !ranksBefore(list[i - 1], list[i]) { return false }
+        guard list.count > 1 else { return true }
+        if list.count <= 32 {
+            for i in list.indices { for j in list.indices[(i + 1)...] where list[i].rip == list[j].rip { return false } }
+            return true
+        }
+        return Set(list.map(\.rip)).count == list.count
     }
 
     static func ranksBefore(_ x: RIPCount, _ y: RIPCount) -> Bool {

@@ -40,28 +40,41 @@ public indirect enum JSONValue: Sendable, Equatable {
             out += "["
             for (i, v) in items.enumerated() {
                 if i > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: " ", count: indent + 2) }
+                if pretty { Self.newline(indent + 2, into: &out) }
                 v.write(to: &out, pretty: pretty, indent: indent + 2)
             }
-            if pretty { out += "\n" + String(repeating: " ", count: indent) }
+            if pretty { Self.newline(indent, into: &out) }
             out += "]"
         case .object(let pairs):
             if pairs.isEmpty { out += "{}"; return }
             out += "{"
             for (i, (k, v)) in pairs.enumerated() {
                 if i > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: " ", count: indent + 2) }
+                if pretty { Self.newline(indent + 2, into: &out) }
                 Self.quote(k, into: &out)
                 out += pretty ? ": " : ":"
                 v.write(to: &out, pretty: pretty, indent: indent + 2)
             }
-            if pretty { out += "\n" + String(repeating: " ", count: indent) }
+            if pretty { Self.newline(indent, into: &out) }
             out += "}"
         }
     }
 
+    /// A newline and `indent` spaces (built once for the usual depths).
+    static func newline(_ indent: Int, into out: inout String) {
+        out += indent < newlines.count ? newlines[indent] : "\n" + String(repeating: " ", count: indent)
+    }
+
+    static let newlines: [String] = (0..<64).map { "\n" + String(repeating: " ", count: $0) }
+
     static func quote(_ s: String, into out: inout String) {
         out += "\""
+        // Most strings (names, reasons) need no escape: appended whole, not scalar by scalar.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += s
+            out += "\""
+            return
+        }
         for u in s.unicodeScalars {
             switch u {
             case "\"": out += "\\\""

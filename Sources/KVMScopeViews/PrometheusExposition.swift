@@ -118,9 +118,18 @@ public enum PrometheusExposition {
 
     /// The `le` label of each bound, seconds, shortest round-trip spelling (`1e-07`, `0.0001`, `1.0`).
     static let latencyBoundLabels: [String] = latencyBoundsNs.map { "\(Double($0) / 1e9)" }
+    static let latencyBoundLabelBytes: [[UInt8]] = latencyBoundLabels.map { Array($0.utf8) }
 
     public static func render(_ s: Summary, format: ExpositionFormat, extras: ExpositionExtras) -> String {
-        var w = Writer(format: format)
+        String(decoding: renderUTF8(s, format: format, extras: extras), as: UTF8.self)
+    }
+
+    /// ``render(_:format:extras:)``'s text as UTF-8 bytes, what `/metrics` sends (no String is made of it).
+    public static func renderUTF8(_ s: Summary, format: ExpositionFormat, extras: ExpositionExtras) -> [UInt8] {
+        let latency = LatencyBuckets(s.exits)
+        // ~100 bytes per counter row and 29 lines of ~110 bytes per VM × reason: one allocation for most scrapes.
+        var w = Writer(format: format, capacity: 8192 + (s.exits.count + s.userspaceExits.count) * 112
+                                                 + latency.count * 29 * 120)
         let om = format == .openMetrics
 
         w.family("kvmscope_build", om ? "info" : "gauge", "kvmscope build information.", suffix: "_info")
@@ -131,38 +140,21 @@ public enum PrometheusExposition {
 
         var folded: UInt64 = 0
         w.family("kvmscope_exits", "counter", "VM exits (kvm_exit), by VM, vCPU and exit reason.")
-        let exitRows = s.exits.map { r in
-            (labels: [("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
-                      ("reason", r.reason)], count: r.count)
+        folded += w.perVCPUCounters("kvmscope_exits_total", rows: s.exits.count, max: extras.maxSeries) {
+            (s.exits[$0].vm, s.exits[$0].vmName, s.exits[$0].vcpu, s.exits[$0].reason, s.exits[$0].count)
         }
-        folded += w.counters("kvmscope_exits_total", exitRows, max: extras.maxSeries)
 
         w.family("kvmscope_userspace_exits", "counter",
                  "Exits to the VMM (kvm_userspace_exit), by VM, vCPU and KVM_EXIT reason.")
-        let userRows = s.userspaceExits.map { r in
-            (labels: [("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("vcpu", r.vcpu.map(String.init) ?? ""),
-                      ("reason", r.reason)], count: r.count)
+        let user = s.userspaceExits
+        folded += w.perVCPUCounters("kvmscope_userspace_exits_total", rows: user.count, max: extras.maxSeries) {
+            (user[$0].vm, user[$0].vmName, user[$0].vcpu, user[$0].reason, user[$0].count)
         }
-        folded += w.counters("kvmscope_userspace_exits_total", userRows, max: extras.maxSeries)
 
         w.family("kvmscope_exit_latency_seconds", "histogram",
                  "Exit handling time, kvm_exit to the next kvm_entry of the thread; blocking=true: the guest halted.")
         if om { w.line("# UNIT kvmscope_exit_latency_seconds seconds") }
-        var latencyRows: [(labels: [(String, String)], histogram: HistogramSnapshot)] = []
-        for r in s.exitsByVM().sorted(by: { ($0.vm, $0.reason) < ($1.vm, $1.reason) }) {
-            guard let h = r.histogram, h.count > 0 else { continue }
-            latencyRows.append(([("vm", vmLabel(r.vm)), ("vm_name", r.vmName ?? ""), ("reason", r.reason),
-                                 ("blocking", r.blocking ? "true" : "false")], h))
-        }
-        if latencyRows.count > extras.maxSeries {
-            let keep = extras.maxSeries - 1
-            var other = HistogramSnapshot()
-            for r in latencyRows[keep...] { other.merge(r.histogram) }
-            folded += UInt64(latencyRows.count - keep)
-            latencyRows = Array(latencyRows[..<keep])
-            latencyRows.append((Self.otherLabels(["vm", "vm_name", "reason", "blocking"]), other))
-        }
-        for r in latencyRows { w.histogram("kvmscope_exit_latency_seconds", r.labels, r.histogram) }
+        folded += w.latencyHistograms("kvmscope_exit_latency_seconds", latency, max: extras.maxSeries)
 
         w.family("kvmscope_exit_pairing", "counter", "How exits paired with entries, by result.")
         let p = s.pairing
@@ -214,7 +206,7 @@ public enum PrometheusExposition {
         }
         if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, into: &w) }
         if om { w.line("# EOF") }
-        return w.out
+        return w.bytes
     }
 
     static func otherLabels(_ names: [String]) -> [(String, String)] { names.map { ($0, "other") } }
@@ -222,9 +214,11 @@ public enum PrometheusExposition {
     /// The `vm` label: the VM's pid, or "other" for VM -1 (retired VMs beyond the history, summed).
     static func vmLabel(_ vm: Int32) -> String { vm == -1 ? "other" : String(vm) }
 
-    /// A label value with `\`, `"` and newline escaped (both formats).
+    /// A label value with `\`, `"` and newline escaped (both formats). Byte by byte: a newline is escaped
+    /// wherever it is, also as the second half of a CR LF pair.
     public static func escape(labelValue v: String) -> String {
-        guard v.contains(where: { $0 == "\\" || $0 == "\"" || $0 == "\n" }) else { return v }
+        guard v.utf8.contains(where: { $0 == UInt8(ascii: "\\") || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\n") })
+        else { return v }
         var out = ""
         for c in v.unicodeScalars {
             switch c {
@@ -237,13 +231,99 @@ public enum PrometheusExposition {
         return out
     }
 
+    /// For each internal histogram bucket, the first `le` bound (index into ``latencyBoundsNs``) that counts it:
+    /// the first bound ≥ the bucket's upper edge; `latencyBoundsNs.count` for buckets only `+Inf` counts.
+    static let boundOfBucket: [UInt8] = (0..<HistogramSnapshot.bucketCount).map { i in
+        let upper = HistogramSnapshot.upperBound(ofBucket: i)
+        return UInt8(latencyBoundsNs.firstIndex { upper <= $0 } ?? latencyBoundsNs.count)
+    }
+
+    /// The exit rows' latency per VM × reason (× ISA × flags), as ``Summary/exitsByVM()`` groups them (same
+    /// groups, same first-seen order), reduced to what the histogram family prints: per `le` bound the count of
+    /// values it adds, the count and the sum. No histogram is merged or copied: each row's sparse buckets are
+    /// added to its group's bound counts.
+    struct LatencyBuckets {
+        struct Group {
+            var vm: Int32
+            var vmName: String?
+            var reason: String
+            var blocking: Bool
+            var count: UInt64 = 0
+            var sum: UInt64 = 0
+        }
+
+        /// Groups with a non-empty histogram, ordered by VM then reason (stable: ``Summary/exitsByVM()``'s order
+        /// among equals).
+        var groups: [Group] = []
+        /// `perBound[g * stride + j]`: values of group `g` that bound `j` adds (j = bounds count: `+Inf` only).
+        var perBound: [UInt64] = []
+        static var stride: Int { PrometheusExposition.latencyBoundsNs.count + 1 }
+        var count: Int { groups.count }
+
+        init(_ exits: [ExitRow]) {
+            struct Key: Hashable {
+                var vm: Int32
+                var isa: UInt8
+                var reason: String
+                var flags: [String]
+            }
+            var index: [Key: Int] = [:]
+            var all: [Group] = []
+            var bounds: [UInt64] = []
+            let table = PrometheusExposition.boundOfBucket
+            let stride = Self.stride
+            index.reserveCapacity(exits.count / 4)
+            for r in exits.indices {
+                let key = Key(vm: exits[r].vm, isa: exits[r].isa.rawValue, reason: exits[r].reason, flags: exits[r].flags)
+                let g: Int
+                if let i = index[key] {
+                    g = i
+                } else {
+                    g = all.count
+                    index[key] = g
+                    all.append(Group(vm: exits[r].vm, vmName: exits[r].vmName, reason: exits[r].reason,
+                                     blocking: exits[r].blocking))
+                    bounds.append(contentsOf: repeatElement(0, count: stride))
+                }
+                guard let h = exits[r].histogram, h.count > 0 else { continue }
+                all[g].count += h.count
+                all[g].sum &+= h.sum
+                let base = g * stride
+                for (i, c) in zip(h.bucketIndices, h.counts) { bounds[base + Int(table[Int(i)])] += c }
+            }
+            let order = all.indices.filter { all[$0].count > 0 }.sorted {
+                (all[$0].vm, all[$0].reason, $0) < (all[$1].vm, all[$1].reason, $1)
+            }
+            groups.reserveCapacity(order.count)
+            perBound.reserveCapacity(order.count * stride)
+            for g in order {
+                groups.append(all[g])
+                perBound.append(contentsOf: bounds[g * stride..<(g + 1) * stride])
+            }
+        }
+    }
+
+    /// The text, as UTF-8 bytes appended to one buffer: no String is built per line or label.
     struct Writer {
         let format: ExpositionFormat
-        var out = ""
+        var bytes: [UInt8] = []
+        /// A label set being assembled (reused).
+        var scratch: [UInt8] = []
+
+        init(format: ExpositionFormat, capacity: Int = 0) {
+            self.format = format
+            bytes.reserveCapacity(capacity)
+        }
+
+        mutating func append(_ s: String) { bytes.append(contentsOf: s.utf8) }
+
+        mutating func append(ascii s: StaticString) {
+            s.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        }
 
         mutating func line(_ s: String) {
-            out += s
-            out += "\n"
+            append(s)
+            bytes.append(UInt8(ascii: "\n"))
         }
 
         /// `# HELP` and `# TYPE` of a family. Prometheus text names counters with their `_total` (and the info
@@ -259,54 +339,163 @@ public enum PrometheusExposition {
         }
 
         mutating func sample(_ name: String, _ labels: [(String, String)], _ value: String) {
-            out += name
+            append(name)
             if !labels.isEmpty {
-                out += "{"
+                bytes.append(UInt8(ascii: "{"))
                 for (i, (k, v)) in labels.enumerated() {
-                    if i > 0 { out += "," }
-                    out += k
-                    out += "=\""
-                    out += PrometheusExposition.escape(labelValue: v)
-                    out += "\""
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    append(k)
+                    append(ascii: "=\"")
+                    Self.escaped(v, into: &bytes)
+                    bytes.append(UInt8(ascii: "\""))
                 }
-                out += "}"
+                bytes.append(UInt8(ascii: "}"))
             }
-            out += " "
-            out += value
-            out += "\n"
+            bytes.append(UInt8(ascii: " "))
+            append(value)
+            bytes.append(UInt8(ascii: "\n"))
         }
 
-        /// Counter samples, capped at `max` label sets; returns how many were folded into the "other" set.
-        mutating func counters(_ name: String, _ rows: [(labels: [(String, String)], count: UInt64)], max: Int) -> UInt64 {
-            var rows = rows
-            var folded: UInt64 = 0
-            if rows.count > max {
-                let keep = max - 1
-                let other = rows[keep...].reduce(UInt64(0)) { $0 &+ $1.count }
-                folded = UInt64(rows.count - keep)
-                let names = rows[0].labels.map(\.0)
-                rows = Array(rows[..<keep])
-                rows.append((PrometheusExposition.otherLabels(names), other))
+        /// A label value, escaped as ``PrometheusExposition/escape(labelValue:)`` does.
+        static func escaped(_ v: String, into out: inout [UInt8]) {
+            let bs = UInt8(ascii: "\\"), quote = UInt8(ascii: "\""), nl = UInt8(ascii: "\n")
+            guard v.utf8.contains(where: { $0 == bs || $0 == quote || $0 == nl }) else {
+                out.append(contentsOf: v.utf8)
+                return
             }
-            for r in rows { sample(name, r.labels, String(r.count)) }
-            return folded
+            for b in v.utf8 {
+                switch b {
+                case bs: out.append(contentsOf: [bs, bs])
+                case quote: out.append(contentsOf: [bs, quote])
+                case nl: out.append(contentsOf: [bs, UInt8(ascii: "n")])
+                default: out.append(b)
+                }
+            }
         }
 
-        mutating func histogram(_ name: String, _ labels: [(String, String)], _ h: HistogramSnapshot) {
-            let bounds = PrometheusExposition.latencyBoundsNs
-            let names = PrometheusExposition.latencyBoundLabels
+        /// Decimal digits of `v`, as `String(v)` spells them.
+        static func decimal(_ v: UInt64, into out: inout [UInt8]) {
+            if v < 10 {
+                out.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v))
+                return
+            }
+            var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+            withUnsafeMutableBytes(of: &digits) { p in
+                var i = p.count
+                var x = v
+                repeat {
+                    i -= 1
+                    p[i] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: x % 10)
+                    x /= 10
+                } while x > 0
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i...]))
+            }
+        }
+
+        /// `vm="…",vm_name="…"` (the `vm` label as ``PrometheusExposition/vmLabel(_:)`` spells it).
+        static func vmLabels(_ vm: Int32, _ name: String?, into out: inout [UInt8]) {
+            out.append(contentsOf: "vm=\"".utf8)
+            if vm == -1 {
+                out.append(contentsOf: "other".utf8)
+            } else {
+                if vm < 0 { out.append(UInt8(ascii: "-")) }
+                decimal(UInt64(vm.magnitude), into: &out)
+            }
+            out.append(contentsOf: "\",vm_name=\"".utf8)
+            if let name { escaped(name, into: &out) }
+            out.append(UInt8(ascii: "\""))
+        }
+
+        /// A counter family with labels `vm`, `vm_name`, `vcpu`, `reason`, capped at `max` label sets: the
+        /// first `max − 1` rows are kept and the rest summed into one set labelled `other`. Returns how many
+        /// rows were folded.
+        /// `fields(i)`: row i's labels and count.
+        mutating func perVCPUCounters(_ name: String, rows: Int, max: Int,
+                                      _ fields: (Int) -> (Int32, String?, UInt32?, String, UInt64)) -> UInt64 {
+            let keep = rows > max ? max - 1 : rows
+            for i in 0..<keep {
+                let (vm, vmName, vcpu, reason, count) = fields(i)
+                append(name)
+                bytes.append(UInt8(ascii: "{"))
+                Self.vmLabels(vm, vmName, into: &bytes)
+                append(ascii: ",vcpu=\"")
+                if let vcpu { Self.decimal(UInt64(vcpu), into: &bytes) }
+                append(ascii: "\",reason=\"")
+                Self.escaped(reason, into: &bytes)
+                append(ascii: "\"} ")
+                Self.decimal(count, into: &bytes)
+                bytes.append(UInt8(ascii: "\n"))
+            }
+            guard keep < rows else { return 0 }
+            let other = (keep..<rows).reduce(UInt64(0)) { $0 &+ fields($1).4 }
+            sample(name, PrometheusExposition.otherLabels(["vm", "vm_name", "vcpu", "reason"]), String(other))
+            return UInt64(rows - keep)
+        }
+
+        /// The latency histogram family, capped at `max` label sets like the counters; returns how many were
+        /// folded. Each label set's text is assembled once and repeated on its 28 lines.
+        mutating func latencyHistograms(_ name: String, _ latency: LatencyBuckets, max: Int) -> UInt64 {
+            let stride = LatencyBuckets.stride
+            let keep = latency.count > max ? max - 1 : latency.count
+            for g in 0..<keep {
+                let group = latency.groups[g]
+                scratch.removeAll(keepingCapacity: true)
+                Self.vmLabels(group.vm, group.vmName, into: &scratch)
+                scratch.append(contentsOf: ",reason=\"".utf8)
+                Self.escaped(group.reason, into: &scratch)
+                scratch.append(contentsOf: (group.blocking ? "\",blocking=\"true\"" : "\",blocking=\"false\"").utf8)
+                histogram(name, latency.perBound[g * stride..<(g + 1) * stride], count: group.count, sum: group.sum)
+            }
+            guard keep < latency.count else { return 0 }
+            var other = [UInt64](repeating: 0, count: stride)
+            var count: UInt64 = 0
+            var sum: UInt64 = 0
+            for g in keep..<latency.count {
+                for j in 0..<stride { other[j] += latency.perBound[g * stride + j] }
+                count += latency.groups[g].count
+                sum &+= latency.groups[g].sum
+            }
+            scratch.removeAll(keepingCapacity: true)
+            scratch.append(contentsOf: #"vm="other",vm_name="other",reason="other",blocking="other""#.utf8)
+            histogram(name, other[...], count: count, sum: sum)
+            return UInt64(latency.count - keep)
+        }
+
+        /// One histogram's lines, its label set (without braces) in ``scratch``.
+        mutating func histogram(_ name: String, _ perBound: ArraySlice<UInt64>, count: UInt64, sum: UInt64) {
+            let labels = PrometheusExposition.latencyBoundLabelBytes
             var cumulative: UInt64 = 0
-            var buckets = h.nonEmptyBuckets()[...]
-            for (i, bound) in bounds.enumerated() {
-                while let b = buckets.first, b.upper <= bound {
-                    cumulative += b.count
-                    buckets = buckets.dropFirst()
-                }
-                sample(name + "_bucket", labels + [("le", names[i])], String(cumulative))
+            var j = perBound.startIndex
+            for le in labels {
+                cumulative += perBound[j]
+                j += 1
+                append(name)
+                append(ascii: "_bucket{")
+                bytes.append(contentsOf: scratch)
+                append(ascii: ",le=\"")
+                bytes.append(contentsOf: le)
+                append(ascii: "\"} ")
+                Self.decimal(cumulative, into: &bytes)
+                bytes.append(UInt8(ascii: "\n"))
             }
-            sample(name + "_bucket", labels + [("le", "+Inf")], String(h.count))
-            sample(name + "_sum", labels, "\(Double(h.sum) / 1e9)")
-            sample(name + "_count", labels, String(h.count))
+            append(name)
+            append(ascii: "_bucket{")
+            bytes.append(contentsOf: scratch)
+            append(ascii: ",le=\"+Inf\"} ")
+            Self.decimal(count, into: &bytes)
+            bytes.append(UInt8(ascii: "\n"))
+            append(name)
+            append(ascii: "_sum{")
+            bytes.append(contentsOf: scratch)
+            append(ascii: "} ")
+            append("\(Double(sum) / 1e9)")
+            bytes.append(UInt8(ascii: "\n"))
+            append(name)
+            append(ascii: "_count{")
+            bytes.append(contentsOf: scratch)
+            append(ascii: "} ")
+            Self.decimal(count, into: &bytes)
+            bytes.append(UInt8(ascii: "\n"))
         }
     }
 }

@@ -21,8 +21,9 @@ import Synchronization
 /// number of series, not on the event rate).
 /// What `/metrics` shows: the exposition of the current aggregate in the negotiated format.
 public protocol MetricsSource: AnyObject, Sendable {
-    /// The whole exposition text. Throws when it cannot be built (answered 500 with the error's one line).
-    func render(_ format: ExpositionFormat) throws -> String
+    /// The whole exposition text, UTF-8 (sent as it is: no String is made of it). Throws when it cannot be
+    /// built (answered 500 with the error's one line).
+    func render(_ format: ExpositionFormat) throws -> [UInt8]
 }
 
 public final class MetricsServer: @unchecked Sendable {
@@ -282,8 +283,20 @@ public final class MetricsServer: @unchecked Sendable {
         struct Response {
             var status: Int
             var contentType = "text/plain; charset=utf-8"
-            var body: String
+            /// UTF-8.
+            var body: [UInt8]
             var extraHeaders = ""
+
+            init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String, extraHeaders: String = "") {
+                self.init(status: status, contentType: contentType, bytes: Array(body.utf8), extraHeaders: extraHeaders)
+            }
+
+            init(status: Int, contentType: String = "text/plain; charset=utf-8", bytes: [UInt8], extraHeaders: String = "") {
+                self.status = status
+                self.contentType = contentType
+                self.body = bytes
+                self.extraHeaders = extraHeaders
+            }
         }
 
         mutating func respond(_ c: inout Connection, to head: [UInt8]) {
@@ -326,7 +339,7 @@ public final class MetricsServer: @unchecked Sendable {
             case "/metrics":
                 let format = ExpositionFormat.negotiate(accept: accept)
                 do {
-                    response = Response(status: 200, contentType: format.contentType, body: try server.state.render(format))
+                    response = Response(status: 200, contentType: format.contentType, bytes: try server.state.render(format))
                 } catch {
                     response = Response(status: 500, body: "kvmscope: \(error)\n")
                 }
@@ -350,11 +363,15 @@ public final class MetricsServer: @unchecked Sendable {
         }
 
         static func encode(_ r: Response, close: Bool, headOnly: Bool = false) -> [UInt8] {
-            let body = Array(r.body.utf8)
             var text = "HTTP/1.1 \(r.status) \(reason(r.status))\r\nContent-Type: \(r.contentType)\r\n"
-                + "Content-Length: \(body.count)\r\n" + r.extraHeaders
+                + "Content-Length: \(r.body.count)\r\n" + r.extraHeaders
             if close { text += "Connection: close\r\n" }
-            return Array((text + "\r\n").utf8) + (headOnly ? [] : body)
+            text += "\r\n"
+            var out: [UInt8] = []
+            out.reserveCapacity(text.utf8.count + (headOnly ? 0 : r.body.count))
+            out.append(contentsOf: text.utf8)
+            if !headOnly { out.append(contentsOf: r.body) }
+            return out
         }
 
         mutating func reply(_ c: inout Connection, _ r: Response, close: Bool, headOnly: Bool = false) {

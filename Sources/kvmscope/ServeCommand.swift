@@ -131,13 +131,13 @@ final class MetricsState: MetricsSource {
     }
 
     /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
-    func render(_ format: ExpositionFormat) throws -> String {
+    func render(_ format: ExpositionFormat) throws -> [UInt8] {
         let summary = try Summary(session.snapshot())
         let sample = resources.withLock { $0.sample() }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
                                       resourcesPID: resourcesPID)
-        return PrometheusExposition.render(summary, format: format, extras: extras)
+        return PrometheusExposition.renderUTF8(summary, format: format, extras: extras)
     }
 }
 

@@ -16,12 +16,15 @@ struct HarnessOptions {
     var overheadRepeat = 5
     var memoryCheckpoints: [UInt64] = [10_000_000, 50_000_000, 100_000_000]
     var memoryRate = 1_000_000.0
+    var scrapeRepeats = 10
+    var churnThreads = [64, 5_000, 50_000]
+    var churnEvents = 2_000_000
 
     static let usage = """
-        usage: kvmscope-bench [--quick] [--only decode,report,live,overhead,memory] [--kvmscope PATH]
+        usage: kvmscope-bench [--quick] [--only decode,scrape,churn,report,live,overhead,memory] [--kvmscope PATH]
                               [--results DIR | --no-results] [--report-events N] [--live-seconds S]
                               [--rates 100000,500000,max] [--writers N] [--overhead-exits N] [--overhead-repeat N]
-                              [--memory-rate EVENTS_PER_S]
+                              [--memory-rate EVENTS_PER_S] [--churn-threads 64,5000,50000] [--churn-events N]
         """
 
     func wants(_ section: String) -> Bool { only.isEmpty || only.contains(section) }
@@ -50,6 +53,9 @@ struct HarnessOptions {
                 o.overheadExits = 50_000
                 o.overheadRepeat = 1
                 o.memoryCheckpoints = [1_000_000, 3_000_000, 5_000_000]
+                o.scrapeRepeats = 3
+                o.churnThreads = [64, 5_000]
+                o.churnEvents = 500_000
             case "--only": o.only = Set(value().split(separator: ",").map(String.init))
             case "--kvmscope": o.kvmscope = value()
             case "--results": o.resultsDir = value()
@@ -58,6 +64,8 @@ struct HarnessOptions {
             case "--live-seconds": o.liveSeconds = Double(value()) ?? o.liveSeconds
             case "--rates": o.rates = value().split(separator: ",").map { $0 == "max" ? nil : Double(number(String($0))) }
             case "--writers": o.writers = max(1, number(value()))
+            case "--churn-threads": o.churnThreads = value().split(separator: ",").map { number(String($0)) }
+            case "--churn-events": o.churnEvents = number(value())
             case "--memory-rate": o.memoryRate = Double(number(value()))
             case "--overhead-exits": o.overheadExits = number(value())
             case "--overhead-repeat": o.overheadRepeat = number(value())

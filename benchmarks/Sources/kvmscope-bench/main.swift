@@ -69,6 +69,76 @@ if options.wants("decode") {
     }
 }
 
+// MARK: /metrics scrape
+if options.wants("scrape") {
+    let bench = ScrapeBench(repeats: options.scrapeRepeats)
+    say("scrape: \(bench.threads) threads × \(bench.reasons) reasons")
+    do {
+        let r = try bench.run()
+        func ms(_ v: Double) -> String { f(v * 1e3, 1) }
+        out("## /metrics scrape, \(bench.threads) live vCPU threads × \(bench.reasons) reasons, one thread")
+        out()
+        out("\(r.series) latency series; the Prometheus text is \(r.lines) lines, \(r.bytes / 1024) KiB. Wall ms per scrape, \(r.timings.count) scrapes after a warm-up.")
+        out()
+        out("| stage | median ms | best ms |")
+        out("|---|---:|---:|")
+        out("| snapshot (Aggregator.snapshot) | \(ms(r.median(\.snapshot))) | \(ms(r.best(\.snapshot))) |")
+        out("| summary (Summary.init) | \(ms(r.median(\.summary))) | \(ms(r.best(\.summary))) |")
+        out("| text (PrometheusExposition.renderUTF8) | \(ms(r.median(\.render))) | \(ms(r.best(\.render))) |")
+        out("| **scrape \(bench.threads) threads × \(bench.reasons) reasons** | **\(ms(r.median(\.total)))** | \(ms(r.best(\.total))) |")
+        out("| scrape, CPU time of the thread | \(ms(r.median(\.cpu))) | \(ms(r.best(\.cpu))) |")
+        out()
+        summary.append("| scrape \(bench.threads) threads × \(bench.reasons) reasons (snapshot + summary + text) | \(ms(r.median(\.total))) ms wall, \(ms(r.median(\.cpu))) ms CPU | — | — | well under 100 ms | \(met(r.median(\.total) < 0.1)) |")
+        sections.append(("scrape", .object([
+            ("threads", .uint(UInt64(bench.threads))), ("reasons", .uint(UInt64(bench.reasons))),
+            ("series", .uint(UInt64(r.series))), ("lines", .uint(UInt64(r.lines))), ("bytes", .uint(UInt64(r.bytes))),
+            ("scrapes", .array(r.timings.map { t in .object([
+                ("snapshot_s", .double(t.snapshot)), ("summary_s", .double(t.summary)), ("render_s", .double(t.render)), ("cpu_s", .double(t.cpu)),
+            ]) })),
+        ])))
+    } catch {
+        out("scrape: failed: \(error)")
+        out()
+    }
+}
+
+// MARK: many distinct threads
+if options.wants("churn") {
+    out("## many distinct vCPU threads: \(options.churnEvents) events through the report pipeline")
+    out()
+    do {
+        let rows = try ChurnBench(kvmscope: options.kvmscope, threads: options.churnThreads, events: options.churnEvents)
+            .run(progress: say)
+        out("`kvmscope bench synth` files (VMs of 8 vCPUs, 2 host CPUs, corpus reason mix); `report --json` as shipped (wall, peak RSS), the same file through ExitPipeline on one thread (events per CPU-second), then one scrape of that aggregate (median of 3).")
+        out()
+        out("| distinct vCPU threads | report wall s | report CPU s | report peak RSS MiB | pairs | pipeline events/s, 1 core | vs first row | live series | scrape wall ms | scrape CPU ms | scrape lines |")
+        out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        let base = rows.first?.eventsPerCPUSecond ?? 1
+        for r in rows {
+            out("| \(r.threads) | \(f(r.reportWall, 2)) | \(f(r.reportCPU, 2)) | \(f(Double(r.reportRSSKB) / 1024)) | \(r.paired.map(String.init) ?? "n/a") | \(mega(r.eventsPerCPUSecond)) | \(f(r.eventsPerCPUSecond / base, 2)) | \(r.series) | \(f(r.scrape.median(\.total) * 1e3)) | \(f(r.scrape.median(\.cpu) * 1e3)) | \(r.scrape.lines) |")
+        }
+        out()
+        if let first = rows.first, let last = rows.last, rows.count > 1 {
+            let ratio = last.eventsPerCPUSecond / first.eventsPerCPUSecond
+            summary.append("| pipeline events/s, \(last.threads) vs \(first.threads) distinct threads | \(mega(last.eventsPerCPUSecond)) | \(mega(first.eventsPerCPUSecond)) (\(first.threads) threads) | \(f(ratio, 2)) | within 10 % | \(met(ratio >= 0.9)) |")
+        }
+        let churnRows: [JSONValue] = rows.map { r in
+            var o: [(String, JSONValue)] = [("threads", .uint(UInt64(r.threads))), ("events", .uint(UInt64(r.events)))]
+            o += [("report_wall_s", .double(r.reportWall)), ("report_cpu_s", .double(r.reportCPU))]
+            o += [("report_max_rss_kb", .uint(UInt64(r.reportRSSKB)))]
+            if let p = r.paired { o.append(("paired", .uint(p))) }
+            o += [("pipeline_cpu_s", .double(r.pipelineCPU)), ("live_threads", .uint(UInt64(r.liveThreads)))]
+            o += [("live_series", .uint(UInt64(r.series))), ("scrape_median_s", .double(r.scrape.median(\.total)))]
+            o += [("scrape_cpu_median_s", .double(r.scrape.median(\.cpu))), ("scrape_lines", .uint(UInt64(r.scrape.lines)))]
+            return .object(o)
+        }
+        sections.append(("churn", .array(churnRows)))
+    } catch {
+        out("churn: failed: \(error)")
+        out()
+    }
+}
+
 // MARK: offline report
 if options.wants("report") {
     out("## offline report")

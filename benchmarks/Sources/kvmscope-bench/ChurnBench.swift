@@ -1,0 +1,69 @@
+import Foundation
+import KVMExits
+import KVMHost
+import KVMSources
+
+/// Many distinct vCPU threads through the report pipeline: for each thread count, `kvmscope bench synth`
+/// writes a trace.dat of `events` events (the corpus's reason mix, VMs of 8 vCPUs, 2 host CPUs, every thread
+/// exiting in turn), then
+/// - `kvmscope report --json FILE` as shipped: wall and CPU time, peak RSS (wait4's ru_maxrss), pairs;
+/// - the same file through ``ExitPipeline`` on this thread (decode, merge CPUs, count, pair, what `report`
+///   runs without the prefetching thread): events per CPU-second, the aggregate's live threads and series;
+/// - then one `/metrics` scrape of that aggregate (snapshot, ``Summary``, Prometheus text), as ``ScrapeBench``
+///   times it.
+/// The first row (64 threads) is the baseline the others are compared with.
+struct ChurnBench {
+    var kvmscope: String
+    var threads: [Int]
+    var events: Int
+
+    struct Row {
+        var threads: Int
+        var events: Int
+        var reportWall: Double
+        var reportCPU: Double
+        var reportRSSKB: Int
+        var paired: UInt64?
+        var pipelineCPU: Double
+        var liveThreads: Int
+        var series: Int
+        var scrape: ScrapeBench.Result
+        var eventsPerCPUSecond: Double { Double(events) / pipelineCPU }
+    }
+
+    func run(progress: (String) -> Void) throws -> [Row] {
+        var rows: [Row] = []
+        for n in threads {
+            let file = "\(NSTemporaryDirectory())kvmbench-churn-\(getpid())-\(n).dat"
+            defer { unlink(file) }
+            progress("churn: writing \(events) events of \(n) threads to \(file)")
+            let s = try ChildProcess([kvmscope, "bench", "synth", "-o", file, "--events", "\(events)", "--threads", "\(n)",
+                                      "--cpus", "2"])
+            guard try s.wait().status == 0 else {
+                throw KVMScopeError.usage("bench synth failed: \(s.stderr.prefix(300))")
+            }
+            progress("churn: kvmscope report --json (\(n) threads)")
+            let t0 = MarkerWriter.now()
+            let r = try ChildProcess([kvmscope, "report", "--json", file])
+            let rt = try r.wait()
+            let wall = MarkerWriter.now() - t0
+            guard rt.status == 0 else { throw KVMScopeError.usage("report failed: \(r.stderr.prefix(300))") }
+            let paired = ((LiveCeiling.json(r.stdout)?["pairing"] as? [String: Any])?["paired"] as? NSNumber)?.uint64Value
+
+            progress("churn: the pipeline in process, then a scrape (\(n) threads)")
+            let source = try TraceFiles.open(file)
+            let identities = source.identities
+            var pipeline = ExitPipeline(catalog: source.catalog, resolver: { identities[$0] })
+            let cpu0 = DecodeBench.threadCPU()
+            _ = try pipeline.run(try source.streams())
+            let cpu = DecodeBench.threadCPU() - cpu0
+            _ = pipeline.finish(statistics: source.statistics)
+            let scrape = try ScrapeBench.measure(pipeline.aggregator, repeats: 3)
+            let snap = pipeline.aggregator.snapshot(timestamp: 1)
+            rows.append(Row(threads: n, events: events, reportWall: wall, reportCPU: rt.cpuSeconds,
+                            reportRSSKB: rt.maxRSSKB, paired: paired, pipelineCPU: cpu,
+                            liveThreads: snap.occupancy.liveThreads, series: snap.occupancy.liveSeries, scrape: scrape))
+        }
+        return rows
+    }
+}
