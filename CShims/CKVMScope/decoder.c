@@ -126,8 +126,9 @@ static inline __attribute__((always_inline)) uint64_t get_field_swapped(int swap
     }
 }
 
-static inline uint64_t get_field(const struct ckvmscope_decoder *d, const uint8_t *data, uint32_t size,
-                                 struct ckvmscope_field f)
+/* The same with the decoder's byte order (for reads outside emit()). */
+static inline __attribute__((unused)) uint64_t get_field(const struct ckvmscope_decoder *d, const uint8_t *data,
+                                                         uint32_t size, struct ckvmscope_field f)
 {
     return get_field_swapped(d->swap, data, size, f);
 }
