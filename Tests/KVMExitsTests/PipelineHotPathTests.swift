@@ -68,3 +68,57 @@ import Testing
         }
     }
 }
+
+/// The merge of per-CPU streams emits every event once, in (timestamp, stream) order with each stream's own
+/// order kept, whether it finds the next run by scanning the heads (few streams) or through its heap (many):
+/// ties across streams, runs of one stream, batches of any size, empty batches between.
+@Suite struct EventMergeOrderTests {
+    final class Batches: EventStream {
+        var batches: [[TraceEvent]]
+        init(_ batches: [[TraceEvent]]) { self.batches = batches }
+        func next(_ batch: inout [TraceEvent]) throws -> Bool {
+            batch.removeAll(keepingCapacity: true)
+            while batch.isEmpty {
+                guard !batches.isEmpty else { return false }
+                batch.append(contentsOf: batches.removeFirst())
+            }
+            return true
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 8, 9, 12])
+    func mergedInTimestampThenStreamOrder(streams n: Int) throws {
+        var x: UInt64 = 0x9E37_79B9 &* UInt64(n + 1)
+        func random(_ m: UInt64) -> UInt64 {
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            return (x >> 33) % m
+        }
+        var lanes: [[TraceEvent]] = []
+        for lane in 0..<n {
+            var t: UInt64 = random(20)
+            var events: [TraceEvent] = []
+            for k in 0..<2_000 {
+                // Small steps (often 0): long runs, ties within a stream and across streams.
+                t += random(4) == 0 ? random(30) : random(2)
+                events.append(TraceEvent(timestamp: t, tid: Int32(lane * 10_000 + k), event: 0, cpu: UInt16(lane)))
+            }
+            lanes.append(events)
+        }
+        let want = lanes.enumerated().flatMap { lane, events in events.enumerated().map { (lane, $0, $1) } }
+            .sorted { ($0.2.timestamp, $0.0, $0.1) < ($1.2.timestamp, $1.0, $1.1) }.map(\.2.tid)
+        let streams: [any EventStream] = lanes.map { events in
+            var batches: [[TraceEvent]] = []
+            var i = 0
+            while i < events.count {
+                let size = Int(random(40))  // 0: an empty batch in between
+                batches.append(Array(events[i..<min(events.count, i + size)]))
+                i += size
+            }
+            return Batches(batches)
+        }
+        var merge = EventMerge(streams: streams)
+        var got: [Int32] = []
+        try merge.run { got.append($0.tid) }
+        #expect(got == want)
+    }
+}
