@@ -27,35 +27,14 @@ struct RunMerge {
     var queues: [[TraceEvent]]
     /// Next event of each queue.
     var next: [Int]
-    /// Whether a lane has events queued (with more than ``linearLanes`` lanes: its head is in the heap).
+    /// Whether a lane's head is in the heap.
     var queued: [Bool]
     var heap = Heap<MergeHead>()
-    /// With at most ``linearLanes`` lanes: each queued lane's head timestamp, kept beside the queues; the
-    /// smallest head is found by one scan of these words per run, with no heap.
-    var heads: [UInt64]
-    let linear: Bool
-
-    /// Up to this many lanes, the next run's lane is found by scanning the heads (a few compares) instead of
-    /// through the heap (a uniqueness check and a sift per run): runs are short (1–2 events when CPUs
-    /// interleave), so that per-run cost is a per-event cost.
-    static let linearLanes = 8
 
     init(lanes: Int) {
         queues = Array(repeating: [], count: lanes)
         next = Array(repeating: 0, count: lanes)
         queued = Array(repeating: false, count: lanes)
-        heads = Array(repeating: .max, count: lanes)
-        linear = lanes <= Self.linearLanes
-    }
-
-    /// The smallest queued head (timestamp, lane), if any.
-    var minHead: MergeHead? {
-        guard linear else { return heap.min }
-        var best: MergeHead?
-        for l in queues.indices where queued[l] && (best == nil || heads[l] < best!.timestamp) {
-            best = MergeHead(heads[l], l)
-        }
-        return best
     }
 
     /// Events queued and not yet emitted.
@@ -84,11 +63,7 @@ struct RunMerge {
         }
         if !queued[lane] {
             queued[lane] = true
-            if linear {
-                heads[lane] = queues[lane][next[lane]].timestamp
-            } else {
-                heap.insert(MergeHead(queues[lane][next[lane]].timestamp, lane))
-            }
+            heap.insert(MergeHead(queues[lane][next[lane]].timestamp, lane))
         }
     }
 
@@ -99,10 +74,6 @@ struct RunMerge {
     @inline(__always)
     mutating func drain(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
                         _ body: (TraceEvent) throws -> Void) rethrows {
-        if linear {
-            try drainLinear(upTo: limit, refill: refill, body)
-            return
-        }
         guard var cur = heap.popMin() else { return }
         while true {
             let lane = cur.lane
@@ -144,56 +115,6 @@ struct RunMerge {
             }
             // The lane's head is now after the bound: the bound's lane takes over, this one goes in the heap.
             cur = heap.replaceMin(with: head)
-        }
-    }
-
-    /// ``drain(upTo:refill:_:)`` with at most ``linearLanes`` lanes: the same order, the run's lane and its
-    /// bound found by one scan of ``heads``.
-    @inline(__always)
-    mutating func drainLinear(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
-                              _ body: (TraceEvent) throws -> Void) rethrows {
-        while true {
-            // The smallest head and the next smallest, by (timestamp, lane): lanes are scanned in order, so a
-            // later lane takes a place only with a strictly smaller timestamp.
-            var lane = -1, head = UInt64.max
-            var other = -1, otherHead = UInt64.max
-            for l in heads.indices where queued[l] {
-                let h = heads[l]
-                if lane < 0 || h < head {
-                    (other, otherHead) = (lane, head)
-                    (lane, head) = (l, h)
-                } else if other < 0 || h < otherHead {
-                    (other, otherHead) = (l, h)
-                }
-            }
-            guard lane >= 0, head <= limit else { return }
-            // As in the heap's drain: the run goes on while it stays before the other lane's head (ties: the
-            // lower lane first); when this lane loses ties, the other head is above this one (no wrap).
-            var runEnd = other < 0 ? UInt64.max : lane < other ? otherHead : otherHead &- 1
-            if runEnd > limit { runEnd = limit }
-            var i = next[lane]
-            run: while true {
-                let ended = try queues[lane].withUnsafeBufferPointer { q -> Bool in
-                    while i < q.count {
-                        let e = q[i]
-                        if e.timestamp > runEnd { return true }
-                        try body(e)
-                        i += 1
-                    }
-                    return false
-                }
-                if ended { break run }
-                queues[lane].removeAll(keepingCapacity: true)
-                i = 0
-                guard try refill(lane, &queues[lane]) else { break }
-            }
-            next[lane] = i
-            if i >= queues[lane].count {
-                queued[lane] = false
-                heads[lane] = .max
-            } else {
-                heads[lane] = queues[lane][i].timestamp
-            }
         }
     }
 }
@@ -323,7 +244,7 @@ public struct ExitPipeline {
         let refill = { (lane: Int, q: inout [TraceEvent]) throws -> Bool in try streams[lane].next(&q) }
         guard from != nil || to != nil else {
             // No window: every event is kept; the first is the smallest head.
-            guard let head = merge.merge.minHead else { return 0 }
+            guard let head = merge.merge.heap.min else { return 0 }
             if eventsKept == 0 {
                 first = head.timestamp
                 pairer.observer?.start(at: head.timestamp)
