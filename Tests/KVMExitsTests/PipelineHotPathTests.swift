@@ -70,8 +70,8 @@ import Testing
 }
 
 /// The merge of per-CPU streams emits every event once, in (timestamp, stream) order with each stream's own
-/// order kept, whether it finds the next run by scanning the heads (few streams) or through its heap (many):
-/// ties across streams, runs of one stream, batches of any size, empty batches between.
+/// order kept, for 1 to 12 streams: ties across streams, runs of one stream, batches of any size, empty
+/// batches between.
 @Suite struct EventMergeOrderTests {
     final class Batches: EventStream {
         var batches: [[TraceEvent]]
