@@ -93,8 +93,9 @@ uint32_t ckvmscope_max_records(uint32_t subbuf_size)
     return subbuf_size / 12 + 1;
 }
 
-static inline uint64_t get_field(const struct ckvmscope_decoder *d, const uint8_t *data, uint32_t size,
-                                 struct ckvmscope_field f)
+/* A field of an event's payload; `swap` is a constant 0 in the native walk, so no byte-order test per field. */
+static inline __attribute__((always_inline)) uint64_t get_field_swapped(int swap, const uint8_t *data, uint32_t size,
+                                                                        struct ckvmscope_field f)
 {
     if (f.size == 0 || (uint32_t)f.offset + f.size > size)
         return 0;
@@ -106,23 +107,30 @@ static inline uint64_t get_field(const struct ckvmscope_decoder *d, const uint8_
     case 2: {
         uint16_t x;
         memcpy(&x, p, 2);
-        if (d->swap)
+        if (swap)
             x = __builtin_bswap16(x);
         return f.is_signed ? (uint64_t)(int64_t)(int16_t)x : x;
     }
     case 4: {
         uint32_t x;
         memcpy(&x, p, 4);
-        if (d->swap)
+        if (swap)
             x = __builtin_bswap32(x);
         return f.is_signed ? (uint64_t)(int64_t)(int32_t)x : x;
     }
     case 8:
         memcpy(&v, p, 8);
-        return d->swap ? __builtin_bswap64(v) : v;
+        return swap ? __builtin_bswap64(v) : v;
     default:
         return 0;
     }
+}
+
+/* The same with the decoder's byte order (for reads outside emit()). */
+static inline __attribute__((unused)) uint64_t get_field(const struct ckvmscope_decoder *d, const uint8_t *data,
+                                                         uint32_t size, struct ckvmscope_field f)
+{
+    return get_field_swapped(d->swap, data, size, f);
 }
 
 /* The sub-buffer header's `commit` word: data size in the low bits, loss flags on top (as the kernel's
@@ -156,11 +164,20 @@ static inline uint64_t read_word(const struct ckvmscope_decoder *d, const uint8_
 static inline __attribute__((always_inline)) int emit(struct ckvmscope_decoder *d, const uint8_t *data,
                                                       uint32_t esize, uint64_t ts, uint16_t cpu, uint8_t *flags,
                                                       struct ckvmscope_record *r,
-                                                      struct ckvmscope_decode_stats *stats, const int size_matched)
+                                                      struct ckvmscope_decode_stats *stats, const int size_matched,
+                                                      const int native)
 {
     if (esize < 8)
         return 0;
-    uint16_t type = (uint16_t)read_word(d, data, 4);
+    const int swap = native ? 0 : d->swap;
+    uint16_t type;
+    int32_t tid;
+    memcpy(&type, data, 2);
+    memcpy(&tid, data + 4, 4);
+    if (swap) {
+        type = (uint16_t)read_word(d, data, 4);
+        tid = (int32_t)read_word(d, data + 4, 4);
+    }
     uint16_t slot = d->slot[type];
     if (size_matched) {
         while (slot != CKVMSCOPE_NO_SLOT && d->layouts[slot].match_size && d->layouts[slot].match_size != esize)
@@ -172,18 +189,18 @@ static inline __attribute__((always_inline)) int emit(struct ckvmscope_decoder *
     }
     const struct ckvmscope_event_layout *l = &d->layouts[slot];
     r->ts = ts;
-    r->tid = (int32_t)read_word(d, data + 4, 4);
+    r->tid = tid;
     r->event = l->index;
     r->cpu = cpu;
     r->flags = *flags;
     *flags = 0;
-    r->rip = get_field(d, data, esize, l->rip);
-    r->detail = get_field(d, data, esize, l->detail);
-    r->reason = (uint32_t)get_field(d, data, esize, l->reason);
-    r->vcpu = l->vcpu.size ? (uint32_t)get_field(d, data, esize, l->vcpu) : CKVMSCOPE_NO_VCPU;
-    r->aux = (uint32_t)get_field(d, data, esize, l->aux);
-    r->aux2 = (uint16_t)get_field(d, data, esize, l->aux2);
-    r->isa = l->isa_field.size ? (uint8_t)get_field(d, data, esize, l->isa_field) : l->isa;
+    r->rip = get_field_swapped(swap, data, esize, l->rip);
+    r->detail = get_field_swapped(swap, data, esize, l->detail);
+    r->reason = (uint32_t)get_field_swapped(swap, data, esize, l->reason);
+    r->vcpu = l->vcpu.size ? (uint32_t)get_field_swapped(swap, data, esize, l->vcpu) : CKVMSCOPE_NO_VCPU;
+    r->aux = (uint32_t)get_field_swapped(swap, data, esize, l->aux);
+    r->aux2 = (uint16_t)get_field_swapped(swap, data, esize, l->aux2);
+    r->isa = l->isa_field.size ? (uint8_t)get_field_swapped(swap, data, esize, l->isa_field) : l->isa;
     return 1;
 }
 
@@ -249,7 +266,7 @@ static inline __attribute__((always_inline)) int walk_native(struct ckvmscope_de
         if ((uint64_t)(end - payload) < length)
             return -1;
         p = payload + length;
-        n += (uint32_t)emit(d, payload, length, ts, cpu, flags, &out[n], stats, size_matched);
+        n += (uint32_t)emit(d, payload, length, ts, cpu, flags, &out[n], stats, size_matched, 1);
     }
     return (int)n;
 }
@@ -324,7 +341,7 @@ static int walk_kbuffer(struct ckvmscope_decoder *d, const void *subbuf, uint32_
         /* A corrupt length must not send field reads past the sub-buffer. */
         if (esize < 0 || data < (const uint8_t *)subbuf || data + esize > (const uint8_t *)subbuf + subbuf_size)
             return -1;
-        n += (uint32_t)emit(d, data, (uint32_t)esize, ts, cpu, flags, &out[n], stats, d->size_matched);
+        n += (uint32_t)emit(d, data, (uint32_t)esize, ts, cpu, flags, &out[n], stats, d->size_matched, 0);
         if (n == cap)
             break;
         /* kbuffer's next step starts where this event's data ends. */

@@ -239,6 +239,24 @@ public struct ShardWriter {
                             direction: IODirection.of(space, aux2: e.aux2))
     }
 
+    /// Counts one event whose key was, last time, in slot `hint` (the pairer keeps one per thread's entry
+    /// and per thread × exit reason): one check of that slot's key, else ``add(_:hasReason:)``, and `hint`
+    /// becomes the slot used. A stale hint (the table was replaced) only costs the check.
+    @inline(__always)
+    mutating func add(_ e: TraceEvent, hasReason: Bool, hint: inout Int32) {
+        let isa = hasReason ? e.isa : 0
+        let a = AggregateShard.packA(tid: e.tid, event: e.event, isa: isa)
+        let b = hasReason ? UInt64(e.reason) : 0
+        let h = Int(hint) & mask
+        if hint >= 0 && words[3 * h].load(ordering: .relaxed) == a && words[3 * h + 1].load(ordering: .relaxed) == b {
+            shard.eventTotals[Int(e.event) & (AggregateShard.maxEvents - 1)].singleWriterAdd(1)
+            words[3 * h + 2].singleWriterAdd(1)
+            return
+        }
+        add(e, hasReason: hasReason)
+        hint = Int32(truncatingIfNeeded: lastSlot)
+    }
+
     @usableFromInline
     mutating func publish(slot: Int, a: UInt64, b: UInt64, tid: Int32, vcpu: UInt32) {
         // Tell the aggregator about a thread once, and again once its vCPU number shows up (4.19's kvm_exit has no

@@ -84,18 +84,21 @@ struct RunMerge {
             var runEnd = lane < bound.lane ? bound.timestamp : bound.timestamp &- 1
             if runEnd > limit { runEnd = limit }
             var i = next[lane]
-            var count = queues[lane].count
             run: while true {
-                while i < count {
-                    let e = queues[lane][i]
-                    if e.timestamp > runEnd { break run }
-                    try body(e)
-                    i += 1
+                // The run over the queue's storage: no bounds check or array access per event.
+                let ended = try queues[lane].withUnsafeBufferPointer { q -> Bool in
+                    while i < q.count {
+                        let e = q[i]
+                        if e.timestamp > runEnd { return true }
+                        try body(e)
+                        i += 1
+                    }
+                    return false
                 }
+                if ended { break run }
                 queues[lane].removeAll(keepingCapacity: true)
                 i = 0
                 guard try refill(lane, &queues[lane]) else { break }
-                count = queues[lane].count
             }
             next[lane] = i
             if i >= queues[lane].count {
@@ -186,6 +189,24 @@ struct PairingFeed {
         }
     }
 
+    /// Counts one event of kind `k` (a ``kinds`` byte) and feeds it to the pairer: an exit or entry is looked
+    /// up once in the pairer's thread table, whose slot also holds where the writer counted that key last.
+    @inline(__always)
+    static func count(_ e: TraceEvent, kind k: UInt8, _ writer: inout ShardWriter, _ pairer: inout Pairer) {
+        let hasReason = k & Self.hasReason != 0
+        if k & 3 == exit {
+            let c = pairer.exit(e, thread: pairer.pendingIndex(e.tid))
+            writer.add(e, hasReason: hasReason, hint: &pairer.reasonSlots[c].counter)
+        } else if k & 3 == entry {
+            let t = pairer.pendingIndex(e.tid)
+            writer.add(e, hasReason: hasReason, hint: &pairer.threads[t].entryCounter)
+            pairer.entry(e, thread: t)
+        } else {
+            writer.add(e, hasReason: hasReason)
+            if e.flags & TraceEvent.afterLoss != 0 { pairer.noteLoss(cpu: e.cpu, at: e.timestamp) }
+        }
+    }
+
     /// Feeds one event of kind `k` (a ``kinds`` byte) to the pairer.
     @inline(__always)
     static func feed(_ e: TraceEvent, kind k: UInt8, _ pairer: inout Pairer) {
@@ -236,9 +257,8 @@ public struct ExitPipeline {
     /// Counts and pairs one event; feed events in timestamp order.
     public mutating func add(_ e: TraceEvent) {
         let k = feed.kinds[Int(e.event) & 255]
-        writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+        PairingFeed.count(e, kind: k, &writer, &pairer)
         if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
-        PairingFeed.feed(e, kind: k, &pairer)
     }
 
     /// Runs streams through the pipeline: merged by timestamp, then kept when trace start + `from` ≤
@@ -264,9 +284,8 @@ public struct ExitPipeline {
                 last = e.timestamp
                 kept &+= 1
                 let k = kinds[Int(e.event) & 255]
-                writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+                PairingFeed.count(e, kind: k, &writer, &pairer)
                 if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
-                PairingFeed.feed(e, kind: k, &pairer)
             }
             self.last = last
             eventsKept &+= kept
@@ -290,9 +309,8 @@ public struct ExitPipeline {
             last = e.timestamp
             eventsKept &+= 1
             let k = kinds[Int(e.event) & 255]
-            writer.add(e, hasReason: k & PairingFeed.hasReason != 0)
+            PairingFeed.count(e, kind: k, &writer, &pairer)
             if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
-            PairingFeed.feed(e, kind: k, &pairer)
         }
         return eventsKept - before
     }
@@ -335,7 +353,11 @@ public struct PairingMerge {
         /// handed over. The watermark never moves back.
         public func hand(_ events: inout [TraceEvent], watermark wm: UInt64) {
             if !events.isEmpty {
-                outbox.withLock { $0.append(contentsOf: events) }
+                // An empty outbox (the consumer took the last hand-over) takes the buffer itself: no copy;
+                // the producer goes on with the outbox's old buffer.
+                outbox.withLock { box in
+                    if box.isEmpty { swap(&box, &events) } else { box.append(contentsOf: events) }
+                }
                 events.removeAll(keepingCapacity: true)
             }
             watermark.store(Swift.max(wm, watermark.load(ordering: .relaxed)), ordering: .releasing)

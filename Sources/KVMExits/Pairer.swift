@@ -21,13 +21,30 @@ public struct Pairer {
         var rip: UInt64 = 0
         /// The exit's series (index in the pairer's series slots), looked up once at the exit; -1 when none.
         var series: Int32 = -1
+        /// The counter slot of the thread's entry key in the pipeline's ``ShardWriter`` (a hint; -1: none).
+        var entryCounter: Int32 = -1
+    }
+
+    /// Per thread slot, 16 entries indexed by the exit reason's low 4 bits: the last series (and counter
+    /// slot) that reason led to. Flat, keyed by the thread's slot: an exit whose reason is there finds its
+    /// series without hashing. Checked by reason and isa; cleared whenever the thread table is rebuilt.
+    struct ReasonSlot {
+        var reason: UInt32 = 0
+        var isa: UInt8 = 0
+        var series: Int32 = -1
+        /// The counter slot of this exit key in the pipeline's ``ShardWriter`` (a hint; -1: none).
+        var counter: Int32 = -1
     }
 
     public let counters: PairingCounters
+    /// `counters`, for the hot path: no retain/release per event (`counters` keeps the object alive).
+    let countersRef: Unmanaged<PairingCounters>
     public let store: SeriesStore
     /// Open addressing on the tid, at most half full.
     var threads = [Pending](repeating: Pending(), count: Pairer.initialThreadCapacity)
     var threadMask = Pairer.initialThreadCapacity - 1
+    /// 16 ``ReasonSlot``s per slot of `threads` (slot i: entries 16i ..< 16i + 16).
+    var reasonSlots = [ReasonSlot](repeating: ReasonSlot(), count: Pairer.initialThreadCapacity * 16)
     var threadCount = 0
     /// Per CPU: timestamp of the first event after the kernel last reported losses there.
     @usableFromInline var lastLoss = [UInt64](repeating: 0, count: 1024)
@@ -41,6 +58,7 @@ public struct Pairer {
     public init(store: SeriesStore = SeriesStore(), counters: PairingCounters = PairingCounters()) {
         self.store = store
         self.counters = counters
+        countersRef = Unmanaged.passUnretained(counters)
         seriesSlots = SeriesSlots(store: store)
         acked = store.acked
     }
@@ -52,6 +70,7 @@ public struct Pairer {
     }
 
     /// The thread's slot, created on first sight; the table doubles when half full (cold path).
+    @inline(__always)
     mutating func pendingIndex(_ tid: Int32) -> Int {
         var i = Self.hash(tid) & threadMask
         while true {
@@ -59,6 +78,12 @@ public struct Pairer {
             if threads[i].tid == tid { return i }
             i = (i + 1) & threadMask
         }
+        return newPending(tid, at: i)
+    }
+
+    /// A thread seen for the first time (cold path): its slot `i`, or the slot after the table doubled.
+    @inline(never)
+    mutating func newPending(_ tid: Int32, at i: Int) -> Int {
         if (threadCount + 1) * 2 > threads.count {
             rebuildThreads(capacity: threads.count * 2, keeping: threads)
             return pendingIndex(tid)
@@ -66,6 +91,7 @@ public struct Pairer {
         threads[i].used = true
         threads[i].tid = tid
         threadCount += 1
+        for c in i &<< 4 ..< (i &+ 1) &<< 4 { reasonSlots[c] = ReasonSlot() }
         return i
     }
 
@@ -87,6 +113,8 @@ public struct Pairer {
         threads = table
         threadMask = mask
         threadCount = n
+        // Slots moved (and series indices may have): every cached series and counter slot is forgotten.
+        reasonSlots = [ReasonSlot](repeating: ReasonSlot(), count: capacity * 16)
     }
 
     /// Carries out the retirement requests posted since the last call (``RetireBoard``): the retired threads
@@ -117,28 +145,51 @@ public struct Pairer {
     }
 
     /// An exit: remembered until the thread's next entry.
+    @inline(__always)
     public mutating func exit(_ e: TraceEvent) {
+        exit(e, thread: pendingIndex(e.tid))
+    }
+
+    /// An exit of the thread in slot `i` (``pendingIndex(_:)``). Returns the index of its ``ReasonSlot``.
+    /// Hot path: no reference counting (series and counters are reached through unretained handles that the
+    /// pairer's own strong references keep alive); the series comes from the thread's reason slots, else
+    /// from one probe of the series index.
+    @inline(__always) @discardableResult
+    mutating func exit(_ e: TraceEvent, thread i: Int) -> Int {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
-        if let observer { observer.exit(tid: e.tid, isa: e.isa, reason: e.reason, at: e.timestamp) }
-        let i = pendingIndex(e.tid)
-        if threads[i].open { counters.orphanExitCount.singleWriterAdd(1) }
+        if _slowPath(observer != nil) { observer!.exit(tid: e.tid, isa: e.isa, reason: e.reason, at: e.timestamp) }
+        if threads[i].open { countersRef._withUnsafeGuaranteedRef { $0.orphanExitCount.singleWriterAdd(1) } }
+        let c = i &<< 4 | Int(e.reason & 15)
+        let si: Int
+        if reasonSlots[c].series >= 0 && reasonSlots[c].reason == e.reason && reasonSlots[c].isa == e.isa {
+            si = Int(reasonSlots[c].series)
+        } else {
+            si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
+            reasonSlots[c] = ReasonSlot(reason: e.reason, isa: e.isa, series: Int32(truncatingIfNeeded: si))
+        }
         threads[i].open = true
         threads[i].ts = e.timestamp
         threads[i].reason = e.reason
         threads[i].isa = e.isa
         threads[i].cpu = e.cpu
         threads[i].rip = e.rip
-        let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
-        threads[i].series = Int32(si)
-        seriesSlots.dense[si].topRIPs.record(e.rip)
+        threads[i].series = Int32(truncatingIfNeeded: si)
+        seriesSlots.hot[si].topRIPs._withUnsafeGuaranteedRef { $0.record(e.rip) }
+        return c
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.
+    @inline(__always)
     public mutating func entry(_ e: TraceEvent) {
+        entry(e, thread: pendingIndex(e.tid))
+    }
+
+    /// An entry of the thread in slot `i` (``pendingIndex(_:)``).
+    @inline(__always)
+    mutating func entry(_ e: TraceEvent, thread i: Int) {
         if e.flags & TraceEvent.afterLoss != 0 { noteLoss(cpu: e.cpu, at: e.timestamp) }
-        let i = pendingIndex(e.tid)
         guard threads[i].open else {
-            counters.orphanEntryCount.singleWriterAdd(1)
+            countersRef._withUnsafeGuaranteedRef { $0.orphanEntryCount.singleWriterAdd(1) }
             return
         }
         threads[i].open = false
@@ -147,17 +198,18 @@ public struct Pairer {
         let lossOnEntryCPU = lastLoss[Int(e.cpu) & 1023]
         if (lossOnExitCPU > x.ts && lossOnExitCPU <= e.timestamp)
             || (lossOnEntryCPU > x.ts && lossOnEntryCPU <= e.timestamp) {
-            counters.invalidatedCount.singleWriterAdd(1)
+            countersRef._withUnsafeGuaranteedRef { $0.invalidatedCount.singleWriterAdd(1) }
             return
         }
         guard e.timestamp >= x.ts else {
-            counters.negativeCount.singleWriterAdd(1)
+            countersRef._withUnsafeGuaranteedRef { $0.negativeCount.singleWriterAdd(1) }
             return
         }
-        seriesSlots.dense[Int(x.series)].histogram.record(e.timestamp - x.ts)
-        counters.pairedCount.singleWriterAdd(1)
-        if let observer {
-            observer.pair(tid: e.tid, isa: x.isa, reason: x.reason, exitAt: x.ts, latency: e.timestamp - x.ts)
+        let latency = e.timestamp - x.ts
+        seriesSlots.hot[Int(x.series)].histogram._withUnsafeGuaranteedRef { $0.record(latency) }
+        countersRef._withUnsafeGuaranteedRef { $0.pairedCount.singleWriterAdd(1) }
+        if _slowPath(observer != nil) {
+            observer!.pair(tid: e.tid, isa: x.isa, reason: x.reason, exitAt: x.ts, latency: latency)
         }
     }
 
@@ -236,8 +288,11 @@ struct SeriesSlots {
     /// Open addressing on the key: the key, and the dense index + 1 of the series (0: empty).
     var keys = [UInt64](repeating: 0, count: 1024)
     var table = [Int32](repeating: 0, count: 1024)
-    /// Every series, in creation order; what the hot path indexes (no optionals, no copies of references).
+    /// Every series, in creation order; keeps them alive for ``hot``.
     var dense: ContiguousArray<LatencySeries> = []
+    /// Per series (same order as ``dense``): its key and unretained handles to its histogram and top RIPs,
+    /// what the hot path reads (plain values: no reference counting, no optionals).
+    var hot: ContiguousArray<SeriesHandles> = []
     var lastKey: UInt64 = 0
     var lastIndex = -1
 
@@ -271,6 +326,7 @@ struct SeriesSlots {
         // A new series (cold path: once per thread × reason).
         let s = LatencySeries(tid: tid, isa: isa, reason: reason)
         dense.append(s)
+        hot.append(SeriesHandles(s))
         store.append(s)
         if dense.count * 2 > keys.count {
             reindex(capacity: keys.count * 2)
@@ -314,6 +370,7 @@ struct SeriesSlots {
             }
         }
         dense = kept
+        hot = ContiguousArray(kept.map(SeriesHandles.init))
         var capacity = 1024
         while capacity < dense.count * 4 { capacity *= 2 }
         reindex(capacity: capacity)
@@ -321,6 +378,24 @@ struct SeriesSlots {
     }
 
     func matches(_ d: Int, _ tid: Int32, _ isa: UInt8, _ reason: UInt32) -> Bool {
-        dense[d].tid == tid && dense[d].reason == reason && dense[d].isa == isa
+        hot[d].tid == tid && hot[d].reason == reason && hot[d].isa == isa
+    }
+}
+
+/// A series' key and its histogram and top RIPs, unretained: valid while the ``LatencySeries`` lives (the
+/// pairer's ``SeriesSlots/dense`` holds it for as long as the handles are indexed).
+struct SeriesHandles {
+    let tid: Int32
+    let isa: UInt8
+    let reason: UInt32
+    let histogram: Unmanaged<LatencyHistogram>
+    let topRIPs: Unmanaged<TopRIPs>
+
+    init(_ s: LatencySeries) {
+        tid = s.tid
+        isa = s.isa
+        reason = s.reason
+        histogram = .passUnretained(s.histogram)
+        topRIPs = .passUnretained(s.topRIPs)
     }
 }

@@ -54,12 +54,37 @@ public final class SubbufferDecoder {
     public func decode(_ bytes: UnsafeRawBufferPointer, cpu: UInt16, appendingTo batch: inout [TraceEvent]) -> Bool {
         let n = decodeRecords(bytes, cpu: cpu)
         guard n >= 0 else { return false }
-        batch.reserveCapacity(batch.count + Int(n))
+        guard Self.recordIsEvent else {
+            batch.reserveCapacity(batch.count + Int(n))
+            records.withUnsafeBufferPointer { buf in
+                for i in 0..<Int(n) { batch.append(TraceEvent(buf[i])) }
+            }
+            return true
+        }
+        // The C record and TraceEvent have the same layout: one bulk copy, no per-event conversion or append.
         records.withUnsafeBufferPointer { buf in
-            for i in 0..<Int(n) { batch.append(TraceEvent(buf[i])) }
+            buf.withMemoryRebound(to: TraceEvent.self) { events in
+                batch.append(contentsOf: UnsafeBufferPointer(rebasing: events[0..<Int(n)]))
+            }
         }
         return true
     }
+
+    /// Whether a C record is field for field a ``TraceEvent`` (same offsets, same stride): then records are
+    /// copied in bulk.
+    static let recordIsEvent: Bool = {
+        typealias E = TraceEvent
+        let offsets: [Int?] = [
+            MemoryLayout<E>.offset(of: \E.timestamp), MemoryLayout<E>.offset(of: \E.rip),
+            MemoryLayout<E>.offset(of: \E.detail), MemoryLayout<E>.offset(of: \E.tid),
+            MemoryLayout<E>.offset(of: \E.event), MemoryLayout<E>.offset(of: \E.cpu),
+            MemoryLayout<E>.offset(of: \E.reason), MemoryLayout<E>.offset(of: \E.vcpu),
+            MemoryLayout<E>.offset(of: \E.aux), MemoryLayout<E>.offset(of: \E.aux2),
+            MemoryLayout<E>.offset(of: \E.isa), MemoryLayout<E>.offset(of: \E.flags),
+        ]
+        return MemoryLayout<E>.stride == MemoryLayout<ckvmscope_record>.stride
+            && offsets == [0, 8, 16, 24, 28, 30, 32, 36, 40, 44, 46, 47]
+    }()
 
     /// Convenience for tests: every event of the sub-buffers in `data`, each `subbufSize` bytes, of one CPU.
     public func decodeAll(_ data: [UInt8], subbufSize: Int, cpu: UInt16) -> [TraceEvent] {
