@@ -17,9 +17,15 @@ final class ResourceTrail {
     private var threadLast: [Int32: [Int32: ThreadSample]] = [:]
     private var sampledAt = Date()
     private var ticksPerSecond: UInt64 = 100
+    /// Each VM's block devices (QMP): counters at first and last sight, by device name.
+    private var diskFirst: [Int32: [String: DiskCounts]] = [:]
+    private var diskLast: [Int32: [String: DiskSample]] = [:]
+    /// Each VM's last QMP reading (its problem, memory, balloon).
+    private var qmpLast: [Int32: QMPSample] = [:]
 
-    init() {
+    init(qmp: [QMPMonitor] = []) {
         sampler.excluded = [getpid()]
+        sampler.qmp = qmp
         record(sampler.sample())
         startVMs = Set(first.keys)
     }
@@ -32,6 +38,7 @@ final class ResourceTrail {
     func finish() { record(sampler.sample()) }
 
     private func record(_ s: ResourceSample) {
+        sampler.printWarnings()
         sampledAt = Date()
         ticksPerSecond = s.ticksPerSecond
         for vm in s.vms {
@@ -52,6 +59,21 @@ final class ResourceTrail {
                     threadFirst[vm.pid, default: [:]][t.tid] = firstTime[vm.pid] == s.timestamp ? t.times : ThreadTimes()
                 }
                 threadLast[vm.pid, default: [:]][t.tid] = t
+            }
+            if let q = vm.qmp {
+                // A reading with a problem keeps the last good counters (the VM is marked by `qmp_problem`).
+                if q.problem == nil {
+                    for d in q.disks {
+                        if diskFirst[vm.pid, default: [:]][d.device] == nil {
+                            // A device first seen after its VM's first QMP reading was added since: from 0.
+                            diskFirst[vm.pid, default: [:]][d.device] = diskLast[vm.pid] == nil ? d.total : DiskCounts()
+                        }
+                        diskLast[vm.pid, default: [:]][d.device] = d
+                    }
+                    qmpLast[vm.pid] = q
+                } else {
+                    qmpLast[vm.pid, default: q].problem = q.problem
+                }
             }
         }
     }
@@ -107,6 +129,15 @@ final class ResourceTrail {
                 threads.append(.object(fields))
             }
             o.append(("vcpu_threads", .array(threads)))
+            o.append(("qmp", qmpLast[pid].map { q in
+                .object([("socket", .string(q.socket)), ("problem", .optional(q.problem)),
+                         ("memory_configured_bytes", .optional(q.configuredMemoryBytes)),
+                         ("balloon_actual_bytes", .optional(q.balloonActualBytes))])
+            } ?? .null))
+            let disks = (diskLast[pid] ?? [:]).values.sorted { $0.device < $1.device }
+            o.append(("disks", .array(disks.map { d in
+                TopView.diskJSON(d, counts: d.total.subtracting(diskFirst[pid]?[d.device] ?? DiskCounts()))
+            })))
             return JSONValue.object(o)
         })
     }

@@ -118,6 +118,7 @@ struct StatCommand: ParsableCommand {
 
     @OptionGroup(title: "Filters") var filters: FilterOptions
     @OptionGroup(title: "Tracing") var trace: TraceOptions
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     @Argument(parsing: .postTerminator, help: "Trace while this command runs, counting only its processes and threads.")
     var command: [String] = []
@@ -127,6 +128,7 @@ struct StatCommand: ParsableCommand {
         if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
+        if !qmp.sockets.isEmpty && !json { throw ValidationError("--qmp adds QEMU's numbers to the --json summary's resources: give --json") }
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
@@ -160,7 +162,7 @@ struct StatCommand: ParsableCommand {
         }
 
         // stat --json: what each VM cost the host beside its exits (procfs; a sample about once a second).
-        let trail = json ? ResourceTrail() : nil
+        let trail = json ? ResourceTrail(qmp: qmp.monitors()) : nil
         var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0

@@ -64,6 +64,13 @@ enum StormAlerts {
         }
     }
 
+    /// A `disk_latency` rule reads QEMU's block statistics: without a `--qmp` socket it could never fire.
+    static func checkQMP(_ rules: [StormRule], sockets: [String]) throws {
+        guard sockets.isEmpty, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
+        throw KVMScopeError.usage("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
+                                  + "query-blockstats")
+    }
+
     /// Prints each alert as one JSON line on stdout (cold path: alerts are rare).
     static func print(_ alerts: [StormAlert]) {
         let timestamp = ISO8601DateFormatter()

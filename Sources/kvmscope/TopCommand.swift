@@ -48,6 +48,8 @@ struct TopCommand: ParsableCommand {
     @Flag(name: .customLong("no-exits"), help: "Do not trace exits (no tracefs needed; EXITS/s shows -).")
     var noExits = false
 
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
+
     func validate() throws {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
@@ -60,7 +62,7 @@ struct TopCommand: ParsableCommand {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
-        var source = try TopSource(traceExits: !noExits)
+        var source = try TopSource(traceExits: !noExits, qmp: qmp.monitors())
         defer { source.stop() }
         if !batchMode {
             let terminal: Terminal
@@ -89,6 +91,7 @@ struct TopCommand: ParsableCommand {
         defer { if let csvOut, !csvToStdout { close(csvOut) } }
         try TraceRun(stop: stop).wait(every: delay) {
             let frame = try source.next()
+            for w in frame.warnings { writeStderr("kvmscope: \(w)\n") }
             if csvToStdout {
                 // The CSV rows are what stdout carries.
             } else if json {
@@ -128,8 +131,9 @@ struct TopSource {
     let clock = ISO8601DateFormatter()
 
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
-    init(traceExits: Bool) throws {
+    init(traceExits: Bool, qmp: [QMPMonitor] = []) throws {
         sampler.excluded = [getpid()]
+        sampler.qmp = qmp
         do {
             session = traceExits ? try LiveSession(config: TraceConfig()) : nil
         } catch let e as KVMScopeError {
@@ -138,6 +142,7 @@ struct TopSource {
         }
         if let session { exits.update(try Summary(session.snapshot())) }
         _ = sampler.sample()
+        sampler.printWarnings()
     }
 
     /// The next frame: growth since the previous one.
@@ -146,7 +151,9 @@ struct TopSource {
         let sample = sampler.sample()
         var perVM: [Int32: TopExits]?
         if let session { perVM = exits.update(try Summary(session.snapshot())) }
-        return TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+        var frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+        frame.warnings = sampler.takeWarnings()
+        return frame
     }
 
     private var stopped = false
