@@ -144,14 +144,16 @@ public final class QMPConnection {
     private func send(_ bytes: [UInt8], deadline: Double) throws(QMPError) {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            // MSG_NOSIGNAL: a peer that closed gives EPIPE, not a SIGPIPE that would end kvmscope.
+            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 {
                 offset += n
                 continue
             }
             let e = errno
             if n < 0 && e == EINTR { continue }
-            guard n < 0 && e == EAGAIN else { throw QMPError(e == EPIPE ? .closed : .unreachable, "cannot send: \(Self.reason(e))") }
+            if n < 0 && (e == EPIPE || e == ECONNRESET) { throw QMPError(.closed, "connection closed by the peer") }
+            guard n < 0 && e == EAGAIN else { throw QMPError(.unreachable, "cannot send: \(Self.reason(e))") }
             try wait(POLLOUT, deadline: deadline)
         }
     }
@@ -181,6 +183,7 @@ public final class QMPConnection {
             if n == 0 { throw QMPError(.closed, "connection closed by the peer") }
             let e = errno
             if e == EINTR { continue }
+            if e == ECONNRESET { throw QMPError(.closed, "connection closed by the peer") }
             guard e == EAGAIN else { throw QMPError(.closed, "cannot read: \(Self.reason(e))") }
             try wait(POLLIN, deadline: deadline)
         }

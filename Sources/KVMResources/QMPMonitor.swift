@@ -51,8 +51,13 @@ public final class QMPMonitor {
         if connection == nil {
             let now = QMPConnection.now()
             guard now >= nextAttempt else { throw QMPError(.unreachable, warned ?? "not connected") }
-            nextAttempt = now + retrySeconds
-            let c = try QMPConnection(path: path, timeout: timeout)
+            let c: QMPConnection
+            do { c = try QMPConnection(path: path, timeout: timeout) } catch {
+                // Not reachable (or no greeting in time): tried again later, not at every sample. A connection
+                // that worked and then closed is opened again at the next sample.
+                nextAttempt = now + retrySeconds
+                throw error
+            }
             connection = c
             if c.peerPID != pid { previous = nil }
             pid = c.peerPID
