@@ -460,7 +460,7 @@ extension TopView {
         for r in rows(frame, sort: sort) where !r.vm.gone {
             guard let q = r.vm.qmp else { continue }
             if let problem = q.problem {
-                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad("(QMP: \(problem))".terminalSafe, 60) + " "
+                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad("(QMP: \(problem))".terminalSafe, 59) + " "
                              + r.vm.name.terminalSafe)
                 continue
             }
