@@ -3,10 +3,10 @@ import Glibc
 #endif
 import KVMExits
 
-/// Samples what each VM on the host costs it, from procfs and sysfs only (no libvirt, no QMP, no process
-/// spawned): VMs are the processes holding an `anon_inode:kvm-vm` descriptor; per VM and per thread it reads
-/// CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each sample's growth since the
-/// previous one.
+/// Samples what each VM on the host costs it, from procfs and sysfs (no libvirt, no process spawned) and the
+/// QMP sockets it is given (``qmp``): VMs are the processes holding an `anon_inode:kvm-vm` descriptor; per VM
+/// and per thread it reads CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each
+/// sample's growth since the previous one.
 ///
 /// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
 /// stat and schedstat (comm once per thread); each tap's 8 statistics files. Processes that are not VMs have

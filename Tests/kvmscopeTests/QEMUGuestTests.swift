@@ -118,6 +118,20 @@ struct QEMUGuestTests {
         #expect(memory["configured_bytes"] as? Int == 16 << 20)
         #expect(memory["balloon_actual_bytes"] as? Int == 16 << 20)
 
+        // stat --json: the run's growth (paused throughout: none), the device named, QEMU's memory.
+        let st = try CLI.run(["stat", "--json", "--duration", "0.5", "-p", "\(guest.pid)", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        #expect(st.status == 0, "\(st.stderr)")
+        let sj = try CLI.json(st.stdout)
+        let res = try #require((sj["resources"] as? [[String: Any]])?.first { $0["vm"] as? Int == Int(guest.pid) })
+        let statDisks = try #require(res["disks"] as? [[String: Any]])
+        #expect(statDisks.map { $0["device"] as? String } == ["virtio-disk0"])
+        #expect(statDisks.first?["read_requests"] as? Int == 0)
+        #expect(statDisks.first?["write_bytes"] as? Int == 0)
+        let statQMP = try #require(res["qmp"] as? [String: Any])
+        #expect(statQMP["socket"] as? String == guest.kvmscopeQMPPath)
+        #expect(statQMP["problem"] is NSNull)
+        #expect(statQMP["memory_configured_bytes"] as? Int == 16 << 20)
+
         // /metrics: the block families carry QEMU's counters.
         let port = freeLoopbackPort()
         let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(guest.pid)", "--qmp", guest.kvmscopeQMPPath])
