@@ -110,8 +110,9 @@ import Testing
 
     /// `--qmp`: the block view's device rows (virt-top's `3`), a marked row for a socket that failed, and the
     /// block families of /metrics.
-    @Test func qmpDevicesInBlockViewAndMetrics() {
-        var f = Self.frame()
+    /// ``frame()`` with QMP readings: web's socket gives two devices, memory and balloon; db's failed.
+    static func qmpFrame() -> TopFrame {
+        var f = frame()
         var c = DiskCounts()
         c.readRequests = 400
         c.writeRequests = 30
@@ -134,6 +135,11 @@ import Testing
         f.sample.vms[web].qmp = q
         let db = f.sample.vms.firstIndex { $0.pid == 99 }!
         f.sample.vms[db].qmp = QMPSample(socket: "/run/db.qmp", problem: "connection closed by the peer")
+        return f
+    }
+
+    @Test func qmpDevicesInBlockViewAndMetrics() {
+        let f = Self.qmpFrame()
         #expect(TopView.renderBlock(f) == [
             "    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME",
             "  4242      0      0   12K     7      0      0 web",
