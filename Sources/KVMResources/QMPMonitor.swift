@@ -3,8 +3,8 @@
 /// sample (a socket that cannot be connected to is tried again every ``retrySeconds``).
 ///
 /// Each read asks `query-blockstats`, `query-memory-size-summary`, `query-balloon` (absent without a balloon)
-/// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), each
-/// bounded by the connection's timeout. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not
+/// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), and every
+/// 10th `query-pci`, each bounded by the connection's timeout. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not
 /// thread-safe: one caller (the sampler).
 public final class QMPMonitor {
     /// The socket's path.
@@ -22,6 +22,9 @@ public final class QMPMonitor {
     /// so that a delta always spans exactly one sample interval.
     private var previous: [String: DiskCounts]?
     private var hasStats = true
+    /// The PCI regions last read, and reads on this connection (query-pci every 10th).
+    private var pci: [PCIRegion] = []
+    private var reads = 0
     private var warned: String?
 
     public init(path: String, timeout: Double = 1, retrySeconds: Double = 5) {
@@ -62,6 +65,8 @@ public final class QMPMonitor {
             if c.peerPID != pid { previous = nil }
             pid = c.peerPID
             hasStats = true
+            pci = []
+            reads = 0
         }
         let c = connection!
         var s = QMPSample(socket: path)
@@ -97,6 +102,13 @@ public final class QMPMonitor {
                 if isVCPU { s.kvmVCPUStats = sums } else { s.kvmVMStats = sums }
             }
         }
+        if reads % 10 == 0 || pci.isEmpty {
+            if let buses: [QMPReplies.PCIBus] = try optional({ () throws(QMPError) in try c.execute("query-pci") }) {
+                pci = PCIRegion.of(buses)
+            }
+        }
+        reads += 1
+        s.pciRegions = pci
         previous = now
         return s
     }

@@ -81,4 +81,51 @@ public enum QMPReplies {
             }
         }
     }
+
+    /// One PCI bus of `query-pci` (a bridge's devices are under the bridge's ``PCIDevice/pciBridge``).
+    public struct PCIBus: Decodable, Sendable, Equatable {
+        public var bus: Int
+        public var devices: [PCIDevice]
+    }
+
+    /// One PCI function of `query-pci`: where it sits, what it is, and the regions its BARs map.
+    public struct PCIDevice: Decodable, Sendable, Equatable {
+        public var bus: Int
+        public var slot: Int
+        public var function: Int
+        /// The device's id (`-device …,id=virtio-disk0`); empty for devices given none.
+        public var qdevID: String
+        public var classInfo: ClassInfo
+        public var id: IDs
+        public var regions: [Region]
+        public var pciBridge: Bridge?
+
+        enum CodingKeys: String, CodingKey {
+            case bus, slot, function, qdevID = "qdev_id", classInfo = "class_info", id, regions, pciBridge = "pci_bridge"
+        }
+
+        public struct ClassInfo: Decodable, Sendable, Equatable {
+            /// QEMU's name of the class (`SCSI controller`, `Ethernet controller`); absent for some classes.
+            public var desc: String?
+            public var `class`: Int
+        }
+
+        public struct IDs: Decodable, Sendable, Equatable {
+            public var vendor: Int
+            public var device: Int
+        }
+
+        /// One BAR's region: `type` `io` (a port range) or `memory` (guest-physical addresses, MMIO).
+        public struct Region: Decodable, Sendable, Equatable {
+            public var bar: Int
+            public var type: String
+            /// The first port or address; -1 while the guest has not mapped the BAR (firmware assigns them).
+            public var address: Int64
+            public var size: UInt64
+        }
+
+        public struct Bridge: Decodable, Sendable, Equatable {
+            public var devices: [PCIDevice]?
+        }
+    }
 }

@@ -209,6 +209,51 @@ public struct DiskSample: Sendable, Equatable {
     }
 }
 
+/// One mapped BAR of a VM's PCI device (QMP `query-pci`): which guest ports or guest-physical addresses reach
+/// which device — what names a `kvm_pio` port or a `kvm_mmio` address.
+public struct PCIRegion: Sendable, Equatable {
+    /// The device's id (`virtio-disk0`), else QEMU's class name (`SCSI controller`), else `VVVV:DDDD`.
+    public var device: String
+    /// `BB:SS.F`, the device's PCI address.
+    public var address: String
+    public var bar: Int
+    /// True for an I/O port range (`kvm_pio`), false for memory (MMIO, `kvm_mmio`).
+    public var isIO: Bool
+    /// The first port or guest-physical address, and the region's length.
+    public var start: UInt64
+    public var size: UInt64
+
+    public init(device: String, address: String, bar: Int, isIO: Bool, start: UInt64, size: UInt64) {
+        self.device = device
+        self.address = address
+        self.bar = bar
+        self.isIO = isIO
+        self.start = start
+        self.size = size
+    }
+
+    /// The regions of `query-pci`'s buses that the guest has mapped (bridges' devices included), in QEMU's order.
+    public static func of(_ buses: [QMPReplies.PCIBus]) -> [PCIRegion] {
+        var out: [PCIRegion] = []
+        func hex(_ v: Int, _ width: Int) -> String {
+            let h = String(v, radix: 16)
+            return String(repeating: "0", count: max(0, width - h.count)) + h
+        }
+        func visit(_ devices: [QMPReplies.PCIDevice]) {
+            for d in devices {
+                let name = !d.qdevID.isEmpty ? d.qdevID : d.classInfo.desc ?? "\(hex(d.id.vendor, 4)):\(hex(d.id.device, 4))"
+                let address = "\(hex(d.bus, 2)):\(hex(d.slot, 2)).\(d.function)"
+                for r in d.regions where r.address >= 0 && r.size > 0 {
+                    out.append(PCIRegion(device: name, address: address, bar: r.bar, isIO: r.type == "io", start: UInt64(r.address), size: r.size))
+                }
+                visit(d.pciBridge?.devices ?? [])
+            }
+        }
+        visit(buses.flatMap(\.devices))
+        return out
+    }
+}
+
 /// What QEMU itself says about a VM through its QMP socket (`--qmp PATH`), in one sample.
 public struct QMPSample: Sendable, Equatable {
     /// The socket's path.
@@ -229,6 +274,9 @@ public struct QMPSample: Sendable, Equatable {
     /// KVM's statistics of the vCPUs (`query-stats` target `vcpu`), numeric ones summed over every vCPU
     /// (`exits`, `halt_exits`, `halt_successful_poll`, `halt_wait_ns`, `insn_emulation`, `io_exits`, …).
     public var kvmVCPUStats: [String: UInt64] = [:]
+    /// The guest's mapped PCI BARs (`query-pci`, read when the connection opens and every 10th read after:
+    /// firmware and guests map BARs at boot): the port and MMIO ranges of each device.
+    public var pciRegions: [PCIRegion] = []
 
     public init(socket: String, problem: String? = nil) {
         self.socket = socket

@@ -273,6 +273,10 @@ public enum TopView {
                     ("socket", .string(q.socket)), ("problem", .optional(q.problem)),
                     ("kvm_vm_stats", .object(q.kvmVMStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
                     ("kvm_vcpu_stats", .object(q.kvmVCPUStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
+                    ("pci_regions", .array(q.pciRegions.map { r in
+                        .object([("device", .string(r.device)), ("address", .string(r.address)), ("bar", .int(Int64(r.bar))),
+                                 ("type", .string(r.isIO ? "io" : "memory")), ("start", .uint(r.start)), ("size", .uint(r.size))])
+                    })),
                 ])
             } ?? .null),
             ("disks", .array((vm.qmp?.disks ?? []).map { d in

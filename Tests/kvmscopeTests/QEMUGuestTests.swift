@@ -99,6 +99,17 @@ struct QEMUGuestTests {
         #expect(q.balloonActualBytes == 16 << 20)
         #expect(exits > 0)
         #expect(q.kvmVCPUStats["exits"] == exits)
+        // The PCI BARs the guest mapped (query-pci): virtio-disk0's, as QMP gives them to the test.
+        let buses = try #require(try qmp.execute("query-pci") as? [[String: Any]])
+        var expected: [String] = []
+        for dev in buses.flatMap({ $0["devices"] as? [[String: Any]] ?? [] }) where dev["qdev_id"] as? String == "virtio-disk0" {
+            for r in dev["regions"] as? [[String: Any]] ?? [] where (r["address"] as? Int ?? -1) >= 0 {
+                expected.append("\(r["bar"] as? Int ?? -1) \(r["type"] as? String ?? "?") \(r["address"] as? Int ?? -1) \(r["size"] as? Int ?? -1)")
+            }
+        }
+        #expect(!expected.isEmpty)
+        #expect(q.pciRegions.filter { $0.device == "virtio-disk0" }.map { "\($0.bar) \($0.isIO ? "io" : "memory") \($0.start) \($0.size)" }
+            == expected)
 
         // top --json: the cumulative counters (paused: as read), nothing in the interval.
         let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
