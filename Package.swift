@@ -39,6 +39,8 @@ let package = Package(
         // The storm guest's shim: a real VM through the KVM ioctl API.
         .target(name: "CKVMGuest", dependencies: ["CKVMHost"], path: "CShims/CKVMGuest",
                 linkerSettings: [.linkedLibrary("pthread")]),
+        // libvirt's public API (read-only: domain names, UUIDs, statistics), via pkg-config.
+        .systemLibrary(name: "CLibvirt", path: "CShims/CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         // The live view's terminal, through ncursesw.
         .target(name: "CTerminal", dependencies: ["CKVMHost"], path: "CShims/CTerminal",
                 linkerSettings: [.linkedLibrary("ncursesw")]),
@@ -57,9 +59,9 @@ let package = Package(
                                                    .product(name: "SystemPackage", package: "swift-system"),
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Sources/KVMSources"),
-        // What each VM costs the host, from procfs and sysfs: CPU, run-queue wait, memory, I/O, taps; and from
-        // QEMU's QMP sockets: per-device disk counters, configured memory, balloon, KVM's binary statistics.
-        .target(name: "KVMResources", dependencies: ["KVMExits"], path: "Sources/KVMResources"),
+        // What each VM costs the host, from procfs and sysfs (CPU, run-queue wait, memory, I/O, taps), libvirt, and
+        // QEMU's QMP sockets (per-device disk counters, configured memory, balloon, KVM's binary statistics).
+        .target(name: "KVMResources", dependencies: ["CLibvirt", "KVMExits"], path: "Sources/KVMResources"),
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
         .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits", "KVMResources"], path: "Sources/KVMScopeViews"),

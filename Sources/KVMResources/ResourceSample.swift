@@ -325,6 +325,9 @@ public struct VMSample: Sendable, Equatable {
     public var gone = false
     /// `kvm` (the process holds a KVM VM descriptor) or `tcg` (a QEMU without one: emulated, no KVM).
     public var accel = "kvm"
+    /// The libvirt domain this process runs (name, UUID, `virsh domstats`), when kvmscope reads libvirt and
+    /// libvirt lists it; nil otherwise.
+    public var libvirt: LibvirtDomain?
     /// The process's CPU times, cumulative, from `/proc/PID/stat` (utime, stime, guest_time of the whole
     /// process, threads that ended included; schedstat fields are not used here).
     public var processTimes = ThreadTimes()

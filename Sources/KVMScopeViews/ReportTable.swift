@@ -106,7 +106,8 @@ public enum ReportTable {
         ]
     }
 
-    /// CSV: one row per VM × vCPU × reason, latencies in ns.
+    /// CSV: one row per VM × vCPU × reason, latencies in ns: exit reasons from `kvm_exit` (isa `vmx`, `svm`,
+    /// `arm64`), then the `KVM_EXIT_*` reasons of `kvm_userspace_exit` (isa `userspace`: a count, no latency).
     public static let csvHeader = "file,vm,vm_name,vcpu,reason,isa,blocking,count,paired,min_ns,mean_ns,stddev_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns,total_ns"
 
     public static func csvRows(_ s: Summary, file: String) -> [String] {
@@ -120,6 +121,10 @@ public enum ReportTable {
                 f += ["0"] + Array(repeating: "", count: 9)
             }
             return f.joined(separator: ",")
+        } + s.userspaceExits.map { r in
+            ([csvField(file), String(r.vm), csvField(r.vmName ?? ""), r.vcpu.map(String.init) ?? "",
+              csvField(r.reason), "userspace", "0", String(r.count), "0"] + Array(repeating: "", count: 9))
+                .joined(separator: ",")
         }
     }
 

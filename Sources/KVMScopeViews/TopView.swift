@@ -146,7 +146,7 @@ public enum TopView {
         let interval = max(s.intervalSeconds, 1e-9)
         let clock = frame.time.split(separator: "T").last.map { String($0.prefix(8)) } ?? frame.time
         var lines = [
-            "kvmscope top - \(clock) - \(live.count) VMs, \(running) running, \(paused) paused, \(live.count - running - paused) blocked",
+            "kvmscope top - \(clock) - \(live.count) VM\(live.count == 1 ? "" : "s"), \(running) running, \(paused) paused, \(live.count - running - paused) blocked",
             "Host: \(s.hostCPUs) CPUs, \(gib(s.hostMemoryBytes)) GiB memory; interval \(fixed(s.intervalSeconds, 2)) s",
             "CPU: \(fixed(cpu / interval / Double(s.hostCPUs) * 100, 1))% of all host CPUs (virt-top's %CPU), "
                 + "\(fixed(cpu / interval * 100, 1))% of one CPU (htop's); sorted by \(sort.rawValue)",
@@ -301,6 +301,7 @@ public enum TopView {
                     ("host_rx_errors", .uint(t.rxErrors)), ("host_tx_errors", .uint(t.txErrors)),
                 ])
             })),
+            ("libvirt", LibvirtJSON.value(vm.libvirt)),
             ("threads", .array(threads)),
         ])
     }

@@ -22,7 +22,7 @@ struct LiveCommand: ParsableCommand {
               kvmscope live --demo               starts a demo guest when no VM runs on this host
             """)
 
-    @Option(name: [.customShort("s"), .customLong("set-delay")], help: "Refresh interval in seconds (0.1 to 25.5).")
+    @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: "Refresh interval in seconds (0.1 to 25.5).")
     var delay: Double = 3
 
     @Flag(help: "When no other VM runs on this host, run demo guests (kvmscope storm) and show them.")

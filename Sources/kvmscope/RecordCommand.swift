@@ -23,7 +23,7 @@ struct RecordCommand: ParsableCommand {
     @Option(name: [.customShort("o"), .long], help: "The trace.dat file to write.")
     var output: String
 
-    @Option(help: "Stop after this many seconds.")
+    @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?
 
     @Option(name: .customLong("max-size"), help: "Stop when this much trace data is written (bytes; K, M, G suffixes).")

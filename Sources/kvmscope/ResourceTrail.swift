@@ -1,10 +1,12 @@
 import Foundation
+import KVMHost
 import KVMResources
 import KVMScopeViews
 
-/// What each VM cost the host over a `stat` run: resource samples at the start, about once a second while
+/// What each VM cost the host over a `stat` run: resource samples at the start, every `every` seconds while
 /// tracing (so a VM that ends keeps its last numbers), and at the end; each VM's growth from its first sample
-/// to its last.
+/// to its last — or from zero, for a VM whose process started after the run did (a `stat -- CMD` guest: its
+/// first second would be missed otherwise).
 final class ResourceTrail {
     private let sampler = ResourceSampler()
     private var first: [Int32: VMSample] = [:]
@@ -12,6 +14,8 @@ final class ResourceTrail {
     private var firstTime: [Int32: UInt64] = [:]
     private var lastTime: [Int32: UInt64] = [:]
     private var startVMs: Set<Int32> = []
+    /// VMs whose process started after the run did: counted from zero.
+    private var bornDuringRun: Set<Int32> = []
     /// Every vCPU thread seen, per VM: its counters at first and last sight (a thread that ended keeps them).
     private var threadFirst: [Int32: [Int32: ThreadTimes]] = [:]
     private var threadLast: [Int32: [Int32: ThreadSample]] = [:]
@@ -23,16 +27,29 @@ final class ResourceTrail {
     /// Each VM's last QMP reading (its problem, memory, balloon).
     private var qmpLast: [Int32: QMPSample] = [:]
 
-    init(qmp: [QMPMonitor] = []) {
+    private let every: Double
+    /// When the run started, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
+    private let startTicks: UInt64
+
+    /// - Parameters:
+    ///   - every: seconds between samples while tracing (a VM that ends loses at most this much).
+    ///   - qmp: QMP sockets (`--qmp`) read at each sample.
+    init(every: Double = 1, qmp: [QMPMonitor] = []) {
+        self.every = every
+        var boot = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &boot)
+        let tck = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
+        // Rounded down: a process born in the same tick counts as born after.
+        startTicks = (UInt64(boot.tv_sec) * 1_000_000_000 + UInt64(boot.tv_nsec)) * tck / 1_000_000_000
         sampler.excluded = [getpid()]
         sampler.qmp = qmp
         record(sampler.sample())
         startVMs = Set(first.keys)
     }
 
-    /// Samples when a second has passed since the last sample.
+    /// Samples when `every` seconds have passed since the last sample.
     func sampleIfDue() {
-        if Date().timeIntervalSince(sampledAt) >= 1 { record(sampler.sample()) }
+        if Date().timeIntervalSince(sampledAt) >= every { record(sampler.sample()) }
     }
 
     func finish() { record(sampler.sample()) }
@@ -48,15 +65,24 @@ final class ResourceTrail {
                 continue
             }
             if first[vm.pid] == nil {
-                first[vm.pid] = vm
+                var base = vm
+                if let born = ThreadDirectory.startTime(tid: vm.pid, vm: vm.pid), born >= startTicks {
+                    // Born during the run: everything it used, it used while traced.
+                    base.processTimes = ThreadTimes()
+                    base.io = vm.io.map { _ in IOCounters() }
+                    bornDuringRun.insert(vm.pid)
+                }
+                first[vm.pid] = base
                 firstTime[vm.pid] = s.timestamp
             }
             last[vm.pid] = vm
             lastTime[vm.pid] = s.timestamp
             for t in vm.threads where !t.gone && t.vcpu != nil {
-                // A thread first seen after its VM was counts from 0 (it was born in between).
+                // A thread first seen after its VM was, or of a VM born during the run, counts from 0 (it was
+                // born in between).
                 if threadFirst[vm.pid, default: [:]][t.tid] == nil {
-                    threadFirst[vm.pid, default: [:]][t.tid] = firstTime[vm.pid] == s.timestamp ? t.times : ThreadTimes()
+                    let fromZero = firstTime[vm.pid] != s.timestamp || bornDuringRun.contains(vm.pid)
+                    threadFirst[vm.pid, default: [:]][t.tid] = fromZero ? ThreadTimes() : t.times
                 }
                 threadLast[vm.pid, default: [:]][t.tid] = t
             }
@@ -104,7 +130,7 @@ final class ResourceTrail {
             let io = b.io.flatMap { bio in a.io.map { bio.subtracting($0) } }
             var o: [(String, JSONValue)] = [
                 ("vm", .int(Int64(pid))), ("vm_name", .string(b.name)), ("ended", .bool(b.gone)),
-                ("seen_from_start", .bool(startVMs.contains(pid))),
+                ("seen_from_start", .bool(startVMs.contains(pid))), ("born_during_run", .bool(bornDuringRun.contains(pid))),
             ]
             let span = Double((lastTime[pid] ?? 0) &- (firstTime[pid] ?? 0)) / 1e9
             o.append(("sampled_seconds", .double(span)))

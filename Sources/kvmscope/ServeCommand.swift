@@ -43,7 +43,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("alert"), help: "A storm rule (repeatable; grammar in `kvmscope watch --help`).")
     var alerts: [String] = []
 
-    @Option(name: [.customShort("s"), .customLong("interval")], help: "Seconds between storm rule evaluations (0.1 to 60).")
+    @Option(name: [.customShort("s"), .customLong("interval")], parsing: .unconditional, help: "Seconds between storm rule evaluations (0.1 to 60).")
     var interval: Double = 1
 
     @Option(name: [.customShort("p"), .long], help: "Trace only this process and what it starts (a VMM).")
@@ -63,13 +63,15 @@ struct ServeCommand: ParsableCommand {
         guard retiredVMs >= 1 else { throw ValidationError("--retired-vms must be at least 1") }
         guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
+        do { _ = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
+        _ = try StormAlerts.rules(alerts)
     }
 
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
         try StormAlerts.checkQMP(rules, sockets: qmp.sockets)
         let address: any SocketAddress
-        do { address = try ListenAddress.parse(listen) } catch { throw KVMScopeError.usage(error.description) }
+        do { address = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         // A daemon: threads that exit retire into their VM's rows, so memory follows the live threads.

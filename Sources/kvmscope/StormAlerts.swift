@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import KVMAnalysis
 import KVMExits
@@ -6,11 +7,12 @@ import KVMScopeViews
 
 /// The storm rules of `--alert`, shared by `watch` and `serve`.
 enum StormAlerts {
-    /// Parses every rule. Throws the parser's one-line error.
+    /// Parses every rule. Throws the parser's one-line error as a `ValidationError` (exit status 64).
     static func rules(_ texts: [String]) throws -> [StormRule] {
         try texts.map { text in
+            // A bad argument, like ArgumentParser's own: exit status 64.
             do { return try StormRule(parsing: text) } catch let e as StormRuleError {
-                throw KVMScopeError.usage(e.description)
+                throw ValidationError(e.description)
             }
         }
     }

@@ -22,13 +22,13 @@ struct StormCommand: ParsableCommand {
     @Option(help: "Kind of exit: io, mmio or hlt.")
     var kind: String = "io"
 
-    @Option(help: "Number of vCPU threads.")
+    @Option(parsing: .unconditional, help: "Number of vCPU threads.")
     var vcpus: UInt32 = 1
 
-    @Option(help: "Exits per vCPU.")
+    @Option(parsing: .unconditional, help: "Exits per vCPU.")
     var exits: UInt64 = 100_000
 
-    @Option(help: "Repeat the storm for this many seconds, stopping the vCPUs when they pass (0: run once).")
+    @Option(parsing: .unconditional, help: "Repeat the storm for this many seconds, stopping the vCPUs when they pass (0: run once).")
     var seconds: Double = 0
 
     @Option(help: "A guest name, found like QEMU's -name (kvm_stat -g, kvmscope -g).")
@@ -40,6 +40,12 @@ struct StormCommand: ParsableCommand {
         }
         guard (1...256).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 256") }
         guard seconds >= 0 else { throw ValidationError("--seconds must be ≥ 0") }
+        // The name is read back from the command line as QEMU's -name is (kvm_stat -g does the same), where a
+        // single comma ends the name: 'web,1' would be found as "web". QEMU spells a comma ",,".
+        if let name, GuestName.fromQEMUArguments(["-name", name]) != name.replacingOccurrences(of: ",,", with: ",") {
+            throw ValidationError("--name '\(name)': a comma in a guest name is written ',,' (as in QEMU's -name), "
+                                  + "and the name cannot be empty or start with 'key='")
+        }
     }
 
     func run() throws {
@@ -58,7 +64,7 @@ struct StormCommand: ParsableCommand {
             elapsed += r.seconds
         } while seconds > 0 && !stop.isRaised
         let json = JSONValue.object([
-            ("pid", .int(Int64(getpid()))), ("name", .optional(name)), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
+            ("pid", .int(Int64(getpid()))), ("name", .optional(name.flatMap { GuestName.fromQEMUArguments(["-name", $0]) })), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
             ("exits", .uint(total)), ("seconds", .double((elapsed * 1e6).rounded() / 1e6)),
             ("exits_per_second", .uint(elapsed > 0 ? UInt64(Double(total) / elapsed) : 0)),
         ])

@@ -27,10 +27,10 @@ struct TopCommand: ParsableCommand {
     @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")
     var batch = false
 
-    @Option(name: [.customShort("n"), .customLong("iterations")], help: "Stop after this many iterations.")
+    @Option(name: [.customShort("n"), .customLong("iterations")], parsing: .unconditional, help: "Stop after this many iterations.")
     var iterations: Int?
 
-    @Option(name: [.customShort("d"), .customLong("delay")], help: "Seconds between iterations.")
+    @Option(name: [.customShort("d"), .customLong("delay")], parsing: .unconditional, help: "Seconds between iterations.")
     var delay: Double = 3
 
     @Flag(help: "Stream mode: like -b (virt-top --stream).")
@@ -48,6 +48,10 @@ struct TopCommand: ParsableCommand {
     @Flag(name: .customLong("no-exits"), help: "Do not trace exits (no tracefs needed; EXITS/s shows -).")
     var noExits = false
 
+    @Option(name: [.customShort("c"), .customLong("connect")],
+            help: "libvirt URI to read domain names, UUIDs and statistics from (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
+    var connect: String?
+
     @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     func validate() throws {
@@ -62,7 +66,7 @@ struct TopCommand: ParsableCommand {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
-        var source = try TopSource(traceExits: !noExits, qmp: qmp.monitors())
+        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect), qmp: qmp.monitors())
         defer { source.stop() }
         if !batchMode {
             let terminal: Terminal
@@ -129,9 +133,11 @@ struct TopSource {
     var exits = TopExitTally()
     var iteration = 0
     let clock = ISO8601DateFormatter()
+    var libvirt: LibvirtReader?
 
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
-    init(traceExits: Bool, qmp: [QMPMonitor] = []) throws {
+    init(traceExits: Bool, libvirt: LibvirtReader? = nil, qmp: [QMPMonitor] = []) throws {
+        self.libvirt = libvirt
         sampler.excluded = [getpid()]
         sampler.qmp = qmp
         do {
@@ -148,7 +154,8 @@ struct TopSource {
     /// The next frame: growth since the previous one.
     mutating func next() throws -> TopFrame {
         iteration += 1
-        let sample = sampler.sample()
+        var sample = sampler.sample()
+        libvirt?.attach(to: &sample)
         var perVM: [Int32: TopExits]?
         if let session { perVM = exits.update(try Summary(session.snapshot())) }
         var frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)

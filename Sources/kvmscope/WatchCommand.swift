@@ -28,7 +28,7 @@ struct WatchCommand: ParsableCommand {
     @Option(name: .customLong("alert"), help: "A storm rule (repeatable).")
     var alerts: [String] = []
 
-    @Option(name: [.customShort("s"), .customLong("interval")], help: "Seconds between rule evaluations (0.1 to 60).")
+    @Option(name: [.customShort("s"), .customLong("interval")], parsing: .unconditional, help: "Seconds between rule evaluations (0.1 to 60).")
     var interval: Double = 1
 
     @Flag(name: .customLong("exit-on-alert"), help: "Exit with status 2 after the first rule fires.")
@@ -50,6 +50,7 @@ struct WatchCommand: ParsableCommand {
         guard !alerts.isEmpty else { throw ValidationError("give at least one --alert RULE") }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
         if pid != nil && !command.isEmpty { throw ValidationError("-p/--pid and a COMMAND cannot be used together") }
+        _ = try StormAlerts.rules(alerts)
     }
 
     func run() throws {

@@ -28,6 +28,22 @@ import TestSupport
         try expectOneLineError(["stat", "-s", "30"], "-s/--set-delay must be between 0.1 and 25.5", status: 64)
     }
 
+    /// A negative number is the option's value, not an unknown short option ("Missing value" before).
+    @Test func negativeNumbersAreValuesTheValidatorRefuses() throws {
+        try expectOneLineError(["stat", "--duration", "-1"], "--duration must be a number of seconds > 0", status: 64)
+        try expectOneLineError(["record", "--duration", "-2", "-o", "/dev/null"], "--duration must be a number of seconds > 0", status: 64)
+        try expectOneLineError(["top", "-d", "-2"], "-d/--delay must be between 0.1 and 3600 seconds", status: 64)
+        try expectOneLineError(["top", "-n", "-1"], "-n/--iterations must be at least 1", status: 64)
+        try expectOneLineError(["serve", "-s", "-1"], "-s/--interval must be between 0.1 and 60", status: 64)
+        try expectOneLineError(["storm", "--vcpus", "-1"], "The value '-1' is invalid for '--vcpus <vcpus>'", status: 64)
+    }
+
+    /// `storm --name` is read back as QEMU's -name is: an unescaped comma would cut the name, so it is refused.
+    @Test func stormNameWithACommaNeedsQEMUsEscape() throws {
+        try expectOneLineError(["storm", "--name", "web,1"], "--name 'web,1': a comma in a guest name is written ',,' "
+                               + "(as in QEMU's -name), and the name cannot be empty or start with 'key='", status: 64)
+    }
+
     @Test func unknownOption() throws {
         try expectOneLineError(["stat", "--frobnicate"], "Unknown option '--frobnicate'", status: 64)
     }

@@ -73,6 +73,16 @@ import TestSupport
     static let pasted = CLI.packageRoot.appendingPathComponent("../shared/corpus/pasted").standardized.path + "/"
     static let fixtures = CLI.packageRoot.appendingPathComponent("Tests/Fixtures/text").path + "/"
 
+    /// `--csv` has the userspace exits too (a storm's port I/O: no kvm_exit on this backend, only KVM_EXIT_IO).
+    @Test func csvHasUserspaceExits() throws {
+        let file = Self.fixtures + "storm-io.kernel.txt"
+        let r = try CLI.run(["report", "--csv", file])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "file,vm,vm_name,vcpu,reason,isa,blocking,count,paired,min_ns,mean_ns,stddev_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns,total_ns\n"
+                + "\(file),9818,,0,KVM_EXIT_IO,userspace,0,5,0,,,,,,,,,\n"
+                + "\(file),9819,,1,KVM_EXIT_IO,userspace,0,5,0,,,,,,,,,\n")
+    }
+
     /// `--reason` and `--histogram` take the names in the file (libtraceevent's EXIT_…), the kernel's, codes.
     @Test func reasonsInAnySpelling() throws {
         let amd = Self.pasted + "amd-vmware-gp-loop.txt"

@@ -190,13 +190,13 @@ struct ServeLiveTests {
 
     @Test func malformedRuleIsOneLineAndNonZero() throws {
         let r = try CLI.run(["watch", "--alert", "rate(HLT) >> 5"])
-        #expect(r.status == 1)
+        #expect(r.status == 64)
         #expect(r.stderr == "kvmscope: bad rule 'rate(HLT) >> 5': expected a comparison '>' or '<' at column 11\n")
         let s = try CLI.run(["serve", "--alert", "p99(MSR_WRITE) > 20 parsecs"])
-        #expect(s.status == 1)
+        #expect(s.status == 64)
         #expect(s.stderr == "kvmscope: bad rule 'p99(MSR_WRITE) > 20 parsecs': expected a latency unit (ns, us, µs, ms, s) at column 21\n")
         let a = try CLI.run(["serve", "--listen", "example.org:80"])
-        #expect(a.status == 1)
+        #expect(a.status == 64)
         #expect(a.stderr == "kvmscope: bad --listen address 'example.org:80': 'example.org' is not an IPv4 address (IPv6: [ADDRESS]:PORT)\n")
     }
 

@@ -42,6 +42,27 @@ struct StatLiveTests {
         #expect((j["events"] as? [String: Int])?["kvm_pio"] == Self.n)
     }
 
+    /// A guest that the COMMAND starts and that lives less than a second: sampled ten times a second and counted
+    /// from its birth (once a second from its first sight, it was missed or lost its first part).
+    @Test func aShortGuestOfTheCommandIsCountedFromItsBirth() throws {
+        let name = "stat-short-\(getpid())"
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-short-\(getpid()).json").path
+        defer { unlink(path) }
+        let r = try CLI.run(["stat", "--json", "-o", path, "--", CLI.binary, "storm", "--kind", "io", "--vcpus", "1",
+                             "--exits", "1000000000", "--seconds", "0.6", "--name", name])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let j = try CLI.json(String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self))
+        let res = try #require(j["resources"] as? [[String: Any]])
+        let vm = try #require(res.first { $0["vm_name"] as? String == name }, "\(res)")
+        #expect(vm["born_during_run"] as? Bool == true)
+        #expect(vm["seen_from_start"] as? Bool == false)
+        #expect(vm["ended"] as? Bool == true)
+        #expect(vm["vcpus"] as? Int == 1)
+        let vcpu = try #require(vm["vcpu_cpu_seconds"] as? Double)
+        #expect(vcpu > 0)
+        #expect(try #require(vm["cpu_seconds"] as? Double) >= vcpu)
+    }
+
     /// Started with stdin closed (as CI and some service managers do), kvmscope puts /dev/null there first:
     /// its ring buffers and pipes never become the traced command's stdin.
     @Test func closedStdinBecomesDevNull() throws {

@@ -136,7 +136,7 @@ struct WaysOutTests {
 
     @Test func serveOnABadAddress() throws {
         let p = try Spawned(CLI.binary, ["serve", "--listen", "nowhere:99999"], stdinNull: true)
-        #expect(p.wait(timeout: 60) == 1)
+        #expect(p.wait(timeout: 60) == 64, "a bad argument: EX_USAGE, as ArgumentParser exits")
         #expect(p.stderr.hasPrefix("kvmscope: "))
         #expect(p.stderr.filter { $0 == "\n" }.count == 1)
         #expect(!Self.instanceLeft(by: p.pid))

@@ -1,0 +1,42 @@
+import Foundation
+import KVMExits
+import KVMResources
+
+/// libvirt as a source beside /proc: opened once (`-c/--connect URI`, else qemu:///system when a libvirt
+/// daemon's socket exists), read at every sample; a failure is one stderr line each time it changes, and the
+/// VMs simply have no libvirt section then (never old numbers shown as new).
+final class LibvirtReader {
+    let connection: LibvirtConnection
+    private var lastProblem: String?
+
+    init(connection: LibvirtConnection) { self.connection = connection }
+
+    /// - Parameter uri: the `--connect` value: nil for the default, `none` for no libvirt.
+    /// - Throws: `KVMScopeError.io` when a URI given on the command line cannot be opened; without one, a
+    ///   daemon that does not answer is a warning and kvmscope goes on with /proc only.
+    static func open(_ uri: String?) throws -> LibvirtReader? {
+        if uri == "none" { return nil }
+        if let uri {
+            do { return LibvirtReader(connection: try LibvirtConnection(uri: uri)) } catch {
+                throw KVMScopeError.io("\(error)")
+            }
+        }
+        guard LibvirtConnection.daemonSocketExists else { return nil }
+        do { return LibvirtReader(connection: try LibvirtConnection()) } catch {
+            writeStderr("kvmscope: warning: \(error); showing /proc only (-c URI names another libvirt)\n")
+            return nil
+        }
+    }
+
+    func attach(to sample: inout ResourceSample) {
+        do {
+            sample.attach(libvirt: try connection.domains())
+            if lastProblem != nil { writeStderr("kvmscope: libvirt at \(connection.uri) answers again\n") }
+            lastProblem = nil
+        } catch {
+            let problem = "\(error)"
+            if problem != lastProblem { writeStderr("kvmscope: warning: \(problem)\n") }
+            lastProblem = problem
+        }
+    }
+}
