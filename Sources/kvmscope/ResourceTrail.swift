@@ -87,12 +87,14 @@ final class ResourceTrail {
                 threadLast[vm.pid, default: [:]][t.tid] = t
             }
             if let q = vm.qmp {
-                // A reading with a problem keeps the last good counters (the VM is marked by `qmp_problem`).
+                // A reading with a problem keeps the last good counters (the VM is marked by `qmp.problem`).
                 if q.problem == nil {
                     for d in q.disks {
                         if diskFirst[vm.pid, default: [:]][d.device] == nil {
-                            // A device first seen after its VM's first QMP reading was added since: from 0.
-                            diskFirst[vm.pid, default: [:]][d.device] = diskLast[vm.pid] == nil ? d.total : DiskCounts()
+                            // A device first seen after its VM's first QMP reading was added since, and a VM born
+                            // during the run did all its I/O while traced: from 0.
+                            let fromZero = diskLast[vm.pid] != nil || bornDuringRun.contains(vm.pid)
+                            diskFirst[vm.pid, default: [:]][d.device] = fromZero ? DiskCounts() : d.total
                         }
                         diskLast[vm.pid, default: [:]][d.device] = d
                     }

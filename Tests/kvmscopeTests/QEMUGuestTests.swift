@@ -112,7 +112,7 @@ struct QEMUGuestTests {
             == expected)
 
         // top --json: the cumulative counters (paused: as read), nothing in the interval.
-        let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stderr == "")
         let j = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
@@ -193,7 +193,7 @@ struct QEMUGuestTests {
                 return ""
             },
             { @Sendable () -> String in
-                let r = try? CLI.run(["top", "--json", "-n", "2", "-d", "0.3", "--no-exits", "--qmp", refused, "--qmp", garbage],
+                let r = try? CLI.run(["top", "--json", "-n", "2", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", refused, "--qmp", garbage],
                                      timeout: 60)
                 return "\(r?.status ?? -1)\n\(r?.stderr ?? "")"
             },
