@@ -66,10 +66,11 @@ enum StormAlerts {
         }
     }
 
-    /// A `disk_latency` rule reads QEMU's block statistics: without a `--qmp` socket it could never fire.
+    /// A `disk_latency` rule reads QEMU's block statistics: without a `--qmp` socket it could never fire. A bad
+    /// combination of arguments: `ValidationError` (exit status 64).
     static func checkQMP(_ rules: [StormRule], sockets: [String]) throws {
         guard sockets.isEmpty, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
-        throw KVMScopeError.usage("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
+        throw ValidationError("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
                                   + "query-blockstats")
     }
 

@@ -165,6 +165,34 @@ struct QEMUGuestTests {
         }
     }
 
+    /// `disk_latency(vm)` on a real guest: with `--qmp` it fires (each request takes more than 1 ns), the alert
+    /// naming the VM, the reason and the unit; without `--qmp` the rule is refused.
+    @Test func diskLatencyRuleFiresFromQMP() throws {
+        let refused = try CLI.run(["watch", "--alert", "disk_latency(vm) > 5ms"], timeout: 60)
+        #expect(refused.status == 64)
+        #expect(refused.stderr == "kvmscope: --alert 'disk_latency(vm) > 5ms' needs --qmp SOCKET: per-request disk latency comes "
+                + "from QEMU's query-blockstats\n")
+        let guest = try QEMUGuest(name: "qemu-lat-\(getpid())")
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        let r = try CLI.run(["watch", "--alert", "disk_latency(vm) > 1ns", "-s", "0.5", "-p", "\(guest.pid)",
+                             "--qmp", guest.kvmscopeQMPPath, "--exit-on-alert"], timeout: 90)
+        #expect(r.status == 2, "\(r.stderr)")
+        let first = try #require(r.stdout.split(separator: "\n").first)
+        let alert = try #require(try JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any])
+        #expect(alert["state"] as? String == "firing")
+        #expect(alert["rule"] as? String == "disk_latency(vm) > 1ns")
+        #expect(alert["reason"] as? String == "disk_latency")
+        #expect(alert["unit"] as? String == "ns")
+        #expect(alert["vm"] as? Int == Int(guest.pid))
+        #expect(alert["vm_name"] as? String == "qemu-lat-\(getpid())")
+        #expect(alert["threshold"] as? Double == 1)
+        #expect((alert["value"] as? Double ?? 0) > 1)
+    }
+
     /// A QMP socket that refuses, one that answers garbage: one warning line each, the VMs still shown, exit 0.
     @Test func badQMPSocketsAreWarnings() throws {
         let dir = "/tmp/kvmscope-qmpbad-\(getpid())"
