@@ -5,7 +5,7 @@ CONFIG ?= release
 BIN = .build/$(CONFIG)/kvmscope
 DEB_PACKAGES = libtracefs-dev libtraceevent-dev libtracecmd-dev trace-cmd libzstd-dev zlib1g-dev \
                libncurses-dev pkg-config tmux prometheus linux-perf chromium qemu-system-x86 \
-               libvirt-daemon-system libvirt-dev prometheus-libvirt-exporter
+               libvirt-daemon-system libvirt-dev prometheus-libvirt-exporter linux-image-amd64 busybox-static cpio
 STAMP = .build/.deps-installed
 
 .PHONY: all deps build test demo bench clean tracefs depcheck soak soak-churn fuzz fuzz-build fuzz-ci sanitize sanitize-thread sanitize-address

@@ -303,6 +303,12 @@ public struct ThreadSample: Sendable, Equatable {
     /// Growth since the previous sample; nil on the first sample of the thread's VM and when gone. A thread
     /// born since the previous sample counts from 0.
     public var delta: ThreadTimes?
+    /// A kernel thread working for the VM, not one of its process's threads: a vhost worker of a kernel before
+    /// 6.4 (listed after the process's threads; its times are not in the process's).
+    public var kernelThread = false
+
+    /// A vhost worker (`vhost-PID`: virtio-net, -scsi or -vsock done in the host kernel), kernel thread or not.
+    public var isVhost: Bool { comm.hasPrefix("vhost-") }
 
     public init(tid: Int32, comm: String, vcpu: UInt32?, gone: Bool = false, times: ThreadTimes = ThreadTimes()) {
         self.tid = tid
@@ -338,6 +344,12 @@ public struct VMSample: Sendable, Equatable {
     /// Sum of the vCPU threads' deltas (nil at first sight and when gone). Run-queue wait and switches are
     /// summed over every vCPU thread; the VM's other threads are in ``threads``.
     public var vcpuDelta: ThreadTimes?
+    /// The vhost workers' times (virtio-net, -scsi, -vsock done in the kernel), summed: threads named
+    /// `vhost-PID` — kernel threads before Linux 6.4 (outside ``processTimes``), threads of the VMM since
+    /// (inside it). Cumulative over the workers alive now.
+    public var vhostTimes = ThreadTimes()
+    /// Their growth since the previous sample (workers born since count from 0); nil in a first sample.
+    public var vhostDelta: ThreadTimes?
     /// Memory now.
     public var memory = MemoryUsage()
     /// I/O counters, cumulative; nil when `/proc/PID/io` is not readable (not root).
@@ -348,7 +360,8 @@ public struct VMSample: Sendable, Equatable {
     public var taps: [TapCounters] = []
     /// Growth of each tap's counters (same order; a tap first seen this sample has none).
     public var tapDeltas: [TapCounters] = []
-    /// Every thread, vCPU threads first (by vCPU number), then the others by tid.
+    /// Every thread, vCPU threads first (by vCPU number), then the others by tid, then the kernel threads working
+    /// for it (vhost workers before Linux 6.4, ``ThreadSample/kernelThread``).
     public var threads: [ThreadSample] = []
     /// What its QMP socket says, when `--qmp` named one whose QEMU is this process (matched by the socket's
     /// peer pid); nil otherwise.

@@ -63,6 +63,8 @@ public final class ResourceSampler {
         var taps: [Int32: TapCounters] = [:]
         var sampled = false
         var accel = "kvm"
+        /// vhost kernel threads working for it (kernels before 6.4): their last times, by pid.
+        var vhostWorkers: [Int32: ThreadTimes] = [:]
     }
     private var vms: [Int32: VMState] = [:]
     private var hostCPUTimes: [HostCPUTimes] = []
@@ -70,6 +72,8 @@ public final class ResourceSampler {
     private var notVMs: [Int32: Int] = [:]
     /// QMP sockets already warned about for a peer that is not a VM.
     private var unmatchedWarned: Set<String> = []
+    /// vhost kernel threads (`vhost-PID`, kernels before 6.4) → the VMM process they work for.
+    private var vhostOwners: [Int32: Int32] = [:]
 
     /// - Parameters:
     ///   - procRoot: procfs (`/proc`).
@@ -202,6 +206,7 @@ public final class ResourceSampler {
             if let first = notVMs[pid], !rescan, sampleIndex - first >= youngSamples { continue }
             guard let fds = descriptors(pid), fds.isVM || isTCGQEMU(pid) else {
                 if notVMs[pid] == nil { notVMs[pid] = sampleIndex }
+                if vhostOwners[pid] == nil, let owner = vhostOwner(pid) { vhostOwners[pid] = owner }
                 continue
             }
             let dir = open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -216,6 +221,19 @@ public final class ResourceSampler {
                                accel: fds.isVM ? "kvm" : "tcg")
         }
         notVMs = notVMs.filter { listed.contains($0.key) }
+        vhostOwners = vhostOwners.filter { listed.contains($0.key) }
+    }
+
+    /// The VMM a vhost kernel thread works for: before Linux 6.4 vhost-net, vhost-scsi and vhost-vsock run a
+    /// kernel thread (PF_KTHREAD, 0x00200000 in field 9 of its stat) named `vhost-PID` per device, PID being
+    /// the process that opened it; since 6.4 they are threads of that process, counted with its own. Nil for
+    /// any other process.
+    private func vhostOwner(_ pid: Int32) -> Int32? {
+        guard case .success = file.read("\(procRoot)/\(pid)/comm"), file.text.hasPrefix("vhost-"),
+              let owner = Int32(file.text.dropFirst(6)), owner > 0,
+              case .success = file.read("\(procRoot)/\(pid)/stat"), let f = file.statFields([9]),
+              f.values[0] & 0x0020_0000 != 0 else { return nil }
+        return owner
     }
 
     /// A QEMU (`/proc/PID/exe` named `qemu-system-*`) without a KVM VM descriptor at least 2 s after it started
@@ -413,6 +431,37 @@ public final class ResourceSampler {
             taps.append(c)
         }
 
+        // vhost kernel threads working for it (before 6.4): their own rows, outside the process's times.
+        var workers: [Int32: ThreadTimes] = [:]
+        var vhostDelta = ThreadTimes()
+        for (w, owner) in vhostOwners where owner == pid {
+            guard case .success = file.read("\(procRoot)/\(w)/stat"), let wf = file.statFields([3, 14, 15, 39]),
+                  case .success = file.read("\(procRoot)/\(w)/schedstat") else { continue }
+            let sched = file.numbers(max: 3)
+            var t = ThreadSample(tid: w, comm: "vhost-\(pid)", vcpu: nil)
+            t.kernelThread = true
+            t.state = Character(UnicodeScalar(wf.state))
+            t.processor = Int32(truncatingIfNeeded: wf.values[3])
+            t.times.userTicks = wf.values[1]
+            t.times.systemTicks = wf.values[2]
+            if sched.count == 3 {
+                t.times.waitNanoseconds = sched[1]
+                t.times.switches = sched[2]
+            }
+            if !first {
+                // A worker born since the previous sample grew from 0.
+                t.delta = t.times.subtracting(st.vhostWorkers[w] ?? ThreadTimes())
+                vhostDelta = vhostDelta + t.delta!
+            }
+            workers[w] = t.times
+            threads.append(t)
+        }
+        st.vhostWorkers = workers
+        s.vhostTimes = threads.filter { $0.isVhost && !$0.gone }.reduce(ThreadTimes()) { $0 + $1.times }
+        if !first {
+            s.vhostDelta = threads.filter { $0.isVhost && !$0.kernelThread }.compactMap(\.delta).reduce(vhostDelta) { $0 + $1 }
+        }
+
         s.processTimes = process
         s.io = io
         s.taps = taps
@@ -421,7 +470,7 @@ public final class ResourceSampler {
         if !first {
             var pd = process.subtracting(st.process)
             // Waits and switches are per thread only (schedstat): the process line sums the live threads'.
-            let live = threads.filter { !$0.gone }
+            let live = threads.filter { !$0.gone && !$0.kernelThread }
             pd.waitNanoseconds = live.compactMap(\.delta).reduce(0) { $0 &+ $1.waitNanoseconds }
             pd.switches = live.compactMap(\.delta).reduce(0) { $0 &+ $1.switches }
             s.processDelta = pd
@@ -430,8 +479,8 @@ public final class ResourceSampler {
             s.tapDeltas = tapDeltas
         }
         // Process-wide waits and switches: the sum over live threads (ended threads' are not kept by schedstat).
-        s.processTimes.waitNanoseconds = threads.filter { !$0.gone }.reduce(0) { $0 &+ $1.times.waitNanoseconds }
-        s.processTimes.switches = threads.filter { !$0.gone }.reduce(0) { $0 &+ $1.times.switches }
+        s.processTimes.waitNanoseconds = threads.filter { !$0.gone && !$0.kernelThread }.reduce(0) { $0 &+ $1.times.waitNanoseconds }
+        s.processTimes.switches = threads.filter { !$0.gone && !$0.kernelThread }.reduce(0) { $0 &+ $1.times.switches }
         st.process = process
         st.io = io
         st.taps = newTaps

@@ -237,7 +237,8 @@ public enum TopView {
         let threads: [JSONValue] = vm.threads.map { t in
             .object([
                 ("tid", .int(Int64(t.tid))), ("comm", .string(t.comm)), ("vcpu", .optional(t.vcpu)),
-                ("state", .string(String(t.state))), ("gone", .bool(t.gone)), ("processor", .int(Int64(t.processor))),
+                ("state", .string(String(t.state))), ("gone", .bool(t.gone)), ("kernel_thread", .bool(t.kernelThread)),
+                ("processor", .int(Int64(t.processor))),
                 ("cpu_seconds", .double(s.seconds(t.times.cpuTicks))), ("user_seconds", .double(s.seconds(t.times.userTicks))),
                 ("system_seconds", .double(s.seconds(t.times.systemTicks))),
                 ("guest_seconds", .double(s.seconds(t.times.guestTicks))),
@@ -256,6 +257,7 @@ public enum TopView {
             ("cpu_seconds", .double(r.cpuSeconds)), ("vcpu_cpu_seconds", .double(s.seconds(vm.vcpuTimes.cpuTicks))),
             ("guest_seconds", .double(s.seconds(vm.processTimes.guestTicks))),
             ("vcpu_wait_seconds", .double(Double(vm.vcpuTimes.waitNanoseconds) / 1e9)),
+            ("vhost_cpu_seconds", .double(s.seconds(vm.vhostTimes.cpuTicks))),
             ("cpu_percent", optD(r.cpuPercent)), ("cpu_percent_one_cpu", optD(r.oneCPUPercent)),
             ("vcpu_wait_percent", optD(r.vcpuWaitPercent)),
             ("exits_per_second", optD(r.exitsPerSecond)), ("exits_total", optU(r.exits?.total)),

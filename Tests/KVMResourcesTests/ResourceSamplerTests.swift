@@ -170,6 +170,40 @@ final class FakeHost {
         #expect(vm.tapDeltas.map(\.rxDropped) == [0])
     }
 
+    /// Before Linux 6.4 a vhost device's worker is a kernel thread `vhost-PID`: its row follows the VM's threads,
+    /// its times are the VM's vhost times but not its process's; a same-named user process is no worker. Since
+    /// 6.4 the worker is a thread of the VMM: counted in both.
+    @Test(arguments: [true, false]) func vhostWorkersCountForTheirVM(keep: Bool) throws {
+        let h = try host()
+        func kthread(_ pid: Int32, _ comm: String, utime: UInt64, stime: UInt64, flags: UInt64, wait: UInt64) throws {
+            var f = FakeHost.stat(pid, comm, utime: utime, stime: stime).split(separator: " ").map(String.init)
+            f[8] = "\(flags)"  // field 9
+            try h.write("proc/\(pid)/stat", f.joined(separator: " "))
+            try h.write("proc/\(pid)/comm", comm + "\n")
+            try h.write("proc/\(pid)/schedstat", "1 \(wait) 3\n")
+        }
+        try kthread(300, "vhost-100", utime: 0, stime: 40, flags: 0x0020_8040, wait: 500)
+        try kthread(301, "vhost-100", utime: 1, stime: 1, flags: 0x0040_0000, wait: 9)  // no PF_KTHREAD: not a worker
+        try h.thread(100, 105, comm: "vhost-100", utime: 2, stime: 8, run: 1, wait: 70, slices: 2)  // a 6.4+ worker
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        let first = try #require(sampler.sample().vms.first)
+        #expect(first.threads.map(\.tid) == [101, 102, 100, 103, 105, 300])
+        #expect(first.threads.map(\.kernelThread) == [false, false, false, false, false, true])
+        #expect(first.vhostTimes.cpuTicks == 50)
+        #expect(first.vhostDelta == nil)
+        #expect(first.processTimes.cpuTicks == 400, "the kernel worker is not the process's")
+        #expect(first.processTimes.waitNanoseconds == 1_000 + 2_000_000 + 3_000_000 + 0 + 70)
+
+        try kthread(300, "vhost-100", utime: 0, stime: 65, flags: 0x0020_8040, wait: 800)
+        try h.thread(100, 105, comm: "vhost-100", utime: 4, stime: 9, run: 1, wait: 70, slices: 2)
+        let vm = try #require(sampler.sample().vms.first)
+        #expect(vm.vhostTimes.cpuTicks == 78)
+        #expect(vm.vhostDelta?.cpuTicks == 28)
+        #expect(vm.threads.last?.delta?.systemTicks == 25)
+        #expect(vm.threads.last?.delta?.waitNanoseconds == 300)
+        #expect(vm.threads.last?.comm == "vhost-100")
+    }
+
     @Test func hostCPUsFromProcStat() throws {
         let h = try host()
         try h.write("proc/stat", "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 100 5 20 300 4 1 2 3 40 1\ncpu1 1 0 0 9 0 0 0 0 0 0\nintr 1 2\n")
