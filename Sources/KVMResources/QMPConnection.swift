@@ -121,11 +121,27 @@ public final class QMPConnection {
     /// value as `T`.
     /// - Throws: ``QMPError``; after any kind but `.commandFailed` the connection is unusable (close it).
     public func execute<T: Decodable>(_ command: String, arguments: String? = nil) throws(QMPError) -> T {
+        let deadline = self.deadline()
+        return try receive(try send(command, arguments: arguments, deadline: deadline), command: command, deadline: deadline)
+    }
+
+    /// The deadline of a command sent now (or of several sent together), in ``QMPConnection``'s clock.
+    public func deadline() -> Double { Self.now() + timeout }
+
+    /// Sends `command` without waiting for its answer: several commands sent one after another are answered
+    /// in order (QMP runs them one at a time), so their answers cost one wait, not one each.
+    /// - Returns: the command's `id`, for ``receive(_:command:deadline:)``.
+    public func send(_ command: String, arguments: String? = nil, deadline: Double) throws(QMPError) -> UInt64 {
         let id = nextID
         nextID += 1
         let text = "{\"execute\":\"\(command)\"" + (arguments.map { ",\"arguments\":\($0)" } ?? "") + ",\"id\":\(id)}\n"
-        let deadline = Self.now() + timeout
         try send(Array(text.utf8), deadline: deadline)
+        return id
+    }
+
+    /// Reads until the answer to the command sent with `id` and decodes its `return` value as `T`. Receive
+    /// answers in the order the commands were sent.
+    public func receive<T: Decodable>(_ id: UInt64, command: String, deadline: Double) throws(QMPError) -> T {
         while true {
             let line = try line(deadline: deadline)
             let envelope = try Self.decode(Envelope.self, line, what: "reply to \(command)")

@@ -70,7 +70,20 @@ public final class QMPMonitor {
         }
         let c = connection!
         var s = QMPSample(socket: path)
-        let blocks: [QMPReplies.BlockStats] = try c.execute("query-blockstats")
+        // Every command sent at once, the answers read in order: one wait for QEMU's main loop, not one each.
+        let deadline = c.deadline()
+        let blocksID = try c.send("query-blockstats", deadline: deadline)
+        let memoryID = try c.send("query-memory-size-summary", deadline: deadline)
+        let balloonID = try c.send("query-balloon", deadline: deadline)
+        let statsIDs = hasStats
+            ? try ["vm", "vcpu"].map { (target: String) throws(QMPError) in
+                try c.send("query-stats", arguments: "{\"target\":\"\(target)\",\"providers\":[{\"provider\":\"kvm\"}]}",
+                           deadline: deadline)
+            }
+            : []
+        let pciID = reads % 10 == 0 || pci.isEmpty ? try c.send("query-pci", deadline: deadline) : nil
+
+        let blocks: [QMPReplies.BlockStats] = try c.receive(blocksID, command: "query-blockstats", deadline: deadline)
         var now: [String: DiskCounts] = [:]
         for b in blocks {
             var name = b.name
@@ -81,31 +94,34 @@ public final class QMPMonitor {
             s.disks.append(DiskSample(device: name, drive: b.device ?? "", qdev: b.qdev, total: counts,
                                       delta: previous?[name].map { counts.subtracting($0) }))
         }
-        if let m: QMPReplies.MemorySizeSummary = try optional({ () throws(QMPError) in try c.execute("query-memory-size-summary") }) {
+        if let m: QMPReplies.MemorySizeSummary = try optional({ () throws(QMPError) in
+            try c.receive(memoryID, command: "query-memory-size-summary", deadline: deadline)
+        }) {
             s.configuredMemoryBytes = m.baseMemory &+ (m.pluggedMemory ?? 0)
         }
-        if let b: QMPReplies.Balloon = try optional({ () throws(QMPError) in try c.execute("query-balloon") }) {
+        if let b: QMPReplies.Balloon = try optional({ () throws(QMPError) in
+            try c.receive(balloonID, command: "query-balloon", deadline: deadline)
+        }) {
             s.balloonActualBytes = b.actual
         }
-        if hasStats {
-            for (target, isVCPU) in [("vm", false), ("vcpu", true)] {
-                guard let results: [QMPReplies.StatsResult] = try optional({ () throws(QMPError) in
-                    try c.execute("query-stats", arguments: "{\"target\":\"\(target)\",\"providers\":[{\"provider\":\"kvm\"}]}")
-                }) else {
-                    hasStats = false
-                    break
-                }
-                var sums: [String: UInt64] = [:]
-                for r in results where r.provider == "kvm" {
-                    for stat in r.stats { if let v = stat.value { sums[stat.name, default: 0] &+= v } }
-                }
-                if isVCPU { s.kvmVCPUStats = sums } else { s.kvmVMStats = sums }
+        for (i, id) in statsIDs.enumerated() {
+            guard let results: [QMPReplies.StatsResult] = try optional({ () throws(QMPError) in
+                try c.receive(id, command: "query-stats", deadline: deadline)
+            }) else {
+                // Before QEMU 7.1 (or without KVM's statistics): not asked again on this connection.
+                hasStats = false
+                continue
             }
+            var sums: [String: UInt64] = [:]
+            for r in results where r.provider == "kvm" {
+                for stat in r.stats { if let v = stat.value { sums[stat.name, default: 0] &+= v } }
+            }
+            if i == 1 { s.kvmVCPUStats = sums } else { s.kvmVMStats = sums }
         }
-        if reads % 10 == 0 || pci.isEmpty {
-            if let buses: [QMPReplies.PCIBus] = try optional({ () throws(QMPError) in try c.execute("query-pci") }) {
-                pci = PCIRegion.of(buses)
-            }
+        if let pciID, let buses: [QMPReplies.PCIBus] = try optional({ () throws(QMPError) in
+            try c.receive(pciID, command: "query-pci", deadline: deadline)
+        }) {
+            pci = PCIRegion.of(buses)
         }
         reads += 1
         s.pciRegions = pci
