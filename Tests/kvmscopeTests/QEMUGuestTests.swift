@@ -159,6 +159,7 @@ struct QEMUGuestTests {
             "kvmscope_vm_block_read_time_seconds_total{\(labels),device=\"virtio-disk0\"} \(Double(after.rdTotalTimeNs) / 1e9)",
             "kvmscope_vm_memory_configured_bytes{\(labels)} 16777216",
             "kvmscope_vm_balloon_actual_bytes{\(labels)} 16777216",
+            "kvmscope_vm_kvm_exits_total{\(labels)} \(exits)",
             "kvmscope_vm_qmp_up{\(labels),socket=\"\(guest.kvmscopeQMPPath)\"} 1",
         ] {
             #expect(lines.contains(line), "no line '\(line)' in \(metrics.split(separator: "\n").filter { $0.contains("block") || $0.contains("qmp") })")

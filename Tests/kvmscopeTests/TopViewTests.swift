@@ -130,6 +130,7 @@ import Testing
                               total: c, delta: d),
                    DiskSample(device: "ide0-cd0", drive: "ide0-cd0", qdev: nil, total: DiskCounts())]
         q.configuredMemoryBytes = 2 << 30
+        q.kvmVCPUStats = ["exits": 52_000, "halt_wait_ns": 1_500_000_000, "guest_mode": 1]
         q.balloonActualBytes = 1 << 30
         let web = f.sample.vms.firstIndex { $0.pid == 4242 }!
         f.sample.vms[web].qmp = q
@@ -174,6 +175,8 @@ import Testing
             "kvmscope_vm_block_flush_time_seconds_total{\(labels),device=\"ide0-cd0\"} 0.0",
             "kvmscope_vm_memory_configured_bytes{\(labels)} 2147483648",
             "kvmscope_vm_balloon_actual_bytes{\(labels)} 1073741824",
+            "kvmscope_vm_kvm_exits_total{\(labels)} 52000",
+            "kvmscope_vm_kvm_halt_wait_seconds_total{\(labels)} 1.5",
             "kvmscope_vm_qmp_up{vm=\"99\",vm_name=\"db,1\",socket=\"/run/db.qmp\"} 0",
             "kvmscope_vm_qmp_up{\(labels),socket=\"/run/web.qmp\"} 1",
         ])
