@@ -91,6 +91,8 @@ public struct TopRow: Sendable {
 
     static func state(of vm: VMSample) -> Character {
         if vm.gone { return "-" }
+        // libvirt's paused (3) and suspended by the guest (7): QEMU stopped its vCPUs, its threads only sleep.
+        if let state = vm.libvirt?.state, state == 3 || state == 7 { return "P" }
         let live = vm.threads.filter { !$0.gone }
         let vcpus = live.filter { $0.vcpu != nil }
         if vcpus.contains(where: { $0.state == "R" }) { return "R" }

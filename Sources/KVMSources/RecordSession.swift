@@ -295,6 +295,19 @@ public final class RecordSession: @unchecked Sendable {
         return (events, lost)
     }
 
+    /// Bytes of events waiting in the ring buffers, not read yet (the kernel's per-CPU `bytes:` stat); 0 once
+    /// stopped. With ``bytesWritten``, what the file would hold if tracing stopped now (page headers aside).
+    public func pendingBytes() -> UInt64 {
+        guard !trace.isStopped else { return 0 }
+        var bytes: UInt64 = 0
+        for cpu in cpus {
+            for line in trace.instance.stats(cpu: cpu).split(separator: "\n") where line.hasPrefix("bytes:") {
+                bytes += UInt64(line.dropFirst("bytes:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+        }
+        return bytes
+    }
+
     /// Notes the comm of threads that are alive now (call while the traced command runs). The latest name
     /// wins: a thread seen just after it was created still has its creator's comm, and renames itself
     /// ("CPU 0/KVM") a moment later.

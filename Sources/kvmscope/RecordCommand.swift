@@ -29,7 +29,7 @@ struct RecordCommand: ParsableCommand {
     @Option(name: .customLong("max-size"), help: "Stop when this much trace data is written (bytes; K, M, G suffixes).")
     var maxSize: String?
 
-    @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record (repeatable; default: every kvm event).")
+    @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event).")
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -64,7 +64,7 @@ struct RecordCommand: ParsableCommand {
     func run() throws {
         let stop = StopSignal()
         var config = RecordConfig()
-        config.trace.events = events
+        config.trace.events = TraceOptions.kvmEvents(events)
         config.trace.bufferKB = bufferKB
         config.trace.onlyPid = command.isEmpty ? nil : getpid()
         config.trace.injected = TraceOptions.injected()
@@ -81,9 +81,15 @@ struct RecordCommand: ParsableCommand {
         let tty = isatty(2) == 1
         let start = Date()
         var lastPrint = Date.distantPast
+        var ticks = 0
         let run = TraceRun(stop: stop, seconds: duration, child: child)
         run.wait(every: 0.02) {
             if session.isFull || session.firstError != nil { return false }
+            // --max-size ends the recording when what is written plus what waits in the buffers reaches it (the
+            // readers wake only at the watermark: counting written bytes alone, a slow trace ran on long past
+            // its size and its pages were dropped at the end). Every 0.1 s: a stats file per CPU each time.
+            ticks += 1
+            if let max = config.maxBytes, ticks % 5 == 0, session.bytesWritten + session.pendingBytes() >= max { return false }
             if let child { session.noteThreads(of: child.pid) }
             if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()

@@ -22,7 +22,7 @@ struct ReportCommand: ParsableCommand {
               kvmscope report --html exits.html trace.txt
             """)
 
-    @Argument(help: "Trace files.")
+    @Argument(help: "Trace files (trace.dat, or text: trace-cmd report, perf script, the kernel's trace); - or a pipe: read from it.")
     var files: [String]
 
     @Flag(help: "Print the JSON summary (the same as stat --json, plus a \"source\" object); an array for several files.")
@@ -31,13 +31,14 @@ struct ReportCommand: ParsableCommand {
     @Flag(help: "Print CSV: one row per file × VM × vCPU × reason.")
     var csv = false
 
-    @Option(help: "Keep events from this many seconds after the trace's first event.")
+    @Option(parsing: .unconditional, help: "Keep events from this many seconds after the trace's first event.")
     var from: Double?
 
-    @Option(help: "Keep events until this many seconds after the trace's first event.")
+    @Option(parsing: .unconditional, help: "Keep events until this many seconds after the trace's first event.")
     var to: Double?
 
-    @Option(name: [.customShort("p"), .long], help: "Only this VM (its process id; the thread id when the trace has no tgids).")
+    @Option(name: [.customShort("p"), .long], parsing: .unconditional,
+            help: "Only this VM (its process id; the thread id when the trace has no tgids).")
     var pid: Int32?
 
     @Option(help: "Only this vCPU.")
@@ -47,7 +48,7 @@ struct ReportCommand: ParsableCommand {
                                discussion: "Case-insensitive; the ISA is the trace's when a name exists in two."))
     var reason: String?
 
-    @Option(help: "At most N reasons per table.")
+    @Option(parsing: .unconditional, help: "At most N reasons per table.")
     var top: Int?
 
     @Flag(name: .customLong("by-vcpu"), help: "One table per VM × vCPU instead of per VM.")
@@ -67,8 +68,12 @@ struct ReportCommand: ParsableCommand {
 
     func validate() throws {
         if json && csv { throw ValidationError("--json and --csv cannot be used together") }
-        if let from, from < 0 { throw ValidationError("--from must be ≥ 0") }
-        if let to, to <= (from ?? 0) { throw ValidationError("--to must be greater than --from") }
+        // Seconds become nanoseconds in 64 bits: at most ~584 years; infinities and NaN are no times.
+        if let from, !(from >= 0 && from < 1e10) { throw ValidationError("--from must be a number of seconds ≥ 0 (below 10^10)") }
+        if let to, !(to > (from ?? 0) && to < 1e10) {
+            throw ValidationError("--to must be a number of seconds greater than --from (below 10^10)")
+        }
+        if files.filter({ $0 == "-" }).count > 1 { throw ValidationError("standard input (-) can be read once") }
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
         if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
@@ -95,6 +100,12 @@ struct ReportCommand: ParsableCommand {
     }
 
     func run() throws {
+        // The page is written last: a path it cannot be written to is said before the report is printed.
+        if let html {
+            let dir = (html as NSString).deletingLastPathComponent
+            let target = FileManager.default.fileExists(atPath: html) ? html : (dir.isEmpty ? "." : dir)
+            if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
+        }
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         // As wc or grep do with several files: each bad file is one line on stderr, the others are reported,
@@ -117,14 +128,68 @@ struct ReportCommand: ParsableCommand {
 
     /// One file's report, written as it is made (JSON collected in `jsonValues`).
     func report(_ n: Int, _ file: String, _ jsonValues: inout [JSONValue]) throws {
+        // `-` and pipes (`<(perf script)`, `/dev/stdin`): read whole into a private file first (the readers map
+        // their file, and a trace.dat is read out of order); it is removed when the report is done.
+        if let copy = try Self.copyIfStream(file) {
+            defer { unlink(copy) }
+            do { return try report(n, file, at: copy, &jsonValues) } catch let e as KVMScopeError {
+                // The errors name the copy: name what the user gave.
+                let name = file == "-" ? "standard input" : file
+                throw KVMScopeError.badFile(e.description.replacingOccurrences(of: copy, with: name))
+            }
+        }
+        try report(n, file, at: file, &jsonValues)
+    }
+
+    /// A private copy of `file` when it is `-` (standard input) or no regular file (a pipe, a character
+    /// device); nil for a regular file (or a missing one: its error comes from the reader).
+    static func copyIfStream(_ file: String) throws -> String? {
+        var st = stat()
+        guard file == "-" || (stat(file, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG && (st.st_mode & S_IFMT) != S_IFDIR)
+        else { return nil }
+        let input = file == "-" ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw KVMScopeError.badFile("cannot open \(file): \(Errno(rawValue: errno))") }
+        defer { if input != STDIN_FILENO { close(input) } }
+        var template = Array((NSTemporaryDirectory() + "/kvmscope-stdin-XXXXXX").utf8CString)
+        let out = mkstemp(&template)
+        guard out >= 0 else { throw KVMScopeError.io("cannot make a temporary file: \(Errno(rawValue: errno))") }
+        let path = String(cMessage: template)
+        defer { close(out) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if n == 0 { break }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = Errno(rawValue: errno)
+                unlink(path)
+                throw KVMScopeError.badFile("cannot read \(file == "-" ? "standard input" : file): \(e)")
+            }
+            var done = 0
+            while done < n {
+                let w = buffer.withUnsafeBytes { write(out, $0.baseAddress! + done, n - done) }
+                if w < 0 && errno == EINTR { continue }
+                guard w > 0 else {
+                    let e = Errno(rawValue: errno)
+                    unlink(path)
+                    throw KVMScopeError.io("cannot write a temporary copy of \(file) in \(NSTemporaryDirectory()): \(e)")
+                }
+                done += w
+            }
+        }
+        return path
+    }
+
+    /// The report of `file` (its name in the output), read from `path`.
+    func report(_ n: Int, _ file: String, at path: String, _ jsonValues: inout [JSONValue]) throws {
         // An empty or missing file may be a recording killed before it wrote it: its spool is beside it.
-        if ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
+        if file == path, ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil ?? 0) == 0 {
             for r in RecordSession.recoverSpools(beside: file) {
                 writeStderr(r.error.map { "kvmscope: cannot recover \(r.path) from the spool of killed recording pid \(r.pid): \($0)\n" }
                 ?? "kvmscope: recovered \(r.path) from the spool of killed recording pid \(r.pid): \(r.pages) complete pages\n")
             }
         }
-        let source = try TraceFiles.open(file, counterHz: ts2secs)
+        let source = try TraceFiles.open(path, counterHz: ts2secs)
         let text = source as? TextTraceReader
         if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
         // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates.

@@ -9,7 +9,8 @@ import SystemPackage
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {
-    @Option(name: .customLong("event"), help: "A kvm event to trace (repeatable; default: every kvm event, like kvm_stat).")
+    @Option(name: .customLong("event"),
+            help: "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat).")
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -21,11 +22,31 @@ struct TraceOptions: ParsableArguments {
 
     func config(onlyPid: Int32? = nil) -> TraceConfig {
         var c = TraceConfig()
-        c.events = events
+        c.events = Self.kvmEvents(events)
         c.bufferKB = bufferKB
         c.onlyPid = onlyPid
         c.injected = Self.injected()
         return c
+    }
+
+    /// Event names as trace-cmd and perf spell them too: `kvm:kvm_pio` is `kvm_pio`; `kvm` or `kvm:*` is every kvm
+    /// event (the default, as an empty list); a glob (`kvm_p*`, `kvm:kvm_*exit`) is every kvm event of this
+    /// kernel it matches (one that matches none stays as written, and fails as an unknown event).
+    static func kvmEvents(_ names: [String], root: String = "/sys/kernel/tracing") -> [String] {
+        var out: [String] = []
+        for raw in names {
+            let name = raw.hasPrefix("kvm:") ? String(raw.dropFirst(4)) : raw
+            if name == "kvm" || name == "*" { return [] }
+            guard name.contains(where: { "*?[".contains($0) }) else {
+                out.append(name)
+                continue
+            }
+            let all = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/events/kvm")) ?? []).sorted()
+            let matched = all.filter { fnmatch(name, $0, 0) == 0 && FileManager.default.fileExists(atPath: "\(root)/events/kvm/\($0)/format") }
+            out += matched.isEmpty ? [name] : matched
+        }
+        var seen = Set<String>()
+        return out.filter { seen.insert($0).inserted }
     }
 
     /// Tests and benchmarks drive kvm_exit/kvm_entry live through trace_marker_raw (the only way on a backend
@@ -125,6 +146,8 @@ struct StatCommand: ParsableCommand {
 
     func validate() throws {
         guard (0.1...25.5).contains(delay) else { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
+        // With a COMMAND only its processes are traced: another pid would count nothing (watch refuses it too).
+        if filters.pid != nil && !command.isEmpty { throw ValidationError("-p/--pid and a COMMAND cannot be used together") }
         if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
@@ -178,7 +201,7 @@ struct StatCommand: ParsableCommand {
                 // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
                 // whether or not they fire); otherwise the events seen so far, not all ~90 kvm events. A new
                 // column re-prints the header, as does every 20th line (kvm_stat's habit) outside CSV.
-                let chosen = !trace.events.isEmpty || filters.fields != nil
+                let chosen = !TraceOptions.kvmEvents(trace.events).isEmpty || filters.fields != nil
                 let seen = LogFormatter.fields(of: current, skipZero: !chosen)
                 let known = formatter?.fields ?? []
                 let added = seen.filter { !known.contains($0) }

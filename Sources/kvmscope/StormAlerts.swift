@@ -22,7 +22,7 @@ enum StormAlerts {
     /// on a misspelt reason would never fire and look like a quiet host; so would one on events `--event` leaves
     /// out (an exit reason without kvm_exit, `KVM_EXIT_*` without kvm_userspace_exit, a percentile without
     /// kvm_exit and kvm_entry).
-    /// - Throws: `KVMScopeError.usage` naming the rule and the closest known names or the events it needs.
+    /// - Throws: `ValidationError` (exit status 64) naming the rule and the closest known names or the events it needs.
     static func check(_ rules: [StormRule], catalog: EventCatalog) throws {
         let events = catalog.entries.map(\.name)
         let traced = Set(events)
@@ -37,6 +37,9 @@ enum StormAlerts {
             if r != "*" && !events.contains(r) {
                 asExit = !ReasonResolver.builtin.keys(for: r).isEmpty || !ReasonResolver(names: catalog.exitReasons).keys(for: r).isEmpty
                 asUserspace = catalog.userspaceExitReasons.code(name: r.uppercased()) != nil
+                if !asExit && !asUserspace && Self.kernelHasEvent(r) {
+                    throw ValidationError("--alert '\(rule.text)' needs \(r), which --event leaves out: it could never fire")
+                }
                 if !asExit && !asUserspace {
                     var known = events
                     for t in [catalog.exitReasons.vmx, catalog.exitReasons.svm, catalog.exitReasons.arm64,
@@ -44,8 +47,8 @@ enum StormAlerts {
                         known += t.entries.map(\.name)
                     }
                     let closest = ReasonResolver.closest(to: r, among: Array(Set(known)), limit: 5)
-                    throw KVMScopeError.usage("--alert '\(rule.text)': unknown reason '\(r)' (not an exit reason, a KVM_EXIT_* "
-                                              + "reason or a traced kvm event); closest: \(closest.joined(separator: ", "))")
+                    throw ValidationError("--alert '\(rule.text)': unknown reason '\(r)' (not an exit reason, a KVM_EXIT_* "
+                                          + "reason or a traced kvm event); closest: \(closest.joined(separator: ", "))")
                 }
             }
             // A rule on events the session does not trace (--event) could never fire.
@@ -61,7 +64,7 @@ enum StormAlerts {
                 needs = missing(["kvm_userspace_exit"])
             }
             if let needs {
-                throw KVMScopeError.usage("--alert '\(rule.text)' needs \(needs), which --event leaves out: it could never fire")
+                throw ValidationError("--alert '\(rule.text)' needs \(needs), which --event leaves out: it could never fire")
             }
         }
     }
@@ -71,7 +74,14 @@ enum StormAlerts {
     static func checkQMP(_ rules: [StormRule], sockets: [String]) throws {
         guard sockets.isEmpty, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
         throw ValidationError("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
-                                  + "query-blockstats")
+                              + "query-blockstats")
+    }
+
+    /// Whether this kernel has the kvm event `name` (traced or not).
+    static func kernelHasEvent(_ name: String) -> Bool {
+        name.hasPrefix("kvm_") && !name.contains("/") && ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].contains {
+            FileManager.default.fileExists(atPath: "\($0)/events/kvm/\(name)/format")
+        }
     }
 
     /// Prints each alert as one JSON line on stdout (cold path: alerts are rare).

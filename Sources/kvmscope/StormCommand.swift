@@ -43,7 +43,7 @@ struct StormCommand: ParsableCommand {
         // The name is read back from the command line as QEMU's -name is (kvm_stat -g does the same), where a
         // single comma ends the name: 'web,1' would be found as "web". QEMU spells a comma ",,".
         if let name, GuestName.fromQEMUArguments(["-name", name]) != name.replacingOccurrences(of: ",,", with: ",") {
-            throw ValidationError("--name '\(name)': a comma in a guest name is written ',,' (as in QEMU's -name), "
+            throw ValidationError("--name '\(name.terminalSafe)': a comma in a guest name is written ',,' (as in QEMU's -name), "
                                   + "and the name cannot be empty or start with 'key='")
         }
     }

@@ -57,6 +57,7 @@ struct TopCommand: ParsableCommand {
     func validate() throws {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
+        if json && csv == "-" { throw ValidationError("--json and --csv - both write standard output: give --csv a file") }
         guard TopSort(rawValue: sort) != nil else {
             throw ValidationError("-o/--sort must be one of \(TopSort.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(sort)')")
         }

@@ -109,7 +109,8 @@ struct WatchCommand: ParsableCommand {
             }
             return false
         }
-        if let child, child.isRunning { child.signal(SIGINT) }
         session.stop()
+        // As stat and record: a command that failed is kvmscope's status 3 ("command exited with status N").
+        try TraceRun.check(try TraceRun(stop: stop, child: child).endChild())
     }
 }

@@ -44,6 +44,22 @@ import TestSupport
                                + "(as in QEMU's -name), and the name cannot be empty or start with 'key='", status: 64)
     }
 
+    /// Options that cannot go together are refused, not half-honoured.
+    @Test func conflictingOptions() throws {
+        try expectOneLineError(["top", "--json", "--csv", "-"], "--json and --csv - both write standard output: give --csv a file", status: 64)
+        try expectOneLineError(["stat", "-p", "1", "--", "true"], "-p/--pid and a COMMAND cannot be used together", status: 64)
+        let fixture = CLI.packageRoot.appendingPathComponent("Tests/Fixtures/text/storm-io.kernel.txt").path
+        // The HTML page's path is checked before the report is printed (stdout stays empty).
+        try expectOneLineError(["report", "--html", "/nonexistent/x.html", fixture],
+                               "cannot write /nonexistent/x.html: No such file or directory", status: 1)
+    }
+
+    /// A name's control characters are shown as `?` in the error, never sent to the terminal raw.
+    @Test func stormNameInAnErrorIsTerminalSafe() throws {
+        try expectOneLineError(["storm", "--name", "a\u{1b}[2Jb,c\nd"], "--name 'a?[2Jb,c?d': a comma in a guest name is written "
+                               + "',,' (as in QEMU's -name), and the name cannot be empty or start with 'key='", status: 64)
+    }
+
     @Test func unknownOption() throws {
         try expectOneLineError(["stat", "--frobnicate"], "Unknown option '--frobnicate'", status: 64)
     }

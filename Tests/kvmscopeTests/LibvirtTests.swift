@@ -29,6 +29,7 @@ struct LibvirtTests {
         #expect(lv["name"] as? String == domain.name)
         #expect(lv["uuid"] as? String == uuid)
         #expect(lv["state"] as? Int == 3, "paused")
+        #expect(vm["state"] as? String == "P", "libvirt's paused is top's P, as virt-top shows it")
         #expect(lv["balloon_maximum_kib"] as? Int == Int(stats["balloon.maximum"] ?? ""))
         let block = try #require((lv["blocks"] as? [[String: Any]])?.first)
         #expect(block["name"] as? String == "vda")

@@ -187,6 +187,22 @@ struct RecordTests {
         #expect(data % reader.pageSize == 0)
     }
 
+    /// A slow trace reaches --max-size while its events still wait in the ring buffers (readers wake at the
+    /// watermark): the recording ends there, and the command with it, not when the command ends by itself.
+    @Test func maxSizeEndsASlowRecording() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/slow.dat"
+        let r = try CLI.run(["record", "--compression", "none", "-o", path, "--max-size", "200K", "-e", "kvm_pio", "--",
+                             CLI.binary, "storm", "--kind", "io", "--exits", "1000000000", "--seconds", "30"], timeout: 90)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        // The storm's own line: stopped by the recording's SIGINT, well before its 30 s.
+        let storm = try CLI.json(String(r.stdout.split(separator: "\n").first ?? ""))
+        #expect(try #require(storm["seconds"] as? Double) < 25, "\(r.stdout)")
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.dataBytes > 0 && reader.dataBytes <= 200 * 1024)
+    }
+
     @Test func sigintEndsWithAValidFile() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

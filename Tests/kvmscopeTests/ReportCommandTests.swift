@@ -73,6 +73,36 @@ import TestSupport
     static let pasted = CLI.packageRoot.appendingPathComponent("../shared/corpus/pasted").standardized.path + "/"
     static let fixtures = CLI.packageRoot.appendingPathComponent("Tests/Fixtures/text").path + "/"
 
+    /// `perf script | kvmscope report -` and `report <(…)`: a pipe is read whole, then reported as the file
+    /// would be; its errors name standard input, not the private copy.
+    @Test func standardInputAndPipes() throws {
+        let file = Self.fixtures + "storm-io.kernel.txt"
+        let direct = try CLI.run(["report", "--csv", file])
+        let piped = try Spawned.run("/bin/sh", ["-c", "cat \"$1\" | \"$0\" report --csv -", CLI.binary, file])
+        #expect(piped.status == 0, "\(piped.stderr)")
+        #expect(piped.stdout == direct.stdout.replacingOccurrences(of: file + ",", with: "-,"))
+        let fifo = try Spawned.run("/bin/bash", ["-c", "\"$0\" report --csv <(cat \"$1\")", CLI.binary, file])
+        #expect(fifo.status == 0, "\(fifo.stderr)")
+        #expect(fifo.stdout.split(separator: "\n").count == 3)
+        let garbage = try Spawned.run("/bin/sh", ["-c", "echo garbage | \"$0\" report -", CLI.binary])
+        #expect(garbage.status == 1)
+        #expect(garbage.stderr.hasPrefix("kvmscope: standard input: unknown format"), "\(garbage.stderr)")
+        #expect(garbage.stderr.filter { $0 == "\n" }.count == 1)
+    }
+
+    /// Times that are no times: one line, status 64 (a Swift trap before for inf and 1e300; NaN was ignored).
+    @Test func fromAndToMustBeTimes() throws {
+        let file = Self.fixtures + "storm-io.kernel.txt"
+        for bad in ["inf", "1e300", "nan", "-1"] {
+            let r = try CLI.run(["report", "--from", bad, file])
+            #expect(r.status == 64, "\(bad)")
+            #expect(r.stderr == "kvmscope: --from must be a number of seconds ≥ 0 (below 10^10)\n", "\(bad)")
+            let t = try CLI.run(["report", "--to", bad, file])
+            #expect(t.status == 64, "\(bad)")
+            #expect(t.stderr == "kvmscope: --to must be a number of seconds greater than --from (below 10^10)\n", "\(bad)")
+        }
+    }
+
     /// `--csv` has the userspace exits too (a storm's port I/O: no kvm_exit on this backend, only KVM_EXIT_IO).
     @Test func csvHasUserspaceExits() throws {
         let file = Self.fixtures + "storm-io.kernel.txt"

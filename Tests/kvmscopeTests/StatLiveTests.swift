@@ -63,6 +63,15 @@ struct StatLiveTests {
         #expect(try #require(vm["cpu_seconds"] as? Double) >= vcpu)
     }
 
+    /// trace-cmd's and perf's spellings: `kvm:kvm_pio`, a glob, `kvm` for every kvm event.
+    @Test func eventsInTraceCmdSpelling() throws {
+        let j = try stat(kind: "io", vcpus: 1, extra: ["--event", "kvm:kvm_pio", "--event", "kvm_userspace*"])
+        #expect(j["events"] as? [String: Int] == ["kvm_pio": Self.n, "kvm_userspace_exit": Self.n])
+        let all = try stat(kind: "io", vcpus: 1, extra: ["--event", "kvm"])
+        #expect((all["events"] as? [String: Int])?["kvm_pio"] == Self.n)
+        #expect((all["events"] as? [String: Int])?["kvm_fpu"] != nil, "every kvm event, as without --event")
+    }
+
     /// Started with stdin closed (as CI and some service managers do), kvmscope puts /dev/null there first:
     /// its ring buffers and pipes never become the traced command's stdin.
     @Test func closedStdinBecomesDevNull() throws {
