@@ -59,7 +59,8 @@ let package = Package(
                                                    .product(name: "SystemPackage", package: "swift-system"),
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Sources/KVMSources"),
-        // What each VM costs the host, from procfs and sysfs (CPU, run-queue wait, memory, I/O, taps), and libvirt.
+        // What each VM costs the host, from procfs and sysfs (CPU, run-queue wait, memory, I/O, taps), libvirt, and
+        // QEMU's QMP sockets (per-device disk counters, configured memory, balloon, KVM's binary statistics).
         .target(name: "KVMResources", dependencies: ["CLibvirt", "KVMExits"], path: "Sources/KVMResources"),
         // What views read: summaries, timelines, storm rules.
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),

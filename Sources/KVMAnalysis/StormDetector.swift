@@ -34,6 +34,11 @@ public struct ResourceUse: Sendable, Equatable {
     public var cpuSeconds: Double
     /// Run-queue wait of the vCPU thread(s), seconds.
     public var waitSeconds: Double
+    /// Read and write requests completed by the VM's block devices (QMP `query-blockstats` rd_operations +
+    /// wr_operations, summed over devices); nil when no QMP socket gave them this sample.
+    public var diskRequests: UInt64?
+    /// Those requests' total time, ns (rd_total_time_ns + wr_total_time_ns).
+    public var diskNanoseconds: UInt64?
 
     public init(vm: Int32, vmName: String?, vcpu: UInt32?, cpuSeconds: Double, waitSeconds: Double) {
         self.vm = vm
@@ -86,6 +91,9 @@ public struct StormDetector: Sendable {
         var topRIPs: [RIPCount] = []
         /// Resource rules: cumulative seconds (CPU or wait).
         var seconds: Double?
+        /// `disk_latency`: cumulative requests and their time, ns.
+        var requests: UInt64?
+        var nanoseconds: UInt64?
     }
 
     struct KeyState: Sendable {
@@ -183,6 +191,11 @@ public struct StormDetector: Sendable {
             // Counted since the VM (thread) started: only a measured interval gives a share.
             guard let s = now.seconds, let b = before?.seconds else { return nil }
             return max(0, s - b) / seconds * 100
+        case .diskLatency:
+            // The requests completed in the interval, and their average time; none completed: no data.
+            guard let n = now.requests, let t = now.nanoseconds, let bn = before?.requests, let bt = before?.nanoseconds,
+                  n > bn, t >= bt else { return nil }
+            return Double(t - bt) / Double(n - bn)
         }
     }
 
@@ -191,7 +204,8 @@ public struct StormDetector: Sendable {
         var out: [Key: Measure] = [:]
         for r in resources where (rule.scope == .vcpu) == (r.vcpu != nil) {
             out[Key(vm: r.vm, vcpu: r.vcpu)] = Measure(vmName: r.vmName,
-                                                       seconds: rule.function == .cpu ? r.cpuSeconds : r.waitSeconds)
+                                                       seconds: rule.function == .cpu ? r.cpuSeconds : r.waitSeconds,
+                                                       requests: r.diskRequests, nanoseconds: r.diskNanoseconds)
         }
         return out
     }
@@ -207,7 +221,7 @@ public struct StormDetector: Sendable {
             switch rule.function {
             case .rate:
                 m.count += r.count
-            case .percentile, .cpu, .wait:
+            case .percentile, .cpu, .wait, .diskLatency:
                 // Blocking reasons (HLT: the guest sleeping) only when the rule names them.
                 if let h = r.histogram, !(all && r.blocking) {
                     if m.histogram == nil { m.histogram = h } else { m.histogram!.merge(h) }

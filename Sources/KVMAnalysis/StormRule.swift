@@ -7,6 +7,7 @@ import KVMExits
 /// ```
 /// rule      := function '(' reason ')' compare threshold clause*
 ///            | resource '(' ('vm'|'vcpu') ')' compare NUMBER '%' clause*
+///            | 'disk_latency' '(' 'vm' ')' compare NUMBER ('ns'|'us'|'µs'|'ms'|'s') clause*
 /// function  := 'rate' | 'p50' | 'p90' | 'p99' | 'p999'
 /// resource  := 'cpu' | 'wait'
 /// reason    := '*' | NAME | CODE                NAME: letters, digits, '_' (any spelling); CODE: decimal
@@ -27,9 +28,14 @@ import KVMExits
 /// as a share of one CPU (htop's %: 200 = two CPUs busy), `cpu(vcpu)` one vCPU thread's; `wait(vm)` is its vCPU
 /// threads' run-queue wait (runnable, waiting for a host CPU: steal seen from the host) over the interval, summed
 /// over vCPUs, `wait(vcpu)` one vCPU thread's. Their alerts carry the reason `cpu` or `wait`.
+/// `disk_latency(vm)` is the average time per read or write request completed by the VM's block devices over
+/// the interval (QEMU's `query-blockstats` through `--qmp`: Δ(rd_total_time_ns + wr_total_time_ns) /
+/// Δ(rd_operations + wr_operations)); an interval without requests has no data. Its alerts carry the reason
+/// `disk_latency`.
 ///
 /// Examples: `rate(EPT_MISCONFIG) > 50000/s for 5s`, `p99(MSR_WRITE) > 20us for 10s per vcpu`,
-/// `rate(*) > 200000/s`, `rate(kvm_pio) > 1000/s for 1s`, `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`.
+/// `rate(*) > 200000/s`, `rate(kvm_pio) > 1000/s for 1s`, `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`,
+/// `disk_latency(vm) > 5ms for 30s`.
 public struct StormRule: Sendable, Equatable, CustomStringConvertible {
     public enum Function: Sendable, Equatable {
         /// Events per second over the evaluation interval.
@@ -40,9 +46,11 @@ public struct StormRule: Sendable, Equatable, CustomStringConvertible {
         case cpu
         /// vCPU run-queue wait over the interval, % of the interval (from /proc, not the trace).
         case wait
+        /// Average time per disk request over the interval, ns (from QMP, not the trace).
+        case diskLatency
 
-        /// Whether the rule reads /proc (``ResourceUse``) rather than the trace.
-        public var isResource: Bool { self == .cpu || self == .wait }
+        /// Whether the rule reads /proc or QMP (``ResourceUse``) rather than the trace.
+        public var isResource: Bool { self == .cpu || self == .wait || self == .diskLatency }
     }
 
     public enum Comparison: String, Sendable {
@@ -61,7 +69,7 @@ public struct StormRule: Sendable, Equatable, CustomStringConvertible {
     /// `*` or a reason / event name.
     public var reason: String
     public var comparison: Comparison
-    /// Per second for rates, nanoseconds for percentiles.
+    /// Per second for rates, nanoseconds for percentiles and `disk_latency`, % for `cpu` and `wait`.
     public var threshold: Double
     /// How long the condition must hold before the rule fires; 0 fires on the first evaluation that holds.
     public var forSeconds: Double
@@ -184,11 +192,12 @@ struct Parser {
     }
 
     mutating func rule() throws(StormRuleError) -> StormRule {
-        let functionProblem = "expected 'rate', a percentile (p50, p90, p99, p999), 'cpu' or 'wait'"
+        let functionProblem = "expected 'rate', a percentile (p50, p90, p99, p999), 'cpu', 'wait' or 'disk_latency'"
         let (f, fcol) = next()
         let function: StormRule.Function
         switch f {
         case .word("cpu"), .word("wait"): return try resourceRule(f == .word("cpu") ? .cpu : .wait)
+        case .word("disk_latency"): return try resourceRule(.diskLatency)
         case .word("rate"): function = .rate
         case .word("p50"): function = .percentile(50)
         case .word("p90"): function = .percentile(90)
@@ -218,7 +227,7 @@ struct Parser {
             let (s, _) = next()
             guard slash == .symbol("/"), s == .word("s") else { throw error("expected '/s' after the rate", scol) }
             threshold = n
-        case .cpu, .wait:
+        case .cpu, .wait, .diskLatency:
             threshold = 0  // parsed by resourceRule
         case .percentile:
             let n = try number("expected a latency (e.g. 20us)")
@@ -281,18 +290,37 @@ struct Parser {
     /// `cpu(vm) > 90% for 1m`, `wait(vcpu) > 10%`: the scope is the argument; a threshold in %.
     mutating func resourceRule(_ function: StormRule.Function) throws(StormRuleError) -> StormRule {
         try expectSymbol("(", "expected '('")
+        let scopeColumn = pos + 1
         let scope = try scopeWord()
+        if function == .diskLatency && scope != .vm {
+            throw error("disk_latency is per VM (its block devices): expected 'vm'", scopeColumn)
+        }
         try expectSymbol(")", "expected ')'")
         let comparison = try self.comparison()
-        let n = try number("expected a percentage (e.g. 90%)")
-        try expectSymbol("%", "expected '%' after the percentage")
+        let threshold: Double
+        if function == .diskLatency {
+            let n = try number("expected a latency (e.g. 5ms)")
+            let (u, ucol) = next()
+            guard case .word(let unit) = u, let scale = Self.latencyUnits[unit] else {
+                throw error("expected a latency unit (ns, us, µs, ms, s)", ucol)
+            }
+            threshold = n * scale
+        } else {
+            threshold = try number("expected a percentage (e.g. 90%)")
+            try expectSymbol("%", "expected '%' after the percentage")
+        }
+        let reason = switch function {
+        case .cpu: "cpu"
+        case .diskLatency: "disk_latency"
+        default: "wait"
+        }
         var forSeconds: Double?
         while true {
             let (k, kcol) = next()
             switch k {
             case .end:
-                return StormRule(text: text, function: function, reason: function == .cpu ? "cpu" : "wait", comparison: comparison,
-                                 threshold: n, forSeconds: forSeconds ?? 0, scope: scope)
+                return StormRule(text: text, function: function, reason: reason, comparison: comparison,
+                                 threshold: threshold, forSeconds: forSeconds ?? 0, scope: scope)
             case .word("for"):
                 guard forSeconds == nil else { throw error("'for' given twice", kcol) }
                 forSeconds = try duration()

@@ -125,6 +125,165 @@ public struct TapCounters: Sendable, Equatable {
     }
 }
 
+/// One block device's counters as QEMU counts them (QMP `query-blockstats`), cumulative since QEMU started or
+/// grown over an interval. Requests are guest requests completed (after QEMU's merging); times are the sum of
+/// each request's time from submission to completion, ns.
+public struct DiskCounts: Sendable, Equatable {
+    public var readRequests: UInt64 = 0
+    public var writeRequests: UInt64 = 0
+    public var flushRequests: UInt64 = 0
+    public var readBytes: UInt64 = 0
+    public var writeBytes: UInt64 = 0
+    public var readTimeNanoseconds: UInt64 = 0
+    public var writeTimeNanoseconds: UInt64 = 0
+    public var flushTimeNanoseconds: UInt64 = 0
+
+    public init() {}
+
+    /// The counters of a `query-blockstats` entry: `rd_operations`, `wr_operations`, `flush_operations`,
+    /// `rd_bytes`, `wr_bytes`, `rd_total_time_ns`, `wr_total_time_ns`, `flush_total_time_ns`.
+    public init(_ c: QMPReplies.BlockStats.Counters) {
+        readRequests = c.rdOperations
+        writeRequests = c.wrOperations
+        flushRequests = c.flushOperations
+        readBytes = c.rdBytes
+        writeBytes = c.wrBytes
+        readTimeNanoseconds = c.rdTotalTimeNs
+        writeTimeNanoseconds = c.wrTotalTimeNs
+        flushTimeNanoseconds = c.flushTotalTimeNs
+    }
+
+    public func subtracting(_ e: DiskCounts) -> DiskCounts {
+        var d = DiskCounts()
+        d.readRequests = readRequests.saturatingMinus(e.readRequests)
+        d.writeRequests = writeRequests.saturatingMinus(e.writeRequests)
+        d.flushRequests = flushRequests.saturatingMinus(e.flushRequests)
+        d.readBytes = readBytes.saturatingMinus(e.readBytes)
+        d.writeBytes = writeBytes.saturatingMinus(e.writeBytes)
+        d.readTimeNanoseconds = readTimeNanoseconds.saturatingMinus(e.readTimeNanoseconds)
+        d.writeTimeNanoseconds = writeTimeNanoseconds.saturatingMinus(e.writeTimeNanoseconds)
+        d.flushTimeNanoseconds = flushTimeNanoseconds.saturatingMinus(e.flushTimeNanoseconds)
+        return d
+    }
+
+    /// Average time per read request, ns: `rd_total_time_ns / rd_operations` (of an interval's growth: the
+    /// requests completed in it); nil without requests.
+    public var readLatencyNanoseconds: Double? {
+        readRequests > 0 ? Double(readTimeNanoseconds) / Double(readRequests) : nil
+    }
+
+    /// Average time per write request, ns; nil without requests.
+    public var writeLatencyNanoseconds: Double? {
+        writeRequests > 0 ? Double(writeTimeNanoseconds) / Double(writeRequests) : nil
+    }
+
+    /// Average time per read or write request, ns (flushes left out, as libvirt's block latency does); nil
+    /// without requests.
+    public var latencyNanoseconds: Double? {
+        let n = readRequests &+ writeRequests
+        return n > 0 ? Double(readTimeNanoseconds &+ writeTimeNanoseconds) / Double(n) : nil
+    }
+}
+
+/// One block device of a VM in one sample (QMP `query-blockstats`).
+public struct DiskSample: Sendable, Equatable {
+    /// The device's name: the id of the guest device using the drive (`virtio-disk0`), else the drive's id,
+    /// else the block node's name (``QMPReplies/BlockStats/name``).
+    public var device: String
+    /// The drive's id (`-drive id=…`), empty for a `-blockdev`.
+    public var drive: String
+    /// The QOM path of the device using it (`/machine/peripheral/virtio-disk0/virtio-backend`), nil when
+    /// no device uses the drive.
+    public var qdev: String?
+    /// Cumulative counters.
+    public var total: DiskCounts
+    /// Growth since the previous sample; nil for a device first seen now (or a VM first sampled now).
+    public var delta: DiskCounts?
+
+    public init(device: String, drive: String, qdev: String?, total: DiskCounts, delta: DiskCounts? = nil) {
+        self.device = device
+        self.drive = drive
+        self.qdev = qdev
+        self.total = total
+        self.delta = delta
+    }
+}
+
+/// One mapped BAR of a VM's PCI device (QMP `query-pci`): which guest ports or guest-physical addresses reach
+/// which device — what names a `kvm_pio` port or a `kvm_mmio` address.
+public struct PCIRegion: Sendable, Equatable {
+    /// The device's id (`virtio-disk0`), else QEMU's class name (`SCSI controller`), else `VVVV:DDDD`.
+    public var device: String
+    /// `BB:SS.F`, the device's PCI address.
+    public var address: String
+    public var bar: Int
+    /// True for an I/O port range (`kvm_pio`), false for memory (MMIO, `kvm_mmio`).
+    public var isIO: Bool
+    /// The first port or guest-physical address, and the region's length.
+    public var start: UInt64
+    public var size: UInt64
+
+    public init(device: String, address: String, bar: Int, isIO: Bool, start: UInt64, size: UInt64) {
+        self.device = device
+        self.address = address
+        self.bar = bar
+        self.isIO = isIO
+        self.start = start
+        self.size = size
+    }
+
+    /// The regions of `query-pci`'s buses that the guest has mapped (bridges' devices included), in QEMU's order.
+    public static func of(_ buses: [QMPReplies.PCIBus]) -> [PCIRegion] {
+        var out: [PCIRegion] = []
+        func hex(_ v: Int, _ width: Int) -> String {
+            let h = String(v, radix: 16)
+            return String(repeating: "0", count: max(0, width - h.count)) + h
+        }
+        func visit(_ devices: [QMPReplies.PCIDevice]) {
+            for d in devices {
+                let name = !d.qdevID.isEmpty ? d.qdevID : d.classInfo.desc ?? "\(hex(d.id.vendor, 4)):\(hex(d.id.device, 4))"
+                let address = "\(hex(d.bus, 2)):\(hex(d.slot, 2)).\(d.function)"
+                for r in d.regions where r.address >= 0 && r.size > 0 {
+                    out.append(PCIRegion(device: name, address: address, bar: r.bar, isIO: r.type == "io", start: UInt64(r.address), size: r.size))
+                }
+                visit(d.pciBridge?.devices ?? [])
+            }
+        }
+        visit(buses.flatMap(\.devices))
+        return out
+    }
+}
+
+/// What QEMU itself says about a VM through its QMP socket (`--qmp PATH`), in one sample.
+public struct QMPSample: Sendable, Equatable {
+    /// The socket's path.
+    public var socket: String
+    /// Why QMP could not be read this sample (`connection closed by the peer`, `no answer in 1.0 s`, …): the
+    /// row is marked and nothing else here is filled (never an old number shown as new).
+    public var problem: String?
+    /// Block devices, as `query-blockstats` lists them.
+    public var disks: [DiskSample] = []
+    /// The guest's configured RAM, bytes: `base-memory + plugged-memory` of `query-memory-size-summary`
+    /// (`-m`, plus hot-plugged DIMMs).
+    public var configuredMemoryBytes: UInt64?
+    /// The guest's RAM after the balloon (`query-balloon` actual), bytes; nil without a balloon device.
+    public var balloonActualBytes: UInt64?
+    /// KVM's binary statistics of the VM (`query-stats` target `vm`, provider kvm), numeric ones by name
+    /// (`remote_tlb_flush`, `mmu_cache_miss`, `pages_4k`, …); empty where QEMU or KVM has none (QEMU < 7.1).
+    public var kvmVMStats: [String: UInt64] = [:]
+    /// KVM's statistics of the vCPUs (`query-stats` target `vcpu`), numeric ones summed over every vCPU
+    /// (`exits`, `halt_exits`, `halt_successful_poll`, `halt_wait_ns`, `insn_emulation`, `io_exits`, …).
+    public var kvmVCPUStats: [String: UInt64] = [:]
+    /// The guest's mapped PCI BARs (`query-pci`, read when the connection opens and every 10th read after:
+    /// firmware and guests map BARs at boot): the port and MMIO ranges of each device.
+    public var pciRegions: [PCIRegion] = []
+
+    public init(socket: String, problem: String? = nil) {
+        self.socket = socket
+        self.problem = problem
+    }
+}
+
 /// One thread of a VM in one sample.
 public struct ThreadSample: Sendable, Equatable {
     public var tid: Int32
@@ -204,6 +363,9 @@ public struct VMSample: Sendable, Equatable {
     /// Every thread, vCPU threads first (by vCPU number), then the others by tid, then the kernel threads working
     /// for it (vhost workers before Linux 6.4, ``ThreadSample/kernelThread``).
     public var threads: [ThreadSample] = []
+    /// What its QMP socket says, when `--qmp` named one whose QEMU is this process (matched by the socket's
+    /// peer pid); nil otherwise.
+    public var qmp: QMPSample?
 
     public init(pid: Int32, name: String, gone: Bool = false) {
         self.pid = pid

@@ -3,10 +3,10 @@ import Glibc
 #endif
 import KVMExits
 
-/// Samples what each VM on the host costs it, from procfs and sysfs only (no libvirt, no QMP, no process
-/// spawned): VMs are the processes holding an `anon_inode:kvm-vm` descriptor; per VM and per thread it reads
-/// CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each sample's growth since the
-/// previous one.
+/// Samples what each VM on the host costs it, from procfs and sysfs (no libvirt, no process spawned) and the
+/// QMP sockets it is given (``qmp``): VMs are the processes holding an `anon_inode:kvm-vm` descriptor; per VM
+/// and per thread it reads CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each
+/// sample's growth since the previous one.
 ///
 /// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
 /// stat and schedstat (comm once per thread); each tap's 8 statistics files. Processes that are not VMs have
@@ -27,6 +27,13 @@ public final class ResourceSampler {
     /// When set, the only processes looked at (`serve -p PID`): no other process's descriptors are read, and
     /// the sample's cost and memory do not follow the other VMs of the host.
     public var only: Set<Int32>?
+    /// QMP sockets (`--qmp PATH`), read at each sample; each one's QEMU is matched to its VM by the socket's
+    /// peer pid, and its reading becomes that VM's ``VMSample/qmp``.
+    public var qmp: [QMPMonitor] = []
+    /// Warnings of the samples so far, one line each without the `kvmscope: ` prefix (a QMP socket that
+    /// refuses, closes, times out, answers garbage, or whose QEMU is no VM sampled here); ``takeWarnings()``
+    /// empties it.
+    public private(set) var warnings: [String] = []
 
     private let file = ProcFile()
     private let ticksPerSecond: UInt64
@@ -63,6 +70,8 @@ public final class ResourceSampler {
     private var hostCPUTimes: [HostCPUTimes] = []
     /// pid → the sample it was first seen in, for processes that are not VMs.
     private var notVMs: [Int32: Int] = [:]
+    /// QMP sockets already warned about for a peer that is not a VM.
+    private var unmatchedWarned: Set<String> = []
     /// vhost kernel threads (`vhost-PID`, kernels before 6.4) → the VMM process they work for.
     private var vhostOwners: [Int32: Int32] = [:]
 
@@ -124,6 +133,7 @@ public final class ResourceSampler {
                 vms[pid] = nil
             }
         }
+        readQMP(into: &out)
         sampleIndex += 1
         var result = ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
                                     hostMemoryBytes: hostMemoryBytes, vms: out)
@@ -133,6 +143,31 @@ public final class ResourceSampler {
         }
         hostCPUTimes = cpus
         return result
+    }
+
+    /// The warnings since the last call (see ``warnings``).
+    public func takeWarnings() -> [String] {
+        defer { warnings = [] }
+        return warnings
+    }
+
+    /// Reads every QMP socket and gives each reading to the VM whose pid is the socket's peer. A socket whose
+    /// QEMU was never reached gives its warning only; one whose QEMU is known but down marks that VM's row.
+    private func readQMP(into vms: inout [VMSample]) {
+        for m in qmp {
+            let (pid, reading, warning) = m.read()
+            if let warning { warnings.append(warning) }
+            guard let pid else { continue }
+            if let i = vms.firstIndex(where: { $0.pid == pid }) {
+                if !vms[i].gone { vms[i].qmp = reading }
+            } else if reading.problem == nil, !(only.map { !$0.contains(pid) } ?? false), !excluded.contains(pid) {
+                let w = "QMP \(m.path): its QEMU (pid \(pid)) is not a KVM or QEMU VM seen in /proc"
+                if !unmatchedWarned.contains(m.path) { warnings.append(w) }
+                unmatchedWarned.insert(m.path)
+                continue
+            }
+            unmatchedWarned.remove(m.path)
+        }
     }
 
     /// The `cpuN` lines of /proc/stat (an unreadable file: none).

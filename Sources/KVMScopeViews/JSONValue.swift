@@ -14,6 +14,7 @@ public indirect enum JSONValue: Sendable, Equatable {
 
     public static func optional(_ s: String?) -> JSONValue { s.map(JSONValue.string) ?? .null }
     public static func optional(_ v: UInt32?) -> JSONValue { v.map { .uint(UInt64($0)) } ?? .null }
+    public static func optional(_ v: UInt64?) -> JSONValue { v.map { .uint($0) } ?? .null }
 
     /// Compact JSON, or indented with two spaces.
     public func serialized(pretty: Bool = false) -> String {

@@ -22,6 +22,19 @@ import KVMResources
 /// | `kvmscope_vm_network_receive_bytes_total` | counter | `vm`, `vm_name`, `device` | tap tx_bytes (the guest's receive) | `libvirt_domain_interface_stats_receive_bytes_total` |
 /// | `kvmscope_vm_network_transmit_bytes_total` | counter | `vm`, `vm_name`, `device` | tap rx_bytes | `…_transmit_bytes_total` |
 /// | `kvmscope_vm_network_receive_packets_total`, `…_transmit_packets_total`, `…_receive_drops_total`, `…_transmit_drops_total`, `…_receive_errors_total`, `…_transmit_errors_total` | counter | `vm`, `vm_name`, `device` | tap statistics, swapped | `libvirt_domain_interface_stats_…` of the same name |
+/// | `kvmscope_vm_block_read_requests_total`, `…_write_requests_total`, `…_flush_requests_total` | counter | `vm`, `vm_name`, `device` | QMP `query-blockstats` rd/wr/flush_operations (`--qmp`) | `libvirt_domain_block_stats_read_requests_total`, `…_write_requests_total`, `…_flush_requests_total` |
+/// | `kvmscope_vm_block_read_bytes_total`, `…_write_bytes_total` | counter | `vm`, `vm_name`, `device` | rd_bytes, wr_bytes | `libvirt_domain_block_stats_read_bytes_total`, `…_write_bytes_total` |
+/// | `kvmscope_vm_block_read_time_seconds_total`, `…_write_time_seconds_total`, `…_flush_time_seconds_total` | counter | `vm`, `vm_name`, `device` | rd/wr/flush_total_time_ns / 1e9 | `libvirt_domain_block_stats_read_seconds_total`, `…_write_seconds_total`, `…_flush_seconds_total` |
+/// | `kvmscope_vm_memory_configured_bytes` | gauge | `vm`, `vm_name` | QMP `query-memory-size-summary` base + plugged | `libvirt_domain_info_maximum_memory_bytes` |
+/// | `kvmscope_vm_balloon_actual_bytes` | gauge | `vm`, `vm_name` | QMP `query-balloon` actual | `libvirt_domain_info_memory_usage_bytes` |
+/// | `kvmscope_vm_kvm_exits_total`, `…_halt_exits_total`, `…_halt_attempted_polls_total`, `…_halt_successful_polls_total`, `…_halt_wakeups_total`, `…_halt_wait_seconds_total`, `…_halt_poll_success_seconds_total`, `…_halt_poll_fail_seconds_total`, `…_instructions_emulated_total`, `…_instruction_emulation_failures_total`, `…_io_exits_total`, `…_mmio_exits_total`, `…_irq_exits_total`, `…_signal_exits_total` | counter | `vm`, `vm_name` | QMP `query-stats` target vcpu (KVM's binary statistics), summed over vCPUs | — (libvirt's `vcpu.N.*` domain stats, not exported by 0.2) |
+/// | `kvmscope_vm_qmp_up` | gauge | `vm`, `vm_name`, `socket` | 1 when the VM's QMP socket answered this scrape | (`libvirt_up`, for the daemon) |
+///
+/// The block families are per device (`device`: the guest device's id, `virtio-disk0`, else the drive's id),
+/// apart from the per-process `kvmscope_vm_disk_*` families, which /proc/PID/io counts for the whole process:
+/// one name for both would sum two views of the same I/O. Average latency per request is
+/// `rate(…_read_time_seconds_total[1m]) / rate(…_read_requests_total[1m])`. The QMP families appear only
+/// when `--qmp` gives a socket.
 ///
 /// Seconds are clock ticks (1/100 s) / 100; no `--max-series` folding (one set per VM, vCPU or tap).
 public enum ResourceExposition {
@@ -97,6 +110,72 @@ public enum ResourceExposition {
                     w.sample("kvmscope_vm_network_\(suffix)_total", labels(vm) + [("device", tap.device)], String(value(tap)))
                 }
             }
+        }
+        writeQMP(vms, labels: labels, into: &w)
+    }
+
+    /// KVM's vCPU statistics exported, each as `kvmscope_vm_kvm_SUFFIX_total`: its name in KVM, the suffix,
+    /// help, and the scale to the unit in the name (ns → seconds).
+    static let kvmStats: [(String, String, String, Double)] = [
+        ("exits", "exits", "Exits of the vCPUs to KVM, every reason", 1),
+        ("halt_exits", "halt_exits", "Exits for HLT", 1),
+        ("halt_attempted_poll", "halt_attempted_polls", "Halts that polled before sleeping", 1),
+        ("halt_successful_poll", "halt_successful_polls", "Halts ended by a wake-up while polling", 1),
+        ("halt_wakeup", "halt_wakeups", "Wake-ups of halted vCPUs", 1),
+        ("halt_wait_ns", "halt_wait_seconds", "Time halted vCPUs slept", 1e-9),
+        ("halt_poll_success_ns", "halt_poll_success_seconds", "Time spent polling in halts that then woke", 1e-9),
+        ("halt_poll_fail_ns", "halt_poll_fail_seconds", "Time spent polling in halts that then slept", 1e-9),
+        ("insn_emulation", "instructions_emulated", "Instructions KVM emulated", 1),
+        ("insn_emulation_fail", "instruction_emulation_failures", "Instructions KVM failed to emulate", 1),
+        ("io_exits", "io_exits", "Exits for port I/O", 1),
+        ("mmio_exits", "mmio_exits", "Exits for MMIO", 1),
+        ("irq_exits", "irq_exits", "Exits for host interrupts", 1),
+        ("signal_exits", "signal_exits", "Exits for pending signals", 1),
+    ]
+
+    /// The families QEMU's QMP sockets give (`--qmp`); none without a socket.
+    static func writeQMP(_ vms: [VMSample], labels: (VMSample) -> [(String, String)],
+                         into w: inout PrometheusExposition.Writer) {
+        let withQMP = vms.filter { $0.qmp != nil }
+        guard !withQMP.isEmpty else { return }
+        let read = withQMP.filter { $0.qmp?.problem == nil }
+        let block: [(String, String, (DiskCounts) -> String)] = [
+            ("read_requests", "Read requests completed", { String($0.readRequests) }),
+            ("write_requests", "Write requests completed", { String($0.writeRequests) }),
+            ("flush_requests", "Flush requests completed", { String($0.flushRequests) }),
+            ("read_bytes", "Bytes read", { String($0.readBytes) }),
+            ("write_bytes", "Bytes written", { String($0.writeBytes) }),
+            ("read_time_seconds", "Total time of read requests, submission to completion", {
+                "\(Double($0.readTimeNanoseconds) / 1e9)"
+            }),
+            ("write_time_seconds", "Total time of write requests", { "\(Double($0.writeTimeNanoseconds) / 1e9)" }),
+            ("flush_time_seconds", "Total time of flush requests", { "\(Double($0.flushTimeNanoseconds) / 1e9)" }),
+        ]
+        for (suffix, help, value) in block {
+            w.family("kvmscope_vm_block_\(suffix)", "counter", "\(help), per block device (QMP query-blockstats).")
+            for vm in read {
+                for d in vm.qmp!.disks {
+                    w.sample("kvmscope_vm_block_\(suffix)_total", labels(vm) + [("device", d.device)], value(d.total))
+                }
+            }
+        }
+        w.family("kvmscope_vm_memory_configured_bytes", "gauge",
+                 "The guest's configured RAM (QMP query-memory-size-summary: base and plugged memory).")
+        for vm in read { if let b = vm.qmp!.configuredMemoryBytes { w.sample("kvmscope_vm_memory_configured_bytes", labels(vm), String(b)) } }
+        w.family("kvmscope_vm_balloon_actual_bytes", "gauge", "The guest's RAM after its balloon (QMP query-balloon actual).")
+        for vm in read { if let b = vm.qmp!.balloonActualBytes { w.sample("kvmscope_vm_balloon_actual_bytes", labels(vm), String(b)) } }
+        // KVM's own counters of the vCPUs (binary statistics through QMP query-stats), summed over the vCPUs.
+        for (stat, suffix, help, scale) in kvmStats {
+            let name = "kvmscope_vm_kvm_\(suffix)_total"
+            w.family(String(name.dropLast(6)), "counter", "\(help) (KVM's statistics of the vCPUs, QMP query-stats: \(stat)).")
+            for vm in read {
+                guard let v = vm.qmp!.kvmVCPUStats[stat] else { continue }
+                w.sample(name, labels(vm), scale == 1 ? String(v) : "\(Double(v) * scale)")
+            }
+        }
+        w.family("kvmscope_vm_qmp_up", "gauge", "1 when the VM's QMP socket answered at this scrape, 0 when it did not.")
+        for vm in withQMP {
+            w.sample("kvmscope_vm_qmp_up", labels(vm) + [("socket", vm.qmp!.socket)], vm.qmp!.problem == nil ? "1" : "0")
         }
     }
 }

@@ -7,7 +7,8 @@ import KVMExits
 /// "vm_name":"web01","vcpu":null,"reason":"kvm_pio","value":40213.5,"threshold":1000.0,"unit":"/s",
 /// "top_rips":[{"rip":"0xffffffff81000010","count":1200}]}`
 ///
-/// `value` and `threshold` are per second for rates, nanoseconds for percentiles and % for resource rules
+/// `value` and `threshold` are per second for rates, nanoseconds for percentiles and `disk_latency`, % for
+/// `cpu` and `wait`
 /// (`unit` says which);
 /// `value` is null when the interval had no data (a latency rule resolving because no exit was handled).
 public enum StormAlertJSON {
@@ -16,7 +17,7 @@ public enum StormAlertJSON {
         let unit: String
         switch a.rule.function {
         case .rate: unit = "/s"
-        case .percentile: unit = "ns"
+        case .percentile, .diskLatency: unit = "ns"
         case .cpu, .wait: unit = "%"
         }
         return JSONValue.object([

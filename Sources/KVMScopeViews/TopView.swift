@@ -33,6 +33,9 @@ public struct TopFrame: Sendable {
     public var time: String
     /// Exits by VM pid; nil when exits are not traced (then EXITS/s shows `-`).
     public var exits: [Int32: TopExits]?
+    /// Warnings of this sample (a QMP socket that refused, closed, timed out or answered garbage), one line
+    /// each without the `kvmscope: ` prefix: stderr in batch modes, the line above the keys on the screen.
+    public var warnings: [String] = []
 
     public init(sample: ResourceSample, iteration: Int, time: String, exits: [Int32: TopExits]?) {
         self.sample = sample
@@ -266,7 +269,25 @@ public enum TopView {
             ("memory", .object([
                 ("rss_bytes", .uint(m.rssBytes)), ("anon_bytes", .uint(m.anonBytes)), ("file_bytes", .uint(m.fileBytes)),
                 ("shmem_bytes", .uint(m.shmemBytes)), ("swap_bytes", .uint(m.swapBytes)), ("percent", .double(r.memPercent)),
+                ("configured_bytes", .optional(vm.qmp?.configuredMemoryBytes)),
+                ("balloon_actual_bytes", .optional(vm.qmp?.balloonActualBytes)),
             ])),
+            ("qmp", vm.qmp.map { q in
+                .object([
+                    ("socket", .string(q.socket)), ("problem", .optional(q.problem)),
+                    ("kvm_vm_stats", .object(q.kvmVMStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
+                    ("kvm_vcpu_stats", .object(q.kvmVCPUStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
+                    ("pci_regions", .array(q.pciRegions.map { r in
+                        .object([("device", .string(r.device)), ("address", .string(r.address)), ("bar", .int(Int64(r.bar))),
+                                 ("type", .string(r.isIO ? "io" : "memory")), ("start", .uint(r.start)), ("size", .uint(r.size))])
+                    })),
+                ])
+            } ?? .null),
+            ("disks", .array((vm.qmp?.disks ?? []).map { d in
+                var o = diskFields(d, counts: d.total)
+                o.append(("interval", d.delta.map { .object(countFields($0)) } ?? .null))
+                return .object(o)
+            })),
             ("io", vm.io.map { io in
                 .object([
                     ("read_chars", .uint(io.readChars)), ("write_chars", .uint(io.writeChars)),
@@ -287,6 +308,34 @@ public enum TopView {
             ("libvirt", LibvirtJSON.value(vm.libvirt)),
             ("threads", .array(threads)),
         ])
+    }
+
+    // MARK: Disks (QMP)
+
+    /// One block device as `stat --json` gives it: its names and `counts` (the growth over the run).
+    public static func diskJSON(_ d: DiskSample, counts: DiskCounts) -> JSONValue { .object(diskFields(d, counts: counts)) }
+
+    /// `device` (`virtio-disk0`), `drive` (`-drive id=`, empty for `-blockdev`), `qdev` (QOM path or null), then
+    /// ``countFields(_:)``.
+    static func diskFields(_ d: DiskSample, counts: DiskCounts) -> [(String, JSONValue)] {
+        [("device", .string(d.device)), ("drive", .string(d.drive)), ("qdev", .optional(d.qdev))] + countFields(counts)
+    }
+
+    /// QMP `query-blockstats`' counters under kvmscope's names: `read_requests` (rd_operations),
+    /// `write_requests`, `flush_requests`, `read_bytes` (rd_bytes), `write_bytes`, `read_time_seconds`
+    /// (rd_total_time_ns / 1e9), `write_time_seconds`, `flush_time_seconds`, and the average time per request,
+    /// `read_latency_seconds` (rd_total_time_ns / rd_operations / 1e9; null without requests),
+    /// `write_latency_seconds`.
+    static func countFields(_ c: DiskCounts) -> [(String, JSONValue)] {
+        [
+            ("read_requests", .uint(c.readRequests)), ("write_requests", .uint(c.writeRequests)),
+            ("flush_requests", .uint(c.flushRequests)), ("read_bytes", .uint(c.readBytes)), ("write_bytes", .uint(c.writeBytes)),
+            ("read_time_seconds", .double(Double(c.readTimeNanoseconds) / 1e9)),
+            ("write_time_seconds", .double(Double(c.writeTimeNanoseconds) / 1e9)),
+            ("flush_time_seconds", .double(Double(c.flushTimeNanoseconds) / 1e9)),
+            ("read_latency_seconds", optD(c.readLatencyNanoseconds.map { $0 / 1e9 })),
+            ("write_latency_seconds", optD(c.writeLatencyNanoseconds.map { $0 / 1e9 })),
+        ]
     }
 
     // MARK: Formatting
@@ -396,8 +445,9 @@ extension TopView {
         return lines
     }
 
-    /// `3`: per VM, from /proc/PID/io in the interval: bytes that reached storage and read/write syscalls
-    /// (per-device requests need QMP or libvirt).
+    /// `3`: per VM, from /proc/PID/io in the interval: bytes that reached storage and read/write syscalls;
+    /// then, for VMs with a QMP socket (`--qmp`), one row per block device as virt-top's block view shows it:
+    /// requests and bytes in the interval and the average time per request (``renderDevices(_:sort:)``).
     public static func renderBlock(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
         var lines = ["    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME"]
         for r in rows(frame, sort: sort) where !r.vm.gone {
@@ -405,6 +455,32 @@ extension TopView {
             lines.append(lpad(String(r.vm.pid), 6) + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7)
                          + lpad(count(d?.readSyscalls), 6) + lpad(count(d?.writeSyscalls), 6)
                          + lpad(count(d?.readChars), 7) + lpad(count(d?.writeChars), 7) + " " + r.vm.name.terminalSafe)
+        }
+        let devices = renderDevices(frame, sort: sort)
+        if devices.count > 1 { lines += [""] + devices }
+        return lines
+    }
+
+    /// One row per block device of each VM with a QMP socket: RDRQ/WRRQ requests, RDBY/WRBY bytes in the
+    /// interval (QMP `query-blockstats`), RDLAT/WRLAT the average time per request over the interval
+    /// (rd_total_time_ns / rd_operations). A VM whose socket failed shows one marked row with the reason.
+    public static func renderDevices(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
+        var lines = ["    ID DEVICE           RDRQ  WRRQ   RDBY   WRBY    RDLAT    WRLAT NAME"]
+        for r in rows(frame, sort: sort) where !r.vm.gone {
+            guard let q = r.vm.qmp else { continue }
+            if let problem = q.problem {
+                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad("(QMP: \(problem))".terminalSafe, 59) + " "
+                             + r.vm.name.terminalSafe)
+                continue
+            }
+            for disk in q.disks {
+                let d = disk.delta
+                func lat(_ ns: Double?) -> String { lpad(ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-", 9) }
+                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad(disk.device.terminalSafe, 15)
+                             + lpad(count(d?.readRequests), 6) + lpad(count(d?.writeRequests), 6)
+                             + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7)
+                             + lat(d?.readLatencyNanoseconds) + lat(d?.writeLatencyNanoseconds) + " " + r.vm.name.terminalSafe)
+            }
         }
         return lines
     }

@@ -21,12 +21,20 @@ final class ResourceTrail {
     private var threadLast: [Int32: [Int32: ThreadSample]] = [:]
     private var sampledAt = Date()
     private var ticksPerSecond: UInt64 = 100
+    /// Each VM's block devices (QMP): counters at first and last sight, by device name.
+    private var diskFirst: [Int32: [String: DiskCounts]] = [:]
+    private var diskLast: [Int32: [String: DiskSample]] = [:]
+    /// Each VM's last QMP reading (its problem, memory, balloon).
+    private var qmpLast: [Int32: QMPSample] = [:]
+
     private let every: Double
     /// When the run started, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
     private let startTicks: UInt64
 
-    /// - Parameter every: seconds between samples while tracing (a VM that ends loses at most this much).
-    init(every: Double = 1) {
+    /// - Parameters:
+    ///   - every: seconds between samples while tracing (a VM that ends loses at most this much).
+    ///   - qmp: QMP sockets (`--qmp`) read at each sample.
+    init(every: Double = 1, qmp: [QMPMonitor] = []) {
         self.every = every
         var boot = timespec()
         clock_gettime(CLOCK_BOOTTIME, &boot)
@@ -34,6 +42,7 @@ final class ResourceTrail {
         // Rounded down: a process born in the same tick counts as born after.
         startTicks = (UInt64(boot.tv_sec) * 1_000_000_000 + UInt64(boot.tv_nsec)) * tck / 1_000_000_000
         sampler.excluded = [getpid()]
+        sampler.qmp = qmp
         record(sampler.sample())
         startVMs = Set(first.keys)
     }
@@ -46,6 +55,7 @@ final class ResourceTrail {
     func finish() { record(sampler.sample()) }
 
     private func record(_ s: ResourceSample) {
+        sampler.printWarnings()
         sampledAt = Date()
         ticksPerSecond = s.ticksPerSecond
         for vm in s.vms {
@@ -75,6 +85,23 @@ final class ResourceTrail {
                     threadFirst[vm.pid, default: [:]][t.tid] = fromZero ? ThreadTimes() : t.times
                 }
                 threadLast[vm.pid, default: [:]][t.tid] = t
+            }
+            if let q = vm.qmp {
+                // A reading with a problem keeps the last good counters (the VM is marked by `qmp.problem`).
+                if q.problem == nil {
+                    for d in q.disks {
+                        if diskFirst[vm.pid, default: [:]][d.device] == nil {
+                            // A device first seen after its VM's first QMP reading was added since, and a VM born
+                            // during the run did all its I/O while traced: from 0.
+                            let fromZero = diskLast[vm.pid] != nil || bornDuringRun.contains(vm.pid)
+                            diskFirst[vm.pid, default: [:]][d.device] = fromZero ? DiskCounts() : d.total
+                        }
+                        diskLast[vm.pid, default: [:]][d.device] = d
+                    }
+                    qmpLast[vm.pid] = q
+                } else {
+                    qmpLast[vm.pid, default: q].problem = q.problem
+                }
             }
         }
     }
@@ -130,6 +157,15 @@ final class ResourceTrail {
                 threads.append(.object(fields))
             }
             o.append(("vcpu_threads", .array(threads)))
+            o.append(("qmp", qmpLast[pid].map { q in
+                .object([("socket", .string(q.socket)), ("problem", .optional(q.problem)),
+                         ("memory_configured_bytes", .optional(q.configuredMemoryBytes)),
+                         ("balloon_actual_bytes", .optional(q.balloonActualBytes))])
+            } ?? .null))
+            let disks = (diskLast[pid] ?? [:]).values.sorted { $0.device < $1.device }
+            o.append(("disks", .array(disks.map { d in
+                TopView.diskJSON(d, counts: d.total.subtracting(diskFirst[pid]?[d.device] ?? DiskCounts()))
+            })))
             return JSONValue.object(o)
         })
     }

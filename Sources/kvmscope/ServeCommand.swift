@@ -56,6 +56,7 @@ struct ServeCommand: ParsableCommand {
     var idleTimeout: Double = 30
 
     @OptionGroup(title: "Tracing") var trace: TraceOptions
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     func validate() throws {
         guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
@@ -68,6 +69,7 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
+        try StormAlerts.checkQMP(rules, sockets: qmp.sockets)
         let address: any SocketAddress
         do { address = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
@@ -78,7 +80,8 @@ struct ServeCommand: ParsableCommand {
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
-        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid)
+        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid, qmpSockets: qmp.sockets,
+                                 qmpTimeout: qmp.timeout)
         let server: MetricsServer
         do {
             server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
@@ -91,14 +94,14 @@ struct ServeCommand: ParsableCommand {
         writeStderr("kvmscope: serving http://\(listen)/metrics\n")
 
         var detector = StormDetector(rules: rules)
-        // Resource rules (cpu, wait) read /proc at each evaluation (-p's VM only, with -p).
-        let sampler = detector.needsResources ? ResourceSampler(keepDescriptors: false) : nil
-        sampler?.excluded = [getpid()]
+        // Resource rules (cpu, wait, disk_latency) read /proc (and the QMP sockets) at each evaluation, through
+        // the scrapes' sampler: one connection per QMP socket (QEMU serves one client at a time on each).
+        let needsResources = detector.needsResources
         func evaluate() {
             // Retire exited threads between scrapes too: their keys and series leave the readers' tables now.
             if rules.isEmpty { session.retireExited() }
             guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
-            let resources = sampler.map { ResourceUse.of($0.sample(), only: pid.map { Set([$0]) }) } ?? []
+            let resources = needsResources ? ResourceUse.of(state.sampleResources(), only: pid.map { Set([$0]) }) : []
             StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources))
             state.storms.withLock { $0 = detector.activity }
         }
@@ -119,21 +122,31 @@ final class MetricsState: MetricsSource {
     let resources = Mutex(ResourceSampler(keepDescriptors: false))
     let resourcesPID: Int32?
 
-    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?) {
+    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?, qmpSockets: [String] = [], qmpTimeout: Double = 1) {
         self.session = session
         self.maxSeries = maxSeries
         self.resourcesPID = resourcesPID
         resources.withLock {
             $0.excluded = [getpid()]
+            $0.qmp = qmpSockets.map { QMPMonitor(path: $0, timeout: qmpTimeout) }
             // With -p, only that VM is exported: only it is sampled.
             $0.only = resourcesPID.map { [$0] }
+        }
+    }
+
+    /// A resource sample (one caller at a time); its warnings (QMP sockets) are logged on stderr.
+    func sampleResources() -> ResourceSample {
+        resources.withLock { sampler in
+            let s = sampler.sample()
+            sampler.printWarnings()
+            return s
         }
     }
 
     /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
     func render(_ format: ExpositionFormat) throws -> [UInt8] {
         let summary = try Summary(session.snapshot())
-        let sample = resources.withLock { $0.sample() }
+        let sample = sampleResources()
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
                                       resourcesPID: resourcesPID)

@@ -140,6 +140,7 @@ struct StatCommand: ParsableCommand {
 
     @OptionGroup(title: "Filters") var filters: FilterOptions
     @OptionGroup(title: "Tracing") var trace: TraceOptions
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     @Argument(parsing: .postTerminator, help: "Trace while this command runs, counting only its processes and threads.")
     var command: [String] = []
@@ -151,6 +152,7 @@ struct StatCommand: ParsableCommand {
         if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
+        if !qmp.sockets.isEmpty && !json { throw ValidationError("--qmp adds QEMU's numbers to the --json summary's resources: give --json") }
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
@@ -188,9 +190,9 @@ struct StatCommand: ParsableCommand {
             stop.raise(SIGHUP)
         }
 
-        // stat --json: what each VM cost the host beside its exits (procfs; a sample about once a second, ten
-        // times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s).
-        let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1) : nil
+        // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
+        // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s).
+        let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
         var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0

@@ -69,6 +69,14 @@ enum StormAlerts {
         }
     }
 
+    /// A `disk_latency` rule reads QEMU's block statistics: without a `--qmp` socket it could never fire. A bad
+    /// combination of arguments: `ValidationError` (exit status 64).
+    static func checkQMP(_ rules: [StormRule], sockets: [String]) throws {
+        guard sockets.isEmpty, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
+        throw ValidationError("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
+                              + "query-blockstats")
+    }
+
     /// Whether this kernel has the kvm event `name` (traced or not).
     static func kernelHasEvent(_ name: String) -> Bool {
         name.hasPrefix("kvm_") && !name.contains("/") && ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].contains {

@@ -52,6 +52,8 @@ struct TopCommand: ParsableCommand {
             help: "libvirt URI to read domain names, UUIDs and statistics from (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
     var connect: String?
 
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
+
     func validate() throws {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
@@ -65,7 +67,7 @@ struct TopCommand: ParsableCommand {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
-        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect))
+        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect), qmp: qmp.monitors())
         defer { source.stop() }
         if !batchMode {
             let terminal: Terminal
@@ -94,6 +96,7 @@ struct TopCommand: ParsableCommand {
         defer { if let csvOut, !csvToStdout { close(csvOut) } }
         try TraceRun(stop: stop).wait(every: delay) {
             let frame = try source.next()
+            for w in frame.warnings { writeStderr("kvmscope: \(w)\n") }
             if csvToStdout {
                 // The CSV rows are what stdout carries.
             } else if json {
@@ -134,9 +137,10 @@ struct TopSource {
     var libvirt: LibvirtReader?
 
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
-    init(traceExits: Bool, libvirt: LibvirtReader? = nil) throws {
+    init(traceExits: Bool, libvirt: LibvirtReader? = nil, qmp: [QMPMonitor] = []) throws {
         self.libvirt = libvirt
         sampler.excluded = [getpid()]
+        sampler.qmp = qmp
         do {
             session = traceExits ? try LiveSession(config: TraceConfig()) : nil
         } catch let e as KVMScopeError {
@@ -145,6 +149,7 @@ struct TopSource {
         }
         if let session { exits.update(try Summary(session.snapshot())) }
         _ = sampler.sample()
+        sampler.printWarnings()
     }
 
     /// The next frame: growth since the previous one.
@@ -154,7 +159,9 @@ struct TopSource {
         libvirt?.attach(to: &sample)
         var perVM: [Int32: TopExits]?
         if let session { perVM = exits.update(try Summary(session.snapshot())) }
-        return TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+        var frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+        frame.warnings = sampler.takeWarnings()
+        return frame
     }
 
     private var stopped = false

@@ -20,6 +20,8 @@ struct TopScreen {
     enum Screen { case hostCPUs, network, block }
     var screen: Screen?
     var frame: TopFrame?
+    /// The last warning (a QMP socket that went away), shown above the keys until the next one.
+    var warning: String?
 
     init(terminal: Terminal, stop: StopSignal, sort: TopSort, delay: Double, iterations: Int?) {
         self.terminal = terminal
@@ -46,6 +48,7 @@ struct TopScreen {
             }
             if Date() >= next {
                 frame = try source.next()
+                if let w = frame?.warnings.last { warning = w }
                 next = Date().addingTimeInterval(delay)
                 draw()
                 if let iterations, let frame, frame.iteration >= iterations { return }
@@ -120,9 +123,10 @@ struct TopScreen {
                 }
             }
         }
-        let bodyRows = max(1, size.rows - 1)
+        let bodyRows = max(1, size.rows - (warning == nil ? 1 : 2))
         var shown = Array(lines.prefix(bodyRows))
         while shown.count < bodyRows { shown.append(("", [])) }
+        if let warning { shown.append(("kvmscope: " + warning.terminalSafe, [])) }
         shown.append((Self.keysLine, []))
         terminal.draw(shown.map { line in (String(line.text.prefix(size.columns)), line.spans) })
     }

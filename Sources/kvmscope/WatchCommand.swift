@@ -39,6 +39,7 @@ struct WatchCommand: ParsableCommand {
     var pid: Int32?
 
     @OptionGroup(title: "Tracing") var trace: TraceOptions
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     @Argument(parsing: .postTerminator, help: "Trace while this command runs, only its processes and threads.")
     var command: [String] = []
@@ -54,6 +55,7 @@ struct WatchCommand: ParsableCommand {
 
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
+        try StormAlerts.checkQMP(rules, sockets: qmp.sockets)
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         // Runs as long as the host does: threads that exit retire into their VM's rows (rates per VM and vCPU
@@ -69,13 +71,16 @@ struct WatchCommand: ParsableCommand {
         // Resource rules (cpu, wait) read /proc at each evaluation: -p's VM, the command's VMs, or every VM.
         let sampler = detector.needsResources ? ResourceSampler() : nil
         sampler?.excluded = [getpid()]
+        sampler?.qmp = qmp.monitors()
         func resources(_ summary: Summary) -> [ResourceUse] {
             guard let sampler else { return [] }
             var only = pid.map { Set([$0]) }
             if only == nil && !command.isEmpty {
                 only = Set(summary.exits.map(\.vm) + summary.userspaceExits.map(\.vm) + summary.eventRows.map(\.vm))
             }
-            return ResourceUse.of(sampler.sample(), only: only)
+            let sample = sampler.sample()
+            sampler.printWarnings()
+            return ResourceUse.of(sample, only: only)
         }
         func evaluate() throws -> Bool {
             let summary = try Summary(session.snapshot())

@@ -35,6 +35,46 @@ import Testing
         #expect(throws: StormRuleError(description: message)) { try StormRule(parsing: rule) }
     }
 
+    @Test func parsesDiskLatency() throws {
+        let r = try StormRule(parsing: "disk_latency(vm) > 5ms for 30s")
+        #expect(r.function == .diskLatency)
+        #expect(r.function.isResource)
+        #expect(r.reason == "disk_latency")
+        #expect(r.scope == .vm)
+        #expect(r.threshold == 5_000_000)
+        #expect(r.forSeconds == 30)
+        #expect(throws: StormRuleError(description: "bad rule 'disk_latency(vcpu) > 5ms': disk_latency is per VM (its block devices): expected 'vm' at column 14")) {
+            try StormRule(parsing: "disk_latency(vcpu) > 5ms")
+        }
+        #expect(throws: StormRuleError(description: "bad rule 'disk_latency(vm) > 5%': expected a latency unit (ns, us, µs, ms, s) at column 21")) {
+            try StormRule(parsing: "disk_latency(vm) > 5%")
+        }
+    }
+
+    /// Average time per request completed in each interval: Δtime / Δrequests; no request, no data.
+    @Test func diskLatencyIsTimePerRequestOfTheInterval() throws {
+        var d = StormDetector(rules: [try StormRule(parsing: "disk_latency(vm) > 5ms")])
+        func use(_ requests: UInt64?, _ ns: UInt64?) -> [ResourceUse] {
+            var u = ResourceUse(vm: 9, vmName: "db", vcpu: nil, cpuSeconds: 0, waitSeconds: 0)
+            u.diskRequests = requests
+            u.diskNanoseconds = ns
+            return [u]
+        }
+        #expect(d.evaluate(time: 0, summary: Summary(), resources: use(1000, 2_000_000_000)).isEmpty)
+        // 100 requests taking 700 ms together: 7 ms each.
+        let fire = d.evaluate(time: 1, summary: Summary(), resources: use(1100, 2_700_000_000))
+        #expect(fire.map(\.state) == [.firing])
+        #expect(fire.first?.value == 7_000_000)
+        #expect(fire.first?.threshold == 5_000_000)
+        // No request completed: no data, the alert resolves.
+        let idle = d.evaluate(time: 2, summary: Summary(), resources: use(1100, 2_700_000_000))
+        #expect(idle.map(\.state) == [.resolved])
+        #expect(idle.first?.value == nil)
+        // 50 requests in 100 ms: 2 ms each, under the threshold; no QMP reading: no data.
+        #expect(d.evaluate(time: 3, summary: Summary(), resources: use(1150, 2_800_000_000)).isEmpty)
+        #expect(d.evaluate(time: 4, summary: Summary(), resources: use(nil, nil)).isEmpty)
+    }
+
     /// CPU and wait as shares of each interval, firing and resolving once.
     @Test func detectorMeasuresSharesOfTheInterval() throws {
         var d = StormDetector(rules: [try StormRule(parsing: "cpu(vm) > 50%"), try StormRule(parsing: "wait(vcpu) > 10% for 2s")])

@@ -50,8 +50,8 @@ struct StormRuleTests {
 
     @Test(arguments: [
         ("rate(HLT) >> 5", "bad rule 'rate(HLT) >> 5': expected a comparison '>' or '<' at column 11"),
-        ("rat(HLT) > 5/s", "bad rule 'rat(HLT) > 5/s': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu' or 'wait' at column 1"),
-        ("", "bad rule '': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu' or 'wait' at end of rule"),
+        ("rat(HLT) > 5/s", "bad rule 'rat(HLT) > 5/s': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu', 'wait' or 'disk_latency' at column 1"),
+        ("", "bad rule '': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu', 'wait' or 'disk_latency' at end of rule"),
         ("rate HLT > 5/s", "bad rule 'rate HLT > 5/s': expected '(' at column 6"),
         ("rate(>) > 5/s", "bad rule 'rate(>) > 5/s': expected an exit reason, an event name or '*' at column 6"),
         ("rate(HLT > 5/s", "bad rule 'rate(HLT > 5/s': expected ')' at column 10"),

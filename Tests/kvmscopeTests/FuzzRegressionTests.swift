@@ -69,7 +69,7 @@ import TestSupport
     /// A rule with control characters (a newline among them) made a two-line error; they are escaped now.
     @Test func stormRuleErrorIsOneLine() throws {
         let text = try String(contentsOfFile: Self.fixture("storm-rule-control-characters.txt"), encoding: .utf8)
-        #expect(throws: StormRuleError(description: #"bad rule '\u{0E}\n\u{1D}': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu' or 'wait' at column 1"#)) {
+        #expect(throws: StormRuleError(description: #"bad rule '\u{0E}\n\u{1D}': expected 'rate', a percentile (p50, p90, p99, p999), 'cpu', 'wait' or 'disk_latency' at column 1"#)) {
             try StormRule(parsing: text)
         }
     }

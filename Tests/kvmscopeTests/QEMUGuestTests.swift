@@ -49,6 +49,192 @@ struct QEMUGuestTests {
         #expect(row["accel"] as? String == "kvm")
     }
 
+    /// `--qmp`: per-device requests, bytes and request time over a paused interval equal QEMU's own counters
+    /// read by the test's QMP client on its own socket; configured memory is `-m`, the balloon's actual too;
+    /// KVM's statistics equal query-stats'. Then the same through top --json, stat --json and /metrics.
+    @Test func qmpDisksAreQEMUsOwnCounters() throws {
+        let guest = try QEMUGuest(name: "qemu-qmp-\(getpid())")
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        #expect(try qmp.blockstats().rdOperations >= 10, "the boot sector's reads never came")
+
+        let sampler = ResourceSampler()
+        let monitor = QMPMonitor(path: guest.kvmscopeQMPPath, timeout: 5)
+        sampler.qmp = [monitor]
+        _ = try qmp.execute("stop")
+        _ = sampler.sample()
+        let before = try qmp.blockstats()
+        _ = try qmp.execute("cont")
+        usleep(1_000_000)
+        _ = try qmp.execute("stop")
+        let sample = sampler.sample()
+        let after = try qmp.blockstats()
+        // Stays paused from here: every later reading is of the same counters.
+        let exits = try qmp.vcpuStat("exits")
+        monitor.close()
+        #expect(sampler.takeWarnings() == [])
+
+        let vm = try #require(sample.vms.first { $0.pid == guest.pid })
+        let q = try #require(vm.qmp)
+        #expect(q.socket == guest.kvmscopeQMPPath)
+        #expect(q.problem == nil)
+        #expect(q.disks.map(\.device) == ["virtio-disk0"])
+        let disk = try #require(q.disks.first)
+        #expect(disk.drive == "drive-virtio-disk0")
+        #expect(disk.qdev == "/machine/peripheral/virtio-disk0/virtio-backend")
+        let d = try #require(disk.delta)
+        #expect(d.readRequests > 0)
+        #expect(d.readRequests == after.rdOperations - before.rdOperations)
+        #expect(d.writeRequests == after.wrOperations - before.wrOperations)
+        #expect(d.readBytes == after.rdBytes - before.rdBytes)
+        #expect(d.writeBytes == after.wrBytes - before.wrBytes)
+        #expect(d.readTimeNanoseconds == after.rdTotalTimeNs - before.rdTotalTimeNs)
+        #expect(d.writeTimeNanoseconds == after.wrTotalTimeNs - before.wrTotalTimeNs)
+        #expect(d.readLatencyNanoseconds == Double(after.rdTotalTimeNs - before.rdTotalTimeNs) / Double(after.rdOperations - before.rdOperations))
+        #expect(disk.total.readRequests == after.rdOperations)
+        #expect(q.configuredMemoryBytes == 16 << 20)  // -m 16
+        #expect(q.balloonActualBytes == 16 << 20)
+        #expect(exits > 0)
+        #expect(q.kvmVCPUStats["exits"] == exits)
+        // The PCI BARs the guest mapped (query-pci): virtio-disk0's, as QMP gives them to the test.
+        let buses = try #require(try qmp.execute("query-pci") as? [[String: Any]])
+        var expected: [String] = []
+        for dev in buses.flatMap({ $0["devices"] as? [[String: Any]] ?? [] }) where dev["qdev_id"] as? String == "virtio-disk0" {
+            for r in dev["regions"] as? [[String: Any]] ?? [] where (r["address"] as? Int ?? -1) >= 0 {
+                expected.append("\(r["bar"] as? Int ?? -1) \(r["type"] as? String ?? "?") \(r["address"] as? Int ?? -1) \(r["size"] as? Int ?? -1)")
+            }
+        }
+        #expect(!expected.isEmpty)
+        #expect(q.pciRegions.filter { $0.device == "virtio-disk0" }.map { "\($0.bar) \($0.isIO ? "io" : "memory") \($0.start) \($0.size)" }
+            == expected)
+
+        // top --json: the cumulative counters (paused: as read), nothing in the interval.
+        let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr == "")
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let row = try #require((j["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
+        let disks = try #require(row["disks"] as? [[String: Any]])
+        #expect(disks.count == 1)
+        #expect(disks.first?["device"] as? String == "virtio-disk0")
+        #expect((disks.first?["read_requests"] as? NSNumber)?.uint64Value == after.rdOperations)
+        #expect((disks.first?["write_bytes"] as? NSNumber)?.uint64Value == after.wrBytes)
+        let interval = try #require(disks.first?["interval"] as? [String: Any])
+        #expect(interval["read_requests"] as? Int == 0)
+        #expect(interval["read_latency_seconds"] is NSNull)
+        let memory = try #require(row["memory"] as? [String: Any])
+        #expect(memory["configured_bytes"] as? Int == 16 << 20)
+        #expect(memory["balloon_actual_bytes"] as? Int == 16 << 20)
+
+        // stat --json: the run's growth (paused throughout: none), the device named, QEMU's memory.
+        let st = try CLI.run(["stat", "--json", "--duration", "0.5", "-p", "\(guest.pid)", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        #expect(st.status == 0, "\(st.stderr)")
+        let sj = try CLI.json(st.stdout)
+        let res = try #require((sj["resources"] as? [[String: Any]])?.first { $0["vm"] as? Int == Int(guest.pid) })
+        let statDisks = try #require(res["disks"] as? [[String: Any]])
+        #expect(statDisks.map { $0["device"] as? String } == ["virtio-disk0"])
+        #expect(statDisks.first?["read_requests"] as? Int == 0)
+        #expect(statDisks.first?["write_bytes"] as? Int == 0)
+        let statQMP = try #require(res["qmp"] as? [String: Any])
+        #expect(statQMP["socket"] as? String == guest.kvmscopeQMPPath)
+        #expect(statQMP["problem"] is NSNull)
+        #expect(statQMP["memory_configured_bytes"] as? Int == 16 << 20)
+
+        // /metrics: the block families carry QEMU's counters.
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(guest.pid)", "--qmp", guest.kvmscopeQMPPath])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        let metrics = try #require(httpGet("http://127.0.0.1:\(port)/metrics")).body
+        let labels = "vm=\"\(guest.pid)\",vm_name=\"qemu-qmp-\(getpid())\""
+        let lines = Set(metrics.split(separator: "\n").map(String.init))
+        for line in [
+            "kvmscope_vm_block_read_requests_total{\(labels),device=\"virtio-disk0\"} \(after.rdOperations)",
+            "kvmscope_vm_block_write_requests_total{\(labels),device=\"virtio-disk0\"} \(after.wrOperations)",
+            "kvmscope_vm_block_read_bytes_total{\(labels),device=\"virtio-disk0\"} \(after.rdBytes)",
+            "kvmscope_vm_block_write_bytes_total{\(labels),device=\"virtio-disk0\"} \(after.wrBytes)",
+            "kvmscope_vm_block_read_time_seconds_total{\(labels),device=\"virtio-disk0\"} \(Double(after.rdTotalTimeNs) / 1e9)",
+            "kvmscope_vm_memory_configured_bytes{\(labels)} 16777216",
+            "kvmscope_vm_balloon_actual_bytes{\(labels)} 16777216",
+            "kvmscope_vm_kvm_exits_total{\(labels)} \(exits)",
+            "kvmscope_vm_qmp_up{\(labels),socket=\"\(guest.kvmscopeQMPPath)\"} 1",
+        ] {
+            #expect(lines.contains(line), "no line '\(line)' in \(metrics.split(separator: "\n").filter { $0.contains("block") || $0.contains("qmp") })")
+        }
+    }
+
+    /// `disk_latency(vm)` on a real guest: with `--qmp` it fires (each request takes more than 1 ns), the alert
+    /// naming the VM, the reason and the unit; without `--qmp` the rule is refused.
+    @Test func diskLatencyRuleFiresFromQMP() throws {
+        let refused = try CLI.run(["watch", "--alert", "disk_latency(vm) > 5ms"], timeout: 60)
+        #expect(refused.status == 64)
+        #expect(refused.stderr == "kvmscope: --alert 'disk_latency(vm) > 5ms' needs --qmp SOCKET: per-request disk latency comes "
+                + "from QEMU's query-blockstats\n")
+        let guest = try QEMUGuest(name: "qemu-lat-\(getpid())")
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        let r = try CLI.run(["watch", "--alert", "disk_latency(vm) > 1ns", "-s", "0.5", "-p", "\(guest.pid)",
+                             "--qmp", guest.kvmscopeQMPPath, "--exit-on-alert"], timeout: 90)
+        #expect(r.status == 2, "\(r.stderr)")
+        let first = try #require(r.stdout.split(separator: "\n").first)
+        let alert = try #require(try JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any])
+        #expect(alert["state"] as? String == "firing")
+        #expect(alert["rule"] as? String == "disk_latency(vm) > 1ns")
+        #expect(alert["reason"] as? String == "disk_latency")
+        #expect(alert["unit"] as? String == "ns")
+        #expect(alert["vm"] as? Int == Int(guest.pid))
+        #expect(alert["vm_name"] as? String == "qemu-lat-\(getpid())")
+        #expect(alert["threshold"] as? Double == 1)
+        #expect((alert["value"] as? Double ?? 0) > 1)
+    }
+
+    /// A QMP socket that refuses, one that answers garbage: one warning line each, the VMs still shown, exit 0.
+    @Test func badQMPSocketsAreWarnings() throws {
+        let dir = "/tmp/kvmscope-qmpbad-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Bound, listened on and closed: the path stays, connecting is refused.
+        let refused = "\(dir)/refused.sock"
+        let garbage = "\(dir)/garbage.sock"
+        close(try listeningSocket(refused))
+        let g = try listeningSocket(garbage)
+        defer { close(g) }
+        let out = onThreads([
+            { @Sendable () -> String in
+                // Every connection gets a line that is not QMP, then is closed.
+                let end = Date().addingTimeInterval(60)
+                while Date() < end {
+                    var p = pollfd(fd: g, events: Int16(POLLIN), revents: 0)
+                    guard poll(&p, 1, 100) > 0 else { continue }
+                    let c = accept(g, nil, nil)
+                    if c < 0 { return "" }
+                    let text = Array("<html>hello</html>\r\n".utf8)
+                    _ = text.withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    close(c)
+                    return ""
+                }
+                return ""
+            },
+            { @Sendable () -> String in
+                let r = try? CLI.run(["top", "--json", "-n", "2", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", refused, "--qmp", garbage],
+                                     timeout: 60)
+                return "\(r?.status ?? -1)\n\(r?.stderr ?? "")"
+            },
+        ], timeout: 90)
+        #expect(out[1] == """
+            0
+            kvmscope: QMP \(refused): cannot connect: Connection refused
+            kvmscope: QMP \(garbage): not QMP: expected a greeting, got '<html>hello</html>'
+
+            """)
+    }
+
     /// The same guest under TCG: no KVM VM descriptor, shown as virt-top shows libvirt's TCG domains.
     @Test func tcgGuestIsShownAsSuch() throws {
         let guest = try QEMUGuest(name: "qemu-tcg-\(getpid())", accel: "tcg")
@@ -72,7 +258,9 @@ struct QEMUGuestTests {
 }
 
 /// A daemonized QEMU: `-enable-kvm -name guest=NAME,debug-threads=on`, the boot sector on virtio-blk
-/// (`cache=none`: every request reaches the disk, as /proc/PID/io counts it), a QMP socket.
+/// (`cache=none`: every request reaches the disk, as /proc/PID/io counts it) named as libvirt names it
+/// (drive `drive-virtio-disk0`, device `virtio-disk0`), a balloon, and two QMP sockets: the test's, and
+/// kvmscope's own (QEMU serves one client at a time on each).
 final class QEMUGuest {
     static let binary = "/usr/bin/qemu-system-x86_64"
     static var available: Bool { FileManager.default.isExecutableFile(atPath: binary) }
@@ -102,6 +290,7 @@ final class QEMUGuest {
     let dir: URL
     let pid: Int32
     var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
+    var kvmscopeQMPPath: String { dir.appendingPathComponent("kvmscope-qmp.sock").path }
 
     init(name: String, accel: String = "kvm") throws {
         // Not /tmp, which may be tmpfs (no block I/O to count).
@@ -118,8 +307,10 @@ final class QEMUGuest {
             exec "$0" "$@" </dev/null >/dev/null 2>\(err)
             """, Self.binary,
             "-accel", accel, "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
-            "-nodefaults", "-drive", "file=\(disk.path),if=virtio,format=raw,cache=none,id=disk0",
+            "-nodefaults", "-drive", "file=\(disk.path),if=none,format=raw,cache=none,id=drive-virtio-disk0",
+            "-device", "virtio-blk-pci,drive=drive-virtio-disk0,id=virtio-disk0", "-device", "virtio-balloon-pci,id=balloon0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
+            "-qmp", "unix:\(dir.appendingPathComponent("kvmscope-qmp.sock").path),server=on,wait=off",
             "-daemonize", "-pidfile", pidfile,
         ], timeout: 60)
         let daemon = (try? String(contentsOfFile: pidfile, encoding: .utf8)).flatMap {
@@ -142,6 +333,22 @@ final class QEMUGuest {
         if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(at: dir)
     }
+}
+
+/// A unix socket listening on `path`.
+func listeningSocket(_ path: String) throws -> Int32 {
+    unlink(path)
+    let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in path.utf8.enumerated() { raw[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard s >= 0, rc == 0, listen(s, 8) == 0 else { throw QMP.Failure("cannot listen on \(path): \(String(cString: strerror(errno)))") }
+    return s
 }
 
 /// A QMP client for tests: one command at a time, every read bounded by a deadline.
@@ -182,8 +389,8 @@ final class QMP {
     func close() { Glibc.close(fd) }
 
     /// Runs a command; its `return` value (events before it are skipped).
-    func execute(_ command: String, timeout: Double = 10) throws -> Any {
-        let bytes = Array("{\"execute\":\"\(command)\"}\n".utf8)
+    func execute(_ command: String, arguments: String? = nil, timeout: Double = 10) throws -> Any {
+        let bytes = Array("{\"execute\":\"\(command)\"\(arguments.map { ",\"arguments\":\($0)" } ?? "")}\n".utf8)
         guard write(fd, bytes, bytes.count) == bytes.count else { throw Failure("QMP write: \(String(cString: strerror(errno)))") }
         let end = Date().addingTimeInterval(timeout)
         while true {
@@ -195,6 +402,7 @@ final class QMP {
 
     struct BlockStats {
         var rdBytes: UInt64, wrBytes: UInt64, rdOperations: UInt64, wrOperations: UInt64
+        var rdTotalTimeNs: UInt64 = 0, wrTotalTimeNs: UInt64 = 0
     }
 
     /// The first device's counters (`query-blockstats`).
@@ -203,7 +411,21 @@ final class QMP {
               let stats = devices.first?["stats"] as? [String: Any] else { throw Failure("query-blockstats: no device") }
         func n(_ k: String) -> UInt64 { (stats[k] as? NSNumber)?.uint64Value ?? 0 }
         return BlockStats(rdBytes: n("rd_bytes"), wrBytes: n("wr_bytes"), rdOperations: n("rd_operations"),
-                          wrOperations: n("wr_operations"))
+                          wrOperations: n("wr_operations"), rdTotalTimeNs: n("rd_total_time_ns"), wrTotalTimeNs: n("wr_total_time_ns"))
+    }
+
+    /// One of KVM's statistics of the vCPUs (`query-stats` target vcpu), summed over vCPUs.
+    func vcpuStat(_ name: String) throws -> UInt64 {
+        guard let results = try execute("query-stats", arguments: #"{"target":"vcpu"}"#) as? [[String: Any]] else {
+            throw Failure("query-stats: not a list")
+        }
+        var sum: UInt64 = 0
+        for r in results {
+            for s in r["stats"] as? [[String: Any]] ?? [] where s["name"] as? String == name {
+                sum += (s["value"] as? NSNumber)?.uint64Value ?? 0
+            }
+        }
+        return sum
     }
 
     private func line(deadline: Date) throws -> [String: Any] {

@@ -108,6 +108,85 @@ import Testing
         ])
     }
 
+    /// `--qmp`: the block view's device rows (virt-top's `3`), a marked row for a socket that failed, and the
+    /// block families of /metrics.
+    /// ``frame()`` with QMP readings: web's socket gives two devices, memory and balloon; db's failed.
+    static func qmpFrame() -> TopFrame {
+        var f = frame()
+        var c = DiskCounts()
+        c.readRequests = 400
+        c.writeRequests = 30
+        c.readBytes = 1_638_400
+        c.writeBytes = 122_880
+        c.readTimeNanoseconds = 2_000_000_000
+        c.writeTimeNanoseconds = 135_000_000
+        var d = DiskCounts()
+        d.readRequests = 200
+        d.writeRequests = 0
+        d.readBytes = 819_200
+        d.readTimeNanoseconds = 300_000_000  // 1.5 ms per read
+        var q = QMPSample(socket: "/run/web.qmp")
+        q.disks = [DiskSample(device: "virtio-disk0", drive: "drive-virtio-disk0", qdev: "/machine/peripheral/virtio-disk0/virtio-backend",
+                              total: c, delta: d),
+                   DiskSample(device: "ide0-cd0", drive: "ide0-cd0", qdev: nil, total: DiskCounts())]
+        q.configuredMemoryBytes = 2 << 30
+        q.kvmVCPUStats = ["exits": 52_000, "halt_wait_ns": 1_500_000_000, "guest_mode": 1]
+        q.balloonActualBytes = 1 << 30
+        let web = f.sample.vms.firstIndex { $0.pid == 4242 }!
+        f.sample.vms[web].qmp = q
+        let db = f.sample.vms.firstIndex { $0.pid == 99 }!
+        f.sample.vms[db].qmp = QMPSample(socket: "/run/db.qmp", problem: "connection closed by the peer")
+        return f
+    }
+
+    @Test func qmpDevicesInBlockViewAndMetrics() {
+        let f = Self.qmpFrame()
+        #expect(TopView.renderBlock(f) == [
+            "    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME",
+            "  4242      0      0   12K     7      0      0 web",
+            "    99      -      -     -     -      -      - db,1",
+            "",
+            "    ID DEVICE           RDRQ  WRRQ   RDBY   WRBY    RDLAT    WRLAT NAME",
+            "  4242 virtio-disk0      200     0   819K      0   1.50ms        - web",
+            "  4242 ide0-cd0            -     -      -      -        -        - web",
+            "    99 (QMP: connection closed by the peer)                        db,1",
+        ])
+        let text = PrometheusExposition.render(Summary(), format: .prometheus,
+                                               extras: ExpositionExtras(version: "t", resources: f.sample))
+        let lines = text.split(separator: "\n").map(String.init)
+        let start = lines.firstIndex { $0.hasPrefix("# HELP kvmscope_vm_block_read_requests") }!
+        let labels = "vm=\"4242\",vm_name=\"web\""
+        #expect(Array(lines[start...].filter { !$0.hasPrefix("#") }) == [
+            "kvmscope_vm_block_read_requests_total{\(labels),device=\"virtio-disk0\"} 400",
+            "kvmscope_vm_block_read_requests_total{\(labels),device=\"ide0-cd0\"} 0",
+            "kvmscope_vm_block_write_requests_total{\(labels),device=\"virtio-disk0\"} 30",
+            "kvmscope_vm_block_write_requests_total{\(labels),device=\"ide0-cd0\"} 0",
+            "kvmscope_vm_block_flush_requests_total{\(labels),device=\"virtio-disk0\"} 0",
+            "kvmscope_vm_block_flush_requests_total{\(labels),device=\"ide0-cd0\"} 0",
+            "kvmscope_vm_block_read_bytes_total{\(labels),device=\"virtio-disk0\"} 1638400",
+            "kvmscope_vm_block_read_bytes_total{\(labels),device=\"ide0-cd0\"} 0",
+            "kvmscope_vm_block_write_bytes_total{\(labels),device=\"virtio-disk0\"} 122880",
+            "kvmscope_vm_block_write_bytes_total{\(labels),device=\"ide0-cd0\"} 0",
+            "kvmscope_vm_block_read_time_seconds_total{\(labels),device=\"virtio-disk0\"} 2.0",
+            "kvmscope_vm_block_read_time_seconds_total{\(labels),device=\"ide0-cd0\"} 0.0",
+            "kvmscope_vm_block_write_time_seconds_total{\(labels),device=\"virtio-disk0\"} 0.135",
+            "kvmscope_vm_block_write_time_seconds_total{\(labels),device=\"ide0-cd0\"} 0.0",
+            "kvmscope_vm_block_flush_time_seconds_total{\(labels),device=\"virtio-disk0\"} 0.0",
+            "kvmscope_vm_block_flush_time_seconds_total{\(labels),device=\"ide0-cd0\"} 0.0",
+            "kvmscope_vm_memory_configured_bytes{\(labels)} 2147483648",
+            "kvmscope_vm_balloon_actual_bytes{\(labels)} 1073741824",
+            "kvmscope_vm_kvm_exits_total{\(labels)} 52000",
+            "kvmscope_vm_kvm_halt_wait_seconds_total{\(labels)} 1.5",
+            "kvmscope_vm_qmp_up{vm=\"99\",vm_name=\"db,1\",socket=\"/run/db.qmp\"} 0",
+            "kvmscope_vm_qmp_up{\(labels),socket=\"/run/web.qmp\"} 1",
+        ])
+        #expect(lines.contains("# TYPE kvmscope_vm_block_read_time_seconds_total counter"))
+        // JSON: the device with its interval, a null latency without requests.
+        let j = TopView.vmJSON(TopView.rows(f).first { $0.vm.pid == 4242 }!, sample: f.sample).serialized()
+        #expect(j.contains(#""disks":[{"device":"virtio-disk0","drive":"drive-virtio-disk0","qdev":"/machine/peripheral/virtio-disk0/virtio-backend","read_requests":400,"#))
+        #expect(j.contains(#""interval":{"read_requests":200,"write_requests":0,"flush_requests":0,"read_bytes":819200,"write_bytes":0,"read_time_seconds":0.3,"write_time_seconds":0.0,"flush_time_seconds":0.0,"read_latency_seconds":0.0015,"write_latency_seconds":null}"#))
+    }
+
     @Test func sortOrdersAreVirtTops() {
         let f = Self.frame()
         #expect(TopView.rows(f, sort: .cpu).map(\.vm.pid) == [4242, 99, 7])

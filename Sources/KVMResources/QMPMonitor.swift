@@ -1,0 +1,142 @@
+/// One QMP socket given with `--qmp PATH`, read once per resource sample: its connection stays open across
+/// samples; a connection that closes, times out or answers garbage is closed and opened again at the next
+/// sample (a socket that cannot be connected to is tried again every ``retrySeconds``).
+///
+/// Each read asks `query-blockstats`, `query-memory-size-summary`, `query-balloon` (absent without a balloon)
+/// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), and every
+/// 10th `query-pci`, each bounded by the connection's timeout. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not
+/// thread-safe: one caller (the sampler).
+public final class QMPMonitor {
+    /// The socket's path.
+    public let path: String
+    /// Seconds each command may take (and connecting, with the greeting and capabilities).
+    public let timeout: Double
+    /// Seconds between attempts to connect to a socket that could not be connected to.
+    public let retrySeconds: Double
+    /// The QEMU's pid, from the last connection (kept while it is down: its VM's row is marked).
+    public private(set) var pid: Int32?
+
+    private var connection: QMPConnection?
+    private var nextAttempt = 0.0
+    /// Counters at the last successful read, by device name: the next read's deltas. Cleared by any failure,
+    /// so that a delta always spans exactly one sample interval.
+    private var previous: [String: DiskCounts]?
+    private var hasStats = true
+    /// The PCI regions last read, and reads on this connection (query-pci every 10th).
+    private var pci: [PCIRegion] = []
+    private var reads = 0
+    private var warned: String?
+
+    public init(path: String, timeout: Double = 1, retrySeconds: Double = 5) {
+        self.path = path
+        self.timeout = timeout
+        self.retrySeconds = retrySeconds
+    }
+
+    /// One read: the QEMU's pid (nil when never connected), what it says, and a warning line (without the
+    /// `kvmscope: ` prefix) the first time a problem appears — not again while it lasts.
+    public func read() -> (pid: Int32?, sample: QMPSample, warning: String?) {
+        do {
+            let s = try query()
+            warned = nil
+            return (pid, s, nil)
+        } catch {
+            connection?.close()
+            connection = nil
+            previous = nil
+            let warning = warned == error.description ? nil : "QMP \(path): \(error.description)"
+            warned = error.description
+            return (pid, QMPSample(socket: path, problem: error.description), warning)
+        }
+    }
+
+    private func query() throws(QMPError) -> QMPSample {
+        if connection == nil {
+            let now = QMPConnection.now()
+            guard now >= nextAttempt else { throw QMPError(.unreachable, warned ?? "not connected") }
+            let c: QMPConnection
+            do { c = try QMPConnection(path: path, timeout: timeout) } catch {
+                // Not reachable (or no greeting in time): tried again later, not at every sample. A connection
+                // that worked and then closed is opened again at the next sample.
+                nextAttempt = now + retrySeconds
+                throw error
+            }
+            connection = c
+            if c.peerPID != pid { previous = nil }
+            pid = c.peerPID
+            hasStats = true
+            pci = []
+            reads = 0
+        }
+        let c = connection!
+        var s = QMPSample(socket: path)
+        // Every command sent at once, the answers read in order: one wait for QEMU's main loop, not one each.
+        let deadline = c.deadline()
+        let blocksID = try c.send("query-blockstats", deadline: deadline)
+        let memoryID = try c.send("query-memory-size-summary", deadline: deadline)
+        let balloonID = try c.send("query-balloon", deadline: deadline)
+        let statsIDs = hasStats
+            ? try ["vm", "vcpu"].map { (target: String) throws(QMPError) in
+                try c.send("query-stats", arguments: "{\"target\":\"\(target)\",\"providers\":[{\"provider\":\"kvm\"}]}",
+                           deadline: deadline)
+            }
+            : []
+        let pciID = reads % 10 == 0 || pci.isEmpty ? try c.send("query-pci", deadline: deadline) : nil
+
+        let blocks: [QMPReplies.BlockStats] = try c.receive(blocksID, command: "query-blockstats", deadline: deadline)
+        var now: [String: DiskCounts] = [:]
+        for b in blocks {
+            var name = b.name
+            // Two entries of one name (a drive without a device, named by its id twice) stay apart.
+            while now[name] != nil { name += "'" }
+            let counts = DiskCounts(b.stats)
+            now[name] = counts
+            s.disks.append(DiskSample(device: name, drive: b.device ?? "", qdev: b.qdev, total: counts,
+                                      delta: previous?[name].map { counts.subtracting($0) }))
+        }
+        if let m: QMPReplies.MemorySizeSummary = try optional({ () throws(QMPError) in
+            try c.receive(memoryID, command: "query-memory-size-summary", deadline: deadline)
+        }) {
+            s.configuredMemoryBytes = m.baseMemory &+ (m.pluggedMemory ?? 0)
+        }
+        if let b: QMPReplies.Balloon = try optional({ () throws(QMPError) in
+            try c.receive(balloonID, command: "query-balloon", deadline: deadline)
+        }) {
+            s.balloonActualBytes = b.actual
+        }
+        for (i, id) in statsIDs.enumerated() {
+            guard let results: [QMPReplies.StatsResult] = try optional({ () throws(QMPError) in
+                try c.receive(id, command: "query-stats", deadline: deadline)
+            }) else {
+                // Before QEMU 7.1 (or without KVM's statistics): not asked again on this connection.
+                hasStats = false
+                continue
+            }
+            var sums: [String: UInt64] = [:]
+            for r in results where r.provider == "kvm" {
+                for stat in r.stats { if let v = stat.value { sums[stat.name, default: 0] &+= v } }
+            }
+            if i == 1 { s.kvmVCPUStats = sums } else { s.kvmVMStats = sums }
+        }
+        if let pciID, let buses: [QMPReplies.PCIBus] = try optional({ () throws(QMPError) in
+            try c.receive(pciID, command: "query-pci", deadline: deadline)
+        }) {
+            pci = PCIRegion.of(buses)
+        }
+        reads += 1
+        s.pciRegions = pci
+        previous = now
+        return s
+    }
+
+    /// The value of a command QEMU may refuse (no balloon device, a command older QEMUs lack): nil then.
+    private func optional<T>(_ body: () throws(QMPError) -> T) throws(QMPError) -> T? {
+        do { return try body() } catch where error.connectionUsable { return nil }
+    }
+
+    /// Closes the connection (the next read opens it again).
+    public func close() {
+        connection?.close()
+        connection = nil
+    }
+}

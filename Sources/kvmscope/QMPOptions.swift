@@ -1,0 +1,30 @@
+import ArgumentParser
+import KVMHost
+import KVMResources
+
+/// `--qmp PATH` (repeatable), shared by `top`, `stat`, `serve` and `watch`: QEMU's own numbers for the VM
+/// serving each socket.
+struct QMPOptions: ParsableArguments {
+    @Option(name: .customLong("qmp"),
+            help: ArgumentHelp("A QEMU QMP socket (-qmp unix:PATH,server=on,wait=off; repeatable): per-device disk requests, bytes and latency, configured memory, balloon and KVM's statistics of the VM serving it (matched by the socket's peer pid).",
+                               valueName: "path"))
+    var sockets: [String] = []
+
+    @Option(name: .customLong("qmp-timeout"), help: "Seconds each QMP command may take before the socket counts as hung.")
+    var timeout: Double = 1
+
+    func validate() throws {
+        if sockets.contains(where: \.isEmpty) { throw ValidationError("--qmp needs a socket path") }
+        guard timeout > 0 && timeout <= 60 else { throw ValidationError("--qmp-timeout must be between 0 and 60 seconds") }
+    }
+
+    /// One monitor per socket (connected at the first sample).
+    func monitors() -> [QMPMonitor] { sockets.map { QMPMonitor(path: $0, timeout: timeout) } }
+}
+
+extension ResourceSampler {
+    /// Prints the warnings of the samples so far, one `kvmscope: …` line each, on stderr.
+    func printWarnings() {
+        for w in takeWarnings() { writeStderr("kvmscope: \(w)\n") }
+    }
+}
