@@ -31,7 +31,9 @@ struct RecordFaultTests {
     /// Starts `record` of a 30 s storm and SIGKILLs it once at least 16 pages are spooled.
     /// - Returns: the dead recording's pid and its spool directory.
     static func killRecording(_ path: String, compression: String) throws -> (pid: Int32, spool: String) {
-        let p = try Spawned(CLI.binary, ["record", "--compression", compression, "-o", path, "-e", "kvm_pio", "--",
+        // Small buffers: readers wake (and spool) at half of 64 KiB, not of 4 MiB — under load a slowed storm
+        // took more than 30 s to fill half of the default buffer, and nothing was spooled to recover.
+        let p = try Spawned(CLI.binary, ["record", "--compression", compression, "--buffer-kb", "64", "-o", path, "-e", "kvm_pio", "--",
                                          CLI.binary, "storm", "--kind", "io", "--vcpus", "1", "--exits", "1000000000",
                                          "--seconds", "30"], stdinNull: true)
         defer { p.stop() }
