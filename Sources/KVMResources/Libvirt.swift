@@ -234,3 +234,51 @@ extension ResourceSample {
         }
     }
 }
+
+extension LibvirtDomain {
+    /// The domain's numbers in the shape `--qmp` gives (libvirt reads them from QEMU's QMP itself, and a
+    /// domain's monitor socket is libvirt's alone): per-device block counters (`block.N.*`, the device named by
+    /// its target, `vda`), with their growth since `previous` (the same domain's last reading; a device first
+    /// seen has none); configured memory (`balloon.maximum`) and the balloon's size (`balloon.current`), in
+    /// bytes; KVM's vCPU statistics (`vcpu.N.NAME.sum`, summed over vCPUs) and VM statistics (`vm.NAME.sum`,
+    /// `vm.NAME.cur`).
+    public func qmpSample(uri: String, previous: QMPSample?) -> QMPSample {
+        var q = QMPSample(socket: "libvirt:\(uri)")
+        q.disks = blocks.map { b in
+            var c = DiskCounts()
+            c.readRequests = b.readRequests
+            c.writeRequests = b.writeRequests
+            c.flushRequests = b.flushRequests
+            c.readBytes = b.readBytes
+            c.writeBytes = b.writeBytes
+            c.readTimeNanoseconds = b.readNanoseconds
+            c.writeTimeNanoseconds = b.writeNanoseconds
+            c.flushTimeNanoseconds = b.flushNanoseconds
+            let old = previous?.disks.first { $0.device == b.name }
+            return DiskSample(device: b.name, drive: "", qdev: nil, total: c, delta: old.map { c.subtracting($0.total) })
+        }
+        q.configuredMemoryBytes = balloonMaximumKiB.map { $0 * 1024 }
+        q.balloonActualBytes = balloonCurrentKiB.map { $0 * 1024 }
+        for (key, value) in fields where value >= 0 {
+            let parts = key.split(separator: ".")
+            if parts.count == 4, parts[0] == "vcpu", Int(parts[1]) != nil, parts[3] == "sum" {
+                q.kvmVCPUStats[String(parts[2]), default: 0] += UInt64(value)
+            } else if parts.count == 3, parts[0] == "vm", parts[2] == "sum" || parts[2] == "cur" || parts[2] == "max" {
+                q.kvmVMStats[String(parts[1])] = UInt64(value)
+            }
+        }
+        return q
+    }
+}
+
+extension ResourceSample {
+    /// Gives each VM libvirt runs (``VMSample/libvirt``) that has no `--qmp` reading libvirt's numbers in that
+    /// shape (``LibvirtDomain/qmpSample(uri:previous:)``), so its block devices, memory, balloon and KVM
+    /// statistics show as `--qmp`'s do. `previous`: the last sample's readings by pid, for the deltas.
+    public mutating func fillQMP(fromLibvirt uri: String, previous: [Int32: QMPSample]) {
+        for i in vms.indices where vms[i].qmp == nil {
+            guard let d = vms[i].libvirt else { continue }
+            vms[i].qmp = d.qmpSample(uri: uri, previous: previous[vms[i].pid])
+        }
+    }
+}

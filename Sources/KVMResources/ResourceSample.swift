@@ -254,9 +254,10 @@ public struct PCIRegion: Sendable, Equatable {
     }
 }
 
-/// What QEMU itself says about a VM through its QMP socket (`--qmp PATH`), in one sample.
+/// What QEMU itself says about a VM through its QMP socket (`--qmp PATH`), in one sample — or through libvirt,
+/// which reads the same counters from its own QMP monitor (``LibvirtDomain/qmpSample(previous:)``).
 public struct QMPSample: Sendable, Equatable {
-    /// The socket's path.
+    /// The socket's path; `libvirt:URI` when libvirt gave the numbers.
     public var socket: String
     /// Why QMP could not be read this sample (`connection closed by the peer`, `no answer in 1.0 s`, …): the
     /// row is marked and nothing else here is filled (never an old number shown as new).

@@ -5,7 +5,8 @@ import KVMResources
 /// libvirt as a source beside /proc: opened once (`-c/--connect URI`, else qemu:///system when a libvirt
 /// daemon's socket exists), read at every sample; a failure is one stderr line each time it changes, and the
 /// VMs simply have no libvirt section then (never old numbers shown as new).
-final class LibvirtReader {
+/// Not thread-safe: one owner at a time (`serve` keeps it under a lock, hence `@unchecked Sendable`).
+final class LibvirtReader: @unchecked Sendable {
     let connection: LibvirtConnection
     private var lastProblem: String?
 
@@ -28,9 +29,15 @@ final class LibvirtReader {
         }
     }
 
+    /// The last sample's libvirt readings, by VM pid (for the devices' deltas).
+    private var previous: [Int32: QMPSample] = [:]
+
     func attach(to sample: inout ResourceSample) {
         do {
             sample.attach(libvirt: try connection.domains())
+            sample.fillQMP(fromLibvirt: connection.uri, previous: previous)
+            previous = [:]
+            for vm in sample.vms where vm.libvirt != nil { if let q = vm.qmp, q.socket.hasPrefix("libvirt:") { previous[vm.pid] = q } }
             if lastProblem != nil { writeStderr("kvmscope: libvirt at \(connection.uri) answers again\n") }
             lastProblem = nil
         } catch {

@@ -58,6 +58,10 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup(title: "Tracing") var trace: TraceOptions
     @OptionGroup(title: "QMP") var qmp: QMPOptions
 
+    @Option(name: .customLong("connect"),
+            help: "libvirt URI for domain names, UUIDs and device statistics (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
+    var connect: String?
+
     func validate() throws {
         guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
         guard retiredVMs >= 1 else { throw ValidationError("--retired-vms must be at least 1") }
@@ -81,7 +85,8 @@ struct ServeCommand: ParsableCommand {
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
         let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid, qmpSockets: qmp.sockets,
-                                 qmpTimeout: qmp.timeout)
+                                 qmpTimeout: qmp.timeout, libvirtURI: connect)
+        try state.openLibvirt()
         let server: MetricsServer
         do {
             server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
@@ -122,7 +127,14 @@ final class MetricsState: MetricsSource {
     let resources = Mutex(ResourceSampler(keepDescriptors: false))
     let resourcesPID: Int32?
 
-    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?, qmpSockets: [String] = [], qmpTimeout: Double = 1) {
+    /// libvirt, read at each resource sample beside /proc (its devices, memory and KVM statistics in `--qmp`'s
+    /// shape); nil without a libvirt daemon or with `--connect none`.
+    private let libvirt = Mutex<LibvirtReader?>(nil)
+    private let libvirtURI: String?
+
+    init(session: LiveSession, maxSeries: Int, resourcesPID: Int32?, qmpSockets: [String] = [], qmpTimeout: Double = 1,
+         libvirtURI: String? = nil) {
+        self.libvirtURI = libvirtURI
         self.session = session
         self.maxSeries = maxSeries
         self.resourcesPID = resourcesPID
@@ -137,10 +149,17 @@ final class MetricsState: MetricsSource {
     /// A resource sample (one caller at a time); its warnings (QMP sockets) are logged on stderr.
     func sampleResources() -> ResourceSample {
         resources.withLock { sampler in
-            let s = sampler.sample()
+            var s = sampler.sample()
             sampler.printWarnings()
+            libvirt.withLock { $0?.attach(to: &s) }
             return s
         }
+    }
+
+    /// Opens libvirt (`--connect`, or the default when its daemon runs). Throws when a URI given cannot be opened.
+    func openLibvirt() throws {
+        let reader = try LibvirtReader.open(libvirtURI)
+        libvirt.withLock { $0 = reader }
     }
 
     /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.

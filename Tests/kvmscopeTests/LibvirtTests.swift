@@ -37,6 +37,14 @@ struct LibvirtTests {
                                ("wr_reqs", "wr.reqs"), ("wr_bytes", "wr.bytes"), ("wr_times_ns", "wr.times")] {
             #expect(block[ours] as? Int == Int(stats["block.0." + theirs] ?? ""), "\(ours)")
         }
+        // The same counters in --qmp's shape (libvirt holds the domain's monitor): the block view's device and
+        // the disks JSON, the configured memory.
+        let disk = try #require((vm["disks"] as? [[String: Any]])?.first, "\(vm)")
+        #expect(disk["device"] as? String == "vda")
+        #expect(disk["read_requests"] as? Int == Int(stats["block.0.rd.reqs"] ?? ""))
+        #expect(disk["write_bytes"] as? Int == Int(stats["block.0.wr.bytes"] ?? ""))
+        #expect((vm["memory"] as? [String: Any])?["configured_bytes"] as? Int == 16 << 20)
+        #expect((vm["qmp"] as? [String: Any])?["socket"] as? String == "libvirt:qemu:///system")
         let vcpus = try #require(lv["vcpus"] as? [[String: Any]])
         #expect(vcpus.count == 1 && vcpus.first?["vcpu"] as? Int == 0)
         // Paused: the vCPU's time holds still, so virsh's number is ours.
@@ -93,6 +101,12 @@ struct LibvirtTests {
         let cpu = try grown(\.theirs, "libvirt_domain_info_cpu_time_seconds_total")
         #expect(abs(try grown(\.ours, "kvmscope_vm_cpu_seconds_total") - cpu) <= cpu * 0.02 + 0.02, "libvirt: \(cpu) s")
         #expect(b.ours["kvmscope_vm_vcpus"] == b.theirs["libvirt_domain_info_virtual_cpus"])
+        // Per device, from libvirt itself (serve reads it where libvirtd runs): the exporter's own counters.
+        for (ours, theirs) in [("kvmscope_vm_block_read_requests_total", "libvirt_domain_block_stats_read_requests_total"),
+                               ("kvmscope_vm_block_write_requests_total", "libvirt_domain_block_stats_write_requests_total"),
+                               ("kvmscope_vm_block_read_bytes_total", "libvirt_domain_block_stats_read_bytes_total")] {
+            #expect(b.ours[ours] != nil && b.ours[ours] == b.theirs[theirs], "\(ours)")
+        }
     }
 
     /// Each family's value for the one series whose labels contain `label` (summed when several do).
