@@ -282,3 +282,15 @@ extension ResourceSample {
         }
     }
 }
+
+extension DeviceMap {
+    /// A VM's own device map from its mapped PCI BARs (QMP `query-pci`): each I/O BAR's ports and each memory
+    /// BAR's guest-physical range named `DEVICE BARn (BB:SS.F)` — `virtio-disk0 BAR4 (00:04.0)`, where a modern
+    /// virtio device's notify area lies. Laid over the standard PC map (``merged(over:)``) when tables are named.
+    public init(pciRegions: [PCIRegion]) {
+        self.init()
+        for r in pciRegions where r.size > 0 && r.start <= UInt64.max - (r.size - 1) {
+            add(r.isIO ? .port : .mmio, r.start...(r.start + r.size - 1), "\(r.device) BAR\(r.bar) (\(r.address))")
+        }
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import KVMExits
 import KVMHost
 import KVMResources
 import KVMScopeViews
@@ -45,6 +46,14 @@ final class ResourceTrail {
         sampler.qmp = qmp
         record(sampler.sample())
         startVMs = Set(first.keys)
+    }
+
+    /// Each VM's own device map, from the PCI BARs its QMP reading (`--qmp`) gave last: names the I/O tables'
+    /// ports and MMIO addresses by device.
+    func deviceMaps() -> [Int32: DeviceMap] {
+        var maps: [Int32: DeviceMap] = [:]
+        for (pid, vm) in last { if let regions = vm.qmp?.pciRegions, !regions.isEmpty { maps[pid] = DeviceMap(pciRegions: regions) } }
+        return maps
     }
 
     /// Samples when `every` seconds have passed since the last sample.

@@ -236,12 +236,14 @@ struct StatCommand: ParsableCommand {
         let status = try run.endChild()
         if let failure = session.stop() { writeStderr("kvmscope: \(failure)\n") }
         if logging && !json { return try TraceRun.check(status) }
-        let final = try Summary(session.snapshot(), filter: filter)
+        var final = try Summary(session.snapshot(), filter: filter)
         let seconds = session.elapsedSeconds
         if json {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
             // Resources of the VMs the summary counts (or -p/-g's); every VM seen when neither names any.
             trail?.finish()
+            // Ports and MMIO addresses named by the VMs' own PCI BARs where --qmp read them.
+            if let maps = trail?.deviceMaps(), !maps.isEmpty { final.ioAccesses.name(devices: maps) }
             var vms = filter.vms ?? []
             vms.formUnion(final.exits.map(\.vm))
             vms.formUnion(final.userspaceExits.map(\.vm))

@@ -194,6 +194,24 @@ struct QEMUGuestTests {
         #expect((alert["value"] as? Double ?? 0) > 1)
     }
 
+    /// perf kvm stat's MMIO table with the device behind each address: the guest's virtio-blk notifications
+    /// (memory BAR 4 of a modern virtio device) named by QMP's query-pci, not `unknown`.
+    @Test func mmioExitsAreNamedByTheirPCIDevice() throws {
+        let guest = try QEMUGuest(name: "qemu-mmio-\(getpid())")
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        let r = try CLI.run(["stat", "--json", "--event", "mmio", "--duration", "1", "-p", "\(guest.pid)",
+                             "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let mmio = try #require((try CLI.json(r.stdout)["io_accesses"] as? [String: Any])?["mmio"] as? [[String: Any]])
+        let notify = mmio.filter { ($0["device"] as? String)?.hasPrefix("virtio-disk0 BAR4 (") == true }
+        #expect(notify.contains { $0["direction"] as? String == "write" && ($0["count"] as? Int ?? 0) > 0 }, "\(mmio)")
+        #expect(!mmio.contains { $0["device"] as? String == "unknown" }, "\(mmio)")
+    }
+
     /// A QMP socket that refuses, one that answers garbage: one warning line each, the VMs still shown, exit 0.
     @Test func badQMPSocketsAreWarnings() throws {
         let dir = "/tmp/kvmscope-qmpbad-\(getpid())"
