@@ -49,20 +49,24 @@ public struct ResourceUse: Sendable, Equatable {
     }
 }
 
-/// Whether a rule is firing for one VM × reason: the gauge `kvmscope_storm_active{vm,reason,rule}`.
+/// Whether a rule is firing for one VM × reason (× vCPU, for a per-vCPU rule): the gauge
+/// `kvmscope_storm_active{vm,reason,rule}` (`vcpu` too for per-vCPU rules).
 public struct StormActivity: Sendable, Equatable {
     public var rule: String
     public var vm: Int32
     public var vmName: String?
     public var reason: String
     public var active: Bool
+    /// The vCPU of a per-vCPU rule (`rate(…, vcpu)`, `cpu(vcpu)`); nil for a per-VM rule.
+    public var vcpu: UInt32?
 
-    public init(rule: String, vm: Int32, vmName: String?, reason: String, active: Bool) {
+    public init(rule: String, vm: Int32, vmName: String?, reason: String, active: Bool, vcpu: UInt32? = nil) {
         self.rule = rule
         self.vm = vm
         self.vmName = vmName
         self.reason = reason
         self.active = active
+        self.vcpu = vcpu
     }
 }
 
@@ -162,18 +166,19 @@ public struct StormDetector: Sendable {
         return alerts
     }
 
-    /// Every VM × reason × rule that has fired at least once: active now or not (for gauges).
+    /// Every VM (× vCPU, for a per-vCPU rule) × reason × rule that has fired at least once: active now or not
+    /// (for gauges). A per-vCPU rule's vCPUs stay apart: which one fires is what the alert is about.
     public var activity: [StormActivity] {
         var out: [StormActivity] = []
         for (i, rule) in rules.enumerated() {
-            var byVM: [Int32: StormActivity] = [:]
+            var byKey: [Key: StormActivity] = [:]
             for (key, st) in states[i] where st.everFired {
-                var a = byVM[key.vm] ?? StormActivity(rule: rule.text, vm: key.vm, vmName: st.vmName,
-                                                      reason: rule.reason, active: false)
+                var a = byKey[key] ?? StormActivity(rule: rule.text, vm: key.vm, vmName: st.vmName,
+                                                    reason: rule.reason, active: false, vcpu: key.vcpu)
                 a.active = a.active || st.firing
-                byVM[key.vm] = a
+                byKey[key] = a
             }
-            out.append(contentsOf: byVM.values.sorted { $0.vm < $1.vm })
+            out.append(contentsOf: byKey.values.sorted { ($0.vm, $0.vcpu ?? 0) < ($1.vm, $1.vcpu ?? 0) })
         }
         return out
     }

@@ -71,7 +71,7 @@ public struct ExpositionExtras: Sendable {
 /// | `kvmscope_lost_unknown_subbuffers_total` | counter | |
 /// | `kvmscope_unattributed_events_total` | counter | |
 /// | `kvmscope_series_overflow_total` | counter | |
-/// | `kvmscope_storm_active` | gauge | `vm`, `vm_name`, `reason`, `rule` |
+/// | `kvmscope_storm_active` | gauge | `vm`, `vm_name`, `vcpu` (per-vCPU rules only), `reason`, `rule` |
 /// | `kvmscope_live_threads` | gauge | |
 /// | `kvmscope_live_series` | gauge | |
 /// | `kvmscope_retired_threads_total` | counter | |
@@ -201,8 +201,10 @@ public enum PrometheusExposition {
 
         w.family("kvmscope_storm_active", "gauge", "1 while a storm rule fires for a VM, 0 after it resolved.")
         for a in extras.storms {
-            w.sample("kvmscope_storm_active", [("vm", String(a.vm)), ("vm_name", a.vmName ?? ""),
-                                               ("reason", a.reason), ("rule", a.rule)], a.active ? "1" : "0")
+            // A per-vCPU rule's series carry the vCPU; a per-VM rule's have no vcpu label.
+            let vcpu: [(String, String)] = a.vcpu.map { [("vcpu", String($0))] } ?? []
+            w.sample("kvmscope_storm_active", [("vm", String(a.vm)), ("vm_name", a.vmName ?? "")] + vcpu
+                                               + [("reason", a.reason), ("rule", a.rule)], a.active ? "1" : "0")
         }
         if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, into: &w) }
         if om { w.line("# EOF") }

@@ -231,4 +231,15 @@ struct StormRuleTests {
         _ = d.evaluate(time: 2, summary: Self.ioSummary([100]))
         #expect(d.activity.map(\.active) == [false])
     }
+
+    /// A per-vCPU rule's activity keeps its vCPUs apart (the gauge's vcpu label): which one fires is the point.
+    @Test func perVCPUActivityKeepsTheVCPU() throws {
+        var d = StormDetector(rules: [try StormRule(parsing: "rate(kvm_pio) > 10/s per vcpu")])
+        _ = d.evaluate(time: 0, summary: Self.ioSummary([0, 0]))
+        _ = d.evaluate(time: 1, summary: Self.ioSummary([100, 5]))
+        #expect(d.activity == [StormActivity(rule: "rate(kvm_pio) > 10/s per vcpu", vm: 100, vmName: "guest",
+                                             reason: "kvm_pio", active: true, vcpu: 0)])
+        _ = d.evaluate(time: 2, summary: Self.ioSummary([100, 100]))
+        #expect(d.activity.map { "\($0.vcpu.map(String.init) ?? "-") \($0.active)" } == ["0 false", "1 true"])
+    }
 }
