@@ -16,14 +16,24 @@ public enum ExpositionFormat: Sendable, Equatable {
         }
     }
 
-    /// OpenMetrics when the request's Accept header lists `application/openmetrics-text`, else Prometheus text.
+    /// OpenMetrics when the request's Accept header weighs `application/openmetrics-text` at least as high as
+    /// Prometheus text (`text/plain`, `text/*`, `*/*`) by their `q` values (1 when absent; `q=0` refuses), else
+    /// Prometheus text — as Prometheus' own client libraries negotiate.
     public static func negotiate(accept: String?) -> ExpositionFormat {
         guard let accept else { return .prometheus }
+        var openMetrics = 0.0, text = 0.0
         for item in accept.split(separator: ",") {
-            let type = item.split(separator: ";").first.map { $0.filter { $0 != " " && $0 != "\t" }.lowercased() }
-            if type == "application/openmetrics-text" { return .openMetrics }
+            let parts = item.split(separator: ";").map { $0.filter { $0 != " " && $0 != "\t" }.lowercased() }
+            guard let type = parts.first else { continue }
+            var q = 1.0
+            for p in parts.dropFirst() where p.hasPrefix("q=") { q = Double(p.dropFirst(2)).map { min(max($0, 0), 1) } ?? 0 }
+            if type == "application/openmetrics-text" {
+                openMetrics = max(openMetrics, q)
+            } else if type == "text/plain" || type == "text/*" || type == "*/*" {
+                text = max(text, q)
+            }
         }
-        return .prometheus
+        return openMetrics > 0 && openMetrics >= text ? .openMetrics : .prometheus
     }
 }
 

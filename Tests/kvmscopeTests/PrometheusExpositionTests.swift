@@ -121,6 +121,11 @@ struct PrometheusExpositionTests {
         #expect(ExpositionFormat.negotiate(accept: "text/plain;version=0.0.4;q=0.5,*/*;q=0.1") == .prometheus)
         // What Prometheus 2.x sends.
         #expect(ExpositionFormat.negotiate(accept: "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1") == .openMetrics)
+        // q-values weigh: text preferred over OpenMetrics is text; q=0 refuses; a tie goes to OpenMetrics.
+        #expect(ExpositionFormat.negotiate(accept: "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.9") == .prometheus)
+        #expect(ExpositionFormat.negotiate(accept: "application/openmetrics-text;q=0, text/plain") == .prometheus)
+        #expect(ExpositionFormat.negotiate(accept: "application/openmetrics-text; version=1.0.0, text/plain") == .openMetrics)
+        #expect(ExpositionFormat.negotiate(accept: "*/*") == .prometheus)
         #expect(ExpositionFormat.openMetrics.contentType == "application/openmetrics-text; version=1.0.0; charset=utf-8")
         #expect(ExpositionFormat.prometheus.contentType == "text/plain; version=0.0.4; charset=utf-8")
     }
