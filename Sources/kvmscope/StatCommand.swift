@@ -166,6 +166,10 @@ struct StatCommand: ParsableCommand {
         config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
         let session = try LiveSession(config: config)
         defer { session.stop() }
+        // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
+        // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s). Started before
+        // the COMMAND, so that a VM the command starts is known as born during the run.
+        let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
         let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
         // Opened before tracing starts: a path that cannot be written fails now, not after the run.
@@ -190,9 +194,6 @@ struct StatCommand: ParsableCommand {
             stop.raise(SIGHUP)
         }
 
-        // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
-        // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s).
-        let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
         var previous = try Summary(session.snapshot(), filter: filter)
         var formatter: LogFormatter?
         var linesSinceHeader = 0

@@ -47,8 +47,8 @@ struct LibvirtTests {
         #expect((vm["qmp"] as? [String: Any])?["socket"] as? String == "libvirt:qemu:///system")
         let vcpus = try #require(lv["vcpus"] as? [[String: Any]])
         #expect(vcpus.count == 1 && vcpus.first?["vcpu"] as? Int == 0)
-        // Paused: the vCPU's time holds still, so virsh's number is ours.
-        #expect(vcpus.first?["time_ns"] as? Int == Int(stats["vcpu.0.time"] ?? ""))
+        // The vCPU's time may still move by a tick after the pause (a clean-clone run saw 10 ms): not compared exactly.
+        #expect((vcpus.first?["time_ns"] as? Int ?? 0) >= Int(stats["vcpu.0.time"] ?? "") ?? .max)
     }
 
     /// Debian's prometheus-libvirt-exporter and `kvmscope serve` scraped at the same two moments (the domain paused
