@@ -9,9 +9,13 @@ public struct SummaryFilter: Sendable {
     /// kvm_stat's `-f`: keep events (and children) whose name matches.
     public var fields: String?
     public var reasons: Set<String>?
+    /// Threads whose rows are held back (`serve`: threads not named yet, ``AggregateSnapshot/unnamedThreads``);
+    /// the event totals still count their events.
+    public var excludedTids: Set<Int32> = []
 
     public init(vms: Set<Int32>? = nil, tids: Set<Int32>? = nil, vcpus: Set<UInt32>? = nil, fields: String? = nil,
-                reasons: Set<String>? = nil) {
+                reasons: Set<String>? = nil, excludedTids: Set<Int32> = []) {
+        self.excludedTids = excludedTids
         self.vms = vms
         self.tids = tids
         self.vcpus = vcpus
@@ -22,6 +26,7 @@ public struct SummaryFilter: Sendable {
     var isThreadFiltered: Bool { vms != nil || tids != nil || vcpus != nil }
 
     public func keeps(tid: Int32, identity: ThreadIdentity) -> Bool {
+        if excludedTids.contains(tid) { return false }
         if let tids, !tids.contains(tid) { return false }
         if let vms, !vms.contains(identity.vm) { return false }
         if let vcpus {

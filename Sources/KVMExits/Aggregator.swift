@@ -278,6 +278,7 @@ public final class Aggregator: Sendable {
             snap.counters = merged.map { CounterRow(key: $0.key, count: $0.value) }
                 .sorted { ($0.key.tid, $0.key.event, $0.key.reason) < ($1.key.tid, $1.key.event, $1.key.reason) }
             snap.threads = threads.withLock { $0 }
+            snap.unnamedThreads = unresolved.withLock { $0 }.filter { snap.threads[$0] != nil }
             snap.occupancy = Occupancy(liveThreads: snap.threads.count, liveSeries: live.count,
                                        retiredThreads: r.retiredThreads, retiredRows: r.identities.count,
                                        foldedVMs: r.foldedVMs)
@@ -332,6 +333,9 @@ public struct AggregateSnapshot: Sendable {
     public var eventTotals: [UInt64] = []
     public var counters: [CounterRow] = []
     public var threads: [Int32: ThreadIdentity] = [:]
+    /// Live threads whose identity is provisional: gone when first looked up in /proc, so each is its own VM
+    /// (`vm` = its tid, no vCPU) until named from the kernel's saved tgids (about a second later) or retired.
+    public var unnamedThreads: Set<Int32> = []
     public var series: [SeriesSnapshot] = []
     public var pairing = PairingStats()
     /// Live threads and series, retired threads and folded VMs when the snapshot was taken.

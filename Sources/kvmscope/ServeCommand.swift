@@ -164,7 +164,10 @@ final class MetricsState: MetricsSource {
 
     /// Renders a scrape from a fresh snapshot and resource sample: cost ∝ series and VM threads, not events.
     func render(_ format: ExpositionFormat) throws -> [UInt8] {
-        let summary = try Summary(session.snapshot())
+        // Threads not named yet (gone before their first lookup: a guest of under a second) are held back until
+        // they are: exported at once they would be series of `vm=<tid>, vcpu=""` that vanish a second later.
+        let snapshot = try session.snapshot()
+        let summary = try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
         let sample = sampleResources()
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,

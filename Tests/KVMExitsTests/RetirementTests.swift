@@ -263,4 +263,26 @@ import Testing
         #expect(try Summary(snap).eventRows.map { "\($0.vm)/\($0.vcpu.map(String.init) ?? "-")=\($0.count)" }
                 == ["100/0=1", "100/1=1", "100/2=1", "104/-=1"])
     }
+
+    /// A thread gone before its first lookup is its own VM only provisionally: the snapshot says so, serve's
+    /// summary holds its rows back, and once named (saved tgids) it shows under its real VM and vCPU — never
+    /// first as `vm=<tid>` and then as its VM.
+    @Test func unnamedThreadsAreHeldBackUntilNamed() throws {
+        let host = Host()
+        host.set(201, vm: 200, vcpu: 0)
+        let agg = Aggregator(catalog: Self.catalog(), shardCount: 1, resolver: { tid in host.who.withLock { $0[tid] } })
+        var w = agg.writer(shard: 0)
+        for tid: Int32 in [201, 202, 202] { w.add(TraceEvent(timestamp: 0, tid: tid, event: 2), hasReason: false) }
+        let snap = agg.snapshot(timestamp: 0)
+        #expect(snap.unnamedThreads == [202])
+        let held = try Summary(snap, filter: SummaryFilter(excludedTids: snap.unnamedThreads))
+        #expect(held.eventRows.map { "\($0.vm)/\($0.vcpu.map(String.init) ?? "-")=\($0.count)" } == ["200/0=1"])
+        // The host's event total still counts the held-back thread's events.
+        #expect(held.events.first { $0.name == "kvm_pio" }?.total == 3)
+        agg.resolveUnresolved { $0 == 202 ? ThreadIdentity(vm: 200, vmName: "web", vcpu: 1) : nil }
+        let named = agg.snapshot(timestamp: 1)
+        #expect(named.unnamedThreads.isEmpty)
+        #expect(try Summary(named, filter: SummaryFilter(excludedTids: named.unnamedThreads)).eventRows
+                    .map { "\($0.vm)/\($0.vcpu.map(String.init) ?? "-")=\($0.count)" } == ["200/0=1", "200/1=2"])
+    }
 }

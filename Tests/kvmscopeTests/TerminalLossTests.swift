@@ -46,8 +46,9 @@ struct TerminalLossTests {
             if state == .logFallback { args += ["--event", "kvm_pio"] }
             var guest: Spawned?
             if state == .guestDead {
-                // A guest that ends soon: the view shows it DEAD.
-                guest = try Spawned("/bin/sleep", ["2"], stdinNull: true, quiet: true)
+                // A guest that ends soon: the view shows it DEAD. 5 s: the view must have started first (a loaded
+                // clean-clone run started it after a 2 s guest had ended: `-p` of a gone pid is an error).
+                guest = try Spawned("/bin/sleep", ["5"], stdinNull: true, quiet: true)
                 args += ["-p", "\(guest!.pid)"]
             }
             // tmux runs the command with sh -c: the script's own $$ and $? are escaped from that shell.
