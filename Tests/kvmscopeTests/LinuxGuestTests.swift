@@ -38,7 +38,6 @@ struct LinuxGuestTests {
 /// A daemonized QEMU running Debian's kernel under TCG with a busybox initramfs whose /init loads the virtio
 /// modules, brings eth0 up (IPv6 off) and sends `arpRequests` ARP requests with busybox arping.
 final class LinuxGuest {
-    static let qemu = QEMUGuest.binary
     static let busybox = "/bin/busybox"
     static let cpio = "/usr/bin/cpio"
 
@@ -118,12 +117,7 @@ final class LinuxGuest {
                                                  root.path, initrd], timeout: 60)
         guard pack.status == 0 else { throw QMP.Failure("cpio: \(pack.stderr)") }
 
-        let pidfile = dir.appendingPathComponent("pid").path
-        let err = dir.appendingPathComponent("stderr").path
-        let r = try Spawned.run("/bin/bash", ["-c", """
-            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
-            exec "$0" "$@" </dev/null >/dev/null 2>\(err)
-            """, Self.qemu,
+        pid = try QEMUGuest.daemonize([
             "-accel", "tcg", "-name", "guest=\(name),debug-threads=on", "-m", "128", "-smp", "1", "-display", "none",
             "-nodefaults", "-kernel", kernel.image, "-initrd", initrd,
             // IPv6 off: the guest sends nothing but the ARP requests asked for.
@@ -133,18 +127,7 @@ final class LinuxGuest {
             "-device", "virtio-net-pci,netdev=net0,id=net0dev",
             "-device", "virtio-balloon-pci,id=balloon0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
-            "-daemonize", "-pidfile", pidfile,
-        ], timeout: 60)
-        let daemon = (try? String(contentsOfFile: pidfile, encoding: .utf8)).flatMap {
-            Int32($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
-        guard r.status == 0, let pid = daemon else {
-            if let daemon { kill(daemon, SIGKILL) }
-            let why = (try? String(contentsOfFile: err, encoding: .utf8)) ?? r.stderr
-            try? FileManager.default.removeItem(at: dir)
-            throw QMP.Failure("qemu-system-x86_64 -accel tcg failed (\(r.status)): \(why)")
-        }
-        self.pid = pid
+        ], in: dir)
         // The host side: IPv6 off (no router solicitations from the host), then up — the host sends nothing.
         try? "1".write(toFile: "/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", atomically: false, encoding: .utf8)
         _ = try Spawned.run("/usr/sbin/ip", ["link", "set", tap, "up"], timeout: 30)
@@ -157,11 +140,5 @@ final class LinuxGuest {
     }
 
     /// SIGTERM, SIGKILL after 10 s (the tap goes with QEMU); the directory removed.
-    func stop() {
-        kill(pid, SIGTERM)
-        let end = Date().addingTimeInterval(10)
-        while kill(pid, 0) == 0 && Date() < end { usleep(20_000) }
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
-        try? FileManager.default.removeItem(at: dir)
-    }
+    func stop() { QEMUGuest.end(pid, removing: dir) }
 }

@@ -316,21 +316,26 @@ final class QEMUGuest {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let disk = dir.appendingPathComponent("disk.img")
         try Data(Self.bootSector + [UInt8](repeating: 0, count: (1 << 20) - 512)).write(to: disk)
-        let pidfile = dir.appendingPathComponent("pid").path
-        // Through bash, with every standard descriptor on a file and every other one closed (as LiveTUITests
-        // starts tmux): the daemon must not keep Foundation's descriptors open, or the start never ends.
-        let err = dir.appendingPathComponent("stderr").path
-        let r = try Spawned.run("/bin/bash", ["-c", """
-            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
-            exec "$0" "$@" </dev/null >/dev/null 2>\(err)
-            """, Self.binary,
+        pid = try Self.daemonize([
             "-accel", accel, "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
             "-nodefaults", "-drive", "file=\(disk.path),if=none,format=raw,cache=none,id=drive-virtio-disk0",
             "-device", "virtio-blk-pci,drive=drive-virtio-disk0,id=virtio-disk0", "-device", "virtio-balloon-pci,id=balloon0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
             "-qmp", "unix:\(dir.appendingPathComponent("kvmscope-qmp.sock").path),server=on,wait=off",
-            "-daemonize", "-pidfile", pidfile,
-        ], timeout: 60)
+        ], in: dir)
+    }
+
+    /// Starts qemu-system-x86_64 with `args` plus `-daemonize -pidfile DIR/pid`, its stderr in DIR/stderr, and
+    /// returns the daemon's pid. Through bash, with every standard descriptor on a file and every other one
+    /// closed (as LiveTUITests starts tmux): the daemon must not keep Foundation's descriptors open, or the start
+    /// never ends. On failure `dir` is removed and the error carries QEMU's stderr.
+    static func daemonize(_ args: [String], in dir: URL) throws -> Int32 {
+        let pidfile = dir.appendingPathComponent("pid").path
+        let err = dir.appendingPathComponent("stderr").path
+        let r = try Spawned.run("/bin/bash", ["-c", """
+            for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null
+            exec "$0" "$@" </dev/null >/dev/null 2>\(err)
+            """, binary] + args + ["-daemonize", "-pidfile", pidfile], timeout: 60)
         let daemon = (try? String(contentsOfFile: pidfile, encoding: .utf8)).flatMap {
             Int32($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
@@ -340,17 +345,20 @@ final class QEMUGuest {
             try? FileManager.default.removeItem(at: dir)
             throw QMP.Failure("qemu-system-x86_64 failed (\(r.status)): \(why)")
         }
-        self.pid = pid
+        return pid
     }
 
-    /// SIGTERM, SIGKILL after 10 s; the directory removed.
-    func stop() {
+    /// SIGTERM to `pid`, SIGKILL after 10 s; `dir` removed.
+    static func end(_ pid: Int32, removing dir: URL) {
         kill(pid, SIGTERM)
         let end = Date().addingTimeInterval(10)
         while kill(pid, 0) == 0 && Date() < end { usleep(20_000) }
         if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(at: dir)
     }
+
+    /// SIGTERM, SIGKILL after 10 s; the directory removed.
+    func stop() { Self.end(pid, removing: dir) }
 }
 
 /// A unix socket listening on `path`.
