@@ -6,6 +6,7 @@
 #include "CKVMScope.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <event-parse.h>
 #include <signal.h>
 #include <stdio.h>
@@ -116,6 +117,8 @@ static int print_fmt_fields_declared(const char *text, size_t len)
  * Returns the event's kernel id, or -1 when libtraceevent cannot parse it (or its print fmt reads a field the
  * format does not declare).
  */
+static pthread_mutex_t parse_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void ignore_table(const struct ckvmscope_print_table *table, void *ctx)
 {
     (void)table;
@@ -170,7 +173,12 @@ int ckvmscope_formats_parse(struct ckvmscope_formats *f, const char *system, con
         return -1;
     if (f->isolate && !parses_in_child(system, text, len))
         return -1;
-    if (tep_parse_format(f->tep, &event, text, len, system) != TEP_ERRNO__SUCCESS || !event)
+    /* libtraceevent's parser keeps its input in static variables (input_buf and its position): two threads
+     * parsing at once, each with its own tep, corrupt each other's parse. One parse at a time in this process. */
+    pthread_mutex_lock(&parse_lock);
+    enum tep_errno err = tep_parse_format(f->tep, &event, text, len, system);
+    pthread_mutex_unlock(&parse_lock);
+    if (err != TEP_ERRNO__SUCCESS || !event)
         return -1;
     return event->id;
 }
