@@ -18,8 +18,8 @@ import KVMServe
 /// The exposition of an empty aggregate, as serve renders it.
 final class EmptyMetrics: MetricsSource {
     let summary = try! Summary(AggregateSnapshot(catalog: EventCatalog(), timestamp: 0))
-    func render(_ format: ExpositionFormat) throws -> String {
-        PrometheusExposition.render(summary, format: format, extras: ExpositionExtras(version: "fuzz"))
+    func render(_ format: ExpositionFormat) throws -> [UInt8] {
+        PrometheusExposition.renderUTF8(summary, format: format, extras: ExpositionExtras(version: "fuzz"))
     }
 }
 
