@@ -370,17 +370,7 @@ public final class ResourceSampler {
                 ended()
                 continue
             }
-            let sched = file.numbers(max: 3)
-            var t = ThreadSample(tid: tid, comm: known.comm, vcpu: known.vcpu)
-            t.state = Character(UnicodeScalar(tf.state))
-            t.processor = Int32(truncatingIfNeeded: tf.values[3])
-            t.times.userTicks = tf.values[1]
-            t.times.systemTicks = tf.values[2]
-            t.times.guestTicks = tf.values[4]
-            if sched.count == 3 {
-                t.times.waitNanoseconds = sched[1]
-                t.times.switches = sched[2]
-            }
+            var t = Self.threadSample(tid: tid, comm: known.comm, vcpu: known.vcpu, stat: tf, schedstat: file.numbers(max: 3))
             if !first {
                 // A thread born since the previous sample grew from 0.
                 let d = t.times.subtracting(st.threads[tid]?.times ?? ThreadTimes())
@@ -435,19 +425,10 @@ public final class ResourceSampler {
         var workers: [Int32: ThreadTimes] = [:]
         var vhostDelta = ThreadTimes()
         for (w, owner) in vhostOwners where owner == pid {
-            guard case .success = file.read("\(procRoot)/\(w)/stat"), let wf = file.statFields([3, 14, 15, 39]),
+            guard case .success = file.read("\(procRoot)/\(w)/stat"), let wf = file.statFields([3, 14, 15, 39, 43]),
                   case .success = file.read("\(procRoot)/\(w)/schedstat") else { continue }
-            let sched = file.numbers(max: 3)
-            var t = ThreadSample(tid: w, comm: "vhost-\(pid)", vcpu: nil)
+            var t = Self.threadSample(tid: w, comm: "vhost-\(pid)", vcpu: nil, stat: wf, schedstat: file.numbers(max: 3))
             t.kernelThread = true
-            t.state = Character(UnicodeScalar(wf.state))
-            t.processor = Int32(truncatingIfNeeded: wf.values[3])
-            t.times.userTicks = wf.values[1]
-            t.times.systemTicks = wf.values[2]
-            if sched.count == 3 {
-                t.times.waitNanoseconds = sched[1]
-                t.times.switches = sched[2]
-            }
             if !first {
                 // A worker born since the previous sample grew from 0.
                 t.delta = t.times.subtracting(st.vhostWorkers[w] ?? ThreadTimes())
@@ -487,6 +468,23 @@ public final class ResourceSampler {
         st.sampled = true
         vms[pid] = st
         return s
+    }
+
+    /// A thread's row from its stat fields 3, 14, 15, 39 and 43 (state, utime, stime, processor, guest_time, as
+    /// ``ProcFile/statFields(_:)`` gives them) and its schedstat (run ns, run-queue wait ns, timeslices).
+    private static func threadSample(tid: Int32, comm: String, vcpu: UInt32?, stat: (state: UInt8, values: [UInt64]),
+                                     schedstat sched: [UInt64]) -> ThreadSample {
+        var t = ThreadSample(tid: tid, comm: comm, vcpu: vcpu)
+        t.state = Character(UnicodeScalar(stat.state))
+        t.processor = Int32(truncatingIfNeeded: stat.values[3])
+        t.times.userTicks = stat.values[1]
+        t.times.systemTicks = stat.values[2]
+        t.times.guestTicks = stat.values[4]
+        if sched.count == 3 {
+            t.times.waitNanoseconds = sched[1]
+            t.times.switches = sched[2]
+        }
+        return t
     }
 
     private func goneThread(_ tid: Int32, _ t: ThreadState) -> ThreadSample {
