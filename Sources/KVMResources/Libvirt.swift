@@ -86,10 +86,27 @@ public final class LibvirtConnection {
     /// The URI kvmscope uses by default, as virt-top does without `-c`.
     public static let defaultURI = "qemu:///system"
 
-    /// Whether a libvirt daemon seems to be there: its read-only socket exists (no connection attempt).
-    public static var daemonSocketExists: Bool {
-        ["/run/libvirt/libvirt-sock-ro", "/run/libvirt/virtqemud-sock-ro"].contains {
-            FileManager.default.fileExists(atPath: $0)
+    /// Whether a libvirt daemon listens on one of its read-only sockets: a `connect()` that is accepted, or
+    /// refused for want of rights (the daemon is there; opening it then says why). A socket file left by a
+    /// daemon that died, or one that is still starting (bound, not yet listening), is no daemon.
+    public static var daemonListening: Bool {
+        ["/run/libvirt/libvirt-sock-ro", "/run/libvirt/virtqemud-sock-ro"].contains { path in
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { Glibc.close(fd) }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                for (i, b) in bytes.enumerated() { raw[i] = b }
+            }
+            let r = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            return r == 0 || errno == EACCES || errno == EPERM
         }
     }
 

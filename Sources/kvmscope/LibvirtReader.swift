@@ -3,7 +3,7 @@ import KVMExits
 import KVMResources
 
 /// libvirt as a source beside /proc: opened once (`-c/--connect URI`, else qemu:///system when a libvirt
-/// daemon's socket exists), read at every sample; a failure is one stderr line each time it changes, and the
+/// daemon listens on its socket), read at every sample; a failure is one stderr line each time it changes, and the
 /// VMs simply have no libvirt section then (never old numbers shown as new).
 /// Not thread-safe: one owner at a time (`serve` keeps it under a lock, hence `@unchecked Sendable`).
 final class LibvirtReader: @unchecked Sendable {
@@ -22,7 +22,7 @@ final class LibvirtReader: @unchecked Sendable {
                 throw KVMScopeError.io("\(error)")
             }
         }
-        guard LibvirtConnection.daemonSocketExists else { return nil }
+        guard LibvirtConnection.daemonListening else { return nil }
         do { return LibvirtReader(connection: try LibvirtConnection()) } catch {
             writeStderr("kvmscope: warning: \(error); showing /proc only (-c URI names another libvirt)\n")
             return nil

@@ -412,4 +412,31 @@ struct TopWithoutTracefsTests {
         #expect(j["exits_traced"] as? Bool == false)
         #expect(j["iteration"] as? Int == 1)
     }
+
+    /// libvirt's read-only sockets left behind by a daemon that died (files nobody listens on): `top` without
+    /// `-c` reads /proc only and says nothing of libvirt (it once warned "Connection refused" on every start).
+    @Test func staleLibvirtSocketsAreNoDaemon() throws {
+        let dir = try RecordTests.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for name in ["libvirt-sock-ro", "virtqemud-sock-ro"] {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            try #require(fd >= 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                for (i, b) in Array((dir + "/" + name).utf8).enumerated() { raw[i] = b }
+            }
+            let bound = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            close(fd)
+            try #require(bound == 0, "bind \(name): \(String(cString: strerror(errno)))")
+        }
+        let r = try PrivilegeTests.inMountNamespace("mkdir -p /run/libvirt && mount --bind '\(dir)' /run/libvirt",
+                                                    [CLI.binary, "top", "--json", "-n", "1", "-d", "0.1", "--no-exits"])
+        #expect(r.status == 0)
+        #expect(r.stderr == "")
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(j["iteration"] as? Int == 1)
+    }
 }
