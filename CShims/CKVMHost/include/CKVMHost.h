@@ -6,6 +6,7 @@
 #ifndef CKVMHOST_H
 #define CKVMHOST_H
 
+#include <malloc.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -28,6 +29,12 @@ int ckvmscope_stop_fd(void);
 /* fork + PR_SET_PDEATHSIG(SIGKILL) + execve; each path NULL to inherit. 0, or -1 with "WHAT: strerror" in err. */
 int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
                     const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- memory back to the system */
+
+/* glibc's malloc_trim(0): gives the free pages of every malloc arena back to the kernel (Swift's Glibc
+ * module does not export it). 1 when memory was released, else 0. */
+static inline int ckvmscope_release_free_memory(void) { return malloc_trim(0); }
 
 #ifdef __cplusplus
 }
