@@ -38,6 +38,8 @@ public struct LiveViewState: Sendable {
     /// `x`: show child rows such as `kvm_exit(HLT)`.
     public var showChildren = true
     public var mode: Mode = .events
+    /// The address spaces the `i` screen lists (`--event ioport` / `mmio`, as perf kvm stat live); empty: both.
+    public var ioSpaces: Set<DeviceMap.Space> = []
     /// The row under the cursor (arrow keys), counted from the first body row.
     public var selected = 0
     /// `s`: the refresh interval, seconds.

@@ -20,6 +20,7 @@ struct LiveCommand: ParsableCommand {
               kvmscope                           all VMs
               kvmscope live -p 1234 -s 1         one VM, refreshed every second
               kvmscope live --demo               starts a demo guest when no VM runs on this host
+              kvmscope live --event mmio --qmp /run/vm1.qmp   MMIO exits named by the VM's PCI devices
             """)
 
     @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: "Refresh interval in seconds (0.1 to 25.5).")
@@ -30,6 +31,8 @@ struct LiveCommand: ParsableCommand {
 
     @OptionGroup(title: "Filters") var filters: FilterOptions
     @OptionGroup(title: "Tracing") var trace: TraceOptions
+    /// `--qmp`: the `i` screen names each VM's ports and MMIO addresses by its own PCI BARs (query-pci).
+    @OptionGroup(title: "QEMU") var qmp: QMPOptions
 
     func validate() throws {
         guard (0.1...25.5).contains(delay) else { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
@@ -71,7 +74,10 @@ struct LiveCommand: ParsableCommand {
                             state: LiveViewState(fields: filters.fields, pid: filter.vms?.min(),
                                                  guestName: filters.guest ?? filter.vms?.min().flatMap(ThreadDirectory.guestName(pid:)),
                                                  delay: delay))
-        if !IOAnalysis.analyses(trace.events).spaces.isEmpty { loop.state.mode = .io }
+        loop.resources.qmp = qmp.monitors()
+        let spaces = IOAnalysis.analyses(trace.events).spaces
+        if !spaces.isEmpty { loop.state.mode = .io }
+        loop.state.ioSpaces = Set(spaces)
         if let demoGuests {
             loop.state.notice = demoGuests.skipped ?? demoGuests.failure
                 ?? "demo guest (kvmscope storm) running: no other VM on this host"
@@ -102,6 +108,8 @@ struct LiveCommand: ParsableCommand {
         if let guest = filters.guest { args += ["-g", guest] }
         if let fields = filters.fields { args += ["-f", fields] }
         for e in trace.events { args += ["--event", e] }
+        for socket in qmp.sockets { args += ["--qmp", socket] }
+        if !qmp.sockets.isEmpty { args += ["--qmp-timeout", "\(qmp.timeout)"] }
         let stat = try StatCommand.parse(args)
         try stat.run()
     }

@@ -29,6 +29,9 @@ struct LiveLoop {
     /// What each VM costs the host, sampled at each refresh, for the guest list's cpu and wait.
     let resources = ResourceSampler()
     var guestUse: [Int32: GuestResourceUse] = [:]
+    /// Each VM's own device map from the PCI BARs its QMP socket (`--qmp`) gave last: the `i` screen's names
+    /// (laid over the standard PC map).
+    var deviceMaps: [Int32: DeviceMap] = [:]
 
     init(session: LiveSession, terminal: Terminal, stop: StopSignal, state: LiveViewState) {
         self.session = session
@@ -106,6 +109,11 @@ struct LiveLoop {
     /// Each VM's CPU and vCPU wait over the interval since the last refresh.
     mutating func sampleResources() {
         let s = resources.sample()
+        // A QMP socket's problem is the notice line (stderr would write over the screen).
+        if let warning = resources.takeWarnings().last { state.notice = warning }
+        for vm in s.vms where !vm.gone {
+            if let regions = vm.qmp?.pciRegions, !regions.isEmpty { deviceMaps[vm.pid] = DeviceMap(pciRegions: regions) }
+        }
         guard s.intervalSeconds > 0 else { return }
         var use: [Int32: GuestResourceUse] = [:]
         for vm in s.vms where !vm.gone {
@@ -148,6 +156,10 @@ struct LiveLoop {
                           seconds: seconds, guests: try GuestTotal.of(current, fields: state.filter.fields),
                           previousGuests: try previous.map { try GuestTotal.of($0, fields: state.filter.fields) } ?? [])
         frame.guestResources = guestUse
+        if !deviceMaps.isEmpty {
+            frame.current.ioAccesses.name(devices: deviceMaps)
+            frame.previous?.ioAccesses.name(devices: deviceMaps)
+        }
     }
 
     /// kvm_stat: a guest that exits is DEAD until a process with its name appears again.

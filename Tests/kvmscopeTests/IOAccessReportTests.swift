@@ -290,3 +290,32 @@ struct IOAccessTUITests {
         try pane.wait("the shell prompt after q") { $0.contains { $0.hasPrefix("kvmscope-test$") && !$0.contains("live") } }
     }
 }
+
+/// The live view's `i` screen with `--qmp`: a real QEMU guest's virtio-blk notifications (a write to memory
+/// BAR 4 of the modern virtio device) named by the VM's own PCI BARs, as `stat --json --qmp` names them.
+@Suite(.serialized, .enabled(if: KVMTest.canRun && (QEMUGuest.available || KVMTest.required),
+                              "needs root, /dev/kvm, tracefs, tmux and qemu-system-x86"))
+struct IOAccessQMPTUITests {
+    @Test func mmioRowsAreNamedByPCIDevice() throws {
+        let guest = try QEMUGuest(name: "qemu-live-io-\(getpid())")
+        defer { guest.stop() }
+        let name = "kvmscope-qmpio-\(getpid())"
+        try LiveTUITests.tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "30",
+                               "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? LiveTUITests.tmux(["kill-session", "-t", name], check: false) }
+        let pane = LiveTUITests.Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        try pane.type("clear; \(CLI.binary) live -s 0.5 -p \(guest.pid) --event mmio --qmp \(guest.kvmscopeQMPPath)")
+        try pane.keys("Enter")
+        // The boot sector loops disk requests: the notify writes come within the guest's boot (~6 s).
+        let screen = try pane.wait("the virtio-blk notify row", timeout: 60) { s in
+            s.first?.hasSuffix(" - I/O by device") == true && s.contains { $0.contains(":W ") && $0.contains(" virtio-disk0 BAR4 (") }
+        }
+        let rows = screen.drop { !$0.hasPrefix(" Port/Address  Device ") }.dropFirst().prefix { !$0.hasPrefix(" Total ") }
+        // `--event mmio`: MMIO rows only (perf kvm stat live --event=mmio), none of the BIOS's port I/O.
+        #expect(!rows.isEmpty && !rows.contains { $0.contains(":POUT ") || $0.contains(":PIN ") }, "\(screen.joined(separator: "\n"))")
+        #expect(!rows.contains { $0.contains(" unknown ") }, "\(screen.joined(separator: "\n"))")
+        try pane.keys("q")
+        try pane.wait("the shell prompt after q") { $0.contains { $0.hasPrefix("kvmscope-test$") && !$0.contains("live") } }
+    }
+}
