@@ -33,7 +33,9 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT or localhost:PORT.")
     var listen = "127.0.0.1:9477"
 
-    @Option(name: .customLong("max-series"), help: "Most label sets per per-VM metric; the rest are summed into vm=\"other\".")
+    @Option(name: .customLong("max-series"), parsing: .unconditional, help: ArgumentHelp(
+        "Most label sets per per-VM metric, vm=\"other\" included (at least 2): the rest are summed into it.",
+        discussion: "A hard cap: each of those families never exports more than N series; with N = 2, the first VM × vCPU × reason keeps its own."))
     var maxSeries = 10_000
 
     @Option(name: .customLong("retired-vms"),
@@ -65,7 +67,10 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
         guard retiredVMs >= 1 else { throw ValidationError("--retired-vms must be at least 1") }
-        guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
+        // N counts vm="other": with 1 every row would fold into it, and the cap would name no VM at all.
+        guard maxSeries >= 2 else {
+            throw ValidationError("--max-series must be at least 2: it counts the vm=\"other\" series the rest fold into")
+        }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
         do { _ = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         _ = try StormAlerts.rules(alerts)
