@@ -12,10 +12,11 @@ struct ReportCommand: ParsableCommand {
         commandName: "report",
         abstract: "Analyse recorded traces: trace.dat, kernel trace text, trace-cmd report or perf script output.",
         discussion: """
-            Each FILE gets its own report (files are not merged: different recordings have different clocks).
-            The analysis is the live one: counts per event, exits per VM/vCPU/reason, exit→entry latencies
-            (pairing by thread), top RIPs, losses. Blocking exits (HLT) are marked * and kept out of Time%.
-            In text traces without a TGID column each thread counts as its own VM.
+            Each FILE gets its own report (files are not merged: different recordings have different clocks). The \
+            analysis is the live one: counts per event, exits per VM/vCPU/reason, exit→entry latencies (pairing by \
+            thread), top RIPs, losses. Blocking exits (HLT) are marked * and kept out of Time%. In text traces \
+            without a TGID column each thread counts as its own VM.
+
               kvmscope report trace.txt
               kvmscope report --by-vcpu --histogram MSR_WRITE trace.txt
               kvmscope report --json --from 1.5 --to 2.5 trace.dat

@@ -17,17 +17,21 @@ struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Trace continuously and serve Prometheus metrics on /metrics (and /healthz).",
+        usage: "kvmscope serve [<options>]",
         discussion: """
-            Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks
-            for application/openmetrics-text. Listens on loopback unless --listen names another address.
-            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it
-            like SIGTERM and Ctrl-C (no reload: restart it to change options). A request head over 16 KiB
-            is refused (431), one not complete in time dropped (408); idle connections are closed.
-              kvmscope serve                                  http://127.0.0.1:9477/metrics
-              kvmscope serve --listen 0.0.0.0:9477 --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
-              kvmscope serve --listen [::1]:9477 --max-series 2000
-            With --alert, each rule's fire and resolve is printed as one JSON line on stdout (see `kvmscope
+            Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks for \
+            application/openmetrics-text. Listens on loopback unless --listen names another address. Runs in the \
+            foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it like SIGTERM and \
+            Ctrl-C (no reload: restart it to change options). A request head over 16 KiB is refused (431), one not \
+            complete in time dropped (408); idle connections are closed.
+
+            With --alert, each rule's fire and resolve is printed as one JSON line on stdout (see `kvmscope \
             watch`) and kvmscope_storm_active{vm,reason,rule} is 1 while it fires.
+
+              kvmscope serve                     http://127.0.0.1:9477/metrics
+              kvmscope serve --listen [::1]:9477 --max-series 2000
+              kvmscope serve --listen 0.0.0.0:9477 \\
+                  --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
             """)
 
     @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT or localhost:PORT.")

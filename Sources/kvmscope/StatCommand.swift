@@ -9,9 +9,10 @@ import SystemPackage
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {
+    // stat's help says that its --event also takes perf kvm stat's analyses (ioport, mmio): the other commands'
+    // --event does not.
     @Option(name: .customLong("event"), help: ArgumentHelp(
-        "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat).",
-        discussion: "stat also takes perf kvm stat's analyses here: ioport and mmio print the per-port and per-MMIO-address tables."))
+        "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat)."))
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -103,11 +104,18 @@ struct StatCommand: ParsableCommand {
         commandName: "stat",
         abstract: "kvm_stat's non-interactive modes, with exit latencies and per-vCPU rows.",
         discussion: """
-            Without a mode, traces until --duration ends, COMMAND exits or Ctrl-C, then prints the summary.
-              kvmscope stat -1                      counts over one second, like kvm_stat -1
-              kvmscope stat -l -s 1                 one line per second (kvm_stat --log)
-              kvmscope stat -l -c -L exits.csv      CSV log to a file
-              kvmscope stat --json -o s.json -- kvmscope storm --kind io --vcpus 2 --exits 10000
+            Without a mode, traces until --duration ends, COMMAND exits or Ctrl-C, then prints the summary. -1 is \
+            kvm_stat's once mode (one interval: 1 s, or -s), -l its log mode. CurAvg/s and duration_s divide by \
+            the reading window, from tracing on to tracing off: kvmscope's own start-up and end stay out.
+
+            --event also takes perf kvm stat's analyses: ioport and mmio print the per-port and per-MMIO-address \
+            tables after the summary.
+
+              kvmscope stat -1                  counts over one second, like kvm_stat -1
+              kvmscope stat -1 -s 5             counts over five seconds
+              kvmscope stat -l -s 1             one line per second (kvm_stat --log)
+              kvmscope stat -l -c -L exits.csv  a CSV log appended to a file
+              kvmscope stat --json -o s.json -- kvmscope storm --kind io --exits 10000
             """)
 
     @Flag(name: [.customShort("1"), .long, .customLong("batch")],
