@@ -92,7 +92,9 @@ public enum ReportTable {
     }
 
     /// The lines under the tables, always shown: pairing and losses.
-    public static func footer(_ s: Summary) -> [String] {
+    /// - Parameter pairingScope: what the pairing counts cover when the tables show fewer rows (the pairer counts
+    ///   every thread of the trace): `all threads, not only -p 4242` reads `pairing (all threads, not only -p 4242):`.
+    public static func footer(_ s: Summary, pairingScope: String? = nil) -> [String] {
         let p = s.pairing
         var lost = "lost events: \(s.lostEvents)"
         if s.lostUnknownSubbuffers > 0 { lost += ", loss notes without a count: \(s.lostUnknownSubbuffers)" }
@@ -100,7 +102,7 @@ public enum ReportTable {
         if s.corruptSubbuffers > 0 { lost += ", corrupt sub-buffers: \(s.corruptSubbuffers)" }
         if s.readErrors > 0 { lost += ", read errors: \(s.readErrors)" }
         return [
-            "pairing: paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
+            "pairing\(pairingScope.map { " (\($0))" } ?? ""): paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
                 + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
             lost,
         ]

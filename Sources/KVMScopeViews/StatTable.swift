@@ -116,7 +116,9 @@ public struct LogFormatter {
 
 extension StatTable {
     /// The line under a table: losses and pairing, never hidden.
-    public static func footer(_ s: Summary) -> String {
+    /// - Parameter pairingScope: what the pairing counts cover when the table shows fewer rows than were traced
+    ///   (the pairer counts every thread): `all threads traced, not only -p 4242` follows them in parentheses.
+    public static func footer(_ s: Summary, pairingScope: String? = nil) -> String {
         var parts = ["lost_events \(s.lostEvents)"]
         if s.lostUnknownSubbuffers > 0 { parts.append("lost_unknown_subbuffers \(s.lostUnknownSubbuffers)") }
         if s.overflowEvents > 0 { parts.append("overflow_events \(s.overflowEvents)") }
@@ -124,7 +126,8 @@ extension StatTable {
         if s.readErrors > 0 { parts.append("read_errors \(s.readErrors)") }
         let p = s.pairing
         if p.paired + p.orphanExits + p.orphanEntries + p.openAtEnd > 0 {
-            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) open_at_end \(p.openAtEnd) invalidated_by_loss \(p.invalidatedByLoss)")
+            parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) open_at_end \(p.openAtEnd) invalidated_by_loss \(p.invalidatedByLoss)"
+                         + (pairingScope.map { " (\($0))" } ?? ""))
         }
         return parts.joined(separator: "  ")
     }

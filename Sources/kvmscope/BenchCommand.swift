@@ -13,10 +13,11 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure what tracing costs a guest on this host, against perf and trace-cmd.",
         discussion: """
             The user-facing part of kvmscope's benchmark harness (the full one is `make bench`).
-              kvmscope bench                                   overhead table for the storm guest
-              kvmscope bench overhead --kind io --repeat 5     another exit kind, more runs
-              kvmscope bench synth -o big.dat --events 20000000   a synthetic trace.dat for report benchmarks
-              kvmscope bench resources --vms 100 --vcpus 8         CPU cost of a resource sample (top, serve)
+
+              kvmscope bench                                 overhead of tracing a storm
+              kvmscope bench overhead --kind io --repeat 5   another exit kind, more runs
+              kvmscope bench synth -o big.dat                a trace.dat for report
+              kvmscope bench resources --vms 100 --vcpus 8   a resource sample's CPU cost
             """,
         subcommands: [BenchOverheadCommand.self, BenchSynthCommand.self, BenchResourcesCommand.self],
         defaultSubcommand: BenchOverheadCommand.self)
@@ -26,10 +27,11 @@ struct BenchOverheadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "overhead",
         abstract: "Storm exit throughput untraced, under kvmscope stat, perf stat and trace-cmd record.",
+        usage: "kvmscope bench overhead [<options>]",
         discussion: """
-            Each tracer traces every kvm event system-wide, is started before the storm and stopped with
-            SIGINT after it. Tracer CPU is its whole process tree (children included) from start to exit.
-            Tools that are not installed are shown as such. Medians of --repeat runs, interleaved.
+            Each tracer traces every kvm event system-wide, is started before the storm and stopped with SIGINT \
+            after it. Tracer CPU is its whole process tree (children included) from start to exit. Tools that are \
+            not installed are shown as such. Medians of --repeat runs, interleaved.
             """)
 
     @Option(help: "Kind of exit: io, mmio or hlt.")
@@ -104,9 +106,10 @@ struct BenchSynthCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "synth",
         abstract: "Write a synthetic trace.dat of kvm_exit/kvm_entry pairs (a real reason mix, many vCPUs).",
+        usage: "kvmscope bench synth -o <output> [<options>]",
         discussion: """
-            Pages are built byte for byte as the kernel writes them, from this kernel's kvm_exit and
-            kvm_entry formats (or --formats DIR with kvm_exit.format and kvm_entry.format). trace-cmd opens the file.
+            Pages are built byte for byte as the kernel writes them, from this kernel's kvm_exit and kvm_entry \
+            formats (or --formats DIR with kvm_exit.format and kvm_entry.format). trace-cmd opens the file.
             """)
 
     @Option(name: [.customShort("o"), .long], help: "The trace.dat to write.")

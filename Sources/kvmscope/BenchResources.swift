@@ -11,9 +11,11 @@ struct BenchResourcesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "resources",
         abstract: "CPU cost of one resource sample (top, serve, stat --json) with many VMs.",
+        usage: "kvmscope bench resources [<options>]",
         discussion: """
-            Starts --vms storm guests of --vcpus vCPUs each (stopped with SIGSTOP once their threads exist, killed
+            Starts --vms storm guests of --vcpus vCPUs each (stopped with SIGSTOP once their threads exist, killed \
             at the end), then takes --samples samples and prints the CPU time each cost.
+
               kvmscope bench resources --vms 100 --vcpus 8
             """)
 

@@ -11,9 +11,8 @@ struct KVMScope: ParsableCommand {
         commandName: "kvmscope",
         abstract: "What KVM virtual machines cost their host, exit by exit.",
         discussion: """
-            Reads the kernel's kvm:* tracepoints from a private tracefs instance and
-            shows, per VM and per vCPU, the count of every exit reason and the
-            distribution of exit latencies.
+            Reads the kernel's kvm:* tracepoints from a private tracefs instance and shows, per VM and per vCPU, \
+            the count of every exit reason and the distribution of exit latencies.
 
             Examples:
               kvmscope                          the live view, kvm_stat's keys

@@ -12,15 +12,20 @@ struct LiveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "live",
         abstract: "kvm_stat's full-screen view, with exit latencies, sparklines, per-guest and per-vCPU rows.",
+        usage: "kvmscope live [<options>]",
         discussion: """
-            Keys as in kvm_stat: b by guest, c clear filters, f regex filter, g guest by name, p pid, h help,
-            o sort by Total/CurAvg/s, q quit, r reset, s refresh delay, x child events; plus v per-vCPU rows
-            and the arrow keys to select a row (an exit reason shows its top guest RIPs).
-            On a dumb terminal (or when stdout is not a terminal) it falls back to `stat -l`.
-              kvmscope                           all VMs
-              kvmscope live -p 1234 -s 1         one VM, refreshed every second
-              kvmscope live --demo               starts a demo guest when no VM runs on this host
-              kvmscope live --event mmio --qmp /run/vm1.qmp   MMIO exits named by the VM's PCI devices
+            Keys as in kvm_stat: b by guest, c clear filters, f regex filter, g guest by name, p pid, h help, o \
+            sort by Total/CurAvg/s, q quit, r reset, s refresh delay, x child events; plus v per-vCPU rows and the \
+            arrow keys to select a row (an exit reason shows its top guest RIPs).
+
+            On a dumb terminal (or when stdout is not a terminal) it falls back to `stat -l`. --event also takes \
+            perf kvm stat's analyses: ioport or mmio opens the view on that space's I/O rows (the i key), which --qmp \
+            names by the VM's own PCI devices.
+
+              kvmscope                        all VMs
+              kvmscope live -p 1234 -s 1      one VM, refreshed every second
+              kvmscope live --demo            a demo guest when no VM runs on this host
+              kvmscope live --event mmio --qmp vm.qmp   MMIO rows named by PCI device
             """)
 
     @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: "Refresh interval in seconds (0.1 to 25.5).")

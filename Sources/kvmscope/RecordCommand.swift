@@ -10,11 +10,13 @@ struct RecordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "record",
         abstract: "Record kvm events into a trace.dat that trace-cmd report and KernelShark open.",
+        usage: "kvmscope record -o <output> [<options>] [-- <command> ...]",
         discussion: """
-            Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat
-            version 7 compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no
-            decoding while recording. Each thread's process (tgid) is kept, so the file reports per VM.
-            Ends on Ctrl-C, --duration, --max-size or when COMMAND exits.
+            Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat version 7 \
+            compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no decoding while \
+            recording. Each thread's process (tgid) is kept, so the file reports per VM. Ends on Ctrl-C, \
+            --duration, --max-size or when COMMAND exits.
+
               kvmscope record -o t.dat --duration 10
               kvmscope record -o t.dat -e kvm_exit -e kvm_entry -- ./my-vmm
               kvmscope report t.dat        (or: trace-cmd report -i t.dat)

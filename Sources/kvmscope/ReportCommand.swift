@@ -12,10 +12,11 @@ struct ReportCommand: ParsableCommand {
         commandName: "report",
         abstract: "Analyse recorded traces: trace.dat, kernel trace text, trace-cmd report or perf script output.",
         discussion: """
-            Each FILE gets its own report (files are not merged: different recordings have different clocks).
-            The analysis is the live one: counts per event, exits per VM/vCPU/reason, exit→entry latencies
-            (pairing by thread), top RIPs, losses. Blocking exits (HLT) are marked * and kept out of Time%.
-            In text traces without a TGID column each thread counts as its own VM.
+            Each FILE gets its own report (files are not merged: different recordings have different clocks). The \
+            analysis is the live one: counts per event, exits per VM/vCPU/reason, exit→entry latencies (pairing by \
+            thread), top RIPs, losses. Blocking exits (HLT) are marked * and kept out of Time%. In text traces \
+            without a TGID column each thread counts as its own VM.
+
               kvmscope report trace.txt
               kvmscope report --by-vcpu --histogram MSR_WRITE trace.txt
               kvmscope report --json --from 1.5 --to 2.5 trace.dat
@@ -290,14 +291,14 @@ struct ReportCommand: ParsableCommand {
             // perf kvm stat report --event=ioport|mmio: only that analysis' tables, then losses and pairing.
             lines += IOAccessTableView.render(s, space: space, seconds: a.durationSeconds, top: top)
             lines.append("")
-            lines += ReportTable.footer(s)
+            lines += ReportTable.footer(s, pairingScope: pairingScope)
             return lines
         }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
         lines.append("")
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
         lines.append("")
-        lines += ReportTable.footer(s)
+        lines += ReportTable.footer(s, pairingScope: pairingScope)
         if let names = histogramNames {
             var h = HistogramSnapshot()
             for r in s.exits where names.contains(r.reason) { if let x = r.histogram { h.merge(x) } }
@@ -305,6 +306,12 @@ struct ReportCommand: ParsableCommand {
             lines += LatencyHistogramChart.render(h, title: "\(names.joined(separator: ", ")) exit→entry latency")
         }
         return lines
+    }
+
+    /// The pairing line counts every thread: with -p, --vcpu or --reason it says so (nil without them).
+    var pairingScope: String? {
+        let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
+        return only.isEmpty ? nil : "all threads, not only " + only.joined(separator: " ")
     }
 
     func seconds(_ ns: UInt64) -> String {

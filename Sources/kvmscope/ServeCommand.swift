@@ -17,23 +17,29 @@ struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Trace continuously and serve Prometheus metrics on /metrics (and /healthz).",
+        usage: "kvmscope serve [<options>]",
         discussion: """
-            Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks
-            for application/openmetrics-text. Listens on loopback unless --listen names another address.
-            Runs in the foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it
-            like SIGTERM and Ctrl-C (no reload: restart it to change options). A request head over 16 KiB
-            is refused (431), one not complete in time dropped (408); idle connections are closed.
-              kvmscope serve                                  http://127.0.0.1:9477/metrics
-              kvmscope serve --listen 0.0.0.0:9477 --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
-              kvmscope serve --listen [::1]:9477 --max-series 2000
-            With --alert, each rule's fire and resolve is printed as one JSON line on stdout (see `kvmscope
+            Serves the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scrape's Accept header asks for \
+            application/openmetrics-text. Listens on loopback unless --listen names another address. Runs in the \
+            foreground and logs to stderr (systemd: contrib/kvmscope.service). SIGHUP stops it like SIGTERM and \
+            Ctrl-C (no reload: restart it to change options). A request head over 16 KiB is refused (431), one not \
+            complete in time dropped (408); idle connections are closed.
+
+            With --alert, each rule's fire and resolve is printed as one JSON line on stdout (see `kvmscope \
             watch`) and kvmscope_storm_active{vm,reason,rule} is 1 while it fires.
+
+              kvmscope serve                     http://127.0.0.1:9477/metrics
+              kvmscope serve --listen [::1]:9477 --max-series 2000
+              kvmscope serve --listen 0.0.0.0:9477 \\
+                  --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
             """)
 
     @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT or localhost:PORT.")
     var listen = "127.0.0.1:9477"
 
-    @Option(name: .customLong("max-series"), help: "Most label sets per per-VM metric; the rest are summed into vm=\"other\".")
+    @Option(name: .customLong("max-series"), parsing: .unconditional, help: ArgumentHelp(
+        "Most label sets per per-VM metric, vm=\"other\" included (at least 2): the rest are summed into it.",
+        discussion: "A hard cap: each of those families never exports more than N series; with N = 2, the first VM × vCPU × reason keeps its own."))
     var maxSeries = 10_000
 
     @Option(name: .customLong("retired-vms"),
@@ -65,7 +71,10 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be > 0") }
         guard retiredVMs >= 1 else { throw ValidationError("--retired-vms must be at least 1") }
-        guard maxSeries >= 1 else { throw ValidationError("--max-series must be at least 1") }
+        // N counts vm="other": with 1 every row would fold into it, and the cap would name no VM at all.
+        guard maxSeries >= 2 else {
+            throw ValidationError("--max-series must be at least 2: it counts the vm=\"other\" series the rest fold into")
+        }
         guard (0.1...60).contains(interval) else { throw ValidationError("-s/--interval must be between 0.1 and 60") }
         do { _ = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         _ = try StormAlerts.rules(alerts)

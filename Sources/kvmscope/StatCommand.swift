@@ -9,9 +9,10 @@ import SystemPackage
 
 /// Options shared by every command that traces the live kernel.
 struct TraceOptions: ParsableArguments {
+    // stat's help says that its --event also takes perf kvm stat's analyses (ioport, mmio): the other commands'
+    // --event does not.
     @Option(name: .customLong("event"), help: ArgumentHelp(
-        "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat).",
-        discussion: "stat also takes perf kvm stat's analyses here: ioport and mmio print the per-port and per-MMIO-address tables."))
+        "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat)."))
     var events: [String] = []
 
     @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
@@ -103,30 +104,52 @@ struct StatCommand: ParsableCommand {
         commandName: "stat",
         abstract: "kvm_stat's non-interactive modes, with exit latencies and per-vCPU rows.",
         discussion: """
-            Without a mode, traces until --duration ends, COMMAND exits or Ctrl-C, then prints the summary.
-              kvmscope stat -1                      counts over one second, like kvm_stat -1
-              kvmscope stat -l -s 1                 one line per second (kvm_stat --log)
-              kvmscope stat -l -c -L exits.csv      CSV log to a file
-              kvmscope stat --json -o s.json -- kvmscope storm --kind io --vcpus 2 --exits 10000
+            Without a mode, traces until --duration ends, COMMAND exits or Ctrl-C, then prints the summary. -1 is \
+            kvm_stat's once mode (one interval: 1 s, or -s), -l its log mode. CurAvg/s and duration_s divide by \
+            the reading window, from tracing on to tracing off: kvmscope's own start-up and end stay out.
+
+            --event also takes perf kvm stat's analyses: ioport and mmio print the per-port and per-MMIO-address \
+            tables after the summary.
+
+              kvmscope stat -1                  counts over one second, like kvm_stat -1
+              kvmscope stat -1 -s 5             counts over five seconds
+              kvmscope stat -l -s 1             one line per second (kvm_stat --log)
+              kvmscope stat -l -c -L exits.csv  a CSV log appended to a file
+              kvmscope stat --json -o s.json -- kvmscope storm --kind io --exits 10000
             """)
 
-    @Flag(name: [.customShort("1"), .long], help: "One summary after one interval (kvm_stat --once).")
+    @Flag(name: [.customShort("1"), .long, .customLong("batch")],
+          help: "One summary after one interval: 1 s as kvm_stat --once, or -s SECONDS.")
     var once = false
 
     @Flag(name: [.customShort("l"), .long], help: "Log one line of counts per interval (kvm_stat --log).")
     var log = false
 
-    @Option(name: [.customShort("L"), .customLong("log-to-file")], help: "Log to this file instead of stdout.")
+    @Option(name: [.customShort("L"), .customLong("log-to-file")], help: ArgumentHelp(
+        "Log to this file instead of stdout, appending as kvm_stat -L does.", valueName: "file"))
     var logToFile: String?
 
-    @Flag(name: [.customShort("c"), .long], help: "CSV log format.")
+    @Flag(name: [.customShort("c"), .long], help: "CSV log format (with -l or -L).")
     var csv = false
 
-    @Flag(name: [.customShort("z"), .customLong("skip-zero-records")], help: "Omit log lines (and fields) with only zeros.")
+    @Flag(name: [.customShort("z"), .customLong("skip-zero-records")],
+          help: "Omit log lines with only zeros (with -l or -L).")
     var skipZeroRecords = false
 
-    @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: "Interval in seconds (0.1 to 25.5).")
-    var delay: Double = 3
+    @Option(name: [.customShort("s"), .customLong("set-delay")], parsing: .unconditional, help: ArgumentHelp(
+        "Seconds, 0.1 to 25.5, between log lines (default 3) or of -1's one interval (default 1).",
+        valueName: "seconds"))
+    var delay: Double?
+
+    @Flag(name: [.customShort("t"), .long], help: "Count the kvm tracepoints (kvm_stat -t): kvmscope's only source.")
+    var tracepoints = false
+
+    @Flag(name: [.customShort("d"), .long], help: "kvm_stat's debugfs source: not read by kvmscope (says what to use).")
+    var debugfs = false
+
+    @Flag(name: [.customShort("i"), .customLong("debugfs-include-past")],
+          help: "kvm_stat's past debugfs counts: not read by kvmscope (says what to use).")
+    var debugfsIncludePast = false
 
     @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?
@@ -146,17 +169,37 @@ struct StatCommand: ParsableCommand {
     var command: [String] = []
 
     func validate() throws {
-        guard (0.1...25.5).contains(delay) else { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
+        // kvm_stat's other source: kvmscope reads tracepoints only, and says where debugfs's numbers are.
+        if debugfs {
+            throw ValidationError("-d/--debugfs: kvmscope counts the kvm:* tracepoints (-t, its only source), not debugfs's "
+                                  + "kvm/ counters; KVM's own statistics per VM: kvmscope top --qmp SOCKET, or kvm_stat -d")
+        }
+        if debugfsIncludePast {
+            throw ValidationError("-i/--debugfs-include-past: kvmscope counts the kvm:* tracepoints from its start; "
+                                  + "counts from before it are only in debugfs's kvm/ counters (kvm_stat -d -i)")
+        }
+        if let delay, !(0.1...25.5).contains(delay) { throw ValidationError("-s/--set-delay must be between 0.1 and 25.5") }
         // With a COMMAND only its processes are traced: another pid would count nothing (watch refuses it too).
         if filters.pid != nil && !command.isEmpty { throw ValidationError("-p/--pid and a COMMAND cannot be used together") }
         if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if once && log { throw ValidationError("-1/--once and -l/--log cannot be used together") }
+        if once && duration != nil {
+            throw ValidationError("-1/--once counts over one interval (-s, default 1 s): it does not combine with --duration")
+        }
+        let logging = log || logToFile != nil
+        if csv && !logging { throw ValidationError("-c/--csv requires -l/--log or -L/--log-to-file") }
+        if skipZeroRecords && !logging { throw ValidationError("-z/--skip-zero-records requires -l/--log or -L/--log-to-file") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
         if !qmp.sockets.isEmpty && !json { throw ValidationError("--qmp adds QEMU's numbers to the --json summary's resources: give --json") }
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
     func run() throws {
+        // kvm_stat's `-f help`: the events that can be counted here, one a line.
+        if filters.fields == "help" {
+            let events = try TraceFS.events(system: "kvm", root: TraceFS.root())
+            return writeStdout(events.map { "  \($0)\n" }.joined())
+        }
         let filter = try filters.filter()
         let stop = StopSignal()
         // perf kvm stat's `--event ioport|mmio|vmexit` (the analysis) shares --event with the traced events: no
@@ -166,6 +209,10 @@ struct StatCommand: ParsableCommand {
         config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
         let session = try LiveSession(config: config)
         defer { session.stop() }
+        // The reading window, what duration_s and CurAvg/s divide by: from tracing on (the session's last step)
+        // to tracing off. Creating the instance before it and draining, removing and ending COMMAND after it take
+        // their time on a loaded host, and see no event of the window: they stay out, as perf stat's do.
+        let windowStart = ContinuousClock.now
         // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
         // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s). Started before
         // the COMMAND, so that a VM the command starts is known as born during the run.
@@ -182,8 +229,12 @@ struct StatCommand: ParsableCommand {
             }
         }
         var out: FileHandle = .standardOutput
+        // -L appends, as kvm_stat's does; a CSV file that already starts with the header does not get it again.
+        var csvHeaderInFile: String?
         if let path = logToFile {
-            out = FileHandle(fileDescriptor: try createOutputFile(path), closeOnDealloc: true)
+            let fd = try Self.appendToLogFile(path)
+            out = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            if csv { csvHeaderInFile = Self.firstLine(of: path) }
         }
 
         // A log line that cannot be written ends the log: a terminal or pipe that went away (EIO, EPIPE)
@@ -199,10 +250,11 @@ struct StatCommand: ParsableCommand {
         var linesSinceHeader = 0
         let timestamp = DateFormatter()
         timestamp.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        let run = TraceRun(stop: stop, seconds: once ? 1 : duration, child: child)
+        // -1 is one interval: 1 s as kvm_stat's, or -s's.
+        let run = TraceRun(stop: stop, seconds: once ? delay ?? 1 : duration, child: child)
 
         if logging {
-            try run.wait(every: delay) {
+            try run.wait(every: delay ?? 3) {
                 trail?.sampleIfDue()
                 let current = try Summary(session.snapshot(), filter: filter)
                 // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
@@ -214,7 +266,8 @@ struct StatCommand: ParsableCommand {
                 let added = seen.filter { !known.contains($0) }
                 if formatter == nil || !added.isEmpty || (linesSinceHeader >= 20 && !csv) {
                     formatter = LogFormatter(fields: known + added, csv: csv)
-                    try emit(formatter!.header() + "\n")
+                    if formatter!.header() != csvHeaderInFile { try emit(formatter!.header() + "\n") }
+                    csvHeaderInFile = nil
                     linesSinceHeader = 0
                 }
                 let line = formatter!.line(timestamp: timestamp.string(from: Date()), current: current, previous: previous)
@@ -234,11 +287,14 @@ struct StatCommand: ParsableCommand {
                 return true
             }
         }
-        let status = try run.endChild()
+        // Tracing stops first, then a COMMAND still running is ended (perf stat --timeout's order): what it
+        // does while it winds down is outside the window, as the time it takes is.
+        let window = ContinuousClock.now - windowStart
         if let failure = session.stop() { writeStderr("kvmscope: \(failure)\n") }
+        let status = try run.endChild()
         if logging && !json { return try TraceRun.check(status) }
         var final = try Summary(session.snapshot(), filter: filter)
-        let seconds = session.elapsedSeconds
+        let seconds = Double(window.components.seconds) + Double(window.components.attoseconds) / 1e18
         if json {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
             // Resources of the VMs the summary counts (or -p/-g's); every VM seen when neither names any.
@@ -259,8 +315,29 @@ struct StatCommand: ParsableCommand {
             // Where exits were seen, the latency table of `kvmscope report` follows (per VM × vCPU).
             if !final.exits.isEmpty { lines += [""] + ReportTable.render(final, byVCPU: true) }
             for space in analyses.spaces { lines += [""] + IOAccessTableView.render(final, space: space, seconds: seconds) }
-            try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final) + "\n")
+            // The pairer pairs every thread traced: with -p, -g or -f the footer says its counts are not the rows'.
+            let only = [filters.pid.map { "-p \($0)" }, filters.guest.map { "-g \($0)" }, filters.fields.map { "-f \($0)" }]
+                .compactMap { $0 }
+            let scope = only.isEmpty ? nil : "all threads traced, not only " + only.joined(separator: " ")
+            try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final, pairingScope: scope) + "\n")
         }
         try TraceRun.check(status)
+    }
+
+    /// Opens a -L file for appending (created 0640 when missing, as every file kvmscope writes). Throws the
+    /// one-line io error.
+    static func appendToLogFile(_ path: String) throws -> Int32 {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
+        return fd
+    }
+
+    /// The first line of a file (nil when it is empty or unreadable).
+    static func firstLine(of path: String) -> String? {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        let head = (try? h.read(upToCount: 64 * 1024)) ?? Data()
+        guard let end = head.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        return String(decoding: head[..<end], as: UTF8.self)
     }
 }

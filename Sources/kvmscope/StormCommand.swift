@@ -11,11 +11,14 @@ struct StormCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storm",
         abstract: "Run a real VM whose vCPUs cause an exact number of exits (the demo guest and benchmark load).",
+        usage: "kvmscope storm [<options>]",
         discussion: """
-            Creates a VM through /dev/kvm with V vCPU threads named "CPU N/KVM", each causing exactly N exits
-            of one kind, then prints a JSON summary.
-              io    out to port 0x10: one kvm_pio and one kvm_userspace_exit (KVM_EXIT_IO) per exit
-              mmio  store to an unbacked guest address: one kvm_mmio and one KVM_EXIT_MMIO per exit
+            Creates a VM through /dev/kvm with V vCPU threads named "CPU N/KVM", each causing exactly N exits of \
+            one kind, then prints a JSON summary.
+
+              io    out to port 0x10: one kvm_pio and one KVM_EXIT_IO per exit
+              mmio  store to an unbacked guest address: one kvm_mmio and one KVM_EXIT_MMIO
+                    per exit
               hlt   hlt with no in-kernel irqchip: one KVM_EXIT_HLT per exit
             """)
 

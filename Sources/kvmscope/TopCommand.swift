@@ -13,15 +13,19 @@ struct TopCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "top",
         abstract: "virt-top's view: what each VM costs the host (CPU, memory, I/O, network) beside its exits.",
+        usage: "kvmscope top [<options>]",
         discussion: """
             One row per VM (a process holding a KVM VM descriptor), from /proc and /sys only:
+
               ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP-EXIT P99 NAME
-            %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's
-            share of one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per
-            interval. EXITS/s comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
-              kvmscope top -b -n 3 -d 1           three screens, one second apart
-              kvmscope top --json -n 5            one JSON object per line per iteration
-              kvmscope top -b --csv top.csv       screens, and a CSV row per VM per iteration
+
+            %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's share of \
+            one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per interval. EXITS/s \
+            comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
+
+              kvmscope top -b -n 3 -d 1       three screens, one second apart
+              kvmscope top --json -n 5        one JSON object per line per iteration
+              kvmscope top -b --csv top.csv   screens, and a CSV row per VM per iteration
             """)
 
     @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")

@@ -10,18 +10,25 @@ struct WatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "watch",
         abstract: "Watch for VM-exit storms: one JSON line when a rule fires and one when it resolves.",
+        usage: "kvmscope watch --alert <rule> ... [<options>] [-- <command> ...]",
         discussion: """
             RULE := rate(REASON) > N/s | pNN(REASON) > LATENCY, then optionally `for DURATION` and `per vm|vcpu`.
-            REASON is a kvm_exit reason (EPT_MISCONFIG, MSR_WRITE, HLT), a KVM_EXIT_* reason, an event name
-            (kvm_pio, rates only) or * (every kvm_exit reason). pNN is p50, p90, p99 or p999. Units: /s; ns, us,
+
+            REASON is a kvm_exit reason (EPT_MISCONFIG, MSR_WRITE, HLT), a KVM_EXIT_* reason, an event name \
+            (kvm_pio, rates only) or * (every kvm_exit reason). pNN is p50, p90, p99 or p999. Units: /s; ns, us, \
             µs, ms, s; durations ms, s, m. Latency rules on * leave out HLT (time the guest sleeps) unless named.
-            Resource rules read /proc: cpu(vm|vcpu) > N% (host CPU time, % of one CPU, as htop counts) and
+
+            Resource rules read /proc: cpu(vm|vcpu) > N% (host CPU time, % of one CPU, as htop counts) and \
             wait(vm|vcpu) > N% (vCPU run-queue wait: steal seen from the host), optionally `for DURATION`.
+
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
-              kvmscope watch --alert 'p99(MSR_WRITE) > 20us for 10s per vcpu' --exit-on-alert
-              kvmscope watch --alert 'rate(kvm_pio) > 1000/s' -- kvmscope storm --kind io --exits 100000
+              kvmscope watch --alert 'p99(MSR_WRITE) > 20us for 10s per vcpu' \\
+                  --exit-on-alert
+              kvmscope watch --alert 'rate(kvm_pio) > 1000/s' \\
+                  -- kvmscope storm --kind io --exits 100000
               kvmscope watch --alert 'wait(vcpu) > 10% for 1m' --alert 'cpu(vm) > 350%'
-            Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with
+
+            Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with \
             --exit-on-alert, 1 on errors.
             """)
 

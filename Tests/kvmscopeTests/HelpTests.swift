@@ -3,15 +3,15 @@ import Testing
 /// The help users read first, pinned.
 @Suite struct HelpTests {
     @Test func rootHelp() throws {
-        let r = try CLI.run(["--help"])
+        let r = try CLI.run(["--help"], environment: ["COLUMNS": "80"])
         #expect(r.status == 0)
         let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(Array(lines.prefix(18)) == [
             "OVERVIEW: What KVM virtual machines cost their host, exit by exit.",
             "",
-            "Reads the kernel's kvm:* tracepoints from a private tracefs instance and",
-            "shows, per VM and per vCPU, the count of every exit reason and the",
-            "distribution of exit latencies.",
+            "Reads the kernel's kvm:* tracepoints from a private tracefs instance and shows,",
+            "per VM and per vCPU, the count of every exit reason and the distribution of",
+            "exit latencies.",
             "",
             "Examples:",
             "  kvmscope                          the live view, kvm_stat's keys",
@@ -33,8 +33,9 @@ import Testing
 
     @Test func statOptionsAreKVMStats() throws {
         let r = try CLI.run(["stat", "--help"])
-        for option in ["-1, --once", "-l, --log", "-L, --log-to-file", "-c, --csv", "-z, --skip-zero-records",
-                       "-s, --set-delay", "-p, --pid", "-g, --guest", "-f, --fields"] {
+        for option in ["-1, --once, --batch", "-l, --log", "-L, --log-to-file", "-c, --csv", "-z, --skip-zero-records",
+                       "-s, --set-delay", "-p, --pid", "-g, --guest", "-f, --fields", "-t, --tracepoints", "-d, --debugfs",
+                       "-i, --debugfs-include-past"] {
             #expect(r.stdout.contains(option), "stat --help lacks \(option)")
         }
     }

@@ -60,6 +60,10 @@ import Testing
         #expect(StatTable.footer(s) == "lost_events 12")
         s.pairing = PairingStats(paired: 5, orphanExits: 1, orphanEntries: 2, invalidatedByLoss: 3)
         #expect(StatTable.footer(s) == "lost_events 12  paired 5 orphan_exits 1 orphan_entries 2 open_at_end 0 invalidated_by_loss 3")
+        // stat -p/-g/-f: the pairer's counts are every thread's, and the footer says so.
+        #expect(StatTable.footer(s, pairingScope: "all threads traced, not only -p 500")
+                == "lost_events 12  paired 5 orphan_exits 1 orphan_entries 2 open_at_end 0 invalidated_by_loss 3"
+                + " (all threads traced, not only -p 500)")
     }
 
     @Test func fieldsFilterAppliesToEventsAndChildren() throws {
