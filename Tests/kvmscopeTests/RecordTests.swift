@@ -176,8 +176,11 @@ struct RecordTests {
         let ours = try Self.readerPioPerTID(path)
         let theirs = try Self.traceCmdPioPerTID(path)
         #expect(ours == theirs)
-        // The storm's two vCPU threads are in it with exactly n each (other helpers' storms may be too).
-        #expect(ours.values.filter { $0 == Self.traceCmdExits }.count >= 2)
+        // The storm's two vCPU threads are in it (other suites' storms may be too). Not "exactly n each": that is
+        // trace-cmd's own completeness, not our reader's, and trace-cmd 3.1.6 drops some events at stop when the
+        // host is busy (README, "Before the rework": a few thousand at every rate; seen here while a whole suite
+        // and other builds ran). Our reader's exactness is `ours == theirs`, on every thread.
+        #expect(ours.values.filter { $0 > Self.traceCmdExits / 2 && $0 <= Self.traceCmdExits }.count >= 2, "\(ours)")
     }
 
     @Test func maxSizeIsHonoured() throws {
