@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import KVMAnalysis
 import KVMExits
+import KVMResources
 import KVMScopeViews
 import KVMSources
 import TestSupport
@@ -13,9 +14,9 @@ import Testing
 struct VCPUNumberTests {
     static let exitID: UInt16 = 0, entryID: UInt16 = 1
 
-    /// Hand-made events: 301 `CPU 3/KVM` traced as vcpu_id 4 (QEMU's APIC ID of cpu-index 3 with 3 cores per
-    /// socket), 302 `CPU 2/KVM` traced as 2, 303 a thread whose name gives no number, traced as 7.
-    @Test func nameAndTracedNumberDisagreeingIsShown() throws {
+    /// The aggregate of hand-made events: 301 `CPU 3/KVM` traced as vcpu_id 4 (QEMU's APIC ID of cpu-index 3 with 3
+    /// cores per socket), 302 `CPU 2/KVM` traced as 2, 303 a thread whose name gives no number, traced as 7.
+    static func handMade() -> AggregateSnapshot {
         var c = EventCatalog()
         c.add(system: "kvm", name: "kvm_exit")
         c.add(system: "kvm", name: "kvm_entry")
@@ -39,7 +40,34 @@ struct VCPUNumberTests {
                 ts += 10_000
             }
         }
-        let snap = agg.snapshot(timestamp: 1_000_000_000)
+        return agg.snapshot(timestamp: 1_000_000_000)
+    }
+
+    /// top's vCPU thread rows (`top --json` threads): the traced number and a note on the thread that disagrees,
+    /// nulls on the others.
+    @Test func topsThreadRowsShowTheMismatch() throws {
+        var tally = TopExitTally()
+        let exits = tally.update(try Summary(Self.handMade()))
+        #expect(exits[300]?.vcpuMismatches == [301: 4])
+        var vm = VMSample(pid: 300, name: "web")
+        vm.threads = [ThreadSample(tid: 302, comm: "CPU 2/KVM", vcpu: 2), ThreadSample(tid: 301, comm: "CPU 3/KVM", vcpu: 3),
+                      ThreadSample(tid: 303, comm: "vmm-worker", vcpu: nil)]
+        let sample = ResourceSample(timestamp: 0, intervalSeconds: 1, ticksPerSecond: 100, hostCPUs: 2, hostMemoryBytes: 1 << 30,
+                                    vms: [vm])
+        let frame = TopFrame(sample: sample, iteration: 1, time: "t", exits: exits)
+        let row = try #require(TopView.rows(frame).first)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(TopView.vmJSON(row, sample: sample).serialized().utf8))
+            as? [String: Any])
+        let threads = try #require(json["threads"] as? [[String: Any]])
+        #expect(threads.map { $0["tid"] as? Int } == [302, 301, 303])
+        #expect(threads.map { $0["traced_vcpu"] as? Int } == [nil, 4, nil])
+        #expect(threads.map { $0["note"] as? String } == [nil, "thread 'CPU 3/KVM' is vCPU 3 by its name but kvm_exit/kvm_entry carry "
+            + "vcpu_id 4; rows use the name's number (QEMU's cpu-index; KVM's vcpu_id is the APIC ID on x86)", nil])
+    }
+
+    /// The identities keep both numbers; the summary's rows use the name's, and its JSON lists the mismatch.
+    @Test func nameAndTracedNumberDisagreeingIsShown() throws {
+        let snap = Self.handMade()
         #expect(snap.threads[301] == ThreadIdentity(vm: 300, vmName: "web", vcpu: 3, comm: "CPU 3/KVM", tracedVCPU: 4))
         #expect(snap.threads[302]?.tracedVCPU == 2)
         #expect(snap.threads[302]?.vcpuMismatch == false)
