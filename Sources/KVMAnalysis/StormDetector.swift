@@ -35,7 +35,7 @@ public struct ResourceUse: Sendable, Equatable {
     /// Run-queue wait of the vCPU thread(s), seconds.
     public var waitSeconds: Double
     /// Read and write requests completed by the VM's block devices (QMP `query-blockstats` rd_operations +
-    /// wr_operations, summed over devices); nil when no QMP socket gave them this sample.
+    /// wr_operations, or libvirt's rd.reqs + wr.reqs, summed over devices); nil when neither gave them this sample.
     public var diskRequests: UInt64?
     /// Those requests' total time, ns (rd_total_time_ns + wr_total_time_ns).
     public var diskNanoseconds: UInt64?

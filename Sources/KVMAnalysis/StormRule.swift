@@ -29,8 +29,9 @@ import KVMExits
 /// threads' run-queue wait (runnable, waiting for a host CPU: steal seen from the host) over the interval, summed
 /// over vCPUs, `wait(vcpu)` one vCPU thread's. Their alerts carry the reason `cpu` or `wait`.
 /// `disk_latency(vm)` is the average time per read or write request completed by the VM's block devices over
-/// the interval (QEMU's `query-blockstats` through `--qmp`: Δ(rd_total_time_ns + wr_total_time_ns) /
-/// Δ(rd_operations + wr_operations)); an interval without requests has no data. Its alerts carry the reason
+/// the interval (QEMU's `query-blockstats` through `--qmp`, or libvirt's `block.N.rd.times`/`wr.times` for the
+/// domains it runs: Δ(rd_total_time_ns + wr_total_time_ns) / Δ(rd_operations + wr_operations)); an interval
+/// without requests has no data. Its alerts carry the reason
 /// `disk_latency`.
 ///
 /// Examples: `rate(EPT_MISCONFIG) > 50000/s for 5s`, `p99(MSR_WRITE) > 20us for 10s per vcpu`,

@@ -177,6 +177,9 @@ public struct Summary: Sendable {
     public var occupancy = Occupancy()
     /// perf kvm stat's ioport and mmio tables: accesses per VM × port/MMIO address × direction, devices named.
     public var ioAccesses = IOAccessSummary()
+    /// Threads kept whose name gives one vCPU number and whose kvm_exit/kvm_entry carry another
+    /// (``ThreadIdentity/vcpuMismatch``), by VM and tid: their rows use the name's number.
+    public var vcpuMismatches: [(tid: Int32, identity: ThreadIdentity)] = []
 
     public init() {}
 
@@ -191,6 +194,8 @@ public struct Summary: Sendable {
         pairing = snap.pairing
         occupancy = snap.occupancy
         ioAccesses = IOAccessSummary(snap, filter: filter)
+        vcpuMismatches = snap.threads.filter { $0.value.vcpuMismatch && filter.keeps(tid: $0.key, identity: $0.value) }
+            .map { (tid: $0.key, identity: $0.value) }.sorted { ($0.identity.vm, $0.tid) < ($1.identity.vm, $1.tid) }
 
         var totals = filter.isThreadFiltered ? [UInt64](repeating: 0, count: catalog.count) : snap.eventTotals
         // Rows are keyed by integers: each distinct reason (event × ISA × raw code) is named once, and names and

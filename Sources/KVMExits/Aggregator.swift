@@ -105,14 +105,21 @@ public final class Aggregator: Sendable {
             return p
         }
         for (tid, vcpu) in pending.sorted(by: { $0.key < $1.key }) {
+            // The traced vcpu_id is kept beside a number the thread's name gave (tracedVCPU): a mismatch is shown.
             if threads.withLock({ $0[tid] != nil }) {
-                if vcpu != TraceEvent.noVCPU { threads.withLock { if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu } } }
+                if vcpu != TraceEvent.noVCPU {
+                    threads.withLock {
+                        if $0[tid]?.vcpu == nil { $0[tid]?.vcpu = vcpu }
+                        if $0[tid]?.tracedVCPU == nil { $0[tid]?.tracedVCPU = vcpu }
+                    }
+                }
                 continue
             }
             let resolved = resolver?(tid)
             if resolved == nil { unresolved.withLock { _ = $0.insert(tid) } }
             var identity = resolved ?? ThreadIdentity(vm: tid)
             if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
+            if vcpu != TraceEvent.noVCPU { identity.tracedVCPU = vcpu }
             if let startTime, let started = startTime(tid, identity.vm) {
                 startTimes.withLock { $0[tid] = started }
             }
@@ -131,6 +138,7 @@ public final class Aggregator: Sendable {
             guard var identity = lookup(tid) else { continue }
             threads.withLock {
                 if identity.vcpu == nil { identity.vcpu = $0[tid]?.vcpu }
+                if identity.tracedVCPU == nil { identity.tracedVCPU = $0[tid]?.tracedVCPU }
                 $0[tid] = identity
             }
             unresolved.withLock { _ = $0.remove(tid) }
@@ -155,7 +163,11 @@ public final class Aggregator: Sendable {
 
     /// Sets identities known from elsewhere (a trace file's saved cmdlines and tgids).
     public func setIdentity(_ identity: ThreadIdentity, for tid: Int32) {
-        threads.withLock { $0[tid] = identity }
+        threads.withLock {
+            var identity = identity
+            if identity.tracedVCPU == nil { identity.tracedVCPU = $0[tid]?.tracedVCPU }
+            $0[tid] = identity
+        }
     }
 
     /// Retires the threads that have exited since they were first seen: ``ThreadStartTime`` finds no such

@@ -4,16 +4,31 @@ public struct ThreadIdentity: Sendable, Equatable, Codable {
     public var vm: Int32
     /// The guest's name (QEMU `-name`, libvirt domain) or the process's comm, when known.
     public var vmName: String?
-    /// The vCPU number, from `kvm_exit`'s vcpu_id or the thread name ("CPU N/KVM").
+    /// The vCPU number, from `kvm_exit`'s vcpu_id or the thread name ("CPU N/KVM"): the name's where it gives one.
     public var vcpu: UInt32?
     /// The thread's own name.
     public var comm: String?
+    /// The vcpu_id that `kvm_exit`/`kvm_entry` carried for this thread (the first seen), where they fire and carry
+    /// one; nil otherwise. It confirms ``vcpu`` when the number came from the thread's name — or contradicts it:
+    /// QEMU names a thread by the vCPU's cpu-index, KVM's vcpu_id is what QEMU gave KVM_CREATE_VCPU, on x86 the
+    /// APIC ID, and the two differ when a socket's cores or a core's threads are not a power of two
+    /// (`-smp 6,sockets=2,cores=3`: `CPU 3/KVM` is vcpu_id 4). ``vcpu`` keeps the name's number (libvirt's and
+    /// QEMU's `vcpu.N`); ``vcpuMismatch`` says when the two differ.
+    public var tracedVCPU: UInt32?
 
-    public init(vm: Int32, vmName: String? = nil, vcpu: UInt32? = nil, comm: String? = nil) {
+    public init(vm: Int32, vmName: String? = nil, vcpu: UInt32? = nil, comm: String? = nil, tracedVCPU: UInt32? = nil) {
         self.vm = vm
         self.vmName = vmName
         self.vcpu = vcpu
         self.comm = comm
+        self.tracedVCPU = tracedVCPU
+    }
+
+    /// True when the thread's name gives one vCPU number (``vcpu``) and kvm_exit/kvm_entry carry another
+    /// (``tracedVCPU``): shown, never silently relabelled.
+    public var vcpuMismatch: Bool {
+        guard let vcpu, let tracedVCPU else { return false }
+        return vcpu != tracedVCPU
     }
 
     /// The vCPU number in a QEMU-style thread name: "CPU 3/KVM" → 3.

@@ -28,6 +28,9 @@ import KVMResources
 /// | `kvmscope_vm_memory_configured_bytes` | gauge | `vm`, `vm_name` | QMP `query-memory-size-summary` base + plugged | `libvirt_domain_info_maximum_memory_bytes` |
 /// | `kvmscope_vm_balloon_actual_bytes` | gauge | `vm`, `vm_name` | QMP `query-balloon` actual | `libvirt_domain_info_memory_usage_bytes` |
 /// | `kvmscope_vm_kvm_exits_total`, `…_halt_exits_total`, `…_halt_attempted_polls_total`, `…_halt_successful_polls_total`, `…_halt_wakeups_total`, `…_halt_wait_seconds_total`, `…_halt_poll_success_seconds_total`, `…_halt_poll_fail_seconds_total`, `…_instructions_emulated_total`, `…_instruction_emulation_failures_total`, `…_io_exits_total`, `…_mmio_exits_total`, `…_irq_exits_total`, `…_signal_exits_total` | counter | `vm`, `vm_name` | QMP `query-stats` target vcpu (KVM's binary statistics), summed over vCPUs | — (libvirt's `vcpu.N.*` domain stats, not exported by 0.2) |
+/// | `kvmscope_vm_kvm_remote_tlb_flushes_total`, `…_remote_tlb_flush_requests_total`, `…_mmu_shadow_zapped_total`, `…_mmu_pte_writes_total`, `…_mmu_pde_zapped_total`, `…_mmu_flooded_total`, `…_mmu_recycled_total`, `…_mmu_cache_misses_total` | counter | `vm`, `vm_name` | QMP `query-stats` target vm (KVM's cumulative statistics of the VM) | — (libvirt's `vm.NAME.sum` domain stats, not exported by 0.2) |
+/// | `kvmscope_vm_kvm_mmu_unsync_pages`, `…_nx_huge_page_splits`, `…_mmu_page_hash_collisions_max`, `…_mmu_rmap_size_max` | gauge | `vm`, `vm_name` | query-stats target vm: mmu_unsync, nx_lpage_splits (instant), max_mmu_page_hash_collisions, max_mmu_rmap_size (peak) | — (`vm.NAME.cur`, `vm.NAME.max`) |
+/// | `kvmscope_vm_kvm_mapped_bytes` | gauge | `vm`, `vm_name`, `page_size` (`4k`, `2m`, `1g`) | query-stats target vm pages_4k, pages_2m, pages_1g × the page's size | — |
 /// | `kvmscope_vm_qmp_up` | gauge | `vm`, `vm_name`, `socket` | 1 when the VM's QMP socket answered this scrape | (`libvirt_up`, for the daemon) |
 ///
 /// The block families are per device (`device`: the guest device's id, `virtio-disk0`, else the drive's id),
@@ -133,6 +136,36 @@ public enum ResourceExposition {
         ("signal_exits", "signal_exits", "Exits for pending signals", 1),
     ]
 
+    /// KVM's statistics of the VM as a whole (x86; `query-stats` target `vm`, libvirt's `vm.NAME.sum|cur|max`)
+    /// exported one family each: its name in KVM, the family's sample name, type and help. KVM's `cumulative`
+    /// statistics are counters; its `instant` and `peak` ones gauges (a peak is the largest value since the VM
+    /// started, hence `_max`). No units: they count pages, flushes and list entries. `pages_4k|2m|1g` are
+    /// ``kvmPageStats``.
+    static let kvmVMStats: [(String, String, String, String)] = [
+        ("remote_tlb_flush", "kvmscope_vm_kvm_remote_tlb_flushes_total", "counter",
+         "TLB flushes KVM did on every vCPU of the VM at once"),
+        ("remote_tlb_flush_requests", "kvmscope_vm_kvm_remote_tlb_flush_requests_total", "counter",
+         "Requests for a TLB flush on every vCPU of the VM"),
+        ("mmu_shadow_zapped", "kvmscope_vm_kvm_mmu_shadow_zapped_total", "counter", "Shadow page-table pages KVM zapped"),
+        ("mmu_pte_write", "kvmscope_vm_kvm_mmu_pte_writes_total", "counter", "Guest writes to shadowed page tables KVM emulated"),
+        ("mmu_pde_zapped", "kvmscope_vm_kvm_mmu_pde_zapped_total", "counter", "Shadow page directory entries KVM zapped"),
+        ("mmu_flooded", "kvmscope_vm_kvm_mmu_flooded_total", "counter",
+         "Shadow pages unshadowed because the guest wrote to them often (write flooding)"),
+        ("mmu_recycled", "kvmscope_vm_kvm_mmu_recycled_total", "counter", "Shadow pages reused to stay under KVM's limit"),
+        ("mmu_cache_miss", "kvmscope_vm_kvm_mmu_cache_misses_total", "counter", "Shadow pages KVM had to allocate (cache misses)"),
+        ("mmu_unsync", "kvmscope_vm_kvm_mmu_unsync_pages", "gauge", "Shadow pages out of sync with the guest's page tables now"),
+        ("nx_lpage_splits", "kvmscope_vm_kvm_nx_huge_page_splits", "gauge",
+         "Huge pages split now by the NX huge page mitigation (iTLB multihit)"),
+        ("max_mmu_page_hash_collisions", "kvmscope_vm_kvm_mmu_page_hash_collisions_max", "gauge",
+         "Largest number of collisions in one bucket of KVM's shadow page hash since the VM started"),
+        ("max_mmu_rmap_size", "kvmscope_vm_kvm_mmu_rmap_size_max", "gauge",
+         "Largest reverse-map list of one guest page since the VM started"),
+    ]
+
+    /// KVM's counts of the pages mapping guest memory (`pages_4k`, `pages_2m`, `pages_1g`: instant), as
+    /// `kvmscope_vm_kvm_mapped_bytes{page_size}`: the label value and the page's bytes.
+    static let kvmPageStats: [(String, String, UInt64)] = [("pages_4k", "4k", 4096), ("pages_2m", "2m", 2 << 20), ("pages_1g", "1g", 1 << 30)]
+
     /// The families QEMU's QMP sockets give (`--qmp`); none without a socket.
     static func writeQMP(_ vms: [VMSample], labels: (VMSample) -> [(String, String)],
                          into w: inout PrometheusExposition.Writer) {
@@ -171,6 +204,22 @@ public enum ResourceExposition {
             for vm in read {
                 guard let v = vm.qmp!.kvmVCPUStats[stat] else { continue }
                 w.sample(name, labels(vm), scale == 1 ? String(v) : "\(Double(v) * scale)")
+            }
+        }
+        // KVM's counters of the VM as a whole (its MMU, remote TLB flushes): query-stats target vm.
+        for (stat, name, type, help) in kvmVMStats {
+            w.family(type == "counter" ? String(name.dropLast(6)) : name, type,
+                     "\(help) (KVM's statistics of the VM, QMP query-stats: \(stat)).")
+            for vm in read {
+                if let v = vm.qmp!.kvmVMStats[stat] { w.sample(name, labels(vm), String(v)) }
+            }
+        }
+        w.family("kvmscope_vm_kvm_mapped_bytes", "gauge",
+                 "Guest memory KVM's MMU maps now, by the size of the host page that maps it (KVM's statistics of the VM, "
+                 + "QMP query-stats: pages_4k, pages_2m, pages_1g × page size).")
+        for vm in read {
+            for (stat, size, bytes) in kvmPageStats {
+                if let v = vm.qmp!.kvmVMStats[stat] { w.sample("kvmscope_vm_kvm_mapped_bytes", labels(vm) + [("page_size", size)], String(v &* bytes)) }
             }
         }
         w.family("kvmscope_vm_qmp_up", "gauge", "1 when the VM's QMP socket answered at this scrape, 0 when it did not.")

@@ -27,6 +27,8 @@ public enum SummaryJSON {
         if !s.ioAccesses.rows.isEmpty || s.ioAccesses.overflow != (0, 0) {
             top.append(("io_accesses", IOAccessTableView.json(s.ioAccesses)))
         }
+        // Threads whose name and whose kvm_exit/kvm_entry disagree on their vCPU number: only when there are some.
+        if !s.vcpuMismatches.isEmpty { top.append(("vcpu_mismatches", .array(s.vcpuMismatches.map(vcpuMismatch)))) }
         top.append(("pairing", .object([
             ("paired", .uint(s.pairing.paired)), ("orphan_exits", .uint(s.pairing.orphanExits)),
             ("orphan_entries", .uint(s.pairing.orphanEntries)), ("open_at_end", .uint(s.pairing.openAtEnd)),
@@ -44,6 +46,24 @@ public enum SummaryJSON {
             ("stddev", .double((l.stddev * 10).rounded() / 10)), ("p50", .uint(l.p50)), ("p90", .uint(l.p90)),
             ("p99", .uint(l.p99)), ("p999", .uint(l.p999)), ("max", .uint(l.max)),
         ])
+    }
+
+    /// One thread whose name gives vCPU `vcpu` while kvm_exit/kvm_entry carry `traced_vcpu`, with a note saying
+    /// which number the rows use and why the two can differ.
+    static func vcpuMismatch(_ m: (tid: Int32, identity: ThreadIdentity)) -> JSONValue {
+        let id = m.identity
+        return .object([
+            ("vm", .int(Int64(id.vm))), ("vm_name", .optional(id.vmName)), ("tid", .int(Int64(m.tid))),
+            ("comm", .optional(id.comm)), ("vcpu", .optional(id.vcpu)), ("traced_vcpu", .optional(id.tracedVCPU)),
+            ("note", .string(vcpuMismatchNote(id))),
+        ])
+    }
+
+    /// `thread 'CPU 3/KVM' is vCPU 3 by its name but kvm_exit/kvm_entry carry vcpu_id 4 …`.
+    public static func vcpuMismatchNote(_ id: ThreadIdentity) -> String {
+        "thread '\(id.comm ?? "?")' is vCPU \(id.vcpu.map(String.init) ?? "?") by its name but kvm_exit/kvm_entry carry vcpu_id "
+            + "\(id.tracedVCPU.map(String.init) ?? "?"); rows use the name's number (QEMU's cpu-index; KVM's vcpu_id is the "
+            + "APIC ID on x86)"
     }
 
     /// RIPs listed per exit row.

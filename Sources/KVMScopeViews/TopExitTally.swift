@@ -61,6 +61,10 @@ public struct TopExitTally: Sendable {
             out[vm] = TopExits(total: c.total &- min(c.total, base?[vm] ?? 0), interval: c.total &- min(c.total, before.total),
                                intervalByVCPU: byVCPU, topReason: top?.0, topReasonP99Nanoseconds: p99)
         }
+        for m in summary.vcpuMismatches {
+            guard let traced = m.identity.tracedVCPU else { continue }
+            out[m.identity.vm]?.vcpuMismatches[m.tid] = traced
+        }
         last = now
         return out
     }

@@ -1,3 +1,4 @@
+import KVMExits
 import KVMResources
 
 /// Exits counted for one VM by the kvm:* tracepoints (`kvm_exit` where it fires, else `kvm_userspace_exit`).
@@ -13,14 +14,18 @@ public struct TopExits: Sendable, Equatable {
     /// The 99th percentile of that reason's handling time (kvm_exit → kvm_entry) in the interval, ns; nil where
     /// exits do not pair (a userspace exit reason, or kvm_exit/kvm_entry do not fire).
     public var topReasonP99Nanoseconds: UInt64?
+    /// The VM's threads whose name gives one vCPU number while kvm_exit/kvm_entry carry another
+    /// (``Summary/vcpuMismatches``): tid → the traced vcpu_id. Their exits count under the name's number.
+    public var vcpuMismatches: [Int32: UInt32] = [:]
 
     public init(total: UInt64, interval: UInt64, intervalByVCPU: [UInt32: UInt64] = [:], topReason: String? = nil,
-                topReasonP99Nanoseconds: UInt64? = nil) {
+                topReasonP99Nanoseconds: UInt64? = nil, vcpuMismatches: [Int32: UInt32] = [:]) {
         self.total = total
         self.interval = interval
         self.intervalByVCPU = intervalByVCPU
         self.topReason = topReason
         self.topReasonP99Nanoseconds = topReasonP99Nanoseconds
+        self.vcpuMismatches = vcpuMismatches
     }
 }
 
@@ -249,6 +254,11 @@ public enum TopView {
                 ("wait_percent", t.delta.map { interval0 > 0 ? .double(Double($0.waitNanoseconds) / 1e9 / interval0 * 100) : .null }
                     ?? .null),
                 ("exits", t.vcpu.flatMap { v in r.exits.map { .uint($0.intervalByVCPU[v] ?? 0) } } ?? .null),
+                // The vcpu_id kvm_exit/kvm_entry carry, only where it contradicts the name's number (with a note).
+                ("traced_vcpu", .optional(r.exits?.vcpuMismatches[t.tid])),
+                ("note", r.exits?.vcpuMismatches[t.tid].map { traced in
+                    .string(SummaryJSON.vcpuMismatchNote(ThreadIdentity(vm: vm.pid, vcpu: t.vcpu, comm: t.comm, tracedVCPU: traced)))
+                } ?? .null),
             ])
         }
         let m = vm.memory

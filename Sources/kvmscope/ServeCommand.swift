@@ -82,7 +82,7 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
-        try StormAlerts.checkQMP(rules, sockets: qmp.sockets)
+        if connect == "none" { try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: false) }
         let address: any SocketAddress
         do { address = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
@@ -96,6 +96,8 @@ struct ServeCommand: ParsableCommand {
         let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid, qmpSockets: qmp.sockets,
                                  qmpTimeout: qmp.timeout, libvirtURI: connect)
         try state.openLibvirt()
+        // disk_latency rules read --qmp sockets or libvirt's block statistics: refused with neither.
+        try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: state.hasLibvirt)
         let server: MetricsServer
         do {
             server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
@@ -164,6 +166,9 @@ final class MetricsState: MetricsSource {
             return s
         }
     }
+
+    /// Whether libvirt is read (``openLibvirt()`` opened it).
+    var hasLibvirt: Bool { libvirt.withLock { $0 != nil } }
 
     /// Opens libvirt (`--connect`, or the default when its daemon runs). Throws when a URI given cannot be opened.
     func openLibvirt() throws {

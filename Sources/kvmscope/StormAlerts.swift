@@ -69,12 +69,14 @@ enum StormAlerts {
         }
     }
 
-    /// A `disk_latency` rule reads QEMU's block statistics: without a `--qmp` socket it could never fire. A bad
-    /// combination of arguments: `ValidationError` (exit status 64).
-    static func checkQMP(_ rules: [StormRule], sockets: [String]) throws {
-        guard sockets.isEmpty, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
-        throw ValidationError("--alert '\(rule.text)' needs --qmp SOCKET: per-request disk latency comes from QEMU's "
-                              + "query-blockstats")
+    /// A `disk_latency` rule reads the VMs' block statistics: QEMU's `query-blockstats` through a `--qmp`
+    /// socket, or libvirt's `block.N.rd.times`/`wr.times` (the same counters, read by libvirt from its own QMP
+    /// monitor) when kvmscope reads libvirt. With neither it could never fire: a bad combination of arguments,
+    /// `ValidationError` (exit status 64).
+    static func checkQMP(_ rules: [StormRule], sockets: [String], libvirt: Bool) throws {
+        guard sockets.isEmpty, !libvirt, let rule = rules.first(where: { $0.function == .diskLatency }) else { return }
+        throw ValidationError("--alert '\(rule.text)' needs --qmp SOCKET or libvirt (--connect URI): per-request disk "
+                              + "latency comes from QEMU's query-blockstats or libvirt's block statistics")
     }
 
     /// Whether this kernel has the kvm event `name` (traced or not).

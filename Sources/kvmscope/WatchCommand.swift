@@ -19,7 +19,9 @@ struct WatchCommand: ParsableCommand {
             µs, ms, s; durations ms, s, m. Latency rules on * leave out HLT (time the guest sleeps) unless named.
 
             Resource rules read /proc: cpu(vm|vcpu) > N% (host CPU time, % of one CPU, as htop counts) and \
-            wait(vm|vcpu) > N% (vCPU run-queue wait: steal seen from the host), optionally `for DURATION`.
+            wait(vm|vcpu) > N% (vCPU run-queue wait: steal seen from the host), optionally `for DURATION`; \
+            disk_latency(vm) > LATENCY (mean time per read or write request of the VM's block devices, from \
+            --qmp sockets or from libvirt for the domains it runs).
 
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope watch --alert 'p99(MSR_WRITE) > 20us for 10s per vcpu' \\
@@ -27,6 +29,7 @@ struct WatchCommand: ParsableCommand {
               kvmscope watch --alert 'rate(kvm_pio) > 1000/s' \\
                   -- kvmscope storm --kind io --exits 100000
               kvmscope watch --alert 'wait(vcpu) > 10% for 1m' --alert 'cpu(vm) > 350%'
+              kvmscope watch --alert 'disk_latency(vm) > 5ms for 30s'
 
             Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with \
             --exit-on-alert, 1 on errors.
@@ -48,6 +51,10 @@ struct WatchCommand: ParsableCommand {
     @OptionGroup(title: "Tracing") var trace: TraceOptions
     @OptionGroup(title: "QMP") var qmp: QMPOptions
 
+    @Option(name: .customLong("connect"),
+            help: "libvirt URI whose domains' block statistics feed disk_latency rules (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
+    var connect: String?
+
     @Argument(parsing: .postTerminator, help: "Trace while this command runs, only its processes and threads.")
     var command: [String] = []
 
@@ -62,7 +69,10 @@ struct WatchCommand: ParsableCommand {
 
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
-        try StormAlerts.checkQMP(rules, sockets: qmp.sockets)
+        // Resource rules read libvirt too, when it runs (or --connect names it): a domain's block statistics
+        // stand in for --qmp's.
+        let libvirt = rules.contains { $0.function.isResource } ? try LibvirtReader.open(connect) : nil
+        try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: libvirt != nil)
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         // Runs as long as the host does: threads that exit retire into their VM's rows (rates per VM and vCPU
@@ -75,7 +85,8 @@ struct WatchCommand: ParsableCommand {
         let what = pid.map { "process \($0)" } ?? (command.isEmpty ? "every VM" : "the command")
         writeStderr("kvmscope: watching \(what) for \(rules.count) rule(s)\n")
         var detector = StormDetector(rules: rules)
-        // Resource rules (cpu, wait) read /proc at each evaluation: -p's VM, the command's VMs, or every VM.
+        // Resource rules (cpu, wait, disk_latency) read /proc (and QMP, libvirt) at each evaluation: -p's VM, the
+        // command's VMs, or every VM.
         let sampler = detector.needsResources ? ResourceSampler() : nil
         sampler?.excluded = [getpid()]
         sampler?.qmp = qmp.monitors()
@@ -85,8 +96,9 @@ struct WatchCommand: ParsableCommand {
             if only == nil && !command.isEmpty {
                 only = Set(summary.exits.map(\.vm) + summary.userspaceExits.map(\.vm) + summary.eventRows.map(\.vm))
             }
-            let sample = sampler.sample()
+            var sample = sampler.sample()
             sampler.printWarnings()
+            libvirt?.attach(to: &sample)
             return ResourceUse.of(sample, only: only)
         }
         func evaluate() throws -> Bool {

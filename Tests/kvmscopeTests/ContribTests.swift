@@ -19,7 +19,7 @@ struct ContribTests {
     static func exported() throws -> Set<String> {
         let golden = try String(contentsOf: golden, encoding: .utf8)
         let resources = PrometheusExposition.render(Summary(), format: .prometheus,
-                                                    extras: ExpositionExtras(version: "t", resources: TopViewTests.qmpFrame().sample))
+                                                    extras: ExpositionExtras(version: "t", resources: ResourceKVMStatsTests.frame().sample))
         return Set((golden + resources).split(separator: "\n").filter { !$0.hasPrefix("#") }.compactMap {
             $0.split(whereSeparator: { $0 == "{" || $0 == " " }).first.map(String.init)
         })
@@ -41,16 +41,17 @@ struct ContribTests {
         let json = try #require(JSONSerialization.jsonObject(with: Data(dashboard.utf8)) as? [String: Any])
         let panels = try #require(json["panels"] as? [[String: Any]])
         let exprs = panels.flatMap { ($0["targets"] as? [[String: Any]] ?? []).compactMap { $0["expr"] as? String } }
-        #expect(exprs.count == 15)
+        #expect(exprs.count == 17)
         #expect(Self.metricNames(in: exprs.joined(separator: "\n")).subtracting(exported) == [])
         #expect(panels.compactMap { $0["title"] as? String } == [
             "Exit rate by reason", "Exits to the VMM by reason", "Exit latency heatmap (HLT excluded)",
             "p99 exit latency by reason", "Exits per vCPU (last 5 minutes, per second)", "Lost events",
             "Storm rules firing", "VM host CPU (cores)", "vCPU run-queue wait (steal seen from the host)",
             "VM disk bytes (storage layer)", "Disk latency per request (QMP)",
+            "KVM remote TLB flushes and MMU page allocations",
         ])
         #expect(panels.map { $0["type"] as? String } == ["timeseries", "timeseries", "heatmap", "timeseries", "table",
                                                          "timeseries", "stat", "timeseries", "timeseries", "timeseries",
-                                                         "timeseries"])
+                                                         "timeseries", "timeseries"])
     }
 }

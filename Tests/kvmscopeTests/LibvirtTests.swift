@@ -109,6 +109,40 @@ struct LibvirtTests {
         }
     }
 
+    /// `disk_latency(vm)` without `--qmp`: libvirt's block statistics (rd.times, wr.times over rd.reqs, wr.reqs)
+    /// feed the rule, which fires for the domain's QEMU, named as libvirt names it; with `--connect none` and no
+    /// `--qmp` the rule is refused.
+    @Test func diskLatencyRuleFiresFromLibvirt() throws {
+        try LibvirtDaemon.ensureRunning()
+        let refused = try CLI.run(["serve", "--listen", "127.0.0.1:\(freeLoopbackPort())", "--alert", "disk_latency(vm) > 5ms",
+                                   "--connect", "none"], timeout: 60)
+        #expect(refused.status == 64)
+        #expect(refused.stderr == "kvmscope: --alert 'disk_latency(vm) > 5ms' needs --qmp SOCKET or libvirt (--connect URI): "
+                + "per-request disk latency comes from QEMU's query-blockstats or libvirt's block statistics\n")
+
+        let domain = try LibvirtDomainFixture(name: "kvmscope-lat-\(getpid())")
+        defer { domain.destroy() }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, (try domain.domstats()["block.0.rd.reqs"]).flatMap({ Int($0) }) ?? 0 < 10 { usleep(200_000) }
+        let pid = try domain.pid()
+        let stats = try domain.domstats()
+        let reqs = (Double(stats["block.0.rd.reqs"] ?? "") ?? 0) + (Double(stats["block.0.wr.reqs"] ?? "") ?? 0)
+        let times = (Double(stats["block.0.rd.times"] ?? "") ?? 0) + (Double(stats["block.0.wr.times"] ?? "") ?? 0)
+        #expect(reqs >= 10 && times > reqs, "libvirt's block counters: \(stats.filter { $0.key.hasPrefix("block.0.") })")
+        // The default URI (libvirtd runs): no --qmp, no --connect.
+        let r = try CLI.run(["watch", "--alert", "disk_latency(vm) > 1ns", "-s", "0.5", "-p", "\(pid)", "--exit-on-alert"],
+                            timeout: 90)
+        #expect(r.status == 2, "\(r.stderr)")
+        let first = try #require(r.stdout.split(separator: "\n").first)
+        let alert = try #require(try JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any])
+        #expect(alert["state"] as? String == "firing")
+        #expect(alert["reason"] as? String == "disk_latency")
+        #expect(alert["unit"] as? String == "ns")
+        #expect(alert["vm"] as? Int == Int(pid))
+        #expect(alert["vm_name"] as? String == domain.name)
+        #expect((alert["value"] as? Double ?? 0) > 1)
+    }
+
     /// Each family's value for the one series whose labels contain `label` (summed when several do).
     static func samples(_ text: String, matching label: String) -> [String: Double] {
         var out: [String: Double] = [:]

@@ -5,7 +5,8 @@ import TestSupport
 /// A real Linux guest: Debian's kernel (`linux-image-amd64`) with a busybox initramfs built here, under TCG (a
 /// stock kernel does not boot under this machine's KVM backend), with virtio-net on a tap QEMU creates and a
 /// virtio balloon. The guest sends a known number of ARP requests; kvmscope finds the tap through QEMU's
-/// descriptors and counts exactly those frames as the guest's transmit.
+/// descriptors and counts exactly those frames as the guest's transmit. Its balloon driver inflates to a target
+/// set over QMP; kvmscope's balloon size is QEMU's.
 @Suite(.serialized, .enabled(if: KVMTest.canRun && (LinuxGuest.available || KVMTest.required),
                               "needs root, qemu-system-x86, linux-image-amd64, busybox-static and cpio (make deps)"))
 struct LinuxGuestTests {
@@ -32,6 +33,43 @@ struct LinuxGuestTests {
         #expect(net.first?["host_rx_packets"] as? Int == frames)
         #expect(net.first?["host_rx_bytes"] as? Int == Int(rxBytes))
         #expect(net.first?["host_tx_packets"] as? Int == 0)
+    }
+
+    /// The balloon driven by the guest's own virtio-balloon driver: QMP `balloon` sets a target 32 MiB below
+    /// `-m 128`, the driver inflates until QEMU's `query-balloon` says the guest has the target, and kvmscope's
+    /// balloon size (top --json and stat --json with `--qmp`) is that number, as QMP gives it.
+    @Test func balloonReachesItsTargetAndKVMScopeSaysSo() throws {
+        let guest = try LinuxGuest(name: "linux-balloon-\(getpid())", arpRequests: 1)
+        defer { guest.stop() }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        func actual() throws -> UInt64 {
+            ((try qmp.execute("query-balloon") as? [String: Any])?["actual"] as? NSNumber)?.uint64Value ?? 0
+        }
+        // Before the driver: the guest has all its memory.
+        #expect(try actual() == 128 << 20)
+        let target: UInt64 = 96 << 20
+        _ = try qmp.execute("balloon", arguments: "{\"value\":\(target)}")
+        let end = Date().addingTimeInterval(180)
+        while Date() < end, try actual() != target { usleep(250_000) }
+        let reached = try actual()
+        #expect(reached == target, "the driver never reached the target; console: \(guest.console.suffix(2000))")
+
+        let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", guest.kvmscopeQMPPath],
+                            timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let vm = try #require((try CLI.json(r.stdout)["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
+        #expect(vm["accel"] as? String == "tcg")
+        let memory = try #require(vm["memory"] as? [String: Any])
+        #expect((memory["balloon_actual_bytes"] as? NSNumber)?.uint64Value == reached)
+        #expect((memory["configured_bytes"] as? NSNumber)?.uint64Value == 128 << 20)
+
+        let st = try CLI.run(["stat", "--json", "--duration", "0.5", "-p", "\(guest.pid)", "--qmp", guest.kvmscopeQMPPath], timeout: 60)
+        #expect(st.status == 0, "\(st.stderr)")
+        let res = try #require((try CLI.json(st.stdout)["resources"] as? [[String: Any]])?.first { $0["vm"] as? Int == Int(guest.pid) })
+        let statQMP = try #require(res["qmp"] as? [String: Any])
+        #expect((statQMP["balloon_actual_bytes"] as? NSNumber)?.uint64Value == reached)
+        #expect(try actual() == reached)
     }
 }
 
@@ -67,6 +105,8 @@ final class LinuxGuest {
     /// The tap QEMU created (IFNAMSIZ: at most 15 bytes).
     let tap: String
     var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
+    /// kvmscope's own QMP socket (QEMU serves one client at a time on each).
+    var kvmscopeQMPPath: String { dir.appendingPathComponent("kvmscope-qmp.sock").path }
     var console: String { (try? String(contentsOf: dir.appendingPathComponent("console.log"), encoding: .utf8)) ?? "" }
 
     init(name: String, arpRequests: Int) throws {
@@ -127,6 +167,7 @@ final class LinuxGuest {
             "-device", "virtio-net-pci,netdev=net0,id=net0dev",
             "-device", "virtio-balloon-pci,id=balloon0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",
+            "-qmp", "unix:\(dir.appendingPathComponent("kvmscope-qmp.sock").path),server=on,wait=off",
         ], in: dir)
         // The host side: IPv6 off (no router solicitations from the host), then up — the host sends nothing.
         try? "1".write(toFile: "/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", atomically: false, encoding: .utf8)
