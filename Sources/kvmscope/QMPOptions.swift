@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import KVMHost
 import KVMResources
 
@@ -18,8 +19,16 @@ struct QMPOptions: ParsableArguments {
         guard timeout > 0 && timeout <= 60 else { throw ValidationError("--qmp-timeout must be between 0 and 60 seconds") }
     }
 
-    /// One monitor per socket (connected at the first sample).
-    func monitors() -> [QMPMonitor] { sockets.map { QMPMonitor(path: $0, timeout: timeout) } }
+    /// One monitor per socket (connected at the first sample), each socket once (``unique(_:)``).
+    func monitors() -> [QMPMonitor] { Self.unique(sockets).map { QMPMonitor(path: $0, timeout: timeout) } }
+
+    /// The sockets without repeats: a socket named twice (the same path, or two paths to one file) is one.
+    /// QEMU serves one client at a time on a socket: a second connection would only wait in its backlog and
+    /// time out.
+    static func unique(_ sockets: [String]) -> [String] {
+        var seen = Set<String>()
+        return sockets.filter { seen.insert(URL(fileURLWithPath: $0).resolvingSymlinksInPath().standardizedFileURL.path).inserted }
+    }
 }
 
 extension ResourceSampler {

@@ -93,8 +93,8 @@ struct ServeCommand: ParsableCommand {
         // The HTTP tasks hold the session too: stop it here, on every way out of this scope.
         defer { session.stop() }
         try StormAlerts.check(rules, catalog: session.aggregator.catalog)
-        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid, qmpSockets: qmp.sockets,
-                                 qmpTimeout: qmp.timeout, libvirtURI: connect)
+        let state = MetricsState(session: session, maxSeries: maxSeries, resourcesPID: pid,
+                                 qmpSockets: QMPOptions.unique(qmp.sockets), qmpTimeout: qmp.timeout, libvirtURI: connect)
         try state.openLibvirt()
         // disk_latency rules read --qmp sockets or libvirt's block statistics: refused with neither.
         try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: state.hasLibvirt)
