@@ -46,6 +46,10 @@ public final class RecordSession: @unchecked Sendable {
     var comms: [Int32: String] = [:]
     /// Thread group per tid, seen in /proc while the threads live.
     var tgids: [Int32: Int32] = [:]
+    /// Guest name per VM process (QEMU `-name`, else its comm), seen in /proc while the VM lives.
+    var guestNames: [Int32: String] = [:]
+    /// The VM processes found so far (``noteVMs(scan:)``).
+    var vms: Set<Int32> = []
 
     /// - Parameter output: the trace.dat to be written; the spool goes beside it (same file system: no
     ///   copy through /tmp, and the disk that fills is the one the user chose).
@@ -312,12 +316,28 @@ public final class RecordSession: @unchecked Sendable {
     /// wins: a thread seen just after it was created still has its creator's comm, and renames itself
     /// ("CPU 0/KVM") a moment later.
     public func noteThreads(of pid: Int32) {
+        if let name = ThreadDirectory.guestName(pid: pid) { guestNames[pid] = name }
         let dir = "/proc/\(pid)/task"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             guard let tid = Int32(name),
                   let c = try? String(contentsOfFile: "\(dir)/\(name)/comm", encoding: .utf8) else { continue }
             comms[tid] = c.trimmingCharacters(in: .newlines)
             tgids[tid] = pid
+        }
+    }
+
+    /// Notes the threads and guest name of every VM process (``noteThreads(of:)``): those found before and,
+    /// with `scan`, every process holding /dev/kvm or a KVM VM descriptor now (``KVMProcesses``; a walk of
+    /// /proc/*/fd, so the caller does it less often). A system-wide recording names its VMs with it, also
+    /// those gone before the recording ends.
+    public func noteVMs(scan: Bool) {
+        if scan { vms.formUnion(KVMProcesses.running(excluding: [getpid()])) }
+        for pid in vms.sorted() {
+            guard ThreadDirectory.processExists(pid) else {
+                vms.remove(pid)
+                continue
+            }
+            noteThreads(of: pid)
         }
     }
 
@@ -359,6 +379,15 @@ public final class RecordSession: @unchecked Sendable {
         // The kernel keeps tid → tgid of traced threads (record-tgid): the VM of threads gone before this.
         let kernelTGIDs = TraceFS.savedThreads(root: root).tgids
         for tid in tids { m.tgids[tid] = tgids[tid] ?? kernelTGIDs[tid] ?? ThreadDirectory.identity(of: tid)?.vm }
+        // Each VM process by name: its comm in the saved cmdlines (what trace-cmd shows; a VM's main thread
+        // rarely causes a kvm event of its own) and its guest name in kvmscope's option.
+        for tgid in Set(m.tgids.values) {
+            if m.cmdlines[tgid] == nil {
+                m.cmdlines[tgid] = comms[tgid] ?? saved[tgid]
+                    ?? (try? String(contentsOfFile: "/proc/\(tgid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+            }
+            if let name = guestNames[tgid] ?? ThreadDirectory.guestName(pid: tgid) { m.guestNames[tgid] = name }
+        }
         m.pageSize = subbufSize
         m.cpuStats = finalStats
         let dropped = pagesDropped + pagesFailed

@@ -145,8 +145,10 @@ public final class TraceDatReader: TraceSource {
         for tid in Set(meta.comms.keys).union(meta.tgids.keys) {
             let comm = meta.comms[tid]
             let tgid = meta.tgids[tid] ?? tid
-            // The VM is named by its main thread's comm (a "CPU N/KVM" thread names no VM).
-            let name = meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
+            // The VM is named by its guest name (kvmscope's option), else by its main thread's comm (a "CPU N/KVM"
+            // thread names no VM).
+            let name = meta.guestNames[tgid]
+                ?? meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
             ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid] != nil ? name : nil,
                                       vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }

@@ -295,6 +295,8 @@ struct ReportCommand: ParsableCommand {
         }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
         lines.append("")
+        lines += Self.vmTable(s)
+        lines.append("")
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
         lines.append("")
         lines += ReportTable.footer(s)
@@ -303,6 +305,30 @@ struct ReportCommand: ParsableCommand {
             for r in s.exits where names.contains(r.reason) { if let x = r.histogram { h.merge(x) } }
             lines.append("")
             lines += LatencyHistogramChart.render(h, title: "\(names.joined(separator: ", ")) exit→entry latency")
+        }
+        return lines
+    }
+
+    /// One row per VM: its process id, guest name (QEMU `-name`, else the process's comm; `-` unknown), the
+    /// vCPUs its events came from, its kvm events, exits (kvm_exit) and userspace exits (kvm_userspace_exit) —
+    /// so a trace without kvm_exit still says which VM did what.
+    static func vmTable(_ s: Summary) -> [String] {
+        struct VM { var name: String?; var vcpus = Set<UInt32>(); var events: UInt64 = 0; var exits: UInt64 = 0; var user: UInt64 = 0 }
+        var vms: [Int32: VM] = [:]
+        for r in s.eventRows {
+            vms[r.vm, default: VM(name: r.vmName)].events += r.count
+            if let v = r.vcpu, r.count > 0 { vms[r.vm]!.vcpus.insert(v) }
+        }
+        for r in s.exits { vms[r.vm, default: VM(name: r.vmName)].exits += r.count }
+        for r in s.userspaceExits { vms[r.vm, default: VM(name: r.vmName)].user += r.count }
+        guard !vms.isEmpty else { return ["No VMs."] }
+        var lines = [StatTable.lpad("VM", 8) + "  " + StatTable.pad("Name", 24) + StatTable.pad("vCPUs", 12)
+                     + StatTable.lpad("Events", 12) + StatTable.lpad("Exits", 12) + StatTable.lpad("Userspace exits", 17)]
+        for (pid, vm) in vms.sorted(by: { ($0.value.events, $1.key) > ($1.value.events, $0.key) }) {
+            let vcpus = vm.vcpus.sorted().map(String.init).joined(separator: ",")
+            lines.append(StatTable.lpad(String(pid), 8) + "  " + StatTable.pad((vm.name ?? "-").terminalSafe, 24)
+                         + StatTable.pad(vcpus.isEmpty ? "-" : vcpus, 12) + StatTable.lpad(String(vm.events), 12)
+                         + StatTable.lpad(String(vm.exits), 12) + StatTable.lpad(String(vm.user), 17))
         }
         return lines
     }
