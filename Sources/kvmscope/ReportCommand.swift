@@ -229,6 +229,20 @@ struct ReportCommand: ParsableCommand {
         }
     }
 
+    /// Whether kvm_exit and kvm_entry were traced: a trace.dat says by the formats it holds (an event enabled
+    /// that never fired was traced); a text trace by its records of the event (in the kept time window).
+    /// Exits without entries are counted, but no exit→entry latency can be measured.
+    static func traced(_ source: TraceSource, _ a: ReportAnalysis) -> (exit: Bool, entry: Bool) {
+        if let d = source as? TraceDatReader {
+            return (d.allEvents.contains("kvm:kvm_exit"), d.allEvents.contains("kvm:kvm_entry"))
+        }
+        let total = { (name: String) -> UInt64 in
+            guard let i = a.snapshot.catalog.index(of: name), Int(i) < a.snapshot.eventTotals.count else { return 0 }
+            return a.snapshot.eventTotals[Int(i)]
+        }
+        return (total("kvm_exit") > 0, total("kvm_entry") > 0)
+    }
+
     static func describe(_ source: TraceSource) -> String {
         if let t = source as? TextTraceReader { return t.style.rawValue }
         return "trace.dat"
@@ -237,7 +251,8 @@ struct ReportCommand: ParsableCommand {
     func sourceJSON(_ file: String, _ source: TraceSource, _ a: ReportAnalysis) -> JSONValue {
         var o: [(String, JSONValue)] = [("file", .string(file)), ("format", .string(Self.describe(source))),
                                         ("first_ns", .uint(a.first)), ("last_ns", .uint(a.last)),
-                                        ("events_kept", .uint(a.eventsKept))]
+                                        ("events_kept", .uint(a.eventsKept)),
+                                        ("kvm_entry_traced", .bool(Self.traced(source, a).entry))]
         if let t = source as? TextTraceReader {
             o += [("records", .uint(UInt64(t.records))), ("joined_lines", .uint(UInt64(t.joinedLines))),
                   ("skipped_lines", .uint(UInt64(t.skippedLines))), ("prose_lines", .uint(UInt64(t.proseLines))),
@@ -276,6 +291,8 @@ struct ReportCommand: ParsableCommand {
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
+        let traced = Self.traced(source, a)
+        if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
             if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.

@@ -171,6 +171,27 @@ struct RecordTests {
         #expect(try Self.traceCmdPioPerTID(path).filter { vcpuThreads[$0.key] != nil }.values.sorted() == [exits, exits])
     }
 
+    /// A recording of kvm_exit without kvm_entry: report says no exit latency can be measured (the file's
+    /// formats tell what was traced, whether or not kvm_exit fired); with kvm_entry recorded it does not.
+    @Test func exitWithoutEntryRecordedIsNoted() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (events, traced) in [(["kvm_exit", "kvm_pio"], false), (["kvm_exit", "kvm_entry", "kvm_pio"], true)] {
+            let path = dir + "/e\(events.count).dat"
+            let r = try CLI.run(["record", "-o", path] + events.flatMap { ["-e", $0] }
+                                + ["--", CLI.binary, "storm", "--kind", "io", "--exits", "1000"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let text = try CLI.run(["report", path])
+            #expect(text.status == 0, "\(text.stderr)")
+            #expect(text.stdout.split(separator: "\n").filter { $0 == "note: kvm_entry not traced, no exit latency" }.count
+                    == (traced ? 0 : 1), "\(text.stdout)")
+            let json = try CLI.json(try CLI.run(["report", "--json", path]).stdout)
+            let source = try #require(json["source"] as? [String: Any])
+            #expect(source["kvm_entry_traced"] as? Bool == traced)
+            #expect((json["events"] as? [String: Any])?["kvm_pio"] as? Int == 1000)
+        }
+    }
+
     /// Bytes of the ring-buffer records in a trace.dat's pages, page headers included: 16 + commit per page.
     static func recordBytes(_ reader: TraceDatReader) throws -> (records: Int, pages: Int) {
         let bytes = try Data(contentsOf: URL(fileURLWithPath: reader.path), options: .alwaysMapped)
