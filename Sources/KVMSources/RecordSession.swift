@@ -48,6 +48,9 @@ public final class RecordSession: @unchecked Sendable {
     var tgids: [Int32: Int32] = [:]
     /// Guest name per VM process (QEMU `-name`, else its comm), seen in /proc while the VM lives.
     var guestNames: [Int32: String] = [:]
+    /// Makes the file's ``TraceDatMetadata/resourcesJSON`` from the VMs (tgids) of the threads in the file;
+    /// called by ``write(to:)``.
+    public var resources: ((Set<Int32>) -> String?)?
     /// The VM processes found so far (``noteVMs(scan:)``).
     var vms: Set<Int32> = []
 
@@ -389,6 +392,7 @@ public final class RecordSession: @unchecked Sendable {
             if let name = guestNames[tgid] ?? ThreadDirectory.guestName(pid: tgid) { m.guestNames[tgid] = name }
         }
         m.pageSize = subbufSize
+        m.resourcesJSON = resources?(Set(m.tgids.values))
         m.cpuStats = finalStats
         let dropped = pagesDropped + pagesFailed
         if dropped > 0 {

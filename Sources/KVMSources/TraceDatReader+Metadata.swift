@@ -12,6 +12,8 @@ extension TraceDatReader {
         case savedTGIDs = 32
         /// kvmscope's guest names per tgid (``TraceDatMetadata/guestNames``).
         case guestNames = 0x4b01
+        /// kvmscope's per-VM resource samples, JSON (``TraceDatMetadata/resourcesJSON``).
+        case resources = 0x4b02
     }
 
     /// What the header, sections and options say; gathered while reading, then frozen into the reader.
@@ -30,6 +32,7 @@ extension TraceDatReader {
         var comms: [Int32: String] = [:]
         var tgids: [Int32: Int32] = [:]
         var guestNames: [Int32: String] = [:]
+        var resourcesJSON: String?
         var uname: String?
         var kvmFormats: [String] = []
         var allEvents: [String] = []
@@ -229,6 +232,7 @@ extension TraceDatReader {
                     let p = line.split(separator: " ")
                     if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
                 }
+            case .resources: resourcesJSON = try text(&o)
             case .guestNames:
                 // "TGID NAME" per line; the name is the rest of the line.
                 for line in try text(&o).split(separator: "\n") {

@@ -43,6 +43,8 @@ public final class TraceDatReader: TraceSource {
 
     public var catalog: EventCatalog { formats.catalog }
     public let identities: [Int32: ThreadIdentity]
+    /// kvmscope's per-VM resource samples (``TraceDatMetadata/resourcesJSON``); nil in other files.
+    public let resourcesJSON: String?
     /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
     public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
 
@@ -132,6 +134,7 @@ public final class TraceDatReader: TraceSource {
         timeOffset = meta.timeOffset
         cpuStats = meta.cpuStats
         comms = meta.comms
+        resourcesJSON = meta.resourcesJSON
         uname = meta.uname
         allEvents = meta.allEvents
         var lost: [Int: UInt64] = [:]

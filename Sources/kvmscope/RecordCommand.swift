@@ -3,6 +3,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMSources
 import SystemPackage
 
@@ -38,6 +39,8 @@ struct RecordCommand: ParsableCommand {
     @Option(help: ArgumentHelp("zstd: trace.dat version 7, zstd-compressed (trace-cmd 3.x's default); none: version 6.",
                                valueName: "zstd|none"))
     var compression: String = "zstd"
+
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     @Argument(parsing: .postTerminator, help: "Record while this command runs, only its processes and threads.")
     var command: [String] = []
@@ -77,6 +80,14 @@ struct RecordCommand: ParsableCommand {
         }
         let file = try OutputPath(output)
         let session = try RecordSession(config: config, output: output)
+        // What each VM costs the host, sampled as stat --json does (at the start, every second — 0.1 s with a
+        // COMMAND, whose VM may be short-lived — and at the end), kept in the file for report --json; --qmp adds
+        // QEMU's disks, memory and PCI BARs (which name the I/O exits by device).
+        let trail = ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors())
+        session.resources = { [command] vms in
+            let recorded = RecordedResources(vms: trail.uses(vms: command.isEmpty ? nil : vms))
+            return (try? JSONEncoder().encode(recorded)).map { String(decoding: $0, as: UTF8.self) }
+        }
         let child = try TraceOptions.start(command)
         let tty = isatty(2) == 1
         let start = Date()
@@ -91,6 +102,7 @@ struct RecordCommand: ParsableCommand {
             ticks += 1
             if let max = config.maxBytes, ticks % 5 == 0, session.bytesWritten + session.pendingBytes() >= max { return false }
             if let child { session.noteThreads(of: child.pid) }
+            trail.sampleIfDue()
             // Every VM's threads and guest name while it lives (a VM gone before the end is still named): its
             // threads every 0.1 s, a walk of /proc for new VMs every 0.5 s.
             if ticks % 5 == 1 { session.noteVMs(scan: ticks % 25 == 1) }
@@ -116,6 +128,7 @@ struct RecordCommand: ParsableCommand {
                                    + "\(session.pagesInFile) complete pages recorded before)")
         }
         let status = try run.endChild()
+        trail.finish()
         let result = try session.write(to: file.path)
         file.keep()
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
@@ -128,6 +141,22 @@ struct RecordCommand: ParsableCommand {
             writeStderr("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n")
         }
         try TraceRun.check(status)
+    }
+}
+
+/// The resources of a recording's VMs (``ResourceTrail/uses(vms:)``), kept in its trace.dat as JSON (kvmscope's
+/// option ``TraceDatMetadata/resourcesOption``); `report --json` prints them as `stat --json` does.
+struct RecordedResources: Codable, Sendable, Equatable {
+    /// The layout of this document; a reader skips a layout it does not know.
+    var layout = 1
+    var vms: [VMResourceUse]
+
+    init(vms: [VMResourceUse]) { self.vms = vms }
+
+    /// The resources a file holds: nil without them, or in a layout this kvmscope does not read.
+    static func read(_ json: String?) -> RecordedResources? {
+        guard let json, let r = try? JSONDecoder().decode(RecordedResources.self, from: Data(json.utf8)), r.layout == 1 else { return nil }
+        return r
     }
 }
 

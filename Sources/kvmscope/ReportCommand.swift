@@ -3,6 +3,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMScopeViews
 import KVMSources
 import SystemPackage
@@ -207,11 +208,17 @@ struct ReportCommand: ParsableCommand {
         let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
         let filter = try self.filter(file, source, analysis.snapshot)
         let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
-        let summary = try Summary(analysis.snapshot, filter: filter)
+        var summary = try Summary(analysis.snapshot, filter: filter)
+        // What `record` sampled of each VM (its resources, its PCI BARs under --qmp), as stat --json shows it.
+        let recorded = RecordedResources.read((source as? TraceDatReader)?.resourcesJSON)
+        var maps: [Int32: DeviceMap] = [:]
+        for vm in recorded?.vms ?? [] where !vm.pciRegions.isEmpty { maps[vm.vm] = DeviceMap(pciRegions: vm.pciRegions) }
+        if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let inCycles = text?.timestampUnit == .counterTicks
         if json {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
-                                                extra: [("source", sourceJSON(file, source, analysis))]))
+                                                extra: [("source", sourceJSON(file, source, analysis)),
+                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))]))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
