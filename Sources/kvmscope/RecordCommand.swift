@@ -14,7 +14,9 @@ struct RecordCommand: ParsableCommand {
         discussion: """
             Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat
             version 7 compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no
-            decoding while recording. Each thread's process (tgid) is kept, so the file reports per VM.
+            decoding while recording. Each thread's process (tgid), each VM's name (QEMU -name, else its comm)
+            and what each VM cost the host (as stat --json samples it; --qmp adds QEMU's disks and PCI BARs) are
+            kept, so report names and costs each VM as the live run does.
             Ends on Ctrl-C, --duration, --max-size or when COMMAND exits.
               kvmscope record -o t.dat --duration 10
               kvmscope record -o t.dat -e kvm_exit -e kvm_entry -- ./my-vmm
