@@ -51,8 +51,10 @@ public final class RecordSession: @unchecked Sendable {
     /// Makes the file's ``TraceDatMetadata/resourcesJSON`` from the VMs (tgids) of the threads in the file;
     /// called by ``write(to:)``.
     public var resources: ((Set<Int32>) -> String?)?
-    /// The VM processes found so far (``noteVMs(scan:)``).
+    /// The VM processes found so far (``noteVMs(refresh:rescan:)``), and the processes looked at that were none.
     var vms: Set<Int32> = []
+    var looked: Set<Int32> = []
+    var firstSeen: [Int32: Date] = [:]
 
     /// - Parameter output: the trace.dat to be written; the spool goes beside it (same file system: no
     ///   copy through /tmp, and the disk that fills is the one the user chose).
@@ -329,19 +331,34 @@ public final class RecordSession: @unchecked Sendable {
         }
     }
 
-    /// Notes the threads and guest name of every VM process (``noteThreads(of:)``): those found before and,
-    /// with `scan`, every process holding /dev/kvm or a KVM VM descriptor now (``KVMProcesses``; a walk of
-    /// /proc/*/fd, so the caller does it less often). A system-wide recording names its VMs with it, also
-    /// those gone before the recording ends.
-    public func noteVMs(scan: Bool) {
-        if scan { vms.formUnion(KVMProcesses.running(excluding: [getpid()])) }
-        for pid in vms.sorted() {
-            guard ThreadDirectory.processExists(pid) else {
-                vms.remove(pid)
-                continue
+    /// Finds new VM processes and notes their threads and guest name (``noteThreads(of:)``), so a recording
+    /// names its VMs, also those gone before it ends. A VM is a process holding /dev/kvm or a KVM VM descriptor
+    /// (``KVMProcesses``); only processes not looked at before have their descriptors read (a listing of /proc
+    /// otherwise), except with `rescan`, which looks at every process again (one that opened /dev/kvm after it
+    /// was first looked at: a shell that exec'd QEMU). With `refresh`, every VM found so far is noted again
+    /// (threads started or renamed since, "CPU 0/KVM").
+    public func noteVMs(refresh: Bool, rescan: Bool) {
+        if rescan { looked = [] }
+        let now = Date()
+        let all = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init))
+        let fresh = all.subtracting(looked).subtracting(vms)
+        if !fresh.isEmpty {
+            let found = Set(KVMProcesses.running(excluding: all.subtracting(fresh).union([getpid()])))
+            // A process is looked at for 2 s from when it was first seen (a VMM opens /dev/kvm a moment after
+            // it starts), then left to the rescan.
+            for pid in fresh.subtracting(found) {
+                let seen = firstSeen[pid] ?? now
+                firstSeen[pid] = seen
+                if now.timeIntervalSince(seen) >= 2 { looked.insert(pid) }
             }
-            noteThreads(of: pid)
+            for pid in found.subtracting(vms).sorted() { noteThreads(of: pid) }
+            vms.formUnion(found)
         }
+        // Pids that are gone are forgotten (a reused pid is looked at anew).
+        looked.formIntersection(all)
+        vms.formIntersection(all)
+        firstSeen = firstSeen.filter { all.contains($0.key) && !looked.contains($0.key) }
+        if refresh { for pid in vms.sorted() { noteThreads(of: pid) } }
     }
 
     /// Stops tracing, drains the buffers into the spool, saves the per-CPU stats, removes the instance.

@@ -105,9 +105,9 @@ struct RecordCommand: ParsableCommand {
             if let max = config.maxBytes, ticks % 5 == 0, session.bytesWritten + session.pendingBytes() >= max { return false }
             if let child { session.noteThreads(of: child.pid) }
             trail.sampleIfDue()
-            // Every VM's threads and guest name while it lives (a VM gone before the end is still named): its
-            // threads every 0.1 s, a walk of /proc for new VMs every 0.5 s.
-            if ticks % 5 == 1 { session.noteVMs(scan: ticks % 25 == 1) }
+            // Every VM's threads and guest name while it lives (a VM gone before the end is still named): new
+            // processes looked at every 0.1 s, the VMs' threads again every 0.5 s, every process again every 5 s.
+            if ticks % 5 == 1 { session.noteVMs(refresh: ticks % 25 == 1, rescan: ticks % 250 == 1 && ticks > 1) }
             if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()
                 let p = session.progress()
