@@ -1,5 +1,5 @@
 /// The CPU time counters of one thread (or the sum over a VM's vCPU threads), cumulative since it started.
-public struct ThreadTimes: Sendable, Equatable {
+public struct ThreadTimes: Sendable, Equatable, Codable {
     /// Time in user mode, clock ticks (`/proc/PID/task/TID/stat` field 14, utime; guest time is part of it).
     public var userTicks: UInt64 = 0
     /// Time in kernel mode, clock ticks (stat field 15, stime).
@@ -41,7 +41,7 @@ public struct ThreadTimes: Sendable, Equatable {
 }
 
 /// A process's I/O counters, cumulative (`/proc/PID/io`; reading another user's needs root).
-public struct IOCounters: Sendable, Equatable {
+public struct IOCounters: Sendable, Equatable, Codable {
     /// Bytes the process asked to read by any read-like syscall (rchar: files, sockets, eventfds).
     public var readChars: UInt64 = 0
     /// Bytes passed to write-like syscalls (wchar).
@@ -128,7 +128,7 @@ public struct TapCounters: Sendable, Equatable {
 /// One block device's counters as QEMU counts them (QMP `query-blockstats`), cumulative since QEMU started or
 /// grown over an interval. Requests are guest requests completed (after QEMU's merging); times are the sum of
 /// each request's time from submission to completion, ns.
-public struct DiskCounts: Sendable, Equatable {
+public struct DiskCounts: Sendable, Equatable, Codable {
     public var readRequests: UInt64 = 0
     public var writeRequests: UInt64 = 0
     public var flushRequests: UInt64 = 0
@@ -211,7 +211,7 @@ public struct DiskSample: Sendable, Equatable {
 
 /// One mapped BAR of a VM's PCI device (QMP `query-pci`): which guest ports or guest-physical addresses reach
 /// which device — what names a `kvm_pio` port or a `kvm_mmio` address.
-public struct PCIRegion: Sendable, Equatable {
+public struct PCIRegion: Sendable, Equatable, Codable {
     /// The device's id (`virtio-disk0`), else QEMU's class name (`SCSI controller`), else `VVVV:DDDD`.
     public var device: String
     /// `BB:SS.F`, the device's PCI address.

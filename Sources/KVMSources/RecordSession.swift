@@ -46,6 +46,15 @@ public final class RecordSession: @unchecked Sendable {
     var comms: [Int32: String] = [:]
     /// Thread group per tid, seen in /proc while the threads live.
     var tgids: [Int32: Int32] = [:]
+    /// Guest name per VM process (QEMU `-name`, else its comm), seen in /proc while the VM lives.
+    var guestNames: [Int32: String] = [:]
+    /// Makes the file's ``TraceDatMetadata/resourcesJSON`` from the VMs (tgids) of the threads in the file;
+    /// called by ``write(to:)``.
+    public var resources: ((Set<Int32>) -> String?)?
+    /// The VM processes found so far (``noteVMs(refresh:rescan:)``), and the processes looked at that were none.
+    var vms: Set<Int32> = []
+    var looked: Set<Int32> = []
+    var firstSeen: [Int32: Date] = [:]
 
     /// - Parameter output: the trace.dat to be written; the spool goes beside it (same file system: no
     ///   copy through /tmp, and the disk that fills is the one the user chose).
@@ -312,6 +321,7 @@ public final class RecordSession: @unchecked Sendable {
     /// wins: a thread seen just after it was created still has its creator's comm, and renames itself
     /// ("CPU 0/KVM") a moment later.
     public func noteThreads(of pid: Int32) {
+        if let name = ThreadDirectory.guestName(pid: pid) { guestNames[pid] = name }
         let dir = "/proc/\(pid)/task"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             guard let tid = Int32(name),
@@ -319,6 +329,36 @@ public final class RecordSession: @unchecked Sendable {
             comms[tid] = c.trimmingCharacters(in: .newlines)
             tgids[tid] = pid
         }
+    }
+
+    /// Finds new VM processes and notes their threads and guest name (``noteThreads(of:)``), so a recording
+    /// names its VMs, also those gone before it ends. A VM is a process holding /dev/kvm or a KVM VM descriptor
+    /// (``KVMProcesses``); only processes not looked at before have their descriptors read (a listing of /proc
+    /// otherwise), except with `rescan`, which looks at every process again (one that opened /dev/kvm after it
+    /// was first looked at: a shell that exec'd QEMU). With `refresh`, every VM found so far is noted again
+    /// (threads started or renamed since, "CPU 0/KVM").
+    public func noteVMs(refresh: Bool, rescan: Bool) {
+        if rescan { looked = [] }
+        let now = Date()
+        let all = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init))
+        let fresh = all.subtracting(looked).subtracting(vms)
+        if !fresh.isEmpty {
+            let found = Set(KVMProcesses.running(excluding: all.subtracting(fresh).union([getpid()])))
+            // A process is looked at for 2 s from when it was first seen (a VMM opens /dev/kvm a moment after
+            // it starts), then left to the rescan.
+            for pid in fresh.subtracting(found) {
+                let seen = firstSeen[pid] ?? now
+                firstSeen[pid] = seen
+                if now.timeIntervalSince(seen) >= 2 { looked.insert(pid) }
+            }
+            for pid in found.subtracting(vms).sorted() { noteThreads(of: pid) }
+            vms.formUnion(found)
+        }
+        // Pids that are gone are forgotten (a reused pid is looked at anew).
+        looked.formIntersection(all)
+        vms.formIntersection(all)
+        firstSeen = firstSeen.filter { all.contains($0.key) && !looked.contains($0.key) }
+        if refresh { for pid in vms.sorted() { noteThreads(of: pid) } }
     }
 
     /// Stops tracing, drains the buffers into the spool, saves the per-CPU stats, removes the instance.
@@ -359,7 +399,17 @@ public final class RecordSession: @unchecked Sendable {
         // The kernel keeps tid → tgid of traced threads (record-tgid): the VM of threads gone before this.
         let kernelTGIDs = TraceFS.savedThreads(root: root).tgids
         for tid in tids { m.tgids[tid] = tgids[tid] ?? kernelTGIDs[tid] ?? ThreadDirectory.identity(of: tid)?.vm }
+        // Each VM process by name: its comm in the saved cmdlines (what trace-cmd shows; a VM's main thread
+        // rarely causes a kvm event of its own) and its guest name in kvmscope's option.
+        for tgid in Set(m.tgids.values) {
+            if m.cmdlines[tgid] == nil {
+                m.cmdlines[tgid] = comms[tgid] ?? saved[tgid]
+                    ?? (try? String(contentsOfFile: "/proc/\(tgid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+            }
+            if let name = guestNames[tgid] ?? ThreadDirectory.guestName(pid: tgid) { m.guestNames[tgid] = name }
+        }
         m.pageSize = subbufSize
+        m.resourcesJSON = resources?(Set(m.tgids.values))
         m.cpuStats = finalStats
         let dropped = pagesDropped + pagesFailed
         if dropped > 0 {

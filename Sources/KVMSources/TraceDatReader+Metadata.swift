@@ -10,6 +10,10 @@ extension TraceDatReader {
         case headerInfo = 16, ftraceEvents = 17, eventFormats = 18, kallsyms = 19, printk = 20, cmdlines = 21
         /// kvmscope's tgid table (``TraceDatMetadata/tgids``), gpuvis' TRACECMD_OPTION_SAVED_TGIDS.
         case savedTGIDs = 32
+        /// kvmscope's guest names per tgid (``TraceDatMetadata/guestNames``).
+        case guestNames = 0x4b01
+        /// kvmscope's per-VM resource samples, JSON (``TraceDatMetadata/resourcesJSON``).
+        case resources = 0x4b02
     }
 
     /// What the header, sections and options say; gathered while reading, then frozen into the reader.
@@ -27,6 +31,8 @@ extension TraceDatReader {
         var cpuStats: [Int: String] = [:]
         var comms: [Int32: String] = [:]
         var tgids: [Int32: Int32] = [:]
+        var guestNames: [Int32: String] = [:]
+        var resourcesJSON: String?
         var uname: String?
         var kvmFormats: [String] = []
         var allEvents: [String] = []
@@ -225,6 +231,14 @@ extension TraceDatReader {
                 for line in try text(&o).split(separator: "\n") {
                     let p = line.split(separator: " ")
                     if p.count == 2, let t = Int32(p[0]), let g = Int32(p[1]), g > 0 { tgids[t] = g }
+                }
+            case .resources: resourcesJSON = try text(&o)
+            case .guestNames:
+                // "TGID NAME" per line; the name is the rest of the line.
+                for line in try text(&o).split(separator: "\n") {
+                    guard let sp = line.firstIndex(of: " "), let g = Int32(line[..<sp]), g > 0 else { continue }
+                    let name = String(line[line.index(after: sp)...])
+                    if !name.isEmpty { guestNames[g] = name }
                 }
             default: break
             }

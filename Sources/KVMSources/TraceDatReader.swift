@@ -43,6 +43,8 @@ public final class TraceDatReader: TraceSource {
 
     public var catalog: EventCatalog { formats.catalog }
     public let identities: [Int32: ThreadIdentity]
+    /// kvmscope's per-VM resource samples (``TraceDatMetadata/resourcesJSON``); nil in other files.
+    public let resourcesJSON: String?
     /// Bytes of per-CPU trace data in the file (compressed sizes when compressed).
     public var dataBytes: Int { cpuData.reduce(0) { $0 + $1.size } }
 
@@ -132,6 +134,7 @@ public final class TraceDatReader: TraceSource {
         timeOffset = meta.timeOffset
         cpuStats = meta.cpuStats
         comms = meta.comms
+        resourcesJSON = meta.resourcesJSON
         uname = meta.uname
         allEvents = meta.allEvents
         var lost: [Int: UInt64] = [:]
@@ -145,8 +148,10 @@ public final class TraceDatReader: TraceSource {
         for tid in Set(meta.comms.keys).union(meta.tgids.keys) {
             let comm = meta.comms[tid]
             let tgid = meta.tgids[tid] ?? tid
-            // The VM is named by its main thread's comm (a "CPU N/KVM" thread names no VM).
-            let name = meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
+            // The VM is named by its guest name (kvmscope's option), else by its main thread's comm (a "CPU N/KVM"
+            // thread names no VM).
+            let name = meta.guestNames[tgid]
+                ?? meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
             ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid] != nil ? name : nil,
                                       vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }

@@ -155,6 +155,8 @@ extension TraceDatWriter {
             o.u32(4)
             o.u32(UInt32(cpus.count))
             if !m.tgids.isEmpty { o.option(TraceDatMetadata.savedTGIDsOption, m.savedTGIDsText) }
+            if !m.guestNames.isEmpty { o.option(TraceDatMetadata.guestNamesOption, m.guestNamesText) }
+            if let r = m.resourcesJSON { o.option(TraceDatMetadata.resourcesOption, r) }
             var buf = HeaderBytes()
             buf.u64(bufferAt)
             buf.string("")

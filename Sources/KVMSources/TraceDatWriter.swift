@@ -32,6 +32,14 @@ public struct TraceDatMetadata: Sendable {
     /// `TRACECMD_OPTION_SAVED_TGIDS` (upstream trace-cmd skips unknown options). `report` reads it back, so
     /// a recording reports per VM as the live run does.
     public var tgids: [Int32: Int32] = [:]
+    /// The guest name per VM process (tgid), as kvm_stat finds it (QEMU `-name guest=NAME`, else the process's
+    /// comm): written as kvmscope's option ``guestNamesOption`` ("TGID NAME" lines), so that `report` names
+    /// each VM as the live run does even when the VM's main thread caused no traced event (its comm is then
+    /// in no saved cmdlines). trace-cmd skips options it does not know.
+    public var guestNames: [Int32: String] = [:]
+    /// What each VM cost the host while it was recorded, as kvmscope's `record` sampled it: a JSON document
+    /// (the executable's `RecordedResources`, Codable) written as option ``resourcesOption``; opaque here.
+    public var resourcesJSON: String?
     /// The trace clock, e.g. "mono".
     public var traceClock = "mono"
     /// per_cpu/cpuN/stats texts, by CPU (CPUSTAT options).
@@ -42,6 +50,18 @@ public struct TraceDatMetadata: Sendable {
 
     /// The option id of the tgid table (see ``tgids``).
     public static let savedTGIDsOption: UInt16 = 32
+
+    /// The option id of the guest names (see ``guestNames``): kvmscope's own, far above trace-cmd's ids
+    /// (1–25 in trace-cmd 3.4) and gpuvis' 32, so no trace-cmd reads it as one of its own.
+    public static let guestNamesOption: UInt16 = 0x4b01
+
+    /// The option id of ``resourcesJSON`` (kvmscope's own, beside ``guestNamesOption``).
+    public static let resourcesOption: UInt16 = 0x4b02
+
+    /// ``guestNames`` as "TGID NAME" lines (a name's line breaks become spaces).
+    var guestNamesText: String {
+        guestNames.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.replacingOccurrences(of: "\n", with: " "))\n" }.joined()
+    }
 
     /// ``tgids`` as the kernel's saved_tgids prints them.
     var savedTGIDsText: String { tgids.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined() }
@@ -135,6 +155,8 @@ public enum TraceDatWriter {
         if let uname = m.uname { h.option(5, uname) }
         for (cpu, stats) in m.cpuStats.sorted(by: { $0.key < $1.key }) { h.option(2, "CPU: \(cpu)\n\(stats)") }
         if !m.tgids.isEmpty { h.option(TraceDatMetadata.savedTGIDsOption, m.savedTGIDsText) }
+        if !m.guestNames.isEmpty { h.option(TraceDatMetadata.guestNamesOption, m.guestNamesText) }
+        if let r = m.resourcesJSON { h.option(TraceDatMetadata.resourcesOption, r) }
         h.u16(0)
         h.raw(Array("flyrecord".utf8) + [0])
         return h.bytes

@@ -44,7 +44,8 @@ public final class TraceSession: @unchecked Sendable {
     public var root: String { instance.root }
     private let threads = Mutex<[JoinableThread]>([])
     private let stopped = Mutex<Bool>(false)
-    /// Per-CPU stats as they were when tracing stopped (what a trace.dat saves).
+    /// Per-CPU stats as they were when tracing stopped and the readers had drained the buffers (what a
+    /// trace.dat saves).
     public private(set) var finalStats: [Int: String] = [:]
     /// Events lost per CPU when tracing stopped (exact: overrun + dropped events).
     public private(set) var finalLostPerCPU: [Int: UInt64] = [:]
@@ -110,12 +111,15 @@ public final class TraceSession: @unchecked Sendable {
 
     private func stopOnce() -> String? {
         try? instance.tracing(false)
+        for r in readers { r.stop() }
+        for t in threads.withLock({ $0 }) { t.join() }
+        // Once drained, as trace-cmd saves them: "entries" (left unread) 0 and "read events" every event read —
+        // taken before the drain, a trace.dat said its events were never read. Losses do not move once tracing
+        // is off.
         var stats: [Int: String] = [:]
         for cpu in cpus { stats[cpu] = instance.stats(cpu: cpu) }
         finalStats = stats
         finalLostPerCPU = stats.mapValues(TraceFS.lost(inStats:))
-        for r in readers { r.stop() }
-        for t in threads.withLock({ $0 }) { t.join() }
         for r in readers { r.close() }
         return instance.remove()
     }

@@ -3,6 +3,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMSources
 import SystemPackage
 
@@ -14,8 +15,10 @@ struct RecordCommand: ParsableCommand {
         discussion: """
             Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat version 7 \
             compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no decoding while \
-            recording. Each thread's process (tgid) is kept, so the file reports per VM. Ends on Ctrl-C, \
-            --duration, --max-size or when COMMAND exits.
+            recording. Each thread's process (tgid), each VM's name (QEMU -name, else its comm) and what each VM \
+            cost the host (as stat --json samples it; --qmp adds QEMU's disks and PCI BARs) are kept, so report \
+            names and costs each VM as the live run does. Ends on Ctrl-C, --duration, --max-size or when COMMAND \
+            exits.
 
               kvmscope record -o t.dat --duration 10
               kvmscope record -o t.dat -e kvm_exit -e kvm_entry -- ./my-vmm
@@ -40,6 +43,8 @@ struct RecordCommand: ParsableCommand {
     @Option(help: ArgumentHelp("zstd: trace.dat version 7, zstd-compressed (trace-cmd 3.x's default); none: version 6.",
                                valueName: "zstd|none"))
     var compression: String = "zstd"
+
+    @OptionGroup(title: "QMP") var qmp: QMPOptions
 
     @Argument(parsing: .postTerminator, help: "Record while this command runs, only its processes and threads.")
     var command: [String] = []
@@ -79,6 +84,14 @@ struct RecordCommand: ParsableCommand {
         }
         let file = try OutputPath(output)
         let session = try RecordSession(config: config, output: output)
+        // What each VM costs the host, sampled as stat --json does (at the start, every second — 0.1 s with a
+        // COMMAND, whose VM may be short-lived — and at the end), kept in the file for report --json; --qmp adds
+        // QEMU's disks, memory and PCI BARs (which name the I/O exits by device).
+        let trail = ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors())
+        session.resources = { [command] vms in
+            let recorded = RecordedResources(vms: trail.uses(vms: command.isEmpty ? nil : vms))
+            return (try? JSONEncoder().encode(recorded)).map { String(decoding: $0, as: UTF8.self) }
+        }
         let child = try TraceOptions.start(command)
         let tty = isatty(2) == 1
         let start = Date()
@@ -93,6 +106,10 @@ struct RecordCommand: ParsableCommand {
             ticks += 1
             if let max = config.maxBytes, ticks % 5 == 0, session.bytesWritten + session.pendingBytes() >= max { return false }
             if let child { session.noteThreads(of: child.pid) }
+            trail.sampleIfDue()
+            // Every VM's threads and guest name while it lives (a VM gone before the end is still named): new
+            // processes looked at every 0.1 s, the VMs' threads again every 0.5 s, every process again every 5 s.
+            if ticks % 5 == 1 { session.noteVMs(refresh: ticks % 25 == 1, rescan: ticks % 250 == 1 && ticks > 1) }
             if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()
                 let p = session.progress()
@@ -115,6 +132,7 @@ struct RecordCommand: ParsableCommand {
                                    + "\(session.pagesInFile) complete pages recorded before)")
         }
         let status = try run.endChild()
+        trail.finish()
         let result = try session.write(to: file.path)
         file.keep()
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
@@ -127,6 +145,22 @@ struct RecordCommand: ParsableCommand {
             writeStderr("kvmscope: --max-size reached: \(session.pagesDropped) pages not written\n")
         }
         try TraceRun.check(status)
+    }
+}
+
+/// The resources of a recording's VMs (``ResourceTrail/uses(vms:)``), kept in its trace.dat as JSON (kvmscope's
+/// option ``TraceDatMetadata/resourcesOption``); `report --json` prints them as `stat --json` does.
+struct RecordedResources: Codable, Sendable, Equatable {
+    /// The layout of this document; a reader skips a layout it does not know.
+    var layout = 1
+    var vms: [VMResourceUse]
+
+    init(vms: [VMResourceUse]) { self.vms = vms }
+
+    /// The resources a file holds: nil without them, or in a layout this kvmscope does not read.
+    static func read(_ json: String?) -> RecordedResources? {
+        guard let json, let r = try? JSONDecoder().decode(RecordedResources.self, from: Data(json.utf8)), r.layout == 1 else { return nil }
+        return r
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import KVMAnalysis
 import KVMExits
 import KVMHost
+import KVMResources
 import KVMScopeViews
 import KVMSources
 import SystemPackage
@@ -208,11 +209,17 @@ struct ReportCommand: ParsableCommand {
         let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
         let filter = try self.filter(file, source, analysis.snapshot)
         let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
-        let summary = try Summary(analysis.snapshot, filter: filter)
+        var summary = try Summary(analysis.snapshot, filter: filter)
+        // What `record` sampled of each VM (its resources, its PCI BARs under --qmp), as stat --json shows it.
+        let recorded = RecordedResources.read((source as? TraceDatReader)?.resourcesJSON)
+        var maps: [Int32: DeviceMap] = [:]
+        for vm in recorded?.vms ?? [] where !vm.pciRegions.isEmpty { maps[vm.vm] = DeviceMap(pciRegions: vm.pciRegions) }
+        if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let inCycles = text?.timestampUnit == .counterTicks
         if json {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
-                                                extra: [("source", sourceJSON(file, source, analysis))]))
+                                                extra: [("source", sourceJSON(file, source, analysis)),
+                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))]))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
@@ -230,6 +237,20 @@ struct ReportCommand: ParsableCommand {
         }
     }
 
+    /// Whether kvm_exit and kvm_entry were traced: a trace.dat says by the formats it holds (an event enabled
+    /// that never fired was traced); a text trace by its records of the event (in the kept time window).
+    /// Exits without entries are counted, but no exit→entry latency can be measured.
+    static func traced(_ source: TraceSource, _ a: ReportAnalysis) -> (exit: Bool, entry: Bool) {
+        if let d = source as? TraceDatReader {
+            return (d.allEvents.contains("kvm:kvm_exit"), d.allEvents.contains("kvm:kvm_entry"))
+        }
+        let total = { (name: String) -> UInt64 in
+            guard let i = a.snapshot.catalog.index(of: name), Int(i) < a.snapshot.eventTotals.count else { return 0 }
+            return a.snapshot.eventTotals[Int(i)]
+        }
+        return (total("kvm_exit") > 0, total("kvm_entry") > 0)
+    }
+
     static func describe(_ source: TraceSource) -> String {
         if let t = source as? TextTraceReader { return t.style.rawValue }
         return "trace.dat"
@@ -238,7 +259,8 @@ struct ReportCommand: ParsableCommand {
     func sourceJSON(_ file: String, _ source: TraceSource, _ a: ReportAnalysis) -> JSONValue {
         var o: [(String, JSONValue)] = [("file", .string(file)), ("format", .string(Self.describe(source))),
                                         ("first_ns", .uint(a.first)), ("last_ns", .uint(a.last)),
-                                        ("events_kept", .uint(a.eventsKept))]
+                                        ("events_kept", .uint(a.eventsKept)),
+                                        ("kvm_entry_traced", .bool(Self.traced(source, a).entry))]
         if let t = source as? TextTraceReader {
             o += [("records", .uint(UInt64(t.records))), ("joined_lines", .uint(UInt64(t.joinedLines))),
                   ("skipped_lines", .uint(UInt64(t.skippedLines))), ("prose_lines", .uint(UInt64(t.proseLines))),
@@ -277,6 +299,8 @@ struct ReportCommand: ParsableCommand {
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
+        let traced = Self.traced(source, a)
+        if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
             if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
@@ -296,6 +320,8 @@ struct ReportCommand: ParsableCommand {
         }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
         lines.append("")
+        lines += Self.vmTable(s)
+        lines.append("")
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
         lines.append("")
         lines += ReportTable.footer(s, pairingScope: pairingScope)
@@ -312,6 +338,30 @@ struct ReportCommand: ParsableCommand {
     var pairingScope: String? {
         let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
         return only.isEmpty ? nil : "all threads, not only " + only.joined(separator: " ")
+    }
+
+    /// One row per VM: its process id, guest name (QEMU `-name`, else the process's comm; `-` unknown), the
+    /// vCPUs its events came from, its kvm events, exits (kvm_exit) and userspace exits (kvm_userspace_exit) —
+    /// so a trace without kvm_exit still says which VM did what.
+    static func vmTable(_ s: Summary) -> [String] {
+        struct VM { var name: String?; var vcpus = Set<UInt32>(); var events: UInt64 = 0; var exits: UInt64 = 0; var user: UInt64 = 0 }
+        var vms: [Int32: VM] = [:]
+        for r in s.eventRows {
+            vms[r.vm, default: VM(name: r.vmName)].events += r.count
+            if let v = r.vcpu, r.count > 0 { vms[r.vm]!.vcpus.insert(v) }
+        }
+        for r in s.exits { vms[r.vm, default: VM(name: r.vmName)].exits += r.count }
+        for r in s.userspaceExits { vms[r.vm, default: VM(name: r.vmName)].user += r.count }
+        guard !vms.isEmpty else { return ["No VMs."] }
+        var lines = [StatTable.lpad("VM", 8) + "  " + StatTable.pad("Name", 24) + StatTable.pad("vCPUs", 12)
+                     + StatTable.lpad("Events", 12) + StatTable.lpad("Exits", 12) + StatTable.lpad("Userspace exits", 17)]
+        for (pid, vm) in vms.sorted(by: { ($0.value.events, $1.key) > ($1.value.events, $0.key) }) {
+            let vcpus = vm.vcpus.sorted().map(String.init).joined(separator: ",")
+            lines.append(StatTable.lpad(String(pid), 8) + "  " + StatTable.pad((vm.name ?? "-").terminalSafe, 24)
+                         + StatTable.pad(vcpus.isEmpty ? "-" : vcpus, 12) + StatTable.lpad(String(vm.events), 12)
+                         + StatTable.lpad(String(vm.exits), 12) + StatTable.lpad(String(vm.user), 17))
+        }
+        return lines
     }
 
     func seconds(_ ns: UInt64) -> String {

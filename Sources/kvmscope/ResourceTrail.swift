@@ -115,67 +115,130 @@ final class ResourceTrail {
         }
     }
 
-    /// The `resources` section of `stat --json`: one object per VM of `vms` (nil: every VM seen), by pid.
-    /// Growth from the VM's first sample to its last: `cpu_seconds`, `guest_seconds` (the whole process, threads
-    /// that ended included), `vcpu_*` (every vCPU thread seen, each from its first sight or birth),
-    /// `read_bytes`… (/proc/PID/io); `rss_bytes`, `swap_bytes` at the last sample.
-    func json(vms: Set<Int32>?) -> JSONValue {
-        func seconds(_ ticks: UInt64) -> JSONValue { .double(Double(ticks) / Double(ticksPerSecond)) }
+    /// The `resources` section of `stat --json`: one object per VM of `vms` (nil: every VM seen), by pid
+    /// (``VMResourceUse/json``).
+    func json(vms: Set<Int32>?) -> JSONValue { .array(uses(vms: vms).map(\.json)) }
+
+    /// What each VM of `vms` (nil: every VM seen) used, by pid: growth from the VM's first sample to its last —
+    /// the whole process (threads that ended included), every vCPU thread seen (each from its first sight or
+    /// birth), /proc/PID/io — and memory at the last sample, with its QMP disks and PCI BARs.
+    func uses(vms: Set<Int32>?) -> [VMResourceUse] {
         let pids = last.keys.filter { vms?.contains($0) ?? true }.sorted()
-        return .array(pids.map { pid in
+        return pids.map { pid in
             let a = first[pid]!
             let b = last[pid]!
-            let process = b.processTimes.subtracting(a.processTimes)
             let before = threadFirst[pid] ?? [:]
             let vcpus = (threadLast[pid] ?? [:]).values.sorted { ($0.vcpu ?? 0, $0.tid) < ($1.vcpu ?? 0, $1.tid) }
-            let grown = vcpus.map { ($0, $0.times.subtracting(before[$0.tid] ?? ThreadTimes())) }
+            let grown = vcpus.map { VMResourceUse.Thread(vcpu: $0.vcpu, tid: $0.tid, times: $0.times.subtracting(before[$0.tid] ?? ThreadTimes())) }
             let vcpuSum = grown.reduce(ThreadTimes()) { s, g in
                 var t = s
-                t.userTicks += g.1.userTicks
-                t.systemTicks += g.1.systemTicks
-                t.guestTicks += g.1.guestTicks
-                t.waitNanoseconds += g.1.waitNanoseconds
-                t.switches += g.1.switches
+                t.userTicks += g.times.userTicks
+                t.systemTicks += g.times.systemTicks
+                t.guestTicks += g.times.guestTicks
+                t.waitNanoseconds += g.times.waitNanoseconds
+                t.switches += g.times.switches
                 return t
             }
-            let io = b.io.flatMap { bio in a.io.map { bio.subtracting($0) } }
-            var o: [(String, JSONValue)] = [
-                ("vm", .int(Int64(pid))), ("vm_name", .string(b.name)), ("ended", .bool(b.gone)),
-                ("seen_from_start", .bool(startVMs.contains(pid))), ("born_during_run", .bool(bornDuringRun.contains(pid))),
-            ]
-            let span = Double((lastTime[pid] ?? 0) &- (firstTime[pid] ?? 0)) / 1e9
-            o.append(("sampled_seconds", .double(span)))
-            o.append(("vcpus", .int(Int64(Set(vcpus.compactMap(\.vcpu)).count))))
-            o.append(("cpu_seconds", seconds(process.cpuTicks)))
-            o.append(("vcpu_cpu_seconds", seconds(vcpuSum.cpuTicks)))
-            o.append(("guest_seconds", seconds(process.guestTicks)))
-            o.append(("vcpu_wait_seconds", .double(Double(vcpuSum.waitNanoseconds) / 1e9)))
-            o.append(("vcpu_switches", .uint(vcpuSum.switches)))
-            let ioFields: [(String, UInt64?)] = [("read_bytes", io?.readBytes), ("write_bytes", io?.writeBytes),
-                                                 ("read_syscalls", io?.readSyscalls), ("write_syscalls", io?.writeSyscalls)]
-            for (k, v) in ioFields { o.append((k, v.map { JSONValue.uint($0) } ?? .null)) }
-            o.append(("rss_bytes", .uint(b.memory.rssBytes)))
-            o.append(("swap_bytes", .uint(b.memory.swapBytes)))
-            var threads: [JSONValue] = []
-            for (t, d) in grown {
-                let fields: [(String, JSONValue)] = [
-                    ("vcpu", .optional(t.vcpu)), ("tid", .int(Int64(t.tid))), ("cpu_seconds", seconds(d.cpuTicks)),
-                    ("guest_seconds", seconds(d.guestTicks)), ("wait_seconds", .double(Double(d.waitNanoseconds) / 1e9)),
-                    ("switches", .uint(d.switches)),
-                ]
-                threads.append(.object(fields))
+            let disks = (diskLast[pid] ?? [:]).values.sorted { $0.device < $1.device }.map { d in
+                VMResourceUse.Disk(device: d.device, drive: d.drive, qdev: d.qdev,
+                                   counts: d.total.subtracting(diskFirst[pid]?[d.device] ?? DiskCounts()))
             }
-            o.append(("vcpu_threads", .array(threads)))
-            o.append(("qmp", qmpLast[pid].map { q in
-                .object([("socket", .string(q.socket)), ("problem", .optional(q.problem)),
-                         ("memory_configured_bytes", .optional(q.configuredMemoryBytes)),
-                         ("balloon_actual_bytes", .optional(q.balloonActualBytes))])
-            } ?? .null))
-            let disks = (diskLast[pid] ?? [:]).values.sorted { $0.device < $1.device }
-            o.append(("disks", .array(disks.map { d in
-                TopView.diskJSON(d, counts: d.total.subtracting(diskFirst[pid]?[d.device] ?? DiskCounts()))
-            })))
-            return JSONValue.object(o)
-        })
+            return VMResourceUse(
+                vm: pid, name: b.name, ended: b.gone, seenFromStart: startVMs.contains(pid),
+                bornDuringRun: bornDuringRun.contains(pid),
+                sampledSeconds: Double((lastTime[pid] ?? 0) &- (firstTime[pid] ?? 0)) / 1e9,
+                vcpus: Set(vcpus.compactMap(\.vcpu)).count, ticksPerSecond: ticksPerSecond,
+                process: b.processTimes.subtracting(a.processTimes), vcpuTotal: vcpuSum,
+                io: b.io.flatMap { bio in a.io.map { bio.subtracting($0) } },
+                rssBytes: b.memory.rssBytes, swapBytes: b.memory.swapBytes, threads: grown,
+                qmp: qmpLast[pid].map { VMResourceUse.QMP(socket: $0.socket, problem: $0.problem,
+                                                          memoryConfiguredBytes: $0.configuredMemoryBytes,
+                                                          balloonActualBytes: $0.balloonActualBytes) },
+                disks: disks, pciRegions: b.qmp?.pciRegions ?? [])
+        }
+    }
+}
+
+/// What one VM cost the host over a run (``ResourceTrail/uses(vms:)``), as `stat --json` prints it and a
+/// recording keeps it (``RecordedResources``): Codable, so `report` prints a recording's VMs with `stat`'s
+/// very fields.
+struct VMResourceUse: Codable, Sendable, Equatable {
+    struct Thread: Codable, Sendable, Equatable {
+        var vcpu: UInt32?
+        var tid: Int32
+        /// Growth over the run.
+        var times: ThreadTimes
+    }
+    struct QMP: Codable, Sendable, Equatable {
+        var socket: String
+        var problem: String?
+        var memoryConfiguredBytes: UInt64?
+        var balloonActualBytes: UInt64?
+    }
+    struct Disk: Codable, Sendable, Equatable {
+        var device: String
+        var drive: String
+        var qdev: String?
+        /// Growth over the run.
+        var counts: DiskCounts
+    }
+    var vm: Int32
+    var name: String
+    var ended: Bool
+    var seenFromStart: Bool
+    var bornDuringRun: Bool
+    var sampledSeconds: Double
+    var vcpus: Int
+    /// Clock ticks per second of the times (USER_HZ).
+    var ticksPerSecond: UInt64
+    var process: ThreadTimes
+    /// The sum over ``threads``.
+    var vcpuTotal: ThreadTimes
+    var io: IOCounters?
+    var rssBytes: UInt64
+    var swapBytes: UInt64
+    var threads: [Thread]
+    var qmp: QMP?
+    var disks: [Disk]
+    /// The VM's mapped PCI BARs at the last QMP reading (names I/O exits by device).
+    var pciRegions: [PCIRegion]
+
+    /// `stat --json`'s resource object: `cpu_seconds`, `guest_seconds` (the whole process, threads that ended
+    /// included), `vcpu_*` (every vCPU thread seen, each from its first sight or birth), `read_bytes`…
+    /// (/proc/PID/io); `rss_bytes`, `swap_bytes` at the last sample; `qmp`; `disks` (TopView's disk fields).
+    var json: JSONValue {
+        func seconds(_ ticks: UInt64) -> JSONValue { .double(Double(ticks) / Double(max(1, ticksPerSecond))) }
+        var o: [(String, JSONValue)] = [
+            ("vm", .int(Int64(vm))), ("vm_name", .string(name)), ("ended", .bool(ended)),
+            ("seen_from_start", .bool(seenFromStart)), ("born_during_run", .bool(bornDuringRun)),
+        ]
+        o.append(("sampled_seconds", .double(sampledSeconds)))
+        o.append(("vcpus", .int(Int64(vcpus))))
+        o.append(("cpu_seconds", seconds(process.cpuTicks)))
+        o.append(("vcpu_cpu_seconds", seconds(vcpuTotal.cpuTicks)))
+        o.append(("guest_seconds", seconds(process.guestTicks)))
+        o.append(("vcpu_wait_seconds", .double(Double(vcpuTotal.waitNanoseconds) / 1e9)))
+        o.append(("vcpu_switches", .uint(vcpuTotal.switches)))
+        let ioFields: [(String, UInt64?)] = [("read_bytes", io?.readBytes), ("write_bytes", io?.writeBytes),
+                                             ("read_syscalls", io?.readSyscalls), ("write_syscalls", io?.writeSyscalls)]
+        for (k, v) in ioFields { o.append((k, v.map { JSONValue.uint($0) } ?? .null)) }
+        o.append(("rss_bytes", .uint(rssBytes)))
+        o.append(("swap_bytes", .uint(swapBytes)))
+        o.append(("vcpu_threads", .array(threads.map { t in
+            .object([
+                ("vcpu", .optional(t.vcpu)), ("tid", .int(Int64(t.tid))), ("cpu_seconds", seconds(t.times.cpuTicks)),
+                ("guest_seconds", seconds(t.times.guestTicks)), ("wait_seconds", .double(Double(t.times.waitNanoseconds) / 1e9)),
+                ("switches", .uint(t.times.switches)),
+            ])
+        })))
+        o.append(("qmp", qmp.map { q in
+            .object([("socket", .string(q.socket)), ("problem", .optional(q.problem)),
+                     ("memory_configured_bytes", .optional(q.memoryConfiguredBytes)),
+                     ("balloon_actual_bytes", .optional(q.balloonActualBytes))])
+        } ?? .null))
+        o.append(("disks", .array(disks.map { d in
+            TopView.diskJSON(DiskSample(device: d.device, drive: d.drive, qdev: d.qdev, total: d.counts), counts: d.counts)
+        })))
+        return .object(o)
     }
 }

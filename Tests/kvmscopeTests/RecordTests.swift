@@ -65,6 +65,16 @@ struct RecordTests {
         let who = Set(pioLines.compactMap { $0.split(separator: "[").first?.trimmingCharacters(in: .whitespaces) })
         #expect(pioLines.filter { $0.contains("CPU 0/KVM-") }.count == Self.n, "kvm_pio threads: \(who.sorted())")
         #expect(pioLines.filter { $0.contains("CPU 1/KVM-") }.count == Self.n, "kvm_pio threads: \(who.sorted())")
+        // trace-cmd report --stat prints the per-CPU stats the file saved: taken once the buffers were drained,
+        // as trace-cmd saves them, so nothing is left unread and "read events" add up to the events in the file.
+        let stat = try Spawned.run(Self.traceCmd, ["report", "--stat", "-i", path])
+        #expect(stat.status == 0, "\(stat.stderr)")
+        let statLines = stat.stdout.split(separator: "\n")
+        let entries = statLines.filter { $0.hasPrefix("entries:") }
+        let read = statLines.filter { $0.hasPrefix("read events:") }.compactMap { UInt64($0.split(separator: " ").last ?? "") }
+        let fileEvents = tc.stdout.split(separator: "\n").count - 1  // after the "cpus=N" line
+        #expect(entries.count >= 1 && entries.allSatisfy { $0 == "entries: 0" }, "\(stat.stdout)")
+        #expect(read.count == entries.count && read.reduce(0, +) == UInt64(fileEvents), "\(stat.stdout)")
 
         let reader = try TraceDatReader(path: path)
         #expect(reader.version == (compression == "zstd" ? 7 : 6))
@@ -94,6 +104,91 @@ struct RecordTests {
             #expect(s.total(of: "kvm_pio") == UInt64(2 * Self.n) && s.total(of: "kvm_userspace_exit") == UInt64(2 * Self.n))
             #expect(s.userspaceExits.map(\.count).sorted() == [UInt64(Self.n), UInt64(Self.n)], "\(mode)")
             #expect(s.userspaceExits.compactMap(\.vcpu).sorted() == [0, 1], "\(mode)")
+        }
+    }
+
+    /// Waits until `record`'s tracefs instance (kvmscope-PID) traces, or `seconds` pass.
+    static func waitUntilTracing(_ p: Spawned, seconds: Double = 30) -> Bool {
+        let file = "/sys/kernel/tracing/instances/kvmscope-\(p.pid)/tracing_on"
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if (try? String(contentsOfFile: file, encoding: .utf8))?.hasPrefix("1") == true { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// A system-wide recording (no COMMAND) of a storm guest named with `--name` (QEMU's `-name`) names the VM
+    /// as the live run does: the guest name in every `report` output, for the guest's pid, with its vCPUs' exact
+    /// counts; the VM process's comm is in the saved cmdlines that trace-cmd prints, and trace-cmd still reads
+    /// the file (it skips kvmscope's option).
+    @Test func systemWideRecordingNamesTheVM() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/sw.dat"
+        let rec = try Spawned(CLI.binary, ["record", "-o", path, "--duration", "120"], stdinNull: true)
+        defer { rec.stop() }
+        #expect(Self.waitUntilTracing(rec), "record did not start tracing: \(rec.stderr)")
+        let name = "rec-sw-\(getpid())"
+        let exits = 5_000
+        let storm = try CLI.run(["storm", "--kind", "io", "--vcpus", "2", "--exits", "\(exits)", "--name", name])
+        #expect(storm.status == 0, "\(storm.stderr)")
+        let pid = try #require(storm.stdout.firstMatch(of: /"pid":(\d+)/).flatMap { Int32($0.1) })
+        rec.signal(SIGINT)
+        #expect(rec.wait(timeout: 60) == 0, "\(rec.stderr)")
+
+        let csv = try CLI.run(["report", "--csv", path])
+        #expect(csv.status == 0, "\(csv.stderr)")
+        let rows = csv.stdout.split(separator: "\n").filter { $0.hasPrefix("\(path),\(pid),") }
+        #expect(rows == ["\(path),\(pid),\(name),0,KVM_EXIT_IO,userspace,0,\(exits),0,,,,,,,,,",
+                         "\(path),\(pid),\(name),1,KVM_EXIT_IO,userspace,0,\(exits),0,,,,,,,,,"], "\(csv.stdout)")
+
+        let json = try CLI.run(["report", "--json", "-p", "\(pid)", path])
+        #expect(json.status == 0, "\(json.stderr)")
+        let doc = try CLI.json(json.stdout)
+        let userspace = try #require(doc["userspace_exits"] as? [[String: Any]], "\(json.stdout)")
+        #expect(userspace.map { $0["vm_name"] as? String } == [name, name])
+        #expect(userspace.map { ($0["vm"] as? NSNumber)?.int32Value } == [pid, pid])
+        #expect(userspace.map { ($0["count"] as? NSNumber)?.intValue } == [exits, exits])
+
+        let text = try CLI.run(["report", "-p", "\(pid)", path])
+        #expect(text.status == 0, "\(text.stderr)")
+        // The VM table: pid, name, vCPUs, events (5 per exit, and the VM's set-up), exits, userspace exits.
+        let vmRow = text.stdout.split(separator: "\n").map { $0.split(separator: " ") }.first { $0.first == "\(pid)" }
+        let cells = try #require(vmRow, "\(text.stdout)").map(String.init)
+        #expect(cells.count == 6 && cells[1] == name && cells[2] == "0,1" && cells[4] == "0" && cells[5] == "\(2 * exits)",
+                "\(text.stdout)")
+        #expect(cells.count == 6 && (UInt64(cells[3]) ?? 0) >= UInt64(10 * exits), "\(text.stdout)")
+
+        let cmdlines = try Spawned.run(Self.traceCmd, ["dump", "--cmd-lines", "-i", path])
+        #expect(cmdlines.status == 0, "\(cmdlines.stderr)")
+        #expect(cmdlines.stdout.split(separator: "\n").contains("\(pid) kvmscope"), "\(cmdlines.stdout)")
+        let tc = try Spawned.run(Self.traceCmd, ["report", "-i", path])
+        #expect(tc.status == 0 && tc.stderr.isEmpty, "\(tc.stderr)")
+        let vcpuThreads = try TraceDatReader(path: path).identities.filter { $0.value.vm == pid && $0.key != pid }
+        #expect(Set(vcpuThreads.values.compactMap(\.vcpu)) == [0, 1])
+        #expect(Set(vcpuThreads.values.compactMap(\.vmName)) == [name])
+        #expect(try Self.traceCmdPioPerTID(path).filter { vcpuThreads[$0.key] != nil }.values.sorted() == [exits, exits])
+    }
+
+    /// A recording of kvm_exit without kvm_entry: report says no exit latency can be measured (the file's
+    /// formats tell what was traced, whether or not kvm_exit fired); with kvm_entry recorded it does not.
+    @Test func exitWithoutEntryRecordedIsNoted() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (events, traced) in [(["kvm_exit", "kvm_pio"], false), (["kvm_exit", "kvm_entry", "kvm_pio"], true)] {
+            let path = dir + "/e\(events.count).dat"
+            let r = try CLI.run(["record", "-o", path] + events.flatMap { ["-e", $0] }
+                                + ["--", CLI.binary, "storm", "--kind", "io", "--exits", "1000"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let text = try CLI.run(["report", path])
+            #expect(text.status == 0, "\(text.stderr)")
+            #expect(text.stdout.split(separator: "\n").filter { $0 == "note: kvm_entry not traced, no exit latency" }.count
+                    == (traced ? 0 : 1), "\(text.stdout)")
+            let json = try CLI.json(try CLI.run(["report", "--json", path]).stdout)
+            let source = try #require(json["source"] as? [String: Any])
+            #expect(source["kvm_entry_traced"] as? Bool == traced)
+            #expect((json["events"] as? [String: Any])?["kvm_pio"] as? Int == 1000)
         }
     }
 

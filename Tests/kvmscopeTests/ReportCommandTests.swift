@@ -24,6 +24,49 @@ import TestSupport
         #expect(source["format"] as? String == "trace-cmd report" && source["vm_is"] as? String == "tid")
     }
 
+    static let exitOnly = "/work/shared/corpus/real/hip24_sigmatek_vapic_kvm_exit.txt"
+
+    /// A trace of kvm_exit without kvm_entry (the corpus' kvm_exit-only file): the exits are counted, and the
+    /// report says why no latency is shown — a note line, and `kvm_entry_traced: false` in the JSON's source.
+    /// The host report, which has kvm_entry, gets neither.
+    @Test func exitOnlyTraceSaysNoLatency() throws {
+        let r = try CLI.run(["report", Self.exitOnly])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == """
+            \(Self.exitOnly): trace-cmd report, 1333 kvm events over 9.23s (8617.352955000 → 8626.585512000)
+            note: no TGID column: each thread is its own VM
+            note: kvm_entry not traced, no exit latency
+
+            Event                                          Total  %Total   CurAvg/s
+            kvm_exit                                        1333   100.0        144
+            Total                                           1333                144
+
+                  VM  Name                    vCPUs             Events       Exits  Userspace exits
+               86475  qemu-system-x86         -                   1333        1333                0
+
+            VM 86475 (qemu-system-x86), all vCPUs
+            Reason                    Samples  Samples%    Time%       Min         Max              Avg ± stddev       p50        p99       p99.9
+            MSR_WRITE                     820    61.52%        -         -           -                         -         -          -           -
+            HLT *                         337    25.28%        -         -           -                         -         -          -           -
+            EPT_MISCONFIG                 108     8.10%        -         -           -                         -         -          -           -
+            PREEMPTION_TIMER               39     2.93%        -         -           -                         -         -          -           -
+            EXTERNAL_INTERRUPT             28     2.10%        -         -           -                         -         -          -           -
+            MSR_READ                        1     0.08%        -         -           -                         -         -          -           -
+            Total                        1333   100.00%        -
+            handling time 0ns over 0 paired exits; * blocking (guest halted): 0ns over 0 paired exits, not in Time%
+
+            pairing: paired 0, orphan exits 1332, orphan entries 0, open at end 1, invalidated by loss 0, negative gaps 0
+            lost events: 0
+
+            """)
+        let j = try CLI.json(try CLI.run(["report", "--json", Self.exitOnly]).stdout)
+        #expect((j["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == false)
+        let host = try CLI.run(["report", Self.host])
+        #expect(host.status == 0 && !host.stdout.contains("kvm_entry not traced"))
+        let hj = try CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)
+        #expect((hj["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == true)
+    }
+
     /// Several files, one bad: like wc or grep, the good ones are reported in every mode, the bad one is one
     /// line on stderr, the status is 1. JSON stays an array for several files.
     @Test func aBadFileAmongGoodOnes() throws {
