@@ -26,18 +26,21 @@ public struct Pairer {
     }
 
     /// Per thread, ``reasonSets`` sets of 2 of these (one 64-byte cache line per set, the set chosen by a hash
-    /// of the exit reason): the series (its histogram and top RIPs, unretained) and counter slot an exit
+    /// of the exit reason): the series (its histogram, unretained, and its top-RIP slots) and counter slot an exit
     /// reason led to last. An exit whose reason is there finds everything it writes in that line and the
     /// series' own; a miss (first sight, or a third reason in the set) looks the series up in
     /// ``SeriesSlots`` and becomes the set's first entry. 32 bytes.
     struct ReasonSlot {
         var reason: UInt32 = 0
         var isa: UInt8 = 0
+        /// The series' top-RIP slots in use, as this pairer (their only writer) last left them.
+        var ripsUsed: UInt8 = 0
         /// The counter slot of this exit key in the pipeline's ``ShardWriter`` (a hint; -1: none).
         var counter: Int32 = -1
         /// nil: an empty slot.
         var histogram: Unmanaged<LatencyHistogram>?
-        var topRIPs: Unmanaged<TopRIPs>?
+        /// The series' top-RIP slots (``TopRIPs/_words``): a RIP already held is counted in that line alone.
+        var rips: UnsafeMutablePointer<Atomic<UInt64>>?
     }
 
     /// Sets of ``ReasonSlot`` pairs per thread (16 slots, 512 bytes).
@@ -216,7 +219,7 @@ public struct Pairer {
         t.pointee.isa = e.isa
         t.pointee.cpu = e.cpu
         t.pointee.histogram = slot.pointee.histogram
-        slot.pointee.topRIPs.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.record(e.rip) }
+        TopRIPs.record(e.rip, words: slot.pointee.rips.unsafelyUnwrapped, used: &slot.pointee.ripsUsed)
         return c
     }
 
@@ -227,8 +230,9 @@ public struct Pairer {
         let si = seriesSlots.index(tid: e.tid, isa: e.isa, reason: e.reason)
         let h = seriesSlots.hot[si]
         reasonSlots[c + 1] = reasonSlots[c]
-        reasonSlots[c] = ReasonSlot(reason: e.reason, isa: e.isa, counter: -1, histogram: h.histogram,
-                                    topRIPs: h.topRIPs)
+        let (used, rips) = h.topRIPs._withUnsafeGuaranteedRef { ($0._writerUsed, $0._words) }
+        reasonSlots[c] = ReasonSlot(reason: e.reason, isa: e.isa, ripsUsed: used, counter: -1, histogram: h.histogram,
+                                    rips: rips)
     }
 
     /// An entry: closes the thread's pending exit, if any, and records the latency.

@@ -41,7 +41,8 @@ public struct RIPCount: Sendable, Equatable, Codable {
 /// successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
 ///
 /// Memory: 3 words per slot (384 bytes at the default 16) in one 64-byte-aligned block, each slot's RIP and count
-/// side by side (a record's scan and its count share cache lines), the errors after them.
+/// side by side (a record's scan and its count share cache lines), the errors after them; one line before them
+/// points back to the object.
 public final class TopRIPs: @unchecked Sendable {
     /// The largest capacity.
     public static let maxCapacity = 64
@@ -55,15 +56,49 @@ public final class TopRIPs: @unchecked Sendable {
     public init(capacity: Int = 16) {
         precondition(capacity >= 1 && capacity <= Self.maxCapacity, "TopRIPs capacity must be in 1...64")
         self.capacity = capacity
-        _words = UnsafeMutableRawPointer.allocate(byteCount: 3 * capacity * MemoryLayout<UInt64>.stride, alignment: 64)
-            .bindMemory(to: Atomic<UInt64>.self, capacity: 3 * capacity)
-        for i in 0..<3 * capacity { (_words + i).initialize(to: Atomic(0)) }
+        // One line before the slots holds the owner (``_owner(of:)``); the slots start on a line of their own.
+        let base = UnsafeMutableRawPointer.allocate(byteCount: 64 + 3 * capacity * MemoryLayout<UInt64>.stride,
+                                                    alignment: 64)
+            .bindMemory(to: Atomic<UInt64>.self, capacity: 8 + 3 * capacity)
+        for i in 0..<8 + 3 * capacity { (base + i).initialize(to: Atomic(0)) }
+        _words = base + 8
+        _words[-1].store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())), ordering: .relaxed)
     }
 
     deinit {
-        _words.deinitialize(count: 3 * capacity)
-        UnsafeMutableRawPointer(_words).deallocate()
+        let base = _words - 8
+        base.deinitialize(count: 8 + 3 * capacity)
+        UnsafeMutableRawPointer(base).deallocate()
     }
+
+    /// ``record(_:)`` for a writer that keeps the table's slots (``_words``) and the number in use (as this
+    /// writer last left it) beside its own data, as the pairer's reason slots do: a RIP already held costs the
+    /// scan and the count of one cache line, not the object's. Single writer only (the one that keeps `used`).
+    @inline(__always)
+    static func record(_ rip: UInt64, words w: UnsafeMutablePointer<Atomic<UInt64>>, used: inout UInt8) {
+        var hit = -1
+        for i in 0..<Int(used) where w[2 &* i].load(ordering: .relaxed) == rip { hit = i }
+        if hit >= 0 {
+            w[2 &* hit &+ 1].store(w[2 &* hit &+ 1].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            return
+        }
+        _owner(of: w)._withUnsafeGuaranteedRef { $0._recordNew(rip, used: &used) }
+    }
+
+    /// The table whose slots are `words` (its ``_words``).
+    static func _owner(of words: UnsafeMutablePointer<Atomic<UInt64>>) -> Unmanaged<TopRIPs> {
+        Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: UInt(words[-1].load(ordering: .relaxed))).unsafelyUnwrapped)
+    }
+
+    /// A RIP not held (cold path: a free slot taken or the minimum evicted), then the slots in use now.
+    @inline(never)
+    func _recordNew(_ rip: UInt64, used: inout UInt8) {
+        record(rip)
+        used = UInt8(truncatingIfNeeded: _used.load(ordering: .relaxed))
+    }
+
+    /// The slots in use as this table's writer left them (the writer's thread only).
+    var _writerUsed: UInt8 { UInt8(truncatingIfNeeded: _used.load(ordering: .relaxed)) }
 
     /// Counts one occurrence of `rip`. Single writer only.
     @inlinable
