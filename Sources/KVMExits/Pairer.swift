@@ -6,6 +6,10 @@ import Synchronization
 /// sit in different CPUs' buffers (the thread migrated) pair like any other. Pairing is by thread id,
 /// which works on every kernel and architecture. One thread owns a Pairer; the series and counters it
 /// writes are readable from any thread.
+///
+/// Memory per live thread: 32 bytes of pending exit, 512 bytes of reason slots and 16–32 of tid index, in flat
+/// arrays that double as threads arrive and shrink when they retire (``maintain()``); plus its series. The
+/// per-thread arrays are shared by copies of a Pairer: feed one copy only.
 public struct Pairer {
     /// Threads a new pairer's tables hold before they first grow (they double; no ceiling).
     public static let initialThreadCapacity = 256
