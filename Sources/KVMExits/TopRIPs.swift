@@ -40,25 +40,65 @@ public struct RIPCount: Sendable, Equatable, Codable {
 /// and never sees a count below its error. A snapshot racing an eviction may pair the evicted RIP with its
 /// successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
 ///
-/// Memory: 3 × 64 words (1.5 KB) inline in the object, whatever the capacity.
-public final class TopRIPs: Sendable {
+/// Memory: 3 words per slot (384 bytes at the default 16) in one 64-byte-aligned block, each slot's RIP and count
+/// side by side (a record's scan and its count share cache lines), the errors after them; one line before them
+/// points back to the object.
+public final class TopRIPs: @unchecked Sendable {
     /// The largest capacity.
     public static let maxCapacity = 64
 
     public let capacity: Int
     @usableFromInline let _used = Atomic<Int>(0)
-    @usableFromInline let _rips: InlineArray<64, Atomic<UInt64>>
-    @usableFromInline let _counts: InlineArray<64, Atomic<UInt64>>
-    @usableFromInline let _errors: InlineArray<64, Atomic<UInt64>>
+    /// Slot i: RIP at word 2i, count at 2i + 1, error at 2 × capacity + i.
+    @usableFromInline let _words: UnsafeMutablePointer<Atomic<UInt64>>
 
     /// - Parameter capacity: slots, 1 ... ``maxCapacity``.
     public init(capacity: Int = 16) {
         precondition(capacity >= 1 && capacity <= Self.maxCapacity, "TopRIPs capacity must be in 1...64")
         self.capacity = capacity
-        _rips = InlineArray { _ in Atomic<UInt64>(0) }
-        _counts = InlineArray { _ in Atomic<UInt64>(0) }
-        _errors = InlineArray { _ in Atomic<UInt64>(0) }
+        // One line before the slots holds the owner (``_owner(of:)``); the slots start on a line of their own.
+        let base = UnsafeMutableRawPointer.allocate(byteCount: 64 + 3 * capacity * MemoryLayout<UInt64>.stride,
+                                                    alignment: 64)
+            .bindMemory(to: Atomic<UInt64>.self, capacity: 8 + 3 * capacity)
+        for i in 0..<8 + 3 * capacity { (base + i).initialize(to: Atomic(0)) }
+        _words = base + 8
+        _words[-1].store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())), ordering: .relaxed)
     }
+
+    deinit {
+        let base = _words - 8
+        base.deinitialize(count: 8 + 3 * capacity)
+        UnsafeMutableRawPointer(base).deallocate()
+    }
+
+    /// ``record(_:)`` for a writer that keeps the table's slots (``_words``) and the number in use (as this
+    /// writer last left it) beside its own data, as the pairer's reason slots do: a RIP already held costs the
+    /// scan and the count of one cache line, not the object's. Single writer only (the one that keeps `used`).
+    @inline(__always)
+    static func record(_ rip: UInt64, words w: UnsafeMutablePointer<Atomic<UInt64>>, used: inout UInt8) {
+        var hit = -1
+        for i in 0..<Int(used) where w[2 &* i].load(ordering: .relaxed) == rip { hit = i }
+        if hit >= 0 {
+            w[2 &* hit &+ 1].store(w[2 &* hit &+ 1].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            return
+        }
+        _owner(of: w)._withUnsafeGuaranteedRef { $0._recordNew(rip, used: &used) }
+    }
+
+    /// The table whose slots are `words` (its ``_words``).
+    static func _owner(of words: UnsafeMutablePointer<Atomic<UInt64>>) -> Unmanaged<TopRIPs> {
+        Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: UInt(words[-1].load(ordering: .relaxed))).unsafelyUnwrapped)
+    }
+
+    /// A RIP not held (cold path: a free slot taken or the minimum evicted), then the slots in use now.
+    @inline(never)
+    func _recordNew(_ rip: UInt64, used: inout UInt8) {
+        record(rip)
+        used = UInt8(truncatingIfNeeded: _used.load(ordering: .relaxed))
+    }
+
+    /// The slots in use as this table's writer left them (the writer's thread only).
+    var _writerUsed: UInt8 { UInt8(truncatingIfNeeded: _used.load(ordering: .relaxed)) }
 
     /// Counts one occurrence of `rip`. Single writer only.
     @inlinable
@@ -67,16 +107,16 @@ public final class TopRIPs: Sendable {
         // Hit: bump the count. Relaxed: the RIP is not changing, nothing to order. The scan has no early exit
         // (a conditional move per slot) so that which slot hits costs no branch misprediction.
         var hit = -1
-        for i in 0..<used where _rips[i].load(ordering: .relaxed) == rip { hit = i }
+        for i in 0..<used where _words[2 &* i].load(ordering: .relaxed) == rip { hit = i }
         if hit >= 0 {
-            _counts[hit].store(_counts[hit].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            _words[2 &* hit &+ 1].store(_words[2 &* hit &+ 1].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
             return
         }
         if used < capacity {
             // Free slot: fill it, then publish it by the releasing store of `used`.
-            _counts[used].store(1, ordering: .relaxed)
-            _errors[used].store(0, ordering: .relaxed)
-            _rips[used].store(rip, ordering: .relaxed)
+            _words[2 &* used &+ 1].store(1, ordering: .relaxed)
+            _words[2 &* capacity &+ used].store(0, ordering: .relaxed)
+            _words[2 &* used].store(rip, ordering: .relaxed)
             _used.store(used + 1, ordering: .releasing)
         } else {
             _evictMinimum(for: rip)
@@ -87,19 +127,19 @@ public final class TopRIPs: Sendable {
     @usableFromInline
     func _evictMinimum(for rip: UInt64) {
         var slot = 0
-        var minimum = _counts[0].load(ordering: .relaxed)
+        var minimum = _words[1].load(ordering: .relaxed)
         for i in 1..<capacity {
-            let c = _counts[i].load(ordering: .relaxed)
+            let c = _words[2 &* i &+ 1].load(ordering: .relaxed)
             if c < minimum {
                 minimum = c
                 slot = i
             }
         }
         // Releasing: a reader that sees this error also sees every count stored before it (≥ minimum).
-        _errors[slot].store(minimum, ordering: .releasing)
-        _counts[slot].store(minimum &+ 1, ordering: .relaxed)
+        _words[2 &* capacity &+ slot].store(minimum, ordering: .releasing)
+        _words[2 &* slot &+ 1].store(minimum &+ 1, ordering: .relaxed)
         // Releasing: a reader seeing the new RIP sees its count and error.
-        _rips[slot].store(rip, ordering: .releasing)
+        _words[2 &* slot].store(rip, ordering: .releasing)
     }
 
     /// The slots, by count descending then RIP ascending. Callable from any thread while the writer runs.
@@ -108,12 +148,12 @@ public final class TopRIPs: Sendable {
         var out: [RIPCount] = []
         out.reserveCapacity(used)
         for i in 0..<used {
-            let rip = _rips[i].load(ordering: .acquiring)
+            let rip = _words[2 &* i].load(ordering: .acquiring)
             // Error before count: a slot's count never goes down (an eviction sets it to the old count + 1)
             // and is never below its error, so a count loaded after the error is at least that error.
             // Count first could pair an old count with the error of a later eviction (count < error).
-            let error = _errors[i].load(ordering: .acquiring)
-            let count = _counts[i].load(ordering: .relaxed)
+            let error = _words[2 &* capacity &+ i].load(ordering: .acquiring)
+            let count = _words[2 &* i &+ 1].load(ordering: .relaxed)
             // A racing eviction can momentarily show one RIP in two slots: keep the larger count.
             if let j = out.firstIndex(where: { $0.rip == rip }) {
                 if count > out[j].count { out[j] = RIPCount(rip: rip, count: count, error: error) }

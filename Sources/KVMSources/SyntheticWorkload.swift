@@ -73,23 +73,27 @@ public struct SyntheticWorkload: Sendable {
         let entryB = try EventPayloadBuilder(formats: formats, event: "kvm_entry")
         let mine = (0..<threads).filter { $0 % hostCPUs == cpu }
         guard !mine.isEmpty else { return }
-        // Templates, built once: one exit payload per (thread, reason, rip), one entry payload per thread.
-        var exits: [[[UInt8]]] = []
-        var entries: [[UInt8]] = []
-        for i in mine {
-            let tid = firstTid + Int32(i)
-            let vcpu = UInt64(i % vcpusPerVM)
-            var perThread: [[UInt8]] = []
-            for (r, reason) in mix.enumerated() {
-                for k in 0..<ripsPerReason {
-                    perThread.append(exitB.payload(pid: tid, [
-                        "exit_reason": UInt64(reason.code), "isa": 1, "vcpu_id": vcpu,
-                        "guest_rip": Self.rip(reason: r, k: k), "info1": UInt64(k),
-                    ]))
-                }
+        // Templates, built once: one exit payload per (reason, rip) and one entry payload, for no thread; each
+        // event's copy gets its thread's pid and vcpu_id (the same bytes as a template per thread, in memory
+        // that does not grow with the threads: a million threads stream like sixteen).
+        var exits: [[UInt8]] = []
+        for (r, reason) in mix.enumerated() {
+            for k in 0..<ripsPerReason {
+                exits.append(exitB.payload(pid: 0, [
+                    "exit_reason": UInt64(reason.code), "isa": 1, "vcpu_id": 0,
+                    "guest_rip": Self.rip(reason: r, k: k), "info1": UInt64(k),
+                ]))
             }
-            exits.append(perThread)
-            entries.append(entryB.payload(pid: tid, ["vcpu_id": vcpu, "rip": Self.rip(reason: 0, k: 0) + 2]))
+        }
+        let entry = entryB.payload(pid: 0, ["vcpu_id": 0, "rip": Self.rip(reason: 0, k: 0) + 2])
+        let exitVCPU = exitB.fields["vcpu_id"]
+        let entryVCPU = entryB.fields["vcpu_id"]
+        func stamped(_ template: [UInt8], _ b: EventPayloadBuilder, _ vcpuField: (offset: Int, size: Int)?,
+                     thread i: Int) -> [UInt8] {
+            var bytes = template
+            b.put(&bytes, offset: 4, size: 4, UInt64(UInt32(bitPattern: firstTid + Int32(i))))
+            if let f = vcpuField { b.put(&bytes, offset: f.offset, size: f.size, UInt64(i % vcpusPerVM)) }
+            return bytes
         }
         // Reason picked by weight through a 4096-entry table.
         let total = mix.reduce(0) { $0 + $1.weight }
@@ -112,9 +116,10 @@ public struct SyntheticWorkload: Sendable {
             let slot = turn % mine.count
             turn += 1
             let latency = mix[r].latencyNS + (x >> 20) % (mix[r].latencyNS / 2 + 1)
-            builder.append(timestamp: ts, payload: exits[slot][r * ripsPerReason + k])
+            let thread = mine[slot]
+            builder.append(timestamp: ts, payload: stamped(exits[r * ripsPerReason + k], exitB, exitVCPU, thread: thread))
             ts += latency
-            builder.append(timestamp: ts, payload: entries[slot])
+            builder.append(timestamp: ts, payload: stamped(entry, entryB, entryVCPU, thread: thread))
             ts += 2_000 + (x >> 40) % 8_000  // guest runs 2–10 µs before the next exit on this CPU
             for page in builder.takeFinishedPages() { try body(page) }
         }

@@ -1,18 +1,20 @@
 import KVMExits
 import Testing
 
-/// The pipeline's per-thread shortcuts (an exit's series found in its thread's reason slots, indexed by the
-/// reason's low 4 bits; the writer's counter slot kept beside it) never mix keys: reasons that share those
-/// bits, the same reason under two ISAs, and a thread table that grows under an open exit all count and pair
-/// exactly as the keys say.
+/// The pipeline's per-thread shortcuts (an exit's series found in its thread's reason slots, two per set, the
+/// set a hash of the reason; the writer's counter slot kept beside it) never mix keys: more reasons than a set
+/// holds, reasons that share the low bits, the same reason under two ISAs, and a thread table that grows under
+/// an open exit all count and pair exactly as the keys say.
 @Suite struct PipelineHotPathTests {
     @Test func reasonsSharingSlotsCountAndPairApart() {
         var catalog = EventCatalog()
         let exit = catalog.add(system: "kvm", name: "kvm_exit")
         let entry = catalog.add(system: "kvm", name: "kvm_entry")
         var pipeline = ExitPipeline(catalog: catalog)
-        // (reason, isa): 1, 17 and 33 share a slot; reason 1 comes under two ISAs.
-        let keys: [(reason: UInt32, isa: UInt8)] = [(1, 1), (17, 1), (33, 1), (1, 2), (1, 1), (1, 1), (17, 1)]
+        // (reason, isa): 1, 17 and 33 share their low 4 bits; 33, 12, 40 and 30 share a set of 2 slots (so do
+        // 1 under both ISAs); reason 1 comes under two ISAs.
+        let keys: [(reason: UInt32, isa: UInt8)] = [(1, 1), (17, 1), (33, 1), (1, 2), (1, 1), (1, 1), (17, 1),
+                                                    (12, 1), (40, 1), (30, 1), (12, 1), (33, 1), (30, 1)]
         var want: [Int32: [String: (count: UInt64, sum: UInt64)]] = [:]
         var t: UInt64 = 1_000
         for round in 0..<50 {

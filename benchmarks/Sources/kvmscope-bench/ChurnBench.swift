@@ -4,7 +4,7 @@ import KVMHost
 import KVMSources
 
 /// Many distinct vCPU threads through the report pipeline: for each thread count, `kvmscope bench synth`
-/// writes a trace.dat of `events` events (the corpus's reason mix, VMs of 8 vCPUs, 2 host CPUs, every thread
+/// writes a trace.dat of `events` events (the corpus's reason mix, VMs of 4 vCPUs, 2 host CPUs, every thread
 /// exiting in turn), then
 /// - `kvmscope report --json FILE` as shipped: wall and CPU time, peak RSS (wait4's ru_maxrss), pairs;
 /// - the same file through ``ExitPipeline`` on this thread (decode, merge CPUs, count, pair, what `report`

@@ -109,7 +109,7 @@ if options.wants("churn") {
     do {
         let rows = try ChurnBench(kvmscope: options.kvmscope, threads: options.churnThreads, events: options.churnEvents)
             .run(progress: say)
-        out("`kvmscope bench synth` files (VMs of 8 vCPUs, 2 host CPUs, corpus reason mix); `report --json` as shipped (wall, peak RSS), the same file through ExitPipeline on one thread (events per CPU-second), then one scrape of that aggregate (median of 3).")
+        out("`kvmscope bench synth` files (VMs of 4 vCPUs, 2 host CPUs, corpus reason mix); `report --json` as shipped (wall, peak RSS), the same file through ExitPipeline on one thread (events per CPU-second), then one scrape of that aggregate (median of 3).")
         out()
         out("| distinct vCPU threads | report wall s | report CPU s | report peak RSS MiB | pairs | pipeline events/s, 1 core | vs first row | live series | scrape wall ms | scrape CPU ms | scrape lines |")
         out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
