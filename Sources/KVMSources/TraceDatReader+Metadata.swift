@@ -110,9 +110,11 @@ extension TraceDatReader {
             var next = optionsAt
             var visited = Set<UInt64>()
             var buffers: [(name: String, offset: UInt64, cpus: [(Int, UInt64, UInt64)], pageSize: Int)] = []
+            var tail: UInt64 = 0
             while next != 0 {
                 guard visited.insert(next).inserted, visited.count < 10_000 else { throw bad("options sections form a loop") }
                 var (r, _) = try section(at: next, expecting: Option.done.rawValue, name: "options")
+                tail = max(tail, try sectionEnd(at: next))
                 next = 0
                 while r.remaining > 0 {
                     let id = try r.u16()
@@ -137,6 +139,17 @@ extension TraceDatReader {
                         continue
                     }
                     try option(id, &o)
+                }
+            }
+            // trace-cmd writes its strings section (the sections' names, id 15) right after the last options
+            // section, and no option points at it: read whole, it is where a file cut short shows (every other
+            // section lies before it). Other writers (kvmscope's own) put other sections there, or nothing; fewer
+            // bytes than a section header there are a cut file whoever wrote it.
+            if let file, tail < UInt64(file.count) {
+                let left = UInt64(file.count) - tail
+                var peek = ByteReader(file, from: Int(tail), bigEndian: bigEndian, what: "strings section")
+                if try left < 16 || peek.u16() == Option.strings.rawValue {
+                    _ = try section(at: tail, expecting: Option.strings.rawValue, name: "strings")
                 }
             }
             for id in [Option.headerInfo, .ftraceEvents, .eventFormats, .cmdlines] {
@@ -172,6 +185,15 @@ extension TraceDatReader {
                 guard cpu < 1 << 16 else { throw bad("bad cpu number \(cpu)") }
                 try addCPU(cpu: cpu, offset: off, size: size)
             }
+        }
+
+        /// Where the section at `offset` ends (its 16-byte header and payload), checked against the file.
+        func sectionEnd(at offset: UInt64) throws -> UInt64 {
+            guard let file else { throw bad("no file") }
+            var r = ByteReader(file, from: Int(offset), bigEndian: bigEndian, what: "section")
+            try r.skip(8)
+            let size = try r.size(try r.u64(), of: "section")
+            return UInt64(r.pos + size)
         }
 
         /// A section's payload (decompressed when flagged). Checks id and size against the file.

@@ -33,6 +33,20 @@ import KVMSources
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
+    /// trace-cmd's last section, its strings (id 15, zlib), is pointed at by no option: a file cut inside it
+    /// once read as if whole. Cut anywhere in it, the file is refused with what is missing; whole, it reads.
+    @Test(arguments: [1, 30, 100, 111]) func traceCmdFileCutInItsStringsSection(cut: Int) throws {
+        let whole = Array(try Data(contentsOf: URL(fileURLWithPath: TraceDatReaderTests.corpusPath)))
+        #expect(Self.badFileMessage(TraceDatReaderTests.corpusPath) == nil)
+        let path = Self.write(Array(whole.dropLast(cut)), "cut-strings-\(cut).dat")
+        defer { unlink(path) }
+        // The strings section's header starts 112 bytes before the end (16 + 96 compressed bytes).
+        let expected = cut <= 96
+            ? "\(path): strings section: strings section claims 96 bytes at offset \(whole.count - 96) but only \(96 - cut) remain"
+            : "\(path): truncated strings section: needs \(cut <= 104 ? 8 : 2) bytes at offset \(cut <= 104 ? whole.count - 104 : whole.count - 112), has \(112 - cut - (cut <= 104 ? 8 : 0))"
+        #expect(Self.badFileMessage(path) == expected)
+    }
+
     @Test func emptyAndWrongMagic() throws {
         let empty = Self.write([], "empty.dat")
         defer { unlink(empty) }
