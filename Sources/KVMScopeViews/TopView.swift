@@ -149,11 +149,14 @@ public enum TopView {
         let live = rows.filter { !$0.vm.gone }
         let running = live.filter { $0.state == "R" }.count
         let paused = live.filter { $0.state == "P" }.count
+        let diskWait = live.filter { $0.state == "D" }.count
         let cpu = live.compactMap(\.intervalCPUSeconds).reduce(0, +)
         let interval = max(s.intervalSeconds, 1e-9)
         let clock = frame.time.split(separator: "T").last.map { String($0.prefix(8)) } ?? frame.time
         var lines = [
-            "kvmscope top - \(clock) - \(live.count) VM\(live.count == 1 ? "" : "s"), \(running) running, \(paused) paused, \(live.count - running - paused) blocked",
+            "kvmscope top - \(clock) - \(live.count) VM\(live.count == 1 ? "" : "s"), \(running) running, "
+                + "\(live.count - running - paused - diskWait) sleeping, \(paused) paused"
+                + (diskWait > 0 ? ", \(diskWait) in disk wait" : ""),
             "Host: \(s.hostCPUs) CPUs, \(gib(s.hostMemoryBytes)) GiB memory; interval \(fixed(s.intervalSeconds, 2)) s",
             "CPU: \(fixed(cpu / interval / Double(s.hostCPUs) * 100, 1))% of all host CPUs (virt-top's %CPU), "
                 + "\(fixed(cpu / interval * 100, 1))% of one CPU (htop's); sorted by \(sort.rawValue)",

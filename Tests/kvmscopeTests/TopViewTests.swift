@@ -67,7 +67,7 @@ import Testing
 
     @Test func screenIsVirtTops() {
         #expect(TopView.render(Self.frame()) == [
-            "kvmscope top - 09:40:12 - 2 VMs, 1 running, 0 paused, 1 blocked",
+            "kvmscope top - 09:40:12 - 2 VMs, 1 running, 1 sleeping, 0 paused",
             "Host: 4 CPUs, 8.0 GiB memory; interval 2.00 s",
             "CPU: 18.8% of all host CPUs (virt-top's %CPU), 75.0% of one CPU (htop's); sorted by cpu",
             "RDRQ/WRRQ: read/write syscalls, RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
