@@ -318,7 +318,7 @@ struct ReportCommand: ParsableCommand {
             lines += ReportTable.footer(s, pairingScope: pairingScope)
             return lines
         }
-        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
+        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
         lines.append("")
         lines += Self.vmTable(s)
         lines.append("")
