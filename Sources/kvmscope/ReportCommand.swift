@@ -219,7 +219,8 @@ struct ReportCommand: ParsableCommand {
         if json {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                 extra: [("source", sourceJSON(file, source, analysis)),
-                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))]))
+                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))],
+                                                pairingScope: pairingScope == nil ? nil : "all threads"))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
