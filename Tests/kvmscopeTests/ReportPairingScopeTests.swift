@@ -18,7 +18,7 @@ import Testing
         """
 
     func footer(_ args: [String]) throws -> [String] {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-\(getpid()).txt").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-\(getpid())-\(UUID().uuidString).txt").path
         defer { unlink(path) }
         try Self.trace.write(toFile: path, atomically: true, encoding: .utf8)
         let r = try CLI.run(["report"] + args + [path])
