@@ -91,7 +91,8 @@ public enum ReportTable {
         return line
     }
 
-    /// The lines under the tables, always shown: pairing and losses.
+    /// The lines under the tables, always shown: pairing and losses; then a `note:` line when a thread's name and
+    /// its kvm_exit/kvm_entry disagree on its vCPU number (``vcpuMismatchNote(_:)``).
     /// - Parameter pairingScope: what the pairing counts cover when the tables show fewer rows (the pairer counts
     ///   every thread of the trace): `all threads, not only -p 4242` reads `pairing (all threads, not only -p 4242):`.
     public static func footer(_ s: Summary, pairingScope: String? = nil) -> [String] {
@@ -105,7 +106,19 @@ public enum ReportTable {
             "pairing\(pairingScope.map { " (\($0))" } ?? ""): paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
                 + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
             lost,
-        ]
+        ] + (vcpuMismatchNote(s).map { [$0] } ?? [])
+    }
+
+    /// One `note:` line when a thread's name and its kvm_exit/kvm_entry disagree on its vCPU number
+    /// (``Summary/vcpuMismatches``, the JSON's `vcpu_mismatches`): the first such thread's VM, tid and why, and how
+    /// many more there are; nil when there is none.
+    public static func vcpuMismatchNote(_ s: Summary) -> String? {
+        guard let first = s.vcpuMismatches.first else { return nil }
+        let id = first.identity
+        let more = s.vcpuMismatches.count - 1
+        return "note: VM \(id.vm)\(id.vmName.map { " (\($0.terminalSafe))" } ?? "") tid \(first.tid): "
+            + SummaryJSON.vcpuMismatchNote(id).terminalSafe
+            + (more > 0 ? "; \(more) more thread\(more == 1 ? "" : "s") (--json: vcpu_mismatches)" : "")
     }
 
     /// CSV: one row per VM × vCPU × reason, latencies in ns: exit reasons from `kvm_exit` (isa `vmx`, `svm`,

@@ -115,7 +115,8 @@ public struct LogFormatter {
 }
 
 extension StatTable {
-    /// The line under a table: losses and pairing, never hidden.
+    /// The line under a table: losses and pairing, never hidden; then, when a thread's name and its
+    /// kvm_exit/kvm_entry disagree on its vCPU number, a `note:` line (``ReportTable/vcpuMismatchNote(_:)``).
     /// - Parameter pairingScope: what the pairing counts cover when the table shows fewer rows than were traced
     ///   (the pairer counts every thread): `all threads traced, not only -p 4242` follows them in parentheses.
     public static func footer(_ s: Summary, pairingScope: String? = nil) -> String {
@@ -129,6 +130,7 @@ extension StatTable {
             parts.append("paired \(p.paired) orphan_exits \(p.orphanExits) orphan_entries \(p.orphanEntries) open_at_end \(p.openAtEnd) invalidated_by_loss \(p.invalidatedByLoss)"
                          + (pairingScope.map { " (\($0))" } ?? ""))
         }
-        return parts.joined(separator: "  ")
+        // A thread whose name and kvm_exit/kvm_entry disagree on its vCPU number: one note line, as report's.
+        return parts.joined(separator: "  ") + (ReportTable.vcpuMismatchNote(s).map { "\n" + $0 } ?? "")
     }
 }

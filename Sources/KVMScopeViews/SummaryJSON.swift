@@ -8,7 +8,10 @@ public enum SummaryJSON {
         value(s, durationSeconds: durationSeconds, extra: extra).serialized(pretty: pretty)
     }
 
-    public static func value(_ s: Summary, durationSeconds: Double, extra: [(String, JSONValue)] = []) -> JSONValue {
+    /// - Parameter pairingScope: which threads `pairing` counts, given as its `scope` field when they are not
+    ///   the rows' threads (`report -p/--vcpu/--reason` pair every thread: "all threads"); nil: no field.
+    public static func value(_ s: Summary, durationSeconds: Double, extra: [(String, JSONValue)] = [],
+                             pairingScope: String? = nil) -> JSONValue {
         var top: [(String, JSONValue)] = [
             ("duration_s", .double((durationSeconds * 1000).rounded() / 1000)),
             ("lost_events", .uint(s.lostEvents)),
@@ -34,7 +37,8 @@ public enum SummaryJSON {
             ("orphan_entries", .uint(s.pairing.orphanEntries)), ("open_at_end", .uint(s.pairing.openAtEnd)),
             ("invalidated_by_loss", .uint(s.pairing.invalidatedByLoss)),
             ("negative_gaps", .uint(s.pairing.negativeGaps)),
-        ] + (s.pairing.overflow > 0 ? [("overflow", .uint(s.pairing.overflow))] : []))))
+        ] + (s.pairing.overflow > 0 ? [("overflow", .uint(s.pairing.overflow))] : [])
+          + (pairingScope.map { [("scope", JSONValue.string($0))] } ?? []))))
         top.append(contentsOf: extra)
         return .object(top)
     }

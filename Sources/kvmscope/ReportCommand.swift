@@ -219,14 +219,16 @@ struct ReportCommand: ParsableCommand {
         if json {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                 extra: [("source", sourceJSON(file, source, analysis)),
-                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))]))
+                                                        ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))],
+                                                pairingScope: pairingScope == nil ? nil : "all threads"))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
         } else {
             if n > 0 { writeStdout("\n") }
             let lines = Durations.$inCycles.withValue(inCycles) {
-                self.text(file, source, analysis, summary, histogramNames)
+                self.text(file, source, analysis, summary, histogramNames,
+                          resources: (recorded?.vms ?? []).filter { pid == nil || $0.vm == pid })
             }
             writeStdout(lines.joined(separator: "\n") + "\n")
         }
@@ -278,7 +280,7 @@ struct ReportCommand: ParsableCommand {
     }
 
     func text(_ file: String, _ source: TraceSource, _ a: ReportAnalysis, _ s: Summary,
-              _ histogramNames: [String]?) -> [String] {
+              _ histogramNames: [String]?, resources: [VMResourceUse] = []) -> [String] {
         let t = source as? TextTraceReader
         let span = t?.timestampUnit == .counterTicks ? "(\(a.first) → \(a.last) cycles)" : "(\(seconds(a.first)) → \(seconds(a.last)))"
         var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events over "
@@ -318,10 +320,14 @@ struct ReportCommand: ParsableCommand {
             lines += ReportTable.footer(s, pairingScope: pairingScope)
             return lines
         }
-        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), children: false)
+        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
         lines.append("")
         lines += Self.vmTable(s)
         lines.append("")
+        if !resources.isEmpty {
+            lines += Self.resourceTable(resources)
+            lines.append("")
+        }
         lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
         lines.append("")
         lines += ReportTable.footer(s, pairingScope: pairingScope)
@@ -360,6 +366,68 @@ struct ReportCommand: ParsableCommand {
             lines.append(StatTable.lpad(String(pid), 8) + "  " + StatTable.pad((vm.name ?? "-").terminalSafe, 24)
                          + StatTable.pad(vcpus.isEmpty ? "-" : vcpus, 12) + StatTable.lpad(String(vm.events), 12)
                          + StatTable.lpad(String(vm.exits), 12) + StatTable.lpad(String(vm.user), 17))
+        }
+        return lines
+    }
+
+    /// What `record` sampled of each VM (kvmscope's option 0x4b02, `report --json`'s `resources`), one row per
+    /// VM: seconds it was sampled, host CPU seconds (clock ticks: the process's, its vCPU threads', the rest:
+    /// I/O threads, main loop), the vCPU threads' run-queue wait, RSS at the last sample, and bytes that reached
+    /// storage (/proc/PID/io; `-` unreadable) — all growth over the recording. Then, for VMs recorded with
+    /// `--qmp`, one row per block device: requests, bytes and average time per request (QEMU's
+    /// `query-blockstats`; `-` without requests), or why the socket failed.
+    static func resourceTable(_ vms: [VMResourceUse]) -> [String] {
+        func secs(_ v: Double) -> String { String(format: "%.2fs", v) }
+        func size(_ b: UInt64?) -> String {
+            guard let b else { return "-" }
+            if b < 1024 { return "\(b)B" }
+            var v = Double(b) / 1024
+            for unit in ["K", "M", "G", "T"] {
+                if v < 1024 || unit == "T" { return String(format: "%.1f", v) + unit }
+                v /= 1024
+            }
+            return "-"
+        }
+        func lat(_ ns: Double?) -> String { ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-" }
+        var lines = ["Resources while recorded (/proc: host CPU time, vCPU run-queue wait, RSS at the end, storage bytes)",
+                     StatTable.lpad("VM", 8) + "  " + StatTable.pad("Name", 24) + StatTable.lpad("Sampled", 8)
+                     + StatTable.lpad("CPU", 9) + StatTable.lpad("vCPU", 9) + StatTable.lpad("Other", 9)
+                     + StatTable.lpad("Wait", 10) + StatTable.lpad("RSS", 9) + StatTable.lpad("Read", 9)
+                     + StatTable.lpad("Written", 9)]
+        for vm in vms {
+            let hz = Double(max(1, vm.ticksPerSecond))
+            let cpu = vm.process.cpuTicks, vcpu = vm.vcpuTotal.cpuTicks
+            var notes: [String] = []
+            if vm.bornDuringRun { notes.append("started during the recording") }
+            if vm.ended { notes.append("ended") }
+            lines.append(StatTable.lpad(String(vm.vm), 8) + "  " + StatTable.pad(vm.name.terminalSafe, 24)
+                         + StatTable.lpad(String(format: "%.1fs", vm.sampledSeconds), 8)
+                         + StatTable.lpad(secs(Double(cpu) / hz), 9) + StatTable.lpad(secs(Double(vcpu) / hz), 9)
+                         + StatTable.lpad(secs(Double(cpu.saturatingMinus(vcpu)) / hz), 9)
+                         + StatTable.lpad(Durations.adaptive(vm.vcpuTotal.waitNanoseconds), 10)
+                         + StatTable.lpad(size(vm.rssBytes), 9) + StatTable.lpad(size(vm.io?.readBytes), 9)
+                         + StatTable.lpad(size(vm.io?.writeBytes), 9)
+                         + (notes.isEmpty ? "" : "  " + notes.joined(separator: ", ")))
+        }
+        let qmp = vms.filter { $0.qmp != nil }
+        guard !qmp.isEmpty else { return lines }
+        lines += ["", "Block devices while recorded (QEMU's query-blockstats: requests, bytes, average time per request)",
+                  StatTable.lpad("VM", 8) + "  " + StatTable.pad("Device", 24) + StatTable.lpad("RDRQ", 8)
+                  + StatTable.lpad("WRRQ", 8) + StatTable.lpad("RDBY", 9) + StatTable.lpad("WRBY", 9)
+                  + StatTable.lpad("RDLAT", 10) + StatTable.lpad("WRLAT", 10)]
+        for vm in qmp {
+            if let problem = vm.qmp?.problem {
+                lines.append(StatTable.lpad(String(vm.vm), 8) + "  " + "(QMP: \(problem))".terminalSafe)
+                continue
+            }
+            for d in vm.disks {
+                let c = d.counts
+                lines.append(StatTable.lpad(String(vm.vm), 8) + "  " + StatTable.pad(d.device.terminalSafe, 24)
+                             + StatTable.lpad(String(c.readRequests), 8) + StatTable.lpad(String(c.writeRequests), 8)
+                             + StatTable.lpad(size(c.readBytes), 9) + StatTable.lpad(size(c.writeBytes), 9)
+                             + StatTable.lpad(lat(c.readLatencyNanoseconds), 10)
+                             + StatTable.lpad(lat(c.writeLatencyNanoseconds), 10))
+            }
         }
         return lines
     }

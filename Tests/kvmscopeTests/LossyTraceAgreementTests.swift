@@ -26,10 +26,11 @@ import Testing
         let exitB = try EventPayloadBuilder(formats: formats, event: "kvm_exit")
         let entryB = try EventPayloadBuilder(formats: formats, event: "kvm_entry")
         func exit(_ b: inout RingBufferPageBuilder, _ ts: UInt64, _ tid: Int32, _ reason: UInt64) {
-            b.append(timestamp: ts, payload: exitB.payload(pid: tid, ["exit_reason": reason, "isa": 1]))
+            // vcpu_id as the thread's name gives it (`CPU n/KVM`: n = tid - 101), so no thread's numbers disagree.
+            b.append(timestamp: ts, payload: exitB.payload(pid: tid, ["exit_reason": reason, "isa": 1, "vcpu_id": UInt64(tid - 101)]))
         }
         func entry(_ b: inout RingBufferPageBuilder, _ ts: UInt64, _ tid: Int32) {
-            b.append(timestamp: ts, payload: entryB.payload(pid: tid, [:]))
+            b.append(timestamp: ts, payload: entryB.payload(pid: tid, ["vcpu_id": UInt64(tid - 101)]))
         }
         var cpu0 = RingBufferPageBuilder(subbufSize: 4096)
         exit(&cpu0, 1_000, 101, msrWrite)

@@ -39,6 +39,12 @@ import TestSupport
 
             Event                                          Total  %Total   CurAvg/s
             kvm_exit                                        1333   100.0        144
+              MSR_WRITE                                      820    61.5         89
+              HLT                                            337    25.3         37
+              EPT_MISCONFIG                                  108     8.1         12
+              PREEMPTION_TIMER                                39     2.9          4
+              EXTERNAL_INTERRUPT                              28     2.1          3
+              MSR_READ                                         1     0.1          0
             Total                                           1333                144
 
                   VM  Name                    vCPUs             Events       Exits  Userspace exits
@@ -65,6 +71,20 @@ import TestSupport
         #expect(host.status == 0 && !host.stdout.contains("kvm_entry not traced"))
         let hj = try CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)
         #expect((hj["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == true)
+    }
+
+    /// kvm_userspace_exit's KVM_EXIT_* reasons are listed under it, as `stat`'s table does (and --json/--csv).
+    @Test func eventTableHasUserspaceExitReasons() throws {
+        let r = try CLI.run(["report", Self.fixtures + "storm-io.kernel-tgid.txt"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Array(r.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(2).prefix(6)) == [
+            "Event                                          Total  %Total   CurAvg/s",
+            "kvm_pio                                           10    50.0      11962",
+            "kvm_userspace_exit                                10    50.0      11962",
+            "  KVM_EXIT_IO                                     10   100.0      11962",
+            "Total                                             20              23923",
+            "",
+        ])
     }
 
     /// Several files, one bad: like wc or grep, the good ones are reported in every mode, the bad one is one

@@ -18,7 +18,7 @@ import Testing
         """
 
     func footer(_ args: [String]) throws -> [String] {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-\(getpid()).txt").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-\(getpid())-\(UUID().uuidString).txt").path
         defer { unlink(path) }
         try Self.trace.write(toFile: path, atomically: true, encoding: .utf8)
         let r = try CLI.run(["report"] + args + [path])
@@ -42,5 +42,26 @@ import Testing
         #expect(try footer(["-p", "50", "--reason", "hlt", "--event", "ioport"]).first
                 == "pairing (all threads, not only -p 50 --reason hlt): paired 4, orphan exits 0, orphan entries 0, "
                 + "open at end 1, invalidated by loss 0, negative gaps 0")
+    }
+
+    /// `--json`'s `pairing` says the same: `"scope": "all threads"` when -p/--vcpu/--reason select rows; no
+    /// `scope` without them (the pairing and the rows then count the same threads).
+    @Test func jsonPairingSaysItsScope() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-json-\(getpid()).txt").path
+        defer { unlink(path) }
+        try Self.trace.write(toFile: path, atomically: true, encoding: .utf8)
+        func pairing(_ args: [String]) throws -> [String: Any] {
+            let r = try CLI.run(["report", "--json"] + args + [path])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            return try #require(try CLI.json(r.stdout)["pairing"] as? [String: Any], "\(r.stdout)")
+        }
+        let all = try pairing([])
+        #expect(all["scope"] == nil)
+        #expect(all["paired"] as? Int == 4 && all["open_at_end"] as? Int == 1)
+        for args in [["--vcpu", "1"], ["-p", "50"], ["--reason", "hlt"]] {
+            let p = try pairing(args)
+            #expect(p["scope"] as? String == "all threads", "\(args)")
+            #expect(p["paired"] as? Int == 4 && p["open_at_end"] as? Int == 1, "\(args)")
+        }
     }
 }
