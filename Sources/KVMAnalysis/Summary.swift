@@ -36,7 +36,7 @@ public struct SummaryFilter: Sendable {
     }
 
     /// kvm_stat's `-f` semantics: a regular expression searched in the event name.
-    func keeps(field name: String) throws -> Bool {
+    public func keeps(field name: String) throws -> Bool {
         guard let fields else { return true }
         return try Regex(fields).firstMatch(in: name) != nil
     }
