@@ -248,8 +248,8 @@ struct StatCommand: ParsableCommand {
                                  csv: csv)
             if let path = logToFile, csv, Self.size(of: out.fileDescriptor) > 0 {
                 guard csvHeaderInFile == f.header() else {
-                    throw KVMScopeError.usage("\(path) holds a log with other columns than this run's \(f.fields.count): "
-                                              + "-L -c appends only to the same table; give another file")
+                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count) columns): "
+                                              + "-L -c appends only to a log of the same columns; give another file")
                 }
             } else {
                 try emit(f.header() + "\n")
