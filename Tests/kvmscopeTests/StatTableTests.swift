@@ -139,6 +139,13 @@ import Testing
         let now = try Self.logSummary(pio: 5, io: 30, mmio: 4, hlt: 0, filter: filter)
         #expect(mmio.header() == "timestamp,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_MMIO)")
         #expect(mmio.line(timestamp: "T", current: now, previous: before) == "T,23,3")
+        // The table too: the sibling KVM_EXIT_IO is not a row; the event's total is all its reasons'.
+        #expect(StatTable.render(now, previous: before, seconds: 1) == [
+            "Event                                          Total  %Total   CurAvg/s",
+            "kvm_userspace_exit                                34   100.0         23",
+            "  KVM_EXIT_MMIO                                    4    11.8          3",
+            "Total                                             34                 23",
+        ])
     }
 
     @Test func footerShowsLossesAndPairing() throws {
