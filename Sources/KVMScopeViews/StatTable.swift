@@ -132,6 +132,22 @@ public struct LogFormatter {
         return kept.sorted()
     }
 
+    /// What to say of the children `s` counts that are no column (a reason outside its table at the start), one
+    /// line each, `field` → the line (without `kvmscope: ` and newline): their counts are in their event's column
+    /// (or in none, where -f kept no column of that event). Children -f does not keep are not listed.
+    /// - Throws: a bad -f regular expression.
+    public func uncolumned(in s: Summary, filter: SummaryFilter = SummaryFilter()) throws -> [(field: String, note: String)] {
+        var out: [(field: String, note: String)] = []
+        for c in s.children where c.total > 0 {
+            let field = "\(c.event)(\(c.reason))"
+            guard !fields.contains(field), try filter.keeps(event: c.event, reason: c.reason) else { continue }
+            out.append((field, "\(field) is not a column of this log (not in \(c.event)'s reasons at its start): "
+                        + (fields.contains(c.event) ? "its counts are in the \(c.event) column"
+                           : "-f kept no \(c.event) column, so its counts are in none")))
+        }
+        return out
+    }
+
     /// The names of an event's reason table, in table order, each once (empty for events without reasons).
     static func reasonNames(catalog: EventCatalog, event: UInt16, exitISA: ISA?) -> [String] {
         let table: SymbolTable

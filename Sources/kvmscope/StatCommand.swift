@@ -271,20 +271,14 @@ struct StatCommand: ParsableCommand {
         // -1 is one interval: 1 s as kvm_stat's, or -s's.
         let run = TraceRun(stop: stop, seconds: once ? delay ?? 1 : duration, child: child)
 
-        let columns = Set(formatter?.fields ?? [])
         var noted = Set<String>()
         var linesSinceHeader = 0
         /// One log line: the counts since `previous`.
         func logLine(_ formatter: LogFormatter, _ current: Summary) throws {
             // A reason no column names (outside its event's table at start) is said once: its counts are in its
             // event's column.
-            for c in current.children {
-                let field = "\(c.event)(\(c.reason))"
-                guard c.total > 0, !columns.contains(field), try filter.keeps(event: c.event, reason: c.reason),
-                      noted.insert(field).inserted else { continue }
-                writeStderr("kvmscope: \(field) is not a column of this log (not in \(c.event)'s reasons at its start): "
-                            + (columns.contains(c.event) ? "its counts are in the \(c.event) column\n"
-                               : "-f keeps no \(c.event) column, so its counts are in none\n"))
+            for (field, note) in try formatter.uncolumned(in: current, filter: filter) where noted.insert(field).inserted {
+                writeStderr("kvmscope: \(note)\n")
             }
             if linesSinceHeader >= 20 && !csv {
                 try emit(formatter.header() + "\n")

@@ -114,6 +114,18 @@ import Testing
         let third = try Self.logSummary(pio: 300, io: 300, mmio: 7, hlt: 400, ept: 9)
         #expect(third.children.contains { $0.event == "kvm_exit" && $0.reason == "EPT_VIOLATION" && $0.total == 9 })
         #expect(csv.line(timestamp: "T3", current: third, previous: second) == "T3,9,0,0,0,0,0,0,0,0")
+        // … and said (stat -l writes it once on stderr).
+        #expect(try csv.uncolumned(in: second).isEmpty)
+        #expect(try csv.uncolumned(in: third).map(\.note) == [
+            "kvm_exit(EPT_VIOLATION) is not a column of this log (not in kvm_exit's reasons at its start): "
+            + "its counts are in the kvm_exit column",
+        ])
+        let hltOnly = LogFormatter(fields: ["kvm_exit(HLT)"], csv: true)
+        #expect(try hltOnly.uncolumned(in: third, filter: SummaryFilter(fields: "EPT|HLT")).map(\.note) == [
+            "kvm_exit(EPT_VIOLATION) is not a column of this log (not in kvm_exit's reasons at its start): "
+            + "-f kept no kvm_exit column, so its counts are in none",
+        ])
+        #expect(try hltOnly.uncolumned(in: third, filter: SummaryFilter(fields: "HLT")).isEmpty)
         let text = LogFormatter(fields: ["kvm_pio", "kvm_exit(HLT)"], csv: false)
         #expect(text.header() == "timestamp                kvm_pio kvm_exit(HLT)")
         #expect(text.line(timestamp: "T", current: second, previous: nil) == "T                            300           400")
