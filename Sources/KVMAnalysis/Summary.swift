@@ -36,7 +36,7 @@ public struct SummaryFilter: Sendable {
     }
 
     /// kvm_stat's `-f` semantics: a regular expression searched in the event name.
-    func keeps(field name: String) throws -> Bool {
+    public func keeps(field name: String) throws -> Bool {
         guard let fields else { return true }
         return try Regex(fields).firstMatch(in: name) != nil
     }
@@ -156,7 +156,8 @@ public struct EventRow: Sendable, Equatable {
 public struct Summary: Sendable {
     /// (event name, total), in catalog order, only events with a non-zero total or a filter match.
     public var events: [(name: String, total: UInt64)] = []
-    /// kvm_stat-style children: (parent event, reason, total) across all VMs.
+    /// kvm_stat-style children: (parent event, reason, total) across all VMs; with `-f`, those it matches
+    /// (`event(reason)`), as kvm_stat's: an event kept for one child does not bring its other children.
     public var children: [(event: String, reason: String, total: UInt64)] = []
     public var exits: [ExitRow] = []
     public var userspaceExits: [UserspaceExitRow] = []
@@ -360,7 +361,9 @@ public struct Summary: Sendable {
             guard try filter.keeps(field: entry.name) || mine.contains(where: {
                 (try? filter.keeps(event: entry.name, reason: names.values[Int($0.name)])) ?? false }) else { continue }
             events.append((entry.name, totals[i]))
-            for c in mine.sorted(by: { nameRank[Int($0.name)] < nameRank[Int($1.name)] }) {
+            // kvm_stat's -f: a child is kept when it matches, not because its event or a sibling does.
+            for c in mine.sorted(by: { nameRank[Int($0.name)] < nameRank[Int($1.name)] })
+            where try filter.keeps(event: entry.name, reason: names.values[Int(c.name)]) {
                 children.append((entry.name, names.values[Int(c.name)], c.total))
             }
         }

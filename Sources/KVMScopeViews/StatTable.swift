@@ -62,7 +62,9 @@ public enum StatTable {
     }
 }
 
-/// kvm_stat's log mode (`-l`, `-c`): a header of event names, then one line of per-interval counts.
+/// kvm_stat's log mode (`-l`, `-c`): a header of field names, then one line of per-interval counts. The fields
+/// are fixed when the log starts (``fields(catalog:exitISA:filter:)``), as kvm_stat fixes its keys: every line of
+/// one log has the same columns, zeros included.
 public struct LogFormatter {
     public let fields: [String]
     public let csv: Bool
@@ -77,22 +79,25 @@ public struct LogFormatter {
             : StatTable.pad("timestamp", 20) + fields.map { StatTable.lpad($0, max(12, $0.count + 1)) }.joined()
     }
 
-    public func line(timestamp: String, current: Summary, previous: Summary?) -> String {
-        let values = fields.map { f -> String in
+    /// The count of each field during one interval: `current` minus `previous` (events, from the summaries'
+    /// event totals; children `event(reason)`, from their child rows), 0 for a field neither counts.
+    public func values(current: Summary, previous: Summary?) -> [UInt64] {
+        fields.map { f in
             let (event, reason) = Self.split(f)
-            let now: UInt64
-            let before: UInt64
-            if let reason {
-                now = current.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
-                before = previous?.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
-            } else {
-                now = current.total(of: event)
-                before = previous?.total(of: event) ?? 0
-            }
-            return String(now &- before)
+            guard let reason else { return current.total(of: event) &- (previous?.total(of: event) ?? 0) }
+            let now = current.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
+            let before = previous?.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
+            return now &- before
         }
-        if csv { return ([timestamp] + values).joined(separator: ",") }
-        return StatTable.pad(timestamp, 20) + zip(fields, values).map { StatTable.lpad($1, max(12, $0.count + 1)) }.joined()
+    }
+
+    public func line(timestamp: String, values: [UInt64]) -> String {
+        if csv { return ([timestamp] + values.map(String.init)).joined(separator: ",") }
+        return StatTable.pad(timestamp, 20) + zip(fields, values).map { StatTable.lpad(String($1), max(12, $0.count + 1)) }.joined()
+    }
+
+    public func line(timestamp: String, current: Summary, previous: Summary?) -> String {
+        line(timestamp: timestamp, values: values(current: current, previous: previous))
     }
 
     /// "kvm_exit(HLT)" → ("kvm_exit", "HLT").
@@ -101,16 +106,64 @@ public struct LogFormatter {
         return (String(f[..<open]), String(f[f.index(after: open)..<f.index(before: f.endIndex)]))
     }
 
-    /// The fields of a summary in kvm_stat's naming: events, then `event(reason)` children.
-    public static func fields(of s: Summary, skipZero: Bool) -> [String] {
-        var out: [String] = []
-        for e in s.events where !(skipZero && e.total == 0) {
-            out.append(e.name)
-            for c in s.children where c.event == e.name && !(skipZero && c.total == 0) {
-                out.append("\(c.event)(\(c.reason))")
+    /// A log's columns, known before its first event as kvm_stat's (its TracepointProvider's fields): every event
+    /// of `catalog` (the traced events), and for each event with reasons one child `event(REASON)` per name of
+    /// its reason table — `kvm_userspace_exit(KVM_EXIT_IO)`… from kvm_userspace_exit's print fmt (the built-in
+    /// KVM_EXIT_* table where the kernel gives none); `kvm_exit(HLT)`… from kvm_exit's table for `exitISA`, the
+    /// host's (kvm_stat's arch table: VMX, SVM or arm64; nil, none).
+    ///
+    /// `filter.fields` (-f) keeps, as kvm_stat's, the fields it matches (searched in the name; a child also in its
+    /// reason's other spellings, ``SummaryFilter/keeps(event:reason:)``), plus the event of each child kept: a
+    /// parent's count is all its reasons', not only the kept children's. Sorted by name, as kvm_stat's keys.
+    ///
+    /// A reason outside the table (an `UNKNOWN(0x…)` code, a kvm_exit where `exitISA` is nil) has no column: its
+    /// counts are in its event's column, which counts every reason.
+    /// - Throws: a bad -f regular expression.
+    public static func fields(catalog: EventCatalog, exitISA: ISA?, filter: SummaryFilter = SummaryFilter()) throws -> [String] {
+        var kept = Set<String>()
+        for (i, e) in catalog.entries.enumerated() {
+            if try filter.keeps(field: e.name) { kept.insert(e.name) }
+            for reason in reasonNames(catalog: catalog, event: UInt16(i), exitISA: exitISA)
+            where try filter.keeps(event: e.name, reason: reason) {
+                kept.insert(e.name)
+                kept.insert("\(e.name)(\(reason))")
             }
         }
+        return kept.sorted()
+    }
+
+    /// What to say of the children `s` counts that are no column (a reason outside its table at the start), one
+    /// line each, `field` → the line (without `kvmscope: ` and newline): their counts are in their event's column
+    /// (or in none, where -f kept no column of that event). Children -f does not keep are not listed.
+    /// - Throws: a bad -f regular expression.
+    public func uncolumned(in s: Summary, filter: SummaryFilter = SummaryFilter()) throws -> [(field: String, note: String)] {
+        var out: [(field: String, note: String)] = []
+        for c in s.children where c.total > 0 {
+            let field = "\(c.event)(\(c.reason))"
+            guard !fields.contains(field), try filter.keeps(event: c.event, reason: c.reason) else { continue }
+            out.append((field, "\(field) is not a column of this log (not in \(c.event)'s reasons at its start): "
+                        + (fields.contains(c.event) ? "its counts are in the \(c.event) column"
+                           : "-f kept no \(c.event) column, so its counts are in none")))
+        }
         return out
+    }
+
+    /// The names of an event's reason table, in table order, each once (empty for events without reasons).
+    static func reasonNames(catalog: EventCatalog, event: UInt16, exitISA: ISA?) -> [String] {
+        let table: SymbolTable
+        switch catalog[event].role {
+        case .userspaceExit: table = catalog.userspaceExitReasons.table
+        case .exit:
+            switch exitISA {
+            case .vmx: table = catalog.exitReasons.vmx
+            case .svm: table = catalog.exitReasons.svm
+            case .arm64: table = catalog.exitReasons.arm64
+            case .unknown, nil: return []
+            }
+        default: return []
+        }
+        var seen = Set<String>()
+        return table.entries.map(\.name).filter { seen.insert($0).inserted }
     }
 }
 

@@ -217,19 +217,9 @@ struct StatCommand: ParsableCommand {
         // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s). Started before
         // the COMMAND, so that a VM the command starts is known as born during the run.
         let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
-        let child = try TraceOptions.start(command)
         let logging = log || logToFile != nil
-        // Opened before tracing starts: a path that cannot be written fails now, not after the run.
-        let summaryFD = try output.map(createOutputFile)
-        defer { if let summaryFD { close(summaryFD) } }
-        func writeSummary(_ text: String) throws {
-            guard let summaryFD else { return writeStdout(text) }
-            if let e = StandardDescriptors.write(summaryFD, text) {
-                throw KVMScopeError.io("cannot write \(output!): \(Errno(rawValue: e))")
-            }
-        }
         var out: FileHandle = .standardOutput
-        // -L appends, as kvm_stat's does; a CSV file that already starts with the header does not get it again.
+        // -L appends, as kvm_stat's does.
         var csvHeaderInFile: String?
         if let path = logToFile {
             let fd = try Self.appendToLogFile(path)
@@ -245,40 +235,70 @@ struct StatCommand: ParsableCommand {
             stop.raise(SIGHUP)
         }
 
-        var previous = try Summary(session.snapshot(), filter: filter)
+        // The log's first interval starts here, before COMMAND: none of its events is missed.
+        let start = try session.snapshot()
+        var previous = try Summary(start, filter: filter)
+        // Columns fixed now, as kvm_stat fixes its fields: every traced event and its reasons' children that
+        // -f keeps, zeros included (LogFormatter.fields). The header is printed now, and again every 20th line
+        // outside CSV (kvm_stat's habit): a CSV log is one table, and -L -c appends only to a file that holds
+        // the same table (or nothing).
         var formatter: LogFormatter?
-        var linesSinceHeader = 0
+        if logging {
+            let f = LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter),
+                                 csv: csv)
+            if let path = logToFile, csv, Self.size(of: out.fileDescriptor) > 0 {
+                guard csvHeaderInFile == f.header() else {
+                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count) columns): "
+                                              + "-L -c appends only to a log of the same columns; give another file")
+                }
+            } else {
+                try emit(f.header() + "\n")
+            }
+            formatter = f
+        }
+        let child = try TraceOptions.start(command)
+        // Opened before tracing starts: a path that cannot be written fails now, not after the run.
+        let summaryFD = try output.map(createOutputFile)
+        defer { if let summaryFD { close(summaryFD) } }
+        func writeSummary(_ text: String) throws {
+            guard let summaryFD else { return writeStdout(text) }
+            if let e = StandardDescriptors.write(summaryFD, text) {
+                throw KVMScopeError.io("cannot write \(output!): \(Errno(rawValue: e))")
+            }
+        }
         let timestamp = DateFormatter()
         timestamp.dateFormat = "yyyy-MM-dd HH:mm:ss"
         // -1 is one interval: 1 s as kvm_stat's, or -s's.
         let run = TraceRun(stop: stop, seconds: once ? delay ?? 1 : duration, child: child)
 
-        if logging {
+        var noted = Set<String>()
+        var linesSinceHeader = 0
+        /// One log line: the counts since `previous`.
+        func logLine(_ formatter: LogFormatter, _ current: Summary) throws {
+            // A reason no column names (outside its event's table at start) is said once: its counts are in its
+            // event's column.
+            for (field, note) in try formatter.uncolumned(in: current, filter: filter) where noted.insert(field).inserted {
+                writeStderr("kvmscope: \(note)\n")
+            }
+            if linesSinceHeader >= 20 && !csv {
+                try emit(formatter.header() + "\n")
+                linesSinceHeader = 0
+            }
+            let values = formatter.values(current: current, previous: previous)
+            if !(skipZeroRecords && values.allSatisfy { $0 == 0 }) {
+                try emit(formatter.line(timestamp: timestamp.string(from: Date()), values: values) + "\n")
+                linesSinceHeader += 1
+            }
+            previous = current
+        }
+
+        if let formatter {
             try run.wait(every: delay ?? 3) {
                 trail?.sampleIfDue()
-                let current = try Summary(session.snapshot(), filter: filter)
-                // Columns: with --event or -f, every chosen event from the start (kvm_stat shows its fields
-                // whether or not they fire); otherwise the events seen so far, not all ~90 kvm events. A new
-                // column re-prints the header, as does every 20th line (kvm_stat's habit) outside CSV.
-                let chosen = !TraceOptions.kvmEvents(trace.events).isEmpty || filters.fields != nil
-                let seen = LogFormatter.fields(of: current, skipZero: !chosen)
-                let known = formatter?.fields ?? []
-                let added = seen.filter { !known.contains($0) }
-                if formatter == nil || !added.isEmpty || (linesSinceHeader >= 20 && !csv) {
-                    formatter = LogFormatter(fields: known + added, csv: csv)
-                    if formatter!.header() != csvHeaderInFile { try emit(formatter!.header() + "\n") }
-                    csvHeaderInFile = nil
-                    linesSinceHeader = 0
-                }
-                let line = formatter!.line(timestamp: timestamp.string(from: Date()), current: current, previous: previous)
-                let allZero = formatter!.fields.allSatisfy { f in
-                    LogFormatter(fields: [f], csv: true).line(timestamp: "", current: current, previous: previous) == ",0"
-                }
-                if !(skipZeroRecords && allZero) {
-                    try emit(line + "\n")
-                    linesSinceHeader += 1
-                }
-                previous = current
+                // An interval cut by the end (COMMAND's, --duration's) is the last line, written once tracing
+                // stopped and the ring buffers were drained.
+                if run.isOver { return false }
+                try logLine(formatter, try Summary(session.snapshot(), filter: filter))
                 return true
             }
         } else {
@@ -292,7 +312,12 @@ struct StatCommand: ParsableCommand {
         let window = ContinuousClock.now - windowStart
         if let failure = session.stop() { writeStderr("kvmscope: \(failure)\n") }
         let status = try run.endChild()
-        if logging && !json { return try TraceRun.check(status) }
+        if let formatter {
+            // The last line: the events since the last one, up to the end (COMMAND's, --duration's, Ctrl-C's),
+            // drained from the ring buffers: every event traced is in one line of the log.
+            try logLine(formatter, try Summary(session.snapshot(), filter: filter))
+            return try TraceRun.check(status)
+        }
         var final = try Summary(session.snapshot(), filter: filter)
         let seconds = Double(window.components.seconds) + Double(window.components.attoseconds) / 1e18
         if json {
@@ -330,6 +355,29 @@ struct StatCommand: ParsableCommand {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
         return fd
+    }
+
+    /// The size of an open file in bytes (0 when fstat fails).
+    static func size(of fd: Int32) -> Int {
+        var st = stat()
+        return fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+    }
+
+    /// The ISA whose kvm_exit reason table gives a log's kvm_exit children, found as kvm_stat finds its arch: arm64
+    /// on arm64, else the first `flags` line of /proc/cpuinfo (vmx: VMX, svm: SVM); nil when neither is there
+    /// (a nested or paravirtual KVM such as PVM: kvm_exit's reasons are then counted in its column only).
+    static func hostISA(cpuinfo: String = "/proc/cpuinfo") -> ISA? {
+        #if arch(arm64)
+        return .arm64
+        #else
+        guard let text = try? String(contentsOfFile: cpuinfo, encoding: .utf8),
+              let flags = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return nil }
+        let words = flags.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        if words.contains("vmx") { return .vmx }
+        if words.contains("svm") { return .svm }
+        return nil
+        #endif
     }
 
     /// The first line of a file (nil when it is empty or unreadable).

@@ -93,6 +93,69 @@ struct StatLiveTests {
         #expect(rows.map { $0["count"] as? Int } == [Self.n, Self.n])
     }
 
+    /// stat -l -c -L (kvm_stat's log to a file): the columns -f keeps, fixed before the first event (a child
+    /// pulls in its event, its siblings stay out), one header, and every exit of the storm in one of the lines
+    /// (the last written after the ring buffers were drained).
+    @Test func logColumnsAreFixedAtStartAndCountEveryExit() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-log-\(getpid()).csv").path
+        defer { unlink(path) }
+        let fields = #"kvm_(pio|mmio)$|KVM_EXIT_(IO|MMIO)\)"#
+        let r = try CLI.run(["stat", "-l", "-c", "-s", "0.2", "-f", fields, "-L", path, "--", CLI.binary, "storm", "--kind", "io",
+                             "--vcpus", "2", "--exits", "\(Self.n)"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.isEmpty)
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(lines.first == "timestamp,kvm_mmio,kvm_pio,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_IO),"
+                + "kvm_userspace_exit(KVM_EXIT_MMIO)")
+        let rows = lines.dropFirst().map { $0.split(separator: ",").map(String.init) }
+        #expect(rows.count >= 2, "\(lines)")
+        #expect(rows.allSatisfy { $0.count == 6 }, "one table: \(lines)")
+        var sums = [Int](repeating: 0, count: 5)
+        for row in rows { for i in 0..<5 { sums[i] += Int(row[i + 1]) ?? -1_000_000_000 } }
+        #expect(sums == [0, 2 * Self.n, 2 * Self.n, 2 * Self.n, 0], "\(lines)")
+
+        // The same table appends; another one is refused before the command starts, the file untouched.
+        let again = try CLI.run(["stat", "-l", "-c", "-s", "0.2", "--duration", "0.3", "-f", fields, "-L", path])
+        #expect(again.status == 0, "stderr: \(again.stderr)")
+        let appended = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(appended.count >= lines.count + 1 && appended.filter { $0.hasPrefix("timestamp") }.count == 1)
+        let other = try CLI.run(["stat", "-l", "-c", "-f", "kvm_pio", "-L", path, "--", "/bin/sh", "-c", "echo started"])
+        #expect(other.status == 1)
+        #expect(other.stdout.isEmpty)
+        #expect(other.stderr == "kvmscope: \(path) starts with another header than this run's (1 columns): "
+                + "-L -c appends only to a log of the same columns; give another file\n")
+        #expect(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") == appended)
+    }
+
+    /// `live` with no terminal falls back to `stat -l`, and both log the same columns, fixed at start: every kvm
+    /// event of this kernel and each KVM_EXIT_* name of kvm_userspace_exit's print fmt, whether they fire or not.
+    @Test func liveFallbackAndStatLogHaveTheSameColumns() throws {
+        let stat = try CLI.run(["stat", "-l", "-s", "0.2", "--duration", "0.3"])
+        #expect(stat.status == 0, "stderr: \(stat.stderr)")
+        let header = try #require(stat.stdout.split(separator: "\n").first.map(String.init))
+        let live = try Spawned(CLI.binary, ["live", "-s", "0.2"], stdinNull: true)
+        defer { live.stop() }
+        #expect(live.waitForStdout(timeout: 30) { $0.split(separator: "\n").count >= 2 }, "stdout: \(live.stdout)")
+        live.signal(SIGINT)
+        #expect(live.wait(timeout: 30) == 0)
+        #expect(live.stdout.split(separator: "\n").first.map(String.init) == header)
+
+        let dir = "/sys/kernel/tracing/events/kvm"
+        let events = try FileManager.default.contentsOfDirectory(atPath: dir)
+            .filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }
+        let format = try String(contentsOfFile: "\(dir)/kvm_userspace_exit/format", encoding: .utf8)
+        let reasons = format.matches(of: /"KVM_EXIT_" "(\w+)"/).map { "kvm_userspace_exit(KVM_EXIT_\($0.1))" }
+        #expect(reasons.count > 20)
+        let columns = header.split(separator: " ").map(String.init)
+        #expect(columns.first == "timestamp")
+        let cpuFlags = (try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)).split(separator: "\n")
+            .first { $0.hasPrefix("flags") }?.split(separator: " ") ?? []
+        // kvm_exit's children come from its table for the host's ISA: none where the CPU has neither vmx nor svm.
+        let exitChildren = columns.filter { $0.hasPrefix("kvm_exit(") }
+        if !cpuFlags.contains("vmx") && !cpuFlags.contains("svm") { #expect(exitChildren.isEmpty) }
+        #expect(Array(columns.dropFirst()).filter { !$0.hasPrefix("kvm_exit(") } == (events + reasons).sorted())
+    }
+
     @Test func stormOutsideTheCommandIsNotCounted() throws {
         // A second storm runs during the traced one, outside the traced command.
         let outside = try Spawned(CLI.binary, ["storm", "--kind", "mmio", "--vcpus", "1", "--exits", "5000", "--seconds", "60"],

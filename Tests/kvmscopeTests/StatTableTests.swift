@@ -41,17 +41,123 @@ import Testing
         ])
     }
 
-    @Test func logAndCSVLines() throws {
-        let now = try Self.summary(pio: 300, io: 300, hlt: 400)
-        let before = try Self.summary(pio: 100, io: 100, hlt: 350)
-        let fields = LogFormatter.fields(of: now, skipZero: true)
-        #expect(fields == ["kvm_exit", "kvm_exit(HLT)", "kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)"])
+    /// A catalog as a live session builds it: kvm_exit's and kvm_userspace_exit's reason tables from their print
+    /// fmts (here small ones, so that the golden field lists stay short).
+    static func catalog() -> EventCatalog {
+        var c = EventCatalog()
+        for name in ["kvm_exit", "kvm_pio", "kvm_userspace_exit", "kvm_fpu"] { c.add(system: "kvm", name: name) }
+        c.exitReasons = ExitReasonNames(kvmExitTables: [
+            PrintFormatTable(kind: .symbolic, field: "exit_reason", expression: "REC->exit_reason & 0xffff",
+                             table: SymbolTable([(0, "EXCEPTION_NMI"), (12, "HLT"), (30, "IO_INSTRUCTION")])),
+            PrintFormatTable(kind: .symbolic, field: "exit_reason", expression: "REC->exit_reason",
+                             table: SymbolTable([(0x78, "hlt"), (0x400, "npf")])),
+        ])
+        c.userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: [
+            PrintFormatTable(kind: .symbolic, field: "reason", expression: "REC->reason",
+                             table: SymbolTable([(2, "KVM_EXIT_IO"), (6, "KVM_EXIT_MMIO")])),
+        ])
+        return c
+    }
+
+    /// Counts on `catalog()`: kvm_pio, KVM_EXIT_IO and KVM_EXIT_MMIO exits to user space, VMX HLT exits and VMX
+    /// EPT_VIOLATION exits (code 48: a reason the kernel table above does not have).
+    static func logSummary(pio: Int, io: Int, mmio: Int, hlt: Int, ept: Int = 0,
+                           filter: SummaryFilter = SummaryFilter()) throws -> Summary {
+        let agg = Aggregator(catalog: catalog(), shardCount: 1) { ThreadIdentity(vm: 500, vmName: "web", vcpu: UInt32($0 - 501)) }
+        var w = agg.writer(shard: 0)
+        for _ in 0..<pio { w.add(TraceEvent(timestamp: 0, tid: 501, event: 1), hasReason: false) }
+        for _ in 0..<io { w.add(TraceEvent(timestamp: 0, tid: 501, event: 2, reason: 2), hasReason: true) }
+        for _ in 0..<mmio { w.add(TraceEvent(timestamp: 0, tid: 502, event: 2, reason: 6), hasReason: true) }
+        for _ in 0..<hlt { w.add(TraceEvent(timestamp: 0, tid: 502, event: 0, reason: 12, isa: 1), hasReason: true) }
+        for _ in 0..<ept { w.add(TraceEvent(timestamp: 0, tid: 502, event: 0, reason: 48, isa: 1), hasReason: true) }
+        return try Summary(agg.snapshot(timestamp: 0), filter: filter)
+    }
+
+    /// kvm_stat's fields: every traced event, and one child per name of its event's reason table (kvm_exit's
+    /// for the host's ISA), zeros included, sorted by name.
+    @Test func logFieldsAreEveryEventAndEveryReasonOfTheTables() throws {
+        let c = Self.catalog()
+        #expect(try LogFormatter.fields(catalog: c, exitISA: .vmx) == [
+            "kvm_exit", "kvm_exit(EXCEPTION_NMI)", "kvm_exit(HLT)", "kvm_exit(IO_INSTRUCTION)", "kvm_fpu", "kvm_pio",
+            "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)", "kvm_userspace_exit(KVM_EXIT_MMIO)",
+        ])
+        #expect(try LogFormatter.fields(catalog: c, exitISA: .svm) == [
+            "kvm_exit", "kvm_exit(hlt)", "kvm_exit(npf)", "kvm_fpu", "kvm_pio",
+            "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)", "kvm_userspace_exit(KVM_EXIT_MMIO)",
+        ])
+        // A host whose ISA is neither (PVM, nested without vmx/svm): kvm_exit without children.
+        #expect(try LogFormatter.fields(catalog: c, exitISA: nil) == [
+            "kvm_exit", "kvm_fpu", "kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)",
+            "kvm_userspace_exit(KVM_EXIT_MMIO)",
+        ])
+        // Only the events traced: no kvm_userspace_exit, no children of it.
+        var pioOnly = EventCatalog()
+        pioOnly.add(system: "kvm", name: "kvm_pio")
+        #expect(try LogFormatter.fields(catalog: pioOnly, exitISA: .vmx) == ["kvm_pio"])
+    }
+
+    /// With nothing running the log has its columns from the first line, each 0; counts, whichever interval
+    /// they come in, land in the same columns.
+    @Test func logLinesKeepTheirColumns() throws {
+        let fields = try LogFormatter.fields(catalog: Self.catalog(), exitISA: .vmx)
         let csv = LogFormatter(fields: fields, csv: true)
-        #expect(csv.header() == "timestamp,kvm_exit,kvm_exit(HLT),kvm_pio,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_IO)")
-        #expect(csv.line(timestamp: "T", current: now, previous: before) == "T,50,50,200,200,200")
+        #expect(csv.header() == "timestamp,kvm_exit,kvm_exit(EXCEPTION_NMI),kvm_exit(HLT),kvm_exit(IO_INSTRUCTION),kvm_fpu,"
+                + "kvm_pio,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_IO),kvm_userspace_exit(KVM_EXIT_MMIO)")
+        let idle = try Self.logSummary(pio: 0, io: 0, mmio: 0, hlt: 0)
+        #expect(csv.line(timestamp: "T0", current: idle, previous: idle) == "T0,0,0,0,0,0,0,0,0,0")
+        let first = try Self.logSummary(pio: 100, io: 100, mmio: 0, hlt: 350)
+        #expect(csv.line(timestamp: "T1", current: first, previous: idle) == "T1,350,0,350,0,0,100,100,100,0")
+        // MMIO exits appear later: their column was there from the start.
+        let second = try Self.logSummary(pio: 300, io: 300, mmio: 7, hlt: 400)
+        #expect(csv.line(timestamp: "T2", current: second, previous: first) == "T2,50,0,50,0,0,200,207,200,7")
+        // EPT_VIOLATION is not in the kernel table of this catalog: no column, but counted in kvm_exit's.
+        let third = try Self.logSummary(pio: 300, io: 300, mmio: 7, hlt: 400, ept: 9)
+        #expect(third.children.contains { $0.event == "kvm_exit" && $0.reason == "EPT_VIOLATION" && $0.total == 9 })
+        #expect(csv.line(timestamp: "T3", current: third, previous: second) == "T3,9,0,0,0,0,0,0,0,0")
+        // … and said (stat -l writes it once on stderr).
+        #expect(try csv.uncolumned(in: second).isEmpty)
+        #expect(try csv.uncolumned(in: third).map(\.note) == [
+            "kvm_exit(EPT_VIOLATION) is not a column of this log (not in kvm_exit's reasons at its start): "
+            + "its counts are in the kvm_exit column",
+        ])
+        let hltOnly = LogFormatter(fields: ["kvm_exit(HLT)"], csv: true)
+        #expect(try hltOnly.uncolumned(in: third, filter: SummaryFilter(fields: "EPT|HLT")).map(\.note) == [
+            "kvm_exit(EPT_VIOLATION) is not a column of this log (not in kvm_exit's reasons at its start): "
+            + "-f kept no kvm_exit column, so its counts are in none",
+        ])
+        #expect(try hltOnly.uncolumned(in: third, filter: SummaryFilter(fields: "HLT")).isEmpty)
         let text = LogFormatter(fields: ["kvm_pio", "kvm_exit(HLT)"], csv: false)
         #expect(text.header() == "timestamp                kvm_pio kvm_exit(HLT)")
-        #expect(text.line(timestamp: "T", current: now, previous: nil) == "T                            300           400")
+        #expect(text.line(timestamp: "T", current: second, previous: nil) == "T                            300           400")
+        #expect(text.values(current: second, previous: first) == [200, 50])
+    }
+
+    /// -f as kvm_stat's: a child is a column when it matches (in any spelling of its reason), and pulls in its
+    /// event; siblings that do not match are not columns. The event's count is all its reasons'.
+    @Test func logFieldsFilterKeepsMatchingChildrenOnly() throws {
+        let c = Self.catalog()
+        func fields(_ regex: String) throws -> [String] {
+            try LogFormatter.fields(catalog: c, exitISA: .vmx, filter: SummaryFilter(fields: regex))
+        }
+        #expect(try fields("KVM_EXIT_MMIO") == ["kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_MMIO)"])
+        #expect(try fields("pio|userspace") == ["kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)",
+                                                "kvm_userspace_exit(KVM_EXIT_MMIO)"])
+        #expect(try fields("kvm_userspace_exit$") == ["kvm_userspace_exit"])
+        #expect(try fields(#"kvm_exit\(halt\)"#) == ["kvm_exit", "kvm_exit(HLT)"])
+        #expect(try fields("EXIT_MSR").isEmpty)
+        let filter = SummaryFilter(fields: "KVM_EXIT_MMIO")
+        let mmio = LogFormatter(fields: try fields("KVM_EXIT_MMIO"), csv: true)
+        let before = try Self.logSummary(pio: 5, io: 10, mmio: 1, hlt: 0, filter: filter)
+        let now = try Self.logSummary(pio: 5, io: 30, mmio: 4, hlt: 0, filter: filter)
+        #expect(mmio.header() == "timestamp,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_MMIO)")
+        #expect(mmio.line(timestamp: "T", current: now, previous: before) == "T,23,3")
+        // The table too: the sibling KVM_EXIT_IO is not a row; the event's total is all its reasons'.
+        #expect(StatTable.render(now, previous: before, seconds: 1) == [
+            "Event                                          Total  %Total   CurAvg/s",
+            "kvm_userspace_exit                                34   100.0         23",
+            "  KVM_EXIT_MMIO                                    4    11.8          3",
+            "Total                                             34                 23",
+        ])
     }
 
     @Test func footerShowsLossesAndPairing() throws {
