@@ -107,12 +107,15 @@ struct RecordTests {
         }
     }
 
-    /// Waits until `record`'s tracefs instance (kvmscope-PID) traces, or `seconds` pass.
+    /// Waits until `record`'s tracefs instance (kvmscope-PID) traces every kvm event, or `seconds` pass. Not
+    /// `tracing_on` alone: a new instance has it on from its mkdir, before record enables the events one by
+    /// one (a guest started then lost its first exits: the file was short of them, with no loss counted).
     static func waitUntilTracing(_ p: Spawned, seconds: Double = 30) -> Bool {
-        let file = "/sys/kernel/tracing/instances/kvmscope-\(p.pid)/tracing_on"
+        let dir = "/sys/kernel/tracing/instances/kvmscope-\(p.pid)"
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            if (try? String(contentsOfFile: file, encoding: .utf8))?.hasPrefix("1") == true { return true }
+            if (try? String(contentsOfFile: dir + "/tracing_on", encoding: .utf8))?.hasPrefix("1") == true,
+               (try? String(contentsOfFile: dir + "/events/kvm/enable", encoding: .utf8)) == "1\n" { return true }
             usleep(20_000)
         }
         return false
@@ -126,7 +129,9 @@ struct RecordTests {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/sw.dat"
-        let rec = try Spawned(CLI.binary, ["record", "-o", path, "--duration", "120"], stdinNull: true)
+        // System-wide: every other suite's guests are in the buffers too; 32 MiB per CPU rides out a reader
+        // that a loaded host does not schedule for a while.
+        let rec = try Spawned(CLI.binary, ["record", "-o", path, "--duration", "120", "--buffer-kb", "32768"], stdinNull: true)
         defer { rec.stop() }
         #expect(Self.waitUntilTracing(rec), "record did not start tracing: \(rec.stderr)")
         let name = "rec-sw-\(getpid())"
@@ -137,10 +142,17 @@ struct RecordTests {
         rec.signal(SIGINT)
         #expect(rec.wait(timeout: 60) == 0, "\(rec.stderr)")
 
+        // Exact counts where the kernel lost nothing; a loss (other suites' storms filling the buffers on a
+        // loaded host) is counted in the file, and then only the names are checked.
+        let lost = try CLI.json(try CLI.run(["report", "--json", path]).stdout)["lost_events"] as? Int
+        let exact = lost == 0
+        if !exact { print("systemWideRecordingNamesTheVM: \(lost.map(String.init) ?? "?") events lost: names checked, counts not") }
         let csv = try CLI.run(["report", "--csv", path])
         #expect(csv.status == 0, "\(csv.stderr)")
         let rows = csv.stdout.split(separator: "\n").filter { $0.hasPrefix("\(path),\(pid),") }
-        #expect(rows == ["\(path),\(pid),\(name),0,KVM_EXIT_IO,userspace,0,\(exits),0,,,,,,,,,",
+        #expect(rows.map { $0.split(separator: ",", omittingEmptySubsequences: false).prefix(6).joined(separator: ",") }
+                == ["\(path),\(pid),\(name),0,KVM_EXIT_IO,userspace", "\(path),\(pid),\(name),1,KVM_EXIT_IO,userspace"], "\(csv.stdout)")
+        #expect(!exact || rows == ["\(path),\(pid),\(name),0,KVM_EXIT_IO,userspace,0,\(exits),0,,,,,,,,,",
                          "\(path),\(pid),\(name),1,KVM_EXIT_IO,userspace,0,\(exits),0,,,,,,,,,"], "\(csv.stdout)")
 
         let json = try CLI.run(["report", "--json", "-p", "\(pid)", path])
@@ -149,16 +161,16 @@ struct RecordTests {
         let userspace = try #require(doc["userspace_exits"] as? [[String: Any]], "\(json.stdout)")
         #expect(userspace.map { $0["vm_name"] as? String } == [name, name])
         #expect(userspace.map { ($0["vm"] as? NSNumber)?.int32Value } == [pid, pid])
-        #expect(userspace.map { ($0["count"] as? NSNumber)?.intValue } == [exits, exits])
+        #expect(!exact || userspace.map { ($0["count"] as? NSNumber)?.intValue } == [exits, exits])
 
         let text = try CLI.run(["report", "-p", "\(pid)", path])
         #expect(text.status == 0, "\(text.stderr)")
         // The VM table: pid, name, vCPUs, events (5 per exit, and the VM's set-up), exits, userspace exits.
         let vmRow = text.stdout.split(separator: "\n").map { $0.split(separator: " ") }.first { $0.first == "\(pid)" }
         let cells = try #require(vmRow, "\(text.stdout)").map(String.init)
-        #expect(cells.count == 6 && cells[1] == name && cells[2] == "0,1" && cells[4] == "0" && cells[5] == "\(2 * exits)",
+        #expect(cells.count == 6 && cells[1] == name && cells[2] == "0,1" && cells[4] == "0", "\(text.stdout)")
+        #expect(!exact || (cells.count == 6 && cells[5] == "\(2 * exits)" && (UInt64(cells[3]) ?? 0) >= UInt64(10 * exits)),
                 "\(text.stdout)")
-        #expect(cells.count == 6 && (UInt64(cells[3]) ?? 0) >= UInt64(10 * exits), "\(text.stdout)")
 
         let cmdlines = try Spawned.run(Self.traceCmd, ["dump", "--cmd-lines", "-i", path])
         #expect(cmdlines.status == 0, "\(cmdlines.stderr)")
@@ -168,7 +180,7 @@ struct RecordTests {
         let vcpuThreads = try TraceDatReader(path: path).identities.filter { $0.value.vm == pid && $0.key != pid }
         #expect(Set(vcpuThreads.values.compactMap(\.vcpu)) == [0, 1])
         #expect(Set(vcpuThreads.values.compactMap(\.vmName)) == [name])
-        #expect(try Self.traceCmdPioPerTID(path).filter { vcpuThreads[$0.key] != nil }.values.sorted() == [exits, exits])
+        #expect(try !exact || Self.traceCmdPioPerTID(path).filter { vcpuThreads[$0.key] != nil }.values.sorted() == [exits, exits])
     }
 
     /// A recording of kvm_exit without kvm_entry: report says no exit latency can be measured (the file's
