@@ -3,19 +3,9 @@ import Testing
 
 /// `report -p/--vcpu/--reason` select rows; the pairing line counts every thread of the trace, and says so.
 @Suite struct ReportPairingScopeTests {
-    /// Two vCPUs of VM 50: vCPU 0 pairs 3 exits, vCPU 1 pairs 1 and leaves 1 open at the end.
-    static let trace = """
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000000: kvm_exit: vcpu 0 reason MSR_WRITE rip 0xa info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000002: kvm_entry: vcpu 0, rip 0xa
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000010: kvm_exit: vcpu 0 reason MSR_WRITE rip 0xa info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000014: kvm_entry: vcpu 0, rip 0xa
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000020: kvm_exit: vcpu 0 reason HLT rip 0xb info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0
-               CPU 0/KVM-100     (     50) [001] d..1. 1.000120: kvm_entry: vcpu 0, rip 0xb
-               CPU 1/KVM-101     (     50) [002] d..1. 1.000200: kvm_exit: vcpu 1 reason EPT_MISCONFIG rip 0xc info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0
-               CPU 1/KVM-101     (     50) [002] d..1. 1.000206: kvm_entry: vcpu 1, rip 0xc
-               CPU 1/KVM-101     (     50) [002] d..1. 1.000300: kvm_exit: vcpu 1 reason MSR_WRITE rip 0xa info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0
-
-        """
+    /// Two vCPUs of VM 50: vCPU 0 pairs 3 exits, vCPU 1 pairs 1 and leaves 1 open at the end (ReportTableTests'
+    /// golden trace).
+    static let trace = ReportTableTests.golden
 
     func footer(_ args: [String]) throws -> [String] {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("pairing-scope-\(getpid())-\(UUID().uuidString).txt").path
