@@ -14,9 +14,7 @@ struct QEMUGuestTests {
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
         // Booted and looping: requests count up.
-        let end = Date().addingTimeInterval(60)
-        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
-        #expect(try qmp.blockstats().rdOperations >= 10, "the boot sector's reads never came")
+        #expect(try qmp.waitUntilBooted(), "the boot sector's reads never came")
 
         let sampler = ResourceSampler()
         // Paused (QMP stop drains in-flight requests): both counters hold still at each end of the interval.
@@ -57,9 +55,7 @@ struct QEMUGuestTests {
         defer { guest.stop() }
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
-        let end = Date().addingTimeInterval(60)
-        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
-        #expect(try qmp.blockstats().rdOperations >= 10, "the boot sector's reads never came")
+        #expect(try qmp.waitUntilBooted(), "the boot sector's reads never came")
 
         let sampler = ResourceSampler()
         let monitor = QMPMonitor(path: guest.kvmscopeQMPPath, timeout: 5)
@@ -183,8 +179,7 @@ struct QEMUGuestTests {
         defer { guest.stop() }
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
-        let end = Date().addingTimeInterval(60)
-        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        try qmp.waitUntilBooted()
         let r = try CLI.run(["watch", "--alert", "disk_latency(vm) > 1ns", "-s", "0.5", "-p", "\(guest.pid)",
                              "--qmp", guest.kvmscopeQMPPath, "--connect", "none", "--exit-on-alert"], timeout: 90)
         #expect(r.status == 2, "\(r.stderr)")
@@ -207,8 +202,7 @@ struct QEMUGuestTests {
         defer { guest.stop() }
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
-        let end = Date().addingTimeInterval(60)
-        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        try qmp.waitUntilBooted()
         let r = try CLI.run(["stat", "--json", "--event", "mmio", "--duration", "1", "-p", "\(guest.pid)",
                              "--qmp", guest.kvmscopeQMPPath], timeout: 60)
         #expect(r.status == 0, "\(r.stderr)")
@@ -435,6 +429,15 @@ final class QMP {
     struct BlockStats {
         var rdBytes: UInt64, wrBytes: UInt64, rdOperations: UInt64, wrOperations: UInt64
         var rdTotalTimeNs: UInt64 = 0, wrTotalTimeNs: UInt64 = 0
+    }
+
+    /// Waits (at most `seconds`) until the boot-sector guest is booted and looping: its disk has done 10 reads.
+    /// Returns whether it has.
+    @discardableResult
+    func waitUntilBooted(seconds: Double = 60) throws -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end, try blockstats().rdOperations < 10 { usleep(100_000) }
+        return try blockstats().rdOperations >= 10
     }
 
     /// The first device's counters (`query-blockstats`).

@@ -14,8 +14,7 @@ struct QMPStatsTests {
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
         // Booted (the boot sector's reads come).
-        let end = Date().addingTimeInterval(60)
-        while Date() < end, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        try qmp.waitUntilBooted()
         _ = try qmp.execute("stop")
         let results = try #require(try qmp.execute("query-stats", arguments: #"{"target":"vm","providers":[{"provider":"kvm"}]}"#)
             as? [[String: Any]])

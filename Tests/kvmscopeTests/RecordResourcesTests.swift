@@ -25,8 +25,7 @@ struct RecordResourcesTests {
         defer { guest.stop() }
         let qmp = try QMP(path: guest.qmpPath)
         defer { qmp.close() }
-        let ready = Date().addingTimeInterval(60)
-        while Date() < ready, try qmp.blockstats().rdOperations < 10 { usleep(100_000) }
+        try qmp.waitUntilBooted()
         let dir = try RecordTests.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/q.dat"
