@@ -92,6 +92,47 @@ int ckvmscope_stop_install(const int *sigs, int n)
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
 }
 
+static atomic_uint hangups;
+
+static void hangup_handler(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&hangups, 1);
+}
+
+/**
+ * ckvmscope_hangup_install - count SIGHUP instead of stopping on it
+ *
+ * For a log written to a file (kvm_stat -L's habit): logrotate moves the file and sends SIGHUP, and the
+ * next line goes to a new file of that name. The handler only counts (SA_RESTART); the log's loop compares
+ * ckvmscope_hangups() with what it saw. Unblocks SIGHUP in the calling thread.
+ *
+ * Return: 0, or -1 with errno set by sigaction.
+ */
+int ckvmscope_hangup_install(void)
+{
+    struct sigaction sa;
+    sigset_t set;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = hangup_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGHUP, &sa, NULL) < 0)
+        return -1;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
+}
+
+/**
+ * ckvmscope_hangups - how many SIGHUPs came since ckvmscope_hangup_install()
+ */
+unsigned ckvmscope_hangups(void)
+{
+    return atomic_load(&hangups);
+}
+
 /**
  * ckvmscope_stop_signal - the signal that asked us to stop, or 0
  */

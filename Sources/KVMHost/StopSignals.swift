@@ -1,5 +1,7 @@
 import CKVMHost
 import Foundation
+import KVMExits
+import SystemPackage
 
 /// The signals that end a command cleanly (SIGINT, SIGTERM and SIGHUP), recorded by a handler that only
 /// notes which one came first and wakes ``wait(seconds:)``. A real handler, unlike SIG_IGN plus a reader
@@ -38,4 +40,16 @@ public enum StopSignals {
         }
         return raised != nil
     }
+}
+
+/// SIGHUP as a request to reopen a log file (kvm_stat `-L`'s habit, for logrotate's `postrotate kill -HUP`),
+/// counted by a handler instead of stopping the command. Install it instead of SIGHUP among ``StopSignals``.
+public enum Hangups {
+    /// Counts SIGHUP from now on (idempotent). Throws the system's reason when sigaction fails.
+    public static func install() throws {
+        guard ckvmscope_hangup_install() == 0 else { throw KVMScopeError.io("cannot handle SIGHUP: \(Errno(rawValue: errno))") }
+    }
+
+    /// SIGHUPs counted since ``install()``: a log compares it with the count it last acted on.
+    public static var count: UInt32 { ckvmscope_hangups() }
 }

@@ -5,7 +5,7 @@ import KVMHost
 /// SIGINT, SIGTERM and SIGHUP end a command cleanly: a handler records the signal (``StopSignals``), the
 /// command's loop polls it (and is woken by it), and the command ends as it would at its natural end —
 /// status 0, instance removed, files complete. SIGHUP is treated like SIGTERM everywhere, `serve`
-/// included (no reload): a closed terminal or ssh session ends the trace instead of killing it uncleanly.
+/// included (no reload), but `stat -L` (it reopens its log file: ``Hangups``): a closed terminal or ssh session ends the trace instead of killing it uncleanly.
 final class StopSignal: Sendable {
     init(signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]) {
         StopSignals.install(signals)

@@ -126,7 +126,7 @@ struct StatCommand: ParsableCommand {
     var log = false
 
     @Option(name: [.customShort("L"), .customLong("log-to-file")], help: ArgumentHelp(
-        "Log to this file instead of stdout, appending as kvm_stat -L does.", valueName: "file"))
+        "Log to this file instead of stdout, appending as kvm_stat -L does; SIGHUP reopens it (logrotate).", valueName: "file"))
     var logToFile: String?
 
     @Flag(name: [.customShort("c"), .long], help: "CSV log format (with -l or -L).")
@@ -201,7 +201,10 @@ struct StatCommand: ParsableCommand {
             return writeStdout(events.map { "  \($0)\n" }.joined())
         }
         let filter = try filters.filter()
-        let stop = StopSignal()
+        // With -L, SIGHUP reopens the file (kvm_stat's habit: logrotate moves it and sends SIGHUP); it stops
+        // every other run.
+        let stop = logToFile == nil ? StopSignal() : StopSignal(signals: [SIGINT, SIGTERM])
+        if logToFile != nil { try Hangups.install() }
         // perf kvm stat's `--event ioport|mmio|vmexit` (the analysis) shares --event with the traced events: no
         // kvm event has those names, so the value tells them apart.
         let analyses = IOAnalysis.analyses(trace.events)
@@ -273,8 +276,28 @@ struct StatCommand: ParsableCommand {
 
         var noted = Set<String>()
         var linesSinceHeader = 0
+        var hangupsSeen = logToFile == nil ? 0 : Hangups.count
+        /// After a SIGHUP, the -L file is opened again by its name (a new file where logrotate moved the old
+        /// one) and starts with the header, as kvm_stat's does; a CSV file that already holds lines gets none
+        /// (one table), and one with another header is refused as at start.
+        func reopenAfterHangup(_ formatter: LogFormatter) throws {
+            guard let path = logToFile, Hangups.count != hangupsSeen else { return }
+            hangupsSeen = Hangups.count
+            let fd = try Self.appendToLogFile(path)
+            out = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            if csv, Self.size(of: fd) > 0 {
+                guard Self.firstLine(of: path) == formatter.header() else {
+                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(formatter.fields.count) "
+                                              + "columns): -L -c appends only to a log of the same columns; give another file")
+                }
+                return
+            }
+            try emit(formatter.header() + "\n")
+            linesSinceHeader = 0
+        }
         /// One log line: the counts since `previous`.
         func logLine(_ formatter: LogFormatter, _ current: Summary) throws {
+            try reopenAfterHangup(formatter)
             // A reason no column names (outside its event's table at start) is said once: its counts are in its
             // event's column.
             for (field, note) in try formatter.uncolumned(in: current, filter: filter) where noted.insert(field).inserted {

@@ -127,6 +127,53 @@ struct StatLiveTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") == appended)
     }
 
+    /// stat -L under logrotate (kvm_stat's habit): the file is moved, SIGHUP reopens the name, the next lines go
+    /// to a new file that starts with the header; the run goes on until SIGTERM (status 0). A CSV log that
+    /// already holds lines gets no second header.
+    @Test(arguments: [false, true]) func hangupReopensTheLogFile(csv: Bool) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-rotate-\(getpid())-\(csv).log").path
+        let rotated = path + ".1"
+        defer { unlink(path); unlink(rotated) }
+        unlink(path); unlink(rotated)
+        let stat = try Spawned(CLI.binary, ["stat", "-s", "0.1", "-f", "kvm_pio"] + (csv ? ["-c"] : []) + ["-L", path],
+                               stdinNull: true)
+        defer { stat.stop() }
+        func lines(_ p: String) -> [String] {
+            ((try? String(contentsOfFile: p, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        func waitFor(_ p: String, lines n: Int) -> Bool {
+            let end = Date().addingTimeInterval(30)
+            while Date() < end { if lines(p).count >= n { return true }; usleep(20_000) }
+            return false
+        }
+        #expect(waitFor(path, lines: 3), "stderr: \(stat.stderr)")
+        try #require(rename(path, rotated) == 0)
+        stat.signal(SIGHUP)
+        #expect(waitFor(path, lines: 2), "stderr: \(stat.stderr)")
+        #expect(stat.isRunning, "SIGHUP with -L does not stop the run")
+        stat.signal(SIGTERM)
+        #expect(stat.wait(timeout: 30) == 0, "stderr: \(stat.stderr)")
+        #expect(stat.stderr.isEmpty)
+        let header = csv ? "timestamp,kvm_pio" : lines(rotated).first ?? "?"
+        #expect(header.contains("kvm_pio"))
+        let old = lines(rotated), new = lines(path)
+        #expect(old.first == header && new.first == header, "\(old.prefix(2)) \(new.prefix(2))")
+        #expect(old.filter { $0 == header }.count == 1 && new.filter { $0 == header }.count == 1)
+        #expect(old.count >= 3 && new.count >= 2)
+        if csv {
+            // A second rotation into a file that already holds this table appends without a header.
+            let again = try Spawned(CLI.binary, ["stat", "-s", "0.1", "-f", "kvm_pio", "-c", "-L", path], stdinNull: true)
+            defer { again.stop() }
+            let before = lines(path).count
+            #expect(waitFor(path, lines: before + 1))
+            again.signal(SIGHUP)
+            #expect(waitFor(path, lines: before + 3))
+            again.signal(SIGTERM)
+            #expect(again.wait(timeout: 30) == 0, "stderr: \(again.stderr)")
+            #expect(lines(path).filter { $0 == header }.count == 1, "\(lines(path))")
+        }
+    }
+
     /// `live` with no terminal falls back to `stat -l`, and both log the same columns, fixed at start: every kvm
     /// event of this kernel and each KVM_EXIT_* name of kvm_userspace_exit's print fmt, whether they fire or not.
     @Test func liveFallbackAndStatLogHaveTheSameColumns() throws {

@@ -23,6 +23,10 @@ void ckvmscope_stop_raise(int sig);
 int ckvmscope_stop_signal(void);
 /* Readable from the first stop on (for poll), or -1. */
 int ckvmscope_stop_fd(void);
+/* SIGHUP counted, not a stop (a -L log reopens its file). 0, or -1 with errno. */
+int ckvmscope_hangup_install(void);
+/* SIGHUPs counted since ckvmscope_hangup_install(). */
+unsigned ckvmscope_hangups(void);
 
 /* ---------------------------------------------------------------- children that die with us (spawn.c) */
 
