@@ -406,7 +406,13 @@ public final class RecordSession: @unchecked Sendable {
                 m.cmdlines[tgid] = comms[tgid] ?? saved[tgid]
                     ?? (try? String(contentsOfFile: "/proc/\(tgid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
             }
-            if let name = guestNames[tgid] ?? ThreadDirectory.guestName(pid: tgid) { m.guestNames[tgid] = name }
+            if guestNames[tgid] == nil, ThreadDirectory.isKernelThread(tgid), let comm = m.cmdlines[tgid] {
+                // A kernel thread (kdamond.0 aging a guest's pages, kvm-pit/PID) is no guest: named in brackets,
+                // as ps names kernel threads, so that report says so.
+                m.guestNames[tgid] = "[\(comm)]"
+            } else if let name = guestNames[tgid] ?? ThreadDirectory.guestName(pid: tgid) {
+                m.guestNames[tgid] = name
+            }
         }
         m.pageSize = subbufSize
         m.resourcesJSON = resources?(Set(m.tgids.values))

@@ -44,6 +44,7 @@ struct LiveCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let help = try filters.fieldsHelp() { return writeStdout(help) }
         let filter = try filters.filter()
         // SIGHUP too: a closed terminal (tmux kill-session, ssh drop) must end the view and its trace.
         let stop = StopSignal()

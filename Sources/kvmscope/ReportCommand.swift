@@ -361,11 +361,18 @@ struct ReportCommand: ParsableCommand {
         guard !vms.isEmpty else { return ["No VMs."] }
         var lines = [StatTable.lpad("VM", 8) + "  " + StatTable.pad("Name", 24) + StatTable.pad("vCPUs", 12)
                      + StatTable.lpad("Events", 12) + StatTable.lpad("Exits", 12) + StatTable.lpad("Userspace exits", 17)]
+        var kernelThreads: [String] = []
         for (pid, vm) in vms.sorted(by: { ($0.value.events, $1.key) > ($1.value.events, $0.key) }) {
             let vcpus = vm.vcpus.sorted().map(String.init).joined(separator: ",")
             lines.append(StatTable.lpad(String(pid), 8) + "  " + StatTable.pad((vm.name ?? "-").terminalSafe, 24)
                          + StatTable.pad(vcpus.isEmpty ? "-" : vcpus, 12) + StatTable.lpad(String(vm.events), 12)
                          + StatTable.lpad(String(vm.exits), 12) + StatTable.lpad(String(vm.user), 17))
+            if let name = vm.name, name.hasPrefix("["), name.hasSuffix("]") { kernelThreads.append("\(pid) \(name)".terminalSafe) }
+        }
+        // record names kernel threads in brackets (ps's habit): their kvm events are work the kernel did for some
+        // VM (kdamond aging its pages: kvm_age_hva, kvm_test_age_hva), counted where the kernel attributed them.
+        if !kernelThreads.isEmpty {
+            lines.append("note: kernel threads, not VMs: " + kernelThreads.joined(separator: ", "))
         }
         return lines
     }

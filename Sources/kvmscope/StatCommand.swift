@@ -73,7 +73,7 @@ struct FilterOptions: ParsableArguments {
     @Option(name: [.customShort("g"), .long], help: "Show only the VM with this guest name (QEMU -name).")
     var guest: String?
 
-    @Option(name: [.customShort("f"), .long], help: "Show only events whose name matches this regular expression.")
+    @Option(name: [.customShort("f"), .long], help: "Show only events whose name matches this regular expression (help: list the kvm events).")
     var fields: String?
 
     func validate() throws {
@@ -81,6 +81,13 @@ struct FilterOptions: ParsableArguments {
         if let fields {
             do { _ = try Regex(fields) } catch { throw ValidationError("bad regular expression for -f/--fields: '\(fields)'") }
         }
+    }
+
+    /// kvm_stat's `-f help`: the kvm events of this kernel, one a line, indented as kvm_stat prints them; nil
+    /// unless -f is `help`. Throws tracefs's one-line error.
+    func fieldsHelp() throws -> String? {
+        guard fields == "help" else { return nil }
+        return try TraceFS.events(system: "kvm", root: TraceFS.root()).map { "  \($0)\n" }.joined()
     }
 
     /// Resolves -p/-g to VM pids; throws the one-line errors users see.
@@ -196,10 +203,7 @@ struct StatCommand: ParsableCommand {
 
     func run() throws {
         // kvm_stat's `-f help`: the events that can be counted here, one a line.
-        if filters.fields == "help" {
-            let events = try TraceFS.events(system: "kvm", root: TraceFS.root())
-            return writeStdout(events.map { "  \($0)\n" }.joined())
-        }
+        if let help = try filters.fieldsHelp() { return writeStdout(help) }
         let filter = try filters.filter()
         // With -L, SIGHUP reopens the file (kvm_stat's habit: logrotate moves it and sends SIGHUP); it stops
         // every other run.

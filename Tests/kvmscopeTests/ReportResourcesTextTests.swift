@@ -98,6 +98,41 @@ import Testing
         ])
     }
 
+    /// A kernel thread that caused kvm events (kdamond aging a guest's pages) is recorded named in brackets, as
+    /// ps names kernel threads; report's VM table keeps its row (its counts are where the kernel put them) and
+    /// says it is no VM.
+    @Test func kernelThreadsAreSaidToBeNoVMs() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("report-kthread-\(getpid()).dat").path
+        defer { unlink(path) }
+        let text = { (name: String) in try String(contentsOf: Self.formats.appendingPathComponent(name), encoding: .utf8) }
+        let f = EventFormats()
+        try f.add(system: "kvm", format: text("kvm_exit.format"))
+        try f.add(system: "kvm", format: text("kvm_entry.format"))
+        let exitB = try EventPayloadBuilder(formats: f, event: "kvm_exit")
+        let entryB = try EventPayloadBuilder(formats: f, event: "kvm_entry")
+        var cpu0 = RingBufferPageBuilder(subbufSize: 4096)
+        cpu0.append(timestamp: 1_000, payload: exitB.payload(pid: 101, ["exit_reason": 12, "isa": 1]))
+        cpu0.append(timestamp: 1_500, payload: entryB.payload(pid: 101, [:]))
+        cpu0.append(timestamp: 2_000, payload: entryB.payload(pid: 77, [:]))
+        var m = TraceDatMetadata()
+        m.headerPage = try text("header_page")
+        m.systems = [.init(name: "kvm", formats: [try text("kvm_exit.format"), try text("kvm_entry.format")])]
+        m.cmdlines = [101: "CPU 0/KVM", 77: "kdamond.0"]
+        m.tgids = [101: 50, 77: 77]
+        m.guestNames = [50: "web1", 77: "[kdamond.0]"]
+        try TraceDatWriter.write(path: path, metadata: m, cpus: [.pages(cpu0.finish())])
+        let r = try CLI.run(["report", path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let start = try #require(lines.firstIndex { $0.hasPrefix("      VM  Name") })
+        #expect(Array(lines[start..<min(lines.count, start + 4)]) == [
+            "      VM  Name                    vCPUs             Events       Exits  Userspace exits",
+            "      50  web1                    0                      2           1                0",
+            "      77  [kdamond.0]             0                      1           0                0",
+            "note: kernel threads, not VMs: 77 [kdamond.0]",
+        ])
+    }
+
     /// `-p` keeps that VM's resources, as `--json` does: its failed QMP socket is its block-device row.
     @Test func pidKeepsItsVMsResources() throws {
         #expect(try section(["-p", "60"]) == [

@@ -59,15 +59,18 @@ struct StatWindowTests {
         #expect(d >= 1 && d < 2, "duration_s \(d)")
     }
 
-    /// `-f help` (kvm_stat's): the kvm events of this kernel, one a line, indented as kvm_stat prints them.
+    /// `-f help` (kvm_stat's) of stat and of the live view: the kvm events of this kernel, one a line, indented as
+    /// kvm_stat prints them.
     @Test func fieldsHelpListsTheKernelsEvents() throws {
         let dir = "/sys/kernel/tracing/events/kvm"
         let names = try FileManager.default.contentsOfDirectory(atPath: dir)
             .filter { FileManager.default.fileExists(atPath: "\(dir)/\($0)/format") }.sorted()
         #expect(names.contains("kvm_pio"))
-        let r = try CLI.run(["stat", "-f", "help"])
-        #expect(r.status == 0, "stderr: \(r.stderr)")
-        #expect(r.stdout == names.map { "  \($0)\n" }.joined())
+        for command in ["stat", "live"] {
+            let r = try CLI.run([command, "-f", "help"])
+            #expect(r.status == 0, "\(command) stderr: \(r.stderr)")
+            #expect(r.stdout == names.map { "  \($0)\n" }.joined(), "\(command)")
+        }
     }
 
     /// -L appends, as kvm_stat's does, and a CSV file that starts with the same header does not get it again.
