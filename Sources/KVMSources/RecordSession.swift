@@ -113,6 +113,7 @@ public final class RecordSession: @unchecked Sendable {
         m.pageSize = subbufSize
         m.cpuStats[cpus.first ?? 0] = "kvmscope recovered: recording pid \(getpid()) was killed before it wrote this file;"
             + " it holds every complete page\n"
+        recoveryMetadata = m
         let header = TraceDatWriter.header(m, cpuCount: cpus.count)
         let absolute = output.hasPrefix("/") ? output : FileManager.default.currentDirectoryPath + "/" + output
         let manifest = "output \(absolute)\npagesize \(subbufSize)\ncpus \(cpus.map(String.init).joined(separator: " "))\n"
@@ -127,6 +128,32 @@ public final class RecordSession: @unchecked Sendable {
         let rc = posix_fallocate(r.fd, 0, off_t(reserve))
         if rc != 0 { throw KVMScopeError.io("cannot reserve \(reserve) bytes for \(directory)/reserve: \(Errno(rawValue: rc))") }
         try r.close()
+    }
+
+    /// The spool header's metadata as first written (formats, the kernel's cmdlines and tgids at the start).
+    var recoveryMetadata: TraceDatMetadata?
+
+    /// Rewrites the spool's `header` with what the recording has learnt since it started — each thread's comm
+    /// and process, each VM's guest name (or a kernel thread's bracketed comm), the resources sampled so far — so
+    /// that a file recovered after SIGKILL names its VMs and says what they cost as a finished recording does.
+    /// Written beside and renamed over: a kill or a full disk mid-write leaves the previous header. Reads no
+    /// tracefs file. Call it from the recording's loop (about once a second).
+    /// - Parameter vms: the VMs whose resources go in (a COMMAND's process); nil: every VM noted.
+    public func updateRecoveryHeader(vms: Set<Int32>? = nil) {
+        guard var m = recoveryMetadata else { return }
+        for (tid, comm) in comms { m.cmdlines[tid] = comm }
+        for (tid, tgid) in tgids { m.tgids[tid] = tgid }
+        for tgid in Set(tgids.values) {
+            if m.cmdlines[tgid] == nil, let comm = comms[tgid] { m.cmdlines[tgid] = comm }
+            if let name = guestNames[tgid] { m.guestNames[tgid] = name }
+        }
+        m.resourcesJSON = resources?(vms ?? Set(tgids.values))
+        let header = TraceDatWriter.header(m, cpuCount: cpus.count)
+        let next = "\(directory)/header.next"
+        guard let f = try? OutputFile(path: next) else { return }
+        let written = (try? f.write(header)) != nil
+        let closed = (try? f.close()) != nil
+        if written && closed { rename(next, "\(directory)/header") } else { unlink(next) }
     }
 
     /// Complete pages in the file ``write(to:)`` wrote.

@@ -97,6 +97,7 @@ struct RecordCommand: ParsableCommand {
         let start = Date()
         var lastPrint = Date.distantPast
         var ticks = 0
+        var nextHeaderUpdate = start.addingTimeInterval(0.5)
         let run = TraceRun(stop: stop, seconds: duration, child: child)
         run.wait(every: 0.02) {
             if session.isFull || session.firstError != nil { return false }
@@ -110,6 +111,12 @@ struct RecordCommand: ParsableCommand {
             // Every VM's threads and guest name while it lives (a VM gone before the end is still named): new
             // processes looked at every 0.1 s, the VMs' threads again every 0.5 s, every process again every 5 s.
             if ticks % 5 == 1 { session.noteVMs(refresh: ticks % 25 == 1, rescan: ticks % 250 == 1 && ticks > 1) }
+            // What a SIGKILL would leave: the spool's header names the VMs and their resources so far (every second,
+            // by the clock: a loaded host stretches the ticks).
+            if Date() >= nextHeaderUpdate {
+                session.updateRecoveryHeader(vms: child.map { [$0.pid] })
+                nextHeaderUpdate = Date().addingTimeInterval(1)
+            }
             if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()
                 let p = session.progress()

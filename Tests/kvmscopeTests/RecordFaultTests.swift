@@ -28,7 +28,8 @@ struct RecordFaultTests {
         return (ours, tc.stdout.split(separator: "\n").filter { $0.contains(" kvm_pio:") }.count)
     }
 
-    /// Starts `record` of a 30 s storm and SIGKILLs it once at least 16 pages are spooled.
+    /// Starts `record` of a 30 s storm and SIGKILLs it once at least 16 pages are spooled and the spool's header
+    /// names the storm's vCPU thread.
     /// - Returns: the dead recording's pid and its spool directory.
     static func killRecording(_ path: String, compression: String) throws -> (pid: Int32, spool: String) {
         // Small buffers: readers wake (and spool) at half of 64 KiB, not of 4 MiB — under load a slowed storm
@@ -39,8 +40,19 @@ struct RecordFaultTests {
         defer { p.stop() }
         let spool = (path as NSString).deletingLastPathComponent + "/\(RecordSession.spoolPrefix)\(p.pid)"
         let end = Date().addingTimeInterval(30)
-        while Date() < end && spooledPages(spool) < 16 && p.isRunning { usleep(50_000) }
+        // ... and once the spool's header names the storm's vCPU thread (record rewrites it every second).
+        func named() -> Bool {
+            guard let child = (try? String(contentsOfFile: "/proc/\(p.pid)/task/\(p.pid)/children", encoding: .utf8))?
+                    .split(separator: " ").first.flatMap({ Int32($0) }),
+                  let header = try? Data(contentsOf: URL(fileURLWithPath: spool + "/header")) else { return false }
+            let vcpus = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(child)/task")) ?? []).filter {
+                (try? String(contentsOfFile: "/proc/\(child)/task/\($0)/comm", encoding: .utf8)) == "CPU 0/KVM\n"
+            }
+            return vcpus.count == 1 && header.range(of: Data("\n\(vcpus[0]) CPU 0/KVM\n".utf8)) != nil
+        }
+        while Date() < end && (spooledPages(spool) < 16 || !named()) && p.isRunning { usleep(50_000) }
         #expect(spooledPages(spool) >= 16, "record: \(p.stderr)")
+        #expect(named(), "the spool's header names the vCPU thread")
         p.signal(SIGKILL)
         #expect(p.wait(timeout: 10) == 128 + SIGKILL)
         return (p.pid, spool)
@@ -75,6 +87,8 @@ struct RecordFaultTests {
         #expect(report.stdout.contains("\nnote: recovered: recording pid \(pid) was killed before it wrote this file; "
                                        + "it holds every complete page\n"), "\(report.stdout)")
         #expect(report.stdout.contains("kvm_pio"))
+        // The VM is named as in a finished recording: the storm's process, its vCPU 0.
+        #expect(report.stdout.contains(/\n +\d+  kvmscope +0 +\d+ +0 +0\n/), "\(report.stdout)")
     }
 
     /// `report` of the empty file a SIGKILLed recording left assembles the spool beside it first (one line),
@@ -93,6 +107,9 @@ struct RecordFaultTests {
         #expect(counts.ours == counts.traceCmd)
         let j = try CLI.json(report.stdout)
         #expect((j["events"] as? [String: Any])?["kvm_pio"] as? Int == counts.ours, "\(report.stdout.prefix(400))")
+        // The storm's resources as sampled until the kill (the spool's header is rewritten every second).
+        let resources = j["resources"] as? [[String: Any]]
+        #expect(resources?.count == 1 && resources?.first?["vm_name"] as? String == "kvmscope", "\(j["resources"] ?? "none")")
         // Nothing is left to recover: the next report just reads the file.
         let again = try CLI.run(["report", path])
         #expect(again.status == 0 && again.stderr.isEmpty)
