@@ -106,9 +106,21 @@ public struct TopRow: Sendable {
         return "S"
     }
 
-    /// Read and write syscalls in the interval (/proc/PID/io syscr, syscw): RDRQ, WRRQ.
-    public var readRequests: UInt64? { vm.ioDelta?.readSyscalls }
-    public var writeRequests: UInt64? { vm.ioDelta?.writeSyscalls }
+    /// RDRQ, WRRQ as virt-top counts them: the VM's block device read and write requests in the interval,
+    /// summed over its disks (QMP `query-blockstats`, or libvirt's block stats in that shape); where neither
+    /// was read, the VMM's read and write syscalls (/proc/PID/io syscr, syscw). ``requestsSource`` says which.
+    public var readRequests: UInt64? { blockDeltas.map { $0.reduce(0) { $0 &+ $1.readRequests } } ?? vm.ioDelta?.readSyscalls }
+    public var writeRequests: UInt64? { blockDeltas.map { $0.reduce(0) { $0 &+ $1.writeRequests } } ?? vm.ioDelta?.writeSyscalls }
+
+    /// Where RDRQ/WRRQ come from: "block" (the disks' requests: QMP or libvirt) or "syscalls" (/proc/PID/io).
+    public var requestsSource: String { blockDeltas == nil ? "syscalls" : "block" }
+
+    /// Each disk's requests in the interval, when QMP or libvirt gave every disk of the VM a delta.
+    var blockDeltas: [DiskCounts]? {
+        guard let q = vm.qmp, q.problem == nil, !q.disks.isEmpty else { return nil }
+        let deltas = q.disks.compactMap(\.delta)
+        return deltas.count == q.disks.count ? deltas : nil
+    }
     /// Bytes the guest received (its taps' host-side tx_bytes) and sent (rx_bytes) in the interval: RXBY, TXBY.
     public var rxBytes: UInt64? { vm.processDelta == nil ? nil : vm.tapDeltas.reduce(0) { $0 &+ $1.txBytes } }
     public var txBytes: UInt64? { vm.processDelta == nil ? nil : vm.tapDeltas.reduce(0) { $0 &+ $1.rxBytes } }
@@ -160,7 +172,7 @@ public enum TopView {
             "Host: \(s.hostCPUs) CPUs, \(gib(s.hostMemoryBytes)) GiB memory; interval \(fixed(s.intervalSeconds, 2)) s",
             "CPU: \(fixed(cpu / interval / Double(s.hostCPUs) * 100, 1))% of all host CPUs (virt-top's %CPU), "
                 + "\(fixed(cpu / interval * 100, 1))% of one CPU (htop's); sorted by \(sort.rawValue)",
-            "RDRQ/WRRQ: read/write syscalls, RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
+            requestsLegend(rows.filter { !$0.vm.gone }) + ", RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
             "",
             header,
         ]
@@ -177,6 +189,16 @@ public enum TopView {
                          + " " + name)
         }
         return lines
+    }
+
+    /// What RDRQ/WRRQ count on this screen: block requests (virt-top's) where QMP or libvirt gave the VM's disks,
+    /// else read/write syscalls; when the rows differ, the VMs counted by syscalls are named by pid.
+    static func requestsLegend(_ rows: [TopRow]) -> String {
+        let bySyscalls = rows.filter { $0.requestsSource == "syscalls" }
+        if bySyscalls.isEmpty && !rows.isEmpty { return "RDRQ/WRRQ: block device requests (QMP/libvirt)" }
+        if bySyscalls.count == rows.count { return "RDRQ/WRRQ: read/write syscalls" }
+        let pids = bySyscalls.map { String($0.vm.pid) }.sorted { $0.count != $1.count ? $0.count < $1.count : $0 < $1 }
+        return "RDRQ/WRRQ: block device requests (QMP/libvirt), read/write syscalls for \(pids.joined(separator: " "))"
     }
 
     /// The htop-style thread table of one VM: its vCPU threads first.
@@ -237,6 +259,8 @@ public enum TopView {
                 ("other_cpu_seconds", .double(s.seconds(d.cpuTicks.saturatingMinus(v.cpuTicks)))),
                 ("guest_seconds", .double(s.seconds(d.guestTicks))),
                 ("vcpu_wait_seconds", .double(Double(v.waitNanoseconds) / 1e9)), ("switches", .uint(d.switches)),
+                ("read_requests", optU(r.readRequests)), ("write_requests", optU(r.writeRequests)),
+                ("requests_source", .string(r.requestsSource)),
                 ("read_syscalls", optU(vm.ioDelta?.readSyscalls)), ("write_syscalls", optU(vm.ioDelta?.writeSyscalls)),
                 ("read_chars", optU(vm.ioDelta?.readChars)), ("write_chars", optU(vm.ioDelta?.writeChars)),
                 ("read_bytes", optU(vm.ioDelta?.readBytes)), ("write_bytes", optU(vm.ioDelta?.writeBytes)),

@@ -20,7 +20,7 @@ struct TopCommand: ParsableCommand {
               ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP-EXIT P99 NAME
 
             %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's share of \
-            one CPU. RDRQ/WRRQ are read/write syscalls and RXBY/TXBY the guest's tap bytes, per interval. EXITS/s \
+            one CPU. RDRQ/WRRQ are block device requests where QMP or libvirt gives them (virt-top's), else read/write syscalls, and RXBY/TXBY the guest's tap bytes, per interval. EXITS/s \
             comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
 
               kvmscope top -b -n 3 -d 1       three screens, one second apart

@@ -45,6 +45,21 @@ struct QEMUGuestTests {
         #expect(row["name"] as? String == "qemu-io,\(getpid())")
         #expect(row["vcpus"] as? Int == 1)
         #expect(row["accel"] as? String == "kvm")
+
+        // With --qmp, RDRQ/WRRQ are virt-top's: the disks' requests in the interval (the guest runs: > 0), not
+        // the VMM's syscalls.
+        let q = try CLI.run(["top", "--json", "-n", "2", "-d", "0.5", "--no-exits", "-c", "none", "--qmp", guest.kvmscopeQMPPath],
+                            timeout: 60)
+        #expect(q.status == 0, "\(q.stderr)")
+        let last = try #require(q.stdout.split(separator: "\n").last)
+        let lj = try #require(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+        let lrow = try #require((lj["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
+        let interval = try #require(lrow["interval"] as? [String: Any])
+        let disks = try #require(lrow["disks"] as? [[String: Any]])
+        let diskReads = disks.compactMap { ($0["interval"] as? [String: Any])?["read_requests"] as? Int }
+        #expect(diskReads.count == 1 && diskReads[0] > 0, "\(disks)")
+        #expect(interval["requests_source"] as? String == "block")
+        #expect(interval["read_requests"] as? Int == diskReads.reduce(0, +))
     }
 
     /// `--qmp`: per-device requests, bytes and request time over a paused interval equal QEMU's own counters

@@ -79,6 +79,33 @@ import Testing
         ])
     }
 
+    /// RDRQ/WRRQ are virt-top's block requests where QMP or libvirt gave the VM's disks (summed over them),
+    /// else the VMM's syscalls; the legend says which, naming the VMs counted by syscalls when rows differ.
+    @Test func requestsAreBlockRequestsWhereQMPGivesThem() throws {
+        var f = Self.frame()
+        var q = QMPSample(socket: "/run/web.qmp")
+        var d0 = DiskCounts(), d1 = DiskCounts()
+        d0.readRequests = 40
+        d0.writeRequests = 3
+        d1.readRequests = 2
+        q.disks = [DiskSample(device: "virtio-disk0", drive: "d0", qdev: nil, total: d0, delta: d0),
+                   DiskSample(device: "virtio-disk1", drive: "d1", qdev: nil, total: d1, delta: d1)]
+        f.sample.vms[2].qmp = q
+        let screen = TopView.render(f)
+        #expect(screen[3] == "RDRQ/WRRQ: block device requests (QMP/libvirt), read/write syscalls for 99, RXBY/TXBY: "
+                + "guest's tap bytes, per interval; %MEM: RSS of host memory")
+        #expect(screen[6] == "  4242 R   42    3  64K 1500 18.8 12.5 2:03.45    15.0k EPT_MISCONFIG   1.50us web")
+        let web = try #require(TopView.rows(f).first { $0.vm.pid == 4242 })
+        #expect(TopView.vmJSON(web, sample: f.sample).serialized().contains(#""read_requests":42,"write_requests":3,"requests_source":"block""#))
+        // Only the VMs with QMP on screen: the legend names no pid.
+        f.sample.vms.removeAll { $0.pid == 99 }
+        #expect(TopView.render(f)[3].hasPrefix("RDRQ/WRRQ: block device requests (QMP/libvirt), RXBY/TXBY"))
+        // A disk first seen this sample (no delta yet): the VM's requests are its syscalls, and the legend says so.
+        f.sample.vms[1].qmp?.disks[1].delta = nil
+        #expect(TopView.render(f)[3].hasPrefix("RDRQ/WRRQ: read/write syscalls, RXBY/TXBY"))
+        #expect(TopView.render(f)[6].hasPrefix("  4242 R  12K    7"))
+    }
+
     /// A VM's name is whatever its command line says: on a screen, control characters become `?` (as ps and
     /// htop show them) so a name cannot retitle or clear the operator's terminal; JSON keeps it whole, escaped.
     @Test func controlCharactersInNamesNeverReachTheTerminal() throws {
