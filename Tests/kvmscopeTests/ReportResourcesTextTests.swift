@@ -38,26 +38,35 @@ import Testing
           "disks":[],"pciRegions":[]}]}
         """
 
-    static func writeRecording(_ path: String) throws {
+    /// Writes a recording of kvm_exit/kvm_entry records (this kernel's formats) that `events` appends to CPU 0's
+    /// pages, with the metadata `metadata` fills in.
+    static func write(_ path: String, metadata: (inout TraceDatMetadata) -> Void,
+                      events: (_ exit: EventPayloadBuilder, _ entry: EventPayloadBuilder, inout RingBufferPageBuilder) throws -> Void) throws {
         let text = { (name: String) in try String(contentsOf: formats.appendingPathComponent(name), encoding: .utf8) }
         let f = EventFormats()
         try f.add(system: "kvm", format: text("kvm_exit.format"))
         try f.add(system: "kvm", format: text("kvm_entry.format"))
-        let exitB = try EventPayloadBuilder(formats: f, event: "kvm_exit")
-        let entryB = try EventPayloadBuilder(formats: f, event: "kvm_entry")
         var cpu0 = RingBufferPageBuilder(subbufSize: 4096)
-        cpu0.append(timestamp: 1_000, payload: exitB.payload(pid: 101, ["exit_reason": 32, "isa": 1]))   // MSR_WRITE
-        cpu0.append(timestamp: 1_500, payload: entryB.payload(pid: 101, [:]))
-        cpu0.append(timestamp: 2_000, payload: exitB.payload(pid: 102, ["exit_reason": 12, "isa": 1]))   // HLT
-        cpu0.append(timestamp: 5_000, payload: entryB.payload(pid: 102, [:]))
+        try events(try EventPayloadBuilder(formats: f, event: "kvm_exit"), try EventPayloadBuilder(formats: f, event: "kvm_entry"), &cpu0)
         var m = TraceDatMetadata()
         m.headerPage = try text("header_page")
         m.systems = [.init(name: "kvm", formats: [try text("kvm_exit.format"), try text("kvm_entry.format")])]
-        m.cmdlines = [101: "CPU 0/KVM", 102: "CPU 0/KVM"]
-        m.tgids = [101: 50, 102: 60]
-        m.guestNames = [50: "web1", 60: "db"]
-        m.resourcesJSON = resources
+        metadata(&m)
         try TraceDatWriter.write(path: path, metadata: m, cpus: [.pages(cpu0.finish())])
+    }
+
+    static func writeRecording(_ path: String) throws {
+        try write(path, metadata: { m in
+            m.cmdlines = [101: "CPU 0/KVM", 102: "CPU 0/KVM"]
+            m.tgids = [101: 50, 102: 60]
+            m.guestNames = [50: "web1", 60: "db"]
+            m.resourcesJSON = resources
+        }, events: { exitB, entryB, cpu0 in
+            cpu0.append(timestamp: 1_000, payload: exitB.payload(pid: 101, ["exit_reason": 32, "isa": 1]))   // MSR_WRITE
+            cpu0.append(timestamp: 1_500, payload: entryB.payload(pid: 101, [:]))
+            cpu0.append(timestamp: 2_000, payload: exitB.payload(pid: 102, ["exit_reason": 12, "isa": 1]))   // HLT
+            cpu0.append(timestamp: 5_000, payload: entryB.payload(pid: 102, [:]))
+        })
     }
 
     func withRecording<T>(_ body: (String) throws -> T) throws -> T {
@@ -104,23 +113,15 @@ import Testing
     @Test func kernelThreadsAreSaidToBeNoVMs() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("report-kthread-\(getpid()).dat").path
         defer { unlink(path) }
-        let text = { (name: String) in try String(contentsOf: Self.formats.appendingPathComponent(name), encoding: .utf8) }
-        let f = EventFormats()
-        try f.add(system: "kvm", format: text("kvm_exit.format"))
-        try f.add(system: "kvm", format: text("kvm_entry.format"))
-        let exitB = try EventPayloadBuilder(formats: f, event: "kvm_exit")
-        let entryB = try EventPayloadBuilder(formats: f, event: "kvm_entry")
-        var cpu0 = RingBufferPageBuilder(subbufSize: 4096)
-        cpu0.append(timestamp: 1_000, payload: exitB.payload(pid: 101, ["exit_reason": 12, "isa": 1]))
-        cpu0.append(timestamp: 1_500, payload: entryB.payload(pid: 101, [:]))
-        cpu0.append(timestamp: 2_000, payload: entryB.payload(pid: 77, [:]))
-        var m = TraceDatMetadata()
-        m.headerPage = try text("header_page")
-        m.systems = [.init(name: "kvm", formats: [try text("kvm_exit.format"), try text("kvm_entry.format")])]
-        m.cmdlines = [101: "CPU 0/KVM", 77: "kdamond.0"]
-        m.tgids = [101: 50, 77: 77]
-        m.guestNames = [50: "web1", 77: "[kdamond.0]"]
-        try TraceDatWriter.write(path: path, metadata: m, cpus: [.pages(cpu0.finish())])
+        try Self.write(path, metadata: { m in
+            m.cmdlines = [101: "CPU 0/KVM", 77: "kdamond.0"]
+            m.tgids = [101: 50, 77: 77]
+            m.guestNames = [50: "web1", 77: "[kdamond.0]"]
+        }, events: { exitB, entryB, cpu0 in
+            cpu0.append(timestamp: 1_000, payload: exitB.payload(pid: 101, ["exit_reason": 12, "isa": 1]))
+            cpu0.append(timestamp: 1_500, payload: entryB.payload(pid: 101, [:]))
+            cpu0.append(timestamp: 2_000, payload: entryB.payload(pid: 77, [:]))
+        })
         let r = try CLI.run(["report", path])
         #expect(r.status == 0, "\(r.stderr)")
         let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
