@@ -3,7 +3,8 @@ import KVMExits
 
 /// Per-VM exit counts between summaries, for `top`: `kvm_exit` rows where the VM has them (every exit), else
 /// `kvm_userspace_exit` rows (the exits that reach the VMM, the only ones counted on backends where kvm_exit
-/// never fires); the interval's top reason and, where kvm_exit/kvm_entry pair, that reason's p99 handling time.
+/// never fires); the interval's top reason and, where kvm_exit/kvm_entry pair, that reason's p99 handling time
+/// and each vCPU's p99 over its reasons (halts left out: their time is the guest's idle, not handling).
 public struct TopExitTally: Sendable {
     private var last: [Int32: Counts] = [:]
     /// Each VM's total at the first update: `total` counts from there, so it is the sum of the intervals.
@@ -14,6 +15,8 @@ public struct TopExitTally: Sendable {
         var byVCPU: [UInt32: UInt64] = [:]
         var byReason: [String: UInt64] = [:]
         var histograms: [String: HistogramSnapshot] = [:]
+        /// Every reason's handling times but halts', per vCPU number.
+        var vcpuHistograms: [UInt32: HistogramSnapshot] = [:]
 
         mutating func add(_ vcpu: UInt32?, _ reason: String, _ n: UInt64, _ h: HistogramSnapshot?) {
             total &+= n
@@ -21,6 +24,9 @@ public struct TopExitTally: Sendable {
             byReason[reason, default: 0] &+= n
             if let h {
                 if histograms[reason] == nil { histograms[reason] = h } else { histograms[reason]!.merge(h) }
+                if let vcpu {
+                    if vcpuHistograms[vcpu] == nil { vcpuHistograms[vcpu] = h } else { vcpuHistograms[vcpu]!.merge(h) }
+                }
             }
         }
     }
@@ -58,8 +64,13 @@ public struct TopExitTally: Sendable {
                 let window = before.histograms[reason].map { h.subtracting($0) } ?? h
                 if window.count > 0 { p99 = window.percentile(99) }
             }
+            var p99ByVCPU: [UInt32: UInt64] = [:]
+            for (v, h) in c.vcpuHistograms {
+                let window = before.vcpuHistograms[v].map { h.subtracting($0) } ?? h
+                if window.count > 0 { p99ByVCPU[v] = window.percentile(99) }
+            }
             out[vm] = TopExits(total: c.total &- min(c.total, base?[vm] ?? 0), interval: c.total &- min(c.total, before.total),
-                               intervalByVCPU: byVCPU, topReason: top?.0, topReasonP99Nanoseconds: p99)
+                               intervalByVCPU: byVCPU, topReason: top?.0, topReasonP99Nanoseconds: p99, p99ByVCPU: p99ByVCPU)
         }
         for m in summary.vcpuMismatches {
             guard let traced = m.identity.tracedVCPU else { continue }

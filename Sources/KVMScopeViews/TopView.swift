@@ -17,15 +17,19 @@ public struct TopExits: Sendable, Equatable {
     /// The VM's threads whose name gives one vCPU number while kvm_exit/kvm_entry carry another
     /// (``Summary/vcpuMismatches``): tid → the traced vcpu_id. Their exits count under the name's number.
     public var vcpuMismatches: [Int32: UInt32] = [:]
+    /// Per vCPU number: the 99th percentile of its exits' handling time (kvm_exit → kvm_entry, halts left out)
+    /// in the last interval, ns; only vCPUs whose exits paired in it.
+    public var p99ByVCPU: [UInt32: UInt64] = [:]
 
     public init(total: UInt64, interval: UInt64, intervalByVCPU: [UInt32: UInt64] = [:], topReason: String? = nil,
-                topReasonP99Nanoseconds: UInt64? = nil, vcpuMismatches: [Int32: UInt32] = [:]) {
+                topReasonP99Nanoseconds: UInt64? = nil, vcpuMismatches: [Int32: UInt32] = [:], p99ByVCPU: [UInt32: UInt64] = [:]) {
         self.total = total
         self.interval = interval
         self.intervalByVCPU = intervalByVCPU
         self.topReason = topReason
         self.topReasonP99Nanoseconds = topReasonP99Nanoseconds
         self.vcpuMismatches = vcpuMismatches
+        self.p99ByVCPU = p99ByVCPU
     }
 }
 

@@ -367,7 +367,10 @@ import Testing
         #expect(a[5]?.intervalByVCPU == [0: 100, 1: 3])
         #expect(a[5]?.topReason == "EPT_MISCONFIG")
         #expect(a[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: small).percentile(99))
+        // Each vCPU's p99 over the interval's paired exits; halts are no handling time.
+        #expect(a[5]?.p99ByVCPU == [0: HistogramSnapshot(recording: small).percentile(99)])
         #expect(a[9]?.interval == 6)
+        #expect(a[9]?.p99ByVCPU == [:])
         #expect(a[9]?.topReason == "KVM_EXIT_IO")
         #expect(a[9]?.topReasonP99Nanoseconds == nil)
         let b = t.update(Self.summary([(0, "EPT_MISCONFIG", [7] + small), (1, "HLT", [9, 9, 9]), (1, "MSR_WRITE", big)],
@@ -376,6 +379,7 @@ import Testing
         #expect(b[5]?.total == 303)
         #expect(b[5]?.topReason == "MSR_WRITE")
         #expect(b[5]?.topReasonP99Nanoseconds == HistogramSnapshot(recording: big).percentile(99))
+        #expect(b[5]?.p99ByVCPU == [1: HistogramSnapshot(recording: big).percentile(99)])
         #expect(b[9]?.interval == 0)
         #expect(b[9]?.topReason == nil)
     }
