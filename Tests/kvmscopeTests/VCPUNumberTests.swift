@@ -125,6 +125,65 @@ struct VCPUNumberTests {
         #expect(!LiveView.render(other, state: state, width: 80, height: 12).text.contains { $0.hasPrefix("note:") })
     }
 
+    /// The real binary in a real terminal: `kvmscope live -p <this process>` (injection on), a thread of this
+    /// process named `CPU 3/KVM` writes 50 kvm_exit/kvm_entry pairs carrying vcpu_id 4 into live's instance's
+    /// trace_marker_raw; `v` shows the row as `vCPU 3 ≠ vcpu_id 4` with its 50 exits, and the note line.
+    @Test(.enabled(if: KVMTest.canRun, "needs root, tracefs and tmux"))
+    func liveScreenShowsTheMismatchOfARealThread() throws {
+        let rec = try MarkerLiveTests.Records()
+        let name = "kvmscope-vcpu-\(getpid())"
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try LiveTUITests.tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "40",
+                               "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? LiveTUITests.tmux(["kill-session", "-t", name], check: false) }
+        let pane = LiveTUITests.Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        // The shell's pid becomes live's (exec): its instance is kvmscope-<that pid>.
+        try pane.type("clear; echo $$ > \(dir.path)/pid; exec env KVMSCOPE_INJECT=kvm_exit,kvm_entry \(CLI.binary) live -s 0.5 -p \(getpid())")
+        try pane.keys("Enter")
+        try pane.wait("live's first screen") { $0.first?.hasPrefix("kvm statistics - pid \(getpid())") == true }
+        let livePID = try #require(Int32((try String(contentsOfFile: dir.appendingPathComponent("pid").path, encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        let marker = "/sys/kernel/tracing/instances/kvmscope-\(livePID)/trace_marker_raw"
+        let n = 50
+        var records: [[UInt8]] = []
+        for _ in 0..<n { records += [rec.exit(reason: 30, vcpu: 4, rip: 0x1000), rec.entry(vcpu: 4)] }
+        let recs = records
+        let written = DispatchSemaphore(value: 0), checked = DispatchSemaphore(value: 0)
+        let writer = Locked<(tid: Int32, ok: Int)>((0, 0))
+        let screen = Locked<[String]?>(nil)
+        _ = onThreads([
+            { @Sendable in
+                try? "CPU 3/KVM".write(toFile: "/proc/self/task/\(MarkerLiveTests.getTID())/comm", atomically: false, encoding: .utf8)
+                writer.set((MarkerLiveTests.getTID(), MarkerLiveTests.write(marker, recs)))
+                written.signal()
+                // Alive until the screen is read: live names the thread from /proc.
+                _ = checked.wait(timeout: .now() + 120)
+            },
+            { @Sendable in
+                defer { checked.signal() }
+                guard written.wait(timeout: .now() + 120) == .success else { return }
+                _ = try? pane.keys("v")
+                let tid = writer.get().tid
+                screen.set(try? pane.wait("the per-vCPU row of the thread") { s in
+                    s.contains { $0.hasPrefix(">vCPU 3 \u{2260} vcpu_id 4 ") } && s.contains { $0.hasPrefix("note: VM \(getpid()) tid \(tid) ") }
+                })
+            },
+        ], timeout: 300)
+        let (tid, ok) = writer.get()
+        #expect(ok == 2 * n)
+        let s = try #require(screen.get())
+        // The name in 40 columns, Total in 10, %Total in 7 (the wide layout).
+        let label = "vCPU 3 \u{2260} vcpu_id 4"
+        #expect(s.contains { $0.hasPrefix(">" + label + String(repeating: " ", count: 40 - label.count) + "         \(n)  100.0") },
+                "\(s)")
+        #expect(s.contains("note: VM \(getpid()) tid \(tid) 'CPU 3/KVM': kvm_exit says vcpu_id 4, rows use the name's 3"), "\(s)")
+        #expect(!s.contains { $0.hasPrefix(" vCPU 4") || $0.hasPrefix(">vCPU 4") })
+        try pane.keys("q")
+    }
+
     /// The identities keep both numbers; the summary's rows use the name's, and its JSON lists the mismatch.
     @Test func nameAndTracedNumberDisagreeingIsShown() throws {
         let snap = Self.handMade()
