@@ -236,7 +236,16 @@ public final class Aggregator: Sendable {
         guard r.vmOrder.count > retiredVMCapacity else { return }
         var alive = Set(threads.withLock { $0.values.map(\.vm) })
         for x in r.retiring.values { alive.insert(x.identity.vm) }
+        let before = Set(r.vmOrder)
         r.evict(capacity: retiredVMCapacity, alive: alive)
+        // The folded VMs' retired threads' I/O accesses go with their counters: to the `other` VM.
+        let folded = before.subtracting(r.vmOrder)
+        guard !folded.isEmpty, shards.first?.io != nil else { return }
+        ioRetired.withLock { io in
+            for (tid, id) in io where folded.contains(id.vm) {
+                io[tid] = ThreadIdentity(vm: RetiredTotals.otherVM, vmName: "other", vcpu: id.vcpu, comm: id.comm)
+            }
+        }
     }
 
     /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates. Cost ∝ the live keys
