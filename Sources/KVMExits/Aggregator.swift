@@ -219,11 +219,16 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
-            if shards.first?.io != nil { ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)
                 _ = r.tid(for: id)
+            }
+            if shards.first?.io != nil, !identities.isEmpty {
+                // Their I/O rows so far go to their retired rows now: a new thread reusing the tid counts afresh.
+                let byTid = Dictionary(identities, uniquingKeysWith: { a, _ in a })
+                r.freezeIO(mergedIORows(only: byTid), identities: byTid)
+                ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } }
             }
             r.retiredThreads += UInt64(identities.count)
             evict(&r)
@@ -313,7 +318,7 @@ public final class Aggregator: Sendable {
                                                   topRIPs: v.topRIPs))
             }
             snap.pairing = pairing.snapshot
-            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses()
+            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses(r)
             return snap
         }
     }

@@ -4,6 +4,7 @@ import KVMExits
 import KVMResources
 import KVMScopeViews
 import Testing
+import TestSupport
 
 /// `/metrics`' `kvmscope_io_exits_total`: kvm_pio/kvm_mmio accesses per VM, space and device, each port and
 /// address named by the VM's device map (PCI BARs over the standard PC map), the rest under `unknown`; the
@@ -96,6 +97,53 @@ import Testing
         w.maintain()
         #expect(try Self.family(agg.snapshot(timestamp: 2)) == Self.expected)
         #expect(agg.snapshot(timestamp: 3).occupancy.retiredThreads == 2)
+    }
+
+    /// A tid reused by a thread of another VM after the first retired: the first VM's rows keep their values
+    /// (frozen at retirement), the new thread's accesses count for its own VM only.
+    @Test func aReusedTidCountsAfresh() throws {
+        let names = Locked(Self.identities)
+        let agg = Aggregator(catalog: Self.catalog, shardCount: 2, resolver: { tid in names.get()[tid] }, retirement: true)
+        var writers = [agg.writer(shard: 0), agg.writer(shard: 1)]
+        var ts: UInt64 = 1_000
+        func add(_ shard: Int, _ tid: Int32, _ address: UInt64, _ n: Int) {
+            for _ in 0..<n {
+                writers[shard].add(TraceEvent(timestamp: ts, detail: address, tid: tid, event: Self.pio, aux2: 1), hasReason: false)
+                ts += 100
+            }
+        }
+        // 101 of VM 100 writes COM1 on both CPUs; then it exits and retires; 101 comes back as a thread of VM 200.
+        add(0, 101, 0x3f8, 5)
+        add(1, 101, 0x3f8, 2)
+        add(0, 201, 0x3f8, 1)
+        _ = agg.snapshot(timestamp: 1)
+        agg.retire([101])
+        for i in writers.indices { writers[i].maintain() }
+        names.set(names.get().merging([101: ThreadIdentity(vm: 200, vmName: "db", vcpu: 1, comm: "CPU 1/KVM")]) { _, b in b })
+        func rows() throws -> [String] {
+            let s = try Summary(agg.snapshot(timestamp: 2))
+            return PrometheusExposition.render(s, format: .prometheus, extras: ExpositionExtras(version: "0"))
+                .split(separator: "\n").map(String.init).filter { $0.hasPrefix("kvmscope_io_exits_total{") }
+        }
+        #expect(try rows() == [
+            #"kvmscope_io_exits_total{vm="100",vm_name="web",space="port",device="serial COM1"} 7"#,
+            #"kvmscope_io_exits_total{vm="200",vm_name="db",space="port",device="serial COM1"} 1"#,
+        ])
+        add(1, 101, 0x3f8, 4)
+        add(0, 101, 0x70, 3)
+        #expect(try rows() == [
+            #"kvmscope_io_exits_total{vm="100",vm_name="web",space="port",device="serial COM1"} 7"#,
+            #"kvmscope_io_exits_total{vm="200",vm_name="db",space="port",device="rtc0 cmos"} 3"#,
+            #"kvmscope_io_exits_total{vm="200",vm_name="db",space="port",device="serial COM1"} 5"#,
+        ])
+        // The new thread retires too: nothing moves.
+        agg.retire([101])
+        for i in writers.indices { writers[i].maintain() }
+        #expect(try rows() == [
+            #"kvmscope_io_exits_total{vm="100",vm_name="web",space="port",device="serial COM1"} 7"#,
+            #"kvmscope_io_exits_total{vm="200",vm_name="db",space="port",device="rtc0 cmos"} 3"#,
+            #"kvmscope_io_exits_total{vm="200",vm_name="db",space="port",device="serial COM1"} 5"#,
+        ])
     }
 
     /// A history of one stopped VM: VM 300 stops, then VM 200: VM 300 folds into `other`, its I/O row with it
