@@ -115,8 +115,8 @@ public struct ExpositionExtras: Sendable {
 /// `kvmscope_io_exits_total` sums ``IOAccessSummary/byDevice()``: every port and MMIO address named by the VM's
 /// ``DeviceMap`` (the caller names the summary's rows: QMP BARs laid over ``DeviceMap/standardPC``); addresses
 /// no range holds count under `device="unknown"`, so its label sets are bounded by devices, not addresses. A
-/// retired thread's accesses stay its VM's (their rows keep the tid, ``AggregateSnapshot/ioIdentity(of:)``),
-/// and a VM folded into `vm="other"` moves its rows there with its other counters.
+/// retired thread's accesses stay its VM's (frozen under its VM's retired row when it retires, so a new thread
+/// reusing the tid counts afresh), and a VM folded into `vm="other"` moves its rows there with its other counters.
 ///
 /// Each of the four per-VM families keeps at most `maxSeries` label sets: when there are more, the first
 /// `maxSeries − 1` (ordered by VM, vCPU, reason) are kept and the rest are summed into one set whose labels are
