@@ -98,4 +98,36 @@ public struct IOAccessSummary: Sendable {
 
     /// Overflowed events of one space.
     public func overflow(_ space: DeviceMap.Space) -> UInt64 { space == .port ? overflow.port : overflow.mmio }
+
+    /// One VM's I/O exits to one device: what `/metrics`' `kvmscope_io_exits_total` exports.
+    public struct DeviceTotal: Sendable, Equatable {
+        public var vm: Int32
+        public var vmName: String?
+        public var space: DeviceMap.Space
+        /// The device as ``IOAccessSummaryRow/device`` names it; `unknown` for addresses no range holds.
+        public var device: String
+        /// ``IOAccessSummaryRow/count`` summed over the device's addresses and both directions (an MMIO read
+        /// handed to the VMM and completed later counts once, as its completion).
+        public var count: UInt64
+    }
+
+    /// The rows summed per VM, space and device, sorted by VM, space (ports first) and device name: as many
+    /// totals as devices, whatever the number of addresses.
+    public func byDevice() -> [DeviceTotal] {
+        struct Key: Hashable { var vm: Int32; var space: UInt8; var device: String }
+        var index: [Key: Int] = [:]
+        var out: [DeviceTotal] = []
+        for r in rows {
+            let device = r.device ?? "unknown"
+            let k = Key(vm: r.vm, space: r.space.rawValue, device: device)
+            if let i = index[k] {
+                out[i].count += r.count
+                if out[i].vmName == nil { out[i].vmName = r.vmName }
+            } else {
+                index[k] = out.count
+                out.append(DeviceTotal(vm: r.vm, vmName: r.vmName, space: r.space, device: device, count: r.count))
+            }
+        }
+        return out.sorted { ($0.vm, $0.space.rawValue, $0.device) < ($1.vm, $1.space.rawValue, $1.device) }
+    }
 }

@@ -219,11 +219,16 @@ public final class Aggregator: Sendable {
             }
             startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
             unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
-            if shards.first?.io != nil { ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } } }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)
                 _ = r.tid(for: id)
+            }
+            if shards.first?.io != nil, !identities.isEmpty {
+                // Their I/O rows so far go to their retired rows now: a new thread reusing the tid counts afresh.
+                let byTid = Dictionary(identities, uniquingKeysWith: { a, _ in a })
+                r.freezeIO(mergedIORows(only: byTid), identities: byTid)
+                ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } }
             }
             r.retiredThreads += UInt64(identities.count)
             evict(&r)
@@ -236,7 +241,16 @@ public final class Aggregator: Sendable {
         guard r.vmOrder.count > retiredVMCapacity else { return }
         var alive = Set(threads.withLock { $0.values.map(\.vm) })
         for x in r.retiring.values { alive.insert(x.identity.vm) }
+        let before = Set(r.vmOrder)
         r.evict(capacity: retiredVMCapacity, alive: alive)
+        // The folded VMs' retired threads' I/O accesses go with their counters: to the `other` VM.
+        let folded = before.subtracting(r.vmOrder)
+        guard !folded.isEmpty, shards.first?.io != nil else { return }
+        ioRetired.withLock { io in
+            for (tid, id) in io where folded.contains(id.vm) {
+                io[tid] = ThreadIdentity(vm: RetiredTotals.otherVM, vmName: "other", vcpu: id.vcpu, comm: id.comm)
+            }
+        }
     }
 
     /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates. Cost ∝ the live keys
@@ -304,7 +318,7 @@ public final class Aggregator: Sendable {
                                                   topRIPs: v.topRIPs))
             }
             snap.pairing = pairing.snapshot
-            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses()
+            (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses(r)
             return snap
         }
     }

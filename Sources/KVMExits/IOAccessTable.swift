@@ -44,6 +44,17 @@ public struct IOAccessRow: Sendable, Equatable {
         self.count = count
     }
 
+    /// This row without an earlier reading of the same key (`before`): its counts and times since then. The
+    /// minimum and maximum stay this row's (they cannot be taken apart).
+    public func minus(_ before: IOAccessRow) -> IOAccessRow {
+        var r = self
+        r.count = count &- Swift.min(count, before.count)
+        r.timed = timed &- Swift.min(timed, before.timed)
+        r.sum = sum &- Swift.min(sum, before.sum)
+        r.sumOfSquares = Swift.max(0, sumOfSquares - before.sumOfSquares)
+        return r
+    }
+
     /// Adds another row's counts and times (same key, or rows being merged into one).
     public mutating func merge(_ o: IOAccessRow) {
         count += o.count

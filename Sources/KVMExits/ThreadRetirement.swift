@@ -101,6 +101,42 @@ struct RetiredTotals {
     var foldedVMs: UInt64 = 0
     var nextTid: Int32 = -2
 
+    /// A key of the shards' ``IOAccessTable``s (thread, space, address, direction).
+    struct IOKey: Hashable {
+        var tid: Int32
+        var space: UInt8
+        var address: UInt64
+        var direction: UInt8
+        init(_ r: IOAccessRow) {
+            tid = r.tid
+            space = r.space.rawValue
+            address = r.address
+            direction = r.direction.rawValue
+        }
+    }
+
+    /// The I/O accesses of retired threads, frozen when they retired, under their retired row's tid (so the
+    /// row's identity names their VM; a folded VM's go to the `other` row). The tables keep counting under the
+    /// real tid, which a new thread may reuse: what was frozen is subtracted from it (``ioBaseline``).
+    var ioFrozen: [IOKey: IOAccessRow] = [:]
+    /// Per real tid and key, the counts already frozen (summed over the tid's retirements).
+    var ioBaseline: [IOKey: IOAccessRow] = [:]
+
+    /// Freezes the I/O rows of threads being retired: `current` holds each key's counts now (merged over the
+    /// shards), `identities` who each tid was. The part not frozen before moves to the retired row.
+    mutating func freezeIO(_ current: [IOKey: IOAccessRow], identities: [Int32: ThreadIdentity]) {
+        for (k, now) in current {
+            guard let id = identities[k.tid] else { continue }
+            var part = ioBaseline[k].map { now.minus($0) } ?? now
+            guard part.count > 0 || part.timed > 0 else { continue }
+            ioBaseline[k] = now
+            var owner = k
+            owner.tid = tid(for: id)
+            part.tid = owner.tid
+            if ioFrozen[owner] == nil { ioFrozen[owner] = part } else { ioFrozen[owner]!.merge(part) }
+        }
+    }
+
     /// The synthetic tid of an identity's retired row, created on first use.
     mutating func tid(for identity: ThreadIdentity) -> Int32 {
         let key = Bucket(vm: identity.vm, vcpu: identity.vcpu)
@@ -211,6 +247,17 @@ struct RetiredTotals {
                 series[k] = v
             }
         }
+        var movedIO: [IOKey: IOAccessRow] = [:]
+        ioFrozen = ioFrozen.filter { k, v in
+            guard gone.contains(k.tid) else { return true }
+            var o = k
+            o.tid = other
+            var row = v
+            row.tid = other
+            if movedIO[o] == nil { movedIO[o] = row } else { movedIO[o]!.merge(row) }
+            return false
+        }
+        for (k, v) in movedIO { if ioFrozen[k] == nil { ioFrozen[k] = v } else { ioFrozen[k]!.merge(v) } }
         for t in gone { identities[t] = nil }
         buckets = buckets.filter { !victims.contains($0.key.vm) }
         vmOrder.removeAll { victims.contains($0) }

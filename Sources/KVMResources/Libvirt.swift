@@ -307,7 +307,10 @@ extension DeviceMap {
     public init(pciRegions: [PCIRegion]) {
         self.init()
         for r in pciRegions where r.size > 0 && r.start <= UInt64.max - (r.size - 1) {
-            add(r.isIO ? .port : .mmio, r.start...(r.start + r.size - 1), "\(r.device) BAR\(r.bar) (\(r.address))")
+            add(r.isIO ? .port : .mmio, r.start...(r.start + r.size - 1), Self.name(of: r))
         }
     }
+
+    /// The name ``init(pciRegions:)`` gives a BAR's range: `virtio-disk0 BAR4 (00:04.0)`.
+    public static func name(of r: PCIRegion) -> String { "\(r.device) BAR\(r.bar) (\(r.address))" }
 }

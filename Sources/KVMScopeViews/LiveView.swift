@@ -114,6 +114,9 @@ public struct LiveRow: Sendable, Equatable {
     public var rips: [RIPCount]
     /// The VM of a guest row.
     public var pid: Int32?
+    /// A per-vCPU row whose thread's kvm_exit/kvm_entry carry another vCPU number than its name gives: its name
+    /// says both and is drawn in red (``Summary/vcpuMismatches``).
+    public var marked = false
 }
 
 /// The live view's screens as pure functions of (frame, state, size): kvm_stat's layout, plus latency
@@ -171,6 +174,7 @@ public enum LiveView {
         if state.guestDead {
             bottom.append(.styled("Guest is DEAD" + (state.guestName.map { ": waiting for '\($0.terminalSafe)' to come back" } ?? ""), [.red, .bold]))
         }
+        if let note = vcpuMismatchLine(frame.current) { bottom.append(.styled(cut(note, width), .bold)) }
         if let m = state.message { bottom.append(.styled(m, .bold)) }
         if let n = state.notice { bottom.append(ScreenLine(n)) }
         bottom.append(ScreenLine(keyBar(width: width, first: state.mode == .guests ? "Enter show guest" : nil)))
@@ -387,6 +391,11 @@ public enum LiveView {
             byVCPU[r.vcpu ?? noVCPU, default: []].append(Child(event: "kvm_userspace_exit", reason: r.reason, total: r.count,
                                                                 before: before, latency: nil, blocking: false, rips: []))
         }
+        // vCPU number by the thread's name → the vcpu_id its kvm_exit/kvm_entry carry, where the two differ.
+        var traced: [UInt32: UInt32] = [:]
+        for m in frame.current.vcpuMismatches where m.identity.vm == vm {
+            if let v = m.identity.vcpu, let t = m.identity.tracedVCPU, traced[v] == nil { traced[v] = t }
+        }
         let grand = byVCPU.values.joined().reduce(0) { $0 + $1.total }
         var parents: [(LiveRow, [Child])] = []
         for (vcpu, kids) in byVCPU {
@@ -395,11 +404,20 @@ public enum LiveView {
             var latency: HistogramSnapshot?
             for k in kids where !k.blocking { if let h = k.latency { latency = (latency ?? HistogramSnapshot()) + h } }
             let name = vcpu == noVCPU ? "vCPU ?" : "vCPU \(vcpu)"
-            parents.append((LiveRow(id: "v:\(vm):\(vcpu)", name: name, isChild: false, total: total, percent: pct(total, grand),
-                                    delta: delta, latency: latency, blocked: false, rips: [], pid: vm), kids))
+            var row = LiveRow(id: "v:\(vm):\(vcpu)", name: name, isChild: false, total: total, percent: pct(total, grand),
+                              delta: delta, latency: latency, blocked: false, rips: [], pid: vm)
+            if let t = traced[vcpu] {
+                row.name += " \u{2260} vcpu_id \(t)"
+                row.marked = true
+            }
+            parents.append((row, kids))
+        }
+        func order(_ r: LiveRow) -> (Int, String) {
+            let base = r.marked ? String(r.name.prefix { $0 != "\u{2260}" }.dropLast()) : r.name
+            return (base.count, base)
         }
         var out: [LiveRow] = []
-        for (parent, kids) in parents.sorted(by: { $0.0.name.count != $1.0.name.count ? $0.0.name.count < $1.0.name.count : $0.0.name < $1.0.name }) {
+        for (parent, kids) in parents.sorted(by: { order($0.0) < order($1.0) }) {
             out.append(parent)
             guard state.showChildren else { continue }
             let rows = kids.map { k in
@@ -424,7 +442,20 @@ public enum LiveView {
         s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
         if layout.wide { s += " " + lpad(l.map { duration($0.max) } ?? "", 8) + " " }
         if layout.spark > 0 { s += " " + history.sparkline(r.id, width: layout.spark) }
-        return ScreenLine(ScreenLine.trimmed(s))
+        // A vCPU traced under another number than its thread's name: its name in red, as htop marks a cell.
+        let spans = r.marked ? [ScreenLine.Span(column: 1, text: cut(r.name, layout.name), style: [.red, .bold])] : []
+        return ScreenLine(ScreenLine.trimmed(s), spans: spans)
+    }
+
+    /// One line under the body when a thread of the VMs shown is vCPU n by its name but kvm_exit/kvm_entry
+    /// carry another vcpu_id (``Summary/vcpuMismatches``): the first such thread, and how many more
+    /// (`stat --json`'s `vcpu_mismatches` lists them all). Short enough for 80 columns with a 3-digit pid.
+    static func vcpuMismatchLine(_ s: Summary) -> String? {
+        guard let first = s.vcpuMismatches.first, let traced = first.identity.tracedVCPU else { return nil }
+        let more = s.vcpuMismatches.count - 1
+        let name = first.identity.vcpu.map(String.init) ?? "?"
+        return "note: VM \(first.identity.vm) tid \(first.tid) '\((first.identity.comm ?? "?").terminalSafe)': kvm_exit says "
+            + "vcpu_id \(traced), rows use the name's \(name)" + (more > 0 ? " (+\(more) more)" : "")
     }
 
     static func totalLine(_ rows: [LiveRow], layout: Layout, seconds: Double, width: Int) -> ScreenLine {

@@ -75,6 +75,8 @@ public struct ExpositionExtras: Sendable {
 /// | `kvmscope_events_total` | counter | `event` |
 /// | `kvmscope_exits_total` | counter | `vm`, `vm_name`, `vcpu`, `reason` (kvm_exit reasons) |
 /// | `kvmscope_userspace_exits_total` | counter | `vm`, `vm_name`, `vcpu`, `reason` (KVM_EXIT_*) |
+/// | `kvmscope_io_exits_total` | counter | `vm`, `vm_name`, `space` (`port`, `mmio`), `device` |
+/// | `kvmscope_io_unattributed_events_total` | counter | `space` |
 /// | `kvmscope_exit_latency_seconds` | histogram | `vm`, `vm_name`, `reason`, `blocking` |
 /// | `kvmscope_exit_pairing_total` | counter | `result` |
 /// | `kvmscope_lost_events_total` | counter | `cpu` |
@@ -110,7 +112,13 @@ public struct ExpositionExtras: Sendable {
 ///
 /// ## Cardinality
 ///
-/// Each of the three per-VM families keeps at most `maxSeries` label sets: when there are more, the first
+/// `kvmscope_io_exits_total` sums ``IOAccessSummary/byDevice()``: every port and MMIO address named by the VM's
+/// ``DeviceMap`` (the caller names the summary's rows: QMP BARs laid over ``DeviceMap/standardPC``); addresses
+/// no range holds count under `device="unknown"`, so its label sets are bounded by devices, not addresses. A
+/// retired thread's accesses stay its VM's (frozen under its VM's retired row when it retires, so a new thread
+/// reusing the tid counts afresh), and a VM folded into `vm="other"` moves its rows there with its other counters.
+///
+/// Each of the four per-VM families keeps at most `maxSeries` label sets: when there are more, the first
 /// `maxSeries − 1` (ordered by VM, vCPU, reason) are kept and the rest are summed into one set whose labels are
 /// all `"other"`: counted, never dropped. Rows are never removed during a trace, so that set's membership only
 /// grows and its value is monotonic. `kvmscope_series_overflow_total` is the number of label sets folded.
@@ -160,6 +168,14 @@ public enum PrometheusExposition {
         folded += w.perVCPUCounters("kvmscope_userspace_exits_total", rows: user.count, max: extras.maxSeries) {
             (user[$0].vm, user[$0].vmName, user[$0].vcpu, user[$0].reason, user[$0].count)
         }
+
+        w.family("kvmscope_io_exits", "counter",
+                 "I/O exits (kvm_pio, kvm_mmio), by VM, address space and the device owning the port or address.")
+        folded += w.ioExits("kvmscope_io_exits_total", s.ioAccesses.byDevice(), max: extras.maxSeries)
+        w.family("kvmscope_io_unattributed_events", "counter",
+                 "kvm_pio/kvm_mmio events not counted per port or address (per-address table full), by space.")
+        w.sample("kvmscope_io_unattributed_events_total", [("space", "port")], String(s.ioAccesses.overflow.port))
+        w.sample("kvmscope_io_unattributed_events_total", [("space", "mmio")], String(s.ioAccesses.overflow.mmio))
 
         w.family("kvmscope_exit_latency_seconds", "histogram",
                  "Exit handling time, kvm_exit to the next kvm_entry of the thread; blocking=true: the guest halted.")
@@ -442,6 +458,28 @@ public enum PrometheusExposition {
             let other = (keep..<rows).reduce(UInt64(0)) { $0 &+ fields($1).4 }
             sample(name, PrometheusExposition.otherLabels(["vm", "vm_name", "vcpu", "reason"]), String(other))
             return UInt64(rows - keep)
+        }
+
+        /// `kvmscope_io_exits_total`: labels `vm`, `vm_name`, `space` (`port`, `mmio`), `device`, capped at `max`
+        /// label sets as ``perVCPUCounters(_:rows:max:_:)`` caps; returns how many were folded.
+        mutating func ioExits(_ name: String, _ totals: [IOAccessSummary.DeviceTotal], max: Int) -> UInt64 {
+            let keep = totals.count > max ? max - 1 : totals.count
+            for t in totals[..<keep] {
+                append(name)
+                bytes.append(UInt8(ascii: "{"))
+                Self.vmLabels(t.vm, t.vmName, into: &bytes)
+                append(ascii: ",space=\"")
+                append(ascii: t.space == .port ? "port" : "mmio")
+                append(ascii: "\",device=\"")
+                Self.escaped(t.device, into: &bytes)
+                append(ascii: "\"} ")
+                Self.decimal(t.count, into: &bytes)
+                bytes.append(UInt8(ascii: "\n"))
+            }
+            guard keep < totals.count else { return 0 }
+            let other = totals[keep...].reduce(UInt64(0)) { $0 &+ $1.count }
+            sample(name, PrometheusExposition.otherLabels(["vm", "vm_name", "space", "device"]), String(other))
+            return UInt64(totals.count - keep)
         }
 
         /// The latency histogram family, capped at `max` label sets like the counters; returns how many were

@@ -205,20 +205,36 @@ public enum TopView {
         return "RDRQ/WRRQ: block device requests (QMP/libvirt), read/write syscalls for \(pids.joined(separator: " "))"
     }
 
-    /// The htop-style thread table of one VM: its vCPU threads first.
+    /// The htop-style thread table of one VM: its vCPU threads first. A thread whose kvm_exit/kvm_entry carry
+    /// another vCPU number than its name gives (``TopExits/vcpuMismatches``) has its VCPU cell marked `*` (the
+    /// name's number, which its EXITS/s counts under) and one `* tid N: …` note line under the table.
     public static func renderThreads(_ row: TopRow, sample: ResourceSample) -> [String] {
         var lines = ["   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND"]
+        var notes: [String] = []
         let interval = sample.intervalSeconds
         for t in row.vm.threads {
             let cpu = t.delta.map { interval > 0 ? fixed(sample.seconds($0.cpuTicks) / interval * 100, 1) : "-" } ?? "-"
             let wait = t.delta.map { interval > 0 ? fixed(Double($0.waitNanoseconds) / 1e9 / interval * 100, 1) : "-" } ?? "-"
             let exits = t.vcpu.flatMap { v in row.exits.map { e in interval > 0 ? compact(Double(e.intervalByVCPU[v] ?? 0) / interval) : "-" } } ?? ""
-            lines.append(lpad(String(t.tid), 6) + lpad(t.vcpu.map { String($0) } ?? "", 5) + " " + (t.gone ? "-" : String(t.state))
+            let traced = row.exits?.vcpuMismatches[t.tid]
+            if let traced {
+                notes.append("* tid \(t.tid): " + SummaryJSON.vcpuMismatchNote(ThreadIdentity(vm: row.vm.pid, vcpu: t.vcpu, comm: t.comm,
+                                                                                            tracedVCPU: traced)).terminalSafe)
+            }
+            lines.append(lpad(String(t.tid), 6) + lpad((t.vcpu.map { String($0) } ?? "") + (traced == nil ? "" : "*"), 5) + " "
+                         + (t.gone ? "-" : String(t.state))
                          + lpad(t.processor >= 0 ? String(t.processor) : "-", 4) + lpad(cpu, 6) + lpad(wait, 7)
                          + lpad(time(sample.seconds(t.times.cpuTicks)), 8) + lpad(exits, 9) + " " + t.comm
                          + (t.gone ? " (gone)" : ""))
         }
-        return lines
+        return lines + notes
+    }
+
+    /// The rows of ``renderThreads(_:sample:)``'s lines (1 = its first thread) whose VCPU cell is marked, and
+    /// the cell's columns: what the screen draws in red.
+    public static func markedThreadCells(_ row: TopRow) -> (lines: [Int], columns: Range<Int>) {
+        let marked = row.vm.threads.indices.filter { row.exits?.vcpuMismatches[row.vm.threads[$0].tid] != nil }
+        return (marked.map { $0 + 1 }, 6..<11)
     }
 
     // MARK: CSV

@@ -137,6 +137,8 @@ final class MetricsState: MetricsSource {
     /// What each VM costs the host, sampled at each scrape (one scrape at a time samples).
     let resources = Mutex(ResourceSampler(keepDescriptors: false))
     let resourcesPID: Int32?
+    /// Each VM's device map from its last sample with PCI BARs, by pid (``render(_:)``).
+    let deviceMaps = Mutex<[Int32: DeviceMap]>([:])
 
     /// libvirt, read at each resource sample beside /proc (its devices, memory and KVM statistics in `--qmp`'s
     /// shape); nil without a libvirt daemon or with `--connect none`.
@@ -181,8 +183,21 @@ final class MetricsState: MetricsSource {
         // Threads not named yet (gone before their first lookup: a guest of under a second) are held back until
         // they are: exported at once they would be series of `vm=<tid>, vcpu=""` that vanish a second later.
         let snapshot = try session.snapshot()
-        let summary = try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
+        var summary = try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
         let sample = sampleResources()
+        // Each port and MMIO address by the VM's devices: its PCI BARs (QMP, libvirt) over the standard PC map.
+        // A VM's last map is kept (its socket may fail at one scrape, the VM may have exited): a device's
+        // counter never moves to `unknown` and back.
+        let maps = deviceMaps.withLock { maps in
+            for vm in sample.vms where !vm.gone {
+                if let regions = vm.qmp?.pciRegions, !regions.isEmpty { maps[vm.pid] = DeviceMap(pciRegions: regions) }
+            }
+            // Bounded by the VMs still sampled or still with I/O rows (what is named below).
+            let keep = Set(summary.ioAccesses.rows.map(\.vm)).union(sample.vms.filter { !$0.gone }.map(\.pid))
+            maps = maps.filter { keep.contains($0.key) }
+            return maps
+        }
+        if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
                                       resourcesPID: resourcesPID)

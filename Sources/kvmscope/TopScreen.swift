@@ -110,7 +110,16 @@ struct TopScreen {
                           []))
             let threads = TopView.renderThreads(row, sample: frame.sample)
             lines.append((threads[0], [(0, threads[0], .reverse)]))
-            lines += threads.dropFirst().map { ($0, []) }
+            // A vCPU thread traced under another number than its name's: its VCPU cell in red, as htop marks.
+            let marked = TopView.markedThreadCells(row)
+            for (i, text) in threads.enumerated().dropFirst() {
+                guard marked.lines.contains(i) else {
+                    lines.append((text, []))
+                    continue
+                }
+                let cell = String(Array(text)[marked.columns.clamped(to: 0..<text.count)])
+                lines.append((text, [(marked.columns.lowerBound, cell, Terminal.Attributes([.red, .bold]))]))
+            }
         } else {
             for (i, text) in screen.enumerated() {
                 if i == 5 {

@@ -41,17 +41,17 @@ struct ContribTests {
         let json = try #require(JSONSerialization.jsonObject(with: Data(dashboard.utf8)) as? [String: Any])
         let panels = try #require(json["panels"] as? [[String: Any]])
         let exprs = panels.flatMap { ($0["targets"] as? [[String: Any]] ?? []).compactMap { $0["expr"] as? String } }
-        #expect(exprs.count == 17)
+        #expect(exprs.count == 18)
         #expect(Self.metricNames(in: exprs.joined(separator: "\n")).subtracting(exported) == [])
         #expect(panels.compactMap { $0["title"] as? String } == [
             "Exit rate by reason", "Exits to the VMM by reason", "Exit latency heatmap (HLT excluded)",
             "p99 exit latency by reason", "Exits per vCPU (last 5 minutes, per second)", "Lost events",
             "Storm rules firing", "VM host CPU (cores)", "vCPU run-queue wait (steal seen from the host)",
             "VM disk bytes (storage layer)", "Disk latency per request (QMP)",
-            "KVM remote TLB flushes and MMU page allocations",
+            "KVM remote TLB flushes and MMU page allocations", "I/O exits by device",
         ])
         #expect(panels.map { $0["type"] as? String } == ["timeseries", "timeseries", "heatmap", "timeseries", "table",
                                                          "timeseries", "stat", "timeseries", "timeseries", "timeseries",
-                                                         "timeseries", "timeseries"])
+                                                         "timeseries", "timeseries", "timeseries"])
     }
 }

@@ -227,6 +227,68 @@ struct QEMUGuestTests {
         #expect(!mmio.contains { $0["device"] as? String == "unknown" }, "\(mmio)")
     }
 
+    /// `serve --qmp`: the guest's virtio-blk notifications count in `/metrics` under the PCI BAR that holds them
+    /// (QMP query-pci), which `kvmscope_vm_pci_region_info` lists with the same `device`; no MMIO exit is
+    /// `unknown`. Once the guest has stopped and its threads retired, the port rows sum to exactly the kvm_pio
+    /// events counted (only this VM is traced), and every row keeps its value.
+    @Test func serveCountsIOExitsByPCIDevice() throws {
+        let guest = try QEMUGuest(name: "qemu-iomet-\(getpid())")
+        var stopped = false
+        defer { if !stopped { guest.stop() } }
+        let qmp = try QMP(path: guest.qmpPath)
+        defer { qmp.close() }
+        try qmp.waitUntilBooted()
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(guest.pid)",
+                                             "--qmp", guest.kvmscopeQMPPath, "--connect", "none"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        let mine = "kvmscope_io_exits_total{vm=\"\(guest.pid)\",vm_name=\"qemu-iomet-\(getpid())\","
+        let notify = mine + "space=\"mmio\",device=\"virtio-disk0 BAR4 ("
+        func lines(_ body: String, _ prefix: String) -> [String] { body.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) } }
+        func value(_ line: String) -> UInt64 { line.split(separator: " ").last.flatMap { UInt64($0) } ?? 0 }
+        func scrape(until done: (String) -> Bool) -> String {
+            let end = Date().addingTimeInterval(30)
+            var body = ""
+            repeat {
+                body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+                if done(body) { break }
+                usleep(250_000)
+            } while Date() < end
+            return body
+        }
+        let running = scrape { lines($0, notify).contains { value($0) > 0 } }
+        let row = try #require(lines(running, notify).first, "\(lines(running, "kvmscope_io_exits_total"))")
+        #expect(value(row) > 0)
+        #expect(lines(running, mine + "space=\"mmio\",device=\"unknown\"").isEmpty, "\(lines(running, mine))")
+        // The info series of the same BAR: its device label is the one the exits carry.
+        let device = String(row.split(separator: "device=\"", maxSplits: 1)[1].prefix { $0 != "\"" })
+        let info = lines(running, "kvmscope_vm_pci_region_info{vm=\"\(guest.pid)\"").filter { $0.contains("device=\"\(device)\"") }
+        #expect(info.count == 1 && info.first?.contains(",bar=\"4\",space=\"mmio\",") == true && info.first?.hasSuffix("} 1") == true,
+                "\(info)")
+        #expect(try ServeLiveTests.promtool(["check", "metrics"], stdin: running).status == 0)
+
+        guest.stop()
+        stopped = true
+        func total(_ body: String, _ prefix: String) -> UInt64 { lines(body, prefix).reduce(0) { $0 + value($1) } }
+        func retiredAll(_ body: String) -> Bool {
+            lines(body, "kvmscope_live_threads ").first.map { value($0) == 0 } ?? false
+        }
+        let after = scrape(until: retiredAll)
+        #expect(retiredAll(after), "\(lines(after, "kvmscope_live_threads"))")
+        #expect(total(after, mine + "space=\"port\"") == total(after, "kvmscope_events_total{event=\"kvm_pio\"}"))
+        // kvm_mmio also fires for each read the kernel hands to QEMU (unsatisfied), before the read that completes
+        // it: one access, counted once, so the rows hold between half the events and all of them.
+        let mmio = total(after, mine + "space=\"mmio\""), events = total(after, "kvmscope_events_total{event=\"kvm_mmio\"}")
+        #expect(mmio > 0 && mmio <= events && events - mmio <= mmio,
+                "\(lines(after, "kvmscope_io_exits_total")) \(lines(after, "kvmscope_events_total"))")
+        // Retired, the rows stay (the device still named by the VM's last map), and stop growing.
+        usleep(1_500_000)
+        let later = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+        #expect(value(try #require(lines(later, notify).first)) >= value(row))
+        #expect(lines(later, mine) == lines(after, mine))
+    }
+
     /// A QMP socket that refuses, one that answers garbage: one warning line each, the VMs still shown, exit 0.
     @Test func badQMPSocketsAreWarnings() throws {
         let dir = "/tmp/kvmscope-qmpbad-\(getpid())"

@@ -52,9 +52,14 @@ import TestSupport
         #expect(summary.exits.count == 20_000)
         #expect(summary.pairing.paired == 60_000)
         #expect(text.split(separator: "\n").filter { $0.hasPrefix("kvmscope_exits_total{") }.count == 20_000)
-        #expect(text.split(separator: "\n").count == 90_056)
-        #expect((text.utf8.count, ExpositionBytesTests.fnv1a(text)) == (9_618_086, 16_583_583_776_564_732_096))
-        #expect((om.utf8.count, ExpositionBytesTests.fnv1a(om)) == (9_617_982, 736_615_959_711_580_326))
+        #expect(text.split(separator: "\n").count == 90_062)
+        #expect((text.utf8.count, ExpositionBytesTests.fnv1a(text)) == (9_618_549, 5_889_794_091_026_072_708))
+        #expect((om.utf8.count, ExpositionBytesTests.fnv1a(om)) == (9_618_421, 4_284_611_216_389_066_834))
+        // Without the I/O families (no pio/mmio events here: their headers and two zero samples), the text of the
+        // renderer before them, byte for byte.
+        let withoutIO = text.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.contains("kvmscope_io_exits") && !$0.contains("kvmscope_io_unattributed_events") }.joined(separator: "\n")
+        #expect((withoutIO.utf8.count, ExpositionBytesTests.fnv1a(withoutIO)) == (9_618_086, 16_583_583_776_564_732_096))
         let lint = try Spawned.run("/usr/bin/promtool", ["check", "metrics"], input: Data(text.utf8), timeout: 120)
         #expect(lint.status == 0 && lint.stdout.isEmpty && lint.stderr.isEmpty, "promtool: \(lint.stdout + lint.stderr)")
         #expect(text.contains("\nkvmscope_exits_total{vm=\"10992\",vm_name=\"vm124\",vcpu=\"7\",reason=\"EXCEPTION_NMI\"} 3\n"))

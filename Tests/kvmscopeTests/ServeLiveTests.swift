@@ -123,6 +123,46 @@ struct ServeLiveTests {
         #expect(value(mine) > 0)
     }
 
+    /// `kvmscope_io_exits_total` of a real storm guest: the row of its port 0x10 (`dma1` by the standard PC map)
+    /// equals the storm's exits, the only I/O row of the VM; it keeps that value after the storm's threads exit
+    /// and retire; the scrape passes promtool.
+    @Test func ioExitsByDeviceCountTheStormsPort() throws {
+        let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n)")
+        defer { storm.stop() }
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "-p", "\(storm.pid)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        let mine = "kvmscope_io_exits_total{vm=\"\(storm.pid)\","
+        func rows(_ body: String) -> [String] { body.split(separator: "\n").map(String.init).filter { $0.hasPrefix(mine) } }
+        func scrape(until done: (String) -> Bool) -> String {
+            let end = Date().addingTimeInterval(30)
+            var body = ""
+            repeat {
+                body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+                if done(body) { break }
+                usleep(250_000)
+            } while Date() < end
+            return body
+        }
+        let expected = ",space=\"port\",device=\"dma1\"} \(2 * Self.n)"
+        let counted = scrape { rows($0).count == 1 && rows($0)[0].hasSuffix(expected) }
+        #expect(rows(counted).count == 1 && rows(counted).first?.hasSuffix(expected) == true, "\(rows(counted))")
+        // The storm's two vCPU threads (and its main thread) have exited: once serve retired them, the same row.
+        let retired = scrape { body in
+            body.split(separator: "\n").first { $0.hasPrefix("kvmscope_retired_threads_total ") }
+                .flatMap { $0.split(separator: " ").last.flatMap { Int($0) } }.map { $0 >= 2 } ?? false
+        }
+        #expect(retired.contains { $0 == "\n" } && !retired.contains("kvmscope_retired_threads_total 0\n")
+                && !retired.contains("kvmscope_retired_threads_total 1\n"), "\(retired.prefix(3000))")
+        #expect(rows(retired) == rows(counted))
+        #expect(retired.contains("kvmscope_io_unattributed_events_total{space=\"port\"} 0\n"))
+        let lint = try Self.promtool(["check", "metrics"], stdin: retired)
+        #expect(lint.status == 0, "promtool: \(lint.output)")
+    }
+
     static func promtool(_ args: [String], stdin: String) throws -> (status: Int32, output: String) {
         let r = try Spawned.run("/usr/bin/promtool", args, input: Data(stdin.utf8), timeout: 60)
         return (r.status, r.stdout + r.stderr)

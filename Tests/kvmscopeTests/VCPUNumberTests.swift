@@ -65,6 +65,125 @@ struct VCPUNumberTests {
             + "vcpu_id 4; rows use the name's number (QEMU's cpu-index; KVM's vcpu_id is the APIC ID on x86)", nil])
     }
 
+    /// top's thread screen (Enter on a VM): the thread's VCPU cell is the name's number marked `*` (drawn red), and
+    /// a note line under the table gives the traced number; the other threads are unmarked.
+    @Test func topsThreadScreenMarksTheMismatch() throws {
+        var tally = TopExitTally()
+        let exits = tally.update(try Summary(Self.handMade()))
+        var vm = VMSample(pid: 300, name: "web")
+        vm.threads = [ThreadSample(tid: 302, comm: "CPU 2/KVM", vcpu: 2), ThreadSample(tid: 301, comm: "CPU 3/KVM", vcpu: 3),
+                      ThreadSample(tid: 303, comm: "vmm-worker", vcpu: nil)]
+        let sample = ResourceSample(timestamp: 0, intervalSeconds: 1, ticksPerSecond: 100, hostCPUs: 2, hostMemoryBytes: 1 << 30,
+                                    vms: [vm])
+        let row = try #require(TopView.rows(TopFrame(sample: sample, iteration: 1, time: "t", exits: exits)).first)
+        #expect(TopView.renderThreads(row, sample: sample) == [
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND",
+            "   302    2 ?   -     -      - 0:00.00      3.0 CPU 2/KVM",
+            "   301   3* ?   -     -      - 0:00.00      5.0 CPU 3/KVM",
+            "   303      ?   -     -      - 0:00.00          vmm-worker",
+            "* tid 301: thread 'CPU 3/KVM' is vCPU 3 by its name but kvm_exit/kvm_entry carry vcpu_id 4; rows use the name's "
+                + "number (QEMU's cpu-index; KVM's vcpu_id is the APIC ID on x86)",
+        ])
+        let marked = TopView.markedThreadCells(row)
+        #expect(marked.lines == [2])
+        #expect(TopView.renderThreads(row, sample: sample)[2].dropFirst(6).prefix(5) == "   3*")
+        // Without exits traced, nothing is marked.
+        let untraced = try #require(TopView.rows(TopFrame(sample: sample, iteration: 1, time: "t", exits: nil)).first)
+        #expect(TopView.renderThreads(untraced, sample: sample).count == 4)
+        #expect(TopView.markedThreadCells(untraced).lines.isEmpty)
+    }
+
+    /// The live view's per-vCPU screen (`v`): the vCPU row says both numbers and is drawn red; every screen has
+    /// one note line above the keys while the VMs shown have such a thread.
+    @Test func liveViewMarksTheMismatch() throws {
+        let summary = try Summary(Self.handMade())
+        var state = LiveViewState(pid: 300)
+        state.mode = .vcpus
+        state.showChildren = false
+        let frame = LiveFrame(current: summary, previous: nil, seconds: 1)
+        let screen = LiveView.render(frame, state: state, width: 80, height: 12)
+        #expect(screen.text == [
+            "kvm statistics - pid 300 (web) - per vCPU",
+            "                                             sort: CurAvg/s  delay: 3.0s  lost 0",
+            " vCPU / Event                  Total %Total CurAvg/s      Avg      p99 Rate 60s",
+            ">vCPU 2                            3   30.0             2.0us    2.0us",
+            " vCPU 3 \u{2260} vcpu_id 4                5   50.0             2.0us    2.0us",
+            " vCPU 7                            2   20.0             2.0us    2.0us",
+            " Total                            10",
+            "",
+            "",
+            "",
+            "note: VM 300 tid 301 'CPU 3/KVM': kvm_exit says vcpu_id 4, rows use the name's 3",
+            "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  h help  q quit",
+        ])
+        #expect(screen.lines[4].spans == [ScreenLine.Span(column: 1, text: "vCPU 3 \u{2260} vcpu_id 4", style: [.red, .bold])])
+        #expect(screen.lines[3].spans.isEmpty)
+        // The event screen has the note too; a filter that leaves the thread out has none.
+        state.mode = .events
+        #expect(LiveView.render(frame, state: state, width: 80, height: 12).text[10].hasPrefix("note: VM 300 tid 301"))
+        let other = LiveFrame(current: try Summary(Self.handMade(), filter: SummaryFilter(tids: [302])), previous: nil, seconds: 1)
+        #expect(!LiveView.render(other, state: state, width: 80, height: 12).text.contains { $0.hasPrefix("note:") })
+    }
+
+    /// The real binary in a real terminal: `kvmscope live -p <this process>` (injection on), a thread of this
+    /// process named `CPU 3/KVM` writes 50 kvm_exit/kvm_entry pairs carrying vcpu_id 4 into live's instance's
+    /// trace_marker_raw; `v` shows the row as `vCPU 3 ≠ vcpu_id 4` with its 50 exits, and the note line.
+    @Test(.enabled(if: KVMTest.canRun, "needs root, tracefs and tmux"))
+    func liveScreenShowsTheMismatchOfARealThread() throws {
+        let rec = try MarkerLiveTests.Records()
+        let name = "kvmscope-vcpu-\(getpid())"
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try LiveTUITests.tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "40",
+                               "env PS1='kvmscope-test$ ' TERM=xterm-256color bash --norc --noprofile"])
+        defer { _ = try? LiveTUITests.tmux(["kill-session", "-t", name], check: false) }
+        let pane = LiveTUITests.Pane(name: name)
+        try pane.wait("the shell prompt") { $0.contains { $0.hasPrefix("kvmscope-test$") } }
+        // The shell's pid becomes live's (exec): its instance is kvmscope-<that pid>.
+        try pane.type("clear; echo $$ > \(dir.path)/pid; exec env KVMSCOPE_INJECT=kvm_exit,kvm_entry \(CLI.binary) live -s 0.5 -p \(getpid())")
+        try pane.keys("Enter")
+        try pane.wait("live's first screen") { $0.first?.hasPrefix("kvm statistics - pid \(getpid())") == true }
+        let livePID = try #require(Int32((try String(contentsOfFile: dir.appendingPathComponent("pid").path, encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        let marker = "/sys/kernel/tracing/instances/kvmscope-\(livePID)/trace_marker_raw"
+        let n = 50
+        var records: [[UInt8]] = []
+        for _ in 0..<n { records += [rec.exit(reason: 30, vcpu: 4, rip: 0x1000), rec.entry(vcpu: 4)] }
+        let recs = records
+        let written = DispatchSemaphore(value: 0), checked = DispatchSemaphore(value: 0)
+        let writer = Locked<(tid: Int32, ok: Int)>((0, 0))
+        let screen = Locked<[String]?>(nil)
+        _ = onThreads([
+            { @Sendable in
+                try? "CPU 3/KVM".write(toFile: "/proc/self/task/\(MarkerLiveTests.getTID())/comm", atomically: false, encoding: .utf8)
+                writer.set((MarkerLiveTests.getTID(), MarkerLiveTests.write(marker, recs)))
+                written.signal()
+                // Alive until the screen is read: live names the thread from /proc.
+                _ = checked.wait(timeout: .now() + 120)
+            },
+            { @Sendable in
+                defer { checked.signal() }
+                guard written.wait(timeout: .now() + 120) == .success else { return }
+                _ = try? pane.keys("v")
+                let tid = writer.get().tid
+                screen.set(try? pane.wait("the per-vCPU row of the thread") { s in
+                    s.contains { $0.hasPrefix(">vCPU 3 \u{2260} vcpu_id 4 ") } && s.contains { $0.hasPrefix("note: VM \(getpid()) tid \(tid) ") }
+                })
+            },
+        ], timeout: 300)
+        let (tid, ok) = writer.get()
+        #expect(ok == 2 * n)
+        let s = try #require(screen.get())
+        // The name in 40 columns, Total in 10, %Total in 7 (the wide layout).
+        let label = "vCPU 3 \u{2260} vcpu_id 4"
+        #expect(s.contains { $0.hasPrefix(">" + label + String(repeating: " ", count: 40 - label.count) + "         \(n)  100.0") },
+                "\(s)")
+        #expect(s.contains("note: VM \(getpid()) tid \(tid) 'CPU 3/KVM': kvm_exit says vcpu_id 4, rows use the name's 3"), "\(s)")
+        #expect(!s.contains { $0.hasPrefix(" vCPU 4") || $0.hasPrefix(">vCPU 4") })
+        try pane.keys("q")
+    }
+
     /// The identities keep both numbers; the summary's rows use the name's, and its JSON lists the mismatch.
     @Test func nameAndTracedNumberDisagreeingIsShown() throws {
         let snap = Self.handMade()
