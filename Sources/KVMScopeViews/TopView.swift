@@ -209,13 +209,14 @@ public enum TopView {
     /// another vCPU number than its name gives (``TopExits/vcpuMismatches``) has its VCPU cell marked `*` (the
     /// name's number, which its EXITS/s counts under) and one `* tid N: …` note line under the table.
     public static func renderThreads(_ row: TopRow, sample: ResourceSample) -> [String] {
-        var lines = ["   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND"]
+        var lines = ["   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s     P99 COMMAND"]
         var notes: [String] = []
         let interval = sample.intervalSeconds
         for t in row.vm.threads {
             let cpu = t.delta.map { interval > 0 ? fixed(sample.seconds($0.cpuTicks) / interval * 100, 1) : "-" } ?? "-"
             let wait = t.delta.map { interval > 0 ? fixed(Double($0.waitNanoseconds) / 1e9 / interval * 100, 1) : "-" } ?? "-"
             let exits = t.vcpu.flatMap { v in row.exits.map { e in interval > 0 ? compact(Double(e.intervalByVCPU[v] ?? 0) / interval) : "-" } } ?? ""
+            let p99 = t.vcpu.flatMap { v in row.exits.map { e in e.p99ByVCPU[v].map(Durations.adaptive) ?? "-" } } ?? ""
             let traced = row.exits?.vcpuMismatches[t.tid]
             if let traced {
                 notes.append("* tid \(t.tid): " + SummaryJSON.vcpuMismatchNote(ThreadIdentity(vm: row.vm.pid, vcpu: t.vcpu, comm: t.comm,
@@ -224,10 +225,46 @@ public enum TopView {
             lines.append(lpad(String(t.tid), 6) + lpad((t.vcpu.map { String($0) } ?? "") + (traced == nil ? "" : "*"), 5) + " "
                          + (t.gone ? "-" : String(t.state))
                          + lpad(t.processor >= 0 ? String(t.processor) : "-", 4) + lpad(cpu, 6) + lpad(wait, 7)
-                         + lpad(time(sample.seconds(t.times.cpuTicks)), 8) + lpad(exits, 9) + " " + t.comm
+                         + lpad(time(sample.seconds(t.times.cpuTicks)), 8) + lpad(exits, 9) + lpad(p99, 8) + " " + t.comm
                          + (t.gone ? " (gone)" : ""))
         }
         return lines + notes
+    }
+
+    /// Under the thread table of one VM: its devices — block devices (QMP or libvirt: requests and bytes in the
+    /// interval, average time per request) and taps (the guest's view: RXBY is what it received) — each
+    /// table as the `3` and `2` screens show it, without the ID and NAME columns.
+    public static func renderVMDevices(_ row: TopRow) -> [String] {
+        var lines: [String] = []
+        if let q = row.vm.qmp {
+            lines.append("  DEVICE           RDRQ  WRRQ   RDBY   WRBY    RDLAT    WRLAT  (block: \(q.socket.terminalSafe))")
+            if let problem = q.problem { lines.append("  (QMP: \(problem))".terminalSafe) }
+            for disk in q.disks { lines.append("  " + diskCells(disk)) }
+            if q.problem == nil && q.disks.isEmpty { lines.append("  (no block device)") }
+        }
+        if !row.vm.taps.isEmpty {
+            if !lines.isEmpty { lines.append("") }
+            lines.append("  DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR  (taps)")
+            for tap in row.vm.taps { lines.append("  " + tapCells(tap, row.vm)) }
+        }
+        return lines
+    }
+
+    /// A block device's cells from DEVICE to WRLAT (the `3` screen's).
+    static func diskCells(_ disk: DiskSample) -> String {
+        let d = disk.delta
+        func lat(_ ns: Double?) -> String { lpad(ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-", 9) }
+        return StatTable.pad(disk.device.terminalSafe, 15) + lpad(count(d?.readRequests), 6) + lpad(count(d?.writeRequests), 6)
+            + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7) + lat(d?.readLatencyNanoseconds) + lat(d?.writeLatencyNanoseconds)
+    }
+
+    /// A tap's cells from DEVICE to TXERR (the `2` screen's): the guest's view, RX what the host's tap sent.
+    static func tapCells(_ tap: TapCounters, _ vm: VMSample) -> String {
+        let d = vm.tapDeltas.first { $0.fd == tap.fd && $0.device == tap.device }
+        func c(_ v: UInt64?, _ w: Int) -> String { lpad(count(v), w) }
+        let device = tap.gone ? tap.device + " (gone)" : tap.device
+        return StatTable.pad(device, 14) + c(d?.txBytes, 6) + c(d?.rxBytes, 7) + c(d?.txPackets, 6) + c(d?.rxPackets, 6)
+            + c(d?.txDropped, 7) + c(d?.rxDropped, 7) + c(d?.txErrors, 6) + c(d?.rxErrors, 6)
     }
 
     /// The rows of ``renderThreads(_:sample:)``'s lines (1 = its first thread) whose VCPU cell is marked, and
@@ -490,12 +527,7 @@ extension TopView {
         var lines = ["    ID DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR NAME"]
         for r in rows(frame, sort: sort) where !r.vm.gone {
             for tap in r.vm.taps {
-                let d = r.vm.tapDeltas.first { $0.fd == tap.fd && $0.device == tap.device }
-                func c(_ v: UInt64?, _ w: Int) -> String { lpad(count(v), w) }
-                let device = tap.gone ? tap.device + " (gone)" : tap.device
-                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad(device, 14) + c(d?.txBytes, 6) + c(d?.rxBytes, 7)
-                             + c(d?.txPackets, 6) + c(d?.rxPackets, 6) + c(d?.txDropped, 7) + c(d?.rxDropped, 7)
-                             + c(d?.txErrors, 6) + c(d?.rxErrors, 6) + " " + r.vm.name.terminalSafe)
+                lines.append(lpad(String(r.vm.pid), 6) + " " + tapCells(tap, r.vm) + " " + r.vm.name.terminalSafe)
             }
         }
         if lines.count == 1 { lines.append("(no VM holds a tap device: /dev/net/tun descriptors with iff:)") }
@@ -531,12 +563,7 @@ extension TopView {
                 continue
             }
             for disk in q.disks {
-                let d = disk.delta
-                func lat(_ ns: Double?) -> String { lpad(ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-", 9) }
-                lines.append(lpad(String(r.vm.pid), 6) + " " + StatTable.pad(disk.device.terminalSafe, 15)
-                             + lpad(count(d?.readRequests), 6) + lpad(count(d?.writeRequests), 6)
-                             + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7)
-                             + lat(d?.readLatencyNanoseconds) + lat(d?.writeLatencyNanoseconds) + " " + r.vm.name.terminalSafe)
+                lines.append(lpad(String(r.vm.pid), 6) + " " + diskCells(disk) + " " + r.vm.name.terminalSafe)
             }
         }
         return lines

@@ -106,7 +106,7 @@ struct TopScreen {
         } else if showingThreads, let pid = selected, let row = rows.first(where: { $0.vm.pid == pid }) {
             lines = screen.prefix(4).map { ($0, []) }
             lines.append(("", []))
-            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(row.vm.vcpuCount) vCPU threads (CPU% and WAIT% of one CPU, like htop)",
+            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(row.vm.vcpuCount) vCPU threads (CPU% and WAIT% of one CPU, like htop; P99 exit handling)",
                           []))
             let threads = TopView.renderThreads(row, sample: frame.sample)
             lines.append((threads[0], [(0, threads[0], .reverse)]))
@@ -120,6 +120,9 @@ struct TopScreen {
                 let cell = String(Array(text)[marked.columns.clamped(to: 0..<text.count)])
                 lines.append((text, [(marked.columns.lowerBound, cell, Terminal.Attributes([.red, .bold]))]))
             }
+            // Its devices under its threads (the 3 and 2 screens' rows of this VM).
+            let devices = TopView.renderVMDevices(row)
+            if !devices.isEmpty { lines += [("", [])] + devices.map { ($0, []) } }
         } else {
             for (i, text) in screen.enumerated() {
                 if i == 5 {

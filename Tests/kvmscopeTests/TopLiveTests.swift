@@ -238,7 +238,7 @@ struct TopScreenTests {
         for _ in 0...index { try pane.keys("Down") }
         try pane.keys("Enter")
         let threads = try pane.wait("the guest's threads") { s in
-            s.contains("VM \(g.pid) \(guestName): 2 vCPU threads (CPU% and WAIT% of one CPU, like htop)")
+            s.contains("VM \(g.pid) \(guestName): 2 vCPU threads (CPU% and WAIT% of one CPU, like htop; P99 exit handling)")
         }
         let table = threads.drop { !$0.hasPrefix("   TID VCPU S CPU") }.dropFirst().prefix { !$0.isEmpty }
         #expect(table.prefix(2).map { $0.hasSuffix(" CPU 0/KVM") || $0.hasSuffix(" CPU 1/KVM") } == [true, true])

@@ -62,7 +62,7 @@ import Testing
         sample.hostCPUDeltas = [cpu0, cpu1]
         return TopFrame(sample: sample, iteration: 3, time: "2026-11-30T09:40:12Z",
                         exits: [4242: TopExits(total: 90_000, interval: 30_000, intervalByVCPU: [0: 30_000],
-                                                  topReason: "EPT_MISCONFIG", topReasonP99Nanoseconds: 1_500)])
+                                                  topReason: "EPT_MISCONFIG", topReasonP99Nanoseconds: 1_500, p99ByVCPU: [0: 1_500])])
     }
 
     @Test func screenIsVirtTops() {
@@ -227,11 +227,37 @@ import Testing
         let f = Self.frame()
         let row = TopView.rows(f).first { $0.vm.pid == 4242 }!
         #expect(TopView.renderThreads(row, sample: f.sample) == [
-            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND",
-            "  4243    0 R   1  60.0   25.0 0:05.00    15.0k CPU 0/KVM",
-            "  4244    1 S   -   0.0    0.0 0:00.00      0.0 CPU 1/KVM",
-            "  4242      -   -     -      - 0:00.00          qemu-system-x86 (gone)",
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s     P99 COMMAND",
+            "  4243    0 R   1  60.0   25.0 0:05.00    15.0k  1.50us CPU 0/KVM",
+            "  4244    1 S   -   0.0    0.0 0:00.00      0.0       - CPU 1/KVM",
+            "  4242      -   -     -      - 0:00.00                  qemu-system-x86 (gone)",
         ])
+    }
+
+    /// Enter's view of a VM lists its devices under its threads: block devices (QMP/libvirt) and taps, as the
+    /// `3` and `2` screens show them.
+    @Test func threadViewListsTheVMsDevices() throws {
+        var f = Self.frame()
+        var q = QMPSample(socket: "/run/web.qmp")
+        var d = DiskCounts()
+        d.readRequests = 40
+        d.readBytes = 163_840
+        d.readTimeNanoseconds = 2_000_000
+        q.disks = [DiskSample(device: "virtio-disk0", drive: "d0", qdev: nil, total: d, delta: d)]
+        f.sample.vms[2].qmp = q
+        let row = try #require(TopView.rows(f).first { $0.vm.pid == 4242 })
+        #expect(TopView.renderVMDevices(row) == [
+            "  DEVICE           RDRQ  WRRQ   RDBY   WRBY    RDLAT    WRLAT  (block: /run/web.qmp)",
+            "  virtio-disk0       40     0   163K      0  50.00us        -",
+            "",
+            "  DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR  (taps)",
+            "  tap0             64K   1500     0     0      0      0     0     0",
+        ])
+        // The 2 and 3 screens' rows are the same cells, with the VM's ID and NAME.
+        #expect(TopView.renderNetwork(f).contains("  4242 tap0             64K   1500     0     0      0      0     0     0 web"))
+        #expect(TopView.renderDevices(f).contains("  4242 virtio-disk0       40     0   163K      0  50.00us        - web"))
+        let db = try #require(TopView.rows(f).first { $0.vm.pid == 99 })
+        #expect(TopView.renderVMDevices(db).isEmpty)
     }
 
     @Test func csvHasOneRowPerVM() {

@@ -77,10 +77,10 @@ struct VCPUNumberTests {
                                     vms: [vm])
         let row = try #require(TopView.rows(TopFrame(sample: sample, iteration: 1, time: "t", exits: exits)).first)
         #expect(TopView.renderThreads(row, sample: sample) == [
-            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s COMMAND",
-            "   302    2 ?   -     -      - 0:00.00      3.0 CPU 2/KVM",
-            "   301   3* ?   -     -      - 0:00.00      5.0 CPU 3/KVM",
-            "   303      ?   -     -      - 0:00.00          vmm-worker",
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s     P99 COMMAND",
+            "   302    2 ?   -     -      - 0:00.00      3.0  2.00us CPU 2/KVM",
+            "   301   3* ?   -     -      - 0:00.00      5.0  2.00us CPU 3/KVM",
+            "   303      ?   -     -      - 0:00.00                  vmm-worker",
             "* tid 301: thread 'CPU 3/KVM' is vCPU 3 by its name but kvm_exit/kvm_entry carry vcpu_id 4; rows use the name's "
                 + "number (QEMU's cpu-index; KVM's vcpu_id is the APIC ID on x86)",
         ])
