@@ -48,11 +48,11 @@ final class ResourceTrail {
         startVMs = Set(first.keys)
     }
 
-    /// Each VM's own device map, from the PCI BARs its QMP reading (`--qmp`) gave last: names the I/O tables'
-    /// ports and MMIO addresses by device.
+    /// Each VM's own device map, from the PCI BARs and the memory tree its QMP reading (`--qmp`) gave last
+    /// (``VMSample/deviceMap``): names the I/O tables' ports and MMIO addresses by device.
     func deviceMaps() -> [Int32: DeviceMap] {
         var maps: [Int32: DeviceMap] = [:]
-        for (pid, vm) in last { if let regions = vm.qmp?.pciRegions, !regions.isEmpty { maps[pid] = DeviceMap(pciRegions: regions) } }
+        for (pid, vm) in last { if let map = vm.deviceMap { maps[pid] = map } }
         return maps
     }
 
@@ -154,7 +154,8 @@ final class ResourceTrail {
                 qmp: qmpLast[pid].map { VMResourceUse.QMP(socket: $0.socket, problem: $0.problem,
                                                           memoryConfiguredBytes: $0.configuredMemoryBytes,
                                                           balloonActualBytes: $0.balloonActualBytes) },
-                disks: disks, pciRegions: b.qmp?.pciRegions ?? [])
+                disks: disks, pciRegions: b.qmp?.pciRegions ?? [],
+                memoryTree: b.qmp.flatMap { $0.memoryTree.isEmpty ? nil : $0.memoryTree })
         }
     }
 }
@@ -202,6 +203,14 @@ struct VMResourceUse: Codable, Sendable, Equatable {
     var disks: [Disk]
     /// The VM's mapped PCI BARs at the last QMP reading (names I/O exits by device).
     var pciRegions: [PCIRegion]
+    /// QEMU's memory tree at the last QMP reading (names I/O exits by device and role); nil in recordings
+    /// made before it was kept, and where QEMU did not give it.
+    var memoryTree: [MemoryTreeRange]? = nil
+
+    /// This VM's device map (``DeviceMap/init(pciRegions:memoryTree:libvirt:)``); nil when QMP gave nothing.
+    var deviceMap: DeviceMap? {
+        pciRegions.isEmpty && (memoryTree ?? []).isEmpty ? nil : DeviceMap(pciRegions: pciRegions, memoryTree: memoryTree ?? [])
+    }
 
     /// `stat --json`'s resource object: `cpu_seconds`, `guest_seconds` (the whole process, threads that ended
     /// included), `vcpu_*` (every vCPU thread seen, each from its first sight or birth), `read_bytes`…
