@@ -29,14 +29,21 @@ final class ResourceTrail {
     private var qmpLast: [Int32: QMPSample] = [:]
 
     private let every: Double
+    /// libvirt (where its daemon listens), read at each sample for its domains' device addresses only: they
+    /// name the I/O tables' rows (``VMSample/deviceMap``).
+    private let libvirt: LibvirtConnection?
+    private var libvirtProblem: String?
     /// When the run started, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
     private let startTicks: UInt64
 
     /// - Parameters:
     ///   - every: seconds between samples while tracing (a VM that ends loses at most this much).
     ///   - qmp: QMP sockets (`--qmp`) read at each sample.
-    init(every: Double = 1, qmp: [QMPMonitor] = []) {
+    ///   - libvirtDevices: whether to read libvirt's domains (their XML's device addresses), where a libvirt
+    ///     daemon listens.
+    init(every: Double = 1, qmp: [QMPMonitor] = [], libvirtDevices: Bool = false) {
         self.every = every
+        libvirt = libvirtDevices && LibvirtConnection.daemonListening ? try? LibvirtConnection() : nil
         var boot = timespec()
         clock_gettime(CLOCK_BOOTTIME, &boot)
         let tck = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
@@ -63,8 +70,19 @@ final class ResourceTrail {
 
     func finish() { record(sampler.sample()) }
 
-    private func record(_ s: ResourceSample) {
+    private func record(_ sample: ResourceSample) {
         sampler.printWarnings()
+        var s = sample
+        if let libvirt {
+            do {
+                s.attach(libvirt: try libvirt.domains())
+                libvirtProblem = nil
+            } catch {
+                let problem = "\(error)"
+                if problem != libvirtProblem { writeStderr("kvmscope: warning: \(problem); I/O exits not named by libvirt's devices\n") }
+                libvirtProblem = problem
+            }
+        }
         sampledAt = Date()
         ticksPerSecond = s.ticksPerSecond
         for vm in s.vms {
@@ -155,7 +173,8 @@ final class ResourceTrail {
                                                           memoryConfiguredBytes: $0.configuredMemoryBytes,
                                                           balloonActualBytes: $0.balloonActualBytes) },
                 disks: disks, pciRegions: b.qmp?.pciRegions ?? [],
-                memoryTree: b.qmp.flatMap { $0.memoryTree.isEmpty ? nil : $0.memoryTree })
+                memoryTree: b.qmp.flatMap { $0.memoryTree.isEmpty ? nil : $0.memoryTree },
+                libvirtDevices: b.libvirt.flatMap { $0.devices.isEmpty ? nil : $0.devices })
         }
     }
 }
@@ -206,10 +225,15 @@ struct VMResourceUse: Codable, Sendable, Equatable {
     /// QEMU's memory tree at the last QMP reading (names I/O exits by device and role); nil in recordings
     /// made before it was kept, and where QEMU did not give it.
     var memoryTree: [MemoryTreeRange]? = nil
+    /// The devices of the VM's libvirt domain (its XML: aliases, targets, ISA ports); nil without libvirt.
+    var libvirtDevices: [LibvirtDevice]? = nil
 
-    /// This VM's device map (``DeviceMap/init(pciRegions:memoryTree:libvirt:)``); nil when QMP gave nothing.
+    /// This VM's device map (``DeviceMap/init(pciRegions:memoryTree:libvirt:)``); nil when QMP and libvirt
+    /// gave nothing.
     var deviceMap: DeviceMap? {
-        pciRegions.isEmpty && (memoryTree ?? []).isEmpty ? nil : DeviceMap(pciRegions: pciRegions, memoryTree: memoryTree ?? [])
+        let tree = memoryTree ?? [], devices = libvirtDevices ?? []
+        guard !pciRegions.isEmpty || !tree.isEmpty || devices.contains(where: { $0.ioBase != nil }) else { return nil }
+        return DeviceMap(pciRegions: pciRegions, memoryTree: tree, libvirt: devices)
     }
 
     /// `stat --json`'s resource object: `cpu_seconds`, `guest_seconds` (the whole process, threads that ended

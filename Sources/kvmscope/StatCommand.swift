@@ -219,9 +219,11 @@ struct StatCommand: ParsableCommand {
         // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
         // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s). Started before
         // the COMMAND, so that a VM the command starts is known as born during the run.
-        // The text summary samples only to name its ioport/mmio tables' devices (--qmp's BARs and memory tree).
-        let trail = json || (!qmp.sockets.isEmpty && !analyses.spaces.isEmpty)
-            ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
+        // The text summary samples only to name its ioport/mmio tables' devices (--qmp's BARs and memory tree,
+        // libvirt's device addresses).
+        // With --event ioport|mmio, libvirt's domains (where its daemon listens) name them too.
+        let trail = json || !analyses.spaces.isEmpty
+            ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors(), libvirtDevices: !analyses.spaces.isEmpty) : nil
         let logging = log || logToFile != nil
         var out: FileHandle = .standardOutput
         // -L appends, as kvm_stat's does.
