@@ -119,10 +119,10 @@ import TestSupport
         let text = try Self.fixture("mtree-flat-owners-7.2.txt")
         let pci = try Self.fixture("query-pci-7.2.json").trimmingCharacters(in: .whitespacesAndNewlines)
         let treeJSON = String(decoding: try JSONEncoder().encode(text), as: UTF8.self)
-        let good = socketPath("mtree-ok"), bad = socketPath("mtree-bad")
+        let good = socketPath("mtree-ok"), bad = socketPath("mtree-bad"), slow = socketPath("mtree-slow")
         let asked = Locked<[String: Int]>([:])
         let done = Locked(false)
-        func script(_ path: String, tree: String) -> @Sendable () -> [String] {
+        func script(_ path: String, tree: String, delay: useconds_t = 0) -> @Sendable () -> [String] {
             { @Sendable () -> [String] in
                 serve(path, until: done) { _, fd in
                     sendLine(fd, QMPMonitorTests.greeting)
@@ -132,7 +132,9 @@ import TestSupport
                         case "qmp_capabilities": return "{}"
                         case "query-blockstats": return "[]"
                         case "query-pci": return pci
-                        case "human-monitor-command": return tree
+                        case "human-monitor-command":
+                            usleep(delay)
+                            return tree
                         default: return nil
                         }
                     }) {}
@@ -143,12 +145,14 @@ import TestSupport
         let out = onThreads([
             script(good, tree: treeJSON),
             script(bad, tree: #""unknown command: 'info mtree'\r\n""#),
+            // The tree after 1.3 s: past the 1 s timeout; its late answer is skipped by id at the next read.
+            script(slow, tree: treeJSON, delay: 1_300_000),
             { @Sendable () -> [String] in
                 defer { done.set(true) }
-                guard waitForSocket(good), waitForSocket(bad) else { return ["no sockets"] }
+                guard waitForSocket(good), waitForSocket(bad), waitForSocket(slow) else { return ["no sockets"] }
                 var lines: [String] = []
-                for path in [good, bad] {
-                    let m = QMPMonitor(path: path, timeout: 5)
+                for path in [good, bad, slow] {
+                    let m = QMPMonitor(path: path, timeout: path == slow ? 1 : 5)
                     for _ in 0..<3 {
                         let r = m.read()
                         lines.append("\(r.sample.problem ?? "-") | \(r.warning ?? "-") | \(r.sample.pciRegions.count) BARs | "
@@ -158,11 +162,14 @@ import TestSupport
                 return lines
             },
         ], timeout: 60)
-        #expect(out[2] == [
+        #expect(out[3] == [
             "- | - | 7 BARs | 60 tree | virtio-pci-common-virtio-blk",
             "- | - | 7 BARs | 60 tree | virtio-pci-common-virtio-blk",
             "- | - | 7 BARs | 60 tree | virtio-pci-common-virtio-blk",
             "- | QMP \(bad): info mtree -f -o: not a memory tree: 'unknown command: 'info mtree''; I/O exits named by PCI BARs only | 7 BARs | 0 tree | -",
+            "- | - | 7 BARs | 0 tree | -",
+            "- | - | 7 BARs | 0 tree | -",
+            "- | QMP \(slow): info mtree -f -o: no answer in 1.0 s; I/O exits named by PCI BARs only | 7 BARs | 0 tree | -",
             "- | - | 7 BARs | 0 tree | -",
             "- | - | 7 BARs | 0 tree | -",
         ])
