@@ -33,6 +33,8 @@ final class ResourceTrail {
     /// name the I/O tables' rows (``VMSample/deviceMap``).
     private let libvirt: LibvirtConnection?
     private var libvirtProblem: String?
+    private var libvirtDomains: [LibvirtDomain] = []
+    private var libvirtRead = Date.distantPast
     /// When the run started, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
     private let startTicks: UInt64
 
@@ -68,14 +70,23 @@ final class ResourceTrail {
         if Date().timeIntervalSince(sampledAt) >= every { record(sampler.sample()) }
     }
 
-    func finish() { record(sampler.sample()) }
+    func finish() {
+        libvirtRead = .distantPast  // the last sample reads libvirt whatever the time
+        record(sampler.sample())
+    }
 
     private func record(_ sample: ResourceSample) {
         sampler.printWarnings()
         var s = sample
         if let libvirt {
             do {
-                s.attach(libvirt: try libvirt.domains())
+                // At most once a second (a COMMAND's run samples ten times a second), and at the last sample:
+                // domains start and end seldom, and each one's XML is read once anyway.
+                if Date().timeIntervalSince(libvirtRead) >= 1 {
+                    libvirtDomains = try libvirt.domains()
+                    libvirtRead = Date()
+                }
+                s.attach(libvirt: libvirtDomains)
                 libvirtProblem = nil
             } catch {
                 let problem = "\(error)"
