@@ -33,6 +33,9 @@ public struct LibvirtDomain: Sendable, Equatable {
     public var blocks: [Block] = []
     /// `net.N.*`, in libvirt's order.
     public var interfaces: [Interface] = []
+    /// The devices of the domain's XML (`virDomainGetXMLDesc`, read once per started domain): aliases,
+    /// targets, PCI and ISA addresses, which name the VM's I/O exits.
+    public var devices: [LibvirtDevice] = []
     /// Every numeric field as reported (`vcpu.0.exits.sum`, `vm.mmu_shadow_zapped.sum`: KVM's binary statistics
     /// where the kernel and QEMU give them), for what the typed fields above leave out.
     public var fields: [String: Double] = [:]
@@ -151,11 +154,29 @@ public final class LibvirtConnection {
         guard n >= 0, let records else { throw Self.lastError("libvirt at \(uri): cannot read domain statistics") }
         defer { virDomainStatsRecordListFree(records) }
         var result: [LibvirtDomain] = []
+        var seen: [String: [LibvirtDevice]] = [:]
         for i in 0..<Int(n) {
             guard let record = records[i]?.pointee, let dom = record.dom else { continue }
-            result.append(Self.domain(dom, params: record.params, count: Int(record.nparams)))
+            var d = Self.domain(dom, params: record.params, count: Int(record.nparams))
+            let key = "\(d.uuid) \(d.id)"
+            let devices = deviceCache[key] ?? Self.devices(of: dom)
+            d.devices = devices ?? []
+            if let devices { seen[key] = devices }
+            result.append(d)
         }
+        deviceCache = seen
         return result.sorted { $0.id < $1.id }
+    }
+
+    /// Each running domain's devices by `UUID ID`: its XML is read once per start (a domain started again
+    /// has another ID), not at every sample.
+    private var deviceCache: [String: [LibvirtDevice]] = [:]
+
+    /// The devices of a domain's live XML; nil when libvirt does not give it.
+    static func devices(of dom: virDomainPtr) -> [LibvirtDevice]? {
+        guard let xml = virDomainGetXMLDesc(dom, 0) else { return nil }
+        defer { free(xml) }
+        return LibvirtDevice.devices(xml: String(cString: xml))
     }
 
     static func domain(_ dom: virDomainPtr, params: virTypedParameterPtr?, count: Int) -> LibvirtDomain {

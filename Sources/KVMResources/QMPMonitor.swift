@@ -4,8 +4,9 @@
 ///
 /// Each read asks `query-blockstats`, `query-memory-size-summary`, `query-balloon` (absent without a balloon)
 /// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), and every
-/// 10th `query-pci`, each bounded by the connection's timeout. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not
-/// thread-safe: one caller (the sampler).
+/// 10th `query-pci`, each bounded by the connection's timeout; QEMU's memory tree (`info mtree -f -o` through
+/// `human-monitor-command`, some KiB of text) when the connection opens and again when the BARs change — not at
+/// every read. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not thread-safe: one caller (the sampler).
 public final class QMPMonitor {
     /// The socket's path.
     public let path: String
@@ -26,6 +27,12 @@ public final class QMPMonitor {
     private var pci: [PCIRegion] = []
     private var reads = 0
     private var warned: String?
+    /// The memory tree last read, the BARs it was read with (nil: not read on this connection), and the
+    /// warning about it not yet given (given once while the same problem lasts).
+    private var tree: [MemoryTreeRange] = []
+    private var treeFor: [PCIRegion]?
+    private var treeWarning: String?
+    private var treeWarned: String?
 
     public init(path: String, timeout: Double = 1, retrySeconds: Double = 5) {
         self.path = path
@@ -39,7 +46,8 @@ public final class QMPMonitor {
         do {
             let s = try query()
             warned = nil
-            return (pid, s, nil)
+            defer { treeWarning = nil }
+            return (pid, s, treeWarning)
         } catch {
             connection?.close()
             connection = nil
@@ -67,6 +75,8 @@ public final class QMPMonitor {
             hasStats = true
             pci = []
             reads = 0
+            tree = []
+            treeFor = nil
         }
         let c = connection!
         var s = QMPSample(socket: path)
@@ -123,10 +133,40 @@ public final class QMPMonitor {
         }) {
             pci = PCIRegion.of(buses)
         }
+        if treeFor != pci {
+            treeFor = pci
+            try readTree(c)
+        }
         reads += 1
         s.pciRegions = pci
+        s.memoryTree = tree
         previous = now
         return s
+    }
+
+    /// Reads QEMU's memory tree, bounded by the connection's timeout. A refusal (no human monitor), a timeout
+    /// (its late answer is skipped by id) or text that is no memory tree leaves the tree empty — the BARs
+    /// still name the exits — with one warning; only a connection that broke throws.
+    private func readTree(_ c: QMPConnection) throws(QMPError) {
+        let problem: String
+        do {
+            let text: String = try c.execute("human-monitor-command",
+                                             arguments: "{\"command-line\":\"\(QEMUMemoryTree.command)\"}")
+            if let ranges = QEMUMemoryTree.parse(text) {
+                tree = ranges
+                treeWarned = nil
+                return
+            }
+            let first = text.split(whereSeparator: \.isNewline).first.map { String($0.prefix(60)) } ?? ""
+            problem = "not a memory tree: '\(first.filter { !$0.isASCII || $0 >= " " })'"
+        } catch where error.connectionUsable || error.kind == .timeout {
+            problem = error.description
+        }
+        tree = []
+        if problem != treeWarned {
+            treeWarning = "QMP \(path): \(QEMUMemoryTree.command): \(problem); I/O exits named by PCI BARs only"
+        }
+        treeWarned = problem
     }
 
     /// The value of a command QEMU may refuse (no balloon device, a command older QEMUs lack): nil then.

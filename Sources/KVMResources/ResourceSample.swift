@@ -278,6 +278,10 @@ public struct QMPSample: Sendable, Equatable {
     /// The guest's mapped PCI BARs (`query-pci`, read when the connection opens and every 10th read after:
     /// firmware and guests map BARs at boot): the port and MMIO ranges of each device.
     public var pciRegions: [PCIRegion] = []
+    /// QEMU's memory tree (`info mtree -f -o`, read when the connection opens and again when ``pciRegions``
+    /// change): the regions behind the guest's ports and MMIO addresses, by role (a virtio device's `notify`).
+    /// Empty where QEMU did not give it (a warning said why): the BARs still name the exits then.
+    public var memoryTree: [MemoryTreeRange] = []
 
     public init(socket: String, problem: String? = nil) {
         self.socket = socket

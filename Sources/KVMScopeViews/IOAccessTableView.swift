@@ -9,8 +9,9 @@ public enum IOAccessTableView {
     /// perf's title of each analysis.
     public static func title(_ space: DeviceMap.Space) -> String { space == .port ? "IO Port Access" : "MMIO Access" }
 
-    public static func header(_ space: DeviceMap.Space) -> String {
-        var h = StatTable.pad(title(space), 22) + StatTable.pad("Device", 28) + StatTable.lpad("Samples", 9)
+    /// - Parameter deviceWidth: the Device column's width (``deviceWidth(_:)``): 28, wider for longer names.
+    public static func header(_ space: DeviceMap.Space, deviceWidth: Int = 28) -> String {
+        var h = StatTable.pad(title(space), 22) + StatTable.pad("Device", deviceWidth) + StatTable.lpad("Samples", 9)
             + StatTable.lpad("Samples%", 10) + StatTable.lpad("Time%", 9) + StatTable.lpad("Min Time", 11)
             + StatTable.lpad("Max Time", 11) + StatTable.lpad("Avg time", 24) + StatTable.lpad("Rate/s", 10)
         if space == .mmio { h += StatTable.lpad("To VMM", 9) }
@@ -44,6 +45,12 @@ public enum IOAccessTableView {
         return lines
     }
 
+    /// The Device column's width for `rows`: 28, or the longest name and a space (a memory tree's
+    /// `virtio-disk0 vda notify (virtio-blk 00:02.0 BAR4)`), at most 64; longer names are cut.
+    public static func deviceWidth(_ rows: [IOAccessSummaryRow]) -> Int {
+        min(64, max(28, rows.reduce(0) { max($0, ($1.device ?? "unknown").terminalSafe.count + 1) }))
+    }
+
     /// One VM's table: header, rows (by samples, then key), total, and what the times are.
     public static func table(_ rows: [IOAccessSummaryRow], space: DeviceMap.Space, seconds: Double,
                              top: Int? = nil) -> [String] {
@@ -51,14 +58,17 @@ public enum IOAccessTableView {
         let total = rows.reduce(0) { $0 + $1.count }
         let time = rows.reduce(UInt64(0)) { $0 &+ $1.sum }
         let timed = rows.reduce(UInt64(0)) { $0 + $1.timed }
-        var lines = [header(space)]
-        for r in sorted.prefix(top ?? .max) { lines.append(row(r, space: space, total: total, time: time, seconds: seconds)) }
+        let width = deviceWidth(Array(sorted.prefix(top ?? .max)))
+        var lines = [header(space, deviceWidth: width)]
+        for r in sorted.prefix(top ?? .max) {
+            lines.append(row(r, space: space, total: total, time: time, seconds: seconds, deviceWidth: width))
+        }
         if let top, sorted.count > top {
             let rest = sorted.dropFirst(top).reduce(0) { $0 + $1.count }
-            lines.append(StatTable.pad("(\(sorted.count - top) more)", 50) + StatTable.lpad(String(rest), 9)
+            lines.append(StatTable.pad("(\(sorted.count - top) more)", 22 + width) + StatTable.lpad(String(rest), 9)
                          + StatTable.lpad(Durations.percent(Double(rest), of: Double(total)), 10))
         }
-        var totalLine = StatTable.pad("Total", 50) + StatTable.lpad(String(total), 9) + StatTable.lpad("100.00%", 10)
+        var totalLine = StatTable.pad("Total", 22 + width) + StatTable.lpad(String(total), 9) + StatTable.lpad("100.00%", 10)
             + StatTable.lpad(time > 0 ? "100.00%" : "-", 9) + String(repeating: " ", count: 46)
             + StatTable.lpad(rate(total, seconds), 10)
         if space == .mmio { totalLine += StatTable.lpad(String(rows.reduce(0) { $0 + $1.toVMM }), 9) }
@@ -71,9 +81,9 @@ public enum IOAccessTableView {
     }
 
     static func row(_ r: IOAccessSummaryRow, space: DeviceMap.Space, total: UInt64, time: UInt64,
-                    seconds: Double) -> String {
-        let device = String((r.device ?? "unknown").terminalSafe.prefix(27))
-        var line = StatTable.pad(r.key, 22) + StatTable.pad(device, 28) + StatTable.lpad(String(r.count), 9)
+                    seconds: Double, deviceWidth: Int = 28) -> String {
+        let device = String((r.device ?? "unknown").terminalSafe.prefix(deviceWidth - 1))
+        var line = StatTable.pad(r.key, 22) + StatTable.pad(device, deviceWidth) + StatTable.lpad(String(r.count), 9)
             + StatTable.lpad(Durations.percent(Double(r.count), of: Double(total)), 10)
         if let mean = r.mean {
             line += StatTable.lpad(Durations.percent(Double(r.sum), of: Double(time)), 9)

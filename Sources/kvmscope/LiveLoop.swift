@@ -112,7 +112,7 @@ struct LiveLoop {
         // A QMP socket's problem is the notice line (stderr would write over the screen).
         if let warning = resources.takeWarnings().last { state.notice = warning }
         for vm in s.vms where !vm.gone {
-            if let regions = vm.qmp?.pciRegions, !regions.isEmpty { deviceMaps[vm.pid] = DeviceMap(pciRegions: regions) }
+            if let map = vm.deviceMap { deviceMaps[vm.pid] = map }
         }
         guard s.intervalSeconds > 0 else { return }
         var use: [Int32: GuestResourceUse] = [:]

@@ -87,7 +87,7 @@ struct RecordCommand: ParsableCommand {
         // What each VM costs the host, sampled as stat --json does (at the start, every second — 0.1 s with a
         // COMMAND, whose VM may be short-lived — and at the end), kept in the file for report --json; --qmp adds
         // QEMU's disks, memory and PCI BARs (which name the I/O exits by device).
-        let trail = ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors())
+        let trail = ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors(), libvirtDevices: true)
         session.resources = { [command] vms in
             let recorded = RecordedResources(vms: trail.uses(vms: command.isEmpty ? nil : vms))
             return (try? JSONEncoder().encode(recorded)).map { String(decoding: $0, as: UTF8.self) }

@@ -213,7 +213,7 @@ struct ReportCommand: ParsableCommand {
         // What `record` sampled of each VM (its resources, its PCI BARs under --qmp), as stat --json shows it.
         let recorded = RecordedResources.read((source as? TraceDatReader)?.resourcesJSON)
         var maps: [Int32: DeviceMap] = [:]
-        for vm in recorded?.vms ?? [] where !vm.pciRegions.isEmpty { maps[vm.vm] = DeviceMap(pciRegions: vm.pciRegions) }
+        for vm in recorded?.vms ?? [] { if let map = vm.deviceMap { maps[vm.vm] = map } }
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let inCycles = text?.timestampUnit == .counterTicks
         if json {

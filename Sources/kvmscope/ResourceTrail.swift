@@ -29,14 +29,23 @@ final class ResourceTrail {
     private var qmpLast: [Int32: QMPSample] = [:]
 
     private let every: Double
+    /// libvirt (where its daemon listens), read at each sample for its domains' device addresses only: they
+    /// name the I/O tables' rows (``VMSample/deviceMap``).
+    private let libvirt: LibvirtConnection?
+    private var libvirtProblem: String?
+    private var libvirtDomains: [LibvirtDomain] = []
+    private var libvirtRead = Date.distantPast
     /// When the run started, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
     private let startTicks: UInt64
 
     /// - Parameters:
     ///   - every: seconds between samples while tracing (a VM that ends loses at most this much).
     ///   - qmp: QMP sockets (`--qmp`) read at each sample.
-    init(every: Double = 1, qmp: [QMPMonitor] = []) {
+    ///   - libvirtDevices: whether to read libvirt's domains (their XML's device addresses), where a libvirt
+    ///     daemon listens.
+    init(every: Double = 1, qmp: [QMPMonitor] = [], libvirtDevices: Bool = false) {
         self.every = every
+        libvirt = libvirtDevices && LibvirtConnection.daemonListening ? try? LibvirtConnection() : nil
         var boot = timespec()
         clock_gettime(CLOCK_BOOTTIME, &boot)
         let tck = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
@@ -48,11 +57,11 @@ final class ResourceTrail {
         startVMs = Set(first.keys)
     }
 
-    /// Each VM's own device map, from the PCI BARs its QMP reading (`--qmp`) gave last: names the I/O tables'
-    /// ports and MMIO addresses by device.
+    /// Each VM's own device map, from the PCI BARs and the memory tree its QMP reading (`--qmp`) gave last
+    /// (``VMSample/deviceMap``): names the I/O tables' ports and MMIO addresses by device.
     func deviceMaps() -> [Int32: DeviceMap] {
         var maps: [Int32: DeviceMap] = [:]
-        for (pid, vm) in last { if let regions = vm.qmp?.pciRegions, !regions.isEmpty { maps[pid] = DeviceMap(pciRegions: regions) } }
+        for (pid, vm) in last { if let map = vm.deviceMap { maps[pid] = map } }
         return maps
     }
 
@@ -61,10 +70,30 @@ final class ResourceTrail {
         if Date().timeIntervalSince(sampledAt) >= every { record(sampler.sample()) }
     }
 
-    func finish() { record(sampler.sample()) }
+    func finish() {
+        libvirtRead = .distantPast  // the last sample reads libvirt whatever the time
+        record(sampler.sample())
+    }
 
-    private func record(_ s: ResourceSample) {
+    private func record(_ sample: ResourceSample) {
         sampler.printWarnings()
+        var s = sample
+        if let libvirt {
+            do {
+                // At most once a second (a COMMAND's run samples ten times a second), and at the last sample:
+                // domains start and end seldom, and each one's XML is read once anyway.
+                if Date().timeIntervalSince(libvirtRead) >= 1 {
+                    libvirtDomains = try libvirt.domains()
+                    libvirtRead = Date()
+                }
+                s.attach(libvirt: libvirtDomains)
+                libvirtProblem = nil
+            } catch {
+                let problem = "\(error)"
+                if problem != libvirtProblem { writeStderr("kvmscope: warning: \(problem); I/O exits not named by libvirt's devices\n") }
+                libvirtProblem = problem
+            }
+        }
         sampledAt = Date()
         ticksPerSecond = s.ticksPerSecond
         for vm in s.vms {
@@ -154,7 +183,9 @@ final class ResourceTrail {
                 qmp: qmpLast[pid].map { VMResourceUse.QMP(socket: $0.socket, problem: $0.problem,
                                                           memoryConfiguredBytes: $0.configuredMemoryBytes,
                                                           balloonActualBytes: $0.balloonActualBytes) },
-                disks: disks, pciRegions: b.qmp?.pciRegions ?? [])
+                disks: disks, pciRegions: b.qmp?.pciRegions ?? [],
+                memoryTree: b.qmp.flatMap { $0.memoryTree.isEmpty ? nil : $0.memoryTree },
+                libvirtDevices: b.libvirt.flatMap { $0.devices.isEmpty ? nil : $0.devices })
         }
     }
 }
@@ -202,6 +233,19 @@ struct VMResourceUse: Codable, Sendable, Equatable {
     var disks: [Disk]
     /// The VM's mapped PCI BARs at the last QMP reading (names I/O exits by device).
     var pciRegions: [PCIRegion]
+    /// QEMU's memory tree at the last QMP reading (names I/O exits by device and role); nil in recordings
+    /// made before it was kept, and where QEMU did not give it.
+    var memoryTree: [MemoryTreeRange]? = nil
+    /// The devices of the VM's libvirt domain (its XML: aliases, targets, ISA ports); nil without libvirt.
+    var libvirtDevices: [LibvirtDevice]? = nil
+
+    /// This VM's device map (``DeviceMap/init(pciRegions:memoryTree:libvirt:)``); nil when QMP and libvirt
+    /// gave nothing.
+    var deviceMap: DeviceMap? {
+        let tree = memoryTree ?? [], devices = libvirtDevices ?? []
+        guard !pciRegions.isEmpty || !tree.isEmpty || devices.contains(where: { $0.ioBase != nil }) else { return nil }
+        return DeviceMap(pciRegions: pciRegions, memoryTree: tree, libvirt: devices)
+    }
 
     /// `stat --json`'s resource object: `cpu_seconds`, `guest_seconds` (the whole process, threads that ended
     /// included), `vcpu_*` (every vCPU thread seen, each from its first sight or birth), `read_bytes`…

@@ -197,7 +197,10 @@ struct StatCommand: ParsableCommand {
         if csv && !logging { throw ValidationError("-c/--csv requires -l/--log or -L/--log-to-file") }
         if skipZeroRecords && !logging { throw ValidationError("-z/--skip-zero-records requires -l/--log or -L/--log-to-file") }
         if json && (log || logToFile != nil) { throw ValidationError("--json prints a summary; it does not combine with -l/-L") }
-        if !qmp.sockets.isEmpty && !json { throw ValidationError("--qmp adds QEMU's numbers to the --json summary's resources: give --json") }
+        if !qmp.sockets.isEmpty && !json && (IOAnalysis.analyses(trace.events).spaces.isEmpty || logging) {
+            throw ValidationError("--qmp adds QEMU's numbers to the --json summary's resources and names the devices of "
+                                  + "--event ioport|mmio's tables: give --json or --event ioport|mmio")
+        }
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
@@ -223,7 +226,11 @@ struct StatCommand: ParsableCommand {
         // stat --json: what each VM cost the host beside its exits (procfs and --qmp; a sample about once a second,
         // ten times a second with a COMMAND: its VMs end with it, and lose at most the last 0.1 s). Started before
         // the COMMAND, so that a VM the command starts is known as born during the run.
-        let trail = json ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors()) : nil
+        // The text summary samples only to name its ioport/mmio tables' devices (--qmp's BARs and memory tree,
+        // libvirt's device addresses).
+        // With --event ioport|mmio, libvirt's domains (where its daemon listens) name them too.
+        let trail = json || !analyses.spaces.isEmpty
+            ? ResourceTrail(every: command.isEmpty ? 1 : 0.1, qmp: qmp.monitors(), libvirtDevices: !analyses.spaces.isEmpty) : nil
         let logging = log || logToFile != nil
         var out: FileHandle = .standardOutput
         // -L appends, as kvm_stat's does.
@@ -351,7 +358,7 @@ struct StatCommand: ParsableCommand {
             let perCPU = session.finalLostPerCPU.sorted { $0.key < $1.key }
             // Resources of the VMs the summary counts (or -p/-g's); every VM seen when neither names any.
             trail?.finish()
-            // Ports and MMIO addresses named by the VMs' own PCI BARs where --qmp read them.
+            // Ports and MMIO addresses named by the VMs' own PCI BARs and memory trees where --qmp read them.
             if let maps = trail?.deviceMaps(), !maps.isEmpty { final.ioAccesses.name(devices: maps) }
             var vms = filter.vms ?? []
             vms.formUnion(final.exits.map(\.vm))
@@ -363,6 +370,8 @@ struct StatCommand: ParsableCommand {
             ]
             try writeSummary(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
         } else {
+            trail?.finish()
+            if let maps = trail?.deviceMaps(), !maps.isEmpty { final.ioAccesses.name(devices: maps) }
             var lines = StatTable.render(final, previous: nil, seconds: seconds)
             // Where exits were seen, the latency table of `kvmscope report` follows (per VM × vCPU).
             if !final.exits.isEmpty { lines += [""] + ReportTable.render(final, byVCPU: true) }

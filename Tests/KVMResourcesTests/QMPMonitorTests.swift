@@ -53,6 +53,8 @@ import TestSupport
                                 ? Self.blockstats(rdOps: 617, wrOps: 615, rdBytes: 2_523_648, wrBytes: 2_519_040, rdNs: 1_070_557_194, wrNs: 3_135_977_627)
                                 : Self.blockstats(rdOps: 684, wrOps: 682, rdBytes: 2_798_080, wrBytes: 2_793_472, rdNs: 1_204_282_622, wrNs: 3_594_286_560)
                         case "query-memory-size-summary": return #"{"base-memory": 16777216, "plugged-memory": 0}"#
+                        // A memory tree without ranges (MemoryTreeTests reads a whole one).
+                        case "human-monitor-command": return #""FlatView #0\r\n AS \"I/O\", root: io\r\n Root memory region: io\r\n""#
                         case "query-balloon": return nil  // no balloon device: DeviceNotActive in QEMU, any error here
                         case "query-stats":
                             return #"[{"provider": "kvm", "qom-path": "/machine/unattached/device[0]", "stats": [{"name": "exits", "value": 240}, {"name": "guest_mode", "value": false}, {"name": "halt_wait_hist", "value": [0, 1]}]}]"#

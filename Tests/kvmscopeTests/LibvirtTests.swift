@@ -1,4 +1,5 @@
 import Foundation
+import KVMScopeViews
 import Testing
 import TestSupport
 
@@ -154,6 +155,52 @@ struct LibvirtTests {
         return out
     }
 
+    /// I/O exits named by the domain's XML: SeaBIOS probes the serial port (`<serial>`: isa-serial port 0, COM1)
+    /// at boot — named `serial0 isa-serial` by libvirt alone, no QMP; then, with a second QMP socket, the
+    /// virtio-blk doorbell by QEMU's memory tree and BARs, with the disk's target: `virtio-disk0 vda notify`.
+    @Test func ioExitsCarryTheDomainsDeviceNames() throws {
+        try LibvirtDaemon.ensureRunning()
+        let name = "kvmscope-lio-\(getpid())"
+        // Tracing starts first (system-wide: the domain's QEMU does not exist yet), the domain 2 s later.
+        let domain = Locked<LibvirtDomainFixture?>(nil)
+        defer { domain.get()?.destroy() }
+        let out = onThreads([
+            { @Sendable () -> String in
+                let r = try? CLI.run(["stat", "--event", "ioport", "--duration", "8"], timeout: 60)
+                return "\(r?.status ?? -1)\n\(r?.stderr ?? "")\n\(r?.stdout ?? "")"
+            },
+            { @Sendable () -> String in
+                usleep(2_000_000)
+                do {
+                    domain.set(try LibvirtDomainFixture(name: name, devices: "<serial type='null'><target port='0'/></serial>",
+                                                        qmp: true))
+                } catch { return "\(error)" }
+                return ""
+            },
+        ], timeout: 90)
+        #expect(out[1] == "")
+        let d = try #require(domain.get())
+        let pid = try d.pid()
+        let lines = out[0].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.first == "0", "\(out[0])")
+        let title = try #require(lines.firstIndex { $0.hasPrefix("VM \(pid) (\(name)), all vCPUs: IO Port Access") }, "\(out[0])")
+        let table = lines[(title + 2)...].prefix { !$0.hasPrefix("Total") }
+        // SeaBIOS's serial probe of COM1: IER written twice and read, IIR read.
+        for (key, count) in [("0x3f9:POUT", 2), ("0x3f9:PIN", 1), ("0x3fa:PIN", 1)] {
+            #expect(table.contains { $0.hasPrefix(StatTable.pad(key, 22) + StatTable.pad("serial0 isa-serial", 28) + StatTable.lpad("\(count)", 9)) },
+                    "\(key): \(table.joined(separator: "\n"))")
+        }
+
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, (try d.domstats()["block.0.rd.reqs"]).flatMap({ Int($0) }) ?? 0 < 10 { usleep(200_000) }
+        let r = try CLI.run(["stat", "--json", "--event", "mmio", "--duration", "1", "-p", "\(pid)", "--qmp", d.qmpPath], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let mmio = try #require((try CLI.json(r.stdout)["io_accesses"] as? [String: Any])?["mmio"] as? [[String: Any]])
+        #expect(Set(mmio.map { "\($0["device"] as? String ?? "?") \($0["direction"] as? String ?? "?")" })
+                == ["virtio-disk0 vda notify (virtio-blk 00:02.0 BAR4) write", "virtio-disk0 vda isr (virtio-blk 00:02.0 BAR4) read"],
+                "\(mmio)")
+    }
+
     /// A URI given on the command line that cannot be opened is an error; `-c none` reads no libvirt.
     @Test func aBadURIIsOneLine() throws {
         try LibvirtDaemon.ensureRunning()
@@ -208,15 +255,23 @@ final class LibvirtDomainFixture {
     let name: String
     let dir: URL
 
-    init(name: String) throws {
+    /// A second QMP socket of the domain's QEMU (`<qemu:commandline>`), for kvmscope's `--qmp`: libvirt's own
+    /// monitor is libvirt's alone.
+    var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
+
+    /// - Parameters:
+    ///   - devices: more `<devices>` elements.
+    ///   - qmp: whether QEMU also serves ``qmpPath`` (the directory is then writable by libvirt's QEMU user).
+    init(name: String, devices: String = "", qmp: Bool = false) throws {
         self.name = name
         dir = URL(fileURLWithPath: "/var/tmp/kvmscope-lv-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        if qmp { chmod(dir.path, 0o777) }
         let disk = dir.appendingPathComponent("disk.img")
         try Data(QEMUGuest.bootSector + [UInt8](repeating: 0, count: (1 << 20) - 512)).write(to: disk)
         let xml = dir.appendingPathComponent("domain.xml")
         try """
-            <domain type='kvm'>
+            <domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
               <name>\(name)</name>
               <memory unit='MiB'>16</memory>
               <vcpu>1</vcpu>
@@ -228,8 +283,8 @@ final class LibvirtDomainFixture {
                   <source file='\(disk.path)'/>
                   <target dev='vda' bus='virtio'/>
                 </disk>
-                <memballoon model='virtio'/>
-              </devices>
+                <memballoon model='virtio'/>\(devices)
+              </devices>\(qmp ? "<qemu:commandline><qemu:arg value='-qmp'/><qemu:arg value='unix:\(qmpPath),server=on,wait=off'/></qemu:commandline>" : "")
             </domain>
             """.write(to: xml, atomically: true, encoding: .utf8)
         do { try virsh(["create", xml.path]) } catch {

@@ -68,15 +68,23 @@ struct RecordResourcesTests {
         let statVM = try #require((try CLI.json(stat.stdout)["resources"] as? [[String: Any]])?.first)
         #expect(Self.keys(vm) == Self.keys(statVM))
 
-        // The MMIO table names the virtio-blk notifications by the BARs recorded (QMP query-pci), in JSON and text.
+        // The MMIO table names the virtio-blk notifications by the memory tree and BARs recorded (QMP info mtree,
+        // query-pci), in JSON and text; the port table its RTC and port 92 accesses by the tree.
+        let notify = "virtio-disk0 notify (virtio-blk 00:02.0 BAR4)", isr = "virtio-disk0 isr (virtio-blk 00:02.0 BAR4)"
         let mmio = try CLI.run(["report", "--json", "--event", "mmio", "-p", "\(guest.pid)", path])
         #expect(mmio.status == 0, "\(mmio.stderr)")
         let rows = try #require((try CLI.json(mmio.stdout)["io_accesses"] as? [String: Any])?["mmio"] as? [[String: Any]])
-        #expect(rows.contains { ($0["device"] as? String)?.hasPrefix("virtio-disk0 BAR4 (") == true && ($0["count"] as? Int ?? 0) > 0 },
+        #expect(Set(rows.map { "\($0["device"] as? String ?? "?") \($0["direction"] as? String ?? "?")" }) == ["\(notify) write", "\(isr) read"],
                 "\(rows)")
-        #expect(!rows.contains { $0["device"] as? String == "unknown" }, "\(rows)")
-        let text = try CLI.run(["report", "--event", "mmio", "-p", "\(guest.pid)", path])
-        #expect(text.stdout.contains("virtio-disk0 BAR4 ("), "\(text.stdout)")
+        #expect(rows.allSatisfy { ($0["count"] as? Int ?? 0) > 0 }, "\(rows)")
+        for (event, starts) in [("mmio", ["0xfebf7000:W          \(notify)  ", "0xfebf5000:R          \(isr)  "]),
+                                ("ioport", ["0x70:PIN              rtc-index   ", "0x92:PIN              port92   "])] {
+            let text = try CLI.run(["report", "--event", event, "-p", "\(guest.pid)", path])
+            #expect(text.status == 0, "\(text.stderr)")
+            let lines = text.stdout.split(separator: "\n").map(String.init)
+            for start in starts { #expect(lines.contains { $0.hasPrefix(start) }, "\(start): \(text.stdout)") }
+            #expect(!lines.contains { $0.hasPrefix("0x") && $0.contains(" unknown ") }, "\(text.stdout)")
+        }
 
         #expect(try TraceDatReader(path: path).resourcesJSON?.hasPrefix("{") == true)
     }
