@@ -32,7 +32,7 @@ import KVMResources
 /// | `kvmscope_vm_kvm_remote_tlb_flushes_total`, `…_remote_tlb_flush_requests_total`, `…_mmu_shadow_zapped_total`, `…_mmu_pte_writes_total`, `…_mmu_pde_zapped_total`, `…_mmu_flooded_total`, `…_mmu_recycled_total`, `…_mmu_cache_misses_total` | counter | `vm`, `vm_name` | QMP `query-stats` target vm (KVM's cumulative statistics of the VM) | — (libvirt's `vm.NAME.sum` domain stats, not exported by 0.2) |
 /// | `kvmscope_vm_kvm_mmu_unsync_pages`, `…_nx_huge_page_splits`, `…_mmu_page_hash_collisions_max`, `…_mmu_rmap_size_max` | gauge | `vm`, `vm_name` | query-stats target vm: mmu_unsync, nx_lpage_splits (instant), max_mmu_page_hash_collisions, max_mmu_rmap_size (peak) | — (`vm.NAME.cur`, `vm.NAME.max`) |
 /// | `kvmscope_vm_kvm_mapped_bytes` | gauge | `vm`, `vm_name`, `page_size` (`4k`, `2m`, `1g`) | query-stats target vm pages_4k, pages_2m, pages_1g × the page's size | — |
-/// | `kvmscope_vm_pci_region_info` | gauge (OpenMetrics: info) | `vm`, `vm_name`, `device`, `pci_device`, `pci_address`, `bar`, `space`, `start`, `end` | QMP `query-pci` mapped BARs; `device` as `kvmscope_io_exits_total` names them | — |
+/// | `kvmscope_vm_pci_region_info` | gauge (OpenMetrics: info) | `vm`, `vm_name`, `device`, `pci_device`, `pci_address`, `bar`, `space`, `start`, `end` | QMP `query-pci` mapped BARs; `device` the BAR's name; joins the exits on `pci_address`, `bar` | — |
 /// | `kvmscope_vm_qmp_up` | gauge | `vm`, `vm_name`, `socket` | 1 when the VM's QMP socket answered this scrape | (`libvirt_up`, for the daemon) |
 ///
 /// The block families are per device (`device`: the guest device's id, `virtio-disk0`, else the drive's id),

@@ -185,12 +185,12 @@ final class MetricsState: MetricsSource {
         let snapshot = try session.snapshot()
         var summary = try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
         let sample = sampleResources()
-        // Each port and MMIO address by the VM's devices: its PCI BARs (QMP, libvirt) over the standard PC map.
-        // A VM's last map is kept (its socket may fail at one scrape, the VM may have exited): a device's
-        // counter never moves to `unknown` and back.
+        // Each port and MMIO address by the VM's devices: QEMU's memory tree and PCI BARs (QMP), libvirt's device
+        // addresses, over the standard PC map (VMSample.deviceMap). A VM's last map is kept (its socket may fail
+        // at one scrape, the VM may have exited): a device's counter never moves to `unknown` and back.
         let maps = deviceMaps.withLock { maps in
             for vm in sample.vms where !vm.gone {
-                if let regions = vm.qmp?.pciRegions, !regions.isEmpty { maps[vm.pid] = DeviceMap(pciRegions: regions) }
+                if let map = vm.deviceMap { maps[vm.pid] = map }
             }
             // Bounded by the VMs still sampled or still with I/O rows (what is named below).
             let keep = Set(summary.ioAccesses.rows.map(\.vm)).union(sample.vms.filter { !$0.gone }.map(\.pid))

@@ -264,7 +264,7 @@ struct QEMUGuestTests {
         defer { serve.stop() }
         #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
         let mine = "kvmscope_io_exits_total{vm=\"\(guest.pid)\",vm_name=\"qemu-iomet-\(getpid())\","
-        let notify = mine + "space=\"mmio\",device=\"virtio-disk0 BAR4 ("
+        let notify = mine + "space=\"mmio\",device=\"virtio-disk0 notify (virtio-blk "
         func lines(_ body: String, _ prefix: String) -> [String] { body.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) } }
         func value(_ line: String) -> UInt64 { line.split(separator: " ").last.flatMap { UInt64($0) } ?? 0 }
         func scrape(until done: (String) -> Bool) -> String {
@@ -281,11 +281,14 @@ struct QEMUGuestTests {
         let row = try #require(lines(running, notify).first, "\(lines(running, "kvmscope_io_exits_total"))")
         #expect(value(row) > 0)
         #expect(lines(running, mine + "space=\"mmio\",device=\"unknown\"").isEmpty, "\(lines(running, mine))")
-        // The info series of the same BAR: its device label is the one the exits carry.
+        // The info series of the BAR the notify region lies in (memory BAR 4): the exits' device name carries
+        // its PCI address and BAR.
         let device = String(row.split(separator: "device=\"", maxSplits: 1)[1].prefix { $0 != "\"" })
-        let info = lines(running, "kvmscope_vm_pci_region_info{vm=\"\(guest.pid)\"").filter { $0.contains("device=\"\(device)\"") }
-        #expect(info.count == 1 && info.first?.contains(",bar=\"4\",space=\"mmio\",") == true && info.first?.hasSuffix("} 1") == true,
-                "\(info)")
+        let address = try #require(device.firstMatch(of: /virtio-blk (\S+) BAR4\)$/)?.1, "\(device)")
+        let info = lines(running, "kvmscope_vm_pci_region_info{vm=\"\(guest.pid)\"")
+            .filter { $0.contains("pci_address=\"\(address)\",bar=\"4\",") }
+        #expect(info.count == 1 && info.first?.contains("device=\"virtio-disk0 BAR4 (\(address))\"") == true
+                && info.first?.contains(",space=\"mmio\",") == true && info.first?.hasSuffix("} 1") == true, "\(info)")
         #expect(try ServeLiveTests.promtool(["check", "metrics"], stdin: running).status == 0)
 
         guest.stop()
