@@ -60,8 +60,7 @@ public final class RecordSession: @unchecked Sendable {
     ///   copy through /tmp, and the disk that fills is the one the user chose).
     public init(config: RecordConfig, output: String) throws {
         self.config = config
-        let dir = (output as NSString).deletingLastPathComponent
-        directory = "\(dir.isEmpty ? "." : dir)/.kvmscope-record-\(getpid())"
+        directory = "\(PathComponents.directory(of: output))/.kvmscope-record-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         guard mkdir(directory, 0o700) == 0 else {
             throw KVMScopeError.io("cannot create \(directory): \(Errno(rawValue: errno))")
@@ -184,7 +183,7 @@ public final class RecordSession: @unchecked Sendable {
     ///   about to start).
     /// - Returns: the files written, and those that could not be (with the error).
     public static func recoverSpools(beside output: String, excluding exclude: String? = nil) -> [Recovered] {
-        let dir = (output as NSString).deletingLastPathComponent.isEmpty ? "." : (output as NSString).deletingLastPathComponent
+        let dir = PathComponents.directory(of: output)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
         let excluded = exclude.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         var out: [Recovered] = []
@@ -207,7 +206,7 @@ public final class RecordSession: @unchecked Sendable {
             }
             guard let named = fields["output"], let pageSize = fields["pagesize"].flatMap(Int.init), pageSize > 0,
                   let cpus = fields["cpus"]?.split(separator: " ").compactMap({ Int($0) }) else { remove(); continue }
-            var target = "\(dir)/\((named as NSString).lastPathComponent)"
+            var target = "\(dir)/\(PathComponents.lastComponent(of: named))"
             // Into the empty file the recording left, else beside it (never through a symlink, never over data).
             if lstat(target, &st) == 0 && ((st.st_mode & S_IFMT) != S_IFREG || st.st_size > 0)
                 || URL(fileURLWithPath: target).standardizedFileURL.path == excluded {

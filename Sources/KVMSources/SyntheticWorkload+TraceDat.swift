@@ -9,8 +9,7 @@ extension SyntheticWorkload {
     /// - Throws: ``KVMScopeError/io(_:)`` with the file and the system's reason.
     public func writeTraceDat(to path: String, formats: EventFormats, eventsPerCPU: Int,
                               headerPage: String? = nil) throws {
-        let dir = (path as NSString).deletingLastPathComponent
-        let spool = "\(dir.isEmpty ? "." : dir)/.kvmscope-synth-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let spool = "\(PathComponents.directory(of: path))/.kvmscope-synth-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: spool) }
         var cpus: [TraceDatCPUData] = []

@@ -114,8 +114,7 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         // The page is written last: a path it cannot be written to is said before the report is printed.
         if let html {
-            let dir = (html as NSString).deletingLastPathComponent
-            let target = FileManager.default.fileExists(atPath: html) ? html : (dir.isEmpty ? "." : dir)
+            let target = FileManager.default.fileExists(atPath: html) ? html : PathComponents.directory(of: html)
             if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
         }
         var jsonValues: [JSONValue] = []
@@ -234,7 +233,7 @@ struct ReportCommand: ParsableCommand {
         }
         if let html, let timeline = analysis.timeline {
             let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
-                                         title: (file as NSString).lastPathComponent)
+                                         title: PathComponents.lastComponent(of: file))
             try writeOutputFile(html, page)
         }
     }

@@ -16,6 +16,23 @@ import TestSupport
         #expect(r.stdout.isEmpty)
     }
 
+    /// Paths of one character and paths that name a directory: one line each, never a trap (Foundation's
+    /// NSString path methods trapped on one-character paths: `report q` died with SIGILL).
+    @Test func shortPathsAreOneLine() throws {
+        let dir = try RecordTests.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/e", contents: Data())
+        func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try Spawned.run("/bin/sh", ["-c", "cd \"$0\" && exec \"$@\"", dir, CLI.binary] + args)
+        }
+        for (args, line) in [(["report", "q"], "q: No such file or directory"), (["report", "e"], "e: empty file"),
+                             (["report", "x/"], "x/: No such file or directory"),
+                             (["report", "--html", "h", "q"], "q: No such file or directory")] {
+            let r = try run(args)
+            #expect(r.status == 1 && r.stdout.isEmpty && r.stderr == "kvmscope: \(line)\n", "\(args): \(r.stderr)")
+        }
+    }
+
     @Test func badRegex() throws {
         try expectOneLineError(["stat", "-f", "("], "bad regular expression for -f/--fields: '('", status: 64)
     }

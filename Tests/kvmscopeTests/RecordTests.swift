@@ -290,6 +290,21 @@ struct RecordTests {
         #expect(ours.values.filter { $0 > Self.traceCmdExits / 2 && $0 <= Self.traceCmdExits }.count >= 2, "\(ours)")
     }
 
+    /// `record -o a` (a one-character name in the working directory) records into `a`; `-o .` is one line.
+    @Test func oneCharacterOutputPath() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try Spawned.run("/bin/sh", ["-c", "cd \"$0\" && exec \"$@\"", dir, CLI.binary] + args)
+        }
+        let r = try run(["record", "-o", "a", "--duration", "0.2", "-e", "kvm_pio"])
+        #expect(r.status == 0 && r.stderr.isEmpty, "\(r.stderr)")
+        #expect(try TraceDatReader(path: dir + "/a").version >= 6)
+        let d = try run(["record", "-o", ".", "--duration", "0.2", "-e", "kvm_pio"])
+        #expect(d.status == 1 && d.stderr == "kvmscope: cannot write .: Is a directory\n", "\(d.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a"])
+    }
+
     @Test func maxSizeIsHonoured() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
