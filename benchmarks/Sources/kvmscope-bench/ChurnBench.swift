@@ -4,21 +4,28 @@ import KVMHost
 import KVMSources
 
 /// Many distinct vCPU threads through the report pipeline: for each thread count, `kvmscope bench synth`
-/// writes a trace.dat of `events` events (the corpus's reason mix, VMs of 4 vCPUs, 2 host CPUs, every thread
-/// exiting in turn), then
+/// writes a trace.dat of `events` events (the corpus's reason mix, VMs of 4 vCPUs, 2 host CPUs), then
 /// - `kvmscope report --json FILE` as shipped: wall and CPU time, peak RSS (wait4's ru_maxrss), pairs;
 /// - the same file through ``ExitPipeline`` on this thread (decode, merge CPUs, count, pair, what `report`
 ///   runs without the prefetching thread): events per CPU-second, the aggregate's live threads and series;
 /// - then one `/metrics` scrape of that aggregate (snapshot, ``Summary``, Prometheus text), as ``ScrapeBench``
 ///   times it.
 /// The first row (64 threads) is the baseline the others are compared with.
+///
+/// Two shapes of file: with `alive` nil every thread exits in turn from the first event to the last (each host
+/// CPU's next pair is the next thread's: every pair touches a cold thread); with `alive`, at most that many
+/// threads run at a time and each makes its share of the pairs, then never appears again (`bench synth --alive`:
+/// VM churn, each VM start making new vCPU threads).
 struct ChurnBench {
     var kvmscope: String
     var threads: [Int]
     var events: Int
+    var alive: Int?
 
     struct Row {
         var threads: Int
+        /// Threads alive at a time (nil: all of them).
+        var alive: Int?
         var events: Int
         var reportWall: Double
         var reportCPU: Double
@@ -37,8 +44,9 @@ struct ChurnBench {
             let file = "\(NSTemporaryDirectory())kvmbench-churn-\(getpid())-\(n).dat"
             defer { unlink(file) }
             progress("churn: writing \(events) events of \(n) threads to \(file)")
+            let shape = alive.map { ["--alive", "\($0)"] } ?? []
             let s = try ChildProcess([kvmscope, "bench", "synth", "-o", file, "--events", "\(events)", "--threads", "\(n)",
-                                      "--cpus", "2"])
+                                      "--cpus", "2"] + shape)
             guard try s.wait().status == 0 else {
                 throw KVMScopeError.usage("bench synth failed: \(s.stderr.prefix(300))")
             }
@@ -60,7 +68,7 @@ struct ChurnBench {
             _ = pipeline.finish(statistics: source.statistics)
             let scrape = try ScrapeBench.measure(pipeline.aggregator, repeats: 3)
             let snap = pipeline.aggregator.snapshot(timestamp: 1)
-            rows.append(Row(threads: n, events: events, reportWall: wall, reportCPU: rt.cpuSeconds,
+            rows.append(Row(threads: n, alive: alive.map { min($0, n) }, events: events, reportWall: wall, reportCPU: rt.cpuSeconds,
                             reportRSSKB: rt.maxRSSKB, paired: paired, pipelineCPU: cpu,
                             liveThreads: snap.occupancy.liveThreads, series: snap.occupancy.liveSeries, scrape: scrape))
         }
