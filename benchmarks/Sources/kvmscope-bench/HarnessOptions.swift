@@ -21,6 +21,8 @@ struct HarnessOptions {
     var churnEvents = 2_000_000
     /// Threads alive at a time in the churn files (`bench synth --alive`); nil: all of them.
     var churnAlive: Int?
+    /// Churn rows with more threads than this skip `report --json` (the pipeline in process still runs).
+    var churnReportMax = Int.max
     /// serve under churn (``ServeChurn``): distinct writer threads at each sample, alive at a time, pairs each.
     var soakThreads = [10_000, 100_000, 1_000_000]
     var soakAlive = 64
@@ -32,7 +34,7 @@ struct HarnessOptions {
                               [--results DIR | --no-results] [--report-events N] [--live-seconds S]
                               [--rates 100000,500000,max] [--writers N] [--overhead-exits N] [--overhead-repeat N]
                               [--memory-rate EVENTS_PER_S] [--churn-threads 64,5000,50000] [--churn-events N]
-                              [--churn-alive N|all] [--soak-threads 10000,100000,1000000] [--soak-alive N]
+                              [--churn-alive N|all] [--churn-report-max N] [--soak-threads 10000,100000,1000000] [--soak-alive N]
                               [--soak-pairs N] [--soak-rate THREADS_PER_S]
         """
 
@@ -76,6 +78,7 @@ struct HarnessOptions {
             case "--writers": o.writers = max(1, number(value()))
             case "--churn-threads": o.churnThreads = value().split(separator: ",").map { number(String($0)) }
             case "--churn-events": o.churnEvents = number(value())
+            case "--churn-report-max": o.churnReportMax = number(value())
             case "--churn-alive":
                 let v = value()
                 o.churnAlive = v == "all" ? nil : number(v)

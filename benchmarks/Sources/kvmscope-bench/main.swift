@@ -110,19 +110,19 @@ if options.wants("churn") {
     out()
     do {
         let rows = try ChurnBench(kvmscope: options.kvmscope, threads: options.churnThreads, events: options.churnEvents,
-                                  alive: options.churnAlive)
+                                  alive: options.churnAlive, reportMax: options.churnReportMax)
             .run(progress: say)
         out("`kvmscope bench synth` files (VMs of 4 vCPUs, 2 host CPUs, corpus reason mix); `report --json` as shipped (wall, peak RSS), the same file through ExitPipeline on one thread (events per CPU-second), then one scrape of that aggregate (median of 3). First sight: the pipeline's CPU beyond the first row's per-event cost, per thread beyond the first row's.")
         out()
-        out("| distinct vCPU threads | alive | pairs per thread | report wall s | report CPU s | report peak RSS MiB | pairs | pipeline events/s, 1 core | vs first row | first sight µs/thread | live series | scrape wall ms | scrape CPU ms | scrape lines |")
-        out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out("| distinct vCPU threads | alive | pairs per thread | report wall s | report CPU s | report peak RSS MiB | pairs | pipeline events/s, 1 core | harness RSS MiB after the pipeline | vs first row | first sight µs/thread | live series | scrape wall ms | scrape CPU ms | scrape lines |")
+        out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         let first = rows.first
         let base = first?.eventsPerCPUSecond ?? 1
         for r in rows {
             let extra = first.map { r.pipelineCPU - $0.pipelineCPU / Double($0.events) * Double(r.events) } ?? 0
             let newThreads = r.threads - (first?.threads ?? 0)
             let sight = newThreads > 0 ? f(extra / Double(newThreads) * 1e6, 2) : "—"
-            out("| \(r.threads) | \(r.alive.map(String.init) ?? "all") | \(f(Double(r.events / 2) / Double(r.threads), 0)) | \(f(r.reportWall, 2)) | \(f(r.reportCPU, 2)) | \(f(Double(r.reportRSSKB) / 1024)) | \(r.paired.map(String.init) ?? "n/a") | \(mega(r.eventsPerCPUSecond)) | \(f(r.eventsPerCPUSecond / base, 2)) | \(sight) | \(r.series) | \(f(r.scrape.median(\.total) * 1e3)) | \(f(r.scrape.median(\.cpu) * 1e3)) | \(r.scrape.lines) |")
+            out("| \(r.threads) | \(r.alive.map(String.init) ?? "all") | \(f(Double(r.events / 2) / Double(r.threads), 0)) | \(f(r.reportWall, 2)) | \(f(r.reportCPU, 2)) | \(f(Double(r.reportRSSKB) / 1024)) | \(r.paired.map(String.init) ?? "n/a") | \(mega(r.eventsPerCPUSecond)) | \(f(Double(r.pipelineRSSKB) / 1024)) | \(f(r.eventsPerCPUSecond / base, 2)) | \(sight) | \(r.series) | \(f(r.scrape.median(\.total) * 1e3)) | \(f(r.scrape.median(\.cpu) * 1e3)) | \(r.scrape.lines) |")
         }
         out()
         if let first = rows.first, let last = rows.last, rows.count > 1 {
@@ -135,7 +135,8 @@ if options.wants("churn") {
             o += [("report_wall_s", .double(r.reportWall)), ("report_cpu_s", .double(r.reportCPU))]
             o += [("report_max_rss_kb", .uint(UInt64(r.reportRSSKB)))]
             if let p = r.paired { o.append(("paired", .uint(p))) }
-            o += [("pipeline_cpu_s", .double(r.pipelineCPU)), ("live_threads", .uint(UInt64(r.liveThreads)))]
+            o += [("pipeline_cpu_s", .double(r.pipelineCPU)), ("pipeline_rss_kb", .uint(UInt64(r.pipelineRSSKB)))]
+            o += [("live_threads", .uint(UInt64(r.liveThreads)))]
             o += [("live_series", .uint(UInt64(r.series))), ("scrape_median_s", .double(r.scrape.median(\.total)))]
             o += [("scrape_cpu_median_s", .double(r.scrape.median(\.cpu))), ("scrape_lines", .uint(UInt64(r.scrape.lines)))]
             return .object(o)
