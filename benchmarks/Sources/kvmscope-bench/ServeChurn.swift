@@ -145,7 +145,11 @@ struct ServeChurn {
             let exact: Bool
             if lost == 0 {
                 exact = exitsCounted == half && entriesCounted == half && paired == half && perVM == half
-                if !exact { note.append("exits \(exitsCounted), entries \(entriesCounted), paired \(paired), per-VM exits \(perVM) of \(half)") }
+                if !exact {
+                    let open = UInt64(metrics["kvmscope_exit_pairing_total{result=\"open_at_end\"}"] ?? 0)
+                    let orphans = UInt64(metrics["kvmscope_exit_pairing_total{result=\"orphan_entry\"}"] ?? 0)
+                    note.append("exits \(exitsCounted), entries \(entriesCounted), paired \(paired) (open at end \(open), orphan entries \(orphans)), per-VM exits \(perVM) of \(half)")
+                }
             } else {
                 exact = exitsCounted + entriesCounted + lost == written && perVM == exitsCounted
                 note.append("\(lost) lost")
