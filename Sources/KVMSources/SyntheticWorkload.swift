@@ -47,6 +47,13 @@ public struct SyntheticWorkload: Sendable {
     public var firstTid: Int32 = 10_000
     /// Distinct guest RIPs per reason (exercises the top-RIP tables).
     public var ripsPerReason = 4
+    /// vCPU threads alive at a time, over all host CPUs (VM churn: each VM start makes new vCPU threads); nil:
+    /// every thread is alive from the first event to the last, each host CPU's next pair the next thread's (the
+    /// worst case for caches: every pair touches a cold thread). With a number, each CPU runs
+    /// `max(1, alive / hostCPUs)` of its threads at a time, in turn; a thread makes its share of the CPU's pairs
+    /// (an equal share, the first threads one more when they do not divide) and never appears again, and the
+    /// next of the CPU's threads takes its place.
+    public var alive: Int?
 
     public init(threads: Int = 16, hostCPUs: Int = 2, vcpusPerVM: Int = 4, mix: [Reason] = SyntheticWorkload.corpusMix,
                 seed: UInt64 = 0x6b76_6d73) {
@@ -109,12 +116,37 @@ public struct SyntheticWorkload: Sendable {
         var builder = RingBufferPageBuilder(subbufSize: subbufSize)
         var ts: UInt64 = 1_000_000_000 + UInt64(cpu) * 1_000
         var turn = 0
-        for _ in 0..<(events / 2) {
+        let pairs = events / 2
+        // The threads running now (positions in `mine`) and the pairs each has left; all of them without `alive`.
+        let window = alive.map { min(mine.count, max(1, $0 / hostCPUs)) } ?? mine.count
+        let churns = window < mine.count
+        func share(_ position: Int) -> Int { pairs / mine.count + (position < pairs % mine.count ? 1 : 0) }
+        var running = Array(0..<window)
+        var left = running.map(share)
+        var nextThread = window
+        for _ in 0..<pairs {
             let x = rng.next()
             let r = Int(table[Int(x & 4095)])
             let k = Int((x >> 12) % UInt64(ripsPerReason))
-            let slot = turn % mine.count
+            var slot = turn % mine.count
             turn += 1
+            if churns {
+                // A thread whose share is made leaves; the next thread takes its slot, or the slot closes.
+                slot = (turn - 1) % running.count
+                while left[slot] == 0 {
+                    if nextThread < mine.count {
+                        running[slot] = nextThread
+                        left[slot] = share(nextThread)
+                        nextThread += 1
+                    } else {
+                        running.remove(at: slot)
+                        left.remove(at: slot)
+                        slot = slot % running.count
+                    }
+                }
+                left[slot] -= 1
+                slot = running[slot]
+            }
             let latency = mix[r].latencyNS + (x >> 20) % (mix[r].latencyNS / 2 + 1)
             let thread = mine[slot]
             builder.append(timestamp: ts, payload: stamped(exits[r * ripsPerReason + k], exitB, exitVCPU, thread: thread))

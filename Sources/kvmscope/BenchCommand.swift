@@ -121,6 +121,9 @@ struct BenchSynthCommand: ParsableCommand {
     @Option(help: "vCPU threads.")
     var threads: Int = 16
 
+    @Option(help: "vCPU threads alive at a time (VM churn): each makes its share of the pairs, then never appears again (default: all, interleaved event by event).")
+    var alive: Int?
+
     @Option(help: "Host CPUs (per-CPU buffers in the file).")
     var cpus: Int = 2
 
@@ -131,6 +134,7 @@ struct BenchSynthCommand: ParsableCommand {
         guard events >= 2 else { throw ValidationError("--events must be at least 2") }
         guard (1...1_000_000).contains(threads) else { throw ValidationError("--threads must be 1 to 1000000") }
         guard (1...1024).contains(cpus) else { throw ValidationError("--cpus must be 1 to 1024") }
+        if let alive, alive < 1 { throw ValidationError("--alive must be at least 1") }
     }
 
     func run() throws {
@@ -150,7 +154,8 @@ struct BenchSynthCommand: ParsableCommand {
             }
             return f
         }()
-        let workload = SyntheticWorkload(threads: threads, hostCPUs: cpus, vcpusPerVM: min(threads, 4))
+        var workload = SyntheticWorkload(threads: threads, hostCPUs: cpus, vcpusPerVM: min(threads, 4))
+        workload.alive = alive
         try {
             try workload.writeTraceDat(to: output, formats: f, eventsPerCPU: events / cpus)
         }()

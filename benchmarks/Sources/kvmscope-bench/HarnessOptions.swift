@@ -19,12 +19,23 @@ struct HarnessOptions {
     var scrapeRepeats = 10
     var churnThreads = [64, 5_000, 50_000]
     var churnEvents = 2_000_000
+    /// Threads alive at a time in the churn files (`bench synth --alive`); nil: all of them.
+    var churnAlive: Int?
+    /// Churn rows with more threads than this skip `report --json` (the pipeline in process still runs).
+    var churnReportMax = Int.max
+    /// serve under churn (``ServeChurn``): distinct writer threads at each sample, alive at a time, pairs each.
+    var soakThreads = [10_000, 100_000, 1_000_000]
+    var soakAlive = 64
+    var soakPairs = 10
+    var soakRate: Double?
 
     static let usage = """
-        usage: kvmscope-bench [--quick] [--only decode,scrape,churn,report,live,overhead,memory] [--kvmscope PATH]
+        usage: kvmscope-bench [--quick] [--only decode,scrape,churn,serve-churn,report,live,overhead,memory] [--kvmscope PATH]
                               [--results DIR | --no-results] [--report-events N] [--live-seconds S]
                               [--rates 100000,500000,max] [--writers N] [--overhead-exits N] [--overhead-repeat N]
                               [--memory-rate EVENTS_PER_S] [--churn-threads 64,5000,50000] [--churn-events N]
+                              [--churn-alive N|all] [--churn-report-max N] [--soak-threads 10000,100000,1000000] [--soak-alive N]
+                              [--soak-pairs N] [--soak-rate THREADS_PER_S]
         """
 
     func wants(_ section: String) -> Bool { only.isEmpty || only.contains(section) }
@@ -56,6 +67,7 @@ struct HarnessOptions {
                 o.scrapeRepeats = 3
                 o.churnThreads = [64, 5_000]
                 o.churnEvents = 500_000
+                o.soakThreads = [10_000, 50_000]
             case "--only": o.only = Set(value().split(separator: ",").map(String.init))
             case "--kvmscope": o.kvmscope = value()
             case "--results": o.resultsDir = value()
@@ -66,6 +78,14 @@ struct HarnessOptions {
             case "--writers": o.writers = max(1, number(value()))
             case "--churn-threads": o.churnThreads = value().split(separator: ",").map { number(String($0)) }
             case "--churn-events": o.churnEvents = number(value())
+            case "--churn-report-max": o.churnReportMax = number(value())
+            case "--churn-alive":
+                let v = value()
+                o.churnAlive = v == "all" ? nil : number(v)
+            case "--soak-threads": o.soakThreads = value().split(separator: ",").map { number(String($0)) }
+            case "--soak-alive": o.soakAlive = max(1, number(value()))
+            case "--soak-pairs": o.soakPairs = max(1, number(value()))
+            case "--soak-rate": o.soakRate = Double(number(value()))
             case "--memory-rate": o.memoryRate = Double(number(value()))
             case "--overhead-exits": o.overheadExits = number(value())
             case "--overhead-repeat": o.overheadRepeat = number(value())
