@@ -152,7 +152,10 @@ struct TopSource {
             throw KVMScopeError.usage("\(e.description); `kvmscope top --no-exits` shows the resources without exits")
         }
         if let session { exits.update(try Summary(session.snapshot())) }
-        _ = sampler.sample()
+        // libvirt read with it too: the first frame's block devices have their growth (virt-top's RDRQ/WRRQ), as
+        // a --qmp socket's have.
+        var first = sampler.sample()
+        libvirt?.attach(to: &first)
         sampler.printWarnings()
     }
 

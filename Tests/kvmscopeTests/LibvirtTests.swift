@@ -46,6 +46,10 @@ struct LibvirtTests {
         #expect(disk["write_bytes"] as? Int == Int(stats["block.0.wr.bytes"] ?? ""))
         #expect((vm["memory"] as? [String: Any])?["configured_bytes"] as? Int == 16 << 20)
         #expect((vm["qmp"] as? [String: Any])?["socket"] as? String == "libvirt:qemu:///system")
+        // RDRQ/WRRQ of the first frame are libvirt's block requests (paused: none), as a --qmp socket's are.
+        let interval = try #require(vm["interval"] as? [String: Any])
+        #expect(interval["requests_source"] as? String == "block")
+        #expect(interval["read_requests"] as? Int == 0)
         let vcpus = try #require(lv["vcpus"] as? [[String: Any]])
         #expect(vcpus.count == 1 && vcpus.first?["vcpu"] as? Int == 0)
         // The vCPU's time may still move by a tick after the pause (a clean-clone run saw 10 ms): not compared exactly.
