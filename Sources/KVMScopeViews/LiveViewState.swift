@@ -27,8 +27,11 @@ public struct LiveViewState: Sendable {
 
     /// kvm_stat's `-f` / `f`: a regular expression on event names (nil: everything).
     public var fields: String?
-    /// `-p` / `p` / `g` / Enter in the guest list: the VM shown (nil: all).
-    public var pid: Int32?
+    /// `-p` / `p` / `g` / Enter in the guest list: the VM shown (nil: all). Changing it starts the sparklines
+    /// anew: their samples counted what the rows counted then (the whole host, another VM).
+    public var pid: Int32? {
+        didSet { if pid != oldValue { history.samples = [:] } }
+    }
     /// The guest's name when `pid` is set, kept to find the guest again after it restarts.
     public var guestName: String?
     /// The process `pid` has exited (kvm_stat: "Guest is DEAD"); cleared when the name resolves again.

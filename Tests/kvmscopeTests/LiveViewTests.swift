@@ -344,6 +344,22 @@ struct LiveViewTests {
         #expect(h.sparkline("none", width: 3) == "   ")
     }
 
+    /// A guest chosen (`g`, `p`, Enter in `b`) or the choice cleared: the sparklines start again, as their samples
+    /// counted what the rows counted then (the whole host's burst drawn on a steady guest's row, before).
+    @Test func choosingAGuestStartsTheSparklinesAnew() {
+        var state = LiveViewState()
+        for r in [1.0, 9, 9] { state.history.record(["e:kvm_userspace_exit": r]) }
+        state.pid = nil
+        #expect(state.history.samples["e:kvm_userspace_exit"] == [1, 9, 9], "no change, no reset")
+        state.pid = 42
+        #expect(state.history.samples.isEmpty)
+        state.history.record(["e:kvm_userspace_exit": 2])
+        state.pid = 42
+        #expect(state.history.samples["e:kvm_userspace_exit"] == [2])
+        state.clearFilters()
+        #expect(state.history.samples.isEmpty)
+    }
+
     @Test func resetSubtractsTheBaseline() throws {
         let (p, c) = Self.snapshots()
         let s = try Summary(c.subtracting(p))
