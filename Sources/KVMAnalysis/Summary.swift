@@ -42,12 +42,14 @@ public struct SummaryFilter: Sendable {
     }
 
     /// `-f` on a child row `event(reason)`: the regular expression may name the reason in any printer's
-    /// spelling (`kvm_exit\(EXIT_MSR\)` keeps the kernel's `kvm_exit(msr)`).
+    /// spelling (`kvm_exit\(EXIT_MSR\)` keeps the kernel's `kvm_exit(msr)`), and a userspace exit as kvm_stat
+    /// names it, without the `KVM_EXIT_` prefix (`kvm_userspace_exit\(IO\)` keeps `kvm_userspace_exit(KVM_EXIT_IO)`).
     public func keeps(event: String, reason: String) throws -> Bool {
         guard let fields else { return true }
         let regex = try Regex(fields)
-        for spelling in ReasonResolver.builtin.spellings(ofOutputName: reason)
-        where "\(event)(\(spelling))".firstMatch(of: regex) != nil {
+        var spellings = ReasonResolver.builtin.spellings(ofOutputName: reason)
+        if reason.hasPrefix("KVM_EXIT_") { spellings.append(String(reason.dropFirst("KVM_EXIT_".count))) }
+        for spelling in spellings where "\(event)(\(spelling))".firstMatch(of: regex) != nil {
             return true
         }
         return false

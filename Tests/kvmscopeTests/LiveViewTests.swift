@@ -207,6 +207,15 @@ struct LiveViewTests {
         ])
     }
 
+    /// kvm_stat names userspace-exit children without the `KVM_EXIT_` prefix (its USERSPACE_EXIT_REASONS table):
+    /// `-f 'kvm_userspace_exit\(IO\)'` keeps KVM_EXIT_IO's row, not KVM_EXIT_MMIO's.
+    @Test func userspaceExitChildrenInKvmStatsSpelling() throws {
+        let f = SummaryFilter(vms: nil, fields: #"kvm_userspace_exit\(IO\)"#)
+        #expect(try f.keeps(event: "kvm_userspace_exit", reason: "KVM_EXIT_IO"))
+        #expect(try !f.keeps(event: "kvm_userspace_exit", reason: "KVM_EXIT_MMIO"))
+        #expect(try SummaryFilter(vms: nil, fields: #"kvm_userspace_exit\(KVM_EXIT_IO\)"#).keeps(event: "kvm_userspace_exit", reason: "KVM_EXIT_IO"))
+    }
+
     @Test func childrenHidden() throws {
         var state = LiveViewState(delay: 2)
         state.showChildren = false
