@@ -91,6 +91,11 @@ public enum TraceFS {
         guard !available.isEmpty else { throw KVMScopeError.noKVMEvents("\(root)/events/kvm") }
         let wanted = events.isEmpty ? available : events
         for name in wanted where !available.contains(name) {
+            // Another system's event (sched:sched_switch): kvmscope traces the kvm system only.
+            if let colon = name.firstIndex(of: ":") {
+                throw KVMScopeError.unknownEvent("only kvm events are traced: \(name[..<colon]):\(name[name.index(after: colon)...]) "
+                                                 + "is in the \(name[..<colon]) system")
+            }
             throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")
         }
         let formats = EventFormats()

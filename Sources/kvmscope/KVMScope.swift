@@ -26,6 +26,7 @@ struct KVMScope: ParsableCommand {
               kvmscope watch --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
               kvmscope storm --kind io --vcpus 2 --exits 100000
             """,
+        version: kvmscopeVersion,
         subcommands: [LiveCommand.self, StatCommand.self, TopCommand.self, RecordCommand.self, ReportCommand.self,
                       ServeCommand.self, WatchCommand.self, StormCommand.self, BenchCommand.self],
         defaultSubcommand: LiveCommand.self

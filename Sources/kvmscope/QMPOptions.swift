@@ -16,7 +16,7 @@ struct QMPOptions: ParsableArguments {
 
     func validate() throws {
         if sockets.contains(where: \.isEmpty) { throw ValidationError("--qmp needs a socket path") }
-        guard timeout > 0 && timeout <= 60 else { throw ValidationError("--qmp-timeout must be between 0 and 60 seconds") }
+        guard timeout > 0 && timeout <= 60 else { throw ValidationError("--qmp-timeout must be more than 0 and at most 60 seconds") }
     }
 
     /// One monitor per socket (connected at the first sample), each socket once (``unique(_:)``).

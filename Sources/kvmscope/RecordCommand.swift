@@ -25,8 +25,8 @@ struct RecordCommand: ParsableCommand {
               kvmscope report t.dat        (or: trace-cmd report -i t.dat)
             """)
 
-    @Option(name: [.customShort("o"), .long], help: "The trace.dat file to write.")
-    var output: String
+    @Option(name: [.customShort("o"), .long], help: "The trace.dat file to write (default: trace.dat, as trace-cmd record's).")
+    var output: String = "trace.dat"
 
     @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?

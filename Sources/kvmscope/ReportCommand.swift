@@ -25,8 +25,19 @@ struct ReportCommand: ParsableCommand {
               kvmscope report --event mmio trace.dat
             """)
 
-    @Argument(help: "Trace files (trace.dat, or text: trace-cmd report, perf script, the kernel's trace); - or a pipe: read from it.")
-    var files: [String]
+    @Argument(help: ArgumentHelp("Trace files (trace.dat, or text: trace-cmd report, perf script, the kernel's trace); - or a "
+                                 + "pipe: read from it. None: trace.dat, as trace-cmd report reads.", valueName: "file"))
+    var paths: [String] = []
+
+    @Option(name: [.customShort("i"), .long], help: ArgumentHelp("A trace file, as trace-cmd report -i and perf -i take it "
+                                                                 + "(repeatable; before the files named without -i).", valueName: "file"))
+    var input: [String] = []
+
+    /// The files to report: -i's, then the others; trace.dat when none is named (trace-cmd's default).
+    var files: [String] {
+        let all = input + paths
+        return all.isEmpty ? ["trace.dat"] : all
+    }
 
     @Flag(help: "Print the JSON summary (the same as stat --json, plus a \"source\" object); an array for several files.")
     var json = false

@@ -38,7 +38,7 @@ struct TraceOptions: ParsableArguments {
         var out: [String] = []
         for raw in names {
             let name = raw.hasPrefix("kvm:") ? String(raw.dropFirst(4)) : raw
-            if name == "kvm" || name == "*" { return [] }
+            if name == "kvm" || name == "*" || name.isEmpty { return [] }  // kvm, kvm:*, kvm: — every kvm event
             guard name.contains(where: { "*?[".contains($0) }) else {
                 out.append(name)
                 continue

@@ -33,6 +33,25 @@ import TestSupport
         }
     }
 
+    /// `--version` as every tool has it; `report` with no file reads trace.dat and takes `-i FILE` (trace-cmd's and
+    /// perf's habits).
+    @Test func versionAndReportsDefaults() throws {
+        let v = try CLI.run(["--version"])
+        #expect(v.status == 0 && v.stdout == "0.1.0\n" && v.stderr.isEmpty)
+        let dir = try RecordTests.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try Spawned.run("/bin/sh", ["-c", "cd \"$0\" && exec \"$@\"", dir, CLI.binary] + args)
+        }
+        let none = try run(["report"])
+        #expect(none.status == 1 && none.stderr == "kvmscope: trace.dat: No such file or directory\n", "\(none.stderr)")
+        let text = "CPU 0/KVM-101 [000] .... 10.000000: kvm_pio: pio_write at 0x10 size 1 count 1 val 0x0\n"
+        FileManager.default.createFile(atPath: dir + "/t.txt", contents: Data(text.utf8))
+        let i = try run(["report", "--json", "-i", "t.txt"])
+        #expect(i.status == 0, "\(i.stderr)")
+        #expect((try CLI.json(i.stdout)["events"] as? [String: Any])?["kvm_pio"] as? Int == 1, "\(i.stdout.prefix(300))")
+    }
+
     @Test func badRegex() throws {
         try expectOneLineError(["stat", "-f", "("], "bad regular expression for -f/--fields: '('", status: 64)
     }

@@ -303,6 +303,14 @@ struct RecordTests {
         let d = try run(["record", "-o", ".", "--duration", "0.2", "-e", "kvm_pio"])
         #expect(d.status == 1 && d.stderr == "kvmscope: cannot write .: Is a directory\n", "\(d.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a"])
+        // Without -o, trace.dat (trace-cmd record's default); `kvm:` is every kvm event, another system's event
+        // is one line.
+        let t = try run(["record", "--duration", "0.2", "-e", "kvm:"])
+        #expect(t.status == 0 && t.stderr.isEmpty, "\(t.stderr)")
+        #expect(try TraceDatReader(path: dir + "/trace.dat").catalog.index(of: "kvm_pio") != nil)
+        let sched = try run(["record", "-o", "s.dat", "--duration", "0.2", "-e", "sched:sched_switch"])
+        #expect(sched.status == 1 && sched.stderr == "kvmscope: only kvm events are traced: sched:sched_switch is in the sched system\n",
+                "\(sched.stderr)")
     }
 
     @Test func maxSizeIsHonoured() throws {
