@@ -12,7 +12,8 @@ struct WatchCommand: ParsableCommand {
         abstract: "Watch for VM-exit storms: one JSON line when a rule fires and one when it resolves.",
         usage: "kvmscope watch --alert <rule> ... [<options>] [-- <command> ...]",
         discussion: """
-            RULE := rate(REASON) > N/s | pNN(REASON) > LATENCY, then optionally `for DURATION` and `per vm|vcpu`.
+            RULE := rate(REASON) > N/s | pNN(REASON) > LATENCY, then optionally `for DURATION` and `per vm|vcpu`; \
+            `<` instead of `>` fires below the threshold (a rate that stops).
 
             REASON is a kvm_exit reason (EPT_MISCONFIG, MSR_WRITE, HLT), a KVM_EXIT_* reason, an event name \
             (kvm_pio, rates only) or * (every kvm_exit reason). pNN is p50, p90, p99 or p999. Units: /s; ns, us, \
@@ -32,7 +33,7 @@ struct WatchCommand: ParsableCommand {
               kvmscope watch --alert 'disk_latency(vm) > 5ms for 30s'
 
             Exit status: 0 after Ctrl-C or when the watched process ends, 2 after the first alert with \
-            --exit-on-alert, 1 on errors.
+            --exit-on-alert, 1 on errors, 3 when the COMMAND after -- fails (as stat's).
             """)
 
     @Option(name: .customLong("alert"), help: "A storm rule (repeatable).")
