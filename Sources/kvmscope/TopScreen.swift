@@ -11,8 +11,14 @@ struct TopScreen {
     let terminal: Terminal
     let stop: StopSignal
     var sort: TopSort
-    let delay: Double
+    /// Seconds between samples: `-d`, or virt-top's `d`/`s` key.
+    var delay: Double
     let iterations: Int?
+    /// `h`/`?`: the key help is up.
+    var showingHelp = false
+    /// `d`/`s`: the new delay being typed (nil: no prompt); `message` says why an answer was refused.
+    var delayInput: String?
+    var message: String?
     /// The VM chosen with the arrow keys, by pid; the thread view shows it.
     var selected: Int32?
     var showingThreads = false
@@ -31,7 +37,28 @@ struct TopScreen {
         self.iterations = iterations
     }
 
-    static let keysLine = "P %CPU M %MEM T TIME N ID A NAME E EXITS/s  1 CPUs 2 net 3 block 0 VMs  ↑↓ Enter threads  Esc  q quit"
+    static let keysLine = "P %CPU M %MEM T TIME N ID A NAME E EXITS/s  1 CPUs 2 net 3 block 0 VMs  ↑↓ Enter threads  d delay  h help  q quit"
+
+    /// `h`'s screen: every key, as virt-top's help lists them.
+    static let helpLines = [
+        "kvmscope top keys (virt-top's, plus htop's thread view)",
+        "",
+        "  P  sort by %CPU           M  sort by %MEM          T  sort by TIME",
+        "  N  sort by ID (pid)       A  sort by NAME          E  sort by EXITS/s",
+        "  1  host CPUs              2  network (taps)        3  block devices       0  the VMs again",
+        "  ↑ ↓  choose a VM          Enter  its threads and devices (the top VM when none is chosen)",
+        "  d, s  set the delay between samples (seconds)",
+        "  Esc  back                 h, ?  this help          q  quit",
+    ]
+
+    /// Applies a typed delay (virt-top's `d`): 0.1 to 3600 s, as `-d` takes it; nil, or why it was refused.
+    mutating func setDelay(_ text: String) -> String? {
+        guard let d = Double(text.trimmingCharacters(in: .whitespaces)), d.isFinite, (0.1...3600).contains(d) else {
+            return "\"\(text)\": the delay must be between 0.1 and 3600 seconds"
+        }
+        delay = d
+        return nil
+    }
 
     mutating func run(_ source: inout TopSource) throws {
         var next = Date().addingTimeInterval(delay)
@@ -43,7 +70,10 @@ struct TopScreen {
                 return
             }
             if let key {
+                let before = delay
                 if handle(key) { return }
+                // A new delay counts from now.
+                if delay != before { next = Date().addingTimeInterval(delay) }
                 draw()
             }
             if Date() >= next {
@@ -60,6 +90,26 @@ struct TopScreen {
     mutating func handle(_ key: Terminal.Key) -> Bool {
         let pids = frame.map { TopView.rows($0, sort: sort).map(\.vm.pid) } ?? []
         let index = selected.flatMap { pids.firstIndex(of: $0) }
+        message = nil
+        if var input = delayInput {
+            switch key {
+            case .escape: delayInput = nil
+            case .backspace:
+                if !input.isEmpty { input.removeLast() }
+                delayInput = input
+            case .enter:
+                message = setDelay(input)
+                delayInput = nil
+            case .character(let c) where c.isASCII && (c.isNumber || c == "."): delayInput = input + String(c)
+            default: break
+            }
+            return false
+        }
+        if showingHelp {
+            if key == .character("q") || key == .character("Q") { return true }
+            showingHelp = false
+            return false
+        }
         switch key {
         case .character("q"), .character("Q"): return true
         case .character("P"): sort = .cpu
@@ -70,7 +120,12 @@ struct TopScreen {
         case .character("E"): sort = .exits
         case .up where !pids.isEmpty: selected = pids[max(0, (index ?? 0) - 1)]
         case .down where !pids.isEmpty: selected = pids[min(pids.count - 1, index.map { $0 + 1 } ?? 0)]
-        case .enter where selected != nil: showingThreads = true
+        case .enter where !pids.isEmpty:
+            // htop's cursor starts on the first row: Enter with none chosen opens the top VM.
+            if index == nil { selected = pids[0] }
+            showingThreads = true
+        case .character("h"), .character("?"): showingHelp = true
+        case .character("d"), .character("s"): delayInput = ""
         case .escape, .backspace:
             showingThreads = false
             screen = nil
@@ -82,6 +137,9 @@ struct TopScreen {
         }
         return false
     }
+
+    /// A delay as typed back: `0.5`, `2`.
+    static func seconds(_ d: Double) -> String { d == d.rounded() ? String(Int(d)) : String(d) }
 
     func draw() {
         typealias Line = (text: String, spans: [(column: Int, text: String, attributes: Terminal.Attributes)])
@@ -135,10 +193,14 @@ struct TopScreen {
                 }
             }
         }
-        let bodyRows = max(1, size.rows - (warning == nil ? 1 : 2))
+        if showingHelp { lines = Self.helpLines.map { ($0, []) } }
+        // The bottom: the delay prompt or a refused answer, else the last warning; then the keys.
+        let status = delayInput.map { "Change delay from \(Self.seconds(delay)) to: \($0)" } ?? message
+            ?? warning.map { "kvmscope: " + $0.terminalSafe }
+        let bodyRows = max(1, size.rows - (status == nil ? 1 : 2))
         var shown = Array(lines.prefix(bodyRows))
         while shown.count < bodyRows { shown.append(("", [])) }
-        if let warning { shown.append(("kvmscope: " + warning.terminalSafe, [])) }
+        if let status { shown.append((status, [])) }
         shown.append((Self.keysLine, []))
         terminal.draw(shown.map { line in (String(line.text.prefix(size.columns)), line.spans) })
     }

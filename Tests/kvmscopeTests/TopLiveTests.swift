@@ -223,6 +223,21 @@ struct TopScreenTests {
             s.first?.hasPrefix("kvmscope top - ") == true && s.contains(header) && s.contains { $0.hasSuffix(" \(guestName)") }
                 && s[2].hasSuffix("sorted by cpu")
         }
+        // h: the keys, as virt-top's help lists them; any key back.
+        try pane.keys("h")
+        try pane.wait("the help") { $0.contains("kvmscope top keys (virt-top's, plus htop's thread view)") }
+        try pane.keys("Escape")
+        try pane.wait("the VM list after help") { $0.contains(header) }
+        // d: virt-top's delay prompt; a bad answer is refused in one line, a good one takes effect.
+        try pane.keys("d")
+        try pane.wait("the delay prompt") { $0.contains { $0.hasPrefix("Change delay from 0.5 to:") } }
+        try pane.type("99999")
+        try pane.keys("Enter")
+        try pane.wait("the refusal") { $0.contains("\"99999\": the delay must be between 0.1 and 3600 seconds") }
+        try pane.keys("s")
+        try pane.type("1.5")
+        try pane.keys("Enter")
+        try pane.wait("samples 1.5 s apart") { s in s.contains { $0.hasPrefix("Host: ") && $0.contains("interval 1.5") } }
         // N: by ID, rows in pid order.
         try pane.keys("N")
         let byID = try pane.wait("sorted by id") { $0.count > 2 && $0[2].hasSuffix("sorted by id") }
