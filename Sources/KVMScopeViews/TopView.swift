@@ -159,7 +159,13 @@ public enum TopView {
     public static let header = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s TOP EXIT           P99 NAME"
 
     /// virt-top's screen: a summary header (what each percentage is of), the column header, one row per VM.
-    public static func render(_ frame: TopFrame, sort: TopSort = .cpu) -> [String] {
+    /// The VM table's header without kvmscope's TOP EXIT and P99 (``render(_:sort:width:)`` on a narrow terminal).
+    public static let compactHeader = "    ID S RDRQ WRRQ RXBY TXBY %CPU %MEM    TIME  EXITS/s NAME"
+
+    /// - Parameter width: the terminal's columns: where a row's NAME would get fewer than 16 of them, the TOP
+    ///   EXIT and P99 columns are left out (virt-top's columns and EXITS/s fit 80 with room for the name).
+    public static func render(_ frame: TopFrame, sort: TopSort = .cpu, width: Int = .max) -> [String] {
+        let narrow = width < header.count - 4 + 16
         let s = frame.sample
         let rows = rows(frame, sort: sort)
         let live = rows.filter { !$0.vm.gone }
@@ -178,7 +184,7 @@ public enum TopView {
                 + "\(fixed(cpu / interval * 100, 1))% of one CPU (htop's); sorted by \(sort.rawValue)",
             requestsLegend(rows.filter { !$0.vm.gone }) + ", RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
             "",
-            header,
+            narrow ? compactHeader : header,
         ]
         for r in rows {
             let name = r.vm.name.terminalSafe + (r.vm.accel == "kvm" ? "" : " [\(r.vm.accel)]") + (r.vm.gone ? " (gone)" : "")
@@ -189,8 +195,8 @@ public enum TopView {
                          + lpad(count(r.readRequests), 5) + lpad(count(r.writeRequests), 5)
                          + lpad(count(r.rxBytes), 5) + lpad(count(r.txBytes), 5)
                          + lpad(r.cpuPercent.map { fixed($0, 1) } ?? "-", 5) + lpad(fixed(r.memPercent, 1), 5)
-                         + lpad(time(r.cpuSeconds), 8) + lpad(exits, 9) + " " + StatTable.pad(reason, 14) + lpad(p99, 8)
-                         + " " + name)
+                         + lpad(time(r.cpuSeconds), 8) + lpad(exits, 9)
+                         + (narrow ? "" : " " + StatTable.pad(reason, 14) + lpad(p99, 8)) + " " + name)
         }
         return lines
     }

@@ -149,7 +149,7 @@ struct TopScreen {
             terminal.draw([("kvmscope top: first sample in \(delay) s…", []), ("", []), (Self.keysLine, [])])
             return
         }
-        let screen = TopView.render(frame, sort: sort)
+        let screen = TopView.render(frame, sort: sort, width: size.columns)
         let rows = TopView.rows(frame, sort: sort)
         if let other = self.screen {
             let body: [String]

@@ -106,6 +106,16 @@ import Testing
         #expect(TopView.render(f)[6].hasPrefix("  4242 R  12K    7"))
     }
 
+    /// On an 80-column terminal the NAME keeps room: TOP EXIT and P99 are left out (virt-top's columns and EXITS/s
+    /// stay); from 100 columns on, every column.
+    @Test func narrowTerminalsKeepTheName() {
+        let narrow = TopView.render(Self.frame(), width: 80)
+        #expect(narrow[5] == TopView.compactHeader)
+        #expect(narrow[6] == "  4242 R  12K    7  64K 1500 18.8 12.5 2:03.45    15.0k web")
+        #expect(narrow.dropFirst(5).allSatisfy { $0.count <= 80 })
+        #expect(TopView.render(Self.frame(), width: 100)[5] == TopView.header)
+    }
+
     /// A VM's name is whatever its command line says: on a screen, control characters become `?` (as ps and
     /// htop show them) so a name cannot retitle or clear the operator's terminal; JSON keeps it whole, escaped.
     @Test func controlCharactersInNamesNeverReachTheTerminal() throws {
