@@ -116,7 +116,7 @@ struct ServeCommand: ParsableCommand {
         func evaluate() {
             // Retire exited threads between scrapes too: their keys and series leave the readers' tables now.
             if rules.isEmpty { session.retireExited() }
-            guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
+            guard !rules.isEmpty, let summary = try? StormAlerts.summary(session) else { return }
             let resources = needsResources ? ResourceUse.of(state.sampleResources(), only: pid.map { Set([$0]) }) : []
             StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources))
             state.storms.withLock { $0 = detector.activity }

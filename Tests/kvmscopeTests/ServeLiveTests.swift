@@ -201,6 +201,24 @@ struct ServeLiveTests {
         #expect((lines.last?["value"] as? Double ?? .infinity) <= 1000, "stdout: \(watch.stdout)")
     }
 
+    /// A storm of 1000 exits per run, repeated: each run's vCPU thread is gone within milliseconds, before
+    /// kvmscope looks it up, and is named from the kernel's saved tgids later. Rules see it in its VM, as stat
+    /// does: one firing and one resolve for the storm's process, never a VM per thread (`vm` = a tid, no name).
+    @Test func watchCountsShortLivedVCPUThreadsInTheirVM() throws {
+        let storm = try Self.heldStorm("--kind io --exits 1000 --seconds 4 --name churny")
+        defer { storm.stop() }
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(kvm_pio) > 10/s", "-s", "1", "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
+        let lines = try Self.alertLines(watch.stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(watch.stdout)")
+        #expect(lines.map { $0["vm"] as? Int } == [Int(storm.pid), Int(storm.pid)], "stdout: \(watch.stdout)")
+        #expect(lines.map { $0["vm_name"] as? String } == ["churny", "churny"], "stdout: \(watch.stdout)")
+    }
+
     @Test func watchBelowThresholdPrintsNothing() throws {
         let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 2")
         defer { storm.stop() }
