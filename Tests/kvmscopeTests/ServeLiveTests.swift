@@ -219,6 +219,33 @@ struct ServeLiveTests {
         #expect(lines.map { $0["vm_name"] as? String } == ["churny", "churny"], "stdout: \(watch.stdout)")
     }
 
+    /// The same storm under `serve --alert`: one `kvmscope_storm_active` series, the storm's process, resolved
+    /// once the storm ends; never one per short-lived thread (`vm="<tid>",vm_name=""`).
+    @Test func serveAlertsCountShortLivedVCPUThreadsInTheirVM() throws {
+        let storm = try Self.heldStorm("--kind io --exits 1000 --seconds 4 --name churny")
+        defer { storm.stop() }
+        let port = freeLoopbackPort()
+        let rule = "rate(kvm_pio) > 10/s"
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "--alert", rule, "-s", "1",
+                                             "-p", "\(storm.pid)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        func active(_ body: String) -> [String] {
+            body.split(separator: "\n").map(String.init).filter { $0.hasPrefix("kvmscope_storm_active{") }
+        }
+        let resolved = "kvmscope_storm_active{vm=\"\(storm.pid)\",vm_name=\"churny\",reason=\"kvm_pio\",rule=\"\(rule)\"} 0"
+        let end = Date().addingTimeInterval(30)
+        var body = ""
+        repeat {
+            body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+            if active(body).contains(resolved) { break }
+            usleep(250_000)
+        } while Date() < end
+        #expect(active(body) == [resolved], "\(active(body))")
+    }
+
     @Test func watchBelowThresholdPrintsNothing() throws {
         let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 2")
         defer { storm.stop() }
