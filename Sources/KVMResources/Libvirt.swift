@@ -148,6 +148,8 @@ public final class LibvirtConnection {
         guard let connection else { throw LibvirtError(description: "libvirt at \(uri): not connected") }
         let stats = VIR_DOMAIN_STATS_STATE.rawValue | VIR_DOMAIN_STATS_CPU_TOTAL.rawValue | VIR_DOMAIN_STATS_BALLOON.rawValue
             | VIR_DOMAIN_STATS_VCPU.rawValue | VIR_DOMAIN_STATS_INTERFACE.rawValue | VIR_DOMAIN_STATS_BLOCK.rawValue
+            // KVM's VM-level statistics (`vm.NAME.sum`…, libvirt 8.9): a daemon that lacks the group omits it.
+            | VIR_DOMAIN_STATS_VM.rawValue
         var records: UnsafeMutablePointer<virDomainStatsRecordPtr?>?
         let n = virConnectGetAllDomainStats(connection, UInt32(stats), &records,
                                             UInt32(VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE.rawValue))

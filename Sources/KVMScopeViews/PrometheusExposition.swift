@@ -51,9 +51,15 @@ public struct ExpositionExtras: Sendable {
     public var resources: ResourceSample?
     /// Only this VM's resource series (`serve -p`).
     public var resourcesPID: Int32?
+    /// The `kvmscope_vcpu_*` counters' values by pid and vCPU number: running totals over every thread that was
+    /// that vCPU (``VCPUTimeTotals``), so they never go down when a thread is replaced. nil: each live vCPU
+    /// thread's own times, as `resources` has them.
+    public var vcpuTotals: [Int32: [UInt32: ThreadTimes]]?
 
     public init(version: String, lostPerCPU: [Int: UInt64] = [:], storms: [StormActivity] = [],
-                maxSeries: Int = 10_000, resources: ResourceSample? = nil, resourcesPID: Int32? = nil) {
+                maxSeries: Int = 10_000, resources: ResourceSample? = nil, resourcesPID: Int32? = nil,
+                vcpuTotals: [Int32: [UInt32: ThreadTimes]]? = nil) {
+        self.vcpuTotals = vcpuTotals
         self.version = version
         self.lostPerCPU = lostPerCPU
         self.storms = storms
@@ -232,7 +238,7 @@ public enum PrometheusExposition {
             w.sample("kvmscope_storm_active", [("vm", String(a.vm)), ("vm_name", a.vmName ?? "")] + vcpu
                                                + [("reason", a.reason), ("rule", a.rule)], a.active ? "1" : "0")
         }
-        if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, into: &w) }
+        if let r = extras.resources { ResourceExposition.write(r, onlyPID: extras.resourcesPID, vcpuTotals: extras.vcpuTotals, into: &w) }
         if om { w.line("# EOF") }
         return w.bytes
     }

@@ -41,10 +41,12 @@ import KVMResources
 /// `rate(…_read_time_seconds_total[1m]) / rate(…_read_requests_total[1m])`. The QMP families appear only
 /// when `--qmp` gives a socket.
 ///
-/// Seconds are clock ticks (1/100 s) / 100; no `--max-series` folding (one set per VM, vCPU or tap).
+/// Seconds are clock ticks (1/100 s) / 100; no `--max-series` folding (one set per VM, vCPU number or tap:
+/// bounded by the VMs sampled and their vCPUs, not by threads, since `serve` sums a vCPU's threads).
 public enum ResourceExposition {
     /// Appends the families of `sample` to `w`; only `onlyPID`'s VM when given.
-    static func write(_ sample: ResourceSample, onlyPID: Int32?, into w: inout PrometheusExposition.Writer) {
+    static func write(_ sample: ResourceSample, onlyPID: Int32?, vcpuTotals: [Int32: [UInt32: ThreadTimes]]? = nil,
+                      into w: inout PrometheusExposition.Writer) {
         let vms = sample.vms.filter { !$0.gone && (onlyPID == nil || $0.pid == onlyPID) }
         func labels(_ vm: VMSample) -> [(String, String)] { [("vm", String(vm.pid)), ("vm_name", vm.name)] }
         func seconds(_ ticks: UInt64) -> String { "\(sample.seconds(ticks))" }
@@ -81,6 +83,13 @@ public enum ResourceExposition {
         func perVCPU(_ name: String, _ help: String, _ value: (ThreadTimes) -> String) {
             w.family(String(name.dropLast(6)), "counter", help)
             for vm in vms {
+                if let totals = vcpuTotals {
+                    // One series per vCPU number, summed over the threads that were it: never going down.
+                    for (vcpu, times) in (totals[vm.pid] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                        w.sample(name, labels(vm) + [("vcpu", String(vcpu))], value(times))
+                    }
+                    continue
+                }
                 for t in vm.threads where !t.gone {
                     guard let vcpu = t.vcpu else { continue }
                     w.sample(name, labels(vm) + [("vcpu", String(vcpu))], value(t.times))

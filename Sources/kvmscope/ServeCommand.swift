@@ -38,8 +38,8 @@ struct ServeCommand: ParsableCommand {
     var listen = "127.0.0.1:9477"
 
     @Option(name: .customLong("max-series"), parsing: .unconditional, help: ArgumentHelp(
-        "Most label sets per per-VM metric, vm=\"other\" included (at least 2): the rest are summed into it.",
-        discussion: "A hard cap: each of those families never exports more than N series; with N = 2, the first VM × vCPU × reason keeps its own."))
+        "Most label sets per exit family, vm=\"other\" included (at least 2): the rest are summed into it.",
+        discussion: "A hard cap: kvmscope_exits_total, kvmscope_userspace_exits_total, kvmscope_io_exits_total and kvmscope_exit_latency_seconds each never export more than N series; with N = 2, the first VM × vCPU × reason keeps its own. The resource families (kvmscope_vm_*, kvmscope_vcpu_*) are not capped: one series per VM sampled (× vCPU number, however many threads were that vCPU)."))
     var maxSeries = 10_000
 
     @Option(name: .customLong("retired-vms"),
@@ -116,7 +116,7 @@ struct ServeCommand: ParsableCommand {
         func evaluate() {
             // Retire exited threads between scrapes too: their keys and series leave the readers' tables now.
             if rules.isEmpty { session.retireExited() }
-            guard !rules.isEmpty, let summary = try? Summary(session.snapshot()) else { return }
+            guard !rules.isEmpty, let summary = try? StormAlerts.summary(session) else { return }
             let resources = needsResources ? ResourceUse.of(state.sampleResources(), only: pid.map { Set([$0]) }) : []
             StormAlerts.print(detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources))
             state.storms.withLock { $0 = detector.activity }
@@ -137,6 +137,8 @@ final class MetricsState: MetricsSource {
     /// What each VM costs the host, sampled at each scrape (one scrape at a time samples).
     let resources = Mutex(ResourceSampler(keepDescriptors: false))
     let resourcesPID: Int32?
+    /// Each VM × vCPU number's running times over the threads that were it, for the `kvmscope_vcpu_*` counters.
+    let vcpuTotals = Mutex(VCPUTimeTotals())
     /// Each VM's device map from its last sample with PCI BARs, by pid (``render(_:)``).
     let deviceMaps = Mutex<[Int32: DeviceMap]>([:])
 
@@ -185,6 +187,7 @@ final class MetricsState: MetricsSource {
         let snapshot = try session.snapshot()
         var summary = try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
         let sample = sampleResources()
+        let totals = vcpuTotals.withLock { $0.update(sample) }
         // Each port and MMIO address by the VM's devices: QEMU's memory tree and PCI BARs (QMP), libvirt's device
         // addresses, over the standard PC map (VMSample.deviceMap). A VM's last map is kept (its socket may fail
         // at one scrape, the VM may have exited): a device's counter never moves to `unknown` and back.
@@ -200,7 +203,7 @@ final class MetricsState: MetricsSource {
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
-                                      resourcesPID: resourcesPID)
+                                      resourcesPID: resourcesPID, vcpuTotals: totals)
         return PrometheusExposition.renderUTF8(summary, format: format, extras: extras)
     }
 }

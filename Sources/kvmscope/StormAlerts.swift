@@ -4,6 +4,7 @@ import KVMAnalysis
 import KVMExits
 import KVMHost
 import KVMScopeViews
+import KVMSources
 
 /// The storm rules of `--alert`, shared by `watch` and `serve`.
 enum StormAlerts {
@@ -84,6 +85,15 @@ enum StormAlerts {
         name.hasPrefix("kvm_") && !name.contains("/") && ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].contains {
             FileManager.default.fileExists(atPath: "\($0)/events/kvm/\(name)/format")
         }
+    }
+
+    /// The summary storm rules are measured on, attributed as `serve`'s scrapes and `stat` attribute it: threads
+    /// not named yet (gone before their first /proc lookup: a short-lived vCPU thread) are held back until named
+    /// from the kernel's saved tgids, then count in their VM. Measured at once, each would be a VM of its own
+    /// (`vm` = its tid, no name) firing and resolving alone.
+    static func summary(_ session: LiveSession) throws -> Summary {
+        let snapshot = session.snapshot()
+        return try Summary(snapshot, filter: SummaryFilter(excludedTids: snapshot.unnamedThreads))
     }
 
     /// Prints each alert as one JSON line on stdout (cold path: alerts are rare).

@@ -103,7 +103,7 @@ struct WatchCommand: ParsableCommand {
             return ResourceUse.of(sample, only: only)
         }
         func evaluate() throws -> Bool {
-            let summary = try Summary(session.snapshot())
+            let summary = try StormAlerts.summary(session)
             let alerts = detector.evaluate(time: Date().timeIntervalSince1970, summary: summary, resources: resources(summary))
             StormAlerts.print(alerts)
             return alerts.contains { $0.state == .firing }

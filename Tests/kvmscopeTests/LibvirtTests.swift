@@ -50,6 +50,16 @@ struct LibvirtTests {
         let interval = try #require(vm["interval"] as? [String: Any])
         #expect(interval["requests_source"] as? String == "block")
         #expect(interval["read_requests"] as? Int == 0)
+        // KVM's VM-level statistics, as virsh prints them (`vm.NAME.sum|cur|max`, libvirt ≥ 8.9): all of them,
+        // each by NAME, equal while the domain is paused.
+        var vmStats: [String: Int] = [:]
+        for (key, value) in stats where key.hasPrefix("vm.") {
+            let parts = key.split(separator: ".")
+            if parts.count == 3, ["sum", "cur", "max"].contains(parts[2]), let v = Int(value) { vmStats[String(parts[1])] = v }
+        }
+        #expect(vmStats["mmu_cache_miss"] != nil, "virsh domstats gives no vm.* statistics: \(stats.keys.sorted())")
+        let kvmVMStats = try #require((vm["qmp"] as? [String: Any])?["kvm_vm_stats"] as? [String: Any], "\(vm)")
+        #expect(kvmVMStats.mapValues { $0 as? Int ?? -1 } == vmStats)
         let vcpus = try #require(lv["vcpus"] as? [[String: Any]])
         #expect(vcpus.count == 1 && vcpus.first?["vcpu"] as? Int == 0)
         // The vCPU's time may still move by a tick after the pause (a clean-clone run saw 10 ms): not compared exactly.
@@ -111,6 +121,13 @@ struct LibvirtTests {
                                ("kvmscope_vm_block_write_requests_total", "libvirt_domain_block_stats_write_requests_total"),
                                ("kvmscope_vm_block_read_bytes_total", "libvirt_domain_block_stats_read_bytes_total")] {
             #expect(b.ours[ours] != nil && b.ours[ours] == b.theirs[theirs], "\(ours)")
+        }
+        // KVM's VM-level statistics through libvirt (`vm.NAME.sum`), as virsh prints them for the paused domain.
+        let stats = try domain.domstats()
+        for (ours, theirs) in [("kvmscope_vm_kvm_mmu_cache_misses_total", "vm.mmu_cache_miss.sum"),
+                               ("kvmscope_vm_kvm_remote_tlb_flush_requests_total", "vm.remote_tlb_flush_requests.sum"),
+                               ("kvmscope_vm_kvm_mmu_shadow_zapped_total", "vm.mmu_shadow_zapped.sum")] {
+            #expect(b.ours[ours] != nil && b.ours[ours] == stats[theirs].flatMap(Double.init), "\(ours): \(stats[theirs] ?? "none")")
         }
     }
 

@@ -201,6 +201,51 @@ struct ServeLiveTests {
         #expect((lines.last?["value"] as? Double ?? .infinity) <= 1000, "stdout: \(watch.stdout)")
     }
 
+    /// A storm of 1000 exits per run, repeated: each run's vCPU thread is gone within milliseconds, before
+    /// kvmscope looks it up, and is named from the kernel's saved tgids later. Rules see it in its VM, as stat
+    /// does: one firing and one resolve for the storm's process, never a VM per thread (`vm` = a tid, no name).
+    @Test func watchCountsShortLivedVCPUThreadsInTheirVM() throws {
+        let storm = try Self.heldStorm("--kind io --exits 1000 --seconds 4 --name churny")
+        defer { storm.stop() }
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(kvm_pio) > 10/s", "-s", "1", "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
+        let lines = try Self.alertLines(watch.stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(watch.stdout)")
+        #expect(lines.map { $0["vm"] as? Int } == [Int(storm.pid), Int(storm.pid)], "stdout: \(watch.stdout)")
+        #expect(lines.map { $0["vm_name"] as? String } == ["churny", "churny"], "stdout: \(watch.stdout)")
+    }
+
+    /// The same storm under `serve --alert`: one `kvmscope_storm_active` series, the storm's process, resolved
+    /// once the storm ends; never one per short-lived thread (`vm="<tid>",vm_name=""`).
+    @Test func serveAlertsCountShortLivedVCPUThreadsInTheirVM() throws {
+        let storm = try Self.heldStorm("--kind io --exits 1000 --seconds 4 --name churny")
+        defer { storm.stop() }
+        let port = freeLoopbackPort()
+        let rule = "rate(kvm_pio) > 10/s"
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)", "--alert", rule, "-s", "1",
+                                             "-p", "\(storm.pid)"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving http://127.0.0.1:\(port)/metrics"), "serve: \(serve.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        func active(_ body: String) -> [String] {
+            body.split(separator: "\n").map(String.init).filter { $0.hasPrefix("kvmscope_storm_active{") }
+        }
+        let resolved = "kvmscope_storm_active{vm=\"\(storm.pid)\",vm_name=\"churny\",reason=\"kvm_pio\",rule=\"\(rule)\"} 0"
+        let end = Date().addingTimeInterval(30)
+        var body = ""
+        repeat {
+            body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+            if active(body).contains(resolved) { break }
+            usleep(250_000)
+        } while Date() < end
+        #expect(active(body) == [resolved], "\(active(body))")
+    }
+
     @Test func watchBelowThresholdPrintsNothing() throws {
         let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 2")
         defer { storm.stop() }
