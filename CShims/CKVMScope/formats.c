@@ -137,6 +137,11 @@ static int parses_in_child(const char *system, const char *text, size_t len)
     if (pid < 0)
         return 1;
     if (pid == 0) {
+        /* A crash here is the verdict, not a report: the default action, not the Swift runtime's backtracer
+         * (which would start swift-backtrace, print a crash report on kvmscope's stderr and outlive us). */
+        static const int fatal[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP };
+        for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+            signal(fatal[i], SIG_DFL);
         struct ckvmscope_formats *f = ckvmscope_formats_new();
         struct tep_event *event = NULL;
         if (!f || tep_parse_format(f->tep, &event, text, len, system) != TEP_ERRNO__SUCCESS || !event)
