@@ -81,6 +81,34 @@ error:
     return NULL;
 }
 
+/**
+ * ckvmscope_instance_attach - a handle on an existing instance (one a dead recording left), not created
+ * @name: instance name
+ *
+ * The handle owns the instance as one from ckvmscope_instance_create() does: its readers open the same way,
+ * and ckvmscope_instance_destroy() removes it. Returns NULL with errno (ENOENT when it does not exist).
+ */
+struct ckvmscope_instance *ckvmscope_instance_attach(const char *name)
+{
+    struct ckvmscope_instance *inst;
+
+    if (!tracefs_instance_exists(name)) {
+        errno = ENOENT;
+        return NULL;
+    }
+    inst = calloc(1, sizeof(*inst));
+    if (!inst)
+        return NULL;
+    inst->tfs = tracefs_instance_alloc(NULL, name);
+    if (!inst->tfs) {
+        int saved = errno;
+        free(inst);
+        errno = saved;
+        return NULL;
+    }
+    return inst;
+}
+
 const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst)
 {
     return tracefs_instance_get_name(inst->tfs);

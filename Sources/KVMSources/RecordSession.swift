@@ -216,6 +216,8 @@ public final class RecordSession: @unchecked Sendable {
             // The reserve goes first: on a full disk it is the room the header needs.
             unlink("\(spool)/reserve")
             let files = cpus.map { "\(spool)/cpu\($0)" }
+            // What the dead recording's instance still holds goes into the spool before it is assembled.
+            drainDeadInstance(pid: pid, pageSize: pageSize, files: Dictionary(uniqueKeysWithValues: zip(cpus, files)))
             let pages = files.reduce(0) { n, f in
                 n + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil ?? 0) / pageSize
             }
@@ -229,6 +231,47 @@ public final class RecordSession: @unchecked Sendable {
             }
         }
         return out
+    }
+
+    /// Drains the tracefs instance of dead recording `pid` (`kvmscope-PID`), if it is still there, into its
+    /// spool: tracing off, then each CPU's trace_pipe_raw read to its end — whole sub-buffers, the writer's
+    /// partial one last, appended to the CPU's spool file as the recorder appends them — and the instance
+    /// removed. A CPU whose sub-buffer size is not the spool's `pageSize` is left out (its pages would not
+    /// fit the file). Returns the pages appended. Best effort: a spool that cannot be drained is assembled
+    /// with what it holds.
+    @discardableResult
+    static func drainDeadInstance(pid: Int32, pageSize: Int, files: [Int: String]) -> Int {
+        guard let root = try? TraceFS.root(),
+              let instance = try? TraceInstance(existing: "\(TraceFS.instancePrefix)\(pid)", root: root) else { return 0 }
+        defer { instance.remove() }
+        try? instance.tracing(false)
+        guard let formats = try? TraceFS.kvmFormats(events: [], root: root).formats else { return 0 }
+        var pages = [UInt8](repeating: 0, count: pageSize)
+        var drained = 0
+        for (cpu, path) in files.sorted(by: { $0.key < $1.key }) {
+            guard let reader = try? CPUReader(instance: instance, cpu: cpu, decoder: formats.makeDecoder(), maxSubbufs: 1),
+                  reader.subbufSize == pageSize else { continue }
+            defer { reader.close() }
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            // Whole pages: a spool file of a recording killed mid-write may end in part of one.
+            var st = stat()
+            if fstat(fd, &st) == 0, Int(st.st_size) % pageSize != 0 { ftruncate(fd, st.st_size - st.st_size % off_t(pageSize)) }
+            for flush in [false, true] {
+                while true {
+                    let bytes = pages.withUnsafeMutableBytes { buf -> Int32 in
+                        memset(buf.baseAddress!, 0, pageSize)
+                        return flush ? ckvmscope_reader_flush_raw(reader.reader, buf.baseAddress!)
+                            : ckvmscope_reader_read_raw(reader.reader, buf.baseAddress!, 1)
+                    }
+                    guard bytes > 0 else { break }
+                    guard pages.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress!, pageSize) }) == pageSize else { return drained }
+                    drained += 1
+                }
+            }
+        }
+        return drained
     }
 
     /// Sub-buffers a reader thread appends to its spool file with one write.

@@ -32,6 +32,17 @@ public final class TraceInstance: @unchecked Sendable {
         handle = h
     }
 
+    /// The existing instance `name` (one a dead recording left), owned from now on: its end removes it.
+    /// - Throws: ``KVMScopeError/instance(_:)`` with the kernel's reason ("No such file or directory").
+    public init(existing name: String, root: String) throws {
+        self.name = name
+        self.root = root
+        guard let h = ckvmscope_instance_attach(name) else {
+            throw KVMScopeError.instance("cannot open tracefs instance \(name): \(Errno(rawValue: errno))")
+        }
+        handle = h
+    }
+
     deinit { remove() }
 
     private func withHandle<T>(_ what: String, _ body: (OpaquePointer) -> T) throws -> T {

@@ -162,6 +162,8 @@ struct ckvmscope_instance;
  * off. NULL with a one-line message in err on failure (nothing is left behind then). */
 struct ckvmscope_instance *ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock,
                                                      char *err, size_t errlen);
+/* A handle on an existing instance (left by a dead recording), owned as a created one. NULL with errno. */
+struct ckvmscope_instance *ckvmscope_instance_attach(const char *name);
 const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst);
 /* Enable one event (system, event) in the instance; event NULL enables the whole system. 0, or -1 (errno). */
 int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event);
