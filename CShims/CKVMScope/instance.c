@@ -198,7 +198,7 @@ static int follow_threads(struct ckvmscope_instance *inst, int pid, int *known, 
  * created after their creator was listed). Threads are listed until a pass finds no new one (at most 8
  * passes: a thread started by an unlisted thread in between is caught by the next). Returns 0, or -1 with errno.
  */
-int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
+static int follow(struct ckvmscope_instance *inst, int pid, int append)
 {
     char value[16];
     int known[4096], nknown = 0;
@@ -206,7 +206,8 @@ int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
     if (tracefs_option_enable(inst->tfs, TRACEFS_OPTION_EVENT_FORK) < 0)
         return -1;
     snprintf(value, sizeof(value), "%d", pid);
-    if (tracefs_instance_file_write(inst->tfs, "set_event_pid", value) < 0)
+    if ((append ? tracefs_instance_file_append(inst->tfs, "set_event_pid", value)
+                : tracefs_instance_file_write(inst->tfs, "set_event_pid", value)) < 0)
         return -1;
     known[nknown++] = pid;
     for (int pass = 0; pass < 8; pass++) {
@@ -217,6 +218,21 @@ int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
             break;
     }
     return 0;
+}
+
+int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
+{
+    return follow(inst, pid, 0);
+}
+
+/**
+ * ckvmscope_instance_follow_another_pid - as ckvmscope_instance_follow_pid, keeping the processes already followed
+ *
+ * stat -g: every VM process with that guest name. Returns 0, or -1 with errno.
+ */
+int ckvmscope_instance_follow_another_pid(struct ckvmscope_instance *inst, int pid)
+{
+    return follow(inst, pid, 1);
 }
 
 /**

@@ -76,8 +76,11 @@ public final class TraceInstance: @unchecked Sendable {
     }
 
     /// Traces only `pid` and what it forks from now on (set_event_pid with event-fork).
-    public func follow(pid: Int32) throws {
-        let rc = try withHandle("follow \(pid)") { ckvmscope_instance_follow_pid($0, pid) }
+    /// With `keeping`, the processes followed so far stay followed (set_event_pid is appended to).
+    public func follow(pid: Int32, keeping: Bool = false) throws {
+        let rc = try withHandle("follow \(pid)") {
+            keeping ? ckvmscope_instance_follow_another_pid($0, pid) : ckvmscope_instance_follow_pid($0, pid)
+        }
         guard rc == 0 else { throw KVMScopeError.instance("cannot trace only pid \(pid) in \(name): \(Errno(rawValue: errno))") }
     }
 

@@ -174,6 +174,8 @@ int ckvmscope_instance_wake_percent(struct ckvmscope_instance *inst, uint32_t pe
 int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst);
 /* Trace only pid and what it forks from now on (set_event_pid + event-fork). */
 int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid);
+/* The same, keeping the processes already followed (set_event_pid appended to). */
+int ckvmscope_instance_follow_another_pid(struct ckvmscope_instance *inst, int pid);
 /* Tracing off, events disabled, instance removed (after its readers are closed), handle freed.
  * 0, or -1 with errno when tracefs would not remove it. */
 int ckvmscope_instance_destroy(struct ckvmscope_instance *inst);
