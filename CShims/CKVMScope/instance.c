@@ -189,15 +189,7 @@ static int follow_threads(struct ckvmscope_instance *inst, int pid, int *known, 
     return added;
 }
 
-/**
- * ckvmscope_instance_follow_pid - trace only this process, its threads, and what it starts from now on
- * @pid: the process
- *
- * set_event_pid with the event-fork option, as trace-cmd record -P and -F do, plus every thread the process
- * already has (a running VMM's vCPU threads: the kernel filters by thread id, and event-fork only adds threads
- * created after their creator was listed). Threads are listed until a pass finds no new one (at most 8
- * passes: a thread started by an unlisted thread in between is caught by the next). Returns 0, or -1 with errno.
- */
+/* ckvmscope_instance_follow_pid's work; with append, the processes already in set_event_pid stay. */
 static int follow(struct ckvmscope_instance *inst, int pid, int append)
 {
     char value[16];
@@ -220,6 +212,15 @@ static int follow(struct ckvmscope_instance *inst, int pid, int append)
     return 0;
 }
 
+/**
+ * ckvmscope_instance_follow_pid - trace only this process, its threads, and what it starts from now on
+ * @pid: the process
+ *
+ * set_event_pid with the event-fork option, as trace-cmd record -P and -F do, plus every thread the process
+ * already has (a running VMM's vCPU threads: the kernel filters by thread id, and event-fork only adds threads
+ * created after their creator was listed). Threads are listed until a pass finds no new one (at most 8
+ * passes: a thread started by an unlisted thread in between is caught by the next). Returns 0, or -1 with errno.
+ */
 int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
 {
     return follow(inst, pid, 0);
