@@ -211,7 +211,7 @@ public final class RecordSession: @unchecked Sendable {
             let remove = { _ = try? FileManager.default.removeItem(atPath: spool) }
             // Killed before it wrote its header: it holds no pages.
             guard let manifest = try? String(contentsOfFile: "\(spool)/manifest", encoding: .utf8),
-                  let header = try? FileBytes.read("\(spool)/header") else { remove(); continue }
+                  let spooledHeader = try? FileBytes.read("\(spool)/header") else { remove(); continue }
             guard let (named, pageSize, cpus) = parseManifest(manifest) else { remove(); continue }
             var target = "\(dir)/\(PathComponents.lastComponent(of: named))"
             // Into the empty file the recording left, else beside it (never through a symlink, never over data).
@@ -223,8 +223,11 @@ public final class RecordSession: @unchecked Sendable {
             // The reserve goes first: on a full disk it is the room the header needs.
             unlink("\(spool)/reserve")
             let files = cpus.map { "\(spool)/cpu\($0)" }
-            // What the dead recording's instance still holds goes into the spool before it is assembled.
-            drainDeadInstance(pid: pid, pageSize: pageSize, files: Dictionary(uniqueKeysWithValues: zip(cpus, files)))
+            // What the dead recording's instance still holds goes into the spool before it is assembled, and its
+            // per-CPU stats (events lost, overrun) into the file's.
+            var header = spooledHeader
+            let stats = drainDeadInstance(pid: pid, pageSize: pageSize, files: Dictionary(uniqueKeysWithValues: zip(cpus, files)))
+            if !stats.isEmpty { header = TraceDatWriter.header(header, withCPUStats: stats) }
             let pages = files.reduce(0) { n, f in
                 n + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil ?? 0) / pageSize
             }
@@ -286,17 +289,16 @@ public final class RecordSession: @unchecked Sendable {
     /// spool: tracing off, then each CPU's trace_pipe_raw read to its end — whole sub-buffers, the writer's
     /// partial one last, appended to the CPU's spool file as the recorder appends them — and the instance
     /// removed. A CPU whose sub-buffer size is not the spool's `pageSize` is left out (its pages would not
-    /// fit the file). Returns the pages appended. Best effort: a spool that cannot be drained is assembled
-    /// with what it holds.
+    /// fit the file). Returns each CPU's stats (`per_cpu/cpuN/stats`) once drained; empty when there was no
+    /// instance. Best effort: a spool that cannot be drained is assembled with what it holds.
     @discardableResult
-    static func drainDeadInstance(pid: Int32, pageSize: Int, files: [Int: String]) -> Int {
+    static func drainDeadInstance(pid: Int32, pageSize: Int, files: [Int: String]) -> [Int: String] {
         guard let root = try? TraceFS.root(),
-              let instance = try? TraceInstance(existing: "\(TraceFS.instancePrefix)\(pid)", root: root) else { return 0 }
+              let instance = try? TraceInstance(existing: "\(TraceFS.instancePrefix)\(pid)", root: root) else { return [:] }
         defer { instance.remove() }
         try? instance.tracing(false)
-        guard let formats = try? TraceFS.kvmFormats(events: [], root: root).formats else { return 0 }
+        guard let formats = try? TraceFS.kvmFormats(events: [], root: root).formats else { return [:] }
         var pages = [UInt8](repeating: 0, count: pageSize)
-        var drained = 0
         for (cpu, path) in files.sorted(by: { $0.key < $1.key }) {
             guard let reader = try? CPUReader(instance: instance, cpu: cpu, decoder: formats.makeDecoder(), maxSubbufs: 1),
                   reader.subbufSize == pageSize else { continue }
@@ -315,12 +317,11 @@ public final class RecordSession: @unchecked Sendable {
                             : ckvmscope_reader_read_raw(reader.reader, buf.baseAddress!, 1)
                     }
                     guard bytes > 0 else { break }
-                    guard pages.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress!, pageSize) }) == pageSize else { return drained }
-                    drained += 1
+                    guard pages.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress!, pageSize) }) == pageSize else { break }
                 }
             }
         }
-        return drained
+        return files.keys.reduce(into: [:]) { $0[$1] = instance.stats(cpu: $1) }
     }
 
     /// Sub-buffers a reader thread appends to its spool file with one write.

@@ -111,10 +111,18 @@ struct RecordFaultTests {
                 + "\(reader.dataBytes / 4096) complete pages\n")
         #expect(!TraceFSInstances.exists("kvmscope-\(pid)"), "report removes the dead instance")
         #expect(!FileManager.default.fileExists(atPath: spool))
+        // The dead instance's per-CPU stats are the file's (taken once drained), the first CPU's followed by the
+        // recovered note; report counts their losses.
+        #expect(reader.cpuStats.count == ProcessInfo.processInfo.processorCount && reader.cpuStats.values.allSatisfy { $0.contains("overrun: ") },
+                "\(reader.cpuStats)")
+        #expect(reader.cpuStats.values.contains { $0.hasSuffix("kvmscope recovered: recording pid \(pid) was killed before it wrote this file;"
+                                                               + " it holds every complete page\n") })
+        let lost = reader.cpuStats.values.reduce(0) { $0 + Int(TraceFS.lost(inStats: $1)) }
         let counts = try Self.pioCounts(path)
         #expect(counts.ours == counts.traceCmd)
         let j = try CLI.json(report.stdout)
         #expect((j["events"] as? [String: Any])?["kvm_pio"] as? Int == counts.ours, "\(report.stdout.prefix(400))")
+        #expect(j["lost_events"] as? Int == lost)
         // The storm's resources as sampled until the kill (the spool's header is rewritten every second).
         let resources = j["resources"] as? [[String: Any]]
         #expect(resources?.count == 1 && resources?.first?["vm_name"] as? String == "kvmscope", "\(j["resources"] ?? "none")")
