@@ -81,6 +81,34 @@ error:
     return NULL;
 }
 
+/**
+ * ckvmscope_instance_attach - a handle on an existing instance (one a dead recording left), not created
+ * @name: instance name
+ *
+ * The handle owns the instance as one from ckvmscope_instance_create() does: its readers open the same way,
+ * and ckvmscope_instance_destroy() removes it. Returns NULL with errno (ENOENT when it does not exist).
+ */
+struct ckvmscope_instance *ckvmscope_instance_attach(const char *name)
+{
+    struct ckvmscope_instance *inst;
+
+    if (!tracefs_instance_exists(name)) {
+        errno = ENOENT;
+        return NULL;
+    }
+    inst = calloc(1, sizeof(*inst));
+    if (!inst)
+        return NULL;
+    inst->tfs = tracefs_instance_alloc(NULL, name);
+    if (!inst->tfs) {
+        int saved = errno;
+        free(inst);
+        errno = saved;
+        return NULL;
+    }
+    return inst;
+}
+
 const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst)
 {
     return tracefs_instance_get_name(inst->tfs);
@@ -161,6 +189,29 @@ static int follow_threads(struct ckvmscope_instance *inst, int pid, int *known, 
     return added;
 }
 
+/* ckvmscope_instance_follow_pid's work; with append, the processes already in set_event_pid stay. */
+static int follow(struct ckvmscope_instance *inst, int pid, int append)
+{
+    char value[16];
+    int known[4096], nknown = 0;
+
+    if (tracefs_option_enable(inst->tfs, TRACEFS_OPTION_EVENT_FORK) < 0)
+        return -1;
+    snprintf(value, sizeof(value), "%d", pid);
+    if ((append ? tracefs_instance_file_append(inst->tfs, "set_event_pid", value)
+                : tracefs_instance_file_write(inst->tfs, "set_event_pid", value)) < 0)
+        return -1;
+    known[nknown++] = pid;
+    for (int pass = 0; pass < 8; pass++) {
+        int added = follow_threads(inst, pid, known, &nknown, (int)(sizeof(known) / sizeof(known[0])));
+        if (added < 0)
+            return -1;
+        if (added == 0)
+            break;
+    }
+    return 0;
+}
+
 /**
  * ckvmscope_instance_follow_pid - trace only this process, its threads, and what it starts from now on
  * @pid: the process
@@ -172,23 +223,17 @@ static int follow_threads(struct ckvmscope_instance *inst, int pid, int *known, 
  */
 int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid)
 {
-    char value[16];
-    int known[4096], nknown = 0;
+    return follow(inst, pid, 0);
+}
 
-    if (tracefs_option_enable(inst->tfs, TRACEFS_OPTION_EVENT_FORK) < 0)
-        return -1;
-    snprintf(value, sizeof(value), "%d", pid);
-    if (tracefs_instance_file_write(inst->tfs, "set_event_pid", value) < 0)
-        return -1;
-    known[nknown++] = pid;
-    for (int pass = 0; pass < 8; pass++) {
-        int added = follow_threads(inst, pid, known, &nknown, (int)(sizeof(known) / sizeof(known[0])));
-        if (added < 0)
-            return -1;
-        if (added == 0)
-            break;
-    }
-    return 0;
+/**
+ * ckvmscope_instance_follow_another_pid - as ckvmscope_instance_follow_pid, keeping the processes already followed
+ *
+ * stat -g: every VM process with that guest name. Returns 0, or -1 with errno.
+ */
+int ckvmscope_instance_follow_another_pid(struct ckvmscope_instance *inst, int pid)
+{
+    return follow(inst, pid, 1);
 }
 
 /**

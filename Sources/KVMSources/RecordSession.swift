@@ -97,7 +97,14 @@ public final class RecordSession: @unchecked Sendable {
     deinit {
         trace.stop()
         try? FileManager.default.removeItem(atPath: directory)
+        unlink(Self.spoolLink(getpid()))
     }
+
+    /// Where each recording's spool is, by pid: `/run/kvmscope/record-PID`, a symbolic link to the spool. A dead
+    /// recording's instance removed by another command (`stat`, a `record` elsewhere) is first drained into its
+    /// spool through it (``drainIntoSpool(ofDeadRecording:)``). /run is emptied at boot, as tracefs instances are.
+    static let spoolLinkDirectory = "/run/kvmscope"
+    static func spoolLink(_ pid: Int32) -> String { "\(spoolLinkDirectory)/record-\(pid)" }
 
     func cpuFile(_ cpu: Int) -> String { "\(directory)/cpu\(cpu)" }
 
@@ -122,6 +129,12 @@ public final class RecordSession: @unchecked Sendable {
         let f = try OutputFile(path: "\(directory)/manifest")
         try f.write(Array(manifest.utf8))
         try f.close()
+        // Best effort (a user who may trace but not write /run): without the link, only the next `record` or
+        // `report` beside the output drains the instance.
+        mkdir(Self.spoolLinkDirectory, 0o700)
+        let link = Self.spoolLink(getpid())
+        unlink(link)
+        symlink(directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory, link)
         let reserve = header.count + (cpus.count + 2) * subbufSize + 128 << 10
         let r = try OutputFile(path: "\(directory)/reserve")
         let rc = posix_fallocate(r.fd, 0, off_t(reserve))
@@ -198,14 +211,8 @@ public final class RecordSession: @unchecked Sendable {
             let remove = { _ = try? FileManager.default.removeItem(atPath: spool) }
             // Killed before it wrote its header: it holds no pages.
             guard let manifest = try? String(contentsOfFile: "\(spool)/manifest", encoding: .utf8),
-                  let header = try? FileBytes.read("\(spool)/header") else { remove(); continue }
-            var fields: [String: String] = [:]
-            for line in manifest.split(separator: "\n") {
-                guard let sp = line.firstIndex(of: " ") else { continue }
-                fields[String(line[..<sp])] = String(line[line.index(after: sp)...])
-            }
-            guard let named = fields["output"], let pageSize = fields["pagesize"].flatMap(Int.init), pageSize > 0,
-                  let cpus = fields["cpus"]?.split(separator: " ").compactMap({ Int($0) }) else { remove(); continue }
+                  let spooledHeader = try? FileBytes.read("\(spool)/header") else { remove(); continue }
+            guard let (named, pageSize, cpus) = parseManifest(manifest) else { remove(); continue }
             var target = "\(dir)/\(PathComponents.lastComponent(of: named))"
             // Into the empty file the recording left, else beside it (never through a symlink, never over data).
             if lstat(target, &st) == 0 && ((st.st_mode & S_IFMT) != S_IFREG || st.st_size > 0)
@@ -216,6 +223,11 @@ public final class RecordSession: @unchecked Sendable {
             // The reserve goes first: on a full disk it is the room the header needs.
             unlink("\(spool)/reserve")
             let files = cpus.map { "\(spool)/cpu\($0)" }
+            // What the dead recording's instance still holds goes into the spool before it is assembled, and its
+            // per-CPU stats (events lost, overrun) into the file's.
+            var header = spooledHeader
+            let stats = drainDeadInstance(pid: pid, pageSize: pageSize, files: Dictionary(uniqueKeysWithValues: zip(cpus, files)))
+            if !stats.isEmpty { header = TraceDatWriter.header(header, withCPUStats: stats) }
             let pages = files.reduce(0) { n, f in
                 n + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? nil ?? 0) / pageSize
             }
@@ -223,12 +235,93 @@ public final class RecordSession: @unchecked Sendable {
                 try TraceDatWriter.write(path: target, header: header, pageSize: pageSize, cpus: files.map { .file($0) })
                 out.append(Recovered(path: target, pid: pid, pages: pages))
                 remove()
+                unlink(spoolLink(pid))
             } catch {
                 unlink(target)
                 out.append(Recovered(path: target, pid: pid, pages: 0, error: "\(error)"))
             }
         }
         return out
+    }
+
+    /// Removes the spool links (``spoolLink(_:)``) of recordings that are gone and whose instance is gone too
+    /// (removed by an older kvmscope, or never made): nothing is left to drain through them.
+    static func removeDeadSpoolLinks() {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: spoolLinkDirectory)) ?? [] {
+            guard name.hasPrefix("record-"), let pid = Int32(name.dropFirst("record-".count)), pid != getpid(),
+                  (kill(pid, 0) != 0 && errno == ESRCH) || TraceFS.isZombie(pid),
+                  let root = try? TraceFS.root(),
+                  !FileManager.default.fileExists(atPath: "\(root)/instances/\(TraceFS.instancePrefix)\(pid)") else { continue }
+            unlink("\(spoolLinkDirectory)/\(name)")
+        }
+    }
+
+    /// A spool's manifest: the output it names, the page size, the CPUs; nil when malformed.
+    static func parseManifest(_ text: String) -> (output: String, pageSize: Int, cpus: [Int])? {
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let sp = line.firstIndex(of: " ") else { continue }
+            fields[String(line[..<sp])] = String(line[line.index(after: sp)...])
+        }
+        guard let named = fields["output"], let pageSize = fields["pagesize"].flatMap(Int.init), pageSize > 0,
+              let cpus = fields["cpus"]?.split(separator: " ").compactMap({ Int($0) }) else { return nil }
+        return (named, pageSize, cpus)
+    }
+
+    /// Drains the instance of dead recording `pid` into its spool, found through ``spoolLink(_:)``, and removes
+    /// the link: what the kernel still held is then in the file the next `record` or `report` beside it
+    /// recovers. Called before a dead instance is removed (``TraceFS/removeStaleInstances(root:)``). Only a
+    /// spool this user owns (a directory) is written.
+    static func drainIntoSpool(ofDeadRecording pid: Int32) {
+        let link = spoolLink(pid)
+        defer { unlink(link) }
+        var st = stat()
+        guard lstat(link, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK, st.st_uid == geteuid(),
+              let spool = try? FileManager.default.destinationOfSymbolicLink(atPath: link),
+              lstat(spool, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(),
+              let text = try? String(contentsOfFile: "\(spool)/manifest", encoding: .utf8),
+              let (_, pageSize, cpus) = parseManifest(text) else { return }
+        drainDeadInstance(pid: pid, pageSize: pageSize,
+                          files: Dictionary(uniqueKeysWithValues: cpus.map { ($0, "\(spool)/cpu\($0)") }))
+    }
+
+    /// Drains the tracefs instance of dead recording `pid` (`kvmscope-PID`), if it is still there, into its
+    /// spool: tracing off, then each CPU's trace_pipe_raw read to its end — whole sub-buffers, the writer's
+    /// partial one last, appended to the CPU's spool file as the recorder appends them — and the instance
+    /// removed. A CPU whose sub-buffer size is not the spool's `pageSize` is left out (its pages would not
+    /// fit the file). Returns each CPU's stats (`per_cpu/cpuN/stats`) once drained; empty when there was no
+    /// instance. Best effort: a spool that cannot be drained is assembled with what it holds.
+    @discardableResult
+    static func drainDeadInstance(pid: Int32, pageSize: Int, files: [Int: String]) -> [Int: String] {
+        guard let root = try? TraceFS.root(),
+              let instance = try? TraceInstance(existing: "\(TraceFS.instancePrefix)\(pid)", root: root) else { return [:] }
+        defer { instance.remove() }
+        try? instance.tracing(false)
+        guard let formats = try? TraceFS.kvmFormats(events: [], root: root).formats else { return [:] }
+        var pages = [UInt8](repeating: 0, count: pageSize)
+        for (cpu, path) in files.sorted(by: { $0.key < $1.key }) {
+            guard let reader = try? CPUReader(instance: instance, cpu: cpu, decoder: formats.makeDecoder(), maxSubbufs: 1),
+                  reader.subbufSize == pageSize else { continue }
+            defer { reader.close() }
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            // Whole pages: a spool file of a recording killed mid-write may end in part of one.
+            var st = stat()
+            if fstat(fd, &st) == 0, Int(st.st_size) % pageSize != 0 { ftruncate(fd, st.st_size - st.st_size % off_t(pageSize)) }
+            for flush in [false, true] {
+                while true {
+                    let bytes = pages.withUnsafeMutableBytes { buf -> Int32 in
+                        memset(buf.baseAddress!, 0, pageSize)
+                        return flush ? ckvmscope_reader_flush_raw(reader.reader, buf.baseAddress!)
+                            : ckvmscope_reader_read_raw(reader.reader, buf.baseAddress!, 1)
+                    }
+                    guard bytes > 0 else { break }
+                    guard pages.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress!, pageSize) }) == pageSize else { break }
+                }
+            }
+        }
+        return files.keys.reduce(into: [:]) { $0[$1] = instance.stats(cpu: $1) }
     }
 
     /// Sub-buffers a reader thread appends to its spool file with one write.

@@ -162,6 +162,45 @@ public enum TraceDatWriter {
         return h.bytes
     }
 
+    /// A ``header(_:cpuCount:)`` with each CPU's statistics option (2) given `stats` first, followed by what
+    /// the option held before (a recovered file's note): how a recovered recording gets its dead instance's
+    /// per-CPU stats (events lost, overrun). The other options are kept as they are; a header whose options
+    /// cannot be walked is returned unchanged.
+    static func header(_ header: [UInt8], withCPUStats stats: [Int: String]) -> [UInt8] {
+        let mark = Array("options  ".utf8) + [0]
+        guard let start = (0...(header.count - mark.count)).first(where: { header[$0..<$0 + mark.count].elementsEqual(mark) })
+        else { return header }
+        func u16(_ i: Int) -> Int { Int(header[i]) | Int(header[i + 1]) << 8 }
+        func u32(_ i: Int) -> Int { (0..<4).reduce(0) { $0 | Int(header[i + $1]) << (8 * $1) } }
+        var i = start + mark.count
+        var kept: [UInt8] = []
+        var before: [Int: String] = [:]
+        while true {
+            guard i + 2 <= header.count else { return header }
+            let id = u16(i)
+            if id == 0 { break }
+            guard i + 6 <= header.count else { return header }
+            let size = u32(i + 2)
+            guard i + 6 + size <= header.count else { return header }
+            let data = header[(i + 6)..<(i + 6 + size)]
+            let text = String(decoding: data.prefix { $0 != 0 }, as: UTF8.self)
+            if id == 2, text.hasPrefix("CPU: "), let nl = text.firstIndex(of: "\n"),
+               let cpu = Int(text[text.index(text.startIndex, offsetBy: 5)..<nl]) {
+                before[cpu] = String(text[text.index(after: nl)...])
+            } else {
+                kept += header[i..<(i + 6 + size)]
+            }
+            i += 6 + size
+        }
+        var h = HeaderBytes()
+        h.bytes = Array(header[..<(start + mark.count)]) + kept
+        for cpu in Set(stats.keys).union(before.keys).sorted() {
+            h.option(2, "CPU: \(cpu)\n" + (stats[cpu] ?? "") + (before[cpu] ?? ""))
+        }
+        h.bytes += header[i...]
+        return h.bytes
+    }
+
     /// Writes a version 6 file from a ``header(_:cpuCount:)`` and the CPUs' pages: the offset/size table,
     /// then each CPU's data from a page boundary. A file's data is taken in whole pages (a page cut short by
     /// a full disk or a kill is left out).

@@ -103,7 +103,8 @@ public enum TraceFS {
         return (wanted, formats)
     }
 
-    /// Removes `kvmscope-<pid>` instances whose process is gone. Returns the names removed.
+    /// Removes `kvmscope-<pid>` instances whose process is gone (a killed recording's drained into its spool
+    /// first). Returns the names removed.
     @discardableResult
     public static func removeStaleInstances(root: String) -> [String] {
         let dir = "\(root)/instances"
@@ -112,8 +113,11 @@ public enum TraceFS {
         for name in names where name.hasPrefix(instancePrefix) {
             guard let pid = Int32(name.dropFirst(instancePrefix.count)), pid != getpid() else { continue }
             if (kill(pid, 0) == 0 || errno == EPERM) && !isZombie(pid) { continue }
+            // A killed recording's events still in the buffers go into its spool first.
+            RecordSession.drainIntoSpool(ofDeadRecording: pid)
             if ckvmscope_instance_remove(name) == 0 { removed.append(name) }
         }
+        RecordSession.removeDeadSpoolLinks()
         return removed
     }
 

@@ -32,6 +32,17 @@ public final class TraceInstance: @unchecked Sendable {
         handle = h
     }
 
+    /// The existing instance `name` (one a dead recording left), owned from now on: its end removes it.
+    /// - Throws: ``KVMScopeError/instance(_:)`` with the kernel's reason ("No such file or directory").
+    public init(existing name: String, root: String) throws {
+        self.name = name
+        self.root = root
+        guard let h = ckvmscope_instance_attach(name) else {
+            throw KVMScopeError.instance("cannot open tracefs instance \(name): \(Errno(rawValue: errno))")
+        }
+        handle = h
+    }
+
     deinit { remove() }
 
     private func withHandle<T>(_ what: String, _ body: (OpaquePointer) -> T) throws -> T {
@@ -65,8 +76,11 @@ public final class TraceInstance: @unchecked Sendable {
     }
 
     /// Traces only `pid` and what it forks from now on (set_event_pid with event-fork).
-    public func follow(pid: Int32) throws {
-        let rc = try withHandle("follow \(pid)") { ckvmscope_instance_follow_pid($0, pid) }
+    /// With `keeping`, the processes followed so far stay followed (set_event_pid is appended to).
+    public func follow(pid: Int32, keeping: Bool = false) throws {
+        let rc = try withHandle("follow \(pid)") {
+            keeping ? ckvmscope_instance_follow_another_pid($0, pid) : ckvmscope_instance_follow_pid($0, pid)
+        }
         guard rc == 0 else { throw KVMScopeError.instance("cannot trace only pid \(pid) in \(name): \(Errno(rawValue: errno))") }
     }
 

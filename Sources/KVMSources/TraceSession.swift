@@ -12,6 +12,9 @@ public struct TraceConfig: Sendable {
     public var bufferKB: UInt32 = 1024
     /// Trace only this process and its descendants (tracefs set_event_pid with event-fork).
     public var onlyPid: Int32?
+    /// Trace only these processes and their descendants too (`stat -p`/`-g`: the watched VMs), so that other
+    /// VMs' events neither fill the shared buffers nor count as lost. With ``onlyPid``, both are traced.
+    public var onlyPids: [Int32] = []
     /// Instance name; default kvmscope-<pid>.
     public var instanceName: String?
     /// Records written to the instance's `trace_marker_raw` (ftrace:raw_data) decode as these kvm events,
@@ -64,7 +67,9 @@ public final class TraceSession: @unchecked Sendable {
         // From here on a throw releases `instance`, and its end removes it from tracefs.
         instance.recordTGIDs()
         try instance.wake(atPercent: config.wakePercent)
-        if let pid = config.onlyPid { try instance.follow(pid: pid) }
+        for (i, pid) in ([config.onlyPid].compactMap { $0 } + config.onlyPids).enumerated() {
+            try instance.follow(pid: pid, keeping: i > 0)
+        }
         for name in wanted { try instance.enable(system: "kvm", event: name) }
         let cpus = instance.cpus
         Self.allowDescriptors(5 * cpus.count + 256)

@@ -216,6 +216,8 @@ struct StatCommand: ParsableCommand {
         // kvm event has those names, so the value tells them apart.
         let analyses = IOAnalysis.analyses(trace.events)
         var config = trace.config(onlyPid: command.isEmpty ? nil : getpid())
+        // -p/-g: only the watched VMs' threads are traced (set_event_pid), as watch -p does.
+        config.onlyPids = filter.vms.map { $0.sorted() } ?? []
         config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
         let session = try LiveSession(config: config)
         defer { session.stop() }

@@ -30,8 +30,9 @@ struct RecordFaultTests {
 
     /// Starts `record` of a 30 s storm and SIGKILLs it once at least 16 pages are spooled and the spool's header
     /// names the storm's vCPU thread.
-    /// - Returns: the dead recording's pid and its spool directory.
-    static func killRecording(_ path: String, compression: String) throws -> (pid: Int32, spool: String) {
+    /// - Returns: the dead recording's pid, its spool directory and the pages it had spooled when it died
+    ///   (counted at once: any later `stat` or `record`, another suite's too, drains the dead instance into it).
+    static func killRecording(_ path: String, compression: String) throws -> (pid: Int32, spool: String, pages: Int) {
         // Small buffers: readers wake (and spool) at half of 64 KiB, not of 4 MiB — under load a slowed storm
         // took more than 30 s to fill half of the default buffer, and nothing was spooled to recover.
         let p = try Spawned(CLI.binary, ["record", "--compression", compression, "--buffer-kb", "64", "-o", path, "-e", "kvm_pio", "--",
@@ -55,7 +56,7 @@ struct RecordFaultTests {
         #expect(named(), "the spool's header names the vCPU thread")
         p.signal(SIGKILL)
         #expect(p.wait(timeout: 10) == 128 + SIGKILL)
-        return (p.pid, spool)
+        return (p.pid, spool, spooledPages(spool))
     }
 
     /// SIGKILL leaves the instance, a 0-byte output and the spool (header, manifest, pages). The next `record`
@@ -66,20 +67,22 @@ struct RecordFaultTests {
         let dir = try RecordTests.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/k.dat"
-        let (pid, spool) = try Self.killRecording(path, compression: "none")
+        let (pid, spool, pages) = try Self.killRecording(path, compression: "none")
         #expect(Self.size(path) == 0)
         #expect(TraceFSInstances.exists("kvmscope-\(pid)"), "SIGKILL leaves the instance")
-        let pages = Self.spooledPages(spool)
 
         let next = try CLI.run(["record", "-o", dir + "/next.dat", "--duration", "0.3", "-e", "kvm_pio"])
         #expect(next.status == 0)
-        #expect(next.stderr == "kvmscope: recovered \(path) from the spool of killed recording pid \(pid): \(pages) complete pages\n")
         #expect(!TraceFSInstances.exists("kvmscope-\(pid)"), "the next run removes the dead instance")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["k.dat", "next.dat"])
 
+        // The file holds the spooled pages and what the dead instance still held (the storm outlives the
+        // recording and keeps it filling): drained before it was removed.
         let reader = try TraceDatReader(path: path)
         #expect(reader.version == 6)
-        #expect(reader.dataBytes == pages * 4096)
+        #expect(reader.dataBytes > pages * 4096, "\(reader.dataBytes) bytes, \(pages) pages spooled")
+        #expect(next.stderr == "kvmscope: recovered \(path) from the spool of killed recording pid \(pid): "
+                + "\(reader.dataBytes / 4096) complete pages\n")
         let counts = try Self.pioCounts(path)
         #expect(counts.ours > 0 && counts.ours == counts.traceCmd)
         let report = try CLI.run(["report", path])
@@ -97,22 +100,59 @@ struct RecordFaultTests {
         let dir = try RecordTests.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/r.dat"
-        let (pid, spool) = try Self.killRecording(path, compression: "zstd")
-        let pages = Self.spooledPages(spool)
+        let (pid, spool, pages) = try Self.killRecording(path, compression: "zstd")
+        #expect(TraceFSInstances.exists("kvmscope-\(pid)"), "SIGKILL leaves the instance")
         let report = try CLI.run(["report", "--json", path])
         #expect(report.status == 0)
-        #expect(report.stderr == "kvmscope: recovered \(path) from the spool of killed recording pid \(pid): \(pages) complete pages\n")
+        // `report` drains the dead instance into the spool (what the kernel still held) and removes it.
+        let reader = try TraceDatReader(path: path)
+        #expect(reader.dataBytes > pages * 4096, "\(reader.dataBytes) bytes, \(pages) pages spooled")
+        #expect(report.stderr == "kvmscope: recovered \(path) from the spool of killed recording pid \(pid): "
+                + "\(reader.dataBytes / 4096) complete pages\n")
+        #expect(!TraceFSInstances.exists("kvmscope-\(pid)"), "report removes the dead instance")
         #expect(!FileManager.default.fileExists(atPath: spool))
+        // The dead instance's per-CPU stats are the file's (taken once drained), the first CPU's followed by the
+        // recovered note; report counts their losses.
+        #expect(reader.cpuStats.count == ProcessInfo.processInfo.processorCount && reader.cpuStats.values.allSatisfy { $0.contains("overrun: ") },
+                "\(reader.cpuStats)")
+        #expect(reader.cpuStats.values.contains { $0.hasSuffix("kvmscope recovered: recording pid \(pid) was killed before it wrote this file;"
+                                                               + " it holds every complete page\n") })
+        let lost = reader.cpuStats.values.reduce(0) { $0 + Int(TraceFS.lost(inStats: $1)) }
         let counts = try Self.pioCounts(path)
         #expect(counts.ours == counts.traceCmd)
         let j = try CLI.json(report.stdout)
         #expect((j["events"] as? [String: Any])?["kvm_pio"] as? Int == counts.ours, "\(report.stdout.prefix(400))")
+        #expect(j["lost_events"] as? Int == lost)
         // The storm's resources as sampled until the kill (the spool's header is rewritten every second).
         let resources = j["resources"] as? [[String: Any]]
         #expect(resources?.count == 1 && resources?.first?["vm_name"] as? String == "kvmscope", "\(j["resources"] ?? "none")")
         // Nothing is left to recover: the next report just reads the file.
         let again = try CLI.run(["report", path])
         #expect(again.status == 0 && again.stderr.isEmpty)
+    }
+
+    /// Another command that removes the dead recording's instance (`stat`, which removes every dead kvmscope
+    /// instance) drains it into the recording's spool first (found through /run/kvmscope/record-PID): the
+    /// `report` run after it still has what the kernel held at the kill.
+    @Test func anotherCommandDrainsTheDeadInstanceIntoTheSpool() throws {
+        let dir = try RecordTests.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/s.dat"
+        let (pid, spool, pages) = try Self.killRecording(path, compression: "none")
+        #expect(TraceFSInstances.exists("kvmscope-\(pid)"), "SIGKILL leaves the instance")
+        #expect(FileManager.default.fileExists(atPath: "/run/kvmscope/record-\(pid)"))
+        let st = try CLI.run(["stat", "--duration", "0.2", "--event", "kvm_pio"])
+        #expect(st.status == 0, "\(st.stderr)")
+        #expect(!TraceFSInstances.exists("kvmscope-\(pid)"), "stat removes the dead instance")
+        #expect(!FileManager.default.fileExists(atPath: "/run/kvmscope/record-\(pid)"))
+        let drained = Self.spooledPages(spool)
+        #expect(drained > pages, "\(drained) pages in the spool after stat, \(pages) before")
+        let report = try CLI.run(["report", path])
+        #expect(report.status == 0)
+        #expect(report.stderr == "kvmscope: recovered \(path) from the spool of killed recording pid \(pid): \(drained) complete pages\n")
+        #expect(try TraceDatReader(path: path).dataBytes == drained * 4096)
+        let counts = try Self.pioCounts(path)
+        #expect(counts.ours > 0 && counts.ours == counts.traceCmd)
     }
 
     /// A 2 MiB file system fills under a storm: one line naming the file and "No space left on device", exit 1,

@@ -220,6 +220,53 @@ struct StatLiveTests {
 /// kvm_stat's -g: a guest found by its name (`--name` on the command line, like QEMU's -name).
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct GuestFilterLiveTests {
+    /// `stat -p PID` traces only that VM in the kernel, as watch -p does: the instance's set_event_pid lists the
+    /// VM's threads while it runs (its vCPU thread added by event-fork), so another VM's flood at the same time
+    /// neither fills the buffers nor counts as lost, and the watched storm's exits are counted exactly.
+    @Test func pidFilterTracesOnlyThatVMInTheKernel() throws {
+        let watched = try Spawned("/bin/sh", ["-c", "read x; exec \"$0\" storm --kind io --vcpus 1 --exits 1000000000 --seconds 2",
+                                              CLI.binary])
+        defer { watched.stop() }
+        let flood = try Spawned(CLI.binary, ["storm", "--kind", "io", "--vcpus", "1", "--exits", "1000000000", "--seconds", "30"],
+                                stdinNull: true, quiet: true)
+        defer { flood.stop() }
+        let stat = try Spawned(CLI.binary, ["stat", "--json", "--duration", "6", "-p", "\(watched.pid)"], stdinNull: true)
+        defer { stat.stop() }
+        let instance = "/sys/kernel/tracing/instances/kvmscope-\(stat.pid)"
+        func listed() -> Set<Int32> {
+            Set((try? String(contentsOfFile: instance + "/set_event_pid", encoding: .utf8))?
+                .split(whereSeparator: \.isWhitespace).compactMap { Int32($0) } ?? [])
+        }
+        func tracing() -> Bool { (try? String(contentsOfFile: instance + "/tracing_on", encoding: .utf8)) == "1\n" }
+        var end = Date().addingTimeInterval(30)
+        while Date() < end && !(tracing() && listed().contains(watched.pid)) { usleep(20_000) }
+        #expect(listed() == [watched.pid], "set_event_pid before the storm starts")
+        watched.release()
+        // While it runs: its vCPU thread ("CPU 0/KVM") is listed too, and no thread of the flood.
+        func tids(_ pid: Int32) -> Set<Int32> {
+            Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
+        }
+        func vcpu() -> Bool {
+            tids(watched.pid).contains { (try? String(contentsOfFile: "/proc/\(watched.pid)/task/\($0)/comm", encoding: .utf8)) == "CPU 0/KVM\n" }
+        }
+        end = Date().addingTimeInterval(10)
+        while Date() < end && !vcpu() { usleep(10_000) }
+        // Its user threads: KVM's own worker (kvm-nx-lpage-recovery, a vhost task the kernel starts without a
+        // fork event) is left out, and causes no kvm event.
+        let running = tids(watched.pid).filter {
+            (try? String(contentsOfFile: "/proc/\(watched.pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix("kvm-nx-") == false
+        }
+        #expect(running.count == 2 && running.isSubset(of: listed()), "threads \(running), set_event_pid \(listed())")
+        #expect(listed().isDisjoint(with: tids(flood.pid)))
+        #expect(watched.wait(timeout: 30) == 0)
+        let exits = try #require(watched.stdout.firstMatch(of: /"exits":(\d+)/).flatMap { Int($0.1) }, "\(watched.stdout)")
+        #expect(stat.wait(timeout: 30) == 0, "\(stat.stderr)")
+        #expect(flood.isRunning, "the flood must overlap the whole trace")
+        let j = try CLI.json(stat.stdout)
+        #expect((j["events"] as? [String: Int])?["kvm_pio"] == exits, "\(stat.stdout.prefix(400))")
+        #expect(j["lost_events"] as? Int == 0)
+    }
+
     @Test func guestByNameKeepsOnlyThatGuest() throws {
         let name = "kvmscope-test-guest-\(getpid())"
         let guest = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "io", "--vcpus", "2", "--exits", "5000",

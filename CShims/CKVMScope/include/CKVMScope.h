@@ -162,6 +162,8 @@ struct ckvmscope_instance;
  * off. NULL with a one-line message in err on failure (nothing is left behind then). */
 struct ckvmscope_instance *ckvmscope_instance_create(const char *name, uint32_t buffer_kb, const char *clock,
                                                      char *err, size_t errlen);
+/* A handle on an existing instance (left by a dead recording), owned as a created one. NULL with errno. */
+struct ckvmscope_instance *ckvmscope_instance_attach(const char *name);
 const char *ckvmscope_instance_name(const struct ckvmscope_instance *inst);
 /* Enable one event (system, event) in the instance; event NULL enables the whole system. 0, or -1 (errno). */
 int ckvmscope_instance_enable(struct ckvmscope_instance *inst, const char *system, const char *event);
@@ -172,6 +174,8 @@ int ckvmscope_instance_wake_percent(struct ckvmscope_instance *inst, uint32_t pe
 int ckvmscope_instance_record_tgid(struct ckvmscope_instance *inst);
 /* Trace only pid and what it forks from now on (set_event_pid + event-fork). */
 int ckvmscope_instance_follow_pid(struct ckvmscope_instance *inst, int pid);
+/* The same, keeping the processes already followed (set_event_pid appended to). */
+int ckvmscope_instance_follow_another_pid(struct ckvmscope_instance *inst, int pid);
 /* Tracing off, events disabled, instance removed (after its readers are closed), handle freed.
  * 0, or -1 with errno when tracefs would not remove it. */
 int ckvmscope_instance_destroy(struct ckvmscope_instance *inst);
