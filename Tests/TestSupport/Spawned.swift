@@ -164,6 +164,19 @@ public func freeLoopbackPort() -> UInt16 {
     return UInt16(bigEndian: addr.sin_port)
 }
 
+/// The body of `http://127.0.0.1:PORT/metrics`, scraped every 0.25 s until `done` holds of it or `timeout`
+/// seconds pass: the last body ("" when nothing answered).
+public func scrapeMetrics(port: UInt16, timeout: Double = 30, until done: (String) -> Bool) -> String {
+    let end = Date().addingTimeInterval(timeout)
+    var body = ""
+    repeat {
+        body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
+        if done(body) { break }
+        usleep(250_000)
+    } while Date() < end
+    return body
+}
+
 /// GETs `http://127.0.0.1:PORT/...` over a plain blocking socket with 10 s send and receive timeouts
 /// (HTTP/1.1, `Connection: close`, plain or chunked body). Nil on any failure. URLSession is not used: its
 /// completion never came in one run, and a test waiting for it waited forever.

@@ -267,16 +267,7 @@ struct QEMUGuestTests {
         let notify = mine + "space=\"mmio\",device=\"virtio-disk0 notify (virtio-blk "
         func lines(_ body: String, _ prefix: String) -> [String] { body.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) } }
         func value(_ line: String) -> UInt64 { line.split(separator: " ").last.flatMap { UInt64($0) } ?? 0 }
-        func scrape(until done: (String) -> Bool) -> String {
-            let end = Date().addingTimeInterval(30)
-            var body = ""
-            repeat {
-                body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
-                if done(body) { break }
-                usleep(250_000)
-            } while Date() < end
-            return body
-        }
+        func scrape(until done: (String) -> Bool) -> String { scrapeMetrics(port: port, until: done) }
         let running = scrape { lines($0, notify).contains { value($0) > 0 } }
         let row = try #require(lines(running, notify).first, "\(lines(running, "kvmscope_io_exits_total"))")
         #expect(value(row) > 0)

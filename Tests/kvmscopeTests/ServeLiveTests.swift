@@ -137,16 +137,7 @@ struct ServeLiveTests {
         #expect(storm.wait() == 0)
         let mine = "kvmscope_io_exits_total{vm=\"\(storm.pid)\","
         func rows(_ body: String) -> [String] { body.split(separator: "\n").map(String.init).filter { $0.hasPrefix(mine) } }
-        func scrape(until done: (String) -> Bool) -> String {
-            let end = Date().addingTimeInterval(30)
-            var body = ""
-            repeat {
-                body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
-                if done(body) { break }
-                usleep(250_000)
-            } while Date() < end
-            return body
-        }
+        func scrape(until done: (String) -> Bool) -> String { scrapeMetrics(port: port, until: done) }
         let expected = ",space=\"port\",device=\"dma1\"} \(2 * Self.n)"
         let counted = scrape { rows($0).count == 1 && rows($0)[0].hasSuffix(expected) }
         #expect(rows(counted).count == 1 && rows(counted).first?.hasSuffix(expected) == true, "\(rows(counted))")
