@@ -141,6 +141,12 @@ struct RecordFaultTests {
         let (pid, spool, pages) = try Self.killRecording(path, compression: "none")
         #expect(TraceFSInstances.exists("kvmscope-\(pid)"), "SIGKILL leaves the instance")
         #expect(FileManager.default.fileExists(atPath: "/run/kvmscope/record-\(pid)"))
+        // A line in the dead instance's buffer after the pages were counted (the storm died with the recording,
+        // and its last events may all have been read): whichever command drains the instance — this stat, or
+        // another suite's run that removes dead instances — puts it into the spool.
+        let marker = "/sys/kernel/tracing/instances/kvmscope-\(pid)/trace_marker"
+        let marked = (try? "kvmscope drain test\n".write(toFile: marker, atomically: false, encoding: .utf8)) != nil
+        #expect(marked, "no trace_marker in the dead instance")
         let st = try CLI.run(["stat", "--duration", "0.2", "--event", "kvm_pio"])
         #expect(st.status == 0, "\(st.stderr)")
         #expect(!TraceFSInstances.exists("kvmscope-\(pid)"), "stat removes the dead instance")
