@@ -47,6 +47,26 @@ final class ProcFile {
         return .success(())
     }
 
+    /// Reads an open procfs file whole again from offset 0 (`pread`: seq_file regenerates it), for a file read
+    /// every sample — no open and close per read. Fails as ``read(_:in:)`` does (a thread that ended: `.gone`).
+    func read(descriptor fd: Int32) -> Result<Void, ProcReadFailure> {
+        var total = 0
+        while total < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { raw in
+                Glibc.pread(fd, raw.baseAddress! + total, raw.count - total, off_t(total))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .failure(Self.failure(errno))
+            }
+            if n == 0 { break }
+            total += n
+            if total < buffer.count { break }
+        }
+        count = total
+        return .success(())
+    }
+
     static func failure(_ e: Int32) -> ProcReadFailure { e == ENOENT || e == ESRCH ? .gone : .unreadable(e) }
 
     /// The unsigned decimal numbers of the space-separated fields after the last `)` (the comm's end) of a

@@ -9,7 +9,8 @@ import KVMExits
 /// sample's growth since the previous one.
 ///
 /// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
-/// stat and schedstat (comm once per thread); each tap's 8 statistics files. Processes that are not VMs have
+/// stat and schedstat (comm once per thread; the two files kept open while the thread lives, read again from
+/// offset 0: no open and close per sample); each tap's 8 statistics files. Processes that are not VMs have
 /// their descriptors looked at while young (their first ``youngSamples`` samples, when a VMM creates its VM)
 /// and then once every ``rescanEvery`` samples; known VMs' descriptors (for taps) and thread names are looked
 /// at again every ``rescanEvery`` samples. Not thread-safe: one caller samples.
@@ -22,6 +23,10 @@ public final class ResourceSampler {
     /// Whether descriptors of /proc/PID and /proc/PID/task/TID stay open between samples (no path lookups:
     /// cheaper at a short interval). Without, nothing stays open between samples (`serve`, sampled per scrape).
     public let keepDescriptors: Bool
+    /// Whether `procRoot` is the system's /proc, whose files are regenerated when read again from offset 0: then
+    /// each thread's stat and schedstat stay open between samples. Elsewhere (a test's tree of plain files,
+    /// which an open descriptor would keep reading after the file is gone) they are opened by name every sample.
+    let procfsRereads: Bool
     /// Processes never reported (kvmscope itself, whose storm guest is its own VM).
     public var excluded: Set<Int32> = []
     /// When set, the only processes looked at (`serve -p PID`): no other process's descriptors are read, and
@@ -49,6 +54,15 @@ public final class ResourceSampler {
         /// /proc/PID/task/TID, open while the thread is known (its files are opened relative to it: no path
         /// lookup per file); -1 when descriptors ran out (then paths from /proc/PID).
         var dir: Int32 = -1
+        /// Its stat and schedstat, open while the thread is known (read again from offset 0 every sample); -1
+        /// until first read, or when descriptors ran out (then opened by name each time).
+        var statFD: Int32 = -1
+        var schedstatFD: Int32 = -1
+
+        /// Closes its descriptors.
+        func close() {
+            for fd in [dir, statFD, schedstatFD] where fd >= 0 { Glibc.close(fd) }
+        }
     }
     private struct VMState {
         var name: String
@@ -84,6 +98,7 @@ public final class ResourceSampler {
     public init(procRoot: String = "/proc", sysRoot: String = "/sys", rescanEvery: Int = 10, youngSamples: Int = 3,
                 keepDescriptors: Bool = true) {
         self.keepDescriptors = keepDescriptors
+        procfsRereads = keepDescriptors && procRoot == "/proc"
         self.procRoot = procRoot
         self.sysRoot = sysRoot
         self.rescanEvery = max(1, rescanEvery)
@@ -98,7 +113,7 @@ public final class ResourceSampler {
     }
 
     /// Raises the soft limit on open descriptors to the hard one (as Go's runtime does at start): the sampler
-    /// keeps one per VM and one per VM thread. Where it stays too low, threads are read by path instead.
+    /// keeps one per VM and three per VM thread (its directory, stat and schedstat). Where it stays too low, threads are read by path instead.
     static func raiseDescriptorLimit() {
         var r = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0, r.rlim_cur < r.rlim_max else { return }
@@ -112,7 +127,7 @@ public final class ResourceSampler {
 
     private func closeDescriptors(of vm: VMState) {
         if vm.directory >= 0 { close(vm.directory) }
-        for t in vm.threads.values where t.dir >= 0 { close(t.dir) }
+        for t in vm.threads.values { t.close() }
     }
 
     /// Reads every VM once. The first sample has no deltas; each later one has the growth since the one before.
@@ -348,8 +363,10 @@ public final class ResourceSampler {
             /// A listed thread whose files are gone ended mid-sample: a marked row if it was known.
             func ended() {
                 if isNew {
-                    if known.dir >= 0 { close(known.dir) }
+                    known.close()
                 } else {
+                    // Kept with the descriptors opened now, so that the gone thread's close() closes them too.
+                    st.threads[tid] = known
                     seen.insert(tid)
                     threads.append(goneThread(tid, known))
                 }
@@ -362,11 +379,20 @@ public final class ResourceSampler {
                 known.comm = file.text
                 known.vcpu = VCPUThreadName.vcpu(known.comm)
             }
-            guard case .success = file.read(prefix + "stat", in: dir), let tf = file.statFields([3, 14, 15, 39, 43]) else {
+            // stat and schedstat stay open while the thread lives (the thread's directory is kept): read again from
+            // offset 0, no open and close per sample.
+            if procfsRereads && known.dir >= 0 && known.statFD < 0 { known.statFD = openat(known.dir, "stat", O_RDONLY | O_CLOEXEC) }
+            if procfsRereads && known.dir >= 0 && known.schedstatFD < 0 {
+                known.schedstatFD = openat(known.dir, "schedstat", O_RDONLY | O_CLOEXEC)
+            }
+            let statRead = known.statFD >= 0 ? file.read(descriptor: known.statFD) : file.read(prefix + "stat", in: dir)
+            guard case .success = statRead, let tf = file.statFields([3, 14, 15, 39, 43]) else {
                 ended()
                 continue
             }
-            guard case .success = file.read(prefix + "schedstat", in: dir) else {
+            let schedstatRead = known.schedstatFD >= 0 ? file.read(descriptor: known.schedstatFD)
+                : file.read(prefix + "schedstat", in: dir)
+            guard case .success = schedstatRead else {
                 ended()
                 continue
             }
@@ -384,7 +410,7 @@ public final class ResourceSampler {
         }
         for (tid, t) in st.threads where !seen.contains(tid) { threads.append(goneThread(tid, t)) }
         for t in threads where t.gone {
-            if let d = st.threads[t.tid]?.dir, d >= 0 { close(d) }
+            st.threads[t.tid]?.close()
             st.threads[t.tid] = nil
         }
         threads.sort { a, b in
