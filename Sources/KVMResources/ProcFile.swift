@@ -28,23 +28,7 @@ final class ProcFile {
         let fd = openat(directory, path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return .failure(Self.failure(errno)) }
         defer { close(fd) }
-        var total = 0
-        while total < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { raw in
-                Glibc.read(fd, raw.baseAddress! + total, raw.count - total)
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .failure(Self.failure(errno))
-            }
-            if n == 0 { break }
-            total += n
-            // procfs and sysfs hand over a small file in one read: a read that did not fill the buffer is the
-            // end (saves the read that would return 0, a quarter of the syscalls per file).
-            if total < buffer.count { break }
-        }
-        count = total
-        return .success(())
+        return read(descriptor: fd)
     }
 
     /// Reads an open procfs file whole again from offset 0 (`pread`: seq_file regenerates it), for a file read
@@ -61,6 +45,8 @@ final class ProcFile {
             }
             if n == 0 { break }
             total += n
+            // procfs and sysfs hand over a small file in one read: a read that did not fill the buffer is the
+            // end (saves the read that would return 0, a quarter of the syscalls per file).
             if total < buffer.count { break }
         }
         count = total
