@@ -87,12 +87,13 @@ public final class Spawned: @unchecked Sendable {
     /// Sends a signal to the process alone.
     public func signal(_ sig: Int32) { if process.isRunning { kill(pid, sig) } }
 
-    /// Waits for the process to end by itself (at most `timeout` s; then its group is killed and an issue
-    /// recorded). Returns its exit status (or 128 + the signal that ended it).
+    /// Waits for the process to end by itself (at most `timeout` s; then its group is killed and, when
+    /// `recordTimeout`, an issue recorded). Returns its exit status (or 128 + the signal that ended it; a
+    /// killed process gives 128 + SIGKILL).
     @discardableResult
-    public func wait(timeout: Double = 120) -> Int32 {
+    public func wait(timeout: Double = 120, recordTimeout: Bool = true) -> Int32 {
         if !reap(within: timeout) {
-            Issue.record("\(what) did not end within \(timeout) s")
+            if recordTimeout { Issue.record("\(what) did not end within \(timeout) s") }
             killGroup()
         }
         return finish()
@@ -128,8 +129,10 @@ public final class Spawned: @unchecked Sendable {
         return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
     }
 
-    /// Runs a command to its end: stdin from `input` (or /dev/null), output collected, at most `timeout` s.
+    /// Runs a command to its end: stdin from `input` (or /dev/null), output collected, at most `timeout` s
+    /// (then killed; an issue is recorded unless `recordTimeout` is false, for a caller that polls again).
     public static func run(_ executable: String, _ args: [String], input: Data? = nil, timeout: Double = 120,
+                           recordTimeout: Bool = true,
                            environment: [String: String] = [:], inheritEnvironment: Bool = true)
         throws -> (status: Int32, stdout: String, stderr: String) {
         let p = try Spawned(executable, args, stdinNull: input == nil, environment: environment,
@@ -141,7 +144,7 @@ public final class Spawned: @unchecked Sendable {
                 p.closeStdin()
             }.start()
         }
-        let status = p.wait(timeout: timeout)
+        let status = p.wait(timeout: timeout, recordTimeout: recordTimeout)
         return (status, p.stdout, p.stderr)
     }
 }

@@ -75,7 +75,9 @@ struct TerminalLossTests {
         }
 
         func keys(_ keys: String...) throws { try tmux(["send-keys", "-t", pane] + keys) }
-        func capture() throws -> [String] { try tmux(["capture-pane", "-p", "-t", pane]).components(separatedBy: "\n") }
+        func capture(timeout: Double = 30) throws -> [String]? {
+            try LiveTUITests.capture(["-t", pane], prefix: ["-L", socket], timeout: timeout)
+        }
 
         func file(_ name: String) -> String? { try? String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8) }
 
@@ -90,15 +92,7 @@ struct TerminalLossTests {
         /// Polls until `condition` holds; records the last screen and throws when `timeout` s pass.
         @discardableResult
         func wait(_ what: String, timeout: Double = 30, _ condition: ([String]) -> Bool) throws -> [String] {
-            let deadline = Date().addingTimeInterval(timeout)
-            var screen: [String] = []
-            while Date() < deadline {
-                screen = try capture()
-                if condition(screen) { return screen }
-                usleep(50_000)
-            }
-            Issue.record("timed out waiting for \(what); screen:\n\(screen.joined(separator: "\n"))")
-            throw LiveTUITests.Timeout()
+            try LiveTUITests.poll(what, timeout: timeout, interval: 0.05, capture: capture, condition)
         }
 
         /// Brings the view into `state` and returns kvmscope's pid once its instance exists.
