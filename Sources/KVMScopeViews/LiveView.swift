@@ -117,6 +117,9 @@ public struct LiveRow: Sendable, Equatable {
     /// A per-vCPU row whose thread's kvm_exit/kvm_entry carry another vCPU number than its name gives: its name
     /// says both and is drawn in red (``Summary/vcpuMismatches``).
     public var marked = false
+    /// A guest row's CPU and vCPU wait in the interval (``GuestResourceUse``), shown in the CPU% and Wait%
+    /// columns that take the latency columns' place in the guest list; nil before the first interval.
+    public var resources: GuestResourceUse?
 }
 
 /// The live view's screens as pure functions of (frame, state, size): kvm_stat's layout, plus latency
@@ -279,8 +282,10 @@ public enum LiveView {
         let first = state.mode == .guests ? "Guest Name" : state.mode == .vcpus ? "vCPU / Event"
             : state.mode == .io ? "Port/Address  Device" : "Event"
         var s = " " + pad(first, l.name) + " " + lpad("Total", 10) + lpad("%Total", 7) + " " + lpad("CurAvg/s", 8)
-        s += " " + lpad("Avg", 8) + " " + lpad("p99", 8)
-        if l.wide { s += " " + lpad("Max", 8) + " " }
+        // Guests have no exit handling time of their own here: their slots show htop's CPU% and the vCPUs' wait.
+        let guests = state.mode == .guests
+        s += " " + lpad(guests ? "CPU%" : "Avg", 8) + " " + lpad(guests ? "Wait%" : "p99", 8)
+        if l.wide { s += " " + lpad(guests ? "" : "Max", 8) + " " }
         if l.spark > 0 { s += " " + (l.spark >= 8 ? "Rate 60s" : "") }
         return s
     }
@@ -290,7 +295,7 @@ public enum LiveView {
     static func rows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
         switch state.mode {
         case .events: return eventRows(frame, state: state, layout: layout)
-        case .guests: return guestRows(frame, state: state)
+        case .guests: return guestRows(frame, state: state, layout: layout)
         case .vcpus: return vcpuRows(frame, state: state, layout: layout)
         case .io: return ioRows(frame, state: state)
         }
@@ -347,23 +352,19 @@ public enum LiveView {
         return out
     }
 
-    static func guestRows(_ frame: LiveFrame, state: LiveViewState) -> [LiveRow] {
+    /// One row per guest: "NAME (pid N)", the name cut so that the pid stays in the column.
+    static func guestRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
         let guests = frame.guests.filter { !state.kernelThreads.contains($0.pid) }
         let grand = guests.reduce(0) { $0 + $1.total }
         let before = Dictionary(frame.previousGuests.map { ($0.pid, $0.total) }, uniquingKeysWith: +)
-        let rows = guests.filter { $0.total > 0 }.map { g in
-            LiveRow(id: "g:\(g.pid)", name: "\(g.name?.terminalSafe ?? "?") (pid \(g.pid))" + resourceSuffix(frame.guestResources[g.pid]),
+        let rows = guests.filter { $0.total > 0 }.map { g -> LiveRow in
+            let pid = " (pid \(g.pid))"
+            return LiveRow(id: "g:\(g.pid)", name: cut(g.name?.terminalSafe ?? "?", layout.name - pid.count) + pid,
                     isChild: false, total: g.total,
                     percent: pct(g.total, grand), delta: frame.previous == nil ? nil : g.total &- (before[g.pid] ?? 0),
-                    latency: nil, blocked: false, rips: [], pid: g.pid)
+                    latency: nil, blocked: false, rips: [], pid: g.pid, resources: frame.guestResources[g.pid])
         }
         return sorted(rows, byTotal: state.sortByTotal)
-    }
-
-    /// ` cpu 45.0% wait 3.1%` after a guest's name: htop's CPU% of one CPU, its vCPUs' run-queue wait.
-    static func resourceSuffix(_ use: GuestResourceUse?) -> String {
-        guard let use else { return "" }
-        return " cpu \(StatTable.format1(use.cpuPercent))% wait \(StatTable.format1(use.waitPercent))%"
     }
 
     static func vcpuRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
@@ -438,8 +439,12 @@ public enum LiveView {
         var s = (selected ? ">" : " ") + pad(cut(r.name, layout.name), layout.name) + " " + lpad(String(r.total), 10)
             + lpad(StatTable.format1(r.percent), 7) + " " + lpad(rate(r.delta, seconds), 8)
         let l = r.latency.flatMap { $0.count > 0 ? $0 : nil }
-        s += " " + lpad(l.map { duration(UInt64($0.mean.rounded())) } ?? "", 8)
-        s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
+        if let use = r.resources {
+            s += " " + lpad(StatTable.format1(use.cpuPercent), 8) + " " + lpad(StatTable.format1(use.waitPercent), 8)
+        } else {
+            s += " " + lpad(l.map { duration(UInt64($0.mean.rounded())) } ?? "", 8)
+            s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
+        }
         if layout.wide { s += " " + lpad(l.map { duration($0.max) } ?? "", 8) + " " }
         if layout.spark > 0 { s += " " + history.sparkline(r.id, width: layout.spark) }
         // A vCPU traced under another number than its thread's name: its name in red, as htop marks a cell.
@@ -488,8 +493,8 @@ public enum LiveView {
 
     static func help(width: Int) -> LiveScreen {
         let keys = [
-            "   b     toggle events by guests (Enter on a guest shows only that guest); cpu: its host CPU time,",
-            "         % of one CPU (htop's); wait: its vCPUs' time waiting for a host CPU, % of the interval",
+            "   b     toggle events by guests (Enter on a guest shows only that guest); CPU%: its host CPU time,",
+            "         % of one CPU (htop's); Wait%: its vCPUs' time waiting for a host CPU, % of the interval",
             "   c     clear filter",
             "   f     filter by regular expression",
             "   g     filter by guest name",

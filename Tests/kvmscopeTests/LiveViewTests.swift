@@ -141,7 +141,7 @@ struct LiveViewTests {
         #expect(shown == [
             "kvm statistics - summary - by guest",
             "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
-            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            " Guest Name                                    Total %Total CurAvg/s     CPU%    Wait%           Rate 60s",
             ">web (pid 100)                                   120   75.0       30",
             " db (pid 200)                                     40   25.0       10",
             " Total                                           160              40",
@@ -159,7 +159,7 @@ struct LiveViewTests {
         #expect(shown == [
             "kvm statistics - summary - by guest",
             "                 regex filter: pio|HLT                                               sort: CurAvg/s  delay: 2.0s  lost 0",
-            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            " Guest Name                                    Total %Total CurAvg/s     CPU%    Wait%           Rate 60s",
             ">web (pid 100)                                    28   73.7        7",
             " db (pid 200)                                     10   26.3        3",
             " Total                                            38              10",
@@ -300,7 +300,7 @@ struct LiveViewTests {
         #expect(Self.shown(try Self.screen(state)) == [
             "kvm statistics - summary - by guest",
             "                                                                                     sort: CurAvg/s  delay: 2.0s  lost 0",
-            " Guest Name                                    Total %Total CurAvg/s      Avg      p99      Max  Rate 60s",
+            " Guest Name                                    Total %Total CurAvg/s     CPU%    Wait%           Rate 60s",
             ">web (pid 100)                                   120  100.0       30",
             " Total                                           120              30",
             "Enter show guest  " + Self.hint,

@@ -364,7 +364,8 @@ import Testing
     }
 }
 
-/// The live view's guest list (`b`) shows each guest's CPU and vCPU wait beside its exits.
+/// The live view's guest list (`b`) shows each guest's CPU and vCPU wait beside its exits, in columns of their
+/// own: a long guest name is cut to its column, never the numbers.
 @Suite struct LiveGuestResourcesTests {
     @Test func guestRowsCarryCPUAndWait() {
         var frame = LiveFrame(current: Summary(), previous: Summary(), seconds: 1,
@@ -373,9 +374,22 @@ import Testing
         frame.guestResources = [100: GuestResourceUse(cpuPercent: 45, waitPercent: 3.14)]
         var state = LiveViewState()
         state.mode = .guests
-        let text = LiveView.render(frame, state: state, width: 120, height: 30).text
-        #expect(text.contains(">web (pid 100) cpu 45.0% wait 3.1%                30   75.0       30"))
-        #expect(text.contains(" db (pid 200)                                     10   25.0       10"))
+        let lines = LiveView.render(frame, state: state, width: 120, height: 30).text
+        #expect(lines.contains(" Guest Name                                    Total %Total CurAvg/s     CPU%    Wait%           Rate 60s"))
+        #expect(lines.contains(">web (pid 100)                                    30   75.0       30     45.0      3.1"))
+        #expect(lines.contains(" db (pid 200)                                     10   25.0       10"))
+    }
+
+    @Test func aLongGuestNameKeepsItsNumbers() {
+        let long = "debian-12-bookworm-amd64-build-worker-17"
+        var frame = LiveFrame(current: Summary(), previous: Summary(), seconds: 1,
+                              guests: [GuestTotal(pid: 123456, name: long, total: 30)],
+                              previousGuests: [GuestTotal(pid: 123456, name: long, total: 0)])
+        frame.guestResources = [123456: GuestResourceUse(cpuPercent: 145, waitPercent: 13.14)]
+        var state = LiveViewState()
+        state.mode = .guests
+        let lines = LiveView.render(frame, state: state, width: 120, height: 30).text
+        #expect(lines.contains(">debian-12-bookworm-amd64-b… (pid 123456)         30  100.0       30    145.0     13.1"))
     }
 }
 
