@@ -25,6 +25,7 @@ struct TopCommand: ParsableCommand {
 
               kvmscope top -b -n 3 -d 1       three screens, one second apart
               kvmscope top --json -n 5        one JSON object per line per iteration
+              kvmscope top -p 4242,4243       only these two VMs (htop -p)
               kvmscope top -b --csv top.csv   screens, and a CSV row per VM per iteration
             """)
 
@@ -56,12 +57,30 @@ struct TopCommand: ParsableCommand {
             help: "libvirt URI to read domain names, UUIDs and statistics from (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
     var connect: String?
 
+    @Option(name: [.customShort("p"), .customLong("pid")],
+            help: ArgumentHelp("Show only these VMs: PID[,PID…] (htop -p); only their threads are traced.", valueName: "pid"))
+    var pid: String?
+
     @OptionGroup(title: "QMP") var qmp: QMPOptions
+
+    /// The `-p` list: pids > 0, comma-separated (htop's spelling); nil without `-p`.
+    static func pidList(_ text: String?) throws -> Set<Int32>? {
+        guard let text else { return nil }
+        var out: Set<Int32> = []
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let p = Int32(item.trimmingCharacters(in: .whitespaces)), p > 0 else {
+                throw ValidationError("-p/--pid takes PID[,PID…] with each pid > 0 (got '\(text)')")
+            }
+            out.insert(p)
+        }
+        return out
+    }
 
     func validate() throws {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
         if json && csv == "-" { throw ValidationError("--json and --csv - both write standard output: give --csv a file") }
+        _ = try Self.pidList(pid)
         guard TopSort(rawValue: sort) != nil else {
             throw ValidationError("-o/--sort must be one of \(TopSort.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(sort)')")
         }
@@ -71,7 +90,10 @@ struct TopCommand: ParsableCommand {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
-        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect), qmp: qmp.monitors())
+        let only = try Self.pidList(pid)
+        for p in only?.sorted() ?? [] where !ThreadDirectory.processExists(p) { throw KVMScopeError.usage("no process with pid \(p)") }
+        var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect), qmp: qmp.monitors(),
+                                   only: only)
         defer { source.stop() }
         if !batchMode {
             let terminal: Terminal
@@ -141,12 +163,16 @@ struct TopSource {
     var libvirt: LibvirtReader?
 
     /// Starts the trace (throws its one-line errors) and takes the first sample: the first frame has deltas.
-    init(traceExits: Bool, libvirt: LibvirtReader? = nil, qmp: [QMPMonitor] = []) throws {
+    /// - Parameter only: `-p`: the only VMs sampled, and the only processes (with their threads) traced.
+    init(traceExits: Bool, libvirt: LibvirtReader? = nil, qmp: [QMPMonitor] = [], only: Set<Int32>? = nil) throws {
         self.libvirt = libvirt
         sampler.excluded = [getpid()]
         sampler.qmp = qmp
+        sampler.only = only
+        var config = TraceConfig()
+        config.onlyPids = only?.sorted() ?? []
         do {
-            session = traceExits ? try LiveSession(config: TraceConfig()) : nil
+            session = traceExits ? try LiveSession(config: config) : nil
         } catch let e as KVMScopeError {
             // The resources need no tracing: say how to see them anyway.
             throw KVMScopeError.usage("\(e.description); `kvmscope top --no-exits` shows the resources without exits")

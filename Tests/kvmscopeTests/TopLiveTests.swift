@@ -153,6 +153,30 @@ struct TopLiveTests {
         #expect(lines.allSatisfy { $0["exits_traced"] as? Bool == false })
     }
 
+    /// htop's `-p PID[,PID…]`: only those VMs are sampled, and only their threads traced (set_event_pid).
+    @Test func pidOptionShowsOnlyThoseVMs() throws {
+        let a = try guest(name: "top-p-a-\(getpid())", vcpus: 1)
+        defer { a.stop() }
+        let b = try guest(name: "top-p-b-\(getpid())", vcpus: 1)
+        defer { b.stop() }
+        let lines = try top(["-n", "2", "-d", "0.5", "-p", "\(a.pid)"])
+        #expect(lines.count == 2)
+        for line in lines {
+            #expect((line["vms"] as? [[String: Any]])?.map { $0["pid"] as? Int } == [Int(a.pid)])
+        }
+        let second = try #require(vm(lines[1], pid: a.pid))
+        #expect((second["exits_per_second"] as? Double ?? 0) > 0, "the storm's exits are traced")
+        let both = try top(["-n", "1", "-d", "0.3", "--no-exits", "-p", "\(b.pid),\(a.pid)"])
+        #expect(Set(((both.first?["vms"] as? [[String: Any]]) ?? []).compactMap { $0["pid"] as? Int }) == [Int(a.pid), Int(b.pid)])
+
+        let zero = try CLI.run(["top", "-b", "-p", "0"])
+        #expect(zero.status == 64)
+        #expect(zero.stderr == "kvmscope: -p/--pid takes PID[,PID…] with each pid > 0 (got '0')\n")
+        let gone = try CLI.run(["top", "-b", "-n", "1", "--no-exits", "-p", "\(a.pid),999999"])
+        #expect(gone.status == 1)
+        #expect(gone.stderr == "kvmscope: no process with pid 999999\n")
+    }
+
     @Test func batchScreensAndCSV() throws {
         let g = try guest(name: "top-csv-\(getpid())", vcpus: 1)
         defer { g.stop() }
