@@ -100,6 +100,13 @@ public struct LogFormatter {
         line(timestamp: timestamp, values: values(current: current, previous: previous))
     }
 
+    /// kvm_stat's batch mode (`-1`): one line per field, sorted, zeros included — the name left-aligned in 42
+    /// columns, then the count and the count of the last interval, 10 columns each (`%-42s%10d%10d`). One
+    /// interval is read, so both numbers are its counts, as kvm_stat's are within a second.
+    public func batchLines(values: [UInt64]) -> [String] {
+        zip(fields, values).map { f, v in StatTable.pad(f, 42) + StatTable.lpad(String(v), 10) + StatTable.lpad(String(v), 10) }
+    }
+
     /// "kvm_exit(HLT)" → ("kvm_exit", "HLT").
     static func split(_ f: String) -> (String, String?) {
         guard f.hasSuffix(")"), let open = f.firstIndex(of: "(") else { return (f, nil) }

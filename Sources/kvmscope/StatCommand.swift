@@ -112,7 +112,8 @@ struct StatCommand: ParsableCommand {
         abstract: "kvm_stat's non-interactive modes, with exit latencies and per-vCPU rows.",
         discussion: """
             Without a mode, traces until --duration ends, COMMAND exits or Ctrl-C, then prints the summary. -1 is \
-            kvm_stat's once mode (one interval: 1 s, or -s), -l its log mode. CurAvg/s and duration_s divide by \
+            kvm_stat's once mode (one interval: 1 s, or -s; its batch lines, every field sorted, zeros included; \
+            --json gives the summary), -l its log mode. CurAvg/s and duration_s divide by \
             the reading window, from tracing on to tracing off: kvmscope's own start-up and end stay out.
 
             --event also takes perf kvm stat's analyses: ioport and mmio print the per-port and per-MMIO-address \
@@ -126,7 +127,7 @@ struct StatCommand: ParsableCommand {
             """)
 
     @Flag(name: [.customShort("1"), .long, .customLong("batch")],
-          help: "One summary after one interval: 1 s as kvm_stat --once, or -s SECONDS.")
+          help: "kvm_stat's batch lines (field, count, count) after one interval: 1 s as kvm_stat --once, or -s SECONDS.")
     var once = false
 
     @Flag(name: [.customShort("l"), .long], help: "Log one line of counts per interval (kvm_stat --log).")
@@ -259,6 +260,10 @@ struct StatCommand: ParsableCommand {
         // outside CSV (kvm_stat's habit): a CSV log is one table, and -L -c appends only to a file that holds
         // the same table (or nothing).
         var formatter: LogFormatter?
+        // -1's text is kvm_stat's batch lines, of the same fields.
+        let batchFormatter = once && !json
+            ? LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter), csv: false)
+            : nil
         if logging {
             let f = LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter),
                                  csv: csv)
@@ -371,6 +376,14 @@ struct StatCommand: ParsableCommand {
                 ("resources", trail?.json(vms: vms.isEmpty && command.isEmpty ? nil : vms) ?? .array([])),
             ]
             try writeSummary(SummaryJSON.render(final, durationSeconds: seconds, extra: extra) + "\n")
+        } else if let batch = batchFormatter {
+            trail?.finish()
+            // kvm_stat -1's lines on stdout, nothing else there (scripts read them); what was lost is said on stderr,
+            // never silently.
+            try writeSummary(batch.batchLines(values: batch.values(current: final, previous: previous)).joined(separator: "\n") + "\n")
+            if final.lostEvents + final.lostUnknownSubbuffers + final.overflowEvents + final.corruptSubbuffers + final.readErrors > 0 {
+                writeStderr("kvmscope: counts short: \(StatTable.footer(final).split(separator: "\n")[0])\n")
+            }
         } else {
             trail?.finish()
             if let maps = trail?.deviceMaps(), !maps.isEmpty { final.ioAccesses.name(devices: maps) }

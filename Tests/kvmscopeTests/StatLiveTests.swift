@@ -127,6 +127,30 @@ struct StatLiveTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") == appended)
     }
 
+    /// stat -1 prints kvm_stat's batch lines (`%-42s%10d%10d`: field, count, count of the interval), every field
+    /// -f keeps, sorted, zeros included, and nothing else on stdout; here the interval (-s 30) ends with the COMMAND.
+    @Test func onceIsKvmStatsBatchLines() throws {
+        let fields = #"kvm_(pio|mmio)$|KVM_EXIT_(IO|MMIO)\)"#
+        let r = try CLI.run(["stat", "-1", "-s", "25", "-f", fields, "--", CLI.binary, "storm", "--kind", "io",
+                             "--vcpus", "2", "--exits", "\(Self.n)"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        func line(_ f: String, _ v: Int) -> String {
+            f.padding(toLength: 42, withPad: " ", startingAt: 0) + String(repeating: " ", count: 10 - "\(v)".count) + "\(v)"
+                + String(repeating: " ", count: 10 - "\(v)".count) + "\(v)"
+        }
+        // The storm's own JSON line first (COMMAND's stdout), then the batch lines.
+        let out = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(out.first?.hasPrefix("{\"pid\":") == true)
+        #expect(Array(out.dropFirst()) == [
+            line("kvm_mmio", 0),
+            line("kvm_pio", 2 * Self.n),
+            line("kvm_userspace_exit", 2 * Self.n),
+            line("kvm_userspace_exit(KVM_EXIT_IO)", 2 * Self.n),
+            line("kvm_userspace_exit(KVM_EXIT_MMIO)", 0),
+            "",
+        ])
+    }
+
     /// stat -L under logrotate (kvm_stat's habit): the file is moved, SIGHUP reopens the name, the next lines go
     /// to a new file that starts with the header; the run goes on until SIGTERM (status 0). A CSV log that
     /// already holds lines gets no second header.
