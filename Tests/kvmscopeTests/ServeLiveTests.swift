@@ -227,7 +227,8 @@ struct ServeLiveTests {
             body.split(separator: "\n").map(String.init).filter { $0.hasPrefix("kvmscope_storm_active{") }
         }
         let resolved = "kvmscope_storm_active{vm=\"\(storm.pid)\",vm_name=\"churny\",reason=\"kvm_pio\",rule=\"\(rule)\"} 0"
-        let end = Date().addingTimeInterval(30)
+        // 60 s: under TSan (make sanitize) a loaded serve once took longer than 30 s to name the gone threads.
+        let end = Date().addingTimeInterval(60)
         var body = ""
         repeat {
             body = httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? ""
