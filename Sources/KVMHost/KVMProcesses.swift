@@ -4,14 +4,17 @@ import Foundation
 public enum KVMProcesses {
     /// Pids with an fd on /dev/kvm or `anon_inode:kvm-vm`, except `excluding`. Reads /proc/*/fd (root sees all).
     public static func running(excluding: Set<Int32> = []) -> [Int32] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init)
+        return pids.filter { !excluding.contains($0) && holdsKVM($0) }.sorted()
+    }
+
+    /// Whether `pid` holds /dev/kvm or a KVM VM descriptor open (false when it is gone or unreadable).
+    public static func holdsKVM(_ pid: Int32) -> Bool {
         let fm = FileManager.default
-        let pids = ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init)
-        return pids.filter { pid in
-            guard !excluding.contains(pid), let fds = try? fm.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return false }
-            return fds.contains { fd in
-                guard let target = try? fm.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)") else { return false }
-                return target == "/dev/kvm" || target.hasPrefix("anon_inode:kvm-vm")
-            }
-        }.sorted()
+        guard let fds = try? fm.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return false }
+        return fds.contains { fd in
+            guard let target = try? fm.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)") else { return false }
+            return target == "/dev/kvm" || target.hasPrefix("anon_inode:kvm-vm")
+        }
     }
 }

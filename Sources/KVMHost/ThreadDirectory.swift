@@ -27,14 +27,18 @@ public enum ThreadDirectory {
         return (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
     }
 
-    /// Every process whose cmdline-derived guest name is `name`.
+    /// The processes whose cmdline-derived guest name is `name`: of those, the ones holding KVM open (the VMs)
+    /// where any does — a wrapper that stays the VMM's parent (`timeout`, `sudo`, a script) carries the same
+    /// `-name` in its arguments but is no VM — else all of them (a VMM that has not opened /dev/kvm yet).
     public static func pids(ofGuest name: String) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap(Int32.init).filter { pid in
+        let named = entries.compactMap(Int32.init).filter { pid in
             guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             let args = data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
             return GuestName.fromQEMUArguments(args) == name
         }.sorted()
+        let vms = named.filter(KVMProcesses.holdsKVM)
+        return vms.isEmpty ? named : vms
     }
 
     /// When thread `tid` of process `vm` started: field 22 of /proc/VM/task/TID/stat (clock ticks since boot);

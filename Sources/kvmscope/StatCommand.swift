@@ -100,6 +100,11 @@ struct FilterOptions: ParsableArguments {
         if let guest {
             let pids = ThreadDirectory.pids(ofGuest: guest)
             guard !pids.isEmpty else { throw KVMScopeError.usage("no guest named '\(guest)' is running") }
+            // kvm_stat refuses an ambiguous name rather than adding two VMs' counts into one table.
+            guard pids.count == 1 else {
+                throw KVMScopeError.usage("several guests are named '\(guest)' (pids \(pids.map(String.init).joined(separator: ", "))): "
+                                          + "choose one with -p")
+            }
             f.vms = Set(pids)
         }
         return f

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+import KVMHost
 
 /// Known answers from a real guest: the storm generator's exits, counted by the kernel's tracepoints.
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
@@ -312,5 +313,40 @@ struct GuestFilterLiveTests {
         let events = try #require(j["events"] as? [String: Int])
         #expect((events["kvm_pio"] ?? 0) > 0)
         #expect(events["kvm_mmio"] == nil, "the other guest leaked in")
+    }
+
+    /// A VMM under a wrapper that stays its parent (`timeout`) has the guest name in the wrapper's arguments
+    /// too: -g means the VM (the process holding KVM open), not the wrapper; two VMs of one name are refused, as
+    /// kvm_stat refuses them ("Multiple processes found").
+    @Test func guestByNameIsTheVMNotItsWrapperAndNeverTwo() throws {
+        let name = "kvmscope-wrapped-\(getpid())"
+        let wrapper = try Spawned("/usr/bin/timeout", ["90", CLI.binary, "storm", "--name", name, "--kind", "io", "--vcpus", "1",
+                                                       "--exits", "5000", "--seconds", "60"], stdinNull: true, quiet: true)
+        defer { wrapper.stop() }
+        // The VM: timeout's child, once it holds /dev/kvm.
+        var vm: Int32?
+        let end = Date().addingTimeInterval(30)
+        while vm == nil && Date() < end {
+            let children = (try? String(contentsOfFile: "/proc/\(wrapper.pid)/task/\(wrapper.pid)/children", encoding: .utf8)) ?? ""
+            vm = children.split(separator: " ").first.flatMap { Int32($0) }.flatMap { KVMProcesses.holdsKVM($0) ? $0 : nil }
+            if vm == nil { usleep(20_000) }
+        }
+        let child = try #require(vm, "the storm under timeout never opened /dev/kvm")
+        #expect(ThreadDirectory.pids(ofGuest: name) == [child])
+        let r = try CLI.run(["stat", "--json", "--duration", "1", "-g", name])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = try #require(try CLI.json(r.stdout)["userspace_exits"] as? [[String: Any]])
+        #expect(Set(rows.compactMap { $0["vm"] as? Int }) == [Int(child)])
+
+        let twin = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "mmio", "--vcpus", "1", "--exits", "5000",
+                                            "--seconds", "60"], stdinNull: true, quiet: true)
+        defer { twin.stop() }
+        let twinEnd = Date().addingTimeInterval(30)
+        while ThreadDirectory.pids(ofGuest: name).count < 2 && Date() < twinEnd { usleep(20_000) }
+        let pids = [child, twin.pid].sorted()
+        #expect(ThreadDirectory.pids(ofGuest: name) == pids)
+        let both = try CLI.run(["stat", "-1", "-g", name])
+        #expect(both.status == 1)
+        #expect(both.stderr == "kvmscope: several guests are named '\(name)' (pids \(pids[0]), \(pids[1])): choose one with -p\n")
     }
 }
