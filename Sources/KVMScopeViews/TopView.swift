@@ -45,6 +45,9 @@ public struct TopFrame: Sendable {
     /// Warnings of this sample (a QMP socket that refused, closed, timed out or answered garbage), one line
     /// each without the `kvmscope: ` prefix: stderr in batch modes, the line above the keys on the screen.
     public var warnings: [String] = []
+    /// Events the kernel dropped from top's trace since it started (its ring buffers were full), the
+    /// instance's own per-CPU count; nil when exits are not traced. EXITS/s and exits_total are short by them.
+    public var lostEvents: UInt64?
 
     public init(sample: ResourceSample, iteration: Int, time: String, exits: [Int32: TopExits]?) {
         self.sample = sample
@@ -179,7 +182,8 @@ public enum TopView {
             "kvmscope top - \(clock) - \(live.count) VM\(live.count == 1 ? "" : "s"), \(running) running, "
                 + "\(live.count - running - paused - diskWait) sleeping, \(paused) paused"
                 + (diskWait > 0 ? ", \(diskWait) in disk wait" : ""),
-            "Host: \(s.hostCPUs) CPUs, \(gib(s.hostMemoryBytes)) GiB memory; interval \(fixed(s.intervalSeconds, 2)) s",
+            "Host: \(s.hostCPUs) CPUs, \(gib(s.hostMemoryBytes)) GiB memory; interval \(fixed(s.intervalSeconds, 2)) s"
+                + (frame.lostEvents.map { $0 > 0 ? "; lost \($0) events: EXITS/s short" : "" } ?? ""),
             "CPU: \(fixed(cpu / interval / Double(s.hostCPUs) * 100, 1))% of all host CPUs (virt-top's %CPU), "
                 + "\(fixed(cpu / interval * 100, 1))% of one CPU (htop's); sorted by \(sort.rawValue)",
             requestsLegend(rows.filter { !$0.vm.gone }) + ", RXBY/TXBY: guest's tap bytes, per interval; %MEM: RSS of host memory",
@@ -309,6 +313,7 @@ public enum TopView {
             ("time", .string(frame.time)), ("iteration", .int(Int64(frame.iteration))),
             ("interval_seconds", .double(s.intervalSeconds)), ("host_cpus", .int(Int64(s.hostCPUs))),
             ("host_memory_bytes", .uint(s.hostMemoryBytes)), ("exits_traced", .bool(frame.exits != nil)),
+            ("lost_events", frame.lostEvents.map { .uint($0) } ?? .null),
             ("vms", .array(rows(frame, sort: sort).map { vmJSON($0, sample: s) })),
         ])
     }

@@ -191,8 +191,14 @@ struct TopSource {
         var sample = sampler.sample()
         libvirt?.attach(to: &sample)
         var perVM: [Int32: TopExits]?
-        if let session { perVM = exits.update(try Summary(session.snapshot())) }
+        var lost: UInt64?
+        if let session {
+            let summary = try Summary(session.snapshot())
+            perVM = exits.update(summary)
+            lost = summary.lostEvents
+        }
         var frame = TopFrame(sample: sample, iteration: iteration, time: clock.string(from: Date()), exits: perVM)
+        frame.lostEvents = lost
         frame.warnings = sampler.takeWarnings()
         return frame
     }

@@ -151,6 +151,7 @@ struct TopLiveTests {
         #expect(goneRow["cpu_percent"] is NSNull)
         #expect((goneRow["cpu_seconds"] as? Double ?? 0) > 0, "a gone row keeps the last numbers read")
         #expect(lines.allSatisfy { $0["exits_traced"] as? Bool == false })
+        #expect(lines.allSatisfy { $0["lost_events"] is NSNull })
     }
 
     /// htop's `-p PID[,PID…]`: only those VMs are sampled, and only their threads traced (set_event_pid).
@@ -164,6 +165,7 @@ struct TopLiveTests {
         for line in lines {
             #expect((line["vms"] as? [[String: Any]])?.map { $0["pid"] as? Int } == [Int(a.pid)])
         }
+        #expect(lines.allSatisfy { $0["lost_events"] is Int }, "a traced top says what it lost")
         let second = try #require(vm(lines[1], pid: a.pid))
         #expect((second["exits_per_second"] as? Double ?? 0) > 0, "the storm's exits are traced")
         let both = try top(["-n", "1", "-d", "0.3", "--no-exits", "-p", "\(b.pid),\(a.pid)"])

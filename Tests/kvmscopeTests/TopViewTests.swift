@@ -79,6 +79,23 @@ import Testing
         ])
     }
 
+    /// Events top's trace lost: said on the Host line (EXITS/s is short by them) and in every JSON line; a trace
+    /// that lost none says nothing on the screen and 0 in the JSON; without a trace the JSON has null.
+    @Test func lostEventsAreShown() throws {
+        var frame = Self.frame()
+        frame.lostEvents = 1234
+        #expect(TopView.render(frame)[1] == "Host: 4 CPUs, 8.0 GiB memory; interval 2.00 s; lost 1234 events: EXITS/s short")
+        func lost(_ f: TopFrame) throws -> Any? {
+            try #require(JSONSerialization.jsonObject(with: Data(TopView.json(f).serialized().utf8)) as? [String: Any])["lost_events"]
+        }
+        #expect(try lost(frame) as? Int == 1234)
+        frame.lostEvents = 0
+        #expect(TopView.render(frame)[1] == "Host: 4 CPUs, 8.0 GiB memory; interval 2.00 s")
+        #expect(try lost(frame) as? Int == 0)
+        frame.lostEvents = nil
+        #expect(try lost(frame) is NSNull)
+    }
+
     /// RDRQ/WRRQ are virt-top's block requests where QMP or libvirt gave the VM's disks (summed over them),
     /// else the VMM's syscalls; the legend says which, naming the VMs counted by syscalls when rows differ.
     @Test func requestsAreBlockRequestsWhereQMPGivesThem() throws {
