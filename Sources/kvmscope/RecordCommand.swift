@@ -37,7 +37,7 @@ struct RecordCommand: ParsableCommand {
     @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event).")
     var events: [String] = []
 
-    @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
+    @Option(name: .customLong("buffer-kb"), parsing: .unconditional, help: "Ring-buffer size per CPU, KiB.")
     var bufferKB: UInt32 = 4096
 
     @Option(help: ArgumentHelp("zstd: trace.dat version 7, zstd-compressed (trace-cmd 3.x's default); none: version 6.",

@@ -55,7 +55,7 @@ struct ReportCommand: ParsableCommand {
             help: "Only this VM (its process id; the thread id when the trace has no tgids).")
     var pid: Int32?
 
-    @Option(help: "Only this vCPU.")
+    @Option(parsing: .unconditional, help: "Only this vCPU.")
     var vcpu: UInt32?
 
     @Option(help: ArgumentHelp("Only this exit reason, in any spelling (HLT, hlt, EXIT_MSR, msr, 0x7c, 48).",

@@ -42,7 +42,7 @@ struct ServeCommand: ParsableCommand {
         discussion: "A hard cap: kvmscope_exits_total, kvmscope_userspace_exits_total, kvmscope_io_exits_total and kvmscope_exit_latency_seconds each never export more than N series; with N = 2, the first VM × vCPU × reason keeps its own. The resource families (kvmscope_vm_*, kvmscope_vcpu_*) are not capped: one series per VM sampled (× vCPU number, however many threads were that vCPU)."))
     var maxSeries = 10_000
 
-    @Option(name: .customLong("retired-vms"),
+    @Option(name: .customLong("retired-vms"), parsing: .unconditional,
             help: "Stopped VMs whose counts stay apart; older ones are summed into vm=\"other\".")
     var retiredVMs = 1024
 
@@ -52,7 +52,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: [.customShort("s"), .customLong("interval")], parsing: .unconditional, help: "Seconds between storm rule evaluations (0.1 to 60).")
     var interval: Double = 1
 
-    @Option(name: [.customShort("p"), .long], help: "Trace only this process and what it starts (a VMM).")
+    @Option(name: [.customShort("p"), .long], parsing: .unconditional, help: "Trace only this process and what it starts (a VMM).")
     var pid: Int32?
 
     @Option(name: .customLong("request-timeout"), help: "Seconds a request head may take once begun (then 408 and close).")

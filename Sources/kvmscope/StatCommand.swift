@@ -15,7 +15,7 @@ struct TraceOptions: ParsableArguments {
         "A kvm event to trace, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event, like kvm_stat)."))
     var events: [String] = []
 
-    @Option(name: .customLong("buffer-kb"), help: "Ring-buffer size per CPU, KiB.")
+    @Option(name: .customLong("buffer-kb"), parsing: .unconditional, help: "Ring-buffer size per CPU, KiB.")
     var bufferKB: UInt32 = 1024
 
     func validate() throws {
@@ -67,7 +67,7 @@ struct TraceOptions: ParsableArguments {
 
 /// kvm_stat's filters: -p, -g, -f.
 struct FilterOptions: ParsableArguments {
-    @Option(name: [.customShort("p"), .long], help: "Show only the VM with this process id.")
+    @Option(name: [.customShort("p"), .long], parsing: .unconditional, help: "Show only the VM with this process id.")
     var pid: Int32?
 
     @Option(name: [.customShort("g"), .long], help: "Show only the VM with this guest name (QEMU -name).")

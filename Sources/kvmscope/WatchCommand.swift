@@ -45,7 +45,7 @@ struct WatchCommand: ParsableCommand {
     @Flag(name: .customLong("exit-on-alert"), help: "Exit with status 2 after the first rule fires.")
     var exitOnAlert = false
 
-    @Option(name: [.customShort("p"), .long],
+    @Option(name: [.customShort("p"), .long], parsing: .unconditional,
             help: "Trace only this process and what it starts (a VMM); stop when it ends.")
     var pid: Int32?
 

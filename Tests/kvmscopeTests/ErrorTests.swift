@@ -72,6 +72,13 @@ import TestSupport
         try expectOneLineError(["top", "-n", "-1"], "-n/--iterations must be at least 1", status: 64)
         try expectOneLineError(["serve", "-s", "-1"], "-s/--interval must be between 0.1 and 60", status: 64)
         try expectOneLineError(["storm", "--vcpus", "-1"], "The value '-1' is invalid for '--vcpus <vcpus>'", status: 64)
+        try expectOneLineError(["stat", "--buffer-kb", "-5"], "The value '-5' is invalid for '--buffer-kb <buffer-kb>'", status: 64)
+        try expectOneLineError(["live", "--buffer-kb", "-5"], "The value '-5' is invalid for '--buffer-kb <buffer-kb>'", status: 64)
+        try expectOneLineError(["record", "--buffer-kb", "-1"], "The value '-1' is invalid for '--buffer-kb <buffer-kb>'", status: 64)
+        try expectOneLineError(["serve", "--retired-vms", "-1"], "--retired-vms must be at least 1", status: 64)
+        try expectOneLineError(["report", "--vcpu", "-1", "x.dat"], "The value '-1' is invalid for '--vcpu <vcpu>'", status: 64)
+        try expectOneLineError(["stat", "-1", "-p", "-1"], "no process with pid -1", status: 1)
+        try expectOneLineError(["watch", "--alert", "rate(kvm_pio) > 1/s", "-p", "-1"], "no process with pid -1", status: 1)
     }
 
     /// `storm --name` is read back as QEMU's -name is: an unescaped comma would cut the name, so it is refused.
