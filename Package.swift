@@ -41,6 +41,8 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("pthread")]),
         // libvirt's public API (read-only: domain names, UUIDs, statistics), via pkg-config.
         .systemLibrary(name: "CLibvirt", path: "CShims/CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        // gzip through the system's zlib (zlib1g-dev): serve's compressed /metrics.
+        .target(name: "CZlib", path: "CShims/CZlib", linkerSettings: [.linkedLibrary("z")]),
         // The live view's terminal, through ncursesw.
         .target(name: "CTerminal", dependencies: ["CKVMHost"], path: "CShims/CTerminal",
                 linkerSettings: [.linkedLibrary("ncursesw")]),
@@ -66,7 +68,7 @@ let package = Package(
         .target(name: "KVMAnalysis", dependencies: ["KVMExits"], path: "Sources/KVMAnalysis"),
         .target(name: "KVMScopeViews", dependencies: ["KVMAnalysis", "KVMExits", "KVMResources"], path: "Sources/KVMScopeViews"),
         // serve's HTTP/1.1 server: bounded request heads, timeouts, one polling thread (FlyingSocks' sockets).
-        .target(name: "KVMServe", dependencies: ["KVMScopeViews", .product(name: "FlyingSocks", package: "FlyingFox")],
+        .target(name: "KVMServe", dependencies: ["CZlib", "KVMScopeViews", .product(name: "FlyingSocks", package: "FlyingFox")],
                 path: "Sources/KVMServe"),
         .target(name: "KVMTerminal", dependencies: ["CTerminal", "KVMExits", "KVMHost"], path: "Sources/KVMTerminal"),
         .target(name: "KVMGuest", dependencies: ["CKVMGuest", "KVMExits", "KVMHost"], path: "Sources/KVMGuest"),
@@ -86,7 +88,8 @@ let package = Package(
                                                             "TestSupport"],
                     path: "Tests/KVMSourcesTests"),
         .testTarget(name: "kvmscopeTests", dependencies: ["KVMExits", "KVMSources", "KVMAnalysis", "KVMScopeViews",
-                                                          "KVMHost", "KVMResources", "TestSupport"],
+                                                          "KVMHost", "KVMResources", "KVMServe", "TestSupport",
+                                                          .product(name: "FlyingSocks", package: "FlyingFox")],
                     path: "Tests/kvmscopeTests"),
         .testTarget(name: "KVMResourcesTests", dependencies: ["KVMResources", "TestSupport"],
                     path: "Tests/KVMResourcesTests"),

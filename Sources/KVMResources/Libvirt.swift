@@ -40,6 +40,14 @@ public struct LibvirtDomain: Sendable, Equatable {
     /// where the kernel and QEMU give them), for what the typed fields above leave out.
     public var fields: [String: Double] = [:]
 
+    /// A domain with its identity only (its statistics are filled in by ``LibvirtConnection/domains()``).
+    public init(name: String, uuid: String, id: Int32, pid: Int32? = nil) {
+        self.name = name
+        self.uuid = uuid
+        self.id = id
+        self.pid = pid
+    }
+
     public struct VCPU: Sendable, Equatable {
         public var number: Int
         /// `vcpu.N.state`: 0 offline, 1 running, 2 blocked.

@@ -339,6 +339,14 @@ public struct VMSample: Sendable, Equatable {
     /// The libvirt domain this process runs (name, UUID, `virsh domstats`), when kvmscope reads libvirt and
     /// libvirt lists it; nil otherwise.
     public var libvirt: LibvirtDomain?
+    /// The `-uuid` of the process's QEMU command line (lowercase), read once when the VM is found; nil without one.
+    public var commandLineUUID: String?
+    /// The VM's UUID: libvirt's domain UUID, else QEMU's `-uuid` (libvirt passes its own as `-uuid`, so where both
+    /// exist they agree); nil when neither is known (firecracker, cloud-hypervisor, QEMU without `-uuid`).
+    public var uuid: String? {
+        if let u = libvirt?.uuid, !u.isEmpty { return u }
+        return commandLineUUID
+    }
     /// The process's CPU times, cumulative, from `/proc/PID/stat` (utime, stime, guest_time of the whole
     /// process, threads that ended included; schedstat fields are not used here).
     public var processTimes = ThreadTimes()

@@ -66,6 +66,8 @@ public final class ResourceSampler {
     }
     private struct VMState {
         var name: String
+        /// QEMU's `-uuid`, from the command line read when the VM was found.
+        var uuid: String?
         var startTime: UInt64
         /// /proc/PID, open while the VM is known (with `keepDescriptors`; else -1): every file of the VM is
         /// opened relative to it.
@@ -232,7 +234,8 @@ public final class ResourceSampler {
             }
             notVMs[pid] = nil
             if !keepDescriptors { close(dir) }
-            vms[pid] = VMState(name: guestName(pid), startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun,
+            let (name, uuid) = guestIdentity(pid)
+            vms[pid] = VMState(name: name, uuid: uuid, startTime: f.values[0], directory: keepDescriptors ? dir : -1, tunFDs: fds.tun,
                                accel: fds.isVM ? "kvm" : "tcg")
         }
         notVMs = notVMs.filter { listed.contains($0.key) }
@@ -280,12 +283,16 @@ public final class ResourceSampler {
         return (isVM, tun)
     }
 
-    private func guestName(_ pid: Int32) -> String {
-        if case .success = file.read("\(procRoot)/\(pid)/cmdline"), let name = GuestName.fromQEMUArguments(file.nulSeparated) {
-            return name
+    /// The guest's name (QEMU's `-name`, else the comm, else `?`) and QEMU's `-uuid`, from one read of the cmdline.
+    private func guestIdentity(_ pid: Int32) -> (name: String, uuid: String?) {
+        var uuid: String?
+        if case .success = file.read("\(procRoot)/\(pid)/cmdline") {
+            let args = file.nulSeparated
+            uuid = GuestName.uuidFromQEMUArguments(args)
+            if let name = GuestName.fromQEMUArguments(args) { return (name, uuid) }
         }
-        if case .success = file.read("\(procRoot)/\(pid)/comm") { return file.text }
-        return "?"
+        if case .success = file.read("\(procRoot)/\(pid)/comm") { return (file.text, uuid) }
+        return ("?", uuid)
     }
 
     // MARK: Sampling one VM
@@ -293,12 +300,14 @@ public final class ResourceSampler {
     private func sampleVM(_ pid: Int32, rescan: Bool) -> VMSample {
         var st = vms[pid]!
         var s = VMSample(pid: pid, name: st.name)
+        s.commandLineUUID = st.uuid
         s.accel = st.accel
         // Without kept descriptors, /proc/PID is opened for this sample only.
         let vmDir = st.directory >= 0 ? st.directory : open("\(procRoot)/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         defer { if st.directory < 0 && vmDir >= 0 { close(vmDir) } }
         func gone() -> VMSample {
             var g = VMSample(pid: pid, name: st.name, gone: true)
+            g.commandLineUUID = st.uuid
             g.accel = st.accel
             g.processTimes = st.process
             g.io = st.io

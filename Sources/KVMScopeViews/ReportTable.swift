@@ -36,6 +36,48 @@ public enum ReportTable {
         return lines
     }
 
+    /// `--by-vcpu` of a trace without kvm_exit events (a host whose KVM never fires it: the exit tables would
+    /// be empty): one table per VM × vCPU of the kvm events counted on that vCPU's threads (``Summary/eventRows``),
+    /// by total then name, `kvm_userspace_exit`'s `KVM_EXIT_*` reasons indented under it, at most `top` events
+    /// each. Events without a vCPU (kvm_set_irq, kvm_write_tsc_offset from the VMM's other threads) make a
+    /// "vCPU unknown" table after the vCPUs.
+    public static func eventsByVCPU(_ s: Summary, top: Int? = nil) -> [String] {
+        struct Key: Hashable, Comparable {
+            var vm: Int32
+            var vcpu: UInt32?
+            static func < (a: Key, b: Key) -> Bool { (a.vm, a.vcpu ?? .max) < (b.vm, b.vcpu ?? .max) }
+        }
+        var groups: [Key: [EventRow]] = [:]
+        for r in s.eventRows where r.count > 0 { groups[Key(vm: r.vm, vcpu: r.vcpu), default: []].append(r) }
+        guard !groups.isEmpty else { return ["No kvm events."] }
+        var lines = ["No kvm_exit events: the kvm events of each vCPU."]
+        for key in groups.keys.sorted() {
+            let rows = groups[key]!.sorted { ($0.count, $1.event) > ($1.count, $0.event) }
+            let total = rows.reduce(0) { $0 + $1.count }
+            lines.append("")
+            lines.append("VM \(key.vm)" + (rows[0].vmName.map { " (\($0.terminalSafe))" } ?? "")
+                         + (key.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown"))
+            lines.append(StatTable.pad("Event", 40) + StatTable.lpad("Total", 12) + StatTable.lpad("%Total", 8))
+            for r in rows.prefix(top ?? .max) {
+                lines.append(StatTable.pad(r.event, 40) + StatTable.lpad(String(r.count), 12)
+                             + StatTable.lpad(StatTable.percent(r.count, of: total), 8))
+                guard r.event == "kvm_userspace_exit" else { continue }
+                let reasons = s.userspaceExits.filter { $0.vm == key.vm && $0.vcpu == key.vcpu && $0.count > 0 }
+                for u in reasons.sorted(by: { ($0.count, $1.reason) > ($1.count, $0.reason) }) {
+                    lines.append(StatTable.pad("  " + u.reason, 40) + StatTable.lpad(String(u.count), 12)
+                                 + StatTable.lpad(StatTable.percent(u.count, of: r.count), 8))
+                }
+            }
+            if let top, rows.count > top {
+                let rest = rows.dropFirst(top).reduce(0) { $0 + $1.count }
+                lines.append(StatTable.pad("(\(rows.count - top) more)", 40) + StatTable.lpad(String(rest), 12)
+                             + StatTable.lpad(StatTable.percent(rest, of: total), 8))
+            }
+            lines.append(StatTable.pad("Total", 40) + StatTable.lpad(String(total), 12))
+        }
+        return lines
+    }
+
     /// One table: header, rows (by samples, then name), total, and the note on blocking time.
     public static func table(_ rows: [ExitRow], top: Int? = nil) -> [String] {
         let sorted = rows.sorted { ($0.count, $1.reason) > ($1.count, $0.reason) }

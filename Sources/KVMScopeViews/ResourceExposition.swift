@@ -26,6 +26,7 @@ import KVMResources
 /// | `kvmscope_vm_block_read_requests_total`, `…_write_requests_total`, `…_flush_requests_total` | counter | `vm`, `vm_name`, `device` | QMP `query-blockstats` rd/wr/flush_operations (`--qmp`) | `libvirt_domain_block_stats_read_requests_total`, `…_write_requests_total`, `…_flush_requests_total` |
 /// | `kvmscope_vm_block_read_bytes_total`, `…_write_bytes_total` | counter | `vm`, `vm_name`, `device` | rd_bytes, wr_bytes | `libvirt_domain_block_stats_read_bytes_total`, `…_write_bytes_total` |
 /// | `kvmscope_vm_block_read_time_seconds_total`, `…_write_time_seconds_total`, `…_flush_time_seconds_total` | counter | `vm`, `vm_name`, `device` | rd/wr/flush_total_time_ns / 1e9 | `libvirt_domain_block_stats_read_seconds_total`, `…_write_seconds_total`, `…_flush_seconds_total` |
+/// | `kvmscope_vm_info` | gauge (OpenMetrics: info) | `vm`, `vm_name`, `uuid` | libvirt's domain UUID (`virDomainGetUUIDString`), else QEMU's `-uuid` in /proc/PID/cmdline; only VMs with one | (0.2 puts `uuid` on every `libvirt_domain_*` series) |
 /// | `kvmscope_vm_memory_configured_bytes` | gauge | `vm`, `vm_name` | QMP `query-memory-size-summary` base + plugged | `libvirt_domain_info_maximum_memory_bytes` |
 /// | `kvmscope_vm_balloon_actual_bytes` | gauge | `vm`, `vm_name` | QMP `query-balloon` actual | `libvirt_domain_info_memory_usage_bytes` |
 /// | `kvmscope_vm_kvm_exits_total`, `…_halt_exits_total`, `…_halt_attempted_polls_total`, `…_halt_successful_polls_total`, `…_halt_wakeups_total`, `…_halt_wait_seconds_total`, `…_halt_poll_success_seconds_total`, `…_halt_poll_fail_seconds_total`, `…_instructions_emulated_total`, `…_instruction_emulation_failures_total`, `…_io_exits_total`, `…_mmio_exits_total`, `…_irq_exits_total`, `…_signal_exits_total` | counter | `vm`, `vm_name` | QMP `query-stats` target vcpu (KVM's binary statistics), summed over vCPUs | — (libvirt's `vcpu.N.*` domain stats, not exported by 0.2) |
@@ -124,6 +125,13 @@ public enum ResourceExposition {
                     w.sample("kvmscope_vm_network_\(suffix)_total", labels(vm) + [("device", tap.device)], String(value(tap)))
                 }
             }
+        }
+        // Who the VM is beyond its pid, where known without asking QEMU: one series per VM with a UUID.
+        let identified = vms.filter { $0.uuid != nil }
+        if !identified.isEmpty {
+            w.family("kvmscope_vm", w.format == .openMetrics ? "info" : "gauge",
+                     "The VM's UUID: libvirt's domain UUID, else QEMU's -uuid (only VMs with one).", suffix: "_info")
+            for vm in identified { w.sample("kvmscope_vm_info", labels(vm) + [("uuid", vm.uuid!)], "1") }
         }
         writeQMP(vms, labels: labels, into: &w)
     }

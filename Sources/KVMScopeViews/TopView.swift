@@ -358,7 +358,7 @@ public enum TopView {
         }
         let m = vm.memory
         return .object([
-            ("pid", .int(Int64(vm.pid))), ("name", .string(vm.name)), ("accel", .string(vm.accel)),
+            ("pid", .int(Int64(vm.pid))), ("name", .string(vm.name)), ("uuid", .optional(vm.uuid)), ("accel", .string(vm.accel)),
             ("state", .string(String(r.state))), ("gone", .bool(vm.gone)),
             ("vcpus", .int(Int64(vm.vcpuCount))),
             ("cpu_seconds", .double(r.cpuSeconds)), ("vcpu_cpu_seconds", .double(s.seconds(vm.vcpuTimes.cpuTicks))),

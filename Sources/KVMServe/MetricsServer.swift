@@ -3,7 +3,8 @@ import Foundation
 import KVMScopeViews
 import Synchronization
 
-/// `serve`'s HTTP/1.1 server: GET and HEAD of /metrics, /healthz and /, keep-alive, on one thread that
+/// `serve`'s HTTP/1.1 server: GET and HEAD of /metrics (gzip-compressed when the request's `Accept-Encoding`
+/// allows it: ``ContentCoding``), /healthz and /, keep-alive, on one thread that
 /// polls every connection — with the limits an exporter on an open port needs, which FlyingFox 0.27.1's
 /// HTTPServer does not have (its request headers are parsed without a size limit, in time quadratic in
 /// their length, and its `timeout` covers only the handler: an idle or unfinished request holds its
@@ -309,6 +310,7 @@ public final class MetricsServer: @unchecked Sendable {
                 return
             }
             var accept: String?
+            var acceptEncoding: String?
             var connection = ""
             var hasBody = false
             for line in lines.dropFirst() where !line.isEmpty {
@@ -319,6 +321,8 @@ public final class MetricsServer: @unchecked Sendable {
                 let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
                 switch line[..<colon].lowercased() {
                 case "accept": accept = value
+                // Repeated headers are one list (RFC 9110 §5.3).
+                case "accept-encoding": acceptEncoding = acceptEncoding.map { $0 + ", " + value } ?? value
                 case "connection": connection = value.lowercased()
                 case "content-length": hasBody = hasBody || value != "0"
                 case "transfer-encoding": hasBody = true
@@ -339,7 +343,15 @@ public final class MetricsServer: @unchecked Sendable {
             case "/metrics":
                 let format = ExpositionFormat.negotiate(accept: accept)
                 do {
-                    response = Response(status: 200, contentType: format.contentType, bytes: try server.state.render(format))
+                    let body = try server.state.render(format)
+                    // The body depends on both headers; gzip only when asked (and when zlib manages).
+                    var headers = "Vary: Accept, Accept-Encoding\r\n"
+                    var bytes = body
+                    if ContentCoding.negotiate(acceptEncoding: acceptEncoding) == .gzip, let gzipped = ContentCoding.gzip(body) {
+                        bytes = gzipped
+                        headers += "Content-Encoding: gzip\r\n"
+                    }
+                    response = Response(status: 200, contentType: format.contentType, bytes: bytes, extraHeaders: headers)
                 } catch {
                     response = Response(status: 500, body: "kvmscope: \(error)\n")
                 }

@@ -40,6 +40,7 @@ struct KVMScope: ParsableCommand {
         StandardDescriptors.ensureOpen()
         let status: Int32
         do {
+            try checkHelpTopic(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
             try command.run()
             return
@@ -56,5 +57,29 @@ struct KVMScope: ParsableCommand {
             status = code.rawValue
         }
         Foundation.exit(status)
+    }
+
+    /// `kvmscope help NAME…` names commands: ArgumentParser prints the help of the longest known prefix and
+    /// exits 0, so a typo (`help stats`) would print the root help as if asked for. A name that is no command
+    /// (of the root, or of the command before it) is a usage error (status 64, as `kvmscope nosuch`); flags
+    /// after `help` are left to ArgumentParser.
+    /// - Throws: `ValidationError("help: no command 'NAME'; …")`, naming the commands there are.
+    static func checkHelpTopic(_ arguments: [String]) throws {
+        guard arguments.first == "help" else { return }
+        var command: any ParsableCommand.Type = KVMScope.self
+        var path: [String] = []
+        for name in arguments.dropFirst() where !name.hasPrefix("-") {
+            let children = command.configuration.subcommands
+            guard let child = children.first(where: { $0._commandName == name || $0.configuration.aliases.contains(name) })
+            else {
+                let names = children.map { $0._commandName }
+                let there = names.isEmpty ? "\(path.joined(separator: " ")) has no subcommands"
+                    : path.isEmpty ? "the commands are " + names.joined(separator: ", ")
+                    : "the subcommands of \(path.joined(separator: " ")) are " + names.joined(separator: ", ")
+                throw ValidationError("help: no command '\((path + [name]).joined(separator: " "))'; \(there)")
+            }
+            command = child
+            path.append(name)
+        }
     }
 }

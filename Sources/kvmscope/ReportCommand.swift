@@ -226,6 +226,8 @@ struct ReportCommand: ParsableCommand {
         for vm in recorded?.vms ?? [] { if let map = vm.deviceMap { maps[vm.vm] = map } }
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let inCycles = text?.timestampUnit == .counterTicks
+        let noExits = Self.total(of: "kvm_exit", analysis) == 0
+        if noExits { for note in optionNotes(file, summary, reasons: filter.reasons, textMode: !json && !csv) { warn(note) } }
         if json {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                 extra: [("source", sourceJSON(file, source, analysis)),
@@ -247,6 +249,33 @@ struct ReportCommand: ParsableCommand {
                                          title: PathComponents.lastComponent(of: file))
             try writeOutputFile(html, page)
         }
+    }
+
+    /// The events of `name` counted in the kept time window, every thread (0 when the trace has none).
+    static func total(of name: String, _ a: ReportAnalysis) -> UInt64 {
+        guard let i = a.snapshot.catalog.index(of: name), Int(i) < a.snapshot.eventTotals.count else { return 0 }
+        return a.snapshot.eventTotals[Int(i)]
+    }
+
+    /// What `--by-vcpu` and `--reason` act on in a trace without kvm_exit events (recorded where KVM never fires
+    /// it, or filtered to other events), one warning line each: `--by-vcpu` tables count each vCPU's kvm events
+    /// (text output only: JSON and CSV rows are per vCPU anyway); `--reason` can only have named
+    /// `kvm_userspace_exit` reasons (`KVM_EXIT_IO`), whose rows it keeps. perf kvm stat has no exits to report
+    /// there; these say why the exit tables stay empty instead of printing them as if the option had worked.
+    func optionNotes(_ file: String, _ s: Summary, reasons: Set<String>?, textMode: Bool) -> [String] {
+        let events = s.events.filter { $0.total > 0 }.sorted { ($0.total, $1.name) > ($1.total, $0.name) }
+        let total = events.reduce(0) { $0 + $1.total }
+        let shown = events.prefix(3).map { "\($0.name) \($0.total)" } + (events.count > 3 ? ["…"] : [])
+        let what = "\(file) has no kvm_exit events (\(total) kvm events" + (shown.isEmpty ? "" : ": " + shown.joined(separator: ", ")) + ")"
+        var notes: [String] = []
+        if byVCPU && textMode && IOAnalysis(rawValue: event)?.space == nil {
+            notes.append("--by-vcpu: \(what); its tables count each vCPU's kvm events instead of exits")
+        }
+        if let reason {
+            let names = (reasons ?? []).sorted()
+            notes.append("--reason \(reason): \(what); it keeps only kvm_userspace_exit's " + names.joined(separator: ", "))
+        }
+        return notes
     }
 
     /// Whether kvm_exit and kvm_entry were traced: a trace.dat says by the formats it holds (an event enabled
@@ -338,7 +367,11 @@ struct ReportCommand: ParsableCommand {
             lines += Self.resourceTable(resources)
             lines.append("")
         }
-        lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
+        if byVCPU && Self.total(of: "kvm_exit", a) == 0 {
+            lines += ReportTable.eventsByVCPU(s, top: top)
+        } else {
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
+        }
         lines.append("")
         lines += ReportTable.footer(s, pairingScope: pairingScope)
         if let names = histogramNames {

@@ -126,6 +126,19 @@ import Testing
         #expect(GuestName.fromQEMUArguments(["qemu", "-name", "plain"]) == "plain")
         #expect(GuestName.fromQEMUArguments(["qemu", "-m", "1G"]) == nil)
     }
+
+    /// QEMU's `-uuid` (as libvirt passes its domain's), in each spelling QEMU takes, lowercased; no UUID otherwise.
+    @Test func uuidFromTheQEMUCommandLine() {
+        let u = "5d1e8a3c-6f0b-4b7e-9c1a-0123456789ab"
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-name", "guest=web", "-uuid", u, "-m", "1G"]) == u)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "--uuid", u.uppercased()]) == u)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-uuid=\(u)"]) == u)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "--uuid=\(u)"]) == u)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-m", "1G"]) == nil)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-uuid"]) == nil)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-uuid", "5d1e8a3c6f0b4b7e9c1a0123456789ab"]) == nil)
+        #expect(GuestName.uuidFromQEMUArguments(["qemu", "-uuid", "5d1e8a3c-6f0b-4b7e-9c1a-0123456789ag"]) == nil)
+    }
 }
 
 final class Box<T>: @unchecked Sendable {

@@ -184,6 +184,15 @@ public func scrapeMetrics(port: UInt16, timeout: Double = 30, until done: (Strin
 /// (HTTP/1.1, `Connection: close`, plain or chunked body). Nil on any failure. URLSession is not used: its
 /// completion never came in one run, and a test waiting for it waited forever.
 public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body: String, contentType: String?)? {
+    guard let r = httpRequest(url, headers: accept.map { [("Accept", $0)] } ?? []) else { return nil }
+    return (r.status, String(decoding: r.body, as: UTF8.self), r.headers["content-type"])
+}
+
+/// A request as ``httpGet(_:accept:)`` makes it (`HEAD` or `GET`, these extra header lines), the response's
+/// status, headers (lowercased names; a repeated one keeps its last value) and raw body bytes (de-chunked,
+/// never decoded: a gzip body stays gzip). Nil on any failure.
+public func httpRequest(_ url: String, method: String = "GET", headers extra: [(String, String)] = [])
+    -> (status: Int, headers: [String: String], body: [UInt8])? {
     guard let u = URLComponents(string: url), u.scheme == "http", u.host == "127.0.0.1", let port = u.port else {
         Issue.record("httpGet takes http://127.0.0.1:PORT/… URLs, not \(url)")
         return nil
@@ -204,8 +213,8 @@ public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body:
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
     guard connected == 0 else { return nil }
-    var request = "GET \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
-    if let accept { request += "Accept: \(accept)\r\n" }
+    var request = "\(method) \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
+    for (name, value) in extra { request += "\(name): \(value)\r\n" }
     request += "\r\n"
     let sent = request.utf8CString.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
     guard sent == request.utf8.count else { return nil }
@@ -217,12 +226,17 @@ public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body:
         guard n > 0 else { return nil }  // a timeout or a reset
         response += buffer[0..<n]
     }
-    return HTTPResponse.parse(response)
+    return HTTPResponse.parseRaw(response)
 }
 
 public enum HTTPResponse {
     /// Status, body (de-chunked) and Content-Type of a whole HTTP/1.1 response.
     public static func parse(_ bytes: [UInt8]) -> (status: Int, body: String, contentType: String?)? {
+        parseRaw(bytes).map { ($0.status, String(decoding: $0.body, as: UTF8.self), $0.headers["content-type"]) }
+    }
+
+    /// Status, headers (lowercased names) and body bytes (de-chunked) of a whole HTTP/1.1 response.
+    public static func parseRaw(_ bytes: [UInt8]) -> (status: Int, headers: [String: String], body: [UInt8])? {
         let crlf: [UInt8] = [13, 10]
         guard let headerEnd = bytes.firstRange(of: crlf + crlf)?.lowerBound else { return nil }
         let head = String(decoding: bytes[0..<headerEnd], as: UTF8.self).components(separatedBy: "\r\n")
@@ -246,6 +260,6 @@ public enum HTTPResponse {
             }
             body = plain
         }
-        return (status, String(decoding: body, as: UTF8.self), headers["content-type"])
+        return (status, headers, body)
     }
 }

@@ -39,4 +39,31 @@ import Testing
             #expect(r.stdout.contains(option), "stat --help lacks \(option)")
         }
     }
+
+    /// `help NAME` with a name that is no command is a usage error, as `kvmscope NAME` is (ArgumentParser alone
+    /// printed the root help and exited 0); a known name still prints that command's help.
+    @Test func helpOfAnUnknownCommandFails() throws {
+        let cases: [([String], String)] = [
+            (["help", "nosuch"], "kvmscope: help: no command 'nosuch'; the commands are live, stat, top, record, report, serve, watch, storm, bench\n"),
+            (["help", "stat", "nosuch"], "kvmscope: help: no command 'stat nosuch'; stat has no subcommands\n"),
+            (["help", "bench", "nosuch"], "kvmscope: help: no command 'bench nosuch'; the subcommands of bench are overhead, synth, resources\n"),
+        ]
+        for (args, stderr) in cases {
+            let r = try CLI.run(args)
+            #expect(r.status == 64, "\(args)")
+            #expect(r.stdout == "", "\(args)")
+            #expect(r.stderr == stderr)
+        }
+        let unknown = try CLI.run(["nosuch"])
+        #expect(unknown.status == 64)
+        #expect(unknown.stderr == "kvmscope: Unexpected argument 'nosuch'\n")
+        for (help, direct) in [(["help", "stat"], ["stat", "--help"]), (["help", "bench", "synth"], ["bench", "synth", "--help"]),
+                               (["help"], ["--help"])] {
+            let h = try CLI.run(help, environment: ["COLUMNS": "80"])
+            let d = try CLI.run(direct, environment: ["COLUMNS": "80"])
+            #expect(h.status == 0 && h.stderr == "", "\(help)")
+            #expect(h.stdout == d.stdout, "\(help)")
+            #expect(h.stdout.hasPrefix("OVERVIEW: "), "\(help)")
+        }
+    }
 }

@@ -29,6 +29,7 @@ struct LibvirtTests {
         let lv = try #require(vm["libvirt"] as? [String: Any])
         #expect(lv["name"] as? String == domain.name)
         #expect(lv["uuid"] as? String == uuid)
+        #expect(vm["uuid"] as? String == uuid)
         #expect(lv["state"] as? Int == 3, "paused")
         #expect(vm["state"] as? String == "P", "libvirt's paused is top's P, as virt-top shows it")
         #expect(lv["balloon_maximum_kib"] as? Int == Int(stats["balloon.maximum"] ?? ""))
@@ -129,6 +130,13 @@ struct LibvirtTests {
                                ("kvmscope_vm_kvm_mmu_shadow_zapped_total", "vm.mmu_shadow_zapped.sum")] {
             #expect(b.ours[ours] != nil && b.ours[ours] == stats[theirs].flatMap(Double.init), "\(ours): \(stats[theirs] ?? "none")")
         }
+        // The domain's UUID, as virsh and the exporter's `uuid` label give it: one info series.
+        let uuid = try virsh(["domuuid", domain.name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let theirs = try #require(httpGet("http://127.0.0.1:\(exporterPort)/metrics")).body
+        #expect(theirs.contains("domain=\"\(domain.name)\",uuid=\"\(uuid)\""), "the exporter's uuid label")
+        let ours = try #require(httpGet("http://127.0.0.1:\(servePort)/metrics")).body
+        #expect(ours.split(separator: "\n").filter { $0.hasPrefix("kvmscope_vm_info{") }
+                == ["kvmscope_vm_info{vm=\"\(pid)\",vm_name=\"\(domain.name)\",uuid=\"\(uuid)\"} 1"])
     }
 
     /// `disk_latency(vm)` without `--qmp`: libvirt's block statistics (rd.times, wr.times over rd.reqs, wr.reqs)

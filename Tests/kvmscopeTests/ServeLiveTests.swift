@@ -52,6 +52,14 @@ struct ServeLiveTests {
         #expect(om.body.hasSuffix("# EOF\n"))
         #expect(httpGet("http://127.0.0.1:\(port)/healthz")?.body == "ok\n")
         #expect(httpGet("http://127.0.0.1:\(port)/nope")?.status == 404)
+        // Asked as Prometheus asks (2.42 sends `Accept-Encoding: gzip` on every scrape, so what it ingests below
+        // is the compressed body): gzip, which gunzips to text the linter passes.
+        let z = try #require(httpRequest("http://127.0.0.1:\(port)/metrics", headers: [("Accept-Encoding", "gzip")]))
+        #expect(z.status == 200 && z.headers["content-encoding"] == "gzip" && z.headers["vary"] == "Accept, Accept-Encoding")
+        let gunzipped = try MetricsGzipTests.gunzip(z.body)
+        #expect(gunzipped.contains("kvmscope_events_total{event=\"kvm_pio\"} 0\n"), "\(gunzipped.prefix(2000))")
+        let zlint = try Self.promtool(["check", "metrics"], stdin: gunzipped)
+        #expect(zlint.status == 0, "promtool: \(zlint.output)")
 
         // Prometheus, on loopback, scraping every second.
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-prom-\(getpid())-\(port)")
@@ -85,6 +93,7 @@ struct ServeLiveTests {
         #expect(Self.query(promPort, #"sum(kvmscope_userspace_exits_total{reason="KVM_EXIT_IO"})"#) == Double(2 * Self.n))
         #expect(Self.query(promPort, #"count(kvmscope_userspace_exits_total{reason="KVM_EXIT_IO"})"#) == 2)
         #expect(Self.query(promPort, #"sum(kvmscope_lost_events_total)"#) == 0)
+        #expect(Self.query(promPort, #"up{job="kvmscope"}"#) == 1)
     }
 
     /// `-p` of a VM that is already running: its vCPU threads exist before tracing starts, and the kernel
