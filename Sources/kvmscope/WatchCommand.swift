@@ -108,9 +108,11 @@ struct WatchCommand: ParsableCommand {
             StormAlerts.print(alerts)
             return alerts.contains { $0.state == .firing }
         }
+        /// The first firing with --exit-on-alert: a COMMAND is ended as at any other end (SIGINT, SIGTERM 5 s
+        /// later, SIGKILL 2 s after that: it may shut down and print what it prints), then status 2, whatever its.
         func alertExit() -> ExitCode {
             session.stop()
-            child?.signal(SIGINT)
+            _ = try? TraceRun(stop: stop, child: child).endChild()
             return ExitCode(Self.alertStatus)
         }
         _ = try evaluate()

@@ -274,6 +274,19 @@ struct ServeLiveTests {
         #expect(lines.first?["reason"] as? String == "KVM_EXIT_IO")
     }
 
+    /// --exit-on-alert with a COMMAND ends it as every other end does (SIGINT first): the storm shuts down and
+    /// prints its summary, which a SIGKILL had cut; watch's status is still 2.
+    @Test func exitOnAlertEndsTheCommandWithSIGINT() throws {
+        let r = try CLI.run(["watch", "--alert", "rate(KVM_EXIT_IO) > 1000/s", "-s", "0.5", "--exit-on-alert", "--",
+                             CLI.binary, "storm", "--kind", "io", "--vcpus", "1", "--exits", "1000000000", "--seconds", "60"],
+                            timeout: 90)
+        #expect(r.status == 2, "stderr: \(r.stderr)")
+        let lines = try Self.alertLines(r.stdout)
+        #expect(lines.filter { $0["state"] as? String == "firing" }.count == 1)
+        let summary = try #require(lines.first { $0["kind"] as? String == "io" }, "the storm's summary: \(r.stdout)")
+        #expect((summary["exits"] as? Int ?? 0) > 0)
+    }
+
     @Test func malformedRuleIsOneLineAndNonZero() throws {
         let r = try CLI.run(["watch", "--alert", "rate(HLT) >> 5"])
         #expect(r.status == 64)
