@@ -282,6 +282,11 @@ public struct QMPSample: Sendable, Equatable {
     /// change): the regions behind the guest's ports and MMIO addresses, by role (a virtio device's `notify`).
     /// Empty where QEMU did not give it (a warning said why): the BARs still name the exits then.
     public var memoryTree: [MemoryTreeRange] = []
+    /// The vCPU each host thread runs, tid → `cpu-index` (`query-cpus-fast`, asked when the connection opens
+    /// and again when the VM's thread set changed — not at every read): the exact vCPU numbers of threads that
+    /// their names do not give (QEMU without `-name …,debug-threads=on`). Where several vCPUs share a thread
+    /// (single-threaded TCG) the lowest index. Nil where QEMU did not give it (a warning said why).
+    public var vcpuThreads: [Int32: UInt32]?
 
     public init(socket: String, problem: String? = nil) {
         self.socket = socket
