@@ -13,9 +13,14 @@ import KVMExits
 /// (`query-cpus-fast`: thread-id ↔ cpu-index, exact, kept for each thread's life); else the threads that have
 /// run the guest (stat field 43, guest_time > 0: only a thread in KVM_RUN accrues it), numbered 0, 1, … in tid
 /// order — QEMU creates its vCPU threads in cpu-index order, and tids grow — an inference, marked
-/// (``VMSample/vcpuSource`` `.guestTime`). A thread that has not run the guest yet is no vCPU by that rule: in a
-/// VM's first samples (QEMU started with `-S`, a guest that has not started its other CPUs, a vCPU that ran
-/// under one clock tick) vCPUs may be missing, and a later vCPU of lower tid renumbers the others.
+/// (``VMSample/vcpuSource`` `.guestTime`). A thread that has not run the guest yet is no vCPU by that rule, so
+/// the first sample of a VM that has just started (QEMU with `-S`, a guest that has not started its other
+/// CPUs yet, a vCPU that ran under one clock tick: guest_time counts ticks) may list fewer vCPUs than it has —
+/// none at all before the guest ran — and its ``VMSample/vcpuTimes`` leave those threads out; a thread counts
+/// from the sample in which it has run the guest (its delta then is its growth over that interval), and a vCPU
+/// found later with a lower tid renumbers the ones after it. A kernel backend that emulates the guest's code
+/// instead of running it (real mode without unrestricted-guest support) counts that time as system time: such
+/// a vCPU is not found until its guest leaves real mode.
 ///
 /// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
 /// stat and schedstat (comm once per thread; the two files kept open while the thread lives, read again from
