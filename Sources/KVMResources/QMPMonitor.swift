@@ -219,7 +219,7 @@ public final class QMPMonitor {
         cpus = nil
         if problem != cpusWarned {
             notes.append("QMP \(path): \(problem.hasPrefix("query-cpus-fast") ? "" : "query-cpus-fast: ")\(problem); "
-                         + "vCPU threads found by their names or guest time (numbers inferred)")
+                         + "vCPU threads found by their names, else by guest time (numbers inferred)")
         }
         cpusWarned = problem
     }

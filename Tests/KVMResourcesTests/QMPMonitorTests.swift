@@ -161,11 +161,11 @@ import TestSupport
             },
         ], timeout: 60)
         #expect(out[2] == [
-            "1 | nil | QMP \(odd): query-cpus-fast: not QMP: expected a reply to query-cpus-fast, got '{\"return\": \"two CPUs\", \"id\": 8}'; vCPU threads found by their names or guest time (numbers inferred)",
+            "1 | nil | QMP \(odd): query-cpus-fast: not QMP: expected a reply to query-cpus-fast, got '{\"return\": \"two CPUs\", \"id\": 8}'; vCPU threads found by their names, else by guest time (numbers inferred)",
             "1 | nil | -",
             "2 | 25627=0 25628=1 | -",
             "2 | 25627=0 25628=1 | -",
-            "1 | nil | QMP \(refusing): query-cpus-fast: CommandNotFound: The command query-cpus-fast has not been found; vCPU threads found by their names or guest time (numbers inferred)",
+            "1 | nil | QMP \(refusing): query-cpus-fast: CommandNotFound: The command query-cpus-fast has not been found; vCPU threads found by their names, else by guest time (numbers inferred)",
             "1 | nil | -",
             "1 | nil | -",
             "1 | nil | -",
