@@ -541,7 +541,8 @@ public final class ResourceSampler {
     /// type's summary), sorts its threads (vCPUs by number, the others by tid, kernel threads last) and sums
     /// its vCPU threads' times and deltas. A thread that ended keeps the number it had.
     private func numberVCPUs(_ s: inout VMSample) {
-        guard var st = vms[s.pid], !s.gone else { return }
+        // Taken out while changed (no copy of its thread table), put back at the end.
+        guard !s.gone, var st = vms.removeValue(forKey: s.pid) else { return }
         let live = s.threads.indices.filter { !s.threads[$0].gone && !s.threads[$0].kernelThread }
         if let map = s.qmp?.vcpuThreads {
             // A fresh map: a thread it does not list runs no vCPU.
