@@ -6,7 +6,9 @@
 /// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), and every
 /// 10th `query-pci`, each bounded by the connection's timeout; QEMU's memory tree (`info mtree -f -o` through
 /// `human-monitor-command`, some KiB of text) when the connection opens and again when the BARs change — not at
-/// every read. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not thread-safe: one caller (the sampler).
+/// every read; `query-cpus-fast` (which thread runs which vCPU) when the connection opens and again when the
+/// VM's thread set changed. The QEMU is known by the socket's peer pid (SO_PEERCRED). Not thread-safe: one caller
+/// (the sampler).
 public final class QMPMonitor {
     /// The socket's path.
     public let path: String
@@ -33,6 +35,16 @@ public final class QMPMonitor {
     private var treeFor: [PCIRegion]?
     private var treeWarning: String?
     private var treeWarned: String?
+    /// tid → cpu-index from the last `query-cpus-fast` on this connection (nil: not read, or refused), the
+    /// thread set it was asked with (nil: asked before the VM's threads were known), whether it was asked at
+    /// all, and the problem last warned about (once while the same problem lasts).
+    private var cpus: [Int32: UInt32]?
+    private var cpusFor: Set<Int32>?
+    private var cpusAsked = false
+    private var hasCPUsFast = true
+    private var cpusWarned: String?
+    /// Warnings found by a read that succeeded (the memory tree's, query-cpus-fast's), given one per read.
+    private var notes: [String] = []
 
     public init(path: String, timeout: Double = 1, retrySeconds: Double = 5) {
         self.path = path
@@ -41,13 +53,18 @@ public final class QMPMonitor {
     }
 
     /// One read: the QEMU's pid (nil when never connected), what it says, and a warning line (without the
-    /// `kvmscope: ` prefix) the first time a problem appears — not again while it lasts.
-    public func read() -> (pid: Int32?, sample: QMPSample, warning: String?) {
+    /// `kvmscope: ` prefix) the first time a problem appears — not again while it lasts (two problems of one
+    /// read: the second at the next read).
+    /// - Parameter threadsOf: the tids the sampler lists now for a pid (the VM's threads, without kernel
+    ///   threads), nil when it knows no VM of that pid. `query-cpus-fast` is asked again when the set differs
+    ///   from the one it was last asked with; without it (nil), only when the connection opens.
+    public func read(threadsOf: (Int32) -> Set<Int32>? = { _ in nil }) -> (pid: Int32?, sample: QMPSample, warning: String?) {
         do {
-            let s = try query()
+            let s = try query(threadsOf: threadsOf)
             warned = nil
-            defer { treeWarning = nil }
-            return (pid, s, treeWarning)
+            if let treeWarning { notes.append(treeWarning) }
+            treeWarning = nil
+            return (pid, s, notes.isEmpty ? nil : notes.removeFirst())
         } catch {
             connection?.close()
             connection = nil
@@ -58,7 +75,7 @@ public final class QMPMonitor {
         }
     }
 
-    private func query() throws(QMPError) -> QMPSample {
+    private func query(threadsOf: (Int32) -> Set<Int32>?) throws(QMPError) -> QMPSample {
         if connection == nil {
             let now = QMPConnection.now()
             guard now >= nextAttempt else { throw QMPError(.unreachable, warned ?? "not connected") }
@@ -77,6 +94,10 @@ public final class QMPMonitor {
             reads = 0
             tree = []
             treeFor = nil
+            cpus = nil
+            cpusFor = nil
+            cpusAsked = false
+            hasCPUsFast = true
         }
         let c = connection!
         var s = QMPSample(socket: path)
@@ -92,6 +113,9 @@ public final class QMPMonitor {
             }
             : []
         let pciID = reads % 10 == 0 || pci.isEmpty ? try c.send("query-pci", deadline: deadline) : nil
+        let threads = pid.flatMap(threadsOf)
+        let cpusID = hasCPUsFast && (!cpusAsked || (threads != nil && threads != cpusFor))
+            ? try c.send("query-cpus-fast", deadline: deadline) : nil
 
         let blocks: [QMPReplies.BlockStats] = try c.receive(blocksID, command: "query-blockstats", deadline: deadline)
         var now: [String: DiskCounts] = [:]
@@ -133,6 +157,11 @@ public final class QMPMonitor {
         }) {
             pci = PCIRegion.of(buses)
         }
+        if let cpusID {
+            cpusAsked = true
+            cpusFor = threads
+            try readCPUs(c, cpusID, deadline: deadline)
+        }
         if treeFor != pci {
             treeFor = pci
             try readTree(c)
@@ -140,6 +169,7 @@ public final class QMPMonitor {
         reads += 1
         s.pciRegions = pci
         s.memoryTree = tree
+        s.vcpuThreads = cpus
         previous = now
         return s
     }
@@ -167,6 +197,31 @@ public final class QMPMonitor {
             treeWarning = "QMP \(path): \(QEMUMemoryTree.command): \(problem); I/O exits named by PCI BARs only"
         }
         treeWarned = problem
+    }
+
+    /// Reads the answer to `query-cpus-fast` sent with `id`: tid → cpu-index. A refusal (QEMU before 2.12) is
+    /// not asked again on this connection; a reply of another shape (its line read: later answers stay in
+    /// order) leaves the map unknown until the thread set changes. Either gives one warning — the sampler
+    /// then finds vCPU threads by name or guest time — and only a connection that broke throws.
+    private func readCPUs(_ c: QMPConnection, _ id: UInt64, deadline: Double) throws(QMPError) {
+        let problem: String
+        do {
+            let list: [QMPReplies.CPUInfoFast] = try c.receive(id, command: "query-cpus-fast", deadline: deadline)
+            var map: [Int32: UInt32] = [:]
+            for cpu in list { map[cpu.threadID] = min(map[cpu.threadID] ?? .max, cpu.cpuIndex) }
+            cpus = map
+            cpusWarned = nil
+            return
+        } catch where error.connectionUsable || error.kind == .garbage {
+            if error.connectionUsable { hasCPUsFast = false }
+            problem = error.description
+        }
+        cpus = nil
+        if problem != cpusWarned {
+            notes.append("QMP \(path): \(problem.hasPrefix("query-cpus-fast") ? "" : "query-cpus-fast: ")\(problem); "
+                         + "vCPU threads found by their names, else by guest time (numbers inferred)")
+        }
+        cpusWarned = problem
     }
 
     /// The value of a command QEMU may refuse (no balloon device, a command older QEMUs lack): nil then.

@@ -82,6 +82,26 @@ public enum QMPReplies {
         }
     }
 
+    /// One vCPU of `query-cpus-fast` (QEMU 2.12+; machine.json CpuInfoFast): its index and the host thread
+    /// running it — the exact vCPU number of a thread whatever its name.
+    public struct CPUInfoFast: Decodable, Sendable, Equatable {
+        /// The vCPU's index (`-smp`'s numbering: 0 is the boot CPU), QEMU's `cpu-index`.
+        public var cpuIndex: UInt32
+        /// The host thread id (tid) running it, QEMU's `thread-id`. Under single-threaded TCG every vCPU has
+        /// the same one.
+        public var threadID: Int32
+        /// The vCPU's QOM path (`/machine/unattached/device[0]`).
+        public var qomPath: String?
+
+        enum CodingKeys: String, CodingKey { case cpuIndex = "cpu-index", threadID = "thread-id", qomPath = "qom-path" }
+
+        public init(cpuIndex: UInt32, threadID: Int32, qomPath: String? = nil) {
+            self.cpuIndex = cpuIndex
+            self.threadID = threadID
+            self.qomPath = qomPath
+        }
+    }
+
     /// One PCI bus of `query-pci` (a bridge's devices are under the bridge's ``PCIDevice/pciBridge``).
     public struct PCIBus: Decodable, Sendable, Equatable {
         public var bus: Int

@@ -282,6 +282,11 @@ public struct QMPSample: Sendable, Equatable {
     /// change): the regions behind the guest's ports and MMIO addresses, by role (a virtio device's `notify`).
     /// Empty where QEMU did not give it (a warning said why): the BARs still name the exits then.
     public var memoryTree: [MemoryTreeRange] = []
+    /// The vCPU each host thread runs, tid → `cpu-index` (`query-cpus-fast`, asked when the connection opens
+    /// and again when the VM's thread set changed — not at every read): the exact vCPU numbers of threads that
+    /// their names do not give (QEMU without `-name …,debug-threads=on`). Where several vCPUs share a thread
+    /// (single-threaded TCG) the lowest index. Nil where QEMU did not give it (a warning said why).
+    public var vcpuThreads: [Int32: UInt32]?
 
     public init(socket: String, problem: String? = nil) {
         self.socket = socket
@@ -294,8 +299,11 @@ public struct ThreadSample: Sendable, Equatable {
     public var tid: Int32
     /// The thread's name (`/proc/PID/task/TID/comm`, read when the thread is first seen).
     public var comm: String
-    /// The vCPU number its name gives (``VCPUThreadName``), nil for the VMM's other threads.
+    /// Its vCPU number, nil for the VMM's other threads; ``vcpuSource`` says where it comes from (the thread's
+    /// name, QMP, or an inference from guest time).
     public var vcpu: UInt32?
+    /// Where ``vcpu`` comes from; nil when it is nil.
+    public var vcpuSource: VCPUSource?
     /// True when the thread ended between the last sample and this one (its counters are the last read,
     /// `delta` is nil): a marked row, never a zero.
     public var gone = false
@@ -386,8 +394,28 @@ public struct VMSample: Sendable, Equatable {
         self.gone = gone
     }
 
+    /// Where its vCPU threads' numbers come from (``ResourceSampler`` gives one source per VM); nil when it
+    /// has none.
+    public var vcpuSource: VCPUSource?
+
     /// vCPU threads now listed (gone ones excluded).
     public var vcpuCount: Int { threads.filter { $0.vcpu != nil && !$0.gone }.count }
+}
+
+/// How a VM's vCPU threads were found and numbered.
+public enum VCPUSource: String, Sendable, Equatable, Codable {
+    /// By their names (``VCPUThreadName``): QEMU's `CPU N/KVM` (`-name …,debug-threads=on`), firecracker's,
+    /// cloud-hypervisor's. Exact.
+    case threadName = "thread_name"
+    /// By QMP's `query-cpus-fast` (thread-id ↔ cpu-index) on the VM's `--qmp` socket. Exact.
+    case qmp
+    /// Inferred: the threads that have run the guest (`/proc/PID/task/TID/stat` field 43, guest_time > 0),
+    /// numbered 0, 1, … in tid order (QEMU creates vCPU threads in cpu-index order). Which threads are vCPUs is
+    /// sure once they ran; their numbers are not (a vCPU that has not run yet shifts the ones after it).
+    case guestTime = "guest_time"
+
+    /// Whether the numbers are the VMM's own (names, QMP), not inferred.
+    public var isExact: Bool { self != .guestTime }
 }
 
 /// One host CPU's time, cumulative, clock ticks (a `cpuN` line of /proc/stat). `user` includes `guest`.

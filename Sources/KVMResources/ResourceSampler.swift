@@ -8,6 +8,20 @@ import KVMExits
 /// and per thread it reads CPU times, run-queue wait, switches, memory, I/O and tap counters, and gives each
 /// sample's growth since the previous one.
 ///
+/// vCPU threads, and their numbers, come from the first of: the threads' names (``VCPUThreadName``: QEMU with
+/// `-name …,debug-threads=on`, firecracker, cloud-hypervisor, kvmscope storm); the VM's QMP socket
+/// (`query-cpus-fast`: thread-id ↔ cpu-index, exact, kept for each thread's life); else the threads that have
+/// run the guest (stat field 43, guest_time > 0: only a thread in KVM_RUN accrues it), numbered 0, 1, … in tid
+/// order — QEMU creates its vCPU threads in cpu-index order, and tids grow — an inference, marked
+/// (``VMSample/vcpuSource`` `.guestTime`). A thread that has not run the guest yet is no vCPU by that rule, so
+/// the first sample of a VM that has just started (QEMU with `-S`, a guest that has not started its other
+/// CPUs yet, a vCPU that ran under one clock tick: guest_time counts ticks) may list fewer vCPUs than it has —
+/// none at all before the guest ran — and its ``VMSample/vcpuTimes`` leave those threads out; a thread counts
+/// from the sample in which it has run the guest (its delta then is its growth over that interval), and a vCPU
+/// found later with a lower tid renumbers the ones after it. A kernel backend that emulates the guest's code
+/// instead of running it (real mode without unrestricted-guest support) counts that time as system time: such
+/// a vCPU is not found until its guest leaves real mode.
+///
 /// Cost per sample: one readdir of /proc; for each VM its stat, status, io and task list, and each thread's
 /// stat and schedstat (comm once per thread; the two files kept open while the thread lives, read again from
 /// offset 0: no open and close per sample); each tap's 8 statistics files. Processes that are not VMs have
@@ -49,7 +63,13 @@ public final class ResourceSampler {
 
     private struct ThreadState {
         var comm: String
+        /// The vCPU number its name gives (``VCPUThreadName``).
+        var nameVCPU: UInt32?
+        /// The cpu-index QMP's `query-cpus-fast` gave its tid (kept while the thread lives).
+        var qmpVCPU: UInt32?
+        /// The vCPU number it was given last, and from what (its row when gone).
         var vcpu: UInt32?
+        var vcpuSource: VCPUSource?
         var times: ThreadTimes
         /// /proc/PID/task/TID, open while the thread is known (its files are opened relative to it: no path
         /// lookup per file); -1 when descriptors ran out (then paths from /proc/PID).
@@ -151,6 +171,7 @@ public final class ResourceSampler {
             }
         }
         readQMP(into: &out)
+        for i in out.indices { numberVCPUs(&out[i]) }
         sampleIndex += 1
         var result = ResourceSample(timestamp: now, intervalSeconds: interval, ticksPerSecond: ticksPerSecond, hostCPUs: hostCPUs,
                                     hostMemoryBytes: hostMemoryBytes, vms: out)
@@ -171,8 +192,11 @@ public final class ResourceSampler {
     /// Reads every QMP socket and gives each reading to the VM whose pid is the socket's peer. A socket whose
     /// QEMU was never reached gives its warning only; one whose QEMU is known but down marks that VM's row.
     private func readQMP(into vms: inout [VMSample]) {
+        guard !qmp.isEmpty else { return }
+        var threads: [Int32: Set<Int32>] = [:]
+        for vm in vms where !vm.gone { threads[vm.pid] = Set(vm.threads.lazy.filter { !$0.gone && !$0.kernelThread }.map(\.tid)) }
         for m in qmp {
-            let (pid, reading, warning) = m.read()
+            let (pid, reading, warning) = m.read { threads[$0] }
             if let warning { warnings.append(warning) }
             guard let pid else { continue }
             if let i = vms.firstIndex(where: { $0.pid == pid }) {
@@ -314,9 +338,12 @@ public final class ResourceSampler {
             g.taps = st.taps.keys.sorted().map { st.taps[$0]! }
             g.threads = st.threads.keys.sorted().map { tid in
                 let t = st.threads[tid]!
-                return ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+                var row = ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+                row.vcpuSource = t.vcpuSource
+                return row
             }
             g.vcpuTimes = g.threads.filter { $0.vcpu != nil }.reduce(ThreadTimes()) { $0 + $1.times }
+            g.vcpuSource = g.threads.lazy.compactMap(\.vcpuSource).first
             return g
         }
         // /proc/PID/stat: a pid reused by another process is the old VM gone.
@@ -362,9 +389,8 @@ public final class ResourceSampler {
         let first = !st.sampled
         var threads: [ThreadSample] = []
         var seen = Set<Int32>()
-        var vcpuDelta = ThreadTimes()
         for tid in tids {
-            var known = st.threads[tid] ?? ThreadState(comm: "", vcpu: nil, times: ThreadTimes(),
+            var known = st.threads[tid] ?? ThreadState(comm: "", times: ThreadTimes(),
                                                        dir: keepDescriptors
                                                            ? openat(vmDir, "task/\(tid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1)
             let isNew = st.threads[tid] == nil
@@ -386,7 +412,7 @@ public final class ResourceSampler {
                     continue
                 }
                 known.comm = file.text
-                known.vcpu = VCPUThreadName.vcpu(known.comm)
+                known.nameVCPU = VCPUThreadName.vcpu(known.comm)
             }
             // stat and schedstat stay open while the thread lives (the thread's directory is kept): read again from
             // offset 0, no open and close per sample.
@@ -405,12 +431,11 @@ public final class ResourceSampler {
                 ended()
                 continue
             }
-            var t = Self.threadSample(tid: tid, comm: known.comm, vcpu: known.vcpu, stat: tf, schedstat: file.numbers(max: 3))
+            // Its vCPU number is given after the QMP sockets are read (``numberVCPUs(_:)``).
+            var t = Self.threadSample(tid: tid, comm: known.comm, vcpu: nil, stat: tf, schedstat: file.numbers(max: 3))
             if !first {
                 // A thread born since the previous sample grew from 0.
-                let d = t.times.subtracting(st.threads[tid]?.times ?? ThreadTimes())
-                t.delta = d
-                if t.vcpu != nil { vcpuDelta = vcpuDelta + d }
+                t.delta = t.times.subtracting(st.threads[tid]?.times ?? ThreadTimes())
             }
             seen.insert(tid)
             known.times = t.times
@@ -422,14 +447,7 @@ public final class ResourceSampler {
             st.threads[t.tid]?.close()
             st.threads[t.tid] = nil
         }
-        threads.sort { a, b in
-            switch (a.vcpu, b.vcpu) {
-            case let (x?, y?): x != y ? x < y : a.tid < b.tid
-            case (_?, nil): true
-            case (nil, _?): false
-            case (nil, nil): a.tid < b.tid
-            }
-        }
+        threads.sort { $0.tid < $1.tid }
 
         // Taps.
         var taps: [TapCounters] = []
@@ -482,7 +500,6 @@ public final class ResourceSampler {
         s.io = io
         s.taps = taps
         s.threads = threads
-        s.vcpuTimes = threads.filter { $0.vcpu != nil && !$0.gone }.reduce(ThreadTimes()) { $0 + $1.times }
         if !first {
             var pd = process.subtracting(st.process)
             // Waits and switches are per thread only (schedstat): the process line sums the live threads'.
@@ -490,7 +507,6 @@ public final class ResourceSampler {
             pd.waitNanoseconds = live.compactMap(\.delta).reduce(0) { $0 &+ $1.waitNanoseconds }
             pd.switches = live.compactMap(\.delta).reduce(0) { $0 &+ $1.switches }
             s.processDelta = pd
-            s.vcpuDelta = vcpuDelta
             if let io, let old = st.io { s.ioDelta = io.subtracting(old) }
             s.tapDeltas = tapDeltas
         }
@@ -523,6 +539,66 @@ public final class ResourceSampler {
     }
 
     private func goneThread(_ tid: Int32, _ t: ThreadState) -> ThreadSample {
-        ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+        var row = ThreadSample(tid: tid, comm: t.comm, vcpu: t.vcpu, gone: true, times: t.times)
+        row.vcpuSource = t.vcpuSource
+        return row
+    }
+
+    // MARK: vCPU numbers
+
+    /// Gives a live VM's threads their vCPU numbers (names, else QMP's cpu-index, else guest time: see the
+    /// type's summary), sorts its threads (vCPUs by number, the others by tid, kernel threads last) and sums
+    /// its vCPU threads' times and deltas. A thread that ended keeps the number it had.
+    private func numberVCPUs(_ s: inout VMSample) {
+        // Taken out while changed (no copy of its thread table), put back at the end.
+        guard !s.gone, var st = vms.removeValue(forKey: s.pid) else { return }
+        let live = s.threads.indices.filter { !s.threads[$0].gone && !s.threads[$0].kernelThread }
+        if let map = s.qmp?.vcpuThreads {
+            // A fresh map: a thread it does not list runs no vCPU.
+            for i in live { st.threads[s.threads[i].tid]?.qmpVCPU = map[s.threads[i].tid] }
+        }
+        let source: VCPUSource
+        var numbers: [Int32: UInt32] = [:]
+        if live.contains(where: { st.threads[s.threads[$0].tid]?.nameVCPU != nil }) {
+            source = .threadName
+            for i in live { numbers[s.threads[i].tid] = st.threads[s.threads[i].tid]?.nameVCPU }
+        } else if live.contains(where: { st.threads[s.threads[$0].tid]?.qmpVCPU != nil }) {
+            source = .qmp
+            for i in live { numbers[s.threads[i].tid] = st.threads[s.threads[i].tid]?.qmpVCPU }
+        } else {
+            source = .guestTime
+            // `live` is in tid order (threads were sorted by tid).
+            var next: UInt32 = 0
+            for i in live where s.threads[i].times.guestTicks > 0 {
+                numbers[s.threads[i].tid] = next
+                next += 1
+            }
+        }
+        var vcpuTimes = ThreadTimes(), vcpuDelta = ThreadTimes()
+        for i in live {
+            let tid = s.threads[i].tid
+            let n = numbers[tid]
+            s.threads[i].vcpu = n
+            s.threads[i].vcpuSource = n == nil ? nil : source
+            st.threads[tid]?.vcpu = n
+            st.threads[tid]?.vcpuSource = s.threads[i].vcpuSource
+            if n != nil {
+                vcpuTimes = vcpuTimes + s.threads[i].times
+                if let d = s.threads[i].delta { vcpuDelta = vcpuDelta + d }
+            }
+        }
+        s.vcpuSource = numbers.isEmpty ? nil : source
+        s.vcpuTimes = vcpuTimes
+        if s.processDelta != nil { s.vcpuDelta = vcpuDelta }
+        s.threads.sort { a, b in
+            if a.kernelThread != b.kernelThread { return !a.kernelThread }
+            switch (a.vcpu, b.vcpu) {
+            case let (x?, y?): return x != y ? x < y : a.tid < b.tid
+            case (_?, nil): return true
+            case (nil, _?): return false
+            case (nil, nil): return a.tid < b.tid
+            }
+        }
+        vms[s.pid] = st
     }
 }

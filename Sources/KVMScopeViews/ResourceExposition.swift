@@ -9,7 +9,8 @@ import KVMResources
 /// |---|---|---|---|---|
 /// | `kvmscope_vm_cpu_seconds_total` | counter | `vm`, `vm_name` | /proc/PID/stat utime+stime | `libvirt_domain_info_cpu_time_seconds_total` |
 /// | `kvmscope_vm_guest_seconds_total` | counter | `vm`, `vm_name` | stat guest_time | — |
-/// | `kvmscope_vm_vcpus` | gauge | `vm`, `vm_name` | vCPU threads by name | `libvirt_domain_info_virtual_cpus` |
+/// | `kvmscope_vm_vcpus` | gauge | `vm`, `vm_name` | vCPU threads: by name, else QMP `query-cpus-fast`, else threads with guest_time > 0 | `libvirt_domain_info_virtual_cpus` |
+/// | `kvmscope_vm_vcpus_inferred` | gauge | `vm`, `vm_name` | 1 when the vCPU threads were found by guest_time and numbered in tid order (the `vcpu` labels below are an inference), else 0 | — |
 /// | `kvmscope_vm_resident_memory_bytes` | gauge | `vm`, `vm_name` | /proc/PID/status VmRSS | (`libvirt_domain_info_memory_usage_bytes` is the guest's memory, not host RSS) |
 /// | `kvmscope_vm_swap_bytes` | gauge | `vm`, `vm_name` | VmSwap | — |
 /// | `kvmscope_vm_disk_read_bytes_total` | counter | `vm`, `vm_name` | /proc/PID/io read_bytes | `libvirt_domain_block_stats_read_bytes_total` (summed over devices) |
@@ -61,7 +62,13 @@ public enum ResourceExposition {
         perVM("kvmscope_vm_guest_seconds_total", "counter", "Time the VM's vCPUs ran the guest (/proc/PID/stat guest_time).") {
             seconds($0.processTimes.guestTicks)
         }
-        perVM("kvmscope_vm_vcpus", "gauge", "vCPU threads of the VM, by thread name.") { String($0.vcpuCount) }
+        perVM("kvmscope_vm_vcpus", "gauge", "vCPU threads of the VM: by thread name, else QMP query-cpus-fast, else those that ran the guest.") {
+            String($0.vcpuCount)
+        }
+        perVM("kvmscope_vm_vcpus_inferred", "gauge",
+              "1 when the VM's vCPU threads were found by guest time and numbered in thread-id order (unnamed threads, no QMP): its vcpu labels are inferred.") {
+            $0.vcpuSource == .guestTime ? "1" : "0"
+        }
         perVM("kvmscope_vm_resident_memory_bytes", "gauge", "Resident memory of the VM's process (/proc/PID/status VmRSS).") {
             String($0.memory.rssBytes)
         }

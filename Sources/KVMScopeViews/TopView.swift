@@ -217,7 +217,9 @@ public enum TopView {
 
     /// The htop-style thread table of one VM: its vCPU threads first. A thread whose kvm_exit/kvm_entry carry
     /// another vCPU number than its name gives (``TopExits/vcpuMismatches``) has its VCPU cell marked `*` (the
-    /// name's number, which its EXITS/s counts under) and one `* tid N: …` note line under the table.
+    /// name's number, which its EXITS/s counts under) and one `* tid N: …` note line under the table. vCPU
+    /// numbers inferred from guest time (``VCPUSource/guestTime``) have their cells marked `~` and one
+    /// ``inferredVCPUsNote`` line under the table.
     public static func renderThreads(_ row: TopRow, sample: ResourceSample) -> [String] {
         var lines = ["   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s     P99 COMMAND"]
         var notes: [String] = []
@@ -232,14 +234,20 @@ public enum TopView {
                 notes.append("* tid \(t.tid): " + SummaryJSON.vcpuMismatchNote(ThreadIdentity(vm: row.vm.pid, vcpu: t.vcpu, comm: t.comm,
                                                                                             tracedVCPU: traced)).terminalSafe)
             }
-            lines.append(lpad(String(t.tid), 6) + lpad((t.vcpu.map { String($0) } ?? "") + (traced == nil ? "" : "*"), 5) + " "
+            let inferred = t.vcpu != nil && t.vcpuSource == .guestTime ? "~" : ""
+            lines.append(lpad(String(t.tid), 6) + lpad(inferred + (t.vcpu.map { String($0) } ?? "") + (traced == nil ? "" : "*"), 5) + " "
                          + (t.gone ? "-" : String(t.state))
                          + lpad(t.processor >= 0 ? String(t.processor) : "-", 4) + lpad(cpu, 6) + lpad(wait, 7)
                          + lpad(time(sample.seconds(t.times.cpuTicks)), 8) + lpad(exits, 9) + lpad(p99, 8) + " " + t.comm
                          + (t.gone ? " (gone)" : ""))
         }
+        if row.vm.threads.contains(where: { $0.vcpu != nil && $0.vcpuSource == .guestTime }) { notes.append(inferredVCPUsNote) }
         return lines + notes
     }
+
+    /// The note under a thread table whose vCPU numbers are inferred (``VCPUSource/guestTime``).
+    public static let inferredVCPUsNote = "~ vCPU numbers inferred: unnamed threads that ran the guest (guest_time), in thread-id order; "
+        + "exact with -name …,debug-threads=on or --qmp"
 
     /// Under the thread table of one VM: its devices — block devices (QMP or libvirt: requests and bytes in the
     /// interval, average time per request) and taps (the guest's view: RXBY is what it received) — each
@@ -339,6 +347,7 @@ public enum TopView {
         let threads: [JSONValue] = vm.threads.map { t in
             .object([
                 ("tid", .int(Int64(t.tid))), ("comm", .string(t.comm)), ("vcpu", .optional(t.vcpu)),
+                ("vcpu_numbered_by", .optional(t.vcpuSource?.rawValue)),
                 ("state", .string(String(t.state))), ("gone", .bool(t.gone)), ("kernel_thread", .bool(t.kernelThread)),
                 ("processor", .int(Int64(t.processor))),
                 ("cpu_seconds", .double(s.seconds(t.times.cpuTicks))), ("user_seconds", .double(s.seconds(t.times.userTicks))),
@@ -361,6 +370,8 @@ public enum TopView {
             ("pid", .int(Int64(vm.pid))), ("name", .string(vm.name)), ("uuid", .optional(vm.uuid)), ("accel", .string(vm.accel)),
             ("state", .string(String(r.state))), ("gone", .bool(vm.gone)),
             ("vcpus", .int(Int64(vm.vcpuCount))),
+            // thread_name, qmp (exact) or guest_time (found by guest time, numbered in tid order: inferred); null without vCPUs.
+            ("vcpus_numbered_by", .optional(vm.vcpuSource?.rawValue)),
             ("cpu_seconds", .double(r.cpuSeconds)), ("vcpu_cpu_seconds", .double(s.seconds(vm.vcpuTimes.cpuTicks))),
             ("guest_seconds", .double(s.seconds(vm.processTimes.guestTicks))),
             ("vcpu_wait_seconds", .double(Double(vm.vcpuTimes.waitNanoseconds) / 1e9)),

@@ -164,7 +164,8 @@ struct TopScreen {
         } else if showingThreads, let pid = selected, let row = rows.first(where: { $0.vm.pid == pid }) {
             lines = screen.prefix(4).map { ($0, []) }
             lines.append(("", []))
-            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(row.vm.threads.filter { $0.vcpu != nil }.count) vCPU threads (CPU% and WAIT% of one CPU, like htop; P99 exit handling)",
+            let inferred = row.vm.vcpuSource == .guestTime ? ", numbers inferred" : ""
+            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(row.vm.threads.filter { $0.vcpu != nil }.count) vCPU threads\(inferred) (CPU% and WAIT% of one CPU, like htop; P99 exit handling)",
                           []))
             let threads = TopView.renderThreads(row, sample: frame.sample)
             lines.append((threads[0], [(0, threads[0], .reverse)]))

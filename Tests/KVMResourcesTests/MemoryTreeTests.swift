@@ -132,6 +132,7 @@ import TestSupport
                         case "qmp_capabilities": return "{}"
                         case "query-blockstats": return "[]"
                         case "query-pci": return pci
+                        case "query-cpus-fast": return QMPMonitorTests.cpusFast
                         case "human-monitor-command":
                             usleep(delay)
                             return tree

@@ -20,6 +20,9 @@ import TestSupport
             + ##"}, "node-name": "#block107", "qdev": "/machine/peripheral/virtio-disk0/virtio-backend"}]"##
     }
 
+    /// A `query-cpus-fast` return value of a 2-vCPU x86 QEMU (machine.json CpuInfoFast; thread ids made up).
+    static let cpusFast = #"[{"thread-id": 25627, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[0]", "cpu-index": 0, "target": "x86_64"}, {"thread-id": 25628, "props": {"core-id": 0, "thread-id": 0, "socket-id": 1}, "qom-path": "/machine/unattached/device[1]", "cpu-index": 1, "target": "x86_64"}]"#
+
     /// Answers each command line: its `id` back, the return value `reply(command)` gives (nil: a QMP error).
     static func answer(_ fd: Int32, _ reply: (String) -> String?) -> Bool {
         guard let line = readLine(fd), let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
@@ -43,10 +46,14 @@ import TestSupport
             { @Sendable () -> [QMPSample] in
                 serve(path, until: done) { _, fd in
                     sendLine(fd, Self.greeting)
-                    var n = 0
+                    var n = 0, cpus = 0
                     while Self.answer(fd, { c in
                         switch c {
                         case "qmp_capabilities": return "{}"
+                        case "query-cpus-fast":
+                            cpus += 1
+                            readings.set(readings.get().merging(["cpus asked": "\(cpus)"]) { $1 })
+                            return Self.cpusFast
                         case "query-blockstats":
                             n += 1
                             return n == 1
@@ -69,7 +76,7 @@ import TestSupport
                 guard waitForSocket(path) else { return [] }
                 let m = QMPMonitor(path: path, timeout: 5)
                 let a = m.read(), b = m.read()
-                readings.set(["pid": "\(b.pid ?? -1)", "warnings": "\([a.warning, b.warning].compactMap { $0 })"])
+                readings.set(readings.get().merging(["pid": "\(b.pid ?? -1)", "warnings": "\([a.warning, b.warning].compactMap { $0 })"]) { $1 })
                 return [a.sample, b.sample]
             },
         ], timeout: 60)
@@ -77,7 +84,11 @@ import TestSupport
         try #require(samples.count == 2)
         #expect(readings.get()["pid"] == "\(getpid())")  // SO_PEERCRED: the process that listens
         #expect(readings.get()["warnings"] == "[]")
+        // Asked when the connection opened, not again (no thread set given): the map in both readings.
+        #expect(readings.get()["cpus asked"] == "1")
         let first = samples[0], second = samples[1]
+        #expect(first.vcpuThreads == [25627: 0, 25628: 1])
+        #expect(second.vcpuThreads == [25627: 0, 25628: 1])
         #expect(first.problem == nil)
         #expect(first.disks.map(\.device) == ["virtio-disk0"])
         #expect(first.disks[0].drive == "drive-virtio-disk0")
@@ -101,6 +112,64 @@ import TestSupport
         #expect(d.writeLatencyNanoseconds == 458_308_933.0 / 67)
         #expect(d.latencyNanoseconds == (133_725_428.0 + 458_308_933.0) / 134)
         #expect(DiskCounts().readLatencyNanoseconds == nil)
+    }
+
+    /// `query-cpus-fast` is asked again only when the VM's thread set changes; a reply of another shape gives one
+    /// warning and no map until the set changes; a refusal (QEMU before 2.12) one warning, never asked again.
+    @Test func cpusFastFollowsTheThreadSet() throws {
+        let odd = socketPath("cpus-odd"), refusing = socketPath("cpus-refused")
+        let asked = Locked<[String: Int]>([:])
+        let done = Locked(false)
+        func script(_ path: String) -> @Sendable () -> [String] {
+            { @Sendable () -> [String] in
+                serve(path, until: done) { _, fd in
+                    sendLine(fd, Self.greeting)
+                    while Self.answer(fd, { c in
+                        switch c {
+                        case "qmp_capabilities": return "{}"
+                        case "query-blockstats", "query-pci": return "[]"
+                        case "query-memory-size-summary": return #"{"base-memory": 16777216}"#
+                        case "human-monitor-command": return #""FlatView #0\r\n AS \"I/O\", root: io\r\n Root memory region: io\r\n""#
+                        case "query-cpus-fast":
+                            let n = asked.get()[path, default: 0] + 1
+                            asked.set(asked.get().merging([path: n]) { $1 })
+                            if path == refusing { return nil }
+                            return n == 1 ? #""two CPUs""# : Self.cpusFast
+                        default: return nil
+                        }
+                    }) {}
+                }
+                return []
+            }
+        }
+        let out = onThreads([
+            script(odd), script(refusing),
+            { @Sendable () -> [String] in
+                defer { done.set(true) }
+                guard waitForSocket(odd), waitForSocket(refusing) else { return ["no sockets"] }
+                var lines: [String] = []
+                for path in [odd, refusing] {
+                    let m = QMPMonitor(path: path, timeout: 5)
+                    let me = getpid()
+                    for threads in [[me, 7], [me, 7], [me, 7, 8], [me, 7, 8]] {
+                        let r = m.read { $0 == me ? Set(threads) : nil }
+                        let map = r.sample.vcpuThreads.map { $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+                        lines.append("\(asked.get()[path] ?? 0) | \(map ?? "nil") | \(r.warning ?? "-")")
+                    }
+                }
+                return lines
+            },
+        ], timeout: 60)
+        #expect(out[2] == [
+            "1 | nil | QMP \(odd): query-cpus-fast: not QMP: expected a reply to query-cpus-fast, got '{\"return\": \"two CPUs\", \"id\": 8}'; vCPU threads found by their names, else by guest time (numbers inferred)",
+            "1 | nil | -",
+            "2 | 25627=0 25628=1 | -",
+            "2 | 25627=0 25628=1 | -",
+            "1 | nil | QMP \(refusing): query-cpus-fast: CommandNotFound: The command query-cpus-fast has not been found; vCPU threads found by their names, else by guest time (numbers inferred)",
+            "1 | nil | -",
+            "1 | nil | -",
+            "1 | nil | -",
+        ])
     }
 
     /// A socket that answers garbage, one that closes after the capabilities, one that never answers, one

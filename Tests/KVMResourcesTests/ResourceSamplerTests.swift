@@ -310,6 +310,61 @@ final class FakeHost {
         #expect(s.vms.last?.vcpuCount == 1)
     }
 
+    /// A QEMU without `debug-threads=on` (every thread named `qemu-system-x86`) and without QMP: its vCPU threads
+    /// are the ones that ran the guest (stat guest_time > 0), numbered in tid order and marked inferred; a vCPU
+    /// that has not run yet is none until it does. Names win where a VMM gives them.
+    @Test(arguments: [true, false]) func unnamedVCPUsFoundByGuestTime(keep: Bool) throws {
+        let h = try FakeHost()
+        try h.process(400, cmdline: ["qemu-system-x86_64", "-enable-kvm", "-smp", "2"], comm: "qemu-system-x86", utime: 90,
+                      stime: 30, guest: 60, io: (0, 0, 0, 0))
+        try h.link("proc/400/fd/11", to: "anon_inode:kvm-vm")
+        try h.thread(400, 400, comm: "qemu-system-x86", utime: 20, stime: 10, run: 1, wait: 100, slices: 3)
+        try h.thread(400, 401, comm: "qemu-system-x86", utime: 3, stime: 1, run: 1, wait: 5, slices: 2)  // call_rcu
+        try h.thread(400, 402, comm: "qemu-system-x86", utime: 70, stime: 19, guest: 60, run: 1, wait: 2_000, slices: 50)
+        try h.thread(400, 403, comm: "qemu-system-x86", utime: 0, stime: 1, run: 1, wait: 30, slices: 4)  // AP, not started
+        try h.thread(400, 404, comm: "kvm-nx-lpage-re", utime: 0, stime: 0, run: 1, wait: 0, slices: 1)
+        let sampler = ResourceSampler(procRoot: h.proc, sysRoot: h.sys, keepDescriptors: keep)
+        let first = try #require(sampler.sample().vms.first)
+        #expect(first.name == "qemu-system-x86")
+        #expect(first.vcpuCount == 1)
+        #expect(first.vcpuSource == .guestTime)
+        #expect(first.threads.map(\.tid) == [402, 400, 401, 403, 404])
+        #expect(first.threads.map(\.vcpu) == [0, nil, nil, nil, nil])
+        #expect(first.threads.map(\.vcpuSource) == [.guestTime, nil, nil, nil, nil])
+        #expect(first.vcpuTimes.cpuTicks == 89 && first.vcpuTimes.guestTicks == 60 && first.vcpuTimes.waitNanoseconds == 2_000)
+        #expect(first.vcpuDelta == nil)
+
+        // The AP ran the guest: two vCPUs, in tid order.
+        try h.thread(400, 402, comm: "qemu-system-x86", utime: 100, stime: 25, guest: 85, run: 1, wait: 2_500, slices: 80)
+        try h.thread(400, 403, comm: "qemu-system-x86", utime: 12, stime: 3, guest: 9, run: 1, wait: 130, slices: 24)
+        let second = try #require(sampler.sample().vms.first)
+        #expect(second.vcpuCount == 2)
+        #expect(second.vcpuSource == .guestTime)
+        #expect(second.vcpuSource?.isExact == false)
+        #expect(second.threads.map(\.tid) == [402, 403, 400, 401, 404])
+        #expect(second.threads.map(\.vcpu) == [0, 1, nil, nil, nil])
+        #expect(second.vcpuTimes.cpuTicks == 140 && second.vcpuTimes.guestTicks == 94)
+        let d = try #require(second.vcpuDelta)
+        #expect(d.cpuTicks == 36 + 14 && d.guestTicks == 25 + 9 && d.waitNanoseconds == 500 + 100 && d.switches == 30 + 20)
+
+        // A vCPU thread that ends keeps its number on its gone row, and leaves the count.
+        try h.remove("proc/400/task/403")
+        let third = try #require(sampler.sample().vms.first)
+        #expect(third.threads.map(\.tid) == [402, 403, 400, 401, 404])
+        #expect(third.threads.map(\.gone) == [false, true, false, false, false])
+        #expect(third.threads.map(\.vcpu) == [0, 1, nil, nil, nil])
+        #expect(third.vcpuCount == 1)
+
+        // Names win: with QEMU's names, a thread of another name that ran the guest is no vCPU.
+        let named = try host()
+        try named.thread(100, 103, comm: "IO iothread1", utime: 30, stime: 10, guest: 5, run: 1, wait: 0, slices: 5)
+        let vm = try #require(ResourceSampler(procRoot: named.proc, sysRoot: named.sys, keepDescriptors: keep).sample().vms.first)
+        #expect(vm.vcpuSource == .threadName)
+        #expect(vm.threads.map(\.tid) == [101, 102, 100, 103])
+        #expect(vm.threads.map(\.vcpu) == [0, 1, nil, nil])
+        #expect(vm.threads.map(\.vcpuSource) == [.threadName, .threadName, nil, nil])
+    }
+
     @Test func vcpuThreadNamesOfEachVMM() {
         #expect(VCPUThreadName.vcpu("CPU 3/KVM") == 3)
         #expect(VCPUThreadName.vcpu("CPU 12/KVM") == 12)

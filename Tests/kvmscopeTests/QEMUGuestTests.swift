@@ -367,7 +367,8 @@ struct QEMUGuestTests {
     }
 }
 
-/// A daemonized QEMU: `-enable-kvm -name guest=NAME,debug-threads=on`, the boot sector on virtio-blk
+/// A daemonized QEMU: `-enable-kvm -name guest=NAME,debug-threads=on` (`debugThreads: false`: without it, every
+/// thread named `qemu-system-x86`), `-smp 1` (or `smp`), the boot sector (or `bootSector`) on virtio-blk
 /// (`cache=none`: every request reaches the disk, as /proc/PID/io counts it) named as libvirt names it
 /// (drive `drive-virtio-disk0`, device `virtio-disk0`), a balloon, and two QMP sockets: the test's, and
 /// kvmscope's own (QEMU serves one client at a time on each).
@@ -402,14 +403,15 @@ final class QEMUGuest {
     var qmpPath: String { dir.appendingPathComponent("qmp.sock").path }
     var kvmscopeQMPPath: String { dir.appendingPathComponent("kvmscope-qmp.sock").path }
 
-    init(name: String, accel: String = "kvm") throws {
+    init(name: String, accel: String = "kvm", smp: Int = 1, debugThreads: Bool = true, bootSector: [UInt8] = QEMUGuest.bootSector) throws {
         // Not /tmp, which may be tmpfs (no block I/O to count).
         dir = URL(fileURLWithPath: "/var/tmp/kvmscope-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let disk = dir.appendingPathComponent("disk.img")
-        try Data(Self.bootSector + [UInt8](repeating: 0, count: (1 << 20) - 512)).write(to: disk)
+        try Data(bootSector + [UInt8](repeating: 0, count: (1 << 20) - 512)).write(to: disk)
         pid = try Self.daemonize([
-            "-accel", accel, "-name", "guest=\(name),debug-threads=on", "-m", "16", "-smp", "1", "-display", "none",
+            "-accel", accel, "-name", "guest=\(name)" + (debugThreads ? ",debug-threads=on" : ""), "-m", "16", "-smp", "\(smp)",
+            "-display", "none",
             "-nodefaults", "-drive", "file=\(disk.path),if=none,format=raw,cache=none,id=drive-virtio-disk0",
             "-device", "virtio-blk-pci,drive=drive-virtio-disk0,id=virtio-disk0", "-device", "virtio-balloon-pci,id=balloon0",
             "-qmp", "unix:\(dir.appendingPathComponent("qmp.sock").path),server=on,wait=off",

@@ -261,6 +261,34 @@ import Testing
         ])
     }
 
+    /// vCPU numbers inferred from guest time (a QEMU without debug-threads, no QMP): `~` in the VCPU cell, a note
+    /// line, `vcpus_numbered_by` in JSON; exact ones (names) are not marked.
+    @Test func inferredVCPUNumbersAreMarked() throws {
+        var f = Self.frame()
+        f.sample.vms[2].vcpuSource = .guestTime
+        for i in 0..<2 {
+            f.sample.vms[2].threads[i].comm = "qemu-system-x86"
+            f.sample.vms[2].threads[i].vcpuSource = .guestTime
+        }
+        let row = try #require(TopView.rows(f).first { $0.vm.pid == 4242 })
+        #expect(TopView.renderThreads(row, sample: f.sample) == [
+            "   TID VCPU S CPU  CPU%  WAIT%    TIME  EXITS/s     P99 COMMAND",
+            "  4243   ~0 R   1  60.0   25.0 0:05.00    15.0k  1.50us qemu-system-x86",
+            "  4244   ~1 S   -   0.0    0.0 0:00.00      0.0       - qemu-system-x86",
+            "  4242      -   -     -      - 0:00.00                  qemu-system-x86 (gone)",
+            "~ vCPU numbers inferred: unnamed threads that ran the guest (guest_time), in thread-id order; exact with -name …,debug-threads=on or --qmp",
+        ])
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(TopView.json(f).serialized().utf8)) as? [String: Any])
+        let vms = try #require(json["vms"] as? [[String: Any]])
+        #expect(vms.map { $0["pid"] as? Int } == [4242, 99, 7])
+        #expect(vms.map { $0["vcpus_numbered_by"] as? String } == ["guest_time", nil, nil])
+        let threads = try #require(vms[0]["threads"] as? [[String: Any]])
+        #expect(threads.map { $0["vcpu_numbered_by"] as? String } == ["guest_time", "guest_time", nil])
+        #expect(PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t", resources: f.sample))
+            .split(separator: "\n").filter { $0.hasPrefix("kvmscope_vm_vcpus_inferred{") }
+            == ["kvmscope_vm_vcpus_inferred{vm=\"99\",vm_name=\"db,1\"} 0", "kvmscope_vm_vcpus_inferred{vm=\"4242\",vm_name=\"web\"} 1"])
+    }
+
     /// Enter's view of a VM lists its devices under its threads: block devices (QMP/libvirt) and taps, as the
     /// `3` and `2` screens show them.
     @Test func threadViewListsTheVMsDevices() throws {
@@ -341,6 +369,8 @@ import Testing
             "kvmscope_vm_guest_seconds_total{vm=\"4242\",vm_name=\"web\"} 0.0",
             "kvmscope_vm_vcpus{vm=\"99\",vm_name=\"db,1\"} 0",
             "kvmscope_vm_vcpus{vm=\"4242\",vm_name=\"web\"} 2",
+            "kvmscope_vm_vcpus_inferred{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_vcpus_inferred{vm=\"4242\",vm_name=\"web\"} 0",
             "kvmscope_vm_resident_memory_bytes{vm=\"99\",vm_name=\"db,1\"} 536870912",
             "kvmscope_vm_resident_memory_bytes{vm=\"4242\",vm_name=\"web\"} 1073741824",
             "kvmscope_vm_swap_bytes{vm=\"99\",vm_name=\"db,1\"} 0",
@@ -366,7 +396,7 @@ import Testing
             "kvmscope_vm_network_receive_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
             "kvmscope_vm_network_transmit_errors_total{vm=\"4242\",vm_name=\"web\",device=\"tap0\"} 0",
         ])
-        #expect(lines.contains("# HELP kvmscope_vm_vcpus vCPU threads of the VM, by thread name."))
+        #expect(lines.contains("# HELP kvmscope_vm_vcpus vCPU threads of the VM: by thread name, else QMP query-cpus-fast, else those that ran the guest."))
         #expect(lines.contains("# TYPE kvmscope_vcpu_wait_seconds_total counter"))
         // Without a sample (the exposition goldens), no resource family.
         #expect(!PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t"))
