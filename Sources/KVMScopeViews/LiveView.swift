@@ -491,15 +491,16 @@ public enum LiveView {
 
     // MARK: - Other screens
 
+    /// kvm_stat's help screen: every line fits 80 columns and the whole screen 24 rows.
     static func help(width: Int) -> LiveScreen {
         let keys = [
-            "   b     toggle events by guests (Enter on a guest shows only that guest); CPU%: its host CPU time,",
-            "         % of one CPU (htop's); Wait%: its vCPUs' time waiting for a host CPU, % of the interval",
+            "   b     toggle events by guests (Enter on a guest shows only that guest);",
+            "         CPU%: host CPU, % of one CPU (htop's); Wait%: vCPUs' wait for a CPU",
             "   c     clear filter",
             "   f     filter by regular expression",
             "   g     filter by guest name",
             "   h     display interactive commands reference",
-            "   i     toggle I/O exits per port and MMIO address, named by device (perf kvm stat's ioport, mmio)",
+            "   i     toggle I/O exits per port and MMIO address, by device (perf's ioport)",
             "   o     toggle sorting order (Total vs CurAvg/s)",
             "   p     filter by PID",
             "   q     quit",
@@ -511,7 +512,7 @@ public enum LiveView {
             "Avg, p99, Max: exit handling time (kvm_exit to the next kvm_entry of the vCPU).",
             "Rows marked (blocked) are halts: that time is the guest idle, not handling.",
             "Any other key refreshes statistics immediately",
-            "lost N: events the kernel dropped because its ring buffer was full (raise --buffer-kb);",
+            "lost N: events dropped, the kernel's ring buffer full (raise --buffer-kb);",
             "lost N+: at least N, as some buffers said events were lost but not how many.",
         ]
         var lines = [ScreenLine.styled("Interactive commands reference", .bold), ScreenLine(""),

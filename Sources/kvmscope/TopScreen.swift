@@ -39,16 +39,16 @@ struct TopScreen {
 
     static let keysLine = "P %CPU M %MEM T TIME N ID A NAME E EXITS/s  1 CPUs 2 net 3 block 0 VMs  ↑↓ Enter threads  d delay  h help  q quit"
 
-    /// `h`'s screen: every key, as virt-top's help lists them.
+    /// `h`'s screen: every key, as virt-top's help lists them; every line fits 80 columns.
     static let helpLines = [
         "kvmscope top keys (virt-top's, plus htop's thread view)",
         "",
         "  P  sort by %CPU           M  sort by %MEM          T  sort by TIME",
         "  N  sort by ID (pid)       A  sort by NAME          E  sort by EXITS/s",
-        "  1  host CPUs              2  network (taps)        3  block devices       0  the VMs again",
-        "  ↑ ↓  choose a VM          Enter  its threads and devices (the top VM when none is chosen)",
-        "  d, s  set the delay between samples (seconds)",
-        "  Esc  back                 h, ?  this help          q  quit",
+        "  1  host CPUs              2  network (taps)        3  block devices",
+        "  0  the VMs again          Esc  back                h, ?  this help",
+        "  ↑ ↓  choose a VM          Enter  the chosen VM's threads and devices",
+        "  d, s  set the delay between samples (seconds)       q  quit",
     ]
 
     /// Applies a typed delay (virt-top's `d`): 0.1 to 3600 s, as `-d` takes it; nil, or why it was refused.
@@ -118,8 +118,9 @@ struct TopScreen {
         case .character("N"): sort = .id
         case .character("A"): sort = .name
         case .character("E"): sort = .exits
+        // htop's cursor starts on the first row: with none chosen yet, ↓ goes to the second.
         case .up where !pids.isEmpty: selected = pids[max(0, (index ?? 0) - 1)]
-        case .down where !pids.isEmpty: selected = pids[min(pids.count - 1, index.map { $0 + 1 } ?? 0)]
+        case .down where !pids.isEmpty: selected = pids[min(pids.count - 1, (index ?? 0) + 1)]
         case .enter where !pids.isEmpty:
             // htop's cursor starts on the first row: Enter with none chosen opens the top VM.
             if index == nil { selected = pids[0] }
@@ -129,7 +130,10 @@ struct TopScreen {
         case .escape, .backspace:
             showingThreads = false
             screen = nil
-        case .character("0"): screen = nil
+        case .character("0"):
+            // virt-top's 0: the VM list, from any screen (the thread view included).
+            screen = nil
+            showingThreads = false
         case .character("1"): screen = screen == .hostCPUs ? nil : .hostCPUs
         case .character("2"): screen = screen == .network ? nil : .network
         case .character("3"): screen = screen == .block ? nil : .block
@@ -187,8 +191,10 @@ struct TopScreen {
                 if i == 5 {
                     lines.append((text, [(0, text.padding(toLength: max(text.count, size.columns), withPad: " ", startingAt: 0),
                                           .reverse)]))
-                } else if i > 5, rows[i - 6].vm.pid == selected {
-                    lines.append((text, [(0, text, .bold)]))
+                } else if i > 5, rows[i - 6].vm.pid == (selected ?? rows.first?.vm.pid) {
+                    // htop's cursor bar: the chosen VM (the first row until one is chosen) in reverse video.
+                    lines.append((text, [(0, text.padding(toLength: max(text.count, size.columns), withPad: " ", startingAt: 0),
+                                          .reverse)]))
                 } else {
                     lines.append((text, []))
                 }

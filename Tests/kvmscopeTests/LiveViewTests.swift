@@ -338,9 +338,15 @@ struct LiveViewTests {
         let help = LiveView.render(LiveFrame(current: Summary(), previous: nil, seconds: 1),
                                    state: { var s = LiveViewState(); s.showingHelp = true; return s }(), width: 100, height: 30)
         #expect(Array(help.text.suffix(2)) == [
-            "lost N: events the kernel dropped because its ring buffer was full (raise --buffer-kb);",
+            "lost N: events dropped, the kernel's ring buffer full (raise --buffer-kb);",
             "lost N+: at least N, as some buffers said events were lost but not how many.",
         ])
+        // At 80×24 nothing is cut: every line fits, the last one shows.
+        let small = LiveView.render(LiveFrame(current: Summary(), previous: nil, seconds: 1),
+                                    state: { var s = LiveViewState(); s.showingHelp = true; return s }(), width: 80, height: 24)
+        #expect(small.text.allSatisfy { $0.count < 80 && !$0.contains("…") }, "\(small.text)")
+        #expect(small.text.count <= 24)
+        #expect(small.text.last == "lost N+: at least N, as some buffers said events were lost but not how many.")
     }
 
     @Test func sparklineScalesToTheRowMaximum() {

@@ -275,8 +275,8 @@ struct TopScreenTests {
         try pane.wait("sorted by mem") { $0.count > 2 && $0[2].hasSuffix("sorted by mem") }
         try pane.keys("N")
         try pane.wait("sorted by id") { $0.count > 2 && $0[2].hasSuffix("sorted by id") }
-        // ↓ to the guest, Enter: its threads, vCPUs first.
-        for _ in 0...index { try pane.keys("Down") }
+        // ↓ to the guest (htop's cursor starts on the first row), Enter: its threads, vCPUs first.
+        for _ in 0..<index { try pane.keys("Down") }
         try pane.keys("Enter")
         let threads = try pane.wait("the guest's threads") { s in
             s.contains("VM \(g.pid) \(guestName): 2 vCPU threads (CPU% and WAIT% of one CPU, like htop; P99 exit handling)")
@@ -284,7 +284,8 @@ struct TopScreenTests {
         let table = threads.drop { !$0.hasPrefix("   TID VCPU S CPU") }.dropFirst().prefix { !$0.isEmpty }
         #expect(table.prefix(2).map { $0.hasSuffix(" CPU 0/KVM") || $0.hasSuffix(" CPU 1/KVM") } == [true, true])
         #expect(table.prefix(2).map { $0.split(separator: " ")[1] } == ["0", "1"])
-        try pane.keys("Escape")
+        // 0 (virt-top's "the VMs") leaves the thread view too, as Esc does.
+        try pane.keys("0")
         try pane.wait("the VM list again") { $0.contains(header) }
         // 1, 2, 3: virt-top's host CPU, network and block screens; 0 back to the VMs.
         try pane.keys("1")
