@@ -27,6 +27,10 @@ public final class LiveSession: @unchecked Sendable {
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
     private let final = Mutex<[Int: UInt64]?>(nil)
     let startedAt = MonotonicClock.now()
+    /// The one process traced with its descendants (`-p PID`: set_event_pid with event-fork), nil otherwise: a
+    /// thread gone before it was looked at and unknown to the kernel's saved tgids can only be of its tree, and
+    /// counts in its VM rather than as a VM of its own (its tid, no name) that alerts would evaluate alone.
+    let tracedProcess: Int32?
 
     /// Creates the instance, enables the events and starts reading. Throws the errors users see; nothing
     /// is left in tracefs then.
@@ -39,6 +43,9 @@ public final class LiveSession: @unchecked Sendable {
     public init(config: TraceConfig, subbufsPerRead: UInt32 = 16, retireThreads: Bool = false,
                 retiredVMCapacity: Int = 1024) throws {
         trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead)
+        // A COMMAND is traced as kvmscope's own descendants (onlyPid = our pid): its VMs are not ours.
+        let traced = Set((config.onlyPid.map { [$0] } ?? []) + config.onlyPids).subtracting([getpid()])
+        tracedProcess = traced.count == 1 && !(config.onlyPid == getpid()) ? traced.first : nil
         let startTime: ThreadStartTime = { tid, vm in ThreadDirectory.startTime(tid: tid, vm: vm) }
         aggregator = Aggregator(catalog: trace.formats.catalog, shardCount: trace.readers.count,
                                 resolver: ThreadDirectory.identity(of:), retirement: retireThreads,
@@ -157,8 +164,8 @@ public final class LiveSession: @unchecked Sendable {
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root, only: only)
         aggregator.resolveUnresolved(only: only) { tid in
-            guard let tgid = saved.tgids[tid] else { return nil }
             let comm = saved.comms[tid]
+            guard let tgid = saved.tgids[tid] ?? tracedProcess else { return nil }
             return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
                                   vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
