@@ -242,7 +242,7 @@ import Testing
         let starts = Mutex<[Int32: UInt64]>([101: 1, 102: 1, 103: 1])
         let agg = Aggregator(catalog: Self.catalog(), shardCount: 1, resolver: { tid in host.who.withLock { $0[tid] } },
                              retirement: true, startTime: { tid, _ in starts.withLock { $0[tid] } },
-                             retireDelay: .milliseconds(200))
+                             retireDelay: .seconds(1))
         var w = agg.writer(shard: 0)
         for tid: Int32 in [101, 102, 103, 104] { w.add(TraceEvent(timestamp: 0, tid: tid, event: 2), hasReason: false) }
         #expect(agg.retireExitedThreads() == [])  // 104 (nameless, no start time) is gone from now on
@@ -252,9 +252,11 @@ import Testing
         }
         #expect(agg.retireExitedThreads() == [102])
         #expect(agg.retireExitedThreads() == [])
-        usleep(250_000)
+        // Delays of a second: on a loaded machine (CI's two CPUs) a stall of 0.8 s between the checks would be needed
+        // for 104 to be due with 101 (with 200 ms it was, once).
+        usleep(1_200_000)
         #expect(agg.retireExitedThreads() == [101])
-        usleep(200_000)
+        usleep(1_000_000)
         #expect(agg.retireExitedThreads() == [104])
         w.maintain()
         let snap = agg.snapshot(timestamp: 0)
