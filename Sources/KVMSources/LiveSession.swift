@@ -29,8 +29,20 @@ public final class LiveSession: @unchecked Sendable {
     let startedAt = MonotonicClock.now()
     /// The one process traced with its descendants (`-p PID`: set_event_pid with event-fork), nil otherwise: a
     /// thread gone before it was looked at and unknown to the kernel's saved tgids can only be of its tree, and
-    /// counts in its VM rather than as a VM of its own (its tid, no name) that alerts would evaluate alone.
+    /// counts in its VM rather than as a VM of its own (its tid, no name) that alerts would evaluate alone —
+    /// once PID has been seen holding KVM open (``tracedVM``): a PID that only starts VMs (a shell running
+    /// guests) is no VM to count them in.
     let tracedProcess: Int32?
+    private let tracedProcessIsVM = Mutex<Bool>(false)
+
+    /// ``tracedProcess`` once it has been seen holding KVM open (looked at each retirement until then).
+    var tracedVM: Int32? {
+        guard let pid = tracedProcess else { return nil }
+        return tracedProcessIsVM.withLock { seen in
+            if !seen { seen = KVMProcesses.holdsKVM(pid) }
+            return seen ? pid : nil
+        }
+    }
 
     /// Creates the instance, enables the events and starts reading. Throws the errors users see; nothing
     /// is left in tracefs then.
@@ -138,6 +150,7 @@ public final class LiveSession: @unchecked Sendable {
         aggregator.resolveNewThreads()
         // Named from the kernel's saved tgids once gone for a while: the kernel records a thread's tgid at a
         // later context switch, and until then the entry may still name the tid's previous owner.
+        _ = tracedVM
         let due = aggregator.unresolvedGone(for: aggregator.retireDelay)
         if !due.isEmpty { resolveFromSavedThreads(only: due) }
         let retired = aggregator.retireExitedThreads()
@@ -163,9 +176,10 @@ public final class LiveSession: @unchecked Sendable {
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root, only: only)
+        let owner = tracedVM
         aggregator.resolveUnresolved(only: only) { tid in
             let comm = saved.comms[tid]
-            guard let tgid = saved.tgids[tid] ?? tracedProcess else { return nil }
+            guard let tgid = saved.tgids[tid] ?? owner else { return nil }
             return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
                                   vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
