@@ -163,6 +163,27 @@ public final class TraceDatReader: TraceSource {
     /// each vCPU thread counts as its own VM.
     public private(set) var hasTGIDs = false
 
+    /// What `kvmscope record` noted in the file's statistics (lines `kvmscope …` of the CPU stats), without the
+    /// prefix, e.g. "dropped pages: 14" (pages past --max-size or that could not be written: their events are
+    /// not in the file), "recovered: …", "truncated: the disk was full: …"; empty for other files.
+    public var recorderNotes: [String] {
+        cpuStats.sorted { $0.key < $1.key }.flatMap { _, stats in
+            stats.split(separator: "\n").filter { $0.hasPrefix("kvmscope ") }.map { String($0.dropFirst("kvmscope ".count)) }
+        }
+    }
+
+    /// Pages `kvmscope record` did not write (``recorderNotes``' "dropped pages: N"): past --max-size, or a
+    /// write failed. Their events are in no count of the file (neither its events nor the kernel's losses).
+    public var droppedPages: UInt64 {
+        recorderNotes.reduce(0) { n, note in
+            guard note.hasPrefix("dropped pages: ") else { return n }
+            return n + (UInt64(note.dropFirst("dropped pages: ".count).trimmingCharacters(in: .whitespaces)) ?? 0)
+        }
+    }
+
+    /// Whether `kvmscope record` noted that the disk filled and pages after the last complete one were lost.
+    public var truncatedByFullDisk: Bool { recorderNotes.contains { $0.hasPrefix("truncated:") } }
+
     /// A raw timestamp of the file converted to nanoseconds as `trace-cmd report` does.
     @inlinable
     public func nanoseconds(_ ts: UInt64) -> UInt64 {

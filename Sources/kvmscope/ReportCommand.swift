@@ -309,6 +309,12 @@ struct ReportCommand: ParsableCommand {
                   ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
                   ("time_unit", .string(t.timestampUnit.rawValue))]
         }
+        if let d = source as? TraceDatReader {
+            // What kvmscope record noted: pages it did not write (--max-size, a failed write) hold events that no
+            // count here includes; `truncated` says the file is short of the recording.
+            o += [("dropped_pages", .uint(d.droppedPages)), ("truncated", .bool(d.droppedPages > 0 || d.truncatedByFullDisk)),
+                  ("recorder_notes", .array(d.recorderNotes.map(JSONValue.string)))]
+        }
         // Losses by CPU and kind, as the source counted them (-1: a text trace's losses with no CPU).
         o.append(("losses_by_cpu", .object(a.statistics.losses.sorted { $0.key < $1.key }.map { cpu, l in
             (String(cpu), .object([("overrun", .uint(l.overrun)), ("dropped", .uint(l.dropped)),
@@ -345,10 +351,9 @@ struct ReportCommand: ParsableCommand {
         if let d = source as? TraceDatReader {
             if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
-            for (_, stats) in d.cpuStats.sorted(by: { $0.key < $1.key }) {
-                for line in stats.split(separator: "\n") where line.hasPrefix("kvmscope ") {
-                    lines.append("note: " + line.dropFirst("kvmscope ".count))
-                }
+            for note in d.recorderNotes {
+                lines.append("note: " + note + (note.hasPrefix("dropped pages: ")
+                    ? " (not written: --max-size reached or a write failed; their events are in no count here)" : ""))
             }
         }
         lines.append("")

@@ -353,11 +353,23 @@ struct RecordTests {
         let r = try CLI.run(["record", "--compression", "none", "-o", path, "--max-size", "64K", "--", CLI.binary, "storm", "--kind", "io",
                              "--vcpus", "2", "--exits", "20000"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
-        #expect(r.stderr.hasPrefix("kvmscope: --max-size reached: "))
+        let dropped = try #require(r.stderr.wholeMatch(of: /kvmscope: --max-size reached: (\d+) pages not written\n/).flatMap { Int($0.1) },
+                                   "\(r.stderr)")
+        #expect(dropped > 0)
         let reader = try TraceDatReader(path: path)
         let data = reader.dataBytes
         #expect(data > 0 && data <= 65_536)
         #expect(data % reader.pageSize == 0)
+        // The pages not written are in report's text and JSON (their events are in no count, lost_events
+        // included): a script can tell the file is short.
+        let text = try CLI.run(["report", path])
+        #expect(text.stdout.split(separator: "\n").filter { $0.hasPrefix("note: dropped pages:") }
+                == ["note: dropped pages: \(dropped) (not written: --max-size reached or a write failed; their events are in no count here)"])
+        let json = try CLI.json(try CLI.run(["report", "--json", path]).stdout)
+        let source = try #require(json["source"] as? [String: Any])
+        #expect(source["dropped_pages"] as? Int == dropped)
+        #expect(source["truncated"] as? Bool == true)
+        #expect(source["recorder_notes"] as? [String] == ["dropped pages: \(dropped)"])
     }
 
     /// A slow trace reaches --max-size while its events still wait in the ring buffers (readers wake at the
