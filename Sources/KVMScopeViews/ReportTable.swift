@@ -12,7 +12,9 @@ public enum ReportTable {
         + StatTable.lpad("p99.9", 12)
 
     /// The tables for every VM (byVCPU: every VM × vCPU) of a summary; at most `top` rows each.
-    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil) -> [String] {
+    /// - Parameter none: the line when there is no row (a filtered report says what it kept nothing of).
+    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil,
+                              none: String = "No kvm_exit events.") -> [String] {
         let rows = byVCPU ? s.exits : s.exitsByVM()
         struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
         var order: [GroupKey] = []
@@ -23,7 +25,7 @@ public enum ReportTable {
             groups[k, default: []].append(r)
         }
         var lines: [String] = []
-        if order.isEmpty { lines.append("No kvm_exit events.") }
+        if order.isEmpty { lines.append(none) }
         for k in order {
             let g = groups[k]!
             var title = "VM \(k.vm)"

@@ -217,6 +217,7 @@ struct ReportCommand: ParsableCommand {
         // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates.
         let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays ? PrefetchedSource(source) : source
         let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
+        try checkFiltersMatch(file, source, analysis)
         let filter = try self.filter(file, source, analysis.snapshot)
         let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
         var summary = try Summary(analysis.snapshot, filter: filter)
@@ -250,6 +251,47 @@ struct ReportCommand: ParsableCommand {
             try writeOutputFile(html, page)
         }
     }
+
+    /// `-p`, `--vcpu` and `--from/--to` that keep nothing of a trace that has events: one error line naming what
+    /// the trace has (its VMs, its vCPUs, the span of its events), as `--reason` names the reasons there are —
+    /// never an empty report that says "No kvm_exit events." of a file that holds them. A trace with no event at
+    /// all is reported as it is.
+    func checkFiltersMatch(_ file: String, _ source: TraceSource, _ a: ReportAnalysis) throws {
+        let window = [from.map { "--from \(Self.number($0))" }, to.map { "--to \(Self.number($0))" }].compactMap { $0 }
+        if !window.isEmpty && a.eventsKept == 0 {
+            let whole = try ReportAnalysis.run(source)
+            guard whole.eventsKept > 0 else { return }
+            throw KVMScopeError.badFile("\(file): \(window.joined(separator: " ")): no kvm events in that window; the trace's "
+                                        + "\(whole.eventsKept) events span \(String(format: "%.6f", whole.durationSeconds))s from its first")
+        }
+        guard pid != nil || vcpu != nil else { return }
+        let rows = try Summary(a.snapshot).eventRows.filter { $0.count > 0 }
+        guard !rows.isEmpty else { return }
+        let inTrace = window.isEmpty ? "in the trace" : "in the trace between \(window.joined(separator: " "))"
+        /// At most 10 of a set's items, in order, then how many there are.
+        func list<T: Comparable & Hashable>(_ items: [T], _ label: (T) -> String) -> String {
+            let sorted = Set(items).sorted()
+            return sorted.prefix(10).map(label).joined(separator: ", ") + (sorted.count > 10 ? ", … (\(sorted.count))" : "")
+        }
+        if let pid, !rows.contains(where: { $0.vm == pid }) {
+            var names: [Int32: String] = [:]
+            for r in rows where names[r.vm] == nil { if let n = r.vmName { names[r.vm] = n } }
+            let vms = list(Array(Set(rows.map(\.vm)))) { "\($0)" + (names[$0].map { " (\($0.terminalSafe))" } ?? "") }
+            throw KVMScopeError.badFile("\(file): -p \(pid): no VM \(pid) \(inTrace); its VMs: \(vms)")
+        }
+        if let vcpu {
+            let scope = rows.filter { pid == nil || $0.vm == pid }
+            guard !scope.contains(where: { $0.vcpu == vcpu }) else { return }
+            let vcpus = Array(Set(scope.compactMap(\.vcpu)))
+            let of = pid.map { "VM \($0)" } ?? "the trace"
+            throw KVMScopeError.badFile("\(file): --vcpu \(vcpu): no vCPU \(vcpu) \(pid.map { "of VM \($0) " } ?? "")\(inTrace); "
+                + (vcpus.isEmpty ? "\(of) has no vCPU numbers (no kvm_exit vcpu_id, no \"CPU N/KVM\" thread names)"
+                                 : "\(of) has vCPU\(vcpus.count == 1 ? "" : "s") \(list(vcpus) { "\($0)" })"))
+        }
+    }
+
+    /// A number of seconds as given (`100`, `1.5`).
+    static func number(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v) }
 
     /// The events of `name` counted in the kept time window, every thread (0 when the trace has none).
     static func total(of name: String, _ a: ReportAnalysis) -> UInt64 {
@@ -375,7 +417,11 @@ struct ReportCommand: ParsableCommand {
         if byVCPU && Self.total(of: "kvm_exit", a) == 0 {
             lines += ReportTable.eventsByVCPU(s, top: top)
         } else {
-            lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
+            // A filter that keeps no exit of a trace that has some says so (not "No kvm_exit events.").
+            let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
+            let inTrace = Self.total(of: "kvm_exit", a)
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, none: inTrace > 0 && !only.isEmpty
+                ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }
         lines.append("")
         lines += ReportTable.footer(s, pairingScope: pairingScope)
