@@ -226,6 +226,9 @@ struct ReportCommand: ParsableCommand {
         var maps: [Int32: DeviceMap] = [:]
         for vm in recorded?.vms ?? [] { if let map = vm.deviceMap { maps[vm.vm] = map } }
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
+        // kvm_exit without kvm_entry: nothing can be paired, and no exit is an orphan (a trace gap).
+        let traced = Self.traced(source, analysis)
+        let pairingApplies = !(traced.exit && !traced.entry)
         let inCycles = text?.timestampUnit == .counterTicks
         let noExits = Self.total(of: "kvm_exit", analysis) == 0
         if noExits { for note in optionNotes(file, summary, reasons: filter.reasons, textMode: !json && !csv) { warn(note) } }
@@ -233,7 +236,8 @@ struct ReportCommand: ParsableCommand {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                 extra: [("source", sourceJSON(file, source, analysis)),
                                                         ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))],
-                                                pairingScope: pairingScope == nil ? nil : "all threads"))
+                                                pairingScope: pairingScope == nil ? nil : "all threads",
+                                                pairingApplies: pairingApplies))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
@@ -368,6 +372,8 @@ struct ReportCommand: ParsableCommand {
 
     func text(_ file: String, _ source: TraceSource, _ a: ReportAnalysis, _ s: Summary,
               _ histogramNames: [String]?, resources: [VMResourceUse] = []) -> [String] {
+        let traced = Self.traced(source, a)
+        let pairingApplies = !(traced.exit && !traced.entry)
         let t = source as? TextTraceReader
         let span = t?.timestampUnit == .counterTicks ? "(\(a.first) → \(a.last) cycles)" : "(\(seconds(a.first)) → \(seconds(a.last)))"
         var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events over "
@@ -388,7 +394,6 @@ struct ReportCommand: ParsableCommand {
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
-        let traced = Self.traced(source, a)
         if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
             if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
@@ -403,7 +408,7 @@ struct ReportCommand: ParsableCommand {
             // perf kvm stat report --event=ioport|mmio: only that analysis' tables, then losses and pairing.
             lines += IOAccessTableView.render(s, space: space, seconds: a.durationSeconds, top: top)
             lines.append("")
-            lines += ReportTable.footer(s, pairingScope: pairingScope)
+            lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
             return lines
         }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
@@ -424,7 +429,7 @@ struct ReportCommand: ParsableCommand {
                 ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }
         lines.append("")
-        lines += ReportTable.footer(s, pairingScope: pairingScope)
+        lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
         if let names = histogramNames {
             var h = HistogramSnapshot()
             for r in s.exits where names.contains(r.reason) { if let x = r.histogram { h.merge(x) } }

@@ -61,12 +61,21 @@ import TestSupport
             Total                        1333   100.00%        -
             handling time 0ns over 0 paired exits; * blocking (guest halted): 0ns over 0 paired exits, not in Time%
 
-            pairing: paired 0, orphan exits 1332, orphan entries 0, open at end 1, invalidated by loss 0, negative gaps 0
+            pairing: not applicable, kvm_entry not traced (1333 exits, none paired)
             lost events: 0
 
             """)
         let j = try CLI.json(try CLI.run(["report", "--json", Self.exitOnly]).stdout)
         #expect((j["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == false)
+        // Nothing can be paired: no count (every exit an "orphan", i.e. a trace gap, before), a flag; the counts
+        // stay numbers.
+        let pairing = try #require(j["pairing"] as? [String: Any])
+        #expect(pairing.filter { $0.key != "applicable" }.mapValues { $0 as? Int } == [
+            "paired": 0, "orphan_exits": 0, "orphan_entries": 0, "open_at_end": 0, "invalidated_by_loss": 0, "negative_gaps": 0])
+        #expect(pairing["applicable"] as? Bool == false)
+        #expect(try CLI.run(["report", "--json", Self.exitOnly]).stdout.contains(#""negative_gaps": 0,\#n    "applicable": false\#n"#))
+        let hostPairing = try #require(CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)["pairing"] as? [String: Any])
+        #expect(hostPairing["applicable"] == nil && hostPairing["orphan_exits"] as? Int == 8)
         let host = try CLI.run(["report", Self.host])
         #expect(host.status == 0 && !host.stdout.contains("kvm_entry not traced"))
         let hj = try CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)
