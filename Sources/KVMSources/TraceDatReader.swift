@@ -149,10 +149,11 @@ public final class TraceDatReader: TraceSource {
             let comm = meta.comms[tid]
             let tgid = meta.tgids[tid] ?? tid
             // The VM is named by its guest name (kvmscope's option), else by its main thread's comm (a "CPU N/KVM"
-            // thread names no VM).
+            // thread names no VM) — also in a file without tgids (trace-cmd's), where each thread is its own VM and
+            // is named by its own saved comm, as the text reader names the threads of `trace-cmd report` text.
             let name = meta.guestNames[tgid]
                 ?? meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
-            ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid] != nil ? name : nil,
+            ids[tid] = ThreadIdentity(vm: tgid, vmName: name,
                                       vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
         identities = ids
