@@ -251,9 +251,25 @@ struct ReportCommand: ParsableCommand {
         }
         if let html, let timeline = analysis.timeline {
             let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
-                                         title: PathComponents.lastComponent(of: file))
+                                         title: PathComponents.lastComponent(of: file),
+                                         note: noExits ? Self.noExitsNote(summary) : nil)
             try writeOutputFile(html, page)
         }
+    }
+
+    /// The `--html` page's line for a trace without kvm_exit events (recorded where KVM never fires it): why its
+    /// exit charts are empty, and the kvm events and userspace exit reasons (`kvm_userspace_exit`'s
+    /// `KVM_EXIT_*`) it has, by count.
+    static func noExitsNote(_ s: Summary) -> String {
+        let events = s.events.filter { $0.total > 0 }.sorted { ($0.total, $1.name) > ($1.total, $0.name) }
+        var user: [String: UInt64] = [:]
+        for r in s.userspaceExits { user[r.reason, default: 0] += r.count }
+        let reasons = user.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+        return "No kvm_exit events in this trace (kvm_exit may not fire on the host where it was recorded): no exit "
+            + "rate or exit→entry latency to chart. Its kvm events: "
+            + (events.isEmpty ? "none" : events.map { "\($0.name) \($0.total)" }.joined(separator: ", "))
+            + (reasons.isEmpty ? "." : "; userspace exits (kvm_userspace_exit): "
+               + reasons.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ".")
     }
 
     /// `-p`, `--vcpu` and `--from/--to` that keep nothing of a trace that has events: one error line naming what
