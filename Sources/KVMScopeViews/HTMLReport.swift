@@ -106,7 +106,7 @@ public enum HTMLReport {
           for(let i=0;i<g.heat.length;i++){const v=g.heat[i];if(v>0){const b=i%B;lo=Math.min(lo,b);hi=Math.max(hi,b);hm=Math.max(hm,v);}}
           const HL=70,HT=10,HW=1010,HH=280;
           el(heat,'line',{x1:HL,x2:HL+HW,y1:HT+HH,y2:HT+HH,stroke:'#444'});
-          if(hi<0){el(heat,'text',{x:HL+20,y:HT+40},'no paired exits (no kvm_entry after the exits)');axisX(heat,HL,HW,HH,HT);return;}
+          if(hi<0){el(heat,'text',{x:HL+20,y:HT+40},D.note?'no exit→entry latencies (no kvm_exit in this trace)':'no paired exits (no kvm_entry after the exits)');axisX(heat,HL,HW,HH,HT);return;}
           const rows=hi-lo+1,rh=HH/rows,cw=HW/n;
           for(let b=lo;b<=hi;b++){const y=HT+HH-(b-lo+1)*rh;el(heat,'text',{x:HL-6,y:y+rh/2+4,'text-anchor':'end'},D.latency_buckets[b]);}
           for(let i=0;i<n;i++)for(let b=lo;b<=hi;b++){const v=g.heat[i*B+b];if(!v)continue;

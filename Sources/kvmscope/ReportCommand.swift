@@ -250,11 +250,30 @@ struct ReportCommand: ParsableCommand {
             writeStdout(lines.joined(separator: "\n") + "\n")
         }
         if let html, let timeline = analysis.timeline {
-            let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
-                                         title: PathComponents.lastComponent(of: file),
+            // Without kvm_exit, the rate chart shows kvm_userspace_exit's reasons (KVM_EXIT_IO …) instead.
+            let view = try noExits && !summary.userspaceExits.isEmpty
+                ? ExitTimelineView(Self.userspaceExitTimeline(source, analysis, maxBins: 240), snapshot: analysis.snapshot,
+                                   filter: filter, event: "kvm_userspace_exit")
+                : ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter)
+            let page = HTMLReport.render(view, title: PathComponents.lastComponent(of: file),
                                          note: noExits ? Self.noExitsNote(summary) : nil)
             try writeOutputFile(html, page)
         }
+    }
+
+    /// The `kvm_userspace_exit` events of the kept window (the analysis' first to last event) binned by reason,
+    /// as the pairer bins kvm_exit: the `--html` rate chart of a trace without kvm_exit. A second pass over the
+    /// source, made only then.
+    static func userspaceExitTimeline(_ source: TraceSource, _ a: ReportAnalysis, maxBins: Int) throws -> ExitTimeline {
+        var t = ExitTimeline(maxBins: maxBins)
+        guard let event = source.catalog.index(of: "kvm_userspace_exit"), a.eventsKept > 0 else { return t }
+        t.begin(at: a.first)
+        let (first, last) = (a.first, a.last)
+        try source.forEachEvent { e in
+            guard e.event == event, e.timestamp >= first, e.timestamp <= last else { return }
+            t.exit(ExitTimeline.Key(tid: e.tid, isa: e.isa, reason: e.reason), at: e.timestamp)
+        }
+        return t
     }
 
     /// The `--html` page's line for a trace without kvm_exit events (recorded where KVM never fires it): why its
@@ -266,7 +285,8 @@ struct ReportCommand: ParsableCommand {
         for r in s.userspaceExits { user[r.reason, default: 0] += r.count }
         let reasons = user.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
         return "No kvm_exit events in this trace (kvm_exit may not fire on the host where it was recorded): no exit "
-            + "rate or exit→entry latency to chart. Its kvm events: "
+            + "rate or exit→entry latency to chart" + (reasons.isEmpty ? "" : "; the rate chart shows its userspace exits")
+            + ". Its kvm events: "
             + (events.isEmpty ? "none" : events.map { "\($0.name) \($0.total)" }.joined(separator: ", "))
             + (reasons.isEmpty ? "." : "; userspace exits (kvm_userspace_exit): "
                + reasons.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ".")
