@@ -19,14 +19,18 @@ public struct ExitTimelineView: Sendable {
     /// "All VMs", then each VM, then each VM × vCPU; only rows the filter keeps.
     public var groups: [TimelineGroup]
 
-    public init(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter = SummaryFilter()) {
+    /// - Parameter event: the event whose reasons the timeline counts and names: `kvm_exit` (fed by the pairer),
+    ///   or `kvm_userspace_exit` (its `KVM_EXIT_*` reasons, for a trace without kvm_exit; no latencies).
+    public init(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter = SummaryFilter(),
+                event: String = "kvm_exit") {
         binWidth = t.binWidth
         binCount = t.binCount
-        groups = Self.groups(t, snapshot: snapshot, filter: filter)
+        groups = Self.groups(t, snapshot: snapshot, filter: filter, event: event)
     }
 
-    static func groups(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter) -> [TimelineGroup] {
-        guard let exitEvent = snapshot.catalog.index(of: "kvm_exit") else { return [] }
+    static func groups(_ t: ExitTimeline, snapshot: AggregateSnapshot, filter: SummaryFilter,
+                       event: String = "kvm_exit") -> [TimelineGroup] {
+        guard let exitEvent = snapshot.catalog.index(of: event) else { return [] }
         struct GKey: Hashable, Comparable {
             var vm: Int32
             var vcpu: Int64  // -1: all vCPUs; -2: all VMs

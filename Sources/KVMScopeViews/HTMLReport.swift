@@ -13,9 +13,9 @@ public enum HTMLReport {
         ExitTimelineView(t, snapshot: snapshot, filter: filter).groups
     }
 
-    /// The data the page draws, from the view-model only.
-    public static func dataJSON(_ view: ExitTimelineView, title: String) -> JSONValue {
-        .object([
+    /// The data the page draws, from the view-model only; `note` (when given) is shown above the charts.
+    public static func dataJSON(_ view: ExitTimelineView, title: String, note: String? = nil) -> JSONValue {
+        .object((note.map { [("note", JSONValue.string($0))] } ?? []) + [
             ("title", .string(title)),
             ("bin_ns", .uint(view.binWidth)),
             ("bins", .uint(UInt64(view.binCount))),
@@ -39,8 +39,10 @@ public enum HTMLReport {
     }
 
     /// The page of a timeline's view-model.
-    public static func render(_ view: ExitTimelineView, title: String) -> String {
-        let data = dataJSON(view, title: title)
+    /// - Parameter note: a line shown above the charts, e.g. why they are empty (a trace without kvm_exit: the
+    ///   kvm events and userspace exit reasons it does have). A page without groups always says it has no exits.
+    public static func render(_ view: ExitTimelineView, title: String, note: String? = nil) -> String {
+        let data = dataJSON(view, title: title, note: note)
         // "<" never appears raw inside the script element.
         let json = data.serialized().map { $0 == "<" ? "\\u003c" : String($0) }.joined()
         let safeTitle = title.map { c -> String in
@@ -64,8 +66,10 @@ public enum HTMLReport {
         .legend span{display:inline-block;margin-right:14px;font-size:12px}
         .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}
         text{font:11px system-ui,sans-serif;fill:#444}
+        #message{margin:8px 0;padding:8px 12px;background:#fff4d6;border:1px solid #e0c36c;display:none}
         </style></head><body>
         <h1>kvmscope report: @TITLE@</h1>
+        <div id="message"></div>
         <label>Show: <select id="group"></select></label>
         <h2>Exit rate per reason (exits/s)</h2><div id="legend" class="legend"></div><svg id="rate" width="1100" height="300"></svg>
         <h2>Exit→entry latency heatmap</h2><div class="note">exits per time bin and latency bucket (darker: more); blocking exits (HLT) excluded</div>
@@ -76,6 +80,9 @@ public enum HTMLReport {
         const D=JSON.parse(document.getElementById('kvmscope-data').textContent);
         const NS='http://www.w3.org/2000/svg', C=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
         const sel=document.getElementById('group');
+        const msg=document.getElementById('message');
+        if(D.note||!D.groups.length){msg.textContent=D.note||'No kvm_exit events in this trace: no exit rate or latency to chart.';msg.style.display='block';}
+        if(!D.groups.length)return;
         D.groups.forEach((g,i)=>{const o=document.createElement('option');o.value=i;o.textContent=g.label;sel.appendChild(o);});
         function el(p,n,a,t){const e=document.createElementNS(NS,n);for(const k in a)e.setAttribute(k,a[k]);if(t!==undefined)e.textContent=t;p.appendChild(e);return e;}
         function fmtS(s){return s<1?(s*1000).toFixed(s<0.01?2:1)+'ms':s.toFixed(2)+'s';}
@@ -99,7 +106,7 @@ public enum HTMLReport {
           for(let i=0;i<g.heat.length;i++){const v=g.heat[i];if(v>0){const b=i%B;lo=Math.min(lo,b);hi=Math.max(hi,b);hm=Math.max(hm,v);}}
           const HL=70,HT=10,HW=1010,HH=280;
           el(heat,'line',{x1:HL,x2:HL+HW,y1:HT+HH,y2:HT+HH,stroke:'#444'});
-          if(hi<0){el(heat,'text',{x:HL+20,y:HT+40},'no paired exits (no kvm_entry after the exits)');axisX(heat,HL,HW,HH,HT);return;}
+          if(hi<0){el(heat,'text',{x:HL+20,y:HT+40},D.note?'no exit→entry latencies (no kvm_exit in this trace)':'no paired exits (no kvm_entry after the exits)');axisX(heat,HL,HW,HH,HT);return;}
           const rows=hi-lo+1,rh=HH/rows,cw=HW/n;
           for(let b=lo;b<=hi;b++){const y=HT+HH-(b-lo+1)*rh;el(heat,'text',{x:HL-6,y:y+rh/2+4,'text-anchor':'end'},D.latency_buckets[b]);}
           for(let i=0;i<n;i++)for(let b=lo;b<=hi;b++){const v=g.heat[i*B+b];if(!v)continue;

@@ -12,7 +12,9 @@ public enum ReportTable {
         + StatTable.lpad("p99.9", 12)
 
     /// The tables for every VM (byVCPU: every VM × vCPU) of a summary; at most `top` rows each.
-    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil) -> [String] {
+    /// - Parameter none: the line when there is no row (a filtered report says what it kept nothing of).
+    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil,
+                              none: String = "No kvm_exit events.") -> [String] {
         let rows = byVCPU ? s.exits : s.exitsByVM()
         struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
         var order: [GroupKey] = []
@@ -23,7 +25,7 @@ public enum ReportTable {
             groups[k, default: []].append(r)
         }
         var lines: [String] = []
-        if order.isEmpty { lines.append("No kvm_exit events.") }
+        if order.isEmpty { lines.append(none) }
         for k in order {
             let g = groups[k]!
             var title = "VM \(k.vm)"
@@ -135,18 +137,25 @@ public enum ReportTable {
 
     /// The lines under the tables, always shown: pairing and losses; then a `note:` line when a thread's name and
     /// its kvm_exit/kvm_entry disagree on its vCPU number (``vcpuMismatchNote(_:)``).
-    /// - Parameter pairingScope: what the pairing counts cover when the tables show fewer rows (the pairer counts
-    ///   every thread of the trace): `all threads, not only -p 4242` reads `pairing (all threads, not only -p 4242):`.
-    public static func footer(_ s: Summary, pairingScope: String? = nil) -> [String] {
+    /// - Parameters:
+    ///   - pairingScope: what the pairing counts cover when the tables show fewer rows (the pairer counts every
+    ///     thread of the trace): `all threads, not only -p 4242` reads `pairing (all threads, not only -p 4242):`.
+    ///   - pairingApplies: false when kvm_exit was traced without kvm_entry: the line then says pairing does not
+    ///     apply (`pairing: not applicable, kvm_entry not traced (N exits, none paired)`) instead of counting every
+    ///     exit as an orphan (a trace gap).
+    public static func footer(_ s: Summary, pairingScope: String? = nil, pairingApplies: Bool = true) -> [String] {
         let p = s.pairing
         var lost = "lost events: \(s.lostEvents)"
         if s.lostUnknownSubbuffers > 0 { lost += ", loss notes without a count: \(s.lostUnknownSubbuffers)" }
         if s.overflowEvents > 0 { lost += ", events beyond the row table: \(s.overflowEvents)" }
         if s.corruptSubbuffers > 0 { lost += ", corrupt sub-buffers: \(s.corruptSubbuffers)" }
         if s.readErrors > 0 { lost += ", read errors: \(s.readErrors)" }
+        let exits = s.exits.reduce(UInt64(0)) { $0 + $1.count }
         return [
-            "pairing\(pairingScope.map { " (\($0))" } ?? ""): paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
-                + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)",
+            pairingApplies
+                ? "pairing\(pairingScope.map { " (\($0))" } ?? ""): paired \(p.paired), orphan exits \(p.orphanExits), orphan entries \(p.orphanEntries), "
+                    + "open at end \(p.openAtEnd), invalidated by loss \(p.invalidatedByLoss), negative gaps \(p.negativeGaps)"
+                : "pairing: not applicable, kvm_entry not traced (\(exits) exits, none paired)",
             lost,
         ] + (vcpuMismatchNote(s).map { [$0] } ?? [])
     }

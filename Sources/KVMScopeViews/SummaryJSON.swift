@@ -8,10 +8,14 @@ public enum SummaryJSON {
         value(s, durationSeconds: durationSeconds, extra: extra).serialized(pretty: pretty)
     }
 
-    /// - Parameter pairingScope: which threads `pairing` counts, given as its `scope` field when they are not
-    ///   the rows' threads (`report -p/--vcpu/--reason` pair every thread: "all threads"); nil: no field.
+    /// - Parameters:
+    ///   - pairingScope: which threads `pairing` counts, given as its `scope` field when they are not the rows'
+    ///     threads (`report -p/--vcpu/--reason` pair every thread: "all threads"); nil: no field.
+    ///   - pairingApplies: false when the trace has kvm_exit but kvm_entry was not traced: nothing can be paired,
+    ///     so `pairing` gets `"applicable": false` and its counts are 0 (types kept: every count stays a number;
+    ///     an exit is then no "orphan", which would mean a gap in the trace). True: no field.
     public static func value(_ s: Summary, durationSeconds: Double, extra: [(String, JSONValue)] = [],
-                             pairingScope: String? = nil) -> JSONValue {
+                             pairingScope: String? = nil, pairingApplies: Bool = true) -> JSONValue {
         var top: [(String, JSONValue)] = [
             ("duration_s", .double((durationSeconds * 1000).rounded() / 1000)),
             ("lost_events", .uint(s.lostEvents)),
@@ -32,12 +36,14 @@ public enum SummaryJSON {
         }
         // Threads whose name and whose kvm_exit/kvm_entry disagree on their vCPU number: only when there are some.
         if !s.vcpuMismatches.isEmpty { top.append(("vcpu_mismatches", .array(s.vcpuMismatches.map(vcpuMismatch)))) }
+        let p = pairingApplies ? s.pairing : PairingStats()
         top.append(("pairing", .object([
-            ("paired", .uint(s.pairing.paired)), ("orphan_exits", .uint(s.pairing.orphanExits)),
-            ("orphan_entries", .uint(s.pairing.orphanEntries)), ("open_at_end", .uint(s.pairing.openAtEnd)),
-            ("invalidated_by_loss", .uint(s.pairing.invalidatedByLoss)),
-            ("negative_gaps", .uint(s.pairing.negativeGaps)),
-        ] + (s.pairing.overflow > 0 ? [("overflow", .uint(s.pairing.overflow))] : [])
+            ("paired", .uint(p.paired)), ("orphan_exits", .uint(p.orphanExits)),
+            ("orphan_entries", .uint(p.orphanEntries)), ("open_at_end", .uint(p.openAtEnd)),
+            ("invalidated_by_loss", .uint(p.invalidatedByLoss)),
+            ("negative_gaps", .uint(p.negativeGaps)),
+        ] + (p.overflow > 0 ? [("overflow", .uint(p.overflow))] : [])
+          + (pairingApplies ? [] : [("applicable", JSONValue.bool(false))])
           + (pairingScope.map { [("scope", JSONValue.string($0))] } ?? []))))
         top.append(contentsOf: extra)
         return .object(top)

@@ -170,6 +170,9 @@ public final class RecordSession: @unchecked Sendable {
 
     /// Complete pages in the file ``write(to:)`` wrote.
     public private(set) var pagesInFile = 0
+    /// The kvm events in the file ``write(to:)`` wrote (its pages decoded once to find the traced threads):
+    /// what `report` counts, the end-of-run drain included.
+    public private(set) var eventsInFile: UInt64 = 0
 
     /// Whether a reader stopped because the disk is full (ENOSPC): ``write(to:)`` then assembles the pages
     /// spooled so far.
@@ -410,14 +413,19 @@ public final class RecordSession: @unchecked Sendable {
     /// The first write or read error of a reader thread (e.g. "cannot write …: No space left on device").
     public var firstError: String? { counters.error.withLock { $0 } }
 
-    /// Progress from the kernel's per-CPU stats: events read from the buffers and events lost.
+    /// Progress from the kernel's per-CPU stats: events traced so far — read from the buffers (`read events`)
+    /// plus those still waiting in them (`entries`: a reader sleeps until its buffer is half full, so the read
+    /// ones alone stay 0 for the first seconds of a storm) — and events lost. Not the file's count: pages past
+    /// --max-size are counted here too (``eventsInFile`` is the file's).
     public func progress() -> (events: UInt64, lost: UInt64) {
         var events: UInt64 = 0, lost: UInt64 = 0
         for cpu in cpus {
             let text = trace.isStopped ? (finalStats[cpu] ?? "") : trace.instance.stats(cpu: cpu)
             lost += TraceFS.lost(inStats: text)
-            for line in text.split(separator: "\n") where line.hasPrefix("read events:") {
-                events += UInt64(line.dropFirst("read events:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+            for line in text.split(separator: "\n") {
+                for key in ["read events:", "entries:"] where line.hasPrefix(key) {
+                    events += UInt64(line.dropFirst(key.count).trimmingCharacters(in: .whitespaces)) ?? 0
+                }
             }
         }
         return (events, lost)
@@ -491,16 +499,21 @@ public final class RecordSession: @unchecked Sendable {
     public func write(to path: String) throws -> (tids: Set<Int32>, unnamed: Set<Int32>) {
         stop()
         var tids = Set<Int32>()
+        var decoded: UInt64 = 0
         let decoder = formats.makeDecoder()
         for cpu in cpus {
             guard let block = try? ByteBlock(mapping: cpuFile(cpu)) else { continue }
             let ps = subbufSize
             var off = 0
             while off + ps <= block.count {
-                decoder.decode(UnsafeRawBufferPointer(rebasing: block.bytes[off..<off + ps]), cpu: UInt16(cpu)) { tids.insert($0.tid) }
+                decoder.decode(UnsafeRawBufferPointer(rebasing: block.bytes[off..<off + ps]), cpu: UInt16(cpu)) {
+                    tids.insert($0.tid)
+                    decoded &+= 1
+                }
                 off += ps
             }
         }
+        eventsInFile = decoded
         let saved = Self.savedCmdlines(root: root)
         var m = try TraceDatMetadata.fromTracefs(root: root, events: ["kvm": events])
         var unnamed = Set<Int32>()

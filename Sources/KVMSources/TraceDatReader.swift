@@ -149,10 +149,11 @@ public final class TraceDatReader: TraceSource {
             let comm = meta.comms[tid]
             let tgid = meta.tgids[tid] ?? tid
             // The VM is named by its guest name (kvmscope's option), else by its main thread's comm (a "CPU N/KVM"
-            // thread names no VM).
+            // thread names no VM) — also in a file without tgids (trace-cmd's), where each thread is its own VM and
+            // is named by its own saved comm, as the text reader names the threads of `trace-cmd report` text.
             let name = meta.guestNames[tgid]
                 ?? meta.comms[tgid].flatMap { ThreadIdentity.vcpu(fromThreadName: $0) == nil ? $0 : nil }
-            ids[tid] = ThreadIdentity(vm: tgid, vmName: meta.tgids[tid] != nil ? name : nil,
+            ids[tid] = ThreadIdentity(vm: tgid, vmName: name,
                                       vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
         identities = ids
@@ -162,6 +163,27 @@ public final class TraceDatReader: TraceSource {
     /// Whether the file maps threads to processes (kvmscope's recordings do; trace-cmd's do not): without it
     /// each vCPU thread counts as its own VM.
     public private(set) var hasTGIDs = false
+
+    /// What `kvmscope record` noted in the file's statistics (lines `kvmscope …` of the CPU stats), without the
+    /// prefix, e.g. "dropped pages: 14" (pages past --max-size or that could not be written: their events are
+    /// not in the file), "recovered: …", "truncated: the disk was full: …"; empty for other files.
+    public var recorderNotes: [String] {
+        cpuStats.sorted { $0.key < $1.key }.flatMap { _, stats in
+            stats.split(separator: "\n").filter { $0.hasPrefix("kvmscope ") }.map { String($0.dropFirst("kvmscope ".count)) }
+        }
+    }
+
+    /// Pages `kvmscope record` did not write (``recorderNotes``' "dropped pages: N"): past --max-size, or a
+    /// write failed. Their events are in no count of the file (neither its events nor the kernel's losses).
+    public var droppedPages: UInt64 {
+        recorderNotes.reduce(0) { n, note in
+            guard note.hasPrefix("dropped pages: ") else { return n }
+            return n + (UInt64(note.dropFirst("dropped pages: ".count).trimmingCharacters(in: .whitespaces)) ?? 0)
+        }
+    }
+
+    /// Whether `kvmscope record` noted that the disk filled and pages after the last complete one were lost.
+    public var truncatedByFullDisk: Bool { recorderNotes.contains { $0.hasPrefix("truncated:") } }
 
     /// A raw timestamp of the file converted to nanoseconds as `trace-cmd report` does.
     @inlinable

@@ -94,6 +94,9 @@ struct RecordCommand: ParsableCommand {
         }
         let child = try TraceOptions.start(command)
         let tty = isatty(2) == 1
+        // The progress line is redrawn in place (\r): COMMAND's output shares the terminal and would be glued onto
+        // it, so with a COMMAND only the closing line is printed (perf record and trace-cmd record print none).
+        let showProgress = tty && child == nil
         let start = Date()
         var lastPrint = Date.distantPast
         var ticks = 0
@@ -117,7 +120,7 @@ struct RecordCommand: ParsableCommand {
                 session.updateRecoveryHeader(vms: child.map { [$0.pid] })
                 nextHeaderUpdate = Date().addingTimeInterval(1)
             }
-            if tty && Date().timeIntervalSince(lastPrint) >= 0.5 {
+            if showProgress && Date().timeIntervalSince(lastPrint) >= 0.5 {
                 lastPrint = Date()
                 let p = session.progress()
                 let secs = max(0.001, Date().timeIntervalSince(start))
@@ -127,10 +130,9 @@ struct RecordCommand: ParsableCommand {
             return true
         }
         // Stop tracing first (--max-size, --duration, Ctrl-C or a write error end the recording, not the command).
-        let p = session.progress()
         session.stop()
         if let error = session.firstError {
-            if tty { writeStderr("\n") }
+            if showProgress { writeStderr("\n") }
             guard session.stoppedByFullDisk else { throw KVMScopeError.io(error) }
             // The disk is full: the pages spooled so far become the file, and the error says so.
             try session.write(to: file.path)
@@ -144,8 +146,10 @@ struct RecordCommand: ParsableCommand {
         file.keep()
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
         if tty {
-            writeStderr(String(format: "\r  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
-                               output, p.events, Double(session.bytesWritten) / 1048576, lost,
+            // The events in the file (its pages decoded once by write(to:)), the end-of-run drain included.
+            writeStderr(String(format: "%@  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
+                               showProgress ? "\r\u{1b}[K" : "", output, session.eventsInFile,
+                               Double(session.bytesWritten) / 1048576, lost,
                                result.tids.count, session.isFull ? " (--max-size reached)" : ""))
         }
         if session.pagesDropped > 0 {

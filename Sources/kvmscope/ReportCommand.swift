@@ -217,6 +217,7 @@ struct ReportCommand: ParsableCommand {
         // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates.
         let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays ? PrefetchedSource(source) : source
         let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
+        try checkFiltersMatch(file, source, analysis)
         let filter = try self.filter(file, source, analysis.snapshot)
         let histogramNames = try histogram.map { try Self.resolve($0, option: "--histogram", file, source, analysis.snapshot) }
         var summary = try Summary(analysis.snapshot, filter: filter)
@@ -225,6 +226,9 @@ struct ReportCommand: ParsableCommand {
         var maps: [Int32: DeviceMap] = [:]
         for vm in recorded?.vms ?? [] { if let map = vm.deviceMap { maps[vm.vm] = map } }
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
+        // kvm_exit without kvm_entry: nothing can be paired, and no exit is an orphan (a trace gap).
+        let traced = Self.traced(source, analysis)
+        let pairingApplies = !(traced.exit && !traced.entry)
         let inCycles = text?.timestampUnit == .counterTicks
         let noExits = Self.total(of: "kvm_exit", analysis) == 0
         if noExits { for note in optionNotes(file, summary, reasons: filter.reasons, textMode: !json && !csv) { warn(note) } }
@@ -232,7 +236,8 @@ struct ReportCommand: ParsableCommand {
             jsonValues.append(SummaryJSON.value(summary, durationSeconds: analysis.durationSeconds,
                                                 extra: [("source", sourceJSON(file, source, analysis)),
                                                         ("resources", .array((recorded?.vms ?? []).filter { pid == nil || $0.vm == pid }.map(\.json)))],
-                                                pairingScope: pairingScope == nil ? nil : "all threads"))
+                                                pairingScope: pairingScope == nil ? nil : "all threads",
+                                                pairingApplies: pairingApplies))
         } else if csv {
             let rows = ReportTable.csvRows(summary, file: file)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
@@ -245,11 +250,88 @@ struct ReportCommand: ParsableCommand {
             writeStdout(lines.joined(separator: "\n") + "\n")
         }
         if let html, let timeline = analysis.timeline {
-            let page = HTMLReport.render(ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter),
-                                         title: PathComponents.lastComponent(of: file))
+            // Without kvm_exit, the rate chart shows kvm_userspace_exit's reasons (KVM_EXIT_IO …) instead.
+            let view = try noExits && !summary.userspaceExits.isEmpty
+                ? ExitTimelineView(Self.userspaceExitTimeline(source, analysis, maxBins: 240), snapshot: analysis.snapshot,
+                                   filter: filter, event: "kvm_userspace_exit")
+                : ExitTimelineView(timeline, snapshot: analysis.snapshot, filter: filter)
+            let page = HTMLReport.render(view, title: PathComponents.lastComponent(of: file),
+                                         note: noExits ? Self.noExitsNote(summary) : nil)
             try writeOutputFile(html, page)
         }
     }
+
+    /// The `kvm_userspace_exit` events of the kept window (the analysis' first to last event) binned by reason,
+    /// as the pairer bins kvm_exit: the `--html` rate chart of a trace without kvm_exit. A second pass over the
+    /// source, made only then.
+    static func userspaceExitTimeline(_ source: TraceSource, _ a: ReportAnalysis, maxBins: Int) throws -> ExitTimeline {
+        var t = ExitTimeline(maxBins: maxBins)
+        guard let event = source.catalog.index(of: "kvm_userspace_exit"), a.eventsKept > 0 else { return t }
+        t.begin(at: a.first)
+        let (first, last) = (a.first, a.last)
+        try source.forEachEvent { e in
+            guard e.event == event, e.timestamp >= first, e.timestamp <= last else { return }
+            t.exit(ExitTimeline.Key(tid: e.tid, isa: e.isa, reason: e.reason), at: e.timestamp)
+        }
+        return t
+    }
+
+    /// The `--html` page's line for a trace without kvm_exit events (recorded where KVM never fires it): why its
+    /// exit charts are empty, and the kvm events and userspace exit reasons (`kvm_userspace_exit`'s
+    /// `KVM_EXIT_*`) it has, by count.
+    static func noExitsNote(_ s: Summary) -> String {
+        let events = s.events.filter { $0.total > 0 }.sorted { ($0.total, $1.name) > ($1.total, $0.name) }
+        var user: [String: UInt64] = [:]
+        for r in s.userspaceExits { user[r.reason, default: 0] += r.count }
+        let reasons = user.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+        return "No kvm_exit events in this trace (kvm_exit may not fire on the host where it was recorded): no exit "
+            + "rate or exit→entry latency to chart" + (reasons.isEmpty ? "" : "; the rate chart shows its userspace exits")
+            + ". Its kvm events: "
+            + (events.isEmpty ? "none" : events.map { "\($0.name) \($0.total)" }.joined(separator: ", "))
+            + (reasons.isEmpty ? "." : "; userspace exits (kvm_userspace_exit): "
+               + reasons.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ".")
+    }
+
+    /// `-p`, `--vcpu` and `--from/--to` that keep nothing of a trace that has events: one error line naming what
+    /// the trace has (its VMs, its vCPUs, the span of its events), as `--reason` names the reasons there are —
+    /// never an empty report that says "No kvm_exit events." of a file that holds them. A trace with no event at
+    /// all is reported as it is.
+    func checkFiltersMatch(_ file: String, _ source: TraceSource, _ a: ReportAnalysis) throws {
+        let window = [from.map { "--from \(Self.number($0))" }, to.map { "--to \(Self.number($0))" }].compactMap { $0 }
+        if !window.isEmpty && a.eventsKept == 0 {
+            let whole = try ReportAnalysis.run(source)
+            guard whole.eventsKept > 0 else { return }
+            throw KVMScopeError.badFile("\(file): \(window.joined(separator: " ")): no kvm events in that window; the trace's "
+                                        + "\(whole.eventsKept) events span \(String(format: "%.6f", whole.durationSeconds))s from its first")
+        }
+        guard pid != nil || vcpu != nil else { return }
+        let rows = try Summary(a.snapshot).eventRows.filter { $0.count > 0 }
+        guard !rows.isEmpty else { return }
+        let inTrace = window.isEmpty ? "in the trace" : "in the trace between \(window.joined(separator: " "))"
+        /// At most 10 of a set's items, in order, then how many there are.
+        func list<T: Comparable & Hashable>(_ items: [T], _ label: (T) -> String) -> String {
+            let sorted = Set(items).sorted()
+            return sorted.prefix(10).map(label).joined(separator: ", ") + (sorted.count > 10 ? ", … (\(sorted.count))" : "")
+        }
+        if let pid, !rows.contains(where: { $0.vm == pid }) {
+            var names: [Int32: String] = [:]
+            for r in rows where names[r.vm] == nil { if let n = r.vmName { names[r.vm] = n } }
+            let vms = list(Array(Set(rows.map(\.vm)))) { "\($0)" + (names[$0].map { " (\($0.terminalSafe))" } ?? "") }
+            throw KVMScopeError.badFile("\(file): -p \(pid): no VM \(pid) \(inTrace); its VMs: \(vms)")
+        }
+        if let vcpu {
+            let scope = rows.filter { pid == nil || $0.vm == pid }
+            guard !scope.contains(where: { $0.vcpu == vcpu }) else { return }
+            let vcpus = Array(Set(scope.compactMap(\.vcpu)))
+            let of = pid.map { "VM \($0)" } ?? "the trace"
+            throw KVMScopeError.badFile("\(file): --vcpu \(vcpu): no vCPU \(vcpu) \(pid.map { "of VM \($0) " } ?? "")\(inTrace); "
+                + (vcpus.isEmpty ? "\(of) has no vCPU numbers (no kvm_exit vcpu_id, no \"CPU N/KVM\" thread names)"
+                                 : "\(of) has vCPU\(vcpus.count == 1 ? "" : "s") \(list(vcpus) { "\($0)" })"))
+        }
+    }
+
+    /// A number of seconds as given (`100`, `1.5`).
+    static func number(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v) }
 
     /// The events of `name` counted in the kept time window, every thread (0 when the trace has none).
     static func total(of name: String, _ a: ReportAnalysis) -> UInt64 {
@@ -309,6 +391,12 @@ struct ReportCommand: ParsableCommand {
                   ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
                   ("time_unit", .string(t.timestampUnit.rawValue))]
         }
+        if let d = source as? TraceDatReader {
+            // What kvmscope record noted: pages it did not write (--max-size, a failed write) hold events that no
+            // count here includes; `truncated` says the file is short of the recording.
+            o += [("dropped_pages", .uint(d.droppedPages)), ("truncated", .bool(d.droppedPages > 0 || d.truncatedByFullDisk)),
+                  ("recorder_notes", .array(d.recorderNotes.map(JSONValue.string)))]
+        }
         // Losses by CPU and kind, as the source counted them (-1: a text trace's losses with no CPU).
         o.append(("losses_by_cpu", .object(a.statistics.losses.sorted { $0.key < $1.key }.map { cpu, l in
             (String(cpu), .object([("overrun", .uint(l.overrun)), ("dropped", .uint(l.dropped)),
@@ -320,6 +408,8 @@ struct ReportCommand: ParsableCommand {
 
     func text(_ file: String, _ source: TraceSource, _ a: ReportAnalysis, _ s: Summary,
               _ histogramNames: [String]?, resources: [VMResourceUse] = []) -> [String] {
+        let traced = Self.traced(source, a)
+        let pairingApplies = !(traced.exit && !traced.entry)
         let t = source as? TextTraceReader
         let span = t?.timestampUnit == .counterTicks ? "(\(a.first) → \(a.last) cycles)" : "(\(seconds(a.first)) → \(seconds(a.last)))"
         var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events over "
@@ -340,15 +430,13 @@ struct ReportCommand: ParsableCommand {
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
-        let traced = Self.traced(source, a)
         if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
             if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
-            for (_, stats) in d.cpuStats.sorted(by: { $0.key < $1.key }) {
-                for line in stats.split(separator: "\n") where line.hasPrefix("kvmscope ") {
-                    lines.append("note: " + line.dropFirst("kvmscope ".count))
-                }
+            for note in d.recorderNotes {
+                lines.append("note: " + note + (note.hasPrefix("dropped pages: ")
+                    ? " (not written: --max-size reached or a write failed; their events are in no count here)" : ""))
             }
         }
         lines.append("")
@@ -356,7 +444,7 @@ struct ReportCommand: ParsableCommand {
             // perf kvm stat report --event=ioport|mmio: only that analysis' tables, then losses and pairing.
             lines += IOAccessTableView.render(s, space: space, seconds: a.durationSeconds, top: top)
             lines.append("")
-            lines += ReportTable.footer(s, pairingScope: pairingScope)
+            lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
             return lines
         }
         lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
@@ -370,10 +458,14 @@ struct ReportCommand: ParsableCommand {
         if byVCPU && Self.total(of: "kvm_exit", a) == 0 {
             lines += ReportTable.eventsByVCPU(s, top: top)
         } else {
-            lines += ReportTable.render(s, byVCPU: byVCPU, top: top)
+            // A filter that keeps no exit of a trace that has some says so (not "No kvm_exit events.").
+            let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
+            let inTrace = Self.total(of: "kvm_exit", a)
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, none: inTrace > 0 && !only.isEmpty
+                ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }
         lines.append("")
-        lines += ReportTable.footer(s, pairingScope: pairingScope)
+        lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
         if let names = histogramNames {
             var h = HistogramSnapshot()
             for r in s.exits where names.contains(r.reason) { if let x = r.histogram { h.merge(x) } }

@@ -313,6 +313,38 @@ struct RecordTests {
                 "\(sched.stderr)")
     }
 
+    /// On a terminal, record's closing line counts the events in the file, the end-of-run drain included: a storm
+    /// of 5000 exits never fills half a ring buffer, so its reader never woke before the end and the line said "0
+    /// events". With a COMMAND no progress line is drawn (the command's output would be glued onto it): the
+    /// storm's line and the closing line are each a line of their own.
+    @Test func closingLineCountsTheEventsInTheFile() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/c.dat"
+        let command = [CLI.binary, "record", "-o", path, "--", CLI.binary, "storm", "--kind", "io", "--vcpus", "1",
+                       "--exits", "5000"].map { "'\($0)'" }.joined(separator: " ")
+        // script(1) (util-linux, essential in Debian) runs it on a terminal of its own.
+        let r = try Spawned.run("/usr/bin/script", ["-qefc", command, "/dev/null"], timeout: 120)
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        let out = r.stdout.replacingOccurrences(of: "\r\n", with: "\n")
+        let reader = try TraceDatReader(path: path)
+        let pio = reader.catalog.index(of: "kvm_pio")
+        var events = 0, pios = 0
+        try reader.forEachEvent { e in
+            events += 1
+            if e.event == pio { pios += 1 }
+        }
+        #expect(pios == 5000)
+        let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.count == 3 && lines[2].isEmpty, "\(out)")
+        #expect(lines.first?.hasPrefix("{\"pid\":") == true, "\(out)")
+        let closing = try #require(lines.dropFirst().first.flatMap { $0.wholeMatch(of: #/  wrote (.+): (\d+) events, [0-9.]+ MiB, lost 0, \d+ threads/#) },
+                                   "\(out)")
+        #expect(closing.1 == path)
+        #expect(Int(closing.2) == events, "\(out)")
+        #expect(!out.contains("\r") && !out.contains("events/s"), "\(out)")
+    }
+
     @Test func maxSizeIsHonoured() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -321,11 +353,23 @@ struct RecordTests {
         let r = try CLI.run(["record", "--compression", "none", "-o", path, "--max-size", "64K", "--", CLI.binary, "storm", "--kind", "io",
                              "--vcpus", "2", "--exits", "20000"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
-        #expect(r.stderr.hasPrefix("kvmscope: --max-size reached: "))
+        let dropped = try #require(r.stderr.wholeMatch(of: /kvmscope: --max-size reached: (\d+) pages not written\n/).flatMap { Int($0.1) },
+                                   "\(r.stderr)")
+        #expect(dropped > 0)
         let reader = try TraceDatReader(path: path)
         let data = reader.dataBytes
         #expect(data > 0 && data <= 65_536)
         #expect(data % reader.pageSize == 0)
+        // The pages not written are in report's text and JSON (their events are in no count, lost_events
+        // included): a script can tell the file is short.
+        let text = try CLI.run(["report", path])
+        #expect(text.stdout.split(separator: "\n").filter { $0.hasPrefix("note: dropped pages:") }
+                == ["note: dropped pages: \(dropped) (not written: --max-size reached or a write failed; their events are in no count here)"])
+        let json = try CLI.json(try CLI.run(["report", "--json", path]).stdout)
+        let source = try #require(json["source"] as? [String: Any])
+        #expect(source["dropped_pages"] as? Int == dropped)
+        #expect(source["truncated"] as? Bool == true)
+        #expect(source["recorder_notes"] as? [String] == ["dropped pages: \(dropped)"])
     }
 
     /// A slow trace reaches --max-size while its events still wait in the ring buffers (readers wake at the

@@ -61,16 +61,51 @@ import TestSupport
             Total                        1333   100.00%        -
             handling time 0ns over 0 paired exits; * blocking (guest halted): 0ns over 0 paired exits, not in Time%
 
-            pairing: paired 0, orphan exits 1332, orphan entries 0, open at end 1, invalidated by loss 0, negative gaps 0
+            pairing: not applicable, kvm_entry not traced (1333 exits, none paired)
             lost events: 0
 
             """)
         let j = try CLI.json(try CLI.run(["report", "--json", Self.exitOnly]).stdout)
         #expect((j["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == false)
+        // Nothing can be paired: no count (every exit an "orphan", i.e. a trace gap, before), a flag; the counts
+        // stay numbers.
+        let pairing = try #require(j["pairing"] as? [String: Any])
+        #expect(pairing.filter { $0.key != "applicable" }.mapValues { $0 as? Int } == [
+            "paired": 0, "orphan_exits": 0, "orphan_entries": 0, "open_at_end": 0, "invalidated_by_loss": 0, "negative_gaps": 0])
+        #expect(pairing["applicable"] as? Bool == false)
+        #expect(try CLI.run(["report", "--json", Self.exitOnly]).stdout.contains(#""negative_gaps": 0,\#n    "applicable": false\#n"#))
+        let hostPairing = try #require(CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)["pairing"] as? [String: Any])
+        #expect(hostPairing["applicable"] == nil && hostPairing["orphan_exits"] as? Int == 8)
         let host = try CLI.run(["report", Self.host])
         #expect(host.status == 0 && !host.stdout.contains("kvm_entry not traced"))
         let hj = try CLI.json(try CLI.run(["report", "--json", Self.host]).stdout)
         #expect((hj["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == true)
+    }
+
+    static let traceCmdDat = "/work/shared/corpus/real/hip24_host_trace_v7_zlib.dat"
+
+    /// A trace-cmd trace.dat has no thread → process table: each thread is its own VM, named by its saved comm
+    /// unless it is a "CPU N/KVM" thread — as the text reader names the threads of `trace-cmd report` text
+    /// (`150750 qemu-system-x86` in the host report). Before, every vm_name was null. The file is complete:
+    /// no dropped pages, not truncated, no recorder notes.
+    @Test func traceCmdDatNamesThreadsByTheirSavedComm() throws {
+        let r = try CLI.run(["report", "--json", Self.traceCmdDat])
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try CLI.json(r.stdout)
+        let exits = try #require(j["exits"] as? [[String: Any]])
+        var byVM: [Int: (name: String?, count: Int)] = [:]
+        for e in exits {
+            let vm = try #require(e["vm"] as? Int)
+            byVM[vm, default: (e["vm_name"] as? String, 0)].count += e["count"] as? Int ?? 0
+        }
+        #expect(byVM.mapValues { $0.name ?? "-" } == [483882: "qemu-system-x86", 453724: "-", 453725: "-"])
+        #expect(byVM.mapValues(\.count) == [483882: 5356, 453724: 265, 453725: 239])
+        let source = try #require(j["source"] as? [String: Any])
+        #expect(source["dropped_pages"] as? Int == 0 && source["truncated"] as? Bool == false)
+        #expect(source["recorder_notes"] as? [String] == [])
+        let text = try CLI.run(["report", Self.traceCmdDat])
+        #expect(text.stdout.split(separator: "\n").contains { $0.hasPrefix("  483882  qemu-system-x86 ") }, "\(text.stdout)")
+        #expect(text.stdout.contains("VM 483882 (qemu-system-x86), all vCPUs\n"), "\(text.stdout)")
     }
 
     /// kvm_userspace_exit's KVM_EXIT_* reasons are listed under it, as `stat`'s table does (and --json/--csv).

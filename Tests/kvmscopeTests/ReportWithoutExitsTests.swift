@@ -120,6 +120,58 @@ import TestSupport
     }
 }
 
+/// `report --html` of a trace without kvm_exit: the page charts the rate of its userspace exit reasons
+/// (kvm_userspace_exit's KVM_EXIT_*) and says why there is no exit rate or latency and what the trace has
+/// (before, a blank page with an empty selector and empty charts); Chromium shows that box.
+@Suite struct ReportWithoutExitsHTMLTests {
+    static let note = "No kvm_exit events in this trace (kvm_exit may not fire on the host where it was recorded): no exit "
+        + "rate or exit→entry latency to chart; the rate chart shows its userspace exits. Its kvm events: "
+        + "kvm_userspace_exit 4, kvm_pio 3, kvm_mmio 1, kvm_set_irq 1; "
+        + "userspace exits (kvm_userspace_exit): KVM_EXIT_IO 3, KVM_EXIT_MMIO 1."
+
+    @Test func pageSaysWhyItHasNoExitCharts() throws {
+        try ReportWithoutExitsTests.withTrace { path in
+            let html = path + ".html"
+            defer { unlink(html) }
+            let r = try CLI.run(["report", "--html", html, path])
+            #expect(r.status == 0, "\(r.stderr)")
+            let page = try String(contentsOfFile: html, encoding: .utf8)
+            let start = try #require(page.range(of: #"<script id="kvmscope-data" type="application/json">"#))
+            let end = try #require(page.range(of: "</script>", range: start.upperBound..<page.endIndex))
+            let data = try #require(JSONSerialization.jsonObject(with: Data(page[start.upperBound..<end.lowerBound].utf8))
+                                    as? [String: Any])
+            #expect(data["note"] as? String == Self.note)
+            // The rate chart: kvm_userspace_exit's reasons per VM and vCPU; no latencies.
+            let groups = try #require(data["groups"] as? [[String: Any]])
+            #expect(groups.map { $0["label"] as? String } == ["All VMs", "VM 1200 (qemu-system-x86), all vCPUs",
+                                                              "VM 1200 (qemu-system-x86), vCPU 0", "VM 1200 (qemu-system-x86), vCPU 1"])
+            #expect(groups.map { ($0["series"] as? [String: [Int]])?.mapValues { $0.reduce(0, +) } ?? [:] }
+                    == [["KVM_EXIT_IO": 3, "KVM_EXIT_MMIO": 1], ["KVM_EXIT_IO": 3, "KVM_EXIT_MMIO": 1],
+                        ["KVM_EXIT_IO": 2], ["KVM_EXIT_IO": 1, "KVM_EXIT_MMIO": 1]])
+            #expect(groups.allSatisfy { ($0["heat"] as? [Int])?.reduce(0, +) == 0 })
+            // A trace with exits has no note.
+            let host = path + ".host.html"
+            defer { unlink(host) }
+            #expect(try CLI.run(["report", "--html", host, ReportCommandTests.host]).status == 0)
+            #expect(!(try String(contentsOfFile: host, encoding: .utf8)).contains(#""note":"#))
+
+            guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: {
+                FileManager.default.isExecutableFile(atPath: $0)
+            }) else {
+                Issue.record("chromium is not installed (Debian package chromium)")
+                return
+            }
+            let profile = path + ".profile"
+            defer { try? FileManager.default.removeItem(atPath: profile) }
+            let dom = try Spawned.run(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + profile,
+                                                 "--dump-dom", "file://" + html], timeout: 120)
+            #expect(dom.status == 0, "chromium: \(dom.stderr.suffix(1000))")
+            #expect(dom.stdout.contains(#"<div id="message" style="display: block;">"# + Self.note + "</div>"),
+                    "\(dom.stdout.prefix(2000))")
+        }
+    }
+}
+
 /// The same on a trace `kvmscope record` wrote of a storm guest on this host (where kvm_exit never fires).
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct ReportWithoutExitsLiveTests {
