@@ -359,7 +359,8 @@ public enum LiveView {
         let before = Dictionary(frame.previousGuests.map { ($0.pid, $0.total) }, uniquingKeysWith: +)
         let rows = guests.filter { $0.total > 0 }.map { g -> LiveRow in
             let pid = " (pid \(g.pid))"
-            return LiveRow(id: "g:\(g.pid)", name: cut(g.name?.terminalSafe ?? "?", layout.name - pid.count) + pid,
+            // A VM never named (gone before it was looked at): said in words; `?` stands for a control character.
+            return LiveRow(id: "g:\(g.pid)", name: cut(g.name?.terminalSafe ?? "unnamed VM", layout.name - pid.count) + pid,
                     isChild: false, total: g.total,
                     percent: pct(g.total, grand), delta: frame.previous == nil ? nil : g.total &- (before[g.pid] ?? 0),
                     latency: nil, blocked: false, rips: [], pid: g.pid, resources: frame.guestResources[g.pid])

@@ -96,6 +96,11 @@ public enum TraceFS {
                 throw KVMScopeError.unknownEvent("only kvm events are traced: \(name[..<colon]):\(name[name.index(after: colon)...]) "
                                                  + "is in the \(name[..<colon]) system")
             }
+            // A name of another system's event without its system (`--event sched_switch`): say whose it is.
+            let systems = ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/events")) ?? []).sorted()
+            if let other = systems.first(where: { FileManager.default.fileExists(atPath: "\(root)/events/\($0)/\(name)/format") }) {
+                throw KVMScopeError.unknownEvent("only kvm events are traced: \(name) is \(other):\(name), not a kvm event")
+            }
             throw KVMScopeError.unknownEvent("no event kvm:\(name) on this kernel")
         }
         let formats = EventFormats()

@@ -117,6 +117,8 @@ import TestSupport
 
     @Test(.enabled(if: KVMTest.canRun)) func unknownEvent() throws {
         try expectOneLineError(["stat", "-1", "--event", "kvm_nonsense"], "no event kvm:kvm_nonsense on this kernel", status: 1)
+        try expectOneLineError(["stat", "-1", "--event", "sched_switch"],
+                               "only kvm events are traced: sched_switch is sched:sched_switch, not a kvm event", status: 1)
     }
 
     @Test(.enabled(if: KVMTest.canRun)) func notRoot() throws {

@@ -425,6 +425,9 @@ import Testing
         #expect(lines.contains(" Guest Name                                    Total %Total CurAvg/s     CPU%    Wait%           Rate 60s"))
         #expect(lines.contains(">web (pid 100)                                    30   75.0       30     45.0      3.1"))
         #expect(lines.contains(" db (pid 200)                                     10   25.0       10"))
+        frame.guests.append(GuestTotal(pid: 300, name: nil, total: 5))
+        let unnamed = LiveView.render(frame, state: state, width: 120, height: 30).text
+        #expect(unnamed.contains { $0.hasPrefix(" unnamed VM (pid 300) ") }, "\(unnamed)")
     }
 
     @Test func aLongGuestNameKeepsItsNumbers() {
