@@ -168,6 +168,18 @@ struct ServeLiveTests {
         return (r.status, r.stdout + r.stderr)
     }
 
+    /// `watch --alert RULE -s INTERVAL -p PID` over a held storm's whole run: the storm is released once watch
+    /// says it is watching; both must end with status 0. Returns watch's stdout (its alert lines).
+    static func watchWholeStorm(_ storm: Spawned, rule: String, interval: String) throws -> String {
+        let watch = try Spawned(CLI.binary, ["watch", "--alert", rule, "-s", interval, "-p", "\(storm.pid)"])
+        defer { watch.stop() }
+        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
+        storm.release()
+        #expect(storm.wait() == 0)
+        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
+        return watch.stdout
+    }
+
     static func alertLines(_ stdout: String) throws -> [[String: Any]] {
         try stdout.split(separator: "\n").map {
             try #require(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
@@ -179,14 +191,9 @@ struct ServeLiveTests {
         let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 3")
         defer { storm.stop() }
         let rule = "rate(kvm_pio) > 1000/s for 1s"
-        let watch = try Spawned(CLI.binary, ["watch", "--alert", rule, "-s", "0.5", "-p", "\(storm.pid)"])
-        defer { watch.stop() }
-        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
-        storm.release()
-        #expect(storm.wait() == 0)
-        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
-        let lines = try Self.alertLines(watch.stdout)
-        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(watch.stdout)")
+        let stdout = try Self.watchWholeStorm(storm, rule: rule, interval: "0.5")
+        let lines = try Self.alertLines(stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(stdout)")
         for l in lines {
             #expect(l["rule"] as? String == rule)
             #expect(l["vm"] as? Int == Int(storm.pid))
@@ -198,7 +205,7 @@ struct ServeLiveTests {
         #expect((lines.first?["value"] as? Double ?? 0) > 1000)
         // Resolved in the first interval back under the threshold: often 0, but on a loaded machine the
         // storm's last exits can share that interval.
-        #expect((lines.last?["value"] as? Double ?? .infinity) <= 1000, "stdout: \(watch.stdout)")
+        #expect((lines.last?["value"] as? Double ?? .infinity) <= 1000, "stdout: \(stdout)")
     }
 
     /// A storm of 1000 exits per run, repeated: each run's vCPU thread is gone within milliseconds, before
@@ -207,16 +214,11 @@ struct ServeLiveTests {
     @Test func watchCountsShortLivedVCPUThreadsInTheirVM() throws {
         let storm = try Self.heldStorm("--kind io --exits 1000 --seconds 4 --name churny")
         defer { storm.stop() }
-        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(kvm_pio) > 10/s", "-s", "1", "-p", "\(storm.pid)"])
-        defer { watch.stop() }
-        #expect(watch.waitForStderr("kvmscope: watching process \(storm.pid) for 1 rule(s)"), "watch: \(watch.stderr)")
-        storm.release()
-        #expect(storm.wait() == 0)
-        #expect(watch.wait() == 0, "watch: \(watch.stderr)")
-        let lines = try Self.alertLines(watch.stdout)
-        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(watch.stdout)")
-        #expect(lines.map { $0["vm"] as? Int } == [Int(storm.pid), Int(storm.pid)], "stdout: \(watch.stdout)")
-        #expect(lines.map { $0["vm_name"] as? String } == ["churny", "churny"], "stdout: \(watch.stdout)")
+        let stdout = try Self.watchWholeStorm(storm, rule: "rate(kvm_pio) > 10/s", interval: "1")
+        let lines = try Self.alertLines(stdout)
+        #expect(lines.map { $0["state"] as? String } == ["firing", "resolved"], "stdout: \(stdout)")
+        #expect(lines.map { $0["vm"] as? Int } == [Int(storm.pid), Int(storm.pid)], "stdout: \(stdout)")
+        #expect(lines.map { $0["vm_name"] as? String } == ["churny", "churny"], "stdout: \(stdout)")
     }
 
     /// The same storm under `serve --alert`: one `kvmscope_storm_active` series, the storm's process, resolved
@@ -250,14 +252,7 @@ struct ServeLiveTests {
     @Test func watchBelowThresholdPrintsNothing() throws {
         let storm = try Self.heldStorm("--kind io --vcpus 2 --exits \(Self.n) --seconds 2")
         defer { storm.stop() }
-        let watch = try Spawned(CLI.binary, ["watch", "--alert", "rate(kvm_pio) > 10000000/s", "-s", "0.5",
-                                             "-p", "\(storm.pid)"])
-        defer { watch.stop() }
-        #expect(watch.waitForStderr("kvmscope: watching process"), "watch: \(watch.stderr)")
-        storm.release()
-        #expect(storm.wait() == 0)
-        #expect(watch.wait() == 0)
-        #expect(watch.stdout == "")
+        #expect(try Self.watchWholeStorm(storm, rule: "rate(kvm_pio) > 10000000/s", interval: "0.5") == "")
     }
 
     @Test func exitOnAlertExitsWithStatus2AfterTheFirstFiring() throws {
