@@ -36,7 +36,11 @@ struct QEMUGuestTests {
         let io = try #require(vm.ioDelta)
         #expect(after.rdOperations - before.rdOperations > 0)
         #expect(io.readBytes == after.rdBytes - before.rdBytes)
-        #expect(io.writeBytes == after.wrBytes - before.wrBytes)
+        // Writes: a clean-clone CI run saw /proc one write request (8 sectors, 4 KiB) ahead of QEMU's count over
+        // the same paused interval (3,878,912 against 3,874,816), as LibvirtTests' exporter comparison once did:
+        // /proc counts a direct write when it is submitted, QEMU when it completes. So: within one request.
+        let written = after.wrBytes - before.wrBytes
+        #expect(written > 0 && abs(Int(io.writeBytes) - Int(written)) <= 4096, "/proc \(io.writeBytes), QMP \(written)")
 
         // And through the command: found by pid and name, one vCPU.
         let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits"], timeout: 60)
