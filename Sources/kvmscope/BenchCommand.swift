@@ -78,7 +78,7 @@ struct BenchOverheadCommand: ParsableCommand {
             host: \(uname), \(ProcessInfo.processInfo.activeProcessorCount) CPUs
 
             \(bench.markdown(rows).joined(separator: "\n"))
-
+            \(bench.spreadNote(rows).map { "\n" + $0 + "\n" } ?? "")
             | benchmark | kvmscope | peer | ratio | target | met? |
             |---|---:|---:|---:|---|---|
             \(bench.verdict(rows))
