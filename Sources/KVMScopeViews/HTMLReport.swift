@@ -97,7 +97,7 @@ public enum HTMLReport {
           for(let i=0;i<=4;i++){const y=T+H-H*i/4;el(rate,'text',{x:L-6,y:y+4,'text-anchor':'end'},Math.round(max*i/4).toLocaleString('en-US'));el(rate,'line',{x1:L,x2:L+W,y1:y,y2:y,stroke:'#e4e4e4'});}
           axisX(rate,L,W,H,T);
           const leg=document.getElementById('legend'); leg.innerHTML='';
-          g_series.forEach(([r,c],k)=>{const col=C[k%C.length];
+          g_series.forEach(([r,c],k)=>{const col=k<C.length?C[k]:'hsl('+Math.round(k*137.508%360)+','+(k%2?70:50)+'%,'+(k%2?38:52)+'%)';
             const pts=c.map((v,i)=>(L+W*(i+0.5)/n).toFixed(1)+','+(T+H-H*(v/bs)/max).toFixed(1)).join(' ');
             el(rate,'polyline',{points:pts,fill:'none',stroke:col,'stroke-width':1.5});
             const s=document.createElement('span');s.innerHTML='<i style="background:'+col+'"></i>'+r+' ('+c.reduce((a,b)=>a+b,0)+')';leg.appendChild(s);});

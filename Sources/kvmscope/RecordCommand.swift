@@ -11,7 +11,7 @@ struct RecordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "record",
         abstract: "Record kvm events into a trace.dat that trace-cmd report and KernelShark open.",
-        usage: "kvmscope record -o <output> [<options>] [-- <command> ...]",
+        usage: "kvmscope record [-o <output>] [<options>] [-- <command> ...]",
         discussion: """
             Copies the kernel's raw ring-buffer pages of a private tracefs instance into FILE (trace.dat version 7 \
             compressed with zstd, as trace-cmd 3.x records; version 6 with --compression none): no decoding while \

@@ -274,7 +274,7 @@ struct StatCommand: ParsableCommand {
                                  csv: csv)
             if let path = logToFile, csv, Self.size(of: out.fileDescriptor) > 0 {
                 guard csvHeaderInFile == f.header() else {
-                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count) columns): "
+                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count == 1 ? "1 column" : "\(f.fields.count) columns")): "
                                               + "-L -c appends only to a log of the same columns; give another file")
                 }
             } else {
@@ -310,8 +310,8 @@ struct StatCommand: ParsableCommand {
             out = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             if csv, Self.size(of: fd) > 0 {
                 guard Self.firstLine(of: path) == formatter.header() else {
-                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(formatter.fields.count) "
-                                              + "columns): -L -c appends only to a log of the same columns; give another file")
+                    throw KVMScopeError.usage("\(path) starts with another header than this run's (\(formatter.fields.count == 1 ? "1 column" : "\(formatter.fields.count) columns"))"
+                                              + ": -L -c appends only to a log of the same columns; give another file")
                 }
                 return
             }

@@ -145,6 +145,9 @@ struct TopScreen {
     /// A delay as typed back: `0.5`, `2`.
     static func seconds(_ d: Double) -> String { d == d.rounded() ? String(Int(d)) : String(d) }
 
+    /// "1 vCPU thread", "2 vCPU threads".
+    static func count(_ n: Int, _ noun: String) -> String { n == 1 ? "1 \(noun)" : "\(n) \(noun)s" }
+
     func draw() {
         typealias Line = (text: String, spans: [(column: Int, text: String, attributes: Terminal.Attributes)])
         let size = terminal.size
@@ -169,7 +172,7 @@ struct TopScreen {
             lines = screen.prefix(4).map { ($0, []) }
             lines.append(("", []))
             let inferred = row.vm.vcpuSource == .guestTime ? ", numbers inferred" : ""
-            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(row.vm.threads.filter { $0.vcpu != nil }.count) vCPU threads\(inferred) (CPU% and WAIT% of one CPU, like htop; P99 exit handling)",
+            lines.append(("VM \(pid) \(row.vm.name.terminalSafe): \(Self.count(row.vm.threads.filter { $0.vcpu != nil }.count, "vCPU thread"))\(inferred) (CPU% and WAIT% of one CPU, like htop; P99 exit handling)",
                           []))
             let threads = TopView.renderThreads(row, sample: frame.sample)
             lines.append((threads[0], [(0, threads[0], .reverse)]))

@@ -123,7 +123,7 @@ struct StatLiveTests {
         let other = try CLI.run(["stat", "-l", "-c", "-f", "kvm_pio", "-L", path, "--", "/bin/sh", "-c", "echo started"])
         #expect(other.status == 1)
         #expect(other.stdout.isEmpty)
-        #expect(other.stderr == "kvmscope: \(path) starts with another header than this run's (1 columns): "
+        #expect(other.stderr == "kvmscope: \(path) starts with another header than this run's (1 column): "
                 + "-L -c appends only to a log of the same columns; give another file\n")
         #expect(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") == appended)
     }
