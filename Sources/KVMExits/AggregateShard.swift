@@ -180,6 +180,9 @@ public struct ShardWriter {
     /// The ``IOAccessTable`` slot of the last pio/mmio event counted (-1: it overflowed), for ``IOTimer``.
     public var lastIOSlot: Int { ioSlot }
     @usableFromInline var ioSlot = -1
+    /// The shard's ``AggregateShard/io`` table, unretained (the shard, which this writer holds, keeps it alive):
+    /// binding the optional property per kvm_pio/kvm_mmio event cost a retain and a release.
+    @usableFromInline let ioTable: Unmanaged<IOAccessTable>?
 
     /// - Parameter roles: the catalog's event roles; kvm_pio and kvm_mmio events are also counted per port and
     ///   address in the shard's ``AggregateShard/io`` table, when it has one.
@@ -194,6 +197,7 @@ public struct ShardWriter {
             }
         }
         ioSpaces = spaces
+        ioTable = shard.io.map { Unmanaged.passUnretained($0) }
         let (t, used, acked) = shard.state.withLock { ($0.table, $0.used, $0.acked) }
         table = t
         words = t.words
@@ -211,7 +215,7 @@ public struct ShardWriter {
         let b = hasReason ? UInt64(e.reason) : 0
         shard.eventTotals[Int(e.event) & (AggregateShard.maxEvents - 1)].singleWriterAdd(1)
         let space = ioSpaces[Int(e.event) & (AggregateShard.maxEvents - 1)]
-        if space != 0, let io = shard.io { countIO(e, space: space, io) }
+        if space != 0, let io = ioTable { countIO(e, space: space, io) }
         if a == lastA && b == lastB && lastSlot >= 0 {
             words[3 * lastSlot + 2].singleWriterAdd(1)
             return
@@ -233,10 +237,11 @@ public struct ShardWriter {
     }
 
     @inlinable
-    mutating func countIO(_ e: TraceEvent, space raw: UInt8, _ io: IOAccessTable) {
+    mutating func countIO(_ e: TraceEvent, space raw: UInt8, _ io: Unmanaged<IOAccessTable>) {
         let space: DeviceMap.Space = raw == DeviceMap.Space.port.rawValue ? .port : .mmio
-        ioSlot = io.add(tid: e.tid, space: space, address: e.detail,
-                            direction: IODirection.of(space, aux2: e.aux2))
+        ioSlot = io._withUnsafeGuaranteedRef {
+            $0.add(tid: e.tid, space: space, address: e.detail, direction: IODirection.of(space, aux2: e.aux2))
+        }
     }
 
     /// Counts one event whose key was, last time, in slot `hint` (the pairer keeps one per thread's entry

@@ -348,7 +348,8 @@ struct StatCommand: ParsableCommand {
                 return true
             }
         } else {
-            run.wait(every: 0.05) {
+            // Without a COMMAND the trail samples once a second: 4 wakeups a second, not 20, keep it on time.
+            run.wait(every: command.isEmpty ? 0.25 : 0.05) {
                 trail?.sampleIfDue()
                 return true
             }
