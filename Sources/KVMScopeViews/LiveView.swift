@@ -147,9 +147,13 @@ public enum LiveView {
         var name: Int
         var wide: Bool
         var spark: Int
-        init(width: Int) {
+        /// Whether the Avg/p99/Max (or CPU%/Wait%) columns are drawn: not on the I/O screen, which has no
+        /// handling times live; its device names get their width.
+        var latency: Bool
+        init(width: Int, mode: LiveViewState.Mode = .events) {
             wide = width >= 100
-            name = wide ? 40 : 24
+            latency = mode != .io
+            name = (wide ? 40 : 24) + (latency ? 0 : wide ? 28 : 18)
             spark = wide ? max(0, min(30, width - 98)) : max(0, min(30, width - 72))
         }
     }
@@ -162,7 +166,7 @@ public enum LiveView {
         if state.showingHelp { return help(width: width) }
         if let p = state.prompt { return prompt(p, frame: frame, state: state, width: width, height: height) }
 
-        let layout = Layout(width: width)
+        let layout = Layout(width: width, mode: state.mode)
         var lines: [ScreenLine] = []
         lines.append(.styled(header(frame, state: state), .bold))
         lines.append(statusLine(frame, state: state, width: width))
@@ -201,7 +205,7 @@ public enum LiveView {
 
     /// The rows of the current mode (what the arrow keys move over).
     public static func rows(_ frame: LiveFrame, state: LiveViewState, width: Int) -> [LiveRow] {
-        rows(frame, state: state, layout: Layout(width: width))
+        rows(frame, state: state, layout: Layout(width: width, mode: state.mode))
     }
 
     /// Each row's rate this interval, for ``RateHistory/record(_:)``.
@@ -284,8 +288,10 @@ public enum LiveView {
         var s = " " + pad(first, l.name) + " " + lpad("Total", 10) + lpad("%Total", 7) + " " + lpad("CurAvg/s", 8)
         // Guests have no exit handling time of their own here: their slots show htop's CPU% and the vCPUs' wait.
         let guests = state.mode == .guests
-        s += " " + lpad(guests ? "CPU%" : "Avg", 8) + " " + lpad(guests ? "Wait%" : "p99", 8)
-        if l.wide { s += " " + lpad(guests ? "" : "Max", 8) + " " }
+        if l.latency {
+            s += " " + lpad(guests ? "CPU%" : "Avg", 8) + " " + lpad(guests ? "Wait%" : "p99", 8)
+            if l.wide { s += " " + lpad(guests ? "" : "Max", 8) + " " }
+        }
         if l.spark > 0 { s += " " + (l.spark >= 8 ? "Rate 60s" : "") }
         return s
     }
@@ -440,13 +446,15 @@ public enum LiveView {
         var s = (selected ? ">" : " ") + pad(cut(r.name, layout.name), layout.name) + " " + lpad(String(r.total), 10)
             + lpad(StatTable.format1(r.percent), 7) + " " + lpad(rate(r.delta, seconds), 8)
         let l = r.latency.flatMap { $0.count > 0 ? $0 : nil }
-        if let use = r.resources {
-            s += " " + lpad(StatTable.format1(use.cpuPercent), 8) + " " + lpad(StatTable.format1(use.waitPercent), 8)
-        } else {
-            s += " " + lpad(l.map { duration(UInt64($0.mean.rounded())) } ?? "", 8)
-            s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
+        if layout.latency {
+            if let use = r.resources {
+                s += " " + lpad(StatTable.format1(use.cpuPercent), 8) + " " + lpad(StatTable.format1(use.waitPercent), 8)
+            } else {
+                s += " " + lpad(l.map { duration(UInt64($0.mean.rounded())) } ?? "", 8)
+                s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
+            }
+            if layout.wide { s += " " + lpad(l.map { duration($0.max) } ?? "", 8) + " " }
         }
-        if layout.wide { s += " " + lpad(l.map { duration($0.max) } ?? "", 8) + " " }
         if layout.spark > 0 { s += " " + history.sparkline(r.id, width: layout.spark) }
         // A vCPU traced under another number than its thread's name: its name in red, as htop marks a cell.
         let spans = r.marked ? [ScreenLine.Span(column: 1, text: cut(r.name, layout.name), style: [.red, .bold])] : []

@@ -141,7 +141,7 @@ final class DemoGuests {
         let others = always ? [] : KVMProcesses.running(excluding: [getpid()])
         if !others.isEmpty {
             let pids = others.prefix(3).map(String.init).joined(separator: ", ") + (others.count > 3 ? ", …" : "")
-            return DemoGuests(processes: [], skipped: "--demo: no demo guest started: another VM runs on this host (pid \(pids))")
+            return DemoGuests(processes: [], skipped: "--demo: no demo guest started: another VM was running at start (pid \(pids))")
         }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var started: [ChildProcess] = []

@@ -229,13 +229,13 @@ struct IOAccessLiveTests {
         #expect(screen.text == [
             "kvm statistics - summary - I/O by device",
             "                                                                 sort: CurAvg/s  delay: 1.0s  lost 0",
-            " Port/Address  Device                          Total %Total CurAvg/s      Avg      p99      Max",
-            ">0x3f8:POUT    serial COM1                         2   33.3        1",
-            " 0x3fd:PIN     serial COM1                         1   16.7        1",
-            " 0x70:POUT     rtc0 cmos                           1   16.7        1",
-            " 0xfebf1000:R  unknown                             1   16.7        1",
-            " 0xfee000b0:W  local apic                          1   16.7        1",
-            " Total                                             6               5",
+            " Port/Address  Device                                                      Total %Total CurAvg/s",
+            ">0x3f8:POUT    serial COM1                                                     2   33.3        1",
+            " 0x3fd:PIN     serial COM1                                                     1   16.7        1",
+            " 0x70:POUT     rtc0 cmos                                                       1   16.7        1",
+            " 0xfebf1000:R  unknown                                                         1   16.7        1",
+            " 0xfee000b0:W  local apic                                                      1   16.7        1",
+            " Total                                                                         6               5",
             "", "", "", "",
             LiveView.keyBar(width: 100),
         ])
@@ -246,6 +246,13 @@ struct IOAccessLiveTests {
         state.pid = nil
         state.fields = "serial"
         #expect(LiveView.rows(frame, state: state, width: 100).map(\.total) == [2, 1])
+        // A memory tree's long device name fits at 100 columns: no latency columns here to make room for.
+        state.fields = nil
+        var long = s
+        long.ioAccesses.rows = long.ioAccesses.rows.map { var r = $0; r.device = "virtio-disk0 vda notify (virtio-blk 00:02.0 BAR4)"; return r }
+        let wide = LiveView.render(LiveFrame(current: long, previous: nil, seconds: 1), state: state, width: 100, height: 14)
+        #expect(wide.text[3] == ">0x3f8:POUT    virtio-disk0 vda notify (virtio-blk 00:02.0 BAR4)               2   33.3",
+                "\(wide.text)")
     }
 }
 

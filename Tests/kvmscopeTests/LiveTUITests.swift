@@ -234,7 +234,7 @@ struct LiveTUITests {
         try pane.type("clear; \(CLI.binary) live --demo -s 0.5")
         try pane.keys("Enter")
         let screen = try pane.wait("the view with its notice") { s in
-            s.first == "kvm statistics - summary" && s.contains { $0.hasPrefix("--demo: no demo guest started: another VM runs on this host (pid ") }
+            s.first == "kvm statistics - summary" && s.contains { $0.hasPrefix("--demo: no demo guest started: another VM was running at start (pid ") }
         }
         #expect(screen.count >= 24)
         #expect(screen[23] == "b guests  v vCPUs  f filter  p pid  g guest  x children  o sort  h help  q quit")
