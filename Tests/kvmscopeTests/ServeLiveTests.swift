@@ -149,7 +149,8 @@ struct ServeLiveTests {
         func scrape(until done: (String) -> Bool) -> String { scrapeMetrics(port: port, until: done) }
         let expected = ",space=\"port\",device=\"dma1\"} \(2 * Self.n)"
         let counted = scrape { rows($0).count == 1 && rows($0)[0].hasSuffix(expected) }
-        #expect(rows(counted).count == 1 && rows(counted).first?.hasSuffix(expected) == true, "\(rows(counted))")
+        #expect(rows(counted).count == 1 && rows(counted).first?.hasSuffix(expected) == true,
+                "\(rows(counted)); \(counted.split(separator: "\n").filter { $0.hasPrefix("kvmscope_lost") })")
         // The storm's two vCPU threads (and its main thread) have exited: once serve retired them, the same row.
         let retired = scrape { body in
             body.split(separator: "\n").first { $0.hasPrefix("kvmscope_retired_threads_total ") }
