@@ -53,8 +53,13 @@ public enum TraceFS {
     /// A tracefs (or procfs) file's whole text, read until EOF; nil when it cannot be read. Every tracefs read
     /// goes through here: such files report size 0 and hand their text out in several reads.
     public static func text(_ path: String) -> String? {
+        bytes(path).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// A tracefs file's bytes, read to its end (its size reads 0: read until EOF), or nil.
+    static func bytes(_ path: String) -> Data? {
         guard let file = FileHandle(forReadingAtPath: path), let data = try? file.readToEnd() else { return nil }
-        return String(decoding: data, as: UTF8.self)
+        return data
     }
 
     /// The CPUs that have a buffer in the instance.
@@ -138,33 +143,57 @@ public enum TraceFS {
     public static func savedThreads(root: String, only: Set<Int32>? = nil) -> (tgids: [Int32: Int32], comms: [Int32: String]) {
         // With `only`, just those threads and their processes are kept: saved_tgids lists every tgid the
         // kernel has recorded (tens of thousands on a busy host), and a daemon asks for a few threads at a time.
+        // Parsed as bytes: a retiring daemon reads these files every round, and String's Character walk cost
+        // milliseconds per read of a full table.
         var tgids: [Int32: Int32] = [:]
         var comms: [Int32: String] = [:]
-        if let text = text("\(root)/saved_tgids") {
-            forEachLine(text) { line in
-                let p = line.split(separator: " ")
-                guard p.count == 2, let t = Int32(p[0]), only?.contains(t) ?? true, let g = Int32(p[1]), g > 0 else { return }
+        if let data = bytes("\(root)/saved_tgids") {
+            forEachLine(data) { line in
+                // "TID TGID"
+                guard let (t, rest) = leadingNumber(line), only?.contains(t) ?? true,
+                      let (g, tail) = leadingNumber(rest), tail.isEmpty, g > 0 else { return }
                 tgids[t] = g
             }
         }
         let wanted = only.map { $0.union(tgids.values) }
-        if let text = text("\(root)/saved_cmdlines") {
-            forEachLine(text) { line in
-                guard let sp = line.firstIndex(of: " "), let t = Int32(line[..<sp]), wanted?.contains(t) ?? true else { return }
-                comms[t] = String(line[line.index(after: sp)...])
+        if let data = bytes("\(root)/saved_cmdlines") {
+            forEachLine(data) { line in
+                // "TID COMM" (the comm may hold spaces)
+                guard let (t, rest) = leadingNumber(line), rest.first == UInt8(ascii: " "), wanted?.contains(t) ?? true
+                else { return }
+                comms[t] = String(decoding: rest.dropFirst(), as: UTF8.self)
             }
         }
         return (tgids, comms)
     }
 
-    /// Calls body for each line of text, without an array of every line.
-    static func forEachLine(_ text: String, _ body: (Substring) -> Void) {
-        var start = text.startIndex
-        while start < text.endIndex {
-            let end = text[start...].firstIndex(of: "\n") ?? text.endIndex
-            if end > start { body(text[start..<end]) }
-            start = end < text.endIndex ? text.index(after: end) : end
+    /// Calls body for each non-empty line of `data` (without its newline), without an array of every line.
+    static func forEachLine(_ data: Data, _ body: (Slice<UnsafeRawBufferPointer>) -> Void) {
+        data.withUnsafeBytes { raw in
+            var start = 0
+            while start < raw.count {
+                var end = start
+                while end < raw.count && raw[end] != UInt8(ascii: "\n") { end += 1 }
+                if end > start { body(raw[start..<end]) }
+                start = end + 1
+            }
         }
+    }
+
+    /// The decimal number at the start of `bytes` after any spaces (an Int32), and what follows it; nil when
+    /// there is none or it overflows.
+    static func leadingNumber(_ bytes: Slice<UnsafeRawBufferPointer>) -> (Int32, Slice<UnsafeRawBufferPointer>)? {
+        var i = bytes.startIndex
+        while i < bytes.endIndex && bytes[i] == UInt8(ascii: " ") { i += 1 }
+        let first = i
+        var n: Int64 = 0
+        while i < bytes.endIndex, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
+            n = n * 10 + Int64(bytes[i] - UInt8(ascii: "0"))
+            if n > Int64(Int32.max) { return nil }
+            i += 1
+        }
+        guard i > first else { return nil }
+        return (Int32(n), bytes[i...])
     }
 
     /// Removes an instance that another tool left behind (trace-cmd record -B keeps its instance): tracing
