@@ -63,12 +63,14 @@ public struct Occupancy: Sendable, Equatable, Codable {
     public var retiredOnExit: UInt64 = 0
 
     public init(liveThreads: Int = 0, liveSeries: Int = 0, retiredThreads: UInt64 = 0, retiredRows: Int = 0,
-                foldedVMs: UInt64 = 0) {
+                foldedVMs: UInt64 = 0, threadExits: UInt64? = nil, retiredOnExit: UInt64 = 0) {
         self.liveThreads = liveThreads
         self.liveSeries = liveSeries
         self.retiredThreads = retiredThreads
         self.retiredRows = retiredRows
         self.foldedVMs = foldedVMs
+        self.threadExits = threadExits
+        self.retiredOnExit = retiredOnExit
     }
 }
 
