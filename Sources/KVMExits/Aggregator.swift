@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// The whole aggregate of one trace: one counting shard per writer thread, the latency series and
@@ -56,6 +57,12 @@ public final class Aggregator: Sendable {
     let exitNotes = Mutex<[(tid: Int32, timestamp: UInt64)]>([])
     /// Thread-exit records noted (every traced thread's, vCPU thread or not).
     let exitsSeen = Atomic<UInt64>(0)
+    /// Signalled each time ``exitBacklog`` more exit records have been noted since the last take: a live
+    /// session's retirer waits on it, so that under churn threads retire well before the next scrape or
+    /// interval (memory follows the threads alive), while a quiet host never wakes it.
+    public let exitWake = DispatchSemaphore(value: 0)
+    /// Exit records that wake ``exitWake``.
+    public static let exitBacklog = 1024
 
     /// - Parameters:
     ///   - resolver: who a thread is, asked once per new thread.
@@ -235,7 +242,11 @@ public final class Aggregator: Sendable {
     /// everything up to `timestamp` has been counted and paired (``takeThreadExits(through:)``).
     public func noteThreadExit(_ tid: Int32, timestamp: UInt64) {
         exitsSeen.wrappingAdd(1, ordering: .relaxed)
-        exitNotes.withLock { $0.append((tid, timestamp)) }
+        let pending = exitNotes.withLock { n -> Int in
+            n.append((tid, timestamp))
+            return n.count
+        }
+        if pending % Self.exitBacklog == 0 { exitWake.signal() }
     }
 
     /// Takes the exit records noted at or before `bound` (trace-clock ns: every reader has counted, and the

@@ -93,6 +93,21 @@ public final class LiveSession: @unchecked Sendable {
             pairingThread.withLock { $0 = t }
         }
         let aggregator = self.aggregator
+        if aggregator.threadExits {
+            // The retirer: a round each time a backlog of exit records has built up (at most every
+            // retirerInterval), besides those of scrapes and intervals. Holds the session weakly: its end stops it.
+            let retirer = Thread { [weak self] in
+                while true {
+                    let woken = aggregator.exitWake.wait(timeout: .now() + .seconds(60)) == .success
+                    guard let session = self, !session.stopping.withLock({ $0 }) else { return }
+                    guard woken else { continue }
+                    session.retireExited()
+                    usleep(Self.retirerInterval)
+                }
+            }
+            retirer.name = "kvmscope-retire"
+            retirer.start()
+        }
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
@@ -174,8 +189,13 @@ public final class LiveSession: @unchecked Sendable {
     @discardableResult
     public func retireExited() -> [Int32] {
         guard aggregator.board != nil else { return [] }
-        return retireExited(caughtUpTo: aggregator.threadExits ? catchUp() : nil)
+        // No exit record read since the last round (a quiet host): nothing to catch up for, no reader woken.
+        guard aggregator.threadExits, aggregator.pendingThreadExits > 0 else { return retireExited(caughtUpTo: nil) }
+        return retireExited(caughtUpTo: catchUp())
     }
+
+    /// Least time between two of the retirer's rounds, µs.
+    static let retirerInterval: UInt32 = 200_000
 
     /// How often the /proc check runs as a safety net when threads retire on their exit records, ns.
     static let safetyCheckInterval: UInt64 = 30_000_000_000
@@ -242,11 +262,19 @@ public final class LiveSession: @unchecked Sendable {
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root, only: only)
         let owner = tracedVM
+        // One name per VM, however many of its threads are named here (thousands a second under churn).
+        var names: [Int32: String?] = [:]
         aggregator.resolveUnresolved(only: only) { tid in
             let comm = saved.comms[tid]
             guard let tgid = saved.tgids[tid] ?? owner else { return nil }
-            return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
-                                  vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+            let name: String?
+            if let known = names[tgid] {
+                name = known
+            } else {
+                name = ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid]
+                names[tgid] = name
+            }
+            return ThreadIdentity(vm: tgid, vmName: name, vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
         }
     }
 
@@ -258,6 +286,8 @@ public final class LiveSession: @unchecked Sendable {
         stopping.withLock { done -> String? in
             guard !done else { return nil }
             done = true
+            // The retirer sees `done` at its next wake-up and ends.
+            aggregator.exitWake.signal()
             let failure = trace.stop()
             final.withLock { $0 = trace.finalLostPerCPU }
             pairingThread.withLock { $0 }?.join()
