@@ -178,9 +178,9 @@ public final class LiveSession: @unchecked Sendable {
     /// retired.
     ///
     /// With exit records (``Aggregator/threadExits``): a ``catchUp()`` first, then every thread whose exit record
-    /// is stamped before what that caught up is retired (named first from the kernel's saved tgids and cmdlines
-    /// when it was gone before it was looked at): its last events on every CPU are counted under it, and its
-    /// tid's next thread is a new one. Cost O(exits). The /proc check below runs too, as a safety net, every
+    /// is stamped at least ``exitSettle`` before what that caught up is retired (named first from the kernel's
+    /// saved tgids and cmdlines when it was gone before it was looked at): its last events on every CPU are
+    /// counted under it, and its tid's next thread is a new one. Cost O(exits). The /proc check below runs too, as a safety net, every
     /// ``safetyCheckInterval`` and whenever the readers reported losses since the last one.
     ///
     /// Without: names the threads that were gone before they were looked at from the kernel's saved tgids and
@@ -193,6 +193,11 @@ public final class LiveSession: @unchecked Sendable {
         guard aggregator.threadExits, aggregator.pendingThreadExits > 0 else { return retireExited(caughtUpTo: nil) }
         return retireExited(caughtUpTo: catchUp())
     }
+
+    /// How long before what a catch-up read an exit record must be stamped to retire its thread, ns: an event
+    /// stamped before the catch-up's bound but committed after it (a writer stalled past the commit margin, as
+    /// a descheduled VM's CPU can be) is still counted and paired under its thread.
+    static let exitSettle: UInt64 = 100_000_000
 
     /// Least time between two of the retirer's rounds, µs.
     static let retirerInterval: UInt32 = 200_000
@@ -210,8 +215,8 @@ public final class LiveSession: @unchecked Sendable {
         aggregator.resolveNewThreads()
         var retired: [Int32] = []
         if aggregator.threadExits {
-            if let bound {
-                let exited = aggregator.takeThreadExits(through: bound)
+            if let bound, bound > Self.exitSettle {
+                let exited = aggregator.takeThreadExits(through: bound - Self.exitSettle)
                 let unnamed = aggregator.unresolved(among: exited)
                 if !unnamed.isEmpty { resolveFromSavedThreads(only: unnamed) }
                 aggregator.retire(exited, onExit: true)
@@ -228,7 +233,7 @@ public final class LiveSession: @unchecked Sendable {
         } else {
             retired = retireFoundGone()
         }
-        if !retired.isEmpty { releaseFreedMemory() }
+        releaseFreedMemory(retired: !retired.isEmpty)
         return retired.sorted()
     }
 
@@ -245,18 +250,21 @@ public final class LiveSession: @unchecked Sendable {
 
     /// When threads retired: their tables' memory goes back to the kernel, at most once per
     /// ``trimInterval`` nanoseconds (a daemon's RSS then follows the threads alive, not the most it ever
-    /// held; measured in ServeChurnLiveTests).
-    private func releaseFreedMemory() {
+    /// held; measured in ServeChurnLiveTests). Retirements within an interval of the last release are released
+    /// by the first round after it, whether or not that round retires anything: the last of a burst too.
+    private func releaseFreedMemory(retired: Bool) {
         let now = MonotonicClock.now()
-        let due = lastTrim.withLock { last -> Bool in
-            guard now &- last >= Self.trimInterval || last == 0 else { return false }
-            last = now
+        let due = lastTrim.withLock { t -> Bool in
+            if retired { t.wanted = true }
+            guard t.wanted, now &- t.last >= Self.trimInterval || t.last == 0 else { return false }
+            t = (now, false)
             return true
         }
         if due { FreeMemory.release() }
     }
 
-    private let lastTrim = Mutex<UInt64>(0)
+    /// The last release of freed memory, and whether threads retired since.
+    private let lastTrim = Mutex<(last: UInt64, wanted: Bool)>((0, false))
     static let trimInterval: UInt64 = 5_000_000_000
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
