@@ -250,25 +250,33 @@ public final class Aggregator: Sendable {
     }
 
     /// Takes the exit records noted at or before `bound` (trace-clock ns: every reader has counted, and the
-    /// pairer has paired, every event up to it) and returns the known threads among them, ascending: the ones
-    /// to ``retire(_:onExit:)``. Records of threads never seen (not vCPU threads) are dropped; later ones stay.
+    /// pairer has paired, every event up to it) whose threads are known, and returns those threads, ascending:
+    /// the ones to ``retire(_:onExit:)``. A record of a thread not seen stays for ``exitGrace`` past `bound`
+    /// (its thread's events may still come, late), then is dropped (no vCPU thread); later records stay.
     /// A tid is taken to be the thread that exited: a new thread reusing it within the time between the exit
     /// and the next call needs the pid space to wrap in that time.
     public func takeThreadExits(through bound: UInt64) -> [Int32] {
+        resolveNewThreads()
+        let known = threads.withLock { $0 }
         let due = exitNotes.withLock { notes -> [Int32] in
             var out: [Int32] = []
             notes.removeAll { n in
                 guard n.timestamp <= bound else { return false }
-                out.append(n.tid)
-                return true
+                if known[n.tid] != nil {
+                    out.append(n.tid)
+                    return true
+                }
+                return n.timestamp &+ Self.exitGrace <= bound
             }
             return out
         }
-        guard !due.isEmpty else { return [] }
-        resolveNewThreads()
-        let known = threads.withLock { t in Set(due.filter { t[$0] != nil }) }
-        return known.sorted()
+        return Set(due).sorted()
     }
+
+    /// How long past a take's bound the exit record of a thread not seen is kept, ns: less than the pid space
+    /// takes to wrap (32,768 tids at 21,000 new threads a second: 1.5 s), or a new thread reusing that tid
+    /// would be retired on it.
+    public static let exitGrace: UInt64 = 1_000_000_000
 
     /// Losses the writers have reported so far (events lost, sub-buffers with unknown losses, corrupt
     /// sub-buffers, read errors), summed: when it moves, exit records may have been lost too.

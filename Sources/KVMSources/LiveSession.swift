@@ -180,8 +180,9 @@ public final class LiveSession: @unchecked Sendable {
     /// With exit records (``Aggregator/threadExits``): a ``catchUp()`` first, then every thread whose exit record
     /// is stamped at least ``exitSettle`` before what that caught up is retired (named first from the kernel's
     /// saved tgids and cmdlines when it was gone before it was looked at): its last events on every CPU are
-    /// counted under it, and its tid's next thread is a new one. Cost O(exits). The /proc check below runs too, as a safety net, every
-    /// ``safetyCheckInterval`` and whenever the readers reported losses since the last one.
+    /// counted under it, and its tid's next thread is a new one. Cost O(exits). The catch-up is skipped when no
+    /// exit record has been read (a quiet host: no reader woken). The /proc check below runs too, as a safety
+    /// net, every ``safetyCheckInterval`` and whenever the readers reported losses since the last one.
     ///
     /// Without: names the threads that were gone before they were looked at from the kernel's saved tgids and
     /// cmdlines, then retires every thread found gone from /proc (``Aggregator/retireExitedThreads()``): one
@@ -282,7 +283,8 @@ public final class LiveSession: @unchecked Sendable {
                 name = ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid]
                 names[tgid] = name
             }
-            return ThreadIdentity(vm: tgid, vmName: name, vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+            return ThreadIdentity(vm: tgid, vmName: name, vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
+                                  comm: comm)
         }
     }
 
