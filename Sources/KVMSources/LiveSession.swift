@@ -266,7 +266,7 @@ public final class LiveSession: @unchecked Sendable {
 
     /// The last release of freed memory, and whether threads retired since.
     private let lastTrim = Mutex<(last: UInt64, wanted: Bool)>((0, false))
-    static let trimInterval: UInt64 = 5_000_000_000
+    static let trimInterval: UInt64 = 1_000_000_000
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root, only: only)
