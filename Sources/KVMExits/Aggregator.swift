@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// The whole aggregate of one trace: one counting shard per writer thread, the latency series and
@@ -14,6 +15,12 @@ import Synchronization
 /// Every view sums rows by VM, vCPU and reason, so every total stays exactly what it was and keeps growing:
 /// no count and no pair is discarded. Memory then follows the live threads, plus one row per retired VM × vCPU
 /// for the last ``retiredVMCapacity`` stopped VMs; older stopped VMs fold into one `other` row (VM -1).
+///
+/// With `threadExits` (a live session that traces `sched:sched_process_exit`), the readers note each thread's
+/// exit record (``noteThreadExit(_:timestamp:)``) and the snapshot side retires the known ones once every
+/// event up to the exit's timestamp has been counted and paired (``takeThreadExits(through:)``, then
+/// ``retire(_:onExit:)``): cost O(exits), no /proc read per live thread. ``retireExitedThreads()`` is then only
+/// a safety net (exit records lost with the ring buffer's overflows), and no start time is read at first sight.
 public final class Aggregator: Sendable {
     public let catalog: EventCatalog
     public let shards: [AggregateShard]
@@ -44,6 +51,18 @@ public final class Aggregator: Sendable {
     /// Identities of retired threads that still have rows in the shards' ``IOAccessTable``s (those rows keep
     /// the tid): so their accesses stay their VM's. Pruned to the tids of the rows at each snapshot.
     let ioRetired = Mutex<[Int32: ThreadIdentity]>([:])
+    /// Whether the source traces thread exits (``noteThreadExit(_:timestamp:)`` retires threads).
+    public let threadExits: Bool
+    /// Thread-exit records noted by the readers and not yet taken (tid, trace-clock ns), in no order.
+    let exitNotes = Mutex<[(tid: Int32, timestamp: UInt64)]>([])
+    /// Thread-exit records noted (every traced thread's, vCPU thread or not).
+    let exitsSeen = Atomic<UInt64>(0)
+    /// Signalled each time ``exitBacklog`` more exit records have been noted since the last take: a live
+    /// session's retirer waits on it, so that under churn threads retire well before the next scrape or
+    /// interval (memory follows the threads alive), while a quiet host never wakes it.
+    public let exitWake = DispatchSemaphore(value: 0)
+    /// Exit records that wake ``exitWake``.
+    public static let exitBacklog = 1024
 
     /// - Parameters:
     ///   - resolver: who a thread is, asked once per new thread.
@@ -52,9 +71,13 @@ public final class Aggregator: Sendable {
     ///     (``retireExitedThreads()``); nil: only ``retire(_:)`` retires.
     ///   - retiredVMCapacity: stopped VMs whose retired rows are kept apart (at least 1).
     ///   - retireDelay: how long ``retireExitedThreads()`` waits after first finding a thread gone.
+    ///   - threadExits: the source notes thread exits (``noteThreadExit(_:timestamp:)``): `startTime` is read
+    ///     only by ``retireExitedThreads()`` (the safety net), never at first sight.
     public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil, retirement: Bool = false,
-                startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024, retireDelay: Duration = .seconds(1)) {
+                startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024, retireDelay: Duration = .seconds(1),
+                threadExits: Bool = false) {
         self.retireDelay = retireDelay
+        self.threadExits = threadExits
         precondition(catalog.count <= AggregateShard.maxEvents, "at most \(AggregateShard.maxEvents) events")
         self.catalog = catalog
         let board = retirement ? RetireBoard() : nil
@@ -120,7 +143,7 @@ public final class Aggregator: Sendable {
             var identity = resolved ?? ThreadIdentity(vm: tid)
             if identity.vcpu == nil && vcpu != TraceEvent.noVCPU { identity.vcpu = vcpu }
             if vcpu != TraceEvent.noVCPU { identity.tracedVCPU = vcpu }
-            if let startTime, let started = startTime(tid, identity.vm) {
+            if !threadExits, let startTime, let started = startTime(tid, identity.vm) {
                 startTimes.withLock { $0[tid] = started }
             }
             threads.withLock { if $0[tid] == nil { $0[tid] = identity } }
@@ -185,8 +208,15 @@ public final class Aggregator: Sendable {
         let nameless = unresolved.withLock { $0 }
         let now = ContinuousClock.now
         var since = goneSince.withLock { $0 }
+        var firstStarts: [Int32: UInt64] = [:]
         for (tid, identity) in live {
             let started = startTime(tid, identity.vm)
+            if threadExits, let started, starts[tid] == nil {
+                // Not read at first sight with exit records: the first check takes it.
+                firstStarts[tid] = started
+                since[tid] = nil
+                continue
+            }
             guard started == nil || started != starts[tid] else {
                 since[tid] = nil
                 continue
@@ -201,15 +231,73 @@ public final class Aggregator: Sendable {
         for tid in since.keys where live[tid] == nil { since[tid] = nil }
         for tid in gone { since[tid] = nil }
         goneSince.withLock { $0 = since }
+        if !firstStarts.isEmpty { startTimes.withLock { s in for (t, v) in firstStarts where live[t] != nil { s[t] = v } } }
         gone.sort()
         retire(gone)
         return gone
     }
 
+    /// Notes a thread's exit record (`sched:sched_process_exit`, trace-clock ns): the reader's cold path, once
+    /// per exiting thread of the traced processes (one locked append). Retired by the snapshot side once
+    /// everything up to `timestamp` has been counted and paired (``takeThreadExits(through:)``).
+    public func noteThreadExit(_ tid: Int32, timestamp: UInt64) {
+        exitsSeen.wrappingAdd(1, ordering: .relaxed)
+        let pending = exitNotes.withLock { n -> Int in
+            n.append((tid, timestamp))
+            return n.count
+        }
+        if pending % Self.exitBacklog == 0 { exitWake.signal() }
+    }
+
+    /// Takes the exit records noted at or before `bound` (trace-clock ns: every reader has counted, and the
+    /// pairer has paired, every event up to it) whose threads are known, and returns those threads, ascending:
+    /// the ones to ``retire(_:onExit:)``. A record of a thread not seen stays for ``exitGrace`` past `bound`
+    /// (its thread's events may still come, late), then is dropped (no vCPU thread); later records stay.
+    /// A tid is taken to be the thread that exited: a new thread reusing it within the time between the exit
+    /// and the next call needs the pid space to wrap in that time.
+    public func takeThreadExits(through bound: UInt64) -> [Int32] {
+        resolveNewThreads()
+        let known = threads.withLock { $0 }
+        let due = exitNotes.withLock { notes -> [Int32] in
+            var out: [Int32] = []
+            notes.removeAll { n in
+                guard n.timestamp <= bound else { return false }
+                if known[n.tid] != nil {
+                    out.append(n.tid)
+                    return true
+                }
+                return n.timestamp &+ Self.exitGrace <= bound
+            }
+            return out
+        }
+        return Set(due).sorted()
+    }
+
+    /// How long past a take's bound the exit record of a thread not seen is kept, ns: less than the pid space
+    /// takes to wrap (32,768 tids at 21,000 new threads a second: 1.5 s), or a new thread reusing that tid
+    /// would be retired on it.
+    public static let exitGrace: UInt64 = 1_000_000_000
+
+    /// Losses the writers have reported so far (events lost, sub-buffers with unknown losses, corrupt
+    /// sub-buffers, read errors), summed: when it moves, exit records may have been lost too.
+    public var lossesReported: UInt64 {
+        shards.reduce(0) { $0 &+ $1.lost &+ $1.lostUnknown &+ $1.corrupt &+ $1.readErrors }
+    }
+
+    /// Exit records noted and not yet taken (``takeThreadExits(through:)``).
+    public var pendingThreadExits: Int { exitNotes.withLock { $0.count } }
+
+    /// The threads among `tids` that have no name yet (gone before the resolver looked): to name from the
+    /// kernel's saved tgids before they retire.
+    public func unresolved(among tids: [Int32]) -> Set<Int32> {
+        unresolved.withLock { u in Set(tids.filter { u.contains($0) }) }
+    }
+
     /// Retires threads (see the type's documentation): from the next snapshot on, their counts and histograms
     /// are in their VM × vCPU's retired row; a later event of the same tid is a new thread (resolved anew, new
-    /// keys, new series). Needs `retirement`; tids not seen are ignored.
-    public func retire(_ tids: [Int32]) {
+    /// keys, new series). Needs `retirement`; tids not seen are ignored. `onExit`: retired on their exit
+    /// records (counted in ``Occupancy/retiredOnExit``).
+    public func retire(_ tids: [Int32], onExit: Bool = false) {
         guard let board, !tids.isEmpty else { return }
         resolveNewThreads()
         retired.withLock { r in
@@ -231,6 +319,8 @@ public final class Aggregator: Sendable {
                 ioRetired.withLock { for (tid, id) in identities { $0[tid] = id } }
             }
             r.retiredThreads += UInt64(identities.count)
+            if onExit { r.retiredOnExit += UInt64(identities.count) }
+            goneSince.withLock { g in for (tid, _) in identities { g[tid] = nil } }
             evict(&r)
         }
     }
@@ -308,6 +398,10 @@ public final class Aggregator: Sendable {
             snap.occupancy = Occupancy(liveThreads: snap.threads.count, liveSeries: live.count,
                                        retiredThreads: r.retiredThreads, retiredRows: r.identities.count,
                                        foldedVMs: r.foldedVMs)
+            if threadExits {
+                snap.occupancy.threadExits = exitsSeen.load(ordering: .relaxed)
+                snap.occupancy.retiredOnExit = r.retiredOnExit
+            }
             for (t, id) in r.identities { snap.threads[t] = id }
             snap.series = live.map {
                 SeriesSnapshot(tid: RetiredTotals.row(of: $0.tid, acked: seriesAcked, rows), isa: $0.isa,

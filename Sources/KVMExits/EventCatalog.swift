@@ -10,6 +10,11 @@ public enum EventRole: UInt8, Sendable, Codable {
     case userspaceExit = 3
     case pio = 4
     case mmio = 5
+    /// `sched:sched_process_exit` in a live session that retires threads: a thread's exit (detail = its `pid`
+    /// field, aux = `group_dead`). Never counted as an event: the readers note it for retirement
+    /// (``Aggregator/noteThreadExit(_:timestamp:)``); it sits after every kvm event of a source's catalog,
+    /// and the aggregate's catalog leaves it out (``EventCatalog/withoutThreadExits``).
+    case threadExit = 6
 
     /// The role a kvm event plays, by its name.
     public static func of(eventName: String) -> EventRole {
@@ -64,6 +69,14 @@ public struct EventCatalog: Sendable, Equatable {
     }
 
     public var count: Int { entries.count }
+
+    /// The catalog without its trailing ``EventRole/threadExit`` entries (which follow every kvm event, so the
+    /// other indices stay): what the aggregate counts and every view shows.
+    public var withoutThreadExits: EventCatalog {
+        var c = self
+        while c.entries.last?.role == .threadExit { c.entries.removeLast() }
+        return c
+    }
     public subscript(index: UInt16) -> Entry { entries[Int(index)] }
 
     /// The child-row name of an event's reason (`HLT`, `KVM_EXIT_IO`), or nil for events without reasons.

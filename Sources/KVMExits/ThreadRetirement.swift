@@ -56,14 +56,21 @@ public struct Occupancy: Sendable, Equatable, Codable {
     /// VMs whose retired rows were folded into the `other` VM because more than the retired-VM history
     /// (``Aggregator/retiredVMCapacity``) had stopped.
     public var foldedVMs: UInt64 = 0
+    /// Thread-exit records (`sched:sched_process_exit`) the readers saw, every traced thread's; nil when the
+    /// source does not trace them (``Aggregator/threadExits``).
+    public var threadExits: UInt64?
+    /// Of ``retiredThreads``, those retired on their exit record (the others were found gone from /proc).
+    public var retiredOnExit: UInt64 = 0
 
     public init(liveThreads: Int = 0, liveSeries: Int = 0, retiredThreads: UInt64 = 0, retiredRows: Int = 0,
-                foldedVMs: UInt64 = 0) {
+                foldedVMs: UInt64 = 0, threadExits: UInt64? = nil, retiredOnExit: UInt64 = 0) {
         self.liveThreads = liveThreads
         self.liveSeries = liveSeries
         self.retiredThreads = retiredThreads
         self.retiredRows = retiredRows
         self.foldedVMs = foldedVMs
+        self.threadExits = threadExits
+        self.retiredOnExit = retiredOnExit
     }
 }
 
@@ -98,6 +105,7 @@ struct RetiredTotals {
     var counters: [CounterKey: UInt64] = [:]
     var series: [SeriesKey: (histogram: HistogramSnapshot, topRIPs: [RIPCount])] = [:]
     var retiredThreads: UInt64 = 0
+    var retiredOnExit: UInt64 = 0
     var foldedVMs: UInt64 = 0
     var nextTid: Int32 = -2
 

@@ -94,11 +94,15 @@ public struct ExpositionExtras: Sendable {
 /// | `kvmscope_live_series` | gauge | |
 /// | `kvmscope_retired_threads_total` | counter | |
 /// | `kvmscope_retired_rows` | gauge | |
+/// | `kvmscope_thread_exits_total` | counter | |
+/// | `kvmscope_retired_on_exit_total` | counter | |
 /// | `kvmscope_folded_vms_total` | counter | |
 ///
 /// Occupancy (``Occupancy``): threads with rows of their own now, their (thread × reason) latency series, threads
 /// retired since the start (exited or tid reused; their counts live on in their VM's rows), the VM × vCPU rows
-/// kept for them, and stopped VMs beyond `serve --retired-vms` whose rows were summed into `vm="other"`.
+/// kept for them, and stopped VMs beyond `serve --retired-vms` whose rows were summed into `vm="other"`. A session
+/// that traces `sched:sched_process_exit` (serve, watch) adds the exit records seen and the threads retired on
+/// them (``Occupancy/threadExits``, ``Occupancy/retiredOnExit``); no other source has these two.
 ///
 /// VM -1 (stopped VMs beyond the retired-VM history, summed) is shown as `vm="other"`.
 /// Only the two exit counters carry a `vcpu` label. A thread whose vCPU or VM name is unknown has `vcpu=""` or
@@ -230,6 +234,15 @@ public enum PrometheusExposition {
         w.family("kvmscope_folded_vms", "counter",
                  "Stopped VMs beyond --retired-vms whose counts were summed into vm=other.")
         w.sample("kvmscope_folded_vms_total", [], String(o.foldedVMs))
+        if let exits = o.threadExits {
+            // Only from a live session that traces sched:sched_process_exit (serve, watch).
+            w.family("kvmscope_thread_exits", "counter",
+                     "Thread exit records (sched:sched_process_exit) of the traced processes, vCPU threads or not.")
+            w.sample("kvmscope_thread_exits_total", [], String(exits))
+            w.family("kvmscope_retired_on_exit", "counter",
+                     "Threads of kvmscope_retired_threads_total retired on their exit record (the others found gone from /proc).")
+            w.sample("kvmscope_retired_on_exit_total", [], String(o.retiredOnExit))
+        }
 
         w.family("kvmscope_storm_active", "gauge", "1 while a storm rule fires for a VM, 0 after it resolved.")
         for a in extras.storms {

@@ -26,9 +26,10 @@ public final class EventFormats {
 
     deinit { ckvmscope_formats_free(handle) }
 
-    /// Parses one `format` file and adds the event to the catalog. Returns its catalog index.
+    /// Parses one `format` file and adds the event to the catalog (`role`: nil, the role its name gives).
+    /// Returns its catalog index.
     @discardableResult
-    public func add(system: String, format text: String) throws -> UInt16 {
+    public func add(system: String, format text: String, role: EventRole? = nil) throws -> UInt16 {
         var text = text
         let id = text.withUTF8 { buf in
             buf.withMemoryRebound(to: CChar.self) { ckvmscope_formats_parse(handle, system, $0.baseAddress, $0.count) }
@@ -44,7 +45,7 @@ public final class EventFormats {
             catalog.userspaceExitReasons = UserspaceExitNames(kvmUserspaceExitTables: try printTables(kernelID: id))
         }
         kernelIDs["\(system):\(name)"] = id
-        let index = catalog.add(system: system, name: name)
+        let index = catalog.add(system: system, name: name, role: role)
         layouts.append(layout(kernelID: id, index: index, role: catalog[index].role))
         return index
     }
@@ -168,6 +169,9 @@ public final class EventFormats {
             l.detail = field(id, "gpa")
             l.aux = field(id, "len")
             l.aux2 = field(id, "type")
+        case .threadExit:
+            l.detail = field(id, "pid")
+            l.aux = field(id, "group_dead")
         case .count:
             break
         }

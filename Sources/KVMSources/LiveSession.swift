@@ -52,17 +52,24 @@ public final class LiveSession: @unchecked Sendable {
     ///     counts and histograms fold into their VM's retired rows (see ``Aggregator``), so memory follows the
     ///     live threads. For long-running sessions (`serve`, `live`); off, every thread keeps its own rows.
     ///   - retiredVMCapacity: stopped VMs whose retired rows are kept apart (older ones fold into `other`).
+    ///   - threadExitEvents: with `retireThreads`, also trace `sched:sched_process_exit` and retire each thread
+    ///     on its exit record (``retireExited()``); /proc is then read only as a safety net, every
+    ///     ``safetyCheckInterval`` or after losses. Falls back to /proc alone when the kernel lacks the event.
     public init(config: TraceConfig, subbufsPerRead: UInt32 = 16, retireThreads: Bool = false,
-                retiredVMCapacity: Int = 1024) throws {
+                retiredVMCapacity: Int = 1024, threadExitEvents: Bool = true) throws {
+        var config = config
+        config.threadExits = config.threadExits || (retireThreads && threadExitEvents)
         trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead)
         // A COMMAND is traced as kvmscope's own descendants (onlyPid = our pid): its VMs are not ours.
         let traced = Set((config.onlyPid.map { [$0] } ?? []) + config.onlyPids).subtracting([getpid()])
         tracedProcess = traced.count == 1 && !(config.onlyPid == getpid()) ? traced.first : nil
         let startTime: ThreadStartTime = { tid, vm in ThreadDirectory.startTime(tid: tid, vm: vm) }
-        aggregator = Aggregator(catalog: trace.formats.catalog, shardCount: trace.readers.count,
+        // The aggregate (and every view) sees the kvm events only: the thread-exit event, last, is left out.
+        aggregator = Aggregator(catalog: trace.formats.catalog.withoutThreadExits, shardCount: trace.readers.count,
                                 resolver: ThreadDirectory.identity(of:), retirement: retireThreads,
                                 startTime: retireThreads ? startTime : nil,
-                                retiredVMCapacity: retiredVMCapacity)
+                                retiredVMCapacity: retiredVMCapacity,
+                                threadExits: retireThreads && trace.threadExitEvent != nil)
         lanes = trace.readers.map { _ in PairingLane() }
         try start()
     }
@@ -85,12 +92,28 @@ public final class LiveSession: @unchecked Sendable {
             }
             pairingThread.withLock { $0 = t }
         }
+        let aggregator = self.aggregator
+        if aggregator.threadExits {
+            // The retirer: a round each time a backlog of exit records has built up (at most every
+            // retirerInterval), besides those of scrapes and intervals. Holds the session weakly: its end stops it.
+            let retirer = Thread { [weak self] in
+                while true {
+                    let woken = aggregator.exitWake.wait(timeout: .now() + .seconds(60)) == .success
+                    guard let session = self, !session.stopping.withLock({ $0 }) else { return }
+                    guard woken else { continue }
+                    session.retireExited()
+                    usleep(Self.retirerInterval)
+                }
+            }
+            retirer.name = "kvmscope-retire"
+            retirer.start()
+        }
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
         try trace.start(threadName: "kvmscope-cpu") { reader in
             let i = index[reader.cpu]!
-            ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs, signal: signal)
+            ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs, signal: signal, aggregator: aggregator)
                 .run(writer: &writers[i].value)
         }
     }
@@ -105,18 +128,28 @@ public final class LiveSession: @unchecked Sendable {
     /// buffer crosses the watermark, so this is what keeps every view exact at its refresh. Does nothing once
     /// stopped (``stop()`` drains everything). Bounded: a reader that does not answer within 2 s (a stopped
     /// process) is not waited for any longer.
-    public func catchUp() {
-        guard !stopping.withLock({ $0 }) else { return }
-        let deadline = MonotonicClock.now() + Self.catchUpDeadline
+    /// - Returns: the trace-clock time (ns) up to which every event has been counted and paired, when every
+    ///   reader and the pairing thread answered in time; nil otherwise (or once stopped).
+    @discardableResult
+    public func catchUp() -> UInt64? {
+        guard !stopping.withLock({ $0 }) else { return nil }
+        let start = MonotonicClock.now()
+        let deadline = start + Self.catchUpDeadline
         let asked = trace.readers.map { $0.requestCatchUp() }
+        var complete = true
         for (r, n) in zip(trace.readers, asked) {
             while r.catchUpServed.load(ordering: .acquiring) < n && !r.isStopping && MonotonicClock.now() < deadline {
                 usleep(100)
             }
+            if r.catchUpServed.load(ordering: .acquiring) < n { complete = false }
         }
-        guard pairs else { return }
-        let n = pairing.request()
-        while pairing.served.load(ordering: .acquiring) < n && MonotonicClock.now() < deadline { usleep(100) }
+        if pairs {
+            let n = pairing.request()
+            while pairing.served.load(ordering: .acquiring) < n && MonotonicClock.now() < deadline { usleep(100) }
+            if pairing.served.load(ordering: .acquiring) < n { complete = false }
+        }
+        // Each reader read up to its own "now" (after `start`) less the commit margin, and handed that watermark.
+        return complete && start > visibilityMargin ? start - visibilityMargin : nil
     }
 
     /// Events the kernel lost on each CPU of the instance, from its per-CPU stats (exact).
@@ -134,54 +167,124 @@ public final class LiveSession: @unchecked Sendable {
     /// written before the call is in it. With `retireThreads`, the threads that have exited are then retired
     /// (``retireExited()``).
     public func snapshot() -> AggregateSnapshot {
-        catchUp()
-        retireExited()
+        let bound = catchUp()
+        retireExited(caughtUpTo: bound)
         var snap = aggregator.snapshot(timestamp: MonotonicClock.now())
         snap.lostEvents = max(snap.lostEvents, lostPerCPU().values.reduce(0, +))
         return snap
     }
 
-    /// With `retireThreads`: names the threads that were gone before they were looked at from the kernel's
-    /// saved tgids and cmdlines, then retires every thread that has exited (``Aggregator/retireExitedThreads()``).
-    /// Off the readers' threads; one /proc lookup per live thread. Returns the tids retired.
+    /// With `retireThreads`: retires every thread that has exited. Off the readers' threads. Returns the tids
+    /// retired.
+    ///
+    /// With exit records (``Aggregator/threadExits``): a ``catchUp()`` first, then every thread whose exit record
+    /// is stamped at least ``exitSettle`` before what that caught up is retired (named first from the kernel's
+    /// saved tgids and cmdlines when it was gone before it was looked at): its last events on every CPU are
+    /// counted under it, and its tid's next thread is a new one. Cost O(exits). The catch-up is skipped when no
+    /// exit record has been read (a quiet host: no reader woken). The /proc check below runs too, as a safety
+    /// net, every ``safetyCheckInterval`` and whenever the readers reported losses since the last one.
+    ///
+    /// Without: names the threads that were gone before they were looked at from the kernel's saved tgids and
+    /// cmdlines, then retires every thread found gone from /proc (``Aggregator/retireExitedThreads()``): one
+    /// /proc lookup per live thread.
     @discardableResult
     public func retireExited() -> [Int32] {
         guard aggregator.board != nil else { return [] }
+        // No exit record read since the last round (a quiet host): nothing to catch up for, no reader woken.
+        guard aggregator.threadExits, aggregator.pendingThreadExits > 0 else { return retireExited(caughtUpTo: nil) }
+        return retireExited(caughtUpTo: catchUp())
+    }
+
+    /// How long before what a catch-up read an exit record must be stamped to retire its thread, ns: an event
+    /// stamped before the catch-up's bound but committed after it (a writer stalled past the commit margin, as
+    /// a descheduled VM's CPU can be) is still counted and paired under its thread.
+    static let exitSettle: UInt64 = 100_000_000
+
+    /// Least time between two of the retirer's rounds, µs.
+    static let retirerInterval: UInt32 = 200_000
+
+    /// How often the /proc check runs as a safety net when threads retire on their exit records, ns.
+    static let safetyCheckInterval: UInt64 = 30_000_000_000
+    /// When the safety net last ran, and the losses the readers had reported then.
+    private let safetyCheck = Mutex<(at: UInt64, losses: UInt64)>((0, 0))
+
+    /// ``retireExited()`` after a ``catchUp()`` that returned `bound` (nil: it did not complete, so no exit
+    /// record retires this time).
+    @discardableResult
+    func retireExited(caughtUpTo bound: UInt64?) -> [Int32] {
+        guard aggregator.board != nil else { return [] }
         aggregator.resolveNewThreads()
+        var retired: [Int32] = []
+        if aggregator.threadExits {
+            if let bound, bound > Self.exitSettle {
+                let exited = aggregator.takeThreadExits(through: bound - Self.exitSettle)
+                let unnamed = aggregator.unresolved(among: exited)
+                if !unnamed.isEmpty { resolveFromSavedThreads(only: unnamed) }
+                aggregator.retire(exited, onExit: true)
+                retired = exited
+            }
+            let now = MonotonicClock.now()
+            let losses = aggregator.lossesReported
+            let due = safetyCheck.withLock { last -> Bool in
+                guard now &- last.at >= Self.safetyCheckInterval || losses != last.losses else { return false }
+                last = (now, losses)
+                return true
+            }
+            if due { retired += retireFoundGone() }
+        } else {
+            retired = retireFoundGone()
+        }
+        releaseFreedMemory(retired: !retired.isEmpty)
+        return retired.sorted()
+    }
+
+    /// The /proc check: names the threads gone for a while from the kernel's saved tgids, then retires the
+    /// threads found gone (``Aggregator/retireExitedThreads()``). One /proc lookup per live thread.
+    private func retireFoundGone() -> [Int32] {
         // Named from the kernel's saved tgids once gone for a while: the kernel records a thread's tgid at a
         // later context switch, and until then the entry may still name the tid's previous owner.
         _ = tracedVM
         let due = aggregator.unresolvedGone(for: aggregator.retireDelay)
         if !due.isEmpty { resolveFromSavedThreads(only: due) }
-        let retired = aggregator.retireExitedThreads()
-        if !retired.isEmpty { releaseFreedMemory() }
-        return retired
+        return aggregator.retireExitedThreads()
     }
 
     /// When threads retired: their tables' memory goes back to the kernel, at most once per
     /// ``trimInterval`` nanoseconds (a daemon's RSS then follows the threads alive, not the most it ever
-    /// held; measured in ServeChurnLiveTests).
-    private func releaseFreedMemory() {
+    /// held; measured in ServeChurnLiveTests). Retirements within an interval of the last release are released
+    /// by the first round after it, whether or not that round retires anything: the last of a burst too.
+    private func releaseFreedMemory(retired: Bool) {
         let now = MonotonicClock.now()
-        let due = lastTrim.withLock { last -> Bool in
-            guard now &- last >= Self.trimInterval || last == 0 else { return false }
-            last = now
+        let due = lastTrim.withLock { t -> Bool in
+            if retired { t.wanted = true }
+            guard t.wanted, now &- t.last >= Self.trimInterval || t.last == 0 else { return false }
+            t = (now, false)
             return true
         }
         if due { FreeMemory.release() }
     }
 
-    private let lastTrim = Mutex<UInt64>(0)
-    static let trimInterval: UInt64 = 5_000_000_000
+    /// The last release of freed memory, and whether threads retired since.
+    private let lastTrim = Mutex<(last: UInt64, wanted: Bool)>((0, false))
+    static let trimInterval: UInt64 = 1_000_000_000
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {
         let saved = TraceFS.savedThreads(root: root, only: only)
         let owner = tracedVM
+        // One name per VM, however many of its threads are named here (thousands a second under churn).
+        var names: [Int32: String?] = [:]
         aggregator.resolveUnresolved(only: only) { tid in
             let comm = saved.comms[tid]
             guard let tgid = saved.tgids[tid] ?? owner else { return nil }
-            return ThreadIdentity(vm: tgid, vmName: ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid],
-                                  vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)), comm: comm)
+            let name: String?
+            if let known = names[tgid] {
+                name = known
+            } else {
+                name = ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid]
+                names[tgid] = name
+            }
+            return ThreadIdentity(vm: tgid, vmName: name, vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
+                                  comm: comm)
         }
     }
 
@@ -193,6 +296,8 @@ public final class LiveSession: @unchecked Sendable {
         stopping.withLock { done -> String? in
             guard !done else { return nil }
             done = true
+            // The retirer sees `done` at its next wake-up and ends.
+            aggregator.exitWake.signal()
             let failure = trace.stop()
             final.withLock { $0 = trace.finalLostPerCPU }
             pairingThread.withLock { $0 }?.join()
@@ -277,6 +382,8 @@ struct ReaderLoop {
     let roles: [EventRole]
     let pairs: Bool
     let signal: PairingSignal
+    /// Told of thread-exit records (``EventRole/threadExit``), when the catalog has them.
+    var aggregator: Aggregator? = nil
 
     func run(writer: inout ShardWriter) {
         let r = handle.reader
@@ -286,7 +393,11 @@ struct ReaderLoop {
         var pending: [TraceEvent] = []
         pending.reserveCapacity(cap)
         var hasReason = roles.map(\.hasReasons)
+        // Per event index: whether the pairer wants it (exit, entry), and whether it is a thread's exit record
+        // (noted for retirement, never counted as an event).
         var isPairing = roles.map { $0 == .exit || $0 == .entry }
+        let isThreadExit = roles.map { $0 == .threadExit } + repeatElement(false, count: 256 - roles.count)
+        let hasThreadExits = aggregator != nil && isThreadExit.contains(true)
         hasReason.append(contentsOf: repeatElement(false, count: 256 - hasReason.count))
         isPairing.append(contentsOf: repeatElement(false, count: 256 - isPairing.count))
         var lastMissed: UInt64 = 0
@@ -299,6 +410,12 @@ struct ReaderLoop {
                 for i in 0..<n {
                     let e = TraceEvent(buf[i])
                     let k = Int(e.event) & 255
+                    if hasThreadExits && isThreadExit[k] {
+                        // Cold path: once per exiting thread. Its pid field is the thread's tid.
+                        aggregator?.noteThreadExit(Int32(truncatingIfNeeded: e.detail), timestamp: e.timestamp)
+                        if pairs && e.flags & TraceEvent.afterLoss != 0 { pending.append(e) }
+                        continue
+                    }
                     writer.add(e, hasReason: hasReason[k])
                     // Exits and entries go to the pairer, and so does any event flagged as following a loss
                     // (whatever its kind): the pairer must know the CPU lost events there.

@@ -558,7 +558,7 @@ struct TextTraceParser {
         case .userspaceExit: userspaceExitFields(p, h.fieldsStart, e, &ev)
         case .pio: pioFields(p, h.fieldsStart, e, &ev)
         case .mmio: mmioFields(p, h.fieldsStart, e, &ev)
-        case .count: break
+        case .count, .threadExit: break
         }
         if fieldOverflow { return malformedLine(p, h, "field value out of range") }
         records += 1

@@ -28,6 +28,11 @@ public struct TraceConfig: Sendable {
     /// (partial sub-buffer included) when a snapshot is taken. 25 leaves three quarters of the buffer to
     /// absorb the reader's wake-up latency; `record` uses 50.
     public var wakePercent: UInt32 = 25
+    /// Also trace `sched:sched_process_exit` (after every kvm event in the catalog, role
+    /// ``EventRole/threadExit``): each thread's exact end, for a live session that retires threads. Subject
+    /// to the instance's set_event_pid like the kvm events. Best effort: a kernel without it (or refusing it)
+    /// leaves the session without it (``TraceSession/threadExitEvent`` nil). `record` never sets it.
+    public var threadExits = false
 
     public init() {}
 }
@@ -43,6 +48,9 @@ public final class TraceSession: @unchecked Sendable {
     public let formats: EventFormats
     /// The kvm events enabled.
     public let events: [String]
+    /// The catalog index of `sched:sched_process_exit` when it is traced (``TraceConfig/threadExits``), nil
+    /// otherwise.
+    public let threadExitEvent: UInt16?
     public var cpus: [Int] { readers.map(\.cpu) }
     public var root: String { instance.root }
     private let threads = Mutex<[JoinableThread]>([])
@@ -71,6 +79,7 @@ public final class TraceSession: @unchecked Sendable {
             try instance.follow(pid: pid, keeping: i > 0)
         }
         for name in wanted { try instance.enable(system: "kvm", event: name) }
+        threadExitEvent = config.threadExits ? Self.traceThreadExits(instance, formats) : nil
         let cpus = instance.cpus
         Self.allowDescriptors(5 * cpus.count + 256)
         readers = try cpus.map {
@@ -79,6 +88,17 @@ public final class TraceSession: @unchecked Sendable {
     }
 
     deinit { stop() }
+
+    /// Adds `sched:sched_process_exit` to the formats (last, role ``EventRole/threadExit``) and enables it in
+    /// the instance. Returns its catalog index, or nil when this kernel has no such event or refuses it (the
+    /// session then finds exited threads in /proc, as without it).
+    static func traceThreadExits(_ instance: TraceInstance, _ formats: EventFormats) -> UInt16? {
+        guard let text = try? TraceFS.format(system: "sched", event: "sched_process_exit", root: instance.root),
+              let index = try? formats.add(system: "sched", format: text, role: .threadExit),
+              formats.catalog[index].role == .threadExit,
+              (try? instance.enable(system: "sched", event: "sched_process_exit")) != nil else { return nil }
+        return index
+    }
 
     /// Each reader holds five descriptors (trace_pipe_raw, its wake pipe and its splice pipe): on a host with
     /// hundreds of CPUs that passes the usual soft limit of 1024 open files, so the soft limit is raised

@@ -29,6 +29,7 @@ enum {
     CKVMSCOPE_ROLE_USERSPACE_EXIT = 3, /* kvm_userspace_exit: reason, aux=errno */
     CKVMSCOPE_ROLE_PIO = 4,            /* kvm_pio: detail=port, aux=size, aux2=rw */
     CKVMSCOPE_ROLE_MMIO = 5,           /* kvm_mmio: detail=gpa, aux=len, aux2=type */
+    CKVMSCOPE_ROLE_THREAD_EXIT = 6,    /* sched_process_exit: detail=pid, aux=group_dead */
 };
 
 /* isa of an exit record (matches the kernel's KVM_ISA_VMX/KVM_ISA_SVM; arm64 is ours). */

@@ -156,6 +156,15 @@ struct ServeChurn {
             }
             let failed = waves.failed.load(ordering: .relaxed)
             if failed > 0 { note.append("\(failed) writes failed") }
+            // Every writer is a thread of this process: exits under any other VM were misnamed (or folded).
+            let vms = Set(metrics.filter { $0.key.hasPrefix("kvmscope_exits_total{") && $0.value > 0 }.keys.compactMap { key in
+                key.range(of: "vm=\"").map { r in String(key[r.upperBound...].prefix { $0 != "\"" }) }
+            })
+            let misnamed = vms.subtracting(["\(getpid())"])
+            if !misnamed.isEmpty {
+                let other = metrics.filter { $0.key.hasPrefix("kvmscope_exits_total{") && !$0.key.contains("vm=\"\(getpid())\"") }
+                note.append("exits under \(misnamed.count) other VM(s): \(UInt64(other.values.reduce(0, +)))")
+            }
             samples.append(Sample(threads: threads, phase: name, written: written, phaseEvents: written - before,
                                   phaseSeconds: seconds, phaseServeCPU: cpu ?? .nan, rssAtEndKB: rssAtEnd,
                                   peakLiveThreads: watch.live.load(ordering: .relaxed), peakRSSKB: watch.rss.load(ordering: .relaxed), rssKB: rss,

@@ -178,7 +178,8 @@ if options.wants("serve-churn") {
             ("peak_rss_kb", .uint(UInt64(s.peakRSSKB))), ("rss_kb", .uint(UInt64(s.rssKB))), ("hwm_kb", .uint(UInt64(s.hwmKB))),
             ("scrape_ms", .array(s.scrapeMS.map { .double($0) })), ("exact", .bool(s.exact)), ("note", .string(s.note)),
             ("occupancy", .object(["kvmscope_live_threads", "kvmscope_live_series", "kvmscope_retired_threads_total",
-                                   "kvmscope_retired_rows", "kvmscope_folded_vms_total"].map { ($0, .uint(s.m($0))) })),
+                                   "kvmscope_retired_rows", "kvmscope_folded_vms_total", "kvmscope_retired_on_exit_total",
+                                   "kvmscope_thread_exits_total"].map { ($0, .uint(s.m($0))) })),
         ]) })))
     } catch {
         out("serve churn: failed: \(error)")
