@@ -10,7 +10,8 @@ import Synchronization
 ///
 /// - Chunks: ``chunkBytes`` (8 MiB) of anonymous memory each, faulted in a page at a time as blocks are
 ///   used. (Transparent huge pages were tried: on this Firecracker guest a 2 MiB fault costs more than the 512
-///   small ones, its memory cold in the host.) Chunks are never returned to the system: their blocks are.
+///   small ones, its memory cold in the host.) Freed blocks are reused; the chunks go back to the system when
+///   every block has come back (a report's aggregate released before its JSON is built).
 /// - Blocks: `blockBytes` each (a multiple of 64, 64-byte aligned), handed out zeroed.
 /// - Threads: any thread may allocate and free (one uncontended lock each: cold paths, once per series or range).
 final class BlockPool: Sendable {
@@ -29,6 +30,10 @@ final class BlockPool: Sendable {
         /// The unused rest of the current chunk.
         var next: UInt = 0
         var end: UInt = 0
+        /// Every chunk taken, and the blocks handed out and not freed: when the last one comes back (a report's
+        /// aggregate released before its JSON is built), the chunks go back to the system.
+        var chunks: [UInt] = []
+        var live = 0
     }
 
     let blockBytes: Int
@@ -45,15 +50,18 @@ final class BlockPool: Sendable {
             if st.free != 0 {
                 let f = st.free
                 st.free = UnsafeRawPointer(bitPattern: f).unsafelyUnwrapped.load(as: UInt.self)
+                st.live += 1
                 return (f, true)
             }
             if st.end - st.next < UInt(blockBytes) {
                 let chunk = UInt(bitPattern: Self.allocateChunk())
+                st.chunks.append(chunk)
                 st.next = chunk
                 st.end = chunk + UInt(Self.chunkBytes)
             }
             let p = st.next
             st.next = p + UInt(blockBytes)
+            st.live += 1
             return (p, false)
         }
         let p = UnsafeMutableRawPointer(bitPattern: address).unsafelyUnwrapped
@@ -66,20 +74,38 @@ final class BlockPool: Sendable {
     func free(_ p: UnsafeMutableRawPointer) {
         let address = UInt(bitPattern: p)
         state.withLock { st in
+            st.live -= 1
+            if st.live == 0 {
+                // Nothing handed out: the chunks go back (memory for whatever comes next, as malloc's would).
+                for c in st.chunks { Self.freeChunk(UnsafeMutableRawPointer(bitPattern: c).unsafelyUnwrapped) }
+                st = State()
+                return
+            }
             UnsafeMutableRawPointer(bitPattern: address).unsafelyUnwrapped.storeBytes(of: st.free, as: UInt.self)
             st.free = address
         }
     }
 
-    /// One chunk of zeroed memory: anonymous pages, faulted in as blocks are first written (`malloc`'s memory,
-    /// zeroed, where `mmap` fails).
+    /// One chunk of zeroed memory: anonymous pages, faulted in as blocks are first written. Out of memory is a
+    /// trap, as a failed `malloc` is in Swift.
     static func allocateChunk() -> UnsafeMutableRawPointer {
         #if canImport(Glibc)
-        let m = mmap(nil, chunkBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if let m, m != MAP_FAILED { return m }
-        #endif
+        guard let m = mmap(nil, chunkBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              m != MAP_FAILED else { fatalError("kvmscope: out of memory (mmap of \(chunkBytes) bytes)") }
+        return m
+        #else
         let p = UnsafeMutableRawPointer.allocate(byteCount: chunkBytes, alignment: 64)
         p.initializeMemory(as: UInt8.self, repeating: 0, count: chunkBytes)
         return p
+        #endif
+    }
+
+    /// Gives back a chunk of ``allocateChunk()``.
+    static func freeChunk(_ p: UnsafeMutableRawPointer) {
+        #if canImport(Glibc)
+        _ = munmap(p, chunkBytes)
+        #else
+        p.deallocate()
+        #endif
     }
 }
