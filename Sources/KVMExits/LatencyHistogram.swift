@@ -5,7 +5,7 @@ import Synchronization
 /// - Resolution: ≤ 1/128 (0.78 %) relative error from 128 ns to 100 s, exact below 128 ns; values above 100 s
 ///   land in an overflow bucket (see ``HistogramSnapshot`` for the layout).
 /// - Memory: 7 words of statistics and 32 range pointers in the object; the 2015 bucket counters come in 32
-///   ranges of 64 (512 bytes each, pooled blocks: ``BlockPool``), each allocated when the first value lands in it. Latencies of one exit
+///   ranges of 64 (512 bytes each), each allocated when the first value lands in it. Latencies of one exit
 ///   reason usually span a few ranges (a range is one power of two of nanoseconds above 128 ns): about 2 KB,
 ///   16.2 KB at most. ``record(_:)`` allocates only on a range's first value.
 ///
@@ -58,15 +58,14 @@ public final class LatencyHistogram: @unchecked Sendable {
         for k in 0..<32 {
             guard let p = _ranges[k].load(ordering: .acquiring) else { continue }
             p.deinitialize(count: 64)
-            BlockPool.histogramRanges.free(UnsafeMutableRawPointer(p))
+            p.deallocate()
         }
     }
 
     /// The first value in range `k`: its counters, zeroed, published (cold path: at most 32 times per histogram).
     @usableFromInline @inline(never)
     func _allocateRange(_ k: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
-        // A pooled block (``BlockPool``): no malloc, and its pages come in 2 MiB at a time where huge pages exist.
-        let p = BlockPool.histogramRanges.allocate().bindMemory(to: Atomic<UInt64>.self, capacity: 64)
+        let p = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 64)
         for i in 0..<64 { (p + i).initialize(to: Atomic(0)) }
         // Releasing: a reader that loads the pointer (acquiring) sees the zeroed counters.
         _ranges[k].store(p, ordering: .releasing)

@@ -123,8 +123,8 @@ public struct Pairer {
         let d = threadCount
         threadIndex[i] = UInt64(UInt32(bitPattern: tid)) << 32 | UInt64(d + 1)
         threadCount += 1
-        (threads + d).initialize(to: Pending(tid: tid))
-        (reasonSlots + d &<< 4).initialize(repeating: ReasonSlot(), count: 16)
+        threads[d] = Pending(tid: tid)
+        (reasonSlots + d &<< 4).update(repeating: ReasonSlot(), count: 16)
         return d
     }
 
@@ -287,8 +287,7 @@ public struct Pairer {
 
 /// The memory of a ``Pairer``'s flat per-thread arrays: per thread one ``Pairer/Pending`` (32 bytes) and
 /// 16 ``Pairer/ReasonSlot``s (512 bytes), both 64-byte aligned so that a reason set is one cache line.
-/// Holds plain values only (the handles are unretained), so a thread's entries are initialized when it arrives
-/// (``Pairer/newThread(_:at:)``) and the arrays' unused tail is never touched (no page faults for it).
+/// Holds plain values only (the handles are unretained).
 final class PairerStorage {
     private(set) var pending: UnsafeMutablePointer<Pairer.Pending>
     private(set) var slots: UnsafeMutablePointer<Pairer.ReasonSlot>
@@ -308,17 +307,19 @@ final class PairerStorage {
     static func allocate(_ capacity: Int) -> (UnsafeMutablePointer<Pairer.Pending>, UnsafeMutablePointer<Pairer.ReasonSlot>) {
         let p = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<Pairer.Pending>.stride, alignment: 64)
             .bindMemory(to: Pairer.Pending.self, capacity: capacity)
+        p.initialize(repeating: Pairer.Pending(), count: capacity)
         let s = UnsafeMutableRawPointer.allocate(byteCount: capacity * 16 * MemoryLayout<Pairer.ReasonSlot>.stride,
                                                  alignment: 64)
             .bindMemory(to: Pairer.ReasonSlot.self, capacity: capacity * 16)
+        s.initialize(repeating: Pairer.ReasonSlot(), count: capacity * 16)
         return (p, s)
     }
 
     /// New arrays of `newCapacity` threads holding the first `count` threads of the old ones.
     func resize(to newCapacity: Int, keeping count: Int) {
         let (p, s) = Self.allocate(newCapacity)
-        p.initialize(from: pending, count: count)
-        s.initialize(from: slots, count: count * 16)
+        p.update(from: pending, count: count)
+        s.update(from: slots, count: count * 16)
         UnsafeMutableRawPointer(pending).deallocate()
         UnsafeMutableRawPointer(slots).deallocate()
         pending = p
@@ -443,12 +444,12 @@ struct SeriesSlots {
         return lastIndex
     }
 
-    /// Rebuilds the index of `dense` with `capacity` slots (from ``hot``: one flat array, not every series object).
+    /// Rebuilds the index of `dense` with `capacity` slots.
     mutating func reindex(capacity: Int) {
         keys = [UInt64](repeating: 0, count: capacity)
         table = [Int32](repeating: 0, count: capacity)
         let mask = capacity - 1
-        for (d, s) in hot.enumerated() {
+        for (d, s) in dense.enumerated() {
             let key = Self.key(s.tid, s.isa, s.reason)
             var i = Self.slot(key) & mask
             while keys[i] != 0 { i = (i + 1) & mask }

@@ -40,7 +40,7 @@ public struct RIPCount: Sendable, Equatable, Codable {
 /// and never sees a count below its error. A snapshot racing an eviction may pair the evicted RIP with its
 /// successor's `m + 1`/`m`, which still satisfies both bounds for the evicted RIP.
 ///
-/// Memory: 3 words per slot (384 bytes at the default 16) in one 64-byte-aligned block (a ``BlockPool`` block at 16), each slot's RIP and count
+/// Memory: 3 words per slot (384 bytes at the default 16) in one 64-byte-aligned block, each slot's RIP and count
 /// side by side (a record's scan and its count share cache lines), the errors after them; one line before them
 /// points back to the object.
 public final class TopRIPs: @unchecked Sendable {
@@ -57,10 +57,9 @@ public final class TopRIPs: @unchecked Sendable {
         precondition(capacity >= 1 && capacity <= Self.maxCapacity, "TopRIPs capacity must be in 1...64")
         self.capacity = capacity
         // One line before the slots holds the owner (``_owner(of:)``); the slots start on a line of their own.
-        // The default capacity (every latency series') takes a pooled block (``BlockPool``): no posix_memalign.
-        let raw = capacity == 16 ? BlockPool.topRIPs16.allocate()
-            : UnsafeMutableRawPointer.allocate(byteCount: 64 + 3 * capacity * MemoryLayout<UInt64>.stride, alignment: 64)
-        let base = raw.bindMemory(to: Atomic<UInt64>.self, capacity: 8 + 3 * capacity)
+        let base = UnsafeMutableRawPointer.allocate(byteCount: 64 + 3 * capacity * MemoryLayout<UInt64>.stride,
+                                                    alignment: 64)
+            .bindMemory(to: Atomic<UInt64>.self, capacity: 8 + 3 * capacity)
         for i in 0..<8 + 3 * capacity { (base + i).initialize(to: Atomic(0)) }
         _words = base + 8
         _words[-1].store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())), ordering: .relaxed)
@@ -69,7 +68,7 @@ public final class TopRIPs: @unchecked Sendable {
     deinit {
         let base = _words - 8
         base.deinitialize(count: 8 + 3 * capacity)
-        if capacity == 16 { BlockPool.topRIPs16.free(UnsafeMutableRawPointer(base)) } else { UnsafeMutableRawPointer(base).deallocate() }
+        UnsafeMutableRawPointer(base).deallocate()
     }
 
     /// ``record(_:)`` for a writer that keeps the table's slots (``_words``) and the number in use (as this
