@@ -32,10 +32,12 @@ import Testing
         var pairer: Pairer
         var t: UInt64 = 1_000
 
-        init(host: Host, retiredVMCapacity: Int = 1024) {
+        /// `startTime` and `threadExits`: as ``Aggregator`` takes them (none: only ``Aggregator/retire(_:onExit:)``
+        /// retires).
+        init(host: Host, retiredVMCapacity: Int = 1024, startTime: ThreadStartTime? = nil, threadExits: Bool = false) {
             agg = Aggregator(catalog: RetirementTests.catalog(), shardCount: 2,
                              resolver: { tid in host.who.withLock { $0[tid] } }, retirement: true,
-                             retiredVMCapacity: retiredVMCapacity)
+                             startTime: startTime, retiredVMCapacity: retiredVMCapacity, threadExits: threadExits)
             writers = [agg.writer(shard: 0), agg.writer(shard: 1)]
             pairer = agg.makePairer()
         }

@@ -13,50 +13,13 @@ import Testing
         let count = Atomic<Int>(0)
     }
 
-    /// An aggregate that retires on exit records, whose /proc start-time source counts its calls, with two shard
-    /// writers and a pairer fed as ``RetirementTests/Rig`` feeds them.
-    struct Rig {
-        let agg: Aggregator
-        var writers: [ShardWriter]
-        var pairer: Pairer
-        var t: UInt64 = 1_000
-
-        init(host: Host, startTimeCalls: Calls) {
-            agg = Aggregator(catalog: RetirementTests.catalog(), shardCount: 2,
-                             resolver: { tid in host.who.withLock { $0[tid] } }, retirement: true,
-                             startTime: { _, _ in
-                                 startTimeCalls.count.add(1, ordering: .relaxed)
-                                 return 1
-                             },
-                             threadExits: true)
-            writers = [agg.writer(shard: 0), agg.writer(shard: 1)]
-            pairer = agg.makePairer()
-        }
-
-        /// `n` exit → entry pairs of `tid` (latencies 100, 200, ... ns), each followed by a kvm_pio and a
-        /// kvm_userspace_exit (KVM_EXIT_IO); events alternate between the two shards.
-        mutating func run(_ tid: Int32, reason: UInt32, _ n: Int) {
-            for i in 0..<n {
-                let latency = UInt64(i + 1) * 100
-                let exit = TraceEvent(timestamp: t, rip: 0x1000, tid: tid, event: 0, cpu: UInt16(i % 2), reason: reason, isa: 1)
-                let entry = TraceEvent(timestamp: t + latency, tid: tid, event: 1, cpu: UInt16((i + 1) % 2))
-                writers[i % 2].add(exit, hasReason: true)
-                writers[(i + 1) % 2].add(entry, hasReason: false)
-                writers[i % 2].add(TraceEvent(timestamp: t + latency + 1, tid: tid, event: 2, cpu: UInt16(i % 2)), hasReason: false)
-                writers[i % 2].add(TraceEvent(timestamp: t + latency + 2, tid: tid, event: 3, cpu: UInt16(i % 2), reason: 2),
-                                   hasReason: true)
-                pairer.exit(exit)
-                pairer.entry(entry)
-                t += latency + 10
-            }
-        }
-
-        mutating func maintain() {
-            for i in writers.indices { writers[i].maintain() }
-            pairer.maintain()
-        }
-
-        func summary() throws -> Summary { try Summary(agg.snapshot(timestamp: t)) }
+    /// ``RetirementTests/Rig`` over an aggregate that retires on exit records, whose /proc start-time source
+    /// counts its calls.
+    static func rig(host: Host, startTimeCalls: Calls) -> RetirementTests.Rig {
+        RetirementTests.Rig(host: host, startTime: { _, _ in
+            startTimeCalls.count.add(1, ordering: .relaxed)
+            return 1
+        }, threadExits: true)
     }
 
     @Test func anExitRecordRetiresItsThreadWithoutProc() throws {
@@ -64,7 +27,7 @@ import Testing
         host.set(101, vm: 100, vcpu: 0)
         host.set(102, vm: 100, vcpu: 1)
         let calls = Calls()
-        var rig = Rig(host: host, startTimeCalls: calls)
+        var rig = Self.rig(host: host, startTimeCalls: calls)
         rig.run(101, reason: 30, 40)
         rig.run(102, reason: 30, 7)
         let before = try rig.summary()
