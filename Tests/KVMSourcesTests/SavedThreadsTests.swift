@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import KVMSources
+import KVMSources
 
 /// The kernel's saved tid → tgid and tid → comm tables, as a tracefs root holds them: parsed line by line,
 /// a comm's spaces kept, malformed lines skipped, and `only` keeping just those threads and their processes.
