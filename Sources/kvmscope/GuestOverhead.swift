@@ -231,6 +231,7 @@ struct GuestOverhead {
 
     func json(_ rows: [Row]) -> JSONValue {
         let base = rows.first { $0.tracer == .none }?.medianRate
+        let paired = pairedRatios(rows)
         return .object([
             ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))), ("exits_per_vcpu", .uint(exits)),
             ("repeat", .uint(UInt64(repeats))),
@@ -242,9 +243,9 @@ struct GuestOverhead {
                     o.append(("exits_per_second", .double(rate.rounded())))
                     if let base { o.append(("ratio_to_untraced", .double((rate / base * 1000).rounded() / 1000))) }
                     o.append(("runs_exits_per_second", .array(r.exitsPerSecond.map { .double($0.rounded()) })))
-                    if r.tracer == .kvmscope, !pairedRatios(rows).isEmpty {
+                    if r.tracer == .kvmscope, !paired.isEmpty {
                         // Round by round against trace-cmd's run of the same round (sorted).
-                        o.append(("runs_ratio_to_trace_cmd", .array(pairedRatios(rows).map { .double(($0 * 1000).rounded() / 1000) })))
+                        o.append(("runs_ratio_to_trace_cmd", .array(paired.map { .double(($0 * 1000).rounded() / 1000) })))
                     }
                 }
                 if let c = r.medianCPU { o.append(("tracer_cpu_s", .double((c * 1000).rounded() / 1000))) }
