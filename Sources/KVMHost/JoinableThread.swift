@@ -45,12 +45,18 @@ public final class JoinableThread: @unchecked Sendable {
         close(fd)
     }
 
-    /// Waits for the body to return. Idempotent; a second caller waits for the first join to end.
+    /// Waits for the body to return. Idempotent; a second caller waits for the first join to end. Called from
+    /// the thread itself (its body dropped the last reference to what owns it), the thread is detached instead:
+    /// it ends when its body returns.
     public func join() {
         joined.withLock { done in
             guard !done else { return }
             done = true
-            pthread_join(thread, nil)
+            if pthread_equal(thread, pthread_self()) != 0 {
+                pthread_detach(thread)
+            } else {
+                pthread_join(thread, nil)
+            }
         }
     }
 

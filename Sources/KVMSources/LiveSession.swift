@@ -22,6 +22,10 @@ public final class LiveSession: @unchecked Sendable {
     let lanes: [PairingLane]
     let pairing = PairingSignal()
     private let pairingThread = Mutex<JoinableThread?>(nil)
+    /// The retirer thread (with exit records), its end, and its pause between rounds (cut short by the end).
+    private let retirer = Mutex<JoinableThread?>(nil)
+    private let retirerStopped = Atomic<Bool>(false)
+    private let retirerPause = DispatchSemaphore(value: 0)
     /// Set once ``stop()`` has run.
     private let stopping = Mutex<Bool>(false)
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
@@ -95,18 +99,18 @@ public final class LiveSession: @unchecked Sendable {
         let aggregator = self.aggregator
         if aggregator.threadExits {
             // The retirer: a round each time a backlog of exit records has built up (at most every
-            // retirerInterval), besides those of scrapes and intervals. Holds the session weakly: its end stops it.
-            let retirer = Thread { [weak self] in
+            // retirerInterval), besides those of scrapes and intervals. Holds the session weakly; stop() ends and
+            // joins it.
+            let t = try JoinableThread(name: "kvmscope-retire") { [weak self] in
                 while true {
                     let woken = aggregator.exitWake.wait(timeout: .now() + .seconds(60)) == .success
-                    guard let session = self, !session.stopping.withLock({ $0 }) else { return }
+                    guard let session = self, !session.retirerStopped.load(ordering: .acquiring) else { return }
                     guard woken else { continue }
                     session.retireExited()
-                    usleep(Self.retirerInterval)
+                    _ = session.retirerPause.wait(timeout: .now() + .microseconds(Int(Self.retirerInterval)))
                 }
             }
-            retirer.name = "kvmscope-retire"
-            retirer.start()
+            retirer.withLock { $0 = t }
         }
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
@@ -292,12 +296,16 @@ public final class LiveSession: @unchecked Sendable {
     /// Idempotent. Returns the error text when tracefs refused to remove the instance.
     @discardableResult
     public func stop() -> String? {
+        // The retirer first, outside the lock: a round it is in may be catching up (which takes the lock).
+        if !retirerStopped.exchange(true, ordering: .acquiringAndReleasing) {
+            aggregator.exitWake.signal()
+            retirerPause.signal()
+        }
+        retirer.withLock { $0 }?.join()
         // One stop at a time, whole: a second caller returns once the first is done.
-        stopping.withLock { done -> String? in
+        return stopping.withLock { done -> String? in
             guard !done else { return nil }
             done = true
-            // The retirer sees `done` at its next wake-up and ends.
-            aggregator.exitWake.signal()
             let failure = trace.stop()
             final.withLock { $0 = trace.finalLostPerCPU }
             pairingThread.withLock { $0 }?.join()
