@@ -172,7 +172,8 @@ struct TopSource {
         var config = TraceConfig()
         config.onlyPids = only?.sorted() ?? []
         do {
-            session = traceExits ? try LiveSession(config: config) : nil
+            // Threads that exit retire into their VM's rows (memory follows the threads alive, as serve's does).
+            session = traceExits ? try LiveSession(config: config, retireThreads: true) : nil
         } catch let e as KVMScopeError {
             // The resources need no tracing: say how to see them anyway.
             throw KVMScopeError.usage("\(e.description); `kvmscope top --no-exits` shows the resources without exits")
