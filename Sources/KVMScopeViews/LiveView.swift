@@ -266,7 +266,10 @@ public enum LiveView {
         // "+": some losses have no count (flagged sub-buffers, corrupt ones, failed reads); the help says so.
         let uncounted = s.lostUnknownSubbuffers + s.corruptSubbuffers + s.readErrors
         let lost = "lost \(s.lostEvents)" + (uncounted > 0 ? "+" : "")
-        let right = "sort: \(state.sortByTotal ? "Total" : "CurAvg/s")  delay: \(StatTable.format1(state.delay))s  " + lost
+        // More VMs stopped than the retired-VM history keeps: the oldest ones' rows are one `other` row now.
+        let folded = s.occupancy.foldedVMs > 0
+            ? "\(s.occupancy.foldedVMs) stopped VM\(s.occupancy.foldedVMs == 1 ? "" : "s") in other  " : ""
+        let right = folded + "sort: \(state.sortByTotal ? "Total" : "CurAvg/s")  delay: \(StatTable.format1(state.delay))s  " + lost
         var left = ""
         if let f = state.fields {
             // kvm_stat cuts the regex at 44 characters; here also where it would reach the status.
@@ -276,6 +279,9 @@ public enum LiveView {
         }
         let text = pad(left, width - right.count) + right
         var spans: [ScreenLine.Span] = []
+        if !folded.isEmpty {
+            spans.append(.init(column: width - right.count, text: String(folded.dropLast(2)), style: .bold))
+        }
         if s.lostEvents > 0 || uncounted > 0 {
             spans.append(.init(column: width - lost.count, text: lost, style: [.red, .bold]))
         }

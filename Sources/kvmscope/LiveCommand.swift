@@ -61,7 +61,10 @@ struct LiveCommand: ParsableCommand {
         // perf kvm stat live's --event ioport|mmio: the view opens on `i`'s rows (see IOAnalysis).
         var config = trace.config()
         config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
-        let session = try LiveSession(config: config)
+        // A view left open for days on a host where VMs come and go: threads that exit retire into their VM × vCPU's
+        // rows (the rows the view shows; `r`'s baseline follows them), so memory follows the threads alive, as
+        // serve's does.
+        let session = try LiveSession(config: config, retireThreads: true)
         defer { session.stop() }
         let terminal: Terminal
         do { terminal = try Terminal() } catch {

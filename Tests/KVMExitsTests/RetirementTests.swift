@@ -184,6 +184,46 @@ import Testing
                                             foldedVMs: 1))
     }
 
+    /// The live view's reset (`r`: later snapshots minus the one taken at the reset) across retirements: a
+    /// thread retired after the reset has its pre-reset counts and latencies subtracted from the retired row
+    /// they went to (its VM × vCPU's, or `other` once its VM folded), so the view shows exactly what came
+    /// after the reset; a reused tid's new thread counts from zero.
+    @Test func resetBaselineFollowsRetiredThreads() throws {
+        let host = Host()
+        host.set(101, vm: 100, vcpu: 0)
+        host.set(102, vm: 100, vcpu: 1)
+        host.set(201, vm: 200, vcpu: 0)
+        host.set(301, vm: 300, vcpu: 0)
+        var rig = Rig(host: host, retiredVMCapacity: 2)
+        rig.run(101, reason: 30, 40)
+        rig.run(102, reason: 30, 7)
+        rig.run(201, reason: 12, 5)
+        rig.run(301, reason: 30, 3)
+        rig.agg.retire([102])  // retired before the reset: its row is in the baseline too
+        rig.maintain()
+        let reset = rig.agg.snapshot(timestamp: rig.t)
+
+        rig.run(101, reason: 30, 2)
+        rig.agg.retire([101, 201])
+        rig.maintain()
+        rig.agg.retire([301])  // a third stopped VM: the oldest (100) folds into other
+        rig.maintain()
+        host.set(201, vm: 400, vcpu: 3)  // 201 reused by another VM's vCPU
+        rig.run(201, reason: 30, 4)
+        let now = rig.agg.snapshot(timestamp: rig.t)
+        let since = try Summary(now.subtracting(reset))
+        #expect(since.exits.filter { $0.count > 0 }.map { "\($0.vm)/\($0.vcpu.map(String.init) ?? "-")/\($0.reason)=\($0.count)" }
+                == ["-1/-/IO_INSTRUCTION=2", "400/3/IO_INSTRUCTION=4"])
+        // The two exits after the reset, latencies 100 and 200 ns: every earlier bucket subtracted (min and max
+        // then come from the buckets' bounds).
+        let h = try #require(since.exits.first { $0.vm == -1 }?.histogram)
+        let want = HistogramSnapshot(recording: [100, 200])
+        #expect(h.bucketIndices == want.bucketIndices && h.counts == want.counts)
+        #expect(h.count == 2 && h.sum == 300)
+        #expect(since.events.map(\.total) == [6, 6, 6, 6])
+        #expect(since.exits.map(\.count).reduce(0, +) == 6)
+    }
+
     /// A writer thread counts while the snapshot side retires threads and snapshots: no row ever goes down,
     /// and the end totals are exact.
     @Test func countersNeverDecreaseWhileRetiring() throws {

@@ -230,6 +230,24 @@ struct LiveViewTests {
         ])
     }
 
+    /// More VMs stopped than the retired-VM history keeps (the view retires exited threads): the status line
+    /// says how many count as `other`, in bold (an answer changed shape, not an error, which is red); nothing
+    /// when none do.
+    @Test func foldedVMsOnTheStatusLine() throws {
+        let state = LiveViewState(delay: 2)
+        var frame = try Self.frame(state)
+        #expect(LiveView.render(frame, state: state, width: 120, height: 40).text[1].hasSuffix("     sort: CurAvg/s  delay: 2.0s  lost 0"))
+        frame.current.occupancy.foldedVMs = 3
+        let three = LiveView.render(frame, state: state, width: 120, height: 40).lines[1]
+        #expect(three.text.hasSuffix(" 3 stopped VMs in other  sort: CurAvg/s  delay: 2.0s  lost 0"))
+        #expect(three.spans.map(\.text) == ["3 stopped VMs in other"])
+        #expect(three.spans.map(\.style) == [.bold])
+        #expect(three.spans.map(\.column) == [120 - "3 stopped VMs in other  sort: CurAvg/s  delay: 2.0s  lost 0".count])
+        frame.current.occupancy.foldedVMs = 1
+        #expect(LiveView.render(frame, state: state, width: 60, height: 20).text[1]
+            == StatTable.lpad("1 stopped VM in other  sort: CurAvg/s  delay: 2.0s  lost 0", 60))
+    }
+
     /// 40 kvm_pio before the previous snapshot: kvm_pio has the largest Total (70) but a small CurAvg/s (8).
     @Test func sortedByTotal() throws {
         var state = LiveViewState(delay: 2)
