@@ -100,7 +100,7 @@ public enum HTMLReport {
           g_series.forEach(([r,c],k)=>{const col=k<C.length?C[k]:'hsl('+Math.round(k*137.508%360)+','+(k%2?70:50)+'%,'+(k%2?38:52)+'%)';
             const pts=c.map((v,i)=>(L+W*(i+0.5)/n).toFixed(1)+','+(T+H-H*(v/bs)/max).toFixed(1)).join(' ');
             el(rate,'polyline',{points:pts,fill:'none',stroke:col,'stroke-width':1.5});
-            const s=document.createElement('span');s.innerHTML='<i style="background:'+col+'"></i>'+r+' ('+c.reduce((a,b)=>a+b,0)+')';leg.appendChild(s);});
+            const s=document.createElement('span');const sw=document.createElement('i');sw.style.background=col;s.appendChild(sw);s.appendChild(document.createTextNode(r+' ('+c.reduce((a,b)=>a+b,0)+')'));leg.appendChild(s);});
           const heat=document.getElementById('heat'); heat.innerHTML='';
           const B=D.latency_buckets.length; let lo=B,hi=-1,hm=0;
           for(let i=0;i<g.heat.length;i++){const v=g.heat[i];if(v>0){const b=i%B;lo=Math.min(lo,b);hi=Math.max(hi,b);hm=Math.max(hm,v);}}

@@ -324,4 +324,38 @@ import TestSupport
         // A blank 1200×900 page compresses to a few KB; the charts make it tens of KB.
         #expect(bytes.count > 30_000)
     }
+
+    /// A pasted trace is someone else's text: a reason name that is markup stays text in the page (the legend
+    /// builds its entries with text nodes), so opening the report runs nothing from the trace.
+    @Test func htmlKeepsMarkupFromTheTraceAsText() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-xss-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let reason = #"<img src=x onerror="document.title='PWNED'">"#
+        let trace = dir.appendingPathComponent("pasted.txt").path
+        try """
+              CPU 0/KVM-1235  [001] d..1. 100.000021: kvm_exit: vcpu 0 reason \(reason) rip 0xffffffff81000000 info1 0x0 info2 0x0 intr_info 0x00000000 error_code 0x00000000
+              CPU 0/KVM-1235  [001] d..1. 100.000031: kvm_entry: vcpu 0, rip 0xffffffff81000000
+
+            """.write(toFile: trace, atomically: true, encoding: .utf8)
+        let html = dir.appendingPathComponent("pasted.html").path
+        let r = try CLI.run(["report", "--html", html, trace])
+        #expect(r.status == 0, "\(r.stderr)")
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }) else {
+            Issue.record("chromium is not installed (Debian package chromium)")
+            return
+        }
+        let dom = try Spawned.run(chromium, ["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--user-data-dir=" + dir.appendingPathComponent("profile").path,
+                                          "--virtual-time-budget=3000", "--dump-dom", "file://" + html],
+                               timeout: 120)
+        #expect(dom.status == 0, "chromium: \(dom.stderr.suffix(1000))")
+        #expect(dom.stdout.contains("<title>kvmscope: "), "\(dom.stdout.prefix(300))")
+        #expect(!dom.stdout.contains("PWNED</title>"))
+        #expect(!dom.stdout.contains("<img"))
+        // The legend shows the name as the trace spelled it, escaped.
+        #expect(dom.stdout.contains("&lt;img src=x onerror=\"document.title='PWNED'\"&gt; (1)"))
+    }
 }
