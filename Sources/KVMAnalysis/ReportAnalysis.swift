@@ -26,8 +26,8 @@ public struct ReportAnalysis: Sendable {
         let identities = source.identities
         let recorder = timelineBins.map { ExitTimelineRecorder(maxBins: $0) }
         var pipeline = ExitPipeline(catalog: source.catalog, resolver: { identities[$0] }, observer: recorder)
-        try pipeline.run(source.streams(), from: from.map { UInt64(max(0, $0) * 1e9) },
-                         to: to.map { UInt64(max(0, $0) * 1e9) })
+        try pipeline.run(source.streams(), from: from.map { UInt64(saturating: $0 * 1e9) },
+                         to: to.map { UInt64(saturating: $0 * 1e9) })
         let statistics = source.statistics
         var r = ReportAnalysis(snapshot: pipeline.finish(statistics: statistics), timeline: recorder?.timeline)
         r.first = pipeline.first

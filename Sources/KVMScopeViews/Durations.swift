@@ -1,4 +1,5 @@
 import KVMAnalysis
+import KVMExits
 /// Duration text without Foundation: perf-style microseconds, and adaptive units for axes and charts.
 public enum Durations {
     /// True while rendering a trace whose timestamps are counter ticks (integer clock values without a
@@ -6,7 +7,7 @@ public enum Durations {
     @TaskLocal public static var inCycles = false
 
     /// "12.34us": microseconds with two decimals, like `perf kvm stat report` (cycles: "12340cyc").
-    public static func us(_ ns: Double) -> String { inCycles ? "\(Int64(ns.rounded()))cyc" : fixed2(ns / 1000) + "us" }
+    public static func us(_ ns: Double) -> String { inCycles ? "\(Int64(saturating: ns.rounded()))cyc" : fixed2(ns / 1000) + "us" }
 
     /// "850ns", "12.34us", "5.67ms", "1.23s" (cycles: "2500cyc").
     public static func adaptive(_ ns: UInt64) -> String {

@@ -99,7 +99,7 @@ public enum IOAccessTableView {
     }
 
     static func rate(_ n: UInt64, _ seconds: Double) -> String {
-        seconds > 0 ? String(UInt64((Double(n) / seconds).rounded())) : "-"
+        seconds > 0 ? String(UInt64(saturating: (Double(n) / seconds).rounded())) : "-"
     }
 
     /// The JSON of ``Summary/ioAccesses``: `{"ports": [row], "mmio": [row], "overflow": {"port": n, "mmio": n}}`,

@@ -456,7 +456,7 @@ public enum LiveView {
             if let use = r.resources {
                 s += " " + lpad(StatTable.format1(use.cpuPercent), 8) + " " + lpad(StatTable.format1(use.waitPercent), 8)
             } else {
-                s += " " + lpad(l.map { duration(UInt64($0.mean.rounded())) } ?? "", 8)
+                s += " " + lpad(l.map { duration(UInt64(saturating: $0.mean.rounded())) } ?? "", 8)
                 s += " " + lpad(l.map { duration($0.percentile(99)) } ?? "", 8)
             }
             if layout.wide { s += " " + lpad(l.map { duration($0.max) } ?? "", 8) + " " }
@@ -579,7 +579,7 @@ public enum LiveView {
     /// kvm_stat's CurAvg/s: blank when nothing happened in the interval.
     static func rate(_ delta: UInt64?, _ seconds: Double) -> String {
         guard let delta, delta > 0 else { return "" }
-        return String(Int((Double(delta) / max(seconds, 1e-9)).rounded()))
+        return String(Int64(saturating: (Double(delta) / max(seconds, 1e-9)).rounded()))
     }
 
     /// 850ns, 12.3us, 1.2ms, 2.5s.

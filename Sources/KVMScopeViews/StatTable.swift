@@ -13,7 +13,7 @@ public enum StatTable {
         let grand = current.events.reduce(0) { $0 + $1.total }
         let rate = { (now: UInt64, before: UInt64?) -> String in
             let d = Double(now &- (before ?? 0))
-            return String(Int((d / max(seconds, 1e-9)).rounded()))
+            return String(Int64(saturating: (d / max(seconds, 1e-9)).rounded()))
         }
         var rows = current.events.filter { $0.total > 0 }
         if sortByTotal {

@@ -271,7 +271,7 @@ public enum TopView {
     /// A block device's cells from DEVICE to WRLAT (the `3` screen's).
     static func diskCells(_ disk: DiskSample) -> String {
         let d = disk.delta
-        func lat(_ ns: Double?) -> String { lpad(ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-", 9) }
+        func lat(_ ns: Double?) -> String { lpad(ns.map { Durations.adaptive(UInt64(saturating: $0.rounded())) } ?? "-", 9) }
         return StatTable.pad(disk.device.terminalSafe, 15) + lpad(count(d?.readRequests), 6) + lpad(count(d?.writeRequests), 6)
             + lpad(count(d?.readBytes), 7) + lpad(count(d?.writeBytes), 7) + lat(d?.readLatencyNanoseconds) + lat(d?.writeLatencyNanoseconds)
     }
@@ -486,7 +486,7 @@ public enum TopView {
 
     /// CPU time as top's TIME+: minutes:seconds.hundredths (`12:03.45`).
     static func time(_ seconds: Double) -> String {
-        let hundredths = Int64((seconds * 100).rounded())
+        let hundredths = Int64(saturating: (seconds * 100).rounded())
         let minutes = hundredths / 6000
         let rest = hundredths % 6000
         let s = rest / 100, h = rest % 100

@@ -11,7 +11,7 @@ struct QMPOptions: ParsableArguments {
                                valueName: "path"))
     var sockets: [String] = []
 
-    @Option(name: .customLong("qmp-timeout"), help: "Seconds each QMP command may take before the socket counts as hung.")
+    @Option(name: .customLong("qmp-timeout"), parsing: .unconditional, help: "Seconds each QMP command may take before the socket counts as hung.")
     var timeout: Double = 1
 
     func validate() throws {

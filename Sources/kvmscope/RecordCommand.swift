@@ -31,7 +31,7 @@ struct RecordCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?
 
-    @Option(name: .customLong("max-size"), help: "Stop when this much trace data is written (bytes; K, M, G suffixes).")
+    @Option(name: .customLong("max-size"), parsing: .unconditional, help: "Stop when this much trace data is written (bytes; K, M, G suffixes).")
     var maxSize: String?
 
     @Option(name: [.customShort("e"), .customLong("event")], help: "A kvm event to record, as kvm_pio, kvm:kvm_pio or a glob (kvm_p*) (repeatable; default, or kvm: every kvm event).")
@@ -64,7 +64,8 @@ struct RecordCommand: ParsableCommand {
         if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") { t.removeLast() }
         var mult: UInt64 = 1
         if let u = t.last, let m = units[u] { mult = m; t.removeLast() }
-        guard let v = Double(t), v > 0 else { return nil }
+        // A size past what a file can hold (or inf, nan) is a bad size, not a trap.
+        guard let v = Double(t), v > 0, v * Double(mult) < 9.2e18 else { return nil }
         return UInt64(v * Double(mult))
     }
 

@@ -71,7 +71,7 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Also print a histogram of this reason's latencies (any spelling, as --reason).")
     var histogram: String?
 
-    @Option(name: .customLong("ts2secs"), help: ArgumentHelp(
+    @Option(name: .customLong("ts2secs"), parsing: .unconditional, help: ArgumentHelp(
         "Ticks per second of integer counter timestamps (-C x86-tsc, counter): report in nanoseconds.",
         discussion: "As trace-cmd report's --ts2secs. Without it such traces are reported in cycles.",
         valueName: "HZ"))
@@ -530,7 +530,7 @@ struct ReportCommand: ParsableCommand {
             }
             return "-"
         }
-        func lat(_ ns: Double?) -> String { ns.map { Durations.adaptive(UInt64($0.rounded())) } ?? "-" }
+        func lat(_ ns: Double?) -> String { ns.map { Durations.adaptive(UInt64(saturating: $0.rounded())) } ?? "-" }
         var lines = ["Resources while recorded (/proc: host CPU time, vCPU run-queue wait, RSS at the end, storage bytes)",
                      StatTable.lpad("VM", 8) + "  " + StatTable.pad("Name", 24) + StatTable.lpad("Sampled", 8)
                      + StatTable.lpad("CPU", 9) + StatTable.lpad("vCPU", 9) + StatTable.lpad("Other", 9)

@@ -55,7 +55,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: [.customShort("p"), .long], parsing: .unconditional, help: "Trace only this process and what it starts (a VMM).")
     var pid: Int32?
 
-    @Option(name: .customLong("request-timeout"), help: "Seconds a request head may take once begun (then 408 and close).")
+    @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds a request head may take once begun (then 408 and close).")
     var requestTimeout: Double = 10
 
     @Option(name: .customLong("idle-timeout"), help: "Seconds an open connection may wait for its next request.")

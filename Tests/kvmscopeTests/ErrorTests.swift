@@ -79,6 +79,19 @@ import TestSupport
         try expectOneLineError(["report", "--vcpu", "-1", "x.dat"], "The value '-1' is invalid for '--vcpu <vcpu>'", status: 64)
         try expectOneLineError(["stat", "-1", "-p", "-1"], "no process with pid -1", status: 1)
         try expectOneLineError(["watch", "--alert", "rate(kvm_pio) > 1/s", "-p", "-1"], "no process with pid -1", status: 1)
+        try expectOneLineError(["serve", "--request-timeout", "-1"], "--request-timeout and --idle-timeout must be > 0", status: 64)
+        try expectOneLineError(["report", "--ts2secs", "-1", "x.dat"], "The value '-1' is invalid for '--ts2secs <HZ>'", status: 64)
+        try expectOneLineError(["record", "--max-size", "-5", "-o", "/dev/null"], "--max-size: bad size '-5' (e.g. 500M, 2G)", status: 64)
+        try expectOneLineError(["stat", "--qmp-timeout", "-1", "-1"], "--qmp-timeout must be more than 0 and at most 60 seconds", status: 64)
+    }
+
+    /// A size no file can hold, or not a number at all, is a bad size: one line, never a trap (these trapped
+    /// converting the Double to UInt64).
+    @Test func maxSizeBeyondAnyFileIsABadSize() throws {
+        for size in ["99999999999999999999", "18446744073709551615", "20000000000000000G", "inf", "Infinity", "1e400", "nan"] {
+            try expectOneLineError(["record", "--max-size", size, "-o", "/dev/null"], "--max-size: bad size '\(size)' (e.g. 500M, 2G)",
+                                   status: 64)
+        }
     }
 
     /// `storm --name` is read back as QEMU's -name is: an unescaped comma would cut the name, so it is refused.

@@ -193,6 +193,17 @@ import Testing
         return f
     }
 
+    /// A VMM's QMP answer is input: a read time of 2^64 − 1 ns over one request (a counter gone wrong) prints
+    /// as the largest duration, never traps converting it (it did, leaving the terminal raw).
+    @Test func blockLatencyBeyondUInt64Prints() {
+        var f = Self.qmpFrame()
+        let web = f.sample.vms.firstIndex { $0.pid == 4242 }!
+        f.sample.vms[web].qmp?.disks[0].delta?.readRequests = 1
+        f.sample.vms[web].qmp?.disks[0].delta?.readTimeNanoseconds = .max
+        let row = TopView.renderBlock(f).first { $0.contains("virtio-disk0") }
+        #expect(row == "  4242 virtio-disk0        1     0   819K      0 18446744073.71s        - web")
+    }
+
     @Test func qmpDevicesInBlockViewAndMetrics() {
         let f = Self.qmpFrame()
         #expect(TopView.renderBlock(f) == [
