@@ -2,10 +2,30 @@ import Foundation
 import KVMExits
 import KVMHost
 import SystemPackage
+import Synchronization
 
-/// Writes to stdout; a stdout that went away (EIO, EPIPE) loses the text instead of crashing.
+/// Writes to stdout; a stdout that went away (EIO, EPIPE) loses the text instead of crashing. Any other failure
+/// (ENOSPC: a full disk, /dev/full) is kept: the command's end reports it (``StdoutFailure``).
 func writeStdout(_ s: String) {
-    StandardDescriptors.write(STDOUT_FILENO, s)
+    guard let e = StandardDescriptors.write(STDOUT_FILENO, s) else { return }
+    StdoutFailure.note(e)
+}
+
+/// The first failure to write standard output other than its going away (EPIPE, EIO: `| head`, a closed
+/// terminal): a run whose output did not all land ends with `cannot write standard output: …` and status 1,
+/// as `top -b` already did, never a silent success.
+enum StdoutFailure {
+    private static let first = Mutex<Int32?>(nil)
+
+    static func note(_ errno: Int32) {
+        guard errno != EPIPE && errno != EIO else { return }
+        first.withLock { if $0 == nil { $0 = errno } }
+    }
+
+    /// The error to end with, if a write to stdout failed.
+    static var error: KVMScopeError? {
+        first.withLock { $0 }.map { KVMScopeError.io("cannot write standard output: \(Errno(rawValue: $0))") }
+    }
 }
 
 /// Writes to stderr; never crashes (a terminal that went away answers EIO).

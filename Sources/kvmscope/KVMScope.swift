@@ -43,6 +43,7 @@ struct KVMScope: ParsableCommand {
             try checkHelpTopic(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
             try command.run()
+            if let e = StdoutFailure.error { throw e }
             return
         } catch let e as KVMScopeError {
             writeStderr("kvmscope: \(e.description)\n")

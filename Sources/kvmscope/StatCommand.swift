@@ -250,10 +250,11 @@ struct StatCommand: ParsableCommand {
         }
 
         // A log line that cannot be written ends the log: a terminal or pipe that went away (EIO, EPIPE)
-        // like SIGHUP; a -L file that cannot take it (ENOSPC) with one line saying so.
+        // like SIGHUP; a -L file or stdout that cannot take it (ENOSPC) with one line saying so.
         func emit(_ text: String) throws {
             guard let e = StandardDescriptors.write(out.fileDescriptor, text) else { return }
             if let path = logToFile { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: e))") }
+            StdoutFailure.note(e)
             stop.raise(SIGHUP)
         }
 

@@ -85,6 +85,16 @@ import TestSupport
         try expectOneLineError(["stat", "--qmp-timeout", "-1", "-1"], "--qmp-timeout must be more than 0 and at most 60 seconds", status: 64)
     }
 
+    /// Output that did not all land (a full disk: /dev/full) is an error, as for `-o` files and `top -b`: one
+    /// line and status 1, never a silent success. (A reader that went away, `| head`, is not an error.)
+    @Test func stdoutThatCannotTakeTheOutputIsAnError() throws {
+        for args in [["report", ReportCommandTests.host], ["report", "--json", ReportCommandTests.host]] {
+            let r = try Spawned.run("/bin/sh", ["-c", "exec \"$0\" \"$@\" > /dev/full", CLI.binary] + args)
+            #expect(r.status == 1 && r.stderr == "kvmscope: cannot write standard output: No space left on device\n",
+                    "\(args): \(r.status) \(r.stderr)")
+        }
+    }
+
     /// A size no file can hold, or not a number at all, is a bad size: one line, never a trap (these trapped
     /// converting the Double to UInt64).
     @Test func maxSizeBeyondAnyFileIsABadSize() throws {
