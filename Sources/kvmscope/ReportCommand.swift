@@ -163,12 +163,16 @@ struct ReportCommand: ParsableCommand {
         try report(n, file, at: file, &jsonValues)
     }
 
-    /// A private copy of `file` when it is `-` (standard input) or no regular file (a pipe, a character
-    /// device); nil for a regular file (or a missing one: its error comes from the reader).
+    /// A private copy of `file` when it is `-` (standard input), no regular file (a pipe, a character device),
+    /// or a file of procfs, sysfs or tracefs (the kernel's own `trace`: size 0, read to its end); nil for a
+    /// regular file (or a missing one: its error comes from the reader). A stream whose first bytes are binary
+    /// but not trace.dat (`/dev/zero`, `/dev/urandom`) is refused at once, not copied without end.
     static func copyIfStream(_ file: String) throws -> String? {
         var st = stat()
-        guard file == "-" || (stat(file, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG && (st.st_mode & S_IFMT) != S_IFDIR)
-        else { return nil }
+        let statted = file != "-" && stat(file, &st) == 0
+        let type = st.st_mode & S_IFMT
+        let pseudo = statted && type == S_IFREG && st.st_size == 0 && FileSystems.isPseudo(file)
+        guard file == "-" || (statted && type != S_IFREG && type != S_IFDIR) || pseudo else { return nil }
         let input = file == "-" ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw KVMScopeError.badFile("cannot open \(file): \(Errno(rawValue: errno))") }
         defer { if input != STDIN_FILENO { close(input) } }
@@ -178,6 +182,7 @@ struct ReportCommand: ParsableCommand {
         let path = String(cMessage: template)
         defer { close(out) }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var first = true
         while true {
             let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
             if n == 0 { break }
@@ -186,6 +191,15 @@ struct ReportCommand: ParsableCommand {
                 let e = Errno(rawValue: errno)
                 unlink(path)
                 throw KVMScopeError.badFile("cannot read \(file == "-" ? "standard input" : file): \(e)")
+            }
+            if first && n >= TraceFiles.traceDatMagic.count {
+                first = false
+                do {
+                    _ = try TraceFiles.kind(of: Array(buffer.prefix(min(n, 4096))), path: file == "-" ? "standard input" : file)
+                } catch {
+                    unlink(path)
+                    throw error
+                }
             }
             var done = 0
             while done < n {

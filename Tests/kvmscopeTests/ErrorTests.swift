@@ -85,6 +85,15 @@ import TestSupport
         try expectOneLineError(["stat", "--qmp-timeout", "-1", "-1"], "--qmp-timeout must be more than 0 and at most 60 seconds", status: 64)
     }
 
+    /// A stream of binary that is not trace.dat is refused from its first bytes (it was copied to a temporary
+    /// file without end: `report /dev/zero` never finished).
+    @Test func binaryStreamsAreRefusedAtOnce() throws {
+        for device in ["/dev/zero", "/dev/urandom"] {
+            try expectOneLineError(["report", device], "\(device): unknown format (binary, not trace.dat; expected trace.dat, "
+                                   + "kernel trace text, trace-cmd report or perf script output)", status: 1)
+        }
+    }
+
     /// Output that did not all land (a full disk: /dev/full) is an error, as for `-o` files and `top -b`: one
     /// line and status 1, never a silent success. (A reader that went away, `| head`, is not an error.)
     @Test func stdoutThatCannotTakeTheOutputIsAnError() throws {

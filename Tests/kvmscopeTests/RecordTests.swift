@@ -252,6 +252,29 @@ struct RecordTests {
         #expect(lines.filter { $0.contains(": kvm_pio:") }.count == 2 * exits)
     }
 
+    /// The kernel's own `trace` file, read in place: tracefs says size 0 for it, as procfs does for its files, so
+    /// report reads it to its end (it had said "empty file"). Counts exact: one storm vCPU's port exits.
+    @Test(.enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs")) func theKernelsTraceFileInPlace() throws {
+        let instance = "/sys/kernel/tracing/instances/kvmscopetrace\(getpid())"
+        try FileManager.default.createDirectory(atPath: instance, withIntermediateDirectories: false)
+        defer { rmdir(instance) }
+        func put(_ file: String, _ value: String) throws { try value.write(toFile: instance + "/" + file, atomically: false, encoding: .utf8) }
+        try put("buffer_size_kb", "2048")
+        try put("events/kvm/kvm_pio/enable", "1")
+        try put("events/kvm/kvm_userspace_exit/enable", "1")
+        try put("options/event-fork", "1")
+        // Only the storm: it lists itself in set_event_pid before it starts (its vCPU thread is followed).
+        let storm = try Spawned.run("/bin/sh", ["-c", "echo $$ > \"$1/set_event_pid\" && exec \"$0\" storm --kind io --vcpus 1 --exits 3000",
+                                                CLI.binary, instance], timeout: 60)
+        #expect(storm.status == 0, "\(storm.stderr)")
+        try put("tracing_on", "0")
+        let r = try CLI.run(["report", "--json", instance + "/trace"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try CLI.json(r.stdout)
+        let events = try #require(j["events"] as? [String: Int], "\(r.stdout.prefix(300))")
+        #expect(events["kvm_pio"] == 3000 && events["kvm_userspace_exit"] == 3000, "\(events)")
+    }
+
     @Test(arguments: [6, 7]) func traceCmdRecordedFilesReadLikeTraceCmd(version: Int) throws {
         let dir = try Self.tempDir()
         let instance = "kvmscopetc\(getpid())v\(version)"

@@ -34,6 +34,12 @@ unsigned ckvmscope_hangups(void);
 int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
                     const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen);
 
+/* ---------------------------------------------------------------- file systems (fs.c) */
+
+/* statfs(2)'s f_type of the file system holding path (PROC_SUPER_MAGIC, SYSFS_MAGIC, TRACEFS_MAGIC…), or 0
+ * when it cannot be told (Swift's Glibc module has no statfs). */
+long ckvmscope_fs_type(const char *path);
+
 /* ---------------------------------------------------------------- memory back to the system */
 
 /* glibc's malloc_trim(0): gives the free pages of every malloc arena back to the kernel (Swift's Glibc
