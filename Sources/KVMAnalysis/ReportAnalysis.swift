@@ -9,8 +9,14 @@ public struct ReportAnalysis: Sendable {
     public var first: UInt64 = 0
     public var last: UInt64 = 0
     public var eventsKept: UInt64 = 0
+    /// With `from`/`to`: the window asked for, cut to the trace (ns); nil without one.
+    public var window: (first: UInt64, last: UInt64)?
 
-    public var durationSeconds: Double { last > first ? Double(last - first) / 1e9 : 0 }
+    /// What rates divide by, seconds: the window asked for (cut to the trace), else first to last event kept.
+    public var durationSeconds: Double {
+        if let w = window { return w.last > w.first ? Double(w.last - w.first) / 1e9 : 0 }
+        return last > first ? Double(last - first) / 1e9 : 0
+    }
 
     /// What the source counted: events decoded, losses by CPU and kind.
     public var statistics = SourceStatistics()
@@ -33,6 +39,7 @@ public struct ReportAnalysis: Sendable {
         r.first = pipeline.first
         r.last = pipeline.last
         r.eventsKept = pipeline.eventsKept
+        r.window = pipeline.window
         r.statistics = statistics
         return r
     }

@@ -241,6 +241,9 @@ public struct ExitPipeline {
     public private(set) var last: UInt64 = 0
     /// Events kept (inside the window).
     public private(set) var eventsKept: UInt64 = 0
+    /// With a window (`run`'s `from`/`to`): its bounds, ns — from trace start + `from` to trace start + `to`,
+    /// cut to the trace's own first and last events: what rates over the window divide by. nil without one.
+    public private(set) var window: (first: UInt64, last: UInt64)?
 
     /// - Parameters:
     ///   - catalog: the events the source decodes.
@@ -294,13 +297,15 @@ public struct ExitPipeline {
         var started = eventsKept > 0
         var lo: UInt64 = 0
         var hi: UInt64 = .max
+        var seen: UInt64 = 0
         let before = eventsKept
         try merge.merge.drain(upTo: .max, refill: refill) { e in
             if !started {
                 started = true
-                if let from { lo = e.timestamp &+ from }
+                lo = from.map { e.timestamp &+ $0 } ?? e.timestamp
                 if let to { hi = e.timestamp &+ to }
             }
+            seen = e.timestamp
             guard e.timestamp >= lo && e.timestamp < hi else { return }
             if eventsKept == 0 {
                 first = e.timestamp
@@ -312,6 +317,7 @@ public struct ExitPipeline {
             PairingFeed.count(e, kind: k, &writer, &pairer)
             if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
         }
+        if started, seen >= lo { window = (lo, Swift.min(hi, seen)) }
         return eventsKept - before
     }
 

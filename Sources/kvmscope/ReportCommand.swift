@@ -425,9 +425,11 @@ struct ReportCommand: ParsableCommand {
         let traced = Self.traced(source, a)
         let pairingApplies = !(traced.exit && !traced.entry)
         let t = source as? TextTraceReader
-        let span = t?.timestampUnit == .counterTicks ? "(\(a.first) → \(a.last) cycles)" : "(\(seconds(a.first)) → \(seconds(a.last)))"
-        var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events over "
-                     + "\(Durations.adaptive(a.last &- a.first)) \(span)"]
+        // --from/--to: the window asked for (cut to the trace), what the rates divide by; else first to last event.
+        let (first, last) = a.window ?? (a.first, a.last)
+        let span = t?.timestampUnit == .counterTicks ? "(\(first) → \(last) cycles)" : "(\(seconds(first)) → \(seconds(last)))"
+        var lines = ["\(file): \(Self.describe(source)), \(a.eventsKept) kvm events \(a.window == nil ? "over" : "in the window of") "
+                     + "\(Durations.adaptive(last &- first)) \(span)"]
         if let t {
             var notes: [String] = []
             if t.timestampUnit == .counterTicks {

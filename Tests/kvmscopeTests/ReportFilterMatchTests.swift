@@ -44,4 +44,20 @@ import TestSupport
         let window = try CLI.run(["report", "--json", "--from", "0", "--to", "1", Self.host])
         #expect(window.status == 0, "\(window.stderr)")
     }
+
+    /// Rates over --from/--to divide by the window asked for (cut to the trace), not by the span of the events
+    /// in it: the second from 1 s holds 92 exits (counted independently of kvmscope), 92/s; the 38 ms between its
+    /// first and last event had given 2419/s.
+    @Test func windowRatesDivideByTheWindow() throws {
+        let r = try CLI.run(["report", "--from", "1", "--to", "2", Self.host])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "\(Self.host): trace-cmd report, 497 kvm events in the window of 1.00s (16063.943940000 → 16064.943940000)")
+        #expect(lines.contains("kvm_exit                                          92    18.5         92"))
+        let j = try CLI.json(try CLI.run(["report", "--json", "--from", "1", "--to", "2", Self.host]).stdout)
+        #expect(j["duration_s"] as? Double == 1.0)
+        // Past the trace's end the window is cut there: from 4 s to its last event, 0.737146 s after.
+        let tail = try CLI.json(try CLI.run(["report", "--json", "--from", "4", "--to", "100", Self.host]).stdout)
+        #expect(tail["duration_s"] as? Double == 0.737)  // JSON rounds to the ms
+    }
 }
