@@ -26,11 +26,14 @@ struct TraceRun {
     let stop: StopSignal
     let deadline: Date?
     let child: ChildProcess?
+    /// `-p PID`: the trace ends when that process does, as `perf stat -p` and `watch -p` end.
+    let watched: Int32?
 
-    init(stop: StopSignal, seconds: Double? = nil, child: ChildProcess? = nil) {
+    init(stop: StopSignal, seconds: Double? = nil, child: ChildProcess? = nil, watched: Int32? = nil) {
         self.stop = stop
         deadline = seconds.map { Date().addingTimeInterval($0) }
         self.child = child
+        self.watched = watched
     }
 
     /// Whether the trace should end now.
@@ -38,6 +41,7 @@ struct TraceRun {
         if stop.isRaised { return true }
         if let deadline, Date() >= deadline { return true }
         if let child, !child.isRunning { return true }
+        if let watched, !StormAlerts.isAlive(watched) { return true }
         return false
     }
 
@@ -47,9 +51,10 @@ struct TraceRun {
         while !isOver {
             let slice = min(interval, deadline.map { max(0.01, $0.timeIntervalSinceNow) } ?? interval)
             let end = Date().addingTimeInterval(slice)
-            // Woken at once by a stop signal; the command's end, when there is one, is looked at every 20 ms
-            // (without a command the loop sleeps the whole slice: an idle `serve` wakes once per interval).
-            let poll = child == nil ? Double.infinity : 0.02
+            // Woken at once by a stop signal; the command's end, when there is one, is looked at every 20 ms, a
+            // watched process's every 250 ms (without either the loop sleeps the whole slice: an idle `serve`
+            // wakes once per interval).
+            let poll = child != nil ? 0.02 : watched != nil ? 0.25 : Double.infinity
             while Date() < end && !isOver { _ = stop.sleep(min(poll, max(0.001, end.timeIntervalSinceNow))) }
             if stop.isRaised { return }
             guard try tick() else { return }

@@ -296,7 +296,8 @@ struct StatCommand: ParsableCommand {
         let timestamp = DateFormatter()
         timestamp.dateFormat = "yyyy-MM-dd HH:mm:ss"
         // -1 is one interval: 1 s as kvm_stat's, or -s's.
-        let run = TraceRun(stop: stop, seconds: once ? delay ?? 1 : duration, child: child)
+        // -p PID: the trace ends when that VM does (perf stat -p's habit), its summary printed as at any end.
+        let run = TraceRun(stop: stop, seconds: once ? delay ?? 1 : duration, child: child, watched: filters.pid)
 
         var noted = Set<String>()
         var linesSinceHeader = 0

@@ -292,6 +292,23 @@ struct GuestFilterLiveTests {
         #expect(j["lost_events"] as? Int == 0)
     }
 
+    /// `stat -p PID` ends when that VM does, as `perf stat -p` and `watch -p` end, with every exit counted (it
+    /// had gone on tracing nothing until Ctrl-C, its rates diluted).
+    @Test func pidFilterEndsWithTheVM() throws {
+        let watched = try Spawned("/bin/sh", ["-c", "read x; exec \"$0\" storm --kind io --vcpus 1 --exits 20000", CLI.binary])
+        defer { watched.stop() }
+        let stat = try Spawned(CLI.binary, ["stat", "--json", "-p", "\(watched.pid)"], stdinNull: true)
+        defer { stat.stop() }
+        let instance = "/sys/kernel/tracing/instances/kvmscope-\(stat.pid)"
+        let end = Date().addingTimeInterval(30)
+        while Date() < end && (try? String(contentsOfFile: instance + "/tracing_on", encoding: .utf8)) != "1\n" { usleep(20_000) }
+        watched.release()
+        #expect(watched.wait(timeout: 30) == 0)
+        #expect(stat.wait(timeout: 10) == 0, "stat -p did not end with its VM: \(stat.stderr)")
+        let j = try CLI.json(stat.stdout)
+        #expect((j["events"] as? [String: Int])?["kvm_pio"] == 20000, "\(stat.stdout.prefix(400))")
+    }
+
     @Test func guestByNameKeepsOnlyThatGuest() throws {
         let name = "kvmscope-test-guest-\(getpid())"
         let guest = try Spawned(CLI.binary, ["storm", "--name", name, "--kind", "io", "--vcpus", "2", "--exits", "5000",
