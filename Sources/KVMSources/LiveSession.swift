@@ -43,10 +43,16 @@ public final class LiveSession: @unchecked Sendable {
     var tracedVM: Int32? {
         guard let pid = tracedProcess else { return nil }
         return tracedProcessIsVM.withLock { seen in
-            if !seen { seen = KVMProcesses.holdsKVM(pid) }
+            if !seen {
+                seen = KVMProcesses.holdsKVM(pid)
+                if seen, let name = ThreadDirectory.guestName(pid: pid) { tracedName.withLock { $0 = name } }
+            }
             return seen ? pid : nil
         }
     }
+    /// ``tracedProcess``'s guest name as last seen alive (at the start, and when first seen holding KVM): a VM
+    /// gone before its threads were named from the kernel's saved tgids keeps it (its comm otherwise).
+    private let tracedName = Mutex<String?>(nil)
 
     /// Creates the instance, enables the events and starts reading. Throws the errors users see; nothing
     /// is left in tracefs then.
@@ -67,6 +73,7 @@ public final class LiveSession: @unchecked Sendable {
         // A COMMAND is traced as kvmscope's own descendants (onlyPid = our pid): its VMs are not ours.
         let traced = Set((config.onlyPid.map { [$0] } ?? []) + config.onlyPids).subtracting([getpid()])
         tracedProcess = traced.count == 1 && !(config.onlyPid == getpid()) ? traced.first : nil
+        let startName = tracedProcess.flatMap(ThreadDirectory.guestName(pid:))
         let startTime: ThreadStartTime = { tid, vm in ThreadDirectory.startTime(tid: tid, vm: vm) }
         // The aggregate (and every view) sees the kvm events only: the thread-exit event, last, is left out.
         aggregator = Aggregator(catalog: trace.formats.catalog.withoutThreadExits, shardCount: trace.readers.count,
@@ -75,6 +82,7 @@ public final class LiveSession: @unchecked Sendable {
                                 retiredVMCapacity: retiredVMCapacity,
                                 threadExits: retireThreads && trace.threadExitEvent != nil)
         lanes = trace.readers.map { _ in PairingLane() }
+        tracedName.withLock { $0 = startName }
         try start()
     }
 
@@ -284,7 +292,8 @@ public final class LiveSession: @unchecked Sendable {
             if let known = names[tgid] {
                 name = known
             } else {
-                name = ThreadDirectory.guestName(pid: tgid) ?? saved.comms[tgid]
+                name = ThreadDirectory.guestName(pid: tgid) ?? (tgid == tracedProcess ? tracedName.withLock { $0 } : nil)
+                    ?? saved.comms[tgid]
                 names[tgid] = name
             }
             return ThreadIdentity(vm: tgid, vmName: name, vcpu: comm.flatMap(ThreadIdentity.vcpu(fromThreadName:)),
