@@ -30,7 +30,7 @@ public enum KVMScopeError: Error, CustomStringConvertible, Equatable {
         case .noTracefs(let why):
             "tracefs is not mounted and could not be mounted: \(why) (as root: mount -t tracefs nodev /sys/kernel/tracing)"
         case .noAccess(let why):
-            "cannot use tracefs: \(why) (run kvmscope with sudo, or grant access: see \"Least privilege\" in the README)"
+            "cannot use tracefs: \(why) (run kvmscope with sudo, or grant access: see \"Running without root\" in the README)"
         case .noKVMEvents(let dir):
             "no kvm events in \(dir): the kvm module is not loaded (modprobe kvm_intel, kvm_amd or kvm)"
         case .commandFailed(let status): "command exited with status \(status)"

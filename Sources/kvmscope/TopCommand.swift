@@ -17,7 +17,7 @@ struct TopCommand: ParsableCommand {
         discussion: """
             One row per VM (a process holding a KVM VM descriptor), from /proc and /sys only:
 
-              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP-EXIT P99 NAME
+              ID S RDRQ WRRQ RXBY TXBY %CPU %MEM TIME EXITS/s TOP EXIT P99 NAME
 
             %CPU is virt-top's: the share of all host CPUs; the header and --json/--csv also give htop's share of \
             one CPU. RDRQ/WRRQ are block device requests where QMP or libvirt gives them (virt-top's), else read/write syscalls, and RXBY/TXBY the guest's tap bytes, per interval. EXITS/s \

@@ -155,7 +155,7 @@ import TestSupport
 
     @Test(.enabled(if: KVMTest.canRun)) func notRoot() throws {
         try expectOneLineError(["stat", "-1"], "cannot use tracefs: /sys/kernel/tracing: Permission denied (run kvmscope "
-                               + "with sudo, or grant access: see \"Least privilege\" in the README)", status: 1, runAs: "nobody")
+                               + "with sudo, or grant access: see \"Running without root\" in the README)", status: 1, runAs: "nobody")
     }
 
     @Test(.enabled(if: KVMTest.canRun)) func stormWithoutKVMDevice() throws {

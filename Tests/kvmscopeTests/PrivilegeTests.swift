@@ -62,7 +62,7 @@ struct PrivilegeTests {
                                                      "-o", "/tmp/kvmscope-nobody-\(getpid()).dat"], timeout: 60)
         Self.expectOneLine(CLI.Result(status: r.status, stdout: r.stdout, stderr: r.stderr),
                            "cannot use tracefs: /sys/kernel/tracing: Permission denied (run kvmscope with sudo, or "
-                           + "grant access: see \"Least privilege\" in the README)")
+                           + "grant access: see \"Running without root\" in the README)")
         #expect(!FileManager.default.fileExists(atPath: "/tmp/kvmscope-nobody-\(getpid()).dat"))
     }
 
