@@ -6,6 +6,31 @@ import KVMExits
 /// decimals), sorted by samples. Blocking reasons (the guest halted: HLT, hlt, WFx) are marked `*`: the time
 /// until their entry is the guest idling, so it stays out of the Time% total and is shown apart.
 public enum ReportTable {
+    /// `perf kvm stat report -k/--key`: what the rows are sorted by, largest first (ties by reason name).
+    public enum SortKey: String, CaseIterable, Sendable {
+        /// Samples (exits), perf's default.
+        case sample
+        /// Total handling time (the pairs' latencies summed).
+        case time
+        case max
+        case min
+        /// Average handling time.
+        case mean
+
+        /// The row's value for this key; a row without pairs has 0 for the times.
+        func value(_ r: ExitRow) -> Double {
+            guard self != .sample else { return Double(r.count) }
+            guard let h = r.histogram, h.count > 0 else { return 0 }
+            switch self {
+            case .sample: return Double(r.count)
+            case .time: return Double(h.sum)
+            case .max: return Double(h.max)
+            case .min: return Double(h.min)
+            case .mean: return Double(h.sum) / Double(h.count)
+            }
+        }
+    }
+
     public static let header = StatTable.pad("Reason", 24) + StatTable.lpad("Samples", 9) + StatTable.lpad("Samples%", 10)
         + StatTable.lpad("Time%", 9) + StatTable.lpad("Min", 10) + StatTable.lpad("Max", 12)
         + StatTable.lpad("Avg ± stddev", 26) + StatTable.lpad("p50", 10) + StatTable.lpad("p99", 11)
@@ -13,7 +38,7 @@ public enum ReportTable {
 
     /// The tables for every VM (byVCPU: every VM × vCPU) of a summary; at most `top` rows each.
     /// - Parameter none: the line when there is no row (a filtered report says what it kept nothing of).
-    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil,
+    public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil, key: SortKey = .sample,
                               none: String = "No kvm_exit events.") -> [String] {
         let rows = byVCPU ? s.exits : s.exitsByVM()
         struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
@@ -33,7 +58,7 @@ public enum ReportTable {
             if byVCPU { title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown" } else { title += ", all vCPUs" }
             if !lines.isEmpty { lines.append("") }
             lines.append(title)
-            lines.append(contentsOf: table(g, top: top))
+            lines.append(contentsOf: table(g, top: top, key: key))
         }
         return lines
     }
@@ -80,9 +105,9 @@ public enum ReportTable {
         return lines
     }
 
-    /// One table: header, rows (by samples, then name), total, and the note on blocking time.
-    public static func table(_ rows: [ExitRow], top: Int? = nil) -> [String] {
-        let sorted = rows.sorted { ($0.count, $1.reason) > ($1.count, $0.reason) }
+    /// One table: header, rows (by `key`, largest first, then name), total, and the note on blocking time.
+    public static func table(_ rows: [ExitRow], top: Int? = nil, key: SortKey = .sample) -> [String] {
+        let sorted = rows.sorted { (key.value($0), $1.reason) > (key.value($1), $0.reason) }
         let total = rows.reduce(0) { $0 + $1.count }
         var handling: UInt64 = 0
         var handlingPairs: UInt64 = 0

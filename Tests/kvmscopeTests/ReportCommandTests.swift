@@ -325,6 +325,27 @@ import TestSupport
         #expect(bytes.count > 30_000)
     }
 
+    /// perf kvm stat report's `-k/--key`: the rows sorted by samples (the default), total time, max, min or
+    /// mean, largest first; any other key is one line and status 64.
+    @Test func sortKeysArePerfKvmStats() throws {
+        func order(_ args: [String]) throws -> [String] {
+            let r = try CLI.run(["report", "-p", "150750"] + args + [Self.host])
+            #expect(r.status == 0, "\(r.stderr)")
+            let lines = r.stdout.split(separator: "\n").map(String.init)
+            let start = try #require(lines.firstIndex { $0.hasPrefix("Reason ") })
+            return lines[(start + 1)...].prefix { !$0.hasPrefix("Total") }.map { String($0.prefix(24)).trimmingCharacters(in: .whitespaces) }
+        }
+        let bySamples = ["MSR_WRITE", "HLT *", "EPT_MISCONFIG", "PREEMPTION_TIMER", "EXTERNAL_INTERRUPT", "EOI_INDUCED"]
+        #expect(try order([]) == bySamples)
+        #expect(try order(["-k", "sample"]) == bySamples)
+        #expect(try order(["--key", "max"]) == ["MSR_WRITE", "HLT *", "EXTERNAL_INTERRUPT", "EPT_MISCONFIG", "PREEMPTION_TIMER", "EOI_INDUCED"])
+        #expect(try order(["-k", "mean"]) == ["HLT *", "MSR_WRITE", "EXTERNAL_INTERRUPT", "EPT_MISCONFIG", "PREEMPTION_TIMER", "EOI_INDUCED"])
+        #expect(try order(["-k", "min"]).prefix(2) == ["EXTERNAL_INTERRUPT", "HLT *"])
+        let bad = try CLI.run(["report", "-k", "bogus", Self.host])
+        #expect(bad.status == 64 && bad.stdout.isEmpty
+                && bad.stderr == "kvmscope: -k/--key must be sample, time, max, min or mean (perf kvm stat's keys), not 'bogus'\n")
+    }
+
     /// A pasted trace is someone else's text: a reason name that is markup stays text in the page (the legend
     /// builds its entries with text nodes), so opening the report runs nothing from the trace.
     @Test func htmlKeepsMarkupFromTheTraceAsText() throws {
