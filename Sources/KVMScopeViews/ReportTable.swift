@@ -38,8 +38,9 @@ public enum ReportTable {
 
     /// The tables for every VM (byVCPU: every VM × vCPU) of a summary; at most `top` rows each.
     /// - Parameter none: the line when there is no row (a filtered report says what it kept nothing of).
+    /// - Parameter onlyVCPU: `--vcpu N`: the tables hold that vCPU alone, and their titles say so.
     public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil, key: SortKey = .sample,
-                              none: String = "No kvm_exit events.") -> [String] {
+                              onlyVCPU: UInt32? = nil, none: String = "No kvm_exit events.") -> [String] {
         let rows = byVCPU ? s.exits : s.exitsByVM()
         struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
         var order: [GroupKey] = []
@@ -55,7 +56,11 @@ public enum ReportTable {
             let g = groups[k]!
             var title = "VM \(k.vm)"
             if let name = g[0].vmName { title += " (\(name.terminalSafe))" }
-            if byVCPU { title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown" } else { title += ", all vCPUs" }
+            if byVCPU {
+                title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown"
+            } else {
+                title += onlyVCPU.map { ", vCPU \($0)" } ?? ", all vCPUs"
+            }
             if !lines.isEmpty { lines.append("") }
             lines.append(title)
             lines.append(contentsOf: table(g, top: top, key: key))

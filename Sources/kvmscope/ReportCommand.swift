@@ -485,7 +485,7 @@ struct ReportCommand: ParsableCommand {
             // A filter that keeps no exit of a trace that has some says so (not "No kvm_exit events.").
             let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
             let inTrace = Self.total(of: "kvm_exit", a)
-            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: ReportTable.SortKey(rawValue: key) ?? .sample,
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: ReportTable.SortKey(rawValue: key) ?? .sample, onlyVCPU: vcpu,
                                         none: inTrace > 0 && !only.isEmpty
                 ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }

@@ -346,6 +346,13 @@ import TestSupport
                 && bad.stderr == "kvmscope: -k/--key must be sample, time, max, min or mean (perf kvm stat's keys), not 'bogus'\n")
     }
 
+    /// `--vcpu N`'s table is titled with that vCPU (as perf's "VCPU 1"), not "all vCPUs".
+    @Test func vcpuFilterTitlesItsTable() throws {
+        let r = try CLI.run(["report", "--vcpu", "0", Self.host])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.split(separator: "\n").filter { $0.hasPrefix("VM ") } == ["VM 150750 (qemu-system-x86), vCPU 0"])
+    }
+
     /// A pasted trace is someone else's text: a reason name that is markup stays text in the page (the legend
     /// builds its entries with text nodes), so opening the report runs nothing from the trace.
     @Test func htmlKeepsMarkupFromTheTraceAsText() throws {
