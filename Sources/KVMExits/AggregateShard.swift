@@ -53,8 +53,9 @@ public struct RetiredCount: Sendable, Equatable {
 /// shard (through its ``ShardWriter``); any thread may read it.
 ///
 /// Memory follows the live keys: the writer doubles the table when it is half full, and when threads retire
-/// (``ShardWriter/maintain()``) it rebuilds the table without their keys and hands their counts to the
-/// snapshot side (``collect(_:)``), so a reader sees each count either in the table or handed over, never
+/// (``ShardWriter/maintain()``) it rebuilds the table without their keys — at the same size, or, once the keys
+/// kept use less than an eighth of it, at the least size they fill at most a quarter of — and hands their counts
+/// to the snapshot side (``collect(_:)``), so a reader sees each count either in the table or handed over, never
 /// both and never neither. Every event is also counted in its event's total (``eventTotals``).
 public final class AggregateShard: Sendable {
     /// Slots of a new shard's table (it grows by doubling).
@@ -123,13 +124,22 @@ public final class AggregateShard: Sendable {
     /// Reads every counter of the table and takes the retired threads' counts handed over since the last
     /// call, in one step: a count is in exactly one of the two. Also returns the last retirement request the
     /// writer had carried out then (keys of threads retired later are still in the table). Cost ∝ the table's
-    /// slots (≤ 4 × the live keys).
+    /// slots (< 8 × the live keys after a retirement).
     public func collect(_ body: (_ tid: Int32, _ event: UInt16, _ isa: UInt8, _ reason: UInt32, _ count: UInt64) -> Void)
         -> (handed: [RetiredCount], acked: UInt64) {
         state.withLock { st in
             Self.scan(st.table, body)
             defer { st.handoff = [] }
             return (st.handoff, st.acked)
+        }
+    }
+
+    /// Takes the retired threads' counts handed over since the last call (``collect(_:)`` takes them too),
+    /// without reading the table.
+    public func takeHandoff() -> [RetiredCount] {
+        state.withLock { st in
+            defer { st.handoff = [] }
+            return st.handoff
         }
     }
 
@@ -179,6 +189,8 @@ public struct ShardWriter {
     @usableFromInline let ioSpaces: [UInt8]
     /// The ``IOAccessTable`` slot of the last pio/mmio event counted (-1: it overflowed), for ``IOTimer``.
     public var lastIOSlot: Int { ioSlot }
+    /// Capacity of the writer's set of the threads it has told the aggregator about (it shrinks with them).
+    public var knownThreadsCapacity: Int { knownThreads.capacity }
     @usableFromInline var ioSlot = -1
     /// The shard's ``AggregateShard/io`` table, unretained (the shard, which this writer holds, keeps it alive):
     /// binding the optional property per kvm_pio/kvm_mmio event cost a retain and a release.
@@ -328,12 +340,22 @@ public struct ShardWriter {
         let (requests, latest) = board.requests(after: acked)
         var dropping: [Int32: UInt64] = [:]
         for r in requests where dropping[r.tid] == nil { dropping[r.tid] = r.seq }
-        replaceTable(capacity: CounterTable.capacity(forKeys: used), dropping: dropping, acked: latest)
+        // The table keeps its size (it is less than half full) unless the keys kept use less than an eighth of
+        // it: then it shrinks to the least size they fill at most a quarter of.
+        var kept = 0
+        for i in 0..<table.capacity {
+            let a = words[3 * i].load(ordering: .relaxed)
+            if a != 0 && dropping[Int32(bitPattern: UInt32(a >> 32))] == nil { kept += 1 }
+        }
+        let capacity = kept * 8 < table.capacity ? CounterTable.capacity(forKeys: kept) : table.capacity
+        replaceTable(capacity: capacity, dropping: dropping, acked: latest)
         acked = latest
         for tid in dropping.keys {
             knownThreads.remove(tid)
             threadsWithVCPU.remove(tid)
         }
+        knownThreads.shrinkIfSparse()
+        threadsWithVCPU.shrinkIfSparse()
     }
 
     /// Adds events the kernel reported lost.

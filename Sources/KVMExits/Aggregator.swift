@@ -63,6 +63,9 @@ public final class Aggregator: Sendable {
     public let exitWake = DispatchSemaphore(value: 0)
     /// Exit records that wake ``exitWake``.
     public static let exitBacklog = 1024
+    /// Bumped each time retired threads' hand-overs are taken or their carried-out requests forgotten
+    /// (``snapshot(timestamp:)``, ``collectRetired()``): the memory their keys and series held is free then.
+    let collections = Atomic<UInt64>(0)
 
     /// - Parameters:
     ///   - resolver: who a thread is, asked once per new thread.
@@ -268,6 +271,7 @@ public final class Aggregator: Sendable {
                 }
                 return n.timestamp &+ Self.exitGrace <= bound
             }
+            notes.shrinkIfSparse()
             return out
         }
         return Set(due).sorted()
@@ -304,9 +308,17 @@ public final class Aggregator: Sendable {
             var identities: [(Int32, ThreadIdentity)] = []
             threads.withLock { t in
                 for tid in tids { if let id = t.removeValue(forKey: tid) { identities.append((tid, id)) } }
+                // Memory follows the live threads: a burst's capacity goes once it has retired.
+                t.shrinkIfSparse()
             }
-            startTimes.withLock { s in for (tid, _) in identities { s[tid] = nil } }
-            unresolved.withLock { u in for (tid, _) in identities { u.remove(tid) } }
+            startTimes.withLock { s in
+                for (tid, _) in identities { s[tid] = nil }
+                s.shrinkIfSparse()
+            }
+            unresolved.withLock { u in
+                for (tid, _) in identities { u.remove(tid) }
+                u.shrinkIfSparse()
+            }
             let seqs = board.post(identities.map(\.0))
             for (seq, (tid, id)) in zip(seqs, identities) {
                 r.retiring[seq] = (tid, id)
@@ -320,7 +332,10 @@ public final class Aggregator: Sendable {
             }
             r.retiredThreads += UInt64(identities.count)
             if onExit { r.retiredOnExit += UInt64(identities.count) }
-            goneSince.withLock { g in for (tid, _) in identities { g[tid] = nil } }
+            goneSince.withLock { g in
+                for (tid, _) in identities { g[tid] = nil }
+                g.shrinkIfSparse()
+            }
             evict(&r)
         }
     }
@@ -343,6 +358,60 @@ public final class Aggregator: Sendable {
         }
     }
 
+    /// Forgets the retirement requests up to `done` (every writer has carried them out and handed their counts
+    /// and series over, taken before this call) and folds stopped VMs beyond the history. Returns whether any
+    /// request was forgotten.
+    func forget(_ r: inout RetiredTotals, board: RetireBoard, through done: UInt64) -> Bool {
+        guard done != .max, done > 0 else { return false }
+        let before = r.retiring.count
+        r.retiring = r.retiring.filter { $0.key > done }
+        let pruned = board.prune(through: done)
+        evict(&r)
+        return pruned > 0 || r.retiring.count != before
+    }
+
+    /// Takes what the writers have handed over for retired threads (their counts and latency series) into the
+    /// retired rows, and forgets the requests every writer has carried out, as ``snapshot(timestamp:)`` does but
+    /// without a snapshot: a live session's retirement rounds call it, so that what retired threads held is freed
+    /// (and can go back to the kernel) when they retire rather than at the next scrape, which may be minutes
+    /// away. Every later snapshot sees each count and histogram exactly once, in its retired row. Returns whether
+    /// anything was taken or forgotten. Cost ∝ the hand-overs and the requests under way.
+    @discardableResult
+    public func collectRetired() -> Bool {
+        guard let board else { return false }
+        return retired.withLock { r in
+            // Acks first, as in a snapshot: every hand-over of a request up to the smallest ack is taken below.
+            var done = UInt64.max
+            for shard in shards { done = Swift.min(done, shard.acked) }
+            if series.hasWriter.load(ordering: .relaxed) { done = Swift.min(done, series.acked) }
+            var took = false
+            for shard in shards {
+                let handed = shard.takeHandoff()
+                r.fold(handed)
+                took = !handed.isEmpty || took
+            }
+            let handedSeries = series.takeHandoff()
+            r.fold(series: handedSeries)
+            took = !handedSeries.isEmpty || took
+            took = forget(&r, board: board, through: done) || took
+            if took { collections.wrappingAdd(1, ordering: .relaxed) }
+            return took
+        }
+    }
+
+    /// The capacities of the per-thread tables now: they grow with the live threads and shrink once they
+    /// retire (see ``AggregatorCapacities``).
+    public var capacities: AggregatorCapacities {
+        AggregatorCapacities(threads: threads.withLock { $0.capacity }, unresolved: unresolved.withLock { $0.capacity },
+                             exitNotes: exitNotes.withLock { $0.capacity },
+                             retirementRequests: board?.list.withLock { $0.capacity } ?? 0,
+                             counterSlots: shards.map { $0.occupancy.capacity })
+    }
+
+    /// How many times retired threads' hand-overs were taken or their requests forgotten so far
+    /// (``collectRetired()`` and snapshots): when it moves, memory was freed.
+    public var retiredCollections: UInt64 { collections.load(ordering: .relaxed) }
+
     /// Everything counted so far. `timestamp` is the caller's clock (ns), used for rates. Cost ∝ the live keys
     /// and series plus the retired rows, whatever was ever seen.
     public func snapshot(timestamp: UInt64) -> AggregateSnapshot {
@@ -361,6 +430,8 @@ public final class Aggregator: Sendable {
             let rows = r.retiringRows()
             var merged: [CounterKey: UInt64] = [:]
             merged.reserveCapacity(r.counters.count + shards.reduce(0) { $0 + $1.occupancy.keys })
+            // Whether retired threads' hand-overs were taken or requests forgotten (memory freed).
+            var took = false
             for shard in shards {
                 for e in 0..<catalog.count { snap.eventTotals[e] += shard.eventTotal(e) }
                 // A shard's table holds each key once: a list, not a dictionary.
@@ -375,6 +446,7 @@ public final class Aggregator: Sendable {
                     merged[key, default: 0] += v
                 }
                 r.fold(handed)
+                took = !handed.isEmpty || took
                 snap.lostEvents += shard.lost
                 snap.lostUnknownSubbuffers += shard.lostUnknown
                 snap.overflowEvents += shard.overflow
@@ -383,11 +455,9 @@ public final class Aggregator: Sendable {
             }
             let (live, handedSeries, seriesAcked) = series.collect()
             r.fold(series: handedSeries)
-            if let board, done != .max, done > 0 {
-                r.retiring = r.retiring.filter { $0.key > done }
-                board.prune(through: done)
-                evict(&r)
-            }
+            took = !handedSeries.isEmpty || took
+            if let board { took = forget(&r, board: board, through: done) || took }
+            if took { collections.wrappingAdd(1, ordering: .relaxed) }
             for (k, v) in r.counters { merged[k, default: 0] += v }
             // Every key read above was published after its thread was noted: resolve those noted meanwhile.
             resolveNewThreads()
@@ -415,6 +485,32 @@ public final class Aggregator: Sendable {
             (snap.ioAccesses, snap.ioOverflow, snap.ioRetiredThreads) = ioAccesses(r)
             return snap
         }
+    }
+}
+
+/// How many entries an ``Aggregator``'s per-thread tables hold before they grow (``Aggregator/capacities``).
+/// Each follows the live threads: it grows as they arrive, and once fewer than an eighth of it is used after
+/// retirements, it is rebuilt with room for four times its entries (at least 64; Swift rounds a dictionary's or
+/// set's room up to three quarters of a power of two). A shard's counter table is at most a quarter full after
+/// a retirement (``CounterTable``).
+public struct AggregatorCapacities: Sendable, Equatable {
+    /// Identities of the live threads.
+    public var threads: Int
+    /// Live threads not named yet.
+    public var unresolved: Int
+    /// Thread-exit records noted and not yet taken.
+    public var exitNotes: Int
+    /// Retirement requests not yet carried out by every writer.
+    public var retirementRequests: Int
+    /// Slots of each shard's counter table.
+    public var counterSlots: [Int]
+
+    public init(threads: Int, unresolved: Int, exitNotes: Int, retirementRequests: Int, counterSlots: [Int]) {
+        self.threads = threads
+        self.unresolved = unresolved
+        self.exitNotes = exitNotes
+        self.retirementRequests = retirementRequests
+        self.counterSlots = counterSlots
     }
 }
 

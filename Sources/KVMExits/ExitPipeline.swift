@@ -421,7 +421,32 @@ public struct PairingMerge {
         if allFinished {
             pairer.finish()
             isFinished = true
+        } else if merge.pending == 0 {
+            releaseBacklogBuffers()
         }
         return allFinished
+    }
+
+    /// Room (events) a buffer of the merge keeps once everything handed over is paired: a backlog's buffers
+    /// (they circulate between the readers, the outboxes and the merge, keeping their largest size) go then.
+    /// Above a read's worth of events (16 sub-buffers of 4 KiB).
+    static let keptEvents = 16_384
+
+    /// With nothing pending: the inbox, the empty outboxes and the queues holding room for more than
+    /// ``keptEvents`` events get a buffer of that room instead (cold: only after a backlog). A reader's own
+    /// buffer comes here at its next hand-over.
+    mutating func releaseBacklogBuffers() {
+        func shrink(_ b: inout [TraceEvent]) {
+            guard b.isEmpty, b.capacity > Self.keptEvents else { return }
+            b = []
+            b.reserveCapacity(Self.keptEvents)
+        }
+        shrink(&inbox)
+        for lane in lanes { lane.outbox.withLock { shrink(&$0) } }
+        for i in merge.queues.indices where merge.next[i] >= merge.queues[i].count {
+            merge.next[i] = 0
+            merge.queues[i].removeAll(keepingCapacity: true)
+            shrink(&merge.queues[i])
+        }
     }
 }

@@ -191,6 +191,15 @@ public struct Pairer {
         acked = latest
     }
 
+    /// Threads the flat per-thread arrays hold before they grow (``initialThreadCapacity`` at least; after
+    /// ``maintain()``, the least power of two times that holding twice the threads kept).
+    public var threadCapacity: Int { storage.capacity }
+    /// Slots of the tid index (at least twice the threads; after ``maintain()``, twice ``threadCapacity``).
+    public var threadIndexSlots: Int { threadIndex.count }
+    /// Slots of the series index (at least twice the series; after ``maintain()``, the least power of two ≥
+    /// 1,024 holding four times the series kept).
+    public var seriesIndexSlots: Int { seriesSlots.keys.count }
+
     /// An exit: remembered until the thread's next entry.
     @inline(__always)
     public mutating func exit(_ e: TraceEvent) {
@@ -363,6 +372,14 @@ public final class SeriesStore: Sendable {
 
     /// The live series and the retired ones handed over since the last call, in one step.
     /// Also returns the last retirement request the pairer had carried out then.
+    /// The retired series handed over since the last call (``collect()`` takes them too).
+    func takeHandoff() -> [(request: UInt64, series: LatencySeries)] {
+        state.withLock { st in
+            defer { st.handoff = [] }
+            return st.handoff
+        }
+    }
+
     func collect() -> (live: [LatencySeries], handed: [(request: UInt64, series: LatencySeries)], acked: UInt64) {
         state.withLock { st in
             defer { st.handoff = [] }
@@ -463,8 +480,8 @@ struct SeriesSlots {
     /// with their request.
     mutating func retire(_ dropping: [Int32: UInt64]) -> [(request: UInt64, series: LatencySeries)] {
         var handed: [(request: UInt64, series: LatencySeries)] = []
+        // Grown as it fills (at most twice the series kept): the old capacity is the burst's, not the threads'.
         var kept: ContiguousArray<LatencySeries> = []
-        kept.reserveCapacity(dense.count)
         for s in dense {
             if let r = dropping[s.tid] {
                 handed.append((r, s))

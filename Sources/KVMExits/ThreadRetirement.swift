@@ -33,9 +33,15 @@ public final class RetireBoard: Sendable {
         list.withLock { l in (l.filter { $0.seq > after }, latestSeq.load(ordering: .relaxed)) }
     }
 
-    /// Forgets the requests up to `seq` (every writer has carried them out).
-    func prune(through seq: UInt64) {
-        list.withLock { l in l.removeAll { $0.seq <= seq } }
+    /// Forgets the requests up to `seq` (every writer has carried them out). Returns how many it forgot.
+    @discardableResult
+    func prune(through seq: UInt64) -> Int {
+        list.withLock { l in
+            let before = l.count
+            l.removeAll { $0.seq <= seq }
+            l.shrinkIfSparse()
+            return before - l.count
+        }
     }
 
     /// Requests not yet carried out by every writer.

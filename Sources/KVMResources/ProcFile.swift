@@ -169,19 +169,25 @@ enum ProcDirectory {
         }
         defer { closedir(dir) }
         var out: [Int32] = []
+        // d_name is read through a pointer, up to its NUL: a record is only as long as its name (d_reclen), so a
+        // copy of the whole 256-byte field could read past the end of the directory buffer (a crash when that
+        // buffer ends a mapping).
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         while let entry = readdir(dir) {
-            let value: Int32? = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                var v: Int32 = 0
-                var any = false
-                for b in raw {
-                    if b == 0 { break }
-                    guard b >= 48, b <= 57 else { return nil }
-                    v = v &* 10 &+ Int32(b - 48)
-                    any = true
+            let name = UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: UInt8.self)
+            var v: Int32 = 0
+            var i = 0
+            var numeric = true
+            while name[i] != 0 {
+                let b = name[i]
+                guard b >= 48, b <= 57 else {
+                    numeric = false
+                    break
                 }
-                return any ? v : nil
+                v = v &* 10 &+ Int32(b - 48)
+                i += 1
             }
-            if let value { out.append(value) }
+            if numeric && i > 0 { out.append(v) }
         }
         return .success(out)
     }

@@ -202,8 +202,10 @@ public final class LiveSession: @unchecked Sendable {
     @discardableResult
     public func retireExited() -> [Int32] {
         guard aggregator.board != nil else { return [] }
-        // No exit record read since the last round (a quiet host): nothing to catch up for, no reader woken.
-        guard aggregator.threadExits, aggregator.pendingThreadExits > 0 else { return retireExited(caughtUpTo: nil) }
+        // No exit record read since the last round and no retirement under way (a quiet host): nothing to catch
+        // up for, no reader woken. A retirement under way is carried out by the writers at the catch-up.
+        guard aggregator.threadExits, aggregator.pendingThreadExits > 0 || (aggregator.board?.pending ?? 0) > 0
+        else { return retireExited(caughtUpTo: nil) }
         return retireExited(caughtUpTo: catchUp())
     }
 
@@ -246,7 +248,10 @@ public final class LiveSession: @unchecked Sendable {
         } else {
             retired = retireFoundGone()
         }
-        releaseFreedMemory(retired: !retired.isEmpty)
+        // What the writers handed over for the threads retired before (carried out at this round's catch-up) is
+        // taken now, not at the next scrape: their series and tables are freed here.
+        aggregator.collectRetired()
+        releaseFreedMemory()
         return retired.sorted()
     }
 
@@ -261,23 +266,25 @@ public final class LiveSession: @unchecked Sendable {
         return aggregator.retireExitedThreads()
     }
 
-    /// When threads retired: their tables' memory goes back to the kernel, at most once per
-    /// ``trimInterval`` nanoseconds (a daemon's RSS then follows the threads alive, not the most it ever
-    /// held; measured in ServeChurnLiveTests). Retirements within an interval of the last release are released
-    /// by the first round after it, whether or not that round retires anything: the last of a burst too.
-    private func releaseFreedMemory(retired: Bool) {
+    /// When retired threads' memory was freed (``Aggregator/retiredCollections`` moved: their series and
+    /// tables, once every writer carried the retirement out and its hand-over was taken): it goes back to the
+    /// kernel, at most once per ``trimInterval`` nanoseconds (a daemon's RSS then follows the threads alive,
+    /// not the most it ever held; measured in ServeChurnLiveTests). Memory freed within an interval of the
+    /// last release is released by the first round after it, whether or not that round frees anything: the
+    /// last of a burst too (rounds go on while retirements are under way, ``retireExited()``).
+    private func releaseFreedMemory() {
         let now = MonotonicClock.now()
+        let freed = aggregator.retiredCollections
         let due = lastTrim.withLock { t -> Bool in
-            if retired { t.wanted = true }
-            guard t.wanted, now &- t.last >= Self.trimInterval || t.last == 0 else { return false }
-            t = (now, false)
+            guard freed != t.freed, now &- t.last >= Self.trimInterval || t.last == 0 else { return false }
+            t = (now, freed)
             return true
         }
         if due { FreeMemory.release() }
     }
 
-    /// The last release of freed memory, and whether threads retired since.
-    private let lastTrim = Mutex<(last: UInt64, wanted: Bool)>((0, false))
+    /// The last release of freed memory, and ``Aggregator/retiredCollections`` then.
+    private let lastTrim = Mutex<(last: UInt64, freed: UInt64)>((0, 0))
     static let trimInterval: UInt64 = 1_000_000_000
 
     func resolveFromSavedThreads(only: Set<Int32>? = nil) {

@@ -87,6 +87,8 @@ struct ServeCommand: ParsableCommand {
         do { address = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
+        // A daemon: freed tables go back to the kernel rather than stay in malloc's arenas at a burst's size.
+        FreeMemory.followLiveMemory()
         // A daemon: threads that exit retire into their VM's rows, so memory follows the live threads.
         let session = try LiveSession(config: trace.config(onlyPid: pid), retireThreads: true,
                                       retiredVMCapacity: retiredVMs)

@@ -46,6 +46,18 @@ long ckvmscope_fs_type(const char *path);
  * module does not export it). 1 when memory was released, else 0. */
 static inline int ckvmscope_release_free_memory(void) { return malloc_trim(0); }
 
+/* For a daemon whose tables grow and shrink with bursts: mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD)
+ * to `bytes` — blocks of at least that size get their own mapping (unmapped when freed), and the free top of the
+ * heap beyond it goes back to the kernel on free(); set explicitly, glibc no longer raises them as large blocks
+ * are freed (by default up to 32 and 64 MiB, after which a burst's freed tables stay resident) — and
+ * mallopt(M_ARENA_MAX, 1): every thread allocates from the main heap, which malloc_trim trims whole (a thread's
+ * own arena keeps its free pages around the few blocks still live in it). Call before any other thread
+ * allocates. 1 when all three were set, else 0. */
+static inline int ckvmscope_malloc_for_daemon(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes) == 1 && mallopt(M_TRIM_THRESHOLD, bytes) == 1
+        && mallopt(M_ARENA_MAX, 1) == 1;
+}
+
 #ifdef __cplusplus
 }
 #endif
