@@ -48,6 +48,8 @@ struct LiveCommand: ParsableCommand {
         let filter = try filters.filter()
         // SIGHUP too: a closed terminal (tmux kill-session, ssh drop) must end the view and its trace.
         let stop = StopSignal()
+        // Left open for days: freed tables go back to the kernel as threads retire (as serve's).
+        FreeMemory.followLiveMemory()
         // Tests start the demo guests even beside other VMs (other tests' guests) with KVMSCOPE_DEMO_ALWAYS=1:
         // an environment variable, not an option users would see.
         let demoAlways = ProcessInfo.processInfo.environment["KVMSCOPE_DEMO_ALWAYS"] == "1"

@@ -89,6 +89,8 @@ struct TopCommand: ParsableCommand {
     func run() throws {
         let stop = StopSignal()
         let order = TopSort(rawValue: sort)!
+        // Runs for days: freed tables go back to the kernel as threads retire (as serve's).
+        FreeMemory.followLiveMemory()
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
         let only = try Self.pidList(pid)
         for p in only?.sorted() ?? [] where !ThreadDirectory.processExists(p) { throw KVMScopeError.usage("no process with pid \(p)") }

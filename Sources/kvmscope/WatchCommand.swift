@@ -76,6 +76,8 @@ struct WatchCommand: ParsableCommand {
         try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: libvirt != nil)
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
+        // Runs for days: freed tables go back to the kernel as threads retire (as serve's).
+        FreeMemory.followLiveMemory()
         // Runs as long as the host does: threads that exit retire into their VM's rows (rates per VM and vCPU
         // are unchanged), so memory follows the live threads.
         let session = try LiveSession(config: trace.config(onlyPid: pid ?? (command.isEmpty ? nil : getpid())),
