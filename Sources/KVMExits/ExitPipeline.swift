@@ -342,10 +342,22 @@ public struct ExitPipeline {
 /// watermark: every event of that CPU stamped ≤ the watermark has been handed over. So an event at or below
 /// the smallest watermark can be paired: nothing older can still come. Memory is bounded by the events not
 /// yet complete on every CPU; no sorting.
+///
+/// Batches move between the threads by reference, never element by element: a hand-over queues the producer's
+/// buffer and gives it a spent one back (``Lane/hand(_:watermark:)``), the consumer merges each lane's batches
+/// one after the other in place (a spent batch goes back to its lane for reuse), so an event is written once
+/// by its producer and read once by the merge.
 public struct PairingMerge {
     /// What one producer hands the consumer. Producer side: ``hand(_:watermark:)`` and ``finish()``.
     public final class Lane: Sendable {
-        let outbox = Mutex<[TraceEvent]>([])
+        /// Batches handed over and not yet taken (oldest first), their events, and spent buffers the consumer
+        /// gave back (empty, capacity kept) for the producer's next batches.
+        struct Outbox {
+            var batches: [[TraceEvent]] = []
+            var events = 0
+            var spare: [[TraceEvent]] = []
+        }
+        let outbox = Mutex<Outbox>(Outbox())
         /// Every event of this lane stamped ≤ watermark has been handed over. Release on store, acquire on load:
         /// a consumer that sees a watermark then finds the events it covers in the outbox.
         let watermark = Atomic<UInt64>(0)
@@ -354,19 +366,24 @@ public struct PairingMerge {
 
         public init() {}
 
-        /// Hands over `events` (time order, none before what was handed earlier; `events` comes back empty,
-        /// capacity kept) and moves the watermark: every event of this lane stamped ≤ `watermark` is now
-        /// handed over. The watermark never moves back.
-        public func hand(_ events: inout [TraceEvent], watermark wm: UInt64) {
+        /// Hands over `events` (time order, none before what was handed earlier; `events` comes back empty, with
+        /// the capacity of a buffer the consumer gave back when there is one) and moves the watermark: every event
+        /// of this lane stamped ≤ `watermark` is now handed over. The watermark never moves back. The batch is
+        /// queued as it is: no copy. Returns the events handed over and not yet taken by the consumer.
+        @discardableResult
+        public func hand(_ events: inout [TraceEvent], watermark wm: UInt64) -> Int {
+            var waiting = 0
             if !events.isEmpty {
-                // An empty outbox (the consumer took the last hand-over) takes the buffer itself: no copy;
-                // the producer goes on with the outbox's old buffer.
                 outbox.withLock { box in
-                    if box.isEmpty { swap(&box, &events) } else { box.append(contentsOf: events) }
+                    var batch = box.spare.popLast() ?? []
+                    swap(&batch, &events)
+                    box.events += batch.count
+                    box.batches.append(batch)
+                    waiting = box.events
                 }
-                events.removeAll(keepingCapacity: true)
             }
             watermark.store(Swift.max(wm, watermark.load(ordering: .relaxed)), ordering: .releasing)
+            return waiting
         }
 
         /// No more events will come from this lane (its watermark becomes infinite).
@@ -382,7 +399,14 @@ public struct PairingMerge {
     public let lanes: [Lane]
     var merge: RunMerge
     let feed: PairingFeed
-    var inbox: [TraceEvent] = []
+    /// Per lane: batches taken from its outbox behind the one the merge is reading (oldest first); the merge's
+    /// queue of a lane is spent only when this is empty.
+    var waiting: [[[TraceEvent]]]
+    /// Events in ``waiting``.
+    var waitingEvents = 0
+    /// Per lane: spent buffers to give back at the next take.
+    var spent: [[[TraceEvent]]]
+    var taken: [[TraceEvent]] = []
     public private(set) var isFinished = false
 
     /// - Parameters:
@@ -392,10 +416,12 @@ public struct PairingMerge {
         self.lanes = lanes
         merge = RunMerge(lanes: lanes.count)
         feed = PairingFeed(roles: roles)
+        waiting = Array(repeating: [], count: lanes.count)
+        spent = Array(repeating: [], count: lanes.count)
     }
 
     /// Events handed over and not yet paired (complete on some CPUs, not on all).
-    public var pending: Int { merge.pending }
+    public var pending: Int { merge.pending + waitingEvents }
 
     /// One round of the consumer: takes what the lanes handed over and feeds `pairer` every event up to the
     /// smallest watermark, in timestamp order. When every lane had finished, feeds everything left, finishes
@@ -411,13 +437,47 @@ public struct PairingMerge {
         var limit = UInt64.max
         for lane in lanes { limit = Swift.min(limit, lane.watermark.load(ordering: .acquiring)) }
         for (i, lane) in lanes.enumerated() {
-            lane.outbox.withLock { swap(&$0, &inbox) }
-            merge.append(i, &inbox)
+            var giveBack: [[TraceEvent]] = []
+            swap(&giveBack, &spent[i])
+            lane.outbox.withLock { box in
+                swap(&box.batches, &taken)
+                box.events = 0
+                box.spare.append(contentsOf: giveBack)
+            }
+            giveBack.removeAll(keepingCapacity: true)
+            swap(&giveBack, &spent[i])
+            for var batch in taken {
+                if waiting[i].isEmpty && merge.next[i] >= merge.queues[i].count {
+                    // The lane's queue is spent: the batch becomes it (swapped in), the old buffer goes back.
+                    merge.append(i, &batch)
+                    spent[i].append(batch)
+                } else {
+                    waitingEvents += batch.count
+                    waiting[i].append(batch)
+                }
+            }
+            taken.removeAll(keepingCapacity: true)
         }
         let kinds = feed.kinds
-        merge.drain(upTo: allFinished ? .max : limit, refill: { _, _ in false }) { e in
+        // A lane whose queue is spent in the drain goes on with its next waiting batch (swapped in, not copied).
+        var waiting: [[[TraceEvent]]] = []
+        var spent: [[[TraceEvent]]] = []
+        swap(&waiting, &self.waiting)
+        swap(&spent, &self.spent)
+        var waitingEvents = self.waitingEvents
+        merge.drain(upTo: allFinished ? .max : limit, refill: { lane, q in
+            guard !waiting[lane].isEmpty else { return false }
+            var next = waiting[lane].removeFirst()
+            waitingEvents -= next.count
+            swap(&q, &next)
+            spent[lane].append(next)
+            return true
+        }) { e in
             PairingFeed.feed(e, kind: kinds[Int(e.event) & 255], &pairer)
         }
+        swap(&waiting, &self.waiting)
+        swap(&spent, &self.spent)
+        self.waitingEvents = waitingEvents
         if allFinished {
             pairer.finish()
             isFinished = true

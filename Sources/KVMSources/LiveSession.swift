@@ -409,71 +409,18 @@ struct ReaderLoop {
     /// Told of thread-exit records (``EventRole/threadExit``), when the catalog has them.
     var aggregator: Aggregator? = nil
 
+    /// Events handed over and not yet taken by the pairing thread at which a reader wakes it while it keeps
+    /// reading; otherwise it is woken once, when the reader goes back to sleep (or at a catch-up or the end).
+    static let wakeThreshold = 8192
+
     func run(writer: inout ShardWriter) {
         let r = handle.reader
         let cap = Int(ckvmscope_reader_capacity(r))
-        var records = [ckvmscope_record](repeating: ckvmscope_record(), count: cap)
-        var stats = ckvmscope_decode_stats()
-        var pending: [TraceEvent] = []
-        pending.reserveCapacity(cap)
-        var hasReason = roles.map(\.hasReasons)
-        // Per event index: whether the pairer wants it (exit, entry), and whether it is a thread's exit record
-        // (noted for retirement, never counted as an event).
-        var isPairing = roles.map { $0 == .exit || $0 == .entry }
-        let isThreadExit = roles.map { $0 == .threadExit } + repeatElement(false, count: 256 - roles.count)
-        let hasThreadExits = aggregator != nil && isThreadExit.contains(true)
-        hasReason.append(contentsOf: repeatElement(false, count: 256 - hasReason.count))
-        isPairing.append(contentsOf: repeatElement(false, count: 256 - isPairing.count))
-        var lastMissed: UInt64 = 0
-        var lastUnknown: UInt64 = 0
-        var lastCorrupt: UInt64 = 0
-        var handed: UInt64 = 0
-
-        func consume(_ n: Int, watermark: UInt64) {
-            records.withUnsafeBufferPointer { buf in
-                for i in 0..<n {
-                    let e = TraceEvent(buf[i])
-                    let k = Int(e.event) & 255
-                    if hasThreadExits && isThreadExit[k] {
-                        // Cold path: once per exiting thread. Its pid field is the thread's tid.
-                        aggregator?.noteThreadExit(Int32(truncatingIfNeeded: e.detail), timestamp: e.timestamp)
-                        if pairs && e.flags & TraceEvent.afterLoss != 0 { pending.append(e) }
-                        continue
-                    }
-                    writer.add(e, hasReason: hasReason[k])
-                    // Exits and entries go to the pairer, and so does any event flagged as following a loss
-                    // (whatever its kind): the pairer must know the CPU lost events there.
-                    if pairs && (isPairing[k] || e.flags & TraceEvent.afterLoss != 0) { pending.append(e) }
-                }
-            }
-            if stats.missed_events != lastMissed || stats.missed_unknown != lastUnknown {
-                writer.addLost(stats.missed_events - lastMissed, unknownSubbuffers: stats.missed_unknown - lastUnknown)
-                lastMissed = stats.missed_events
-                lastUnknown = stats.missed_unknown
-            }
-            if stats.corrupt != lastCorrupt {
-                writer.addDamage(corruptSubbuffers: stats.corrupt - lastCorrupt)
-                lastCorrupt = stats.corrupt
-            }
-            if pairs && (!pending.isEmpty || watermark > handed) {
-                lane.hand(&pending, watermark: watermark)
-                handed = max(handed, watermark)
-                signal.signal()
-            }
-        }
-
-        /// Reads what the buffer holds now, the writer's partial sub-buffer included: afterwards this CPU's
-        /// stream is complete up to `before` less the commit margin. Returns false on a read error.
-        func catchUp() -> Bool {
-            let before = MonotonicClock.now()
-            var more: Int32 = 1
-            while more != 0 {
-                let n = Int(ckvmscope_reader_catch_up(r, &records, before, &stats, &more))
-                if n < 0 && errno != EINTR && errno != EAGAIN { return false }
-                consume(max(0, n), watermark: more != 0 && n > 0 ? records[n - 1].ts : before &- visibilityMargin)
-            }
-            return true
-        }
+        let records = UnsafeMutablePointer<ckvmscope_record>.allocate(capacity: cap)
+        records.initialize(repeating: ckvmscope_record(), count: cap)
+        defer { records.deallocate() }
+        var batch = ReaderBatch(lane: lane, signal: signal, roles: roles, pairs: pairs, aggregator: aggregator)
+        batch.pending.reserveCapacity(cap)
 
         while !handle.isStopping {
             // Retirements first (one relaxed load when none): later events of a retired tid are a new thread.
@@ -481,7 +428,8 @@ struct ReaderLoop {
             // A catch-up asked for (a snapshot, or the pairing thread waiting on this CPU) is served first.
             let asked = handle.catchUpAsked.load(ordering: .acquiring)
             if asked != handle.catchUpServed.load(ordering: .relaxed) {
-                let ok = catchUp()
+                let ok = batch.catchUp(r, records, &writer)
+                batch.wake()
                 handle.catchUpServed.store(asked, ordering: .releasing)
                 if !ok {
                     writer.addDamage(readErrors: 1)
@@ -489,8 +437,8 @@ struct ReaderLoop {
                 }
             }
             // The full sub-buffers, as many as there are: the writer's partial one is left to it.
-            let subbufsBefore = stats.subbufs
-            let n = Int(ckvmscope_reader_read(r, &records, 1, &stats))
+            let subbufsBefore = batch.stats.subbufs
+            let n = Int(ckvmscope_reader_read(r, records, 1, &batch.stats))
             if n < 0 && errno != EINTR && errno != EAGAIN {
                 // The ring buffer cannot be read any more: counted (every view shows it), and this CPU's
                 // reader stops here; what is still buffered is drained below.
@@ -498,8 +446,10 @@ struct ReaderLoop {
                 break
             }
             // Everything on full sub-buffers up to the last record read is complete.
-            consume(max(0, n), watermark: n > 0 ? records[n - 1].ts : 0)
-            if stats.subbufs - subbufsBefore >= UInt64(handle.maxSubbufs) { continue }
+            batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
+            if batch.stats.subbufs - subbufsBefore >= UInt64(handle.maxSubbufs) { continue }
+            // Going back to sleep: the pairing thread gets what this wake-up handed over.
+            batch.wake()
             if handle.isStopping { break }
             if handle.watermarked {
                 // Caught up with the writer: sleep until the buffer crosses the watermark or someone asks.
@@ -513,14 +463,144 @@ struct ReaderLoop {
         // Stopped: drain what is left, including partial sub-buffers (a watermark's worth may be there: the
         // stream is complete only up to the last record read until the buffer is empty, then finished).
         while true {
-            let subbufsBefore = stats.subbufs
-            let n = Int(ckvmscope_reader_flush(r, &records, &stats))
-            consume(max(0, n), watermark: n > 0 ? records[n - 1].ts : 0)
-            if stats.subbufs == subbufsBefore { break }
+            let subbufsBefore = batch.stats.subbufs
+            let n = Int(ckvmscope_reader_flush(r, records, &batch.stats))
+            batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
+            if batch.stats.subbufs == subbufsBefore { break }
         }
         lane.finish()
         handle.catchUpServed.store(.max, ordering: .releasing)
         signal.signal()
+    }
+}
+
+/// A reader thread's state between reads: the decode counters, what it counts and hands the pairing thread.
+/// A plain struct of the reader's own (mutating methods, no captured variables): the per-event loop runs over
+/// raw pointers with no exclusivity checks, reference counting or per-event appends.
+struct ReaderBatch {
+    let lane: PairingLane
+    let signal: PairingSignal
+    let pairs: Bool
+    let aggregator: Aggregator?
+    /// Per event index (256 entries): ``hasReason``, ``forPairer`` (exit, entry), ``threadExit``.
+    let kinds: [UInt8]
+    let hasThreadExits: Bool
+    static let hasReason: UInt8 = 1
+    static let forPairer: UInt8 = 2
+    static let threadExit: UInt8 = 4
+    /// Whether the C record is a ``TraceEvent`` field for field (checked once): records are then copied in bulk.
+    let recordIsEvent = SubbufferDecoder.recordIsEvent
+    var stats = ckvmscope_decode_stats()
+    var lastMissed: UInt64 = 0
+    var lastUnknown: UInt64 = 0
+    var lastCorrupt: UInt64 = 0
+    /// The highest watermark handed over.
+    var handed: UInt64 = 0
+    /// Whether something was handed over since the pairing thread was last woken.
+    var unsignalled = false
+    /// Exits, entries and loss-flagged events of the batch being handed over.
+    var pending: [TraceEvent] = []
+
+    init(lane: PairingLane, signal: PairingSignal, roles: [EventRole], pairs: Bool, aggregator: Aggregator?) {
+        self.lane = lane
+        self.signal = signal
+        self.pairs = pairs
+        self.aggregator = aggregator
+        var k = [UInt8](repeating: 0, count: 256)
+        for (i, role) in roles.enumerated() where i < 256 {
+            k[i] = (role.hasReasons ? Self.hasReason : 0) | (role == .exit || role == .entry ? Self.forPairer : 0)
+                | (role == .threadExit ? Self.threadExit : 0)
+        }
+        kinds = k
+        hasThreadExits = aggregator != nil && roles.contains(.threadExit)
+    }
+
+    /// Counts `n` decoded records, hands the pairer's share to the lane with `watermark`, and notes the
+    /// decoder's loss and damage counters.
+    mutating func consume(_ records: UnsafeMutablePointer<ckvmscope_record>, _ n: Int, watermark: UInt64,
+                          _ writer: inout ShardWriter) {
+        if n > 0 {
+            // The records go into the hand-over batch in one copy; the pairer's events are then kept in place.
+            var out: [TraceEvent] = []
+            swap(&out, &pending)
+            let base = out.count
+            if recordIsEvent {
+                UnsafeMutableRawPointer(records).withMemoryRebound(to: TraceEvent.self, capacity: n) { events in
+                    out.append(contentsOf: UnsafeBufferPointer(start: events, count: n))
+                }
+            } else {
+                for i in 0..<n { out.append(TraceEvent(records[i])) }
+            }
+            let pairs = self.pairs
+            let threadExits = hasThreadExits
+            let aggregator = self.aggregator
+            let kept = kinds.withUnsafeBufferPointer { kinds in
+                out.withUnsafeMutableBufferPointer { p -> Int in
+                    var j = base
+                    for i in base..<base + n {
+                        let e = p[i]
+                        let k = kinds[Int(e.event) & 255]
+                        if threadExits && k & Self.threadExit != 0 {
+                            // Cold path: once per exiting thread. Its pid field is the thread's tid.
+                            aggregator?.noteThreadExit(Int32(truncatingIfNeeded: e.detail), timestamp: e.timestamp)
+                            if e.flags & TraceEvent.afterLoss != 0 {
+                                p[j] = e
+                                j += 1
+                            }
+                            continue
+                        }
+                        writer.add(e, hasReason: k & Self.hasReason != 0)
+                        // Exits and entries go to the pairer, and so does any event flagged as following a loss
+                        // (whatever its kind): the pairer must know the CPU lost events there.
+                        if k & Self.forPairer != 0 || e.flags & TraceEvent.afterLoss != 0 {
+                            p[j] = e
+                            j += 1
+                        }
+                    }
+                    return pairs ? j : base
+                }
+            }
+            out.removeLast(out.count - kept)
+            swap(&out, &pending)
+        }
+        if stats.missed_events != lastMissed || stats.missed_unknown != lastUnknown {
+            writer.addLost(stats.missed_events - lastMissed, unknownSubbuffers: stats.missed_unknown - lastUnknown)
+            lastMissed = stats.missed_events
+            lastUnknown = stats.missed_unknown
+        }
+        if stats.corrupt != lastCorrupt {
+            writer.addDamage(corruptSubbuffers: stats.corrupt - lastCorrupt)
+            lastCorrupt = stats.corrupt
+        }
+        if pairs && (!pending.isEmpty || watermark > handed) {
+            let waiting = lane.hand(&pending, watermark: watermark)
+            handed = max(handed, watermark)
+            unsignalled = true
+            // A backlog wakes the pairing thread at once; else it is woken when this reader sleeps.
+            if waiting >= ReaderLoop.wakeThreshold { wake() }
+        }
+    }
+
+    /// Wakes the pairing thread when something was handed over since it was last woken.
+    mutating func wake() {
+        guard unsignalled else { return }
+        unsignalled = false
+        signal.signal()
+    }
+
+    /// Reads what the buffer holds now, the writer's partial sub-buffer included: afterwards this CPU's
+    /// stream is complete up to `before` less the commit margin. Returns false on a read error.
+    mutating func catchUp(_ r: OpaquePointer, _ records: UnsafeMutablePointer<ckvmscope_record>,
+                          _ writer: inout ShardWriter) -> Bool {
+        let before = MonotonicClock.now()
+        var more: Int32 = 1
+        while more != 0 {
+            let n = Int(ckvmscope_reader_catch_up(r, records, before, &stats, &more))
+            if n < 0 && errno != EINTR && errno != EAGAIN { return false }
+            consume(records, max(0, n), watermark: more != 0 && n > 0 ? records[n - 1].ts : before &- visibilityMargin,
+                    &writer)
+        }
+        return true
     }
 }
 
