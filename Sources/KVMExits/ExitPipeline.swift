@@ -492,17 +492,17 @@ public struct PairingMerge {
     /// Above a read's worth of events (16 sub-buffers of 4 KiB).
     static let keptEvents = 16_384
 
-    /// With nothing pending: the inbox, the empty outboxes and the queues holding room for more than
-    /// ``keptEvents`` events get a buffer of that room instead (cold: only after a backlog). A reader's own
-    /// buffer comes here at its next hand-over.
+    /// With nothing pending: the spent buffers (the consumer's, and those waiting in the outboxes for their
+    /// readers) and the queues holding room for more than ``keptEvents`` events get a buffer of that room
+    /// instead (cold: only after a backlog). A reader's own buffer comes here at its next hand-over.
     mutating func releaseBacklogBuffers() {
         func shrink(_ b: inout [TraceEvent]) {
             guard b.isEmpty, b.capacity > Self.keptEvents else { return }
             b = []
             b.reserveCapacity(Self.keptEvents)
         }
-        shrink(&inbox)
-        for lane in lanes { lane.outbox.withLock { shrink(&$0) } }
+        for i in spent.indices { for j in spent[i].indices { shrink(&spent[i][j]) } }
+        for lane in lanes { lane.outbox.withLock { box in for j in box.spare.indices { shrink(&box.spare[j]) } } }
         for i in merge.queues.indices where merge.next[i] >= merge.queues[i].count {
             merge.next[i] = 0
             merge.queues[i].removeAll(keepingCapacity: true)
