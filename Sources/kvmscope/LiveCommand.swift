@@ -153,8 +153,10 @@ final class DemoGuests {
         var failure: String?
         for (kind, vcpus) in [("io", 2), ("mmio", 1), ("hlt", 1)] {
             do {
+                // Named by kind (`b` and `g` tell them apart: demo-io, demo-mmio, demo-hlt).
                 started.append(try ChildProcess([exe, "storm", "--kind", kind, "--vcpus", "\(vcpus)", "--exits", "200000",
-                                                 "--seconds", "100000"], stdoutTo: "/dev/null", stderrTo: "/dev/null"))
+                                                 "--seconds", "100000", "--name", "demo-\(kind)"],
+                                                stdoutTo: "/dev/null", stderrTo: "/dev/null"))
             } catch {
                 failure = "--demo: \(error)"
             }

@@ -82,10 +82,15 @@ struct InstanceLifecycleTests {
             usleep(20_000)
         }
         #expect(guests.count == 3, "the demo's three storm guests never ran")
+        var names: [String] = []
         for g in guests {
             let cmdline = (try? String(contentsOfFile: "/proc/\(g)/cmdline", encoding: .utf8)) ?? ""
-            #expect(cmdline.split(separator: "\0").dropFirst().first == "storm", "child \(g): \(cmdline)")
+            let args = cmdline.split(separator: "\0").map(String.init)
+            #expect(args.dropFirst().first == "storm", "child \(g): \(cmdline)")
+            if let i = args.firstIndex(of: "--name"), i + 1 < args.count { names.append(args[i + 1]) }
         }
+        // Each named by its kind, so that `b` and `g` tell them apart.
+        #expect(names.sorted() == ["demo-hlt", "demo-io", "demo-mmio"])
         #expect(Self.exists(name))
         kill(view.pid, SIGKILL)
         #expect(view.wait(timeout: 10) == 128 + SIGKILL)
