@@ -190,7 +190,9 @@ struct ReportCommand: ParsableCommand {
         let path = String(cMessage: template)
         defer { close(out) }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var first = true
+        // The first 4 KiB, gathered over however many reads a pipe splits them into, is what the format is told by.
+        var head: [UInt8] = []
+        var checked = false
         while true {
             let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
             if n == 0 { break }
@@ -200,13 +202,16 @@ struct ReportCommand: ParsableCommand {
                 unlink(path)
                 throw KVMScopeError.badFile("cannot read \(file == "-" ? "standard input" : file): \(e)")
             }
-            if first && n >= TraceFiles.traceDatMagic.count {
-                first = false
-                do {
-                    _ = try TraceFiles.kind(of: Array(buffer.prefix(min(n, 4096))), path: file == "-" ? "standard input" : file)
-                } catch {
-                    unlink(path)
-                    throw error
+            if !checked {
+                head += buffer.prefix(min(n, 4096 - head.count))
+                if head.count == 4096 {
+                    checked = true
+                    do {
+                        _ = try TraceFiles.kind(of: head, path: file == "-" ? "standard input" : file)
+                    } catch {
+                        unlink(path)
+                        throw error
+                    }
                 }
             }
             var done = 0

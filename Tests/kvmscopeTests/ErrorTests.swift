@@ -92,6 +92,14 @@ import TestSupport
             try expectOneLineError(["report", device], "\(device): unknown format (binary, not trace.dat; expected trace.dat, "
                                    + "kernel trace text, trace-cmd report or perf script output)", status: 1)
         }
+        // A trace.dat whose magic comes through the pipe in pieces (5 bytes, then the rest) is told by its first
+        // 4 KiB, however many reads they take.
+        let file = ReportCommandTests.traceCmdDat
+        let r = try Spawned.run("/bin/sh", ["-c", "(head -c 5 \"$1\"; sleep 0.2; tail -c +6 \"$1\") | \"$0\" report --json -",
+                                            CLI.binary, file])
+        #expect(r.status == 0, "\(r.stderr)")
+        let whole = try CLI.run(["report", "--json", file])
+        #expect(try CLI.json(r.stdout)["events"] as? [String: Int] == CLI.json(whole.stdout)["events"] as? [String: Int])
     }
 
     /// Output that did not all land (a full disk: /dev/full) is an error, as for `-o` files and `top -b`: one
