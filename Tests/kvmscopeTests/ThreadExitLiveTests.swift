@@ -7,13 +7,16 @@ import TestSupport
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct ThreadExitLiveTests {
     static let vcpus = 4
-    static let exitsPerVCPU = 5_000
+    /// Enough for the vCPU threads to live past serve's first 1 s round, which names them while they run: named
+    /// only after they exit, a thread's vCPU number comes from the kernel's saved cmdlines (128 entries), which
+    /// other processes overwrite on a busy machine (a clean-clone run at 5,000 exits lost two vCPUs' numbers).
+    static let exitsPerVCPU = 25_000
 
     /// A held storm of 4 vCPUs under `serve -p`: once it has exited, serve has seen exactly its 5 threads'
     /// exit records (4 vCPU threads and the main thread, which created the VM and its vCPUs and so has kvm
     /// events of its own), and retired exactly those 5 threads, every one on its exit record (none found gone
     /// from /proc: `kvmscope_retired_on_exit_total` = `kvmscope_retired_threads_total`), within seconds of the
-    /// storm's end; every vCPU's 5,000 `KVM_EXIT_IO` are counted exactly, in its own retired row.
+    /// storm's end; every vCPU's 25,000 `KVM_EXIT_IO` are counted exactly, in its own retired row.
     @Test(.timeLimit(.minutes(2))) func aStormsThreadsRetireOnTheirExitRecords() throws {
         let storm = try ServeLiveTests.heldStorm("--kind io --vcpus \(Self.vcpus) --exits \(Self.exitsPerVCPU)")
         defer { storm.stop() }
