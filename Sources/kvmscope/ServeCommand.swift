@@ -64,7 +64,7 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup(title: "Tracing") var trace: TraceOptions
     @OptionGroup(title: "QMP") var qmp: QMPOptions
 
-    @Option(name: .customLong("connect"),
+    @Option(name: [.customShort("c"), .customLong("connect")],
             help: "libvirt URI for domain names, UUIDs and device statistics (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
     var connect: String?
 

@@ -52,7 +52,7 @@ struct WatchCommand: ParsableCommand {
     @OptionGroup(title: "Tracing") var trace: TraceOptions
     @OptionGroup(title: "QMP") var qmp: QMPOptions
 
-    @Option(name: .customLong("connect"),
+    @Option(name: [.customShort("c"), .customLong("connect")],
             help: "libvirt URI whose domains' block statistics feed disk_latency rules (virt-top -c). Default: qemu:///system when libvirtd runs; 'none': never.")
     var connect: String?
 

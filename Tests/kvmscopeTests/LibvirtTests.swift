@@ -230,7 +230,8 @@ struct LibvirtTests {
                 "\(mmio)")
     }
 
-    /// A URI given on the command line that cannot be opened is an error; `-c none` reads no libvirt.
+    /// A URI given on the command line that cannot be opened is an error (top, serve and watch alike); `-c none`
+    /// reads no libvirt.
     @Test func aBadURIIsOneLine() throws {
         try LibvirtDaemon.ensureRunning()
         let r = try CLI.run(["top", "--json", "-n", "1", "-d", "0.1", "--no-exits", "-c", "qemu:///nowhere"], timeout: 60)
@@ -241,6 +242,15 @@ struct LibvirtTests {
         #expect(none.status == 0, "\(none.stderr)")
         let vms = try #require(try CLI.json(none.stdout)["vms"] as? [[String: Any]])
         #expect(vms.allSatisfy { $0["libvirt"] is NSNull })
+        // serve and watch take virt-top's -c too, and refuse the same URI with the same line.
+        let serve = try CLI.run(["serve", "--listen", "127.0.0.1:\(freeLoopbackPort())", "-c", "qemu:///nowhere"], timeout: 60)
+        #expect(serve.status == 1)
+        #expect(serve.stderr.hasPrefix("kvmscope: cannot connect to libvirt at qemu:///nowhere: "), "\(serve.stderr)")
+        #expect(serve.stderr.filter { $0 == "\n" }.count == 1, "\(serve.stderr)")
+        let watch = try CLI.run(["watch", "--alert", "disk_latency(vm) > 5ms", "-c", "qemu:///nowhere", "--", "true"], timeout: 60)
+        #expect(watch.status == 1)
+        #expect(watch.stderr.hasPrefix("kvmscope: cannot connect to libvirt at qemu:///nowhere: "), "\(watch.stderr)")
+        #expect(watch.stderr.filter { $0 == "\n" }.count == 1, "\(watch.stderr)")
     }
 }
 
