@@ -2,7 +2,8 @@
 /// samples; a connection that closes, times out or answers garbage is closed and opened again at the next
 /// sample (a socket that cannot be connected to is tried again every ``retrySeconds``).
 ///
-/// Each read asks `query-blockstats`, `query-memory-size-summary`, `query-balloon` (absent without a balloon)
+/// Each read asks `query-blockstats`, `query-memory-size-summary`, `query-balloon` (absent without a balloon),
+/// `query-status` (the run state)
 /// and `query-stats` for targets `vm` and `vcpu` (absent before QEMU 7.1 and then not asked again), and every
 /// 10th `query-pci`, each bounded by the connection's timeout; QEMU's memory tree (`info mtree -f -o` through
 /// `human-monitor-command`, some KiB of text) when the connection opens and again when the BARs change — not at
@@ -106,6 +107,7 @@ public final class QMPMonitor {
         let blocksID = try c.send("query-blockstats", deadline: deadline)
         let memoryID = try c.send("query-memory-size-summary", deadline: deadline)
         let balloonID = try c.send("query-balloon", deadline: deadline)
+        let statusID = try c.send("query-status", deadline: deadline)
         let statsIDs = hasStats
             ? try ["vm", "vcpu"].map { (target: String) throws(QMPError) in
                 try c.send("query-stats", arguments: "{\"target\":\"\(target)\",\"providers\":[{\"provider\":\"kvm\"}]}",
@@ -137,6 +139,12 @@ public final class QMPMonitor {
             try c.receive(balloonID, command: "query-balloon", deadline: deadline)
         }) {
             s.balloonActualBytes = b.actual
+        }
+        if let status: QMPReplies.Status = try optional({ () throws(QMPError) in
+            try c.receive(statusID, command: "query-status", deadline: deadline)
+        }) {
+            s.runState = status.status
+            s.running = status.running
         }
         for (i, id) in statsIDs.enumerated() {
             guard let results: [QMPReplies.StatsResult] = try optional({ () throws(QMPError) in

@@ -53,6 +53,13 @@ public enum QMPReplies {
         enum CodingKeys: String, CodingKey { case baseMemory = "base-memory", pluggedMemory = "plugged-memory" }
     }
 
+    /// `query-status`: QEMU's run state (`running`, `paused`, `suspended`, `inmigrate`, `postmigrate`,
+    /// `io-error`, `guest-panicked`, `shutdown`, …) and whether its vCPUs run.
+    public struct Status: Decodable, Sendable, Equatable {
+        public var status: String
+        public var running: Bool
+    }
+
     /// `query-balloon`: the memory the guest has now, after the balloon took its share, bytes.
     public struct Balloon: Decodable, Sendable, Equatable {
         public var actual: UInt64

@@ -264,6 +264,12 @@ public struct QMPSample: Sendable, Equatable {
     public var problem: String?
     /// Block devices, as `query-blockstats` lists them.
     public var disks: [DiskSample] = []
+    /// QEMU's run state (`query-status`): `running`, `paused` (QMP `stop`, `virsh suspend`), `suspended` (the
+    /// guest's S3), `inmigrate`, `postmigrate`, `io-error`, `guest-panicked`, `shutdown`, …; nil where it was not
+    /// read (through libvirt, whose own state is ``LibvirtDomain/state``).
+    public var runState: String?
+    /// Whether QEMU runs the guest's vCPUs (`query-status` `running`); nil where it was not read.
+    public var running: Bool?
     /// The guest's configured RAM, bytes: `base-memory + plugged-memory` of `query-memory-size-summary`
     /// (`-m`, plus hot-plugged DIMMs).
     public var configuredMemoryBytes: UInt64?

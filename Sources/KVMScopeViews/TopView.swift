@@ -65,8 +65,9 @@ public enum TopSort: String, CaseIterable, Sendable {
 /// One VM's row, computed from its sample: what every output of `top` shows.
 public struct TopRow: Sendable {
     public var vm: VMSample
-    /// virt-top's state letter: R (a vCPU thread running), P (every thread stopped: SIGSTOP, paused),
-    /// D (a vCPU thread in uninterruptible wait), S (otherwise), `-` (the process ended).
+    /// virt-top's state letter: R (a vCPU thread running), P (paused: libvirt's paused or suspended state,
+    /// QEMU's `query-status` not running through `--qmp`, or every thread stopped by SIGSTOP), D (a vCPU thread
+    /// in uninterruptible wait), S (otherwise), `-` (the process ended).
     public var state: Character
     /// CPU seconds of the whole process, cumulative (utime + stime of /proc/PID/stat).
     public var cpuSeconds: Double
@@ -105,6 +106,8 @@ public struct TopRow: Sendable {
         if vm.gone { return "-" }
         // libvirt's paused (3) and suspended by the guest (7): QEMU stopped its vCPUs, its threads only sleep.
         if let state = vm.libvirt?.state, state == 3 || state == 7 { return "P" }
+        // QEMU's own word through --qmp: its vCPUs stopped (QMP stop, a migration's end, an I/O error, a panic).
+        if let q = vm.qmp, q.problem == nil, q.running == false { return "P" }
         let live = vm.threads.filter { !$0.gone }
         let vcpus = live.filter { $0.vcpu != nil }
         if vcpus.contains(where: { $0.state == "R" }) { return "R" }
@@ -391,6 +394,7 @@ public enum TopView {
             ("qmp", vm.qmp.map { q in
                 .object([
                     ("socket", .string(q.socket)), ("problem", .optional(q.problem)),
+                    ("run_state", .optional(q.runState)),
                     ("kvm_vm_stats", .object(q.kvmVMStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
                     ("kvm_vcpu_stats", .object(q.kvmVCPUStats.sorted { $0.key < $1.key }.map { ($0.key, .uint($0.value)) })),
                     ("pci_regions", .array(q.pciRegions.map { r in

@@ -63,6 +63,7 @@ import TestSupport
                         // A memory tree without ranges (MemoryTreeTests reads a whole one).
                         case "human-monitor-command": return #""FlatView #0\r\n AS \"I/O\", root: io\r\n Root memory region: io\r\n""#
                         case "query-balloon": return nil  // no balloon device: DeviceNotActive in QEMU, any error here
+                        case "query-status": return #"{"status": "paused", "singlestep": false, "running": false}"#
                         case "query-stats":
                             return #"[{"provider": "kvm", "qom-path": "/machine/unattached/device[0]", "stats": [{"name": "exits", "value": 240}, {"name": "guest_mode", "value": false}, {"name": "halt_wait_hist", "value": [0, 1]}]}]"#
                         default: return nil
@@ -98,6 +99,7 @@ import TestSupport
         #expect(first.disks[0].delta == nil)
         #expect(first.configuredMemoryBytes == 16_777_216)
         #expect(first.balloonActualBytes == nil)
+        #expect(first.runState == "paused" && first.running == false)
         // Numbers only: booleans and histograms are left out; vCPUs summed.
         #expect(second.kvmVCPUStats == ["exits": 240])
         let d = try #require(second.disks.first?.delta)
@@ -161,7 +163,7 @@ import TestSupport
             },
         ], timeout: 60)
         #expect(out[2] == [
-            "1 | nil | QMP \(odd): query-cpus-fast: not QMP: expected a reply to query-cpus-fast, got '{\"return\": \"two CPUs\", \"id\": 8}'; vCPU threads found by their names, else by guest time (numbers inferred)",
+            "1 | nil | QMP \(odd): query-cpus-fast: not QMP: expected a reply to query-cpus-fast, got '{\"return\": \"two CPUs\", \"id\": 9}'; vCPU threads found by their names, else by guest time (numbers inferred)",
             "1 | nil | -",
             "2 | 25627=0 25628=1 | -",
             "2 | 25627=0 25628=1 | -",

@@ -65,6 +65,19 @@ struct QEMUGuestTests {
         #expect(diskReads.count == 1 && diskReads[0] > 0, "\(disks)")
         #expect(interval["requests_source"] as? String == "block")
         #expect(interval["read_requests"] as? Int == diskReads.reduce(0, +))
+        #expect(lrow["state"] as? String != "P", "running: \(lrow)")
+        #expect((lrow["qmp"] as? [String: Any])?["run_state"] as? String == "running")
+
+        // Stopped through QMP (no libvirt, threads asleep, not SIGSTOPped): QEMU's query-status makes it P.
+        _ = try qmp.execute("stop")
+        defer { _ = try? qmp.execute("cont") }
+        let p = try CLI.run(["top", "--json", "-n", "1", "-d", "0.3", "--no-exits", "-c", "none", "--qmp", guest.kvmscopeQMPPath],
+                            timeout: 60)
+        #expect(p.status == 0, "\(p.stderr)")
+        let pj = try #require(try JSONSerialization.jsonObject(with: Data(p.stdout.utf8)) as? [String: Any])
+        let prow = try #require((pj["vms"] as? [[String: Any]])?.first { $0["pid"] as? Int == Int(guest.pid) })
+        #expect(prow["state"] as? String == "P", "\(prow)")
+        #expect((prow["qmp"] as? [String: Any])?["run_state"] as? String == "paused")
     }
 
     /// `--qmp`: per-device requests, bytes and request time over a paused interval equal QEMU's own counters

@@ -79,6 +79,27 @@ import Testing
         ])
     }
 
+    /// A VM whose QEMU says (through --qmp) its vCPUs are stopped is P whatever its threads do, as libvirt's
+    /// paused is; a running QEMU, an unread state or a failed read leave the letter to the threads.
+    @Test func qemuNotRunningIsPaused() throws {
+        var f = Self.frame()
+        var q = QMPSample(socket: "/run/db.qmp")
+        q.runState = "paused"
+        q.running = false
+        f.sample.vms[1].qmp = q
+        #expect(TopView.render(f)[0] == "kvmscope top - 09:40:12 - 2 VMs, 1 running, 0 sleeping, 1 paused")
+        #expect(TopView.render(f)[7] == "    99 P    -    -    0    0  0.0  6.3 0:01.00      0.0 -                    - db,1")
+        let db = try #require(TopView.rows(f).first { $0.vm.pid == 99 })
+        #expect(TopView.vmJSON(db, sample: f.sample).serialized().contains(#""socket":"/run/db.qmp","problem":null,"run_state":"paused""#))
+        f.sample.vms[1].qmp?.runState = "postmigrate"
+        #expect(TopView.rows(f).first { $0.vm.pid == 99 }?.state == "P")
+        f.sample.vms[1].qmp?.runState = "running"
+        f.sample.vms[1].qmp?.running = true
+        #expect(TopView.rows(f).first { $0.vm.pid == 99 }?.state == "S")
+        f.sample.vms[1].qmp = QMPSample(socket: "/run/db.qmp", problem: "connection closed by the peer")
+        #expect(TopView.rows(f).first { $0.vm.pid == 99 }?.state == "S")
+    }
+
     /// Events top's trace lost: said on the Host line (EXITS/s is short by them) and in every JSON line; a trace
     /// that lost none says nothing on the screen and 0 in the JSON; without a trace the JSON has null.
     @Test func lostEventsAreShown() throws {
