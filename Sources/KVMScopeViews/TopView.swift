@@ -522,8 +522,27 @@ extension String {
     }
 }
 
-/// virt-top's other screens: `1` host CPUs, `2` network, `3` block.
+/// virt-top's other screens: `1` host CPUs, `2` network, `3` block (its keys, and its `-1`/`-2`/`-3` options).
+public enum TopOtherScreen: Sendable, Equatable {
+    case hostCPUs, network, block
+}
+
 extension TopView {
+    /// One of virt-top's other screens as a batch screen prints it: the VM list's four header lines, a blank line,
+    /// then the screen's table (its column header first).
+    public static func render(_ frame: TopFrame, screen: TopOtherScreen, sort: TopSort = .cpu, width: Int = .max) -> [String] {
+        Array(render(frame, sort: sort, width: width).prefix(4)) + [""] + body(frame, screen: screen, sort: sort)
+    }
+
+    /// The table of one of the other screens (its column header first).
+    public static func body(_ frame: TopFrame, screen: TopOtherScreen, sort: TopSort = .cpu) -> [String] {
+        switch screen {
+        case .hostCPUs: renderHostCPUs(frame)
+        case .network: renderNetwork(frame, sort: sort)
+        case .block: renderBlock(frame, sort: sort)
+        }
+    }
+
     /// `1`: each host CPU's time in the interval (/proc/stat: user without guest, system with irq and softirq,
     /// guest, steal, idle with iowait, as shares of the CPU), and the vCPU threads that last ran there
     /// (`NAME/N`, their stat field 39).

@@ -24,6 +24,7 @@ struct TopCommand: ParsableCommand {
             comes from the kvm:* tracepoints (kvm_exit, else kvm_userspace_exit).
 
               kvmscope top -b -n 3 -d 1       three screens, one second apart
+              kvmscope top -b -3 -n 2         virt-top's block devices screen, twice
               kvmscope top --json -n 5        one JSON object per line per iteration
               kvmscope top -p 4242,4243       only these two VMs (htop -p)
               kvmscope top -b --csv top.csv   screens, and a CSV row per VM per iteration
@@ -31,6 +32,20 @@ struct TopCommand: ParsableCommand {
 
     @Flag(name: [.customShort("b"), .long], help: "Batch mode: print screens one after another (virt-top -b).")
     var batch = false
+
+    @Flag(name: .customShort("1"), help: "Show the host CPUs' screen (virt-top -1; the 1 key toggles it).")
+    var hostCPUsScreen = false
+
+    @Flag(name: .customShort("2"), help: "Show the network interfaces' screen (virt-top -2; the 2 key toggles it).")
+    var networkScreen = false
+
+    @Flag(name: .customShort("3"), help: "Show the block devices' screen (virt-top -3; the 3 key toggles it).")
+    var blockScreen = false
+
+    /// The screen `-1`, `-2` or `-3` chose (nil: the VM list).
+    var otherScreen: TopOtherScreen? {
+        hostCPUsScreen ? .hostCPUs : networkScreen ? .network : blockScreen ? .block : nil
+    }
 
     @Option(name: [.customShort("n"), .customLong("iterations")], parsing: .unconditional, help: "Stop after this many iterations.")
     var iterations: Int?
@@ -80,6 +95,12 @@ struct TopCommand: ParsableCommand {
         guard delay >= 0.1 && delay <= 3600 else { throw ValidationError("-d/--delay must be between 0.1 and 3600 seconds") }
         if let iterations, iterations < 1 { throw ValidationError("-n/--iterations must be at least 1") }
         if json && csv == "-" { throw ValidationError("--json and --csv - both write standard output: give --csv a file") }
+        if [hostCPUsScreen, networkScreen, blockScreen].filter({ $0 }).count > 1 {
+            throw ValidationError("-1, -2 and -3 each choose the screen shown: give one")
+        }
+        if otherScreen != nil && (json || csv == "-") {
+            throw ValidationError("-1, -2 and -3 choose a screen; --json and --csv - print every VM's numbers instead of screens")
+        }
         _ = try Self.pidList(pid)
         guard TopSort(rawValue: sort) != nil else {
             throw ValidationError("-o/--sort must be one of \(TopSort.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(sort)')")
@@ -103,7 +124,8 @@ struct TopCommand: ParsableCommand {
                 return try runBatch(source: &source, stop: stop, order: order, because: "\(error)")
             }
             defer { terminal.end() }
-            var screen = TopScreen(terminal: terminal, stop: stop, sort: order, delay: delay, iterations: iterations)
+            var screen = TopScreen(terminal: terminal, stop: stop, sort: order, delay: delay, iterations: iterations,
+                                   screen: otherScreen)
             try screen.run(&source)
             source.stop()
             return
@@ -130,7 +152,8 @@ struct TopCommand: ParsableCommand {
             } else if json {
                 try write(STDOUT_FILENO, TopView.json(frame, sort: order).serialized() + "\n", path: nil, stop: stop)
             } else {
-                let text = TopView.render(frame, sort: order).joined(separator: "\n") + "\n"
+                let lines = otherScreen.map { TopView.render(frame, screen: $0, sort: order) } ?? TopView.render(frame, sort: order)
+                let text = lines.joined(separator: "\n") + "\n"
                 try write(STDOUT_FILENO, (frame.iteration > 1 ? "\n" : "") + text, path: nil, stop: stop)
             }
             if let csvOut, let csv {

@@ -23,14 +23,14 @@ struct TopScreen {
     var selected: Int32?
     var showingThreads = false
     /// virt-top's `1`, `2`, `3` screens (nil: the VM list).
-    enum Screen { case hostCPUs, network, block }
-    var screen: Screen?
+    var screen: TopOtherScreen?
     var frame: TopFrame?
     /// The last warning (a QMP socket that went away), shown above the keys until the next one.
     var warning: String?
 
-    init(terminal: Terminal, stop: StopSignal, sort: TopSort, delay: Double, iterations: Int?) {
+    init(terminal: Terminal, stop: StopSignal, sort: TopSort, delay: Double, iterations: Int?, screen: TopOtherScreen? = nil) {
         self.terminal = terminal
+        self.screen = screen
         self.stop = stop
         self.sort = sort
         self.delay = delay
@@ -159,12 +159,7 @@ struct TopScreen {
         let screen = TopView.render(frame, sort: sort, width: size.columns)
         let rows = TopView.rows(frame, sort: sort)
         if let other = self.screen {
-            let body: [String]
-            switch other {
-            case .hostCPUs: body = TopView.renderHostCPUs(frame)
-            case .network: body = TopView.renderNetwork(frame, sort: sort)
-            case .block: body = TopView.renderBlock(frame, sort: sort)
-            }
+            let body = TopView.body(frame, screen: other, sort: sort)
             lines = screen.prefix(4).map { ($0, []) } + [("", [])]
             lines.append((body[0], [(0, body[0], .reverse)]))
             lines += body.dropFirst().map { ($0, []) }

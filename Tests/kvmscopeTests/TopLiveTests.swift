@@ -201,6 +201,32 @@ struct TopLiveTests {
         #expect(mine.allSatisfy { $0.split(separator: ",", omittingEmptySubsequences: false)[6] == "1" })
     }
 
+    /// virt-top's -1, -2 and -3: batch screens of the host CPUs, the network and the block devices, each under
+    /// the VM list's header lines; a VM's vCPU thread shows on the CPU it last ran on.
+    @Test func otherScreensInBatchMode() throws {
+        let g = try guest(name: "top-screens-\(getpid())", vcpus: 1)
+        defer { g.stop() }
+        for (flag, header) in [("-1", "   CPU  %USR  %SYS %GUEST %STEAL %IDLE VCPUS (last ran here)"),
+                               ("-2", "    ID DEVICE          RXBY   TXBY  RXPK  TXPK RXDROP TXDROP RXERR TXERR NAME"),
+                               ("-3", "    ID   RDBY   WRBY  RDSC  WRSC   RDCH   WRCH NAME")] {
+            let r = try CLI.run(["top", "-b", flag, "-n", "2", "-d", "0.3", "--no-exits"], timeout: 60)
+            #expect(r.status == 0, "\(flag): \(r.stderr)")
+            let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            #expect(lines.filter { $0 == header }.count == 2, "\(flag): \(r.stdout)")
+            #expect(lines.filter { $0.hasPrefix("kvmscope top - ") }.count == 2, "\(flag)")
+            #expect(lines.count > 5 && lines[4] == "" && lines[5] == header, "\(flag): \(r.stdout)")
+            #expect(!r.stdout.contains("    ID S RDRQ"), "\(flag): the VM list is not printed")
+            if flag == "-1" { #expect(r.stdout.contains(" top-screens-\(getpid())/0"), "\(r.stdout)") }
+            if flag == "-3" { #expect(lines.contains { $0.hasPrefix(String(repeating: " ", count: max(0, 6 - "\(g.pid)".count)) + "\(g.pid) ") && $0.hasSuffix(" top-screens-\(getpid())") }) }
+        }
+        let two = try CLI.run(["top", "-b", "-1", "-3"])
+        #expect(two.status != 0)
+        #expect(two.stderr == "kvmscope: -1, -2 and -3 each choose the screen shown: give one\n")
+        let json = try CLI.run(["top", "--json", "-2"])
+        #expect(json.status != 0)
+        #expect(json.stderr == "kvmscope: -1, -2 and -3 choose a screen; --json and --csv - print every VM's numbers instead of screens\n")
+    }
+
     @Test func badOptionsAreOneLine() throws {
         let r = try CLI.run(["top", "-b", "-o", "bogus"])
         #expect(r.status != 0)
