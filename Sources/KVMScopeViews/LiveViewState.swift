@@ -27,10 +27,12 @@ public struct LiveViewState: Sendable {
 
     /// kvm_stat's `-f` / `f`: a regular expression on event names (nil: everything).
     public var fields: String?
-    /// `-p` / `p` / `g` / Enter in the guest list: the VM shown (nil: all). Changing it starts the sparklines
-    /// anew: their samples counted what the rows counted then (the whole host, another VM).
+    /// `-p` / `p` / `g` / Enter in the guest list: the VM shown (nil: all). Each choice has sparklines of its
+    /// own (``history``): the whole host's go on while a VM is shown, and a VM's go on while it is not, for the
+    /// last ``keptVMHistories`` VMs chosen; a VM chosen for the first time (or again after it was dropped) starts
+    /// with none.
     public var pid: Int32? {
-        didSet { if pid != oldValue { history.samples = [:] } }
+        didSet { if let pid, pid != oldValue { keepHistory(of: pid) } }
     }
     /// The guest's name when `pid` is set, kept to find the guest again after it restarts.
     public var guestName: String?
@@ -54,7 +56,46 @@ public struct LiveViewState: Sendable {
     public var message: String?
     /// A permanent notice at the bottom (the demo guest).
     public var notice: String?
-    public var history = RateHistory()
+    /// The sparklines of what is shown now: the chosen VM's (``pid``), else the whole host's.
+    public var history: RateHistory {
+        get { pid.flatMap { vmHistories[$0] } ?? summaryHistory }
+        set {
+            if let pid { vmHistories[pid] = newValue } else { summaryHistory = newValue }
+        }
+    }
+    /// The whole host's sparklines (no VM chosen).
+    public var summaryHistory = RateHistory()
+    /// The sparklines of each VM chosen lately, by pid (the command samples each at every refresh).
+    public private(set) var vmHistories: [Int32: RateHistory] = [:]
+    /// The VMs whose sparklines are kept, least recently chosen first.
+    private var chosenVMs: [Int32] = []
+    /// How many VMs' sparklines go on beside the host's: a refresh computes one summary for each.
+    public static let keptVMHistories = 8
+
+    /// Records one sample for the host's sparklines (`vm` nil) or for a kept VM's (ignored for any other).
+    public mutating func record(_ rates: [String: Double], vm: Int32?) {
+        guard let vm else { return summaryHistory.record(rates) }
+        vmHistories[vm]?.record(rates)
+    }
+
+    /// `pid`'s sparklines go on from now (the most recently chosen; the least recently chosen beyond
+    /// ``keptVMHistories`` are dropped).
+    private mutating func keepHistory(of pid: Int32) {
+        chosenVMs.removeAll { $0 == pid }
+        chosenVMs.append(pid)
+        if vmHistories[pid] == nil {
+            var h = RateHistory()
+            h.capacity = summaryHistory.capacity
+            vmHistories[pid] = h
+        }
+        while chosenVMs.count > Self.keptVMHistories { vmHistories[chosenVMs.removeFirst()] = nil }
+    }
+
+    /// Sets every kept history's capacity (a new delay).
+    mutating func setHistoryCapacity(_ capacity: Int) {
+        summaryHistory.capacity = capacity
+        for k in vmHistories.keys { vmHistories[k]!.capacity = capacity }
+    }
     /// Pids of kernel threads that caused events (`kdamond.0`, `kvm-pit/PID`): no guests, so not listed by
     /// `b` nor offered by the `p` and `g` prompts. The command finds them (/proc/PID/stat's PF_KTHREAD).
     public var kernelThreads: Set<Int32> = []
@@ -64,9 +105,10 @@ public struct LiveViewState: Sendable {
     public init(fields: String? = nil, pid: Int32? = nil, guestName: String? = nil, delay: Double = 3) {
         self.fields = fields
         self.pid = pid
+        if let pid { keepHistory(of: pid) }
         self.guestName = guestName
         self.delay = delay
-        history.capacity = RateHistory.capacity(forDelay: delay)
+        setHistoryCapacity(RateHistory.capacity(forDelay: delay))
     }
 
     /// The summary filter this state asks for.
@@ -106,7 +148,7 @@ public struct LiveViewState: Sendable {
             if d > 25.5 { return "\"\(text)\": Value must be <=25.5" }
             delay = d
         }
-        history.capacity = RateHistory.capacity(forDelay: delay)
+        setHistoryCapacity(RateHistory.capacity(forDelay: delay))
         return nil
     }
 

@@ -124,15 +124,22 @@ struct LiveLoop {
         guestUse = use
     }
 
-    /// One sparkline sample per refresh interval, for every row of every mode under the VM filter alone
-    /// (``LiveView/historyRates(_:state:)``). Deltas need no baseline: `r` does not touch the history.
+    /// One sparkline sample per refresh interval, for every row of every mode, under no VM filter (the whole
+    /// host's sparklines) and under each VM chosen lately (theirs: ``LiveViewState/vmHistories``), so that
+    /// choosing a VM and going back loses no history (``LiveView/historyRates(_:state:)``). Deltas need no
+    /// baseline: `r` does not touch the history.
     mutating func recordHistory() throws {
         let elapsed = Double(snapshot.timestamp &- historyBase.timestamp) / 1e9
         guard elapsed >= state.delay * 0.9 else { return }
-        let vms = SummaryFilter(vms: state.filter.vms, fields: nil)
-        let all = LiveFrame(current: try Summary(snapshot, filter: vms), previous: try Summary(historyBase, filter: vms),
-                            seconds: elapsed, guests: try GuestTotal.of(snapshot), previousGuests: try GuestTotal.of(historyBase))
-        state.history.record(LiveView.historyRates(all, state: state))
+        let guests = try GuestTotal.of(snapshot), previousGuests = try GuestTotal.of(historyBase)
+        for vm in [nil] + state.vmHistories.keys.sorted() as [Int32?] {
+            let vms = SummaryFilter(vms: vm.map { [$0] }, fields: nil)
+            let frame = LiveFrame(current: try Summary(snapshot, filter: vms), previous: try Summary(historyBase, filter: vms),
+                                  seconds: elapsed, guests: guests, previousGuests: previousGuests)
+            var shown = state
+            shown.pid = vm
+            state.record(LiveView.historyRates(frame, state: shown), vm: vm)
+        }
         historyBase = snapshot
     }
 

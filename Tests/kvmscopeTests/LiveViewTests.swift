@@ -377,20 +377,40 @@ struct LiveViewTests {
         #expect(h.sparkline("none", width: 3) == "   ")
     }
 
-    /// A guest chosen (`g`, `p`, Enter in `b`) or the choice cleared: the sparklines start again, as their samples
-    /// counted what the rows counted then (the whole host's burst drawn on a steady guest's row, before).
-    @Test func choosingAGuestStartsTheSparklinesAnew() {
-        var state = LiveViewState()
-        for r in [1.0, 9, 9] { state.history.record(["e:kvm_userspace_exit": r]) }
+    /// A guest chosen (`g`, `p`, Enter in `b`) shows its own sparklines, never the whole host's (a host's burst
+    /// drawn on a steady guest's row); the choice cleared shows the host's again, which went on meanwhile, and
+    /// choosing the guest again shows its own, which went on too; the least recently chosen beyond 8 are dropped.
+    @Test func eachChoiceKeepsItsSparklines() {
+        var state = LiveViewState(delay: 2)
+        for r in [1.0, 9, 9] { state.record(["e:kvm_userspace_exit": r], vm: nil) }
         state.pid = nil
         #expect(state.history.samples["e:kvm_userspace_exit"] == [1, 9, 9], "no change, no reset")
         state.pid = 42
-        #expect(state.history.samples.isEmpty)
-        state.history.record(["e:kvm_userspace_exit": 2])
+        #expect(state.history.samples.isEmpty, "the guest's own: none yet")
+        #expect(state.history.capacity == 30)
+        // A refresh records both: the host's and the kept guest's.
+        state.record(["e:kvm_userspace_exit": 10], vm: nil)
+        state.record(["e:kvm_userspace_exit": 2], vm: 42)
+        state.record(["e:kvm_userspace_exit": 3], vm: 7)
         state.pid = 42
         #expect(state.history.samples["e:kvm_userspace_exit"] == [2])
         state.clearFilters()
+        #expect(state.history.samples["e:kvm_userspace_exit"] == [1, 9, 9, 10])
+        state.record(["e:kvm_userspace_exit": 11], vm: nil)
+        state.record(["e:kvm_userspace_exit": 4], vm: 42)
+        state.pid = 42
+        #expect(state.history.samples["e:kvm_userspace_exit"] == [2, 4])
+        #expect(state.vmHistories.keys.sorted() == [42])
+        // Nine more VMs chosen: 42 is the least recently chosen and goes; chosen again, it starts anew.
+        for p in Int32(1)...8 { state.pid = p }
+        #expect(state.vmHistories.keys.sorted() == Array(Int32(1)...8))
+        state.pid = 42
         #expect(state.history.samples.isEmpty)
+        #expect(state.vmHistories.keys.sorted() == Array(Int32(2)...8) + [42])
+        // -p PID on the command line keeps that VM's from the start.
+        let given = LiveViewState(pid: 5, delay: 3)
+        #expect(given.vmHistories.keys.sorted() == [5])
+        #expect(given.history.capacity == 20)
     }
 
     @Test func resetSubtractsTheBaseline() throws {
