@@ -97,9 +97,9 @@ struct LiveCommand: ParsableCommand {
         try loop.run()
     }
 
-    /// kvm_stat's log mode instead of the full screen, with one line saying why.
+    /// kvm_stat's log mode instead of the full screen, with one line saying why once the trace runs (a trace that
+    /// cannot start is its one error line).
     func logMode(because reason: String) throws {
-        writeStderr("kvmscope: \(reason): showing the log (kvmscope stat -l) instead of the full screen\n")
         // The terminal's keys still count: q ends the log as it ends the view, and a terminal that goes
         // away (hangup, end of file, EIO) ends it like SIGHUP. Ctrl-C raises SIGINT as usual.
         if Terminal.beginKeys() {
@@ -122,7 +122,7 @@ struct LiveCommand: ParsableCommand {
         for socket in qmp.sockets { args += ["--qmp", socket] }
         if !qmp.sockets.isEmpty { args += ["--qmp-timeout", "\(qmp.timeout)"] }
         let stat = try StatCommand.parse(args)
-        try stat.run()
+        try stat.run(notice: "kvmscope: \(reason): showing the log (kvmscope stat -l) instead of the full screen\n")
     }
 }
 

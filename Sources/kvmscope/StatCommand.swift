@@ -210,7 +210,11 @@ struct StatCommand: ParsableCommand {
         if output != nil && (log || logToFile != nil) { throw ValidationError("-o/--output is for the summary; logs go to -L/--log-to-file") }
     }
 
-    func run() throws {
+    func run() throws { try run(notice: nil) }
+
+    /// - Parameter notice: a line for stderr once the trace runs (`live`'s fallback to this log says why; a
+    ///   trace that cannot start is then one line, its error, not two).
+    func run(notice: String?) throws {
         // kvm_stat's `-f help`: the events that can be counted here, one a line.
         if let help = try filters.fieldsHelp() { return writeStdout(help) }
         let filter = try filters.filter()
@@ -227,6 +231,7 @@ struct StatCommand: ParsableCommand {
         config.events = TraceOptions.kvmEvents(IOAnalysis.tracedEvents(trace.events))
         let session = try LiveSession(config: config)
         defer { session.stop() }
+        if let notice { writeStderr(notice) }
         // The reading window, what duration_s and CurAvg/s divide by: from tracing on (the session's last step)
         // to tracing off. Creating the instance before it and draining, removing and ending COMMAND after it take
         // their time on a loaded host, and see no event of the window: they stay out, as perf stat's do.

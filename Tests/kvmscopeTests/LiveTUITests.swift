@@ -255,5 +255,10 @@ struct LiveTUITests {
         #expect(p.stderr == "kvmscope: not a terminal: showing the log (kvmscope stat -l) instead of the full screen\n")
         #expect(lines.first == "timestamp                kvm_pio")
         #expect(lines.count >= 2)
+        // A trace that cannot start is its one error line: no notice of a log that never comes.
+        let bad = try CLI.run(["live", "--event", "bogus"])
+        #expect(bad.status == 1)
+        #expect(bad.stderr == "kvmscope: no event kvm:bogus on this kernel\n")
+        #expect(bad.stdout == "")
     }
 }
