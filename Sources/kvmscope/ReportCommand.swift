@@ -476,7 +476,8 @@ struct ReportCommand: ParsableCommand {
             lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
             return lines
         }
-        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
+        // Its userspace exits named as the report's other tables, --reason and --json name them (KVM_EXIT_IO).
+        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), kvmStatNames: false)
         lines.append("")
         lines += Self.vmTable(s)
         lines.append("")

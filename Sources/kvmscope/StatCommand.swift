@@ -124,7 +124,14 @@ struct StatCommand: ParsableCommand {
             --event also takes perf kvm stat's analyses: ioport and mmio print the per-port and per-MMIO-address \
             tables after the summary.
 
+            -f is kvm_stat's: a regular expression matched at the start of each field name (Python's re.match), \
+            not searched in it: -f kvm_pio keeps kvm_pio, -f pio keeps nothing, -f '.*pio' keeps kvm_pio. Fields are \
+            the kvm events (-f help lists them) and their reasons' children, named as kvm_stat names them: \
+            kvm_exit(HLT), kvm_userspace_exit(IO); -f also takes kvm_userspace_exit(KVM_EXIT_IO), the kernel's \
+            spelling, and a kvm_exit reason in any printer's spelling.
+
               kvmscope stat -1                  counts over one second, like kvm_stat -1
+              kvmscope stat -1 -f 'kvm_(pio|userspace)'   kvm_pio, kvm_userspace_exit and its children
               kvmscope stat -1 -s 5             counts over five seconds
               kvmscope stat -l -s 1             one line per second (kvm_stat --log)
               kvmscope stat -l -c -L exits.csv  a CSV log appended to a file
@@ -213,7 +220,9 @@ struct StatCommand: ParsableCommand {
     func run() throws {
         // kvm_stat's `-f help`: the events that can be counted here, one a line.
         if let help = try filters.fieldsHelp() { return writeStdout(help) }
-        let filter = try filters.filter()
+        var filter = try filters.filter()
+        // kvm_stat's -f is Python's re.match: anchored at the start of the field name.
+        filter.fieldsAtStart = true
         // With -L, SIGHUP reopens the file (kvm_stat's habit: logrotate moves it and sends SIGHUP); it stops
         // every other run.
         let stop = logToFile == nil ? StopSignal() : StopSignal(signals: [SIGINT, SIGTERM])
