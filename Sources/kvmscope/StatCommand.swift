@@ -275,13 +275,17 @@ struct StatCommand: ParsableCommand {
         // outside CSV (kvm_stat's habit): a CSV log is one table, and -L -c appends only to a file that holds
         // the same table (or nothing).
         var formatter: LogFormatter?
+        let fields = try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter)
+        // A -f that keeps no field: kvm_stat prints no line (its -1 prints nothing at all); kvmscope says why on
+        // stderr, once, and traces on (a COMMAND still runs), its -1 printing no line either.
+        if let regex = filters.fields, fields.isEmpty {
+            writeStderr("kvmscope: -f '\(regex)' matches no kvm event or reason of this kernel (matched at the start of "
+                        + "each name, as kvm_stat's -f: 'kvm_pio', '.*pio'; -f help lists the events)\n")
+        }
         // -1's text is kvm_stat's batch lines, of the same fields.
-        let batchFormatter = once && !json
-            ? LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter), csv: false)
-            : nil
+        let batchFormatter = once && !json ? LogFormatter(fields: fields, csv: false) : nil
         if logging {
-            let f = LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter),
-                                 csv: csv)
+            let f = LogFormatter(fields: fields, csv: csv)
             if let path = logToFile, csv, Self.size(of: out.fileDescriptor) > 0 {
                 guard csvHeaderInFile == f.header() else {
                     throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count == 1 ? "1 column" : "\(f.fields.count) columns")): "
@@ -397,7 +401,8 @@ struct StatCommand: ParsableCommand {
             trail?.finish()
             // kvm_stat -1's lines on stdout, nothing else there (scripts read them); what was lost is said on stderr,
             // never silently.
-            try writeSummary(batch.batchLines(values: batch.values(current: final, previous: previous)).joined(separator: "\n") + "\n")
+            let lines = batch.batchLines(values: batch.values(current: final, previous: previous))
+            try writeSummary(lines.map { $0 + "\n" }.joined())
             if final.lostEvents + final.lostUnknownSubbuffers + final.overflowEvents + final.corruptSubbuffers + final.readErrors > 0 {
                 writeStderr("kvmscope: counts short: \(StatTable.footer(final).split(separator: "\n")[0])\n")
             }
