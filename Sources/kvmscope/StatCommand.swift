@@ -223,6 +223,9 @@ struct StatCommand: ParsableCommand {
         var filter = try filters.filter()
         // kvm_stat's -f is Python's re.match: anchored at the start of the field name.
         filter.fieldsAtStart = true
+        // kvm_stat -p traces any process's threads, a VM's or not, and counts nothing for one that runs none:
+        // kvmscope traces it too, and says why its counts will stay zero.
+        if let pid = filters.pid, let note = Self.noVMNote(pid: pid) { writeStderr("kvmscope: \(note)\n") }
         // With -L, SIGHUP reopens the file (kvm_stat's habit: logrotate moves it and sends SIGHUP); it stops
         // every other run.
         let stop = logToFile == nil ? StopSignal() : StopSignal(signals: [SIGINT, SIGTERM])
@@ -420,6 +423,17 @@ struct StatCommand: ParsableCommand {
             try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final, pairingScope: scope) + "\n")
         }
         try TraceRun.check(status)
+    }
+
+    /// What to say of `-p PID` when that process holds neither /dev/kvm nor a KVM VM open (its threads can fire
+    /// no kvm event): `pid 1 (systemd) runs no KVM VM …`; nil for a process that does, or whose open files
+    /// cannot be read (another user's, without root: nothing is known).
+    static func noVMNote(pid: Int32) -> String? {
+        guard access("/proc/\(pid)/fd", R_OK) == 0, !KVMProcesses.holdsKVM(pid) else { return nil }
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .newlines).terminalSafe
+        return "pid \(pid)\(comm.map { " (\($0))" } ?? "") runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): "
+            + "its threads are traced, as kvm_stat -p traces them, but will count nothing"
     }
 
     /// Opens a -L file for appending (created 0640 when missing, as every file kvmscope writes). Throws the

@@ -91,6 +91,17 @@ struct StatWindowTests {
         #expect(r.stderr == "")
     }
 
+    /// `-p PID` of a process that runs no VM (pid 1): traced as kvm_stat -p traces it (its zeros printed, status
+    /// 0), with one line on stderr saying that it will count nothing — silent before.
+    @Test func pidOfAProcessWithoutAVMIsSaid() throws {
+        let comm = try String(contentsOfFile: "/proc/1/comm", encoding: .utf8).trimmingCharacters(in: .newlines)
+        let r = try CLI.run(["stat", "-1", "-s", "0.1", "-p", "1", "-f", "kvm_pio$"], timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout == "kvm_pio" + String(repeating: " ", count: 35) + "         0         0\n")
+        #expect(r.stderr == "kvmscope: pid 1 (\(comm)) runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): "
+                + "its threads are traced, as kvm_stat -p traces them, but will count nothing\n")
+    }
+
     /// -L appends, as kvm_stat's does, and a CSV file that starts with the same header does not get it again.
     @Test func logToFileAppends() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-L-\(getpid()).csv").path
