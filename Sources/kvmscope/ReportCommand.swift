@@ -68,7 +68,7 @@ struct ReportCommand: ParsableCommand {
     @Option(name: [.customShort("k"), .long], help: ArgumentHelp(
         "perf kvm stat's sort key: sample (exits, the default), time (total handling time), max, min or mean.",
         valueName: "key"))
-    var key: String = "sample"
+    var key: ReportTable.SortKey = .sample
 
     @Flag(name: .customLong("by-vcpu"), help: "One table per VM × vCPU instead of per VM.")
     var byVCPU = false
@@ -101,9 +101,6 @@ struct ReportCommand: ParsableCommand {
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
         if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
-        guard ReportTable.SortKey(rawValue: key) != nil else {
-            throw ValidationError("-k/--key must be sample, time, max, min or mean (perf kvm stat's keys), not '\(key)'")
-        }
         guard let analysis = IOAnalysis(rawValue: event) else {
             throw ValidationError("--event must be vmexit, ioport or mmio (perf kvm stat's analyses), not '\(event)'")
         }
@@ -491,7 +488,7 @@ struct ReportCommand: ParsableCommand {
             // A filter that keeps no exit of a trace that has some says so (not "No kvm_exit events.").
             let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
             let inTrace = Self.total(of: "kvm_exit", a)
-            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: ReportTable.SortKey(rawValue: key) ?? .sample, onlyVCPU: vcpu,
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: key, onlyVCPU: vcpu,
                                         none: inTrace > 0 && !only.isEmpty
                 ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }
@@ -610,3 +607,7 @@ struct ReportCommand: ParsableCommand {
         return "\(ns / 1_000_000_000)." + String(repeating: "0", count: 9 - frac.count) + frac
     }
 }
+
+/// `-k/--key` parsed once, from perf kvm stat's key names (`sample`, `time`, `max`, `min`, `mean`); any other
+/// value is ArgumentParser's one line listing them.
+extension ReportTable.SortKey: ExpressibleByArgument {}

@@ -343,7 +343,8 @@ import TestSupport
         #expect(try order(["-k", "min"]).prefix(2) == ["EXTERNAL_INTERRUPT", "HLT *"])
         let bad = try CLI.run(["report", "-k", "bogus", Self.host])
         #expect(bad.status == 64 && bad.stdout.isEmpty
-                && bad.stderr == "kvmscope: -k/--key must be sample, time, max, min or mean (perf kvm stat's keys), not 'bogus'\n")
+                && bad.stderr == "kvmscope: The value 'bogus' is invalid for '-k <key>'. Please provide one of 'sample', 'time', "
+                   + "'max', 'min' or 'mean'.\n")
     }
 
     /// `--vcpu N`'s table is titled with that vCPU (as perf's "VCPU 1"), not "all vCPUs".
