@@ -114,17 +114,90 @@ struct ReportCommand: ParsableCommand {
         return f
     }
 
-    /// The output names in a trace that a spelling names, or one error line listing the closest ones.
+    /// The output names in a trace that a spelling names, or one error line saying why none
+    /// (``unresolved(_:option:_:_:userspace:hostISA:)``).
     static func resolve(_ spelling: String, option: String, _ file: String, _ source: TraceSource,
                         _ snapshot: AggregateSnapshot) throws -> [String] {
         let all = try Summary(snapshot)
-        let present = all.exits.map { (isa: $0.isa, name: $0.reason) } + all.userspaceExits.map { (isa: ISA.unknown, name: $0.reason) }
+        let resolver = ReasonResolver(names: source.catalog.exitReasons)
+        let userspace = source.catalog.userspaceExitReasons
         do {
-            return try ReasonResolver(names: source.catalog.exitReasons)
-                .resolve(spelling, present: present, userspace: source.catalog.userspaceExitReasons)
+            return try resolver.resolve(spelling, present: Self.present(all), userspace: userspace)
         } catch {
-            throw KVMScopeError.badFile("\(file): \(option) \(spelling): \(error.message)")
+            let why = unresolved(spelling, option: option, all, resolver, userspace: userspace, hostISA: StatCommand.hostISA())
+            throw KVMScopeError.badFile("\(file): \(option) \(spelling): \(why)")
         }
+    }
+
+    /// The reasons of a summary as ``ReasonResolver/resolve(_:present:userspace:)`` takes them.
+    static func present(_ s: Summary) -> [(isa: ISA, name: String)] {
+        s.exits.map { (isa: $0.isa, name: $0.reason) } + s.userspaceExits.map { (isa: ISA.unknown, name: $0.reason) }
+    }
+
+    /// Why a spelling names no reason of a trace, in the trace's terms:
+    /// - a storm rule's function around a reason (`rate(0x31)`): the option takes the reason alone;
+    /// - a `KVM_EXIT_*` reason (or its kvm_stat name, `MMIO`) the trace has no userspace exit of: the userspace
+    ///   exit reasons it has;
+    /// - a reason of the trace's ISA that it has no exit of: its code, and the closest reasons in the trace;
+    /// - a reason of another ISA only (`SVC64` in a VMX trace): that ISA, and the closest reasons in the trace;
+    /// - a reason of no table (a typo): the closest names of the trace's ISA's table (the host's for a trace
+    ///   without exits; those in the trace marked so) — never another ISA's.
+    static func unresolved(_ spelling: String, option: String, _ s: Summary, _ resolver: ReasonResolver,
+                           userspace: UserspaceExitNames, hostISA: ISA?) -> String {
+        let present = Self.present(s)
+        if ReasonResolver.number(spelling) == nil,
+           let m = spelling.wholeMatch(of: /\s*[A-Za-z_][A-Za-z0-9_]*\s*\((.+)\)\s*/) {
+            let inner = String(m.1).trimmingCharacters(in: .whitespaces)
+            let found = (try? resolver.resolve(inner, present: present, userspace: userspace)).map { " (\($0.joined(separator: ", ")) in this trace)" }
+            return "'\(spelling)' is not a reason: \(option) takes one alone, as '\(inner)'" + (found ?? "")
+        }
+        var isas = Set(s.exits.map(\.isa)).subtracting([.unknown])
+        if isas.isEmpty, let hostISA { isas = [hostISA] }
+        let order = isas.sorted { $0.rawValue < $1.rawValue }
+        func label(_ isa: ISA) -> String { isa == .arm64 ? "arm64" : (isa.jsonName ?? "?").uppercased() }
+        let isaLabel = order.map(label).joined(separator: "/")
+        let known = resolver.keys(for: spelling)
+        let inISA = known.filter { isas.contains($0.isa) }
+        let presentNames = Array(Set(s.exits.map(\.reason)))
+        let inTrace = presentNames.isEmpty ? "the trace has no exit reasons"
+            : "closest in the trace: " + ReasonResolver.closest(to: spelling, among: presentNames, limit: 5).joined(separator: ", ")
+        // A userspace exit reason (KVM_EXIT_MMIO, MMIO) that is no exit reason of the trace's ISA.
+        let upper = spelling.trimmingCharacters(in: .whitespaces).uppercased()
+        if ReasonResolver.number(spelling) == nil, inISA.isEmpty || upper.hasPrefix("KVM_EXIT_") || s.exits.isEmpty,
+           let code = userspace.code(name: upper) {
+            var totals: [String: UInt64] = [:]
+            for r in s.userspaceExits { totals[r.reason, default: 0] += r.count }
+            let kept = totals.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+            let theirs = kept.isEmpty ? "it has no kvm_userspace_exit events"
+                : "its kvm_userspace_exit reasons: " + kept.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            // HLT in a trace without kvm_exit: neither the exit nor the userspace exit of that name is there.
+            return s.exits.isEmpty && !known.isEmpty && !upper.hasPrefix("KVM_EXIT_")
+                ? "the trace has no kvm_exit events, and no \(userspace.name(code)) exits to user space (\(theirs))"
+                : "no \(userspace.name(code)) exits to user space in the trace (\(theirs))"
+        }
+        if !inISA.isEmpty {
+            let meant = inISA.sorted().map { k in
+                let name = resolver.name(k)
+                return name.hasPrefix("UNKNOWN(") ? "no \(label(k.isa)) reason has code 0x\(String(k.code, radix: 16))"
+                    : "\(name): \(label(k.isa)) 0x\(String(k.code, radix: 16))"
+            }
+            let what = ReasonResolver.number(spelling) != nil ? "no exit reason with code \(spelling.trimmingCharacters(in: .whitespaces))"
+                : "no '\(spelling)' exits"
+            return "\(what) in the trace (\(meant.joined(separator: "; "))); \(inTrace)"
+        }
+        // A typo, or another ISA's reason: the closest names of the trace's own table(s).
+        let other = known.isEmpty ? "unknown exit reason '\(spelling)'"
+            : "'\(spelling)' names \(Set(known.map { label($0.isa) }).sorted().joined(separator: "/")) exit reasons only"
+              + (isaLabel.isEmpty ? "" : "; the trace's are \(isaLabel)")
+        guard !isas.isEmpty, known.isEmpty else { return "\(other); \(inTrace)" }
+        var names = Set(presentNames)
+        for isa in order {
+            let table: SymbolTable = isa == .vmx ? resolver.names.vmx : isa == .svm ? resolver.names.svm : resolver.names.arm64
+            for e in table.entries { names.insert(e.name) }
+        }
+        let closest = ReasonResolver.closest(to: spelling, among: Array(names), limit: 5)
+            .map { presentNames.contains($0) ? "\($0) (in the trace)" : $0 }
+        return "\(other); closest \(isaLabel) reasons: " + closest.joined(separator: ", ")
     }
 
     func run() throws {

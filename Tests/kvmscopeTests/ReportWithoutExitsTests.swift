@@ -114,8 +114,8 @@ import TestSupport
             // A reason of kvm_exit's is still an error naming what the trace has.
             let hlt = try CLI.run(["report", "--reason", "HLT", path])
             #expect(hlt.status == 1)
-            #expect(hlt.stderr == "kvmscope: \(path): --reason HLT: no 'HLT' exits (HLT (vmx 0xc) or hlt (svm 0x78)); "
-                    + "closest in the trace: KVM_EXIT_IO, KVM_EXIT_MMIO\n")
+            #expect(hlt.stderr == "kvmscope: \(path): --reason HLT: the trace has no kvm_exit events, and no KVM_EXIT_HLT exits "
+                    + "to user space (its kvm_userspace_exit reasons: KVM_EXIT_IO 3, KVM_EXIT_MMIO 1)\n")
         }
     }
 }
