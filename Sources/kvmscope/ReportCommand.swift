@@ -531,7 +531,13 @@ struct ReportCommand: ParsableCommand {
         }
         if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
-            if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
+            // No kvm event in the whole file (a window that keeps none of a file that has some is refused before):
+            // that is what happened, whoever wrote it — not a missing thread table, which only matters for events.
+            if a.eventsKept == 0 {
+                lines.append("note: the recording holds no kvm events: none fired in the threads it traced while it ran")
+            } else if !d.hasTGIDs {
+                lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM")
+            }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
             for note in d.recorderNotes {
                 lines.append("note: " + note + (note.hasPrefix("dropped pages: ")

@@ -172,6 +172,22 @@ import TestSupport
     }
 }
 
+    /// A kvmscope recording in which no kvm event fired (only `true`'s threads traced): its report says so —
+    /// it blamed trace-cmd for a missing thread table before.
+    @Test func emptyRecordingSaysItHoldsNoEvents() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-empty-\(getpid()).dat").path
+        defer { unlink(path) }
+        let rec = try CLI.run(["record", "-o", path, "--duration", "0.3", "--", "true"])
+        #expect(rec.status == 0, "stderr: \(rec.stderr)")
+        let r = try CLI.run(["report", path])
+        #expect(r.status == 0 && r.stderr.isEmpty, "stderr: \(r.stderr)")
+        #expect(Array(r.stdout.split(separator: "\n", omittingEmptySubsequences: false).prefix(3)) == [
+            "\(path): trace.dat, 0 kvm events over 0ns (0.000000000 → 0.000000000)",
+            "note: the recording holds no kvm events: none fired in the threads it traced while it ran",
+            "",
+        ])
+    }
+
 /// The same on a trace `kvmscope record` wrote of a storm guest on this host (where kvm_exit never fires).
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct ReportWithoutExitsLiveTests {
