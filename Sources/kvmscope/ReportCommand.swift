@@ -483,6 +483,7 @@ struct ReportCommand: ParsableCommand {
                                         ("kvm_entry_traced", .bool(Self.traced(source, a).entry))]
         if let t = source as? TextTraceReader {
             o += [("records", .uint(UInt64(t.records))), ("joined_lines", .uint(UInt64(t.joinedLines))),
+                  ("callchain_lines", .uint(UInt64(t.callchainLines))),
                   ("skipped_lines", .uint(UInt64(t.skippedLines))), ("prose_lines", .uint(UInt64(t.proseLines))),
                   ("malformed_lines", .uint(UInt64(t.malformedLines.values.reduce(0, +)))),
                   ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
@@ -525,6 +526,7 @@ struct ReportCommand: ParsableCommand {
                 notes.append("no TGID column: each thread is its own VM")
             }
             if t.joinedLines > 0 { notes.append("\(t.joinedLines) split lines joined") }
+            if t.callchainLines > 0 { notes.append("\(t.callchainLines) callchain lines skipped") }
             if t.proseLines > 0 { notes.append("\(t.proseLines) lines of other text skipped") }
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }

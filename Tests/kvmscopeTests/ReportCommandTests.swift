@@ -247,6 +247,28 @@ import TestSupport
                 + "closest in the trace: msr, GP excp\n")
     }
 
+    /// perf script -g's callchains under each sample: the report's note counts them apart from joined lines
+    /// (they were "split lines joined" before), and --json's source says both.
+    @Test func perfCallchainLinesAreCountedApart() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-callchain-\(getpid()).txt").path
+        defer { unlink(path) }
+        let frame = "\tffffffffc0a1b2c3 vmx_handle_exit+0x123 ([kvm_intel])\n\tffffffffc09a8b7c vcpu_enter_guest+0x45c ([kvm])\n\n"
+        let text = "qemu-system-x86 7/8 [002]  1.000001: kvm:kvm_exit: reason HLT rip 0x10 info 0 0\n" + frame
+            + "qemu-system-x86 7/8 [002]  1.000101: kvm:kvm_entry: vcpu 0, rip 0x11\n" + frame
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let r = try CLI.run(["report", path])
+        #expect(r.status == 0 && r.stderr.isEmpty, "stderr: \(r.stderr)")
+        #expect(r.stdout.split(separator: "\n").prefix(2) == [
+            "\(path): perf script, 2 kvm events over 100.00us (1.000001000 → 1.000101000)",
+            "note: 4 callchain lines skipped",
+        ])
+        let j = try CLI.run(["report", "--json", path])
+        let source = try #require(CLI.json(j.stdout)["source"] as? [String: Any])
+        #expect(source["callchain_lines"] as? Int == 4)
+        #expect(source["joined_lines"] as? Int == 0)
+        #expect(source["records"] as? Int == 2)
+    }
+
     /// A --reason that keeps nothing says why in the trace's terms: a KVM_EXIT_* reason by the userspace exits
     /// there are; a storm rule's `rate(…)` by the reason alone; a typo by the names of the trace's ISA (VMX
     /// here; arm64 names were offered before); another ISA's reason by its ISA; a code by its name.
