@@ -172,6 +172,9 @@ import TestSupport
     }
 }
 
+/// The same on a trace `kvmscope record` wrote of a storm guest on this host (where kvm_exit never fires).
+@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
+struct ReportWithoutExitsLiveTests {
     /// A kvmscope recording in which no kvm event fired (only `true`'s threads traced): its report says so —
     /// it blamed trace-cmd for a missing thread table before.
     @Test func emptyRecordingSaysItHoldsNoEvents() throws {
@@ -188,9 +191,6 @@ import TestSupport
         ])
     }
 
-/// The same on a trace `kvmscope record` wrote of a storm guest on this host (where kvm_exit never fires).
-@Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
-struct ReportWithoutExitsLiveTests {
     @Test func recordedStormByVCPU() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-noexits-\(getpid()).dat").path
         defer { unlink(path) }
