@@ -437,4 +437,34 @@ import TestSupport
         // The legend shows the name as the trace spelled it, escaped.
         #expect(dom.stdout.contains("&lt;img src=x onerror=\"document.title='PWNED'\"&gt; (1)"))
     }
+
+    /// The page's time axes (rate and heatmap) have one unit each, by the span: seconds for the 4.76 s of the
+    /// host trace (they read 0.00ms, 952.0ms, 1.90s … before), µs for the 100 µs of a pasted one; one number of
+    /// decimals by the step. Read from the DOM headless Chromium draws.
+    @Test func htmlTimeAxisHasOneUnit() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-axis-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }) else {
+            Issue.record("chromium is not installed (Debian package chromium)")
+            return
+        }
+        func ticks(_ trace: String) throws -> [String] {
+            let html = dir.appendingPathComponent("axis.html").path
+            let r = try CLI.run(["report", "--html", html, trace])
+            #expect(r.status == 0, "\(r.stderr)")
+            let dom = try Spawned.run(chromium, ["--headless", "--no-sandbox", "--disable-gpu",
+                                              "--user-data-dir=" + dir.appendingPathComponent("profile").path,
+                                              "--virtual-time-budget=3000", "--dump-dom", "file://" + html],
+                                   timeout: 120)
+            #expect(dom.status == 0, "chromium: \(dom.stderr.suffix(1000))")
+            return dom.stdout.matches(of: /<text [^>]*text-anchor="middle"[^>]*>([^<]*)<\/text>/).map { String($0.1) }
+        }
+        let seconds = ["0.00s", "0.95s", "1.90s", "2.86s", "3.81s", "4.76s"]
+        #expect(try ticks(Self.host) == seconds + seconds)
+        let micro = ["0µs", "20µs", "40µs", "60µs", "80µs", "100µs"]
+        #expect(try ticks(Self.pasted + "tracecmd-l-latency-min.txt") == micro + micro)
+    }
 }
