@@ -131,7 +131,7 @@ struct StatCommand: ParsableCommand {
             spelling, and a kvm_exit reason in any printer's spelling.
 
               kvmscope stat -1                  counts over one second, like kvm_stat -1
-              kvmscope stat -1 -f 'kvm_(pio|userspace)'   kvm_pio, kvm_userspace_exit and its children
+              kvmscope stat -1 -f '.*pio'       kvm_pio alone (-f pio keeps nothing)
               kvmscope stat -1 -s 5             counts over five seconds
               kvmscope stat -l -s 1             one line per second (kvm_stat --log)
               kvmscope stat -l -c -L exits.csv  a CSV log appended to a file
