@@ -8,6 +8,10 @@ public struct SummaryFilter: Sendable {
     public var vcpus: Set<UInt32>?
     /// kvm_stat's `-f`: keep events (and children) whose name matches.
     public var fields: String?
+    /// Whether `fields` must match at the start of a name (kvm_stat's `re.match`: `-f pio` keeps nothing,
+    /// `-f kvm_pio` keeps kvm_pio, `-f '.*exit'` keeps kvm_exit) rather than anywhere in it (a search: `-f pio`
+    /// keeps kvm_pio). `stat` matches as kvm_stat does; the default is the search.
+    public var fieldsAtStart = false
     public var reasons: Set<String>?
     /// Threads whose rows are held back (`serve`: threads not named yet, ``AggregateSnapshot/unnamedThreads``);
     /// the event totals still count their events.
@@ -35,24 +39,34 @@ public struct SummaryFilter: Sendable {
         return true
     }
 
-    /// kvm_stat's `-f` semantics: a regular expression searched in the event name.
+    /// kvm_stat's `-f` semantics: a regular expression matched in the event name, at its start with
+    /// ``fieldsAtStart`` (kvm_stat's `re.match`), else anywhere.
     public func keeps(field name: String) throws -> Bool {
         guard let fields else { return true }
-        return try Regex(fields).firstMatch(in: name) != nil
+        return matches(name, try Regex(fields))
     }
 
     /// `-f` on a child row `event(reason)`: the regular expression may name the reason in any printer's
-    /// spelling (`kvm_exit\(EXIT_MSR\)` keeps the kernel's `kvm_exit(msr)`), and a userspace exit as kvm_stat
-    /// names it, without the `KVM_EXIT_` prefix (`kvm_userspace_exit\(IO\)` keeps `kvm_userspace_exit(KVM_EXIT_IO)`).
+    /// spelling (`kvm_exit\(EXIT_MSR\)` keeps the kernel's `kvm_exit(msr)`), and a userspace exit with or
+    /// without the `KVM_EXIT_` prefix (`kvm_userspace_exit\(IO\)`, kvm_stat's name, and
+    /// `kvm_userspace_exit\(KVM_EXIT_IO\)`, the kernel's, both keep it), whichever of the two `reason` is.
     public func keeps(event: String, reason: String) throws -> Bool {
         guard let fields else { return true }
         let regex = try Regex(fields)
         var spellings = ReasonResolver.builtin.spellings(ofOutputName: reason)
-        if reason.hasPrefix("KVM_EXIT_") { spellings.append(String(reason.dropFirst("KVM_EXIT_".count))) }
-        for spelling in spellings where "\(event)(\(spelling))".firstMatch(of: regex) != nil {
+        if reason.hasPrefix("KVM_EXIT_") {
+            spellings.append(String(reason.dropFirst("KVM_EXIT_".count)))
+        } else if event == "kvm_userspace_exit" {
+            spellings.append("KVM_EXIT_" + reason)
+        }
+        for spelling in spellings where matches("\(event)(\(spelling))", regex) {
             return true
         }
         return false
+    }
+
+    func matches(_ name: String, _ regex: Regex<AnyRegexOutput>) -> Bool {
+        fieldsAtStart ? name.prefixMatch(of: regex) != nil : name.firstMatch(of: regex) != nil
     }
 }
 

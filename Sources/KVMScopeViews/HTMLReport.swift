@@ -3,7 +3,8 @@ import KVMExits
 
 /// One self-contained HTML page (inline CSS, JS and SVG; nothing fetched): the exit rate per reason over time
 /// and a heatmap of exit→entry latencies (time × latency bucket), for all VMs, each VM, or each VM × vCPU
-/// (a selector). The data is embedded as JSON in `<script id="kvmscope-data">`; the page draws it.
+/// (a selector). The data is embedded as JSON in `<script id="kvmscope-data">`; the page draws it. The time axis
+/// (seconds from the first bin) has one unit, s, ms or µs by its span, and one number of decimals by its step.
 public enum HTMLReport {
     /// One selectable view of the page (``TimelineGroup``, computed in KVMAnalysis).
     public typealias Group = TimelineGroup
@@ -85,8 +86,8 @@ public enum HTMLReport {
         if(!D.groups.length)return;
         D.groups.forEach((g,i)=>{const o=document.createElement('option');o.value=i;o.textContent=g.label;sel.appendChild(o);});
         function el(p,n,a,t){const e=document.createElementNS(NS,n);for(const k in a)e.setAttribute(k,a[k]);if(t!==undefined)e.textContent=t;p.appendChild(e);return e;}
-        function fmtS(s){return s<1?(s*1000).toFixed(s<0.01?2:1)+'ms':s.toFixed(2)+'s';}
-        function axisX(svg,L,W,H,T){const n=D.bins,bs=D.bin_ns/1e9;for(let i=0;i<=5;i++){const x=L+W*i/5;el(svg,'line',{x1:x,x2:x,y1:T+H,y2:T+H+4,stroke:'#444'});el(svg,'text',{x:x,y:T+H+16,'text-anchor':'middle'},fmtS(n*bs*i/5));}}
+        function axisX(svg,L,W,H,T){const span=D.bins*D.bin_ns/1e9,[u,k]=span>=1?['s',1]:span>=1e-3?['ms',1e3]:['µs',1e6],st=span*k/5,d=st>=10?0:st>=1?1:st>=0.1?2:3;
+          for(let i=0;i<=5;i++){const x=L+W*i/5;el(svg,'line',{x1:x,x2:x,y1:T+H,y2:T+H+4,stroke:'#444'});el(svg,'text',{x:x,y:T+H+16,'text-anchor':'middle'},(span*k*i/5).toFixed(d)+u);}}
         function draw(){
           const g=D.groups[+sel.value], bs=D.bin_ns/1e9, n=D.bins;
           const rate=document.getElementById('rate'); rate.innerHTML='';

@@ -7,8 +7,11 @@ public enum StatTable {
     ///   - current: the summary now.
     ///   - previous: the summary one interval ago, for CurAvg/s (nil: average since start).
     ///   - seconds: the interval length (or the time since start).
+    ///   - kvmStatNames: children named as kvm_stat names them (`IO` under kvm_userspace_exit,
+    ///     ``childName(_:)``: `stat`'s table), or as the trace's other tables name them (`KVM_EXIT_IO`: `report`'s,
+    ///     beside its per-vCPU tables, CSV and JSON that do).
     public static func render(_ current: Summary, previous: Summary?, seconds: Double, children: Bool = true,
-                              sortByTotal: Bool = false, limit: Int? = nil) -> [String] {
+                              sortByTotal: Bool = false, limit: Int? = nil, kvmStatNames: Bool = true) -> [String] {
         var lines = [pad("Event", 40) + lpad("Total", 12) + lpad("%Total", 8) + lpad("CurAvg/s", 11)]
         let grand = current.events.reduce(0) { $0 + $1.total }
         let rate = { (now: UInt64, before: UInt64?) -> String in
@@ -32,13 +35,19 @@ public enum StatTable {
             let kids = current.children.filter { $0.event == e.name }.sorted { $0.total > $1.total }
             for c in kids {
                 let before = previous?.children.first { $0.event == c.event && $0.reason == c.reason }?.total
-                lines.append(pad("  " + c.reason, 40) + lpad(String(c.total), 12) + lpad(percent(c.total, of: e.total), 8)
+                lines.append(pad("  " + (kvmStatNames ? childName(c.reason) : c.reason), 40) + lpad(String(c.total), 12) + lpad(percent(c.total, of: e.total), 8)
                              + lpad(rate(c.total, before), 11))
             }
         }
         lines.append(pad("Total", 40) + lpad(String(grand), 12) + lpad("", 8)
                      + lpad(rate(grand, previous.map { $0.events.reduce(0) { $0 + $1.total } }), 11))
         return lines
+    }
+
+    /// A reason as kvm_stat names its child (`kvm_userspace_exit(IO)`): `kvm_userspace_exit`'s `KVM_EXIT_*` names
+    /// without the prefix (kvm_stat's USERSPACE_EXIT_REASONS table holds them so); kvm_exit's reasons as they are.
+    public static func childName(_ reason: String) -> String {
+        reason.hasPrefix("KVM_EXIT_") ? String(reason.dropFirst("KVM_EXIT_".count)) : reason
     }
 
     static func percent(_ part: UInt64, of whole: UInt64) -> String {
@@ -85,8 +94,8 @@ public struct LogFormatter {
         fields.map { f in
             let (event, reason) = Self.split(f)
             guard let reason else { return current.total(of: event) &- (previous?.total(of: event) ?? 0) }
-            let now = current.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
-            let before = previous?.children.first { $0.event == event && $0.reason == reason }?.total ?? 0
+            let now = current.children.first { $0.event == event && StatTable.childName($0.reason) == reason }?.total ?? 0
+            let before = previous?.children.first { $0.event == event && StatTable.childName($0.reason) == reason }?.total ?? 0
             return now &- before
         }
     }
@@ -101,10 +110,14 @@ public struct LogFormatter {
     }
 
     /// kvm_stat's batch mode (`-1`): one line per field, sorted, zeros included — the name left-aligned in 42
-    /// columns, then the count and the count of the last interval, 10 columns each (`%-42s%10d%10d`). One
-    /// interval is read, so both numbers are its counts, as kvm_stat's are within a second.
+    /// columns, then the count and the count of the last interval, 10 columns each (`%-42s%10d%10d`: a name of
+    /// 42 characters or more is followed by the count's own padding, as printf's; a count of 10 digits or more
+    /// keeps one space before it, where printf's would run into the name). One interval is read, so both
+    /// numbers are its counts, as kvm_stat's are within a second.
     public func batchLines(values: [UInt64]) -> [String] {
-        zip(fields, values).map { f, v in StatTable.pad(f, 42) + StatTable.lpad(String(v), 10) + StatTable.lpad(String(v), 10) }
+        zip(fields, values).map { f, v in
+            (f.count >= 42 ? f : StatTable.pad(f, 42)) + StatTable.lpad(String(v), 10) + StatTable.lpad(String(v), 10)
+        }
     }
 
     /// "kvm_exit(HLT)" → ("kvm_exit", "HLT").
@@ -115,12 +128,14 @@ public struct LogFormatter {
 
     /// A log's columns, known before its first event as kvm_stat's (its TracepointProvider's fields): every event
     /// of `catalog` (the traced events), and for each event with reasons one child `event(REASON)` per name of
-    /// its reason table — `kvm_userspace_exit(KVM_EXIT_IO)`… from kvm_userspace_exit's print fmt (the built-in
-    /// KVM_EXIT_* table where the kernel gives none); `kvm_exit(HLT)`… from kvm_exit's table for `exitISA`, the
-    /// host's (kvm_stat's arch table: VMX, SVM or arm64; nil, none).
+    /// its reason table — `kvm_userspace_exit(IO)`… from kvm_userspace_exit's print fmt (the built-in KVM_EXIT_*
+    /// table where the kernel gives none), named as kvm_stat names them (``StatTable/childName(_:)``);
+    /// `kvm_exit(HLT)`… from kvm_exit's table for `exitISA`, the host's (kvm_stat's arch table: VMX, SVM or
+    /// arm64; nil, none).
     ///
-    /// `filter.fields` (-f) keeps, as kvm_stat's, the fields it matches (searched in the name; a child also in its
-    /// reason's other spellings, ``SummaryFilter/keeps(event:reason:)``), plus the event of each child kept: a
+    /// `filter.fields` (-f) keeps, as kvm_stat's, the fields it matches (at the start of the name with
+    /// ``SummaryFilter/fieldsAtStart``; a child also in its reason's other spellings,
+    /// ``SummaryFilter/keeps(event:reason:)``), plus the event of each child kept: a
     /// parent's count is all its reasons', not only the kept children's. Sorted by name, as kvm_stat's keys.
     ///
     /// A reason outside the table (an `UNKNOWN(0x…)` code, a kvm_exit where `exitISA` is nil) has no column: its
@@ -133,7 +148,7 @@ public struct LogFormatter {
             for reason in reasonNames(catalog: catalog, event: UInt16(i), exitISA: exitISA)
             where try filter.keeps(event: e.name, reason: reason) {
                 kept.insert(e.name)
-                kept.insert("\(e.name)(\(reason))")
+                kept.insert("\(e.name)(\(StatTable.childName(reason)))")
             }
         }
         return kept.sorted()
@@ -146,7 +161,7 @@ public struct LogFormatter {
     public func uncolumned(in s: Summary, filter: SummaryFilter = SummaryFilter()) throws -> [(field: String, note: String)] {
         var out: [(field: String, note: String)] = []
         for c in s.children where c.total > 0 {
-            let field = "\(c.event)(\(c.reason))"
+            let field = "\(c.event)(\(StatTable.childName(c.reason)))"
             guard !fields.contains(field), try filter.keeps(event: c.event, reason: c.reason) else { continue }
             out.append((field, "\(field) is not a column of this log (not in \(c.event)'s reasons at its start): "
                         + (fields.contains(c.event) ? "its counts are in the \(c.event) column"

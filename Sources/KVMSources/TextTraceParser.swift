@@ -25,6 +25,8 @@ struct TextTraceParser {
     var lostUnknown: UInt64 = 0
     var records = 0
     var joined = 0
+    /// Callchain lines (perf script -g, perf kvm stat record's samples): skipped, never joined to the record.
+    var callchain = 0
     var skipped = 0
     var lastTS: UInt64 = 0
     var unordered = false
@@ -108,6 +110,7 @@ struct TextTraceParser {
         var pendEnd = 0
         var pendJoined = false
         var pendLine = 0
+        var inCallchain = false
 
         func flush(_ parser: inout TextTraceParser) {
             guard let h = pending else { return }
@@ -132,6 +135,8 @@ struct TextTraceParser {
             if e > i && p[e - 1] == 13 { e -= 1 }
             var f = i
             while f < e && (p[f] == 32 || p[f] == 9) { f += 1 }
+            let afterRecordOrChain = pending != nil || inCallchain
+            inCallchain = false
             if f == e {
                 flush(&self)
             } else if p[f] == 35 {  // '#': comment
@@ -150,6 +155,11 @@ struct TextTraceParser {
                     pendEnd = e
                     pendLine = line
                 }
+            } else if afterRecordOrChain, f > i, Self.isCallchainLine(p, f, e) {
+                // The record above is whole: its callchain follows, one frame a line.
+                flush(&self)
+                callchain += 1
+                inCallchain = true
             } else if pending != nil, Self.continues(p, f, e) {
                 if !pendJoined {
                     scratch.removeAll(keepingCapacity: true)
@@ -194,6 +204,30 @@ struct TextTraceParser {
     /// trace-cmd report's header lines: `cpus=2`, `version = 6`.
     static func isReportHeader(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
         (e - s > 5 && tokenIs(p, s, s + 5, "cpus=")) || (e - s > 7 && tokenIs(p, s, s + 7, "version"))
+    }
+
+    /// Whether an indented line (from its first non-blank byte `s`) is a frame of a callchain that perf script
+    /// prints under a sample (`-g`, perf kvm stat record): `ADDRESS SYMBOL (DSO)` with the address in lower-case
+    /// hex (`%16lx`), e.g. `ffffffffc0a1b2c3 vmx_handle_exit+0x123 ([kvm_intel])`; without the DSO column, an
+    /// address of 8 or more digits followed by a symbol that is no field keyword (a record broken after `rip`
+    /// continues `ffffffff81064a4e info 0 0`, which stays a continuation).
+    static func isCallchainLine(_ p: Buffer, _ s: Int, _ e: Int) -> Bool {
+        var pos = s
+        let (a, b) = nextToken(p, &pos, e)
+        guard b > a, b - a <= 16 else { return false }
+        for k in a..<b where !(isDigit(p[k]) || (p[k] >= 97 && p[k] <= 102)) { return false }
+        let (c, d) = nextToken(p, &pos, e)
+        guard d > c else { return false }
+        var last = e
+        while last > d && isSpace(p[last - 1]) { last -= 1 }
+        if p[last - 1] == 41 {  // ')': the DSO column, `(…)`
+            var k = last - 1
+            while k > c && p[k] != 40 { k -= 1 }
+            if p[k] == 40 && k > c && isSpace(p[k - 1]) { return true }
+        }
+        guard b - a >= 8 else { return false }
+        for w in fieldKeywords where tokenIs(p, c, d, w) { return false }
+        return true
     }
 
     /// Whether a line is the rest of a record that a mail client broke: every word of it is something a

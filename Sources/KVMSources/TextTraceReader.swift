@@ -48,6 +48,8 @@ public final class TextTraceReader: TraceSource {
     public let records: Int
     /// Continuation lines joined to the record before them (a mail client broke the line).
     public let joinedLines: Int
+    /// Callchain lines (perf script -g, perf kvm stat record: `ADDRESS SYMBOL (DSO)` under a sample), skipped.
+    public let callchainLines: Int
     /// Lines that were neither records, loss notes nor continuations (comments, headers like `cpus=20`, prose).
     public let skippedLines: Int
     /// Of ``skippedLines``, those that were not comments: prose between pasted records, headers.
@@ -111,6 +113,7 @@ public final class TextTraceReader: TraceSource {
             : parser.sawRaw ? .traceCmdRaw : .traceCmd
         records = parser.records
         joinedLines = parser.joined
+        callchainLines = parser.callchain
         skippedLines = parser.skipped
         proseLines = parser.prose
         malformedLines = parser.malformedByEvent

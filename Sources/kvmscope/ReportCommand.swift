@@ -68,7 +68,7 @@ struct ReportCommand: ParsableCommand {
     @Option(name: [.customShort("k"), .long], help: ArgumentHelp(
         "perf kvm stat's sort key: sample (exits, the default), time (total handling time), max, min or mean.",
         valueName: "key"))
-    var key: String = "sample"
+    var key: ReportTable.SortKey = .sample
 
     @Flag(name: .customLong("by-vcpu"), help: "One table per VM × vCPU instead of per VM.")
     var byVCPU = false
@@ -101,9 +101,6 @@ struct ReportCommand: ParsableCommand {
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
         if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
-        guard ReportTable.SortKey(rawValue: key) != nil else {
-            throw ValidationError("-k/--key must be sample, time, max, min or mean (perf kvm stat's keys), not '\(key)'")
-        }
         guard let analysis = IOAnalysis(rawValue: event) else {
             throw ValidationError("--event must be vmexit, ioport or mmio (perf kvm stat's analyses), not '\(event)'")
         }
@@ -117,17 +114,90 @@ struct ReportCommand: ParsableCommand {
         return f
     }
 
-    /// The output names in a trace that a spelling names, or one error line listing the closest ones.
+    /// The output names in a trace that a spelling names, or one error line saying why none
+    /// (``unresolved(_:option:_:_:userspace:hostISA:)``).
     static func resolve(_ spelling: String, option: String, _ file: String, _ source: TraceSource,
                         _ snapshot: AggregateSnapshot) throws -> [String] {
         let all = try Summary(snapshot)
-        let present = all.exits.map { (isa: $0.isa, name: $0.reason) } + all.userspaceExits.map { (isa: ISA.unknown, name: $0.reason) }
+        let resolver = ReasonResolver(names: source.catalog.exitReasons)
+        let userspace = source.catalog.userspaceExitReasons
         do {
-            return try ReasonResolver(names: source.catalog.exitReasons)
-                .resolve(spelling, present: present, userspace: source.catalog.userspaceExitReasons)
+            return try resolver.resolve(spelling, present: Self.present(all), userspace: userspace)
         } catch {
-            throw KVMScopeError.badFile("\(file): \(option) \(spelling): \(error.message)")
+            let why = unresolved(spelling, option: option, all, resolver, userspace: userspace, hostISA: StatCommand.hostISA())
+            throw KVMScopeError.badFile("\(file): \(option) \(spelling): \(why)")
         }
+    }
+
+    /// The reasons of a summary as ``ReasonResolver/resolve(_:present:userspace:)`` takes them.
+    static func present(_ s: Summary) -> [(isa: ISA, name: String)] {
+        s.exits.map { (isa: $0.isa, name: $0.reason) } + s.userspaceExits.map { (isa: ISA.unknown, name: $0.reason) }
+    }
+
+    /// Why a spelling names no reason of a trace, in the trace's terms:
+    /// - a storm rule's function around a reason (`rate(0x31)`): the option takes the reason alone;
+    /// - a `KVM_EXIT_*` reason (or its kvm_stat name, `MMIO`) the trace has no userspace exit of: the userspace
+    ///   exit reasons it has;
+    /// - a reason of the trace's ISA that it has no exit of: its code, and the closest reasons in the trace;
+    /// - a reason of another ISA only (`SVC64` in a VMX trace): that ISA, and the closest reasons in the trace;
+    /// - a reason of no table (a typo): the closest names of the trace's ISA's table (the host's for a trace
+    ///   without exits; those in the trace marked so) — never another ISA's.
+    static func unresolved(_ spelling: String, option: String, _ s: Summary, _ resolver: ReasonResolver,
+                           userspace: UserspaceExitNames, hostISA: ISA?) -> String {
+        let present = Self.present(s)
+        if ReasonResolver.number(spelling) == nil,
+           let m = spelling.wholeMatch(of: /\s*[A-Za-z_][A-Za-z0-9_]*\s*\((.+)\)\s*/) {
+            let inner = String(m.1).trimmingCharacters(in: .whitespaces)
+            let found = (try? resolver.resolve(inner, present: present, userspace: userspace)).map { " (\($0.joined(separator: ", ")) in this trace)" }
+            return "'\(spelling)' is not a reason: \(option) takes one alone, as '\(inner)'" + (found ?? "")
+        }
+        var isas = Set(s.exits.map(\.isa)).subtracting([.unknown])
+        if isas.isEmpty, let hostISA { isas = [hostISA] }
+        let order = isas.sorted { $0.rawValue < $1.rawValue }
+        func label(_ isa: ISA) -> String { isa == .arm64 ? "arm64" : (isa.jsonName ?? "?").uppercased() }
+        let isaLabel = order.map(label).joined(separator: "/")
+        let known = resolver.keys(for: spelling)
+        let inISA = known.filter { isas.contains($0.isa) }
+        let presentNames = Array(Set(s.exits.map(\.reason)))
+        let inTrace = presentNames.isEmpty ? "the trace has no exit reasons"
+            : "closest in the trace: " + ReasonResolver.closest(to: spelling, among: presentNames, limit: 5).joined(separator: ", ")
+        // A userspace exit reason (KVM_EXIT_MMIO, MMIO) that is no exit reason of the trace's ISA.
+        let upper = spelling.trimmingCharacters(in: .whitespaces).uppercased()
+        if ReasonResolver.number(spelling) == nil, inISA.isEmpty || upper.hasPrefix("KVM_EXIT_") || s.exits.isEmpty,
+           let code = userspace.code(name: upper) {
+            var totals: [String: UInt64] = [:]
+            for r in s.userspaceExits { totals[r.reason, default: 0] += r.count }
+            let kept = totals.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+            let theirs = kept.isEmpty ? "it has no kvm_userspace_exit events"
+                : "its kvm_userspace_exit reasons: " + kept.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            // HLT in a trace without kvm_exit: neither the exit nor the userspace exit of that name is there.
+            return s.exits.isEmpty && !known.isEmpty && !upper.hasPrefix("KVM_EXIT_")
+                ? "the trace has no kvm_exit events, and no \(userspace.name(code)) exits to user space (\(theirs))"
+                : "no \(userspace.name(code)) exits to user space in the trace (\(theirs))"
+        }
+        if !inISA.isEmpty {
+            let meant = inISA.sorted().map { k in
+                let name = resolver.name(k)
+                return name.hasPrefix("UNKNOWN(") ? "no \(label(k.isa)) reason has code 0x\(String(k.code, radix: 16))"
+                    : "\(name): \(label(k.isa)) 0x\(String(k.code, radix: 16))"
+            }
+            let what = ReasonResolver.number(spelling) != nil ? "no exit reason with code \(spelling.trimmingCharacters(in: .whitespaces))"
+                : "no '\(spelling)' exits"
+            return "\(what) in the trace (\(meant.joined(separator: "; "))); \(inTrace)"
+        }
+        // A typo, or another ISA's reason: the closest names of the trace's own table(s).
+        let other = known.isEmpty ? "unknown exit reason '\(spelling)'"
+            : "'\(spelling)' names \(Set(known.map { label($0.isa) }).sorted().joined(separator: "/")) exit reasons only"
+              + (isaLabel.isEmpty ? "" : "; the trace's are \(isaLabel)")
+        guard !isas.isEmpty, known.isEmpty else { return "\(other); \(inTrace)" }
+        var names = Set(presentNames)
+        for isa in order {
+            let table: SymbolTable = isa == .vmx ? resolver.names.vmx : isa == .svm ? resolver.names.svm : resolver.names.arm64
+            for e in table.entries { names.insert(e.name) }
+        }
+        let closest = ReasonResolver.closest(to: spelling, among: Array(names), limit: 5)
+            .map { presentNames.contains($0) ? "\($0) (in the trace)" : $0 }
+        return "\(other); closest \(isaLabel) reasons: " + closest.joined(separator: ", ")
     }
 
     func run() throws {
@@ -413,6 +483,7 @@ struct ReportCommand: ParsableCommand {
                                         ("kvm_entry_traced", .bool(Self.traced(source, a).entry))]
         if let t = source as? TextTraceReader {
             o += [("records", .uint(UInt64(t.records))), ("joined_lines", .uint(UInt64(t.joinedLines))),
+                  ("callchain_lines", .uint(UInt64(t.callchainLines))),
                   ("skipped_lines", .uint(UInt64(t.skippedLines))), ("prose_lines", .uint(UInt64(t.proseLines))),
                   ("malformed_lines", .uint(UInt64(t.malformedLines.values.reduce(0, +)))),
                   ("vm_is", .string(t.hasTGIDs ? "tgid" : t.missingThreadIDs ? "comm" : "tid")),
@@ -455,13 +526,20 @@ struct ReportCommand: ParsableCommand {
                 notes.append("no TGID column: each thread is its own VM")
             }
             if t.joinedLines > 0 { notes.append("\(t.joinedLines) split lines joined") }
+            if t.callchainLines > 0 { notes.append("\(t.callchainLines) callchain lines skipped") }
             if t.proseLines > 0 { notes.append("\(t.proseLines) lines of other text skipped") }
             if t.reordered { notes.append("records were out of order and were sorted") }
             if !notes.isEmpty { lines.append("note: " + notes.joined(separator: "; ")) }
         }
         if traced.exit && !traced.entry { lines.append("note: kvm_entry not traced, no exit latency") }
         if let d = source as? TraceDatReader {
-            if !d.hasTGIDs { lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM") }
+            // No kvm event in the whole file (a window that keeps none of a file that has some is refused before):
+            // that is what happened, whoever wrote it — not a missing thread table, which only matters for events.
+            if a.eventsKept == 0 {
+                lines.append("note: the recording holds no kvm events: none fired in the threads it traced while it ran")
+            } else if !d.hasTGIDs {
+                lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM")
+            }
             // What kvmscope record wrote into the statistics: a recovered, truncated or --max-size-cut file.
             for note in d.recorderNotes {
                 lines.append("note: " + note + (note.hasPrefix("dropped pages: ")
@@ -476,7 +554,8 @@ struct ReportCommand: ParsableCommand {
             lines += ReportTable.footer(s, pairingScope: pairingScope, pairingApplies: pairingApplies)
             return lines
         }
-        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9))
+        // Its userspace exits named as the report's other tables, --reason and --json name them (KVM_EXIT_IO).
+        lines += StatTable.render(s, previous: nil, seconds: max(a.durationSeconds, 1e-9), kvmStatNames: false)
         lines.append("")
         lines += Self.vmTable(s)
         lines.append("")
@@ -490,7 +569,7 @@ struct ReportCommand: ParsableCommand {
             // A filter that keeps no exit of a trace that has some says so (not "No kvm_exit events.").
             let only = [pid.map { "-p \($0)" }, vcpu.map { "--vcpu \($0)" }, reason.map { "--reason \($0)" }].compactMap { $0 }
             let inTrace = Self.total(of: "kvm_exit", a)
-            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: ReportTable.SortKey(rawValue: key) ?? .sample, onlyVCPU: vcpu,
+            lines += ReportTable.render(s, byVCPU: byVCPU, top: top, key: key, onlyVCPU: vcpu,
                                         none: inTrace > 0 && !only.isEmpty
                 ? "No kvm_exit events of \(only.joined(separator: " ")) (\(inTrace) of others in the trace)." : "No kvm_exit events.")
         }
@@ -609,3 +688,7 @@ struct ReportCommand: ParsableCommand {
         return "\(ns / 1_000_000_000)." + String(repeating: "0", count: 9 - frac.count) + frac
     }
 }
+
+/// `-k/--key` parsed once, from perf kvm stat's key names (`sample`, `time`, `max`, `min`, `mean`); any other
+/// value is ArgumentParser's one line listing them.
+extension ReportTable.SortKey: ExpressibleByArgument {}

@@ -124,7 +124,14 @@ struct StatCommand: ParsableCommand {
             --event also takes perf kvm stat's analyses: ioport and mmio print the per-port and per-MMIO-address \
             tables after the summary.
 
+            -f is kvm_stat's: a regular expression matched at the start of each field name (Python's re.match), \
+            not searched in it: -f kvm_pio keeps kvm_pio, -f pio keeps nothing, -f '.*pio' keeps kvm_pio. Fields are \
+            the kvm events (-f help lists them) and their reasons' children, named as kvm_stat names them: \
+            kvm_exit(HLT), kvm_userspace_exit(IO); -f also takes kvm_userspace_exit(KVM_EXIT_IO), the kernel's \
+            spelling, and a kvm_exit reason in any printer's spelling.
+
               kvmscope stat -1                  counts over one second, like kvm_stat -1
+              kvmscope stat -1 -f '.*pio'       kvm_pio alone (-f pio keeps nothing)
               kvmscope stat -1 -s 5             counts over five seconds
               kvmscope stat -l -s 1             one line per second (kvm_stat --log)
               kvmscope stat -l -c -L exits.csv  a CSV log appended to a file
@@ -217,7 +224,12 @@ struct StatCommand: ParsableCommand {
     func run(notice: String?) throws {
         // kvm_stat's `-f help`: the events that can be counted here, one a line.
         if let help = try filters.fieldsHelp() { return writeStdout(help) }
-        let filter = try filters.filter()
+        var filter = try filters.filter()
+        // kvm_stat's -f is Python's re.match: anchored at the start of the field name.
+        filter.fieldsAtStart = true
+        // kvm_stat -p traces any process's threads, a VM's or not, and counts nothing for one that runs none:
+        // kvmscope traces it too, and says why its counts will stay zero.
+        if let pid = filters.pid, let note = Self.noVMNote(pid: pid) { writeStderr("kvmscope: \(note)\n") }
         // With -L, SIGHUP reopens the file (kvm_stat's habit: logrotate moves it and sends SIGHUP); it stops
         // every other run.
         let stop = logToFile == nil ? StopSignal() : StopSignal(signals: [SIGINT, SIGTERM])
@@ -271,13 +283,17 @@ struct StatCommand: ParsableCommand {
         // outside CSV (kvm_stat's habit): a CSV log is one table, and -L -c appends only to a file that holds
         // the same table (or nothing).
         var formatter: LogFormatter?
+        let fields = try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter)
+        // A -f that keeps no field: kvm_stat prints no line (its -1 prints nothing at all); kvmscope says why on
+        // stderr, once, and traces on (a COMMAND still runs), its -1 printing no line either.
+        if let regex = filters.fields, fields.isEmpty {
+            writeStderr("kvmscope: -f '\(regex)' matches no kvm event or reason of this kernel (matched at the start of "
+                        + "each name, as kvm_stat's -f: 'kvm_pio', '.*pio'; -f help lists the events)\n")
+        }
         // -1's text is kvm_stat's batch lines, of the same fields.
-        let batchFormatter = once && !json
-            ? LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter), csv: false)
-            : nil
+        let batchFormatter = once && !json ? LogFormatter(fields: fields, csv: false) : nil
         if logging {
-            let f = LogFormatter(fields: try LogFormatter.fields(catalog: start.catalog, exitISA: Self.hostISA(), filter: filter),
-                                 csv: csv)
+            let f = LogFormatter(fields: fields, csv: csv)
             if let path = logToFile, csv, Self.size(of: out.fileDescriptor) > 0 {
                 guard csvHeaderInFile == f.header() else {
                     throw KVMScopeError.usage("\(path) starts with another header than this run's (\(f.fields.count == 1 ? "1 column" : "\(f.fields.count) columns")): "
@@ -393,7 +409,8 @@ struct StatCommand: ParsableCommand {
             trail?.finish()
             // kvm_stat -1's lines on stdout, nothing else there (scripts read them); what was lost is said on stderr,
             // never silently.
-            try writeSummary(batch.batchLines(values: batch.values(current: final, previous: previous)).joined(separator: "\n") + "\n")
+            let lines = batch.batchLines(values: batch.values(current: final, previous: previous))
+            try writeSummary(lines.map { $0 + "\n" }.joined())
             if final.lostEvents + final.lostUnknownSubbuffers + final.overflowEvents + final.corruptSubbuffers + final.readErrors > 0 {
                 writeStderr("kvmscope: counts short: \(StatTable.footer(final).split(separator: "\n")[0])\n")
             }
@@ -411,6 +428,17 @@ struct StatCommand: ParsableCommand {
             try writeSummary(lines.joined(separator: "\n") + "\n" + StatTable.footer(final, pairingScope: scope) + "\n")
         }
         try TraceRun.check(status)
+    }
+
+    /// What to say of `-p PID` when that process holds neither /dev/kvm nor a KVM VM open (its threads can fire
+    /// no kvm event): `pid 1 (systemd) runs no KVM VM …`; nil for a process that does, or whose open files
+    /// cannot be read (another user's, without root: nothing is known).
+    static func noVMNote(pid: Int32) -> String? {
+        guard access("/proc/\(pid)/fd", R_OK) == 0, !KVMProcesses.holdsKVM(pid) else { return nil }
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .newlines).terminalSafe
+        return "pid \(pid)\(comm.map { " (\($0))" } ?? "") runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): "
+            + "its threads are traced, as kvm_stat -p traces them, but will count nothing"
     }
 
     /// Opens a -L file for appending (created 0640 when missing, as every file kvmscope writes). Throws the

@@ -197,6 +197,40 @@ import Testing
         #expect(s.exits.first { $0.reason == "IO_INSTRUCTION" }?.histogram?.max == 20_000)
     }
 
+    /// perf script -g (and perf kvm stat record's samples) prints each sample's callchain under it, one
+    /// `ADDRESS SYMBOL (DSO)` frame a line, indented: skipped and counted as callchain lines — they were joined
+    /// to the record as if a mail client had broken it. A record really broken after `rip` is still joined,
+    /// even with its callchain (without the DSO column) under it.
+    static let perfCallchains = """
+        qemu-system-x86 12345/12350 [002]  1000.000001: kvm:kvm_exit: reason MSR_WRITE rip 0xffffffff81064a4e info 0 0
+        \tffffffffc0a1b2c3 vmx_handle_exit+0x123 ([kvm_intel])
+        \tffffffffc09a8b7c vcpu_enter_guest+0x45c ([kvm])
+        \t    7f0b2c3a1b2c ioctl+0xb (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+        qemu-system-x86 12345/12350 [002]  1000.000004: kvm:kvm_entry: vcpu 0, rip 0xffffffff81064a51
+        \tffffffffc09a8f00 vcpu_enter_guest+0x7e0 ([kvm])
+        \t               0 [unknown] ([unknown])
+
+        qemu-system-x86 12345/12351 [003]  1000.000010: kvm:kvm_exit: reason HLT rip
+          0xffffffff81064b00 info 0 0
+        \tffffffffc0a1b2c3 vmx_handle_exit
+        \tffffffffc09a8b7c vcpu_enter_guest
+
+        qemu-system-x86 12345/12351 [003]  1000.000110: kvm:kvm_entry: vcpu 1, rip 0xffffffff81064b01
+
+        """
+
+    @Test func perfCallchainLinesAreSkippedNotJoined() throws {
+        let (r, s) = try T.analyse(Self.perfCallchains)
+        #expect(r.records == 4)
+        #expect(r.callchainLines == 7)
+        #expect(r.joinedLines == 1)
+        #expect(r.proseLines == 0 && r.skippedLines == 0)
+        #expect(r.events.map(\.rip) == [0xffffffff81064a4e, 0xffffffff81064a51, 0xffffffff81064b00, 0xffffffff81064b01])
+        #expect(T.exitReasons(s) == ["MSR_WRITE": 1, "HLT": 1])
+        #expect(s.pairing.paired == 2)
+    }
+
     /// Lines broken by a mail client (CRLF endings too) are joined back; a break may fall anywhere after
     /// the event name's colon.
     @Test func splitLinesAndCRLF() throws {

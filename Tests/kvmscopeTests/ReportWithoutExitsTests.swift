@@ -114,8 +114,8 @@ import TestSupport
             // A reason of kvm_exit's is still an error naming what the trace has.
             let hlt = try CLI.run(["report", "--reason", "HLT", path])
             #expect(hlt.status == 1)
-            #expect(hlt.stderr == "kvmscope: \(path): --reason HLT: no 'HLT' exits (HLT (vmx 0xc) or hlt (svm 0x78)); "
-                    + "closest in the trace: KVM_EXIT_IO, KVM_EXIT_MMIO\n")
+            #expect(hlt.stderr == "kvmscope: \(path): --reason HLT: the trace has no kvm_exit events, and no KVM_EXIT_HLT exits "
+                    + "to user space (its kvm_userspace_exit reasons: KVM_EXIT_IO 3, KVM_EXIT_MMIO 1)\n")
         }
     }
 }
@@ -175,6 +175,22 @@ import TestSupport
 /// The same on a trace `kvmscope record` wrote of a storm guest on this host (where kvm_exit never fires).
 @Suite(.serialized, .enabled(if: KVMTest.canRun, "needs root, /dev/kvm and tracefs"))
 struct ReportWithoutExitsLiveTests {
+    /// A kvmscope recording in which no kvm event fired (only `true`'s threads traced): its report says so —
+    /// it blamed trace-cmd for a missing thread table before.
+    @Test func emptyRecordingSaysItHoldsNoEvents() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-empty-\(getpid()).dat").path
+        defer { unlink(path) }
+        let rec = try CLI.run(["record", "-o", path, "--duration", "0.3", "--", "true"])
+        #expect(rec.status == 0, "stderr: \(rec.stderr)")
+        let r = try CLI.run(["report", path])
+        #expect(r.status == 0 && r.stderr.isEmpty, "stderr: \(r.stderr)")
+        #expect(Array(r.stdout.split(separator: "\n", omittingEmptySubsequences: false).prefix(3)) == [
+            "\(path): trace.dat, 0 kvm events over 0ns (0.000000000 → 0.000000000)",
+            "note: the recording holds no kvm events: none fired in the threads it traced while it ran",
+            "",
+        ])
+    }
+
     @Test func recordedStormByVCPU() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-noexits-\(getpid()).dat").path
         defer { unlink(path) }

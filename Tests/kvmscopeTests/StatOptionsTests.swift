@@ -73,6 +73,35 @@ struct StatWindowTests {
         }
     }
 
+    /// `-1 -f` with a regular expression that keeps no field: no line on stdout (kvm_stat -1 prints none either;
+    /// a blank line came before), and one line on stderr saying why — matched at the start of the name, as
+    /// kvm_stat's -f (`pio` keeps nothing; `.*pio` keeps kvm_pio).
+    @Test func onceWithAFilterMatchingNothingPrintsNoLine() throws {
+        for regex in ["nomatch", "pio"] {
+            let r = try CLI.run(["stat", "-1", "-s", "0.1", "-f", regex], timeout: 60)
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            #expect(r.stdout == "")
+            #expect(r.stderr == "kvmscope: -f '\(regex)' matches no kvm event or reason of this kernel (matched at the start "
+                    + "of each name, as kvm_stat's -f: 'kvm_pio', '.*pio'; -f help lists the events)\n")
+        }
+        // Only `true`'s threads are traced (other tests' storms run meanwhile): kvm_pio counts 0.
+        let r = try CLI.run(["stat", "-1", "-s", "0.1", "-f", ".*pio", "--", "true"], timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout == "kvm_pio" + String(repeating: " ", count: 35) + "         0         0\n")
+        #expect(r.stderr == "")
+    }
+
+    /// `-p PID` of a process that runs no VM (pid 1): traced as kvm_stat -p traces it (its zeros printed, status
+    /// 0), with one line on stderr saying that it will count nothing — silent before.
+    @Test func pidOfAProcessWithoutAVMIsSaid() throws {
+        let comm = try String(contentsOfFile: "/proc/1/comm", encoding: .utf8).trimmingCharacters(in: .newlines)
+        let r = try CLI.run(["stat", "-1", "-s", "0.1", "-p", "1", "-f", "kvm_pio$"], timeout: 60)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout == "kvm_pio" + String(repeating: " ", count: 35) + "         0         0\n")
+        #expect(r.stderr == "kvmscope: pid 1 (\(comm)) runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): "
+                + "its threads are traced, as kvm_stat -p traces them, but will count nothing\n")
+    }
+
     /// -L appends, as kvm_stat's does, and a CSV file that starts with the same header does not get it again.
     @Test func logToFileAppends() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("stat-L-\(getpid()).csv").path

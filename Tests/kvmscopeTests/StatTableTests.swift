@@ -26,7 +26,7 @@ import Testing
             "Event                                          Total  %Total   CurAvg/s",
             "kvm_pio                                          300    30.0        100",
             "kvm_userspace_exit                               300    30.0        100",
-            "  KVM_EXIT_IO                                    300   100.0        100",
+            "  IO                                             300   100.0        100",
             "kvm_exit                                         400    40.0         25",
             "  HLT                                            400   100.0         25",
             "Total                                           1000                225",
@@ -79,16 +79,16 @@ import Testing
         let c = Self.catalog()
         #expect(try LogFormatter.fields(catalog: c, exitISA: .vmx) == [
             "kvm_exit", "kvm_exit(EXCEPTION_NMI)", "kvm_exit(HLT)", "kvm_exit(IO_INSTRUCTION)", "kvm_fpu", "kvm_pio",
-            "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)", "kvm_userspace_exit(KVM_EXIT_MMIO)",
+            "kvm_userspace_exit", "kvm_userspace_exit(IO)", "kvm_userspace_exit(MMIO)",
         ])
         #expect(try LogFormatter.fields(catalog: c, exitISA: .svm) == [
             "kvm_exit", "kvm_exit(hlt)", "kvm_exit(npf)", "kvm_fpu", "kvm_pio",
-            "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)", "kvm_userspace_exit(KVM_EXIT_MMIO)",
+            "kvm_userspace_exit", "kvm_userspace_exit(IO)", "kvm_userspace_exit(MMIO)",
         ])
         // A host whose ISA is neither (PVM, nested without vmx/svm): kvm_exit without children.
         #expect(try LogFormatter.fields(catalog: c, exitISA: nil) == [
-            "kvm_exit", "kvm_fpu", "kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)",
-            "kvm_userspace_exit(KVM_EXIT_MMIO)",
+            "kvm_exit", "kvm_fpu", "kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
+            "kvm_userspace_exit(MMIO)",
         ])
         // Only the events traced: no kvm_userspace_exit, no children of it.
         var pioOnly = EventCatalog()
@@ -102,7 +102,7 @@ import Testing
         let fields = try LogFormatter.fields(catalog: Self.catalog(), exitISA: .vmx)
         let csv = LogFormatter(fields: fields, csv: true)
         #expect(csv.header() == "timestamp,kvm_exit,kvm_exit(EXCEPTION_NMI),kvm_exit(HLT),kvm_exit(IO_INSTRUCTION),kvm_fpu,"
-                + "kvm_pio,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_IO),kvm_userspace_exit(KVM_EXIT_MMIO)")
+                + "kvm_pio,kvm_userspace_exit,kvm_userspace_exit(IO),kvm_userspace_exit(MMIO)")
         let idle = try Self.logSummary(pio: 0, io: 0, mmio: 0, hlt: 0)
         #expect(csv.line(timestamp: "T0", current: idle, previous: idle) == "T0,0,0,0,0,0,0,0,0,0")
         let first = try Self.logSummary(pio: 100, io: 100, mmio: 0, hlt: 350)
@@ -139,9 +139,9 @@ import Testing
         func fields(_ regex: String) throws -> [String] {
             try LogFormatter.fields(catalog: c, exitISA: .vmx, filter: SummaryFilter(fields: regex))
         }
-        #expect(try fields("KVM_EXIT_MMIO") == ["kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_MMIO)"])
-        #expect(try fields("pio|userspace") == ["kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(KVM_EXIT_IO)",
-                                                "kvm_userspace_exit(KVM_EXIT_MMIO)"])
+        #expect(try fields("KVM_EXIT_MMIO") == ["kvm_userspace_exit", "kvm_userspace_exit(MMIO)"])
+        #expect(try fields("pio|userspace") == ["kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
+                                                "kvm_userspace_exit(MMIO)"])
         #expect(try fields("kvm_userspace_exit$") == ["kvm_userspace_exit"])
         #expect(try fields(#"kvm_exit\(halt\)"#) == ["kvm_exit", "kvm_exit(HLT)"])
         #expect(try fields("EXIT_MSR").isEmpty)
@@ -149,14 +149,62 @@ import Testing
         let mmio = LogFormatter(fields: try fields("KVM_EXIT_MMIO"), csv: true)
         let before = try Self.logSummary(pio: 5, io: 10, mmio: 1, hlt: 0, filter: filter)
         let now = try Self.logSummary(pio: 5, io: 30, mmio: 4, hlt: 0, filter: filter)
-        #expect(mmio.header() == "timestamp,kvm_userspace_exit,kvm_userspace_exit(KVM_EXIT_MMIO)")
+        #expect(mmio.header() == "timestamp,kvm_userspace_exit,kvm_userspace_exit(MMIO)")
         #expect(mmio.line(timestamp: "T", current: now, previous: before) == "T,23,3")
         // The table too: the sibling KVM_EXIT_IO is not a row; the event's total is all its reasons'.
         #expect(StatTable.render(now, previous: before, seconds: 1) == [
             "Event                                          Total  %Total   CurAvg/s",
             "kvm_userspace_exit                                34   100.0         23",
-            "  KVM_EXIT_MMIO                                    4    11.8          3",
+            "  MMIO                                             4    11.8          3",
             "Total                                             34                 23",
+        ])
+    }
+
+    /// stat's -f is kvm_stat's `re.match`: anchored at the start of the field name, not searched in it; a
+    /// userspace exit's child is named as kvm_stat names it (`kvm_userspace_exit(IO)`), and -f takes it in that
+    /// spelling or the kernel's (`KVM_EXIT_IO`).
+    @Test func statFieldsMatchAtTheStartInEitherSpelling() throws {
+        let c = Self.catalog()
+        func fields(_ regex: String) throws -> [String] {
+            var f = SummaryFilter(fields: regex)
+            f.fieldsAtStart = true
+            return try LogFormatter.fields(catalog: c, exitISA: .vmx, filter: f)
+        }
+        #expect(try fields("pio").isEmpty)
+        #expect(try fields("HLT").isEmpty)
+        #expect(try fields("kvm_pio") == ["kvm_pio"])
+        #expect(try fields(".*pio") == ["kvm_pio"])
+        #expect(try fields("kvm_exit") == ["kvm_exit", "kvm_exit(EXCEPTION_NMI)", "kvm_exit(HLT)", "kvm_exit(IO_INSTRUCTION)"])
+        #expect(try fields(#"kvm_userspace_exit\(IO\)"#) == ["kvm_userspace_exit", "kvm_userspace_exit(IO)"])
+        #expect(try fields(#"kvm_userspace_exit\(KVM_EXIT_IO\)"#) == ["kvm_userspace_exit", "kvm_userspace_exit(IO)"])
+        #expect(try fields(#"kvm_userspace_exit\((KVM_EXIT_)?MMIO"#) == ["kvm_userspace_exit", "kvm_userspace_exit(MMIO)"])
+        // The summary (stat's table) keeps the same rows.
+        var filter = SummaryFilter(fields: "pio")
+        filter.fieldsAtStart = true
+        #expect(try Self.logSummary(pio: 5, io: 1, mmio: 0, hlt: 1, filter: filter).events.isEmpty)
+        filter.fields = ".*pio"
+        #expect(try Self.logSummary(pio: 5, io: 1, mmio: 0, hlt: 1, filter: filter).events.map(\.name) == ["kvm_pio"])
+    }
+
+    /// kvm_stat -1's `%-42s%10d%10d`: with kvm_stat's names every field of the built-in KVM_EXIT_* table (kvm_stat's
+    /// USERSPACE_EXIT_REASONS) fits the 42 columns — with the prefix, kvm_userspace_exit(KVM_EXIT_IRQ_WINDOW_OPEN)
+    /// and three others did not; a longer name is followed by the counts' own padding, as printf's (a count of 10 digits keeps one space
+    /// before it: printf's would run into the name).
+    @Test func batchLinesKeepKvmStatsColumns() throws {
+        var c = EventCatalog()
+        c.add(system: "kvm", name: "kvm_userspace_exit")
+        let fields = try LogFormatter.fields(catalog: c, exitISA: nil)
+        #expect(fields.count > 30)
+        #expect(fields.allSatisfy { $0.count < 42 }, "\(fields.filter { $0.count >= 42 })")
+        #expect(fields.filter { $0.hasPrefix("kvm_userspace_exit(IRQ") } == ["kvm_userspace_exit(IRQ_WINDOW_OPEN)"])
+        let batch = LogFormatter(fields: fields, csv: false).batchLines(values: fields.map { _ in 7 })
+        #expect(batch.allSatisfy { $0.count == 62 })
+        #expect(batch.first { $0.hasPrefix("kvm_userspace_exit(IRQ_WINDOW_OPEN)") }
+                == "kvm_userspace_exit(IRQ_WINDOW_OPEN)                7         7")
+        let long = String(repeating: "x", count: 42)
+        #expect(LogFormatter(fields: [long, long + "y"], csv: false).batchLines(values: [5, 1234567890]) == [
+            long + "         5         5",
+            long + "y 1234567890 1234567890",
         ])
     }
 
