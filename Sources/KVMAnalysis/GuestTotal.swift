@@ -12,10 +12,12 @@ public struct GuestTotal: Sendable, Equatable {
         self.total = total
     }
 
-    /// Per-VM totals of a snapshot, by VM pid. With `fields` (kvm_stat's `-f` regex, as kvm_stat's guest
-    /// view honours it) only events whose name, or child name such as `kvm_exit(HLT)`, matches are counted.
-    public static func of(_ snap: AggregateSnapshot, fields: String? = nil) throws -> [GuestTotal] {
-        let regex = try fields.map { try Regex($0) }
+    /// Per-VM totals of a snapshot, by VM pid. With `filter`'s fields (kvm_stat's `-f` regex, as kvm_stat's
+    /// guest view honours it, matched as ``SummaryFilter/keeps(event:reason:)`` matches) only events whose name,
+    /// or child name such as `kvm_exit(HLT)` or `kvm_userspace_exit(IO)`, matches are counted; its VM and thread
+    /// choices are not applied (every guest is listed).
+    public static func of(_ snap: AggregateSnapshot, filter: SummaryFilter = SummaryFilter()) throws -> [GuestTotal] {
+        let regex = try filter.fields.map { try Regex($0) }
         var eventMatches: [UInt16: Bool] = [:]
         var totals: [Int32: GuestTotal] = [:]
         for row in snap.counters {
@@ -25,14 +27,12 @@ public struct GuestTotal: Sendable, Equatable {
                 if let known = eventMatches[row.key.event] {
                     keep = known
                 } else {
-                    keep = event.name.firstMatch(of: regex) != nil
+                    keep = filter.matches(event.name, regex)
                     eventMatches[row.key.event] = keep
                 }
                 if !keep, event.role.hasReasons,
                    let reason = snap.catalog.reasonName(event: row.key.event, reason: row.key.reason, isa: row.key.isa) {
-                    keep = ReasonResolver.builtin.spellings(ofOutputName: reason).contains {
-                        "\(event.name)(\($0))".firstMatch(of: regex) != nil
-                    }
+                    keep = filter.keeps(event: event.name, reason: reason, regex: regex)
                 }
                 guard keep else { continue }
             }

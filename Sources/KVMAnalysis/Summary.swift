@@ -52,7 +52,11 @@ public struct SummaryFilter: Sendable {
     /// `kvm_userspace_exit\(KVM_EXIT_IO\)`, the kernel's, both keep it), whichever of the two `reason` is.
     public func keeps(event: String, reason: String) throws -> Bool {
         guard let fields else { return true }
-        let regex = try Regex(fields)
+        return keeps(event: event, reason: reason, regex: try Regex(fields))
+    }
+
+    /// ``keeps(event:reason:)`` with the `-f` regular expression compiled.
+    public func keeps(event: String, reason: String, regex: Regex<AnyRegexOutput>) -> Bool {
         var spellings = ReasonResolver.builtin.spellings(ofOutputName: reason)
         if reason.hasPrefix("KVM_EXIT_") {
             spellings.append(String(reason.dropFirst("KVM_EXIT_".count)))
@@ -65,7 +69,8 @@ public struct SummaryFilter: Sendable {
         return false
     }
 
-    func matches(_ name: String, _ regex: Regex<AnyRegexOutput>) -> Bool {
+    /// Whether `name` matches the compiled `-f` expression: at its start with ``fieldsAtStart``, else anywhere.
+    public func matches(_ name: String, _ regex: Regex<AnyRegexOutput>) -> Bool {
         fieldsAtStart ? name.prefixMatch(of: regex) != nil : name.firstMatch(of: regex) != nil
     }
 }

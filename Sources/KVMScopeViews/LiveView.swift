@@ -320,8 +320,11 @@ public enum LiveView {
         }
     }
 
+    /// A child row's name as kvm_stat's screen shows it: `kvm_userspace_exit(IO)` (``StatTable/childName(_:)``),
+    /// the reason alone where the screen is narrow.
     static func childName(event: String, reason: String, layout: Layout) -> String {
-        layout.wide ? "  \(event)(\(reason))" : "  \(reason)"
+        let reason = StatTable.childName(reason)
+        return layout.wide ? "  \(event)(\(reason))" : "  \(reason)"
     }
 
     static func eventRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
@@ -382,8 +385,9 @@ public enum LiveView {
 
     static func vcpuRows(_ frame: LiveFrame, state: LiveViewState, layout: Layout) -> [LiveRow] {
         guard let vm = vcpuVM(frame, state: state) else { return [] }
-        // The same rule as stat -f and the event rows: the regex searched in `event(reason)`, any spelling.
-        let filter = SummaryFilter(fields: state.fields)
+        // The same rule as stat -f and the event rows: the regex matched at the start of `event(reason)`, any
+        // spelling.
+        let filter = state.filter
         func keep(_ event: String, _ reason: String) -> Bool {
             (try? filter.keeps(event: event, reason: reason)) ?? true
         }

@@ -111,9 +111,12 @@ public struct LiveViewState: Sendable {
         setHistoryCapacity(RateHistory.capacity(forDelay: delay))
     }
 
-    /// The summary filter this state asks for.
+    /// The summary filter this state asks for: `f` matched at the start of a name, as kvm_stat's `re.match`
+    /// (and `stat -f`).
     public var filter: SummaryFilter {
-        SummaryFilter(vms: pid.map { [$0] }, fields: fields)
+        var f = SummaryFilter(vms: pid.map { [$0] }, fields: fields)
+        f.fieldsAtStart = true
+        return f
     }
 
     /// `c`: kvm_stat clears the regex and the pid.

@@ -160,8 +160,8 @@ struct LiveLoop {
         let previous = previousSnapshot.map { p in baseline.map { p.subtracting($0) } ?? p }
         frame = LiveFrame(current: try Summary(current, filter: state.filter),
                           previous: try previous.map { try Summary($0, filter: state.filter) },
-                          seconds: seconds, guests: try GuestTotal.of(current, fields: state.filter.fields),
-                          previousGuests: try previous.map { try GuestTotal.of($0, fields: state.filter.fields) } ?? [])
+                          seconds: seconds, guests: try GuestTotal.of(current, filter: state.filter),
+                          previousGuests: try previous.map { try GuestTotal.of($0, filter: state.filter) } ?? [])
         frame.guestResources = guestUse
         if !deviceMaps.isEmpty {
             frame.current.ioAccesses.name(devices: deviceMaps)

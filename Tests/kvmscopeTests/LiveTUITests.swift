@@ -105,14 +105,14 @@ struct LiveTUITests {
         try pane.type("stty -g > \(dir.path)/before; clear; \(CLI.binary) live -s 0.5 -p \(pid)")
         try pane.keys("Enter")
 
-        // The first screen: header, kvm_pio counting, the KVM_EXIT_IO child under kvm_userspace_exit.
+        // The first screen: header, kvm_pio counting, the IO child under kvm_userspace_exit (kvm_stat's name).
         let first = try pane.wait("the storm's rows") { s in
             s.first == "kvm statistics - pid \(pid) (kvmscope)" && (Self.total(s, "kvm_pio") ?? 0) > 0
-                && Self.rows(s).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)")
+                && Self.rows(s).map(\.name).contains("kvm_userspace_exit(IO)")
         }
         let names = Self.rows(first).map(\.name)
         let parent = try #require(names.firstIndex(of: "kvm_userspace_exit"))
-        #expect(names[parent + 1] == "kvm_userspace_exit(KVM_EXIT_IO)")
+        #expect(names[parent + 1] == "kvm_userspace_exit(IO)")
         // The loss count is whatever a starved reader lost on a loaded machine; that it is shown is asserted.
         #expect(first[1].contains(/sort: CurAvg\/s  delay: 0\.5s  lost \d+$/))
         #expect(first[2].hasPrefix(" Event                                         Total %Total CurAvg/s      Avg      p99      Max  Rate 60s"))
@@ -120,16 +120,16 @@ struct LiveTUITests {
         // f: kvm_stat's regex mask, then only matching events.
         try pane.keys("f")
         try pane.wait("the regex prompt") { $0.first == "Show statistics for events matching a regex." }
-        try pane.type("pio")
+        try pane.type("kvm_pio")
         try pane.keys("Enter")
         try pane.wait("the filtered rows") { s in
-            s[1].hasPrefix("                 regex filter: pio ") && Self.rows(s).map(\.name) == ["kvm_pio"]
+            s[1].hasPrefix("                 regex filter: kvm_pio ") && Self.rows(s).map(\.name) == ["kvm_pio"]
         }
         try pane.keys("f")
         try pane.wait("the regex prompt") { $0.first == "Show statistics for events matching a regex." }
         try pane.keys("Enter")
         try pane.wait("the unfiltered rows") { s in
-            !s[1].contains("regex filter") && Self.rows(s).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)")
+            !s[1].contains("regex filter") && Self.rows(s).map(\.name).contains("kvm_userspace_exit(IO)")
         }
 
         // p: 0 shows every VM (summary), a pid shows that VM again.
@@ -151,7 +151,7 @@ struct LiveTUITests {
             return n.contains("kvm_userspace_exit") && !n.contains { $0.contains("(") }
         }
         try pane.keys("x")
-        try pane.wait("the child rows again") { Self.rows($0).map(\.name).contains("kvm_userspace_exit(KVM_EXIT_IO)") }
+        try pane.wait("the child rows again") { Self.rows($0).map(\.name).contains("kvm_userspace_exit(IO)") }
 
         // o: the sort label changes.
         try pane.keys("o")

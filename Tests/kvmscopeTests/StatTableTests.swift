@@ -236,7 +236,7 @@ import Testing
         for spelling in [#"kvm_exit\(halt\)"#, "EXIT_REASON_HLT", "0xc"] {
             let g = try Summary(agg.snapshot(timestamp: 0), filter: SummaryFilter(fields: spelling))
             #expect(g.events.map(\.name) == ["kvm_exit"], "\(spelling)")
-            #expect(try GuestTotal.of(agg.snapshot(timestamp: 0), fields: spelling).map(\.total) == [1], "\(spelling)")
+            #expect(try GuestTotal.of(agg.snapshot(timestamp: 0), filter: SummaryFilter(fields: spelling)).map(\.total) == [1], "\(spelling)")
         }
         #expect(try Summary(agg.snapshot(timestamp: 0), filter: SummaryFilter(fields: "EXIT_MSR")).events.isEmpty)
     }
