@@ -1,5 +1,6 @@
 import Foundation
 import KVMExits
+import KVMHost
 import SystemPackage
 
 /// What a trace.dat carries besides the per-CPU pages.
@@ -273,8 +274,10 @@ final class OutputFile: @unchecked Sendable {  // used by one thread at a time
 
     init(path: String) throws {
         self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot create \(path): \(Errno(rawValue: errno))") }
+        switch OutputFiles.open(path) {
+        case .success(let d): fd = d
+        case .failure(let e): throw KVMScopeError.io("cannot create \(path): \(e)")
+        }
     }
 
     var closed = false

@@ -43,9 +43,10 @@ func warn(_ message: String) {
 /// - Returns: the open descriptor (close-on-exec).
 /// - Throws: `KVMScopeError.io("cannot write PATH: <the system's reason>")`.
 func createOutputFile(_ path: String) throws -> Int32 {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-    guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
-    return fd
+    switch OutputFiles.open(path) {
+    case .success(let fd): return fd
+    case .failure(let e): throw KVMScopeError.io("cannot write \(path): \(e)")
+    }
 }
 
 /// Writes a whole file with ``createOutputFile(_:)``. Throws one-line io errors (e.g. "No space left on device").

@@ -179,24 +179,38 @@ struct RecordedResources: Codable, Sendable, Equatable {
 /// The output file of `record`: checked writable before tracing starts, and removed again when the
 /// recording ends without writing it (an error, a command that cannot start) — never a 0-byte file left.
 /// Only a regular file is ever removed, and only the one opened here: `-o /dev/null` (or a FIFO) is left alone.
+/// A FIFO must have a reader when the recording starts (else one line, at once: nothing waits for one), and is
+/// held open until the file is written, so that its reader does not see an end before the trace comes.
 final class OutputPath {
     let path: String
     private var kept = false
     /// Device and inode of the regular file opened here (nil: not a regular file).
     private let identity: (dev: UInt64, ino: UInt64)?
+    /// The FIFO's descriptor, held until the end (-1: not a FIFO).
+    private let held: Int32
 
     init(_ path: String) throws {
         self.path = path
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
+        let fd: Int32
+        switch OutputFiles.open(path) {
+        case .success(let d): fd = d
+        case .failure(let e): throw KVMScopeError.io("cannot write \(path): \(e)")
+        }
         var st = stat()
-        identity = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
-        close(fd)
+        let isStat = fstat(fd, &st) == 0
+        identity = isStat && (st.st_mode & S_IFMT) == S_IFREG ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
+        if isStat && (st.st_mode & S_IFMT) == S_IFIFO {
+            held = fd
+        } else {
+            held = -1
+            close(fd)
+        }
     }
 
     func keep() { kept = true }
 
     deinit {
+        if held >= 0 { close(held) }
         guard !kept, let identity else { return }
         var st = stat()
         if lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_dev) == identity.dev,

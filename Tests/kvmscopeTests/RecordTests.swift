@@ -125,6 +125,39 @@ struct RecordTests {
     /// as the live run does: the guest name in every `report` output, for the guest's pid, with its vCPUs' exact
     /// counts; the VM process's comm is in the saved cmdlines that trace-cmd prints, and trace-cmd still reads
     /// the file (it skips kvmscope's option).
+    /// `-o FIFO`: without a reader, one line at once (a plain open would sleep until a reader came, deaf to
+    /// SIGINT and SIGTERM); with one, the reader gets the whole file (the FIFO held open from the start, so the
+    /// reader sees no end before the trace).
+    @Test func fifoOutputNeverWaitsForAReader() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fifo = dir + "/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let alone = try CLI.run(["record", "-o", fifo, "--duration", "0.2"], timeout: 30)
+        #expect(alone.status == 1)
+        #expect(alone.stderr == "kvmscope: cannot write \(fifo): no process reads this FIFO (start its reader first)\n")
+        let out = onThreads([
+            { @Sendable () -> String in
+                // The reader: the whole stream, to its end.
+                guard let h = FileHandle(forReadingAtPath: fifo) else { return "no reader" }
+                let data = h.readDataToEndOfFile()
+                try? h.close()
+                return "\(data.count) \(data.prefix(10).map { String($0) }.joined(separator: ","))"
+            },
+            { @Sendable () -> String in
+                // The reader opens first (FileHandle's open waits for a writer): give it a moment.
+                usleep(300_000)
+                guard let r = try? CLI.run(["record", "-o", fifo, "--", CLI.binary, "storm", "--kind", "io", "--vcpus", "1",
+                                            "--exits", "2000"], timeout: 60) else { return "no run" }
+                return "\(r.status) \(r.stderr)"
+            },
+        ], timeout: 90)
+        #expect(out[1] == "0 ", "record: \(out[1])")
+        // trace.dat's magic: 0x17 0x08 0x44 "tracing".
+        #expect(out[0].hasSuffix(" 23,8,68,116,114,97,99,105,110,103"), "\(out[0])")
+        #expect((Int(out[0].split(separator: " ")[0]) ?? 0) > 4096, "\(out[0])")
+    }
+
     @Test func systemWideRecordingNamesTheVM() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
