@@ -59,6 +59,25 @@ void ckvmscope_stop_raise(int sig)
 }
 
 /**
+ * ckvmscope_pipe_quiet - writes to a closed pipe fail with EPIPE instead of killing the process
+ *
+ * Every command writes through code that handles EPIPE (`| head` is not an error); a handler, not SIG_IGN,
+ * so that a command kvmscope starts gets the default disposition back at execve.
+ *
+ * Return: 0, or -1 with errno set by sigaction.
+ */
+int ckvmscope_pipe_quiet(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = pipe_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGPIPE, &sa, NULL);
+}
+
+/**
  * ckvmscope_stop_install - end on these signals
  * @sigs: signal numbers
  * @n: how many

@@ -1,3 +1,4 @@
+import CKVMHost
 import Glibc
 
 /// The standard descriptors 0, 1 and 2.
@@ -17,6 +18,12 @@ public enum StandardDescriptors {
             done += n
         }
         return nil
+    }
+
+    /// Writes to a pipe whose reader went away fail with EPIPE instead of killing the process with SIGPIPE (a
+    /// handler that does nothing, which execve resets for the commands kvmscope starts).
+    public static func quietBrokenPipes() {
+        _ = ckvmscope_pipe_quiet()
     }
 
     /// Opens /dev/null on whichever of 0, 1 and 2 is closed (a service manager or CI may start us with no

@@ -38,6 +38,9 @@ struct KVMScope: ParsableCommand {
     /// owner as the error unwinds, before this runs.
     static func main() {
         StandardDescriptors.ensureOpen()
+        // `| head` ends no command by SIGPIPE (status 141 under pipefail): its writes see EPIPE, which they
+        // take as the reader having gone.
+        StandardDescriptors.quietBrokenPipes()
         let status: Int32
         do {
             try checkHelpTopic(Array(CommandLine.arguments.dropFirst()))
@@ -52,7 +55,15 @@ struct KVMScope: ParsableCommand {
             status = e.rawValue
         } catch {
             let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }
+            if code == .success {
+                // --help, --version: written as every output is, so a stdout that cannot take it is an error.
+                writeStdout(fullMessage(for: error) + "\n")
+                if let e = StdoutFailure.error {
+                    writeStderr("kvmscope: \(e.description)\n")
+                    Foundation.exit(1)
+                }
+                Foundation.exit(0)
+            }
             let message = Self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             writeStderr("kvmscope: \(message)\n")
             status = code.rawValue

@@ -17,6 +17,8 @@ extern "C" {
 
 /* Record-and-wake handlers on these signals (SA_RESTART). 0, or -1 with errno. */
 int ckvmscope_stop_install(const int *sigs, int n);
+/* SIGPIPE's handler that does nothing (writes to a closed pipe fail with EPIPE; execve resets it). 0 or -1. */
+int ckvmscope_pipe_quiet(void);
 /* Record a stop as if sig had come (async-signal-safe; the first one wins). */
 void ckvmscope_stop_raise(int sig);
 /* The first stop's signal, or 0. */
