@@ -203,7 +203,10 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         // The page is written last: a path it cannot be written to is said before the report is printed.
         if let html {
-            let target = FileManager.default.fileExists(atPath: html) ? html : PathComponents.directory(of: html)
+            var isDirectory: ObjCBool = false
+            let exists = FileManager.default.fileExists(atPath: html, isDirectory: &isDirectory)
+            if exists && isDirectory.boolValue { throw KVMScopeError.io("cannot write \(html): \(Errno.isDirectory)") }
+            let target = exists ? html : PathComponents.directory(of: html)
             if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
         }
         var jsonValues: [JSONValue] = []

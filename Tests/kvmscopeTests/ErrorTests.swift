@@ -140,7 +140,9 @@ import TestSupport
         try expectOneLineError(["top", "--json", "--csv", "-"], "--json and --csv - both write standard output: give --csv a file", status: 64)
         try expectOneLineError(["stat", "-p", "1", "--", "true"], "-p/--pid and a COMMAND cannot be used together", status: 64)
         let fixture = CLI.packageRoot.appendingPathComponent("Tests/Fixtures/text/storm-io.kernel.txt").path
-        // The HTML page's path is checked before the report is printed (stdout stays empty).
+        // The HTML page's path is checked before the report is printed (stdout stays empty); a directory too.
+        let dir = try CLI.run(["report", "--html", "/tmp", fixture])
+        #expect(dir.status == 1 && dir.stdout == "" && dir.stderr == "kvmscope: cannot write /tmp: Is a directory\n", "\(dir)")
         try expectOneLineError(["report", "--html", "/nonexistent/x.html", fixture],
                                "cannot write /nonexistent/x.html: No such file or directory", status: 1)
     }
