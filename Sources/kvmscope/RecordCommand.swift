@@ -125,8 +125,11 @@ struct RecordCommand: ParsableCommand {
                 lastPrint = Date()
                 let p = session.progress()
                 let secs = max(0.001, Date().timeIntervalSince(start))
+                // Spooled and still in the kernel's buffers (the readers wake at its watermark: spooled alone
+                // stayed at 0.0 MiB while a slow trace filled the buffers).
+                let bytes = session.bytesWritten + session.pendingBytes()
                 writeStderr(String(format: "\r  %.1fs  %llu events  %.1f MiB  %.0f events/s  lost %llu   ",
-                                   secs, p.events, Double(session.bytesWritten) / 1048576, Double(p.events) / secs, p.lost))
+                                   secs, p.events, Double(bytes) / 1048576, Double(p.events) / secs, p.lost))
             }
             return true
         }
@@ -147,10 +150,13 @@ struct RecordCommand: ParsableCommand {
         file.keep()
         let lost = session.finalStats.values.reduce(UInt64(0)) { $0 + TraceFS.lost(inStats: $1) }
         if tty {
-            // The events in the file (its pages decoded once by write(to:)), the end-of-run drain included.
+            // The events in the file (its pages decoded once by write(to:)), the end-of-run drain included, and
+            // the file's own size (compressed: the spooled pages' bytes were 6× more), as perf record says it.
+            var st = stat()
+            let fileBytes = stat(output, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? UInt64(st.st_size) : session.bytesWritten
             writeStderr(String(format: "%@  wrote %@: %llu events, %.1f MiB, lost %llu, %d threads%@\n",
                                showProgress ? "\r\u{1b}[K" : "", output, session.eventsInFile,
-                               Double(session.bytesWritten) / 1048576, lost,
+                               Double(fileBytes) / 1048576, lost,
                                result.tids.count, session.isFull ? " (--max-size reached)" : ""))
         }
         if session.pagesDropped > 0 {

@@ -376,7 +376,7 @@ struct RecordTests {
     /// On a terminal, record's closing line counts the events in the file, the end-of-run drain included: a storm
     /// of 5000 exits never fills half a ring buffer, so its reader never woke before the end and the line said "0
     /// events". With a COMMAND no progress line is drawn (the command's output would be glued onto it): the
-    /// storm's line and the closing line are each a line of their own.
+    /// storm's line and the closing line are each a line of their own. Its MiB are the file's.
     @Test func closingLineCountsTheEventsInTheFile() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -398,10 +398,13 @@ struct RecordTests {
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
         #expect(lines.count == 3 && lines[2].isEmpty, "\(out)")
         #expect(lines.first?.hasPrefix("{\"pid\":") == true, "\(out)")
-        let closing = try #require(lines.dropFirst().first.flatMap { $0.wholeMatch(of: #/  wrote (.+): (\d+) events, [0-9.]+ MiB, lost 0, \d+ threads/#) },
+        let closing = try #require(lines.dropFirst().first.flatMap { $0.wholeMatch(of: #/  wrote (.+): (\d+) events, ([0-9.]+) MiB, lost 0, \d+ threads/#) },
                                    "\(out)")
         #expect(closing.1 == path)
         #expect(Int(closing.2) == events, "\(out)")
+        // The file's size, as perf record's "wrote X MB" (zstd: the spooled pages' bytes were several times more).
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+        #expect(String(closing.3) == String(format: "%.1f", Double(size) / 1_048_576), "\(out), file \(size) bytes")
         #expect(!out.contains("\r") && !out.contains("events/s"), "\(out)")
     }
 
