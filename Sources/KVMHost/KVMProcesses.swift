@@ -8,6 +8,13 @@ public enum KVMProcesses {
         return pids.filter { !excluding.contains($0) && holdsKVM($0) }.sorted()
     }
 
+    /// Pids whose open files cannot be read (/proc/PID/fd: EACCES, another user's process without root): whether
+    /// they run a VM is unknown, so ``running(excluding:)`` cannot list them.
+    public static func unreadable() -> [Int32] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init)
+        return pids.filter { access("/proc/\($0)/fd", R_OK) != 0 && errno == EACCES }.sorted()
+    }
+
     /// Whether `pid` holds /dev/kvm or a KVM VM descriptor open (false when it is gone or unreadable).
     public static func holdsKVM(_ pid: Int32) -> Bool {
         let fm = FileManager.default

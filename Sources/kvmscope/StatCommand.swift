@@ -433,12 +433,13 @@ struct StatCommand: ParsableCommand {
     /// What to say of `-p PID` when that process holds neither /dev/kvm nor a KVM VM open (its threads can fire
     /// no kvm event): `pid 1 (systemd) runs no KVM VM …`; nil for a process that does, or whose open files
     /// cannot be read (another user's, without root: nothing is known).
-    static func noVMNote(pid: Int32) -> String? {
+    static func noVMNote(pid: Int32,
+                         consequence: String = "its threads are traced, as kvm_stat -p traces them, but will count nothing") -> String? {
         guard access("/proc/\(pid)/fd", R_OK) == 0, !KVMProcesses.holdsKVM(pid) else { return nil }
         let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
             .trimmingCharacters(in: .newlines).terminalSafe
         return "pid \(pid)\(comm.map { " (\($0))" } ?? "") runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): "
-            + "its threads are traced, as kvm_stat -p traces them, but will count nothing"
+            + consequence
     }
 
     /// Opens a -L file for appending (created 0640 when missing, as every file kvmscope writes). Throws the

@@ -115,6 +115,20 @@ struct TopCommand: ParsableCommand {
         let batchMode = batch || stream || json || Terminal.unusableReason() != nil
         let only = try Self.pidList(pid)
         for p in only?.sorted() ?? [] where !ThreadDirectory.processExists(p) { throw KVMScopeError.usage("no process with pid \(p)") }
+        // VMs that cannot be found are said, never an empty screen that looks like a host without VMs.
+        for p in only?.sorted() ?? [] {
+            if access("/proc/\(p)/fd", R_OK) != 0 {
+                throw KVMScopeError.io("cannot tell whether pid \(p) runs a VM: /proc/\(p)/fd: \(Errno(rawValue: errno)) (run as root)")
+            }
+            if let note = StatCommand.noVMNote(pid: p, consequence: "top shows no row for it") { writeStderr("kvmscope: \(note)\n") }
+        }
+        if only == nil {
+            let hidden = KVMProcesses.unreadable()
+            if !hidden.isEmpty {
+                writeStderr("kvmscope: the open files of \(hidden.count) process\(hidden.count == 1 ? "" : "es") cannot be read "
+                            + "(/proc/\(hidden[0])/fd: Permission denied): a VM among them is not shown (run as root)\n")
+            }
+        }
         var source = try TopSource(traceExits: !noExits, libvirt: try LibvirtReader.open(connect), qmp: qmp.monitors(),
                                    only: only)
         defer { source.stop() }

@@ -66,6 +66,25 @@ struct PrivilegeTests {
         #expect(!FileManager.default.fileExists(atPath: "/tmp/kvmscope-nobody-\(getpid()).dat"))
     }
 
+    /// top as nobody sees no other user's open files: it says so (an empty screen looked like a host without
+    /// VMs), and `-p` of such a process is an error; as root, `-p` of a process without a VM is said too.
+    @Test func topSaysWhatItCannotSee() throws {
+        let bin = try CLI.Result.sharedBinary()
+        let all = try Spawned.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", bin, "top", "-b", "-n", "1",
+                                                       "-d", "0.1", "--no-exits", "-c", "none"], timeout: 60)
+        #expect(all.status == 0, "\(all.stderr)")
+        #expect(all.stderr.wholeMatch(of: #/kvmscope: the open files of \d+ process(es)? cannot be read \(/proc/\d+/fd: Permission denied\): a VM among them is not shown \(run as root\)\n/#) != nil,
+                "\(all.stderr)")
+        let one = try Spawned.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", bin, "top", "-b", "-n", "1",
+                                                       "-d", "0.1", "--no-exits", "-c", "none", "-p", "1"], timeout: 60)
+        Self.expectOneLine(CLI.Result(status: one.status, stdout: one.stdout, stderr: one.stderr),
+                           "cannot tell whether pid 1 runs a VM: /proc/1/fd: Permission denied (run as root)")
+        let comm = try String(contentsOfFile: "/proc/1/comm", encoding: .utf8).trimmingCharacters(in: .newlines)
+        let root = try CLI.run(["top", "-b", "-n", "1", "-d", "0.1", "--no-exits", "-c", "none", "-p", "1"], timeout: 60)
+        #expect(root.status == 0)
+        #expect(root.stderr == "kvmscope: pid 1 (\(comm)) runs no KVM VM (neither /dev/kvm nor a kvm-vm file is open): top shows no row for it\n")
+    }
+
     /// Least privilege: nobody with CAP_DAC_OVERRIDE (ambient, so its storm keeps it too) and the kvm group
     /// traces a storm it starts, exactly, and leaves no instance.
     @Test func unprivilegedUserWithDACOverrideAndKVMGroup() throws {
