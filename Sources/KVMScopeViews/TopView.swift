@@ -125,9 +125,12 @@ public struct TopRow: Sendable {
     /// Where RDRQ/WRRQ come from: "block" (the disks' requests: QMP or libvirt) or "syscalls" (/proc/PID/io).
     public var requestsSource: String { blockDeltas == nil ? "syscalls" : "block" }
 
-    /// Each disk's requests in the interval, when QMP or libvirt gave every disk of the VM a delta.
+    /// Each disk's requests in the interval, when QMP or libvirt gave every disk of the VM a delta. A VM that
+    /// they say has no disk made no block request (virt-top's 0), once it has an interval: its syscalls would
+    /// count kvmscope's own QMP/libvirt queries (README, "QEMU's own numbers").
     var blockDeltas: [DiskCounts]? {
-        guard let q = vm.qmp, q.problem == nil, !q.disks.isEmpty else { return nil }
+        guard let q = vm.qmp, q.problem == nil else { return nil }
+        if q.disks.isEmpty { return vm.processDelta == nil ? nil : [] }
         let deltas = q.disks.compactMap(\.delta)
         return deltas.count == q.disks.count ? deltas : nil
     }

@@ -88,7 +88,8 @@ import Testing
         q.running = false
         f.sample.vms[1].qmp = q
         #expect(TopView.render(f)[0] == "kvmscope top - 09:40:12 - 2 VMs, 1 running, 0 sleeping, 1 paused")
-        #expect(TopView.render(f)[7] == "    99 P    -    -    0    0  0.0  6.3 0:01.00      0.0 -                    - db,1")
+        // QEMU named no disk: no block request.
+        #expect(TopView.render(f)[7] == "    99 P    0    0    0    0  0.0  6.3 0:01.00      0.0 -                    - db,1")
         let db = try #require(TopView.rows(f).first { $0.vm.pid == 99 })
         #expect(TopView.vmJSON(db, sample: f.sample).serialized().contains(#""socket":"/run/db.qmp","problem":null,"run_state":"paused""#))
         f.sample.vms[1].qmp?.runState = "postmigrate"
@@ -138,6 +139,15 @@ import Testing
         // Only the VMs with QMP on screen: the legend names no pid.
         f.sample.vms.removeAll { $0.pid == 99 }
         #expect(TopView.render(f)[3].hasPrefix("RDRQ/WRRQ: block device requests (QMP/libvirt), RXBY/TXBY"))
+        // No disk, as QMP or libvirt says: no block request (virt-top's 0), not the VMM's syscalls (which count
+        // kvmscope's own queries of a paused, disk-less guest); at first sight (no interval yet) nothing.
+        var noDisk = f
+        noDisk.sample.vms[1].qmp?.disks = []
+        #expect(TopView.render(noDisk)[6].hasPrefix("  4242 R    0    0  64K 1500"), "\(TopView.render(noDisk)[6])")
+        #expect(TopView.render(noDisk)[3].hasPrefix("RDRQ/WRRQ: block device requests (QMP/libvirt), RXBY/TXBY"))
+        noDisk.sample.vms[1].processDelta = nil
+        noDisk.sample.vms[1].ioDelta = nil
+        #expect(TopView.rows(noDisk).first { $0.vm.pid == 4242 }?.readRequests == nil)
         // A disk first seen this sample (no delta yet): the VM's requests are its syscalls, and the legend says so.
         f.sample.vms[1].qmp?.disks[1].delta = nil
         #expect(TopView.render(f)[3].hasPrefix("RDRQ/WRRQ: read/write syscalls, RXBY/TXBY"))
