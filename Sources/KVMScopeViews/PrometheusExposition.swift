@@ -55,11 +55,14 @@ public struct ExpositionExtras: Sendable {
     /// that vCPU (``VCPUTimeTotals``), so they never go down when a thread is replaced. nil: each live vCPU
     /// thread's own times, as `resources` has them.
     public var vcpuTotals: [Int32: [UInt32: ThreadTimes]]?
+    /// kvmscope's own process, for the `process_*` families Prometheus clients export; none when nil.
+    public var process: ProcessSelf?
 
     public init(version: String, lostPerCPU: [Int: UInt64] = [:], storms: [StormActivity] = [],
                 maxSeries: Int = 10_000, resources: ResourceSample? = nil, resourcesPID: Int32? = nil,
-                vcpuTotals: [Int32: [UInt32: ThreadTimes]]? = nil) {
+                vcpuTotals: [Int32: [UInt32: ThreadTimes]]? = nil, process: ProcessSelf? = nil) {
         self.vcpuTotals = vcpuTotals
+        self.process = process
         self.version = version
         self.lostPerCPU = lostPerCPU
         self.storms = storms
@@ -97,6 +100,8 @@ public struct ExpositionExtras: Sendable {
 /// | `kvmscope_thread_exits_total` | counter | |
 /// | `kvmscope_retired_on_exit_total` | counter | |
 /// | `kvmscope_folded_vms_total` | counter | |
+/// | `process_cpu_seconds_total` | counter | | kvmscope's own CPU time (``ProcessSelf``), as client_golang's process collector |
+/// | `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | gauge | |
 ///
 /// Occupancy (``Occupancy``): threads with rows of their own now, their (thread × reason) latency series, threads
 /// retired since the start (exited or tid reused; their counts live on in their VM's rows), the VM × vCPU rows
@@ -162,6 +167,24 @@ public enum PrometheusExposition {
 
         w.family("kvmscope_build", om ? "info" : "gauge", "kvmscope build information.", suffix: "_info")
         w.sample("kvmscope_build_info", [("version", extras.version)], "1")
+
+        // kvmscope itself, under the names every Prometheus client's process collector uses.
+        if let p = extras.process {
+            w.family("process_cpu_seconds", "counter", "Total user and system CPU time spent in seconds.")
+            w.sample("process_cpu_seconds_total", [], String(p.cpuSeconds))
+            w.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+            w.sample("process_resident_memory_bytes", [], String(p.residentBytes))
+            w.family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.")
+            w.sample("process_virtual_memory_bytes", [], String(p.virtualBytes))
+            w.family("process_open_fds", "gauge", "Number of open file descriptors.")
+            w.sample("process_open_fds", [], String(p.openFDs))
+            if let max = p.maxFDs {
+                w.family("process_max_fds", "gauge", "Maximum number of open file descriptors.")
+                w.sample("process_max_fds", [], String(max))
+            }
+            w.family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.")
+            w.sample("process_start_time_seconds", [], String(p.startTimeSeconds))
+        }
 
         w.family("kvmscope_events", "counter", "kvm tracepoint events seen, by event.")
         for e in s.events { w.sample("kvmscope_events_total", [("event", e.name)], String(e.total)) }

@@ -11,6 +11,7 @@ import KVMResources
 /// | `kvmscope_vm_guest_seconds_total` | counter | `vm`, `vm_name` | stat guest_time | — |
 /// | `kvmscope_vm_vcpus` | gauge | `vm`, `vm_name` | vCPU threads: by name, else QMP `query-cpus-fast`, else threads with guest_time > 0 | `libvirt_domain_info_virtual_cpus` |
 /// | `kvmscope_vm_vcpus_inferred` | gauge | `vm`, `vm_name` | 1 when the vCPU threads were found by guest_time and numbered in tid order (the `vcpu` labels below are an inference), else 0 | — |
+/// | `kvmscope_vm_paused` | gauge | `vm`, `vm_name` | 1 when paused: libvirt's paused/suspended state, QMP `query-status` not running, or every thread stopped (top's `P`) | `libvirt_domain_info_state` (3: paused) |
 /// | `kvmscope_vm_resident_memory_bytes` | gauge | `vm`, `vm_name` | /proc/PID/status VmRSS | (`libvirt_domain_info_memory_usage_bytes` is the guest's memory, not host RSS) |
 /// | `kvmscope_vm_swap_bytes` | gauge | `vm`, `vm_name` | VmSwap | — |
 /// | `kvmscope_vm_disk_read_bytes_total` | counter | `vm`, `vm_name` | /proc/PID/io read_bytes | `libvirt_domain_block_stats_read_bytes_total` (summed over devices) |
@@ -68,6 +69,10 @@ public enum ResourceExposition {
         perVM("kvmscope_vm_vcpus_inferred", "gauge",
               "1 when the VM's vCPU threads were found by guest time and numbered in thread-id order (unnamed threads, no QMP): its vcpu labels are inferred.") {
             $0.vcpuSource == .guestTime ? "1" : "0"
+        }
+        perVM("kvmscope_vm_paused", "gauge",
+              "1 when the VM is paused: libvirt's paused or suspended state, QEMU's query-status not running (--qmp), or every thread stopped (SIGSTOP); top's state P.") {
+            TopRow.state(of: $0) == "P" ? "1" : "0"
         }
         perVM("kvmscope_vm_resident_memory_bytes", "gauge", "Resident memory of the VM's process (/proc/PID/status VmRSS).") {
             String($0.memory.rssBytes)

@@ -205,7 +205,7 @@ final class MetricsState: MetricsSource {
         if !maps.isEmpty { summary.ioAccesses.name(devices: maps) }
         let extras = ExpositionExtras(version: kvmscopeVersion, lostPerCPU: session.lostPerCPU(),
                                       storms: storms.withLock { $0 }, maxSeries: maxSeries, resources: sample,
-                                      resourcesPID: resourcesPID, vcpuTotals: totals)
+                                      resourcesPID: resourcesPID, vcpuTotals: totals, process: ProcessSelf.read())
         return PrometheusExposition.renderUTF8(summary, format: format, extras: extras)
     }
 }

@@ -413,6 +413,8 @@ import Testing
             "kvmscope_vm_vcpus{vm=\"4242\",vm_name=\"web\"} 2",
             "kvmscope_vm_vcpus_inferred{vm=\"99\",vm_name=\"db,1\"} 0",
             "kvmscope_vm_vcpus_inferred{vm=\"4242\",vm_name=\"web\"} 0",
+            "kvmscope_vm_paused{vm=\"99\",vm_name=\"db,1\"} 0",
+            "kvmscope_vm_paused{vm=\"4242\",vm_name=\"web\"} 0",
             "kvmscope_vm_resident_memory_bytes{vm=\"99\",vm_name=\"db,1\"} 536870912",
             "kvmscope_vm_resident_memory_bytes{vm=\"4242\",vm_name=\"web\"} 1073741824",
             "kvmscope_vm_swap_bytes{vm=\"99\",vm_name=\"db,1\"} 0",
@@ -450,6 +452,47 @@ import Testing
         #expect(om.contains("kvmscope_vm_cpu_seconds_total{vm=\"99\",vm_name=\"db,1\"} 1.0\n"))
         #expect(!om.contains("vm=\"4242\""))
         #expect(om.hasSuffix("# EOF\n"))
+        // Paused (here by QEMU's word through --qmp): 1, as top's P.
+        var paused = frame.sample
+        var q = QMPSample(socket: "/run/db.qmp")
+        q.running = false
+        q.runState = "paused"
+        paused.vms[1].qmp = q
+        #expect(PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t", resources: paused))
+            .contains("\nkvmscope_vm_paused{vm=\"99\",vm_name=\"db,1\"} 1\n"))
+    }
+
+    /// kvmscope itself under the names of every Prometheus client's process collector, from a known reading.
+    @Test func processFamilies() throws {
+        let p = ProcessSelf(cpuSeconds: 1.5, residentBytes: 42 << 20, virtualBytes: 1 << 30, openFDs: 17, maxFDs: 1024,
+                            startTimeSeconds: 1_764_568_800.25)
+        let text = PrometheusExposition.render(Summary(), format: .prometheus, extras: ExpositionExtras(version: "t", process: p))
+        let lines = text.split(separator: "\n").map(String.init)
+        let start = try #require(lines.firstIndex { $0 == "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds." })
+        #expect(Array(lines[start...].prefix(18)) == [
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+            "# TYPE process_cpu_seconds_total counter",
+            "process_cpu_seconds_total 1.5",
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.",
+            "# TYPE process_resident_memory_bytes gauge",
+            "process_resident_memory_bytes 44040192",
+            "# HELP process_virtual_memory_bytes Virtual memory size in bytes.",
+            "# TYPE process_virtual_memory_bytes gauge",
+            "process_virtual_memory_bytes 1073741824",
+            "# HELP process_open_fds Number of open file descriptors.",
+            "# TYPE process_open_fds gauge",
+            "process_open_fds 17",
+            "# HELP process_max_fds Maximum number of open file descriptors.",
+            "# TYPE process_max_fds gauge",
+            "process_max_fds 1024",
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.",
+            "# TYPE process_start_time_seconds gauge",
+            "process_start_time_seconds 1764568800.25",
+        ])
+        // This process, read: its own descriptors and memory, started before now.
+        let me = try #require(ProcessSelf.read())
+        #expect(me.openFDs > 2 && me.residentBytes > 1 << 20 && me.virtualBytes > me.residentBytes)
+        #expect(me.startTimeSeconds > 1_700_000_000 && me.startTimeSeconds <= Date().timeIntervalSince1970 + 1)
     }
 }
 
