@@ -26,6 +26,9 @@ public final class LiveSession: @unchecked Sendable {
     private let retirer = Mutex<JoinableThread?>(nil)
     private let retirerStopped = Atomic<Bool>(false)
     private let retirerPause = DispatchSemaphore(value: 0)
+    /// The namer thread (``startNamer()``) and its end.
+    private let namer = Mutex<JoinableThread?>(nil)
+    private let namerStopped = Atomic<Bool>(false)
     /// Set once ``stop()`` has run.
     private let stopping = Mutex<Bool>(false)
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
@@ -80,7 +83,7 @@ public final class LiveSession: @unchecked Sendable {
                                 resolver: ThreadDirectory.identity(of:), retirement: retireThreads,
                                 startTime: retireThreads ? startTime : nil,
                                 retiredVMCapacity: retiredVMCapacity,
-                                threadExits: retireThreads && trace.threadExitEvent != nil)
+                                threadExits: retireThreads && trace.threadExitEvent != nil, wakeOnNewThreads: true)
         lanes = trace.readers.map { _ in PairingLane() }
         tracedName.withLock { $0 = startName }
         try start()
@@ -125,6 +128,7 @@ public final class LiveSession: @unchecked Sendable {
             }
             retirer.withLock { $0 = t }
         }
+        try startNamer()
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
@@ -133,6 +137,26 @@ public final class LiveSession: @unchecked Sendable {
             ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs, signal: signal, aggregator: aggregator)
                 .run(writer: &writers[i].value)
         }
+    }
+
+    /// Starts the namer: a thread that resolves each new thread (its VM, guest name and vCPU number, from /proc)
+    /// as soon as a reader first sees it, while it still runs. Otherwise a thread is named at the next snapshot
+    /// (a scrape, an interval, the end of `stat`), and one that exited before then can only be named from the
+    /// kernel's saved tgids and cmdlines, which other processes' threads overwrite on a busy host: its rows then
+    /// lose their vCPU number. Cold path: one wake-up per burst of new threads, never per event; the readers
+    /// only note the tid. Holds the session weakly; ``stop()`` ends and joins it.
+    func startNamer() throws {
+        guard let wake = aggregator.newThreadWake else { return }
+        let t = try JoinableThread(name: "kvmscope-name") { [weak self] in
+            while true {
+                let woken = wake.wait(timeout: .now() + .seconds(60)) == .success
+                guard let session = self, !session.namerStopped.load(ordering: .acquiring) else { return }
+                guard woken else { continue }
+                session.aggregator.takeNewThreadSignal()
+                session.aggregator.resolveNewThreads()
+            }
+        }
+        namer.withLock { $0 = t }
     }
 
     /// How long ``catchUp()`` waits for the reader threads, then for the pairing thread, at most.
@@ -323,6 +347,8 @@ public final class LiveSession: @unchecked Sendable {
             retirerPause.signal()
         }
         retirer.withLock { $0 }?.join()
+        if !namerStopped.exchange(true, ordering: .acquiringAndReleasing) { aggregator.newThreadWake?.signal() }
+        namer.withLock { $0 }?.join()
         // One stop at a time, whole: a second caller returns once the first is done.
         return stopping.withLock { done -> String? in
             guard !done else { return nil }
