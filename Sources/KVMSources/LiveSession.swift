@@ -452,6 +452,9 @@ struct ReaderLoop {
         defer { records.deallocate() }
         var batch = ReaderBatch(lane: lane, signal: signal, roles: roles, pairs: pairs, aggregator: aggregator)
         batch.pending.reserveCapacity(cap)
+        var transient = TransientReadFailures()
+        // Set when the loop stopped at a read error (counted there): the drain's own failure is then the same one.
+        var failed = false
 
         while !handle.isStopping {
             // Retirements first (one relaxed load when none): later events of a retired tid are a new thread.
@@ -460,10 +463,14 @@ struct ReaderLoop {
             let asked = handle.catchUpAsked.load(ordering: .acquiring)
             if asked != handle.catchUpServed.load(ordering: .relaxed) {
                 let ok = batch.catchUp(r, records, &writer)
+                let error = errno
                 batch.wake()
+                // Out of memory for a moment: asked again (not served yet), as a read below is.
+                if !ok && error == ENOMEM && transient.retry() { continue }
                 handle.catchUpServed.store(asked, ordering: .releasing)
                 if !ok {
                     writer.addDamage(readErrors: 1)
+                    failed = true
                     break
                 }
             }
@@ -471,11 +478,18 @@ struct ReaderLoop {
             let subbufsBefore = batch.stats.subbufs
             let n = Int(ckvmscope_reader_read(r, records, 1, &batch.stats))
             if n < 0 && errno != EINTR && errno != EAGAIN {
+                // The kernel could not allocate the page a sub-buffer is handed over in (it asks with
+                // __GFP_NORETRY; a sub-buffer larger than a page needs contiguous pages, which a fragmented host
+                // may lack for a moment): nothing was taken from the ring buffer, so the read is tried again
+                // shortly; what the writer overwrites meanwhile is counted by the kernel as lost.
+                if errno == ENOMEM && transient.retry() { continue }
                 // The ring buffer cannot be read any more: counted (every view shows it), and this CPU's
                 // reader stops here; what is still buffered is drained below.
                 writer.addDamage(readErrors: 1)
+                failed = true
                 break
             }
+            if n > 0 { transient.reset() }
             // Everything on full sub-buffers up to the last record read is complete.
             batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
             if batch.stats.subbufs - subbufsBefore >= UInt64(handle.maxSubbufs) { continue }
@@ -496,13 +510,35 @@ struct ReaderLoop {
         while true {
             let subbufsBefore = batch.stats.subbufs
             let n = Int(ckvmscope_reader_flush(r, records, &batch.stats))
-            batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
+            if n < 0 {
+                // What was left in the buffer cannot be read: counted, never a silent end.
+                if !failed { writer.addDamage(readErrors: 1) }
+                break
+            }
+            batch.consume(records, n, watermark: n > 0 ? records[n - 1].ts : 0, &writer)
             if batch.stats.subbufs == subbufsBefore { break }
         }
         lane.finish()
         handle.catchUpServed.store(.max, ordering: .releasing)
         signal.signal()
     }
+}
+
+/// A reader's consecutive reads that failed for want of memory (ENOMEM): each is retried after a pause, up to
+/// ``limit`` in a row (about a second); past that the read error is counted and the reader stops as at any other.
+struct TransientReadFailures {
+    static let limit = 200
+    static let pause: UInt32 = 5_000
+    var consecutive = 0
+
+    mutating func retry() -> Bool {
+        guard consecutive < Self.limit else { return false }
+        consecutive += 1
+        usleep(Self.pause)
+        return true
+    }
+
+    mutating func reset() { consecutive = 0 }
 }
 
 /// A reader thread's state between reads: the decode counters, what it counts and hands the pairing thread.
