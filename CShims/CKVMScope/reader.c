@@ -12,7 +12,6 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <tracefs.h>
 #include <unistd.h>
 
@@ -92,21 +91,6 @@ error:
     return NULL;
 }
 
-/* The instance's sub-buffer size from its own events/header_page (the data field's offset + size), or -1.
- * libtracefs 1.6 sizes its reads by the page size, but an instance whose buffer_subbuf_size_kb was raised
- * (Linux >= 6.8) has larger sub-buffers, and says so there. */
-static int instance_subbuf_size(struct tracefs_instance *tfs)
-{
-    char *text = tracefs_instance_file_read(tfs, "events/header_page", NULL);
-    const char *field = text ? strstr(text, "char data;") : NULL;
-    int offset, size, total = -1;
-
-    if (field && sscanf(field, "char data; offset:%d; size:%d", &offset, &size) == 2 && offset > 0 && size > 0)
-        total = offset + size;
-    free(text);
-    return total;
-}
-
 /**
  * ckvmscope_reader_open - a reader of one CPU's trace_pipe_raw in an instance
  *
@@ -123,9 +107,6 @@ struct ckvmscope_reader *ckvmscope_reader_open(struct ckvmscope_instance *inst, 
     struct tracefs_cpu *probe = tracefs_cpu_open(tfs, cpu, true);
     size = probe ? tracefs_cpu_read_size(probe) : -1;
     tracefs_cpu_close(probe);
-    int own = instance_subbuf_size(tfs);
-    if (own > size)
-        size = own;
     if (size <= 0) {
         errno = errno ? errno : EINVAL;
         return NULL;

@@ -72,7 +72,7 @@ public final class LiveSession: @unchecked Sendable {
                 retiredVMCapacity: Int = 1024, threadExitEvents: Bool = true) throws {
         var config = config
         config.threadExits = config.threadExits || (retireThreads && threadExitEvents)
-        trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead, subbufKB: Self.subbufKB)
+        trace = try TraceSession(config: config, subbufsPerRead: subbufsPerRead)
         // A COMMAND is traced as kvmscope's own descendants (onlyPid = our pid): its VMs are not ours.
         let traced = Set((config.onlyPid.map { [$0] } ?? []) + config.onlyPids).subtracting([getpid()])
         tracedProcess = traced.count == 1 && !(config.onlyPid == getpid()) ? traced.first : nil
@@ -90,11 +90,6 @@ public final class LiveSession: @unchecked Sendable {
     }
 
     deinit { stop() }
-
-    /// The sub-buffer size live sessions ask for, KiB (``TraceSession``: where the kernel allows it and the
-    /// buffer holds 16 of them): a 64 KiB sub-buffer costs the reader one page swap and one splice per ~1,400
-    /// kvm_exit records instead of per ~85.
-    static let subbufKB: UInt32 = 64
 
     /// Pairing runs only when both halves are traced.
     var pairs: Bool { formats.catalog.index(of: "kvm_exit") != nil && formats.catalog.index(of: "kvm_entry") != nil }

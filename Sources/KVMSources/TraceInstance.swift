@@ -69,19 +69,6 @@ public final class TraceInstance: @unchecked Sendable {
         }
     }
 
-    /// Sets the instance's sub-buffer size (`buffer_subbuf_size_kb`, Linux ≥ 6.8; a power of two, KiB) before
-    /// tracing starts, keeping the ring buffer's size; its `events/header_page` then gives readers the new size.
-    /// Best effort: returns false (the kernel's default sub-buffer stays) when the kernel lacks the file or
-    /// refuses the size.
-    @discardableResult
-    public func subbufferSize(kb: UInt32) -> Bool {
-        let fd = open("\(root)/instances/\(name)/buffer_subbuf_size_kb", O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        let text = Array("\(kb)\n".utf8)
-        return write(fd, text, text.count) == text.count
-    }
-
     /// The record-tgid option: the kernel keeps tid → tgid of traced threads, which names threads that
     /// exit before kvmscope looks at them. Best effort (old kernels lack it).
     public func recordTGIDs() {

@@ -63,13 +63,7 @@ public final class TraceSession: @unchecked Sendable {
 
     /// Creates the instance, enables the events and opens one reader per CPU; tracing stays off until
     /// ``start(threadName:_:)``. Throws the errors users see; nothing is left in tracefs then.
-    ///
-    /// - Parameter subbufKB: with a value above the kernel's page size, the instance's sub-buffers are made that
-    ///   large (at most 1/16 of the buffer: kept to a power of two) where the kernel allows it
-    ///   (``TraceInstance/subbufferSize(kb:)``), and `subbufsPerRead` shrinks so that a read takes as many bytes
-    ///   as before: the kernel's work per sub-buffer (the page swap, the splice) is then spread over more events.
-    ///   0 keeps the kernel's sub-buffer (what `record` writes as trace.dat pages).
-    public init(config: TraceConfig, subbufsPerRead: UInt32, subbufKB: UInt32 = 0) throws {
+    public init(config: TraceConfig, subbufsPerRead: UInt32) throws {
         let root = try TraceFS.root()
         TraceFS.removeStaleInstances(root: root)
         let (wanted, formats) = try TraceFS.kvmFormats(events: config.events, root: root)
@@ -80,13 +74,6 @@ public final class TraceSession: @unchecked Sendable {
         self.instance = instance
         // From here on a throw releases `instance`, and its end removes it from tracefs.
         instance.recordTGIDs()
-        var subbufsPerRead = subbufsPerRead
-        let pageKB = UInt32(max(1, getpagesize() / 1024))
-        var kb = pageKB
-        while kb * 2 <= subbufKB && kb * 2 * 16 <= config.bufferKB { kb *= 2 }
-        if kb > pageKB && instance.subbufferSize(kb: kb) {
-            subbufsPerRead = max(1, subbufsPerRead * pageKB / kb)
-        }
         try instance.wake(atPercent: config.wakePercent)
         for (i, pid) in ([config.onlyPid].compactMap { $0 } + config.onlyPids).enumerated() {
             try instance.follow(pid: pid, keeping: i > 0)
