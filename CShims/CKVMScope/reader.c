@@ -333,7 +333,9 @@ int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *
 
     for (uint32_t i = 0; i < r->max_subbufs; i++) {
         int bytes = read_subbuf(r, r->page, 1);
-        if (bytes <= 0)
+        if (bytes < 0)
+            return total ? (int)total : -1;
+        if (bytes == 0)
             break;
         total += (uint32_t)decode_page(r, r->page, bytes, out + total, per_page, stats);
     }

@@ -61,6 +61,15 @@ public final class Aggregator: Sendable {
     /// session's retirer waits on it, so that under churn threads retire well before the next scrape or
     /// interval (memory follows the threads alive), while a quiet host never wakes it.
     public let exitWake = DispatchSemaphore(value: 0)
+    /// With `wakeOnNewThreads`: signalled when a writer notes a thread not seen before (at most one signal
+    /// outstanding, ``takeNewThreadSignal()`` re-arms it). A live session's namer thread waits on it and resolves
+    /// the thread at once (``resolveNewThreads()``), while it still runs: named from /proc, not later from the
+    /// kernel's saved cmdlines, which other processes overwrite on a busy host.
+    public let newThreadWake: DispatchSemaphore?
+    let newThreadSignalled = Atomic<Bool>(false)
+    /// Held for the whole of ``resolveNewThreads()``: a caller returns once every thread noted before its call is
+    /// resolved, even when the namer thread took them a moment before.
+    let resolving = Mutex<Void>(())
     /// Exit records that wake ``exitWake``.
     public static let exitBacklog = 1024
     /// Bumped each time retired threads' hand-overs are taken or their carried-out requests forgotten
@@ -76,9 +85,11 @@ public final class Aggregator: Sendable {
     ///   - retireDelay: how long ``retireExitedThreads()`` waits after first finding a thread gone.
     ///   - threadExits: the source notes thread exits (``noteThreadExit(_:timestamp:)``): `startTime` is read
     ///     only by ``retireExitedThreads()`` (the safety net), never at first sight.
+    ///   - wakeOnNewThreads: signal ``newThreadWake`` when a writer notes a new thread.
     public init(catalog: EventCatalog, shardCount: Int, resolver: ThreadResolver? = nil, retirement: Bool = false,
                 startTime: ThreadStartTime? = nil, retiredVMCapacity: Int = 1024, retireDelay: Duration = .seconds(1),
-                threadExits: Bool = false) {
+                threadExits: Bool = false, wakeOnNewThreads: Bool = false) {
+        newThreadWake = wakeOnNewThreads ? DispatchSemaphore(value: 0) : nil
         self.retireDelay = retireDelay
         self.threadExits = threadExits
         precondition(catalog.count <= AggregateShard.maxEvents, "at most \(AggregateShard.maxEvents) events")
@@ -116,16 +127,30 @@ public final class Aggregator: Sendable {
             return true
         }
         if known { return }
-        pendingThreads.withLock { p in
-            if let v = p[tid], v != TraceEvent.noVCPU { return }
+        let new = pendingThreads.withLock { p -> Bool in
+            if let v = p[tid] {
+                if v == TraceEvent.noVCPU { p[tid] = vcpu }
+                return false
+            }
             p[tid] = vcpu
+            return true
+        }
+        if new, let wake = newThreadWake, !newThreadSignalled.exchange(true, ordering: .acquiringAndReleasing) {
+            wake.signal()
         }
     }
+
+    /// The namer thread, woken by ``newThreadWake``, before it resolves: threads noted from now on wake it again.
+    public func takeNewThreadSignal() { _ = newThreadSignalled.exchange(false, ordering: .acquiringAndReleasing) }
 
     /// Resolves the threads noted since the last call (``ThreadResolver``, and ``ThreadStartTime`` with
     /// retirement); a thread the resolver does not know is its own VM until ``resolveUnresolved(_:)`` names it.
     /// Snapshot side: ``snapshot(timestamp:)`` and ``retireExitedThreads()`` call it first.
     public func resolveNewThreads() {
+        resolving.withLock { _ in resolvePending() }
+    }
+
+    private func resolvePending() {
         let pending = pendingThreads.withLock { p in
             defer { p = [:] }
             return p

@@ -26,6 +26,9 @@ public final class LiveSession: @unchecked Sendable {
     private let retirer = Mutex<JoinableThread?>(nil)
     private let retirerStopped = Atomic<Bool>(false)
     private let retirerPause = DispatchSemaphore(value: 0)
+    /// The namer thread (``startNamer()``) and its end.
+    private let namer = Mutex<JoinableThread?>(nil)
+    private let namerStopped = Atomic<Bool>(false)
     /// Set once ``stop()`` has run.
     private let stopping = Mutex<Bool>(false)
     /// nil while tracing; the kernel's per-CPU loss counts once stopped.
@@ -80,7 +83,7 @@ public final class LiveSession: @unchecked Sendable {
                                 resolver: ThreadDirectory.identity(of:), retirement: retireThreads,
                                 startTime: retireThreads ? startTime : nil,
                                 retiredVMCapacity: retiredVMCapacity,
-                                threadExits: retireThreads && trace.threadExitEvent != nil)
+                                threadExits: retireThreads && trace.threadExitEvent != nil, wakeOnNewThreads: true)
         lanes = trace.readers.map { _ in PairingLane() }
         tracedName.withLock { $0 = startName }
         try start()
@@ -120,6 +123,7 @@ public final class LiveSession: @unchecked Sendable {
             }
             retirer.withLock { $0 = t }
         }
+        try startNamer()
         let writers = trace.readers.indices.map { ThreadOwned(aggregator.writer(shard: $0)) }
         let lanes = self.lanes
         let index = Dictionary(uniqueKeysWithValues: trace.readers.enumerated().map { ($1.cpu, $0) })
@@ -128,6 +132,26 @@ public final class LiveSession: @unchecked Sendable {
             ReaderLoop(handle: reader, lane: lanes[i], roles: roles, pairs: pairs, signal: signal, aggregator: aggregator)
                 .run(writer: &writers[i].value)
         }
+    }
+
+    /// Starts the namer: a thread that resolves each new thread (its VM, guest name and vCPU number, from /proc)
+    /// as soon as a reader first sees it, while it still runs. Otherwise a thread is named at the next snapshot
+    /// (a scrape, an interval, the end of `stat`), and one that exited before then can only be named from the
+    /// kernel's saved tgids and cmdlines, which other processes' threads overwrite on a busy host: its rows then
+    /// lose their vCPU number. Cold path: one wake-up per burst of new threads, never per event; the readers
+    /// only note the tid. Holds the session weakly; ``stop()`` ends and joins it.
+    func startNamer() throws {
+        guard let wake = aggregator.newThreadWake else { return }
+        let t = try JoinableThread(name: "kvmscope-name") { [weak self] in
+            while true {
+                let woken = wake.wait(timeout: .now() + .seconds(60)) == .success
+                guard let session = self, !session.namerStopped.load(ordering: .acquiring) else { return }
+                guard woken else { continue }
+                session.aggregator.takeNewThreadSignal()
+                session.aggregator.resolveNewThreads()
+            }
+        }
+        namer.withLock { $0 = t }
     }
 
     /// How long ``catchUp()`` waits for the reader threads, then for the pairing thread, at most.
@@ -318,6 +342,8 @@ public final class LiveSession: @unchecked Sendable {
             retirerPause.signal()
         }
         retirer.withLock { $0 }?.join()
+        if !namerStopped.exchange(true, ordering: .acquiringAndReleasing) { aggregator.newThreadWake?.signal() }
+        namer.withLock { $0 }?.join()
         // One stop at a time, whole: a second caller returns once the first is done.
         return stopping.withLock { done -> String? in
             guard !done else { return nil }
@@ -421,6 +447,9 @@ struct ReaderLoop {
         defer { records.deallocate() }
         var batch = ReaderBatch(lane: lane, signal: signal, roles: roles, pairs: pairs, aggregator: aggregator)
         batch.pending.reserveCapacity(cap)
+        var transient = TransientReadFailures()
+        // Set when the loop stopped at a read error (counted there): the drain's own failure is then the same one.
+        var failed = false
 
         while !handle.isStopping {
             // Retirements first (one relaxed load when none): later events of a retired tid are a new thread.
@@ -429,10 +458,14 @@ struct ReaderLoop {
             let asked = handle.catchUpAsked.load(ordering: .acquiring)
             if asked != handle.catchUpServed.load(ordering: .relaxed) {
                 let ok = batch.catchUp(r, records, &writer)
+                let error = errno
                 batch.wake()
+                // Out of memory for a moment: asked again (not served yet), as a read below is.
+                if !ok && error == ENOMEM && transient.retry() { continue }
                 handle.catchUpServed.store(asked, ordering: .releasing)
                 if !ok {
                     writer.addDamage(readErrors: 1)
+                    failed = true
                     break
                 }
             }
@@ -440,11 +473,18 @@ struct ReaderLoop {
             let subbufsBefore = batch.stats.subbufs
             let n = Int(ckvmscope_reader_read(r, records, 1, &batch.stats))
             if n < 0 && errno != EINTR && errno != EAGAIN {
+                // The kernel could not allocate the page a sub-buffer is handed over in (it asks with
+                // __GFP_NORETRY; a sub-buffer larger than a page needs contiguous pages, which a fragmented host
+                // may lack for a moment): nothing was taken from the ring buffer, so the read is tried again
+                // shortly; what the writer overwrites meanwhile is counted by the kernel as lost.
+                if errno == ENOMEM && transient.retry() { continue }
                 // The ring buffer cannot be read any more: counted (every view shows it), and this CPU's
                 // reader stops here; what is still buffered is drained below.
                 writer.addDamage(readErrors: 1)
+                failed = true
                 break
             }
+            if n > 0 { transient.reset() }
             // Everything on full sub-buffers up to the last record read is complete.
             batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
             if batch.stats.subbufs - subbufsBefore >= UInt64(handle.maxSubbufs) { continue }
@@ -465,13 +505,35 @@ struct ReaderLoop {
         while true {
             let subbufsBefore = batch.stats.subbufs
             let n = Int(ckvmscope_reader_flush(r, records, &batch.stats))
-            batch.consume(records, max(0, n), watermark: n > 0 ? records[n - 1].ts : 0, &writer)
+            if n < 0 {
+                // What was left in the buffer cannot be read: counted, never a silent end.
+                if !failed { writer.addDamage(readErrors: 1) }
+                break
+            }
+            batch.consume(records, n, watermark: n > 0 ? records[n - 1].ts : 0, &writer)
             if batch.stats.subbufs == subbufsBefore { break }
         }
         lane.finish()
         handle.catchUpServed.store(.max, ordering: .releasing)
         signal.signal()
     }
+}
+
+/// A reader's consecutive reads that failed for want of memory (ENOMEM): each is retried after a pause, up to
+/// ``limit`` in a row (about a second); past that the read error is counted and the reader stops as at any other.
+struct TransientReadFailures {
+    static let limit = 200
+    static let pause: UInt32 = 5_000
+    var consecutive = 0
+
+    mutating func retry() -> Bool {
+        guard consecutive < Self.limit else { return false }
+        consecutive += 1
+        usleep(Self.pause)
+        return true
+    }
+
+    mutating func reset() { consecutive = 0 }
 }
 
 /// A reader thread's state between reads: the decode counters, what it counts and hands the pairing thread.

@@ -220,7 +220,8 @@ int ckvmscope_reader_catch_up(struct ckvmscope_reader *r, struct ckvmscope_recor
 /* Wake a reader blocked in read or wait (from another thread). */
 void ckvmscope_reader_stop(struct ckvmscope_reader *r);
 void ckvmscope_reader_wake(struct ckvmscope_reader *r);
-/* After stop: decode what is left, including the partial sub-buffer. Returns records, 0 when drained. */
+/* After stop: decode what is left, including the partial sub-buffer. Returns records, 0 when drained, -1 when
+ * the first read failed (errno). */
 int ckvmscope_reader_flush(struct ckvmscope_reader *r, struct ckvmscope_record *out,
                            struct ckvmscope_decode_stats *stats);
 int ckvmscope_reader_flush_raw(struct ckvmscope_reader *r, void *buf);
