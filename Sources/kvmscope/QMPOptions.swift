@@ -16,6 +16,14 @@ struct QMPOptions: ParsableArguments {
 
     func validate() throws {
         if sockets.contains(where: \.isEmpty) { throw ValidationError("--qmp needs a socket path") }
+        // A path that is there and is no socket (a disk image, a directory) is a mistake, said at once; a path
+        // not there yet may be a QEMU still starting: warned about at each try, as a socket that goes away is.
+        for path in sockets {
+            var st = stat()
+            if stat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+                throw ValidationError("--qmp \(path): not a socket (QEMU's -qmp unix:PATH,server=on,wait=off makes one)")
+            }
+        }
         guard timeout > 0 && timeout <= 60 else { throw ValidationError("--qmp-timeout must be more than 0 and at most 60 seconds") }
     }
 

@@ -361,6 +361,14 @@ struct QEMUGuestTests {
             kvmscope: QMP \(garbage): not QMP: expected a greeting, got '<html>hello</html>'
 
             """)
+        // A path that is there and is no socket is a mistake, said at once (a missing one may be a QEMU starting).
+        let image = "\(dir)/disk.img"
+        #expect(FileManager.default.createFile(atPath: image, contents: Data(count: 512)))
+        for path in [image, dir] {
+            let r = try CLI.run(["top", "-b", "-n", "1", "--no-exits", "-c", "none", "--qmp", path])
+            #expect(r.status == 64 && r.stdout == "", "\(r)")
+            #expect(r.stderr == "kvmscope: --qmp \(path): not a socket (QEMU's -qmp unix:PATH,server=on,wait=off makes one)\n")
+        }
     }
 
     /// The same guest under TCG: no KVM VM descriptor, shown as virt-top shows libvirt's TCG domains.
