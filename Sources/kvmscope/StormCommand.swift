@@ -51,6 +51,16 @@ struct StormCommand: ParsableCommand {
         }
     }
 
+    /// `SIGINT` for 2, as kill -l names them.
+    static func signalName(_ signal: Int32) -> String {
+        switch signal {
+        case SIGINT: "SIGINT"
+        case SIGTERM: "SIGTERM"
+        case SIGHUP: "SIGHUP"
+        default: "signal \(signal)"
+        }
+    }
+
     func run() throws {
         let k = Storm.Kind(rawValue: kind)!
         // SIGINT, SIGTERM and SIGHUP stop the vCPU threads within milliseconds, as --seconds does; the JSON
@@ -70,6 +80,9 @@ struct StormCommand: ParsableCommand {
             ("pid", .int(Int64(getpid()))), ("name", .optional(name.flatMap { GuestName.fromQEMUArguments(["-name", $0]) })), ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))),
             ("exits", .uint(total)), ("seconds", .double((elapsed * 1e6).rounded() / 1e6)),
             ("exits_per_second", .uint(elapsed > 0 ? UInt64(Double(total) / elapsed) : 0)),
+            // The signal that cut the run short (SIGINT, SIGTERM, SIGHUP), else null: `exits` is then below
+            // --exits × --vcpus, and a script can tell why.
+            ("interrupted_by", .optional(StopSignals.raised.map(Self.signalName))),
         ])
         writeStdout(json.serialized() + "\n")
     }

@@ -62,6 +62,7 @@ struct StormStopTests {
         #expect(Self.secondsUntilEnd(p, deadline: 2) != nil, "storm --seconds 1 still ran after 2 s")
         #expect(p.wait(timeout: 10) == 0, "stderr: \(p.stderr)")
         #expect(try Self.stormJSON(p.stdout)["exits"] as? Int ?? 0 > 0)
+        #expect(try Self.stormJSON(p.stdout)["interrupted_by"] is NSNull, "--seconds is no interruption")
     }
 
     /// SIGINT, SIGTERM and SIGHUP stop the vCPUs mid-pass, with and without --seconds: the process ends by a
@@ -80,5 +81,6 @@ struct StormStopTests {
         let j = try Self.stormJSON(p.stdout)
         #expect(j["exits"] as? Int ?? 0 > 0)
         #expect(j["kind"] as? String == "io")
+        #expect(j["interrupted_by"] as? String == ["SIGINT", "SIGTERM", "SIGHUP"][[SIGINT, SIGTERM, SIGHUP].firstIndex(of: signal)!])
     }
 }
