@@ -18,7 +18,7 @@ import KVMExits
 ///            | 'per' ('vm'|'vcpu')              scope (default: per vm)
 /// ```
 ///
-/// NUMBER is decimal (`50000`, `2.5`); spaces between tokens are optional. A reason is a kvm_exit reason
+/// NUMBER is decimal (`50000`, `2.5`, `1e3`); spaces between tokens are optional. A reason is a kvm_exit reason
 /// (`EPT_MISCONFIG`, `MSR_WRITE`, `HLT`), a userspace exit reason (`KVM_EXIT_IO`) or an event name (`kvm_pio`,
 /// rates only); `*` is every kvm_exit reason. Latency percentiles are of exit-handling time (kvm_exit → next
 /// kvm_entry); `*` leaves out blocking reasons (HLT and the like: time the guest sleeps, not time the host
@@ -155,6 +155,16 @@ struct Parser {
             if pos < scalars.count, scalars[pos] == "." {
                 pos += 1
                 take(while: Self.isDigit)
+            }
+            // An exponent, as PromQL and printf write one (`1e3`, `2.5E-2`): only with its digits (no unit
+            // starts with e).
+            if pos < scalars.count, scalars[pos] == "e" || scalars[pos] == "E" {
+                var end = pos + 1
+                if end < scalars.count, scalars[end] == "+" || scalars[end] == "-" { end += 1 }
+                if end < scalars.count, Self.isDigit(scalars[end]) {
+                    pos = end
+                    take(while: Self.isDigit)
+                }
             }
             token = .number(Double(lexeme(from: start)) ?? 0)
         } else if Self.isWordStart(c) {

@@ -17,6 +17,14 @@ struct StormRuleTests {
         #expect(r.text == "rate(EPT_MISCONFIG) > 50000/s for 5s")
     }
 
+    /// Numbers with an exponent, as PromQL takes them: `1e3/s` is 1000/s, `2.5e-2s` 25 ms; `2e` alone is no number.
+    @Test func numbersTakeAnExponent() throws {
+        #expect(try StormRule(parsing: "rate(kvm_pio) > 1e3/s").threshold == 1_000)
+        #expect(try StormRule(parsing: "rate(kvm_pio) > 1.5E+4/s").threshold == 15_000)
+        #expect(try StormRule(parsing: "p99(HLT) > 2.5e-2s").threshold == 25_000_000)
+        #expect(throws: (any Error).self) { try StormRule(parsing: "rate(kvm_pio) > 2e/s") }
+    }
+
     @Test func parsesPercentileRule() throws {
         let r = try StormRule(parsing: "p99(MSR_WRITE) > 20us for 10s")
         #expect(r.function == .percentile(99))
