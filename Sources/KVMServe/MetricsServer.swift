@@ -300,6 +300,18 @@ public final class MetricsServer: @unchecked Sendable {
             }
         }
 
+        /// The path of a request target without its query: origin-form (`/metrics?x`), or absolute-form
+        /// (`http://host:9477/metrics`, which a server must accept, RFC 9112 §3.2.2: what a client sends through
+        /// a proxy) with its scheme and authority dropped.
+        static func path(of target: Substring) -> String {
+            var t = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            if let scheme = t.range(of: "://"), t[..<scheme.lowerBound].lowercased() == "http" || t[..<scheme.lowerBound].lowercased() == "https" {
+                let rest = t[scheme.upperBound...]
+                t = rest.firstIndex(of: "/").map { rest[$0...] } ?? "/"
+            }
+            return String(t)
+        }
+
         mutating func respond(_ c: inout Connection, to head: [UInt8]) {
             // Lines split as bytes: as a String, "\r\n" is one Character and "\n" would not split it.
             let lines = head.split(separator: 10, omittingEmptySubsequences: false)
@@ -337,7 +349,7 @@ public final class MetricsServer: @unchecked Sendable {
                 reply(&c, Response(status: 405, body: "only GET and HEAD\n", extraHeaders: "Allow: GET, HEAD\r\n"), close: true)
                 return
             }
-            let path = request[1].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let path = Self.path(of: request[1])
             var response: Response
             switch path {
             case "/metrics":

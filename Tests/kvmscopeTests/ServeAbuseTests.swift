@@ -83,6 +83,12 @@ struct ServeAbuseTests {
         #expect(Self.send(ok, Array(fits.utf8)))
         #expect(Self.receiveAll(ok).hasSuffix("\r\n\r\nok\n"))
         #expect(httpGet("http://127.0.0.1:\(port)/healthz")?.body == "ok\n")
+        // An absolute-form target (what a client sends through a proxy; RFC 9112 §3.2.2: a server must take it).
+        let absolute = try #require(Self.connect(port))
+        defer { close(absolute) }
+        #expect(Self.send(absolute, Array("GET http://127.0.0.1:\(port)/healthz?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)))
+        let answer = Self.receiveAll(absolute)
+        #expect(answer.hasPrefix("HTTP/1.1 200 ") && answer.hasSuffix("\r\n\r\nok\n"), "\(answer)")
     }
 
     /// 200 idle connections and 200 that send half a request head: a new client's scrape answers within a
