@@ -201,6 +201,13 @@ struct ReportCommand: ParsableCommand {
     }
 
     func run() throws {
+        // No file named, no trace.dat here, and a pipe on stdin (`trace-cmd report | kvmscope report`): say how to
+        // read it, as the error alone (trace-cmd's) does not.
+        var st = stat()
+        if input.isEmpty && paths.isEmpty && access("trace.dat", F_OK) != 0 && errno == ENOENT
+            && fstat(STDIN_FILENO, &st) == 0 && (st.st_mode & S_IFMT) == S_IFIFO {
+            throw KVMScopeError.io("trace.dat: No such file or directory (standard input is a pipe: give - to read it)")
+        }
         // The page is written last: a path it cannot be written to is said before the report is printed.
         if let html {
             var isDirectory: ObjCBool = false

@@ -120,6 +120,14 @@ import TestSupport
         }
     }
 
+    /// No file named and no trace.dat, with a pipe on stdin: the error says how to read the pipe (trace-cmd's
+    /// message alone left `trace-cmd report | kvmscope report` a puzzle).
+    @Test func aPipeWithoutDashIsExplained() throws {
+        let r = try Spawned.run("/bin/sh", ["-c", "cd / && echo x | \"$0\" report", CLI.binary])
+        #expect(r.status == 1 && r.stdout == "", "\(r.stderr)")
+        #expect(r.stderr == "kvmscope: trace.dat: No such file or directory (standard input is a pipe: give - to read it)\n")
+    }
+
     /// A size no file can hold, or not a number at all, is a bad size: one line, never a trap (these trapped
     /// converting the Double to UInt64).
     @Test func maxSizeBeyondAnyFileIsABadSize() throws {
