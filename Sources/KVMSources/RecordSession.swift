@@ -63,7 +63,9 @@ public final class RecordSession: @unchecked Sendable {
         directory = "\(PathComponents.directory(of: output))/.kvmscope-record-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         guard mkdir(directory, 0o700) == 0 else {
-            throw KVMScopeError.io("cannot create \(directory): \(Errno(rawValue: errno))")
+            // The spool is kvmscope's, the file the user's: the line names the file asked for.
+            throw KVMScopeError.io("cannot write \(output): its spool \(directory) (beside it, on the same file system) "
+                                   + "cannot be created: \(Errno(rawValue: errno))")
         }
         do {
             trace = try TraceSession(config: config.trace, subbufsPerRead: 1)

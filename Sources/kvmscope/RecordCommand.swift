@@ -25,8 +25,13 @@ struct RecordCommand: ParsableCommand {
               kvmscope report t.dat        (or: trace-cmd report -i t.dat)
             """)
 
-    @Option(name: [.customShort("o"), .long], help: "The trace.dat file to write (default: trace.dat, as trace-cmd record's).")
-    var output: String = "trace.dat"
+    @Option(name: [.customShort("o"), .customLong("output")],
+            help: ArgumentHelp("The trace.dat file to write (default: trace.dat, as trace-cmd record's; -: standard output, as perf record -o -).",
+                               valueName: "output"))
+    var outputOption: String = "trace.dat"
+
+    /// The file written: `-o -` is standard output (/dev/stdout), as perf record's `-o -`.
+    var output: String { outputOption == "-" ? "/dev/stdout" : outputOption }
 
     @Option(parsing: .unconditional, help: "Stop after this many seconds.")
     var duration: Double?
@@ -50,6 +55,7 @@ struct RecordCommand: ParsableCommand {
     var command: [String] = []
 
     func validate() throws {
+        if outputOption.isEmpty { throw ValidationError("-o/--output needs a file name") }
         if let duration, !(duration > 0 && duration.isFinite) { throw ValidationError("--duration must be a number of seconds > 0") }
         if let maxSize, Self.bytes(maxSize) == nil { throw ValidationError("--max-size: bad size '\(maxSize)' (e.g. 500M, 2G)") }
         guard bufferKB >= 4 else { throw ValidationError("--buffer-kb must be at least 4") }

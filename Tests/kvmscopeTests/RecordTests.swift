@@ -158,6 +158,27 @@ struct RecordTests {
         #expect((Int(out[0].split(separator: " ")[0]) ?? 0) > 4096, "\(out[0])")
     }
 
+    /// `-o -` writes the file to standard output, as perf record's `-o -`; `-o ''` is no file; a file whose
+    /// directory takes no spool is named in the error, not the spool.
+    @Test func oddOutputs() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/stdout.dat"
+        let r = try Spawned.run("/bin/sh", ["-c", "\"$0\" record -o - -- \"$0\" storm --kind io --vcpus 1 --exits 1000 > \"$1\"",
+                                            CLI.binary, path], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let reader = try TraceDatReader(path: path)
+        let pio = reader.catalog.index(of: "kvm_pio")
+        var pios = 0
+        try reader.forEachEvent { e in if e.event == pio { pios += 1 } }
+        #expect(pios == 1000)
+        let empty = try CLI.run(["record", "-o", ""])
+        #expect(empty.status == 64 && empty.stderr == "kvmscope: -o/--output needs a file name\n", "\(empty.stderr)")
+        let proc = try CLI.run(["record", "-o", "/proc/version", "--duration", "0.1"])
+        #expect(proc.status == 1)
+        #expect(proc.stderr.hasPrefix("kvmscope: cannot write /proc/version: its spool /proc/.kvmscope-record-"), "\(proc.stderr)")
+    }
+
     @Test func systemWideRecordingNamesTheVM() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
