@@ -233,10 +233,17 @@ import Testing
                              resolver: { tid in host.who.withLock { $0[tid] } }, retirement: true)
         let writer = Mutex<ShardWriter?>(agg.writer(shard: 0))
         let done = Atomic<Bool>(false)
+        let checked = Atomic<Int>(0)
         let perThread = 2_000
         let t = Thread {
             var w = writer.withLock { $0.take()! }
             for round in 0..<perThread {
+                // Halfway, until the snapshot side has checked twice (a deadline of 60 s): on a loaded machine the
+                // writer once finished before the first snapshot did, and nothing was checked while it counted.
+                if round == perThread / 2 {
+                    let end = ContinuousClock.now + .seconds(60)
+                    while checked.load(ordering: .acquiring) < 2 && ContinuousClock.now < end { usleep(1_000) }
+                }
                 for i in 0..<64 {
                     w.add(TraceEvent(timestamp: 0, tid: Int32(1_000 + i), event: 2), hasReason: false)
                 }
@@ -262,6 +269,7 @@ import Testing
                 last[k] = r.count
             }
             checks += 1
+            checked.store(checks, ordering: .releasing)
             if finished { break }
         }
         let end = try Summary(agg.snapshot(timestamp: 0))
