@@ -2,13 +2,14 @@ import Glibc
 
 /// Files kvmscope writes (`-o`, `--csv`, `--html`, a recording): opened so that no path can hang the command.
 public enum OutputFiles {
-    /// Opens `path` for writing, created 0640 and truncated, close-on-exec, in blocking mode for the writes.
+    /// Opens `path` for writing, created 0640 and truncated (appended to with `append`), close-on-exec, in
+    /// blocking mode for the writes.
     /// A FIFO is never waited for: one that no process reads is refused at once (open(2)'s ENXIO with
     /// O_NONBLOCK), where a plain open would sleep until a reader came, deaf to SIGINT and SIGTERM.
     /// - Returns: the descriptor, or the errno of the failure (`ENXIO`: a FIFO without a reader; see
     ///   ``describe(_:)``).
-    public static func open(_ path: String) -> Result<Int32, OpenError> {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK, 0o640)
+    public static func open(_ path: String, append: Bool = false) -> Result<Int32, OpenError> {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC | O_NONBLOCK, 0o640)
         guard fd >= 0 else { return .failure(OpenError(code: errno)) }
         let flags = fcntl(fd, F_GETFL)
         if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }

@@ -201,6 +201,7 @@ struct ReportCommand: ParsableCommand {
     }
 
     func run() throws {
+        var heldFIFO: Int32 = -1
         // No file named, no trace.dat here, and a pipe on stdin (`trace-cmd report | kvmscope report`): say how to
         // read it, as the error alone (trace-cmd's) does not.
         var st = stat()
@@ -215,7 +216,12 @@ struct ReportCommand: ParsableCommand {
             if exists && isDirectory.boolValue { throw KVMScopeError.io("cannot write \(html): \(Errno.isDirectory)") }
             let target = exists ? html : PathComponents.directory(of: html)
             if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
+            // A FIFO needs its reader now, and keeps it: held open until the page is written (its reader would
+            // otherwise see an end at once), closed when this process ends.
+            var fifo = stat()
+            if stat(html, &fifo) == 0 && (fifo.st_mode & S_IFMT) == S_IFIFO { heldFIFO = try createOutputFile(html) }
         }
+        defer { if heldFIFO >= 0 { close(heldFIFO) } }
         var jsonValues: [JSONValue] = []
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         // As wc or grep do with several files: each bad file is one line on stderr, the others are reported,

@@ -445,9 +445,10 @@ struct StatCommand: ParsableCommand {
     /// Opens a -L file for appending (created 0640 when missing, as every file kvmscope writes). Throws the
     /// one-line io error.
     static func appendToLogFile(_ path: String) throws -> Int32 {
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw KVMScopeError.io("cannot write \(path): \(Errno(rawValue: errno))") }
-        return fd
+        switch OutputFiles.open(path, append: true) {
+        case .success(let fd): return fd
+        case .failure(let e): throw KVMScopeError.io("cannot write \(path): \(e)")
+        }
     }
 
     /// The size of an open file in bytes (0 when fstat fails).

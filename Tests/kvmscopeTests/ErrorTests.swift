@@ -128,6 +128,18 @@ import TestSupport
         #expect(r.stderr == "kvmscope: trace.dat: No such file or directory (standard input is a pipe: give - to read it)\n")
     }
 
+    /// A FIFO that no process reads, as any file kvmscope writes (stat -L, top --csv, report --html): one line at
+    /// once, never a wait in open(2) that Ctrl-C could not end.
+    @Test func aFIFOWithoutAReaderIsOneLine() throws {
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-fifo-\(getpid())").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let line = "cannot write \(fifo): no process reads this FIFO (start its reader first)"
+        try expectOneLineError(["stat", "-l", "-L", fifo], line, status: 1)
+        try expectOneLineError(["top", "-b", "-n", "1", "-d", "0.1", "--no-exits", "--csv", fifo], line, status: 1)
+        try expectOneLineError(["report", "--html", fifo, ReportCommandTests.host], line, status: 1)
+    }
+
     /// A size no file can hold, or not a number at all, is a bad size: one line, never a trap (these trapped
     /// converting the Double to UInt64).
     @Test func maxSizeBeyondAnyFileIsABadSize() throws {
