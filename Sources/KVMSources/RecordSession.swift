@@ -200,6 +200,22 @@ public final class RecordSession: @unchecked Sendable {
     /// - Parameter output: a file whose directory is searched; `exclude`: a path never written (the recording
     ///   about to start).
     /// - Returns: the files written, and those that could not be (with the error).
+    /// The pid of a running `kvmscope record` whose output is `path` (its spool beside it names it), else nil:
+    /// what `report` says of the empty file such a recording holds until it ends.
+    public static func recorder(of path: String) -> Int32? {
+        let dir = PathComponents.directory(of: path)
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        for name in names.sorted() where name.hasPrefix(spoolPrefix) {
+            guard let pid = Int32(name.dropFirst(spoolPrefix.count)), kill(pid, 0) == 0, !TraceFS.isZombie(pid),
+                  let manifest = try? String(contentsOfFile: "\(dir)/\(name)/manifest", encoding: .utf8),
+                  let (named, _, _) = parseManifest(manifest),
+                  URL(fileURLWithPath: named).standardizedFileURL.path == absolute else { continue }
+            return pid
+        }
+        return nil
+    }
+
     public static func recoverSpools(beside output: String, excluding exclude: String? = nil) -> [Recovered] {
         let dir = PathComponents.directory(of: output)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []

@@ -11,7 +11,13 @@ public enum TraceFiles {
 
     /// What a file's first bytes say it is: trace.dat by its magic; text if the start holds no NUL byte.
     public static func kind(of head: [UInt8], path: String) throws -> Kind {
-        guard !head.isEmpty else { throw KVMScopeError.badFile("\(path): empty file") }
+        guard !head.isEmpty else {
+            // A recording writes its file when it ends: until then the file is empty, and that is what to say.
+            if let pid = RecordSession.recorder(of: path) {
+                throw KVMScopeError.badFile("\(path): empty file: kvmscope record (pid \(pid)) is recording it and writes it when it ends")
+            }
+            throw KVMScopeError.badFile("\(path): empty file")
+        }
         if head.starts(with: traceDatMagic) { return .traceDat }
         if head.contains(0) {
             throw KVMScopeError.badFile(

@@ -179,6 +179,23 @@ struct RecordTests {
         #expect(proc.stderr.hasPrefix("kvmscope: cannot write /proc/version: its spool /proc/.kvmscope-record-"), "\(proc.stderr)")
     }
 
+    /// `report` of the file a recording is still making (empty until it ends) names that recording.
+    @Test func reportOfAFileBeingRecordedSaysSo() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/live.dat"
+        let rec = try Spawned(CLI.binary, ["record", "-o", path, "--duration", "30"], stdinNull: true)
+        defer { rec.stop() }
+        let end = Date().addingTimeInterval(30)
+        while Date() < end && !FileManager.default.fileExists(atPath: "\(dir)/.kvmscope-record-\(rec.pid)/manifest") { usleep(20_000) }
+        let r = try CLI.run(["report", path])
+        #expect(r.status == 1)
+        #expect(r.stderr == "kvmscope: \(path): empty file: kvmscope record (pid \(rec.pid)) is recording it and writes it when it ends\n")
+        rec.signal(SIGINT)
+        #expect(rec.wait(timeout: 30) == 0, "\(rec.stderr)")
+        #expect(try CLI.run(["report", path]).status == 0)
+    }
+
     @Test func systemWideRecordingNamesTheVM() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
