@@ -6,8 +6,8 @@ public enum OutputFiles {
     /// blocking mode for the writes.
     /// A FIFO is never waited for: one that no process reads is refused at once (open(2)'s ENXIO with
     /// O_NONBLOCK), where a plain open would sleep until a reader came, deaf to SIGINT and SIGTERM.
-    /// - Returns: the descriptor, or the errno of the failure (`ENXIO`: a FIFO without a reader; see
-    ///   ``describe(_:)``).
+    /// - Returns: the descriptor, or the errno of the failure (`ENXIO`: a FIFO without a reader; ``OpenError``
+    ///   words it).
     public static func open(_ path: String, append: Bool = false) -> Result<Int32, OpenError> {
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC | O_NONBLOCK, 0o640)
         guard fd >= 0 else { return .failure(OpenError(code: errno)) }
