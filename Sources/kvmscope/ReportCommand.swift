@@ -217,7 +217,7 @@ struct ReportCommand: ParsableCommand {
             let target = exists ? html : PathComponents.directory(of: html)
             if access(target, W_OK) != 0 { throw KVMScopeError.io("cannot write \(html): \(Errno(rawValue: errno))") }
             // A FIFO needs its reader now, and keeps it: held open until the page is written (its reader would
-            // otherwise see an end at once), closed when this process ends.
+            // otherwise see an end at once), closed when the report is done.
             var fifo = stat()
             if stat(html, &fifo) == 0 && (fifo.st_mode & S_IFMT) == S_IFIFO { heldFIFO = try createOutputFile(html) }
         }
