@@ -244,6 +244,16 @@ public struct ExitPipeline {
     /// With a window (`run`'s `from`/`to`): its bounds, ns — from trace start + `from` to trace start + `to`,
     /// cut to the trace's own first and last events: what rates over the window divide by. nil without one.
     public private(set) var window: (first: UInt64, last: UInt64)?
+    /// When ``run(_:from:to:)`` feeds kept events grouped by thread (``ThreadGrouping``): with many threads, a
+    /// window at a time, the answer unchanged. nil: always in time order.
+    public var regrouping: ThreadGrouping.Policy? = ThreadGrouping.Policy()
+    /// The regrouping's windows and counters, once the pairer held ``ThreadGrouping/Policy/minThreads``
+    /// threads at a check (every ``ThreadGrouping/Policy/windowEvents`` events); nil before.
+    public private(set) var grouping: ThreadGrouping?
+    /// The window being filled (``ThreadGrouping/Window/none`` before regrouping starts).
+    var pendingWindow = ThreadGrouping.Window.none
+    /// Events to keep before the next check.
+    var untilCheck = 0
 
     /// - Parameters:
     ///   - catalog: the events the source decodes.
@@ -272,6 +282,7 @@ public struct ExitPipeline {
         var merge = EventMerge(streams: streams)
         try merge.prime()
         let kinds = feed.kinds
+        if grouping == nil { untilCheck = regrouping?.windowEvents ?? .max }
         // The drain is called here, not through EventMerge.run, so that these closures are inlined into its loop.
         let refill = { (lane: Int, q: inout [TraceEvent]) throws -> Bool in try streams[lane].next(&q) }
         guard from != nil || to != nil else {
@@ -286,10 +297,9 @@ public struct ExitPipeline {
             try merge.merge.drain(upTo: .max, refill: refill) { e in
                 last = e.timestamp
                 kept &+= 1
-                let k = kinds[Int(e.event) & 255]
-                PairingFeed.count(e, kind: k, &writer, &pairer)
-                if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+                keep(e, kinds)
             }
+            flushWindow()
             self.last = last
             eventsKept &+= kept
             return kept
@@ -313,12 +323,90 @@ public struct ExitPipeline {
             }
             last = e.timestamp
             eventsKept &+= 1
-            let k = kinds[Int(e.event) & 255]
-            PairingFeed.count(e, kind: k, &writer, &pairer)
-            if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+            keep(e, kinds)
         }
+        flushWindow()
         if started, seen >= lo { window = (lo, Swift.min(hi, seen)) }
         return eventsKept - before
+    }
+
+    /// Counts and pairs one event of kind `k` (its ``PairingFeed/kinds`` byte).
+    @inline(__always)
+    mutating func process(_ e: TraceEvent, _ k: UInt8) {
+        PairingFeed.count(e, kind: k, &writer, &pairer)
+        if k & PairingFeed.ioTimed != 0 || e.flags & TraceEvent.afterLoss != 0 { PairingFeed.feedIO(e, kind: k, &ioTimer, writer) }
+    }
+
+    /// One kept event of ``run(_:from:to:)``: processed now, or, once regrouping, added to the window (which is
+    /// fed when full, and at the end of the run).
+    @inline(__always)
+    mutating func keep(_ e: TraceEvent, _ kinds: [UInt8]) {
+        let k = kinds[Int(e.event) & 255]
+        if pendingWindow.capacity != 0 {
+            pendingWindow.append(e, io: k & (PairingFeed.pio | PairingFeed.mmio) != 0)
+            if pendingWindow.isFull { flushWindow() }
+            return
+        }
+        process(e, k)
+        untilCheck &-= 1
+        if untilCheck == 0 { checkRegrouping() }
+    }
+
+    /// Every ``ThreadGrouping/Policy/windowEvents`` events in time order: starts regrouping once the pairer
+    /// holds enough threads (and no observer wants time order).
+    @inline(never)
+    mutating func checkRegrouping() {
+        guard let policy = regrouping else {
+            untilCheck = .max
+            return
+        }
+        untilCheck = policy.windowEvents
+        if pairer.observer == nil && pairer.threadCount >= policy.minThreads {
+            let g = ThreadGrouping(policy: policy)
+            grouping = g
+            pendingWindow = g.emptyWindow
+        }
+    }
+
+    /// Feeds the window: grouped by thread, or in time order when it holds a loss-flagged event or its port and
+    /// MMIO accesses could fill the I/O table (``ThreadGrouping``); then empties it.
+    @inline(never)
+    mutating func flushWindow() {
+        guard let g = grouping, pendingWindow.count > 0 else { return }
+        let n = pendingWindow.count
+        let events: UnsafeMutablePointer<TraceEvent>
+        if pendingWindow.sawLoss || ioTableCouldFill(pendingWindow) {
+            g.noteInOrder(n)
+            events = pendingWindow.events.unsafelyUnwrapped
+        } else {
+            events = g.regroup(count: n, bits: ThreadGrouping.groupBits(threads: pairer.threadCount))
+        }
+        pendingWindow.reset()
+        let kinds = feed.kinds
+        for i in 0..<n {
+            let e = events[i]
+            process(e, kinds[Int(e.event) & 255])
+        }
+    }
+
+    /// The window's port and MMIO accesses could fill the I/O table: more accesses whose key has no row yet than
+    /// the table has room for (each adds at most one key; usually every key has its row and none is new). Once
+    /// the table is full, which keys are in no longer depends on the order.
+    func ioTableCouldFill(_ w: ThreadGrouping.Window) -> Bool {
+        guard let io = writer.shard.io, io.used < io.maxKeys, io.used + w.ioEvents > io.maxKeys else { return false }
+        let room = io.maxKeys - io.used
+        var new = 0
+        for i in 0..<w.count {
+            let e = w.events.unsafelyUnwrapped[i]
+            let k = feed.kinds[Int(e.event) & 255]
+            guard k & (PairingFeed.pio | PairingFeed.mmio) != 0 else { continue }
+            let space: DeviceMap.Space = k & PairingFeed.pio != 0 ? .port : .mmio
+            if !io.holds(tid: e.tid, space: space, address: e.detail, direction: IODirection.of(space, aux2: e.aux2)) {
+                new += 1
+                if new > room { return true }
+            }
+        }
+        return false
     }
 
     /// Ends the trace: exits still waiting become orphans, the source's losses are counted. Returns the

@@ -151,6 +151,19 @@ public final class IOAccessTable: @unchecked Sendable {
         return i
     }
 
+    /// Writer: whether the access's key has a row already (so that ``add(tid:space:address:direction:)`` would
+    /// publish no new one).
+    func holds(tid: Int32, space: DeviceMap.Space, address a: UInt64, direction: IODirection) -> Bool {
+        let b = Self.keyB(tid: tid, space: space, direction: direction)
+        var i = Self.slot(a, b) & mask
+        while true {
+            let kb = words[i * Self.stride].load(ordering: .relaxed)
+            if kb == b && words[i * Self.stride + 1].load(ordering: .relaxed) == a { return true }
+            if kb == 0 { return false }
+            i = (i + 1) & mask
+        }
+    }
+
     /// Writer: one measured handling time of the access in `slot` (single writer: load and store).
     @inlinable
     public func record(slot: Int, nanoseconds t: UInt64) {
