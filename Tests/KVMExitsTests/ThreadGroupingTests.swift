@@ -115,7 +115,7 @@ import Testing
         let events = 120_000
         let perCPU = Self.trace(seed: 11, cpus: 4, threads: 1_500, events: events, lossAt: [30_001, 30_400, 77_777],
                                 ioFloodAt: 90_000)
-        let policy = ThreadGrouping.Policy(minThreads: 128, windowEvents: 4_096)
+        let policy = ThreadGrouping.Policy(minThreads: 128, windowEvents: 4_096, maxWindowEvents: 4_096)
         let (grouped, p) = try Self.run(perCPU, regrouping: policy)
         let (ordered, q) = try Self.run(perCPU, regrouping: nil)
         #expect(grouped.differences(ordered) == [])
@@ -134,7 +134,7 @@ import Testing
     /// A from/to window of the trace: the same events kept and the same answer.
     @Test func regroupedAnswerInsideAWindow() throws {
         let perCPU = Self.trace(seed: 5, cpus: 3, threads: 700, events: 60_000, lossAt: [], ioFloodAt: .max)
-        let policy = ThreadGrouping.Policy(minThreads: 64, windowEvents: 2_048)
+        let policy = ThreadGrouping.Policy(minThreads: 64, windowEvents: 2_048, maxWindowEvents: 2_048)
         let (grouped, p) = try Self.run(perCPU, regrouping: policy, from: 3_000, to: 50_000)
         let (ordered, _) = try Self.run(perCPU, regrouping: nil, from: 3_000, to: 50_000)
         #expect(grouped.differences(ordered) == [])
@@ -147,10 +147,28 @@ import Testing
     /// Below the policy's threads, nothing is regrouped.
     @Test func fewThreadsAreNotRegrouped() throws {
         let perCPU = Self.trace(seed: 3, cpus: 2, threads: 100, events: 20_000, lossAt: [], ioFloodAt: .max)
-        let (grouped, p) = try Self.run(perCPU, regrouping: ThreadGrouping.Policy(minThreads: 128, windowEvents: 1_024))
+        let (grouped, p) = try Self.run(perCPU, regrouping: ThreadGrouping.Policy(minThreads: 128, windowEvents: 1_024, maxWindowEvents: 1_024))
         let (ordered, _) = try Self.run(perCPU, regrouping: nil)
         #expect(grouped.differences(ordered) == [])
         #expect(p.grouping == nil)
+    }
+
+    /// Windows of 512 events per thread, from 256 Ki to 1 Mi events; a window sized by the threads gives the
+    /// same answer as a fixed one.
+    @Test func windowsFollowTheThreads() throws {
+        let policy = ThreadGrouping.Policy()
+        #expect(policy.window(threads: 128) == 262_144)
+        #expect(policy.window(threads: 512) == 262_144)
+        #expect(policy.window(threads: 1_000) == 512_000)
+        #expect(policy.window(threads: 2_048) == 1_048_576)
+        #expect(policy.window(threads: .max) == 1_048_576)
+        let perCPU = Self.trace(seed: 9, cpus: 2, threads: 300, events: 50_000, lossAt: [], ioFloodAt: .max)
+        let sized = ThreadGrouping.Policy(minThreads: 128, windowEvents: 5_000, maxWindowEvents: 100_000, eventsPerThread: 20)
+        let (grouped, p) = try Self.run(perCPU, regrouping: sized)
+        let (ordered, _) = try Self.run(perCPU, regrouping: nil)
+        #expect(grouped.differences(ordered) == [])
+        let g = try #require(p.grouping)
+        #expect(g.capacity == 6_000 && g.regrouped == 45_000)  // 300 threads × 20; all but the first 5,000 events
     }
 
     /// About eight threads a group, from 16 to 4,096 groups.
