@@ -42,8 +42,8 @@ public final class ThreadGrouping {
         /// Events a window holds for `threads` threads: ``eventsPerThread`` each, from ``windowEvents`` to
         /// ``maxWindowEvents``.
         public func window(threads: Int) -> Int {
-            Swift.min(maxWindowEvents, Swift.max(windowEvents, threads.multipliedReportingOverflow(by: eventsPerThread)
-                .overflow ? maxWindowEvents : threads * eventsPerThread))
+            let wanted = threads.multipliedReportingOverflow(by: eventsPerThread)
+            return Swift.min(maxWindowEvents, Swift.max(windowEvents, wanted.overflow ? maxWindowEvents : wanted.partialValue))
         }
     }
 

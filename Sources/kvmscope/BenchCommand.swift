@@ -49,10 +49,15 @@ struct BenchOverheadCommand: ParsableCommand {
     @Option(name: .customLong("tracer"), help: "A tracer to compare: kvmscope, perf, trace-cmd (repeatable; default all).")
     var tracers: [String] = []
 
+    @Option(name: .customLong("buffer-kb"),
+            help: "Ring-buffer size per CPU, KiB, for kvmscope stat (--buffer-kb) and trace-cmd record (-b) alike (default: each its own, kvmscope's 1024 and the kernel's for trace-cmd's instance).")
+    var bufferKB: UInt32?
+
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
     func validate() throws {
+        if let kb = bufferKB, kb < 4 { throw ValidationError("--buffer-kb must be at least 4") }
         guard Storm.Kind(rawValue: kind) != nil else { throw ValidationError("--kind must be io, mmio or hlt (got '\(kind)')") }
         guard (1...256).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 256") }
         guard exits > 0 else { throw ValidationError("--exits must be > 0") }
@@ -64,7 +69,7 @@ struct BenchOverheadCommand: ParsableCommand {
 
     func run() throws {
         let chosen = tracers.isEmpty ? [.kvmscope, .perf, .traceCmd] : tracers.compactMap(GuestOverhead.Tracer.init(rawValue:))
-        let bench = GuestOverhead(kind: kind, vcpus: vcpus, exits: exits, repeats: repeats, tracers: chosen)
+        let bench = GuestOverhead(kind: kind, vcpus: vcpus, exits: exits, repeats: repeats, tracers: chosen, bufferKB: bufferKB)
         let rows = try {
             try bench.run { FileHandle.standardError.write(Data("kvmscope bench: \($0)\n".utf8)) }
         }()

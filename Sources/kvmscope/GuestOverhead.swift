@@ -60,8 +60,20 @@ struct GuestOverhead {
     var exits: UInt64
     var repeats: Int
     var tracers: [Tracer]
+    /// Per-CPU ring-buffer size (KiB) given to kvmscope and trace-cmd alike; nil: each its own default.
+    var bufferKB: UInt32?
     let selfPath = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
     let root = (try? TraceFS.root()) ?? "/sys/kernel/tracing"
+
+    /// A row's label: the exact command, with the buffer size when one is set.
+    func label(_ t: Tracer) -> String {
+        guard let kb = bufferKB else { return t.label }
+        switch t {
+        case .kvmscope: return "kvmscope stat --buffer-kb \(kb)"
+        case .traceCmd: return "trace-cmd record -d --no-filter -b \(kb) -e kvm"
+        case .none, .perf: return t.label
+        }
+    }
 
     /// Runs every configuration `repeats` times, interleaved so drift hits them alike.
     func run(progress: (String) -> Void) throws -> [Row] {
@@ -71,7 +83,7 @@ struct GuestOverhead {
         }
         for r in 0..<repeats {
             for i in rows.indices where rows[i].available {
-                progress("run \(r + 1)/\(repeats): \(rows[i].tracer.label)")
+                progress("run \(r + 1)/\(repeats): \(label(rows[i].tracer))")
                 do {
                     try measure(&rows[i])
                 } catch {
@@ -94,7 +106,7 @@ struct GuestOverhead {
         switch row.tracer {
         case .none: break
         case .kvmscope:
-            let t = try ChildProcess([selfPath, "stat", "--json"])
+            let t = try ChildProcess([selfPath, "stat", "--json"] + (bufferKB.map { ["--buffer-kb", "\($0)"] } ?? []))
             try waitForInstance("\(TraceFS.instancePrefix)\(t.pid)", of: t)
             tracer = t
         case .perf:
@@ -104,7 +116,8 @@ struct GuestOverhead {
             tracer = t
         case .traceCmd:
             // Its own instance (-B), never the global buffer; -d --no-filter: the kernel here is locked down.
-            let t = try ChildProcess(["trace-cmd", "record", "-B", tag, "-d", "--no-filter", "-e", "kvm", "-o", datPath])
+            let t = try ChildProcess(["trace-cmd", "record", "-B", tag, "-d", "--no-filter"]
+                                     + (bufferKB.map { ["-b", "\($0)"] } ?? []) + ["-e", "kvm", "-o", datPath])
             try waitForInstance(tag, of: t)
             tracer = t
         }
@@ -186,13 +199,13 @@ struct GuestOverhead {
                    "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows {
             guard r.available, let rate = r.medianRate, let range = r.rateRange else {
-                out.append("| \(r.tracer.label) | — | — | — | — | — | — | \(r.note.isEmpty ? "n/a" : r.note) |")
+                out.append("| \(label(r.tracer)) | — | — | — | — | — | — | \(r.note.isEmpty ? "n/a" : r.note) |")
                 continue
             }
             let ratio = base.map { String(format: "%.2f×", rate / $0) } ?? "—"
             let cpu = r.medianCPU.map { String(format: "%.2f", $0) } ?? "—"
             let perEvent = r.medianCPU.flatMap { c in r.medianEvents.flatMap { $0 > 0 ? String(format: "%.0f", c * 1e9 / Double($0)) : nil } } ?? "—"
-            out.append("| \(r.tracer.label) | \(Int(rate)) | \(Int(range.min))–\(Int(range.max)) | \(ratio) | \(cpu) | \(perEvent) | \(r.medianEvents.map(String.init) ?? "—") | \(r.totalLost.map(String.init) ?? "—") |")
+            out.append("| \(label(r.tracer)) | \(Int(rate)) | \(Int(range.min))–\(Int(range.max)) | \(ratio) | \(cpu) | \(perEvent) | \(r.medianEvents.map(String.init) ?? "—") | \(r.totalLost.map(String.init) ?? "—") |")
         }
         return out
     }
@@ -236,7 +249,7 @@ struct GuestOverhead {
             ("kind", .string(kind)), ("vcpus", .uint(UInt64(vcpus))), ("exits_per_vcpu", .uint(exits)),
             ("repeat", .uint(UInt64(repeats))),
             ("results", .array(rows.map { r in
-                var o: [(String, JSONValue)] = [("tracer", .string(r.tracer.rawValue)), ("command", .string(r.tracer.label)),
+                var o: [(String, JSONValue)] = [("tracer", .string(r.tracer.rawValue)), ("command", .string(label(r.tracer))),
                                                 ("available", .bool(r.available && r.medianRate != nil))]
                 if !r.note.isEmpty { o.append(("note", .string(r.note))) }
                 if let rate = r.medianRate {

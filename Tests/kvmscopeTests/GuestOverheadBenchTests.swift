@@ -7,8 +7,10 @@ import TestSupport
 @Suite(.serialized, .enabled(if: KVMTest.canRun && (KVMTest.required || FileManager.default.isExecutableFile(atPath: "/usr/bin/trace-cmd")),
                               "needs root, /dev/kvm, tracefs and trace-cmd"))
 struct GuestOverheadBenchTests {
+    /// 8 MiB per CPU for both tracers: the storm's 100,000 events a run fit whole, so that a reader starved by the
+    /// tests running beside it (and a host's steal time) loses nothing, and `lost` stays an exact 0.
     static let args = ["bench", "overhead", "--kind", "io", "--vcpus", "1", "--exits", "20000", "--repeat", "3",
-                       "--tracer", "kvmscope", "--tracer", "trace-cmd"]
+                       "--tracer", "kvmscope", "--tracer", "trace-cmd", "--buffer-kb", "8192"]
 
     @Test func roundByRoundRatiosAreTheRunsOwn() throws {
         let r = try CLI.run(Self.args + ["--json"], timeout: 300)
@@ -28,6 +30,9 @@ struct GuestOverheadBenchTests {
         #expect(ratios.count == 3)
         for (a, b) in zip(ratios, expected) { #expect(abs(a - b) <= 0.0011, "\(ratios) vs \(expected)") }
         #expect(row["lost"] as? Int == 0)
+        #expect(row["command"] as? String == "kvmscope stat --buffer-kb 8192")
+        let peerRow = try #require(results.first { $0["tracer"] as? String == "trace-cmd" })
+        #expect(peerRow["command"] as? String == "trace-cmd record -d --no-filter -b 8192 -e kvm")
     }
 
     @Test func tableShowsEveryRunsRangeAndTheRoundRatio() throws {
@@ -37,7 +42,7 @@ struct GuestOverheadBenchTests {
         #expect(lines.contains("| tracer | exits/s | runs: slowest–fastest | vs untraced | tracer CPU s | tracer CPU ns/event | events traced | lost |"),
                 "\(r.stdout)")
         // Each row's median lies within its runs' range.
-        for label in ["untraced", "kvmscope stat", "trace-cmd record -d --no-filter -e kvm"] {
+        for label in ["untraced", "kvmscope stat --buffer-kb 8192", "trace-cmd record -d --no-filter -b 8192 -e kvm"] {
             let row = try #require(lines.first { $0.hasPrefix("| \(label) |") }, "\(r.stdout)")
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
             let median = try #require(Int(cells[1]), "\(row)")
