@@ -233,6 +233,9 @@ struct PairingFeed {
 ///
 /// An optional ``PairObserver`` (a timeline) is told of every exit and every recorded pair: pictures are fed
 /// by the pairer's own pairs, never by a second pairing.
+///
+/// With many threads and no observer, ``run(_:from:to:)`` counts and pairs the merged events a window at a time,
+/// grouped by thread (``ThreadGrouping``): the same answer, fewer cache misses.
 public struct ExitPipeline {
     public let aggregator: Aggregator
     var writer: ShardWriter
