@@ -122,15 +122,21 @@ public final class IOAccessTable: @unchecked Sendable {
     @inlinable
     public func add(tid: Int32, space: DeviceMap.Space, address a: UInt64, direction: IODirection) -> Int {
         let b = Self.keyB(tid: tid, space: space, direction: direction)
+        let (i, found) = probe(a, b)
+        guard found else { return publish(slot: i, a: a, b: b, space: space) }
+        words[i * Self.stride + 2].singleWriterAdd(1)
+        return i
+    }
+
+    /// Writer: the slot of key (`a`, `b`), or the empty slot where it would go (`found` false).
+    @inlinable @inline(__always)
+    func probe(_ a: UInt64, _ b: UInt64) -> (slot: Int, found: Bool) {
         var i = Self.slot(a, b) & mask
         while true {
             let base = i * Self.stride
             let kb = words[base].load(ordering: .relaxed)  // only this thread writes keys
-            if kb == b && words[base + 1].load(ordering: .relaxed) == a {
-                words[base + 2].singleWriterAdd(1)
-                return i
-            }
-            if kb == 0 { return publish(slot: i, a: a, b: b, space: space) }
+            if kb == b && words[base + 1].load(ordering: .relaxed) == a { return (i, true) }
+            if kb == 0 { return (i, false) }
             i = (i + 1) & mask
         }
     }
@@ -154,14 +160,7 @@ public final class IOAccessTable: @unchecked Sendable {
     /// Writer: whether the access's key has a row already (so that ``add(tid:space:address:direction:)`` would
     /// publish no new one).
     func holds(tid: Int32, space: DeviceMap.Space, address a: UInt64, direction: IODirection) -> Bool {
-        let b = Self.keyB(tid: tid, space: space, direction: direction)
-        var i = Self.slot(a, b) & mask
-        while true {
-            let kb = words[i * Self.stride].load(ordering: .relaxed)
-            if kb == b && words[i * Self.stride + 1].load(ordering: .relaxed) == a { return true }
-            if kb == 0 { return false }
-            i = (i + 1) & mask
-        }
+        probe(a, Self.keyB(tid: tid, space: space, direction: direction)).found
     }
 
     /// Writer: one measured handling time of the access in `slot` (single writer: load and store).
