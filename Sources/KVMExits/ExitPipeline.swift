@@ -74,6 +74,17 @@ struct RunMerge {
     @inline(__always)
     mutating func drain(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
                         _ body: (TraceEvent) throws -> Void) rethrows {
+        try drainWhile(upTo: limit, refill: refill) { e -> Bool in
+            try body(e)
+            return true
+        }
+    }
+
+    /// ``drain(upTo:refill:_:)`` that stops right after an event for which `body` returns false; the merge can
+    /// go on later (by a drain or, offline, by slices: ``beginSlices()``).
+    @inline(__always)
+    mutating func drainWhile(upTo limit: UInt64, refill: (Int, inout [TraceEvent]) throws -> Bool,
+                        _ body: (TraceEvent) throws -> Bool) rethrows {
         guard var cur = heap.popMin() else { return }
         while true {
             let lane = cur.lane
@@ -84,6 +95,7 @@ struct RunMerge {
             var runEnd = lane < bound.lane ? bound.timestamp : bound.timestamp &- 1
             if runEnd > limit { runEnd = limit }
             var i = next[lane]
+            var stopped = false
             run: while true {
                 // The run over the queue's storage: no bounds check or array access per event. The lane's array
                 // is moved out for the run and back (a read in place would copy it: a retain and a release per
@@ -94,33 +106,125 @@ struct RunMerge {
                     while i < q.count {
                         let e = q[i]
                         if e.timestamp > runEnd { return true }
-                        try body(e)
                         i += 1
+                        if try !body(e) {
+                            stopped = true
+                            return true
+                        }
                     }
                     return false
                 }
                 swap(&q, &queues[lane])
-                if ended { break run }
+                if ended && (!stopped || i < queues[lane].count) { break run }
+                // Spent (maybe just as the body stopped): its next events, if any, before the lane goes on.
                 queues[lane].removeAll(keepingCapacity: true)
                 i = 0
                 guard try refill(lane, &queues[lane]) else { break }
+                if stopped { break }
             }
             next[lane] = i
             if i >= queues[lane].count {
                 queued[lane] = false
+                if stopped { return }
                 guard let n = heap.popMin() else { return }
                 cur = n
                 continue
             }
-            let stop = queues[lane][i].timestamp > limit
             let head = MergeHead(queues[lane][i].timestamp, lane)
-            if stop {
+            if stopped || queues[lane][i].timestamp > limit {
                 heap.insert(head)
                 return
             }
             // The lane's head is now after the bound: the bound's lane takes over, this one goes in the heap.
             cur = heap.replaceMin(with: head)
         }
+    }
+
+    /// Offline: lanes whose stream has ended (``slice(capacity:counts:refill:_:)``); empty before ``beginSlices()``.
+    var ended: [Bool] = []
+    /// A lane's next batch, before it joins the lane's queue.
+    var spare: [TraceEvent] = []
+
+    /// Offline only (a `refill` that returns false has ended its stream): goes on from the heap's drain to
+    /// slices. A lane not in the heap has ended.
+    mutating func beginSlices() {
+        ended = queued.map { !$0 }
+        heap = Heap()
+        for l in queued.indices { queued[l] = false }
+    }
+
+    /// The next events of the merge, a lane at a time (all of lane 0's, then lane 1's, …; `counts[lane]` says
+    /// how many): at most `capacity`, and exactly the events that the heap's drain would emit next, in another
+    /// order. Each lane's events keep their order, so a thread that stayed on one CPU keeps its order;
+    /// ``ThreadGrouping`` sorts by time what came from more than one lane. Returns the events given to `body`;
+    /// 0 once every lane has ended and been emitted. `capacity` must be at least the lanes. Offline only
+    /// (after ``beginSlices()``); after a throw the merge is spent.
+    ///
+    /// How: every lane still streaming is refilled past `quota` = capacity / lanes events; the cut is the smallest
+    /// (timestamp, lane) among the events `quota` past each lane's next one (a lane that holds fewer has ended
+    /// and sets none); what is before the cut in (timestamp, lane) order is emitted: at most `quota` events a
+    /// lane, and every one that is before the cut (a lane's later events are after its own candidate). The
+    /// cut's lane emits exactly `quota`, so each slice makes progress.
+    @inline(__always)
+    mutating func slice(capacity: Int, counts: inout [Int], refill: (Int, inout [TraceEvent]) throws -> Bool,
+                        _ body: (TraceEvent) throws -> Void) rethrows -> Int {
+        let lanes = queues.count
+        precondition(capacity >= lanes && ended.count == lanes, "a slice holds at least one event a lane, after beginSlices()")
+        let quota = capacity / lanes
+        for l in 0..<lanes where !ended[l] {
+            while queues[l].count - next[l] <= quota {
+                spare.removeAll(keepingCapacity: true)
+                guard try refill(l, &spare) else {
+                    ended[l] = true
+                    break
+                }
+                if next[l] >= queues[l].count {
+                    swap(&queues[l], &spare)
+                } else {
+                    if next[l] > 0 { queues[l].removeFirst(next[l]) }
+                    queues[l].append(contentsOf: spare)
+                }
+                next[l] = 0
+            }
+        }
+        var cutTimestamp = UInt64.max
+        var cutLane = Int.max
+        for l in 0..<lanes where queues[l].count - next[l] > quota {
+            let t = queues[l][next[l] + quota].timestamp
+            if t < cutTimestamp {  // strict: on a tie the lower lane, seen first, stays the cut
+                cutTimestamp = t
+                cutLane = l
+            }
+        }
+        var total = 0
+        for l in 0..<lanes {
+            let start = next[l]
+            var i = start
+            var q: [TraceEvent] = []
+            swap(&q, &queues[l])
+            try q.withUnsafeBufferPointer { q in
+                if l == cutLane {
+                    while i < start + quota {
+                        try body(q[i])
+                        i += 1
+                    }
+                    return
+                }
+                // Before the cut: an earlier timestamp, or the same one on a lower lane.
+                let tieTakes = l < cutLane
+                while i < q.count {
+                    let e = q[i]
+                    if e.timestamp > cutTimestamp || (e.timestamp == cutTimestamp && !tieTakes) { return }
+                    try body(e)
+                    i += 1
+                }
+            }
+            swap(&q, &queues[l])
+            next[l] = i
+            counts[l] = i - start
+            total += i - start
+        }
+        return total
     }
 }
 
@@ -235,7 +339,9 @@ struct PairingFeed {
 /// by the pairer's own pairs, never by a second pairing.
 ///
 /// With many threads and no observer, ``run(_:from:to:)`` counts and pairs the merged events a window at a time,
-/// grouped by thread (``ThreadGrouping``): the same answer, fewer cache misses.
+/// grouped by thread (``ThreadGrouping``): the same answer, fewer cache misses. Without a from/to window, the
+/// windows are then taken from the CPUs' queues a CPU at a time (``RunMerge/slice(capacity:counts:refill:_:)``),
+/// not through the merge's heap.
 public struct ExitPipeline {
     public let aggregator: Aggregator
     var writer: ShardWriter
@@ -302,12 +408,45 @@ public struct ExitPipeline {
             }
             var last = self.last
             var kept: UInt64 = 0
-            try merge.merge.drain(upTo: .max, refill: refill) { e in
+            // In time order until regrouping starts (the drain stops there), then in slices.
+            try merge.merge.drainWhile(upTo: .max, refill: refill) { e -> Bool in
                 last = e.timestamp
                 kept &+= 1
                 keep(e, kinds)
+                return pendingWindow.capacity == 0
             }
-            flushWindow()
+            if pendingWindow.capacity >= streams.count {
+                // Each window straight from the lanes' queues, a lane at a time (no heap): the same events the
+                // drain would give next, and each thread's in order once grouped (``ThreadGrouping``).
+                // A slice takes up to room / CPUs events a CPU, so a window takes slices until it is three
+                // quarters full (one slice fills it when the CPUs are about as busy; with one busy CPU of 8, 11).
+                merge.merge.beginSlices()
+                let lanes = streams.count
+                var counts = [Int](repeating: 0, count: lanes)
+                var segments: [Int] = []
+                var more = true
+                while more {
+                    segments.removeAll(keepingCapacity: true)
+                    repeat {
+                        let room = pendingWindow.capacity - pendingWindow.count
+                        let n = try merge.merge.slice(capacity: room, counts: &counts, refill: refill) { e in
+                            if e.timestamp > last { last = e.timestamp }
+                            pendingWindow.append(e, io: kinds[Int(e.event) & 255] & (PairingFeed.pio | PairingFeed.mmio) != 0)
+                        }
+                        more = n > 0
+                        kept &+= UInt64(n)
+                        segments.append(contentsOf: counts)
+                    } while more && pendingWindow.capacity - pendingWindow.count >= Swift.max(lanes, pendingWindow.capacity / 4)
+                    flushWindow(lanes: segments, laneCount: lanes)
+                }
+            } else {
+                try merge.merge.drain(upTo: .max, refill: refill) { e in
+                    last = e.timestamp
+                    kept &+= 1
+                    keep(e, kinds)
+                }
+                flushWindow()
+            }
             self.last = last
             eventsKept &+= kept
             return kept
@@ -378,16 +517,23 @@ public struct ExitPipeline {
 
     /// Feeds the window: grouped by thread, or in time order when it holds a loss-flagged event or its port and
     /// MMIO accesses could fill the I/O table (``ThreadGrouping``); then empties it.
+    /// `lanes`: the window holds the merge's slices, so many events of each lane in turn, lane by lane and slice
+    /// by slice (segment k is lane k % lanes; ``RunMerge/slice(capacity:counts:refill:_:)``); nil: it is in time order.
     @inline(never)
-    mutating func flushWindow() {
+    mutating func flushWindow(lanes: [Int]? = nil, laneCount: Int = 1) {
         guard let g = grouping, pendingWindow.count > 0 else { return }
         let n = pendingWindow.count
         let events: UnsafeMutablePointer<TraceEvent>
         if pendingWindow.sawLoss || ioTableCouldFill(pendingWindow) {
-            g.noteInOrder(n)
-            events = pendingWindow.events.unsafelyUnwrapped
+            if lanes != nil {
+                events = g.timeOrder(count: n)
+            } else {
+                g.noteInOrder(n)
+                events = pendingWindow.events.unsafelyUnwrapped
+            }
         } else {
-            events = g.regroup(count: n, bits: ThreadGrouping.groupBits(threads: pairer.threadCount))
+            events = g.regroup(count: n, bits: ThreadGrouping.groupBits(threads: pairer.threadCount), lanes: lanes,
+                               laneCount: laneCount)
         }
         pendingWindow.reset()
         let kinds = feed.kinds
