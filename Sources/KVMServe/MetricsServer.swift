@@ -64,6 +64,14 @@ public final class MetricsServer: @unchecked Sendable {
         listener = try Socket(domain: Int32(address.family), type: .stream)
         do {
             try listener.setValue(true, for: .localAddressReuse)
+            if Int32(address.family) == AF_INET6 {
+                // IPv4 too on [::], whatever net.ipv6.bindv6only says (Go's exporters do the same).
+                var no: Int32 = 0
+                guard setsockopt(listener.file.rawValue, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &no, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+                    let e = errno
+                    throw SocketError.failed(type: "setsockopt", errno: e, message: String(cString: strerror(e)))
+                }
+            }
             try listener.bind(to: address)
             try listener.listen()
         } catch {

@@ -30,11 +30,11 @@ struct ServeCommand: ParsableCommand {
 
               kvmscope serve                     http://127.0.0.1:9477/metrics
               kvmscope serve --listen [::1]:9477 --max-series 2000
-              kvmscope serve --listen 0.0.0.0:9477 \\
+              kvmscope serve --listen :9477 \\
                   --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
             """)
 
-    @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT or localhost:PORT.")
+    @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT, localhost:PORT, or :PORT for every address (IPv6 and IPv4).")
     var listen = "127.0.0.1:9477"
 
     @Option(name: .customLong("max-series"), parsing: .unconditional, help: ArgumentHelp(
@@ -83,8 +83,8 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         let rules = try StormAlerts.rules(alerts)
         if connect == "none" { try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: false) }
-        let address: any SocketAddress
-        do { address = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
+        let addresses: [ListenAddress.Candidate]
+        do { addresses = try ListenAddress.parse(listen) } catch { throw ValidationError(error.description) }
         if let pid, !StormAlerts.isAlive(pid) { throw KVMScopeError.usage("no process with pid \(pid)") }
         let stop = StopSignal()
         // A daemon: freed tables go back to the kernel rather than stay in malloc's arenas at a burst's size.
@@ -100,16 +100,23 @@ struct ServeCommand: ParsableCommand {
         try state.openLibvirt()
         // disk_latency rules read --qmp sockets or libvirt's block statistics: refused with neither.
         try StormAlerts.checkQMP(rules, sockets: qmp.sockets, libvirt: state.hasLibvirt)
-        let server: MetricsServer
-        do {
-            server = try MetricsServer(address: address, source: state, version: kvmscopeVersion,
-                                       headSeconds: requestTimeout, idleSeconds: idleTimeout)
-        } catch {
-            throw KVMScopeError.io("cannot listen on \(listen): \(ListenAddress.describe(error))")
+        // The first address that takes the socket (`:PORT`: [::] for both families, 0.0.0.0 where IPv6 is off).
+        var bound: (server: MetricsServer, shown: String)?
+        var firstError: (any Error)?
+        for candidate in addresses where bound == nil {
+            do {
+                bound = (try MetricsServer(address: candidate.address, source: state, version: kvmscopeVersion,
+                                           headSeconds: requestTimeout, idleSeconds: idleTimeout), candidate.shown)
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        guard let (server, shown) = bound else {
+            throw KVMScopeError.io("cannot listen on \(listen): \(firstError.map(ListenAddress.describe) ?? "no address")")
         }
         defer { server.stop() }
         server.start()
-        writeStderr("kvmscope: serving http://\(listen)/metrics\n")
+        writeStderr("kvmscope: serving http://\(shown)/metrics\n")
 
         var detector = StormDetector(rules: rules)
         // Resource rules (cpu, wait, disk_latency) read /proc (and the QMP sockets) at each evaluation, through
@@ -210,26 +217,44 @@ final class MetricsState: MetricsSource {
     }
 }
 
-/// `--listen` values: `127.0.0.1:9477`, `[::1]:9477`, `localhost:9477`, `0.0.0.0:9477`.
+/// `--listen` values: `127.0.0.1:9477`, `[::1]:9477`, `localhost:9477`, `0.0.0.0:9477`, and `:9477` for every
+/// address, as Prometheus exporters' `--web.listen-address=:9100` (IPv6 and IPv4 on one socket: [::] without
+/// IPV6_V6ONLY; 0.0.0.0 where the host has no IPv6).
 enum ListenAddress {
     struct Bad: Error, CustomStringConvertible {
         var description: String
     }
 
-    static func parse(_ text: String) throws(Bad) -> any SocketAddress {
+    /// An address to bind and how the log line shows it.
+    struct Candidate {
+        var address: any SocketAddress
+        var shown: String
+    }
+
+    /// The addresses to try in turn (two for `:PORT`, else one). Throws one line for a malformed value.
+    static func parse(_ text: String) throws(Bad) -> [Candidate] {
         let bad = { (why: String) in Bad(description: "bad --listen address '\(text)': \(why)") }
-        guard let colon = text.lastIndex(of: ":") else { throw bad("expected HOST:PORT") }
+        guard let colon = text.lastIndex(of: ":") else { throw bad("expected HOST:PORT or :PORT") }
         var host = String(text[..<colon])
         guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else {
             throw bad("the port must be a number from 1 to 65535")
         }
+        if host.isEmpty {
+            do {
+                return [Candidate(address: try sockaddr_in6.inet6(ip6: "::", port: port), shown: "[::]:\(port)"),
+                        Candidate(address: try sockaddr_in.inet(ip4: "0.0.0.0", port: port), shown: "0.0.0.0:\(port)")]
+            } catch {
+                throw bad("no wildcard address")
+            }
+        }
         if host.hasPrefix("[") && host.hasSuffix("]") {
             host = String(host.dropFirst().dropLast())
-            do { return try sockaddr_in6.inet6(ip6: host, port: port) } catch { throw bad("'\(host)' is not an IPv6 address") }
+            do { return [Candidate(address: try sockaddr_in6.inet6(ip6: host, port: port), shown: text)] } catch {
+                throw bad("'\(host)' is not an IPv6 address")
+            }
         }
         if host == "localhost" { host = "127.0.0.1" }
-        guard !host.isEmpty else { throw bad("give the host explicitly (e.g. 0.0.0.0:\(port) for every address)") }
-        do { return try sockaddr_in.inet(ip4: host, port: port) } catch {
+        do { return [Candidate(address: try sockaddr_in.inet(ip4: host, port: port), shown: text)] } catch {
             throw bad("'\(host)' is not an IPv4 address (IPv6: [ADDRESS]:PORT)")
         }
     }

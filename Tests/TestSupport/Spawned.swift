@@ -180,7 +180,7 @@ public func scrapeMetrics(port: UInt16, timeout: Double = 30, until done: (Strin
     return body
 }
 
-/// GETs `http://127.0.0.1:PORT/...` over a plain blocking socket with 10 s send and receive timeouts
+/// GETs `http://127.0.0.1:PORT/...` (or `http://[::1]:PORT/...`) over a plain blocking socket with 10 s send and receive timeouts
 /// (HTTP/1.1, `Connection: close`, plain or chunked body). Nil on any failure. URLSession is not used: its
 /// completion never came in one run, and a test waiting for it waited forever.
 public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body: String, contentType: String?)? {
@@ -193,27 +193,42 @@ public func httpGet(_ url: String, accept: String? = nil) -> (status: Int, body:
 /// never decoded: a gzip body stays gzip). Nil on any failure.
 public func httpRequest(_ url: String, method: String = "GET", headers extra: [(String, String)] = [])
     -> (status: Int, headers: [String: String], body: [UInt8])? {
-    guard let u = URLComponents(string: url), u.scheme == "http", u.host == "127.0.0.1", let port = u.port else {
-        Issue.record("httpGet takes http://127.0.0.1:PORT/… URLs, not \(url)")
+    guard let u = URLComponents(string: url), u.scheme == "http", let port = u.port,
+          let host = u.host.map({ $0.trimmingCharacters(in: CharacterSet(charactersIn: "[]")) }),
+          host == "127.0.0.1" || host == "::1" else {
+        Issue.record("httpGet takes http://127.0.0.1:PORT/… or http://[::1]:PORT/… URLs, not \(url)")
         return nil
     }
     let target = (u.percentEncodedPath.isEmpty ? "/" : u.percentEncodedPath)
         + (u.percentEncodedQuery.map { "?" + $0 } ?? "")
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let v6 = host == "::1"
+    let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var timeout = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = UInt16(port).bigEndian
-    let connected = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    let connected: Int32
+    if v6 {
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_addr = in6addr_loopback
+        addr.sin6_port = UInt16(port).bigEndian
+        connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+    } else {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
     }
     guard connected == 0 else { return nil }
-    var request = "\(method) \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
+    let hostHeader = v6 ? "[::1]:\(port)" : "127.0.0.1:\(port)"
+    var request = "\(method) \(target) HTTP/1.1\r\nHost: \(hostHeader)\r\nConnection: close\r\n"
     for (name, value) in extra { request += "\(name): \(value)\r\n" }
     request += "\r\n"
     let sent = request.utf8CString.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }

@@ -295,6 +295,21 @@ struct ServeLiveTests {
         #expect(a.stderr == "kvmscope: bad --listen address 'example.org:80': 'example.org' is not an IPv4 address (IPv6: [ADDRESS]:PORT)\n")
     }
 
+    /// `--listen :PORT`, as Prometheus exporters' `--web.listen-address=:9100`: every address, IPv6 and IPv4 on one
+    /// socket. The log line names what it bound.
+    @Test func emptyHostListensOnEveryAddress() throws {
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", ":\(port)", "--connect", "none"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving"), "serve: \(serve.stderr)")
+        #expect(serve.stderr == "kvmscope: serving http://[::]:\(port)/metrics\n")
+        #expect(httpGet("http://127.0.0.1:\(port)/healthz")?.body == "ok\n")
+        #expect(httpGet("http://[::1]:\(port)/healthz")?.body == "ok\n")
+        let bad = try CLI.run(["serve", "--listen", "9477"])
+        #expect(bad.status == 64)
+        #expect(bad.stderr == "kvmscope: bad --listen address '9477': expected HOST:PORT or :PORT\n")
+    }
+
     @Test func portInUseIsAClearError() throws {
         let port = freeLoopbackPort()
         let first = try Spawned(CLI.binary, ["serve", "--listen", "127.0.0.1:\(port)"])
