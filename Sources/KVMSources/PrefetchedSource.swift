@@ -6,20 +6,34 @@ import KVMHost
 /// cores it has: the workers decode (walk sub-buffers, decompress, convert timestamps) while the calling
 /// thread merges, pairs and aggregates. Events, order, statistics and errors are exactly the base source's.
 ///
-/// Each stream keeps at most ``depth`` batches of about ``batchEvents`` events decoded ahead (memory: streams ×
-/// depth × batchEvents × 48 bytes, ~6 MiB for 16 CPUs). A stream's error is thrown by its `next` at the point
-/// where the base stream threw it.
+/// Each stream keeps at most ``depth`` batches of about ``batchEvents`` events decoded ahead, or more when
+/// `aheadEvents` asks for it (memory: streams × depth × batchEvents × 48 bytes, ~6 MiB for 16 CPUs; `aheadEvents`
+/// × 48 bytes when that is more). A stream's error is thrown by its `next` at the point where the base stream
+/// threw it.
 public struct PrefetchedSource: TraceSource {
     public let base: any TraceSource
     /// Worker threads (at least 1).
     public let workers: Int
+    /// Events the streams may hold decoded ahead, all together (at least ``depth`` batches a stream).
+    public let aheadEvents: Int
     public static let depth = 4
     public static let batchEvents = 8192
 
-    /// - Parameter workers: decode threads; the default leaves one core for the merge.
-    public init(_ base: any TraceSource, workers: Int = max(1, ProcessInfo.processInfo.activeProcessorCount - 1)) {
+    /// - Parameters:
+    ///   - workers: decode threads; the default leaves one core for the merge.
+    ///   - aheadEvents: events decoded ahead of the reader, all streams together: as many as the reader takes
+    ///     at once (``ExitPipeline``'s windows with many threads, ``ThreadGrouping/Policy/maxWindowEvents``), so
+    ///     that the workers decode the next window while the reader feeds this one. 0: ``depth`` batches a stream.
+    public init(_ base: any TraceSource, workers: Int = max(1, ProcessInfo.processInfo.activeProcessorCount - 1),
+                aheadEvents: Int = 0) {
         self.base = base
         self.workers = max(1, workers)
+        self.aheadEvents = max(0, aheadEvents)
+    }
+
+    /// Batches each of `streams` streams may hold decoded ahead: ``depth``, or `aheadEvents` shared out when more.
+    public static func depth(streams: Int, aheadEvents: Int) -> Int {
+        Swift.max(depth, aheadEvents / (Swift.max(1, streams) * batchEvents))
     }
 
     /// Whether prefetching can pay here: more than one core.
@@ -32,7 +46,8 @@ public struct PrefetchedSource: TraceSource {
 
     /// - Throws: what the base source's `streams()` throws; ``JoinableThreadError`` when no thread can start.
     public func streams() throws -> [any EventStream] {
-        let state = PrefetchState(try base.streams())
+        let streams = try base.streams()
+        let state = PrefetchState(streams, depth: Self.depth(streams: streams.count, aheadEvents: aheadEvents))
         do {
             try state.start(workers: min(workers, state.slots.count))
         } catch {
@@ -66,9 +81,13 @@ final class PrefetchState: @unchecked Sendable {
     var threads: [JoinableThread] = []
     var live: Int
 
-    init(_ streams: [any EventStream]) {
+    /// Batches a stream may hold decoded ahead.
+    let depth: Int
+
+    init(_ streams: [any EventStream], depth: Int = PrefetchedSource.depth) {
         slots = streams.map(Slot.init)
         live = streams.count
+        self.depth = depth
     }
 
     func start(workers: Int) throws {
@@ -86,7 +105,7 @@ final class PrefetchState: @unchecked Sendable {
             var done = true
             for (i, s) in slots.enumerated() where !s.ended && !s.abandoned {
                 done = false
-                if !s.busy && s.ready.count < PrefetchedSource.depth && (pick < 0 || s.ready.count < slots[pick].ready.count) {
+                if !s.busy && s.ready.count < depth && (pick < 0 || s.ready.count < slots[pick].ready.count) {
                     pick = i
                 }
             }

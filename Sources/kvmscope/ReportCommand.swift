@@ -327,8 +327,10 @@ struct ReportCommand: ParsableCommand {
         let source = try TraceFiles.open(path, counterHz: ts2secs)
         let text = source as? TextTraceReader
         if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
-        // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates.
-        let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays ? PrefetchedSource(source) : source
+        // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates; up to a
+        // window of the regrouping ahead, so that the next window is decoded while this one is fed.
+        let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays
+            ? PrefetchedSource(source, aheadEvents: ThreadGrouping.Policy().maxWindowEvents) : source
         let analysis = try ReportAnalysis.run(decoded, from: from, to: to, timelineBins: html == nil ? nil : 240)
         try checkFiltersMatch(file, source, analysis)
         let filter = try self.filter(file, source, analysis.snapshot)

@@ -43,11 +43,11 @@ import TestSupport
                 let stats = base.statistics
                 #expect(expected.count == 30_000 + 35_000 + 40_000)
                 #expect(stats.lostEvents > 0)
-                for workers in [1, 2, 5] {
+                for (workers, ahead) in [(1, 0), (2, 0), (5, 0), (1, 200_000), (2, 1_000_000)] {
                     let fresh = try Self.source()
-                    let p = PrefetchedSource(fresh, workers: workers)
-                    #expect(try Self.events(p) == expected, "workers \(workers)")
-                    #expect(p.statistics == stats, "workers \(workers)")
+                    let p = PrefetchedSource(fresh, workers: workers, aheadEvents: ahead)
+                    #expect(try Self.events(p) == expected, "workers \(workers), ahead \(ahead)")
+                    #expect(p.statistics == stats, "workers \(workers), ahead \(ahead)")
                 }
                 return true
             } catch {
@@ -83,6 +83,16 @@ import TestSupport
         func streams() throws -> [any EventStream] {
             try base.streams().enumerated().map { Stream($0.element, failAfter: $0.offset == 1 ? 3 : nil) }
         }
+    }
+
+    /// Four batches a stream ahead, or a window shared out (report: 1 Mi events, the regrouping's largest window).
+    @Test func depthSharesOutTheEventsAhead() {
+        #expect(PrefetchedSource.depth(streams: 3, aheadEvents: 0) == 4)
+        #expect(PrefetchedSource.depth(streams: 3, aheadEvents: 200_000) == 8)
+        #expect(PrefetchedSource.depth(streams: 2, aheadEvents: 1 << 20) == 64)
+        #expect(PrefetchedSource.depth(streams: 8, aheadEvents: 1 << 20) == 16)
+        #expect(PrefetchedSource.depth(streams: 256, aheadEvents: 1 << 20) == 4)
+        #expect(PrefetchedSource.depth(streams: 0, aheadEvents: 1 << 20) == 128)
     }
 
     @Test func anErrorComesWhereTheStreamThrewIt() throws {
