@@ -58,7 +58,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("request-timeout"), parsing: .unconditional, help: "Seconds a request head may take once begun (then 408 and close).")
     var requestTimeout: Double = 10
 
-    @Option(name: .customLong("idle-timeout"), help: "Seconds an open connection may wait for its next request.")
+    @Option(name: .customLong("idle-timeout"), parsing: .unconditional, help: "Seconds an open connection may wait for its next request.")
     var idleTimeout: Double = 30
 
     @OptionGroup(title: "Tracing") var trace: TraceOptions
