@@ -17,7 +17,8 @@ public enum SummaryJSON {
     public static func value(_ s: Summary, durationSeconds: Double, extra: [(String, JSONValue)] = [],
                              pairingScope: String? = nil, pairingApplies: Bool = true) -> JSONValue {
         var top: [(String, JSONValue)] = [
-            ("duration_s", .double((durationSeconds * 1000).rounded() / 1000)),
+            // To the nanosecond (a 1 µs trace is not 0 s: rates divide by it).
+            ("duration_s", .double((durationSeconds * 1e9).rounded() / 1e9)),
             ("lost_events", .uint(s.lostEvents)),
         ]
         if s.lostUnknownSubbuffers > 0 { top.append(("lost_unknown_subbuffers", .uint(s.lostUnknownSubbuffers))) }

@@ -83,7 +83,11 @@ public final class TextTraceReader: TraceSource {
         guard !bytes.isEmpty else { throw KVMScopeError.badFile("\(name): empty file") }
         var parser = TextTraceParser()
         parser.counterHz = counterHz
-        bytes.withUnsafeBufferPointer { parser.parse($0) }
+        bytes.withUnsafeBufferPointer { b in
+            // A UTF-8 byte order mark (a file saved by a Windows editor) is not part of the first line's comm.
+            let bom = b.count >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF ? 3 : 0
+            parser.parse(UnsafeBufferPointer(rebasing: b[bom...]))
+        }
         guard parser.records > 0 || parser.malformed > 0 else {
             var why = "\(name): unknown format (no trace records; looked for \(Self.expected))"
             if let (line, text) = parser.firstUnreadable {

@@ -26,17 +26,25 @@ struct ReportCommand: ParsableCommand {
             """)
 
     @Argument(help: ArgumentHelp("Trace files (trace.dat, or text: trace-cmd report, perf script, the kernel's trace); - or a "
-                                 + "pipe: read from it. None: trace.dat, as trace-cmd report reads.", valueName: "file"))
+                                 + "pipe: read from it. None: trace.dat, as trace-cmd report reads, or a pipe on standard input.", valueName: "file"))
     var paths: [String] = []
 
     @Option(name: [.customShort("i"), .long], help: ArgumentHelp("A trace file, as trace-cmd report -i and perf -i take it "
                                                                  + "(repeatable; before the files named without -i).", valueName: "file"))
     var input: [String] = []
 
-    /// The files to report: -i's, then the others; trace.dat when none is named (trace-cmd's default).
+    /// The files to report: -i's, then the others; when none is named, trace.dat (trace-cmd's default), or
+    /// standard input when there is no trace.dat here and stdin is a pipe (`trace-cmd report | kvmscope report`,
+    /// as perf report reads a pipe).
     var files: [String] {
         let all = input + paths
-        return all.isEmpty ? ["trace.dat"] : all
+        guard all.isEmpty else { return all }
+        var st = stat()
+        if access("trace.dat", F_OK) != 0 && errno == ENOENT && fstat(STDIN_FILENO, &st) == 0
+            && (st.st_mode & S_IFMT) == S_IFIFO {
+            return ["-"]
+        }
+        return ["trace.dat"]
     }
 
     @Flag(help: "Print the JSON summary (the same as stat --json, plus a \"source\" object); an array for several files.")
@@ -202,13 +210,6 @@ struct ReportCommand: ParsableCommand {
 
     func run() throws {
         var heldFIFO: Int32 = -1
-        // No file named, no trace.dat here, and a pipe on stdin (`trace-cmd report | kvmscope report`): say how to
-        // read it, as the error alone (trace-cmd's) does not.
-        var st = stat()
-        if input.isEmpty && paths.isEmpty && access("trace.dat", F_OK) != 0 && errno == ENOENT
-            && fstat(STDIN_FILENO, &st) == 0 && (st.st_mode & S_IFMT) == S_IFIFO {
-            throw KVMScopeError.io("trace.dat: No such file or directory (standard input is a pipe: give - to read it)")
-        }
         // The page is written last: a path it cannot be written to is said before the report is printed.
         if let html {
             var isDirectory: ObjCBool = false
@@ -327,6 +328,10 @@ struct ReportCommand: ParsableCommand {
         let source = try TraceFiles.open(path, counterHz: ts2secs)
         let text = source as? TextTraceReader
         if let warning = text?.malformedWarning { warn("\(file): \(warning)") }
+        // --from/--to are seconds: a trace of counter values has none without its frequency.
+        if text?.timestampUnit == .counterTicks && (from != nil || to != nil) {
+            throw KVMScopeError.usage("\(file): --from/--to are seconds, and its timestamps are counter values: give --ts2secs HZ")
+        }
         // A trace.dat's CPUs are decoded on the other cores while this one merges, pairs and aggregates; up to a
         // window of the regrouping ahead, so that the next window is decoded while this one is fed.
         let decoded: TraceSource = source is TraceDatReader && PrefetchedSource.pays
@@ -482,6 +487,10 @@ struct ReportCommand: ParsableCommand {
         if let d = source as? TraceDatReader {
             return (d.allEvents.contains("kvm:kvm_exit"), d.allEvents.contains("kvm:kvm_entry"))
         }
+        // A text trace's catalog holds the kvm events seen anywhere in the file (not only in a --from/--to window).
+        if source is TextTraceReader {
+            return (source.catalog.index(of: "kvm_exit") != nil, source.catalog.index(of: "kvm_entry") != nil)
+        }
         let total = { (name: String) -> UInt64 in
             guard let i = a.snapshot.catalog.index(of: name), Int(i) < a.snapshot.eventTotals.count else { return 0 }
             return a.snapshot.eventTotals[Int(i)]
@@ -553,7 +562,9 @@ struct ReportCommand: ParsableCommand {
         if let d = source as? TraceDatReader {
             // No kvm event in the whole file (a window that keeps none of a file that has some is refused before):
             // that is what happened, whoever wrote it — not a missing thread table, which only matters for events.
-            if a.eventsKept == 0 {
+            if a.eventsKept == 0 && d.droppedPages > 0 {
+                lines.append("note: the recording holds no kvm events: the pages that held them were not written (below)")
+            } else if a.eventsKept == 0 {
                 lines.append("note: the recording holds no kvm events: none fired in the threads it traced while it ran")
             } else if !d.hasTGIDs {
                 lines.append("note: no thread → process table in the file (trace-cmd records none): each thread is its own VM")

@@ -471,6 +471,14 @@ struct RecordTests {
         #expect(source["dropped_pages"] as? Int == dropped)
         #expect(source["truncated"] as? Bool == true)
         #expect(source["recorder_notes"] as? [String] == ["dropped pages: \(dropped)"])
+        // Every page past --max-size: the file holds no event, and report does not say that none fired.
+        let none = dir + "/none.dat"
+        let n = try CLI.run(["record", "-o", none, "--max-size", "1", "--", CLI.binary, "storm", "--kind", "io",
+                             "--vcpus", "1", "--exits", "2000"])
+        #expect(n.status == 0, "stderr: \(n.stderr)")
+        let notes = try CLI.run(["report", none]).stdout.split(separator: "\n").filter { $0.hasPrefix("note: ") }
+        #expect(notes.first == "note: the recording holds no kvm events: the pages that held them were not written (below)", "\(notes)")
+        #expect(notes.dropFirst().first?.hasPrefix("note: dropped pages: ") == true, "\(notes)")
     }
 
     /// A slow trace reaches --max-size while its events still wait in the ring buffers (readers wake at the

@@ -332,6 +332,40 @@ import TestSupport
         let ticks = try #require(CLI.json(try CLI.run(["report", "--json", file]).stdout)["source"] as? [String: Any])
         #expect(ticks["time_unit"] as? String == "cycles")
         #expect(source["first_ns"] as? Int == ticks["first_ns"] as? Int)  // 1 GHz: one tick is one ns
+        // --from/--to are seconds: without the counter's frequency they would be read as ticks, so they are refused.
+        let window = try CLI.run(["report", "--from", "0.5", file])
+        #expect(window.status == 1 && window.stdout == "")
+        #expect(window.stderr == "kvmscope: \(file): --from/--to are seconds, and its timestamps are counter values: give --ts2secs HZ\n")
+        #expect(try CLI.run(["report", "--from", "0", "--ts2secs", "1000000000", file]).status == 0)
+    }
+
+    /// A --from/--to window that holds an exit but no entry of a trace that has entries: the exit is open at the
+    /// end, not "kvm_entry not traced" (whether entries are traced is the file's, not the window's).
+    @Test func aWindowWithoutEntriesStillPairs() throws {
+        let r = try CLI.run(["report", "--from", "0", "--to", "0.000001", Self.host])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "\(Self.host): trace-cmd report, 1 kvm events in the window of 1.00us (16062.943940000 → 16062.943941000)")
+        #expect(!lines.contains { $0.contains("not traced") }, "\(r.stdout)")
+        #expect(lines.contains("pairing: paired 0, orphan exits 0, orphan entries 0, open at end 1, invalidated by loss 0, negative gaps 0"))
+        let j = try CLI.json(try CLI.run(["report", "--json", "--from", "0", "--to", "0.000001", Self.host]).stdout)
+        let pairing = try #require(j["pairing"] as? [String: Any])
+        #expect(pairing["applicable"] == nil && pairing["open_at_end"] as? Int == 1)
+        #expect((j["source"] as? [String: Any])?["kvm_entry_traced"] as? Bool == true)
+        // A 1 µs trace lasts 1 µs in JSON too (rounded to the ms it was 0, and rates divided by it).
+        let short = try CLI.json(try CLI.run(["report", "--json", Self.pasted + "tracecmd-R-raw-min.txt"]).stdout)
+        #expect(short["duration_s"] as? Double == 0.000001)
+    }
+
+    /// A UTF-8 byte order mark before the first line (a file saved by a Windows editor) changes nothing.
+    @Test func aByteOrderMarkIsNotPartOfTheTrace() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-bom-\(getpid()).txt").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data([0xEF, 0xBB, 0xBF] + (try Data(contentsOf: URL(fileURLWithPath: Self.host)))).write(to: URL(fileURLWithPath: path))
+        let bom = try CLI.run(["report", path])
+        let plain = try CLI.run(["report", Self.host])
+        #expect(bom.status == 0 && bom.stderr == "")
+        #expect(bom.stdout.split(separator: "\n").dropFirst() == plain.stdout.split(separator: "\n").dropFirst())
     }
 
     /// The page holds the corpus counts exactly and renders: a headless Chromium screenshot of it.
