@@ -107,6 +107,7 @@ struct ReportCommand: ParsableCommand {
         }
         if files.filter({ $0 == "-" }).count > 1 { throw ValidationError("standard input (-) can be read once") }
         if let top, top < 1 { throw ValidationError("--top must be ≥ 1") }
+        if html == "" { throw ValidationError("--html needs a file name") }
         if html != nil && files.count != 1 { throw ValidationError("--html takes exactly one trace file") }
         if ts2secs == 0 { throw ValidationError("--ts2secs must be > 0") }
         guard let analysis = IOAnalysis(rawValue: event) else {

@@ -170,6 +170,7 @@ import TestSupport
         #expect(dir.status == 1 && dir.stdout == "" && dir.stderr == "kvmscope: cannot write /tmp: Is a directory\n", "\(dir)")
         try expectOneLineError(["report", "--html", "/nonexistent/x.html", fixture],
                                "cannot write /nonexistent/x.html: No such file or directory", status: 1)
+        try expectOneLineError(["report", "--html", "", fixture], "--html needs a file name", status: 64)
     }
 
     /// A name's control characters are shown as `?` in the error, never sent to the terminal raw.
