@@ -34,7 +34,7 @@ struct ServeCommand: ParsableCommand {
                   --alert 'rate(EPT_MISCONFIG) > 50000/s for 5s'
             """)
 
-    @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT, localhost:PORT, or :PORT for every address (IPv6 and IPv4).")
+    @Option(help: "Address and port to listen on: IPv4:PORT, [IPv6]:PORT, HOSTNAME:PORT (its first address that binds), or :PORT for every address (IPv6 and IPv4).")
     var listen = "127.0.0.1:9477"
 
     @Option(name: .customLong("max-series"), parsing: .unconditional, help: ArgumentHelp(
@@ -106,7 +106,8 @@ struct ServeCommand: ParsableCommand {
         for candidate in addresses where bound == nil {
             do {
                 bound = (try MetricsServer(address: candidate.address, source: state, version: kvmscopeVersion,
-                                           headSeconds: requestTimeout, idleSeconds: idleTimeout), candidate.shown)
+                                           headSeconds: requestTimeout, idleSeconds: idleTimeout),
+                         "http://\(candidate.shown)/metrics" + (candidate.resolved.map { " (\($0))" } ?? ""))
             } catch {
                 firstError = firstError ?? error
             }
@@ -116,7 +117,7 @@ struct ServeCommand: ParsableCommand {
         }
         defer { server.stop() }
         server.start()
-        writeStderr("kvmscope: serving http://\(shown)/metrics\n")
+        writeStderr("kvmscope: serving \(shown)\n")
 
         var detector = StormDetector(rules: rules)
         // Resource rules (cpu, wait, disk_latency) read /proc (and the QMP sockets) at each evaluation, through
@@ -217,8 +218,8 @@ final class MetricsState: MetricsSource {
     }
 }
 
-/// `--listen` values: `127.0.0.1:9477`, `[::1]:9477`, `localhost:9477`, `0.0.0.0:9477`, and `:9477` for every
-/// address, as Prometheus exporters' `--web.listen-address=:9100` (IPv6 and IPv4 on one socket: [::] without
+/// `--listen` values: `127.0.0.1:9477`, `[::1]:9477`, `localhost:9477`, `0.0.0.0:9477`, a host name (its
+/// resolved addresses, the first that binds), and `:9477` for every address, as Prometheus exporters' `--web.listen-address=:9100` (IPv6 and IPv4 on one socket: [::] without
 /// IPV6_V6ONLY; 0.0.0.0 where the host has no IPv6).
 enum ListenAddress {
     struct Bad: Error, CustomStringConvertible {
@@ -229,6 +230,8 @@ enum ListenAddress {
     struct Candidate {
         var address: any SocketAddress
         var shown: String
+        /// The address a host name resolved to (said after the URL).
+        var resolved: String?
     }
 
     /// The addresses to try in turn (two for `:PORT`, else one). Throws one line for a malformed value.
@@ -254,9 +257,45 @@ enum ListenAddress {
             }
         }
         if host == "localhost" { host = "127.0.0.1" }
-        do { return [Candidate(address: try sockaddr_in.inet(ip4: host, port: port), shown: text)] } catch {
-            throw bad("'\(host)' is not an IPv4 address (IPv6: [ADDRESS]:PORT)")
+        if let address = try? sockaddr_in.inet(ip4: host, port: port) { return [Candidate(address: address, shown: text)] }
+        // A host name, as exporters' --web.listen-address takes one: its addresses in the resolver's order.
+        let resolved = resolve(host, port: port)
+        guard !resolved.isEmpty else {
+            throw bad("'\(host)' is neither an IPv4 address nor a host name that resolves (IPv6: [ADDRESS]:PORT)")
         }
+        return resolved
+    }
+
+    /// The IPv4 and IPv6 addresses of a host name (getaddrinfo, numeric forms excluded), shown as `name (address)`.
+    static func resolve(_ host: String, port: UInt16) -> [Candidate] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_ADDRCONFIG
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let first = list else { return [] }
+        defer { freeaddrinfo(first) }
+        var out: [Candidate] = []
+        var seen = Set<String>()
+        var node: UnsafeMutablePointer<addrinfo>? = first
+        while let n = node {
+            defer { node = n.pointee.ai_next }
+            guard let sa = n.pointee.ai_addr else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+            if n.pointee.ai_family == AF_INET {
+                var a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                guard inet_ntop(AF_INET, &a, &text, socklen_t(text.count)) != nil else { continue }
+                let ip = String(cString: text)
+                guard seen.insert(ip).inserted, let address = try? sockaddr_in.inet(ip4: ip, port: port) else { continue }
+                out.append(Candidate(address: address, shown: "\(host):\(port)", resolved: ip))
+            } else if n.pointee.ai_family == AF_INET6 {
+                var a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                guard inet_ntop(AF_INET6, &a, &text, socklen_t(text.count)) != nil else { continue }
+                let ip = String(cString: text)
+                guard seen.insert(ip).inserted, let address = try? sockaddr_in6.inet6(ip6: ip, port: port) else { continue }
+                out.append(Candidate(address: address, shown: "\(host):\(port)", resolved: ip))
+            }
+        }
+        return out
     }
 
     /// A socket error as users read it: "Address already in use".

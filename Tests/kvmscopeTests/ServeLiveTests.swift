@@ -290,9 +290,10 @@ struct ServeLiveTests {
         let s = try CLI.run(["serve", "--alert", "p99(MSR_WRITE) > 20 parsecs"])
         #expect(s.status == 64)
         #expect(s.stderr == "kvmscope: bad rule 'p99(MSR_WRITE) > 20 parsecs': expected a latency unit (ns, us, µs, ms, s) at column 21\n")
-        let a = try CLI.run(["serve", "--listen", "example.org:80"])
+        let a = try CLI.run(["serve", "--listen", "example.invalid:80"])
         #expect(a.status == 64)
-        #expect(a.stderr == "kvmscope: bad --listen address 'example.org:80': 'example.org' is not an IPv4 address (IPv6: [ADDRESS]:PORT)\n")
+        #expect(a.stderr == "kvmscope: bad --listen address 'example.invalid:80': 'example.invalid' is neither an IPv4 address "
+                + "nor a host name that resolves (IPv6: [ADDRESS]:PORT)\n")
     }
 
     /// `--listen :PORT`, as Prometheus exporters' `--web.listen-address=:9100`: every address, IPv6 and IPv4 on one
@@ -308,6 +309,26 @@ struct ServeLiveTests {
         let bad = try CLI.run(["serve", "--listen", "9477"])
         #expect(bad.status == 64)
         #expect(bad.stderr == "kvmscope: bad --listen address '9477': expected HOST:PORT or :PORT\n")
+    }
+
+    /// A host name, as exporters' --web.listen-address takes one: its first address (this host's own name, which
+    /// /etc/hosts names here), said in the log line.
+    @Test func aHostNameListensOnItsAddress() throws {
+        var name = [CChar](repeating: 0, count: 256)
+        #expect(gethostname(&name, name.count) == 0)
+        let host = String(cString: name)
+        let lookup = try Spawned.run("/usr/bin/getent", ["ahostsv4", host])
+        let ip = try #require(lookup.stdout.split(separator: " ").first.map(String.init), "\(host) does not resolve: \(lookup.stderr)")
+        let port = freeLoopbackPort()
+        let serve = try Spawned(CLI.binary, ["serve", "--listen", "\(host):\(port)", "--connect", "none"])
+        defer { serve.stop() }
+        #expect(serve.waitForStderr("kvmscope: serving"), "serve: \(serve.stderr)")
+        #expect(serve.stderr == "kvmscope: serving http://\(host):\(port)/metrics (\(ip))\n")
+        if ip == "127.0.0.1" { #expect(httpGet("http://127.0.0.1:\(port)/healthz")?.body == "ok\n") }
+        let bad = try CLI.run(["serve", "--listen", "nowhere.invalid:9477"])
+        #expect(bad.status == 64)
+        #expect(bad.stderr == "kvmscope: bad --listen address 'nowhere.invalid:9477': 'nowhere.invalid' is neither an IPv4 "
+                + "address nor a host name that resolves (IPv6: [ADDRESS]:PORT)\n")
     }
 
     @Test func portInUseIsAClearError() throws {
