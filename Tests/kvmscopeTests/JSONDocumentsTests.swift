@@ -36,7 +36,7 @@ import Testing
         ])
         #expect(text == #"""
         {
-          "duration_s": 2.0,
+          "duration_s": 2.0004,
           "lost_events": 8,
           "lost_unknown_subbuffers": 9,
           "overflow_events": 10,
