@@ -225,6 +225,15 @@ struct ReportCommand: ParsableCommand {
         }
         defer { if heldFIFO >= 0 { close(heldFIFO) } }
         var jsonValues: [JSONValue] = []
+        // What shapes the text tables only: said, not silently dropped.
+        if json || csv {
+            let textOnly = (top != nil ? ["--top"] : []) + (key != .sample ? ["-k/--key"] : [])
+                + (histogram != nil ? ["--histogram"] : [])
+            if !textOnly.isEmpty {
+                warn("\(textOnly.joined(separator: ", ")) shape\(textOnly.count == 1 ? "s" : "") the text report; "
+                     + "\(json ? "--json" : "--csv") holds every row, in its own order")
+            }
+        }
         if csv { writeStdout(ReportTable.csvHeader + "\n") }
         // As wc or grep do with several files: each bad file is one line on stderr, the others are reported,
         // and the status is 1 if any failed.

@@ -357,6 +357,20 @@ import TestSupport
         #expect(short["duration_s"] as? Double == 0.000001)
     }
 
+    /// --top, -k and --histogram shape the text report only: with --json or --csv they are said to do nothing,
+    /// not silently dropped, and the output is the one without them.
+    @Test func textOnlyOptionsAreSaidWithJSONAndCSV() throws {
+        let plain = try CLI.run(["report", "--json", Self.host])
+        let shaped = try CLI.run(["report", "--json", "--top", "2", "-k", "time", Self.host])
+        #expect(shaped.status == 0 && shaped.stdout == plain.stdout)
+        #expect(shaped.stderr == "kvmscope: warning: --top, -k/--key shape the text report; --json holds every row, in its own order\n")
+        let csv = try CLI.run(["report", "--csv", "--histogram", "HLT", Self.host])
+        let plainCSV = try CLI.run(["report", "--csv", Self.host])
+        #expect(csv.status == 0 && csv.stdout == plainCSV.stdout)
+        #expect(csv.stderr == "kvmscope: warning: --histogram shapes the text report; --csv holds every row, in its own order\n")
+        #expect(plain.stderr == "")
+    }
+
     /// A UTF-8 byte order mark before the first line (a file saved by a Windows editor) changes nothing.
     @Test func aByteOrderMarkIsNotPartOfTheTrace() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kvmscope-bom-\(getpid()).txt").path
