@@ -192,7 +192,7 @@ import Testing
         ("`trace-cmd report -R`", "yes", "text/synth-6.18-x86.report-R.txt"),
         ("`trace-cmd report -l`", "yes", "text/synth-6.18-x86.report-l.txt"),
         ("`trace-cmd report --cpu N`", "yes", "text/synth-6.18-x86.report-cpu1.txt"),
-        ("`trace-cmd report -C counter` recordings", "yes, in cycles (`--ts2secs HZ`: ns)", nil),
+        ("`trace-cmd report -C counter` recordings", "yes, in cycles (`--ts2secs HZ`: ns; `--from`/`--to` need it)", nil),
         ("`perf script`", "yes", "text/storm-io.perf.txt"),
         ("`perf script -F comm,pid,tid,cpu,…`", "yes", "text/storm-io.perf-pid-tid.txt"),
         ("`perf script -F` without `cpu`", "yes", "text/storm-io.perf-no-cpu.txt"),
