@@ -206,8 +206,29 @@ public enum ReportTable {
     /// `arm64`), then the `KVM_EXIT_*` reasons of `kvm_userspace_exit` (isa `userspace`: a count, no latency).
     public static let csvHeader = "file,vm,vm_name,vcpu,reason,isa,blocking,count,paired,min_ns,mean_ns,stddev_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns,total_ns"
 
-    public static func csvRows(_ s: Summary, file: String) -> [String] {
-        s.exits.map { r in
+    /// The CSV rows of a summary: its exit rows (one per VM × vCPU × reason), then its userspace exits.
+    /// - Parameters:
+    ///   - top: at most this many exit rows per VM × vCPU (as `--top` cuts each text table); nil: all.
+    ///   - key: the exit rows of each VM × vCPU sorted by it, largest first (as the text tables); nil: the
+    ///     summary's order.
+    public static func csvRows(_ s: Summary, file: String, top: Int? = nil, key: SortKey? = nil) -> [String] {
+        var exits = s.exits
+        if top != nil || key != nil {
+            struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
+            var order: [GroupKey] = []
+            var groups: [GroupKey: [ExitRow]] = [:]
+            for r in exits {
+                let k = GroupKey(vm: r.vm, vcpu: r.vcpu)
+                if groups[k] == nil { order.append(k) }
+                groups[k, default: []].append(r)
+            }
+            exits = order.flatMap { k -> [ExitRow] in
+                var g = groups[k]!
+                if let key { g.sort { (key.value($0), $1.reason) > (key.value($1), $0.reason) } }
+                return Array(g.prefix(top ?? .max))
+            }
+        }
+        return exits.map { r in
             var f = [csvField(file), String(r.vm), csvField(r.vmName ?? ""), r.vcpu.map(String.init) ?? "",
                      csvField(r.reason), r.isa.jsonName ?? "", r.blocking ? "1" : "0", String(r.count)]
             if let l = r.latency {

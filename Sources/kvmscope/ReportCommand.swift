@@ -70,7 +70,7 @@ struct ReportCommand: ParsableCommand {
                                discussion: "Case-insensitive; the ISA is the trace's when a name exists in two."))
     var reason: String?
 
-    @Option(parsing: .unconditional, help: "At most N reasons per table.")
+    @Option(parsing: .unconditional, help: "At most N reasons per table (--csv: per VM × vCPU).")
     var top: Int?
 
     @Option(name: [.customShort("k"), .long], help: ArgumentHelp(
@@ -227,7 +227,7 @@ struct ReportCommand: ParsableCommand {
         var jsonValues: [JSONValue] = []
         // What shapes the text tables only: said, not silently dropped.
         if json || csv {
-            let textOnly = (top != nil ? ["--top"] : []) + (key != .sample ? ["-k/--key"] : [])
+            let textOnly = (json && top != nil ? ["--top"] : []) + (json && key != .sample ? ["-k/--key"] : [])
                 + (histogram != nil ? ["--histogram"] : [])
             if !textOnly.isEmpty {
                 warn("\(textOnly.joined(separator: ", ")) shape\(textOnly.count == 1 ? "s" : "") the text report; "
@@ -369,7 +369,8 @@ struct ReportCommand: ParsableCommand {
                                                 pairingScope: pairingScope == nil ? nil : "all threads",
                                                 pairingApplies: pairingApplies))
         } else if csv {
-            let rows = ReportTable.csvRows(summary, file: file)
+            // -k and --top sort and cut each VM × vCPU's rows, as they do the text tables.
+            let rows = ReportTable.csvRows(summary, file: file, top: top, key: key == .sample && top == nil ? nil : key)
             if !rows.isEmpty { writeStdout(rows.joined(separator: "\n") + "\n") }
         } else {
             if n > 0 { writeStdout("\n") }

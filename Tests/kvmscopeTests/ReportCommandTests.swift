@@ -357,8 +357,9 @@ import TestSupport
         #expect(short["duration_s"] as? Double == 0.000001)
     }
 
-    /// --top, -k and --histogram shape the text report only: with --json or --csv they are said to do nothing,
-    /// not silently dropped, and the output is the one without them.
+    /// --top, -k and --histogram shape the text report only: with --json (and --histogram with --csv) they are
+    /// said to do nothing, not silently dropped, and the output is the one without them. --csv sorts and cuts each
+    /// VM × vCPU's rows by -k and --top, as the text tables.
     @Test func textOnlyOptionsAreSaidWithJSONAndCSV() throws {
         let plain = try CLI.run(["report", "--json", Self.host])
         let shaped = try CLI.run(["report", "--json", "--top", "2", "-k", "time", Self.host])
@@ -369,6 +370,16 @@ import TestSupport
         #expect(csv.status == 0 && csv.stdout == plainCSV.stdout)
         #expect(csv.stderr == "kvmscope: warning: --histogram shapes the text report; --csv holds every row, in its own order\n")
         #expect(plain.stderr == "")
+        // The corpus host: one VM, one vCPU; its two exit reasons of most handling time, then the userspace rows.
+        let rows = plainCSV.stdout.split(separator: "\n").dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        let exits = rows.filter { $0[5] != "userspace" }
+        #expect(Set(exits.map { "\($0[1])/\($0[3])" }).count == 1 && exits.count > 2)
+        let byTime = exits.sorted { (Int($0[17]) ?? 0, $1[4]) > (Int($1[17]) ?? 0, $0[4]) }.prefix(2)
+        let expected = [String(plainCSV.stdout.prefix { $0 != "\n" })] + (Array(byTime) + rows.filter { $0[5] == "userspace" }).map { $0.joined(separator: ",") }
+        let cut = try CLI.run(["report", "--csv", "--top", "2", "-k", "time", Self.host])
+        #expect(cut.status == 0 && cut.stderr == "", "\(cut.stderr)")
+        #expect(cut.stdout.split(separator: "\n").map(String.init) == expected)
+        #expect(byTime.map { $0[4] } == ["HLT", "MSR_WRITE"])
     }
 
     /// A UTF-8 byte order mark before the first line (a file saved by a Windows editor) changes nothing.
