@@ -57,6 +57,8 @@ static void spawn_redirect(int target, const char *path, int flags, int report)
  * @stdin_path: opened read-only as stdin, or NULL to inherit
  * @stdout_path: created (0600, truncated) as stdout, or NULL to inherit
  * @stderr_path: likewise for stderr
+ * @stdout_to_stderr: with @stdout_path NULL, stdout is a copy of the (inherited or redirected) stderr: the
+ *                    command's output kept out of a trace written to stdout (perf record -o - does the same)
  * @pid: receives the child's pid
  * @err: receives the reason when the child could not start: "strerror" (execve), "PATH: strerror" (a
  *       redirection), "fork: strerror"
@@ -68,7 +70,8 @@ static void spawn_redirect(int target, const char *path, int flags, int report)
  * Return: 0, or -1 with @err set (nothing left running).
  */
 int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
-                    const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen)
+                    const char *stdout_path, const char *stderr_path, int stdout_to_stderr, int *pid, char *err,
+                    size_t errlen)
 {
     int report[2], e = 0;
     pid_t parent = getpid(), child;
@@ -99,6 +102,8 @@ int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], co
         spawn_redirect(0, stdin_path, O_RDONLY, report[1]);
         spawn_redirect(1, stdout_path, O_WRONLY | O_CREAT | O_TRUNC, report[1]);
         spawn_redirect(2, stderr_path, O_WRONLY | O_CREAT | O_TRUNC, report[1]);
+        if (stdout_to_stderr && !stdout_path && dup2(2, 1) < 0)
+            spawn_child_fail(report[1], "dup2(2, 1)");
         if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
             /* Kernels before 5.11: mark them one by one. */
             for (int fd = 3; fd < 65536; fd++)

@@ -32,13 +32,15 @@ public final class ChildProcess {
     /// Starts argv[0] (searched in PATH) with stdout and stderr sent to temporary files, unless `stdoutTo` /
     /// `stderrTo` name a file (e.g. /dev/null) — or, with `inheritOutput`, with kvmscope's own standard input,
     /// output and error (the command the user put after `--`).
+    /// `stdoutToStderr` (with `inheritOutput`): its standard output is kvmscope's standard error, as perf record
+    /// does when its own output is stdout (`record -o -`: the trace stays the trace).
     /// - Throws: ``KVMScopeError/usage(_:)`` "cannot run NAME: REASON" (the system's words) when it cannot start.
     public init(_ argv: [String], stdoutTo: String? = nil, stderrTo: String? = nil, inheritOutput: Bool = false,
-                environment: [String: String]? = nil) throws {
+                stdoutToStderr: Bool = false, environment: [String: String]? = nil) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         let base = "\(NSTemporaryDirectory())kvmscope-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        stdoutPath = inheritOutput ? "/dev/stdout" : stdoutTo ?? base + ".out"
+        stdoutPath = inheritOutput ? (stdoutToStderr ? "/dev/stderr" : "/dev/stdout") : stdoutTo ?? base + ".out"
         ownsStdout = !inheritOutput && stdoutTo == nil
         stderrPath = inheritOutput ? "/dev/stderr" : stderrTo ?? base + ".err"
         ownsStderr = !inheritOutput && stderrTo == nil
@@ -56,7 +58,8 @@ public final class ChildProcess {
         var err = [CChar](repeating: 0, count: 512)
         let out = inheritOutput ? nil : stdoutPath
         let errPath = inheritOutput ? nil : stderrPath
-        guard ckvmscope_spawn(path, &cArgs, &cEnv, nil, out, errPath, &child, &err, err.count) == 0 else {
+        guard ckvmscope_spawn(path, &cArgs, &cEnv, nil, out, errPath, inheritOutput && stdoutToStderr ? 1 : 0, &child,
+                              &err, err.count) == 0 else {
             throw KVMScopeError.usage("cannot run \(argv[0]): \(String(cMessage: err))")
         }
         pid = child

@@ -99,7 +99,8 @@ struct RecordCommand: ParsableCommand {
             let recorded = RecordedResources(vms: trail.uses(vms: command.isEmpty ? nil : vms))
             return (try? JSONEncoder().encode(recorded)).map { String(decoding: $0, as: UTF8.self) }
         }
-        let child = try TraceOptions.start(command)
+        // With -o -, the trace is standard output: COMMAND prints to standard error instead (perf record -o -).
+        let child = try TraceOptions.start(command, stdoutToStderr: outputOption == "-")
         let tty = isatty(2) == 1
         // The progress line is redrawn in place (\r): COMMAND's output shares the terminal and would be glued onto
         // it, so with a COMMAND only the closing line is printed (perf record and trace-cmd record print none).

@@ -59,9 +59,10 @@ struct TraceOptions: ParsableArguments {
         return v.split(separator: ",").map(String.init)
     }
 
-    /// Starts the command given after `--` (searched in PATH) with kvmscope's standard input and output.
-    static func start(_ command: [String]) throws -> ChildProcess? {
-        command.isEmpty ? nil : try ChildProcess(command, inheritOutput: true)
+    /// Starts the command given after `--` (searched in PATH) with kvmscope's standard input and output;
+    /// `stdoutToStderr`: its standard output is kvmscope's standard error (kvmscope's own stdout carries data).
+    static func start(_ command: [String], stdoutToStderr: Bool = false) throws -> ChildProcess? {
+        command.isEmpty ? nil : try ChildProcess(command, inheritOutput: true, stdoutToStderr: stdoutToStderr)
     }
 }
 

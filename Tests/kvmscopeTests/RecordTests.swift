@@ -172,6 +172,18 @@ struct RecordTests {
         var pios = 0
         try reader.forEachEvent { e in if e.event == pio { pios += 1 } }
         #expect(pios == 1000)
+        // Through a pipe too, and COMMAND's own output (storm's JSON line) goes to standard error, as perf record -o -
+        // sends its workload's: in the stream it made a file no reader opens.
+        let piped = dir + "/piped.dat"
+        let p = try Spawned.run("/bin/sh", ["-c", "\"$0\" record -o - -- \"$0\" storm --kind io --vcpus 1 --exits 1000 | cat > \"$1\"",
+                                            CLI.binary, piped], timeout: 60)
+        #expect(p.status == 0)
+        #expect(p.stderr.hasPrefix("{\"pid\":") && p.stderr.contains("\"exits\":1000"), "\(p.stderr)")
+        var piped1000 = 0
+        let pipedReader = try TraceDatReader(path: piped)
+        let pipedPio = pipedReader.catalog.index(of: "kvm_pio")
+        try pipedReader.forEachEvent { e in if e.event == pipedPio { piped1000 += 1 } }
+        #expect(piped1000 == 1000)
         let empty = try CLI.run(["record", "-o", ""])
         #expect(empty.status == 64 && empty.stderr == "kvmscope: -o/--output needs a file name\n", "\(empty.stderr)")
         let proc = try CLI.run(["record", "-o", "/proc/version", "--duration", "0.1"])

@@ -32,9 +32,11 @@ unsigned ckvmscope_hangups(void);
 
 /* ---------------------------------------------------------------- children that die with us (spawn.c) */
 
-/* fork + PR_SET_PDEATHSIG(SIGKILL) + execve; each path NULL to inherit. 0, or -1 with "WHAT: strerror" in err. */
+/* fork + PR_SET_PDEATHSIG(SIGKILL) + execve; each path NULL to inherit (stdout_to_stderr: stdout is the
+ * inherited stderr, as perf record does when its own output is stdout). 0, or -1 with "WHAT: strerror" in err. */
 int ckvmscope_spawn(const char *path, char *const argv[], char *const envp[], const char *stdin_path,
-                    const char *stdout_path, const char *stderr_path, int *pid, char *err, size_t errlen);
+                    const char *stdout_path, const char *stderr_path, int stdout_to_stderr, int *pid, char *err,
+                    size_t errlen);
 
 /* ---------------------------------------------------------------- file systems (fs.c) */
 
