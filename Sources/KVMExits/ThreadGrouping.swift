@@ -144,11 +144,12 @@ public final class ThreadGrouping {
     /// The group of a tid among `1 << bits`.
     @inline(__always)
     static func group(_ tid: Int32, bits: Int) -> Int {
-        Int(truncatingIfNeeded: (UInt64(UInt32(bitPattern: tid)) &* golden) >> UInt64(64 - bits))
+        Int(truncatingIfNeeded: hash(tid) >> UInt64(64 - bits))
     }
 
-    /// The multiplier of the tid hash (Fibonacci hashing: 2^64 / φ).
-    static let golden: UInt64 = 0x9E37_79B9_7F4A_7C15
+    /// The tid's hash (Fibonacci hashing: × 2^64 / φ); its top bits are the group, more of them a slot.
+    @inline(__always)
+    static func hash(_ tid: Int32) -> UInt64 { UInt64(UInt32(bitPattern: tid)) &* 0x9E37_79B9_7F4A_7C15 }
     /// log2 of the lane detector's slots at most (2 MiB of words).
     static let maxSlotBits = 18
 
@@ -186,7 +187,7 @@ public final class ThreadGrouping {
                     var lastKnown = false
                     for _ in 0..<n {
                         let tid = window[i].tid
-                        let h = UInt64(UInt32(bitPattern: tid)) &* Self.golden
+                        let h = Self.hash(tid)
                         let g = Int(truncatingIfNeeded: h >> UInt64(64 &- bits))
                         groupOf[i] = UInt16(truncatingIfNeeded: g)
                         s[g &+ 1] &+= 1

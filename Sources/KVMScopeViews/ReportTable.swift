@@ -41,23 +41,14 @@ public enum ReportTable {
     /// - Parameter onlyVCPU: `--vcpu N`: the tables hold that vCPU alone, and their titles say so.
     public static func render(_ s: Summary, byVCPU: Bool = false, top: Int? = nil, key: SortKey = .sample,
                               onlyVCPU: UInt32? = nil, none: String = "No kvm_exit events.") -> [String] {
-        let rows = byVCPU ? s.exits : s.exitsByVM()
-        struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
-        var order: [GroupKey] = []
-        var groups: [GroupKey: [ExitRow]] = [:]
-        for r in rows {
-            let k = GroupKey(vm: r.vm, vcpu: byVCPU ? r.vcpu : nil)
-            if groups[k] == nil { order.append(k) }
-            groups[k, default: []].append(r)
-        }
+        let tables = tables(byVCPU ? s.exits : s.exitsByVM(), byVCPU: byVCPU)
         var lines: [String] = []
-        if order.isEmpty { lines.append(none) }
-        for k in order {
-            let g = groups[k]!
-            var title = "VM \(k.vm)"
+        if tables.isEmpty { lines.append(none) }
+        for g in tables {
+            var title = "VM \(g[0].vm)"
             if let name = g[0].vmName { title += " (\(name.terminalSafe))" }
             if byVCPU {
-                title += k.vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown"
+                title += g[0].vcpu.map { ", vCPU \($0)" } ?? ", vCPU unknown"
             } else {
                 title += onlyVCPU.map { ", vCPU \($0)" } ?? ", all vCPUs"
             }
@@ -111,8 +102,26 @@ public enum ReportTable {
     }
 
     /// One table: header, rows (by `key`, largest first, then name), total, and the note on blocking time.
+    /// Rows in tables: one per VM (byVCPU: per VM × vCPU), in the order of each table's first row.
+    static func tables(_ rows: [ExitRow], byVCPU: Bool) -> [[ExitRow]] {
+        struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
+        var order: [GroupKey] = []
+        var groups: [GroupKey: [ExitRow]] = [:]
+        for r in rows {
+            let k = GroupKey(vm: r.vm, vcpu: byVCPU ? r.vcpu : nil)
+            if groups[k] == nil { order.append(k) }
+            groups[k, default: []].append(r)
+        }
+        return order.map { groups[$0]! }
+    }
+
+    /// A table's rows by `key`, largest first, ties by reason name.
+    static func sorted(_ rows: [ExitRow], by key: SortKey) -> [ExitRow] {
+        rows.sorted { (key.value($0), $1.reason) > (key.value($1), $0.reason) }
+    }
+
     public static func table(_ rows: [ExitRow], top: Int? = nil, key: SortKey = .sample) -> [String] {
-        let sorted = rows.sorted { (key.value($0), $1.reason) > (key.value($1), $0.reason) }
+        let sorted = sorted(rows, by: key)
         let total = rows.reduce(0) { $0 + $1.count }
         var handling: UInt64 = 0
         var handlingPairs: UInt64 = 0
@@ -214,19 +223,7 @@ public enum ReportTable {
     public static func csvRows(_ s: Summary, file: String, top: Int? = nil, key: SortKey? = nil) -> [String] {
         var exits = s.exits
         if top != nil || key != nil {
-            struct GroupKey: Hashable { var vm: Int32; var vcpu: UInt32? }
-            var order: [GroupKey] = []
-            var groups: [GroupKey: [ExitRow]] = [:]
-            for r in exits {
-                let k = GroupKey(vm: r.vm, vcpu: r.vcpu)
-                if groups[k] == nil { order.append(k) }
-                groups[k, default: []].append(r)
-            }
-            exits = order.flatMap { k -> [ExitRow] in
-                var g = groups[k]!
-                if let key { g.sort { (key.value($0), $1.reason) > (key.value($1), $0.reason) } }
-                return Array(g.prefix(top ?? .max))
-            }
+            exits = tables(exits, byVCPU: true).flatMap { g in (key.map { sorted(g, by: $0) } ?? g).prefix(top ?? .max) }
         }
         return exits.map { r in
             var f = [csvField(file), String(r.vm), csvField(r.vmName ?? ""), r.vcpu.map(String.init) ?? "",
